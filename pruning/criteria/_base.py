@@ -1,0 +1,128 @@
+"""The channel-importance contract every pruning criterion implements.
+
+A criterion maps a model and its prunable :class:`~pruning.groups.ChannelGroup` s to one
+importance score per channel. The engine keeps the highest-scoring channels of each group.
+
+Contract (checked for every registered criterion by ``tests/pruning/test_criteria_contract.py``):
+
+* ``score`` returns ``{group.name: scores}`` for every group passed in, where ``scores`` is a
+  1-D, finite, float32 CPU tensor of length ``group.size``. Higher means more important.
+* Given the same constructor arguments (including ``seed``), model and context, the scores are
+  identical.
+* The model is left as it was: weights, buffers, ``requires_grad`` flags and train/eval mode.
+* A criterion that needs calibration batches or pre-computed activation statistics says so
+  through ``needs_calibration`` / ``needs_stats`` and raises ``ValueError`` when they are missing.
+
+Adding a criterion is one file with a ``@register_criterion("name")`` class plus one import
+line in ``pruning/criteria/__init__.py``.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from pruning._registry import Registry
+from pruning.groups import ChannelGroup
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass
+class ScoringContext:
+    """What data-driven criteria may consume.
+
+    ``calibration``: (inputs, targets) batches from the held-out calibration split.
+    ``stats``: pre-computed activation statistics (see ``pruning.stats``), keyed by group name.
+    """
+
+    calibration: Sequence[Batch] = ()
+    stats: Any = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+
+class Criterion(ABC):
+    """Base class; see the module docstring for the contract."""
+
+    #: registry name, set by ``register_criterion``
+    name: ClassVar[str] = ""
+    #: needs ``context.calibration`` batches
+    needs_calibration: ClassVar[bool] = False
+    #: needs ``context.stats``
+    needs_stats: ClassVar[bool] = False
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
+
+    @abstractmethod
+    def score(
+        self,
+        model: nn.Module,
+        groups: Sequence[ChannelGroup],
+        context: ScoringContext,
+    ) -> dict[str, torch.Tensor]:
+        """Return one importance score per channel for every group (higher = keep)."""
+
+    def check_context(self, context: ScoringContext) -> None:
+        if self.needs_calibration and not context.calibration:
+            raise ValueError(f"criterion {self.name!r} needs calibration batches")
+        if self.needs_stats and context.stats is None:
+            raise ValueError(
+                f"criterion {self.name!r} needs activation statistics (run `prunesweep stats`)"
+            )
+
+
+class ModuleCriterion(Criterion):
+    """A criterion computed per producing module; a group's score is the mean over its producers.
+
+    Residual-coupled groups have several producers (e.g. every conv that writes into the same
+    residual stream); averaging their per-channel scores ranks the shared channel as a whole.
+    """
+
+    @abstractmethod
+    def score_module(self, module: nn.Module) -> torch.Tensor:
+        """One score per output channel of ``module`` (a Conv2d or Linear)."""
+
+    def score(self, model, groups, context):
+        self.check_context(context)
+        modules = dict(model.named_modules())
+        out: dict[str, torch.Tensor] = {}
+        with torch.no_grad():
+            for group in groups:
+                per_producer = [self.score_module(modules[name]).float() for name in group.producers]
+                out[group.name] = torch.stack(per_producer).mean(0).cpu()
+        return out
+
+
+_CRITERIA: Registry[Criterion] = Registry("criterion")
+
+
+def register_criterion(name: str):
+    """Class decorator: register a :class:`Criterion` subclass under ``name``."""
+
+    def decorator(cls):
+        cls.name = name
+        return _CRITERIA.register(name)(cls)
+
+    return decorator
+
+
+def create_criterion(name: str, **kwargs) -> Criterion:
+    """Instantiate a registered criterion; unknown names or options raise with the valid ones."""
+    return _CRITERIA.create(name, **kwargs)
+
+
+def list_criteria() -> list[str]:
+    return _CRITERIA.names()
+
+
+def criterion_class(name: str) -> type[Criterion]:
+    return _CRITERIA.get(name)  # type: ignore[return-value]
+
+
+def normalise(scores: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Scale each group's scores by their mean absolute value, for cross-layer comparisons."""
+    return {k: v / (v.abs().mean() + 1e-12) for k, v in scores.items()}
