@@ -1,0 +1,92 @@
+"""The model registry and the helpers every model family shares.
+
+Each model family lives in its own module and registers factories with ``register_model``;
+``create_model`` builds one by name for the CLI and the sweeps. Every factory has the
+signature ``(num_classes: int = 10, in_channels: int = 3) -> nn.Module`` so that one dataset
+description (classes, channels) is enough to build any model.
+
+``check_input_shape`` runs one forward on zeros so that a model/dataset mismatch (wrong channel
+count, input too small for the downsampling) fails up front with a one-line message instead of
+a multi-line PyTorch error deep inside a sweep trial.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from pruning._registry import Registry
+
+ModelFactory = Callable[..., nn.Module]
+
+_MODELS: Registry[nn.Module] = Registry("model")
+
+
+class InputShapeError(ValueError):
+    """Raised when a model cannot run on inputs of a given (channels, height, width) shape."""
+
+
+def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
+    """Decorator registering ``factory(num_classes=10, in_channels=3) -> nn.Module`` as ``name``;
+    a name registered twice raises ValueError."""
+    return _MODELS.register(name)
+
+
+def create_model(name: str, num_classes: int = 10, in_channels: int = 3, **options: object) -> nn.Module:
+    """Build the model registered as ``name``.
+
+    Raises ``UnknownNameError`` (listing the valid names) for an unknown name and TypeError
+    (listing the valid options) for an option the factory does not take.
+    """
+    return _MODELS.create(name, num_classes=num_classes, in_channels=in_channels, **options)
+
+
+def list_models() -> list[str]:
+    """Registered model names, sorted."""
+    return _MODELS.names()
+
+
+def _first_conv(model: nn.Module) -> nn.Conv2d | None:
+    return next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+
+
+def check_input_shape(model: nn.Module, shape: tuple[int, int, int], name: str = "model") -> None:
+    """Raise ``InputShapeError`` unless ``model`` runs on a batch of one ``shape`` = (C, H, W) input.
+
+    The forward runs in eval mode without gradients; every submodule's train/eval mode is
+    restored afterwards.
+    """
+    shape_text = "x".join(str(size) for size in shape)
+    training_modes = [(module, module.training) for module in model.modules()]
+    parameter = next(model.parameters(), None)
+    device = parameter.device if parameter is not None else torch.device("cpu")
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, *shape, device=device))
+    except RuntimeError as error:
+        first_conv = _first_conv(model)
+        if first_conv is not None and shape[0] != first_conv.in_channels:
+            expected = first_conv.in_channels
+            reason = f"it expects {expected} input channel{'s' if expected != 1 else ''}, got {shape[0]}"
+        else:
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise InputShapeError(f"{name} cannot run on inputs of shape {shape_text}: {reason}") from error
+    finally:
+        for module, training in training_modes:
+            module.training = training
+
+
+def kaiming_init_(model: nn.Module) -> nn.Module:
+    """Kaiming-normal (fan_out, ReLU) conv weights, zero biases and unit/zero BatchNorm affine
+    parameters, in place; returns ``model``."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+    return model
