@@ -78,9 +78,9 @@ def check_input_shape(model: nn.Module, shape: tuple[int, int, int], name: str =
             module.training = training
 
 
-def kaiming_init_(model: nn.Module) -> nn.Module:
+def kaiming_init_(model: nn.Module) -> None:
     """Kaiming-normal (fan_out, ReLU) conv weights, zero biases and unit/zero BatchNorm affine
-    parameters, in place; returns ``model``."""
+    parameters, in place."""
     for module in model.modules():
         if isinstance(module, nn.Conv2d):
             nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
@@ -89,4 +89,3 @@ def kaiming_init_(model: nn.Module) -> nn.Module:
         elif isinstance(module, nn.BatchNorm2d):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
-    return model

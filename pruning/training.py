@@ -1,0 +1,258 @@
+"""Training, evaluation and BatchNorm recalibration loops.
+
+Used to train the dense baselines, to fine-tune pruned models and, through
+:func:`recalibrate_bn`, to score pruning candidates cheaply: EagleEye (Li et al., 2020) showed
+that a pruned model's accuracy right after pruning says little until its BatchNorm running
+statistics are re-estimated on a few training batches ("adaptive BN"), after which it ranks
+candidates much like their accuracy after fine-tuning does.
+
+All loops run on the device of the model's parameters and are deterministic on the CPU for a
+given seed, so a sweep trial can be re-run bit for bit.
+"""
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from itertools import islice
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+SCHEDULES = ("cosine", "onecycle")
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global random generators."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """SGD (Nesterov momentum) with a per-step learning-rate schedule.
+
+    ``schedule``: ``cosine`` anneals from ``lr`` to 0 over all steps; ``onecycle`` warms up to
+    ``lr`` and anneals (:class:`torch.optim.lr_scheduler.OneCycleLR`, momentum kept fixed).
+    ``batch_size`` is for whoever builds the loader; :func:`train` uses the loader it is given.
+    ``max_batches_per_epoch`` cuts every epoch short, for quick runs.
+    """
+
+    epochs: int = 1
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    batch_size: int = 128
+    seed: int = 0
+    max_batches_per_epoch: int | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.epochs, int) or self.epochs < 0:
+            raise ValueError(f"TrainConfig.epochs must be an integer >= 0, got {self.epochs!r}")
+        if not self.lr > 0:
+            raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"TrainConfig.momentum must be in [0, 1), got {self.momentum}")
+        if not self.weight_decay >= 0:
+            raise ValueError(f"TrainConfig.weight_decay must be >= 0, got {self.weight_decay}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"TrainConfig.schedule {self.schedule!r} is unknown; valid: {', '.join(SCHEDULES)}")
+        if self.batch_size <= 0:
+            raise ValueError(f"TrainConfig.batch_size must be > 0, got {self.batch_size}")
+        if self.max_batches_per_epoch is not None and self.max_batches_per_epoch <= 0:
+            raise ValueError(
+                f"TrainConfig.max_batches_per_epoch must be > 0 or None, got {self.max_batches_per_epoch}"
+            )
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """``accuracy`` in [0, 1] and mean cross-entropy ``loss`` over ``samples`` images."""
+
+    accuracy: float
+    loss: float
+    samples: int
+
+
+def train(
+    model: nn.Module,
+    train_loader: DataLoader | Sequence[Batch],
+    config: TrainConfig,
+    *,
+    progress: bool = True,
+    eval_loader: Iterable[Batch] | None = None,
+) -> list[dict]:
+    """Train ``model`` in place; return one dict per epoch.
+
+    Each dict holds ``epoch`` (1-based), ``loss`` and ``accuracy`` (means over the epoch's
+    training batches), ``lr`` (of the epoch's last step) and, with ``eval_loader``,
+    ``eval_loss`` and ``eval_accuracy``. Seeds the global generators with ``config.seed`` so
+    that dropout and unseeded loaders repeat too. Leaves the model's train/eval modes as they
+    were. Raises ``FloatingPointError`` as soon as the loss stops being finite.
+    """
+    seed_everything(config.seed)
+    steps_per_epoch = len(train_loader)
+    if config.max_batches_per_epoch is not None:
+        steps_per_epoch = min(steps_per_epoch, config.max_batches_per_epoch)
+    total_steps = config.epochs * steps_per_epoch
+    if total_steps == 0:
+        return []
+    device = _model_device(model)
+    optimizer = torch.optim.SGD(
+        model.parameters(),
+        lr=config.lr,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+        nesterov=config.momentum > 0,  # torch refuses Nesterov without momentum
+    )
+    scheduler = _make_scheduler(optimizer, config, total_steps)
+    history = []
+    with _preserved_modes(model):
+        for epoch in range(1, config.epochs + 1):
+            model.train()
+            loss_sum, correct, seen = 0.0, 0, 0
+            batches = tqdm(
+                islice(train_loader, steps_per_epoch),
+                total=steps_per_epoch,
+                desc=f"epoch {epoch}/{config.epochs}",
+                disable=not progress,
+                leave=False,
+            )
+            for step, (inputs, targets) in enumerate(batches, start=1):
+                inputs, targets = inputs.to(device), targets.to(device)
+                logits = model(inputs)
+                loss = F.cross_entropy(logits, targets)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(
+                        f"training loss became {loss.item()} at epoch {epoch}, step {step}; "
+                        f"try a lower learning rate than {config.lr}"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                lr = optimizer.param_groups[0]["lr"]
+                scheduler.step()
+                loss_sum += loss.item() * len(targets)
+                correct += (logits.argmax(1) == targets).sum().item()
+                seen += len(targets)
+                batches.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}", refresh=False)
+            record = {"epoch": epoch, "loss": loss_sum / seen, "accuracy": correct / seen, "lr": lr}
+            if eval_loader is not None:
+                result = evaluate(model, eval_loader, progress=progress)
+                record.update(eval_loss=result.loss, eval_accuracy=result.accuracy)
+            history.append(record)
+    return history
+
+
+def _make_scheduler(
+    optimizer: torch.optim.Optimizer, config: TrainConfig, total_steps: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    if config.schedule == "onecycle":
+        # Momentum stays at config.momentum, so both schedules honour the same config fields.
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=config.lr, total_steps=total_steps, cycle_momentum=False
+        )
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / total_steps))
+    )
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader: Iterable[Batch],
+    *,
+    progress: bool = False,
+    max_batches: int | None = None,
+) -> EvalResult:
+    """Accuracy and mean cross-entropy of ``model`` in eval mode over ``loader`` (or its
+    first ``max_batches`` batches). Leaves the model's train/eval modes as they were."""
+    if max_batches is not None and max_batches <= 0:
+        raise ValueError(f"max_batches must be > 0 or None, got {max_batches}")
+    device = _model_device(model)
+    loss_sum, correct, seen = 0.0, 0, 0
+    with _preserved_modes(model):
+        model.eval()
+        for inputs, targets in tqdm(islice(loader, max_batches), desc="eval", disable=not progress, leave=False):
+            inputs, targets = inputs.to(device), targets.to(device)
+            logits = model(inputs)
+            loss_sum += F.cross_entropy(logits, targets, reduction="sum").item()
+            correct += (logits.argmax(1) == targets).sum().item()
+            seen += len(targets)
+    if seen == 0:
+        raise ValueError("evaluate got no batches")
+    return EvalResult(accuracy=correct / seen, loss=loss_sum / seen, samples=seen)
+
+
+@torch.no_grad()
+def recalibrate_bn(
+    model: nn.Module,
+    loader: Iterable[Batch],
+    num_batches: int = 50,
+    *,
+    progress: bool = False,
+) -> nn.Module:
+    """Re-estimate every BatchNorm's running statistics from ``num_batches`` batches (adaptive
+    BN, as in EagleEye); return the same ``model``.
+
+    Running statistics are reset and accumulated as an equal-weight average over the batches
+    (``momentum=None``), so they do not depend on the stale values a pruned model inherited.
+    Only the BatchNorm layers run in train mode; every other module stays in eval mode, so
+    e.g. dropout does not distort the statistics that inference will see. Weights are never
+    touched; momentum and train/eval modes are restored afterwards.
+    """
+    if num_batches <= 0:
+        raise ValueError(f"num_batches must be > 0, got {num_batches}")
+    norms = [
+        m for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+    ]
+    if not norms:
+        return model
+    device = _model_device(model)
+    momenta = [norm.momentum for norm in norms]
+    seen = 0
+    with _preserved_modes(model):
+        model.eval()
+        for norm in norms:
+            norm.reset_running_stats()
+            norm.momentum = None
+            norm.train()
+        try:
+            for inputs, _ in tqdm(islice(loader, num_batches), desc="BN recalibration", disable=not progress,
+                                  total=num_batches, leave=False):
+                model(inputs.to(device))
+                seen += 1
+        finally:
+            for norm, momentum in zip(norms, momenta):
+                norm.momentum = momentum
+    if seen == 0:
+        raise ValueError("recalibrate_bn got no batches; the BatchNorm statistics are now reset")
+    return model
+
+
+@contextmanager
+def _preserved_modes(model: nn.Module) -> Iterator[None]:
+    """Restore every submodule's own ``training`` flag, which ``model.train(mode)`` would not do
+    for a model whose parts were deliberately put in different modes."""
+    modes = [(module, module.training) for module in model.modules()]
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    parameter = next(model.parameters(), None)
+    return parameter.device if parameter is not None else torch.device("cpu")
