@@ -543,9 +543,12 @@ def _svhn(root: str | None, download: bool, image_size: int | None) -> _TensorSo
 
 @DATASETS.register("imagefolder")
 def _imagefolder(root: str | None, download: bool, image_size: int | None) -> _FolderSource:
-    root_path = _required_root("imagefolder", root)
     size = image_size or 224
-    message = f"imagefolder needs {root_path}/train and {root_path}/val (or /test) class folders: pass --data-root DIR"
+    where = Path(root).expanduser() if root is not None else Path("DIR")
+    message = f"imagefolder needs class folders in {where}/train and {where}/val (or /test): pass --data-root DIR"
+    if root is None:
+        raise DataRootError(message)
+    root_path = where
     if download:
         raise DataRootError(f"imagefolder cannot be downloaded; {message}")
     test_dir = next((root_path / d for d in ("val", "test") if (root_path / d).is_dir()), None)

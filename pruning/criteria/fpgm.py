@@ -1,0 +1,27 @@
+"""Filter pruning via geometric median: filters that others can stand in for are redundant."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from pruning.criteria._base import ModuleCriterion, register_criterion
+
+
+@register_criterion("fpgm")
+class GeometricMedian(ModuleCriterion):
+    """Sum of Euclidean distances from each filter to every other filter of its layer,
+    s_i = sum_j ||W_i - W_j||_2 (weights flattened per output channel, bias excluded).
+
+    He et al., "Filter Pruning via Geometric Median for Deep Convolutional Neural Networks
+    Acceleration", CVPR 2019. The filter minimising this sum approximates the layer's geometric
+    median; filters near it carry information the remaining filters also represent, so they
+    score low and are pruned first regardless of their norm. A group's score is the mean over
+    its producers (see :class:`ModuleCriterion`).
+    """
+
+    def score_module(self, module: nn.Module) -> torch.Tensor:
+        filters = module.weight.flatten(1).double()
+        # the matrix-product shortcut of cdist loses precision for near-identical filters,
+        # exactly the ones this criterion is about
+        distances = torch.cdist(filters, filters, compute_mode="donot_use_mm_for_euclid_dist")
+        return distances.sum(1)

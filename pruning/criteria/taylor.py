@@ -1,0 +1,76 @@
+"""First-order Taylor importance: the loss change a channel's removal would cause, estimated
+from gradients on calibration batches."""
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+
+from pruning.criteria._base import Criterion, register_criterion
+
+
+@register_criterion("taylor")
+class FirstOrderTaylor(Criterion):
+    """Squared first-order Taylor estimate of the loss change from zeroing a channel's filters,
+
+        s_i = 1/B * sum_b ( sum_{p in P_i} g_p^(b) * w_p )^2,
+
+    where P_i are the weight and bias elements that produce channel i (in every producer of the
+    group, since a coupled channel is removed from all of them at once), g^(b) the gradient of the
+    mean cross-entropy on calibration batch b, and B the number of batches.
+
+    Molchanov et al., "Importance Estimation for Neural Network Pruning", CVPR 2019 (the
+    "weight" variant of their criterion, averaged over mini-batches).
+
+    The forward passes run in eval mode, so BatchNorm statistics do not move and the scores are
+    deterministic. Gradients come from ``torch.autograd.grad`` with respect to detached copies of
+    the producers' parameters, so ``.grad`` and ``requires_grad`` of the model are never touched.
+    """
+
+    needs_calibration: ClassVar[bool] = True
+
+    def score(self, model, groups, context):
+        self.check_context(context)
+        if not groups:
+            return {}
+        modules = dict(model.named_modules())
+        # each producer's weight and bias as fresh leaves that autograd differentiates against
+        leaves = {
+            producer: {
+                kind: param.detach().requires_grad_()
+                for kind, param in modules[producer].named_parameters(recurse=False)
+            }
+            for group in groups
+            for producer in group.producers
+        }
+        flat = {f"{producer}.{kind}": leaf for producer, params in leaves.items() for kind, leaf in params.items()}
+        device = next(iter(flat.values())).device
+        totals = {group.name: torch.zeros(group.size, dtype=torch.float64) for group in groups}
+
+        modes = [(module, module.training) for module in model.modules()]
+        model.eval()
+        try:
+            with torch.enable_grad():
+                for inputs, targets in context.calibration:
+                    logits = functional_call(model, flat, (inputs.to(device),))
+                    loss = F.cross_entropy(logits, targets.to(device))
+                    grads = dict(zip(flat, torch.autograd.grad(loss, list(flat.values()))))
+                    for group in groups:
+                        # g*w summed over every element that produces channel i, in all producers
+                        contribution = sum(
+                            _per_channel_sum(grads[f"{producer}.{kind}"] * leaf.detach())
+                            for producer in group.producers
+                            for kind, leaf in leaves[producer].items()
+                        )
+                        totals[group.name] += contribution.double().cpu() ** 2
+        finally:
+            for module, training in modes:
+                module.training = training
+        return {name: (total / len(context.calibration)).float() for name, total in totals.items()}
+
+
+def _per_channel_sum(values: torch.Tensor) -> torch.Tensor:
+    """Sum over everything but the leading (output-channel) dimension; a bias is its own sum."""
+    return values.reshape(values.shape[0], -1).sum(1)

@@ -1,0 +1,68 @@
+"""One pruning step end to end: score channels, plan widths, remove channels.
+
+This is the public entry point for pruning any ``nn.Module`` (registered or a user's own):
+
+>>> outcome = prune_with_criterion(model, example_inputs, create_criterion("l1"),
+...                                PruningConfig(flops_reduction=0.5))
+>>> outcome.model  # a physically smaller copy; ``model`` is untouched
+
+Recovery (BN recalibration, fine-tuning, SNPFI's least-squares refit) is left to the caller,
+who decides which data each step may see.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+import torch
+from torch import nn
+
+from pruning.criteria import Criterion, ScoringContext
+from pruning.engine import PruningError, PruningSpace, prune_model
+from pruning.schedule import PruningConfig, plan_pruning
+
+
+@dataclass(frozen=True)
+class PruneOutcome:
+    model: nn.Module
+    space: PruningSpace
+    keep: dict[str, int]
+    kept_indices: dict[str, torch.Tensor]
+    scores: dict[str, torch.Tensor]
+
+    @property
+    def planned_reduction(self) -> float:
+        return self.space.reduction(self.keep)
+
+
+def score_channels(
+    criterion: Criterion, model: nn.Module, space: PruningSpace, strategy: str, context: ScoringContext
+) -> dict[str, torch.Tensor]:
+    """Scores of the groups ``strategy`` may prune (only those: some criteria are expensive)."""
+    groups = space.select(strategy)
+    scores = criterion.score(model, groups, context)
+    for group in groups:
+        got = scores.get(group.name)
+        if got is None or got.shape != (group.size,) or not torch.isfinite(got).all():
+            raise PruningError(f"criterion {criterion.name!r} gave no valid scores for layer {group.name!r}")
+    return scores
+
+
+def prune_with_criterion(
+    model: nn.Module,
+    example_inputs,
+    criterion: Criterion,
+    config: PruningConfig,
+    context: ScoringContext | None = None,
+    *,
+    ratio_weights: Mapping[str, float] | None = None,
+    space: PruningSpace | None = None,
+) -> PruneOutcome:
+    """Score with ``criterion``, plan with ``config`` (and optional layer-wise ``ratio_weights``),
+    and return a pruned copy of ``model``."""
+    space = space or PruningSpace.build(model, example_inputs)
+    context = context or ScoringContext()
+    scores = score_channels(criterion, model, space, config.strategy, context)
+    keep = plan_pruning(space, scores, config, ratio_weights)
+    pruned, kept = prune_model(model, example_inputs, space, keep, scores)
+    return PruneOutcome(pruned, space, keep, kept, scores)

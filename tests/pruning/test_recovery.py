@@ -1,0 +1,186 @@
+"""Recovery without retraining (pruning.recovery): least-squares refit of the consumer layers."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from pruning.engine import PruningSpace, prune_model
+from pruning.recovery import RecoveryReport, consumers_of, kept_outputs_of, recover_consumers
+
+MODELS = ("resnet", "cnn")
+
+
+@pytest.fixture
+def model_of(request):
+    """``model_of(kind)``: a fresh TinyResNet / TinyCNN from the conftest fixtures."""
+    return lambda kind: request.getfixturevalue(f"tiny_{kind}")
+
+
+def _randn(n: int, seed: int) -> torch.Tensor:
+    return torch.randn(n, 1, 28, 28, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(scope="module")
+def calibration() -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [(_randn(32, 100 + i), torch.zeros(32, dtype=torch.long)) for i in range(8)]
+
+
+@pytest.fixture(scope="module")
+def held_out() -> torch.Tensor:
+    return _randn(256, 7)
+
+
+def _l1_scores(model: nn.Module, space: PruningSpace, names) -> dict[str, torch.Tensor]:
+    modules = dict(model.named_modules())
+    scores = {}
+    for name in names:
+        weight = modules[space[name].producers[0]].weight.detach()
+        scores[name] = weight.abs().sum(dim=tuple(range(1, weight.dim())))
+    return scores
+
+
+def _prune(model: nn.Module, ratio: float):
+    """Prune the inner groups by ``ratio`` with L1-norm scores: (space, pruned, kept, consumers)."""
+    example = _randn(2, 0)
+    space = PruningSpace.build(model, example)
+    groups = space.select("inner")
+    keep = {g.name: max(1, round(g.size * (1 - ratio))) for g in groups}
+    pruned, kept = prune_model(model, example, space, keep, _l1_scores(model, space, keep))
+    layers = consumers_of(space, [g.name for g in groups])
+    return space, pruned, kept, layers
+
+
+def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model.eval()(x)
+
+
+@pytest.mark.parametrize("kind", MODELS)
+def test_refit_lowers_every_consumer_error(kind, calibration, model_of):
+    model = model_of(kind)
+    space, pruned, kept, layers = _prune(model, 0.5)
+    assert kept and layers
+    reports = recover_consumers(model, pruned, layers, calibration, kept_outputs=kept_outputs_of(space, kept))
+    assert list(reports) == layers  # forward order
+    for name, report in reports.items():
+        assert isinstance(report, RecoveryReport) and report.layer == name
+        assert report.status == "refit"
+        assert report.error_before > 1e-3, name  # pruning really perturbed the layer
+        assert report.error_after < report.error_before, name
+        assert report.rows > 0
+
+
+@pytest.mark.parametrize("kind", MODELS)
+def test_recovery_improves_logits_and_teacher_accuracy(kind, calibration, held_out, model_of):
+    model = model_of(kind)
+    teacher = _logits(model, held_out)
+    labels = teacher.argmax(1)  # the original is 100% accurate on these labels by construction
+    space, pruned, kept, layers = _prune(model, 0.5)
+    before = _logits(pruned, held_out)
+    recover_consumers(model, pruned, layers, calibration, kept_outputs=kept_outputs_of(space, kept))
+    after = _logits(pruned, held_out)
+
+    mse_before = ((before - teacher) ** 2).mean().item()
+    mse_after = ((after - teacher) ** 2).mean().item()
+    acc_before = (before.argmax(1) == labels).float().mean().item()
+    acc_after = (after.argmax(1) == labels).float().mean().item()
+    assert mse_after < 0.5 * mse_before, (mse_before, mse_after)
+    assert acc_after > acc_before, (acc_before, acc_after)
+
+
+@pytest.mark.parametrize("kind", MODELS)
+def test_only_listed_layers_change(kind, calibration, model_of):
+    model = model_of(kind)
+    original_state = copy.deepcopy(model.state_dict())
+    space, pruned, kept, layers = _prune(model, 0.5)
+    listed = set(layers[:1])  # refit only the first consumer
+    state = copy.deepcopy(pruned.state_dict())
+    recover_consumers(model, pruned, sorted(listed), calibration, kept_outputs=kept_outputs_of(space, kept))
+    changed = {k for k, v in pruned.state_dict().items() if not torch.equal(v, state[k])}
+    assert changed and {k.rsplit(".", 1)[0] for k in changed} <= listed
+    for key, value in model.state_dict().items():  # the original is never modified
+        assert torch.equal(value, original_state[key]), key
+
+
+@pytest.mark.parametrize("kind", MODELS)
+def test_nothing_pruned_keeps_outputs(kind, calibration, held_out, model_of):
+    model = model_of(kind)
+    space, pruned, kept, layers = _prune(model, 0.0)
+    assert kept == {}
+    layers = consumers_of(space, [g.name for g in space.groups])
+    reports = recover_consumers(model, pruned, layers, calibration)
+    for report in reports.values():
+        assert report.error_before < 1e-10
+        assert report.error_after < 1e-6
+    torch.testing.assert_close(_logits(pruned, held_out), _logits(model, held_out), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "kind, names",
+    [
+        ("resnet", ["layer2.conv1", "layer2.shortcut.0"]),  # stride 2, 3x3 padded and 1x1
+        ("cnn", ["features.0", "features.4", "hidden"]),  # biased conv, depthwise conv, linear
+    ],
+)
+def test_perturbed_layers_are_solved_back(kind, names, calibration, model_of):
+    """The original weights solve the least squares exactly: a perturbed copy must come back."""
+    model = model_of(kind)
+    damaged = copy.deepcopy(model)
+    modules = dict(damaged.named_modules())
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for name in names:
+            for p in modules[name].parameters():
+                p.add_(torch.randn(p.shape, generator=g) * p.std())
+    reports = recover_consumers(model, damaged, names, calibration, ridge=1e-8)
+    for name in names:
+        assert reports[name].status == "refit"
+        assert reports[name].error_before > 0.1
+        assert reports[name].error_after < 1e-6, reports[name]
+        original = dict(model.named_modules())[name]
+        torch.testing.assert_close(modules[name].weight, original.weight, rtol=1e-3, atol=1e-3)
+
+
+def test_subsampling_bounds_rows(calibration, model_of):
+    model = model_of("resnet")
+    space, pruned, kept, layers = _prune(model, 0.5)
+    batches = iter(calibration)  # a one-shot iterator is fine
+    reports = recover_consumers(model, pruned, layers, batches, max_rows_per_batch=300, seed=1)
+    for report in reports.values():
+        assert report.rows == 300 * len(calibration)
+        assert report.error_after < report.error_before
+
+
+def test_modes_hooks_and_errors(calibration, model_of):
+    model = model_of("cnn")
+    space, pruned, kept, layers = _prune(model, 0.5)
+    model.train()
+    pruned.train()
+    pruned.features[1].eval()  # a mixed-mode submodule must be restored as it was
+    with pytest.raises(ValueError, match="kept_outputs"):  # features.7's own outputs were pruned
+        recover_consumers(model, pruned, layers, calibration)
+    recover_consumers(model, pruned, layers, calibration[:1], kept_outputs=kept_outputs_of(space, kept))
+    for net in (model, pruned):
+        for name, m in net.named_modules():
+            assert not m._forward_hooks and not m._forward_pre_hooks, name
+    assert model.training and pruned.training and not pruned.features[1].training
+    assert all(m.training for m in model.modules())
+    with pytest.raises(ValueError, match="unknown layer"):
+        recover_consumers(model, pruned, ["nope"], calibration)
+    with pytest.raises(ValueError, match="Conv2d and Linear"):
+        recover_consumers(model, pruned, ["features.1"], calibration)
+    assert recover_consumers(model, pruned, [], calibration) == {}
+
+
+def test_consumers_of_is_ordered_and_deduplicated(model_of):
+    model = model_of("resnet")
+    space = PruningSpace.build(model, _randn(2, 0))
+    everything = consumers_of(space, [g.name for g in reversed(space.groups)] * 2)
+    assert len(everything) == len(set(everything))
+    order = [name for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    assert everything == sorted(everything, key=order.index)
+    inner = consumers_of(space, [g.name for g in space.select("inner")])
+    assert inner == ["layer1.conv2", "layer2.conv2"]
