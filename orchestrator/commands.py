@@ -212,10 +212,11 @@ def prune(args: argparse.Namespace) -> CommandResult:
     pruned = outcome.model
     stages = {"pruned": evaluate_model(pruned, test_loader).accuracy}
     if args.recover:
-        from pruning.recovery import consumers_of, recover_consumers
+        from pruning.recovery import consumers_of, kept_outputs_of, recover_consumers
 
-        layers = consumers_of(space, [n for n, k in outcome.keep.items() if k < space[n].size])
-        recover_consumers(model, pruned, layers, batches, progress=progress)
+        layers = consumers_of(space, outcome.kept_indices)
+        recover_consumers(model, pruned, layers, batches, progress=progress,
+                          kept_outputs=kept_outputs_of(space, outcome.kept_indices))
         stages["recovered"] = evaluate_model(pruned, test_loader).accuracy
     train_loader = make_loader(splits.train, args.batch_size, shuffle=True, seed=args.seed, augment=splits.augment_by_default)
     if args.bn_batches:

@@ -167,12 +167,23 @@ class DataSplits:
 class _Source(Protocol):
     """A loaded dataset before splitting: selects images by index from either split."""
 
-    train_size: int
-    test_size: int
-    num_classes: int
-    in_channels: int
-    input_size: tuple[int, int]
-    augment_by_default: bool
+    @property
+    def train_size(self) -> int: ...
+
+    @property
+    def test_size(self) -> int: ...
+
+    @property
+    def num_classes(self) -> int: ...
+
+    @property
+    def in_channels(self) -> int: ...
+
+    @property
+    def input_size(self) -> tuple[int, int]: ...
+
+    @property
+    def augment_by_default(self) -> bool: ...
 
     def select(self, split: str, indices: torch.Tensor) -> Dataset: ...
 
@@ -213,12 +224,14 @@ class _TensorSource:
         )
         mean = torch.tensor(self.mean).view(1, -1, 1, 1)
         std = torch.tensor(self.std).view(1, -1, 1, 1)
-        selected = (images[indices].float().div_(255) - mean) / std
+        selected = images[indices].float().div_(255).sub_(mean).div_(std)
         return ImageTensorDataset(selected, labels[indices].long(), self.augmentation)
 
 
 @dataclass(frozen=True)
 class _FolderSource:
+    """Lazily decoded ``ImageFolder`` splits, all resized and centre-cropped to ``image_size``."""
+
     train: torchvision.datasets.ImageFolder
     test: torchvision.datasets.ImageFolder
     image_size: int
@@ -247,7 +260,7 @@ class _FolderSource:
         return ImageFolderSubset(dataset, indices.tolist(), self.augmentation)
 
 
-DATASETS: Registry[Callable[..., _Source]] = Registry("dataset")
+DATASETS: Registry[_Source] = Registry("dataset")
 
 
 def list_datasets() -> list[str]:

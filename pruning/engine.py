@@ -107,6 +107,8 @@ class PruningSpace:
         self.classifier = classifier
         self._terms = tuple(terms)
         self._by_name = {g.name: g for g in self.groups}
+        #: Conv2d/Linear layers in the order the traced forward pass called them
+        self.call_order = tuple(t.module for t in self._terms)
         self.base_macs = int(sum(t.macs for t in self._terms))
 
     @classmethod

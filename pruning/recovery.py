@@ -89,7 +89,7 @@ def consumers_of(space: PruningSpace, pruned_groups: Iterable[str]) -> list[str]
     for name in pruned_groups:
         wanted.update(space[name].consumers)
     # the space's cost terms list every Conv2d/Linear in the order the trace called them
-    order = {term.module: i for i, term in enumerate(space._terms)}
+    order = {name: i for i, name in enumerate(space.call_order)}
     return sorted(wanted, key=lambda n: (order.get(n, len(order)), n))
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence, Sized
 from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import islice
@@ -183,7 +183,11 @@ def evaluate(
     loss_sum, correct, seen = 0.0, 0, 0
     with _preserved_modes(model):
         model.eval()
-        for inputs, targets in tqdm(islice(loader, max_batches), desc="eval", disable=not progress, leave=False):
+        batches = tqdm(
+            islice(loader, max_batches), total=_batch_count(loader, max_batches),
+            desc="eval", disable=not progress, leave=False,
+        )
+        for inputs, targets in batches:
             inputs, targets = inputs.to(device), targets.to(device)
             logits = model(inputs)
             loss_sum += F.cross_entropy(logits, targets, reduction="sum").item()
@@ -229,8 +233,11 @@ def recalibrate_bn(
             norm.momentum = None
             norm.train()
         try:
-            for inputs, _ in tqdm(islice(loader, num_batches), desc="BN recalibration", disable=not progress,
-                                  total=num_batches, leave=False):
+            batches = tqdm(
+                islice(loader, num_batches), total=_batch_count(loader, num_batches),
+                desc="BN recalibration", disable=not progress, leave=False,
+            )
+            for inputs, _ in batches:
                 model(inputs.to(device))
                 seen += 1
         finally:
@@ -251,6 +258,13 @@ def _preserved_modes(model: nn.Module) -> Iterator[None]:
     finally:
         for module, training in modes:
             module.training = training
+
+
+def _batch_count(loader: Iterable[Batch], limit: int | None) -> int | None:
+    """How many batches ``islice(loader, limit)`` yields, if the loader knows its length."""
+    if not isinstance(loader, Sized):
+        return limit
+    return len(loader) if limit is None else min(len(loader), limit)
 
 
 def _model_device(model: nn.Module) -> torch.device:

@@ -3,7 +3,7 @@
 Importing this package imports every criterion module so that their classes register; adding a
 criterion is one file plus one import line below.
 """
-from pruning.criteria._base import (
+from pruning.criteria._base import (  # noqa: F401  (re-exported)
     Batch,
     Criterion,
     ModuleCriterion,
@@ -14,24 +14,14 @@ from pruning.criteria._base import (
     normalise,
     register_criterion,
 )
+from pruning.criteria import apoz  # noqa: F401  (registers apoz, mean-activation)
 from pruning.criteria import bn_scale  # noqa: F401  (registers bn-scale)
+from pruning.criteria import chip  # noqa: F401  (registers chip)
+from pruning.criteria import entropy  # noqa: F401  (registers entropy)
 from pruning.criteria import fpgm  # noqa: F401  (registers fpgm)
+from pruning.criteria import hrank  # noqa: F401  (registers hrank)
 from pruning.criteria import magnitude  # noqa: F401  (registers l1, l2)
 from pruning.criteria import random  # noqa: F401  (registers random)
 from pruning.criteria import taylor  # noqa: F401  (registers taylor)
-
-__all__ = [
-    "Batch",
-    "Criterion",
-    "ModuleCriterion",
-    "ScoringContext",
-    "create_criterion",
-    "criterion_class",
-    "list_criteria",
-    "normalise",
-    "register_criterion",
-]
-from pruning.criteria import apoz  # noqa: F401,E402  (registers apoz, mean-activation)
-from pruning.criteria import chip  # noqa: F401,E402  (registers chip)
-from pruning.criteria import entropy  # noqa: F401,E402  (registers entropy)
-from pruning.criteria import hrank  # noqa: F401,E402  (registers hrank)
+from pruning.criteria import shapley  # noqa: F401  (registers shapley)
+from pruning.criteria import snpfi  # noqa: F401  (registers snpfi)

@@ -20,6 +20,10 @@ from pruning.engine import PruningSpace
 from pruning.groups import ChannelGroup
 
 ALL_CRITERIA = list_criteria()
+NEEDS_INPUTS = [
+    name for name in ALL_CRITERIA
+    if criterion_class(name).needs_calibration or criterion_class(name).needs_stats
+]
 # (model fixture, mode to put it in): a criterion that runs forward passes in train mode would
 # move BatchNorm statistics, which the state_dict comparison then catches
 MODELS = [("tiny_resnet", "train"), ("tiny_cnn", "eval")]
@@ -39,7 +43,10 @@ def _context(criterion: Criterion, model: nn.Module, space: PruningSpace, batche
             from pruning.stats import collect_activation_stats
         except ImportError:
             pytest.skip("pruning.stats is not available yet")
-        stats = collect_activation_stats(model, space.groups, batches)
+        # a criterion may ask for optional statistics (e.g. chip=True) through `stats_options`
+        stats = collect_activation_stats(
+            model, space.groups, batches, **getattr(criterion, "stats_options", {})
+        )
     return ScoringContext(calibration=batches, stats=stats)
 
 
@@ -74,14 +81,11 @@ def test_criterion_contract(name, model_name, mode, request, example_input, cali
     assert all(p.grad is None for p in model.parameters()), "gradients left on the model"
 
 
-@pytest.mark.parametrize("name", ALL_CRITERIA)
+@pytest.mark.parametrize("name", NEEDS_INPUTS)
 def test_missing_inputs_raise(name, tiny_resnet, example_input):
-    cls = criterion_class(name)
-    if not (cls.needs_calibration or cls.needs_stats):
-        pytest.skip(f"{name} needs neither calibration batches nor statistics")
     space = PruningSpace.build(tiny_resnet, example_input)
     with pytest.raises(ValueError, match=name):
-        cls().score(tiny_resnet, space.groups, ScoringContext())
+        create_criterion(name).score(tiny_resnet, space.groups, ScoringContext())
 
 
 def test_unknown_criterion_lists_valid_names():

@@ -252,7 +252,8 @@ def test_tiny_cnn_learns_real_fashion_mnist(fashion):
     torch.manual_seed(0)
     model = TinyCNN()
     loader = make_loader(fashion.train, 64, shuffle=True, seed=0)
-    train(model, loader, TrainConfig(epochs=1, lr=0.05, max_batches_per_epoch=30), progress=False)
+    # 50 batches reach about 0.7 for every seed tried (0.57 to 0.60 after 30)
+    train(model, loader, TrainConfig(epochs=1, max_batches_per_epoch=50), progress=False)
     test_loader = make_loader(fashion.test, 500, shuffle=False)
     result = evaluate(model, test_loader, max_batches=2)
     assert result.samples == 1000

@@ -13,6 +13,15 @@ from pruning.recovery import RecoveryReport, consumers_of, kept_outputs_of, reco
 MODELS = ("resnet", "cnn")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: intra-op threads only add contention on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def model_of(request):
     """``model_of(kind)``: a fresh TinyResNet / TinyCNN from the conftest fixtures."""
@@ -31,6 +40,14 @@ def calibration() -> list[tuple[torch.Tensor, torch.Tensor]]:
 @pytest.fixture(scope="module")
 def held_out() -> torch.Tensor:
     return _randn(256, 7)
+
+
+def _teacher(model: nn.Module) -> nn.Module:
+    """A fixed random teacher: centre the classifier's logits over random inputs, so that the
+    argmax labels depend on the input (an untrained model's bias picks one class otherwise)."""
+    with torch.no_grad():
+        model.fc.bias -= model.eval()(_randn(512, 9)).mean(0)
+    return model
 
 
 def _l1_scores(model: nn.Module, space: PruningSpace, names) -> dict[str, torch.Tensor]:
@@ -75,7 +92,7 @@ def test_refit_lowers_every_consumer_error(kind, calibration, model_of):
 
 @pytest.mark.parametrize("kind", MODELS)
 def test_recovery_improves_logits_and_teacher_accuracy(kind, calibration, held_out, model_of):
-    model = model_of(kind)
+    model = _teacher(model_of(kind))
     teacher = _logits(model, held_out)
     labels = teacher.argmax(1)  # the original is 100% accurate on these labels by construction
     space, pruned, kept, layers = _prune(model, 0.5)
@@ -87,8 +104,9 @@ def test_recovery_improves_logits_and_teacher_accuracy(kind, calibration, held_o
     mse_after = ((after - teacher) ** 2).mean().item()
     acc_before = (before.argmax(1) == labels).float().mean().item()
     acc_after = (after.argmax(1) == labels).float().mean().item()
-    assert mse_after < 0.5 * mse_before, (mse_before, mse_after)
-    assert acc_after > acc_before, (acc_before, acc_after)
+    assert len(labels.unique()) >= 5  # the teacher's labels really depend on the input
+    assert mse_after < 0.1 * mse_before, (mse_before, mse_after)
+    assert acc_after >= acc_before + 0.2, (acc_before, acc_after)
 
 
 @pytest.mark.parametrize("kind", MODELS)
@@ -111,8 +129,10 @@ def test_nothing_pruned_keeps_outputs(kind, calibration, held_out, model_of):
     space, pruned, kept, layers = _prune(model, 0.0)
     assert kept == {}
     layers = consumers_of(space, [g.name for g in space.groups])
-    reports = recover_consumers(model, pruned, layers, calibration)
+    reports = recover_consumers(model, pruned, layers, calibration[:2])
+    assert list(reports) == layers
     for report in reports.values():
+        assert report.status == "kept"  # nothing to gain: the weights stay as they are
         assert report.error_before < 1e-10
         assert report.error_after < 1e-6
     torch.testing.assert_close(_logits(pruned, held_out), _logits(model, held_out), rtol=1e-5, atol=1e-5)
@@ -141,17 +161,37 @@ def test_perturbed_layers_are_solved_back(kind, names, calibration, model_of):
         assert reports[name].error_before > 0.1
         assert reports[name].error_after < 1e-6, reports[name]
         original = dict(model.named_modules())[name]
-        torch.testing.assert_close(modules[name].weight, original.weight, rtol=1e-3, atol=1e-3)
+        if isinstance(original, nn.Conv2d):  # (dead ReLU inputs leave some linear weights free)
+            torch.testing.assert_close(modules[name].weight, original.weight, rtol=1e-3, atol=1e-3)
 
 
-def test_subsampling_bounds_rows(calibration, model_of):
+def test_subsampling_bounds_rows(calibration, model_of, capsys):
     model = model_of("resnet")
     space, pruned, kept, layers = _prune(model, 0.5)
     batches = iter(calibration)  # a one-shot iterator is fine
-    reports = recover_consumers(model, pruned, layers, batches, max_rows_per_batch=300, seed=1)
+    reports = recover_consumers(model, pruned, layers, batches, max_rows_per_batch=300, seed=1, progress=True)
     for report in reports.values():
         assert report.rows == 300 * len(calibration)
         assert report.error_after < report.error_before
+    logged = capsys.readouterr().err
+    assert all(name in logged for name in layers)
+
+
+def test_chunked_unfold_matches(calibration, model_of, monkeypatch):
+    """Unfolding a batch a few images at a time gives the same fit as all at once."""
+    import pruning.recovery as recovery
+
+    model = model_of("resnet")
+    space, pruned, kept, layers = _prune(model, 0.5)
+    other = copy.deepcopy(pruned)
+    whole = recover_consumers(model, pruned, layers, calibration[:2], max_rows_per_batch=2000)
+    monkeypatch.setattr(recovery, "_UNFOLD_BUDGET", 3 * 72 * 784)  # 3 images per chunk
+    chunked = recover_consumers(model, other, layers, calibration[:2], max_rows_per_batch=2000)
+    for name in layers:
+        assert whole[name].rows == chunked[name].rows == 4000
+        assert whole[name].error_after == pytest.approx(chunked[name].error_after, rel=1e-9)
+    for (k, a), b in zip(pruned.state_dict().items(), other.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=k)
 
 
 def test_modes_hooks_and_errors(calibration, model_of):

@@ -1,0 +1,167 @@
+"""SNPFI: filter utilization strength, automatic layer sparsity and pairwise interactions.
+
+Tang, Wei & Li, "Structured Network Pruning by Measuring Filter-wise Interactions",
+arXiv:2307.00758. A layer's filters are the players of a coalition game whose worth is the
+log-probability of the true class (``LayerGame(value="logprob")``); a filter's importance is its
+Shapley value (:mod:`pruning.shapley`).
+
+* Utilization strength of the top-k filters: U(k) = (v(top_k) - v(empty)) / (v(N) - v(empty)),
+  k = 0..n, top_k = the k most important filters. U(0) = 0 and U(n) = 1.
+* Automatic sparsity: 1 - k*/n with k* the smallest k >= ``min_keep`` with U(k) >= tau.
+* Shapley interaction index of a pair (Grabisch & Roubens 1999):
+  I_ij = sum_{S subset N\\{i,j}} |S|! (n-|S|-2)! / (n-1)! * (v(S+i+j) - v(S+i) - v(S+j) + v(S)).
+  The weights are the distribution of "the players before the merged player {i,j} in a random
+  order of the n-1 players (N\\{i,j}) + {ij}"; sampling S that way gives an unbiased estimate.
+  (Taking S = "the players before both i and j" in a random order of all n players is *not*
+  this distribution: it over-weights large S by n / (2(n-|S|-1)).)
+"""
+from __future__ import annotations
+
+import math
+from itertools import combinations
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from pruning.shapley import CoalitionGame, all_coalitions
+
+#: slack when comparing U(k) with tau (U is a ratio of float64 sums)
+_TAU_SLACK = 1e-9
+
+
+def utilization_curve(game: CoalitionGame, importance: torch.Tensor) -> torch.Tensor:
+    """U(k) for k = 0..n -> ``float64[n+1]``; all n+1 coalitions in one batched call.
+
+    Ties in ``importance`` are broken by the lower index. When v(N) == v(empty) (the layer does
+    not matter) the curve is 0 at k = 0 and 1 from k = 1 on.
+    """
+    n = game.size
+    importance = torch.as_tensor(importance).flatten()
+    if importance.numel() != n:
+        raise ValueError(f"need {n} importance values, got {importance.numel()}")
+    order = torch.argsort(importance.double(), descending=True, stable=True)
+    rank = torch.empty(n, dtype=torch.long)
+    rank[order] = torch.arange(n)
+    masks = rank[None, :] < torch.arange(n + 1)[:, None]
+    v = game.values(masks).to(torch.float64)
+    span = v[n] - v[0]
+    if abs(float(span)) < 1e-12:
+        curve = torch.ones(n + 1, dtype=torch.float64)
+        curve[0] = 0.0
+        return curve
+    curve = (v - v[0]) / span
+    curve[0], curve[n] = 0.0, 1.0
+    return curve
+
+
+def sparsity_from_curve(curve: torch.Tensor, tau: float = 0.95, min_keep: int = 1) -> float:
+    """1 - k*/n, k* the smallest k >= min_keep with curve[k] >= tau."""
+    if not 0.0 < tau <= 1.0:
+        raise ValueError(f"tau must be in (0, 1], got {tau}")
+    n = len(curve) - 1
+    if not 0 <= min_keep <= n:
+        raise ValueError(f"min_keep must be in [0, {n}], got {min_keep}")
+    ok = (curve >= tau - _TAU_SLACK).nonzero().flatten()
+    ok = ok[ok >= min_keep]
+    k = int(ok[0]) if len(ok) else n
+    return 1.0 - k / n
+
+
+def snpfi_sparsity(game: CoalitionGame, importance: torch.Tensor, tau: float = 0.95, *, min_keep: int = 1) -> float:
+    """SNPFI's automatic sparsity of a layer: 1 - k*/n (see :func:`sparsity_from_curve`).
+
+    ``min_keep`` (default 1) keeps at least one channel, since a group cannot be emptied.
+    """
+    return sparsity_from_curve(utilization_curve(game, importance), tau, min_keep)
+
+
+def _pairs(n: int, pairs, rng: np.random.Generator) -> list[tuple[int, int]]:
+    every = list(combinations(range(n), 2))
+    if pairs is None:
+        return every
+    if isinstance(pairs, (int, np.integer)):
+        if pairs < 1:
+            raise ValueError("pairs must be >= 1")
+        if pairs >= len(every):
+            return every
+        chosen = rng.choice(len(every), size=int(pairs), replace=False)
+        return [every[i] for i in sorted(chosen)]
+    out = [(int(i), int(j)) for i, j in pairs]
+    for i, j in out:
+        if i == j or not (0 <= i < n and 0 <= j < n):
+            raise ValueError(f"invalid pair ({i}, {j}) for {n} players")
+    return out
+
+
+def pairwise_interactions(
+    game: CoalitionGame,
+    pairs: int | Sequence[tuple[int, int]] | None = None,
+    *,
+    samples: int = 32,
+    seed: int = 0,
+) -> tuple[list[tuple[int, int]], torch.Tensor]:
+    """Sampled Shapley interaction indices -> (pairs, ``float64[P]``).
+
+    ``pairs``: None = all pairs, an int = that many distinct random pairs, or explicit pairs.
+    Each of the ``samples`` draws per pair costs 4 coalitions; all P * samples * 4 coalitions go
+    to the game in one batched call (it chunks them). S is drawn as: |S| uniform on 0..n-2, then
+    S uniform of that size among N\\{i,j} -- exactly the Shapley-interaction weights.
+    """
+    n = game.size
+    if n < 2:
+        raise ValueError("interactions need at least 2 players")
+    if samples < 1:
+        raise ValueError("samples must be >= 1")
+    rng = np.random.default_rng(seed)
+    chosen = _pairs(n, pairs, rng)
+    masks = np.zeros((len(chosen), samples, 4, n), dtype=bool)
+    for p, (i, j) in enumerate(chosen):
+        others = np.array([k for k in range(n) if k not in (i, j)], dtype=np.int64)
+        for s in range(samples):
+            size = int(rng.integers(0, n - 1))  # 0..n-2
+            members = rng.permutation(others)[:size]
+            base = masks[p, s, 0]
+            base[members] = True
+            masks[p, s, 1] = base
+            masks[p, s, 1, i] = True
+            masks[p, s, 2] = base
+            masks[p, s, 2, j] = True
+            masks[p, s, 3] = masks[p, s, 1]
+            masks[p, s, 3, j] = True
+    v = game.values(torch.from_numpy(masks.reshape(-1, n))).view(len(chosen), samples, 4)
+    delta = v[..., 3] - v[..., 1] - v[..., 2] + v[..., 0]
+    return chosen, delta.mean(1)
+
+
+def mean_interaction(
+    game: CoalitionGame,
+    *,
+    pairs: int | Sequence[tuple[int, int]] | None = None,
+    samples: int = 32,
+    seed: int = 0,
+    absolute: bool = False,
+) -> float:
+    """Mean (of |I_ij| when ``absolute``) of the sampled pairwise interaction indices."""
+    _, values = pairwise_interactions(game, pairs, samples=samples, seed=seed)
+    return float((values.abs() if absolute else values).mean())
+
+
+def exact_interaction(game: CoalitionGame, i: int, j: int) -> float:
+    """The Shapley interaction index of (i, j) by enumeration (small games, n <= 12)."""
+    n = game.size
+    if n > 12:
+        raise ValueError("exact enumeration is limited to 12 players")
+    if i == j:
+        raise ValueError("i and j must differ")
+    v = game.values(all_coalitions(n)).to(torch.float64)
+    index = torch.arange(2**n)
+    base = index[((index >> i) & 1 == 0) & ((index >> j) & 1 == 0)]
+    sizes = all_coalitions(n)[base].sum(1)
+    weight = torch.tensor(
+        [math.factorial(int(s)) * math.factorial(n - int(s) - 2) / math.factorial(n - 1) for s in sizes],
+        dtype=torch.float64,
+    )
+    bi, bj = 1 << i, 1 << j
+    delta = v[base | bi | bj] - v[base | bi] - v[base | bj] + v[base]
+    return float((weight * delta).sum())
