@@ -469,7 +469,7 @@ def _idx_source(
         train = dataset_class(str(torchvision_root), train=True, download=download)
         test = dataset_class(str(torchvision_root), train=False, download=download)
     except RuntimeError as error:  # torchvision's "not found" and failed downloads
-        raise DataRootError(f"{missing_message} ({_one_line(error)})") from error
+        raise DataRootError(_root_error_message(missing_message, error, download)) from error
     return _TensorSource(
         train_images=train.data.unsqueeze(1),
         train_labels=train.targets,
@@ -481,6 +481,12 @@ def _idx_source(
         augmentation=augmentation,
         augment_by_default=False,
     )
+
+
+def _root_error_message(message: str, error: Exception, download: bool) -> str:
+    """``message``, plus torchvision's own words when a download failed (its "not found" text
+    would only suggest ``download=True``, an API detail a CLI user cannot act on)."""
+    return f"{message} (download failed: {_one_line(error)})" if download else message
 
 
 def _one_line(error: Exception) -> str:
@@ -506,17 +512,19 @@ def _mnist(root: str | None, download: bool, image_size: int | None) -> _TensorS
                        0.1307, 0.3081, Augmentation(padding=2, flip=False))
 
 
-def _torchvision_dataset(name: str, root: str | None, dataset_class: Callable[..., Dataset], **kwargs) -> Dataset:
+def _torchvision_dataset(
+    name: str, root: str | None, download: bool, dataset_class: Callable[..., Dataset], **kwargs
+) -> Dataset:
     try:
-        return dataset_class(str(_required_root(name, root)), **kwargs)
+        return dataset_class(str(_required_root(name, root)), download=download, **kwargs)
     except RuntimeError as error:  # "Dataset not found or corrupted" and failed downloads
-        raise DataRootError(f"{_missing_root_message(name, root)} ({_one_line(error)})") from error
+        raise DataRootError(_root_error_message(_missing_root_message(name, root), error, download)) from error
 
 
 @DATASETS.register("cifar10")
 def _cifar10(root: str | None, download: bool, image_size: int | None) -> _TensorSource:
     train, test = (
-        _torchvision_dataset("cifar10", root, torchvision.datasets.CIFAR10, train=is_train, download=download)
+        _torchvision_dataset("cifar10", root, download, torchvision.datasets.CIFAR10, train=is_train)
         for is_train in (True, False)
     )
     return _TensorSource(
@@ -536,7 +544,7 @@ def _cifar10(root: str | None, download: bool, image_size: int | None) -> _Tenso
 @DATASETS.register("svhn")
 def _svhn(root: str | None, download: bool, image_size: int | None) -> _TensorSource:
     train, test = (
-        _torchvision_dataset("svhn", root, torchvision.datasets.SVHN, split=split, download=download)
+        _torchvision_dataset("svhn", root, download, torchvision.datasets.SVHN, split=split)
         for split in ("train", "test")
     )
     return _TensorSource(

@@ -55,6 +55,8 @@ from pruning.groups import ChannelGroup
 VALUES = ("logprob", "accuracy", "margin")
 MODES = ("auto", "fx", "hooks")
 EXACT_MAX_SIZE = 10
+#: images of the fx-vs-hooks agreement check at LayerGame construction
+_PROBE_IMAGES = 3
 
 
 # --------------------------------------------------------------------------------------- games
@@ -306,7 +308,7 @@ class LayerGame:
         *,
         value: str = "logprob",
         mode: str = "auto",
-        max_batch: int = 1024,
+        max_batch: int | None = None,
         traced: torch.fx.GraphModule | None = None,
     ) -> None:
         if value not in VALUES:
@@ -324,6 +326,8 @@ class LayerGame:
         self.inputs = inputs.to(self.device)
         self.targets = targets.to(self.device).long()
         self.batch_size = int(inputs.shape[0])
+        if max_batch is None:  # CPU convolutions are fastest in small batches, GPUs want big ones
+            max_batch = 256 if self.device.type == "cpu" else 4096
         self.max_batch = int(max_batch)
         self.chunk = max(1, self.max_batch // self.batch_size)
         self.observed = tuple(dict.fromkeys(o.module for o in group.observed))
@@ -350,18 +354,20 @@ class LayerGame:
     def _build_plan(self, traced) -> _DownstreamPlan:
         gm = traced if traced is not None else torch.fx.symbolic_trace(self.model)
         with _eval_no_grad(self.model):
-            plan = _DownstreamPlan(self.model, gm, self.observed, self.inputs)
+            # check the split on a few images first (cheap), then cache the real batch
+            n = min(self.batch_size, _PROBE_IMAGES)
+            probe_plan = _DownstreamPlan(self.model, gm, self.observed, self.inputs[:n])
             g = torch.Generator().manual_seed(0)
-            probe = torch.rand(3, self.size, generator=g) < 0.5
+            probe = torch.rand(2, self.size, generator=g) < 0.5
             probe[0] = True
             mask = probe.to(self.device, torch.float32)
-            fx = coalition_value(plan.run(mask).view(3, self.batch_size, -1), self.targets, self.value)
-            ref = coalition_value(self._hooks_logits(mask).view(3, self.batch_size, -1), self.targets, self.value)
-        if not torch.allclose(fx, ref, rtol=1e-4, atol=1e-5):
-            raise _Unsupported(f"fx and full-forward values disagree: {fx.tolist()} vs {ref.tolist()}")
-        return plan
+            fx = probe_plan.run(mask)
+            ref = self._hooks_logits(mask, self.inputs[:n])
+            if fx.shape != ref.shape or not torch.allclose(fx, ref, rtol=1e-4, atol=1e-5):
+                raise _Unsupported("fx downstream logits disagree with the full forward")
+            return _DownstreamPlan(self.model, gm, self.observed, self.inputs)
 
-    def _hooks_logits(self, mask: torch.Tensor) -> torch.Tensor:
+    def _hooks_logits(self, mask: torch.Tensor, inputs: torch.Tensor | None = None) -> torch.Tensor:
         modules = dict(self.model.named_modules())
 
         def hook(module, args, output):
@@ -369,7 +375,7 @@ class LayerGame:
 
         handles = [modules[name].register_forward_hook(hook) for name in self.observed]
         try:
-            return self.model(_expand(self.inputs, mask.shape[0]))
+            return self.model(_expand(self.inputs if inputs is None else inputs, mask.shape[0]))
         finally:
             for handle in handles:
                 handle.remove()

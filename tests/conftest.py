@@ -7,6 +7,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# One intra-op thread: the suite then runs at the same speed on a busy 2-core machine as on an
+# idle one (oversubscribed OpenMP threads slow small ops down by orders of magnitude), and
+# results do not depend on the thread count.
+torch.set_num_threads(1)
+
 
 class TinyBlock(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int) -> None:

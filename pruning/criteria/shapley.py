@@ -60,14 +60,14 @@ class ShapleyChannels(Criterion):
         batch_permutations: int = 8,
         exact_below: int = 0,
         mode: str = "auto",
-        max_batch: int = 512,
+        max_batch: int | None = None,
     ) -> None:
         super().__init__(seed)
         if value not in VALUES:
             raise ValueError(f"unknown value {value!r}; valid: {', '.join(VALUES)}")
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}")
-        if max_permutations < 1 or batch_size < 1 or batch_permutations < 1 or max_batch < 1:
+        if max_permutations < 1 or batch_size < 1 or batch_permutations < 1 or (max_batch is not None and max_batch < 1):
             raise ValueError("max_permutations, batch_size, batch_permutations and max_batch must be >= 1")
         if truncation is not None and truncation < 0:
             raise ValueError("truncation must be >= 0 or None")

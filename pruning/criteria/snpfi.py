@@ -37,7 +37,7 @@ class SNPFI(ShapleyChannels):
         exact_below: int = 0,
         tau: float = 0.95,
         mode: str = "auto",
-        max_batch: int = 512,
+        max_batch: int | None = None,
     ) -> None:
         super().__init__(
             seed=seed,

@@ -73,15 +73,15 @@ def test_merge_of_halves_equals_one_pass(model_name, request, example_input, sma
     assert all(int(s.n_images) == 12 for s in merged.layers.values())
 
 
-def test_merge_refuses_different_edges_or_config(tiny_resnet, example_input, calibration_batches):
+def test_merge_refuses_different_edges_or_config(tiny_resnet, example_input, small_batches):
     groups = space_of(tiny_resnet, example_input).groups
-    edges = compute_histogram_edges(tiny_resnet, groups, calibration_batches[:1])
+    edges = compute_histogram_edges(tiny_resnet, groups, small_batches[:1])
     shifted = {k: v + 0.1 for k, v in edges.items()}
-    a = accumulate_stats(tiny_resnet, groups, calibration_batches[:1], edges, rank=False)
-    b = accumulate_stats(tiny_resnet, groups, calibration_batches[1:], shifted, rank=False)
+    a = accumulate_stats(tiny_resnet, groups, small_batches[:1], edges, rank=False)
+    b = accumulate_stats(tiny_resnet, groups, small_batches[1:], shifted, rank=False)
     with pytest.raises(ValueError, match="histogram edges"):
         a.merge(b)
-    c = accumulate_stats(tiny_resnet, groups, calibration_batches[1:], edges, rank=True)
+    c = accumulate_stats(tiny_resnet, groups, small_batches[1:], edges, rank=True)
     with pytest.raises(ValueError, match="collected differently"):
         a.merge(c)
 
@@ -195,13 +195,13 @@ def test_dead_channel_has_zero_entropy_rank_and_full_apoz(tiny_resnet, example_i
     assert torch.all(stats.channel_entropy(group)[others] > 0)
 
 
-def test_sums_match_a_direct_computation(tiny_resnet, example_input, calibration_batches):
+def test_sums_match_a_direct_computation(tiny_resnet, example_input, small_batches):
     space = space_of(tiny_resnet, example_input)
-    stats = collect_activation_stats(tiny_resnet, space.groups, calibration_batches, rank=False)
+    stats = collect_activation_stats(tiny_resnet, space.groups, small_batches, rank=False)
     seen = []
     handle = tiny_resnet.layer2.bn1.register_forward_hook(lambda m, i, o: seen.append(torch.relu(o)))
     with torch.no_grad():
-        for x, _ in calibration_batches:
+        for x, _ in small_batches:
             tiny_resnet(x)
     handle.remove()
     act = torch.cat(seen).double()
