@@ -50,7 +50,8 @@ def _call_order(model: nn.Module, example_inputs) -> list[str]:
         if isinstance(module, _PRUNABLE)
     ]
     try:
-        with torch.no_grad():
+        # eval mode: a forward in train mode would update the BN running statistics
+        with _EvalMode(model), torch.no_grad():
             model(*_as_tuple(example_inputs))
     finally:
         for hook in hooks:
@@ -73,7 +74,8 @@ class _EvalMode:
         self.model = model
 
     def __enter__(self):
-        self.was_training = self.model.training
+        # every submodule's own flag: modes may be mixed (e.g. frozen BN in a training model)
+        self.modes = [(m, m.training) for m in self.model.modules()]
         self.grad = torch.enable_grad()
         self.grad.__enter__()
         self.model.eval()
@@ -81,7 +83,8 @@ class _EvalMode:
 
     def __exit__(self, *exc):
         self.grad.__exit__(*exc)
-        self.model.train(self.was_training)
+        for module, training in self.modes:
+            module.training = training
 
 
 def build_dependency_graph(model: nn.Module, example_inputs) -> tp.DependencyGraph:
@@ -228,13 +231,10 @@ def _cost_terms(model: nn.Module, example_inputs, groups: Sequence[ChannelGroup]
         for name, module in model.named_modules()
         if isinstance(module, _PRUNABLE)
     ]
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with _EvalMode(model), torch.no_grad():
             model(*_as_tuple(example_inputs))
     finally:
-        model.train(was_training)
         for hook in hooks:
             hook.remove()
     return terms

@@ -154,28 +154,39 @@ def _refine_to_target(space, groups, keep, target, intended, cap, min_channels) 
     move (one channel more or fewer in one layer) that keeps the layer's ratio closest to its
     intended ratio among the moves that bring the reduction strictly closer. This keeps the
     schedule's shape (uniform stays near-uniform) while the integer widths close the gap.
+    When no such single move exists (small models, where one channel is a large step), a
+    swap (one channel more in one layer, one fewer in another) is tried the same way.
     """
     keep = dict(keep)
     bounds = {g.name: _bounds(g, cap, min_channels) for g in groups}
     sizes = {g.name: g.size for g in groups}
     gap = abs(space.reduction(keep) - target)
-    while gap > FLOPS_TOLERANCE / 2:
+
+    def best_of(moves):
         best = None
-        for name in keep:
-            for step in (-1, 1):
-                k = keep[name] + step
-                if not bounds[name][0] <= k <= bounds[name][1]:
-                    continue
-                keep[name] = k
-                new_gap = abs(space.reduction(keep) - target)
-                keep[name] -= step
-                if new_gap < gap - 1e-12:
-                    candidate = (abs((1 - k / sizes[name]) - intended[name]), new_gap, name, step)
-                    best = candidate if best is None or candidate < best else best
+        for move in moves:
+            if not all(bounds[n][0] <= keep[n] + step <= bounds[n][1] for n, step in move):
+                continue
+            for n, step in move:
+                keep[n] += step
+            new_gap = abs(space.reduction(keep) - target)
+            deviation = sum(abs((1 - keep[n] / sizes[n]) - intended[n]) for n, _ in move)
+            for n, step in move:
+                keep[n] -= step
+            if new_gap < gap - 1e-12:
+                candidate = (deviation, new_gap, move)
+                best = candidate if best is None or candidate < best else best
+        return best
+
+    singles = [((name, step),) for name in keep for step in (-1, 1)]
+    swaps = [((a, 1), (b, -1)) for a in keep for b in keep if a != b]
+    while gap > FLOPS_TOLERANCE / 2:
+        best = best_of(singles) or best_of(swaps)
         if best is None:
             break
-        _, gap, name, step = best
-        keep[name] += step
+        _, gap, move = best
+        for name, step in move:
+            keep[name] += step
     return keep
 
 
@@ -193,7 +204,8 @@ def allocate_global(
 
     Scores are divided by their layer's mean absolute value so layers of different scale
     compare. With a FLOPs target, a removal that would overshoot it by more than half the
-    tolerance is skipped in favour of later (cheaper) channels.
+    tolerance is skipped in favour of later (cheaper) channels; if that leaves the reduction
+    short of the target, :func:`_refine_to_target` closes the gap.
     """
     if (ratio is None) == (flops_reduction is None):
         raise PruningError("give exactly one of ratio or flops_reduction")
@@ -224,7 +236,9 @@ def allocate_global(
         keep[name] -= 1
         if space.reduction(keep) > flops_reduction + FLOPS_TOLERANCE / 2:
             keep[name] += 1
-    return keep
+    # skipped overshoots can leave it short of the target: close the gap around this shape
+    intended = {g.name: 1.0 - keep[g.name] / g.size for g in groups}
+    return _refine_to_target(space, groups, keep, flops_reduction, intended, max_layer_ratio, min_channels)
 
 
 def plan_pruning(

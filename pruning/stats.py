@@ -33,6 +33,7 @@ import math
 import os
 import tempfile
 from dataclasses import dataclass
+from collections.abc import Iterator
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
@@ -449,7 +450,7 @@ def collect_activation_stats(
     """
     if edge_batches < 1:
         raise ValueError(f"edge_batches must be at least 1, got {edge_batches}")
-    if iter(batches) is batches:  # one-shot iterator: keep the edge batches for the main pass
+    if isinstance(batches, Iterator):  # one-shot: keep the edge batches for the main pass
         head = list(itertools.islice(batches, edge_batches))
         edges = compute_histogram_edges(model, groups, head, bins=bins, value=value)
         batches = itertools.chain(head, batches)

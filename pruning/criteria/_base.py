@@ -36,7 +36,7 @@ class ScoringContext:
     """What data-driven criteria may consume.
 
     ``calibration``: (inputs, targets) batches from the held-out calibration split.
-    ``stats``: pre-computed activation statistics (see ``pruning.stats``), keyed by group name.
+    ``stats``: pre-computed ``pruning.stats.ActivationStats`` (keyed by observed module, read per group).
     """
 
     calibration: Sequence[Batch] = ()

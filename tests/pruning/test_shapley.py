@@ -272,15 +272,48 @@ def test_dead_channel_has_zero_shapley_value(tiny_resnet, small_batch):
         assert abs(float(exact[c])) < 1e-9 * max(1.0, scale)
         assert abs(float(est.values[c])) < 1e-9 * max(1.0, scale)
 
-    # SNPFI on the same layer: U(0) = 0, U(n) = 1, tau = 1 drops the dead channels only
     curve = utilization_curve(game, exact)
     assert curve[0] == 0.0 and curve[-1] == 1.0 and len(curve) == 9
-    order = torch.argsort(exact, descending=True, stable=True)
-    useful = int((exact.abs() > 1e-9).sum())
-    if set(order[useful:].tolist()) == {2, 5}:  # the dead channels rank last
-        assert snpfi_sparsity(game, exact, tau=1.0) <= 2 / 8
-    keep = round((1 - snpfi_sparsity(game, exact, tau=1.0)) * 8)
-    assert curve[keep] >= 1.0 - 1e-9 and (keep == 1 or curve[keep - 1] < 1.0)
+
+
+class MonotoneNet(nn.Module):
+    """conv -> BN -> ReLU -> mean -> fc with logit_0 - logit_1 = 2 * sum of the channel means:
+    with targets 0 every live channel adds to v(S), so the game is strictly monotone."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 6, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(6)
+        self.fc = nn.Linear(6, 2)
+        with torch.no_grad():
+            self.bn.bias.fill_(1.0)
+            self.fc.weight.copy_(torch.stack([torch.ones(6), -torch.ones(6)]))
+            self.fc.bias.zero_()
+            for c in (1, 4):  # dead channels
+                self.conv.weight[c] = 0
+                self.bn.weight[c] = 0
+                self.bn.bias[c] = 0
+
+    def forward(self, x):
+        return self.fc(F.adaptive_avg_pool2d(F.relu(self.bn(self.conv(x))), 1).flatten(1))
+
+
+def test_snpfi_utilization_keeps_every_useful_channel(small_batch):
+    torch.manual_seed(0)
+    model = MonotoneNet().eval()
+    group = PruningSpace.build(model, small_batch[:2])["conv"]
+    game = LayerGame(model, group, small_batch, torch.zeros(len(small_batch), dtype=torch.long))
+    assert game.mode == "fx"
+    importance = exact_shapley(game).values
+    live = [0, 2, 3, 5]
+    assert (importance[live] > 1e-3).all() and (importance[[1, 4]].abs() < 1e-12).all()
+    curve = utilization_curve(game, importance)
+    assert curve[0] == 0.0 and curve[-1] == 1.0
+    assert (curve[1:5] > curve[:4]).all() and (curve[:4] < 1).all()  # rising while live channels join
+    assert torch.allclose(curve[4:], torch.ones(3, dtype=torch.float64), atol=1e-12, rtol=0)
+    assert snpfi_sparsity(game, importance, tau=1.0) == pytest.approx(2 / 6)  # only the dead go
+    assert snpfi_sparsity(game, importance, tau=0.95) >= 2 / 6
+    assert snpfi_sparsity(game, importance, tau=1e-6) == pytest.approx(5 / 6)  # min_keep = 1
 
 
 # ------------------------------------------------------------------------------- SNPFI

@@ -1,0 +1,146 @@
+"""Accuracy vs FLOPs reduction for pruning criteria on a trained checkpoint.
+
+For each criterion and FLOPs-reduction target: test accuracy right after pruning, after BN
+recalibration on calibration data, and after a fine-tune epoch; MACs, parameters and measured
+CPU latency (batch 64) next to the FLOPs ratio. Results go to a JSON file; ``--markdown``
+prints the table for docs/benchmarks.md.
+
+    python benchmarks/criteria_accuracy.py --checkpoint runs/bench/resnet20-fmnist.pt \
+        --criteria random l1 l2 bn-scale fpgm taylor --targets 0.3 0.5 0.7 \
+        --out benchmarks/results/resnet20_fmnist_baselines.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from pruning.checkpoint import load_checkpoint
+from pruning.criteria import ScoringContext, create_criterion, criterion_class
+from pruning.data import DataConfig, load_data, make_loader
+from pruning.engine import PruningSpace
+from pruning.measure import measure_cost, measure_latency
+from pruning.pipeline import prune_with_criterion
+from pruning.schedule import PruningConfig
+from pruning.training import TrainConfig, evaluate, recalibrate_bn, train
+
+
+def calibration_batches(splits, images: int, batch_size: int = 128):
+    batches, seen = [], 0
+    for x, y in make_loader(splits.calibration, batch_size, shuffle=False):
+        batches.append((x, y))
+        seen += len(y)
+        if seen >= images:
+            break
+    return batches
+
+
+def ratio_weights_for(ratios: str, model, space, groups, context, args):
+    if ratios == "concentration":
+        from pruning.concentration import concentration_weights
+
+        return concentration_weights(context.stats, groups, alpha=args.alpha)
+    if ratios == "snpfi":
+        return create_criterion("snpfi", seed=0).layer_sparsity(model, groups, context, tau=args.tau)
+    return None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--criteria", nargs="+", required=True)
+    parser.add_argument("--targets", nargs="+", type=float, default=[0.3, 0.5, 0.7])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="seeds (used by random)")
+    parser.add_argument("--random-seeds", type=int, default=3, help="seeds for the random criterion")
+    parser.add_argument("--ratios", default="uniform", help="uniform, global, concentration or snpfi")
+    parser.add_argument("--strategy", default="full")
+    parser.add_argument("--recover", action="store_true", help="SNPFI least-squares recovery before BN recalibration")
+    parser.add_argument("--alpha", type=float, default=0.5)
+    parser.add_argument("--tau", type=float, default=0.95)
+    parser.add_argument("--calibration-images", type=int, default=512)
+    parser.add_argument("--bn-batches", type=int, default=20)
+    parser.add_argument("--finetune-epochs", type=int, default=1)
+    parser.add_argument("--finetune-lr", type=float, default=0.01)
+    parser.add_argument("--finetune-subset", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    model, spec = load_checkpoint(args.checkpoint)
+    splits = load_data(DataConfig(**spec.meta["data"]))
+    shape = tuple(spec.input_shape)
+    example = torch.zeros(1, *shape)
+    space = PruningSpace.build(model, example)
+    groups = space.select(args.strategy)
+    test_loader = make_loader(splits.test, 500, shuffle=False)
+    batches = calibration_batches(splits, args.calibration_images)
+    base_cost = measure_cost(model, shape)
+    base_latency = measure_latency(model, shape, batch_size=64, threads=args.threads, repeats=10).median_ms
+    base_accuracy = evaluate(model, test_loader).accuracy
+
+    stats = None
+    needs_stats = args.ratios == "concentration" or any(criterion_class(c).needs_stats for c in args.criteria)
+    if needs_stats:
+        from pruning.stats import collect_activation_stats
+
+        started = time.perf_counter()
+        stats = collect_activation_stats(model, space.groups, batches, chip="chip" in args.criteria)
+        print(f"statistics pass: {time.perf_counter() - started:.1f} s")
+    context = ScoringContext(calibration=batches, stats=stats)
+    weights = ratio_weights_for(args.ratios, model, space, groups, context, args)
+
+    finetune_data = splits.train
+    if args.finetune_subset:
+        finetune_data = torch.utils.data.Subset(splits.train, range(args.finetune_subset))
+    rows = []
+    for name in args.criteria:
+        seeds = list(range(args.random_seeds)) if name == "random" else args.seeds
+        for target in args.targets:
+            for seed in seeds:
+                started = time.perf_counter()
+                criterion = create_criterion(name, seed=seed)
+                config = PruningConfig(strategy=args.strategy, allocation="global" if args.ratios == "global" else "uniform",
+                                       flops_reduction=target)
+                outcome = prune_with_criterion(model, example, criterion, config, context, ratio_weights=weights, space=space)
+                score_seconds = time.perf_counter() - started
+                pruned = outcome.model
+                row = {"criterion": name, "seed": seed, "target": target, "ratios": args.ratios,
+                       "strategy": args.strategy, "score_and_prune_seconds": score_seconds,
+                       "pruned": evaluate(pruned, test_loader).accuracy}
+                if args.recover:
+                    from pruning.recovery import consumers_of, kept_outputs_of, recover_consumers
+
+                    recover_consumers(model, pruned, consumers_of(space, outcome.kept_indices), batches,
+                                      kept_outputs=kept_outputs_of(space, outcome.kept_indices))
+                    row["recovered"] = evaluate(pruned, test_loader).accuracy
+                recalibrate_bn(pruned, batches, args.bn_batches)
+                row["bn_recalibrated"] = evaluate(pruned, test_loader).accuracy
+                train(pruned, make_loader(finetune_data, 128, shuffle=True, seed=seed),
+                      TrainConfig(epochs=args.finetune_epochs, lr=args.finetune_lr, seed=seed), progress=False)
+                row["finetuned"] = evaluate(pruned, test_loader).accuracy
+                cost = measure_cost(pruned, shape)
+                latency = measure_latency(pruned, shape, batch_size=64, threads=args.threads, repeats=10).median_ms
+                row.update(macs=cost.macs, params=cost.params, macs_reduction=1 - cost.macs / base_cost.macs,
+                           params_reduction=1 - cost.params / base_cost.params, latency_ms_b64=latency,
+                           speedup_b64=base_latency / latency, seconds=time.perf_counter() - started)
+                rows.append(row)
+                print(json.dumps(row))
+    result = {
+        "checkpoint": args.checkpoint, "model": spec.name, "dataset": spec.meta["data"]["name"],
+        "base": {"accuracy": base_accuracy, "macs": base_cost.macs, "params": base_cost.params,
+                 "latency_ms_b64": base_latency},
+        "settings": vars(args), "machine": f"{platform.processor() or platform.machine()}, "
+        f"{torch.get_num_threads()} threads, torch {torch.__version__}",
+        "rows": rows,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+"""Render benchmark JSON results from criteria_accuracy.py as a markdown table (mean over seeds)."""
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from collections import defaultdict
+
+
+def render(path: str) -> str:
+    result = json.loads(open(path).read())
+    base = result["base"]
+    stages = [s for s in ("pruned", "recovered", "bn_recalibrated", "finetuned") if s in result["rows"][0]]
+    lines = [
+        f"Base {result['model']} on {result['dataset']}: accuracy {base['accuracy']:.4f}, "
+        f"{base['macs'] / 1e6:.2f} M MACs, {base['params'] / 1e3:.1f} k params, "
+        f"batch-64 latency {base['latency_ms_b64']:.1f} ms.",
+        "",
+        "| criterion | ratios | target | MACs red. | params red. | " + " | ".join(stages) + " | speedup b64 |",
+        "|---|---|---|---|---|" + "---|" * len(stages) + "---|",
+    ]
+    grouped = defaultdict(list)
+    for row in result["rows"]:
+        grouped[(row["criterion"], row["ratios"], row["target"])].append(row)
+    for (criterion, ratios, target), rows in grouped.items():
+        def cell(key):
+            values = [r[key] for r in rows]
+            mean = statistics.mean(values)
+            return f"{mean:.4f}" + (f" ± {statistics.stdev(values):.4f}" if len(values) > 1 else "")
+        lines.append(
+            f"| {criterion}{' (%d seeds)' % len(rows) if len(rows) > 1 else ''} | {ratios} | {target:.0%} | "
+            f"{statistics.mean(r['macs_reduction'] for r in rows):.1%} | {statistics.mean(r['params_reduction'] for r in rows):.1%} | "
+            + " | ".join(cell(s) for s in stages)
+            + f" | {statistics.mean(r['speedup_b64'] for r in rows):.2f}x |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print("\n\n".join(render(p) for p in sys.argv[1:]))
