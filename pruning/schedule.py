@@ -155,7 +155,8 @@ def _refine_to_target(space, groups, keep, target, intended, cap, min_channels) 
     intended ratio among the moves that bring the reduction strictly closer. This keeps the
     schedule's shape (uniform stays near-uniform) while the integer widths close the gap.
     When no such single move exists (small models, where one channel is a large step), a
-    swap (one channel more in one layer, one fewer in another) is tried the same way.
+    compensated move is tried the same way: one channel more or fewer in one layer and, in
+    another layer, the whole number of channels that best closes the remaining gap.
     """
     keep = dict(keep)
     bounds = {g.name: _bounds(g, cap, min_channels) for g in groups}
@@ -178,10 +179,27 @@ def _refine_to_target(space, groups, keep, target, intended, cap, min_channels) 
                 best = candidate if best is None or candidate < best else best
         return best
 
+    def compensated():
+        moves = []
+        for a in keep:
+            for step in (-1, 1):
+                keep[a] += step
+                base = space.reduction(keep)
+                for b in keep:
+                    if b == a:
+                        continue
+                    keep[b] += 1
+                    slope = space.reduction(keep) - base  # MACs are linear in each group's width
+                    keep[b] -= 1
+                    if slope != 0:
+                        wanted = (target - base) / slope
+                        moves += [((a, step), (b, n)) for n in {math.floor(wanted), math.ceil(wanted)} if n]
+                keep[a] -= step
+        return moves
+
     singles = [((name, step),) for name in keep for step in (-1, 1)]
-    swaps = [((a, 1), (b, -1)) for a in keep for b in keep if a != b]
     while gap > FLOPS_TOLERANCE / 2:
-        best = best_of(singles) or best_of(swaps)
+        best = best_of(singles) or best_of(compensated())
         if best is None:
             break
         _, gap, move = best
