@@ -457,7 +457,7 @@ class RunningStats:
         return torch.where(self.n > 1, se, torch.full_like(se, float("inf")))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ShapleyEstimate:
     """Estimated Shapley values of one game.
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import time
-from typing import ClassVar
+from typing import ClassVar, Iterator
 
 import torch
 
@@ -83,21 +83,20 @@ class ShapleyChannels(Criterion):
         self.max_batch = max_batch
         self.last_report: dict[str, dict] = {}
 
-    def games(self, model, groups, context) -> dict[str, LayerGame]:
-        """One :class:`LayerGame` per group on the calibration batch, sharing one fx trace."""
+    def games(self, model, groups, context) -> Iterator[LayerGame]:
+        """One :class:`LayerGame` per group on the calibration batch, built lazily (each caches
+        activations of the batch) and sharing one fx trace."""
         self.check_context(context)
         inputs, targets = calibration_batch(context.calibration, self.batch_size)
         mode, traced = self.mode, None
-        if mode != "hooks":
+        if mode != "hooks" and groups:
             traced = trace_model(model)
             if traced is None and mode == "auto":
                 mode = "hooks"
-        return {
-            group.name: LayerGame(
+        for group in groups:
+            yield LayerGame(
                 model, group, inputs, targets, value=self.value, mode=mode, max_batch=self.max_batch, traced=traced
             )
-            for group in groups
-        }
 
     def estimate(self, game: LayerGame, name: str) -> ShapleyEstimate:
         if game.size <= self.exact_below:
@@ -116,13 +115,13 @@ class ShapleyChannels(Criterion):
             seed=group_seed(self.seed, name),
         )
 
-    def estimates(self, model, groups, context) -> dict[str, tuple[LayerGame, ShapleyEstimate]]:
-        out = {}
+    def estimates(self, model, groups, context) -> Iterator[tuple[str, LayerGame, ShapleyEstimate]]:
+        """Yield ``(group name, game, estimate)`` group by group; fills ``last_report``."""
         self.last_report = {}
-        for name, game in self.games(model, groups, context).items():
+        for game in self.games(model, groups, context):
+            name = game.group.name
             start = time.perf_counter()
             est = self.estimate(game, name)
-            out[name] = (game, est)
             self.last_report[name] = {
                 "mode": game.mode,
                 "fallback_reason": game.fallback_reason,
@@ -130,12 +129,12 @@ class ShapleyChannels(Criterion):
                 "coalitions": game.coalitions,
                 "image_evaluations": game.evaluations,
                 "max_stderr": float(est.stderr.max()) if len(est.stderr) else 0.0,
-                "seconds": time.perf_counter() - start,
+                "estimate_seconds": time.perf_counter() - start,  # game construction excluded
             }
-        return out
+            yield name, game, est
 
     def score(self, model, groups, context):
         return {
             name: torch.nan_to_num(est.values.float(), nan=0.0, posinf=0.0, neginf=0.0).cpu()
-            for name, (_, est) in self.estimates(model, groups, context).items()
+            for name, _, est in self.estimates(model, groups, context)
         }

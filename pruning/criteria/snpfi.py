@@ -60,7 +60,7 @@ class SNPFI(ShapleyChannels):
         """(scores, sparsities) from one estimation pass: ``({name: float32[n]}, {name: float})``."""
         tau = self.tau if tau is None else tau
         scores, sparsity = {}, {}
-        for name, (game, est) in self.estimates(model, groups, context).items():
+        for name, game, est in self.estimates(model, groups, context):
             scores[name] = torch.nan_to_num(est.values.float(), nan=0.0, posinf=0.0, neginf=0.0).cpu()
             sparsity[name] = snpfi_sparsity(game, est.values, tau)
         return scores, sparsity
