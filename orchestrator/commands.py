@@ -163,6 +163,7 @@ def stats(args: argparse.Namespace) -> CommandResult:
     state = collect_activation_stats(model, space.groups, batches, bins=args.bins, value=args.value,
                                      chip=args.chip, progress=not args.quiet)
     seconds = time.perf_counter() - started
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # like train/prune --out
     state.save(args.out)
     data = {"checkpoint": args.checkpoint, "out": str(args.out), "images": sum(len(y) for _, y in batches),
             "layers": len(space.groups), "seconds": seconds}

@@ -155,8 +155,9 @@ def _refine_to_target(space, groups, keep, target, intended, cap, min_channels) 
     intended ratio among the moves that bring the reduction strictly closer. This keeps the
     schedule's shape (uniform stays near-uniform) while the integer widths close the gap.
     When no such single move exists (small models, where one channel is a large step), a
-    compensated move is tried the same way: one channel more or fewer in one layer and, in
-    another layer, the whole number of channels that best closes the remaining gap.
+    compensated move is tried the same way: one channel more or fewer in one layer, then other
+    layers (one chosen first, then the rest in order) each set to the width within its bounds
+    that best closes the remaining gap, until the reduction is within half the tolerance.
     """
     keep = dict(keep)
     bounds = {g.name: _bounds(g, cap, min_channels) for g in groups}
@@ -179,22 +180,38 @@ def _refine_to_target(space, groups, keep, target, intended, cap, min_channels) 
                 best = candidate if best is None or candidate < best else best
         return best
 
+    def closest(trial, name):
+        """The width of ``name`` (within its bounds) whose reduction is closest to the target."""
+        lo, hi = bounds[name]
+        trial[name] = lo
+        at_lo = space.reduction(trial)
+        trial[name] = hi
+        at_hi = space.reduction(trial)  # MACs are linear in each group's width
+        wanted = hi if at_lo == at_hi else lo + (target - at_lo) * (hi - lo) / (at_hi - at_lo)
+        widths = {min(hi, max(lo, w)) for w in (math.floor(wanted), math.ceil(wanted))}
+
+        def gap_at(w):
+            trial[name] = w
+            return abs(space.reduction(trial) - target)
+
+        return min(sorted(widths), key=gap_at)
+
     def compensated():
         moves = []
         for a in keep:
             for step in (-1, 1):
-                keep[a] += step
-                base = space.reduction(keep)
+                if not bounds[a][0] <= keep[a] + step <= bounds[a][1]:
+                    continue
                 for b in keep:
                     if b == a:
                         continue
-                    keep[b] += 1
-                    slope = space.reduction(keep) - base  # MACs are linear in each group's width
-                    keep[b] -= 1
-                    if slope != 0:
-                        wanted = (target - base) / slope
-                        moves += [((a, step), (b, n)) for n in {math.floor(wanted), math.ceil(wanted)} if n]
-                keep[a] -= step
+                    trial = dict(keep)
+                    trial[a] += step
+                    for other in [b, *(n for n in keep if n not in (a, b))]:
+                        if abs(space.reduction(trial) - target) <= FLOPS_TOLERANCE / 2:
+                            break
+                        trial[other] = closest(trial, other)
+                    moves.append(tuple((n, trial[n] - keep[n]) for n in keep if trial[n] != keep[n]))
         return moves
 
     singles = [((name, step),) for name in keep for step in (-1, 1)]
@@ -308,7 +325,12 @@ def save_schedule(path: str | os.PathLike, schedule: Mapping[str, float]) -> Non
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
-        json.dump(dict(schedule), f, indent=2, sort_keys=True)
+        try:
+            json.dump(dict(schedule), f, indent=2, sort_keys=True)
+        except BaseException:  # no half-written temporary file left behind
+            f.close()
+            Path(f.name).unlink(missing_ok=True)
+            raise
     os.replace(f.name, path)
 
 

@@ -241,7 +241,8 @@ class _DownstreamPlan:
         for i, n in enumerate(nodes):
             for a in n.all_input_nodes:
                 last[a] = i
-        stop = max((nodes.index(n) for n in needed), default=-1)
+        position = {n: i for i, n in enumerate(nodes)}
+        stop = max((position[n] for n in needed), default=-1)
         env: dict = {}
         kept: dict = {}
         for i, n in enumerate(nodes[: stop + 1]):
