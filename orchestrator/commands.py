@@ -207,9 +207,10 @@ def prune(args: argparse.Namespace) -> CommandResult:
     needs_stats = criterion_class(args.criterion).needs_stats or ratio_source == "concentration"
     batches = _calibration_batches(splits, args.calibration_images, args.batch_size)
     context = ScoringContext(calibration=batches, stats=_activation_stats(args, model, space, batches) if needs_stats else None)
-    ratio_weights, config = _ratio_prior(args, ratio_source, model, space, config, context)
+    ratio_weights, config, scores = _ratio_prior(args, ratio_source, criterion, model, space, config, context)
 
-    outcome = prune_with_criterion(model, example, criterion, config, context, ratio_weights=ratio_weights, space=space)
+    outcome = prune_with_criterion(model, example, criterion, config, context, ratio_weights=ratio_weights,
+                                   space=space, scores=scores)
     pruned = outcome.model
     stages = {"pruned": evaluate_model(pruned, test_loader).accuracy}
     if args.recover:
@@ -279,17 +280,20 @@ def _activation_stats(args, model, space, batches):
     return collect_activation_stats(model, space.groups, batches, chip=chip, progress=not args.quiet)
 
 
-def _ratio_prior(args, source, model, space, config, context):
-    """Layer-wise ratio weights (concentration) or an explicit schedule (SNPFI's automatic sparsity)."""
+def _ratio_prior(args, source, criterion, model, space, config, context):
+    """Layer-wise ratio weights (concentration) or SNPFI's automatic per-layer sparsity, plus the
+    channel scores when computing the prior already produced them (criterion snpfi)."""
+    groups = space.select(config.strategy)
     if source == "concentration":
         from pruning.concentration import concentration_weights
 
-        return concentration_weights(context.stats, space.select(config.strategy), alpha=args.alpha), config
+        return concentration_weights(context.stats, groups, alpha=args.alpha), config, None
     if source == "snpfi":
-        snpfi = create_criterion("snpfi", seed=args.seed)
-        sparsity = snpfi.layer_sparsity(model, space.select(config.strategy), context, tau=args.tau)
+        snpfi = criterion if criterion.name == "snpfi" else create_criterion("snpfi", seed=args.seed)
+        scores, sparsity = snpfi.score_and_sparsity(model, groups, context, tau=args.tau)
+        scores = scores if snpfi is criterion else None
         if config.flops_reduction is None:
             capped = {n: min(s, config.max_layer_ratio) for n, s in sparsity.items()}
-            return None, replace(config, ratio=None, schedule=capped)
-        return sparsity, config
-    return None, config
+            return None, replace(config, ratio=None, schedule=capped), scores
+        return sparsity, config, scores
+    return None, config, None

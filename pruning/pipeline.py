@@ -57,12 +57,19 @@ def prune_with_criterion(
     *,
     ratio_weights: Mapping[str, float] | None = None,
     space: PruningSpace | None = None,
+    scores: Mapping[str, torch.Tensor] | None = None,
 ) -> PruneOutcome:
     """Score with ``criterion``, plan with ``config`` (and optional layer-wise ``ratio_weights``),
-    and return a pruned copy of ``model``."""
+    and return a pruned copy of ``model``.
+
+    ``scores``: ``criterion``'s scores when the caller already computed them (SNPFI scores and
+    sets its layer ratios in one estimation pass); they are not recomputed.
+    """
     space = space or PruningSpace.build(model, example_inputs)
     context = context or ScoringContext()
-    scores = score_channels(criterion, model, space, config.strategy, context)
+    if scores is None:
+        scores = score_channels(criterion, model, space, config.strategy, context)
+    scores = dict(scores)
     keep = plan_pruning(space, scores, config, ratio_weights)
     pruned, kept = prune_model(model, example_inputs, space, keep, scores)
     return PruneOutcome(pruned, space, keep, kept, scores)

@@ -39,7 +39,8 @@ class InfeasibleTargetError(PruningError):
 
 
 def _check_fraction(name: str, value: float) -> None:
-    if not (isinstance(value, (int, float)) and 0.0 <= value < 1.0 and math.isfinite(value)):
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not (number and 0.0 <= value < 1.0 and math.isfinite(value)):
         raise PruningError(f"{name} must be in [0, 1), got {value!r}")
 
 
@@ -342,7 +343,9 @@ def load_schedule(path: str | os.PathLike) -> dict[str, float]:
         raise PruningError(f"schedule file {str(path)!r} does not exist") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise PruningError(f"schedule file {str(path)!r} is not valid JSON: {err}") from None
-    if not isinstance(data, dict) or not all(isinstance(v, (int, float)) for v in data.values()):
+    if not isinstance(data, dict) or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in data.values()
+    ):
         raise PruningError(f"schedule file {str(path)!r} must hold a JSON object of layer name -> ratio")
     for layer, r in data.items():
         _check_fraction(f"ratio of layer {layer!r}", r)

@@ -1,0 +1,307 @@
+"""The search-space contract: an Optuna trial in, a pruning plan out.
+
+A :class:`SearchSpace` describes the hyper-parameters one sweep explores (the criterion, how the
+pruning is distributed over the layers, fine-tuning settings) and turns a set of sampled values
+into a :class:`TrialPlan` that ``pruning`` can carry out. It uses only ``pruning``'s public API
+and knows nothing of Ray, Tune or MLflow: the orchestrator builds one :class:`SpaceContext` per
+sweep, asks Optuna for trials and hands each one to :meth:`SearchSpace.sample`.
+
+Contract (checked for every registered space by ``tests/search_spaces/test_spaces.py``):
+
+* Options (parameter bounds) are constructor arguments with defaults, validated in ``__init__``;
+  a bad value raises ``ValueError`` naming the option and the value. Unknown options and space
+  names are refused by :func:`create_search_space` with the valid ones listed.
+* :meth:`SearchSpace.define` is define-by-run: it calls ``trial.suggest_*`` once for every
+  parameter, with names that depend only on the space's options and the context (so they are
+  the same in every trial of a sweep). Shared parameters come from :meth:`SearchSpace._define_shared`:
+  ``criterion``, ``finetune_lr``, ``finetune_epochs`` and ``weight_decay``.
+* :meth:`SearchSpace.to_plan` is pure: the same params and context give the same plan, so a plan
+  can be rebuilt from a finished trial's ``params`` (e.g. an MLflow run's logged parameters).
+* :meth:`SearchSpace.check_feasible` rejects plans before any training: it returns ``None`` for a
+  plan whose channel counts can be planned and whose MAC reduction lies within ``flops_bounds``
+  (and, for a FLOPs-targeted plan, within :data:`~pruning.schedule.FLOPS_TOLERANCE` of the
+  target), else a one-line reason.
+
+Adding a space is one file with a ``@register_space("name")`` class plus one import line in
+``search_spaces/__init__.py``.
+"""
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar, Mapping, Sequence
+
+import optuna
+import torch
+
+from pruning._registry import Registry
+from pruning.criteria import list_criteria
+from pruning.engine import PruningError, PruningSpace
+from pruning.schedule import FLOPS_TOLERANCE, PruningConfig, plan_pruning
+from pruning.stats import ActivationStats
+
+__all__ = [
+    "SpaceContext",
+    "TrialPlan",
+    "SearchSpace",
+    "register_space",
+    "create_search_space",
+    "list_search_spaces",
+    "search_space_class",
+]
+
+
+@dataclass(frozen=True)
+class SpaceContext:
+    """What a sweep knows before its first trial.
+
+    space: the unpruned model's prunable groups and MAC model.
+    strategy: which groups may be pruned (``full`` or ``inner``, see ``PruningSpace.select``).
+    stats: activation statistics of the unpruned model (the ``concentration`` space needs them).
+    utilization: per group name, SNPFI's utilization curve U(k) for k = 0..size, a 1-D tensor of
+        length ``size + 1`` rising to 1 (the ``snpfi`` space needs it); computed once per sweep.
+    """
+
+    space: PruningSpace
+    strategy: str = "full"
+    stats: ActivationStats | None = None
+    utilization: Mapping[str, torch.Tensor] | None = None
+
+
+@dataclass(frozen=True)
+class TrialPlan:
+    """One trial's recipe: how to score, how much to prune where, how to fine-tune.
+
+    ``config`` and ``ratio_weights`` go to ``pruning.schedule.plan_pruning``; ``params`` are the
+    sampled values the plan was built from (log them; :meth:`SearchSpace.to_plan` rebuilds the plan).
+    """
+
+    criterion: str
+    config: PruningConfig
+    ratio_weights: dict[str, float] | None
+    finetune_lr: float
+    finetune_epochs: int
+    weight_decay: float
+    params: dict[str, Any]
+
+    def keep(self, context: SpaceContext) -> dict[str, int]:
+        """Channels kept per group. Raises ``PruningError`` (``InfeasibleTargetError``) if unplannable.
+
+        No scores are needed: the spaces plan with uniform, proportional or explicit allocations,
+        never the score-driven ``global`` one.
+        """
+        return plan_pruning(context.space, {}, self.config, self.ratio_weights)
+
+    def planned_reduction(self, context: SpaceContext) -> float:
+        """Fraction of the unpruned MACs this plan removes."""
+        return context.space.reduction(self.keep(context))
+
+
+# ---------------------------------------------------------------------------------------------
+# option validation (one-line ValueErrors naming the option and its value)
+
+
+def _float_range(option: str, value: Any, *, lo: float, hi: float, hi_open: bool = False,
+                 positive: bool = False) -> tuple[float, float]:
+    """A (low, high) pair with low <= high inside [lo, hi] (or [lo, hi)); lists are accepted."""
+    try:
+        low, high = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{option} must be a (low, high) pair of numbers, got {value!r}") from None
+    upper = f"{hi})" if hi_open else f"{hi}]"
+    inside = all(
+        math.isfinite(v) and lo <= v and (v < hi if hi_open else v <= hi) and (v > 0 or not positive)
+        for v in (low, high)
+    )
+    if not inside:
+        where = f"(0, {upper}" if positive else f"[{lo}, {upper}"
+        raise ValueError(f"{option} must lie within {where}, got {value!r}")
+    if low > high:
+        raise ValueError(f"{option} must be (low, high) with low <= high, got {value!r}")
+    return low, high
+
+
+def _int_range(option: str, value: Any, *, lo: int = 0) -> tuple[int, int]:
+    try:
+        low, high = value
+    except (TypeError, ValueError):
+        raise ValueError(f"{option} must be a (low, high) pair of integers, got {value!r}") from None
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (low, high)):
+        raise ValueError(f"{option} must be a (low, high) pair of integers, got {value!r}")
+    if low < lo:
+        raise ValueError(f"{option} must be >= {lo}, got {value!r}")
+    if low > high:
+        raise ValueError(f"{option} must be (low, high) with low <= high, got {value!r}")
+    return low, high
+
+
+def _criteria(value: Any) -> tuple[str, ...]:
+    names = (value,) if isinstance(value, str) else tuple(value)
+    if not names:
+        raise ValueError("criteria must name at least one criterion, got an empty list")
+    valid = list_criteria()
+    unknown = [n for n in names if n not in valid]
+    if unknown:
+        raise ValueError(f"criteria: unknown criterion {unknown[0]!r}; valid: {', '.join(valid)}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"criteria must not repeat a name, got {list(names)!r}")
+    return names
+
+
+def _param(params: Mapping[str, Any], name: str) -> Any:
+    try:
+        return params[name]
+    except KeyError:
+        raise ValueError(f"missing parameter {name!r} (have: {', '.join(params) or 'none'})") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# the base class
+
+
+class SearchSpace(ABC):
+    """Base class; see the module docstring for the contract.
+
+    Shared options:
+
+    criteria: the criteria to choose from (categorical parameter ``criterion``).
+    finetune_lr: (low, high) of the fine-tuning learning rate, log-uniform.
+    finetune_epochs: (low, high) of the fine-tuning epochs, integers.
+    weight_decay: (low, high) of the fine-tuning weight decay, log-uniform.
+    flops_bounds: (low, high) of the MAC reductions this space may produce; plans outside are
+        infeasible (:meth:`check_feasible`).
+
+    Subclasses list these options again, keyword-only, in their own ``__init__`` (the registry
+    reads the constructor's signature to refuse unknown options) and pass them on.
+    """
+
+    #: registry name, set by ``register_space``
+    name: ClassVar[str] = ""
+
+    def __init__(
+        self,
+        *,
+        criteria: Sequence[str] = ("l1",),
+        finetune_lr: tuple[float, float] = (1e-3, 5e-2),
+        finetune_epochs: tuple[int, int] = (0, 1),
+        weight_decay: tuple[float, float] = (1e-5, 1e-3),
+        flops_bounds: tuple[float, float] = (0.1, 0.9),
+    ) -> None:
+        self.criteria = _criteria(criteria)
+        self.finetune_lr = _float_range("finetune_lr", finetune_lr, lo=0.0, hi=math.inf, positive=True)
+        self.finetune_epochs = _int_range("finetune_epochs", finetune_epochs)
+        self.weight_decay = _float_range("weight_decay", weight_decay, lo=0.0, hi=math.inf, positive=True)
+        self.flops_bounds = _float_range("flops_bounds", flops_bounds, lo=0.0, hi=1.0)
+
+    # -- options ---------------------------------------------------------------------------
+
+    def options(self) -> dict[str, Any]:
+        """The validated options (ranges as tuples), shared ones included: for logging."""
+        return {
+            **self._own_options(),
+            "criteria": self.criteria,
+            "finetune_lr": self.finetune_lr,
+            "finetune_epochs": self.finetune_epochs,
+            "weight_decay": self.weight_decay,
+            "flops_bounds": self.flops_bounds,
+        }
+
+    @abstractmethod
+    def _own_options(self) -> dict[str, Any]:
+        """The space's own validated options."""
+
+    def __repr__(self) -> str:
+        opts = ", ".join(f"{k}={v!r}" for k, v in self.options().items())
+        return f"{type(self).__name__}({opts})"
+
+    # -- sampling --------------------------------------------------------------------------
+
+    @abstractmethod
+    def define(self, trial: optuna.Trial, context: SpaceContext) -> None:
+        """Suggest every parameter of this space on ``trial`` (define-by-run)."""
+
+    @abstractmethod
+    def to_plan(self, params: Mapping[str, Any], context: SpaceContext) -> TrialPlan:
+        """The plan for sampled ``params`` (pure: same params and context, same plan)."""
+
+    def sample(self, trial: optuna.Trial, context: SpaceContext) -> TrialPlan:
+        """Define the parameters on ``trial`` and build the plan from them."""
+        self.define(trial, context)
+        return self.to_plan(trial.params, context)
+
+    def _define_shared(self, trial: optuna.Trial) -> None:
+        """Suggest ``criterion``, ``finetune_lr``, ``finetune_epochs`` and ``weight_decay``."""
+        trial.suggest_categorical("criterion", list(self.criteria))
+        trial.suggest_float("finetune_lr", *self.finetune_lr, log=True)
+        trial.suggest_int("finetune_epochs", *self.finetune_epochs)
+        trial.suggest_float("weight_decay", *self.weight_decay, log=True)
+
+    def _make_plan(
+        self,
+        params: Mapping[str, Any],
+        config: PruningConfig,
+        ratio_weights: Mapping[str, float] | None = None,
+    ) -> TrialPlan:
+        """A plan with the shared parameters read from ``params`` (all of ``params`` logged)."""
+        return TrialPlan(
+            criterion=str(_param(params, "criterion")),
+            config=config,
+            ratio_weights=None if ratio_weights is None else dict(ratio_weights),
+            finetune_lr=float(_param(params, "finetune_lr")),
+            finetune_epochs=int(_param(params, "finetune_epochs")),
+            weight_decay=float(_param(params, "weight_decay")),
+            params=dict(params),
+        )
+
+    # -- feasibility -----------------------------------------------------------------------
+
+    def check_feasible(self, plan: TrialPlan, context: SpaceContext) -> str | None:
+        """``None`` if ``plan`` can be trained, else a one-line reason (no training involved)."""
+        try:
+            keep = plan.keep(context)
+        except PruningError as err:  # InfeasibleTargetError included
+            return str(err)
+        reduction = context.space.reduction(keep)
+        target = plan.config.flops_reduction
+        if target is not None and abs(reduction - target) > FLOPS_TOLERANCE:
+            return (
+                f"FLOPs reduction target {target:.3f} missed: the integer channel counts reach "
+                f"{reduction:.3f} (tolerance {FLOPS_TOLERANCE})"
+            )
+        low, high = self.flops_bounds
+        if not low <= reduction <= high:
+            return f"planned FLOPs reduction {reduction:.3f} is outside flops_bounds [{low}, {high}]"
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# registry
+
+_SPACES: Registry[SearchSpace] = Registry("search space")
+
+
+def register_space(name: str):
+    """Class decorator: register a :class:`SearchSpace` subclass under ``name``."""
+
+    def decorator(cls):
+        cls.name = name
+        return _SPACES.register(name)(cls)
+
+    return decorator
+
+
+def create_search_space(name: str, **options: Any) -> SearchSpace:
+    """Instantiate a registered space; unknown names or options raise with the valid ones listed.
+
+    Ranges may be given as lists (as YAML reads them): ``create_search_space(**config["space"])``.
+    """
+    return _SPACES.create(name, **options)
+
+
+def list_search_spaces() -> list[str]:
+    return _SPACES.names()
+
+
+def search_space_class(name: str) -> type[SearchSpace]:
+    return _SPACES.get(name)  # type: ignore[return-value]
