@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -127,7 +128,8 @@ def main() -> None:
                 latency = measure_latency(pruned, shape, batch_size=64, threads=args.threads, repeats=10).median_ms
                 row.update(macs=cost.macs, params=cost.params, macs_reduction=1 - cost.macs / base_cost.macs,
                            params_reduction=1 - cost.params / base_cost.params, latency_ms_b64=latency,
-                           speedup_b64=base_latency / latency, seconds=time.perf_counter() - started)
+                           speedup_b64=base_latency / latency, load_average=os.getloadavg()[0],
+                           seconds=time.perf_counter() - started)
                 rows.append(row)
                 print(json.dumps(row))
     result = {

@@ -1,0 +1,76 @@
+"""``concentration``: a FLOPs target distributed by information concentration.
+
+Parameters: ``flops_reduction`` (the global target), ``alpha`` (fusion weight of entropy vs rank
+in the information concentration IC_l) and ``temperature`` (the spread of the layer weights
+w_l = (1 - IC_l) ** temperature; 0 is uniform, larger concentrates pruning on the least
+informative layers), plus the shared ones. Layer ratios are min(cap, s * w_l) with s fitted to
+the target (``pruning.concentration.concentration_weights`` + the proportional allocation).
+
+Three parameters whatever the depth: the space that scales to deep nets. Needs the unpruned
+model's activation statistics in ``SpaceContext.stats``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Sequence
+
+import optuna
+
+from pruning.concentration import concentration_weights
+from pruning.schedule import PruningConfig
+from search_spaces._base import SearchSpace, SpaceContext, TrialPlan, _float_range, _param, register_space
+
+
+@register_space("concentration")
+class ConcentrationSpace(SearchSpace):
+    """Global FLOPs target, layer-wise ratios weighted by information concentration."""
+
+    def __init__(
+        self,
+        flops_reduction: tuple[float, float] = (0.2, 0.8),
+        alpha: tuple[float, float] = (0.0, 1.0),
+        temperature: tuple[float, float] = (0.0, 3.0),
+        *,
+        criteria: Sequence[str] = ("l1",),
+        finetune_lr: tuple[float, float] = (1e-3, 5e-2),
+        finetune_epochs: tuple[int, int] = (0, 1),
+        weight_decay: tuple[float, float] = (1e-5, 1e-3),
+        flops_bounds: tuple[float, float] = (0.1, 0.9),
+    ) -> None:
+        super().__init__(
+            criteria=criteria, finetune_lr=finetune_lr, finetune_epochs=finetune_epochs,
+            weight_decay=weight_decay, flops_bounds=flops_bounds,
+        )
+        self.flops_reduction = _float_range("flops_reduction", flops_reduction, lo=0.0, hi=1.0, hi_open=True)
+        self.alpha = _float_range("alpha", alpha, lo=0.0, hi=1.0)
+        self.temperature = _float_range("temperature", temperature, lo=0.0, hi=math.inf)
+
+    def _own_options(self) -> dict[str, Any]:
+        return {"flops_reduction": self.flops_reduction, "alpha": self.alpha, "temperature": self.temperature}
+
+    def _require_stats(self, context: SpaceContext) -> None:
+        if context.stats is None:
+            raise ValueError(
+                f"search space {self.name!r} needs activation statistics in SpaceContext.stats "
+                "(run `prunesweep stats` on the unpruned model)"
+            )
+
+    def define(self, trial: optuna.Trial, context: SpaceContext) -> None:
+        self._require_stats(context)
+        trial.suggest_float("flops_reduction", *self.flops_reduction)
+        trial.suggest_float("alpha", *self.alpha)
+        trial.suggest_float("temperature", *self.temperature)
+        self._define_shared(trial)
+
+    def to_plan(self, params: Mapping[str, Any], context: SpaceContext) -> TrialPlan:
+        self._require_stats(context)
+        groups = context.space.select(context.strategy)
+        weights = concentration_weights(
+            context.stats, groups,
+            alpha=float(_param(params, "alpha")), temperature=float(_param(params, "temperature")),
+        )
+        config = PruningConfig(
+            strategy=context.strategy, allocation="uniform",
+            flops_reduction=float(_param(params, "flops_reduction")),
+        )
+        return self._make_plan(params, config, weights)

@@ -1,0 +1,82 @@
+"""``snpfi``: SNPFI's automatic layer sparsity at a sampled retention level.
+
+Parameter: ``tau`` (uniform in the ``tau`` option's range) plus the shared ones. Each group keeps
+k* channels, the smallest k >= 1 whose top-k filters reach a utilization U(k) >= tau
+(``pruning.snpfi.sparsity_from_curve``), i.e. the layer's ratio is 1 - k*/n, capped at the
+default per-layer cap (0.9). An explicit schedule: the MAC reduction follows from tau, and
+plans outside ``flops_bounds`` are rejected by ``check_feasible``.
+
+Needs ``SpaceContext.utilization``: per group, U(k) for k = 0..size, computed once per sweep from
+the unpruned model (Shapley importance of the group's filters).
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import optuna
+import torch
+
+from pruning.schedule import PruningConfig
+from pruning.snpfi import sparsity_from_curve
+from search_spaces._base import SearchSpace, SpaceContext, TrialPlan, _float_range, _param, register_space
+
+MAX_LAYER_RATIO = PruningConfig(ratio=0.0).max_layer_ratio
+
+
+@register_space("snpfi")
+class SnpfiSpace(SearchSpace):
+    """Per-layer sparsity from utilization curves at one sampled retention level tau."""
+
+    def __init__(
+        self,
+        tau: tuple[float, float] = (0.8, 0.99),
+        *,
+        criteria: Sequence[str] = ("l1",),
+        finetune_lr: tuple[float, float] = (1e-3, 5e-2),
+        finetune_epochs: tuple[int, int] = (0, 1),
+        weight_decay: tuple[float, float] = (1e-5, 1e-3),
+        flops_bounds: tuple[float, float] = (0.1, 0.9),
+    ) -> None:
+        super().__init__(
+            criteria=criteria, finetune_lr=finetune_lr, finetune_epochs=finetune_epochs,
+            weight_decay=weight_decay, flops_bounds=flops_bounds,
+        )
+        self.tau = _float_range("tau", tau, lo=0.0, hi=1.0, positive=True)
+
+    def _own_options(self) -> dict[str, Any]:
+        return {"tau": self.tau}
+
+    def _curves(self, context: SpaceContext) -> dict[str, torch.Tensor]:
+        """The utilization curve of every group the strategy may prune, checked."""
+        if context.utilization is None:
+            raise ValueError(
+                f"search space {self.name!r} needs utilization curves in SpaceContext.utilization"
+            )
+        curves = {}
+        for group in context.space.select(context.strategy):
+            if group.name not in context.utilization:
+                raise ValueError(
+                    f"search space {self.name!r}: no utilization curve for layer {group.name!r}"
+                )
+            curve = torch.as_tensor(context.utilization[group.name])
+            if curve.dim() != 1 or curve.numel() != group.size + 1:
+                raise ValueError(
+                    f"search space {self.name!r}: the utilization curve of layer {group.name!r} must be "
+                    f"1-D of length {group.size + 1}, got shape {tuple(curve.shape)}"
+                )
+            curves[group.name] = curve
+        return curves
+
+    def define(self, trial: optuna.Trial, context: SpaceContext) -> None:
+        self._curves(context)
+        trial.suggest_float("tau", *self.tau)
+        self._define_shared(trial)
+
+    def to_plan(self, params: Mapping[str, Any], context: SpaceContext) -> TrialPlan:
+        tau = float(_param(params, "tau"))
+        schedule = {
+            name: min(MAX_LAYER_RATIO, sparsity_from_curve(curve, tau, min_keep=1))
+            for name, curve in self._curves(context).items()
+        }
+        config = PruningConfig(strategy=context.strategy, schedule=schedule)
+        return self._make_plan(params, config)

@@ -1,0 +1,49 @@
+"""``uniform``: one global FLOPs-reduction target, the same ratio in every prunable layer.
+
+Parameters: ``flops_reduction`` (uniform in the ``flops_reduction`` option's range) plus the
+shared ones. The plan is ``PruningConfig(allocation="uniform", flops_reduction=...)``: equal
+per-layer ratios scaled by bisection to the target, then refined channel by channel.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import optuna
+
+from pruning.schedule import PruningConfig
+from search_spaces._base import SearchSpace, SpaceContext, TrialPlan, _float_range, _param, register_space
+
+
+@register_space("uniform")
+class UniformSpace(SearchSpace):
+    """One FLOPs target, uniform allocation: the baseline every other space is compared with."""
+
+    def __init__(
+        self,
+        flops_reduction: tuple[float, float] = (0.2, 0.8),
+        *,
+        criteria: Sequence[str] = ("l1",),
+        finetune_lr: tuple[float, float] = (1e-3, 5e-2),
+        finetune_epochs: tuple[int, int] = (0, 1),
+        weight_decay: tuple[float, float] = (1e-5, 1e-3),
+        flops_bounds: tuple[float, float] = (0.1, 0.9),
+    ) -> None:
+        super().__init__(
+            criteria=criteria, finetune_lr=finetune_lr, finetune_epochs=finetune_epochs,
+            weight_decay=weight_decay, flops_bounds=flops_bounds,
+        )
+        self.flops_reduction = _float_range("flops_reduction", flops_reduction, lo=0.0, hi=1.0, hi_open=True)
+
+    def _own_options(self) -> dict[str, Any]:
+        return {"flops_reduction": self.flops_reduction}
+
+    def define(self, trial: optuna.Trial, context: SpaceContext) -> None:
+        trial.suggest_float("flops_reduction", *self.flops_reduction)
+        self._define_shared(trial)
+
+    def to_plan(self, params: Mapping[str, Any], context: SpaceContext) -> TrialPlan:
+        config = PruningConfig(
+            strategy=context.strategy, allocation="uniform",
+            flops_reduction=float(_param(params, "flops_reduction")),
+        )
+        return self._make_plan(params, config)
