@@ -197,6 +197,10 @@ def prune(args: argparse.Namespace) -> CommandResult:
     for name, value in (("--bn-batches", args.bn_batches), ("--finetune-epochs", args.finetune_epochs)):
         if value < 0:
             raise ValueError(f"{name} must be >= 0, got {value}")
+    if args.finetune_subset is not None and args.finetune_subset <= 0:
+        raise ValueError(f"--finetune-subset must be > 0, got {args.finetune_subset}")
+    if args.stats is not None and not Path(args.stats).is_file():
+        raise FileNotFoundError(f"--stats file {args.stats!r} does not exist")
     model, spec, splits, shape = _load(args)
     example = torch.zeros(1, *shape)
     space = PruningSpace.build(model, example)
@@ -251,7 +255,8 @@ def prune(args: argparse.Namespace) -> CommandResult:
     if args.schedule_out:
         save_schedule(args.schedule_out, schedule)
     data = {"base": base, "pruned": after, "pruning": pruning, "checkpoint": args.out}
-    rows = [(k, base[k], after[k], _change(base[k], after[k])) for k in ("macs", "params", "accuracy", "latency_ms", "latency_ms_batch64")]
+    rows = [(k, base[k], after[k], _change(base[k], after[k], difference=k == "accuracy"))
+            for k in ("macs", "params", "accuracy", "latency_ms", "latency_ms_batch64")]
     text = (
         f"{spec.name} on {splits.name}: criterion {args.criterion}, strategy {config.strategy}, ratios {args.ratios}\n"
         + format_table(rows, ("", "base", "pruned", "change"))
@@ -263,10 +268,11 @@ def prune(args: argparse.Namespace) -> CommandResult:
     return CommandResult(text, data)
 
 
-def _change(before, after) -> str:
+def _change(before, after, difference: bool = False) -> str:
+    """``after - before`` for accuracies (``difference``), else the ratio ``after / before``."""
     if before is None or after is None:
         return ""
-    if isinstance(before, float) and before <= 1.0 and after <= 1.0:
+    if difference:
         return f"{after - before:+.4f}"
     return f"x{after / before:.3f}" if before else ""
 

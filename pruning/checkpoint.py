@@ -130,6 +130,8 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[ModelSpec, dict[str, torch
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(payload, dict) or not {"spec", "state_dict"} <= payload.keys():
+            raise CheckpointError(f"{str(path)!r} is not a prunesweep checkpoint (no spec and state_dict)")
         return ModelSpec.from_json(payload["spec"]), payload["state_dict"]
     except CheckpointError:
         raise

@@ -275,6 +275,11 @@ def test_prune_with_schedule_file_reproduces_the_run(l1_run, trained, tmp_path, 
                               "--bn-batches", "0", "--calibration-images", "128", "--out", out, "--quiet")
     assert code == 0, err
     assert "ratios" in text and "MACs -" in text and str(out) in text  # the readable summary
+    rows = {}
+    for line in text.splitlines()[1:7]:  # the title, then the table: header, rule, macs, params, accuracy, ...
+        rows[line.split()[0]] = line.split()
+    assert re.fullmatch(r"[+-]\d\.\d{4}", rows["accuracy"][-1])  # accuracy: a difference
+    assert re.fullmatch(r"x\d+\.\d{3}", rows["macs"][-1]) and re.fullmatch(r"x\d+\.\d{3}", rows["latency_ms"][-1])
     _, spec = load_checkpoint(out)
     assert spec.meta["pruning"]["ratios"] == str(l1_run["schedule"])
     assert spec.meta["pruning"]["channels"] == l1_run["data"]["pruning"]["channels"]
@@ -296,7 +301,7 @@ def test_prune_entropy_concentration(trained, tmp_path, capsys, fast_latency):
 @needs_data
 def test_stats_file_feeds_hrank_inner(trained, tmp_path, capsys, monkeypatch, fast_latency):
     trained = trained["out"]
-    stats_file = tmp_path / "stats" / "act.pt"
+    stats_file = tmp_path / "stats" / "act.pt"  # its folder does not exist yet, as for train/prune --out
     data = run_json(capsys, "stats", "--checkpoint", trained, "--calibration-images", "128", "--out", stats_file)
     assert data["images"] == 128 and data["layers"] > 0 and data["out"] == str(stats_file)
     assert stats_file.is_file()
@@ -334,6 +339,10 @@ def test_stats_file_feeds_hrank_inner(trained, tmp_path, capsys, monkeypatch, fa
     (["prune", "--flops-reduction", "1.5"], ["flops_reduction", "1.5"]),
     (["prune", "--flops-reduction", "0.3", "--bn-batches", "-1"], ["--bn-batches", "-1"]),
     (["prune", "--ratios", "concentration", "--ratio", "0.3"], ["--flops-reduction"]),
+    (["prune", "--ratio", "0.3", "--finetune-epochs", "1", "--finetune-subset", "0"], ["--finetune-subset", "0"]),
+    (["prune", "--ratio", "0.3", "--finetune-epochs", "1", "--finetune-subset", "-5"], ["--finetune-subset", "-5"]),
+    (["prune", "--criterion", "hrank", "--ratio", "0.3", "--stats", "/nonexistent/act.pt"],
+     ["--stats", "/nonexistent/act.pt", "does not exist"]),
     (["prune"], ["--flops-reduction", "--ratio"]),
     (["stats", "--dataset", "nope"], ["'nope'", "fashion-mnist"]),
     (["eval", "--dataset", "nope"], ["'nope'", "fashion-mnist"]),
@@ -451,3 +460,11 @@ def test_errors_write_no_statistics_file(untrained, tmp_path, capsys):
     out = tmp_path / "stats.pt"
     assert_bad_input(capsys, ["stats", "--checkpoint", untrained, "--data-root", "/nonexistent", "--out", out],
                      "/nonexistent", no_files=[out])
+
+
+def test_change_column_of_the_prune_summary():
+    """Accuracies change by a difference; costs (latencies too, even below 1 ms) by a ratio."""
+    assert commands._change(0.90, 0.85, difference=True) == "-0.0500"
+    assert commands._change(0.8, 0.4) == "x0.500"  # a sub-millisecond latency is not an accuracy
+    assert commands._change(1000, 250) == "x0.250"
+    assert commands._change(None, 0.5, difference=True) == ""

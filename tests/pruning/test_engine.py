@@ -341,7 +341,8 @@ def test_inner_plan_leaves_every_residual_width_unchanged():
             conv1, conv2 = after[f"layer{s}.{b}.conv1"], after[f"layer{s}.{b}.conv2"]
             width = (16, 32, 64)[s - 1]
             assert conv1.out_channels == width // 2 == conv2.in_channels
-            assert conv2.out_channels == width and conv1.in_channels == (width if (s, b) == (1, 0) or b else width // 2)
+            assert conv2.out_channels == width
+            assert conv1.in_channels == ((16, 16, 32)[s - 1] if b == 0 else width)  # the residual stream
 
 
 def test_tiny_models_groups():

@@ -1,0 +1,212 @@
+"""The search-space contract, checked for every registered space with a real Optuna study."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+import yaml
+
+from pruning.engine import PruningSpace
+from pruning.stats import collect_activation_stats
+from search_spaces import (
+    SpaceContext,
+    TrialPlan,
+    create_search_space,
+    list_search_spaces,
+    search_space_class,
+)
+from search_spaces.per_layer import PerLayerSpace
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+N_TRIALS = 20
+EXAMPLES = Path(__file__).resolve().parents[2] / "search_spaces" / "examples"
+
+
+@pytest.fixture
+def contexts(tiny_resnet, example_input, calibration_batches) -> dict[str, SpaceContext]:
+    """One context per strategy on the conftest TinyResNet, with stats and utilization curves."""
+    model = tiny_resnet
+    space = PruningSpace.build(model, example_input)
+    batches = [(x[:8], y[:8]) for x, y in calibration_batches]
+    stats = collect_activation_stats(model, space.groups, batches, bins=8)
+    # synthetic U(k): 0 at k = 0, rising concavely to 1 at k = n, a different shape per layer
+    utilization = {}
+    for i, group in enumerate(space.groups):
+        k = torch.arange(group.size + 1, dtype=torch.float64)
+        utilization[group.name] = (k / group.size) ** (0.2 + 0.2 * i)
+    return {
+        strategy: SpaceContext(space=space, strategy=strategy, stats=stats, utilization=utilization)
+        for strategy in ("full", "inner")
+    }
+
+
+def _study() -> optuna.Study:
+    return optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+
+
+def test_all_spaces_registered():
+    assert set(list_search_spaces()) >= {"uniform", "per_layer", "concentration", "snpfi"}
+    for name in list_search_spaces():
+        assert search_space_class(name).name == name
+
+
+@pytest.mark.parametrize("strategy", ["full", "inner"])
+@pytest.mark.parametrize("name", list_search_spaces())
+def test_space_samples_valid_plans(name, strategy, contexts):
+    context = contexts[strategy]
+    space = create_search_space(name)
+    study = _study()
+    feasible = 0
+    names = None
+    for _ in range(N_TRIALS):
+        trial = study.ask()
+        plan = space.sample(trial, context)
+        assert isinstance(plan, TrialPlan)
+        # parameter names are stable across trials
+        names = names or set(trial.params)
+        assert set(trial.params) == names
+        assert plan.params == trial.params
+        # shared parameters within their ranges
+        assert plan.criterion in space.criteria
+        assert space.finetune_lr[0] <= plan.finetune_lr <= space.finetune_lr[1]
+        assert space.finetune_epochs[0] <= plan.finetune_epochs <= space.finetune_epochs[1]
+        assert space.weight_decay[0] <= plan.weight_decay <= space.weight_decay[1]
+        assert plan.config.strategy == strategy
+        # pure: the same params give the same plan
+        assert space.to_plan(dict(trial.params), context) == plan
+        reason = space.check_feasible(plan, context)
+        if reason is None:
+            feasible += 1
+            keep = plan.keep(context)
+            groups = {g.name: g for g in context.space.select(strategy)}
+            assert set(keep) == set(groups)
+            assert all(1 <= keep[n] <= groups[n].size for n in keep)
+            low, high = space.flops_bounds
+            assert low <= plan.planned_reduction(context) <= high
+        else:
+            assert isinstance(reason, str) and reason and "\n" not in reason
+        study.tell(trial, 0.0)
+    assert feasible > 0, f"space {name!r} produced no feasible plan in {N_TRIALS} trials"
+
+
+def test_check_feasible_reports_flops_outside_bounds(contexts):
+    context = contexts["full"]
+    space = create_search_space("uniform", flops_reduction=(0.5, 0.5), flops_bounds=(0.1, 0.3))
+    plan = space.sample(_study().ask(), context)
+    reason = space.check_feasible(plan, context)
+    assert reason is not None and "flops_bounds" in reason
+
+
+def test_check_feasible_reports_unreachable_target(contexts):
+    # two inner groups capped at 90 % cannot remove 99 % of the MACs
+    context = contexts["inner"]
+    space = create_search_space("uniform", flops_reduction=(0.99, 0.99), flops_bounds=(0.0, 1.0))
+    plan = space.sample(_study().ask(), context)
+    reason = space.check_feasible(plan, context)
+    assert reason is not None and "cannot be met" in reason
+
+
+def test_per_layer_one_parameter_per_group(contexts):
+    for strategy, context in contexts.items():
+        trial = _study().ask()
+        plan = create_search_space("per_layer").sample(trial, context)
+        groups = context.space.select(strategy)
+        ratio_params = [p for p in trial.params if p.startswith("ratio.")]
+        assert len(ratio_params) == len(groups)
+        assert sorted(ratio_params) == sorted(f"ratio.{g.name}" for g in groups)
+        assert PerLayerSpace.parameter_names(context) == [f"ratio.{g.name}" for g in groups]
+        assert dict(plan.config.schedule) == {g.name: trial.params[f"ratio.{g.name}"] for g in groups}
+
+
+def test_concentration_weights_and_missing_stats(contexts):
+    context = contexts["full"]
+    space = create_search_space("concentration")
+    plan = space.sample(_study().ask(), context)
+    assert set(plan.ratio_weights) == {g.name for g in context.space.groups}
+    assert all(0.0 <= w <= 1.0 for w in plan.ratio_weights.values())
+    # temperature 0: uniform weights, the same plan as the uniform space at the same target
+    params = dict(plan.params, temperature=0.0)
+    flat = space.to_plan(params, context)
+    assert set(flat.ratio_weights.values()) == {1.0}
+    uniform = create_search_space("uniform").to_plan(params, context)
+    assert flat.keep(context) == uniform.keep(context)
+    bare = SpaceContext(space=context.space)
+    with pytest.raises(ValueError, match="activation statistics"):
+        space.sample(_study().ask(), bare)
+
+
+def test_snpfi_sparsity_from_curves(contexts):
+    context = contexts["full"]
+    space = create_search_space("snpfi")
+    params = {"tau": 0.9, "criterion": "l1", "finetune_lr": 0.01, "finetune_epochs": 1, "weight_decay": 1e-4}
+    plan = space.to_plan(params, context)
+    for group in context.space.groups:
+        curve = context.utilization[group.name]
+        k_star = int((curve >= 0.9).nonzero()[0])
+        assert plan.config.schedule[group.name] == pytest.approx(min(0.9, 1 - k_star / group.size))
+    # higher retention never prunes more
+    looser = space.to_plan(dict(params, tau=0.99), context)
+    assert all(looser.config.schedule[n] <= plan.config.schedule[n] for n in plan.config.schedule)
+    with pytest.raises(ValueError, match="utilization"):
+        space.sample(_study().ask(), SpaceContext(space=context.space))
+    short = {n: c[:-1] for n, c in context.utilization.items()}
+    with pytest.raises(ValueError, match="length"):
+        space.to_plan(params, SpaceContext(space=context.space, utilization=short))
+
+
+@pytest.mark.parametrize(
+    "name, options, option",
+    [
+        ("uniform", {"flops_reduction": (0.9, 0.2)}, "flops_reduction"),
+        ("uniform", {"flops_reduction": (0.2, 1.0)}, "flops_reduction"),
+        ("uniform", {"criteria": ["l1", "no-such-criterion"]}, "criteria"),
+        ("uniform", {"criteria": []}, "criteria"),
+        ("uniform", {"finetune_lr": (0.0, 0.1)}, "finetune_lr"),
+        ("uniform", {"finetune_epochs": (2, 1)}, "finetune_epochs"),
+        ("uniform", {"finetune_epochs": (0.5, 1)}, "finetune_epochs"),
+        ("uniform", {"weight_decay": "small"}, "weight_decay"),
+        ("uniform", {"flops_bounds": (0.1, 1.5)}, "flops_bounds"),
+        ("per_layer", {"layer_ratio": (0.0, 0.95)}, "layer_ratio"),
+        ("concentration", {"alpha": (-0.1, 0.5)}, "alpha"),
+        ("concentration", {"temperature": (2.0, 1.0)}, "temperature"),
+        ("snpfi", {"tau": (0.0, 0.9)}, "tau"),
+    ],
+)
+def test_bad_options_name_the_option(name, options, option):
+    with pytest.raises(ValueError, match=option) as info:
+        create_search_space(name, **options)
+    assert "\n" not in str(info.value)
+
+
+def test_unknown_space_lists_valid_ones():
+    with pytest.raises(ValueError) as info:
+        create_search_space("no-such-space")
+    message = str(info.value)
+    assert "no-such-space" in message
+    assert all(name in message for name in list_search_spaces())
+
+
+@pytest.mark.parametrize("name", list_search_spaces())
+def test_unknown_option_is_a_type_error(name):
+    with pytest.raises(TypeError, match="bogus_option"):
+        create_search_space(name, bogus_option=1)
+
+
+def test_lists_from_yaml_are_accepted():
+    space = create_search_space("uniform", flops_reduction=[0.3, 0.6], criteria="l2", finetune_epochs=[1, 2])
+    assert space.flops_reduction == (0.3, 0.6)
+    assert space.criteria == ("l2",)
+    assert space.finetune_epochs == (1, 2)
+
+
+@pytest.mark.parametrize("name", list_search_spaces())
+def test_example_yaml_lists_every_option_with_its_default(name):
+    config = yaml.safe_load((EXAMPLES / f"space_{name}.yaml").read_text())["space"]
+    assert config["name"] == name
+    from_yaml = create_search_space(**config)
+    default = create_search_space(name)
+    assert from_yaml.options() == default.options()
+    assert set(config) - {"name"} == set(default.options())
