@@ -136,8 +136,10 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[ModelSpec, dict[str, torch
     except CheckpointError:
         raise
     except Exception as err:  # unpickling, zip and JSON errors all mean the same to a user
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{str(path)!r} is not a prunesweep checkpoint ({first_line})") from None
+        # torch's own message advises weights_only=False, which would execute the file's code
+        reason = "it holds objects other than tensors and plain data" if "weights_only" in str(err) else (
+            str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)
+        raise CheckpointError(f"{str(path)!r} is not a prunesweep checkpoint ({reason})") from None
 
 
 def load_checkpoint(path: str | os.PathLike, model: nn.Module | None = None) -> tuple[nn.Module, ModelSpec]:

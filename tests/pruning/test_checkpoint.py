@@ -7,7 +7,6 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import TinyCNN, TinyResNet, _init_bn
 from pruning.checkpoint import (
     FORMAT,
     CheckpointError,
@@ -27,11 +26,23 @@ SPEC = ModelSpec("resnet20", 10, 1, (1, 28, 28), meta={"criterion": "l1", "flops
 _PRUNED: dict = {}
 
 
+def init_bn(model: nn.Module, seed: int) -> nn.Module:
+    """Non-trivial BN statistics (as tests/conftest.py gives the tiny models), in eval mode."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.weight.data = torch.rand(m.num_features, generator=g) + 0.5
+            m.bias.data = torch.randn(m.num_features, generator=g) * 0.1
+            m.running_mean = torch.randn(m.num_features, generator=g) * 0.1
+            m.running_var = torch.rand(m.num_features, generator=g) + 0.5
+    return model.eval()
+
+
 def pruned_resnet20():
     """A resnet20 (1x28x28) pruned by 50% of its MACs, with non-trivial BN statistics; cached."""
     if not _PRUNED:
         torch.manual_seed(0)
-        model = _init_bn(create_model("resnet20", in_channels=1), 0)
+        model = init_bn(create_model("resnet20", in_channels=1), 0)
         x = torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(0))
         outcome = prune_with_criterion(model, x, create_criterion("l1"), PruningConfig(flops_reduction=0.5))
         _PRUNED.update(model=outcome.model.eval(), x=x, original=model)
@@ -80,9 +91,8 @@ def test_read_checkpoint_gives_spec_and_weights(tmp_path):
     assert ModelSpec.from_json(spec.to_json()) == spec
 
 
-def test_user_module_round_trip_needs_a_fresh_instance(tmp_path, example_input):
-    torch.manual_seed(0)
-    model = _init_bn(TinyResNet(), 0)
+def test_user_module_round_trip_needs_a_fresh_instance(tmp_path, tiny_resnet, example_input):
+    model, TinyResNet = tiny_resnet, type(tiny_resnet)
     outcome = prune_with_criterion(model, example_input, create_criterion("l1"), PruningConfig(ratio=0.5))
     pruned = outcome.model.eval()
     path = tmp_path / "tiny.pt"
@@ -97,9 +107,8 @@ def test_user_module_round_trip_needs_a_fresh_instance(tmp_path, example_input):
     assert_one_line(err, "custom model", "model")
 
 
-def test_depthwise_widths_round_trip(tmp_path, example_input):
-    torch.manual_seed(0)
-    model = _init_bn(TinyCNN(), 1)
+def test_depthwise_widths_round_trip(tmp_path, tiny_cnn, example_input):
+    model, TinyCNN = tiny_cnn, type(tiny_cnn)
     pruned = prune_with_criterion(model, example_input, create_criterion("l2"), PruningConfig(ratio=0.5)).model
     save_checkpoint(tmp_path / "cnn.pt", pruned, ModelSpec(None, 10, 1, (1, 28, 28)))
     loaded, _ = load_checkpoint(tmp_path / "cnn.pt", TinyCNN())
@@ -173,20 +182,15 @@ def test_other_files_raise(tmp_path):
     assert_one_line(err, "prunesweep-checkpoint/99", FORMAT)
 
 
-@pytest.mark.parametrize(
-    "other",
-    [
-        lambda: create_model("resnet56", in_channels=1),
-        lambda: create_model("vgg16", in_channels=1),
-        lambda: TinyResNet(),
-        lambda: TinyCNN(),
-    ],
-    ids=["resnet56", "vgg16", "tiny_resnet", "tiny_cnn"],
-)
-def test_loading_into_a_different_architecture_raises(tmp_path, other):
+@pytest.mark.parametrize("other", ["resnet56", "vgg16", "tiny_resnet", "tiny_cnn"])
+def test_loading_into_a_different_architecture_raises(tmp_path, request, other):
     path = _valid_file(tmp_path)
+    if other.startswith("tiny"):
+        model = request.getfixturevalue(other)
+    else:
+        model = create_model(other, in_channels=1)
     with pytest.raises(CheckpointError) as err:
-        load_checkpoint(path, other())
+        load_checkpoint(path, model)
     assert_one_line(err)
 
 

@@ -13,7 +13,6 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import TinyCNN, TinyResNet, _init_bn
 from pruning.engine import (
     STRATEGIES,
     PruningError,
@@ -38,23 +37,36 @@ SHAPES = {
 _CACHE: dict[str, tuple[nn.Module, torch.Tensor, PruningSpace]] = {}
 
 
-def _build(name: str) -> nn.Module:
-    torch.manual_seed(0)
-    if name == "tiny_resnet":
-        return _init_bn(TinyResNet(), 0)
-    if name == "tiny_cnn":
-        return _init_bn(TinyCNN(), 1)
-    # non-trivial BN statistics, so that a wrongly kept BN channel changes the outputs
-    return _init_bn(create_model(name, in_channels=SHAPES[name][0]), 2)
+def init_bn(model: nn.Module, seed: int) -> nn.Module:
+    """Non-trivial BN statistics (as tests/conftest.py gives the tiny models), in eval mode."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.weight.data = torch.rand(m.num_features, generator=g) + 0.5
+            m.bias.data = torch.randn(m.num_features, generator=g) * 0.1
+            m.running_mean = torch.randn(m.num_features, generator=g) * 0.1
+            m.running_var = torch.rand(m.num_features, generator=g) + 0.5
+    return model.eval()
 
 
-def model_space(name: str) -> tuple[nn.Module, torch.Tensor, PruningSpace]:
-    """(model, example input of batch 2, space), built once per name; callers must not mutate."""
-    if name not in _CACHE:
-        model = _build(name)
-        x = torch.randn(2, *SHAPES[name], generator=torch.Generator().manual_seed(3))
-        _CACHE[name] = (model, x, PruningSpace.build(model, x))
-    return _CACHE[name]
+@pytest.fixture
+def model_space(request):
+    """name -> (model, example input of batch 2, space), built once per name; do not mutate.
+
+    The tiny models are the conftest fixtures of the same name (TinyResNet, TinyCNN)."""
+
+    def get(name: str) -> tuple[nn.Module, torch.Tensor, PruningSpace]:
+        if name not in _CACHE:
+            if name in ("tiny_resnet", "tiny_cnn"):
+                model = request.getfixturevalue(name)
+            else:  # non-trivial BN statistics: a wrongly kept BN channel changes the outputs
+                torch.manual_seed(0)
+                model = init_bn(create_model(name, in_channels=SHAPES[name][0]), 2)
+            x = torch.randn(2, *SHAPES[name], generator=torch.Generator().manual_seed(3))
+            _CACHE[name] = (model, x, PruningSpace.build(model, x))
+        return _CACHE[name]
+
+    return get
 
 
 def random_scores(space: PruningSpace, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -159,7 +171,7 @@ def masked_copy(space, original, kept) -> nn.Module:
     return masked
 
 
-def _prune(name: str, keep, seed: int = 0):
+def _prune(model_space, name: str, keep, seed: int = 0):
     model, x, space = model_space(name)
     scores = random_scores(space, seed)
     pruned, kept = prune_model(model, x, space, keep, scores)
@@ -171,12 +183,12 @@ def _prune(name: str, keep, seed: int = 0):
 
 
 @pytest.mark.parametrize("name", list(SHAPES))
-def test_pruned_widths_are_exactly_as_planned(name):
+def test_pruned_widths_are_exactly_as_planned(name, model_space):
     model, x, space = model_space(name)
     keep = random_keep(space, seed=1)
     assert any(keep[g.name] < g.size for g in space.groups)
     before = state_copy(model)
-    _, _, _, scores, pruned, kept = _prune(name, keep)
+    _, _, _, scores, pruned, kept = _prune(model_space, name, keep)
     assert_planned_widths(space, model, pruned, keep)
     # the analytic MAC model agrees exactly with the MACs measured on the pruned model
     assert count_macs(pruned, x) == pytest.approx(space.macs(keep), abs=0.5)
@@ -188,10 +200,10 @@ def test_pruned_widths_are_exactly_as_planned(name):
 
 
 @pytest.mark.parametrize("name", list(SHAPES))
-def test_kept_channels_are_the_highest_scoring_in_every_producer(name):
+def test_kept_channels_are_the_highest_scoring_in_every_producer(name, model_space):
     model, x, space = model_space(name)
     keep = random_keep(space, seed=2)
-    _, _, _, scores, pruned, kept = _prune(name, keep, seed=5)
+    _, _, _, scores, pruned, kept = _prune(model_space, name, keep, seed=5)
     for g in space.groups:
         if keep[g.name] == g.size:
             assert g.name not in kept
@@ -213,11 +225,11 @@ def test_kept_channels_are_the_highest_scoring_in_every_producer(name):
 
 
 @pytest.mark.parametrize("name", ["tiny_resnet", "tiny_cnn", "resnet20", "mobilenet_v1", "alexnet_cifar"])
-def test_pruned_model_computes_the_masked_original(name):
+def test_pruned_model_computes_the_masked_original(name, model_space):
     """Removing channels equals zeroing them in the original: right channels, right coupling."""
     model, x, space = model_space(name)
     keep = random_keep(space, seed=3)
-    _, _, _, _, pruned, kept = _prune(name, keep, seed=4)
+    _, _, _, _, pruned, kept = _prune(model_space, name, keep, seed=4)
     masked = masked_copy(space, model, kept)
     with torch.no_grad():
         expected, got, full = masked(x), pruned(x), model(x)
@@ -225,7 +237,7 @@ def test_pruned_model_computes_the_masked_original(name):
     assert not torch.allclose(got, full, rtol=1e-3, atol=1e-3)  # pruning did change something
 
 
-def test_mobilenet_depthwise_follows_its_producer():
+def test_mobilenet_depthwise_follows_its_producer(model_space):
     model, x, space = model_space("mobilenet_v1")
     modules = dict(model.named_modules())
     depthwise = [n for n, m in modules.items() if is_depthwise(m)]
@@ -243,7 +255,7 @@ def test_mobilenet_depthwise_follows_its_producer():
 
 
 @pytest.mark.parametrize("name", ["tiny_resnet", "tiny_cnn", "resnet20", "mobilenet_v1"])
-def test_full_width_plan_is_bit_identical(name):
+def test_full_width_plan_is_bit_identical(name, model_space):
     model, x, space = model_space(name)
     before = state_copy(model)
     for keep in ({}, {g.name: g.size for g in space.groups}):
@@ -256,10 +268,9 @@ def test_full_width_plan_is_bit_identical(name):
     assert_state_equal(model, before)
 
 
-def test_original_model_untouched_in_train_mode_with_mixed_modes(example_input):
+def test_original_model_untouched_in_train_mode_with_mixed_modes(tiny_resnet, example_input):
     """Tracing and pruning a model in train mode must not move its BN statistics or modes."""
-    torch.manual_seed(0)
-    model = _init_bn(TinyResNet(), 0).train()
+    model = tiny_resnet.train()
     model.layer1.bn1.eval()  # e.g. a frozen BN inside a model being fine-tuned
     before = state_copy(model)
     space = PruningSpace.build(model, example_input)
@@ -274,7 +285,7 @@ def test_original_model_untouched_in_train_mode_with_mixed_modes(example_input):
 # groups, residual coupling and strategies
 
 
-def test_resnet20_groups_and_residual_coupling():
+def test_resnet20_groups_and_residual_coupling(model_space):
     model, x, space = model_space("resnet20")
     residual = [g for g in space.groups if not g.inner]
     assert [g.name for g in residual] == ["conv1", "layer2.0.conv2", "layer3.0.conv2"]
@@ -290,10 +301,10 @@ def test_resnet20_groups_and_residual_coupling():
     assert set(STRATEGIES) == {"full", "inner"}
 
 
-def test_resnet20_residual_group_pruned_consistently():
+def test_resnet20_residual_group_pruned_consistently(model_space):
     model, x, space = model_space("resnet20")
     keep = {"conv1": 10, "layer2.0.conv2": 20, "layer3.0.conv2": 40}
-    _, _, _, scores, pruned, kept = _prune("resnet20", keep, seed=7)
+    _, _, _, scores, pruned, kept = _prune(model_space, "resnet20", keep, seed=7)
     after = dict(pruned.named_modules())
     for g in space.groups:
         if g.name in keep:
@@ -318,10 +329,10 @@ def test_resnet20_residual_group_pruned_consistently():
         assert torch.allclose(pruned(x), masked(x), rtol=1e-4, atol=1e-4)
 
 
-def test_inner_plan_leaves_every_residual_width_unchanged():
+def test_inner_plan_leaves_every_residual_width_unchanged(model_space):
     model, x, space = model_space("resnet20")
     keep = {g.name: g.size // 2 for g in space.select("inner")}
-    _, _, _, _, pruned, _ = _prune("resnet20", keep)
+    _, _, _, _, pruned, _ = _prune(model_space, "resnet20", keep)
     before, after = dict(model.named_modules()), dict(pruned.named_modules())
     changed = {
         n for n, m in after.items()
@@ -345,7 +356,7 @@ def test_inner_plan_leaves_every_residual_width_unchanged():
             assert conv1.in_channels == ((16, 16, 32)[s - 1] if b == 0 else width)  # the residual stream
 
 
-def test_tiny_models_groups():
+def test_tiny_models_groups(model_space):
     _, _, res = model_space("tiny_resnet")
     assert {g.name: g.inner for g in res.groups} == {
         "conv1": False, "layer1.conv1": True, "layer2.conv1": True, "layer2.conv2": False,
@@ -358,14 +369,14 @@ def test_tiny_models_groups():
     assert cnn["hidden"].consumers == ("fc",)
 
 
-def test_alexnet_hidden_linears_are_groups_and_flatten_consumer_scales():
+def test_alexnet_hidden_linears_are_groups_and_flatten_consumer_scales(model_space):
     model, x, space = model_space("alexnet_cifar")
     assert space.classifier == "classifier.4"
     names = [g.name for g in space.groups]
     assert names[-2:] == ["classifier.0", "classifier.2"]
     assert space["features.10"].consumers == ("classifier.0",)
     keep = {"features.10": 100, "classifier.0": 300, "classifier.2": 7}
-    _, _, _, _, pruned, _ = _prune("alexnet_cifar", keep)
+    _, _, _, _, pruned, _ = _prune(model_space, "alexnet_cifar", keep)
     c = pruned.classifier
     assert (c[0].in_features, c[0].out_features) == (400, 300)  # 100 channels x 2 x 2
     assert (c[2].in_features, c[2].out_features) == (300, 7)
@@ -390,10 +401,10 @@ class _DefinedOutOfOrder(nn.Module):
         return self.head(torch.relu(self.proj(self.conv(x).mean((2, 3)))))
 
 
-def test_find_classifier_is_the_last_called_layer():
+def test_find_classifier_is_the_last_called_layer(tiny_cnn, example_input):
     x = torch.randn(2, 1, 8, 8)
     assert find_classifier(_DefinedOutOfOrder(), x) == "head"
-    assert find_classifier(TinyCNN(), torch.randn(2, 1, 28, 28)) == "fc"
+    assert find_classifier(tiny_cnn, example_input) == "fc"  # not its hidden Linear
     space = PruningSpace.build(_DefinedOutOfOrder(), x)
     assert space.classifier == "head"
     assert "head" not in {p for g in space.groups for p in g.producers}
@@ -403,7 +414,7 @@ def test_find_classifier_is_the_last_called_layer():
 
 
 @pytest.mark.parametrize("name", ["resnet20", "mobilenet_v1", "vgg16", "alexnet_cifar"])
-def test_classifier_outputs_never_shrink(name):
+def test_classifier_outputs_never_shrink(name, model_space):
     model, x, space = model_space(name)
     classifier = dict(model.named_modules())[space.classifier]
     assert isinstance(classifier, nn.Linear) and classifier.out_features == 10
@@ -411,14 +422,14 @@ def test_classifier_outputs_never_shrink(name):
     assert all(space.classifier not in g.producers for g in space.groups)
     # the most aggressive plan the engine accepts still keeps every class
     keep = {g.name: 1 for g in space.groups}
-    _, _, _, _, pruned, _ = _prune(name, keep)
+    _, _, _, _, pruned, _ = _prune(model_space, name, keep)
     assert dict(pruned.named_modules())[space.classifier].out_features == 10
     assert pruned(x).shape == (2, 10)
     with pytest.raises(PruningError, match="unknown prunable layer"):
         space[space.classifier]
 
 
-def test_call_order_and_ignored_layers():
+def test_call_order_and_ignored_layers(model_space):
     model, x, space = model_space("resnet20")
     convs = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     assert sorted(space.call_order) == sorted(convs)
@@ -430,7 +441,7 @@ def test_call_order_and_ignored_layers():
         PruningSpace.build(model, x, ignored_layers=["nope"])
 
 
-def test_macs_model():
+def test_macs_model(model_space):
     _, x, space = model_space("tiny_resnet")
     assert space.macs({}) == space.base_macs
     assert space.reduction({}) == 0.0
@@ -441,7 +452,7 @@ def test_macs_model():
     assert space.reduction({g.name: 1 for g in space.groups}) > 0.9
 
 
-def test_errors_name_the_valid_values():
+def test_errors_name_the_valid_values(model_space):
     model, x, space = model_space("tiny_resnet")
     with pytest.raises(PruningError, match="valid: full, inner"):
         space.select("outer")

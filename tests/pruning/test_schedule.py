@@ -9,7 +9,6 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import TinyCNN, TinyResNet, _init_bn
 from pruning.criteria import ScoringContext, create_criterion
 from pruning.engine import PruningError, PruningSpace, prune_model
 from pruning.measure import count_macs
@@ -37,25 +36,29 @@ SHAPES = {
 _CACHE: dict = {}
 
 
-def setup(name: str):
-    """(model, example input, space, l1 scores of every group, measured base MACs), cached."""
-    if name not in _CACHE:
-        torch.manual_seed(0)
-        if name == "tiny_resnet":
-            model = _init_bn(TinyResNet(), 0)
-        elif name == "tiny_cnn":
-            model = _init_bn(TinyCNN(), 1)
-        else:
-            model = create_model(name, in_channels=SHAPES[name][0]).eval()
-        x = torch.randn(1, *SHAPES[name], generator=torch.Generator().manual_seed(0))
-        space = PruningSpace.build(model, x)
-        scores = create_criterion("l1").score(model, space.groups, ScoringContext())
-        _CACHE[name] = (model, x, space, scores, count_macs(model, x))
-    return _CACHE[name]
+@pytest.fixture
+def prepared(request):
+    """name -> (model, example input, space, l1 scores of every group, measured base MACs),
+    cached; the tiny models are the conftest fixtures of the same name."""
+
+    def get(name: str):
+        if name not in _CACHE:
+            if name in ("tiny_resnet", "tiny_cnn"):
+                model = request.getfixturevalue(name)
+            else:
+                torch.manual_seed(0)
+                model = create_model(name, in_channels=SHAPES[name][0]).eval()
+            x = torch.randn(1, *SHAPES[name], generator=torch.Generator().manual_seed(0))
+            space = PruningSpace.build(model, x)
+            scores = create_criterion("l1").score(model, space.groups, ScoringContext())
+            _CACHE[name] = (model, x, space, scores, count_macs(model, x))
+        return _CACHE[name]
+
+    return get
 
 
-def measured_reduction(name: str, keep) -> float:
-    model, x, space, scores, base = setup(name)
+def measured_reduction(prepared, name: str, keep) -> float:
+    model, x, space, scores, base = prepared(name)
     pruned, _ = prune_model(model, x, space, keep, scores)
     return 1.0 - count_macs(pruned, x) / base
 
@@ -68,33 +71,33 @@ def measured_reduction(name: str, keep) -> float:
 @pytest.mark.parametrize("allocation", ["uniform", "global"])
 @pytest.mark.parametrize("strategy", ["full", "inner"])
 @pytest.mark.parametrize("name", list(SHAPES))
-def test_flops_target_met_on_the_pruned_model(name, strategy, allocation, target):
-    _, _, space, scores, _ = setup(name)
+def test_flops_target_met_on_the_pruned_model(name, strategy, allocation, target, prepared):
+    _, _, space, scores, _ = prepared(name)
     config = PruningConfig(strategy=strategy, allocation=allocation, flops_reduction=target)
     keep = plan_pruning(space, scores, config)
     allowed = {g.name for g in space.select(strategy)}
     assert set(keep) == allowed  # only the strategy's groups are planned
     for g in space.select(strategy):
         assert max(1, g.size - math.floor(0.9 * g.size)) <= keep[g.name] <= g.size  # cap and floor
-    measured = measured_reduction(name, keep)
+    measured = measured_reduction(prepared, name, keep)
     assert measured == pytest.approx(space.reduction(keep), abs=1e-9)
     assert abs(measured - target) <= FLOPS_TOLERANCE, f"{measured:.4f} for a {target} target"
 
 
-def test_uniform_flops_target_is_near_uniform():
-    _, _, space, scores, _ = setup("resnet56")
+def test_uniform_flops_target_is_near_uniform(prepared):
+    _, _, space, scores, _ = prepared("resnet56")
     keep = plan_pruning(space, scores, PruningConfig(flops_reduction=0.5))
     ratios = [1 - keep[g.name] / g.size for g in space.groups]
     assert max(ratios) - min(ratios) <= 2 / 16 + 1e-9  # within about one channel of the 16-wide layers
 
 
 @pytest.mark.parametrize("name", ["tiny_cnn", "resnet20"])
-def test_allocate_proportional_with_non_uniform_weights(name):
-    _, _, space, scores, _ = setup(name)
+def test_allocate_proportional_with_non_uniform_weights(name, prepared):
+    _, _, space, scores, _ = prepared(name)
     groups = space.groups
     weights = {g.name: float(i + 1) for i, g in enumerate(groups)}  # later layers pruned harder
     keep = allocate_proportional(space, groups, weights, 0.5)
-    assert abs(measured_reduction(name, keep) - 0.5) <= FLOPS_TOLERANCE
+    assert abs(measured_reduction(prepared, name, keep) - 0.5) <= FLOPS_TOLERANCE
     ratios = {g.name: 1 - keep[g.name] / g.size for g in groups}
     first, last = groups[0].name, groups[-1].name
     assert ratios[last] > ratios[first] + 0.2
@@ -104,8 +107,8 @@ def test_allocate_proportional_with_non_uniform_weights(name):
     assert via_plan == keep
 
 
-def test_allocate_proportional_zero_weight_and_cap():
-    _, _, space, _, _ = setup("resnet20")
+def test_allocate_proportional_zero_weight_and_cap(prepared):
+    _, _, space, _, _ = prepared("resnet20")
     groups = space.select("inner")
     weights = {g.name: 1.0 for g in groups}
     weights["layer1.0.conv1"] = 0.0
@@ -115,8 +118,8 @@ def test_allocate_proportional_zero_weight_and_cap():
     assert keep["layer1.0.conv1"] >= 15  # a zero weight prunes (next to) nothing
 
 
-def test_allocate_proportional_rejects_bad_weights():
-    _, _, space, _, _ = setup("tiny_resnet")
+def test_allocate_proportional_rejects_bad_weights(prepared):
+    _, _, space, _, _ = prepared("tiny_resnet")
     groups = space.groups
     with pytest.raises(PruningError, match="no ratio weight for layer.*layer2.conv2"):
         allocate_proportional(space, groups, {g.name: 1.0 for g in groups[:-1]}, 0.3)
@@ -130,8 +133,8 @@ def test_allocate_proportional_rejects_bad_weights():
 # infeasible targets and bad requests
 
 
-def test_infeasible_target_names_the_reachable_maximum():
-    _, _, space, scores, _ = setup("resnet20")
+def test_infeasible_target_names_the_reachable_maximum(prepared):
+    _, _, space, scores, _ = prepared("resnet20")
     most = space.reduction({g.name: g.size - math.floor(0.9 * g.size) for g in space.select("inner")})
     assert 0.8 < most < 0.89
     for allocation in ALLOCATIONS:
@@ -173,8 +176,8 @@ def test_bad_config_raises(kwargs, match):
         PruningConfig(**kwargs)
 
 
-def test_plan_rejects_weights_where_they_do_not_apply():
-    _, _, space, scores, _ = setup("tiny_resnet")
+def test_plan_rejects_weights_where_they_do_not_apply(prepared):
+    _, _, space, scores, _ = prepared("tiny_resnet")
     weights = {g.name: 1.0 for g in space.groups}
     with pytest.raises(PruningError, match="not global"):
         plan_pruning(space, scores, PruningConfig(allocation="global", flops_reduction=0.3), weights)
@@ -186,8 +189,8 @@ def test_plan_rejects_weights_where_they_do_not_apply():
 # channel ratios, ratio 0 and the global ranking
 
 
-def test_uniform_ratio_and_keep_from_ratios():
-    _, _, space, scores, _ = setup("resnet20")
+def test_uniform_ratio_and_keep_from_ratios(prepared):
+    _, _, space, scores, _ = prepared("resnet20")
     keep = plan_pruning(space, scores, PruningConfig(ratio=0.25))
     assert keep == {g.name: g.size - round(0.25 * g.size) for g in space.groups}
     keep = plan_pruning(space, scores, PruningConfig(ratio=0.5, strategy="inner"))
@@ -211,8 +214,8 @@ def test_uniform_ratio_and_keep_from_ratios():
     ],
     ids=["ratio", "global-ratio", "flops", "global-flops", "empty-schedule", "zero-schedule"],
 )
-def test_ratio_zero_is_bit_identical(name, config):
-    model, x, space, scores, _ = setup(name)
+def test_ratio_zero_is_bit_identical(name, config, prepared):
+    model, x, space, scores, _ = prepared(name)
     if config.schedule and name != "resnet20":
         config = PruningConfig(schedule={g.name: 0.0 for g in space.groups})
     keep = plan_pruning(space, scores, config)
@@ -227,8 +230,8 @@ def test_ratio_zero_is_bit_identical(name, config):
         assert torch.equal(pruned.state_dict()[k], v)
 
 
-def test_global_ratio_removes_the_lowest_normalised_scores():
-    _, _, space, _, _ = setup("resnet20")
+def test_global_ratio_removes_the_lowest_normalised_scores(prepared):
+    _, _, space, _, _ = prepared("resnet20")
     groups = space.groups
     g = torch.Generator().manual_seed(0)
     scores = {grp.name: torch.rand(grp.size, generator=g) * (i + 1) for i, grp in enumerate(groups)}
@@ -251,8 +254,8 @@ def test_global_ratio_removes_the_lowest_normalised_scores():
 # explicit schedules and their JSON form
 
 
-def test_explicit_schedule_is_exactly_keep_from_ratios():
-    _, _, space, scores, _ = setup("resnet20")
+def test_explicit_schedule_is_exactly_keep_from_ratios(prepared):
+    _, _, space, scores, _ = prepared("resnet20")
     schedule = {"conv1": 0.25, "layer1.0.conv1": 0.5, "layer3.2.conv1": 0.3, "layer2.0.conv2": 0.7}
     keep = plan_pruning(space, scores, PruningConfig(schedule=schedule))
     assert keep == keep_from_ratios(space.groups, schedule)
@@ -268,8 +271,8 @@ def test_explicit_schedule_is_exactly_keep_from_ratios():
         plan_pruning(space, scores, PruningConfig(schedule={"fc": 0.5}))
 
 
-def test_schedule_json_round_trip_reproduces_the_plan(tmp_path):
-    model, x, space, scores, _ = setup("resnet20")
+def test_schedule_json_round_trip_reproduces_the_plan(tmp_path, prepared):
+    model, x, space, scores, _ = prepared("resnet20")
     keep = plan_pruning(space, scores, PruningConfig(allocation="global", flops_reduction=0.5))
     path = tmp_path / "sub" / "schedule.json"
     save_schedule(path, ratios_of(space, keep))
@@ -318,8 +321,8 @@ def test_save_schedule_failure_leaves_nothing_behind(tmp_path):
     assert load_schedule(path) == {"conv1": 0.5}  # the previous schedule is intact
 
 
-def test_ratios_of_inverts_keep():
-    _, _, space, _, _ = setup("tiny_cnn")
+def test_ratios_of_inverts_keep(prepared):
+    _, _, space, _, _ = prepared("tiny_cnn")
     keep = {"features.0": 3, "features.7": 12, "hidden": 5}
     ratios = ratios_of(space, keep)
     assert ratios == pytest.approx({"features.0": 5 / 8, "features.7": 0.0, "hidden": 19 / 24})

@@ -1,0 +1,433 @@
+"""MLflow tracking of sweeps, from the driver process only.
+
+Layout in MLflow (one experiment, e.g. ``prunesweep``):
+
+* one **parent run** per sweep (or compare grid), found again by its tag ``prunesweep.run_dir``
+  (the absolute run directory), so a resumed sweep keeps logging into the same run;
+* one **nested run** per Tune trial (tag ``mlflow.parentRunId``), identified by the tag
+  ``prunesweep.trial_id``: logging a trial twice updates its run instead of adding another, so a
+  resumed sweep never duplicates a trial.
+
+Every write goes through :class:`MlflowClient` with explicit run ids (no fluent ``mlflow.start_run``
+state) and happens in the driver: the Tune callback :class:`MlflowTrialLogger` runs in the
+driver's event loop, and trial processes never open the store (several processes writing one
+SQLite file would lock it). Trial logging never raises into Tune: a failure is reported as a
+warning and repaired by the reconciliation pass at the end of the experiment.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from ray import tune
+
+__all__ = [
+    "TAG_RUN_DIR", "TAG_KIND", "TAG_TRIAL_ID", "TAG_CHECKPOINT", "TAG_ERROR", "TAG_PARETO",
+    "TrialRecord", "Tracker", "MlflowTrialLogger", "git_commit", "error_summary",
+]
+
+logger = logging.getLogger(__name__)
+
+TAG_PARENT = "mlflow.parentRunId"
+TAG_RUN_DIR = "prunesweep.run_dir"
+TAG_KIND = "prunesweep.kind"
+TAG_SWEEP = "prunesweep.sweep"
+TAG_COMMIT = "prunesweep.git_commit"
+TAG_TRIAL_ID = "prunesweep.trial_id"
+TAG_TRIAL_NUMBER = "prunesweep.trial_number"
+TAG_CHECKPOINT = "prunesweep.checkpoint"
+TAG_ERROR = "prunesweep.error"
+TAG_PARETO = "prunesweep.pareto"
+
+_MAX_PARAM = 6000  # MLflow's limit on a param value
+_MAX_TAG = 5000  # well under MLflow's limit on a tag value
+_BATCH = 100  # params / tags per log_batch call
+
+
+def git_commit(path: str | os.PathLike | None = None) -> str:
+    """``git rev-parse HEAD`` of the repository holding ``path`` (this package), or "unknown"."""
+    where = Path(path) if path is not None else Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    commit = out.stdout.strip()
+    return commit if out.returncode == 0 and commit else "unknown"
+
+
+def error_summary(text: str | None) -> str:
+    """The last non-empty line of a traceback (the exception and its message), shortened."""
+    if not text:
+        return "unknown error"
+    lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
+    last = lines[-1] if lines else "unknown error"
+    return last[:500]
+
+
+def _finite(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, (int, float)) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def _param_value(value: Any) -> str:
+    text = str(list(value) if isinstance(value, tuple) else value)
+    return text[:_MAX_PARAM]
+
+
+@dataclass
+class TrialRecord:
+    """One trial as logged: Tune's id, MLflow status (FINISHED / FAILED), params, metrics, tags."""
+
+    trial_id: str
+    name: str
+    status: str
+    params: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    error: str | None = None
+    checkpoint: str | None = None
+    run_id: str | None = None
+
+    @property
+    def number(self) -> int | None:
+        value = self.tags.get(TAG_TRIAL_NUMBER)
+        return int(value) if value not in (None, "") else None
+
+
+class Tracker:
+    """The MLflow side of one sweep (or compare grid): its parent run and its trials' runs.
+
+    ``uri``: tracking URI; ``experiment``: name (created if missing; with a local SQLite store its
+    artifacts go to ``<run_dir>/mlartifacts``); ``run_dir``: the sweep's absolute run directory,
+    which identifies the parent run; ``kind``: ``sweep`` or ``compare``.
+    """
+
+    def __init__(self, uri: str, experiment: str, run_dir: str | os.PathLike, *, kind: str = "sweep") -> None:
+        self.uri = uri
+        self.experiment = experiment
+        self.run_dir = str(Path(run_dir).absolute())
+        self.kind = kind
+        self._client = None
+        self._experiment_id: str | None = None
+        self.parent_run_id: str | None = None
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    @property
+    def client(self):
+        if self._client is None:
+            from mlflow import MlflowClient
+
+            self._client = MlflowClient(tracking_uri=self.uri)
+        return self._client
+
+    @property
+    def experiment_id(self) -> str:
+        if self._experiment_id is None:
+            found = self.client.get_experiment_by_name(self.experiment)
+            if found is not None:
+                self._experiment_id = found.experiment_id
+            else:
+                location = None
+                if self.uri.startswith("sqlite:///"):
+                    location = (Path(self.run_dir) / "mlartifacts").absolute().as_uri()
+                self._experiment_id = self.client.create_experiment(self.experiment, artifact_location=location)
+        return self._experiment_id
+
+    def _search(self, filter_string: str, experiment_ids: Sequence[str] | None = None) -> list:
+        runs, token = [], None
+        while True:
+            page = self.client.search_runs(
+                list(experiment_ids or [self.experiment_id]), filter_string=filter_string,
+                max_results=1000, page_token=token,
+            )
+            runs.extend(page)
+            token = getattr(page, "token", None)
+            if not token:
+                return runs
+
+    # -- the parent run --------------------------------------------------------------------------
+
+    def find_parent(self, *, all_experiments: bool = False) -> str | None:
+        """The parent run of this run directory (the newest if several), or None."""
+        where = f"tags.`{TAG_RUN_DIR}` = '{self.run_dir}' and tags.`{TAG_KIND}` = '{self.kind}'"
+        if all_experiments:
+            ids = [e.experiment_id for e in self.client.search_experiments()]
+            runs = self._search(where, ids) if ids else []
+        else:
+            runs = self._search(where)
+        if not runs:
+            return None
+        runs.sort(key=lambda r: r.info.start_time or 0, reverse=True)
+        self.parent_run_id = runs[0].info.run_id
+        self._experiment_id = runs[0].info.experiment_id
+        return self.parent_run_id
+
+    def start_parent(
+        self,
+        run_name: str,
+        *,
+        params: Mapping[str, Any] = (),
+        tags: Mapping[str, str] = (),
+        texts: Mapping[str, str] = (),
+    ) -> tuple[str, bool]:
+        """Create the parent run, or reopen the existing one (resume). Returns (run id, created)."""
+        existing = self.find_parent()
+        if existing is not None:
+            self.client.update_run(existing, status="RUNNING")
+            return existing, False
+        all_tags = {TAG_RUN_DIR: self.run_dir, TAG_KIND: self.kind, **dict(tags)}
+        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=all_tags)
+        self.parent_run_id = run.info.run_id
+        self.log_params(self.parent_run_id, params)
+        for artifact_file, text in dict(texts).items():
+            self.client.log_text(self.parent_run_id, text, artifact_file)
+        return self.parent_run_id, True
+
+    def finish_parent(self, status: str = "FINISHED") -> None:
+        if self.parent_run_id is not None:
+            self.client.set_terminated(self.parent_run_id, status=status)
+
+    # -- generic writes --------------------------------------------------------------------------
+
+    def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(str(k), _param_value(v)) for k, v in dict(params).items()]
+        for start in range(0, len(items), _BATCH):
+            self.client.log_batch(run_id, params=items[start:start + _BATCH])
+
+    def log_metrics(self, run_id: str, metrics: Mapping[str, Any], step: int = 0) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(str(k), v, now, step) for k, v in ((k, _finite(v)) for k, v in dict(metrics).items())
+                 if v is not None]
+        for start in range(0, len(items), 1000):
+            self.client.log_batch(run_id, metrics=items[start:start + 1000])
+
+    def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        items = [RunTag(str(k), str(v)[:_MAX_TAG]) for k, v in dict(tags).items()]
+        for start in range(0, len(items), _BATCH):
+            self.client.log_batch(run_id, tags=items[start:start + _BATCH])
+
+    def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
+        self.client.log_text(run_id, text, artifact_file)
+
+    def log_file(self, run_id: str, local_path: str | os.PathLike, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(run_id, str(local_path), artifact_path)
+
+    def log_file_as(self, run_id: str, local_path: str | os.PathLike, artifact_file: str) -> None:
+        """Log ``local_path`` under the artifact name ``artifact_file`` (directory/name)."""
+        artifact_dir, _, name = artifact_file.rpartition("/")
+        with tempfile.TemporaryDirectory() as tmp:
+            target = Path(tmp) / name
+            try:
+                os.link(local_path, target)
+            except OSError:
+                import shutil
+
+                shutil.copyfile(local_path, target)
+            self.client.log_artifact(run_id, str(target), artifact_dir or None)
+
+    # -- trials -----------------------------------------------------------------------------------
+
+    def trial_runs(self) -> dict[str, Any]:
+        """{trial id: MLflow Run} of the parent's nested runs."""
+        if self.parent_run_id is None:
+            return {}
+        runs = self._search(f"tags.`{TAG_PARENT}` = '{self.parent_run_id}'")
+        by_trial: dict[str, Any] = {}
+        for run in sorted(runs, key=lambda r: r.info.start_time or 0):
+            trial_id = run.data.tags.get(TAG_TRIAL_ID)
+            if trial_id is not None:
+                by_trial.setdefault(trial_id, run)
+        return by_trial
+
+    def log_trial(self, record: TrialRecord, existing: Any = None) -> str:
+        """Create or update the nested run of ``record.trial_id``; returns its run id.
+
+        A trial already logged with the same status and metrics is left alone (idempotent).
+        """
+        if self.parent_run_id is None:
+            raise RuntimeError("start_parent() first")
+        run = existing if existing is not None else self.trial_runs().get(record.trial_id)
+        if run is None:
+            tags = {TAG_PARENT: self.parent_run_id, TAG_TRIAL_ID: record.trial_id, TAG_KIND: self.kind}
+            run = self.client.create_run(self.experiment_id, run_name=record.name, tags=tags)
+            run_id = run.info.run_id
+            self.log_params(run_id, record.params)
+        else:
+            run_id = run.info.run_id
+            unchanged = (
+                run.info.status == record.status
+                and all(run.data.metrics.get(k) == _finite(v) for k, v in record.metrics.items() if _finite(v) is not None)
+            )
+            if unchanged:
+                record.run_id = run_id
+                return run_id
+            logged = run.data.params
+            new_params = {k: v for k, v in record.params.items() if k not in logged}
+            self.log_params(run_id, new_params)
+        self.log_metrics(run_id, record.metrics)
+        tags = dict(record.tags)
+        if record.checkpoint:
+            tags[TAG_CHECKPOINT] = record.checkpoint
+        if record.status == "FAILED":
+            tags[TAG_ERROR] = error_summary(record.error)
+        self.set_tags(run_id, tags)
+        if record.status == "FAILED" and record.error:
+            self.client.log_text(run_id, record.error, "error.txt")
+        self.client.set_terminated(run_id, status=record.status)
+        record.run_id = run_id
+        return run_id
+
+    def read_trials(self) -> list[TrialRecord]:
+        """Every nested run of the parent as a :class:`TrialRecord`, in creation order."""
+        records = []
+        for trial_id, run in self.trial_runs().items():
+            tags = {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.")}
+            records.append(TrialRecord(
+                trial_id=trial_id,
+                name=run.info.run_name or trial_id,
+                status=run.info.status,
+                params=dict(run.data.params),
+                metrics=dict(run.data.metrics),
+                tags=tags,
+                error=tags.get(TAG_ERROR),
+                checkpoint=tags.get(TAG_CHECKPOINT),
+                run_id=run.info.run_id,
+            ))
+        return records
+
+
+# ---------------------------------------------------------------------------------------------
+# the Tune callback
+
+
+def _read_error(trial) -> str:
+    """The trial's error traceback, from the driver's staging copy or from storage."""
+    path = getattr(trial, "error_file", None)
+    if path and Path(path).is_file():
+        return Path(path).read_text(errors="replace")
+    try:
+        text = trial.get_error()
+    except Exception:  # storage not synced yet
+        text = None
+    return str(text) if text else "the trial failed without an error message"
+
+
+class MlflowTrialLogger(tune.Callback):
+    """Logs every finished or failed Tune trial as a nested MLflow run of the sweep's parent run.
+
+    Holds only plain settings (Tune pickles its callbacks into the experiment so that
+    ``Tuner.restore`` brings them back); the MLflow client is opened lazily in the driver.
+
+    ``metric_names``: result keys logged as metrics (numbers); ``tag_names``: result keys logged as
+    tags (strings such as a criterion name or an infeasibility reason). Config keys starting with
+    ``_`` are bookkeeping, not parameters; ``_trial_number`` names the run ``trial-NNN``.
+    """
+
+    def __init__(
+        self,
+        uri: str,
+        experiment: str,
+        run_dir: str,
+        *,
+        kind: str = "sweep",
+        metric_names: Sequence[str] = (),
+        tag_names: Sequence[str] = (),
+    ) -> None:
+        self.uri = uri
+        self.experiment = experiment
+        self.run_dir = run_dir
+        self.kind = kind
+        self.metric_names = tuple(metric_names)
+        self.tag_names = tuple(tag_names)
+        self._tracker: Tracker | None = None
+        self.logged: dict[str, str] = {}  # trial id -> status logged by this process
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_tracker"] = None
+        state["logged"] = {}
+        return state
+
+    @property
+    def tracker(self) -> Tracker:
+        if self._tracker is None:
+            tracker = Tracker(self.uri, self.experiment, self.run_dir, kind=self.kind)
+            if tracker.find_parent() is None:
+                raise RuntimeError(f"no MLflow parent run for {self.run_dir} in {self.uri}")
+            self._tracker = tracker
+        return self._tracker
+
+    def record(self, trial, status: str) -> TrialRecord:
+        """The :class:`TrialRecord` of a Tune trial that ended with ``status``."""
+        config = dict(trial.config or {})
+        params = {k: v for k, v in config.items() if not str(k).startswith("_")}
+        result = dict(trial.last_result or {}) if status == "FINISHED" else {}
+        metrics = {k: result[k] for k in self.metric_names if _finite(result.get(k)) is not None}
+        if status == "FINISHED" and _finite(result.get("time_total_s")) is not None:
+            metrics["trial_seconds"] = result["time_total_s"]
+        tags = {k: str(result[k]) for k in self.tag_names if result.get(k) not in (None, "")}
+        number = config.get("_trial_number")
+        if number is not None:
+            tags[TAG_TRIAL_NUMBER] = str(number)
+            name = f"trial-{int(number):03d}"
+        else:
+            name = f"trial-{str(trial.experiment_tag).split('_', 1)[0]}"
+        checkpoint = None
+        if status == "FINISHED" and getattr(trial, "checkpoint", None) is not None:
+            checkpoint = trial.checkpoint.path
+        error = _read_error(trial) if status == "FAILED" else None
+        return TrialRecord(trial.trial_id, name, status, params, metrics, tags, error, checkpoint)
+
+    def _log(self, trial, status: str) -> None:
+        try:
+            record = self.record(trial, status)
+            self.tracker.log_trial(record)
+            self.logged[trial.trial_id] = status
+        except Exception as err:  # never break the Tune loop; on_experiment_end retries
+            logger.warning("MLflow logging of trial %s failed: %s", trial.trial_id, err)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
+        self._log(trial, "FINISHED")
+
+    def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
+        self._log(trial, "FAILED")
+
+    def on_experiment_end(self, trials: list, **info) -> None:
+        """Reconcile: every ended trial has a nested run with its final status."""
+        try:
+            runs = self.tracker.trial_runs()
+        except Exception as err:
+            logger.warning("MLflow reconciliation failed: %s", err)
+            return
+        for trial in trials:
+            status = {"TERMINATED": "FINISHED", "ERROR": "FAILED"}.get(trial.status)
+            if status is None:
+                continue
+            run = runs.get(trial.trial_id)
+            if run is not None and run.info.status == status:
+                continue
+            try:
+                self.tracker.log_trial(self.record(trial, status), existing=run)
+            except Exception as err:
+                logger.warning("MLflow logging of trial %s failed: %s", trial.trial_id, err)
+
+
+def records_by_status(records: Iterable[TrialRecord], status: str) -> list[TrialRecord]:
+    return [r for r in records if r.status == status]
