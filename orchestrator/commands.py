@@ -156,17 +156,21 @@ def _calibration_batches(splits: DataSplits, images: int, batch_size: int) -> li
 def stats(args: argparse.Namespace) -> CommandResult:
     from pruning.stats import collect_activation_stats
 
+    workers = _workers(args)
     model, spec, splits, shape = _load(args)
     space = PruningSpace.build(model, torch.zeros(1, *shape))
     batches = _calibration_batches(splits, args.calibration_images, 128)
     started = time.perf_counter()
-    state = collect_activation_stats(model, space.groups, batches, bins=args.bins, value=args.value,
-                                     chip=args.chip, progress=not args.quiet)
+    if workers:
+        state = _distributed_stats(args, model, space.groups, batches, bins=args.bins, value=args.value, chip=args.chip)
+    else:
+        state = collect_activation_stats(model, space.groups, batches, bins=args.bins, value=args.value,
+                                         chip=args.chip, progress=not args.quiet)
     seconds = time.perf_counter() - started
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # like train/prune --out
     state.save(args.out)
     data = {"checkpoint": args.checkpoint, "out": str(args.out), "images": sum(len(y) for _, y in batches),
-            "layers": len(space.groups), "seconds": seconds}
+            "layers": len(space.groups), "seconds": seconds, "workers": workers}
     return CommandResult(f"statistics of {data['layers']} layers over {data['images']} calibration images "
                          f"in {seconds:.1f} s -> {args.out}", data)
 
@@ -194,6 +198,8 @@ def _pruning_config(args: argparse.Namespace) -> tuple[PruningConfig, str]:
 def prune(args: argparse.Namespace) -> CommandResult:
     config, ratio_source = _pruning_config(args)
     criterion = create_criterion(args.criterion, seed=args.seed)
+    if _workers(args):
+        criterion = _distributed_criterion(criterion, args)
     for name, value in (("--bn-batches", args.bn_batches), ("--finetune-epochs", args.finetune_epochs)):
         if value < 0:
             raise ValueError(f"{name} must be >= 0, got {value}")
@@ -283,7 +289,42 @@ def _activation_stats(args, model, space, batches):
     if args.stats:
         return ActivationStats.load(args.stats)
     chip = args.criterion == "chip"
+    if _workers(args):
+        return _distributed_stats(args, model, space.groups, batches, chip=chip)
     return collect_activation_stats(model, space.groups, batches, chip=chip, progress=not args.quiet)
+
+
+def _workers(args) -> int:
+    """``--workers`` (0: everything in-process, no Ray), checked before any heavy work."""
+    workers = getattr(args, "workers", 0) or 0
+    if workers < 0:
+        raise ValueError(f"--workers must be >= 0, got {workers}")
+    if getattr(args, "cpus_per_worker", 1.0) <= 0:
+        raise ValueError(f"--cpus-per-worker must be > 0, got {args.cpus_per_worker}")
+    if getattr(args, "address", None) and not workers:
+        raise ValueError("--address joins a Ray cluster for --workers N > 0: give --workers")
+    return workers
+
+
+def _distributed_stats(args, model, groups, batches, **options):
+    """Activation statistics on ``--workers`` Ray actors (orchestrator.distributed)."""
+    from orchestrator.distributed import connect, distributed_stats
+
+    cpus = getattr(args, "cpus_per_worker", 1.0)
+    connect(getattr(args, "address", None), args.workers, cpus, log_to_driver=not args.json)
+    return distributed_stats(model, groups, batches, workers=args.workers, cpus_per_worker=cpus,
+                             progress=not args.quiet, **options)
+
+
+def _distributed_criterion(criterion, args):
+    """shapley/snpfi scoring on ``--workers`` Ray actors; other criteria are returned as they are."""
+    if criterion.name not in ("shapley", "snpfi"):
+        return criterion
+    from orchestrator.distributed import DistributedShapley
+
+    return DistributedShapley(criterion, workers=args.workers, cpus_per_worker=getattr(args, "cpus_per_worker", 1.0),
+                              address=getattr(args, "address", None), progress=not args.quiet,
+                              log_to_driver=not args.json)
 
 
 def _ratio_prior(args, source, criterion, model, space, config, context):
@@ -296,6 +337,8 @@ def _ratio_prior(args, source, criterion, model, space, config, context):
         return concentration_weights(context.stats, groups, alpha=args.alpha), config, None
     if source == "snpfi":
         snpfi = criterion if criterion.name == "snpfi" else create_criterion("snpfi", seed=args.seed)
+        if _workers(args) and snpfi is not criterion:
+            snpfi = _distributed_criterion(snpfi, args)
         scores, sparsity = snpfi.score_and_sparsity(model, groups, context, tau=args.tau)
         scores = scores if snpfi is criterion else None
         if config.flops_reduction is None:

@@ -165,11 +165,13 @@ def _check_cpus(workers: int, cpus_per_worker: float, cpus: float, *, local: boo
 
 def _resolve_workers(workers: int | None, cpus_per_worker: float, pool: WorkerPool | None) -> tuple[int, float]:
     if pool is not None:
-        if workers is not None and workers != pool.workers:
-            raise ValueError(f"workers={workers} does not match the pool's {pool.workers} workers")
         if pool.closed:
             raise ValueError("the worker pool is closed")
-        return pool.workers, pool.cpus_per_worker
+        if workers is None:
+            return pool.workers, pool.cpus_per_worker
+        if not 1 <= workers <= pool.workers:
+            raise ValueError(f"workers must be in 1..{pool.workers} (the pool's size), got {workers}")
+        return int(workers), pool.cpus_per_worker
     if workers is None:
         raise ValueError("give workers (>= 1) or a WorkerPool")
     _ensure_ray(workers, cpus_per_worker)
@@ -376,6 +378,7 @@ class _ShardRunner:
     def __init__(
         self,
         pool: WorkerPool,
+        workers: int,
         load_args: tuple,
         report: RunReport,
         *,
@@ -385,9 +388,10 @@ class _ShardRunner:
         desc: str = "shards",
     ) -> None:
         self.pool = pool
+        self.workers = workers
         self.load_args = load_args
         self.report = report
-        self.max_failures = 2 * pool.workers + 2 if max_failures is None else max_failures
+        self.max_failures = 2 * workers + 2 if max_failures is None else max_failures
         self.fault = fault
         self.progress = progress
         self.desc = desc
@@ -414,15 +418,15 @@ class _ShardRunner:
             bar = tqdm(total=len(shards), desc=self.desc, unit="shard")
         started = time.perf_counter()
         before = pool.started
-        actors = pool.acquire()
+        actors = pool.acquire()[: self.workers]
         report.started_workers = pool.started - before
         try:
             try:
                 ray.get([a.load.remote(*self.load_args) for a in actors], timeout=START_TIMEOUT)
             except ray.exceptions.GetTimeoutError:
                 raise RuntimeError(
-                    f"{pool.workers} Ray workers did not start within {START_TIMEOUT:.0f} s; does the cluster have "
-                    f"{pool.workers} x {pool.cpus_per_worker:g} free CPUs?"
+                    f"{self.workers} Ray workers did not start within {START_TIMEOUT:.0f} s; does the cluster have "
+                    f"{self.workers} x {pool.cpus_per_worker:g} free CPUs?"
                 ) from None
             except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError):
                 # a pooled actor died between runs: start fresh ones
@@ -555,8 +559,8 @@ def distributed_stats(
     batches (default: about four shards per worker) run on the actors and merge on the driver as
     they arrive. Equal to the in-process result: counts exactly, float sums up to order.
     With ``return_report``, returns ``(stats, RunReport)``; shard ids are batch-shard indices.
-    ``pool``: run on a :class:`WorkerPool`'s actors (``workers`` and ``cpus_per_worker`` are then
-    the pool's) instead of actors started for this call.
+    ``pool``: run on the first ``workers`` (default: all) actors of a :class:`WorkerPool`
+    (``cpus_per_worker`` is then the pool's) instead of actors started for this call.
     """
     wall = time.perf_counter()
     workers, cpus_per_worker = _resolve_workers(workers, cpus_per_worker, pool)
@@ -588,7 +592,7 @@ def distributed_stats(
         merged[:] = [state if not merged else merged[0].merge(state)]
 
     with _pool_for(pool, workers, cpus_per_worker) as active:
-        runner = _ShardRunner(active, load_args, report, max_failures=max_failures, fault=_fault,
+        runner = _ShardRunner(active, workers, load_args, report, max_failures=max_failures, fault=_fault,
                               progress=progress, desc="activation stats")
         runner.run(shards, accept)
     report.wall_s = time.perf_counter() - wall
@@ -722,7 +726,7 @@ def distributed_shapley(
         shapley_groups = [g for g in groups if g.name in merges]
         load_args = ("shapley", model_ref, shapley_groups, inputs_ref, targets_ref, options)
         with _pool_for(pool, workers, cpus_per_worker) as active:
-            runner = _ShardRunner(active, load_args, report, max_failures=max_failures, fault=_fault,
+            runner = _ShardRunner(active, workers, load_args, report, max_failures=max_failures, fault=_fault,
                                   progress=progress, desc="shapley blocks")
             runner.run(
                 shards,
@@ -744,47 +748,78 @@ class DistributedShapley(Criterion):
     """A ``shapley``/``snpfi`` criterion whose estimates run on Ray actors.
 
     Wraps a configured :class:`~pruning.criteria.shapley.ShapleyChannels` (or SNPFI) and takes
-    every option from it (``batch_permutations`` becomes the block size), so ``score`` is a
+    every option from it (its ``batch_permutations`` is the block size), so ``score`` is a
     drop-in for the in-process one in :func:`pruning.pipeline.prune_with_criterion`.
-    ``layer_sparsity`` (SNPFI's automatic ratios) evaluates the utilization curves on the driver.
+    ``score_and_sparsity`` / ``layer_sparsity`` (SNPFI's automatic ratios) estimate on the actors
+    and evaluate the utilization curves (n + 1 coalitions per group) on the driver.
+    Connects to Ray (:func:`connect` with ``address``) on first use; ``last_report`` holds the
+    :class:`RunReport` of the last estimation.
     """
 
     needs_calibration = True
 
-    def __init__(self, base: Criterion, *, workers: int, cpus_per_worker: float = 1, progress: bool = False) -> None:
+    def __init__(
+        self,
+        base: Criterion,
+        *,
+        workers: int,
+        cpus_per_worker: float = 1,
+        address: str | None = None,
+        pool: WorkerPool | None = None,
+        progress: bool = False,
+        log_to_driver: bool = True,
+    ) -> None:
         from pruning.criteria.shapley import ShapleyChannels
 
         if not isinstance(base, ShapleyChannels):
             raise ValueError(f"criterion {base.name!r} has no distributed implementation; use shapley or snpfi")
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
         super().__init__(base.seed)
         self.base = base
         self.name = base.name
         self.workers = workers
         self.cpus_per_worker = cpus_per_worker
+        self.address = address
+        self.pool = pool
         self.progress = progress
+        self.log_to_driver = log_to_driver
         self.last_report: RunReport | None = None
 
     def estimates(self, model, groups, context: ScoringContext) -> dict[str, ShapleyEstimate]:
+        """``{group name: ShapleyEstimate}``, estimated on the actors."""
         self.check_context(context)
+        if self.pool is None:
+            connect(self.address, self.workers, self.cpus_per_worker, log_to_driver=self.log_to_driver)
         b = self.base
         result, self.last_report = distributed_shapley(
-            model, groups, context.calibration, workers=self.workers, cpus_per_worker=self.cpus_per_worker,
-            seed=b.seed, max_permutations=b.max_permutations, block=b.batch_permutations, epsilon=b.epsilon,
-            antithetic=b.antithetic, truncation=b.truncation, value=b.value, batch_size=b.batch_size, mode=b.mode,
-            max_batch=b.max_batch, exact_below=b.exact_below, progress=self.progress, return_report=True,
+            model, groups, context.calibration, workers=self.workers if self.pool is None else None,
+            cpus_per_worker=self.cpus_per_worker, pool=self.pool, seed=b.seed, max_permutations=b.max_permutations,
+            block=b.batch_permutations, epsilon=b.epsilon, antithetic=b.antithetic, truncation=b.truncation,
+            value=b.value, batch_size=b.batch_size, mode=b.mode, max_batch=b.max_batch, exact_below=b.exact_below,
+            progress=self.progress, return_report=True,
         )
         return result
 
-    def score(self, model, groups, context):
+    @staticmethod
+    def _scores(estimates: Mapping[str, ShapleyEstimate]) -> dict[str, torch.Tensor]:
         return {
             name: torch.nan_to_num(est.values.float(), nan=0.0, posinf=0.0, neginf=0.0).cpu()
-            for name, est in self.estimates(model, groups, context).items()
+            for name, est in estimates.items()
         }
 
-    def layer_sparsity(self, model, groups, context, tau: float | None = None) -> dict[str, float]:
+    def score(self, model, groups, context):
+        return self._scores(self.estimates(model, groups, context))
+
+    def score_and_sparsity(self, model, groups, context, tau: float | None = None):
+        """(scores, sparsities) from one estimation pass, as ``SNPFI.score_and_sparsity``."""
         from pruning.snpfi import snpfi_sparsity
 
         tau = getattr(self.base, "tau", 0.95) if tau is None else tau
         estimates = self.estimates(model, groups, context)
-        return {game.group.name: snpfi_sparsity(game, estimates[game.group.name].values, tau)
-                for game in self.base.games(model, groups, context)}
+        sparsity = {game.group.name: snpfi_sparsity(game, estimates[game.group.name].values, tau)
+                    for game in self.base.games(model, groups, context)}
+        return self._scores(estimates), sparsity
+
+    def layer_sparsity(self, model, groups, context, tau: float | None = None) -> dict[str, float]:
+        return self.score_and_sparsity(model, groups, context, tau)[1]

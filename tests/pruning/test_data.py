@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TinyCNN
+from tiny_models import TinyCNN
 from PIL import Image
 from torch.utils.data import TensorDataset
 

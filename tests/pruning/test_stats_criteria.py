@@ -72,11 +72,11 @@ def test_duplicated_channel_loses_chip_independence(example_input, small_batches
     A duplicate does not score ~0 in general: for a row orthogonal to the others each copy
     scores (sqrt 2 - 1) x its norm (see test_stats.test_duplicate_orthogonal_row_independence).
     """
-    from conftest import TinyResNet, _init_bn
+    from tiny_models import TinyResNet, with_random_bn_stats
 
     def chip_scores(make_dup: bool):
         torch.manual_seed(0)
-        model = _init_bn(TinyResNet(), 0)
+        model = with_random_bn_stats(TinyResNet(), 0)
         with torch.no_grad():
             if make_dup:
                 duplicate_channel(model, 0, 1)

@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from conftest import TinyCNN, TinyResNet
+from tiny_models import TinyCNN, TinyResNet
 from torch import nn
 from torch.utils.data import TensorDataset
 
