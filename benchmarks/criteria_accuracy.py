@@ -46,7 +46,8 @@ def ratio_weights_for(ratios: str, model, space, groups, context, args):
 
         return concentration_weights(context.stats, groups, alpha=args.alpha)
     if ratios == "snpfi":
-        return create_criterion("snpfi", seed=0).layer_sparsity(model, groups, context, tau=args.tau)
+        snpfi = create_criterion("snpfi", seed=0, **args.criterion_options.get("snpfi", {}))
+        return snpfi.layer_sparsity(model, groups, context, tau=args.tau)
     return None
 
 
@@ -59,6 +60,8 @@ def main() -> None:
     parser.add_argument("--random-seeds", type=int, default=3, help="seeds for the random criterion")
     parser.add_argument("--ratios", default="uniform", help="uniform, global, concentration or snpfi")
     parser.add_argument("--strategy", default="full")
+    parser.add_argument("--criterion-options", type=json.loads, default={},
+                        help='JSON options for data-hungry criteria, e.g. {"shapley": {"max_permutations": 32}}')
     parser.add_argument("--recover", action="store_true", help="SNPFI least-squares recovery before BN recalibration")
     parser.add_argument("--alpha", type=float, default=0.5)
     parser.add_argument("--tau", type=float, default=0.95)
@@ -104,7 +107,7 @@ def main() -> None:
         for target in args.targets:
             for seed in seeds:
                 started = time.perf_counter()
-                criterion = create_criterion(name, seed=seed)
+                criterion = create_criterion(name, seed=seed, **args.criterion_options.get(name, {}))
                 config = PruningConfig(strategy=args.strategy, allocation="global" if args.ratios == "global" else "uniform",
                                        flops_reduction=target)
                 outcome = prune_with_criterion(model, example, criterion, config, context, ratio_weights=weights, space=space)

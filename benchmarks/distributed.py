@@ -1,0 +1,169 @@
+"""Statistics pass and Shapley estimation: in-process vs single-threaded Ray actors.
+
+A ResNet-20 with random weights (1 input channel, 10 classes) and random 1x28x28 images; the
+statistics pass of every prunable group (``collect_activation_stats`` vs ``distributed_stats``,
+one batch per shard) and permutation Shapley values of a few groups with a fixed budget and no
+truncation (``permutation_shapley`` per group vs ``distributed_shapley``), each:
+
+* in-process with ``--threads`` torch threads (default 2);
+* on 1, 2, ... actors (``--workers``), each single-threaded, started for the run as the CLI does
+  (``cold``: wall time includes the actor start, the model load on the actors and the
+  object-store puts, reported separately as overhead), and again on the already started
+  actors of a :class:`~orchestrator.distributed.WorkerPool` (``warm``).
+
+Speedup = in-process time / distributed time; efficiency = speedup(N actors vs 1 actor) / N.
+The 1-minute load average is recorded before and after every measurement (the machine may be
+shared). Ray's own start (``ray.init``) is timed once and not included anywhere else.
+
+    .venv/bin/python benchmarks/distributed.py --images 1024 --workers 1 2 \
+        --out benchmarks/results/distributed.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from pruning.engine import PruningSpace
+from pruning.models import create_model
+from pruning.shapley import LayerGame, calibration_batch, group_seed, permutation_shapley, trace_model
+from pruning.stats import collect_activation_stats
+
+
+def load() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def timed(fn):
+    before = load()
+    start = time.perf_counter()
+    result = fn()
+    return result, {"seconds": time.perf_counter() - start, "load_before": before, "load_after": load()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=1024)
+    parser.add_argument("--batch-size", type=int, default=128, help="images per batch = per statistics shard")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads of the in-process path")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--groups", nargs="+", default=["layer1.0.conv1", "layer2.0.conv1", "layer3.0.conv1"])
+    parser.add_argument("--permutations", type=int, default=16, help="Shapley budget per group")
+    parser.add_argument("--block", type=int, default=4, help="permutations per block (and per in-process batch)")
+    parser.add_argument("--shapley-images", type=int, default=32, help="images the coalition worth is computed on")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["stats", "shapley"])
+    parser.add_argument("--out", default=None, help="also write the results as JSON")
+    args = parser.parse_args()
+
+    torch.manual_seed(0)
+    model = create_model("resnet20", num_classes=10, in_channels=1).eval()
+    g = torch.Generator().manual_seed(1)
+    images = torch.randn(args.images, 1, 28, 28, generator=g)
+    labels = torch.randint(0, 10, (args.images,), generator=g)
+    batches = [(images[i : i + args.batch_size], labels[i : i + args.batch_size]) for i in range(0, args.images, args.batch_size)]
+    space = PruningSpace.build(model, torch.zeros(1, 1, 28, 28))
+    shapley_groups = [space[name] for name in args.groups]
+    results: dict = {
+        "machine": {"cpus": os.cpu_count(), "affinity": len(os.sched_getaffinity(0)), "platform": platform.platform(),
+                    "torch": torch.__version__},
+        "config": vars(args),
+        "stats": {},
+        "shapley": {},
+    }
+    shapley_opts = dict(max_permutations=args.permutations, block=args.block, antithetic=True, truncation=None,
+                        batch_size=args.shapley_images)
+
+    # -- in-process ------------------------------------------------------------------------
+    torch.set_num_threads(args.threads)
+    if "stats" not in args.skip:
+        _, t = timed(lambda: collect_activation_stats(model, space.groups, batches))
+        results["stats"]["in_process"] = {**t, "threads": args.threads}
+        print(f"stats   in-process ({args.threads} threads): {t['seconds']:.2f} s  load {t['load_before']}->{t['load_after']}")
+    if "shapley" not in args.skip:
+        def in_process():
+            inputs, targets = calibration_batch(batches, args.shapley_images)
+            traced = trace_model(model)
+            out = {}
+            for group in shapley_groups:
+                game = LayerGame(model, group, inputs, targets, traced=traced)
+                out[group.name] = permutation_shapley(game, max_permutations=args.permutations, antithetic=True,
+                                                      batch_permutations=args.block, seed=group_seed(0, group.name))
+            return out
+
+        _, t = timed(in_process)
+        results["shapley"]["in_process"] = {**t, "threads": args.threads}
+        print(f"shapley in-process ({args.threads} threads): {t['seconds']:.2f} s  load {t['load_before']}->{t['load_after']}")
+
+    # -- Ray -------------------------------------------------------------------------------
+    from orchestrator.distributed import WorkerPool, connect, distributed_shapley, distributed_stats
+
+    _, t = timed(lambda: connect(None, max(args.workers), 1, log_to_driver=False))
+    results["ray_init_seconds"] = t["seconds"]
+    print(f"ray.init: {t['seconds']:.2f} s")
+    torch.set_num_threads(1)  # the driver only merges
+
+    def record(kind: str, label: str, n: int, report, t: dict) -> None:
+        overhead = report.start_s + report.put_s
+        row = {**t, "workers": n, "start_s": report.start_s, "put_s": report.put_s, "overhead_s": overhead,
+               "compute_s": t["seconds"] - overhead, "started_workers": report.started_workers,
+               "shards": report.shards}
+        results[kind][f"{label}_{n}"] = row
+        print(f"{kind:<7} {label} {n} actor(s): {t['seconds']:.2f} s (start+load {report.start_s:.2f} s, put "
+              f"{report.put_s:.3f} s)  load {t['load_before']}->{t['load_after']}")
+
+    for n in args.workers:
+        if "stats" not in args.skip:
+            (_, rep), t = timed(lambda: distributed_stats(model, space.groups, batches, workers=n, shard_size=1,
+                                                          progress=False, return_report=True))
+            record("stats", "cold", n, rep, t)
+        if "shapley" not in args.skip:
+            (_, rep), t = timed(lambda: distributed_shapley(model, shapley_groups, batches, workers=n, progress=False,
+                                                            return_report=True, **shapley_opts))
+            record("shapley", "cold", n, rep, t)
+        with WorkerPool(n) as pool:
+            if "stats" not in args.skip:  # first call warms the pool up, the second is measured
+                distributed_stats(model, space.groups, batches[:1], pool=pool, progress=False)
+                (_, rep), t = timed(lambda: distributed_stats(model, space.groups, batches, pool=pool, shard_size=1,
+                                                              progress=False, return_report=True))
+                record("stats", "warm", n, rep, t)
+            if "shapley" not in args.skip:
+                distributed_shapley(model, shapley_groups[:1], batches, pool=pool, progress=False,
+                                    **{**shapley_opts, "max_permutations": 2, "block": 2})
+                (_, rep), t = timed(lambda: distributed_shapley(model, shapley_groups, batches, pool=pool, progress=False,
+                                                                return_report=True, **shapley_opts))
+                record("shapley", "warm", n, rep, t)
+
+    # -- summary ---------------------------------------------------------------------------
+    for kind in ("stats", "shapley"):
+        rows = results[kind]
+        if "in_process" not in rows:
+            continue
+        base = rows["in_process"]["seconds"]
+        for label in ("cold", "warm"):
+            one = rows.get(f"{label}_1", {}).get("seconds")
+            for n in args.workers:
+                row = rows[f"{label}_{n}"]
+                row["speedup_vs_in_process"] = base / row["seconds"]
+                if one:
+                    row["efficiency_vs_1_actor"] = one / row["seconds"] / n
+        print(f"\n{kind}: in-process {base:.2f} s")
+        print(f"{'':<8}{'actors':>7}{'wall s':>9}{'overhead s':>12}{'speedup':>9}{'efficiency':>12}")
+        for label in ("cold", "warm"):
+            for n in args.workers:
+                row = rows[f"{label}_{n}"]
+                eff = row.get("efficiency_vs_1_actor", float("nan"))
+                print(f"{label:<8}{n:>7}{row['seconds']:>9.2f}{row['overhead_s']:>12.2f}"
+                      f"{row['speedup_vs_in_process']:>9.2f}{eff:>12.2f}")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(results, indent=2, default=float))
+        print(f"-> {args.out}")
+
+
+if __name__ == "__main__":
+    main()
