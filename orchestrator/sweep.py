@@ -36,7 +36,6 @@ import argparse
 import contextlib
 import functools
 import json
-import logging
 import math
 import os
 import statistics
@@ -92,8 +91,6 @@ __all__ = [
     "compare_command",
     "TRIAL_METRICS",
 ]
-
-logger = logging.getLogger(__name__)
 
 #: numeric results every sweep trial reports (latency_ms only when it is an objective)
 TRIAL_METRICS = (
@@ -796,6 +793,7 @@ def run_sweep(
         params=flatten(config.to_dict()),
         tags={TAG_SWEEP: config.name, TAG_COMMIT: git_commit(), "prunesweep.space": config.space.name},
         texts={"config/sweep.yaml": dump_sweep_config(config)},
+        reuse=resume,
     )
     if created:
         tracker.log_metrics(parent, {f"baseline_{k}": v for k, v in setup.metrics.items()})
@@ -1028,7 +1026,7 @@ def run_compare(config: CompareConfig, *, address: str | None = None, progress: 
     tracker = Tracker(config.tracking_uri, config.tracking.experiment, config.run_dir, kind="compare")
     parent, _ = tracker.start_parent(config.name, params=flatten(config.to_dict()),
                                      tags={TAG_SWEEP: config.name, TAG_COMMIT: git_commit()},
-                                     texts={"config/compare.yaml": text})
+                                     texts={"config/compare.yaml": text}, reuse=False)
     tracker.log_metrics(parent, {f"baseline_{k}": v for k, v in setup.metrics.items()})
     try:
         with _ray(address, progress), _tune_environment(progress):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import subprocess
 import tempfile
 import time
@@ -180,12 +181,21 @@ class Tracker:
         params: Mapping[str, Any] = (),
         tags: Mapping[str, str] = (),
         texts: Mapping[str, str] = (),
+        reuse: bool = True,
     ) -> tuple[str, bool]:
-        """Create the parent run, or reopen the existing one (resume). Returns (run id, created)."""
+        """Create the parent run, or reopen the existing one (resume). Returns (run id, created).
+
+        With ``reuse=False`` an existing parent of the same run directory (left by a start that
+        failed before any trial ran) is marked superseded and FAILED, and a new one is created.
+        """
         existing = self.find_parent()
-        if existing is not None:
+        if existing is not None and reuse:
             self.client.update_run(existing, status="RUNNING")
             return existing, False
+        if existing is not None:
+            self.client.set_tag(existing, TAG_RUN_DIR, f"{self.run_dir} (superseded)")
+            self.client.set_terminated(existing, status="FAILED")
+            self.parent_run_id = None
         all_tags = {TAG_RUN_DIR: self.run_dir, TAG_KIND: self.kind, **dict(tags)}
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags=all_tags)
         self.parent_run_id = run.info.run_id
@@ -317,16 +327,21 @@ class Tracker:
 # the Tune callback
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
 def _read_error(trial) -> str:
-    """The trial's error traceback, from the driver's staging copy or from storage."""
+    """The trial's error traceback (colour codes removed), from the driver's staging copy or storage."""
     path = getattr(trial, "error_file", None)
+    text = None
     if path and Path(path).is_file():
-        return Path(path).read_text(errors="replace")
-    try:
-        text = trial.get_error()
-    except Exception:  # storage not synced yet
-        text = None
-    return str(text) if text else "the trial failed without an error message"
+        text = Path(path).read_text(errors="replace")
+    else:
+        try:
+            text = trial.get_error()
+        except Exception:  # storage not synced yet
+            text = None
+    return _ANSI.sub("", str(text)) if text else "the trial failed without an error message"
 
 
 class MlflowTrialLogger(tune.Callback):

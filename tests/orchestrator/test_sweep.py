@@ -1,0 +1,405 @@
+"""Sweeps end to end on a real (tiny) baseline: Ray Tune + Optuna trials, MLflow tracking, the
+Pareto front, failure handling, and resuming after the driver was killed.
+
+A ResNet-20 is trained once per module on 256 real Fashion-MNIST images (skipped when the dataset
+is not installed); every sweep runs on the session's Ray runtime (``ray_session``, 2 CPUs) and
+writes to its own temporary SQLite store.
+"""
+from __future__ import annotations
+
+import glob
+import io
+import json
+import signal
+import subprocess
+import sys
+import time
+from contextlib import redirect_stdout
+from pathlib import Path
+
+import pytest
+import yaml
+
+from orchestrator import cli
+from orchestrator.pareto import pareto_front
+from orchestrator.sweep import _CONTEXTS, DefineByRun, run_sweep
+from orchestrator.sweep_config import SweepConfig
+from orchestrator.tracking import TAG_ERROR, TAG_PARETO, TAG_TRIAL_ID, TAG_TRIAL_NUMBER, Tracker, TrialRecord
+from pruning.checkpoint import load_checkpoint
+from pruning.data import FASHION_MNIST_ROOT
+from pruning.measure import measure_cost
+
+REPO = Path(__file__).resolve().parents[2]
+_IDX = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+HAVE_DATA = all(
+    (Path(FASHION_MNIST_ROOT) / n).is_file() or (Path(FASHION_MNIST_ROOT) / f"{n}.gz").is_file() for n in _IDX
+)
+needs_data = pytest.mark.skipif(not HAVE_DATA, reason=f"Fashion-MNIST is not installed in {FASHION_MNIST_ROOT}")
+
+#: small but real: 64 calibration images, 2 BN batches, fine-tuning on 64 images at most
+TINY_DATA = {"calibration_images": 64, "bn_batches": 2, "batch_size": 64, "finetune_subset": 64}
+
+
+def main_json(argv: list[str]) -> dict:
+    buffer = io.StringIO()
+    with redirect_stdout(buffer):
+        code = cli.main([str(a) for a in argv] + ["--json", "--quiet"])
+    assert code == 0
+    assert buffer.getvalue().count("\n") == 1, "--json prints exactly one line on stdout"
+    return json.loads(buffer.getvalue())
+
+
+def sweep_config(checkpoint: Path, run_dir: Path, *, name: str, space: dict, **sweep) -> dict:
+    return {"name": name, "checkpoint": str(checkpoint), "data": dict(TINY_DATA), "space": space,
+            "sweep": {"concurrency": 2, **sweep}, "run_dir": str(run_dir)}
+
+
+def tracker_of(result_or_config) -> Tracker:
+    tracker = Tracker(result_or_config.tracking_uri, "prunesweep", result_or_config.run_dir)
+    assert tracker.find_parent() is not None
+    return tracker
+
+
+# --- module fixtures ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory) -> Path:
+    """`prunesweep train` once: a ResNet-20 on 256 Fashion-MNIST images, 256 calibration, 256 test."""
+    if not HAVE_DATA:
+        pytest.skip(f"Fashion-MNIST is not installed in {FASHION_MNIST_ROOT}")
+    out = tmp_path_factory.mktemp("baseline") / "resnet20.pt"
+    main_json(["train", "--model", "resnet20", "--epochs", "1", "--train-subset", "256", "--calibration-size", "256",
+               "--test-subset", "256", "--batch-size", "64", "--out", out])
+    return out
+
+
+@pytest.fixture(scope="module")
+def sweep_run(ray_session, baseline, tmp_path_factory):
+    """5 trials, 2 at a time, concentration space with l1/entropy; trial 1 crashes on purpose.
+
+    Plans removing less than 35% of the MACs are infeasible (flops_bounds), so some trials are
+    reported infeasible without training (seed 0 samples such targets; asserted below).
+    """
+    run_dir = tmp_path_factory.mktemp("sweep") / "run"
+    space = {"name": "concentration", "criteria": ["l1", "entropy"], "flops_reduction": [0.1, 0.8],
+             "finetune_epochs": [0, 1], "flops_bounds": [0.35, 0.95]}
+    config = SweepConfig.from_dict(sweep_config(baseline, run_dir, name="tiny", space=space, trials=5, seed=0))
+    started = time.perf_counter()
+    result = run_sweep(config, progress=False, inject_failures=[1])
+    return {"config": config, "result": result, "seconds": time.perf_counter() - started}
+
+
+# --- one sweep ---------------------------------------------------------------------------------
+
+
+@needs_data
+def test_parent_run_holds_config_commit_and_baseline(sweep_run):
+    config, result = sweep_run["config"], sweep_run["result"]
+    tracker = tracker_of(config)
+    parent = tracker.client.get_run(result.parent_run_id)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["prunesweep.sweep"] == "tiny"
+    assert parent.data.tags["prunesweep.run_dir"] == config.run_dir
+    commit = parent.data.tags["prunesweep.git_commit"]
+    assert commit == "unknown" or len(commit) == 40
+    params = parent.data.params
+    assert params["sweep.trials"] == "5" and params["space.name"] == "concentration"
+    assert params["sweep.objectives.macs"] == "min" and params["data.bn_batches"] == "2"
+    assert params["space.alpha"] == "[0.0, 1.0]"  # the space's defaults are part of the resolved config
+    for key in ("baseline_accuracy", "baseline_test_accuracy", "baseline_macs", "baseline_params"):
+        assert key in parent.data.metrics
+    assert parent.data.metrics["baseline_macs"] == result.baseline["macs"]
+    text = tracker.client.download_artifacts(result.parent_run_id, "config/sweep.yaml")
+    assert SweepConfig.from_dict(yaml.safe_load(Path(text).read_text())) == config
+    assert (Path(config.run_dir) / "sweep.yaml").is_file()
+
+
+@needs_data
+def test_every_trial_is_a_nested_run_with_params_and_metrics(sweep_run):
+    config, result = sweep_run["config"], sweep_run["result"]
+    runs = tracker_of(config).trial_runs()
+    assert len(runs) == 5 == len(result.trials)
+    numbers = sorted(int(r.data.tags[TAG_TRIAL_NUMBER]) for r in runs.values())
+    assert numbers == [0, 1, 2, 3, 4]
+    finished = [r for r in runs.values() if r.info.status == "FINISHED"]
+    assert len(finished) == 4
+    for run in runs.values():
+        assert run.data.tags["mlflow.parentRunId"] == result.parent_run_id
+        assert {"criterion", "flops_reduction", "alpha", "temperature", "finetune_lr", "finetune_epochs",
+                "weight_decay"} <= set(run.data.params)
+        assert not any(k.startswith("_") for k in run.data.params)
+    for run in finished:
+        metrics = run.data.metrics
+        assert {"accuracy", "bn_accuracy", "macs", "params", "feasible", "macs_reduction"} <= set(metrics)
+        assert run.data.tags["criterion"] == run.data.params["criterion"]
+        if metrics["feasible"]:
+            assert 0.35 - 0.011 <= metrics["macs_reduction"] <= 0.95
+            assert metrics["macs"] < result.baseline["macs"]
+            assert run.data.tags["prunesweep.checkpoint"].endswith("checkpoint_000000")
+        else:  # worst values, no training, no checkpoint
+            assert metrics["accuracy"] == 0.0 and metrics["macs"] == result.baseline["macs"]
+            assert "flops_bounds" in run.data.tags["infeasible_reason"]
+            assert "prunesweep.checkpoint" not in run.data.tags
+    counts = result.counts()
+    assert counts["failed"] == 1 and counts["finished"] == 4
+    # seed 0 samples targets on both sides of the 35% bound: both kinds of trial are exercised
+    assert 1 <= counts["feasible"] <= 3
+
+
+@needs_data
+def test_a_crashing_trial_is_failed_with_its_error_and_the_sweep_goes_on(sweep_run):
+    config, result = sweep_run["config"], sweep_run["result"]
+    tracker = tracker_of(config)
+    failed = [r for r in tracker.trial_runs().values() if r.info.status == "FAILED"]
+    assert len(failed) == 1
+    run = failed[0]
+    assert run.data.tags[TAG_TRIAL_NUMBER] == "1"
+    assert run.data.tags[TAG_ERROR].endswith("InjectedFailure: injected failure in trial 1"), run.data.tags[TAG_ERROR]
+    error = Path(tracker.client.download_artifacts(run.info.run_id, "error.txt")).read_text()
+    assert 'File "' in error and "in sweep_trial" in error and "InjectedFailure" in error
+    assert "\x1b[" not in error
+    assert not run.data.metrics
+    assert result.complete  # the other trials ran to the end
+
+
+@needs_data
+def test_front_table_plot_test_accuracy_and_checkpoints(sweep_run):
+    config, result = sweep_run["config"], sweep_run["result"]
+    tracker = tracker_of(config)
+    records = tracker.read_trials()
+    finished = [r for r in records if r.status == "FINISHED"]
+    feasible = [r for r in finished if r.metrics["feasible"] == 1.0]
+    # the front is computed over feasible finished trials only
+    points = [dict(r.metrics) for r in feasible]
+    expected = {feasible[i].trial_id for i in pareto_front(points, {"accuracy": "max", "macs": "min"})}
+    assert {row["trial_id"] for row in result.front} == expected
+    assert 1 <= len(result.front) <= len(feasible)
+    parent = tracker.client.get_run(result.parent_run_id)
+    assert parent.data.metrics["pareto_size"] == len(result.front)
+    assert parent.data.metrics["hypervolume"] > 0
+    artifacts = {a.path for a in tracker.client.list_artifacts(result.parent_run_id, "pareto")}
+    assert {"pareto/front.md", "pareto/front.json", "pareto/front.png", "pareto/checkpoints"} <= artifacts
+    table = Path(tracker.client.download_artifacts(result.parent_run_id, "pareto/front.md")).read_text()
+    png = Path(tracker.client.download_artifacts(result.parent_run_id, "pareto/front.png")).read_bytes()
+    assert png.startswith(b"\x89PNG")
+    checkpoints = {a.path for a in tracker.client.list_artifacts(result.parent_run_id, "pareto/checkpoints")}
+    assert checkpoints == {f"pareto/checkpoints/{row['trial']}.pt" for row in result.front}
+    for row in result.front:
+        # test accuracy: evaluated for the front only, logged on the parent, the trial and in the table
+        assert 0.0 <= row["test_accuracy"] <= 1.0
+        assert parent.data.metrics[f"pareto.{row['trial']}.test_accuracy"] == row["test_accuracy"]
+        assert row["trial"] in table and f"{row['test_accuracy']:.6g}" in table
+        run = tracker.client.get_run(row["run_id"])
+        assert run.data.tags[TAG_PARETO] == "true" and run.data.metrics["test_accuracy"] == row["test_accuracy"]
+        # the logged checkpoint is the pruned model: it loads, with the MACs the trial reported
+        path = tracker.client.download_artifacts(result.parent_run_id, f"pareto/checkpoints/{row['trial']}.pt")
+        model, spec = load_checkpoint(path)
+        assert measure_cost(model, spec.input_shape).macs == row["macs"]
+        assert spec.meta["pruning"]["criterion"] == row["criterion"]
+    off_front = [r for r in finished if r.trial_id not in {row["trial_id"] for row in result.front}]
+    for record in off_front:
+        assert record.tags[TAG_PARETO] == "false" and "test_accuracy" not in record.metrics
+
+
+@needs_data
+def test_pareto_cli_reads_the_front_back_from_mlflow(sweep_run, capsys):
+    config, result = sweep_run["config"], sweep_run["result"]
+    data = main_json(["pareto", config.run_dir])
+    assert [row["trial_id"] for row in data["front"]] == [row["trial_id"] for row in result.front]
+    assert [row["test_accuracy"] for row in data["front"]] == [row["test_accuracy"] for row in result.front]
+    assert data["counts"] == result.counts()
+    assert data["objectives"] == {"accuracy": "max", "macs": "min"}
+    assert data["mlflow_ui"] == f"mlflow ui --backend-store-uri {config.tracking_uri}"
+    assert cli.main(["pareto", config.run_dir, "--tracking-uri", config.tracking_uri]) == 0
+    out = capsys.readouterr().out
+    assert "Pareto front over accuracy (max), macs (min)" in out and "test_accuracy" in out
+    assert f"mlflow ui --backend-store-uri {config.tracking_uri}" in out
+    for row in result.front:
+        assert row["trial"] in out
+    assert cli.main(["pareto", str(Path(config.run_dir).parent / "elsewhere")]) == 2
+    assert "no MLflow database" in capsys.readouterr().err
+
+
+@needs_data
+def test_a_finished_sweep_is_not_run_twice(sweep_run, tmp_path, capsys):
+    config = sweep_run["config"]
+    path = tmp_path / "again.yaml"
+    path.write_text(yaml.safe_dump(config.to_dict()))
+    assert cli.main(["sweep", "--config", str(path)]) == 2
+    assert "already holds a sweep: resume it with" in capsys.readouterr().err
+
+
+# --- resume after the driver was killed ----------------------------------------------------------
+
+
+def _finished_trial_dirs(run_dir: Path) -> set[str]:
+    return {Path(p).parent.parent.name for p in glob.glob(str(run_dir / "tune" / "*" / "checkpoint_000000" / "metrics.json"))}
+
+
+@needs_data
+def test_resume_after_sigkill_loses_and_repeats_nothing(ray_session, baseline, tmp_path):
+    run_dir = tmp_path / "run"
+    space = {"name": "uniform", "criteria": ["l1", "fpgm"], "finetune_epochs": [0, 0], "flops_bounds": [0.0, 0.95]}
+    path = tmp_path / "resume.yaml"
+    # one trial at a time: at the kill, trial 0 has finished, trial 1 is running and trial 2 is not yet
+    # sampled, so the resumed sweep restarts a running trial AND asks the restored Optuna study for more;
+    # three objectives, latency included
+    objectives = {"accuracy": "max", "macs": "min", "latency_ms": "min"}
+    raw = sweep_config(baseline, run_dir, name="resume", space=space, trials=3, seed=1, objectives=objectives)
+    raw["sweep"]["concurrency"] = 1
+    path.write_text(yaml.safe_dump(raw))
+    address = ray_session.get_runtime_context().gcs_address
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.cli", "sweep", "--config", str(path), "--address", address, "--quiet"],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while not _finished_trial_dirs(run_dir) and driver.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert driver.poll() is None, f"the driver ended before a trial finished: {driver.stderr.read().decode()[-2000:]}"
+        time.sleep(1.5)  # one experiment snapshot (every second during a sweep) records the finished trial
+        started = glob.glob(str(run_dir / "tune" / "sweep_trial_*"))
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(timeout=30)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert driver.returncode == -signal.SIGKILL
+    before_dirs = _finished_trial_dirs(run_dir)
+    assert len(before_dirs) == 1, "the sweep was interrupted mid-way"
+    assert len(started) <= 2, "trial 2 is sampled only after the resume"
+    config = SweepConfig.from_dict(yaml.safe_load((run_dir / "sweep.yaml").read_text()))
+    before_runs = {tid: run for tid, run in tracker_of(config).trial_runs().items()}
+    assert before_runs, "finished trials were logged before the kill"
+
+    data = main_json(["sweep", "--resume", run_dir])
+    assert data["complete"] and data["counts"]["trials"] == 3 and data["counts"]["finished"] == 3
+    assert data["objectives"] == objectives
+    assert all(row["latency_ms"] > 0 for row in data["front"])
+
+    # Tune: exactly 3 trials, each ran to completion once (one report, one checkpoint)
+    trial_dirs = [Path(p) for p in glob.glob(str(run_dir / "tune" / "sweep_trial_*"))]
+    assert len(trial_dirs) == 3
+    for folder in trial_dirs:
+        lines = (folder / "result.json").read_text().splitlines()
+        assert len(lines) == 1, f"{folder.name} reported {len(lines)} times"
+        assert sorted(p.name for p in folder.glob("checkpoint_*")) == ["checkpoint_000000"]
+    assert before_dirs <= {p.name for p in trial_dirs}
+    # MLflow: 3 nested runs, one per trial id and per Optuna trial number, all FINISHED
+    runs = tracker_of(config).trial_runs()
+    assert len(runs) == 3 and {r.info.status for r in runs.values()} == {"FINISHED"}
+    assert sorted(int(r.data.tags[TAG_TRIAL_NUMBER]) for r in runs.values()) == [0, 1, 2]
+    parents = tracker_of(config)._search(f"tags.`prunesweep.run_dir` = '{config.run_dir}'")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    # the trial finished before the kill was not re-run: same run, same result
+    for trial_id, run in before_runs.items():
+        assert runs[trial_id].info.run_id == run.info.run_id
+        assert runs[trial_id].data.metrics["accuracy"] == run.data.metrics["accuracy"]
+        assert runs[trial_id].data.metrics["trial_seconds"] == run.data.metrics["trial_seconds"]
+
+
+# --- pieces ------------------------------------------------------------------------------------
+
+
+def test_define_by_run_keeps_the_context_out_of_its_pickle(tiny_resnet, example_input):
+    import pickle
+
+    import optuna
+
+    from pruning.engine import PruningSpace
+    from search_spaces import SpaceContext, create_search_space
+
+    context = SpaceContext(space=PruningSpace.build(tiny_resnet, example_input))
+    define = DefineByRun("per_layer", {"criteria": ["l1", "fpgm"]}, "key-1", inject_failures=[1])
+    _CONTEXTS["key-1"] = context
+    try:
+        study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=0))
+        first, second = study.ask(), study.ask()
+        extra = define(first)
+        assert extra == {"_trial_number": 0}
+        assert define(second) == {"_trial_number": 1, "_inject_failure": True}
+        names = set(first.params)
+        assert {"criterion", "finetune_lr", "finetune_epochs", "weight_decay"} <= names
+        assert {f"ratio.{g.name}" for g in context.space.groups} <= names
+        restored = pickle.loads(pickle.dumps(define))
+        assert restored._space is None and restored.key == "key-1" and restored.inject_failures == (1,)
+        assert len(pickle.dumps(define)) < 1000  # no model, statistics or space inside
+        plan = create_search_space("per_layer", criteria=["l1", "fpgm"]).to_plan(first.params, context)
+        assert plan.criterion == first.params["criterion"]
+    finally:
+        _CONTEXTS.pop("key-1", None)
+
+
+def test_tracker_logs_each_trial_once_and_updates_its_status(tmp_path):
+    tracker = Tracker(f"sqlite:///{tmp_path}/m.db", "prunesweep", tmp_path / "run")
+    parent, created = tracker.start_parent("t", params={"a": 1, "b": [1, 2]}, texts={"config/x.yaml": "a: 1\n"})
+    assert created and tracker.start_parent("t") == (parent, False)  # found again by its run_dir tag
+    # a fresh start (not a resume) supersedes a parent left by a start that failed early
+    stale, _ = tracker.start_parent("stale", reuse=False)
+    assert stale != parent and tracker.find_parent() == stale
+    assert tracker.client.get_run(parent).info.status == "FAILED"
+    failed = TrialRecord("abc", "trial-000", "FAILED", params={"criterion": "l1", "ratio.layer1.conv1": 0.5},
+                         tags={TAG_TRIAL_NUMBER: "0"}, error="Traceback ...\nValueError: boom\n")
+    run_id = tracker.log_trial(failed)
+    assert tracker.log_trial(failed) == run_id
+    ok = TrialRecord("abc", "trial-000", "FINISHED", params={"criterion": "l1", "ratio.layer1.conv1": 0.5},
+                     metrics={"accuracy": 0.5, "macs": 10.0, "feasible": True, "bad": float("nan")},
+                     tags={TAG_TRIAL_NUMBER: "0"}, checkpoint="/x/checkpoint_000000")
+    assert tracker.log_trial(ok) == run_id  # a retried trial updates its run
+    runs = tracker.trial_runs()
+    assert list(runs) == ["abc"]
+    run = runs["abc"]
+    assert run.info.status == "FINISHED" and run.data.tags[TAG_TRIAL_ID] == "abc"
+    assert run.data.metrics == {"accuracy": 0.5, "macs": 10.0, "feasible": 1.0}
+    assert run.data.params == {"criterion": "l1", "ratio.layer1.conv1": "0.5"}
+    [record] = tracker.read_trials()
+    assert record.checkpoint == "/x/checkpoint_000000" and record.number == 0
+
+
+@needs_data
+def test_compare_grid_logs_a_table_and_a_plot(ray_session, baseline, tmp_path):
+    run_dir = tmp_path / "cmp"
+    argv = ["compare", "--checkpoint", baseline, "--criteria", "l1", "fpgm", "--flops-reductions", "0.4",
+            "--seeds", "3", "--bn-batches", "2", "--calibration-images", "64", "--batch-size", "64",
+            "--run-dir", run_dir, "--name", "cmp"]
+    data = main_json(argv)
+    rows = {(r["criterion"], r["flops_reduction"]): r for r in data["rows"]}
+    assert set(rows) == {("l1", 0.4), ("fpgm", 0.4)}
+    for row in rows.values():
+        assert row["n"] == 1 and row["failed"] == 0 and row["test_accuracy_std"] == 0.0
+        assert 0.0 <= row["test_accuracy_mean"] <= 1.0
+        assert abs(row["macs_reduction_mean"] - 0.4) <= 0.011
+    tracker = Tracker(f"sqlite:///{run_dir}/mlflow.db", "prunesweep-compare", run_dir, kind="compare")
+    assert tracker.find_parent() == data["parent_run_id"]
+    runs = tracker.trial_runs()
+    assert sorted((r.data.params["criterion"], r.data.params["seed"], r.info.status) for r in runs.values()) == [
+        ("fpgm", "3", "FINISHED"), ("l1", "3", "FINISHED")]
+    for run in runs.values():
+        assert {"accuracy", "test_accuracy", "bn_accuracy", "macs"} <= set(run.data.metrics)
+    artifacts = {a.path for a in tracker.client.list_artifacts(data["parent_run_id"], "compare")}
+    assert artifacts == {"compare/table.txt", "compare/table.json", "compare/compare.png"}
+    table = Path(tracker.client.download_artifacts(data["parent_run_id"], "compare/table.txt")).read_text()
+    assert "test_accuracy_mean" in table and "fpgm" in table
+
+
+def test_compare_table_is_mean_and_std_over_seeds():
+    from orchestrator.sweep import _compare_rows
+    from orchestrator.sweep_config import CompareConfig
+
+    config = CompareConfig(checkpoint="x.pt", criteria=("l1", "fpgm"), flops_reductions=(0.3, 0.5), seeds=(0, 1, 2),
+                           run_dir="/tmp/unused")
+    records = []
+    for criterion, target, seed, acc in [("l1", 0.3, 0, 0.5), ("l1", 0.3, 1, 0.7), ("l1", 0.3, 2, 0.6),
+                                         ("fpgm", 0.5, 0, 0.4)]:
+        params = {"criterion": criterion, "flops_reduction": str(target), "seed": str(seed)}
+        records.append(TrialRecord(f"{criterion}{seed}", "t", "FINISHED", params, {"test_accuracy": acc, "accuracy": acc}))
+    records.append(TrialRecord("bad", "t", "FAILED", {"criterion": "fpgm", "flops_reduction": "0.5", "seed": "1"}))
+    rows = {(r["criterion"], r["flops_reduction"]): r for r in _compare_rows(config, records)}
+    assert len(rows) == 4
+    assert rows[("l1", 0.3)]["n"] == 3
+    assert rows[("l1", 0.3)]["test_accuracy_mean"] == pytest.approx(0.6)
+    assert rows[("l1", 0.3)]["test_accuracy_std"] == pytest.approx(0.1)
+    assert rows[("fpgm", 0.5)]["n"] == 1 and rows[("fpgm", 0.5)]["failed"] == 1
+    assert rows[("l1", 0.5)]["n"] == 0 and rows[("l1", 0.5)]["test_accuracy_mean"] is None

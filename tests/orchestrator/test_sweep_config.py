@@ -1,0 +1,226 @@
+"""Sweep config validation: every unknown key and out-of-range value is refused with its key path,
+before anything runs; the resolved config round-trips; the example config is valid. No Ray, no
+training: milliseconds."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from orchestrator import cli
+from orchestrator.sweep_config import (
+    CompareConfig,
+    ConfigError,
+    SweepConfig,
+    dump_sweep_config,
+    flatten,
+    load_sweep_config,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE = REPO / "search_spaces" / "resnet20_fmnist.yaml"
+BASE = {"checkpoint": "base.pt", "space": {"name": "concentration"}}
+
+
+def config_with(**sections) -> dict:
+    data = copy.deepcopy(BASE)
+    for key, value in sections.items():
+        data[key] = value
+    return data
+
+
+def refused(data: dict) -> str:
+    with pytest.raises(ConfigError) as info:
+        SweepConfig.from_dict(data)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+# --- unknown keys, at every level --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("data, key", [
+    ({**BASE, "sweeps": {}}, "sweeps: unknown key; valid: name, checkpoint, data, space, sweep, tracking, run_dir"),
+    (config_with(sweep={"trails": 3}), "sweep.trails: unknown key; valid: trials, concurrency, sampler"),
+    (config_with(data={"bn_batch": 2}), "data.bn_batch: unknown key; valid: calibration_images"),
+    (config_with(tracking={"url": "x"}), "tracking.url: unknown key; valid: uri, experiment"),
+    (config_with(space={"name": "concentration", "beta": [0, 1]}), "space.beta: unknown key; valid: name, strategy, flops_reduction, alpha"),
+    (config_with(space={"name": "uniform", "alpha": [0, 1]}), "space.alpha: unknown key"),
+    (config_with(sweep={"objectives": {"flops": "min"}}), "sweep.objectives.flops: unknown key; valid: accuracy, macs, params, latency_ms"),
+])
+def test_unknown_keys_name_their_path(data, key):
+    assert refused(data).startswith(key)
+
+
+# --- out-of-range values -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("data, start", [
+    (config_with(sweep={"trials": 0}), "sweep.trials: must be >= 1"),
+    (config_with(sweep={"concurrency": -1}), "sweep.concurrency: must be >= 1"),
+    (config_with(sweep={"concurrency": True}), "sweep.concurrency: must be an integer"),
+    (config_with(sweep={"trials": 2.5}), "sweep.trials: must be an integer"),
+    (config_with(sweep={"sampler": "cmaes"}), "sweep.sampler: must be one of nsga2, tpe, gp, random"),
+    (config_with(sweep={"seed": -3}), "sweep.seed: must be >= 0"),
+    (config_with(sweep={"cpus_per_trial": 0}), "sweep.cpus_per_trial: must be > 0"),
+    (config_with(sweep={"objectives": {"accuracy": "min"}}), "sweep.objectives.accuracy: must be 'max'"),
+    (config_with(sweep={"objectives": {"macs": "max"}}), "sweep.objectives.macs: must be 'min'"),
+    (config_with(sweep={"objectives": {}}), "sweep.objectives: name at least one"),
+    (config_with(sweep={"population_size": 1}), "sweep.population_size: must be >= 2"),
+    (config_with(sweep={"sampler": "tpe", "population_size": 8}), "sweep.population_size: applies to sampler nsga2 only"),
+    (config_with(data={"calibration_images": 0}), "data.calibration_images: must be >= 1"),
+    (config_with(data={"bn_batches": -1}), "data.bn_batches: must be >= 0"),
+    (config_with(data={"batch_size": "big"}), "data.batch_size: must be an integer"),
+    (config_with(data={"finetune_subset": 0}), "data.finetune_subset: must be >= 1"),
+    (config_with(space={"name": "concentration", "alpha": [0.0, 2.0]}), "space.alpha: must lie within [0.0, 1.0]"),
+    (config_with(space={"name": "uniform", "flops_reduction": [0.5, 1.5]}), "space.flops_reduction: must lie within"),
+    (config_with(space={"name": "uniform", "criteria": ["l1", "nope"]}), "space.criteria: unknown criterion 'nope'"),
+    (config_with(space={"name": "uniform", "finetune_epochs": [2, 1]}), "space.finetune_epochs: must be (low, high)"),
+    (config_with(space={"name": "snpfi", "strategy": "half"}), "space.strategy: must be one of full, inner"),
+    (config_with(space={"name": "nope"}), "space.name: must be one of concentration, per_layer, snpfi, uniform"),
+    (config_with(space={"strategy": "full"}), "space.name: missing"),
+    (config_with(space=["uniform"]), "space: must be a mapping"),
+    (config_with(tracking={"uri": "./mlruns"}), "tracking.uri: MLflow 3 does not support the file store"),
+    (config_with(tracking={"uri": "file:///tmp/mlruns"}), "tracking.uri: MLflow 3 does not support the file store"),
+    (config_with(tracking={"experiment": ""}), "tracking.experiment: must be a non-empty string"),
+    (config_with(name="bad name!"), "name: must be letters, digits"),
+    ({"space": {"name": "uniform"}}, "checkpoint: missing"),
+    ({"checkpoint": "x.pt"}, "space: missing"),
+])
+def test_out_of_range_values_name_their_key(data, start):
+    message = refused(data)
+    assert message.startswith(start), message
+
+
+# --- resolution --------------------------------------------------------------------------------
+
+
+def test_defaults_are_resolved_and_round_trip(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = SweepConfig.from_dict({"checkpoint": "ck/base.pt", "space": {"name": "uniform"}}, default_name="mine")
+    assert config.name == "mine"
+    assert config.checkpoint == str(tmp_path / "ck" / "base.pt")
+    assert config.run_dir == str(tmp_path / "runs" / "sweeps" / "mine")
+    assert config.tracking_uri == f"sqlite:///{tmp_path}/runs/sweeps/mine/mlflow.db"
+    assert config.tracking_uri.startswith("sqlite:////")  # absolute: Tune changes trial working dirs
+    resolved = config.to_dict()
+    assert resolved["sweep"] == {"trials": 8, "concurrency": 2, "sampler": "nsga2",
+                                 "objectives": {"accuracy": "max", "macs": "min"}, "seed": 0,
+                                 "cpus_per_trial": 1, "population_size": 4}
+    assert resolved["data"] == {"calibration_images": 512, "finetune_subset": None, "bn_batches": 20,
+                                "batch_size": 128, "data_root": None, "test_subset": None}
+    # the space's own defaults are listed too
+    assert resolved["space"]["flops_reduction"] == [0.2, 0.8]
+    assert resolved["space"]["criteria"] == ["l1"]
+    assert resolved["space"]["strategy"] == "full"
+    # YAML round trip gives the same config, from any directory
+    text = dump_sweep_config(config)
+    monkeypatch.chdir(REPO)
+    assert SweepConfig.from_dict(yaml.safe_load(text)) == config
+    flat = flatten(resolved)
+    assert flat["sweep.objectives.accuracy"] == "max" and flat["space.name"] == "uniform"
+
+
+def test_relative_sqlite_uri_is_made_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = SweepConfig.from_dict(config_with(tracking={"uri": "sqlite:///db/m.db"}))
+    assert config.tracking_uri == f"sqlite:///{tmp_path}/db/m.db"
+    server = SweepConfig.from_dict(config_with(tracking={"uri": "http://localhost:5000"}))
+    assert server.tracking_uri == "http://localhost:5000"
+
+
+def test_example_config_is_valid_and_complete():
+    config = load_sweep_config(EXAMPLE)
+    assert config.space.name == "concentration"
+    assert list(config.space.options["criteria"]) == ["l1", "entropy", "taylor"]
+    raw = yaml.safe_load(EXAMPLE.read_text())
+    # the example spells out every key of every section
+    resolved = config.to_dict()
+    for section in ("data", "sweep", "tracking"):
+        assert set(raw[section]) == set(resolved[section]), section
+    assert set(raw["space"]) == set(resolved["space"])
+
+
+def test_overrides_use_dotted_keys(tmp_path):
+    path = tmp_path / "my-sweep.yaml"
+    path.write_text(yaml.safe_dump(BASE))
+    config = load_sweep_config(path, {"sweep.trials": 3, "run_dir": str(tmp_path / "r"), "sweep.concurrency": None})
+    assert config.name == "my-sweep" and config.sweep.trials == 3 and config.sweep.concurrency == 2
+    assert config.run_dir == str(tmp_path / "r")
+    assert config.tracking_uri == f"sqlite:///{tmp_path}/r/mlflow.db"
+    with pytest.raises(ConfigError, match=r"^sweep.trials: must be >= 1"):
+        load_sweep_config(path, {"sweep.trials": 0})
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(ConfigError, match="^config: file .* does not exist"):
+        load_sweep_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("sweep: [unclosed\n")
+    with pytest.raises(ConfigError, match="^config: .* is not valid YAML"):
+        load_sweep_config(bad)
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text("42\n")
+    with pytest.raises(ConfigError, match="must hold a mapping"):
+        load_sweep_config(scalar)
+
+
+# --- the CLI refuses before anything runs ------------------------------------------------------
+
+
+def test_cli_bad_config_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({**BASE, "run_dir": str(run_dir), "sweep": {"trails": 4}}))
+    assert cli.main(["sweep", "--config", str(path)]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.strip().splitlines() == [err.strip()]
+    assert err.startswith("error: sweep.trails: unknown key; valid: trials, concurrency")
+    assert not run_dir.exists()
+    # a missing checkpoint is refused before Ray or MLflow start
+    path.write_text(yaml.safe_dump({**BASE, "checkpoint": str(tmp_path / "nope.pt"), "run_dir": str(run_dir)}))
+    assert cli.main(["sweep", "--config", str(path), "--trials", "2"]) == 2
+    assert capsys.readouterr().err.startswith("error: checkpoint: file ")
+    assert not run_dir.exists()
+    # --trials override validated like the file
+    assert cli.main(["sweep", "--config", str(path), "--trials", "0"]) == 2
+    assert capsys.readouterr().err.startswith("error: sweep.trials: must be >= 1")
+    # resume of a folder without a sweep
+    assert cli.main(["sweep", "--resume", str(tmp_path)]) == 2
+    assert "holds no sweep to resume" in capsys.readouterr().err
+    assert cli.main(["sweep", "--resume", str(tmp_path), "--trials", "3"]) == 2
+    assert "drop --trials" in capsys.readouterr().err
+    assert cli.main(["sweep"]) == 2
+    assert "--config" in capsys.readouterr().err
+
+
+def test_compare_config_checks(tmp_path):
+    ok = CompareConfig(checkpoint="x.pt", criteria=("l1",), flops_reductions=(0.5,), run_dir=str(tmp_path))
+    assert ok.trials == 1 and ok.tracking_uri == f"sqlite:///{tmp_path}/mlflow.db"
+    for kwargs, start in [
+        (dict(criteria=("l1", "zz")), "criteria: must be one of"),
+        (dict(criteria=()), "criteria: name at least one"),
+        (dict(flops_reductions=(1.2,)), "flops_reductions: each must be in (0, 1)"),
+        (dict(seeds=(0, 0)), "seeds: must not repeat"),
+        (dict(strategy="half"), "strategy: must be one of full, inner"),
+        (dict(finetune_epochs=-1), "finetune_epochs: must be >= 0"),
+    ]:
+        args = {**dict(checkpoint="x.pt", criteria=("l1",), flops_reductions=(0.5,), run_dir=str(tmp_path)), **kwargs}
+        with pytest.raises(ConfigError) as info:
+            CompareConfig(**args)
+        assert str(info.value).startswith(start), str(info.value)
+
+
+@pytest.mark.parametrize("name, cls", [("nsga2", "NSGAIISampler"), ("tpe", "TPESampler"), ("gp", "GPSampler"),
+                                       ("random", "RandomSampler")])
+def test_samplers(name, cls):
+    from orchestrator.sweep import make_sampler
+
+    sampler = make_sampler(name, seed=3, population_size=4)
+    assert type(sampler).__name__ == cls
+    assert isinstance(sampler, optuna.samplers.BaseSampler)
