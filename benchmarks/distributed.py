@@ -5,7 +5,7 @@ statistics pass of every prunable group (``collect_activation_stats`` vs ``distr
 one batch per shard) and permutation Shapley values of a few groups with a fixed budget and no
 truncation (``permutation_shapley`` per group vs ``distributed_shapley``), each:
 
-* in-process with ``--threads`` torch threads (default 2);
+* in-process with ``--threads`` torch threads (default: 2, then 1; speedups against both);
 * on 1, 2, ... actors (``--workers``), each single-threaded, started for the run as the CLI does
   (``cold``: wall time includes the actor start, the model load on the actors and the
   object-store puts, reported separately as overhead), and again on the already started
@@ -50,7 +50,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=1024)
     parser.add_argument("--batch-size", type=int, default=128, help="images per batch = per statistics shard")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads of the in-process path")
+    parser.add_argument("--threads", type=int, nargs="+", default=[2, 1],
+                        help="torch threads of the in-process runs; the first is the speedup reference")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--groups", nargs="+", default=["layer1.0.conv1", "layer2.0.conv1", "layer3.0.conv1"])
     parser.add_argument("--permutations", type=int, default=16, help="Shapley budget per group")
@@ -79,25 +80,26 @@ def main() -> None:
                         batch_size=args.shapley_images)
 
     # -- in-process ------------------------------------------------------------------------
-    torch.set_num_threads(args.threads)
-    if "stats" not in args.skip:
-        _, t = timed(lambda: collect_activation_stats(model, space.groups, batches))
-        results["stats"]["in_process"] = {**t, "threads": args.threads}
-        print(f"stats   in-process ({args.threads} threads): {t['seconds']:.2f} s  load {t['load_before']}->{t['load_after']}")
-    if "shapley" not in args.skip:
-        def in_process():
-            inputs, targets = calibration_batch(batches, args.shapley_images)
-            traced = trace_model(model)
-            out = {}
-            for group in shapley_groups:
-                game = LayerGame(model, group, inputs, targets, traced=traced)
-                out[group.name] = permutation_shapley(game, max_permutations=args.permutations, antithetic=True,
-                                                      batch_permutations=args.block, seed=group_seed(0, group.name))
-            return out
+    def shapley_in_process():
+        inputs, targets = calibration_batch(batches, args.shapley_images)
+        traced = trace_model(model)
+        out = {}
+        for group in shapley_groups:
+            game = LayerGame(model, group, inputs, targets, traced=traced)
+            out[group.name] = permutation_shapley(game, max_permutations=args.permutations, antithetic=True,
+                                                  batch_permutations=args.block, seed=group_seed(0, group.name))
+        return out
 
-        _, t = timed(in_process)
-        results["shapley"]["in_process"] = {**t, "threads": args.threads}
-        print(f"shapley in-process ({args.threads} threads): {t['seconds']:.2f} s  load {t['load_before']}->{t['load_after']}")
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        if "stats" not in args.skip:
+            _, t = timed(lambda: collect_activation_stats(model, space.groups, batches))
+            results["stats"][f"in_process_{threads}t"] = {**t, "threads": threads}
+            print(f"stats   in-process ({threads} threads): {t['seconds']:.2f} s  load {t['load_before']}->{t['load_after']}")
+        if "shapley" not in args.skip:
+            _, t = timed(shapley_in_process)
+            results["shapley"][f"in_process_{threads}t"] = {**t, "threads": threads}
+            print(f"shapley in-process ({threads} threads): {t['seconds']:.2f} s  load {t['load_before']}->{t['load_after']}")
 
     # -- Ray -------------------------------------------------------------------------------
     from orchestrator.distributed import WorkerPool, connect, distributed_shapley, distributed_stats
@@ -141,24 +143,26 @@ def main() -> None:
     # -- summary ---------------------------------------------------------------------------
     for kind in ("stats", "shapley"):
         rows = results[kind]
-        if "in_process" not in rows:
+        if f"in_process_{args.threads[0]}t" not in rows:
             continue
-        base = rows["in_process"]["seconds"]
+        bases = {t: rows[f"in_process_{t}t"]["seconds"] for t in args.threads}
         for label in ("cold", "warm"):
             one = rows.get(f"{label}_1", {}).get("seconds")
             for n in args.workers:
                 row = rows[f"{label}_{n}"]
-                row["speedup_vs_in_process"] = base / row["seconds"]
+                for t, base in bases.items():
+                    row[f"speedup_vs_in_process_{t}t"] = base / row["seconds"]
                 if one:
                     row["efficiency_vs_1_actor"] = one / row["seconds"] / n
-        print(f"\n{kind}: in-process {base:.2f} s")
-        print(f"{'':<8}{'actors':>7}{'wall s':>9}{'overhead s':>12}{'speedup':>9}{'efficiency':>12}")
+        print(f"\n{kind}: in-process " + ", ".join(f"{b:.2f} s ({t} threads)" for t, b in bases.items()))
+        heads = "".join(f"{f'speedup/{t}t':>13}" for t in bases)
+        print(f"{'':<8}{'actors':>7}{'wall s':>9}{'overhead s':>12}{heads}{'efficiency':>12}")
         for label in ("cold", "warm"):
             for n in args.workers:
                 row = rows[f"{label}_{n}"]
                 eff = row.get("efficiency_vs_1_actor", float("nan"))
-                print(f"{label:<8}{n:>7}{row['seconds']:>9.2f}{row['overhead_s']:>12.2f}"
-                      f"{row['speedup_vs_in_process']:>9.2f}{eff:>12.2f}")
+                speedups = "".join(f"{row[f'speedup_vs_in_process_{t}t']:>13.2f}" for t in bases)
+                print(f"{label:<8}{n:>7}{row['seconds']:>9.2f}{row['overhead_s']:>12.2f}{speedups}{eff:>12.2f}")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(results, indent=2, default=float))

@@ -1,12 +1,11 @@
 """Activation statistics and Shapley estimates in parallel shards on Ray actors.
 
-The only module besides the rest of ``orchestrator`` that touches Ray; ``pruning`` stays plain
-PyTorch and provides the mergeable states this module moves around:
+``pruning`` stays plain PyTorch and provides the mergeable states this module moves around:
 
 * :func:`distributed_stats`: the driver computes the histogram edges (a short first pass on the
   first batch, in-process, as :func:`pruning.stats.collect_activation_stats` does), puts the model,
-  the batches' inputs and the edges into the object store ONCE, and starts ``workers`` actors that
-  each build one model replica from those objects. Shards (lists of batch indices) go to the
+  the batches' inputs and the edges into the object store ONCE, and starts ``workers`` actors
+  (or uses those of a :class:`WorkerPool`) that each build one model replica from those objects. Shards (lists of batch indices) go to the
   actors; the partial :class:`~pruning.stats.ActivationStats` merge on the driver as they arrive.
   Counts and histograms equal the single-process pass exactly, float sums up to summation order.
 * :func:`distributed_shapley`: per group, the permutation budget is cut into blocks of ``block``

@@ -1,0 +1,234 @@
+"""Statistics and Shapley estimates on Ray actors (orchestrator.distributed).
+
+One Ray runtime per test session (``ray_session``, 2 CPUs) and one pool of two actors for this
+module (each reserving half a CPU, so that a CLI run with one worker of its own fits next to
+it). The tiny models (tests/tiny_models.py) are not importable on the workers, so that module
+is pickled by value while the pool lives.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from orchestrator import cli
+from orchestrator.distributed import (
+    DistributedShapley,
+    FaultInjection,
+    WorkerPool,
+    distributed_shapley,
+    distributed_stats,
+    shapley_block_plan,
+)
+from pruning.criteria import ScoringContext, create_criterion
+from pruning.engine import PruningSpace
+from pruning.stats import collect_activation_stats
+
+pytestmark = pytest.mark.slow
+
+#: a block plan with several blocks per group: 8 permutations in antithetic pairs, 2 per block
+PLAN = dict(max_permutations=8, block=2, antithetic=True, truncation=0.02, batch_size=16, seed=3)
+
+
+@pytest.fixture(scope="module")
+def pool(ray_session):
+    import tiny_models
+    from ray import cloudpickle
+
+    cloudpickle.register_pickle_by_value(tiny_models)  # tests/ is not on the workers' path
+    try:
+        with WorkerPool(2, cpus_per_worker=0.5) as p:
+            yield p
+    finally:
+        cloudpickle.unregister_pickle_by_value(tiny_models)
+
+
+@pytest.fixture
+def batches():
+    g = torch.Generator().manual_seed(1)
+    return [(torch.randn(8, 1, 28, 28, generator=g), torch.randint(0, 10, (8,), generator=g)) for _ in range(6)]
+
+
+@pytest.fixture
+def groups(tiny_resnet):
+    return PruningSpace.build(tiny_resnet, torch.zeros(1, 1, 28, 28)).groups
+
+
+@pytest.fixture(scope="module")
+def baseline():
+    """Results computed once and compared against by several tests (the model is deterministic)."""
+    return {}
+
+
+def _shapley_baseline(baseline, model, groups, batches, pool):
+    if "shapley" not in baseline:
+        baseline["shapley"] = distributed_shapley(model, groups, batches, pool=pool, progress=False,
+                                                  return_report=True, **PLAN)
+    return baseline["shapley"]
+
+
+def assert_same_stats(a, b, exact_floats=False):
+    assert a.config == b.config and a.layers.keys() == b.layers.keys()
+    for name, x in a.layers.items():
+        y = b.layers[name]
+        for field, t in x.tensors().items():
+            u = getattr(y, field)
+            assert u is not None and t.dtype == u.dtype and t.shape == u.shape, (name, field)
+            if t.is_floating_point() and not exact_floats:
+                torch.testing.assert_close(u, t, rtol=1e-10, atol=1e-10, msg=f"{name}.{field}")
+            else:  # counts, histograms, edges, sizes: exact
+                assert torch.equal(t, u), (name, field)
+
+
+def assert_same_estimates(a, b):
+    assert list(a) == list(b)
+    for name in a:
+        assert torch.equal(a[name].values, b[name].values), name
+        assert torch.equal(a[name].stderr, b[name].stderr), name
+        assert (a[name].permutations, a[name].evaluations) == (b[name].permutations, b[name].evaluations)
+        assert (a[name].v_full, a[name].v_empty) == (b[name].v_full, b[name].v_empty)
+
+
+# --- block plan (no Ray) -----------------------------------------------------------------------
+
+
+def test_block_plan():
+    assert shapley_block_plan(8, 2, antithetic=True) == [2, 2, 2, 2]
+    assert shapley_block_plan(8, 3, antithetic=True) == [2, 2, 2, 2]  # blocks hold whole pairs
+    assert shapley_block_plan(7, 4, antithetic=True) == [4, 2]  # budget rounded down to pairs
+    assert shapley_block_plan(5, 2, antithetic=False) == [2, 2, 1]
+    assert shapley_block_plan(1, 8, antithetic=True) == [2]
+    with pytest.raises(ValueError):
+        shapley_block_plan(0, 2, antithetic=False)
+
+
+# --- the command line (before the module's pool exists; one worker of its own) -------------------
+
+
+def test_cli_stats_with_a_worker(tmp_path, capsys, monkeypatch, ray_session):
+    from dataclasses import asdict
+
+    from pruning.checkpoint import ModelSpec, save_checkpoint
+    from pruning.data import FASHION_MNIST_ROOT, DataConfig
+    from pruning.models import create_model
+
+    if not (Path(FASHION_MNIST_ROOT) / "train-images-idx3-ubyte.gz").is_file() and not (
+        Path(FASHION_MNIST_ROOT) / "train-images-idx3-ubyte"
+    ).is_file():
+        pytest.skip(f"Fashion-MNIST is not installed in {FASHION_MNIST_ROOT}")
+    monkeypatch.setenv("PRUNESWEEP_CACHE", str(tmp_path / "cache"))
+    torch.manual_seed(0)
+    checkpoint, out = tmp_path / "r20.pt", tmp_path / "stats.pt"
+    data_config = asdict(DataConfig(name="fashion-mnist", calibration_size=128, train_subset=256, test_subset=64))
+    save_checkpoint(checkpoint, create_model("resnet20", num_classes=10, in_channels=1),
+                    ModelSpec("resnet20", 10, 1, (1, 28, 28), meta={"data": data_config}))
+    code = cli.main(["stats", "--checkpoint", str(checkpoint), "--calibration-images", "64", "--out", str(out),
+                     "--workers", "1", "--json", "--quiet"])
+    stdout, err = capsys.readouterr()
+    assert code == 0, err
+    data = json.loads(stdout)
+    assert data["workers"] == 1 and data["images"] == 64 and out.is_file()
+    from pruning.stats import ActivationStats
+
+    state = ActivationStats.load(out)
+    assert {int(s.n_images) for s in state.layers.values()} == {64}
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--workers", "-1"], "--workers"),
+    (["--workers", "1", "--cpus-per-worker", "0"], "--cpus-per-worker"),
+    (["--address", "auto"], "--address"),
+])
+def test_cli_bad_distributed_options(argv, needle, tmp_path, capsys):
+    code = cli.main(["stats", "--checkpoint", str(tmp_path / "none.pt"), "--out", str(tmp_path / "s.pt"), *argv])
+    _, err = capsys.readouterr()
+    assert code == cli.EXIT_BAD_INPUT
+    assert err.startswith("error: ") and needle in err
+    assert not (tmp_path / "s.pt").exists()
+
+
+# --- statistics --------------------------------------------------------------------------------
+
+
+def test_actor_stats_equal_in_process_stats(tiny_resnet, groups, batches, pool):
+    reference = collect_activation_stats(tiny_resnet, groups, batches, bins=16, chip=True)
+    state, report = distributed_stats(tiny_resnet, groups, batches, pool=pool, bins=16, chip=True, shard_size=1,
+                                      progress=False, return_report=True)
+    assert_same_stats(reference, state)
+    assert sorted(report.accepted) == list(range(6)) and report.shards == 6 and report.failures == 0
+    assert report.started_workers in (0, 2)
+
+
+def test_stats_killed_actor_loses_nothing(tiny_resnet, groups, batches, pool):
+    reference = collect_activation_stats(tiny_resnet, groups, batches)
+    state, report = distributed_stats(tiny_resnet, groups, batches, pool=pool, shard_size=1, progress=False,
+                                      return_report=True, _fault=FaultInjection(kill=frozenset({1})))
+    assert report.failures == 1 and report.dispatched > report.shards  # the lost shard(s) ran again
+    assert sorted(report.accepted) == list(range(6)) and len(set(report.accepted)) == len(report.accepted)
+    assert report.duplicates == 0
+    assert_same_stats(reference, state)
+
+
+# --- Shapley -----------------------------------------------------------------------------------
+
+
+def test_shapley_same_seed_gives_identical_results(tiny_resnet, groups, batches, pool, baseline):
+    first, report = _shapley_baseline(baseline, tiny_resnet, groups, batches, pool)
+    again = distributed_shapley(tiny_resnet, groups, batches, pool=pool, progress=False, **PLAN)
+    assert_same_estimates(first, again)
+    names = [g.name for g in groups]
+    assert list(first) == names
+    assert sorted(report.accepted) == sorted((n, k) for n in names for k in range(4))
+    for name, est in first.items():
+        assert est.permutations == 8 and est.values.shape == (tiny_resnet.get_submodule(name).out_channels,)
+        assert torch.isfinite(est.values).all() and torch.isfinite(est.stderr).all()
+    other_seed = distributed_shapley(tiny_resnet, groups, batches, pool=pool, progress=False, **{**PLAN, "seed": 4})
+    assert not torch.equal(other_seed[names[0]].values, first[names[0]].values)
+
+
+def test_shapley_does_not_depend_on_the_number_of_workers(tiny_resnet, groups, batches, pool, baseline):
+    two, _ = _shapley_baseline(baseline, tiny_resnet, groups, batches, pool)
+    one, report = distributed_shapley(tiny_resnet, groups, batches, pool=pool, workers=1, progress=False,
+                                      return_report=True, **PLAN)
+    assert report.workers == 1
+    assert_same_estimates(two, one)
+
+
+def test_shapley_killed_actor_loses_nothing(tiny_resnet, groups, batches, pool, baseline):
+    expected, _ = _shapley_baseline(baseline, tiny_resnet, groups, batches, pool)
+    victim = (groups[1].name, 1)
+    got, report = distributed_shapley(tiny_resnet, groups, batches, pool=pool, progress=False, return_report=True,
+                                      _fault=FaultInjection(kill=frozenset({victim})), **PLAN)
+    assert report.failures == 1 and report.dispatched > report.shards
+    every = {(g.name, k) for g in groups for k in range(4)}
+    assert set(report.accepted) == every and len(report.accepted) == len(every)
+    assert report.duplicates == 0
+    assert_same_estimates(expected, got)
+
+
+def test_convergence_stop_hands_out_fewer_blocks(tiny_resnet, groups, batches, pool):
+    # converged as soon as there are two samples: two blocks (an antithetic pair is one sample)
+    loose = dict(PLAN, max_permutations=64, epsilon=1e3)
+    got, report = distributed_shapley(tiny_resnet, groups, batches, pool=pool, progress=False, return_report=True,
+                                      **loose)
+    assert report.shards == 32 * len(groups)
+    assert report.dispatched < report.shards
+    for name, info in report.groups.items():
+        assert info["converged"] and info["merged"] == 2 and got[name].permutations == 4
+    # the stop is decided on the in-order merged prefix: the same result on another run
+    again = distributed_shapley(tiny_resnet, groups, batches, pool=pool, workers=1, progress=False, **loose)
+    assert_same_estimates(got, again)
+
+
+def test_criterion_adapter_scores_like_distributed_shapley(tiny_resnet, groups, batches, pool, baseline):
+    base = create_criterion("snpfi", seed=PLAN["seed"], max_permutations=8, batch_permutations=2, batch_size=16)
+    criterion = DistributedShapley(base, workers=2, pool=pool)
+    context = ScoringContext(calibration=batches)
+    scores, sparsity = criterion.score_and_sparsity(tiny_resnet, groups, context)
+    expected, _ = _shapley_baseline(baseline, tiny_resnet, groups, batches, pool)
+    for g in groups:
+        assert torch.equal(scores[g.name], expected[g.name].values.float())
+        assert 0.0 <= sparsity[g.name] < 1.0
+    assert criterion.name == "snpfi" and criterion.last_report.failures == 0
