@@ -188,15 +188,16 @@ def prepare_baseline(
     return BaselineSetup(model, spec, data_config, splits, shape, space, batches, metrics)
 
 
-def compute_baseline_statistics(model: nn.Module, space, batches, *, chip: bool = False, progress: bool = False):
-    """Activation statistics of the unpruned model over the calibration batches, in-process.
+def compute_baseline_statistics(
+    model: nn.Module, space, batches, *, workers: int, cpus_per_worker: float = 1, chip: bool = False,
+    progress: bool = False,
+):
+    """Activation statistics of the unpruned model over the calibration batches, computed once
+    per sweep by ``workers`` Ray actors (shards merged exactly on the driver; Ray must be up)."""
+    from orchestrator.distributed import distributed_stats
 
-    The one place a sweep computes statistics (once per sweep, on the driver): swap this function
-    to compute them elsewhere (e.g. sharded over Ray actors).
-    """
-    from pruning.stats import collect_activation_stats
-
-    return collect_activation_stats(model, space.groups, batches, chip=chip, progress=progress)
+    return distributed_stats(model, space.groups, batches, workers=workers, cpus_per_worker=cpus_per_worker,
+                             chip=chip, progress=progress)
 
 
 def compute_utilization_curves(model: nn.Module, space, strategy: str, batches, *, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -504,20 +505,17 @@ def make_sampler(name: str, seed: int, population_size: int | None = None):
 
 @contextlib.contextmanager
 def _ray(address: str | None, progress: bool) -> Iterator[None]:
-    """Join ``address``, or start Ray locally, unless it is already initialised (then reuse it)."""
+    """Join ``address``, or start Ray locally, unless it is already initialised (then reuse it);
+    a Ray started here is shut down on exit."""
     import ray
 
-    started = False
-    if not ray.is_initialized():
-        if address:
-            ray.init(address=address, log_to_driver=progress)
-        else:
-            ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=progress)
-        started = True
+    from orchestrator.distributed import connect
+
+    connection = connect(address, log_to_driver=progress)
     try:
         yield
     finally:
-        if started:
+        if connection.started:
             ray.shutdown()
 
 
@@ -717,7 +715,9 @@ def _baseline_extras(config: SweepConfig, setup: BaselineSetup, progress: bool):
             stats = ActivationStats.load(path)
         else:
             _say(progress, f"computing activation statistics on {sum(len(y) for _, y in setup.batches)} calibration images")
-            stats = compute_baseline_statistics(setup.model, setup.space, setup.batches, chip=chip, progress=progress)
+            stats = compute_baseline_statistics(setup.model, setup.space, setup.batches, chip=chip, progress=progress,
+                                                workers=config.sweep.concurrency,
+                                                cpus_per_worker=config.sweep.cpus_per_trial)
             folder.mkdir(parents=True, exist_ok=True)
             stats.save(path)
     if config.space.name == "snpfi":
@@ -784,71 +784,72 @@ def run_sweep(
     Path(config.run_dir).mkdir(parents=True, exist_ok=True)
     if not resume:
         (Path(config.run_dir) / RESOLVED_CONFIG_FILE).write_text(dump_sweep_config(config))
-    stats, utilization = _baseline_extras(config, setup, progress)
-    context = SpaceContext(space=setup.space, strategy=config.space.strategy, stats=stats, utilization=utilization)
+    with _ray(address, progress):
+        stats, utilization = _baseline_extras(config, setup, progress)
+        context = SpaceContext(space=setup.space, strategy=config.space.strategy, stats=stats, utilization=utilization)
 
-    tracker = Tracker(config.tracking_uri, config.tracking.experiment, config.run_dir, kind="sweep")
-    parent, created = tracker.start_parent(
-        config.name,
-        params=flatten(config.to_dict()),
-        tags={TAG_SWEEP: config.name, TAG_COMMIT: git_commit(), "prunesweep.space": config.space.name},
-        texts={"config/sweep.yaml": dump_sweep_config(config)},
-        reuse=resume,
-    )
-    if created:
-        tracker.log_metrics(parent, {f"baseline_{k}": v for k, v in setup.metrics.items()})
-    _say(progress, f"MLflow parent run {parent} in {config.tracking_uri}" + ("" if created else " (resumed)"))
+        tracker = Tracker(config.tracking_uri, config.tracking.experiment, config.run_dir, kind="sweep")
+        parent, created = tracker.start_parent(
+            config.name,
+            params=flatten(config.to_dict()),
+            tags={TAG_SWEEP: config.name, TAG_COMMIT: git_commit(), "prunesweep.space": config.space.name},
+            texts={"config/sweep.yaml": dump_sweep_config(config)},
+            reuse=resume,
+        )
+        if created:
+            tracker.log_metrics(parent, {f"baseline_{k}": v for k, v in setup.metrics.items()})
+        _say(progress, f"MLflow parent run {parent} in {config.tracking_uri}" + ("" if created else " (resumed)"))
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    key = str(Path(config.run_dir).absolute())
-    _CONTEXTS[key] = context
-    try:
-        with _ray(address, progress), _tune_environment(progress):
-            refs = _put_shared(setup, stats, utilization)
-            settings = TrialSettings(
-                data_config=asdict(setup.data_config), shape=setup.shape, bn_batches=config.data.bn_batches,
-                batch_size=config.data.batch_size, finetune_subset=config.data.finetune_subset,
-                seed=config.sweep.seed, threads=threads, baseline=dict(setup.metrics),
-                measure_latency="latency_ms" in objectives, space_name=config.space.name,
-                space_options=dict(config.space.options), strategy=config.space.strategy,
-            )
-            trainable = tune.with_resources(
-                functools.partial(sweep_trial, refs=refs, settings=settings), {"cpu": config.sweep.cpus_per_trial}
-            )
-            if resume:
-                _say(progress, f"resuming {experiment_dir}")
-                tuner = tune.Tuner.restore(str(experiment_dir), trainable=trainable, resume_errored=True)
-            else:
-                metric = list(objectives) if len(objectives) > 1 else next(iter(objectives))
-                mode = list(objectives.values()) if len(objectives) > 1 else next(iter(objectives.values()))
-                search = OptunaSearch(
-                    space=DefineByRun(config.space.name, config.space.options, key, inject_failures),
-                    metric=metric, mode=mode,
-                    sampler=make_sampler(config.sweep.sampler, config.sweep.seed, config.sweep.population_size),
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        key = str(Path(config.run_dir).absolute())
+        _CONTEXTS[key] = context
+        try:
+            with _tune_environment(progress):
+                refs = _put_shared(setup, stats, utilization)
+                settings = TrialSettings(
+                    data_config=asdict(setup.data_config), shape=setup.shape, bn_batches=config.data.bn_batches,
+                    batch_size=config.data.batch_size, finetune_subset=config.data.finetune_subset,
+                    seed=config.sweep.seed, threads=threads, baseline=dict(setup.metrics),
+                    measure_latency="latency_ms" in objectives, space_name=config.space.name,
+                    space_options=dict(config.space.options), strategy=config.space.strategy,
                 )
-                callback = MlflowTrialLogger(
-                    config.tracking_uri, config.tracking.experiment, config.run_dir, kind="sweep",
-                    metric_names=TRIAL_METRICS, tag_names=TRIAL_TAGS,
+                trainable = tune.with_resources(
+                    functools.partial(sweep_trial, refs=refs, settings=settings), {"cpu": config.sweep.cpus_per_trial}
                 )
-                tuner = tune.Tuner(
-                    trainable,
-                    tune_config=tune.TuneConfig(search_alg=search, num_samples=config.sweep.trials,
-                                                max_concurrent_trials=config.sweep.concurrency),
-                    run_config=tune.RunConfig(
-                        storage_path=str(Path(config.run_dir).absolute()), name="tune", callbacks=[callback],
-                        failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
-                        verbose=1 if progress else 0,
-                    ),
-                )
-            results = tuner.fit()
-    except BaseException:
-        with contextlib.suppress(Exception):
-            tracker.finish_parent("FAILED")
-        raise
-    finally:
-        _CONTEXTS.pop(key, None)
-    complete = _finished_cleanly(results, config.sweep.trials)
-    return _finalize_sweep(tracker, config, setup, complete, progress)
+                if resume:
+                    _say(progress, f"resuming {experiment_dir}")
+                    tuner = tune.Tuner.restore(str(experiment_dir), trainable=trainable, resume_errored=True)
+                else:
+                    metric = list(objectives) if len(objectives) > 1 else next(iter(objectives))
+                    mode = list(objectives.values()) if len(objectives) > 1 else next(iter(objectives.values()))
+                    search = OptunaSearch(
+                        space=DefineByRun(config.space.name, config.space.options, key, inject_failures),
+                        metric=metric, mode=mode,
+                        sampler=make_sampler(config.sweep.sampler, config.sweep.seed, config.sweep.population_size),
+                    )
+                    callback = MlflowTrialLogger(
+                        config.tracking_uri, config.tracking.experiment, config.run_dir, kind="sweep",
+                        metric_names=TRIAL_METRICS, tag_names=TRIAL_TAGS,
+                    )
+                    tuner = tune.Tuner(
+                        trainable,
+                        tune_config=tune.TuneConfig(search_alg=search, num_samples=config.sweep.trials,
+                                                    max_concurrent_trials=config.sweep.concurrency),
+                        run_config=tune.RunConfig(
+                            storage_path=str(Path(config.run_dir).absolute()), name="tune", callbacks=[callback],
+                            failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+                            verbose=1 if progress else 0,
+                        ),
+                    )
+                results = tuner.fit()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                tracker.finish_parent("FAILED")
+            raise
+        finally:
+            _CONTEXTS.pop(key, None)
+        complete = _finished_cleanly(results, config.sweep.trials)
+        return _finalize_sweep(tracker, config, setup, complete, progress)
 
 
 def resume_sweep(run_dir: str | os.PathLike, *, address: str | None = None, progress: bool = True) -> SweepResult:
@@ -1015,64 +1016,66 @@ def run_compare(config: CompareConfig, *, address: str | None = None, progress: 
         raise ConfigError("run_dir", f"{config.run_dir} already holds a comparison; choose another --run-dir or --name")
     threads = max(1, int(config.cpus_per_trial))
     setup = prepare_baseline(config.checkpoint, config.data, threads=threads, progress=progress)
-    needs, chip = _needs_stats(config.criteria)
-    stats = None
-    if needs:
-        _say(progress, "computing activation statistics")
-        stats = compute_baseline_statistics(setup.model, setup.space, setup.batches, chip=chip, progress=progress)
-    Path(config.run_dir).mkdir(parents=True, exist_ok=True)
-    text = yaml.safe_dump(config.to_dict(), sort_keys=False)
-    (Path(config.run_dir) / "compare.yaml").write_text(text)
-    tracker = Tracker(config.tracking_uri, config.tracking.experiment, config.run_dir, kind="compare")
-    parent, _ = tracker.start_parent(config.name, params=flatten(config.to_dict()),
-                                     tags={TAG_SWEEP: config.name, TAG_COMMIT: git_commit()},
-                                     texts={"config/compare.yaml": text}, reuse=False)
-    tracker.log_metrics(parent, {f"baseline_{k}": v for k, v in setup.metrics.items()})
-    try:
-        with _ray(address, progress), _tune_environment(progress):
-            refs = _put_shared(setup, stats, None)
-            settings = TrialSettings(
-                data_config=asdict(setup.data_config), shape=setup.shape, bn_batches=config.data.bn_batches,
-                batch_size=config.data.batch_size, finetune_subset=config.data.finetune_subset, seed=0,
-                threads=threads, baseline=dict(setup.metrics), strategy=config.strategy,
-                finetune_epochs=config.finetune_epochs, finetune_lr=config.finetune_lr,
-                weight_decay=config.weight_decay,
-            )
-            trainable = tune.with_resources(functools.partial(compare_trial, refs=refs, settings=settings),
-                                            {"cpu": config.cpus_per_trial})
-            callback = MlflowTrialLogger(config.tracking_uri, config.tracking.experiment, config.run_dir,
-                                         kind="compare", metric_names=COMPARE_METRICS, tag_names=("criterion",))
-            tuner = tune.Tuner(
-                trainable,
-                param_space={"criterion": tune.grid_search(list(config.criteria)),
-                             "flops_reduction": tune.grid_search(list(config.flops_reductions)),
-                             "seed": tune.grid_search(list(config.seeds))},
-                tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=config.concurrency),
-                run_config=tune.RunConfig(
-                    storage_path=str(Path(config.run_dir).absolute()), name="tune", callbacks=[callback],
-                    failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
-                    verbose=1 if progress else 0,
-                ),
-            )
-            tuner.fit()
-    except BaseException:
-        with contextlib.suppress(Exception):
-            tracker.finish_parent("FAILED")
-        raise
-    records = tracker.read_trials()
-    rows = _compare_rows(config, records)
-    result = CompareResult(config.name, config.run_dir, config.tracking_uri, parent, dict(setup.metrics), rows, records)
-    tracker.log_text(parent, result.table() + "\n", "compare/table.txt")
-    tracker.log_text(parent, json.dumps(rows, indent=2), "compare/table.json")
-    with tempfile.TemporaryDirectory(prefix="prunesweep-compare-") as folder:
-        tracker.log_file(parent, _plot_compare(rows, setup.metrics, Path(folder) / "compare.png"), "compare")
-    summary = {}
-    for row in rows:
-        if row["test_accuracy_mean"] is not None:
-            summary[f"{row['criterion']}.{row['flops_reduction']:g}.test_accuracy_mean"] = row["test_accuracy_mean"]
-    tracker.log_metrics(parent, summary)
-    tracker.finish_parent("FINISHED")
-    return result
+    with _ray(address, progress):
+        needs, chip = _needs_stats(config.criteria)
+        stats = None
+        if needs:
+            _say(progress, "computing activation statistics")
+            stats = compute_baseline_statistics(setup.model, setup.space, setup.batches, chip=chip, progress=progress,
+                                                workers=config.concurrency, cpus_per_worker=config.cpus_per_trial)
+        Path(config.run_dir).mkdir(parents=True, exist_ok=True)
+        text = yaml.safe_dump(config.to_dict(), sort_keys=False)
+        (Path(config.run_dir) / "compare.yaml").write_text(text)
+        tracker = Tracker(config.tracking_uri, config.tracking.experiment, config.run_dir, kind="compare")
+        parent, _ = tracker.start_parent(config.name, params=flatten(config.to_dict()),
+                                         tags={TAG_SWEEP: config.name, TAG_COMMIT: git_commit()},
+                                         texts={"config/compare.yaml": text}, reuse=False)
+        tracker.log_metrics(parent, {f"baseline_{k}": v for k, v in setup.metrics.items()})
+        try:
+            with _tune_environment(progress):
+                refs = _put_shared(setup, stats, None)
+                settings = TrialSettings(
+                    data_config=asdict(setup.data_config), shape=setup.shape, bn_batches=config.data.bn_batches,
+                    batch_size=config.data.batch_size, finetune_subset=config.data.finetune_subset, seed=0,
+                    threads=threads, baseline=dict(setup.metrics), strategy=config.strategy,
+                    finetune_epochs=config.finetune_epochs, finetune_lr=config.finetune_lr,
+                    weight_decay=config.weight_decay,
+                )
+                trainable = tune.with_resources(functools.partial(compare_trial, refs=refs, settings=settings),
+                                                {"cpu": config.cpus_per_trial})
+                callback = MlflowTrialLogger(config.tracking_uri, config.tracking.experiment, config.run_dir,
+                                             kind="compare", metric_names=COMPARE_METRICS, tag_names=("criterion",))
+                tuner = tune.Tuner(
+                    trainable,
+                    param_space={"criterion": tune.grid_search(list(config.criteria)),
+                                 "flops_reduction": tune.grid_search(list(config.flops_reductions)),
+                                 "seed": tune.grid_search(list(config.seeds))},
+                    tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=config.concurrency),
+                    run_config=tune.RunConfig(
+                        storage_path=str(Path(config.run_dir).absolute()), name="tune", callbacks=[callback],
+                        failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+                        verbose=1 if progress else 0,
+                    ),
+                )
+                tuner.fit()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                tracker.finish_parent("FAILED")
+            raise
+        records = tracker.read_trials()
+        rows = _compare_rows(config, records)
+        result = CompareResult(config.name, config.run_dir, config.tracking_uri, parent, dict(setup.metrics), rows, records)
+        tracker.log_text(parent, result.table() + "\n", "compare/table.txt")
+        tracker.log_text(parent, json.dumps(rows, indent=2), "compare/table.json")
+        with tempfile.TemporaryDirectory(prefix="prunesweep-compare-") as folder:
+            tracker.log_file(parent, _plot_compare(rows, setup.metrics, Path(folder) / "compare.png"), "compare")
+        summary = {}
+        for row in rows:
+            if row["test_accuracy_mean"] is not None:
+                summary[f"{row['criterion']}.{row['flops_reduction']:g}.test_accuracy_mean"] = row["test_accuracy_mean"]
+        tracker.log_metrics(parent, summary)
+        tracker.finish_parent("FINISHED")
+        return result
 
 
 # ---------------------------------------------------------------------------------------------
