@@ -41,16 +41,17 @@ def _as_tuple(example_inputs) -> tuple:
     return example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
 
 
-def _call_order(model: nn.Module, example_inputs) -> list[str]:
-    """Names of the Conv2d/Linear layers in the order a forward pass calls them."""
-    called: list[str] = []
+def _called_layers(model: nn.Module, example_inputs) -> list[tuple[str, nn.Module, int]]:
+    """``(name, module, output elements per sample)`` of each Conv2d/Linear call of one forward,
+    in call order. Runs in eval mode: a train-mode forward would move the BN running statistics."""
+    batch = _as_tuple(example_inputs)[0].shape[0]
+    called: list[tuple[str, nn.Module, int]] = []
     hooks = [
-        module.register_forward_hook(lambda m, i, o, name=name: called.append(name))
+        module.register_forward_hook(lambda m, i, o, name=name: called.append((name, m, o.numel() // batch)))
         for name, module in model.named_modules()
         if isinstance(module, _PRUNABLE)
     ]
     try:
-        # eval mode: a forward in train mode would update the BN running statistics
         with _EvalMode(model), torch.no_grad():
             model(*_as_tuple(example_inputs))
     finally:
@@ -59,12 +60,17 @@ def _call_order(model: nn.Module, example_inputs) -> list[str]:
     return called
 
 
+def layer_call_order(model: nn.Module, example_inputs) -> list[str]:
+    """Names of the Conv2d/Linear layers in the order one forward pass calls them (first calls)."""
+    return list(dict.fromkeys(name for name, _, _ in _called_layers(model, example_inputs)))
+
+
 def find_classifier(model: nn.Module, example_inputs) -> str:
     """The last Conv2d/Linear a forward pass calls: the classifier, whose outputs are never pruned."""
-    called = _call_order(model, example_inputs)
+    called = _called_layers(model, example_inputs)
     if not called:
         raise PruningError("the model has no Conv2d or Linear layer to prune")
-    return called[-1]
+    return called[-1][0]
 
 
 class _EvalMode:
@@ -213,30 +219,15 @@ def _observed_output(graph, modules, names, producer: str) -> ObservedOutput:
 def _cost_terms(model: nn.Module, example_inputs, groups: Sequence[ChannelGroup]) -> list[_CostTerm]:
     out_group = {p: g.name for g in groups for p in g.producers}
     in_group = {c: g.name for g in groups for c in g.consumers}
-    batch = _as_tuple(example_inputs)[0].shape[0]
     terms: list[_CostTerm] = []
-
-    def record(name: str, module: nn.Module, output: torch.Tensor) -> None:
+    for name, module, outputs in _called_layers(model, example_inputs):
         if isinstance(module, nn.Conv2d):
             per_output = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
         else:
             per_output = module.in_features
-        macs = output.numel() // batch * per_output
         # a depthwise conv's input channels are its output channels: they scale once
         inputs = None if is_depthwise(module) else in_group.get(name)
-        terms.append(_CostTerm(name, macs, out_group.get(name), inputs))
-
-    hooks = [
-        module.register_forward_hook(lambda m, i, o, name=name: record(name, m, o))
-        for name, module in model.named_modules()
-        if isinstance(module, _PRUNABLE)
-    ]
-    try:
-        with _EvalMode(model), torch.no_grad():
-            model(*_as_tuple(example_inputs))
-    finally:
-        for hook in hooks:
-            hook.remove()
+        terms.append(_CostTerm(name, outputs * per_output, out_group.get(name), inputs))
     return terms
 
 

@@ -52,7 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pruning.engine import PruningSpace
+from pruning.engine import PruningSpace, layer_call_order
 
 __all__ = ["RecoveryReport", "recover_consumers", "consumers_of", "kept_outputs_of"]
 
@@ -107,21 +107,6 @@ def _device(model: nn.Module) -> torch.device:
 
 def _inputs(batch) -> torch.Tensor:
     return batch[0] if isinstance(batch, (tuple, list)) else batch
-
-
-def _call_order(model: nn.Module, names: set[str], x: torch.Tensor) -> list[str]:
-    called: list[str] = []
-    hooks = [
-        module.register_forward_hook(lambda m, i, o, name=name: called.append(name))
-        for name, module in model.named_modules()
-        if name in names
-    ]
-    try:
-        model(x)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return list(dict.fromkeys(called))
 
 
 def _capture(model: nn.Module, layer: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -352,7 +337,8 @@ def recover_consumers(
             first = next(iter(batches), None)
             if first is None:
                 raise ValueError("recovery needs at least one calibration batch")
-            order = _call_order(pruned, set(names), _inputs(first).to(_device(pruned)))
+            wanted = set(names)
+            order = [n for n in layer_call_order(pruned, _inputs(first).to(_device(pruned))) if n in wanted]
             missing = [n for n in names if n not in order]
             if missing:
                 raise ValueError(f"layer(s) not called in a forward pass: {', '.join(missing)}")

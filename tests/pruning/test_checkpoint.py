@@ -21,28 +21,17 @@ from pruning.engine import PruningSpace
 from pruning.models import create_model
 from pruning.pipeline import prune_with_criterion
 from pruning.schedule import PruningConfig
+from tiny_models import with_random_bn_stats
 
 SPEC = ModelSpec("resnet20", 10, 1, (1, 28, 28), meta={"criterion": "l1", "flops_reduction": 0.5})
 _PRUNED: dict = {}
-
-
-def init_bn(model: nn.Module, seed: int) -> nn.Module:
-    """Non-trivial BN statistics (as tests/conftest.py gives the tiny models), in eval mode."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.weight.data = torch.rand(m.num_features, generator=g) + 0.5
-            m.bias.data = torch.randn(m.num_features, generator=g) * 0.1
-            m.running_mean = torch.randn(m.num_features, generator=g) * 0.1
-            m.running_var = torch.rand(m.num_features, generator=g) + 0.5
-    return model.eval()
 
 
 def pruned_resnet20():
     """A resnet20 (1x28x28) pruned by 50% of its MACs, with non-trivial BN statistics; cached."""
     if not _PRUNED:
         torch.manual_seed(0)
-        model = init_bn(create_model("resnet20", in_channels=1), 0)
+        model = with_random_bn_stats(create_model("resnet20", in_channels=1), 0)
         x = torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(0))
         outcome = prune_with_criterion(model, x, create_criterion("l1"), PruningConfig(flops_reduction=0.5))
         _PRUNED.update(model=outcome.model.eval(), x=x, original=model)

@@ -24,6 +24,7 @@ from pruning.engine import (
 )
 from pruning.measure import count_macs
 from pruning.models import create_model
+from tiny_models import with_random_bn_stats
 
 #: name -> (C, H, W) input; the registered models as the issue asks (resnet20 on 1x28x28)
 SHAPES = {
@@ -35,18 +36,6 @@ SHAPES = {
     "alexnet_cifar": (3, 32, 32),
 }
 _CACHE: dict[str, tuple[nn.Module, torch.Tensor, PruningSpace]] = {}
-
-
-def init_bn(model: nn.Module, seed: int) -> nn.Module:
-    """Non-trivial BN statistics (as tests/conftest.py gives the tiny models), in eval mode."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.weight.data = torch.rand(m.num_features, generator=g) + 0.5
-            m.bias.data = torch.randn(m.num_features, generator=g) * 0.1
-            m.running_mean = torch.randn(m.num_features, generator=g) * 0.1
-            m.running_var = torch.rand(m.num_features, generator=g) + 0.5
-    return model.eval()
 
 
 @pytest.fixture
@@ -61,7 +50,7 @@ def model_space(request):
                 model = request.getfixturevalue(name)
             else:  # non-trivial BN statistics: a wrongly kept BN channel changes the outputs
                 torch.manual_seed(0)
-                model = init_bn(create_model(name, in_channels=SHAPES[name][0]), 2)
+                model = with_random_bn_stats(create_model(name, in_channels=SHAPES[name][0]), 2)
             x = torch.randn(2, *SHAPES[name], generator=torch.Generator().manual_seed(3))
             _CACHE[name] = (model, x, PruningSpace.build(model, x))
         return _CACHE[name]

@@ -13,24 +13,13 @@ from pruning.measure import count_macs, count_params
 from pruning.models import create_model
 from pruning.pipeline import prune_with_criterion, score_channels
 from pruning.schedule import FLOPS_TOLERANCE, InfeasibleTargetError, PruningConfig
-
-
-def init_bn(model: nn.Module, seed: int) -> nn.Module:
-    """Non-trivial BN statistics (as tests/conftest.py gives the tiny models), in eval mode."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.weight.data = torch.rand(m.num_features, generator=g) + 0.5
-            m.bias.data = torch.randn(m.num_features, generator=g) * 0.1
-            m.running_mean = torch.randn(m.num_features, generator=g) * 0.1
-            m.running_var = torch.rand(m.num_features, generator=g) + 0.5
-    return model.eval()
+from tiny_models import with_random_bn_stats
 
 
 @pytest.fixture(scope="module")
 def resnet20():
     torch.manual_seed(0)
-    model = init_bn(create_model("resnet20", in_channels=1), 0)
+    model = with_random_bn_stats(create_model("resnet20", in_channels=1), 0)
     x = torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     return model, x
 
