@@ -29,7 +29,7 @@ from pruning.data import DataConfig, load_data, make_loader
 from pruning.engine import PruningSpace
 from pruning.shapley import LayerGame, permutation_shapley
 
-BUDGETS = (2, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128)
+BUDGETS = (2, 4, 8, 16, 32, 64)
 
 
 def run(game_factory, reference, **options):
