@@ -21,7 +21,6 @@ again gives the same config, which is how ``prunesweep sweep --resume`` reads a 
 """
 from __future__ import annotations
 
-import inspect
 import math
 import os
 import re
@@ -30,6 +29,8 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import yaml
+
+from pruning._registry import accepted_options
 
 __all__ = [
     "ConfigError",
@@ -199,7 +200,7 @@ class SpaceSettings:
         _choice("space.name", self.name, list_search_spaces())
         _choice("space.strategy", self.strategy, STRATEGIES)
         cls = search_space_class(self.name)
-        valid = [p for p in inspect.signature(cls).parameters if p != "self"]
+        valid = accepted_options(cls) or []
         _check_keys("space.", self.options, ["name", "strategy", *valid])
         try:
             self.create()

@@ -43,11 +43,9 @@ class Registry(Generic[T]):
 
     def create(self, name: str, **kwargs) -> T:
         factory = self.get(name)
-        parameters = inspect.signature(factory).parameters
-        accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
-        unknown = [] if accepts_any else sorted(set(kwargs) - set(parameters))
+        valid = accepted_options(factory)
+        unknown = [] if valid is None else sorted(set(kwargs) - set(valid))
         if unknown:
-            valid = [p for p in parameters if p != "self"]
             raise TypeError(
                 f"{self.kind} {name!r} got unknown option(s) {', '.join(unknown)}; "
                 f"valid: {', '.join(valid) or '(none)'}"
@@ -56,3 +54,26 @@ class Registry(Generic[T]):
 
     def __contains__(self, name: object) -> bool:
         return name in self._factories
+
+
+def accepted_options(factory: Callable) -> list[str] | None:
+    """Keyword options ``factory`` accepts, or None when it accepts any.
+
+    For a class, the parameters of its ``__init__`` and, while an ``__init__`` forwards
+    ``**kwargs``, those of its bases' ``__init__`` (so a subclass need not repeat the options
+    its base validates).
+    """
+    if isinstance(factory, type):
+        functions = [cls.__dict__["__init__"] for cls in factory.__mro__ if "__init__" in cls.__dict__]
+    else:
+        functions = [factory]
+    names: list[str] = []
+    for function in functions:
+        parameters = inspect.signature(function).parameters.values()
+        names += [
+            p.name for p in parameters
+            if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and p.name not in names
+        ]
+        if not any(p.kind is p.VAR_KEYWORD for p in parameters):
+            return names
+    return None

@@ -172,8 +172,8 @@ class SearchSpace(ABC):
     flops_bounds: (low, high) of the MAC reductions this space may produce; plans outside are
         infeasible (:meth:`check_feasible`).
 
-    Subclasses list these options again, keyword-only, in their own ``__init__`` (the registry
-    reads the constructor's signature to refuse unknown options) and pass them on.
+    Subclasses take their own options and pass ``**shared`` on; the registry collects the valid
+    option names through the ``__init__`` chain and refuses unknown ones with that list.
     """
 
     #: registry name, set by ``register_space``

@@ -12,7 +12,7 @@ model's activation statistics in ``SpaceContext.stats``.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import optuna
 
@@ -30,17 +30,9 @@ class ConcentrationSpace(SearchSpace):
         flops_reduction: tuple[float, float] = (0.2, 0.8),
         alpha: tuple[float, float] = (0.0, 1.0),
         temperature: tuple[float, float] = (0.0, 3.0),
-        *,
-        criteria: Sequence[str] = ("l1",),
-        finetune_lr: tuple[float, float] = (1e-3, 5e-2),
-        finetune_epochs: tuple[int, int] = (0, 1),
-        weight_decay: tuple[float, float] = (1e-5, 1e-3),
-        flops_bounds: tuple[float, float] = (0.1, 0.9),
+        **shared: Any,
     ) -> None:
-        super().__init__(
-            criteria=criteria, finetune_lr=finetune_lr, finetune_epochs=finetune_epochs,
-            weight_decay=weight_decay, flops_bounds=flops_bounds,
-        )
+        super().__init__(**shared)  # criteria, finetune_lr, finetune_epochs, weight_decay, flops_bounds
         self.flops_reduction = _float_range("flops_reduction", flops_reduction, lo=0.0, hi=1.0, hi_open=True)
         self.alpha = _float_range("alpha", alpha, lo=0.0, hi=1.0)
         self.temperature = _float_range("temperature", temperature, lo=0.0, hi=math.inf)

@@ -8,7 +8,7 @@ and the one that scales worst: its dimension is the number of groups (fine for s
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import optuna
 
@@ -27,17 +27,9 @@ class PerLayerSpace(SearchSpace):
     def __init__(
         self,
         layer_ratio: tuple[float, float] = (0.0, 0.8),
-        *,
-        criteria: Sequence[str] = ("l1",),
-        finetune_lr: tuple[float, float] = (1e-3, 5e-2),
-        finetune_epochs: tuple[int, int] = (0, 1),
-        weight_decay: tuple[float, float] = (1e-5, 1e-3),
-        flops_bounds: tuple[float, float] = (0.1, 0.9),
+        **shared: Any,
     ) -> None:
-        super().__init__(
-            criteria=criteria, finetune_lr=finetune_lr, finetune_epochs=finetune_epochs,
-            weight_decay=weight_decay, flops_bounds=flops_bounds,
-        )
+        super().__init__(**shared)  # criteria, finetune_lr, finetune_epochs, weight_decay, flops_bounds
         self.layer_ratio = _float_range("layer_ratio", layer_ratio, lo=0.0, hi=MAX_LAYER_RATIO)
 
     def _own_options(self) -> dict[str, Any]:

@@ -11,7 +11,7 @@ the unpruned model (Shapley importance of the group's filters).
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import optuna
 import torch
@@ -30,17 +30,9 @@ class SnpfiSpace(SearchSpace):
     def __init__(
         self,
         tau: tuple[float, float] = (0.8, 0.99),
-        *,
-        criteria: Sequence[str] = ("l1",),
-        finetune_lr: tuple[float, float] = (1e-3, 5e-2),
-        finetune_epochs: tuple[int, int] = (0, 1),
-        weight_decay: tuple[float, float] = (1e-5, 1e-3),
-        flops_bounds: tuple[float, float] = (0.1, 0.9),
+        **shared: Any,
     ) -> None:
-        super().__init__(
-            criteria=criteria, finetune_lr=finetune_lr, finetune_epochs=finetune_epochs,
-            weight_decay=weight_decay, flops_bounds=flops_bounds,
-        )
+        super().__init__(**shared)  # criteria, finetune_lr, finetune_epochs, weight_decay, flops_bounds
         self.tau = _float_range("tau", tau, lo=0.0, hi=1.0, positive=True)
 
     def _own_options(self) -> dict[str, Any]:
