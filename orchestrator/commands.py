@@ -17,7 +17,7 @@ from torch import nn
 
 from orchestrator.report import format_table
 from pruning import _registry
-from pruning.checkpoint import CheckpointError, ModelSpec, load_checkpoint, read_checkpoint, save_checkpoint
+from pruning.checkpoint import CheckpointError, ModelSpec, load_checkpoint, save_checkpoint
 from pruning.criteria import ScoringContext, create_criterion, criterion_class, list_criteria
 from pruning.data import DataConfig, DataRootError, DataSplits, list_datasets, load_data, make_loader
 from pruning.engine import STRATEGIES, PruningError, PruningSpace

@@ -775,7 +775,7 @@ def run_sweep(
     if not Path(config.checkpoint).is_file():
         raise ConfigError("checkpoint", f"file {config.checkpoint!r} does not exist")
     objectives = config.objectives
-    space = config.space.create()
+    config.space.create()  # bad space options fail before anything loads
     make_sampler(config.sweep.sampler, config.sweep.seed, config.sweep.population_size)  # fails early
     threads = max(1, int(config.sweep.cpus_per_trial))
     _say(progress, f"loading baseline {config.checkpoint}")

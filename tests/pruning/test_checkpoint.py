@@ -17,7 +17,6 @@ from pruning.checkpoint import (
     save_checkpoint,
 )
 from pruning.criteria import create_criterion
-from pruning.engine import PruningSpace
 from pruning.models import create_model
 from pruning.pipeline import prune_with_criterion
 from pruning.schedule import PruningConfig

@@ -5,7 +5,6 @@ import copy
 
 import pytest
 import torch
-from torch import nn
 
 from pruning.criteria import Criterion, ScoringContext, create_criterion
 from pruning.engine import PruningError, PruningSpace

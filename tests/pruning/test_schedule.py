@@ -7,7 +7,6 @@ import math
 
 import pytest
 import torch
-from torch import nn
 
 from pruning.criteria import ScoringContext, create_criterion
 from pruning.engine import PruningError, PruningSpace, prune_model
