@@ -30,6 +30,15 @@ class Registry(Generic[T]):
 
         return decorator
 
+    def register_class(self, name: str) -> Callable[[type], type]:
+        """Like :meth:`register`, for a class that also records its registry ``name``."""
+
+        def decorator(cls: type) -> type:
+            cls.name = name
+            return self.register(name)(cls)
+
+        return decorator
+
     def names(self) -> list[str]:
         return sorted(self._factories)
 

@@ -284,11 +284,7 @@ _SPACES: Registry[SearchSpace] = Registry("search space")
 def register_space(name: str):
     """Class decorator: register a :class:`SearchSpace` subclass under ``name``."""
 
-    def decorator(cls):
-        cls.name = name
-        return _SPACES.register(name)(cls)
-
-    return decorator
+    return _SPACES.register_class(name)
 
 
 def create_search_space(name: str, **options: Any) -> SearchSpace:

@@ -103,11 +103,7 @@ _CRITERIA: Registry[Criterion] = Registry("criterion")
 def register_criterion(name: str):
     """Class decorator: register a :class:`Criterion` subclass under ``name``."""
 
-    def decorator(cls):
-        cls.name = name
-        return _CRITERIA.register(name)(cls)
-
-    return decorator
+    return _CRITERIA.register_class(name)
 
 
 def create_criterion(name: str, **kwargs) -> Criterion:
