@@ -13,9 +13,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Sequence
 
-from orchestrator import commands
+from orchestrator import commands, private_network
 
 EXIT_BAD_INPUT = 2
+RAY_NETWORKS = ("private", "host")
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -41,6 +42,14 @@ def _add_distributed(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--address", default=None,
                    help="Ray cluster to join: auto (on a cluster node) or ray://HOST:10001 "
                         "(default: start a local Ray without dashboard); see docs/cluster.md")
+    _add_ray_network(p)
+
+
+def _add_ray_network(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ray-network", choices=RAY_NETWORKS, default="private",
+                   help="where a local Ray listens: private (default: a network namespace with only "
+                        "loopback, unreachable from other hosts, no network access) or host (this "
+                        "host's interfaces, guarded by Ray's auth token); see docs/cluster.md")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,6 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if argv is None and _starts_private_ray(args):
+        if getattr(args, "download", False):
+            print("error: --download needs the network, which a --ray-network private run has not; "
+                  "download first (prunesweep eval --download) or pass --ray-network host", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        private_network.exec_module("orchestrator.cli", sys.argv[1:])
     run = {"info": commands.info, "train": commands.train, "eval": commands.evaluate,
            "stats": commands.stats, "prune": commands.prune, **SWEEP_COMMANDS}[args.command]
     try:
@@ -126,6 +141,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         print(result.text)
     return 0
+
+
+def _starts_private_ray(args: argparse.Namespace) -> bool:
+    """Whether this command is about to start a local Ray that should live in a private network.
+
+    Only the process entry point re-executes itself into the namespace: an in-process caller
+    (a test, a notebook) keeps its process and its Ray."""
+    if getattr(args, "ray_network", "host") != "private" or args.address is not None or private_network.active():
+        return False
+    return args.command in ("sweep", "compare") or getattr(args, "workers", 0) > 0
 
 
 def _json_default(value: Any) -> Any:
@@ -151,6 +176,7 @@ def _add_sweep_commands(sub) -> None:
     p.add_argument("--trials", type=int, default=None, help="override sweep.trials")
     p.add_argument("--concurrency", type=int, default=None, help="override sweep.concurrency")
     p.add_argument("--address", default=None, help="Ray cluster address to join (default: start Ray locally)")
+    _add_ray_network(p)
     p.add_argument("--tracking-uri", default=None, help="override tracking.uri (default: sqlite:////RUN_DIR/mlflow.db)")
     p.add_argument("--run-dir", default=None, help="override run_dir (default: runs/sweeps/<name>)")
 
@@ -178,6 +204,7 @@ def _add_sweep_commands(sub) -> None:
     p.add_argument("--concurrency", type=int, default=2)
     p.add_argument("--cpus-per-trial", type=float, default=1.0)
     p.add_argument("--address", default=None, help="Ray cluster address to join (default: start Ray locally)")
+    _add_ray_network(p)
     p.add_argument("--tracking-uri", default=None, help="default: sqlite:////RUN_DIR/mlflow.db")
     p.add_argument("--experiment", default=None, help="MLflow experiment (default: prunesweep-compare)")
     p.add_argument("--name", default=None, help="name of the comparison (default: compare-<time>)")

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from orchestrator import private_network
 from orchestrator.report import format_table
 from pruning import _registry
 from pruning.checkpoint import CheckpointError, ModelSpec, load_checkpoint, save_checkpoint
@@ -170,7 +171,8 @@ def stats(args: argparse.Namespace) -> CommandResult:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # like train/prune --out
     state.save(args.out)
     data = {"checkpoint": args.checkpoint, "out": str(args.out), "images": sum(len(y) for _, y in batches),
-            "layers": len(space.groups), "seconds": seconds, "workers": workers}
+            "layers": len(space.groups), "seconds": seconds, "workers": workers,
+            "ray_network": _ray_network(args) if workers else None}
     return CommandResult(f"statistics of {data['layers']} layers over {data['images']} calibration images "
                          f"in {seconds:.1f} s -> {args.out}", data)
 
@@ -304,6 +306,13 @@ def _workers(args) -> int:
     if getattr(args, "address", None) and not workers:
         raise ValueError("--address joins a Ray cluster for --workers N > 0: give --workers")
     return workers
+
+
+def _ray_network(args) -> str:
+    """cluster (joined with --address), private (a loopback-only namespace) or host."""
+    if getattr(args, "address", None):
+        return "cluster"
+    return "private" if private_network.active() else "host"
 
 
 def _distributed_stats(args, model, groups, batches, **options):

@@ -50,6 +50,7 @@ import ray
 import torch
 from torch import nn
 
+from orchestrator import private_network
 from pruning.criteria._base import Criterion, ScoringContext
 from pruning.groups import ChannelGroup
 from pruning.shapley import (
@@ -120,10 +121,11 @@ def connect(
 
     * Ray already initialised (a test session, a Tune trial's driver): reuse it as it is.
     * ``address=None``: start a local Ray with :func:`available_cpus` CPUs and no dashboard.
-      Its core services (GCS, raylet, object manager, workers) listen on the node's IP on all
-      interfaces (Ray 2.60 offers no loopback-only bind) and require the token that a local
-      ``ray.init`` generates (token authentication, on by default for local clusters since Ray
-      2.59); no dashboard, no Ray client server, no metrics exporter is reachable from outside.
+      Its core services (GCS, raylet, object manager, workers) bind all interfaces (Ray 2.60
+      offers no loopback-only bind) and require the token that a local ``ray.init`` generates
+      (token authentication, on by default for local clusters since Ray 2.59). Inside
+      :mod:`orchestrator.private_network` (what the ``prunesweep`` command does by default)
+      the only interface is loopback, so no port is reachable from another host.
     * ``address="auto"`` (on a node of a running cluster) or ``"ray://host:port"`` (Ray client):
       join that cluster.
 
@@ -140,7 +142,9 @@ def connect(
     started = False
     if not reused:
         if address is None:
-            ray.init(num_cpus=available_cpus(), include_dashboard=False, log_to_driver=log_to_driver)
+            # Inside the private namespace there is no route for Ray's own IP detection to probe.
+            node_ip = {"_node_ip_address": "127.0.0.1"} if private_network.active() else {}
+            ray.init(num_cpus=available_cpus(), include_dashboard=False, log_to_driver=log_to_driver, **node_ip)
             started = _local_started = True
         else:
             ray.init(address=address, log_to_driver=log_to_driver)

@@ -42,6 +42,7 @@ import statistics
 import sys
 import tempfile
 import time
+import urllib.parse
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Collection, Iterator, Mapping, Sequence
@@ -50,6 +51,7 @@ import torch
 import yaml
 from torch import nn
 
+from orchestrator import private_network
 from orchestrator.report import format_table
 from orchestrator.sweep_config import (
     RESOLVED_CONFIG_FILE,
@@ -503,6 +505,18 @@ def make_sampler(name: str, seed: int, population_size: int | None = None):
 # Ray and Tune plumbing
 
 
+def _check_reachable(tracking_uri: str) -> None:
+    """Inside a private network (``--ray-network private``) only this machine's loopback answers:
+    refuse a remote MLflow server before anything runs rather than fail at the first log call."""
+    if not private_network.active():
+        return
+    parts = urllib.parse.urlsplit(tracking_uri)
+    if parts.scheme == "sqlite" or parts.hostname in private_network.LOOPBACK_HOSTS:
+        return
+    raise ConfigError("tracking.uri", f"{tracking_uri!r} cannot be reached from the private loopback-only network "
+                      "that Ray runs in; pass --ray-network host or log to a local server or sqlite file")
+
+
 @contextlib.contextmanager
 def _ray(address: str | None, progress: bool) -> Iterator[None]:
     """Join ``address``, or start Ray locally, unless it is already initialised (then reuse it);
@@ -772,6 +786,7 @@ def run_sweep(
     from search_spaces import SpaceContext
 
     experiment_dir = _check_run_dir(config, resume)
+    _check_reachable(config.tracking_uri)
     if not Path(config.checkpoint).is_file():
         raise ConfigError("checkpoint", f"file {config.checkpoint!r} does not exist")
     objectives = config.objectives
@@ -1011,6 +1026,7 @@ def run_compare(config: CompareConfig, *, address: str | None = None, progress: 
 
     if not Path(config.checkpoint).is_file():
         raise ConfigError("checkpoint", f"file {config.checkpoint!r} does not exist")
+    _check_reachable(config.tracking_uri)
     experiment_dir = Path(config.run_dir) / "tune"
     if experiment_dir.exists():
         raise ConfigError("run_dir", f"{config.run_dir} already holds a comparison; choose another --run-dir or --name")
