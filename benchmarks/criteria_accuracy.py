@@ -70,6 +70,7 @@ def main() -> None:
     parser.add_argument("--finetune-epochs", type=int, default=1)
     parser.add_argument("--finetune-lr", type=float, default=0.01)
     parser.add_argument("--finetune-subset", type=int, default=None)
+    parser.add_argument("--test-subset", type=int, default=None, help="evaluate on the first N test images only")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
@@ -81,27 +82,34 @@ def main() -> None:
     example = torch.zeros(1, *shape)
     space = PruningSpace.build(model, example)
     groups = space.select(args.strategy)
-    test_loader = make_loader(splits.test, 500, shuffle=False)
+    test_data = splits.test
+    if args.test_subset:
+        test_data = torch.utils.data.Subset(splits.test, range(args.test_subset))
+    test_loader = make_loader(test_data, 500, shuffle=False)
     batches = calibration_batches(splits, args.calibration_images)
     base_cost = measure_cost(model, shape)
     base_latency = measure_latency(model, shape, batch_size=64, threads=args.threads, repeats=10).median_ms
     base_accuracy = evaluate(model, test_loader).accuracy
 
-    stats = None
+    stats, setup_seconds = None, {}
     needs_stats = args.ratios == "concentration" or any(criterion_class(c).needs_stats for c in args.criteria)
     if needs_stats:
         from pruning.stats import collect_activation_stats
 
         started = time.perf_counter()
         stats = collect_activation_stats(model, space.groups, batches, chip="chip" in args.criteria)
-        print(f"statistics pass: {time.perf_counter() - started:.1f} s")
+        setup_seconds["statistics"] = time.perf_counter() - started
+        print(f"statistics pass: {setup_seconds['statistics']:.1f} s")
     context = ScoringContext(calibration=batches, stats=stats)
+    started = time.perf_counter()
     weights = ratio_weights_for(args.ratios, model, space, groups, context, args)
+    setup_seconds["layer_ratios"] = time.perf_counter() - started
 
     finetune_data = splits.train
     if args.finetune_subset:
         finetune_data = torch.utils.data.Subset(splits.train, range(args.finetune_subset))
     rows = []
+    scores_of = {}  # (criterion, seed) -> channel scores: they do not depend on the target
     for name in args.criteria:
         seeds = list(range(args.random_seeds)) if name == "random" else args.seeds
         for target in args.targets:
@@ -110,11 +118,13 @@ def main() -> None:
                 criterion = create_criterion(name, seed=seed, **args.criterion_options.get(name, {}))
                 config = PruningConfig(strategy=args.strategy, allocation="global" if args.ratios == "global" else "uniform",
                                        flops_reduction=target)
-                outcome = prune_with_criterion(model, example, criterion, config, context, ratio_weights=weights, space=space)
+                outcome = prune_with_criterion(model, example, criterion, config, context, ratio_weights=weights,
+                                               space=space, scores=scores_of.get((name, seed)))
+                scores_of[(name, seed)] = outcome.scores
                 score_seconds = time.perf_counter() - started
                 pruned = outcome.model
                 row = {"criterion": name, "seed": seed, "target": target, "ratios": args.ratios,
-                       "strategy": args.strategy, "score_and_prune_seconds": score_seconds,
+                       "strategy": args.strategy, "score_and_prune_seconds": score_seconds,  # scores: first target only
                        "pruned": evaluate(pruned, test_loader).accuracy}
                 if args.recover:
                     from pruning.recovery import consumers_of, kept_outputs_of, recover_consumers
@@ -135,16 +145,23 @@ def main() -> None:
                            seconds=time.perf_counter() - started)
                 rows.append(row)
                 print(json.dumps(row))
-    result = {
-        "checkpoint": args.checkpoint, "model": spec.name, "dataset": spec.meta["data"]["name"],
-        "base": {"accuracy": base_accuracy, "macs": base_cost.macs, "params": base_cost.params,
-                 "latency_ms_b64": base_latency},
-        "settings": vars(args), "machine": f"{platform.processor() or platform.machine()}, "
-        f"{torch.get_num_threads()} threads, torch {torch.__version__}",
-        "rows": rows,
-    }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1))
+                write_result(args.out, {
+                    "checkpoint": args.checkpoint, "model": spec.name, "dataset": spec.meta["data"]["name"],
+                    "base": {"accuracy": base_accuracy, "macs": base_cost.macs, "params": base_cost.params,
+                             "latency_ms_b64": base_latency},
+                    "setup_seconds": setup_seconds, "settings": vars(args), "machine": f"{platform.processor() or platform.machine()}, "
+                    f"{torch.get_num_threads()} threads, torch {torch.__version__}",
+                    "rows": rows,
+                })
+
+
+def write_result(path: str, result: dict) -> None:
+    """Rewritten after every row (a long run keeps what it measured), atomically."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(out.name + ".partial")
+    partial.write_text(json.dumps(result, indent=1))
+    partial.replace(out)
 
 
 if __name__ == "__main__":
