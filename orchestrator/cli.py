@@ -13,7 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Sequence
 
-from orchestrator import commands, private_network
+from orchestrator import private_network
 
 EXIT_BAD_INPUT = 2
 RAY_NETWORKS = ("private", "host")
@@ -128,6 +128,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                   "download first (prunesweep eval --download) or pass --ray-network host", file=sys.stderr)
             return EXIT_BAD_INPUT
         private_network.exec_module("orchestrator.cli", sys.argv[1:])
+    from orchestrator import commands  # torch and the rest: after the re-execution, not twice
+
     run = {"info": commands.info, "train": commands.train, "eval": commands.evaluate,
            "stats": commands.stats, "prune": commands.prune, **SWEEP_COMMANDS}[args.command]
     try:

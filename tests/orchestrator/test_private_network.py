@@ -47,7 +47,7 @@ PROBE = textwrap.dedent('''
     from orchestrator import private_network
     from orchestrator.distributed import connect
 
-    def listening(table, width):
+    def listening(table):
         found = []
         with open(table) as f:
             for line in f.readlines()[1:]:
@@ -72,7 +72,7 @@ PROBE = textwrap.dedent('''
         "worker_interfaces": worker_interfaces,
         "driver_ns": os.readlink("/proc/self/ns/net"),
         "worker_ns": worker_ns,
-        "listeners": listening("/proc/net/tcp", 4) + listening("/proc/net/tcp6", 16),
+        "listeners": listening("/proc/net/tcp") + listening("/proc/net/tcp6"),
         "uid": os.getuid(),
     }))
     ray.shutdown()
