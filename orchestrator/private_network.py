@@ -19,7 +19,7 @@ that already runs several threads, so nothing may start one before it.
 from __future__ import annotations
 
 import ctypes
-import fcntl
+import errno
 import os
 import runpy
 import socket
@@ -46,11 +46,13 @@ def enter() -> None:
     The user keeps its uid and gid (mapped onto themselves), so files it writes are owned as
     usual. Raises :class:`PrivateNetworkError` naming the failing step.
     """
+    if not sys.platform.startswith("linux"):
+        raise PrivateNetworkError(errno.ENOSYS, f"network namespaces exist only on Linux, not on {sys.platform}")
     uid, gid = os.getuid(), os.getgid()
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.unshare(CLONE_NEWUSER | CLONE_NEWNET) != 0:
-        errno = ctypes.get_errno()
-        raise PrivateNetworkError(errno, f"unshare(user + network namespace) failed: {os.strerror(errno)}")
+        code = ctypes.get_errno()
+        raise PrivateNetworkError(code, f"unshare(user + network namespace) failed: {os.strerror(code)}")
     try:
         _write("/proc/self/setgroups", "deny")
         _write("/proc/self/uid_map", f"{uid} {uid} 1")
@@ -82,6 +84,8 @@ def _write(path: str, text: str) -> None:
 
 
 def _bring_up(interface: str) -> None:
+    import fcntl  # POSIX only; this module is imported (not run) on every platform
+
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         request = struct.pack("16sh", interface.encode(), 0)
         flags = struct.unpack("16sh", fcntl.ioctl(s, _SIOCGIFFLAGS, request))[1]

@@ -181,3 +181,10 @@ def test_remote_tracking_server_is_refused_inside_the_private_network(monkeypatc
             _check_reachable(remote)
     monkeypatch.delenv(private_network.ACTIVE_ENV)
     _check_reachable("http://10.0.0.7:5000")  # on the host network anything goes
+
+
+def test_other_platforms_are_refused_before_any_system_call(monkeypatch):
+    monkeypatch.setattr(sys, "platform", "darwin")
+    with pytest.raises(private_network.PrivateNetworkError, match="only on Linux, not on darwin"):
+        private_network.enter()
+    assert not private_network.active()
