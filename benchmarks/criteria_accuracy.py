@@ -109,6 +109,14 @@ def main() -> None:
     if args.finetune_subset:
         finetune_data = torch.utils.data.Subset(splits.train, range(args.finetune_subset))
     rows = []
+    result = {
+        "checkpoint": args.checkpoint, "model": spec.name, "dataset": spec.meta["data"]["name"],
+        "base": {"accuracy": base_accuracy, "macs": base_cost.macs, "params": base_cost.params,
+                 "latency_ms_b64": base_latency},
+        "setup_seconds": setup_seconds, "settings": vars(args), "machine": f"{platform.processor() or platform.machine()}, "
+        f"{torch.get_num_threads()} threads, torch {torch.__version__}",
+        "rows": rows,
+    }
     scores_of = {}  # (criterion, seed) -> channel scores: they do not depend on the target
     for name in args.criteria:
         seeds = list(range(args.random_seeds)) if name == "random" else args.seeds
@@ -145,14 +153,7 @@ def main() -> None:
                            seconds=time.perf_counter() - started)
                 rows.append(row)
                 print(json.dumps(row))
-                write_result(args.out, {
-                    "checkpoint": args.checkpoint, "model": spec.name, "dataset": spec.meta["data"]["name"],
-                    "base": {"accuracy": base_accuracy, "macs": base_cost.macs, "params": base_cost.params,
-                             "latency_ms_b64": base_latency},
-                    "setup_seconds": setup_seconds, "settings": vars(args), "machine": f"{platform.processor() or platform.machine()}, "
-                    f"{torch.get_num_threads()} threads, torch {torch.__version__}",
-                    "rows": rows,
-                })
+                write_result(args.out, result)
 
 
 def write_result(path: str, result: dict) -> None:

@@ -37,8 +37,9 @@ def _namespaces_refused() -> str | None:
     return None if proc.returncode == 0 else proc.stderr.strip()
 
 
+NAMESPACES_REFUSED = _namespaces_refused()
 needs_namespaces = pytest.mark.skipif(
-    bool(_namespaces_refused()), reason=f"unprivileged user namespaces refused: {_namespaces_refused()}"
+    NAMESPACES_REFUSED is not None, reason=f"unprivileged user namespaces refused: {NAMESPACES_REFUSED}"
 )
 
 PROBE = textwrap.dedent('''
