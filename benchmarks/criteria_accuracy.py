@@ -20,13 +20,13 @@ from pathlib import Path
 
 import torch
 
-from pruning.checkpoint import load_checkpoint
+from pruning.structure import load_checkpoint
 from pruning.criteria import ScoringContext, create_criterion, criterion_class
 from pruning.data import DataConfig, load_data, make_loader
-from pruning.engine import PruningSpace
-from pruning.measure import measure_cost, measure_latency
+from pruning.structure import PruningSpace
+from pruning.structure import measure_cost, measure_latency
 from pruning.pipeline import prune_with_criterion
-from pruning.schedule import PruningConfig
+from pruning.planning import PruningConfig
 from pruning.training import TrainConfig, evaluate, recalibrate_bn, train
 
 
@@ -42,7 +42,7 @@ def calibration_batches(splits, images: int, batch_size: int = 128):
 
 def ratio_weights_for(ratios: str, model, space, groups, context, args):
     if ratios == "concentration":
-        from pruning.concentration import concentration_weights
+        from pruning.planning import concentration_weights
 
         return concentration_weights(context.stats, groups, alpha=args.alpha)
     if ratios == "snpfi":
@@ -94,7 +94,7 @@ def main() -> None:
     stats, setup_seconds = None, {}
     needs_stats = args.ratios == "concentration" or any(criterion_class(c).needs_stats for c in args.criteria)
     if needs_stats:
-        from pruning.stats import collect_activation_stats
+        from pruning.statistics import collect_activation_stats
 
         started = time.perf_counter()
         stats = collect_activation_stats(model, space.groups, batches, chip="chip" in args.criteria)
@@ -135,9 +135,9 @@ def main() -> None:
                        "strategy": args.strategy, "score_and_prune_seconds": score_seconds,  # scores: first target only
                        "pruned": evaluate(pruned, test_loader).accuracy}
                 if args.recover:
-                    from pruning.recovery import consumers_of, kept_outputs_of, recover_consumers
+                    from pruning.recovery import consumers_of, kept_outputs_of, reconstruct_consumers
 
-                    recover_consumers(model, pruned, consumers_of(space, outcome.kept_indices), batches,
+                    reconstruct_consumers(model, pruned, consumers_of(space, outcome.kept_indices), batches,
                                       kept_outputs=kept_outputs_of(space, outcome.kept_indices))
                     row["recovered"] = evaluate(pruned, test_loader).accuracy
                 recalibrate_bn(pruned, batches, args.bn_batches)

@@ -29,10 +29,10 @@ from pathlib import Path
 
 import torch
 
-from pruning.engine import PruningSpace
+from pruning.structure import PruningSpace
 from pruning.models import create_model
-from pruning.shapley import LayerGame, calibration_batch, group_seed, permutation_shapley, trace_model
-from pruning.stats import collect_activation_stats
+from pruning.games import LayerGame, calibration_batch, group_seed, permutation_shapley, trace_model
+from pruning.statistics import collect_activation_stats
 
 
 def load() -> float:

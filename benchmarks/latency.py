@@ -16,11 +16,11 @@ from pathlib import Path
 
 import torch
 
-from pruning.checkpoint import load_checkpoint
+from pruning.structure import load_checkpoint
 from pruning.criteria import create_criterion
-from pruning.measure import measure_cost, measure_latency
+from pruning.structure import measure_cost, measure_latency
 from pruning.pipeline import prune_with_criterion
-from pruning.schedule import PruningConfig
+from pruning.planning import PruningConfig
 
 
 def main() -> None:

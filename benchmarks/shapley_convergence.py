@@ -24,10 +24,10 @@ from pathlib import Path
 import torch
 from scipy.stats import spearmanr
 
-from pruning.checkpoint import load_checkpoint
+from pruning.structure import load_checkpoint
 from pruning.data import DataConfig, load_data, make_loader
-from pruning.engine import PruningSpace
-from pruning.shapley import LayerGame, permutation_shapley
+from pruning.structure import PruningSpace
+from pruning.games import LayerGame, permutation_shapley
 
 BUDGETS = (2, 4, 8, 16, 32, 64)
 

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 
-from pruning.checkpoint import load_checkpoint
+from pruning.structure import load_checkpoint
 from pruning.data import DataConfig, load_data, make_loader
-from pruning.engine import PruningSpace
-from pruning.stats import batched_map_rank, collect_activation_stats
+from pruning.structure import PruningSpace
+from pruning.statistics import batched_map_rank, collect_activation_stats
 
 
 def timed(fn):

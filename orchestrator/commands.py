@@ -17,20 +17,20 @@ from torch import nn
 
 from orchestrator import private_network
 from orchestrator.report import format_table
-from pruning import _registry
-from pruning.checkpoint import CheckpointError, ModelSpec, load_checkpoint, save_checkpoint
+from pruning import registry
+from pruning.structure import CheckpointError, ModelSpec, load_checkpoint, save_checkpoint
 from pruning.criteria import ScoringContext, create_criterion, criterion_class, list_criteria
 from pruning.data import DataConfig, DataRootError, DataSplits, list_datasets, load_data, make_loader
-from pruning.engine import STRATEGIES, PruningError, PruningSpace
-from pruning.measure import measure_cost, measure_latency
+from pruning.structure import STRATEGIES, PruningError, PruningSpace
+from pruning.structure import measure_cost, measure_latency
 from pruning.models import InputShapeError, check_input_shape, create_model, list_models
 from pruning.pipeline import prune_with_criterion
-from pruning.schedule import ALLOCATIONS, PruningConfig, load_schedule, ratios_of, save_schedule
+from pruning.planning import ALLOCATIONS, PruningConfig, load_schedule, ratios_of, save_schedule
 from pruning.training import TrainConfig, evaluate as evaluate_model, recalibrate_bn, train as train_model
 
 #: exceptions that mean "the user asked for something impossible": one line, exit 2
 BAD_INPUT = (
-    PruningError, CheckpointError, DataRootError, InputShapeError, _registry.UnknownNameError,
+    PruningError, CheckpointError, DataRootError, InputShapeError, registry.UnknownNameError,
     ValueError, TypeError, FileNotFoundError,
 )
 RATIO_SOURCES = (*ALLOCATIONS, "concentration", "snpfi")
@@ -155,7 +155,7 @@ def _calibration_batches(splits: DataSplits, images: int, batch_size: int) -> li
 
 
 def stats(args: argparse.Namespace) -> CommandResult:
-    from pruning.stats import collect_activation_stats
+    from pruning.statistics import collect_activation_stats
 
     workers = _workers(args)
     model, spec, splits, shape = _load(args)
@@ -226,10 +226,10 @@ def prune(args: argparse.Namespace) -> CommandResult:
     pruned = outcome.model
     stages = {"pruned": evaluate_model(pruned, test_loader).accuracy}
     if args.recover:
-        from pruning.recovery import consumers_of, kept_outputs_of, recover_consumers
+        from pruning.recovery import consumers_of, kept_outputs_of, reconstruct_consumers
 
         layers = consumers_of(space, outcome.kept_indices)
-        recover_consumers(model, pruned, layers, batches, progress=progress,
+        reconstruct_consumers(model, pruned, layers, batches, progress=progress,
                           kept_outputs=kept_outputs_of(space, outcome.kept_indices))
         stages["recovered"] = evaluate_model(pruned, test_loader).accuracy
     train_loader = make_loader(splits.train, args.batch_size, shuffle=True, seed=args.seed, augment=splits.augment_by_default)
@@ -286,7 +286,7 @@ def _change(before, after, difference: bool = False) -> str:
 
 
 def _activation_stats(args, model, space, batches):
-    from pruning.stats import ActivationStats, collect_activation_stats
+    from pruning.statistics import ActivationStats, collect_activation_stats
 
     if args.stats:
         return ActivationStats.load(args.stats)
@@ -341,7 +341,7 @@ def _ratio_prior(args, source, criterion, model, space, config, context):
     channel scores when computing the prior already produced them (criterion snpfi)."""
     groups = space.select(config.strategy)
     if source == "concentration":
-        from pruning.concentration import concentration_weights
+        from pruning.planning import concentration_weights
 
         return concentration_weights(context.stats, groups, alpha=args.alpha), config, None
     if source == "snpfi":

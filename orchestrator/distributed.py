@@ -3,10 +3,10 @@
 ``pruning`` stays plain PyTorch and provides the mergeable states this module moves around:
 
 * :func:`distributed_stats`: the driver computes the histogram edges (a short first pass on the
-  first batch, in-process, as :func:`pruning.stats.collect_activation_stats` does), puts the model,
+  first batch, in-process, as :func:`pruning.statistics.collect_activation_stats` does), puts the model,
   the batches' inputs and the edges into the object store ONCE, and starts ``workers`` actors
   (or uses those of a :class:`WorkerPool`) that each build one model replica from those objects. Shards (lists of batch indices) go to the
-  actors; the partial :class:`~pruning.stats.ActivationStats` merge on the driver as they arrive.
+  actors; the partial :class:`~pruning.statistics.ActivationStats` merge on the driver as they arrive.
   Counts and histograms equal the single-process pass exactly, float sums up to summation order.
 * :func:`distributed_shapley`: per group, the permutation budget is cut into blocks of ``block``
   permutations (the *block plan*); block ``k`` of group ``g`` draws its permutations from
@@ -52,8 +52,8 @@ from torch import nn
 
 from orchestrator import private_network
 from pruning.criteria._base import Criterion, ScoringContext
-from pruning.groups import ChannelGroup
-from pruning.shapley import (
+from pruning.structure import ChannelGroup
+from pruning.games import (
     EXACT_MAX_SIZE,
     LayerGame,
     RunningStats,
@@ -64,7 +64,7 @@ from pruning.shapley import (
     permutation_shapley,
     trace_model,
 )
-from pruning.stats import ActivationStats, accumulate_stats, compute_histogram_edges
+from pruning.statistics import ActivationStats, accumulate_stats, compute_histogram_edges
 
 __all__ = [
     "RayConnection",
@@ -556,7 +556,7 @@ def distributed_stats(
     return_report: bool = False,
     _fault: FaultInjection | None = None,
 ) -> ActivationStats | tuple[ActivationStats, RunReport]:
-    """:func:`pruning.stats.collect_activation_stats` on ``workers`` Ray actors.
+    """:func:`pruning.statistics.collect_activation_stats` on ``workers`` Ray actors.
 
     Edges from the first ``edge_batches`` batches on the driver; then shards of ``shard_size``
     batches (default: about four shards per worker) run on the actors and merge on the driver as
@@ -816,7 +816,7 @@ class DistributedShapley(Criterion):
 
     def score_and_sparsity(self, model, groups, context, tau: float | None = None):
         """(scores, sparsities) from one estimation pass, as ``SNPFI.score_and_sparsity``."""
-        from pruning.snpfi import snpfi_sparsity
+        from pruning.games import snpfi_sparsity
 
         tau = getattr(self.base, "tau", 0.95) if tau is None else tau
         estimates = self.estimates(model, groups, context)

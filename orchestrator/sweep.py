@@ -162,10 +162,10 @@ def prepare_baseline(
     ``macs``, ``params`` and, with ``latency``, ``latency_ms`` (batch 1, ``threads`` threads).
     """
     from orchestrator.commands import _calibration_batches, _check_fits
-    from pruning.checkpoint import CheckpointError, load_checkpoint
+    from pruning.structure import CheckpointError, load_checkpoint
     from pruning.data import load_data, make_loader
-    from pruning.engine import PruningSpace
-    from pruning.measure import measure_cost, measure_latency
+    from pruning.structure import PruningSpace
+    from pruning.structure import measure_cost, measure_latency
     from pruning.training import evaluate
 
     model, spec = load_checkpoint(checkpoint)
@@ -205,7 +205,7 @@ def compute_baseline_statistics(
 def compute_utilization_curves(model: nn.Module, space, strategy: str, batches, *, seed: int = 0) -> dict[str, torch.Tensor]:
     """SNPFI utilization curves U(k), k = 0..size, of every group ``strategy`` may prune."""
     from pruning.criteria import ScoringContext, create_criterion
-    from pruning.snpfi import utilization_curve
+    from pruning.games import utilization_curve
 
     snpfi = create_criterion("snpfi", seed=seed)
     context = ScoringContext(calibration=batches)
@@ -274,7 +274,7 @@ def _put_shared(setup: BaselineSetup, stats, utilization) -> SharedRefs:
 
 
 def _rebuild_model(spec_json: str, state: Mapping[str, torch.Tensor]):
-    from pruning.checkpoint import ModelSpec, apply_widths
+    from pruning.structure import ModelSpec, apply_widths
     from pruning.models import create_model
 
     spec = ModelSpec.from_json(spec_json)
@@ -343,7 +343,7 @@ def _prune_and_recover(
 
 
 def _cost_metrics(pruned: nn.Module, shape, baseline: Mapping[str, float], latency: bool, threads: int) -> dict[str, float]:
-    from pruning.measure import measure_cost, measure_latency
+    from pruning.structure import measure_cost, measure_latency
 
     cost = measure_cost(pruned, shape)
     metrics = {
@@ -376,7 +376,7 @@ def _report_restored() -> bool:
 def _report_with_model(metrics: dict[str, Any], pruned: nn.Module, spec_json: str, meta: dict[str, Any]) -> None:
     from ray import tune
 
-    from pruning.checkpoint import ModelSpec, save_checkpoint
+    from pruning.structure import ModelSpec, save_checkpoint
 
     spec = ModelSpec.from_json(spec_json)
     with tempfile.TemporaryDirectory(prefix="prunesweep-") as folder:
@@ -652,7 +652,7 @@ def _front_row(record: TrialRecord, point: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _evaluate_checkpoint(path: str, splits) -> float:
-    from pruning.checkpoint import load_checkpoint
+    from pruning.structure import load_checkpoint
     from pruning.data import make_loader
     from pruning.training import evaluate
 
@@ -717,7 +717,7 @@ def _finalize_sweep(tracker: Tracker, config: SweepConfig, setup: BaselineSetup,
 
 def _baseline_extras(config: SweepConfig, setup: BaselineSetup, progress: bool):
     """Statistics and utilization curves: computed once, kept in ``<run_dir>/baseline/``."""
-    from pruning.stats import ActivationStats
+    from pruning.statistics import ActivationStats
 
     space = config.space.create()
     folder = Path(config.run_dir) / "baseline"
@@ -920,7 +920,7 @@ def compare_trial(config: dict[str, Any], *, refs: SharedRefs, settings: TrialSe
     from ray import tune
 
     from pruning.data import make_loader
-    from pruning.schedule import PruningConfig
+    from pruning.planning import PruningConfig
     from pruning.training import evaluate
 
     torch.set_num_threads(settings.threads)

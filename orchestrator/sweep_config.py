@@ -30,7 +30,7 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
-from pruning._registry import accepted_options
+from pruning.registry import accepted_options
 
 __all__ = [
     "ConfigError",

@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from pruning.criteria import Criterion, ScoringContext
-from pruning.engine import PruningError, PruningSpace, prune_model
-from pruning.schedule import PruningConfig, plan_pruning
+from pruning.structure.engine import PruningError, PruningSpace, prune_model
+from pruning.planning.schedule import PruningConfig, plan_pruning
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterable, Iterator, Sequence, Sized
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence, Sized
 from dataclasses import dataclass
 from itertools import islice
 
@@ -24,6 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
+
+from pruning.utils import model_device, preserved_modes
 
 SCHEDULES = ("cosine", "onecycle")
 
@@ -45,6 +46,10 @@ class TrainConfig:
     ``lr`` and anneals (:class:`torch.optim.lr_scheduler.OneCycleLR`, momentum kept fixed).
     ``batch_size`` is for whoever builds the loader; :func:`train` uses the loader it is given.
     ``max_batches_per_epoch`` cuts every epoch short, for quick runs.
+    ``distill`` in [0, 1] weighs knowledge distillation from a teacher (Hinton et al. 2015):
+    the loss is ``(1 - distill) * CE + distill * T^2 * KL(teacher_T || student_T)`` with both
+    distributions softened at temperature ``T`` = ``temperature``; :func:`train` needs a
+    ``teacher`` when ``distill > 0``.
     """
 
     epochs: int = 1
@@ -55,6 +60,8 @@ class TrainConfig:
     batch_size: int = 128
     seed: int = 0
     max_batches_per_epoch: int | None = None
+    distill: float = 0.0
+    temperature: float = 4.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.epochs, int) or self.epochs < 0:
@@ -73,6 +80,10 @@ class TrainConfig:
             raise ValueError(
                 f"TrainConfig.max_batches_per_epoch must be > 0 or None, got {self.max_batches_per_epoch}"
             )
+        if not 0 <= self.distill <= 1:
+            raise ValueError(f"TrainConfig.distill must be in [0, 1], got {self.distill}")
+        if not self.temperature > 0:
+            raise ValueError(f"TrainConfig.temperature must be > 0, got {self.temperature}")
 
 
 @dataclass(frozen=True)
@@ -91,6 +102,7 @@ def train(
     *,
     progress: bool = True,
     eval_loader: Iterable[Batch] | None = None,
+    teacher: nn.Module | None = None,
 ) -> list[dict]:
     """Train ``model`` in place; return one dict per epoch.
 
@@ -99,7 +111,10 @@ def train(
     ``eval_loss`` and ``eval_accuracy``. Seeds the global generators with ``config.seed`` so
     that dropout and unseeded loaders repeat too. Leaves the model's train/eval modes as they
     were. Raises ``FloatingPointError`` as soon as the loss stops being finite.
+    ``teacher`` (used in eval mode, never updated) is distilled from when ``config.distill > 0``.
     """
+    if config.distill > 0 and teacher is None:
+        raise ValueError(f"TrainConfig.distill is {config.distill}: train needs a teacher model")
     seed_everything(config.seed)
     steps_per_epoch = len(train_loader)
     if config.max_batches_per_epoch is not None:
@@ -107,7 +122,7 @@ def train(
     total_steps = config.epochs * steps_per_epoch
     if total_steps == 0:
         return []
-    device = _model_device(model)
+    device = model_device(model)
     optimizer = torch.optim.SGD(
         model.parameters(),
         lr=config.lr,
@@ -117,7 +132,7 @@ def train(
     )
     scheduler = _make_scheduler(optimizer, config, total_steps)
     history = []
-    with _preserved_modes(model):
+    with preserved_modes(model):
         for epoch in range(1, config.epochs + 1):
             model.train()
             loss_sum, correct, seen = 0.0, 0, 0
@@ -132,6 +147,10 @@ def train(
                 inputs, targets = inputs.to(device), targets.to(device)
                 logits = model(inputs)
                 loss = F.cross_entropy(logits, targets)
+                if config.distill > 0:
+                    loss = (1 - config.distill) * loss + config.distill * _distillation_loss(
+                        logits, teacher, inputs, config.temperature
+                    )
                 if not torch.isfinite(loss):
                     raise FloatingPointError(
                         f"training loss became {loss.item()} at epoch {epoch}, step {step}; "
@@ -152,6 +171,16 @@ def train(
                 record.update(eval_loss=result.loss, eval_accuracy=result.accuracy)
             history.append(record)
     return history
+
+
+def _distillation_loss(logits: torch.Tensor, teacher: nn.Module, inputs: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``T^2 * KL(teacher_T || student_T)``: the ``T^2`` keeps the gradient scale of the soft
+    term independent of the temperature (Hinton et al. 2015)."""
+    with torch.no_grad(), preserved_modes(teacher):
+        teacher.eval()
+        target = F.log_softmax(teacher(inputs) / temperature, dim=1)
+    student = F.log_softmax(logits / temperature, dim=1)
+    return F.kl_div(student, target, reduction="batchmean", log_target=True) * temperature**2
 
 
 def _make_scheduler(
@@ -179,9 +208,9 @@ def evaluate(
     first ``max_batches`` batches). Leaves the model's train/eval modes as they were."""
     if max_batches is not None and max_batches <= 0:
         raise ValueError(f"max_batches must be > 0 or None, got {max_batches}")
-    device = _model_device(model)
+    device = model_device(model)
     loss_sum, correct, seen = 0.0, 0, 0
-    with _preserved_modes(model):
+    with preserved_modes(model):
         model.eval()
         batches = tqdm(
             islice(loader, max_batches), total=_batch_count(loader, max_batches),
@@ -223,10 +252,10 @@ def recalibrate_bn(
     ]
     if not norms:
         return model
-    device = _model_device(model)
+    device = model_device(model)
     momenta = [norm.momentum for norm in norms]
     seen = 0
-    with _preserved_modes(model):
+    with preserved_modes(model):
         model.eval()
         for norm in norms:
             norm.reset_running_stats()
@@ -248,25 +277,8 @@ def recalibrate_bn(
     return model
 
 
-@contextmanager
-def _preserved_modes(model: nn.Module) -> Iterator[None]:
-    """Restore every submodule's own ``training`` flag, which ``model.train(mode)`` would not do
-    for a model whose parts were deliberately put in different modes."""
-    modes = [(module, module.training) for module in model.modules()]
-    try:
-        yield
-    finally:
-        for module, training in modes:
-            module.training = training
-
-
 def _batch_count(loader: Iterable[Batch], limit: int | None) -> int | None:
     """How many batches ``islice(loader, limit)`` yields, if the loader knows its length."""
     if not isinstance(loader, Sized):
         return limit
     return len(loader) if limit is None else min(len(loader), limit)
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    parameter = next(model.parameters(), None)
-    return parameter.device if parameter is not None else torch.device("cpu")

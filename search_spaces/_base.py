@@ -19,7 +19,7 @@ Contract (checked for every registered space by ``tests/search_spaces/test_space
   can be rebuilt from a finished trial's ``params`` (e.g. an MLflow run's logged parameters).
 * :meth:`SearchSpace.check_feasible` rejects plans before any training: it returns ``None`` for a
   plan whose channel counts can be planned and whose MAC reduction lies within ``flops_bounds``
-  (and, for a FLOPs-targeted plan, within :data:`~pruning.schedule.FLOPS_TOLERANCE` of the
+  (and, for a FLOPs-targeted plan, within :data:`~pruning.planning.FLOPS_TOLERANCE` of the
   target), else a one-line reason.
 
 Adding a space is one file with a ``@register_space("name")`` class plus one import line in
@@ -35,11 +35,11 @@ from typing import Any, ClassVar, Mapping, Sequence
 import optuna
 import torch
 
-from pruning._registry import Registry
+from pruning.registry import Registry
 from pruning.criteria import list_criteria
-from pruning.engine import PruningError, PruningSpace
-from pruning.schedule import FLOPS_TOLERANCE, PruningConfig, plan_pruning
-from pruning.stats import ActivationStats
+from pruning.structure import PruningError, PruningSpace
+from pruning.planning import FLOPS_TOLERANCE, PruningConfig, plan_pruning
+from pruning.statistics import ActivationStats
 
 __all__ = [
     "SpaceContext",
@@ -73,7 +73,7 @@ class SpaceContext:
 class TrialPlan:
     """One trial's recipe: how to score, how much to prune where, how to fine-tune.
 
-    ``config`` and ``ratio_weights`` go to ``pruning.schedule.plan_pruning``; ``params`` are the
+    ``config`` and ``ratio_weights`` go to ``pruning.planning.plan_pruning``; ``params`` are the
     sampled values the plan was built from (log them; :meth:`SearchSpace.to_plan` rebuilds the plan).
     """
 

@@ -4,7 +4,7 @@ Parameters: ``flops_reduction`` (the global target), ``alpha`` (fusion weight of
 in the information concentration IC_l) and ``temperature`` (the spread of the layer weights
 w_l = (1 - IC_l) ** temperature; 0 is uniform, larger concentrates pruning on the least
 informative layers), plus the shared ones. Layer ratios are min(cap, s * w_l) with s fitted to
-the target (``pruning.concentration.concentration_weights`` + the proportional allocation).
+the target (``pruning.planning.concentration_weights`` + the proportional allocation).
 
 Three parameters whatever the depth: the space that scales to deep nets. Needs the unpruned
 model's activation statistics in ``SpaceContext.stats``.
@@ -16,8 +16,8 @@ from typing import Any, Mapping
 
 import optuna
 
-from pruning.concentration import concentration_weights
-from pruning.schedule import PruningConfig
+from pruning.planning import concentration_weights
+from pruning.planning import PruningConfig
 from search_spaces._base import SearchSpace, SpaceContext, TrialPlan, _float_range, _param, register_space
 
 

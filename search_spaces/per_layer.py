@@ -12,7 +12,7 @@ from typing import Any, Mapping
 
 import optuna
 
-from pruning.schedule import PruningConfig
+from pruning.planning import PruningConfig
 from search_spaces._base import SearchSpace, SpaceContext, TrialPlan, _float_range, _param, register_space
 
 #: ratios above this are refused (the default per-layer cap of ``PruningConfig``)

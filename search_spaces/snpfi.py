@@ -2,7 +2,7 @@
 
 Parameter: ``tau`` (uniform in the ``tau`` option's range) plus the shared ones. Each group keeps
 k* channels, the smallest k >= 1 whose top-k filters reach a utilization U(k) >= tau
-(``pruning.snpfi.sparsity_from_curve``), i.e. the layer's ratio is 1 - k*/n, capped at the
+(``pruning.games.sparsity_from_curve``), i.e. the layer's ratio is 1 - k*/n, capped at the
 default per-layer cap (0.9). An explicit schedule: the MAC reduction follows from tau, and
 plans outside ``flops_bounds`` are rejected by ``check_feasible``.
 
@@ -16,8 +16,8 @@ from typing import Any, Mapping
 import optuna
 import torch
 
-from pruning.schedule import PruningConfig
-from pruning.snpfi import sparsity_from_curve
+from pruning.planning import PruningConfig
+from pruning.games import sparsity_from_curve
 from search_spaces._base import SearchSpace, SpaceContext, TrialPlan, _float_range, _param, register_space
 
 MAX_LAYER_RATIO = PruningConfig(ratio=0.0).max_layer_ratio

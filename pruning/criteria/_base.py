@@ -1,6 +1,6 @@
 """The channel-importance contract every pruning criterion implements.
 
-A criterion maps a model and its prunable :class:`~pruning.groups.ChannelGroup` s to one
+A criterion maps a model and its prunable :class:`~pruning.structure.groups.ChannelGroup` s to one
 importance score per channel. The engine keeps the highest-scoring channels of each group.
 
 Contract (checked for every registered criterion by ``tests/pruning/test_criteria_contract.py``):
@@ -25,8 +25,8 @@ from typing import Any, ClassVar, Mapping, Sequence
 import torch
 from torch import nn
 
-from pruning._registry import Registry
-from pruning.groups import ChannelGroup
+from pruning.registry import Registry
+from pruning.structure.groups import ChannelGroup
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -36,7 +36,7 @@ class ScoringContext:
     """What data-driven criteria may consume.
 
     ``calibration``: (inputs, targets) batches from the held-out calibration split.
-    ``stats``: pre-computed ``pruning.stats.ActivationStats`` (keyed by observed module, read per group).
+    ``stats``: pre-computed ``pruning.statistics.stats.ActivationStats`` (keyed by observed module, read per group).
     """
 
     calibration: Sequence[Batch] = ()

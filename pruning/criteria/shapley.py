@@ -7,7 +7,7 @@ from typing import ClassVar, Iterator
 import torch
 
 from pruning.criteria._base import Criterion, register_criterion
-from pruning.shapley import (
+from pruning.games.shapley import (
     EXACT_MAX_SIZE,
     MODES,
     VALUES,
@@ -29,7 +29,7 @@ class ShapleyChannels(Criterion):
 
     where N are the group's n channels and v(S) is the mean log-probability of the true class on
     a fixed calibration batch of ``batch_size`` images with the channels outside S zeroed at every
-    observed output of the group (``pruning.shapley.LayerGame``; ``value`` may also be
+    observed output of the group (``pruning.games.shapley.LayerGame``; ``value`` may also be
     ``"accuracy"`` or ``"margin"``).
 
     Chen & Wang, "An Effective Information Theoretic Framework for Channel Pruning",

@@ -3,7 +3,7 @@ ResNet-50, all built by name through one registry.
 
 Importing this package imports every model module so that their factories register.
 """
-from pruning._registry import UnknownNameError
+from pruning.registry import UnknownNameError
 from pruning.models import alexnet, mobilenet, resnet_cifar, torchvision_models, vgg  # noqa: F401  (registers)
 from pruning.models._registry import (
     InputShapeError,

@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from pruning._registry import Registry
+from pruning.registry import Registry
 
 ModelFactory = Callable[..., nn.Module]
 

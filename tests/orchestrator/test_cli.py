@@ -24,9 +24,9 @@ import pytest
 import torch
 
 from orchestrator import cli, commands
-from pruning.checkpoint import ModelSpec, load_checkpoint, save_checkpoint
+from pruning.structure import ModelSpec, load_checkpoint, save_checkpoint
 from pruning.data import FASHION_MNIST_ROOT, DataConfig
-from pruning.measure import measure_latency
+from pruning.structure import measure_latency
 from pruning.models import create_model
 
 _IDX = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -306,12 +306,12 @@ def test_stats_file_feeds_hrank_inner(trained, tmp_path, capsys, monkeypatch, fa
     assert data["images"] == 128 and data["layers"] > 0 and data["out"] == str(stats_file)
     assert stats_file.is_file()
 
-    import pruning.stats
+    import pruning.statistics
 
     def no_recompute(*args, **kwargs):
         raise AssertionError("prune --stats FILE must not recompute the statistics")
 
-    monkeypatch.setattr(pruning.stats, "collect_activation_stats", no_recompute)
+    monkeypatch.setattr(pruning.statistics, "collect_activation_stats", no_recompute)
     data = run_json(capsys, "prune", "--checkpoint", trained, "--stats", stats_file, "--criterion", "hrank",
                     "--strategy", "inner", "--ratio", "0.3", "--bn-batches", "0", "--calibration-images", "128")
     assert data["pruning"]["criterion"] == "hrank" and data["pruning"]["strategy"] == "inner"

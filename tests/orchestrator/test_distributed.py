@@ -23,8 +23,8 @@ from orchestrator.distributed import (
     shapley_block_plan,
 )
 from pruning.criteria import ScoringContext, create_criterion
-from pruning.engine import PruningSpace
-from pruning.stats import collect_activation_stats
+from pruning.structure import PruningSpace
+from pruning.statistics import collect_activation_stats
 
 pytestmark = pytest.mark.slow
 
@@ -110,7 +110,7 @@ def test_block_plan():
 def test_cli_stats_with_a_worker(tmp_path, capsys, monkeypatch, ray_session):
     from dataclasses import asdict
 
-    from pruning.checkpoint import ModelSpec, save_checkpoint
+    from pruning.structure import ModelSpec, save_checkpoint
     from pruning.data import FASHION_MNIST_ROOT, DataConfig
     from pruning.models import create_model
 
@@ -130,7 +130,7 @@ def test_cli_stats_with_a_worker(tmp_path, capsys, monkeypatch, ray_session):
     assert code == 0, err
     data = json.loads(stdout)
     assert data["workers"] == 1 and data["images"] == 64 and out.is_file()
-    from pruning.stats import ActivationStats
+    from pruning.statistics import ActivationStats
 
     state = ActivationStats.load(out)
     assert {int(s.n_images) for s in state.layers.values()} == {64}

@@ -100,10 +100,10 @@ def test_local_ray_in_the_private_network_sees_only_loopback(tmp_path):
 
 @needs_namespaces
 def test_cli_stats_with_workers_runs_in_the_private_network(tmp_path):
-    from pruning.checkpoint import ModelSpec, save_checkpoint
+    from pruning.structure import ModelSpec, save_checkpoint
     from pruning.data import FASHION_MNIST_ROOT, DataConfig
     from pruning.models import create_model
-    from pruning.stats import ActivationStats
+    from pruning.statistics import ActivationStats
 
     if not any((Path(FASHION_MNIST_ROOT) / n).is_file() for n in ("train-images-idx3-ubyte.gz",
                                                                    "train-images-idx3-ubyte")):

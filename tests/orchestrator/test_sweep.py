@@ -25,9 +25,9 @@ from orchestrator.pareto import pareto_front
 from orchestrator.sweep import _CONTEXTS, DefineByRun, run_sweep
 from orchestrator.sweep_config import SweepConfig
 from orchestrator.tracking import TAG_ERROR, TAG_PARETO, TAG_TRIAL_ID, TAG_TRIAL_NUMBER, Tracker, TrialRecord
-from pruning.checkpoint import load_checkpoint
+from pruning.structure import load_checkpoint
 from pruning.data import FASHION_MNIST_ROOT
-from pruning.measure import measure_cost
+from pruning.structure import measure_cost
 
 REPO = Path(__file__).resolve().parents[2]
 _IDX = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -308,7 +308,7 @@ def test_define_by_run_keeps_the_context_out_of_its_pickle(tiny_resnet, example_
 
     import optuna
 
-    from pruning.engine import PruningSpace
+    from pruning.structure import PruningSpace
     from search_spaces import SpaceContext, create_search_space
 
     context = SpaceContext(space=PruningSpace.build(tiny_resnet, example_input))

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from pruning.checkpoint import (
+from pruning.structure import (
     FORMAT,
     CheckpointError,
     ModelSpec,
@@ -19,7 +19,7 @@ from pruning.checkpoint import (
 from pruning.criteria import create_criterion
 from pruning.models import create_model
 from pruning.pipeline import prune_with_criterion
-from pruning.schedule import PruningConfig
+from pruning.planning import PruningConfig
 from tiny_models import with_random_bn_stats
 
 SPEC = ModelSpec("resnet20", 10, 1, (1, 28, 28), meta={"criterion": "l1", "flops_reduction": 0.5})

@@ -16,8 +16,8 @@ from pruning.criteria import (
     list_criteria,
     register_criterion,
 )
-from pruning.engine import PruningSpace
-from pruning.groups import ChannelGroup
+from pruning.structure import PruningSpace
+from pruning.structure import ChannelGroup
 
 ALL_CRITERIA = list_criteria()
 NEEDS_INPUTS = [
@@ -40,9 +40,9 @@ def _context(criterion: Criterion, model: nn.Module, space: PruningSpace, batche
     stats = None
     if criterion.needs_stats:
         try:
-            from pruning.stats import collect_activation_stats
+            from pruning.statistics import collect_activation_stats
         except ImportError:
-            pytest.skip("pruning.stats is not available yet")
+            pytest.skip("pruning.statistics is not available yet")
         # a criterion may ask for optional statistics (e.g. chip=True) through `stats_options`
         stats = collect_activation_stats(
             model, space.groups, batches, **getattr(criterion, "stats_options", {})

@@ -13,8 +13,8 @@ from tiny_models import TinyCNN
 from PIL import Image
 from torch.utils.data import TensorDataset
 
-from pruning import data as data_module
-from pruning._registry import UnknownNameError
+import pruning.data.datasets as data_module
+from pruning.registry import UnknownNameError
 from pruning.data import (
     FASHION_MNIST_ROOT,
     Augmentation,

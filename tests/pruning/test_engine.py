@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from pruning.engine import (
+from pruning.structure import (
     STRATEGIES,
     PruningError,
     PruningSpace,
@@ -22,7 +22,7 @@ from pruning.engine import (
     prune_model,
     select_kept_channels,
 )
-from pruning.measure import count_macs
+from pruning.structure import count_macs
 from pruning.models import create_model
 from tiny_models import with_random_bn_stats
 

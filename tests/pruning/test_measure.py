@@ -7,8 +7,8 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from pruning.engine import PruningSpace, prune_model
-from pruning.measure import (
+from pruning.structure import PruningSpace, prune_model
+from pruning.structure import (
     LatencyResult,
     ModelCost,
     count_macs,

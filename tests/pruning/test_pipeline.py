@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from pruning.criteria import Criterion, ScoringContext, create_criterion
-from pruning.engine import PruningError, PruningSpace
-from pruning.measure import count_macs, count_params
+from pruning.structure import PruningError, PruningSpace
+from pruning.structure import count_macs, count_params
 from pruning.models import create_model
 from pruning.pipeline import prune_with_criterion, score_channels
-from pruning.schedule import FLOPS_TOLERANCE, InfeasibleTargetError, PruningConfig
+from pruning.planning import FLOPS_TOLERANCE, InfeasibleTargetError, PruningConfig
 from tiny_models import with_random_bn_stats
 
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from pruning.criteria import ScoringContext, create_criterion
-from pruning.engine import PruningError, PruningSpace, prune_model
-from pruning.measure import count_macs
+from pruning.structure import PruningError, PruningSpace, prune_model
+from pruning.structure import count_macs
 from pruning.models import create_model
-from pruning.schedule import (
+from pruning.planning import (
     ALLOCATIONS,
     FLOPS_TOLERANCE,
     InfeasibleTargetError,

@@ -1,4 +1,4 @@
-"""Shapley channel importance (pruning.shapley) and SNPFI (pruning.snpfi): the layer game's fx
+"""Shapley channel importance (pruning.games) and SNPFI (pruning.games): the layer game's fx
 downstream-only path against full forwards, exact enumeration, permutation sampling (efficiency,
 agreement with exact values, determinism, truncation, antithetic pairs, Welford/Chan merging),
 utilization strength and interaction indices, and the two registered criteria."""
@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from pruning.criteria import ScoringContext, create_criterion
-from pruning.engine import PruningSpace
-from pruning.shapley import (
+from pruning.structure import PruningSpace
+from pruning.games import (
     CoalitionGame,
     FunctionGame,
     LayerGame,
@@ -23,7 +23,7 @@ from pruning.shapley import (
     exact_shapley,
     permutation_shapley,
 )
-from pruning.snpfi import (
+from pruning.games import (
     exact_interaction,
     mean_interaction,
     pairwise_interactions,

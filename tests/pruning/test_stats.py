@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from pruning.engine import PruningSpace
-from pruning.groups import ChannelGroup, ObservedOutput
-from pruning.stats import (
+from pruning.structure import PruningSpace
+from pruning.structure import ChannelGroup, ObservedOutput
+from pruning.statistics import (
     ActivationStats,
     LayerStats,
     StatsFileError,

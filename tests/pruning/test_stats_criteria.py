@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pruning.concentration import concentration_weights, information_concentration, layer_indicators
+from pruning.planning import concentration_weights, information_concentration, layer_indicators
 from pruning.criteria import ScoringContext, create_criterion
-from pruning.engine import PruningSpace
-from pruning.stats import collect_activation_stats
+from pruning.structure import PruningSpace
+from pruning.statistics import collect_activation_stats
 
 STATS_CRITERIA = ["entropy", "hrank", "chip", "apoz", "mean-activation"]
 

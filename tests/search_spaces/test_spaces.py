@@ -8,8 +8,8 @@ import pytest
 import torch
 import yaml
 
-from pruning.engine import PruningSpace
-from pruning.stats import collect_activation_stats
+from pruning.structure import PruningSpace
+from pruning.statistics import collect_activation_stats
 from search_spaces import (
     SpaceContext,
     TrialPlan,

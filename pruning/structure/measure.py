@@ -4,7 +4,7 @@ MACs are measured, not modelled: :func:`count_macs` runs one forward pass under
 ``torch.utils.flop_counter.FlopCounterMode`` and halves the FLOPs it counts. That counter sees
 convolutions and matrix products (FLOPs = 2 x MACs) and ignores bias additions, BatchNorm,
 activations and pooling, so the result is exactly the quantity the engine's analytic model
-``pruning.engine.PruningSpace.macs`` predicts, and a pruned model can be checked against its plan.
+``pruning.structure.engine.PruningSpace.macs`` predicts, and a pruned model can be checked against its plan.
 
 Latency (:func:`measure_latency`) is the median wall-clock time of repeated forward passes with a
 fixed number of intra-op threads, after warm-up runs that absorb allocator and kernel-selection

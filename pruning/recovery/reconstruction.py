@@ -35,7 +35,7 @@ shrunk), so ``ridge`` (lambda) is relative to the input energy and unit-free.
 * When a refitted layer's own outputs were pruned too (a consumer that is also the producer of
   a pruned group, as in plain VGG-like stacks), its target is the original output restricted to
   the kept channels: pass ``kept_outputs`` (``kept_outputs_of(space, kept)`` builds it from
-  what :func:`~pruning.engine.prune_model` returns).
+  what :func:`~pruning.structure.engine.prune_model` returns).
 * Only the weights and biases of the listed layers change. Layers without a bias (convs
   followed by BN) cannot absorb a mean shift; the BN after them is deliberately not touched.
 
@@ -52,16 +52,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pruning.engine import PruningSpace, layer_call_order
+from pruning.structure.engine import PruningSpace, layer_call_order
 
-__all__ = ["RecoveryReport", "recover_consumers", "consumers_of", "kept_outputs_of"]
+__all__ = ["ReconstructionReport", "reconstruct_consumers", "consumers_of", "kept_outputs_of"]
 
 _SUPPORTED = (nn.Conv2d, nn.Linear)
 _UNFOLD_BUDGET = 1 << 24  # elements of unfolded patches materialised at once
 
 
 @dataclass(frozen=True)
-class RecoveryReport:
+class ReconstructionReport:
     """One layer's recovery.
 
     error_before / error_after: relative MSE of the layer's output vs the original model's on
@@ -95,7 +95,7 @@ def consumers_of(space: PruningSpace, pruned_groups: Iterable[str]) -> list[str]
 
 def kept_outputs_of(space: PruningSpace, kept: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """``{layer: kept output channel indices}`` for every producer of the pruned groups in
-    ``kept`` (the second value :func:`~pruning.engine.prune_model` returns)."""
+    ``kept`` (the second value :func:`~pruning.structure.engine.prune_model` returns)."""
     return {producer: idx for name, idx in kept.items() for producer in space[name].producers}
 
 
@@ -225,7 +225,7 @@ def _refit_layer(
     ridge: float,
     max_rows: int,
     generator: torch.Generator,
-) -> RecoveryReport:
+) -> ReconstructionReport:
     layer = dict(pruned.named_modules())[name]
     reference = dict(original.named_modules())[name]
     is_conv = isinstance(layer, nn.Conv2d)
@@ -277,20 +277,20 @@ def _refit_layer(
     before = acc.error_before()
     solution = acc.solve(ridge)
     if solution is None:
-        return RecoveryReport(name, before, before, "kept", acc.rows)
+        return ReconstructionReport(name, before, before, "kept", acc.rows)
     after = acc.relative_error(solution)
     if not after < before:
-        return RecoveryReport(name, before, before, "kept", acc.rows)
+        return ReconstructionReport(name, before, before, "kept", acc.rows)
 
     # solution: (groups, cols, outputs per group) -> weight (outputs, *in shape)
     weight = solution[:, :width, :].transpose(1, 2).reshape(outputs, width)
     layer.weight.data.copy_(weight.reshape(layer.weight.shape).to(layer.weight.dtype))
     if has_bias:
         layer.bias.data.copy_(solution[:, width, :].reshape(outputs).to(layer.bias.dtype))
-    return RecoveryReport(name, before, after, "refit", acc.rows)
+    return ReconstructionReport(name, before, after, "refit", acc.rows)
 
 
-def recover_consumers(
+def reconstruct_consumers(
     original: nn.Module,
     pruned: nn.Module,
     layers: Sequence[str],
@@ -301,7 +301,7 @@ def recover_consumers(
     kept_outputs: Mapping[str, torch.Tensor] | None = None,
     max_rows_per_batch: int = 4096,
     seed: int = 0,
-) -> dict[str, RecoveryReport]:
+) -> dict[str, ReconstructionReport]:
     """Refit ``layers`` of ``pruned`` in place so that their outputs match ``original``'s.
 
     ``batches`` yields ``(inputs, targets)`` (targets unused); it is iterated once per layer
@@ -329,7 +329,7 @@ def recover_consumers(
         batches = list(batches)
 
     modes = {m: m.training for model in (original, pruned) for m in model.modules()}
-    reports: dict[str, RecoveryReport] = {}
+    reports: dict[str, ReconstructionReport] = {}
     try:
         original.eval()
         pruned.eval()

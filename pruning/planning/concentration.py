@@ -5,7 +5,7 @@ After Chen & Wang, "An Effective Information Theoretic Framework for Channel Pru
 feature maps and their rank, fused into one "information concentration" (IC) that sets how much
 of the layer is pruned: layers with more information are pruned less.
 
-What we compute, per channel group l (from :class:`~pruning.stats.ActivationStats`):
+What we compute, per channel group l (from :class:`~pruning.statistics.stats.ActivationStats`):
 
 1. E_l = mean over the group's channels of the channel entropy (``channel_entropy``: histogram
    entropy of the GAP activation, averaged over residual-coupled producers);
@@ -32,8 +32,8 @@ from typing import Sequence
 
 import torch
 
-from pruning.groups import ChannelGroup
-from pruning.stats import ActivationStats
+from pruning.structure.groups import ChannelGroup
+from pruning.statistics.stats import ActivationStats
 
 EPS = 1e-6
 

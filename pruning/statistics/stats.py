@@ -1,7 +1,7 @@
 """Activation statistics of prunable channels, as mergeable state.
 
 One streaming pass over calibration batches hooks every observed output of the given
-:class:`~pruning.groups.ChannelGroup` s (the producer's BatchNorm output, or the producer's own
+:class:`~pruning.structure.groups.ChannelGroup` s (the producer's BatchNorm output, or the producer's own
 output without one, passed through ReLU when the model applies one right after) and accumulates,
 per observed output and channel:
 
@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pruning.groups import ChannelGroup
+from pruning.structure.groups import ChannelGroup
 
 __all__ = [
     "LayerStats",
@@ -472,7 +472,7 @@ class ActivationStats:
     ``layers``: {observed module name: LayerStats}. ``bins``, ``value`` ("gap" or "spatial"),
     ``rank`` and ``chip`` (which optional statistics were collected).
 
-    The ``channel_*`` accessors take a :class:`~pruning.groups.ChannelGroup` and return a
+    The ``channel_*`` accessors take a :class:`~pruning.structure.groups.ChannelGroup` and return a
     float64 CPU tensor of ``group.size`` values, the mean over the group's observed outputs
     (several for residual-coupled groups).
     """
@@ -678,7 +678,7 @@ def stats_from_context(criterion: Any, context: Any) -> ActivationStats:
     stats = context.stats
     if not isinstance(stats, ActivationStats):
         raise ValueError(
-            f"criterion {criterion.name!r} needs pruning.stats.ActivationStats in context.stats, "
+            f"criterion {criterion.name!r} needs pruning.statistics.stats.ActivationStats in context.stats, "
             f"got {type(stats).__name__}"
         )
     return stats

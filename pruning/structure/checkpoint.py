@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pruning.models import create_model
+from pruning.models import check_input_shape, create_model
 
 FORMAT = "prunesweep-checkpoint/1"
 _RESIZABLE = (nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm)
@@ -164,3 +164,17 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module | None = None) -> 
         detail = str(err).strip().splitlines()[1].strip() if len(str(err).splitlines()) > 1 else str(err)
         raise CheckpointError(f"checkpoint {str(path)!r} is for {what} and does not fit: {detail}") from None
     return model.eval(), spec
+
+
+def check_fits(model: nn.Module, spec: ModelSpec, splits: Any) -> tuple[int, int, int]:
+    """The ``(channels, height, width)`` input shape of ``splits`` (a
+    :class:`~pruning.data.DataSplits`), after checking that ``model`` (rebuilt from ``spec``)
+    has as many classes as the dataset and accepts its images; raises
+    :class:`CheckpointError` / :class:`~pruning.models.InputShapeError` otherwise."""
+    shape = (splits.in_channels, *splits.input_size)
+    if splits.num_classes != spec.num_classes:
+        raise CheckpointError(
+            f"the checkpoint has {spec.num_classes} classes but dataset {splits.name!r} has {splits.num_classes}"
+        )
+    check_input_shape(model, shape, spec.name or "model")
+    return shape

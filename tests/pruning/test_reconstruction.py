@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from pruning.engine import PruningSpace, prune_model
-from pruning.recovery import RecoveryReport, consumers_of, kept_outputs_of, recover_consumers
+from pruning.structure import PruningSpace, prune_model
+from pruning.recovery import ReconstructionReport, consumers_of, kept_outputs_of, reconstruct_consumers
 
 MODELS = ("resnet", "cnn")
 
@@ -80,10 +80,10 @@ def test_refit_lowers_every_consumer_error(kind, calibration, model_of):
     model = model_of(kind)
     space, pruned, kept, layers = _prune(model, 0.5)
     assert kept and layers
-    reports = recover_consumers(model, pruned, layers, calibration, kept_outputs=kept_outputs_of(space, kept))
+    reports = reconstruct_consumers(model, pruned, layers, calibration, kept_outputs=kept_outputs_of(space, kept))
     assert list(reports) == layers  # forward order
     for name, report in reports.items():
-        assert isinstance(report, RecoveryReport) and report.layer == name
+        assert isinstance(report, ReconstructionReport) and report.layer == name
         assert report.status == "refit"
         assert report.error_before > 1e-3, name  # pruning really perturbed the layer
         assert report.error_after < report.error_before, name
@@ -97,7 +97,7 @@ def test_recovery_improves_logits_and_teacher_accuracy(kind, calibration, held_o
     labels = teacher.argmax(1)  # the original is 100% accurate on these labels by construction
     space, pruned, kept, layers = _prune(model, 0.5)
     before = _logits(pruned, held_out)
-    recover_consumers(model, pruned, layers, calibration, kept_outputs=kept_outputs_of(space, kept))
+    reconstruct_consumers(model, pruned, layers, calibration, kept_outputs=kept_outputs_of(space, kept))
     after = _logits(pruned, held_out)
 
     mse_before = ((before - teacher) ** 2).mean().item()
@@ -116,7 +116,7 @@ def test_only_listed_layers_change(kind, calibration, model_of):
     space, pruned, kept, layers = _prune(model, 0.5)
     listed = set(layers[:1])  # refit only the first consumer
     state = copy.deepcopy(pruned.state_dict())
-    recover_consumers(model, pruned, sorted(listed), calibration, kept_outputs=kept_outputs_of(space, kept))
+    reconstruct_consumers(model, pruned, sorted(listed), calibration, kept_outputs=kept_outputs_of(space, kept))
     changed = {k for k, v in pruned.state_dict().items() if not torch.equal(v, state[k])}
     assert changed and {k.rsplit(".", 1)[0] for k in changed} <= listed
     for key, value in model.state_dict().items():  # the original is never modified
@@ -129,7 +129,7 @@ def test_nothing_pruned_keeps_outputs(kind, calibration, held_out, model_of):
     space, pruned, kept, layers = _prune(model, 0.0)
     assert kept == {}
     layers = consumers_of(space, [g.name for g in space.groups])
-    reports = recover_consumers(model, pruned, layers, calibration[:2])
+    reports = reconstruct_consumers(model, pruned, layers, calibration[:2])
     assert list(reports) == layers
     for report in reports.values():
         assert report.status == "kept"  # nothing to gain: the weights stay as they are
@@ -155,7 +155,7 @@ def test_perturbed_layers_are_solved_back(kind, names, calibration, model_of):
         for name in names:
             for p in modules[name].parameters():
                 p.add_(torch.randn(p.shape, generator=g) * p.std())
-    reports = recover_consumers(model, damaged, names, calibration, ridge=1e-8)
+    reports = reconstruct_consumers(model, damaged, names, calibration, ridge=1e-8)
     for name in names:
         assert reports[name].status == "refit"
         assert reports[name].error_before > 0.1
@@ -169,7 +169,7 @@ def test_subsampling_bounds_rows(calibration, model_of, capsys):
     model = model_of("resnet")
     space, pruned, kept, layers = _prune(model, 0.5)
     batches = iter(calibration)  # a one-shot iterator is fine
-    reports = recover_consumers(model, pruned, layers, batches, max_rows_per_batch=300, seed=1, progress=True)
+    reports = reconstruct_consumers(model, pruned, layers, batches, max_rows_per_batch=300, seed=1, progress=True)
     for report in reports.values():
         assert report.rows == 300 * len(calibration)
         assert report.error_after < report.error_before
@@ -179,14 +179,14 @@ def test_subsampling_bounds_rows(calibration, model_of, capsys):
 
 def test_chunked_unfold_matches(calibration, model_of, monkeypatch):
     """Unfolding a batch a few images at a time gives the same fit as all at once."""
-    import pruning.recovery as recovery
+    import pruning.recovery.reconstruction as recovery
 
     model = model_of("resnet")
     space, pruned, kept, layers = _prune(model, 0.5)
     other = copy.deepcopy(pruned)
-    whole = recover_consumers(model, pruned, layers, calibration[:2], max_rows_per_batch=2000)
+    whole = reconstruct_consumers(model, pruned, layers, calibration[:2], max_rows_per_batch=2000)
     monkeypatch.setattr(recovery, "_UNFOLD_BUDGET", 3 * 72 * 784)  # 3 images per chunk
-    chunked = recover_consumers(model, other, layers, calibration[:2], max_rows_per_batch=2000)
+    chunked = reconstruct_consumers(model, other, layers, calibration[:2], max_rows_per_batch=2000)
     for name in layers:
         assert whole[name].rows == chunked[name].rows == 4000
         assert whole[name].error_after == pytest.approx(chunked[name].error_after, rel=1e-9)
@@ -201,18 +201,18 @@ def test_modes_hooks_and_errors(calibration, model_of):
     pruned.train()
     pruned.features[1].eval()  # a mixed-mode submodule must be restored as it was
     with pytest.raises(ValueError, match="kept_outputs"):  # features.7's own outputs were pruned
-        recover_consumers(model, pruned, layers, calibration)
-    recover_consumers(model, pruned, layers, calibration[:1], kept_outputs=kept_outputs_of(space, kept))
+        reconstruct_consumers(model, pruned, layers, calibration)
+    reconstruct_consumers(model, pruned, layers, calibration[:1], kept_outputs=kept_outputs_of(space, kept))
     for net in (model, pruned):
         for name, m in net.named_modules():
             assert not m._forward_hooks and not m._forward_pre_hooks, name
     assert model.training and pruned.training and not pruned.features[1].training
     assert all(m.training for m in model.modules())
     with pytest.raises(ValueError, match="unknown layer"):
-        recover_consumers(model, pruned, ["nope"], calibration)
+        reconstruct_consumers(model, pruned, ["nope"], calibration)
     with pytest.raises(ValueError, match="Conv2d and Linear"):
-        recover_consumers(model, pruned, ["features.1"], calibration)
-    assert recover_consumers(model, pruned, [], calibration) == {}
+        reconstruct_consumers(model, pruned, ["features.1"], calibration)
+    assert reconstruct_consumers(model, pruned, [], calibration) == {}
 
 
 def test_consumers_of_is_ordered_and_deduplicated(model_of):

@@ -1,6 +1,6 @@
 """Shapley channel importance within a layer, engineered for cost.
 
-The players of a :class:`LayerGame` are the channels of one :class:`~pruning.groups.ChannelGroup`.
+The players of a :class:`LayerGame` are the channels of one :class:`~pruning.structure.groups.ChannelGroup`.
 The worth of a coalition ``S`` is a score of the network on a fixed calibration batch with every
 channel outside ``S`` zeroed at *every* observed output of the group (each producer's BN output,
 or the producer's own output when no BN follows). Zeroing a channel there removes it exactly as
@@ -50,7 +50,7 @@ import torch.fx
 from torch import nn
 from torch.fx.node import map_arg
 
-from pruning.groups import ChannelGroup
+from pruning.structure.groups import ChannelGroup
 
 VALUES = ("logprob", "accuracy", "margin")
 MODES = ("auto", "fx", "hooks")

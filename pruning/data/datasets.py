@@ -44,7 +44,7 @@ from torch.utils.data import (
 )
 from torchvision import transforms
 
-from pruning._registry import Registry
+from pruning.registry import Registry
 
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -592,3 +592,19 @@ def _imagefolder(root: str | None, download: bool, image_size: int | None) -> _F
         raise ValueError(f"imagefolder: {test_dir} has other classes than {root_path / 'train'}")
     return _FolderSource(train=train, test=test, image_size=size,
                          augmentation=Augmentation(padding=size // 8, flip=True))
+
+
+def calibration_batches(splits: DataSplits, images: int, batch_size: int = 128) -> list[Batch]:
+    """The first ``images`` calibration images, in order, as a list of ``(inputs, targets)``
+    batches of at most ``batch_size`` (the last one cut to size): what statistics, scoring,
+    reconstruction and search all read, held in memory once."""
+    if images <= 0:
+        raise ValueError(f"calibration images must be > 0, got {images}")
+    batches: list[Batch] = []
+    seen = 0
+    for x, y in make_loader(splits.calibration, min(batch_size, images), shuffle=False):
+        batches.append((x[: images - seen], y[: images - seen]))
+        seen += len(batches[-1][1])
+        if seen >= images:
+            break
+    return batches

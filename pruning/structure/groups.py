@@ -3,7 +3,7 @@
 A group is a set of channels that must be removed together: the output channels of one or more
 producing layers (several when they are summed by a residual addition; a depthwise conv follows
 its producer), the matching BatchNorm channels, and the input channels of every consumer.
-Groups are found with Torch-Pruning's dependency graph (see ``pruning.engine``).
+Groups are found with Torch-Pruning's dependency graph (see ``pruning.structure.engine``).
 """
 from __future__ import annotations
 

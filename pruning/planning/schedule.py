@@ -26,8 +26,8 @@ from typing import Mapping, Sequence
 
 import torch
 
-from pruning.engine import STRATEGIES, PruningError, PruningSpace
-from pruning.groups import ChannelGroup
+from pruning.structure.engine import STRATEGIES, PruningError, PruningSpace
+from pruning.structure.groups import ChannelGroup
 
 ALLOCATIONS = ("uniform", "global")
 #: the FLOPs target is met within this many fractions (1 percentage point)

@@ -1,12 +1,12 @@
 """Structural pruning on Torch-Pruning's dependency graph.
 
-:class:`PruningSpace` finds the prunable :class:`~pruning.groups.ChannelGroup` s of a model (one
+:class:`PruningSpace` finds the prunable :class:`~pruning.structure.groups.ChannelGroup` s of a model (one
 trace with ``torch_pruning.DependencyGraph``) and carries an exact MAC model over their widths,
 so that schedules can be fitted to a FLOPs target without pruning and re-measuring each time.
 :func:`prune_model` then removes the planned channels physically, on a copy of the model.
 
 MACs here are the multiply-accumulates of convolutions and linear layers, the same quantity
-``pruning.measure.count_macs`` measures from the executed torch ops (FLOPs = 2 x MACs).
+``pruning.structure.measure.count_macs`` measures from the executed torch ops (FLOPs = 2 x MACs).
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from pruning.groups import ChannelGroup, ObservedOutput
+from pruning.structure.groups import ChannelGroup, ObservedOutput
 
 STRATEGIES = ("full", "inner")
 _PRUNABLE = (nn.Conv2d, nn.Linear)

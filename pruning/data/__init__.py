@@ -1,0 +1,36 @@
+"""Datasets, the seeded calibration split and data loaders."""
+from pruning.data.datasets import (  # noqa: F401
+    FASHION_MNIST_ROOT,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Batch,
+    DataRootError,
+    Augmentation,
+    ImageTensorDataset,
+    ImageFolderSubset,
+    DataConfig,
+    DataSplits,
+    DATASETS,
+    list_datasets,
+    load_data,
+    make_loader,
+    calibration_batches,
+)
+
+__all__ = [
+    "FASHION_MNIST_ROOT",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "Batch",
+    "DataRootError",
+    "Augmentation",
+    "ImageTensorDataset",
+    "ImageFolderSubset",
+    "DataConfig",
+    "DataSplits",
+    "DATASETS",
+    "list_datasets",
+    "load_data",
+    "make_loader",
+    "calibration_batches",
+]

@@ -1,0 +1,36 @@
+"""How many channels each layer keeps: FLOPs-targeted allocation (uniform, global, proportional, explicit schedules) and information-concentration layer weights."""
+from pruning.planning.schedule import (  # noqa: F401
+    ALLOCATIONS,
+    FLOPS_TOLERANCE,
+    InfeasibleTargetError,
+    PruningConfig,
+    keep_from_ratios,
+    allocate_proportional,
+    allocate_global,
+    plan_pruning,
+    ratios_of,
+    save_schedule,
+    load_schedule,
+)
+from pruning.planning.concentration import (  # noqa: F401
+    layer_indicators,
+    information_concentration,
+    concentration_weights,
+)
+
+__all__ = [
+    "ALLOCATIONS",
+    "FLOPS_TOLERANCE",
+    "InfeasibleTargetError",
+    "PruningConfig",
+    "keep_from_ratios",
+    "allocate_proportional",
+    "allocate_global",
+    "plan_pruning",
+    "ratios_of",
+    "save_schedule",
+    "load_schedule",
+    "layer_indicators",
+    "information_concentration",
+    "concentration_weights",
+]

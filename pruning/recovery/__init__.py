@@ -1,0 +1,31 @@
+"""After pruning: the one recovery recipe (reconstruction, BN recalibration, fine-tuning and
+distillation) and the least-squares reconstruction it uses."""
+from pruning.recovery.reconstruction import (  # noqa: F401
+    ReconstructionReport,
+    consumers_of,
+    kept_outputs_of,
+    reconstruct_consumers,
+)
+from pruning.recovery.recipe import (  # noqa: F401
+    BN_DATA,
+    STAGES,
+    RecoveryData,
+    RecoveryRecipe,
+    RecoveryResult,
+    recover,
+    recovery_data_for,
+)
+
+__all__ = [
+    "ReconstructionReport",
+    "consumers_of",
+    "kept_outputs_of",
+    "reconstruct_consumers",
+    "BN_DATA",
+    "STAGES",
+    "RecoveryData",
+    "RecoveryRecipe",
+    "RecoveryResult",
+    "recover",
+    "recovery_data_for",
+]

@@ -1,0 +1,206 @@
+"""The one recovery recipe: what happens to a pruned model before it is scored.
+
+Every caller (``prunesweep prune``, a sweep trial, a compare cell, every benchmark) runs the
+same :func:`recover` with a :class:`RecoveryRecipe`, so "prune, then one fine-tune epoch" is one
+operation everywhere. The stages, in this order, each optional:
+
+1. **reconstruct**: least-squares reconstruction of every layer that reads pruned channels, so
+   that its output on the calibration batches matches the unpruned network's (the reconstruction
+   step of channel pruning, He et al. 2017 / ThiNet; our reading of SNPFI's "recovery without
+   retraining"; :func:`~pruning.recovery.reconstruct_consumers`).
+2. **bn_recalibrated**: BatchNorm running statistics re-estimated (adaptive BN, EagleEye) on
+   ``bn_batches`` batches of ``bn_data``: ``"train"`` (shuffled training images, no
+   augmentation) or ``"calibration"`` (the calibration batches, cycled).
+3. **finetuned**: ``finetune_epochs`` epochs of SGD over the training split (or its first
+   ``finetune_subset`` images), with the dataset's standard augmentation when
+   ``finetune_augment``; with ``distill > 0`` the unpruned model is the teacher.
+
+The defaults are the best pipeline measured in docs/benchmarks.md: reconstruction on, BN
+recalibration on 20 training batches, no fine-tuning.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, fields
+from itertools import cycle, islice
+from typing import Any, Iterable, Mapping, Sequence
+
+from torch import nn
+from torch.utils.data import Dataset, Subset
+
+from pruning.data import Batch, make_loader
+from pruning.pipeline import PruneOutcome
+from pruning.recovery.reconstruction import ReconstructionReport, consumers_of, kept_outputs_of, reconstruct_consumers
+from pruning.training import TrainConfig, evaluate, recalibrate_bn, train
+
+__all__ = ["BN_DATA", "STAGES", "RecoveryRecipe", "RecoveryData", "RecoveryResult", "recover", "recovery_data_for"]
+
+BN_DATA = ("train", "calibration")
+#: stage names, in the order they run; ``pruned`` is the accuracy before any of them
+STAGES = ("pruned", "reconstructed", "bn_recalibrated", "finetuned")
+
+
+@dataclass(frozen=True)
+class RecoveryRecipe:
+    """Which recovery stages run, and how (see the module docstring)."""
+
+    reconstruct: bool = True
+    ridge: float = 1e-3
+    bn_batches: int = 20
+    bn_data: str = "train"
+    finetune_epochs: int = 0
+    finetune_lr: float = 0.01
+    weight_decay: float = 5e-4
+    finetune_subset: int | None = None
+    finetune_augment: bool = True
+    distill: float = 0.0
+    temperature: float = 4.0
+    batch_size: int = 128
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check_int("bn_batches", self.bn_batches, 0)
+        _check_int("finetune_epochs", self.finetune_epochs, 0)
+        _check_int("batch_size", self.batch_size, 1)
+        _check_int("seed", self.seed, None)
+        if self.finetune_subset is not None:
+            _check_int("finetune_subset", self.finetune_subset, 1)
+        for name in ("reconstruct", "finetune_augment"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"recipe {name} must be true or false, got {getattr(self, name)!r}")
+        if self.bn_data not in BN_DATA:
+            raise ValueError(f"recipe bn_data {self.bn_data!r} is unknown; valid: {', '.join(BN_DATA)}")
+        if not self.ridge >= 0:
+            raise ValueError(f"recipe ridge must be >= 0, got {self.ridge}")
+        if not self.finetune_lr > 0:
+            raise ValueError(f"recipe finetune_lr must be > 0, got {self.finetune_lr}")
+        if not self.weight_decay >= 0:
+            raise ValueError(f"recipe weight_decay must be >= 0, got {self.weight_decay}")
+        if not 0 <= self.distill <= 1:
+            raise ValueError(f"recipe distill must be in [0, 1], got {self.distill}")
+        if not self.temperature > 0:
+            raise ValueError(f"recipe temperature must be > 0, got {self.temperature}")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "RecoveryRecipe":
+        """A recipe from plain data (a YAML mapping); unknown keys are refused by name."""
+        valid = [f.name for f in fields(cls)]
+        unknown = sorted(set(data) - set(valid))
+        if unknown:
+            raise ValueError(f"unknown recipe key(s) {', '.join(unknown)}; valid: {', '.join(valid)}")
+        return cls(**dict(data))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def stages(self) -> tuple[str, ...]:
+        """The stages this recipe runs, ``pruned`` first."""
+        ran = (True, self.reconstruct, self.bn_batches > 0, self.finetune_epochs > 0)
+        return tuple(stage for stage, on in zip(STAGES, ran) if on)
+
+
+def _check_int(name: str, value: Any, low: int | None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or (low is not None and value < low):
+        bound = f" >= {low}" if low is not None else ""
+        raise ValueError(f"recipe {name} must be an integer{bound}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class RecoveryData:
+    """The data a recipe may read.
+
+    calibration: the calibration batches (reconstruction; BN with ``bn_data="calibration"``).
+    train: the training split (BN with ``bn_data="train"``; fine-tuning); may be None when the
+        recipe reads no training data.
+    augment: whether the training split's standard augmentation exists (``DataSplits.
+        augment_by_default``); the recipe's ``finetune_augment`` switches it on for fine-tuning.
+    score: the loader every stage's accuracy is measured on (the calibration split in a sweep,
+        the test split in the CLI and benchmarks); None: stages are not scored.
+    """
+
+    calibration: Sequence[Batch]
+    train: Dataset | None = None
+    augment: bool = False
+    score: Iterable[Batch] | None = None
+
+
+@dataclass(frozen=True)
+class RecoveryResult:
+    """accuracy: the score-loader accuracy after each stage that ran, in :data:`STAGES` order
+    (empty when ``RecoveryData.score`` is None); seconds: the wall time of each stage (scoring
+    excluded); reconstruction: the per-layer reports of the reconstruction stage."""
+
+    accuracy: dict[str, float]
+    seconds: dict[str, float]
+    reconstruction: dict[str, ReconstructionReport]
+
+    @property
+    def final_accuracy(self) -> float | None:
+        return next(reversed(self.accuracy.values()), None)
+
+
+def recover(
+    original: nn.Module,
+    outcome: PruneOutcome,
+    recipe: RecoveryRecipe,
+    data: RecoveryData,
+    *,
+    progress: bool = False,
+) -> RecoveryResult:
+    """Run ``recipe`` on ``outcome.model`` (changed in place); ``original`` is the unpruned
+    model it was pruned from (the reconstruction target and the distillation teacher; never
+    changed). Raises ``ValueError`` before any stage runs when the data the recipe needs is
+    missing."""
+    needs_train = recipe.finetune_epochs > 0 or (recipe.bn_batches > 0 and recipe.bn_data == "train")
+    if needs_train and data.train is None:
+        raise ValueError("the recovery recipe reads training data (BN on train or fine-tuning) but none was given")
+    if (recipe.reconstruct or recipe.bn_data == "calibration") and not data.calibration:
+        raise ValueError("the recovery recipe reads calibration batches but none were given")
+    pruned = outcome.model
+    accuracy: dict[str, float] = {}
+    seconds: dict[str, float] = {}
+    reports: dict[str, ReconstructionReport] = {}
+
+    def done(stage: str, started: float) -> None:
+        seconds[stage] = time.perf_counter() - started
+        if data.score is not None:
+            accuracy[stage] = evaluate(pruned, data.score).accuracy
+
+    done("pruned", time.perf_counter())
+    if recipe.reconstruct:
+        started = time.perf_counter()
+        reports = reconstruct_consumers(
+            original, pruned, consumers_of(outcome.space, outcome.kept_indices), data.calibration,
+            ridge=recipe.ridge, kept_outputs=kept_outputs_of(outcome.space, outcome.kept_indices),
+            seed=recipe.seed, progress=progress,
+        )
+        done("reconstructed", started)
+    if recipe.bn_batches:
+        started = time.perf_counter()
+        if recipe.bn_data == "calibration":
+            batches: Iterable[Batch] = islice(cycle(data.calibration), recipe.bn_batches)
+        else:
+            batches = make_loader(data.train, recipe.batch_size, shuffle=True, seed=recipe.seed)
+        recalibrate_bn(pruned, batches, recipe.bn_batches, progress=progress)
+        done("bn_recalibrated", started)
+    if recipe.finetune_epochs:
+        started = time.perf_counter()
+        subset = data.train
+        if recipe.finetune_subset is not None:
+            subset = Subset(data.train, range(min(recipe.finetune_subset, len(data.train))))
+        config = TrainConfig(
+            epochs=recipe.finetune_epochs, lr=recipe.finetune_lr, weight_decay=recipe.weight_decay,
+            batch_size=recipe.batch_size, seed=recipe.seed, distill=recipe.distill, temperature=recipe.temperature,
+        )
+        loader = make_loader(subset, recipe.batch_size, shuffle=True, seed=recipe.seed,
+                             augment=recipe.finetune_augment and data.augment)
+        train(pruned, loader, config, progress=progress, teacher=original if recipe.distill > 0 else None)
+        done("finetuned", started)
+    return RecoveryResult(accuracy, seconds, reports)
+
+
+def recovery_data_for(splits: Any, calibration: Sequence[Batch], score: Iterable[Batch] | None) -> RecoveryData:
+    """:class:`RecoveryData` from a :class:`~pruning.data.DataSplits`."""
+    return RecoveryData(calibration=calibration, train=splits.train, augment=splits.augment_by_default, score=score)
+

@@ -1,0 +1,30 @@
+"""Activation statistics of the unpruned model: mergeable histograms (entropy), ranks, moments, APoZ and CHIP sums, computed once and shared."""
+from pruning.statistics.stats import (  # noqa: F401
+    LayerStats,
+    ActivationStats,
+    StatsFileError,
+    VALUE_MODES,
+    merge_stats,
+    compute_histogram_edges,
+    accumulate_stats,
+    collect_activation_stats,
+    histogram_entropy,
+    batched_map_rank,
+    leave_one_out_nuclear_norms,
+    stats_from_context,
+)
+
+__all__ = [
+    "LayerStats",
+    "ActivationStats",
+    "StatsFileError",
+    "VALUE_MODES",
+    "merge_stats",
+    "compute_histogram_edges",
+    "accumulate_stats",
+    "collect_activation_stats",
+    "histogram_entropy",
+    "batched_map_rank",
+    "leave_one_out_nuclear_norms",
+    "stats_from_context",
+]

@@ -1,0 +1,66 @@
+"""The model's structure: channel groups on Torch-Pruning's dependency graph, physical channel removal, checkpoints that rebuild pruned widths, and cost/latency measurement."""
+from pruning.structure.groups import (  # noqa: F401
+    ObservedOutput,
+    ChannelGroup,
+)
+from pruning.structure.engine import (  # noqa: F401
+    STRATEGIES,
+    PruningError,
+    is_depthwise,
+    layer_call_order,
+    find_classifier,
+    build_dependency_graph,
+    PruningSpace,
+    select_kept_channels,
+    prune_model,
+)
+from pruning.structure.checkpoint import (  # noqa: F401
+    FORMAT,
+    CheckpointError,
+    ModelSpec,
+    layer_widths,
+    apply_widths,
+    save_checkpoint,
+    read_checkpoint,
+    load_checkpoint,
+    check_fits,
+)
+from pruning.structure.measure import (  # noqa: F401
+    InputShape,
+    ModelCost,
+    LatencyResult,
+    count_macs,
+    count_params,
+    measure_cost,
+    measure_latency,
+)
+
+__all__ = [
+    "ObservedOutput",
+    "ChannelGroup",
+    "STRATEGIES",
+    "PruningError",
+    "is_depthwise",
+    "layer_call_order",
+    "find_classifier",
+    "build_dependency_graph",
+    "PruningSpace",
+    "select_kept_channels",
+    "prune_model",
+    "FORMAT",
+    "CheckpointError",
+    "ModelSpec",
+    "layer_widths",
+    "apply_widths",
+    "save_checkpoint",
+    "read_checkpoint",
+    "load_checkpoint",
+    "check_fits",
+    "InputShape",
+    "ModelCost",
+    "LatencyResult",
+    "count_macs",
+    "count_params",
+    "measure_cost",
+    "measure_latency",
+]
