@@ -102,7 +102,7 @@ def main() -> None:
             print(f"shapley in-process ({threads} threads): {t['seconds']:.2f} s  load {t['load_before']}->{t['load_after']}")
 
     # -- Ray -------------------------------------------------------------------------------
-    from orchestrator.distributed import WorkerPool, connect, distributed_shapley, distributed_stats
+    from orchestrator.distributed.core import WorkerPool, connect, distributed_shapley, distributed_stats
 
     _, t = timed(lambda: connect(None, max(args.workers), 1, log_to_driver=False))
     results["ray_init_seconds"] = t["seconds"]

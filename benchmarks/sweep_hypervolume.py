@@ -20,9 +20,9 @@ from pathlib import Path
 
 from scipy.stats import spearmanr
 
-from orchestrator.pareto import hypervolume
-from orchestrator.sweep import run_sweep
-from orchestrator.sweep_config import SweepConfig
+from orchestrator.sweeps.front import hypervolume
+from orchestrator.sweeps.core import run_sweep
+from orchestrator.sweeps.config import SweepConfig
 
 SPACES = {
     "uniform": ("uniform", "nsga2", {"flops_reduction": [0.2, 0.8]}),

@@ -34,3 +34,69 @@ def example_input() -> torch.Tensor:
 def calibration_batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
     g = torch.Generator().manual_seed(1)
     return [(torch.randn(16, 1, 28, 28, generator=g), torch.randint(0, 10, (16,), generator=g)) for _ in range(2)]
+
+
+# --- real data and one trained baseline, shared by every module that needs them ----------------
+
+_IDX = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+def _have_fashion_mnist() -> bool:
+    from pathlib import Path
+
+    from pruning.data import FASHION_MNIST_ROOT
+
+    root = Path(FASHION_MNIST_ROOT)
+    return all((root / n).is_file() or (root / f"{n}.gz").is_file() for n in _IDX)
+
+
+HAVE_FASHION_MNIST = _have_fashion_mnist()
+
+
+def pytest_configure(config) -> None:
+    config.addinivalue_line("markers", "fashion_mnist: needs the real Fashion-MNIST files (skipped without them)")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """``@pytest.mark.fashion_mnist`` tests are skipped, with the install hint, where the data is missing."""
+    if HAVE_FASHION_MNIST:
+        return
+    from pruning.data import FASHION_MNIST_ROOT
+
+    skip = pytest.mark.skip(
+        reason=f"Fashion-MNIST is not installed in {FASHION_MNIST_ROOT} (apt-get install dataset-fashion-mnist)"
+    )
+    for item in items:
+        if "fashion_mnist" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def fashion_mnist() -> str:
+    """The Fashion-MNIST root; skips the test where the files are missing."""
+    from pruning.data import FASHION_MNIST_ROOT
+
+    if not HAVE_FASHION_MNIST:
+        pytest.skip(f"Fashion-MNIST is not installed in {FASHION_MNIST_ROOT} (apt-get install dataset-fashion-mnist)")
+    return FASHION_MNIST_ROOT
+
+
+@pytest.fixture(scope="session")
+def trained_resnet20(fashion_mnist, tmp_path_factory) -> dict:
+    """``prunesweep train`` once per test session: a ResNet-20 on 512 Fashion-MNIST images (256
+    calibration, 256 test, 1 epoch). ``{"data": the command's JSON, "out": checkpoint path}``."""
+    import io
+    import json
+    from contextlib import redirect_stdout
+
+    from orchestrator import cli
+
+    out = tmp_path_factory.mktemp("trained") / "tmp" / "base.pt"
+    buffer = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, redirect_stdout(buffer):
+        mp.setenv("PRUNESWEEP_CACHE", str(tmp_path_factory.mktemp("cache")))
+        code = cli.main(["train", "--model", "resnet20", "--epochs", "1", "--train-subset", "512",
+                         "--calibration-size", "256", "--test-subset", "256", "--batch-size", "64",
+                         "--out", str(out), "--json", "--quiet"])
+    assert code == 0
+    return {"data": json.loads(buffer.getvalue()), "out": out}

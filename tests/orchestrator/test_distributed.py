@@ -1,4 +1,4 @@
-"""Statistics and Shapley estimates on Ray actors (orchestrator.distributed).
+"""Statistics and Shapley estimates on Ray actors (orchestrator.distributed.core).
 
 One Ray runtime per test session (``ray_session``, 2 CPUs) and one pool of two actors for this
 module (each reserving half a CPU, so that a CLI run with one worker of its own fits next to
@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from orchestrator import cli
-from orchestrator.distributed import (
+from orchestrator.distributed.core import (
     DistributedShapley,
     FaultInjection,
     WorkerPool,

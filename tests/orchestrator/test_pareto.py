@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from orchestrator.pareto import front_table, hypervolume, pareto_front, plot_front
+from orchestrator.sweeps.front import front_table, hypervolume, pareto_front, plot_front
 
 ACC_MACS = {"accuracy": "max", "macs": "min"}
 

@@ -1,4 +1,4 @@
-"""A local Ray confined to a private loopback-only network namespace (orchestrator.private_network).
+"""A local Ray confined to a private loopback-only network namespace (orchestrator.distributed.network).
 
 These tests start their own Ray in subprocesses (the namespace is per process): one probe that
 inspects the namespace from the driver and from a Ray worker, and one real `prunesweep stats
@@ -19,9 +19,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from orchestrator import cli, private_network
-from orchestrator.sweep import _check_reachable
-from orchestrator.sweep_config import ConfigError
+from orchestrator import cli
+from orchestrator.distributed import network as private_network
+from orchestrator.sweeps.core import _check_reachable
+from orchestrator.sweeps.config import ConfigError
 
 TIMEOUT_S = 240
 
@@ -33,7 +34,7 @@ def _python(*args: str, env: dict | None = None, cwd: Path | None = None) -> sub
 
 
 def _namespaces_refused() -> str | None:
-    proc = _python("-m", "orchestrator.private_network", "platform")
+    proc = _python("-m", "orchestrator.distributed.network", "platform")
     return None if proc.returncode == 0 else proc.stderr.strip()
 
 
@@ -45,8 +46,8 @@ needs_namespaces = pytest.mark.skipif(
 PROBE = textwrap.dedent('''
     import ipaddress, json, os, socket
     import ray
-    from orchestrator import private_network
-    from orchestrator.distributed import connect
+    from orchestrator.distributed import network as private_network
+    from orchestrator.distributed.core import connect
 
     def listening(table):
         found = []
@@ -83,7 +84,7 @@ PROBE = textwrap.dedent('''
 @needs_namespaces
 def test_local_ray_in_the_private_network_sees_only_loopback(tmp_path):
     (tmp_path / "ray_probe.py").write_text(PROBE)
-    proc = _python("-m", "orchestrator.private_network", "ray_probe", cwd=tmp_path,
+    proc = _python("-m", "orchestrator.distributed.network", "ray_probe", cwd=tmp_path,
                    env={"PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])})
     assert proc.returncode == 0, proc.stderr[-2000:]
     probe = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -135,7 +136,7 @@ def test_a_refused_namespace_is_one_error_line_naming_the_way_out():
     proc = _python("-c", textwrap.dedent('''
         import sys, threading, time
         threading.Thread(target=time.sleep, args=(5,), daemon=True).start()
-        from orchestrator import private_network
+        from orchestrator.distributed import network as private_network
         sys.exit(private_network.main(["platform"]))
     '''))
     assert proc.returncode == private_network.EXIT_UNAVAILABLE

@@ -21,10 +21,10 @@ import pytest
 import yaml
 
 from orchestrator import cli
-from orchestrator.pareto import pareto_front
-from orchestrator.sweep import _CONTEXTS, DefineByRun, run_sweep
-from orchestrator.sweep_config import SweepConfig
-from orchestrator.tracking import TAG_ERROR, TAG_PARETO, TAG_TRIAL_ID, TAG_TRIAL_NUMBER, Tracker, TrialRecord
+from orchestrator.sweeps.front import pareto_front
+from orchestrator.sweeps.core import _CONTEXTS, DefineByRun, run_sweep
+from orchestrator.sweeps.config import SweepConfig
+from orchestrator.sweeps.tracking import TAG_ERROR, TAG_PARETO, TAG_TRIAL_ID, TAG_TRIAL_NUMBER, Tracker, TrialRecord
 from pruning.structure import load_checkpoint
 from pruning.data import FASHION_MNIST_ROOT
 from pruning.structure import measure_cost
@@ -385,8 +385,8 @@ def test_compare_grid_logs_a_table_and_a_plot(ray_session, baseline, tmp_path):
 
 
 def test_compare_table_is_mean_and_std_over_seeds():
-    from orchestrator.sweep import _compare_rows
-    from orchestrator.sweep_config import CompareConfig
+    from orchestrator.sweeps.core import _compare_rows
+    from orchestrator.sweeps.config import CompareConfig
 
     config = CompareConfig(checkpoint="x.pt", criteria=("l1", "fpgm"), flops_reductions=(0.3, 0.5), seeds=(0, 1, 2),
                            run_dir="/tmp/unused")

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from orchestrator import cli
-from orchestrator.sweep_config import (
+from orchestrator.sweeps.config import (
     CompareConfig,
     ConfigError,
     SweepConfig,
@@ -219,7 +219,7 @@ def test_compare_config_checks(tmp_path):
 @pytest.mark.parametrize("name, cls", [("nsga2", "NSGAIISampler"), ("tpe", "TPESampler"), ("gp", "GPSampler"),
                                        ("random", "RandomSampler")])
 def test_samplers(name, cls):
-    from orchestrator.sweep import make_sampler
+    from orchestrator.sweeps.core import make_sampler
 
     sampler = make_sampler(name, seed=3, population_size=4)
     assert type(sampler).__name__ == cls

@@ -13,7 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Sequence
 
-from orchestrator import private_network
+from orchestrator.distributed import network as private_network
 
 EXIT_BAD_INPUT = 2
 RAY_NETWORKS = ("private", "host")
@@ -128,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   "download first (prunesweep eval --download) or pass --ray-network host", file=sys.stderr)
             return EXIT_BAD_INPUT
         private_network.exec_module("orchestrator.cli", sys.argv[1:])
-    from orchestrator import commands  # torch and the rest: after the re-execution, not twice
+    from orchestrator.cli import commands  # torch and the rest: after the re-execution, not twice
 
     run = {"info": commands.info, "train": commands.train, "eval": commands.evaluate,
            "stats": commands.stats, "prune": commands.prune, **SWEEP_COMMANDS}[args.command]
@@ -214,19 +214,19 @@ def _add_sweep_commands(sub) -> None:
 
 
 def _sweep(args):
-    from orchestrator.sweep import sweep_command
+    from orchestrator.sweeps.core import sweep_command
 
     return sweep_command(args)
 
 
 def _pareto(args):
-    from orchestrator.sweep import pareto_command
+    from orchestrator.sweeps.core import pareto_command
 
     return pareto_command(args)
 
 
 def _compare(args):
-    from orchestrator.sweep import compare_command
+    from orchestrator.sweeps.core import compare_command
 
     return compare_command(args)
 

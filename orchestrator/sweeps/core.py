@@ -1,6 +1,6 @@
 """Sweeps: search the accuracy-vs-cost Pareto front with Ray Tune + Optuna, tracked in MLflow.
 
-:func:`run_sweep` runs one sweep from a :class:`~orchestrator.sweep_config.SweepConfig`:
+:func:`run_sweep` runs one sweep from a :class:`~orchestrator.sweeps.config.SweepConfig`:
 
 1. The driver loads the baseline checkpoint once, takes the calibration batches, computes the
    activation statistics once (:func:`compute_baseline_statistics`) and, for the ``snpfi``
@@ -17,7 +17,7 @@
    batches (adaptive BN; ``bn_accuracy`` is the calibration accuracy right after it), fine-tunes,
    scores accuracy on the CALIBRATION split, measures MACs/params (latency only if it is an
    objective), saves the pruned model as a Tune checkpoint and reports every metric once.
-3. The driver logs to MLflow (``orchestrator.tracking``): a parent run with the resolved config,
+3. The driver logs to MLflow (``orchestrator.sweeps.tracking``): a parent run with the resolved config,
    one nested run per trial (FINISHED or FAILED with the error), and at the end the Pareto front
    over feasible finished trials: table, plot, test-split accuracy of the front only, and the
    front's pruned checkpoints as artifacts.
@@ -51,9 +51,9 @@ import torch
 import yaml
 from torch import nn
 
-from orchestrator import private_network
+from orchestrator.distributed import network as private_network
 from orchestrator.report import format_table
-from orchestrator.sweep_config import (
+from orchestrator.sweeps.config import (
     RESOLVED_CONFIG_FILE,
     CompareConfig,
     ConfigError,
@@ -65,7 +65,7 @@ from orchestrator.sweep_config import (
     flatten,
     load_sweep_config,
 )
-from orchestrator.tracking import (
+from orchestrator.sweeps.tracking import (
     TAG_COMMIT,
     TAG_PARETO,
     TAG_SWEEP,
@@ -161,7 +161,7 @@ def prepare_baseline(
     ``metrics``: ``accuracy`` (calibration split, what trials are scored on), ``test_accuracy``,
     ``macs``, ``params`` and, with ``latency``, ``latency_ms`` (batch 1, ``threads`` threads).
     """
-    from orchestrator.commands import _calibration_batches, _check_fits
+    from orchestrator.cli.commands import _calibration_batches, _check_fits
     from pruning.structure import CheckpointError, load_checkpoint
     from pruning.data import load_data, make_loader
     from pruning.structure import PruningSpace
@@ -196,7 +196,7 @@ def compute_baseline_statistics(
 ):
     """Activation statistics of the unpruned model over the calibration batches, computed once
     per sweep by ``workers`` Ray actors (shards merged exactly on the driver; Ray must be up)."""
-    from orchestrator.distributed import distributed_stats
+    from orchestrator.distributed.core import distributed_stats
 
     return distributed_stats(model, space.groups, batches, workers=workers, cpus_per_worker=cpus_per_worker,
                              chip=chip, progress=progress)
@@ -523,7 +523,7 @@ def _ray(address: str | None, progress: bool) -> Iterator[None]:
     a Ray started here is shut down on exit."""
     import ray
 
-    from orchestrator.distributed import connect
+    from orchestrator.distributed.core import connect
 
     connection = connect(address, log_to_driver=progress)
     try:
@@ -633,7 +633,7 @@ def _point(record: TrialRecord) -> dict[str, Any]:
 
 def _front(records: Sequence[TrialRecord], objectives: Mapping[str, str]) -> tuple[list[TrialRecord], list[dict], list[int]]:
     """Finished trials, their points, and the indices of the Pareto-optimal feasible ones."""
-    from orchestrator.pareto import pareto_front
+    from orchestrator.sweeps.front import pareto_front
 
     finished = [r for r in records if r.status == "FINISHED"]
     points = [_point(r) for r in finished]
@@ -663,7 +663,7 @@ def _evaluate_checkpoint(path: str, splits) -> float:
 def _finalize_sweep(tracker: Tracker, config: SweepConfig, setup: BaselineSetup, complete: bool,
                     progress: bool) -> SweepResult:
     """Front over the logged trials; test accuracy of the front only; table, plot, checkpoints."""
-    from orchestrator.pareto import front_table, hypervolume, plot_front
+    from orchestrator.sweeps.front import front_table, hypervolume, plot_front
 
     objectives = config.objectives
     records = tracker.read_trials()
@@ -878,7 +878,7 @@ def resume_sweep(run_dir: str | os.PathLike, *, address: str | None = None, prog
 def read_front(run_dir: str | os.PathLike, *, tracking_uri: str | None = None) -> SweepResult:
     """The sweep of ``run_dir`` read back from MLflow: trials, front (recomputed from the logged
     metrics over feasible finished trials) with the test accuracy logged for it."""
-    from orchestrator.pareto import hypervolume
+    from orchestrator.sweeps.front import hypervolume
 
     run_dir = str(Path(run_dir).absolute())
     config_path = Path(run_dir) / RESOLVED_CONFIG_FILE
@@ -1099,7 +1099,7 @@ def run_compare(config: CompareConfig, *, address: str | None = None, progress: 
 
 
 def sweep_command(args: argparse.Namespace):
-    from orchestrator.commands import CommandResult
+    from orchestrator.cli.commands import CommandResult
 
     progress = not args.quiet
     if args.resume:
@@ -1119,14 +1119,14 @@ def sweep_command(args: argparse.Namespace):
 
 
 def pareto_command(args: argparse.Namespace):
-    from orchestrator.commands import CommandResult
+    from orchestrator.cli.commands import CommandResult
 
     result = read_front(args.run_dir, tracking_uri=args.tracking_uri)
     return CommandResult(result.text(), result.to_dict())
 
 
 def compare_command(args: argparse.Namespace):
-    from orchestrator.commands import CommandResult
+    from orchestrator.cli.commands import CommandResult
 
     name = args.name or time.strftime("compare-%Y%m%d-%H%M%S")
     data = DataSettings(calibration_images=args.calibration_images, finetune_subset=args.finetune_subset,

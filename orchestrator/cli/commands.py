@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from orchestrator import private_network
+from orchestrator.distributed import network as private_network
 from orchestrator.report import format_table
 from pruning import registry
 from pruning.structure import CheckpointError, ModelSpec, load_checkpoint, save_checkpoint
@@ -316,8 +316,8 @@ def _ray_network(args) -> str:
 
 
 def _distributed_stats(args, model, groups, batches, **options):
-    """Activation statistics on ``--workers`` Ray actors (orchestrator.distributed)."""
-    from orchestrator.distributed import connect, distributed_stats
+    """Activation statistics on ``--workers`` Ray actors (orchestrator.distributed.core)."""
+    from orchestrator.distributed.core import connect, distributed_stats
 
     cpus = getattr(args, "cpus_per_worker", 1.0)
     connect(getattr(args, "address", None), args.workers, cpus, log_to_driver=not args.json)
@@ -329,7 +329,7 @@ def _distributed_criterion(criterion, args):
     """shapley/snpfi scoring on ``--workers`` Ray actors; other criteria are returned as they are."""
     if criterion.name not in ("shapley", "snpfi"):
         return criterion
-    from orchestrator.distributed import DistributedShapley
+    from orchestrator.distributed.core import DistributedShapley
 
     return DistributedShapley(criterion, workers=args.workers, cpus_per_worker=getattr(args, "cpus_per_worker", 1.0),
                               address=getattr(args, "address", None), progress=not args.quiet,

@@ -11,7 +11,7 @@ The namespace has no route out: a process inside cannot download data or reach a
 server. ``prunesweep`` uses it only for runs that start a local Ray (``--ray-network private``,
 the default) and refuses, with the reason, where the kernel does not allow it.
 
-    python -m orchestrator.private_network MODULE [ARGS ...]
+    python -m orchestrator.distributed.network MODULE [ARGS ...]
 
 This module imports only the standard library: ``unshare(CLONE_NEWUSER)`` fails in a process
 that already runs several threads, so nothing may start one before it.
@@ -74,7 +74,7 @@ def interfaces() -> list[str]:
 
 
 def exec_module(module: str, args: list[str]) -> None:
-    """Replace this process by ``python -m orchestrator.private_network module *args``."""
+    """Replace this process by ``python -m orchestrator.distributed.network module *args``."""
     os.execv(sys.executable, [sys.executable, "-m", __name__, module, *args])
 
 
@@ -94,7 +94,7 @@ def _bring_up(interface: str) -> None:
 
 def main(argv: list[str]) -> int:
     if not argv:
-        print("usage: python -m orchestrator.private_network MODULE [ARGS ...]", file=sys.stderr)
+        print("usage: python -m orchestrator.distributed.network MODULE [ARGS ...]", file=sys.stderr)
         return EXIT_UNAVAILABLE
     try:
         enter()

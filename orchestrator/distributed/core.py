@@ -50,7 +50,7 @@ import ray
 import torch
 from torch import nn
 
-from orchestrator import private_network
+from orchestrator.distributed import network as private_network
 from pruning.criteria._base import Criterion, ScoringContext
 from pruning.structure import ChannelGroup
 from pruning.games import (
@@ -124,7 +124,7 @@ def connect(
       Its core services (GCS, raylet, object manager, workers) bind all interfaces (Ray 2.60
       offers no loopback-only bind) and require the token that a local ``ray.init`` generates
       (token authentication, on by default for local clusters since Ray 2.59). Inside
-      :mod:`orchestrator.private_network` (what the ``prunesweep`` command does by default)
+      :mod:`orchestrator.distributed.network` (what the ``prunesweep`` command does by default)
       the only interface is loopback, so no port is reachable from another host.
     * ``address="auto"`` (on a node of a running cluster) or ``"ray://host:port"`` (Ray client):
       join that cluster.
