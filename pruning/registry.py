@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import inspect
 from typing import Callable, Generic, TypeVar
+from pruning.errors import InputError
 
 T = TypeVar("T")
 
 
-class UnknownNameError(ValueError):
+class UnknownNameError(InputError):
     """Raised for a name that is not registered; the message lists the valid names."""
 
 

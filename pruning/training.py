@@ -24,6 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from pruning.errors import InputError
 from pruning.utils import model_device, preserved_modes
 
 SCHEDULES = ("cosine", "onecycle")
@@ -65,25 +66,25 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.epochs, int) or self.epochs < 0:
-            raise ValueError(f"TrainConfig.epochs must be an integer >= 0, got {self.epochs!r}")
+            raise InputError(f"TrainConfig.epochs must be an integer >= 0, got {self.epochs!r}")
         if not self.lr > 0:
-            raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr}")
+            raise InputError(f"TrainConfig.lr must be > 0, got {self.lr}")
         if not 0 <= self.momentum < 1:
-            raise ValueError(f"TrainConfig.momentum must be in [0, 1), got {self.momentum}")
+            raise InputError(f"TrainConfig.momentum must be in [0, 1), got {self.momentum}")
         if not self.weight_decay >= 0:
-            raise ValueError(f"TrainConfig.weight_decay must be >= 0, got {self.weight_decay}")
+            raise InputError(f"TrainConfig.weight_decay must be >= 0, got {self.weight_decay}")
         if self.schedule not in SCHEDULES:
-            raise ValueError(f"TrainConfig.schedule {self.schedule!r} is unknown; valid: {', '.join(SCHEDULES)}")
+            raise InputError(f"TrainConfig.schedule {self.schedule!r} is unknown; valid: {', '.join(SCHEDULES)}")
         if self.batch_size <= 0:
-            raise ValueError(f"TrainConfig.batch_size must be > 0, got {self.batch_size}")
+            raise InputError(f"TrainConfig.batch_size must be > 0, got {self.batch_size}")
         if self.max_batches_per_epoch is not None and self.max_batches_per_epoch <= 0:
-            raise ValueError(
+            raise InputError(
                 f"TrainConfig.max_batches_per_epoch must be > 0 or None, got {self.max_batches_per_epoch}"
             )
         if not 0 <= self.distill <= 1:
-            raise ValueError(f"TrainConfig.distill must be in [0, 1], got {self.distill}")
+            raise InputError(f"TrainConfig.distill must be in [0, 1], got {self.distill}")
         if not self.temperature > 0:
-            raise ValueError(f"TrainConfig.temperature must be > 0, got {self.temperature}")
+            raise InputError(f"TrainConfig.temperature must be > 0, got {self.temperature}")
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from orchestrator.distributed import network as private_network
+from orchestrator.cli.result import CommandResult
 from orchestrator.report import format_table
 from pruning import registry
 from pruning.structure import CheckpointError, ModelSpec, load_checkpoint, save_checkpoint
@@ -35,12 +36,6 @@ BAD_INPUT = (
 )
 RATIO_SOURCES = (*ALLOCATIONS, "concentration", "snpfi")
 LATENCY_BATCHES = (1, 64)
-
-
-@dataclass(frozen=True)
-class CommandResult:
-    text: str
-    data: dict[str, Any]
 
 
 def info(args: argparse.Namespace) -> CommandResult:

@@ -13,10 +13,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Sequence
 
+from orchestrator.cli import compare, pareto, sweep
+from orchestrator.cli.options import add_ray_network
 from orchestrator.distributed import network as private_network
 
 EXIT_BAD_INPUT = 2
-RAY_NETWORKS = ("private", "host")
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -42,14 +43,7 @@ def _add_distributed(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--address", default=None,
                    help="Ray cluster to join: auto (on a cluster node) or ray://HOST:10001 "
                         "(default: start a local Ray without dashboard); see docs/cluster.md")
-    _add_ray_network(p)
-
-
-def _add_ray_network(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--ray-network", choices=RAY_NETWORKS, default="private",
-                   help="where a local Ray listens: private (default: a network namespace with only "
-                        "loopback, unreachable from other hosts, no network access) or host (this "
-                        "host's interfaces, guarded by Ray's auth token); see docs/cluster.md")
+    add_ray_network(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -116,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--schedule-out", default=None, help="also write the resulting layer ratios as JSON")
     p.add_argument("--out", default=None, help="pruned checkpoint path to write")
     _add_distributed(p, "shapley/snpfi scoring and statistics")
-    _add_sweep_commands(sub)
+    for module in (sweep, pareto, compare):
+        module.add_parser(sub)
     return parser
 
 
@@ -131,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from orchestrator.cli import commands  # torch and the rest: after the re-execution, not twice
 
     run = {"info": commands.info, "train": commands.train, "eval": commands.evaluate,
-           "stats": commands.stats, "prune": commands.prune, **SWEEP_COMMANDS}[args.command]
+           "stats": commands.stats, "prune": commands.prune, "sweep": sweep.run, "pareto": pareto.run, "compare": compare.run}[args.command]
     try:
         result = run(args)
     except commands.BAD_INPUT as err:
@@ -163,75 +158,6 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-# --- sweep, pareto, compare (implemented in orchestrator/sweep.py, imported only when used) ----
-
-
-def _add_sweep_commands(sub) -> None:
-    def output(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-        p.add_argument("--quiet", action="store_true", help="no progress output")
-
-    p = sub.add_parser("sweep", help="search the accuracy-vs-FLOPs Pareto front (Ray Tune + Optuna, MLflow)")
-    output(p)
-    p.add_argument("--config", default=None, help="sweep config YAML (see search_spaces/resnet20_fmnist.yaml)")
-    p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue the interrupted sweep in RUN_DIR")
-    p.add_argument("--trials", type=int, default=None, help="override sweep.trials")
-    p.add_argument("--concurrency", type=int, default=None, help="override sweep.concurrency")
-    p.add_argument("--address", default=None, help="Ray cluster address to join (default: start Ray locally)")
-    _add_ray_network(p)
-    p.add_argument("--tracking-uri", default=None, help="override tracking.uri (default: sqlite:////RUN_DIR/mlflow.db)")
-    p.add_argument("--run-dir", default=None, help="override run_dir (default: runs/sweeps/<name>)")
-
-    p = sub.add_parser("pareto", help="print a sweep's Pareto front, read back from MLflow")
-    output(p)
-    p.add_argument("run_dir", metavar="RUN_DIR", help="the sweep's run directory")
-    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: the sweep's)")
-
-    p = sub.add_parser("compare", help="criterion x FLOPs target x seed grid as Tune trials, tabulated in MLflow")
-    output(p)
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--criteria", nargs="+", required=True, help="criteria to compare (see `prunesweep info`)")
-    p.add_argument("--flops-reductions", nargs="+", type=float, required=True, help="fractions of MACs to remove")
-    p.add_argument("--seeds", nargs="+", type=int, default=[0], help="seeds (default: 0)")
-    p.add_argument("--strategy", default="full", help="full or inner (default: full)")
-    p.add_argument("--finetune-epochs", type=int, default=0)
-    p.add_argument("--finetune-lr", type=float, default=0.01)
-    p.add_argument("--weight-decay", type=float, default=5e-4)
-    p.add_argument("--finetune-subset", type=int, default=None, help="fine-tune on the first N training images only")
-    p.add_argument("--bn-batches", type=int, default=20, help="training batches for BN recalibration (default: 20)")
-    p.add_argument("--calibration-images", type=int, default=512)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--data-root", default=None)
-    p.add_argument("--test-subset", type=int, default=None, help="evaluate on the first N test images only")
-    p.add_argument("--concurrency", type=int, default=2)
-    p.add_argument("--cpus-per-trial", type=float, default=1.0)
-    p.add_argument("--address", default=None, help="Ray cluster address to join (default: start Ray locally)")
-    _add_ray_network(p)
-    p.add_argument("--tracking-uri", default=None, help="default: sqlite:////RUN_DIR/mlflow.db")
-    p.add_argument("--experiment", default=None, help="MLflow experiment (default: prunesweep-compare)")
-    p.add_argument("--name", default=None, help="name of the comparison (default: compare-<time>)")
-    p.add_argument("--run-dir", default=None, help="default: runs/compare/<name>")
-
-
-def _sweep(args):
-    from orchestrator.sweeps.core import sweep_command
-
-    return sweep_command(args)
-
-
-def _pareto(args):
-    from orchestrator.sweeps.core import pareto_command
-
-    return pareto_command(args)
-
-
-def _compare(args):
-    from orchestrator.sweeps.core import compare_command
-
-    return compare_command(args)
-
-
-SWEEP_COMMANDS = {"sweep": _sweep, "pareto": _pareto, "compare": _compare}
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ import runpy
 import socket
 import struct
 import sys
+from pruning.errors import InputError
 
 ACTIVE_ENV = "PRUNESWEEP_PRIVATE_NETWORK"
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
@@ -36,7 +37,7 @@ _IFF_UP = 0x1
 EXIT_UNAVAILABLE = 2
 
 
-class PrivateNetworkError(OSError):
+class PrivateNetworkError(InputError, OSError):
     """The kernel refused the namespace (user namespaces disabled, seccomp, a threaded process)."""
 
 

@@ -49,9 +49,6 @@ from orchestrator.sweeps.core import (  # noqa: F401
     resume_sweep,
     read_front,
     run_compare,
-    sweep_command,
-    pareto_command,
-    compare_command,
     TRIAL_METRICS,
 )
 
@@ -99,8 +96,5 @@ __all__ = [
     "resume_sweep",
     "read_front",
     "run_compare",
-    "sweep_command",
-    "pareto_command",
-    "compare_command",
     "TRIAL_METRICS",
 ]

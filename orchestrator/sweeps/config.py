@@ -31,6 +31,7 @@ from typing import Any, Mapping, Sequence
 import yaml
 
 from pruning.registry import accepted_options
+from pruning.errors import InputError
 
 __all__ = [
     "ConfigError",
@@ -58,7 +59,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 RESOLVED_CONFIG_FILE = "sweep.yaml"
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A sweep/compare config that cannot run; one line that starts with the key path."""
 
     def __init__(self, key: str, message: str) -> None:

@@ -88,9 +88,6 @@ __all__ = [
     "resume_sweep",
     "read_front",
     "run_compare",
-    "sweep_command",
-    "pareto_command",
-    "compare_command",
     "TRIAL_METRICS",
 ]
 
@@ -1092,59 +1089,3 @@ def run_compare(config: CompareConfig, *, address: str | None = None, progress: 
         tracker.log_metrics(parent, summary)
         tracker.finish_parent("FINISHED")
         return result
-
-
-# ---------------------------------------------------------------------------------------------
-# CLI adapters (the parsers live in orchestrator/cli.py)
-
-
-def sweep_command(args: argparse.Namespace):
-    from orchestrator.cli.commands import CommandResult
-
-    progress = not args.quiet
-    if args.resume:
-        extra = [f"--{k.replace('_', '-')}" for k in ("config", "trials", "concurrency", "tracking_uri", "run_dir")
-                 if getattr(args, k, None) is not None]
-        if extra:
-            raise ConfigError("resume", f"a resumed sweep keeps its recorded config: drop {', '.join(extra)}")
-        result = resume_sweep(args.resume, address=args.address, progress=progress)
-    else:
-        if args.config is None:
-            raise ConfigError("config", "give --config FILE.yaml (or --resume RUN_DIR)")
-        overrides = {"sweep.trials": args.trials, "sweep.concurrency": args.concurrency,
-                     "tracking.uri": args.tracking_uri, "run_dir": args.run_dir}
-        config = load_sweep_config(args.config, overrides)
-        result = run_sweep(config, address=args.address, progress=progress)
-    return CommandResult(result.text(), result.to_dict())
-
-
-def pareto_command(args: argparse.Namespace):
-    from orchestrator.cli.commands import CommandResult
-
-    result = read_front(args.run_dir, tracking_uri=args.tracking_uri)
-    return CommandResult(result.text(), result.to_dict())
-
-
-def compare_command(args: argparse.Namespace):
-    from orchestrator.cli.commands import CommandResult
-
-    name = args.name or time.strftime("compare-%Y%m%d-%H%M%S")
-    data = DataSettings(calibration_images=args.calibration_images, finetune_subset=args.finetune_subset,
-                        bn_batches=args.bn_batches, batch_size=args.batch_size,
-                        data_root=str(Path(args.data_root).absolute()) if args.data_root else None,
-                        test_subset=args.test_subset)
-    run_dir = str(Path(args.run_dir).absolute()) if args.run_dir else str(Path("runs", "compare", name).absolute())
-    tracking = TrackingSettings.from_dict({k: v for k, v in (("uri", args.tracking_uri),
-                                                              ("experiment", args.experiment)) if v is not None}
-                                          or {"experiment": "prunesweep-compare"})
-    if args.experiment is None:
-        tracking = replace(tracking, experiment="prunesweep-compare")
-    config = CompareConfig(
-        checkpoint=str(Path(args.checkpoint).absolute()), criteria=tuple(args.criteria),
-        flops_reductions=tuple(args.flops_reductions), seeds=tuple(args.seeds), run_dir=run_dir,
-        strategy=args.strategy, finetune_epochs=args.finetune_epochs, finetune_lr=args.finetune_lr,
-        weight_decay=args.weight_decay, data=data, concurrency=args.concurrency,
-        cpus_per_trial=args.cpus_per_trial, tracking=tracking, name=name,
-    )
-    result = run_compare(config, address=args.address, progress=not args.quiet)
-    return CommandResult(result.text(), result.to_dict())

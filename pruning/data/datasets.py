@@ -45,6 +45,7 @@ from torch.utils.data import (
 from torchvision import transforms
 
 from pruning.registry import Registry
+from pruning.errors import InputError
 
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -59,7 +60,7 @@ _IDX_FILES = (
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
-class DataRootError(FileNotFoundError):
+class DataRootError(InputError, FileNotFoundError):
     """The dataset's root is missing or incomplete; the message says how to get the data."""
 
 

@@ -17,13 +17,14 @@ import torch
 from torch import nn
 
 from pruning.registry import Registry
+from pruning.errors import InputError
 
 ModelFactory = Callable[..., nn.Module]
 
 _MODELS: Registry[nn.Module] = Registry("model")
 
 
-class InputShapeError(ValueError):
+class InputShapeError(InputError):
     """Raised when a model cannot run on inputs of a given (channels, height, width) shape."""
 
 

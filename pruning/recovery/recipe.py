@@ -29,6 +29,7 @@ from torch import nn
 from torch.utils.data import Dataset, Subset
 
 from pruning.data import Batch, make_loader
+from pruning.errors import InputError
 from pruning.pipeline import PruneOutcome
 from pruning.recovery.reconstruction import ReconstructionReport, consumers_of, kept_outputs_of, reconstruct_consumers
 from pruning.training import TrainConfig, evaluate, recalibrate_bn, train
@@ -67,19 +68,19 @@ class RecoveryRecipe:
             _check_int("finetune_subset", self.finetune_subset, 1)
         for name in ("reconstruct", "finetune_augment"):
             if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"recipe {name} must be true or false, got {getattr(self, name)!r}")
+                raise InputError(f"recipe {name} must be true or false, got {getattr(self, name)!r}")
         if self.bn_data not in BN_DATA:
-            raise ValueError(f"recipe bn_data {self.bn_data!r} is unknown; valid: {', '.join(BN_DATA)}")
+            raise InputError(f"recipe bn_data {self.bn_data!r} is unknown; valid: {', '.join(BN_DATA)}")
         if not self.ridge >= 0:
-            raise ValueError(f"recipe ridge must be >= 0, got {self.ridge}")
+            raise InputError(f"recipe ridge must be >= 0, got {self.ridge}")
         if not self.finetune_lr > 0:
-            raise ValueError(f"recipe finetune_lr must be > 0, got {self.finetune_lr}")
+            raise InputError(f"recipe finetune_lr must be > 0, got {self.finetune_lr}")
         if not self.weight_decay >= 0:
-            raise ValueError(f"recipe weight_decay must be >= 0, got {self.weight_decay}")
+            raise InputError(f"recipe weight_decay must be >= 0, got {self.weight_decay}")
         if not 0 <= self.distill <= 1:
-            raise ValueError(f"recipe distill must be in [0, 1], got {self.distill}")
+            raise InputError(f"recipe distill must be in [0, 1], got {self.distill}")
         if not self.temperature > 0:
-            raise ValueError(f"recipe temperature must be > 0, got {self.temperature}")
+            raise InputError(f"recipe temperature must be > 0, got {self.temperature}")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "RecoveryRecipe":
@@ -87,7 +88,7 @@ class RecoveryRecipe:
         valid = [f.name for f in fields(cls)]
         unknown = sorted(set(data) - set(valid))
         if unknown:
-            raise ValueError(f"unknown recipe key(s) {', '.join(unknown)}; valid: {', '.join(valid)}")
+            raise InputError(f"unknown recipe key(s) {', '.join(unknown)}; valid: {', '.join(valid)}")
         return cls(**dict(data))
 
     def to_dict(self) -> dict[str, Any]:
@@ -103,7 +104,7 @@ class RecoveryRecipe:
 def _check_int(name: str, value: Any, low: int | None) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or (low is not None and value < low):
         bound = f" >= {low}" if low is not None else ""
-        raise ValueError(f"recipe {name} must be an integer{bound}, got {value!r}")
+        raise InputError(f"recipe {name} must be an integer{bound}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -154,9 +155,9 @@ def recover(
     missing."""
     needs_train = recipe.finetune_epochs > 0 or (recipe.bn_batches > 0 and recipe.bn_data == "train")
     if needs_train and data.train is None:
-        raise ValueError("the recovery recipe reads training data (BN on train or fine-tuning) but none was given")
+        raise InputError("the recovery recipe reads training data (BN on train or fine-tuning) but none was given")
     if (recipe.reconstruct or recipe.bn_data == "calibration") and not data.calibration:
-        raise ValueError("the recovery recipe reads calibration batches but none were given")
+        raise InputError("the recovery recipe reads calibration batches but none were given")
     pruned = outcome.model
     accuracy: dict[str, float] = {}
     seconds: dict[str, float] = {}

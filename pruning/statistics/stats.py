@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pruning.structure.groups import ChannelGroup
+from pruning.errors import InputError
 
 __all__ = [
     "LayerStats",
@@ -65,7 +66,7 @@ EDGE_MARGIN = 0.01
 _CHIP_CHUNK_ELEMENTS = 1 << 24
 
 
-class StatsFileError(ValueError):
+class StatsFileError(InputError):
     """A statistics file that cannot be read back (corrupt, truncated or not ours)."""
 
 

@@ -21,12 +21,13 @@ import torch
 from torch import nn
 
 from pruning.models import check_input_shape, create_model
+from pruning.errors import InputError
 
 FORMAT = "prunesweep-checkpoint/1"
 _RESIZABLE = (nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm)
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A checkpoint that cannot be read or does not fit the model it is loaded into."""
 
 

@@ -19,13 +19,14 @@ import torch_pruning as tp
 from torch import nn
 
 from pruning.structure.groups import ChannelGroup, ObservedOutput
+from pruning.errors import InputError
 
 STRATEGIES = ("full", "inner")
 _PRUNABLE = (nn.Conv2d, nn.Linear)
 _NORMS = (nn.modules.batchnorm._BatchNorm,)
 
 
-class PruningError(ValueError):
+class PruningError(InputError):
     """A pruning request that cannot be carried out (bad name, ratio or target)."""
 
 

@@ -23,7 +23,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from orchestrator.cli import main as cli, commands
+from orchestrator import cli
+from orchestrator.cli import commands
 from pruning.structure import ModelSpec, load_checkpoint, save_checkpoint
 from pruning.data import FASHION_MNIST_ROOT, DataConfig
 from pruning.structure import measure_latency

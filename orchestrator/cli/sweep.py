@@ -1,0 +1,41 @@
+"""``prunesweep sweep``: search the accuracy-vs-FLOPs Pareto front (Ray Tune + Optuna, MLflow)."""
+from __future__ import annotations
+
+import argparse
+
+from orchestrator.cli.result import CommandResult
+from orchestrator.cli.options import add_output, add_ray_network
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("sweep", help="search the accuracy-vs-FLOPs Pareto front (Ray Tune + Optuna, MLflow)")
+    add_output(p)
+    p.add_argument("--config", default=None, help="sweep config YAML (see search_spaces/resnet20_fmnist.yaml)")
+    p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue the interrupted sweep in RUN_DIR")
+    p.add_argument("--trials", type=int, default=None, help="override sweep.trials")
+    p.add_argument("--concurrency", type=int, default=None, help="override sweep.concurrency")
+    p.add_argument("--address", default=None, help="Ray cluster address to join (default: start Ray locally)")
+    add_ray_network(p)
+    p.add_argument("--tracking-uri", default=None, help="override tracking.uri (default: sqlite:////RUN_DIR/mlflow.db)")
+    p.add_argument("--run-dir", default=None, help="override run_dir (default: runs/sweeps/<name>)")
+    return p
+
+
+def run(args: argparse.Namespace) -> CommandResult:
+    from orchestrator.sweeps import ConfigError, load_sweep_config, resume_sweep, run_sweep  # torch, Ray, MLflow: only when run
+
+    progress = not args.quiet
+    if args.resume:
+        extra = [f"--{k.replace('_', '-')}" for k in ("config", "trials", "concurrency", "tracking_uri", "run_dir")
+                 if getattr(args, k, None) is not None]
+        if extra:
+            raise ConfigError("resume", f"a resumed sweep keeps its recorded config: drop {', '.join(extra)}")
+        result = resume_sweep(args.resume, address=args.address, progress=progress)
+    else:
+        if args.config is None:
+            raise ConfigError("config", "give --config FILE.yaml (or --resume RUN_DIR)")
+        overrides = {"sweep.trials": args.trials, "sweep.concurrency": args.concurrency,
+                     "tracking.uri": args.tracking_uri, "run_dir": args.run_dir}
+        config = load_sweep_config(args.config, overrides)
+        result = run_sweep(config, address=args.address, progress=progress)
+    return CommandResult(result.text(), result.to_dict())
