@@ -6,8 +6,8 @@ This is the public entry point for pruning any ``nn.Module`` (registered or a us
 ...                                PruningConfig(flops_reduction=0.5))
 >>> outcome.model  # a physically smaller copy; ``model`` is untouched
 
-Recovery (BN recalibration, fine-tuning, SNPFI's least-squares refit) is left to the caller,
-who decides which data each step may see.
+Recovery (reconstruction, BN recalibration, fine-tuning) is a separate step:
+:func:`pruning.recovery.recover` with a :class:`~pruning.recovery.RecoveryRecipe`.
 """
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from pruning.criteria import Criterion, ScoringContext
-from pruning.structure.engine import PruningError, PruningSpace, prune_model
-from pruning.planning.schedule import PruningConfig, plan_pruning
+from pruning.planning import PruningConfig, plan_pruning
+from pruning.structure import PruningError, PruningSpace, prune_model
 
 
 @dataclass(frozen=True)

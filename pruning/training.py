@@ -115,7 +115,7 @@ def train(
     ``teacher`` (used in eval mode, never updated) is distilled from when ``config.distill > 0``.
     """
     if config.distill > 0 and teacher is None:
-        raise ValueError(f"TrainConfig.distill is {config.distill}: train needs a teacher model")
+        raise InputError(f"TrainConfig.distill is {config.distill}: train needs a teacher model")
     seed_everything(config.seed)
     steps_per_epoch = len(train_loader)
     if config.max_batches_per_epoch is not None:
@@ -208,7 +208,7 @@ def evaluate(
     """Accuracy and mean cross-entropy of ``model`` in eval mode over ``loader`` (or its
     first ``max_batches`` batches). Leaves the model's train/eval modes as they were."""
     if max_batches is not None and max_batches <= 0:
-        raise ValueError(f"max_batches must be > 0 or None, got {max_batches}")
+        raise InputError(f"max_batches must be > 0 or None, got {max_batches}")
     device = model_device(model)
     loss_sum, correct, seen = 0.0, 0, 0
     with preserved_modes(model):
@@ -224,7 +224,7 @@ def evaluate(
             correct += (logits.argmax(1) == targets).sum().item()
             seen += len(targets)
     if seen == 0:
-        raise ValueError("evaluate got no batches")
+        raise InputError("evaluate got no batches")
     return EvalResult(accuracy=correct / seen, loss=loss_sum / seen, samples=seen)
 
 
@@ -246,7 +246,7 @@ def recalibrate_bn(
     touched; momentum and train/eval modes are restored afterwards.
     """
     if num_batches <= 0:
-        raise ValueError(f"num_batches must be > 0, got {num_batches}")
+        raise InputError(f"num_batches must be > 0, got {num_batches}")
     norms = [
         m for m in model.modules()
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
@@ -274,7 +274,7 @@ def recalibrate_bn(
             for norm, momentum in zip(norms, momenta):
                 norm.momentum = momentum
     if seen == 0:
-        raise ValueError("recalibrate_bn got no batches; the BatchNorm statistics are now reset")
+        raise InputError("recalibrate_bn got no batches; the BatchNorm statistics are now reset")
     return model
 
 

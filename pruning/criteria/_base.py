@@ -11,7 +11,8 @@ Contract (checked for every registered criterion by ``tests/pruning/test_criteri
   identical.
 * The model is left as it was: weights, buffers, ``requires_grad`` flags and train/eval mode.
 * A criterion that needs calibration batches or pre-computed activation statistics says so
-  through ``needs_calibration`` / ``needs_stats`` and raises ``ValueError`` when they are missing.
+  through ``needs_calibration`` / ``needs_stats`` and raises :class:`~pruning.errors.InputError`
+  when they are missing.
 
 Adding a criterion is one file with a ``@register_criterion("name")`` class plus one import
 line in ``pruning/criteria/__init__.py``.
@@ -26,6 +27,7 @@ import torch
 from torch import nn
 
 from pruning.registry import Registry
+from pruning.errors import InputError
 from pruning.structure.groups import ChannelGroup
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -36,7 +38,7 @@ class ScoringContext:
     """What data-driven criteria may consume.
 
     ``calibration``: (inputs, targets) batches from the held-out calibration split.
-    ``stats``: pre-computed ``pruning.statistics.stats.ActivationStats`` (keyed by observed module, read per group).
+    ``stats``: pre-computed ``pruning.statistics.ActivationStats`` (keyed by observed module, read per group).
     """
 
     calibration: Sequence[Batch] = ()
@@ -68,9 +70,9 @@ class Criterion(ABC):
 
     def check_context(self, context: ScoringContext) -> None:
         if self.needs_calibration and not context.calibration:
-            raise ValueError(f"criterion {self.name!r} needs calibration batches")
+            raise InputError(f"criterion {self.name!r} needs calibration batches")
         if self.needs_stats and context.stats is None:
-            raise ValueError(
+            raise InputError(
                 f"criterion {self.name!r} needs activation statistics (run `prunesweep stats`)"
             )
 

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from pruning.criteria._base import Criterion, register_criterion
+from pruning.errors import InputError
 
 
 @register_criterion("bn-scale")
@@ -16,7 +17,7 @@ class BatchNormScale(Criterion):
     Liu et al., "Learning Efficient Convolutional Networks through Network Slimming", ICCV 2017:
     a BN layer's output channel is gamma_i * x_hat_i + beta_i, so a small |gamma_i| makes the
     channel nearly constant. Residual-coupled groups average over every BN on the shared channels.
-    Groups without a (affine) BatchNorm, such as hidden Linear layers, raise ``ValueError``.
+    Groups without a (affine) BatchNorm, such as hidden Linear layers, raise :class:`~pruning.errors.InputError`.
     """
 
     #: scores only groups that have BatchNorm layers (``ChannelGroup.norms``)
@@ -29,7 +30,7 @@ class BatchNormScale(Criterion):
         for group in groups:
             norms: list[nn.Module] = [modules[name] for name in group.norms]
             if not norms or any(norm.weight is None for norm in norms):
-                raise ValueError(
+                raise InputError(
                     f"criterion 'bn-scale': layer {group.name!r} has no affine BatchNorm; "
                     "use another criterion (e.g. l1) or ignore that layer"
                 )

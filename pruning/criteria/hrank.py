@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pruning.criteria._base import Criterion, register_criterion
-from pruning.statistics.stats import stats_from_context
+from pruning.statistics import stats_from_context
 
 
 @register_criterion("hrank")

@@ -1,24 +1,42 @@
 """Shapley channel importance within a layer (information concentration + Shapley values)."""
 from __future__ import annotations
 
+import copy
 import time
-from typing import ClassVar, Iterator
+from typing import ClassVar, Iterator, Mapping, Protocol, Sequence
 
 import torch
+from torch import nn
 
-from pruning.criteria._base import Criterion, register_criterion
-from pruning.games.shapley import (
-    EXACT_MAX_SIZE,
-    MODES,
-    VALUES,
+from pruning.criteria._base import Batch, Criterion, register_criterion
+from pruning.games import (
     LayerGame,
     ShapleyEstimate,
+    ShapleyOptions,
     calibration_batch,
-    exact_shapley,
+    estimate_shapley,
     group_seed,
-    permutation_shapley,
-    trace_model,
+    resolve_trace,
 )
+from pruning.structure import ChannelGroup
+
+
+class ShapleyEstimator(Protocol):
+    """Estimates every group at once somewhere other than this process (the estimation hook of
+    :class:`ShapleyChannels`; ``orchestrator.distributed.DistributedShapley`` uses Ray actors).
+
+    Called with the model, the groups, the calibration batches and the criterion's options and
+    seed; returns ``{group name: ShapleyEstimate}`` for every group.
+    """
+
+    def __call__(
+        self,
+        model: nn.Module,
+        groups: Sequence[ChannelGroup],
+        calibration: Sequence[Batch],
+        options: ShapleyOptions,
+        seed: int,
+    ) -> Mapping[str, ShapleyEstimate]: ...
 
 
 @register_criterion("shapley")
@@ -29,21 +47,25 @@ class ShapleyChannels(Criterion):
 
     where N are the group's n channels and v(S) is the mean log-probability of the true class on
     a fixed calibration batch of ``batch_size`` images with the channels outside S zeroed at every
-    observed output of the group (``pruning.games.shapley.LayerGame``; ``value`` may also be
+    observed output of the group (:class:`pruning.games.LayerGame`; ``value`` may also be
     ``"accuracy"`` or ``"margin"``).
 
     Chen & Wang, "An Effective Information Theoretic Framework for Channel Pruning",
     arXiv:2408.16772 (Shapley values select the channels; their information concentration sets
     the layer ratios and is a separate criterion/ratio source).
 
-    Estimation (defaults chosen to stay cheap): Monte Carlo permutation sampling with
-    ``max_permutations`` permutations in antithetic pairs, TMC truncation once
-    |v(prefix) - v(N)| < ``truncation`` * |v(N) - v(empty)| (None: off), optional early stop when
-    every standard error is below ``epsilon``. Exact enumeration only for groups with at most
-    ``exact_below`` channels (0 = never; capped at 10). Each group uses its own seed derived from
-    ``seed`` and the group name. ``mode`` picks the evaluation path (``auto``: fx downstream-only
-    re-execution, falling back to full forwards with hooks); ``max_batch`` bounds the images per
-    forward. Per-group cost and mode of the last ``score`` call are in ``last_report``.
+    The options (:class:`pruning.games.ShapleyOptions`, in ``options``) default to a cheap
+    estimate: Monte Carlo permutation sampling with ``max_permutations`` permutations in
+    antithetic pairs, TMC truncation at ``truncation`` * |v(N) - v(empty)| (None: off), an
+    optional early stop when every standard error is below ``epsilon``, exact enumeration only
+    for groups with at most ``exact_below`` channels (0 = never; capped at 10). Each group uses its
+    own seed derived from ``seed`` and the group name. ``mode`` picks the evaluation path
+    (``auto``: fx downstream-only re-execution, falling back to full forwards with hooks);
+    ``max_batch`` bounds the images per forward. Per-group cost and mode of the last ``score``
+    call are in ``last_report``.
+
+    Estimation hook: ``estimator`` (a :class:`ShapleyEstimator`, None by default) computes the
+    estimates elsewhere; :meth:`delegate_estimation` returns a copy of the criterion that uses one.
     """
 
     needs_calibration: ClassVar[bool] = True
@@ -63,73 +85,75 @@ class ShapleyChannels(Criterion):
         max_batch: int | None = None,
     ) -> None:
         super().__init__(seed)
-        if value not in VALUES:
-            raise ValueError(f"unknown value {value!r}; valid: {', '.join(VALUES)}")
-        if mode not in MODES:
-            raise ValueError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}")
-        if max_permutations < 1 or batch_size < 1 or batch_permutations < 1 or (max_batch is not None and max_batch < 1):
-            raise ValueError("max_permutations, batch_size, batch_permutations and max_batch must be >= 1")
-        if truncation is not None and truncation < 0:
-            raise ValueError("truncation must be >= 0 or None")
-        self.max_permutations = max_permutations
-        self.epsilon = epsilon
-        self.value = value
-        self.batch_size = batch_size
-        self.antithetic = antithetic
-        self.truncation = truncation
-        self.batch_permutations = batch_permutations
-        self.exact_below = min(int(exact_below), EXACT_MAX_SIZE)
-        self.mode = mode
-        self.max_batch = max_batch
+        self.options = ShapleyOptions(
+            max_permutations=max_permutations,
+            epsilon=epsilon,
+            value=value,
+            batch_size=batch_size,
+            antithetic=antithetic,
+            truncation=truncation,
+            batch_permutations=batch_permutations,
+            exact_below=exact_below,
+            mode=mode,
+            max_batch=max_batch,
+        )
+        self.estimator: ShapleyEstimator | None = None
         self.last_report: dict[str, dict] = {}
+
+    def delegate_estimation(self, estimator: ShapleyEstimator) -> ShapleyChannels:
+        """A copy of this criterion whose estimates come from ``estimator``, all groups in one call.
+
+        Scores, SNPFI's sparsities and :meth:`estimates` work unchanged; the games are still built
+        in this process (SNPFI's utilization curves evaluate them).
+        """
+        delegated = copy.copy(self)
+        delegated.estimator = estimator
+        delegated.last_report = {}
+        return delegated
 
     def games(self, model, groups, context) -> Iterator[LayerGame]:
         """One :class:`LayerGame` per group on the calibration batch, built lazily (each caches
         activations of the batch) and sharing one fx trace."""
         self.check_context(context)
-        inputs, targets = calibration_batch(context.calibration, self.batch_size)
-        mode, traced = self.mode, None
-        if mode != "hooks" and groups:
-            traced = trace_model(model)
-            if traced is None and mode == "auto":
-                mode = "hooks"
+        if not groups:
+            return
+        options = self.options
+        inputs, targets = calibration_batch(context.calibration, options.batch_size)
+        mode, traced = resolve_trace(model, options.mode)
         for group in groups:
             yield LayerGame(
-                model, group, inputs, targets, value=self.value, mode=mode, max_batch=self.max_batch, traced=traced
+                model, group, inputs, targets, value=options.value, mode=mode, max_batch=options.max_batch, traced=traced
             )
 
-    def estimate(self, game: LayerGame, name: str) -> ShapleyEstimate:
-        if game.size <= self.exact_below:
-            return exact_shapley(game)
-        tol = None
-        if self.truncation is not None:
-            v_full, v_empty = game.endpoints()
-            tol = self.truncation * abs(v_full - v_empty)
-        return permutation_shapley(
-            game,
-            max_permutations=self.max_permutations,
-            epsilon=self.epsilon,
-            antithetic=self.antithetic,
-            truncation_tol=tol,
-            batch_permutations=self.batch_permutations,
-            seed=group_seed(self.seed, name),
-        )
-
     def estimates(self, model, groups, context) -> Iterator[tuple[str, LayerGame, ShapleyEstimate]]:
-        """Yield ``(group name, game, estimate)`` group by group; fills ``last_report``."""
+        """Yield ``(group name, game, estimate)`` group by group; fills ``last_report``.
+
+        Without an ``estimator`` each game is estimated here as it is built; with one, every
+        group is estimated in one call before the first is yielded (``estimate_seconds`` is then
+        None: the estimator reports its own cost).
+        """
+        self.check_context(context)
+        groups = list(groups)
+        delegated = None
+        if self.estimator is not None:
+            delegated = self.estimator(model, groups, context.calibration, self.options, self.seed)
         self.last_report = {}
         for game in self.games(model, groups, context):
             name = game.group.name
             start = time.perf_counter()
-            est = self.estimate(game, name)
+            if delegated is None:
+                est = estimate_shapley(game, self.options, group_seed(self.seed, name))
+            else:
+                est = delegated[name]
             self.last_report[name] = {
                 "mode": game.mode,
                 "fallback_reason": game.fallback_reason,
                 "permutations": est.permutations,
-                "coalitions": game.coalitions,
-                "image_evaluations": game.evaluations,
+                "coalitions": est.evaluations,
+                "image_evaluations": est.evaluations * game.batch_size,
                 "max_stderr": float(est.stderr.max()) if len(est.stderr) else 0.0,
-                "estimate_seconds": time.perf_counter() - start,  # game construction excluded
+                # game construction excluded
+                "estimate_seconds": time.perf_counter() - start if delegated is None else None,
             }
             yield name, game, est
 

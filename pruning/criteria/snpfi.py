@@ -5,7 +5,7 @@ import torch
 
 from pruning.criteria._base import register_criterion
 from pruning.criteria.shapley import ShapleyChannels
-from pruning.games.snpfi import snpfi_sparsity
+from pruning.games import snpfi_sparsity
 
 
 @register_criterion("snpfi")
@@ -21,7 +21,7 @@ class SNPFI(ShapleyChannels):
 
     Tang, Wei & Li, "Structured Network Pruning by Measuring Filter-wise Interactions",
     arXiv:2307.00758. Their post-pruning recovery by minimising the interaction difference is not
-    part of a criterion; ``pruning.games.snpfi.mean_interaction`` measures pairwise interactions.
+    part of a criterion; ``pruning.games.mean_interaction`` measures pairwise interactions.
     Options as for ``shapley`` (same engineered defaults), plus ``tau`` (default 0.95).
     """
 

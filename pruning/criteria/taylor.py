@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from pruning.criteria._base import Criterion, register_criterion
+from pruning.utils import preserved_modes
 
 
 @register_criterion("taylor")
@@ -49,25 +50,20 @@ class FirstOrderTaylor(Criterion):
         device = next(iter(flat.values())).device
         totals = {group.name: torch.zeros(group.size, dtype=torch.float64) for group in groups}
 
-        modes = [(module, module.training) for module in model.modules()]
-        model.eval()
-        try:
-            with torch.enable_grad():
-                for inputs, targets in context.calibration:
-                    logits = functional_call(model, flat, (inputs.to(device),))
-                    loss = F.cross_entropy(logits, targets.to(device))
-                    grads = dict(zip(flat, torch.autograd.grad(loss, list(flat.values()))))
-                    for group in groups:
-                        # g*w summed over every element that produces channel i, in all producers
-                        contribution = sum(
-                            _per_channel_sum(grads[f"{producer}.{kind}"] * leaf.detach())
-                            for producer in group.producers
-                            for kind, leaf in leaves[producer].items()
-                        )
-                        totals[group.name] += contribution.double().cpu() ** 2
-        finally:
-            for module, training in modes:
-                module.training = training
+        with preserved_modes(model), torch.enable_grad():
+            model.eval()
+            for inputs, targets in context.calibration:
+                logits = functional_call(model, flat, (inputs.to(device),))
+                loss = F.cross_entropy(logits, targets.to(device))
+                grads = dict(zip(flat, torch.autograd.grad(loss, list(flat.values()))))
+                for group in groups:
+                    # g*w summed over every element that produces channel i, in all producers
+                    contribution = sum(
+                        _per_channel_sum(grads[f"{producer}.{kind}"] * leaf.detach())
+                        for producer in group.producers
+                        for kind, leaf in leaves[producer].items()
+                    )
+                    totals[group.name] += contribution.double().cpu() ** 2
         return {name: (total / len(context.calibration)).float() for name, total in totals.items()}
 
 

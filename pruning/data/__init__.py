@@ -1,19 +1,23 @@
 """Datasets, the seeded calibration split and data loaders."""
-from pruning.data.datasets import (  # noqa: F401
-    FASHION_MNIST_ROOT,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
+from pruning.data.loaders import (  # noqa: F401
     Batch,
-    DataRootError,
     Augmentation,
     ImageTensorDataset,
     ImageFolderSubset,
-    DataConfig,
-    DataSplits,
+    make_loader,
+)
+from pruning.data.sources import (  # noqa: F401
+    FASHION_MNIST_ROOT,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    DataRootError,
     DATASETS,
     list_datasets,
+)
+from pruning.data.config import (  # noqa: F401
+    DataConfig,
+    DataSplits,
     load_data,
-    make_loader,
     calibration_batches,
 )
 

@@ -1,28 +1,31 @@
-"""Cooperative games over channels: Shapley-value estimation (exact, permutation sampling) and SNPFI's utilization strength and interactions."""
-from pruning.games.shapley import (  # noqa: F401
+"""Cooperative games over channels: the layer game, Shapley-value estimation (exact,
+permutation sampling, blocks that merge in order) and SNPFI's utilization strength and
+interactions."""
+from pruning.games.coalitions import (
     VALUES,
-    MODES,
-    EXACT_MAX_SIZE,
     CoalitionGame,
     FunctionGame,
+    all_coalitions,
     coalition_value,
-    trace_model,
-    LayerGame,
+    game_endpoints,
+)
+from pruning.games.layer import MODES, LayerGame, resolve_trace, trace_model
+from pruning.games.estimators import (
+    EXACT_MAX_SIZE,
     RunningStats,
     ShapleyEstimate,
-    all_coalitions,
     exact_shapley,
     permutation_shapley,
-    calibration_batch,
-    group_seed,
 )
-from pruning.games.snpfi import (  # noqa: F401
-    utilization_curve,
-    sparsity_from_curve,
-    snpfi_sparsity,
-    pairwise_interactions,
-    mean_interaction,
+from pruning.games.estimation import ShapleyOptions, calibration_batch, estimate_shapley, group_seed
+from pruning.games.blocks import BlockMerge, estimate_block, shapley_block_plan, shapley_blocks
+from pruning.games.snpfi import (
     exact_interaction,
+    mean_interaction,
+    pairwise_interactions,
+    snpfi_sparsity,
+    sparsity_from_curve,
+    utilization_curve,
 )
 
 __all__ = [
@@ -31,16 +34,24 @@ __all__ = [
     "EXACT_MAX_SIZE",
     "CoalitionGame",
     "FunctionGame",
+    "all_coalitions",
     "coalition_value",
-    "trace_model",
+    "game_endpoints",
     "LayerGame",
+    "trace_model",
+    "resolve_trace",
     "RunningStats",
     "ShapleyEstimate",
-    "all_coalitions",
     "exact_shapley",
     "permutation_shapley",
+    "ShapleyOptions",
+    "estimate_shapley",
     "calibration_batch",
     "group_seed",
+    "shapley_block_plan",
+    "shapley_blocks",
+    "estimate_block",
+    "BlockMerge",
     "utilization_curve",
     "sparsity_from_curve",
     "snpfi_sparsity",

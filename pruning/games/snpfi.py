@@ -3,7 +3,7 @@
 Tang, Wei & Li, "Structured Network Pruning by Measuring Filter-wise Interactions",
 arXiv:2307.00758. A layer's filters are the players of a coalition game whose worth is the
 log-probability of the true class (``LayerGame(value="logprob")``); a filter's importance is its
-Shapley value (:mod:`pruning.games.shapley`).
+Shapley value (:mod:`pruning.games.estimators`).
 
 * Utilization strength of the top-k filters: U(k) = (v(top_k) - v(empty)) / (v(N) - v(empty)),
   k = 0..n, top_k = the k most important filters. U(0) = 0 and U(n) = 1.
@@ -24,7 +24,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from pruning.games.shapley import CoalitionGame, all_coalitions
+from pruning.games.coalitions import CoalitionGame, all_coalitions
 
 #: slack when comparing U(k) with tau (U is a ratio of float64 sums)
 _TAU_SLACK = 1e-9

@@ -18,6 +18,7 @@ from torch import nn
 
 from pruning.registry import Registry
 from pruning.errors import InputError
+from pruning.utils import model_device, preserved_modes
 
 ModelFactory = Callable[..., nn.Module]
 
@@ -59,24 +60,19 @@ def check_input_shape(model: nn.Module, shape: tuple[int, int, int], name: str =
     restored afterwards.
     """
     shape_text = "x".join(str(size) for size in shape)
-    training_modes = [(module, module.training) for module in model.modules()]
-    parameter = next(model.parameters(), None)
-    device = parameter.device if parameter is not None else torch.device("cpu")
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, *shape, device=device))
-    except RuntimeError as error:
-        first_conv = _first_conv(model)
-        if first_conv is not None and shape[0] != first_conv.in_channels:
-            expected = first_conv.in_channels
-            reason = f"it expects {expected} input channel{'s' if expected != 1 else ''}, got {shape[0]}"
-        else:
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise InputShapeError(f"{name} cannot run on inputs of shape {shape_text}: {reason}") from error
-    finally:
-        for module, training in training_modes:
-            module.training = training
+    with preserved_modes(model):
+        model.eval()
+        try:
+            with torch.no_grad():
+                model(torch.zeros(1, *shape, device=model_device(model)))
+        except RuntimeError as error:
+            first_conv = _first_conv(model)
+            if first_conv is not None and shape[0] != first_conv.in_channels:
+                expected = first_conv.in_channels
+                reason = f"it expects {expected} input channel{'s' if expected != 1 else ''}, got {shape[0]}"
+            else:
+                reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise InputShapeError(f"{name} cannot run on inputs of shape {shape_text}: {reason}") from error
 
 
 def kaiming_init_(model: nn.Module) -> None:

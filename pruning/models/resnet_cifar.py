@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pruning.errors import InputError
 from pruning.models._registry import kaiming_init_, register_model
 
 STAGE_WIDTHS = (16, 32, 64)
@@ -46,7 +47,7 @@ class CifarResNet(nn.Module):
     def __init__(self, depth: int, num_classes: int = 10, in_channels: int = 3) -> None:
         super().__init__()
         if (depth - 2) % 6 != 0:
-            raise ValueError(f"CIFAR ResNet depth must be 6n + 2, got {depth}")
+            raise InputError(f"CIFAR ResNet depth must be 6n + 2, got {depth}")
         blocks_per_stage = (depth - 2) // 6
         self.conv1 = nn.Conv2d(in_channels, STAGE_WIDTHS[0], 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(STAGE_WIDTHS[0])

@@ -5,7 +5,7 @@ After Chen & Wang, "An Effective Information Theoretic Framework for Channel Pru
 feature maps and their rank, fused into one "information concentration" (IC) that sets how much
 of the layer is pruned: layers with more information are pruned less.
 
-What we compute, per channel group l (from :class:`~pruning.statistics.stats.ActivationStats`):
+What we compute, per channel group l (from :class:`~pruning.statistics.ActivationStats`):
 
 1. E_l = mean over the group's channels of the channel entropy (``channel_entropy``: histogram
    entropy of the GAP activation, averaged over residual-coupled producers);
@@ -33,7 +33,8 @@ from typing import Sequence
 import torch
 
 from pruning.structure.groups import ChannelGroup
-from pruning.statistics.stats import ActivationStats
+from pruning.errors import InputError
+from pruning.statistics import ActivationStats
 
 EPS = 1e-6
 
@@ -58,7 +59,7 @@ def information_concentration(
 ) -> dict[str, float]:
     """{group name: IC_l in [0, 1]}; see the module docstring."""
     if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        raise InputError(f"alpha must be in [0, 1], got {alpha}")
     if not groups:
         return {}
     indicators = layer_indicators(stats, groups)
@@ -78,6 +79,6 @@ def concentration_weights(
 ) -> dict[str, float]:
     """{group name: (1 - IC_l) ** temperature in [0, 1]}: relative layer-wise pruning ratios."""
     if temperature < 0 or temperature != temperature:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
+        raise InputError(f"temperature must be >= 0, got {temperature}")
     ic = information_concentration(stats, groups, alpha)
     return {name: float((1.0 - v) ** temperature) for name, v in ic.items()}

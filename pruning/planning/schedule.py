@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -28,6 +27,7 @@ import torch
 
 from pruning.structure.engine import STRATEGIES, PruningError, PruningSpace
 from pruning.structure.groups import ChannelGroup
+from pruning.utils import atomic_write
 
 ALLOCATIONS = ("uniform", "global")
 #: the FLOPs target is met within this many fractions (1 percentage point)
@@ -323,16 +323,8 @@ def ratios_of(space: PruningSpace, keep: Mapping[str, int]) -> dict[str, float]:
 
 def save_schedule(path: str | os.PathLike, schedule: Mapping[str, float]) -> None:
     """Write ``{layer: ratio}`` as JSON, atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
-        try:
-            json.dump(dict(schedule), f, indent=2, sort_keys=True)
-        except BaseException:  # no half-written temporary file left behind
-            f.close()
-            Path(f.name).unlink(missing_ok=True)
-            raise
-    os.replace(f.name, path)
+    text = json.dumps(dict(schedule), indent=2, sort_keys=True)  # fails before any file is touched
+    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def load_schedule(path: str | os.PathLike) -> dict[str, float]:

@@ -1,4 +1,7 @@
-"""Recovery without retraining: refit the layers that read pruned channels.
+"""Reconstruction (recovery without retraining): refit the layers that read pruned channels.
+
+This is the reconstruction step of channel pruning (He et al. 2017) and ThiNet (Luo et al. 2017),
+the first stage of :class:`~pruning.recovery.RecoveryRecipe`.
 
 SNPFI (Structured Network Pruning by measuring Filter-wise Interaction, arXiv 2307.00758) states
 that after pruning it "can recover pruned model's performance effectively without iterative
@@ -52,7 +55,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pruning.structure.engine import PruningSpace, layer_call_order
+from pruning.errors import InputError
+from pruning.structure import PruningSpace, layer_call_order
+from pruning.utils import batch_inputs, model_device, preserved_modes
 
 __all__ = ["ReconstructionReport", "reconstruct_consumers", "consumers_of", "kept_outputs_of"]
 
@@ -97,16 +102,6 @@ def kept_outputs_of(space: PruningSpace, kept: Mapping[str, torch.Tensor]) -> di
     """``{layer: kept output channel indices}`` for every producer of the pruned groups in
     ``kept`` (the second value :func:`~pruning.structure.engine.prune_model` returns)."""
     return {producer: idx for name, idx in kept.items() for producer in space[name].producers}
-
-
-def _device(model: nn.Module) -> torch.device:
-    for tensor in model.parameters():
-        return tensor.device
-    return torch.device("cpu")
-
-
-def _inputs(batch) -> torch.Tensor:
-    return batch[0] if isinstance(batch, (tuple, list)) else batch
 
 
 def _capture(model: nn.Module, layer: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -234,10 +229,10 @@ def _refit_layer(
     width = (layer.in_channels // groups) * layer.kernel_size[0] * layer.kernel_size[1] if is_conv else layer.in_features
     has_bias = layer.bias is not None
     acc = _Accumulator(groups, width, outputs // groups, has_bias, layer.weight.device)
-    dev_orig, dev_pruned = _device(original), _device(pruned)
+    dev_orig, dev_pruned = model_device(original), model_device(pruned)
 
     for batch in batches:
-        x = _inputs(batch)
+        x = batch_inputs(batch)
         _, target = _capture(original, reference, x.to(dev_orig))
         inputs, current = _capture(pruned, layer, x.to(dev_pruned))
         target = target.to(layer.weight.device)
@@ -245,7 +240,7 @@ def _refit_layer(
         if kept is not None:
             target = target.index_select(channel_dim, kept.to(target.device))
         if target.shape != current.shape:
-            raise ValueError(
+            raise InputError(
                 f"layer {name!r}: original output {tuple(target.shape)} does not match the pruned "
                 f"{tuple(current.shape)}; pass the kept output channels in kept_outputs"
             )
@@ -310,9 +305,9 @@ def reconstruct_consumers(
     layer, in the order the layers were refitted. See the module docstring for the method.
     """
     if ridge < 0:
-        raise ValueError(f"ridge must be >= 0, got {ridge}")
+        raise InputError(f"ridge must be >= 0, got {ridge}")
     if max_rows_per_batch < 1:
-        raise ValueError(f"max_rows_per_batch must be >= 1, got {max_rows_per_batch}")
+        raise InputError(f"max_rows_per_batch must be >= 1, got {max_rows_per_batch}")
     kept_outputs = dict(kept_outputs or {})
     modules_pruned = dict(pruned.named_modules())
     modules_orig = dict(original.named_modules())
@@ -320,42 +315,37 @@ def reconstruct_consumers(
     for name in names:
         layer, reference = modules_pruned.get(name), modules_orig.get(name)
         if layer is None or reference is None:
-            raise ValueError(f"unknown layer {name!r}")
+            raise InputError(f"unknown layer {name!r}")
         if not isinstance(layer, _SUPPORTED) or type(layer) is not type(reference):
-            raise ValueError(f"layer {name!r}: only Conv2d and Linear layers can be refitted")
+            raise InputError(f"layer {name!r}: only Conv2d and Linear layers can be refitted")
     if not names:
         return {}
     if iter(batches) is batches:
         batches = list(batches)
 
-    modes = {m: m.training for model in (original, pruned) for m in model.modules()}
     reports: dict[str, ReconstructionReport] = {}
-    try:
+    with preserved_modes(original, pruned), torch.no_grad():
         original.eval()
         pruned.eval()
-        with torch.no_grad():
-            first = next(iter(batches), None)
-            if first is None:
-                raise ValueError("recovery needs at least one calibration batch")
-            wanted = set(names)
-            order = [n for n in layer_call_order(pruned, _inputs(first).to(_device(pruned))) if n in wanted]
-            missing = [n for n in names if n not in order]
-            if missing:
-                raise ValueError(f"layer(s) not called in a forward pass: {', '.join(missing)}")
-            generator = torch.Generator().manual_seed(seed)
-            for i, name in enumerate(order):
-                report = _refit_layer(
-                    name, original, pruned, batches, kept_outputs.get(name),
-                    ridge, max_rows_per_batch, generator,
+        first = next(iter(batches), None)
+        if first is None:
+            raise InputError("recovery needs at least one calibration batch")
+        wanted = set(names)
+        order = [n for n in layer_call_order(pruned, batch_inputs(first).to(model_device(pruned))) if n in wanted]
+        missing = [n for n in names if n not in order]
+        if missing:
+            raise InputError(f"layer(s) not called in a forward pass: {', '.join(missing)}")
+        generator = torch.Generator().manual_seed(seed)
+        for i, name in enumerate(order):
+            report = _refit_layer(
+                name, original, pruned, batches, kept_outputs.get(name),
+                ridge, max_rows_per_batch, generator,
+            )
+            reports[name] = report
+            if progress:
+                print(
+                    f"recovery [{i + 1}/{len(order)}] {name}: {report.status}, relative error "
+                    f"{report.error_before:.4g} -> {report.error_after:.4g} ({report.rows} rows)",
+                    file=sys.stderr,
                 )
-                reports[name] = report
-                if progress:
-                    print(
-                        f"recovery [{i + 1}/{len(order)}] {name}: {report.status}, relative error "
-                        f"{report.error_before:.4g} -> {report.error_after:.4g} ({report.rows} rows)",
-                        file=sys.stderr,
-                    )
-    finally:
-        for module, training in modes.items():
-            module.training = training
     return reports

@@ -1,17 +1,21 @@
 """Activation statistics of the unpruned model: mergeable histograms (entropy), ranks, moments, APoZ and CHIP sums, computed once and shared."""
-from pruning.statistics.stats import (  # noqa: F401
+from pruning.statistics.measures import (  # noqa: F401
+    histogram_entropy,
+    batched_map_rank,
+    leave_one_out_nuclear_norms,
+)
+from pruning.statistics.state import (  # noqa: F401
     LayerStats,
     ActivationStats,
     StatsFileError,
     VALUE_MODES,
     merge_stats,
+    stats_from_context,
+)
+from pruning.statistics.collection import (  # noqa: F401
     compute_histogram_edges,
     accumulate_stats,
     collect_activation_stats,
-    histogram_entropy,
-    batched_map_rank,
-    leave_one_out_nuclear_norms,
-    stats_from_context,
 )
 
 __all__ = [

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from torch import nn
 
 from pruning.models import check_input_shape, create_model
 from pruning.errors import InputError
+from pruning.utils import atomic_write
 
 FORMAT = "prunesweep-checkpoint/1"
 _RESIZABLE = (nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm)
@@ -113,16 +113,12 @@ def apply_widths(model: nn.Module, widths: dict[str, dict[str, int]]) -> nn.Modu
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, spec: ModelSpec) -> None:
     """Write ``model``'s weights and ``spec`` (widths refreshed from the model), atomically."""
     spec = ModelSpec(spec.name, spec.num_classes, spec.in_channels, spec.input_shape, layer_widths(model), spec.meta)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save({"spec": spec.to_json(), "state_dict": model.state_dict()}, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    payload = {"spec": spec.to_json(), "state_dict": model.state_dict()}
+
+    def write(tmp: Path) -> None:
+        torch.save(payload, tmp)
+
+    atomic_write(path, write)
 
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[ModelSpec, dict[str, torch.Tensor]]:

@@ -11,8 +11,9 @@ MACs here are the multiply-accumulates of convolutions and linear layers, the sa
 from __future__ import annotations
 
 import copy
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import torch
 import torch_pruning as tp
@@ -20,6 +21,7 @@ from torch import nn
 
 from pruning.structure.groups import ChannelGroup, ObservedOutput
 from pruning.errors import InputError
+from pruning.utils import preserved_modes
 
 STRATEGIES = ("full", "inner")
 _PRUNABLE = (nn.Conv2d, nn.Linear)
@@ -53,7 +55,7 @@ def _called_layers(model: nn.Module, example_inputs) -> list[tuple[str, nn.Modul
         if isinstance(module, _PRUNABLE)
     ]
     try:
-        with _EvalMode(model), torch.no_grad():
+        with _eval_mode(model), torch.no_grad():
             model(*_as_tuple(example_inputs))
     finally:
         for hook in hooks:
@@ -74,28 +76,17 @@ def find_classifier(model: nn.Module, example_inputs) -> str:
     return called[-1][0]
 
 
-class _EvalMode:
-    """Trace in eval mode (BN statistics must not move) with autograd on (the tracer needs it)."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
-
-    def __enter__(self):
-        # every submodule's own flag: modes may be mixed (e.g. frozen BN in a training model)
-        self.modes = [(m, m.training) for m in self.model.modules()]
-        self.grad = torch.enable_grad()
-        self.grad.__enter__()
-        self.model.eval()
-        return self.model
-
-    def __exit__(self, *exc):
-        self.grad.__exit__(*exc)
-        for module, training in self.modes:
-            module.training = training
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Trace in eval mode (BN statistics must not move) with autograd on (the tracer needs it);
+    every submodule's own flag is restored afterwards (modes may be mixed, e.g. frozen BN)."""
+    with preserved_modes(model), torch.enable_grad():
+        model.eval()
+        yield model
 
 
 def build_dependency_graph(model: nn.Module, example_inputs) -> tp.DependencyGraph:
-    with _EvalMode(model):
+    with _eval_mode(model):
         return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
 
 

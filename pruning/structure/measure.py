@@ -22,6 +22,9 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from pruning.errors import InputError
+from pruning.utils import model_device, preserved_modes
+
 InputShape = tuple[int, int, int]
 
 
@@ -48,23 +51,14 @@ class LatencyResult:
 @contextmanager
 def _eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     """Put every submodule in eval mode; restore each one's own flag afterwards (modes may be mixed)."""
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
+    with preserved_modes(model):
+        model.eval()
         yield model
-    finally:
-        for module, training in modes:
-            module.training = training
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    parameter = next(model.parameters(), None)
-    return parameter.device if parameter is not None else torch.device("cpu")
 
 
 def _check_input_shape(input_shape: InputShape) -> None:
     if len(input_shape) != 3 or any(not isinstance(s, int) or s < 1 for s in input_shape):
-        raise ValueError(f"input_shape must be three positive ints (C, H, W), got {input_shape!r}")
+        raise InputError(f"input_shape must be three positive ints (C, H, W), got {input_shape!r}")
 
 
 def count_macs(model: nn.Module, example_input: torch.Tensor) -> int:
@@ -88,7 +82,7 @@ def count_params(model: nn.Module) -> int:
 def measure_cost(model: nn.Module, input_shape: InputShape) -> ModelCost:
     """MACs of a batch-1 ``input_shape`` = (C, H, W) forward pass and the parameter count."""
     _check_input_shape(input_shape)
-    example = torch.zeros(1, *input_shape, device=_model_device(model))
+    example = torch.zeros(1, *input_shape, device=model_device(model))
     return ModelCost(macs=count_macs(model, example), params=count_params(model))
 
 
@@ -120,15 +114,15 @@ def measure_latency(
     """
     _check_input_shape(input_shape)
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise InputError(f"batch_size must be >= 1, got {batch_size}")
     if threads is not None and threads < 1:
-        raise ValueError(f"threads must be >= 1 or None, got {threads}")
+        raise InputError(f"threads must be >= 1 or None, got {threads}")
     if warmup < 0:
-        raise ValueError(f"warmup must be >= 0, got {warmup}")
+        raise InputError(f"warmup must be >= 0, got {warmup}")
     if repeats < 1:
-        raise ValueError(f"repeats must be >= 1, got {repeats}")
+        raise InputError(f"repeats must be >= 1, got {repeats}")
     threads = torch.get_num_threads() if threads is None else threads
-    device = _model_device(model)
+    device = model_device(model)
     batch = torch.zeros(batch_size, *input_shape, device=device)
 
     def forward() -> None:

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from pruning.errors import InputError
 from pruning.criteria import (
     Criterion,
     ScoringContext,
@@ -84,7 +85,7 @@ def test_criterion_contract(name, model_name, mode, request, example_input, cali
 @pytest.mark.parametrize("name", NEEDS_INPUTS)
 def test_missing_inputs_raise(name, tiny_resnet, example_input):
     space = PruningSpace.build(tiny_resnet, example_input)
-    with pytest.raises(ValueError, match=name):
+    with pytest.raises(InputError, match=name):
         create_criterion(name).score(tiny_resnet, space.groups, ScoringContext())
 
 
@@ -150,7 +151,7 @@ def test_bn_scale_ranks_zero_gamma_lowest(tiny_resnet, example_input):
 def test_bn_scale_without_batchnorm_names_the_layer(tiny_cnn, example_input):
     group = PruningSpace.build(tiny_cnn, example_input)["hidden"]
     assert group.norms == ()
-    with pytest.raises(ValueError, match=r"'hidden'.*another criterion"):
+    with pytest.raises(InputError, match=r"'hidden'.*another criterion"):
         create_criterion("bn-scale").score(tiny_cnn, [group], ScoringContext())
 
 
@@ -170,7 +171,7 @@ def test_fpgm_ranks_the_median_filter_lowest():
 
 def test_taylor_needs_calibration(tiny_resnet, example_input):
     space = PruningSpace.build(tiny_resnet, example_input)
-    with pytest.raises(ValueError, match="calibration"):
+    with pytest.raises(InputError, match="calibration"):
         create_criterion("taylor").score(tiny_resnet, space.groups, ScoringContext())
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from pruning.errors import InputError
 from pruning.planning import concentration_weights, information_concentration, layer_indicators
 from pruning.criteria import ScoringContext, create_criterion
 from pruning.structure import PruningSpace
@@ -98,14 +99,14 @@ def test_duplicated_channel_loses_chip_independence(example_input, small_batches
 def test_missing_or_incomplete_stats_raise(tiny_resnet, example_input, small_batches):
     space = PruningSpace.build(tiny_resnet, example_input)
     for name in STATS_CRITERIA:
-        with pytest.raises(ValueError, match="statistics"):
+        with pytest.raises(InputError, match="statistics"):
             create_criterion(name).score(tiny_resnet, space.groups, ScoringContext())
-        with pytest.raises(ValueError, match="ActivationStats"):
+        with pytest.raises(InputError, match="ActivationStats"):
             create_criterion(name).score(tiny_resnet, space.groups, ScoringContext(stats={"a": 1}))
     stats = collect_activation_stats(tiny_resnet, space.groups, small_batches[:1], rank=False)
-    with pytest.raises(ValueError, match="chip=True"):
+    with pytest.raises(InputError, match="chip=True"):
         create_criterion("chip").score(tiny_resnet, space.groups, ScoringContext(stats=stats))
-    with pytest.raises(ValueError, match="rank=True"):
+    with pytest.raises(InputError, match="rank=True"):
         create_criterion("hrank").score(tiny_resnet, space.groups, ScoringContext(stats=stats))
 
 
@@ -136,8 +137,10 @@ def test_information_concentration(model_name, request, example_input, small_bat
     assert set(concentration_weights(stats, space.groups, temperature=0.0).values()) == {1.0}
     sharp = concentration_weights(stats, space.groups, temperature=2.0)
     assert all(sharp[n] == pytest.approx(weights[n] ** 2) for n in names)
-    with pytest.raises(ValueError):
+    with pytest.raises(InputError, match="alpha must be in"):
         information_concentration(stats, space.groups, alpha=1.5)
+    with pytest.raises(InputError, match="temperature must be >= 0"):
+        concentration_weights(stats, space.groups, temperature=-1.0)
 
 
 def test_concentration_of_equal_layers_is_uniform(tiny_resnet, example_input, small_batches):

@@ -12,6 +12,7 @@ from tiny_models import TinyCNN, TinyResNet
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from pruning.errors import InputError
 from pruning.data import make_loader
 from pruning.training import EvalResult, TrainConfig, evaluate, recalibrate_bn, seed_everything, train
 
@@ -173,9 +174,9 @@ def test_recalibrate_bn_keeps_other_modules_in_their_mode():
 
 
 def test_recalibrate_bn_refuses_empty_input():
-    with pytest.raises(ValueError, match="num_batches must be > 0"):
+    with pytest.raises(InputError, match="num_batches must be > 0"):
         recalibrate_bn(nn.BatchNorm1d(2), [], num_batches=0)
-    with pytest.raises(ValueError, match="got no batches"):
+    with pytest.raises(InputError, match="got no batches"):
         recalibrate_bn(nn.BatchNorm1d(2), [], num_batches=3)
 
 
@@ -193,7 +194,7 @@ def test_recalibrate_bn_refuses_empty_input():
     ],
 )
 def test_train_config_validation(options: dict, message: str):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(InputError, match=message):
         TrainConfig(**options)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -13,10 +14,9 @@ from tiny_models import TinyCNN
 from PIL import Image
 from torch.utils.data import TensorDataset
 
-import pruning.data.datasets as data_module
+from pruning.errors import InputError
 from pruning.registry import UnknownNameError
 from pruning.data import (
-    FASHION_MNIST_ROOT,
     Augmentation,
     DataConfig,
     DataRootError,
@@ -25,12 +25,6 @@ from pruning.data import (
     make_loader,
 )
 from pruning.training import TrainConfig, evaluate, train
-
-needs_fashion_mnist = pytest.mark.skipif(
-    not Path(FASHION_MNIST_ROOT, "train-images-idx3-ubyte.gz").is_file(),
-    reason=f"Fashion-MNIST not installed in {FASHION_MNIST_ROOT} (apt-get install dataset-fashion-mnist)",
-)
-
 
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory: pytest.TempPathFactory):
@@ -55,7 +49,7 @@ def test_registry_names():
     assert list_datasets() == ["cifar10", "fashion-mnist", "imagefolder", "mnist", "svhn"]
 
 
-@needs_fashion_mnist
+@pytest.mark.fashion_mnist
 def test_fashion_mnist_splits(fashion):
     assert (fashion.name, fashion.num_classes, fashion.in_channels, fashion.input_size) == (
         "fashion-mnist", 10, 1, (28, 28)
@@ -71,7 +65,7 @@ def test_fashion_mnist_splits(fashion):
     assert not fashion.augment_by_default
 
 
-@needs_fashion_mnist
+@pytest.mark.fashion_mnist
 def test_calibration_split_is_disjoint_and_matches_its_indices(fashion, cache_dir):
     train_indices, calibration_indices = fashion.train_indices, fashion.calibration_indices
     assert len(set(train_indices.tolist()) | set(calibration_indices.tolist())) == 60000
@@ -83,7 +77,7 @@ def test_calibration_split_is_disjoint_and_matches_its_indices(fashion, cache_di
     assert torch.equal(everything.train.tensors[1][train_indices], fashion.train.tensors[1])
 
 
-@needs_fashion_mnist
+@pytest.mark.fashion_mnist
 def test_calibration_split_is_fixed_by_the_seed(fashion, small_fashion, cache_dir):
     # train_subset / test_subset do not move the calibration split
     assert torch.equal(small_fashion.calibration_indices, fashion.calibration_indices)
@@ -92,7 +86,7 @@ def test_calibration_split_is_fixed_by_the_seed(fashion, small_fashion, cache_di
     assert not torch.equal(other_seed.calibration_indices, fashion.calibration_indices)
 
 
-@needs_fashion_mnist
+@pytest.mark.fashion_mnist
 def test_subsets_keep_the_first_images(fashion, small_fashion):
     assert (len(small_fashion.train), len(small_fashion.test)) == (100, 50)
     assert torch.equal(small_fashion.train_indices, fashion.train_indices[:100])
@@ -100,7 +94,7 @@ def test_subsets_keep_the_first_images(fashion, small_fashion):
     assert torch.equal(small_fashion.test.tensors[0], fashion.test.tensors[0][:50])
 
 
-@needs_fashion_mnist
+@pytest.mark.fashion_mnist
 def test_cache_holds_only_complete_files(small_fashion, cache_dir):
     files = sorted(path.name for path in cache_dir.rglob("*") if path.is_file())
     assert files == sorted(
@@ -136,7 +130,7 @@ def test_interrupted_cache_write_leaves_no_file(fake_idx_root: Path, monkeypatch
         raise KeyboardInterrupt
 
     with monkeypatch.context() as patch:
-        patch.setattr(data_module.shutil, "copyfileobj", interrupted_copy)
+        patch.setattr(shutil, "copyfileobj", interrupted_copy)
         with pytest.raises(KeyboardInterrupt):
             load_data(DataConfig(root=str(fake_idx_root), calibration_size=5))
     cache = Path(os.environ["PRUNESWEEP_CACHE"])
@@ -174,16 +168,20 @@ def test_bad_config_values():
     with pytest.raises(UnknownNameError, match="valid: cifar10, fashion-mnist, imagefolder, mnist, svhn"):
         DataConfig(name="imagenet-21k")
     for field_name in ("calibration_size", "train_subset", "test_subset"):
-        with pytest.raises(ValueError, match=f"{field_name} must be >= 0, got -1"):
+        with pytest.raises(InputError, match=f"{field_name} must be >= 0, got -1"):
             DataConfig(**{field_name: -1})
-    with pytest.raises(ValueError, match="image_size applies only to imagefolder"):
+    with pytest.raises(InputError, match="image_size applies only to imagefolder"):
         DataConfig(image_size=32)
+    with pytest.raises(InputError, match="padding must be >= 0"):
+        Augmentation(padding=-1)
+    with pytest.raises(InputError, match="batch_size must be > 0"):
+        make_loader(_numbered_dataset(), 0, shuffle=False)
 
 
 def test_oversized_splits_are_refused(fake_idx_root: Path):
-    with pytest.raises(ValueError, match="calibration_size=31 exceeds the 30 training images"):
+    with pytest.raises(InputError, match="calibration_size=31 exceeds the 30 training images"):
         load_data(DataConfig(root=str(fake_idx_root), calibration_size=31))
-    with pytest.raises(ValueError, match="test_subset=11 exceeds the 10 images"):
+    with pytest.raises(InputError, match="test_subset=11 exceeds the 10 images"):
         load_data(DataConfig(root=str(fake_idx_root), calibration_size=0, test_subset=11))
 
 
@@ -243,11 +241,11 @@ def test_batch_augmentation_is_seeded_and_keeps_labels():
             torch.equal(result, p[:, top:top + 6, left:left + 6])
             for p in padded for top in range(5) for left in range(5)
         )
-    with pytest.raises(ValueError, match="augment=True needs a dataset from load_data"):
+    with pytest.raises(InputError, match="augment=True needs a dataset from load_data"):
         make_loader(dataset, 4, shuffle=False, augment=True)
 
 
-@needs_fashion_mnist
+@pytest.mark.fashion_mnist
 def test_tiny_cnn_learns_real_fashion_mnist(fashion):
     torch.manual_seed(0)
     model = TinyCNN()

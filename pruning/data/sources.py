@@ -1,23 +1,14 @@
-"""Datasets with a seeded calibration split, and fast in-memory data loaders.
+"""Where the images come from: one registered factory per dataset, each returning a source
+that selects images by index from its training or test split.
 
-Every pruning run needs three disjoint pools of images:
-
-* ``train``: for (re)training and fine-tuning,
-* ``calibration``: ``calibration_size`` images held out of the *training* split, chosen by
-  ``seed`` and never trained on; criteria use it for activation statistics and the search
-  uses it to score candidates, so the test split stays untouched until the final report,
-* ``test``: the dataset's official test (or validation) split.
-
-The small datasets (Fashion-MNIST, MNIST, CIFAR-10, SVHN) are decoded once into normalised
-float tensors and served as :class:`ImageTensorDataset`; :func:`make_loader` then slices whole
-batches out of those tensors and augments them as batches, which is far faster on a CPU than
-per-sample PIL transforms. ``imagefolder`` datasets are too big for that and are read lazily
-through :class:`torchvision.datasets.ImageFolder`.
+The small datasets (Fashion-MNIST, MNIST, CIFAR-10, SVHN) are decoded once into uint8 tensors
+and converted to normalised floats only for the images selected. ``imagefolder`` datasets are
+too big for that and are read lazily through :class:`torchvision.datasets.ImageFolder`.
 
 Fashion-MNIST is the default and ships with Debian (``apt-get install dataset-fashion-mnist``)
 as gzipped IDX files in :data:`FASHION_MNIST_ROOT`. torchvision only reads the un-gzipped files
-from ``<root>/FashionMNIST/raw``, so :func:`load_data` builds that layout once in a cache
-directory (``$PRUNESWEEP_CACHE``, default ``~/.cache/prunesweep``) and never downloads.
+from ``<root>/FashionMNIST/raw``, so the IDX sources build that layout once in a cache
+directory (``$PRUNESWEEP_CACHE``, default ``~/.cache/prunesweep``) and never download.
 """
 from __future__ import annotations
 
@@ -25,27 +16,28 @@ import gzip
 import hashlib
 import os
 import shutil
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol
 
 import torch
 import torchvision
-from torch.utils.data import (
-    BatchSampler,
-    DataLoader,
-    Dataset,
-    RandomSampler,
-    SequentialSampler,
-    Subset,
-    TensorDataset,
-    default_collate,
-)
+from torch.utils.data import Dataset
 from torchvision import transforms
 
-from pruning.registry import Registry
+from pruning.data.loaders import Augmentation, ImageFolderSubset, ImageTensorDataset
 from pruning.errors import InputError
+from pruning.registry import Registry
+from pruning.utils import atomic_write
+
+__all__ = [
+    "FASHION_MNIST_ROOT",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "DataRootError",
+    "DATASETS",
+    "list_datasets",
+]
 
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -57,112 +49,9 @@ _IDX_FILES = (
     "t10k-labels-idx1-ubyte",
 )
 
-Batch = tuple[torch.Tensor, torch.Tensor]
-
 
 class DataRootError(InputError, FileNotFoundError):
     """The dataset's root is missing or incomplete; the message says how to get the data."""
-
-
-@dataclass(frozen=True)
-class Augmentation:
-    """Training augmentation applied to whole batches: a random crop of the image padded by
-    ``padding`` pixels on each side (zero padding, i.e. the dataset mean after normalisation),
-    then a horizontal flip with probability 1/2 when ``flip``."""
-
-    padding: int = 0
-    flip: bool = False
-
-    def __post_init__(self) -> None:
-        if self.padding < 0:
-            raise ValueError(f"Augmentation.padding must be >= 0, got {self.padding}")
-
-    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        batch, _, height, width = images.shape
-        if self.padding:
-            padded = torch.nn.functional.pad(images, [self.padding] * 4)
-            top = torch.randint(0, 2 * self.padding + 1, (batch,), generator=generator)
-            left = torch.randint(0, 2 * self.padding + 1, (batch,), generator=generator)
-            rows = (top[:, None] + torch.arange(height))[:, :, None]
-            cols = (left[:, None] + torch.arange(width))[:, None, :]
-            # One gather for the whole batch; advanced indices around the channel slice put
-            # the channel dimension last, hence the permute.
-            images = padded[torch.arange(batch)[:, None, None], :, rows, cols].permute(0, 3, 1, 2)
-        if self.flip:
-            flipped = torch.rand(batch, generator=generator) < 0.5
-            images = torch.where(flipped[:, None, None, None], images.flip(3), images)
-        return images.contiguous()
-
-
-class ImageTensorDataset(TensorDataset):
-    """``(images, labels)`` tensors plus the augmentation that suits the dataset."""
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, augmentation: Augmentation) -> None:
-        super().__init__(images, labels)
-        self.augmentation = augmentation
-
-
-class ImageFolderSubset(Subset):
-    """A slice of an ``ImageFolder`` plus the augmentation that suits it."""
-
-    def __init__(self, dataset: Dataset, indices: list[int], augmentation: Augmentation) -> None:
-        super().__init__(dataset, indices)
-        self.augmentation = augmentation
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    """Which dataset to load and how to split it.
-
-    ``root=None`` means the dataset's default root (only ``fashion-mnist`` has one).
-    ``train_subset`` / ``test_subset`` keep only the first N images of the (remaining)
-    training / test split, for quick runs. ``image_size`` applies to ``imagefolder`` only
-    (default 224).
-    """
-
-    name: str = "fashion-mnist"
-    root: str | None = None
-    download: bool = False
-    calibration_size: int = 2000
-    seed: int = 0
-    train_subset: int | None = None
-    test_subset: int | None = None
-    image_size: int | None = None
-
-    def __post_init__(self) -> None:
-        DATASETS.get(self.name)  # UnknownNameError listing the valid names
-        for field_name in ("calibration_size", "train_subset", "test_subset"):
-            value = getattr(self, field_name)
-            if value is not None and value < 0:
-                raise ValueError(f"DataConfig.{field_name} must be >= 0, got {value}")
-        if self.image_size is not None:
-            if self.name != "imagefolder":
-                raise ValueError(
-                    f"DataConfig.image_size applies only to imagefolder, not {self.name!r}"
-                )
-            if self.image_size <= 0:
-                raise ValueError(f"DataConfig.image_size must be > 0, got {self.image_size}")
-
-
-@dataclass
-class DataSplits:
-    """The three splits plus what a model needs to know about its input.
-
-    ``train_indices`` / ``calibration_indices`` index the dataset's original training split,
-    so a run can record exactly which images it held out. ``augment_by_default`` says whether
-    training on this dataset conventionally uses augmentation (see :func:`make_loader`).
-    """
-
-    train: Dataset
-    calibration: Dataset
-    test: Dataset
-    num_classes: int
-    in_channels: int
-    input_size: tuple[int, int]
-    name: str
-    train_indices: torch.Tensor
-    calibration_indices: torch.Tensor
-    augment_by_default: bool = False
 
 
 class _Source(Protocol):
@@ -268,116 +157,6 @@ def list_datasets() -> list[str]:
     return DATASETS.names()
 
 
-def load_data(config: DataConfig) -> DataSplits:
-    """Load ``config.name`` and split it; see the module docstring for what the splits are."""
-    source = DATASETS.create(
-        config.name, root=config.root, download=config.download, image_size=config.image_size
-    )
-    if config.calibration_size > source.train_size:
-        raise ValueError(
-            f"DataConfig.calibration_size={config.calibration_size} exceeds the "
-            f"{source.train_size} training images of {config.name}"
-        )
-    permutation = torch.randperm(source.train_size, generator=torch.Generator().manual_seed(config.seed))
-    # Sorted, so the held-out set is a set (its order carries no seed-dependent meaning) and
-    # "the first N remaining images" means the first N in the dataset's own order.
-    calibration_indices = permutation[: config.calibration_size].sort().values
-    train_indices = permutation[config.calibration_size :].sort().values
-    train_indices = train_indices[: _checked_subset(config, "train_subset", len(train_indices))]
-    test_indices = torch.arange(_checked_subset(config, "test_subset", source.test_size))
-    return DataSplits(
-        train=source.select("train", train_indices),
-        calibration=source.select("train", calibration_indices),
-        test=source.select("test", test_indices),
-        num_classes=source.num_classes,
-        in_channels=source.in_channels,
-        input_size=source.input_size,
-        name=config.name,
-        train_indices=train_indices,
-        calibration_indices=calibration_indices,
-        augment_by_default=source.augment_by_default,
-    )
-
-
-def _checked_subset(config: DataConfig, field_name: str, available: int) -> int:
-    requested = getattr(config, field_name)
-    if requested is None:
-        return available
-    if requested > available:
-        raise ValueError(
-            f"DataConfig.{field_name}={requested} exceeds the {available} images available in {config.name}"
-        )
-    return requested
-
-
-def make_loader(
-    dataset: Dataset,
-    batch_size: int,
-    shuffle: bool,
-    seed: int = 0,
-    augment: bool | Augmentation = False,
-) -> DataLoader:
-    """A single-process loader whose shuffling and augmentation depend only on ``seed``.
-
-    ``augment=True`` applies the dataset's own :class:`Augmentation` (datasets from
-    :func:`load_data` carry one); pass an :class:`Augmentation` to choose another. Each pass
-    over the loader draws fresh shuffles and crops, and two loaders built with the same seed
-    yield identical batch streams. For in-memory datasets whole batches are sliced out of the
-    tensors at once instead of collating one sample at a time.
-    """
-    if batch_size <= 0:
-        raise ValueError(f"batch_size must be > 0, got {batch_size}")
-    augmentation = _resolve_augmentation(dataset, augment)
-    # Separate streams, so switching augmentation on does not change the shuffling order.
-    shuffle_generator = torch.Generator().manual_seed(seed)
-    augment_generator = torch.Generator().manual_seed(seed + 1)
-    sampler = RandomSampler(dataset, generator=shuffle_generator) if shuffle else SequentialSampler(dataset)
-    if isinstance(dataset, TensorDataset):
-        return DataLoader(
-            dataset,
-            batch_size=None,
-            sampler=BatchSampler(sampler, batch_size, drop_last=False),
-            collate_fn=_BatchTransform(augmentation, augment_generator, collate=False),
-            num_workers=0,
-        )
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        collate_fn=_BatchTransform(augmentation, augment_generator, collate=True),
-        num_workers=0,
-    )
-
-
-def _resolve_augmentation(dataset: Dataset, augment: bool | Augmentation) -> Augmentation | None:
-    if isinstance(augment, Augmentation):
-        return augment
-    if not augment:
-        return None
-    augmentation = getattr(dataset, "augmentation", None)
-    if not isinstance(augmentation, Augmentation):
-        raise ValueError(
-            "augment=True needs a dataset from load_data() (it knows its augmentation); "
-            "pass an Augmentation(...) instead"
-        )
-    return augmentation
-
-
-class _BatchTransform:
-    """Collates (if needed) and augments one batch with the loader's own generator."""
-
-    def __init__(self, augmentation: Augmentation | None, generator: torch.Generator, collate: bool) -> None:
-        self.augmentation = augmentation
-        self.generator = generator
-        self.collate = collate
-
-    def __call__(self, batch) -> Batch:
-        images, labels = default_collate(batch) if self.collate else batch
-        if self.augmentation is not None:
-            images = self.augmentation(images, self.generator)
-        return images, labels
-
-
 # --- dataset factories -------------------------------------------------------------------
 
 
@@ -385,22 +164,14 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("PRUNESWEEP_CACHE", Path.home() / ".cache" / "prunesweep"))
 
 
-def _atomic_write(destination: Path, write: Callable[[Path], None]) -> None:
-    """``write(temp_path)`` then rename over ``destination``: an interrupted run leaves either
-    the old state or the complete file, never a truncated one that would later look valid.
-    The temporary name is unique per process, so concurrent runs (sweep workers) never clash."""
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    temp = destination.with_name(f".{destination.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        write(temp)
-        os.replace(temp, destination)
-    finally:
-        temp.unlink(missing_ok=True)
+# Cache files are written through atomic_write: an interrupted run leaves either the old state or
+# the complete file, never a truncated one that would later look valid, and concurrent runs
+# (sweep workers) never share a temporary file.
 
 
 def _gunzip(source: Path) -> Callable[[Path], None]:
     def write(temp: Path) -> None:
-        with gzip.open(source, "rb") as compressed, open(temp, "xb") as out:
+        with gzip.open(source, "rb") as compressed, open(temp, "wb") as out:
             shutil.copyfileobj(compressed, out, length=1 << 20)
 
     return write
@@ -408,6 +179,7 @@ def _gunzip(source: Path) -> Callable[[Path], None]:
 
 def _symlink(source: Path) -> Callable[[Path], None]:
     def write(temp: Path) -> None:
+        temp.unlink()  # atomic_write created it as a file; its unique name becomes the link
         temp.symlink_to(source.resolve())
 
     return write
@@ -437,7 +209,7 @@ def _idx_torchvision_root(folder_name: str, root: Path) -> Path | None:
         destination = cache_root / folder_name / "raw" / name
         if destination.is_file() and destination.stat().st_mtime >= source.stat().st_mtime:
             continue
-        _atomic_write(destination, _gunzip(source) if source.suffix == ".gz" else _symlink(source))
+        atomic_write(destination, _gunzip(source) if source.suffix == ".gz" else _symlink(source))
     return cache_root
 
 
@@ -590,22 +362,6 @@ def _imagefolder(root: str | None, download: bool, image_size: int | None) -> _F
     except FileNotFoundError as error:  # a split folder without any image
         raise DataRootError(f"{message} ({_one_line(error)})") from error
     if test.classes != train.classes:
-        raise ValueError(f"imagefolder: {test_dir} has other classes than {root_path / 'train'}")
+        raise InputError(f"imagefolder: {test_dir} has other classes than {root_path / 'train'}")
     return _FolderSource(train=train, test=test, image_size=size,
                          augmentation=Augmentation(padding=size // 8, flip=True))
-
-
-def calibration_batches(splits: DataSplits, images: int, batch_size: int = 128) -> list[Batch]:
-    """The first ``images`` calibration images, in order, as a list of ``(inputs, targets)``
-    batches of at most ``batch_size`` (the last one cut to size): what statistics, scoring,
-    reconstruction and search all read, held in memory once."""
-    if images <= 0:
-        raise ValueError(f"calibration images must be > 0, got {images}")
-    batches: list[Batch] = []
-    seen = 0
-    for x, y in make_loader(splits.calibration, min(batch_size, images), shuffle=False):
-        batches.append((x[: images - seen], y[: images - seen]))
-        seen += len(batches[-1][1])
-        if seen >= images:
-            break
-    return batches

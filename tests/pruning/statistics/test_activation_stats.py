@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from pruning.errors import InputError
 from pruning.structure import PruningSpace
 from pruning.structure import ChannelGroup, ObservedOutput
 from pruning.statistics import (
@@ -79,10 +80,10 @@ def test_merge_refuses_different_edges_or_config(tiny_resnet, example_input, sma
     shifted = {k: v + 0.1 for k, v in edges.items()}
     a = accumulate_stats(tiny_resnet, groups, small_batches[:1], edges, rank=False)
     b = accumulate_stats(tiny_resnet, groups, small_batches[1:], shifted, rank=False)
-    with pytest.raises(ValueError, match="histogram edges"):
+    with pytest.raises(InputError, match="histogram edges"):
         a.merge(b)
     c = accumulate_stats(tiny_resnet, groups, small_batches[1:], edges, rank=True)
-    with pytest.raises(ValueError, match="collected differently"):
+    with pytest.raises(InputError, match="collected differently"):
         a.merge(c)
 
 
@@ -251,17 +252,21 @@ def test_one_shot_iterator_equals_list(tiny_resnet, example_input, calibration_b
 
 def test_bad_arguments(tiny_resnet, example_input, calibration_batches):
     groups = space_of(tiny_resnet, example_input).groups
-    with pytest.raises(ValueError, match="histogram value"):
+    with pytest.raises(InputError, match="histogram value"):
         collect_activation_stats(tiny_resnet, groups, calibration_batches, value="median")
-    with pytest.raises(ValueError, match="no calibration batches"):
+    with pytest.raises(InputError, match="edge_batches must be at least 1"):
+        collect_activation_stats(tiny_resnet, groups, calibration_batches, edge_batches=0)
+    with pytest.raises(InputError, match="bins must be at least 2"):
+        collect_activation_stats(tiny_resnet, groups, calibration_batches, bins=1)
+    with pytest.raises(InputError, match="no calibration batches"):
         collect_activation_stats(tiny_resnet, groups, [])
-    with pytest.raises(ValueError, match="no histogram edges"):
+    with pytest.raises(InputError, match="no histogram edges"):
         accumulate_stats(tiny_resnet, groups, calibration_batches, {})
     stats = collect_activation_stats(tiny_resnet, groups[:1], calibration_batches, rank=False)
-    with pytest.raises(ValueError, match="no statistics"):
+    with pytest.raises(InputError, match="no statistics"):
         stats.channel_entropy(groups[1])
-    with pytest.raises(ValueError, match="rank=True"):
+    with pytest.raises(InputError, match="rank=True"):
         stats.channel_rank(groups[0])
-    with pytest.raises(ValueError, match="chip=True"):
+    with pytest.raises(InputError, match="chip=True"):
         stats.channel_chip(groups[0])
     assert isinstance(stats.layers["bn1"], LayerStats)

@@ -7,6 +7,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from pruning.errors import InputError
 from pruning.structure import PruningSpace, prune_model
 from pruning.structure import (
     LatencyResult,
@@ -106,7 +107,7 @@ def test_count_macs_restores_mixed_modes(tiny_resnet, example_input):
 def test_measure_cost(tiny_cnn, example_input):
     cost = measure_cost(tiny_cnn, (1, 28, 28))
     assert cost == ModelCost(macs=count_macs(tiny_cnn, example_input), params=count_params(tiny_cnn))
-    with pytest.raises(ValueError, match=r"\(1, 28\)"):
+    with pytest.raises(InputError, match=r"\(1, 28\)"):
         measure_cost(tiny_cnn, (1, 28))
 
 
@@ -130,5 +131,5 @@ def test_measure_latency_returns_positive_times_and_restores_threads(tiny_cnn):
     ],
 )
 def test_measure_latency_rejects_bad_arguments(tiny_cnn, kwargs, bad):
-    with pytest.raises(ValueError, match=bad):
+    with pytest.raises(InputError, match=bad):
         measure_latency(tiny_cnn, (1, 28, 28), **kwargs)

@@ -1,4 +1,4 @@
-"""Recovery without retraining (pruning.recovery): least-squares refit of the consumer layers."""
+"""The reconstruction step of pruning.recovery: least-squares refit of the consumer layers."""
 from __future__ import annotations
 
 import copy
@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from pruning.errors import InputError
 from pruning.structure import PruningSpace, prune_model
 from pruning.recovery import ReconstructionReport, consumers_of, kept_outputs_of, reconstruct_consumers
 
@@ -177,19 +178,36 @@ def test_subsampling_bounds_rows(calibration, model_of, capsys):
     assert all(name in logged for name in layers)
 
 
-def test_chunked_unfold_matches(calibration, model_of, monkeypatch):
-    """Unfolding a batch a few images at a time gives the same fit as all at once."""
-    import pruning.recovery.reconstruction as recovery
+def test_large_inputs_are_unfolded_in_pieces_and_still_solved_back():
+    """Patches are unfolded a few images at a time when a batch's would be too large (3 images
+    of 4 x 400 x 400 unfold to about 17 M elements, over the 2^24 bound at once) and row
+    subsampling picks rows across those pieces: each sampled row must still meet its own target,
+    so a perturbed layer comes back exactly."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(4, 3, 3, padding=1))
+    damaged = copy.deepcopy(model)
+    with torch.no_grad():
+        damaged[0].weight.add_(torch.randn(damaged[0].weight.shape))
+        damaged[0].bias.add_(1.0)
+    x = torch.randn(3, 4, 400, 400, generator=torch.Generator().manual_seed(1))
+    reports = reconstruct_consumers(model, damaged, ["0"], [x], ridge=0.0, max_rows_per_batch=3000)
+    assert reports["0"].status == "refit" and reports["0"].rows == 3000
+    assert reports["0"].error_before > 0.1 and reports["0"].error_after < 1e-9
+    torch.testing.assert_close(damaged[0].weight, model[0].weight, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(damaged[0].bias, model[0].bias, rtol=1e-4, atol=1e-5)
 
+
+def test_batching_of_the_calibration_data_does_not_change_the_fit(calibration, model_of):
+    """X^T X and X^T Y are streamed: the same images in two batches or in one give the same fit."""
     model = model_of("resnet")
     space, pruned, kept, layers = _prune(model, 0.5)
     other = copy.deepcopy(pruned)
-    whole = reconstruct_consumers(model, pruned, layers, calibration[:2], max_rows_per_batch=2000)
-    monkeypatch.setattr(recovery, "_UNFOLD_BUDGET", 3 * 72 * 784)  # 3 images per chunk
-    chunked = reconstruct_consumers(model, other, layers, calibration[:2], max_rows_per_batch=2000)
+    images = torch.cat([x for x, _ in calibration[:2]])
+    whole = reconstruct_consumers(model, pruned, layers, [images], max_rows_per_batch=10**6)
+    halves = reconstruct_consumers(model, other, layers, calibration[:2], max_rows_per_batch=10**6)
     for name in layers:
-        assert whole[name].rows == chunked[name].rows == 4000
-        assert whole[name].error_after == pytest.approx(chunked[name].error_after, rel=1e-9)
+        assert whole[name].rows == halves[name].rows
+        assert whole[name].error_after == pytest.approx(halves[name].error_after, rel=1e-9)
     for (k, a), b in zip(pruned.state_dict().items(), other.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=k)
 
@@ -200,7 +218,7 @@ def test_modes_hooks_and_errors(calibration, model_of):
     model.train()
     pruned.train()
     pruned.features[1].eval()  # a mixed-mode submodule must be restored as it was
-    with pytest.raises(ValueError, match="kept_outputs"):  # features.7's own outputs were pruned
+    with pytest.raises(InputError, match="kept_outputs"):  # features.7's own outputs were pruned
         reconstruct_consumers(model, pruned, layers, calibration)
     reconstruct_consumers(model, pruned, layers, calibration[:1], kept_outputs=kept_outputs_of(space, kept))
     for net in (model, pruned):
@@ -208,10 +226,16 @@ def test_modes_hooks_and_errors(calibration, model_of):
             assert not m._forward_hooks and not m._forward_pre_hooks, name
     assert model.training and pruned.training and not pruned.features[1].training
     assert all(m.training for m in model.modules())
-    with pytest.raises(ValueError, match="unknown layer"):
+    with pytest.raises(InputError, match="unknown layer"):
         reconstruct_consumers(model, pruned, ["nope"], calibration)
-    with pytest.raises(ValueError, match="Conv2d and Linear"):
+    with pytest.raises(InputError, match="Conv2d and Linear"):
         reconstruct_consumers(model, pruned, ["features.1"], calibration)
+    with pytest.raises(InputError, match="ridge must be >= 0"):
+        reconstruct_consumers(model, pruned, layers, calibration, ridge=-1.0)
+    with pytest.raises(InputError, match="max_rows_per_batch must be >= 1"):
+        reconstruct_consumers(model, pruned, layers, calibration, max_rows_per_batch=0)
+    with pytest.raises(InputError, match="at least one calibration batch"):
+        reconstruct_consumers(model, pruned, layers, [])
     assert reconstruct_consumers(model, pruned, [], calibration) == {}
 
 

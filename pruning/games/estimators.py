@@ -1,0 +1,233 @@
+"""Shapley-value estimators for any :class:`~pruning.games.coalitions.CoalitionGame`.
+
+* :func:`exact_shapley`: enumeration of all 2^C coalitions in one batched call (C <= 10).
+* :func:`permutation_shapley`: Monte Carlo over permutations, with antithetic pairs, TMC
+  truncation and an ``epsilon`` stop.
+* :class:`RunningStats`: the per-player Welford state of the samples, mergeable with Chan's
+  formula, so that shards computed elsewhere (e.g. blocks on Ray actors) combine exactly;
+  :class:`ShapleyEstimate` carries it.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import numpy as np
+import torch
+
+from pruning.games.coalitions import CoalitionGame, all_coalitions, game_endpoints
+
+EXACT_MAX_SIZE = 10
+
+
+@dataclass
+class RunningStats:
+    """Per-player running mean and variance (Welford), mergeable with Chan's parallel formula.
+
+    ``n``, ``mean`` and ``m2`` are float64 tensors of length C (sum of squared deviations in m2),
+    so shards run elsewhere (e.g. on Ray actors) can be merged exactly.
+    """
+
+    n: torch.Tensor
+    mean: torch.Tensor
+    m2: torch.Tensor
+
+    @classmethod
+    def zeros(cls, size: int) -> RunningStats:
+        z = torch.zeros(size, dtype=torch.float64)
+        return cls(z.clone(), z.clone(), z.clone())
+
+    def update(self, x: torch.Tensor) -> None:
+        """Welford's update with one sample ``x: [C]`` (in place)."""
+        x = x.to(torch.float64)
+        self.n += 1
+        delta = x - self.mean
+        self.mean += delta / self.n
+        self.m2 += delta * (x - self.mean)
+
+    def update_many(self, xs: Iterable[torch.Tensor]) -> None:
+        for x in xs:
+            self.update(x)
+
+    def merge(self, other: RunningStats) -> RunningStats:
+        """Chan et al.'s pairwise combination of two disjoint sample sets (new object)."""
+        n = self.n + other.n
+        safe = torch.where(n > 0, n, torch.ones_like(n))
+        delta = other.mean - self.mean
+        mean = torch.where(n > 0, self.mean + delta * other.n / safe, torch.zeros_like(n))
+        m2 = self.m2 + other.m2 + delta**2 * self.n * other.n / safe
+        return RunningStats(n, mean, m2)
+
+    @property
+    def count(self) -> int:
+        """The smallest per-player sample count."""
+        return int(self.n.min().item()) if len(self.n) else 0
+
+    def variance(self) -> torch.Tensor:
+        """Unbiased sample variance (nan where n < 2)."""
+        return torch.where(self.n > 1, self.m2 / (self.n - 1).clamp(min=1), torch.full_like(self.m2, float("nan")))
+
+    def stderr(self) -> torch.Tensor:
+        """Standard error of the mean (inf where n < 2)."""
+        se = (self.variance() / self.n.clamp(min=1)).sqrt()
+        return torch.where(self.n > 1, se, torch.full_like(se, float("inf")))
+
+
+@dataclass(frozen=True, eq=False)
+class ShapleyEstimate:
+    """Estimated Shapley values of one game.
+
+    ``evaluations`` counts coalition values the estimator requested (v(N) and v(empty)
+    included); for a :class:`LayerGame` each costs ``batch_size`` image forwards, see
+    ``LayerGame.evaluations`` for the image count. ``permutations`` is 0 for exact enumeration.
+    ``stats`` holds the per-player Welford state, for :meth:`merge`.
+    """
+
+    values: torch.Tensor
+    stderr: torch.Tensor
+    permutations: int
+    evaluations: int
+    v_full: float
+    v_empty: float
+    stats: RunningStats | None = field(default=None, compare=False, repr=False)
+
+    def merge(self, other: ShapleyEstimate) -> ShapleyEstimate:
+        """Combine two independent permutation shards of the same game (Chan's formula)."""
+        if self.stats is None or other.stats is None:
+            raise ValueError("only permutation estimates (with stats) can be merged")
+        stats = self.stats.merge(other.stats)
+        return ShapleyEstimate(
+            values=stats.mean.clone(),
+            stderr=stats.stderr(),
+            permutations=self.permutations + other.permutations,
+            evaluations=self.evaluations + other.evaluations,
+            v_full=self.v_full,
+            v_empty=self.v_empty,
+            stats=stats,
+        )
+
+
+def exact_shapley(game: CoalitionGame) -> ShapleyEstimate:
+    """Exact Shapley values by enumerating all 2^C coalitions in one batched call (C <= 10).
+
+    phi_i = sum_{S subset N\\{i}} |S|! (C-|S|-1)! / C! * (v(S + i) - v(S)).
+    """
+    n = game.size
+    if n > EXACT_MAX_SIZE:
+        raise ValueError(f"exact enumeration is limited to {EXACT_MAX_SIZE} players, got {n}")
+    v = game.values(all_coalitions(n)).to(torch.float64)
+    index = torch.arange(2**n)
+    sizes = all_coalitions(n).sum(1)
+    weight = torch.tensor([math.factorial(s) * math.factorial(n - s - 1) / math.factorial(n) for s in range(n)], dtype=torch.float64)
+    phi = torch.zeros(n, dtype=torch.float64)
+    for i in range(n):
+        without = index[(index >> i) & 1 == 0]
+        phi[i] = (weight[sizes[without]] * (v[without | (1 << i)] - v[without])).sum()
+    return ShapleyEstimate(phi, torch.zeros(n, dtype=torch.float64), 0, 2**n, float(v[-1]), float(v[0]))
+
+
+def _prefix_values(
+    game: CoalitionGame,
+    perms: np.ndarray,
+    v_full: float,
+    v_empty: float,
+    truncation_tol: float | None,
+    window: int,
+) -> tuple[torch.Tensor, int]:
+    """v(first k players of each permutation) for k = 0..C -> ``float64[P, C+1]`` and the number
+    of coalitions evaluated. Without truncation, one batched call; with truncation, windows of
+    ``window`` prefix lengths over the still-active permutations, and a permutation whose prefix
+    value comes within ``truncation_tol`` of v(N) keeps that value to the end (TMC-Shapley)."""
+    p, n = perms.shape
+    ranks = torch.from_numpy(np.argsort(perms, axis=1))  # ranks[p, i] = position of player i
+    pv = torch.empty(p, n + 1, dtype=torch.float64)
+    pv[:, 0] = v_empty
+    pv[:, n] = v_full
+    if n < 2 and truncation_tol is None:
+        return pv, 0
+    if truncation_tol is None:
+        k = torch.arange(1, n)
+        masks = ranks[:, None, :] < k[None, :, None]
+        pv[:, 1:n] = game.values(masks.reshape(-1, n)).view(p, n - 1)
+        return pv, p * (n - 1)
+    used = 0
+    active = torch.ones(p, dtype=torch.bool)
+    if abs(v_empty - v_full) < truncation_tol:
+        pv[:, 1:] = v_empty
+        return pv, 0
+    for start in range(1, n, window):
+        rows = active.nonzero().flatten()
+        if len(rows) == 0:
+            break
+        k = torch.arange(start, min(start + window, n))
+        masks = ranks[rows][:, None, :] < k[None, :, None]
+        vals = game.values(masks.reshape(-1, n)).view(len(rows), len(k))
+        used += vals.numel()
+        pv[rows[:, None], k[None, :]] = vals
+        close = (vals - v_full).abs() < truncation_tol
+        for r, row in zip(rows.tolist(), close):
+            hits = row.nonzero()
+            if len(hits):
+                cut = int(k[hits[0, 0]])
+                pv[r, cut + 1 :] = pv[r, cut]
+                active[r] = False
+    return pv, used
+
+
+def permutation_shapley(
+    game: CoalitionGame,
+    *,
+    max_permutations: int = 64,
+    epsilon: float | None = None,
+    antithetic: bool = False,
+    truncation_tol: float | None = None,
+    batch_permutations: int = 16,
+    truncation_window: int | None = None,
+    seed: int = 0,
+) -> ShapleyEstimate:
+    """Monte Carlo Shapley values from marginal contributions along random permutations.
+
+    Each permutation pi gives one sample per player, v(pre_i(pi) + i) - v(pre_i(pi)); the prefix
+    values of ``batch_permutations`` permutations are evaluated in one batched call.
+
+    * ``antithetic``: every permutation is followed by its reverse; the pair's average is one
+      sample (so the variance reflects the pairing). ``max_permutations`` is rounded down to
+      an even number (at least 2) and counts both members of a pair.
+    * ``truncation_tol`` (absolute, in units of v): TMC-Shapley; once |v(prefix) - v(N)| <
+      tol the remaining marginals of that permutation are 0 (bias at most tol per permutation).
+      Prefixes are then evaluated in windows of ``truncation_window`` lengths (default
+      max(1, C // 4)) so that truncated permutations stop costing evaluations.
+    * ``epsilon``: stop once the largest per-player standard error is below it (checked after
+      every block), otherwise run until ``max_permutations``.
+
+    Deterministic given ``seed`` (a private ``numpy.random.Generator``). Without truncation the
+    marginals of every permutation sum to exactly v(N) - v(empty).
+    """
+    n = game.size
+    if max_permutations < 1:
+        raise ValueError("max_permutations must be >= 1")
+    rng = np.random.default_rng(seed)
+    v_full, v_empty = game_endpoints(game)
+    evaluations = 2
+    step = 2 if antithetic else 1
+    budget = max(step, max_permutations - max_permutations % step)
+    block_size = max(step, batch_permutations - batch_permutations % step)
+    window = truncation_window or max(1, n // 4)
+    stats = RunningStats.zeros(n)
+    done = 0
+    while done < budget:
+        count = min(block_size, budget - done)
+        base = [rng.permutation(n) for _ in range(count // step)]
+        perms = np.stack([q for b in base for q in ((b, b[::-1]) if antithetic else (b,))])
+        pv, used = _prefix_values(game, perms, v_full, v_empty, truncation_tol, window)
+        evaluations += used
+        marginals = pv[:, 1:] - pv[:, :-1]  # [P, n]: contribution of perms[p, k]
+        phi = torch.zeros(len(perms), n, dtype=torch.float64).scatter_(1, torch.from_numpy(perms.copy()), marginals)
+        if antithetic:
+            phi = phi.view(-1, 2, n).mean(1)
+        stats.update_many(phi)
+        done += len(perms)
+        if epsilon is not None and stats.count >= 2 and float(stats.stderr().max()) < epsilon:
+            break
+    return ShapleyEstimate(stats.mean.clone(), stats.stderr(), done, evaluations, v_full, v_empty, stats)

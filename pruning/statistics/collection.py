@@ -1,0 +1,298 @@
+"""The collection pass: activation statistics of prunable channels, as mergeable state.
+
+One streaming pass over calibration batches hooks every observed output of the given
+:class:`~pruning.structure.groups.ChannelGroup` s (the producer's BatchNorm output, or the producer's own
+output without one, passed through ReLU when the model applies one right after) and accumulates,
+per observed output and channel:
+
+* ``hist``: counts over a fixed-edge histogram of the global-average-pooled activation per image
+  (``value="gap"``, default) or of every spatial value (``value="spatial"``), for entropy.
+  The edges are fixed beforehand by :func:`compute_histogram_edges` (a short first pass: the
+  per-channel min/max widened by 1 % of the range each side); values outside fall in the end bins.
+* ``rank_sum``: the sum over images of the matrix rank of each HxW map (HRank), one batched
+  ``torch.linalg.matrix_rank`` call per hook call. Outputs of Linear layers have no maps: their
+  ``rank_sum`` is ``None`` (``channel_rank`` reports NaN for them, or the rank of a 1x1 map when
+  asked with ``linear_as_1x1=True``).
+* ``sum`` / ``gram``: the sum of the GAP vectors x and of x x^T over images (mean, correlation).
+* ``zeros``: the count of exactly-zero activations over all positions (APoZ).
+* ``chip_sum`` (only with ``chip=True``): the sum over images of CHIP's channel independence,
+  ``||A||_* - ||A with row c zeroed||_*`` for the (C, H*W) feature matrix A of one image.
+* ``n_images``, ``n_positions`` (= images x H x W; a Linear output counts as a 1x1 map).
+
+Everything is a sum or a count, so shards collected by :func:`accumulate_stats` with the same
+edges merge exactly (:meth:`~pruning.statistics.ActivationStats.merge`). No feature map is
+stored: memory is bounded by the per-channel accumulators (C x C for ``gram``).
+"""
+from __future__ import annotations
+
+import contextlib
+import itertools
+from collections.abc import Iterator
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pruning.errors import InputError
+from pruning.statistics.measures import batched_map_rank, leave_one_out_nuclear_norms
+from pruning.statistics.state import ActivationStats, LayerStats, check_value_mode
+from pruning.structure.groups import ChannelGroup
+from pruning.utils import batch_inputs, model_device, preserved_modes
+
+__all__ = ["compute_histogram_edges", "accumulate_stats", "collect_activation_stats"]
+
+#: relative widening of the first-pass [min, max] range on each side
+EDGE_MARGIN = 0.01
+
+
+def _observed_outputs(model: nn.Module, groups: Sequence[ChannelGroup]) -> dict[str, bool]:
+    """{observed module name: relu} over the groups, checked against the model."""
+    modules = dict(model.named_modules())
+    observed: dict[str, bool] = {}
+    for group in groups:
+        for obs in group.observed:
+            if obs.module not in modules:
+                raise InputError(f"group {group.name!r}: the model has no module {obs.module!r}")
+            if observed.setdefault(obs.module, obs.relu) != obs.relu:
+                raise InputError(f"module {obs.module!r} is observed both with and without ReLU")
+    if not observed:
+        raise InputError("no groups to collect statistics for")
+    return observed
+
+
+def _as_maps(output: Any, name: str, relu: bool) -> tuple[torch.Tensor, bool]:
+    """The observed activation as float (B, C, H, W) and whether it has real spatial maps."""
+    if not isinstance(output, torch.Tensor):
+        raise InputError(f"module {name!r} returned {type(output).__name__}, expected a tensor")
+    x = output.detach()
+    if relu:
+        x = F.relu(x)
+    x = x.float()
+    if x.dim() == 4:
+        return x, True
+    if x.dim() == 2:
+        return x[:, :, None, None], False
+    raise InputError(f"module {name!r}: cannot collect statistics of a {x.dim()}-D output")
+
+
+def _hist_values(x: torch.Tensor, value: str) -> torch.Tensor:
+    """(C, n) values to histogram: GAP per image or all positions."""
+    if value == "gap":
+        return x.mean((2, 3)).T
+    return x.transpose(0, 1).reshape(x.shape[1], -1)
+
+
+@contextlib.contextmanager
+def _hooked(model: nn.Module, observed: Mapping[str, bool], fn: Callable[[str, torch.Tensor, bool], None]):
+    """Hooks on the observed modules, eval mode and no_grad; all undone on exit, even on error."""
+    modules = dict(model.named_modules())
+    handles = []
+    with preserved_modes(model):
+        try:
+            for name, relu in observed.items():
+                handles.append(
+                    modules[name].register_forward_hook(
+                        lambda m, i, o, name=name, relu=relu: fn(name, o, relu)
+                    )
+                )
+            model.eval()
+            with torch.no_grad():
+                yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+
+def _run(model: nn.Module, batches: Iterable, progress: bool, desc: str) -> int:
+    device = model_device(model)
+    iterable = batches
+    if progress:
+        from tqdm.auto import tqdm
+
+        total = len(batches) if hasattr(batches, "__len__") else None
+        iterable = tqdm(batches, desc=desc, total=total)
+    count = 0
+    for batch in iterable:
+        model(batch_inputs(batch).to(device))
+        count += 1
+    if count == 0:
+        raise InputError("no calibration batches to collect statistics from")
+    return count
+
+
+def compute_histogram_edges(
+    model: nn.Module,
+    groups: Sequence[ChannelGroup],
+    batches: Iterable,
+    *,
+    bins: int = 32,
+    value: str = "gap",
+) -> dict[str, torch.Tensor]:
+    """First pass: per observed output, [C, bins+1] float32 uniform edges per channel.
+
+    The range is the per-channel [min, max] of the histogrammed value over ``batches``, widened
+    on each side by 1 % of the range, and at least by 1e-4 x max(1, |min|, |max|) so that a
+    constant channel gets a proper (tiny) range and all its values fall in one bin.
+    """
+    check_value_mode(value)
+    if bins < 2:
+        raise InputError(f"bins must be at least 2, got {bins}")
+    observed = _observed_outputs(model, groups)
+    lo: dict[str, torch.Tensor] = {}
+    hi: dict[str, torch.Tensor] = {}
+
+    def record(name: str, output: Any, relu: bool) -> None:
+        x, _ = _as_maps(output, name, relu)
+        v = _hist_values(x, value)
+        vmin, vmax = v.min(1).values, v.max(1).values
+        lo[name] = torch.minimum(lo[name], vmin) if name in lo else vmin
+        hi[name] = torch.maximum(hi[name], vmax) if name in hi else vmax
+
+    with _hooked(model, observed, record):
+        _run(model, batches, False, "edges")
+
+    edges: dict[str, torch.Tensor] = {}
+    for name in observed:
+        if name not in lo:
+            raise InputError(f"module {name!r} was not called by the forward pass")
+        a, b = lo[name].double().cpu(), hi[name].double().cpu()
+        if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
+            raise InputError(f"module {name!r} produced non-finite activations")
+        scale = torch.maximum(torch.maximum(a.abs(), b.abs()), torch.ones_like(a))
+        pad = torch.maximum(EDGE_MARGIN * (b - a), 1e-4 * scale)
+        steps = torch.linspace(0, 1, bins + 1, dtype=torch.float64)
+        edges[name] = ((a - pad)[:, None] + (b - a + 2 * pad)[:, None] * steps).float()
+    return edges
+
+
+class _Accumulator:
+    """Running sums of one observed output, on the activation's device."""
+
+    def __init__(self, name: str, x: torch.Tensor, has_maps: bool, edges: torch.Tensor, rank: bool, chip: bool):
+        _, c, h, w = x.shape
+        if edges.dim() != 2 or edges.shape[0] != c or edges.shape[1] < 3:
+            raise InputError(f"module {name!r}: edges of shape {tuple(edges.shape)} do not fit {c} channels")
+        dev = x.device
+        self.edges = edges.to(device=dev, dtype=torch.float32)
+        self.inner = self.edges[:, 1:-1].contiguous()
+        self.bins = self.edges.shape[1] - 1
+        self.offsets = torch.arange(c, device=dev)[:, None] * self.bins
+        self.hist = torch.zeros(c * self.bins, dtype=torch.int64, device=dev)
+        self.sum = torch.zeros(c, dtype=torch.float64, device=dev)
+        self.gram = torch.zeros(c, c, dtype=torch.float64, device=dev)
+        self.zeros = torch.zeros(c, dtype=torch.int64, device=dev)
+        self.n_images = 0
+        self.n_positions = 0
+        self.has_maps = has_maps
+        self.map_size = (h, w) if has_maps else (0, 0)
+        self.rank_sum = torch.zeros(c, dtype=torch.float64, device=dev) if rank and has_maps else None
+        self.chip_sum = torch.zeros(c, dtype=torch.float64, device=dev) if chip else None
+
+    def update(self, name: str, x: torch.Tensor, has_maps: bool, value: str) -> None:
+        b, c, h, w = x.shape
+        if has_maps != self.has_maps or (has_maps and (h, w) != self.map_size):
+            raise InputError(f"module {name!r}: output shape changed between batches; use one input size")
+        v = _hist_values(x, value).contiguous()
+        idx = torch.searchsorted(self.inner, v, right=True)
+        self.hist += torch.bincount((idx + self.offsets).flatten(), minlength=self.hist.numel())
+        gap = x.mean((2, 3)).double()
+        self.sum += gap.sum(0)
+        self.gram += gap.T @ gap
+        self.zeros += (x == 0).sum((0, 2, 3))
+        self.n_images += b
+        self.n_positions += b * h * w
+        if self.rank_sum is not None:
+            self.rank_sum += batched_map_rank(x).sum(0).double()
+        if self.chip_sum is not None:
+            full, without = leave_one_out_nuclear_norms(x.reshape(b, c, h * w))
+            self.chip_sum += (full[:, None] - without).sum(0)
+
+    def finish(self) -> LayerStats:
+        c = self.sum.shape[0]
+        cpu = lambda t: None if t is None else t.cpu()  # noqa: E731
+        return LayerStats(
+            edges=cpu(self.edges),
+            hist=cpu(self.hist.view(c, self.bins)),
+            sum=cpu(self.sum),
+            gram=cpu(self.gram),
+            zeros=cpu(self.zeros),
+            n_images=torch.tensor(self.n_images, dtype=torch.int64),
+            n_positions=torch.tensor(self.n_positions, dtype=torch.int64),
+            map_size=torch.tensor(self.map_size, dtype=torch.int64),
+            rank_sum=cpu(self.rank_sum),
+            chip_sum=cpu(self.chip_sum),
+        )
+
+
+def accumulate_stats(
+    model: nn.Module,
+    groups: Sequence[ChannelGroup],
+    batches: Iterable,
+    edges: Mapping[str, torch.Tensor],
+    *,
+    value: str = "gap",
+    rank: bool = True,
+    chip: bool = False,
+    progress: bool = False,
+) -> ActivationStats:
+    """The mergeable pass: statistics of ``batches`` with fixed histogram ``edges``.
+
+    Running it on shards of the data with the same edges and merging the results gives the
+    statistics of one pass over all of it (up to float summation order).
+    """
+    check_value_mode(value)
+    observed = _observed_outputs(model, groups)
+    missing = [name for name in observed if name not in edges]
+    if missing:
+        raise InputError(f"no histogram edges for {', '.join(missing)}")
+    bins = {int(edges[name].shape[-1]) - 1 for name in observed}
+    if len(bins) != 1:
+        raise InputError(f"histogram edges disagree on the number of bins: {sorted(bins)}")
+    accumulators: dict[str, _Accumulator] = {}
+
+    def record(name: str, output: Any, relu: bool) -> None:
+        x, has_maps = _as_maps(output, name, relu)
+        if name not in accumulators:
+            accumulators[name] = _Accumulator(name, x, has_maps, edges[name], rank, chip)
+        accumulators[name].update(name, x, has_maps, value)
+
+    with _hooked(model, observed, record):
+        _run(model, batches, progress, "activation stats")
+
+    not_called = [name for name in observed if name not in accumulators]
+    if not_called:
+        raise InputError(f"module(s) not called by the forward pass: {', '.join(not_called)}")
+    layers = {name: accumulators[name].finish() for name in observed}
+    return ActivationStats(layers, bins=bins.pop(), value=value, rank=rank, chip=chip)
+
+
+def collect_activation_stats(
+    model: nn.Module,
+    groups: Sequence[ChannelGroup],
+    batches: Iterable,
+    *,
+    bins: int = 32,
+    value: str = "gap",
+    rank: bool = True,
+    chip: bool = False,
+    edge_batches: int = 1,
+    progress: bool = False,
+) -> ActivationStats:
+    """Edges from the first ``edge_batches`` batches, then statistics over all ``batches``.
+
+    ``batches`` may be a list, a re-iterable loader or a one-shot iterator (its first batches
+    are kept in memory for the second pass).
+    """
+    if edge_batches < 1:
+        raise InputError(f"edge_batches must be at least 1, got {edge_batches}")
+    if isinstance(batches, Iterator):  # one-shot: keep the edge batches for the main pass
+        head = list(itertools.islice(batches, edge_batches))
+        edges = compute_histogram_edges(model, groups, head, bins=bins, value=value)
+        batches = itertools.chain(head, batches)
+    else:
+        head = itertools.islice(batches, edge_batches)
+        edges = compute_histogram_edges(model, groups, head, bins=bins, value=value)
+    return accumulate_stats(
+        model, groups, batches, edges, value=value, rank=rank, chip=chip, progress=progress
+    )
