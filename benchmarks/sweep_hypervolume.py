@@ -2,10 +2,11 @@
 
 Runs four sweeps on one baseline — ``uniform``, ``per_layer`` and ``concentration`` with NSGA-II,
 and ``concentration`` with random sampling — each with the same number of trials, criterion
-(l1), fine-tuning (one epoch on a training subset) and seed. Reports each front's hypervolume
-(reference: accuracy 0, the baseline's MACs; accuracy on the calibration split, MACs as a
-fraction of the baseline's), and across all finished trials the Spearman correlation between
-the accuracy right after BN recalibration and the accuracy after fine-tuning.
+(l1), recovery recipe (the default reconstruction and BN recalibration, then one fine-tuning
+epoch on a training subset) and seed. Reports each front's hypervolume (reference: accuracy 0,
+the baseline's MACs; accuracy on the calibration split, MACs as a fraction of the baseline's),
+and across all finished trials the Spearman correlation between the accuracy before fine-tuning
+(``bn_accuracy``) and the accuracy after it.
 
     python benchmarks/sweep_hypervolume.py --checkpoint runs/bench/resnet20-fmnist.pt --trials 12 \
         --out benchmarks/results/sweep_hypervolume.json
@@ -20,9 +21,8 @@ from pathlib import Path
 
 from scipy.stats import spearmanr
 
-from orchestrator.sweeps.front import hypervolume
-from orchestrator.sweeps.core import run_sweep
-from orchestrator.sweeps.config import SweepConfig
+from orchestrator.sweeps import SweepConfig, run_sweep
+from pruning.utils import atomic_write
 
 SPACES = {
     "uniform": ("uniform", "nsga2", {"flops_reduction": [0.2, 0.8]}),
@@ -51,7 +51,8 @@ def main() -> None:
         shutil.rmtree(run_dir, ignore_errors=True)
         config = SweepConfig.from_dict({
             "name": f"bench-{label}", "checkpoint": args.checkpoint, "run_dir": str(run_dir),
-            "data": {"calibration_images": 512, "finetune_subset": args.finetune_subset, "bn_batches": 20},
+            "data": {"calibration_images": 512},
+            "recipe": {"finetune_subset": args.finetune_subset, "bn_batches": 20},
             "space": {"name": space, "criteria": ["l1"], "finetune_epochs": [1, 1],
                       "finetune_lr": [0.01, 0.01], "weight_decay": [5e-4, 5e-4], "flops_bounds": [0.1, 0.9], **options},
             "sweep": {"trials": args.trials, "concurrency": args.concurrency, "sampler": sampler, "seed": 0},
@@ -63,7 +64,8 @@ def main() -> None:
         points = [{"accuracy": t.metrics["accuracy"], "macs": t.metrics["macs"] / base_macs,
                    "feasible": bool(t.metrics.get("feasible", 1.0))}
                   for t in result.trials if t.status == "FINISHED" and "accuracy" in t.metrics]
-        volume = hypervolume(points, {"accuracy": "max", "macs": "min"}, {"accuracy": 0.0, "macs": 1.0})
+        # the sweep's own hypervolume has the baseline's MACs as reference: per unit of baseline MACs
+        volume = result.hypervolume / base_macs if result.hypervolume is not None else None
         pairs += [(t.metrics["bn_accuracy"], t.metrics["accuracy"]) for t in result.trials
                   if t.status == "FINISHED" and t.metrics.get("feasible", 1.0) and "bn_accuracy" in t.metrics]
         row = {"space": label, "sampler": sampler, "trials": len(result.trials), "finished": len(points),
@@ -76,8 +78,7 @@ def main() -> None:
     rho = spearmanr([a for a, _ in pairs], [b for _, b in pairs]).statistic if len(pairs) > 2 else None
     result = {"settings": vars(args), "rows": rows, "bn_vs_finetuned_spearman": rho, "pairs": len(pairs)}
     print(json.dumps({"bn_vs_finetuned_spearman": rho, "pairs": len(pairs)}))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1))
+    atomic_write(args.out, lambda tmp: tmp.write_text(json.dumps(result, indent=1)))
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The main job: a small Pareto sweep on real Fashion-MNIST. Trains a ResNet-20 baseline (cached
 # in runs/demo/ after the first run), computes activation statistics once on Ray actors, runs a
-# few Optuna (NSGA-II) trials through Ray Tune, each pruning + BN-recalibrating + fine-tuning the
-# shared baseline, logs everything to MLflow (sqlite in the run directory), prints the
-# accuracy-vs-MACs Pareto front and the `mlflow ui` command to browse it.
+# few Optuna (NSGA-II) trials through Ray Tune, each pruning the shared baseline and recovering it
+# with the config's recipe (reconstruction, BN recalibration, fine-tuning), logs everything to
+# MLflow (sqlite in the run directory), prints the accuracy-vs-MACs Pareto front and the
+# `mlflow ui` command to browse it.
 # Extra arguments go to `prunesweep sweep` (e.g. --trials 12 --concurrency 2).
 set -euo pipefail
 cd "$(dirname "$0")/.."

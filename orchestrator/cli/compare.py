@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import replace
 from pathlib import Path
 
-from orchestrator.cli.result import CommandResult
 from orchestrator.cli.options import add_output, add_ray_network
+from orchestrator.cli.recipe_args import add_recipe_arguments, recipe_from_args
+from orchestrator.cli.result import CommandResult
+
+__all__ = ["add_parser", "run"]
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -16,15 +18,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--criteria", nargs="+", required=True, help="criteria to compare (see `prunesweep info`)")
     p.add_argument("--flops-reductions", nargs="+", type=float, required=True, help="fractions of MACs to remove")
-    p.add_argument("--seeds", nargs="+", type=int, default=[0], help="seeds (default: 0)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0],
+                   help="seeds, each seeding a cell's criterion and recovery (default: 0)")
     p.add_argument("--strategy", default="full", help="full or inner (default: full)")
-    p.add_argument("--finetune-epochs", type=int, default=0)
-    p.add_argument("--finetune-lr", type=float, default=0.01)
-    p.add_argument("--weight-decay", type=float, default=5e-4)
-    p.add_argument("--finetune-subset", type=int, default=None, help="fine-tune on the first N training images only")
-    p.add_argument("--bn-batches", type=int, default=20, help="training batches for BN recalibration (default: 20)")
-    p.add_argument("--calibration-images", type=int, default=512)
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--calibration-images", type=int, default=512,
+                   help="calibration images for statistics, criteria and reconstruction (default: 512)")
+    p.add_argument("--batch-size", type=int, default=128, help="batch size of calibration and recovery (default: 128)")
     p.add_argument("--data-root", default=None)
     p.add_argument("--test-subset", type=int, default=None, help="evaluate on the first N test images only")
     p.add_argument("--concurrency", type=int, default=2)
@@ -32,9 +31,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--address", default=None, help="Ray cluster address to join (default: start Ray locally)")
     add_ray_network(p)
     p.add_argument("--tracking-uri", default=None, help="default: sqlite:////RUN_DIR/mlflow.db")
-    p.add_argument("--experiment", default=None, help="MLflow experiment (default: prunesweep-compare)")
+    p.add_argument("--experiment", default="prunesweep-compare", help="MLflow experiment (default: prunesweep-compare)")
     p.add_argument("--name", default=None, help="name of the comparison (default: compare-<time>)")
     p.add_argument("--run-dir", default=None, help="default: runs/compare/<name>")
+    add_recipe_arguments(p)
     return p
 
 
@@ -42,21 +42,14 @@ def run(args: argparse.Namespace) -> CommandResult:
     from orchestrator.sweeps import CompareConfig, DataSettings, TrackingSettings, run_compare  # torch, Ray, MLflow: only when run
 
     name = args.name or time.strftime("compare-%Y%m%d-%H%M%S")
-    data = DataSettings(calibration_images=args.calibration_images, finetune_subset=args.finetune_subset,
-                        bn_batches=args.bn_batches, batch_size=args.batch_size,
-                        data_root=str(Path(args.data_root).absolute()) if args.data_root else None,
-                        test_subset=args.test_subset)
+    data = DataSettings.from_dict({"calibration_images": args.calibration_images, "batch_size": args.batch_size,
+                                   "data_root": args.data_root, "test_subset": args.test_subset})
     run_dir = str(Path(args.run_dir).absolute()) if args.run_dir else str(Path("runs", "compare", name).absolute())
-    tracking = TrackingSettings.from_dict({k: v for k, v in (("uri", args.tracking_uri),
-                                                              ("experiment", args.experiment)) if v is not None}
-                                          or {"experiment": "prunesweep-compare"})
-    if args.experiment is None:
-        tracking = replace(tracking, experiment="prunesweep-compare")
+    tracking = TrackingSettings.from_dict({"uri": args.tracking_uri, "experiment": args.experiment})
     config = CompareConfig(
         checkpoint=str(Path(args.checkpoint).absolute()), criteria=tuple(args.criteria),
         flops_reductions=tuple(args.flops_reductions), seeds=tuple(args.seeds), run_dir=run_dir,
-        strategy=args.strategy, finetune_epochs=args.finetune_epochs, finetune_lr=args.finetune_lr,
-        weight_decay=args.weight_decay, data=data, concurrency=args.concurrency,
+        strategy=args.strategy, recipe=recipe_from_args(args), data=data, concurrency=args.concurrency,
         cpus_per_trial=args.cpus_per_trial, tracking=tracking, name=name,
     )
     result = run_compare(config, address=args.address, progress=not args.quiet)

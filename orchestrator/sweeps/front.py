@@ -11,14 +11,15 @@ and add no hypervolume.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+
+from orchestrator.report import format_value
+from pruning.utils import atomic_write
 
 __all__ = ["DIRECTIONS", "eligible", "pareto_front", "hypervolume", "plot_front", "front_table"]
 
@@ -150,19 +151,6 @@ def hypervolume(
 # presentation
 
 
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def _label(metric: str, objectives: Mapping[str, str]) -> str:
     direction = objectives.get(metric)
     shown = "MACs" if metric.lower() == "macs" else metric
@@ -227,18 +215,13 @@ def plot_front(
     if ax.has_data():
         ax.legend(loc="best", fontsize="small")
     fig.tight_layout()
-    _atomic_write(path, lambda f: fig.savefig(f, format="png"))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
     return path
 
 
 def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return str(value)
-    if isinstance(value, float):
-        return "nan" if math.isnan(value) else f"{value:.6g}"
-    return str(value).replace("|", "\\|").replace("\n", " ")
+    """A Markdown cell: the report's number formatting, pipes escaped, one line."""
+    return format_value(value).replace("|", "\\|").replace("\n", " ")
 
 
 def front_table(

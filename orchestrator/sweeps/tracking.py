@@ -9,32 +9,26 @@ Layout in MLflow (one experiment, e.g. ``prunesweep``):
   resumed sweep never duplicates a trial.
 
 Every write goes through :class:`MlflowClient` with explicit run ids (no fluent ``mlflow.start_run``
-state) and happens in the driver: the Tune callback :class:`MlflowTrialLogger` runs in the
+state) and happens in the driver: the Tune callback (``orchestrator.sweeps.callback``) runs in the
 driver's event loop, and trial processes never open the store (several processes writing one
-SQLite file would lock it). Trial logging never raises into Tune: a failure is reported as a
-warning and repaired by the reconciliation pass at the end of the experiment.
+SQLite file would lock it).
 """
 from __future__ import annotations
 
-import logging
 import math
 import os
-import re
 import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
-
-from ray import tune
+from typing import Any, Mapping, Sequence
 
 __all__ = [
-    "TAG_RUN_DIR", "TAG_KIND", "TAG_TRIAL_ID", "TAG_CHECKPOINT", "TAG_ERROR", "TAG_PARETO",
-    "TrialRecord", "Tracker", "MlflowTrialLogger", "git_commit", "error_summary",
+    "TAG_PARENT", "TAG_RUN_DIR", "TAG_KIND", "TAG_SWEEP", "TAG_COMMIT", "TAG_TRIAL_ID", "TAG_TRIAL_NUMBER",
+    "TAG_CHECKPOINT", "TAG_ERROR", "TAG_PARETO", "TrialRecord", "Tracker", "git_commit", "error_summary",
+    "finite_metric",
 ]
-
-logger = logging.getLogger(__name__)
 
 TAG_PARENT = "mlflow.parentRunId"
 TAG_RUN_DIR = "prunesweep.run_dir"
@@ -72,7 +66,7 @@ def error_summary(text: str | None) -> str:
     return last[:500]
 
 
-def _finite(value: Any) -> float | None:
+def finite_metric(value: Any) -> float | None:
     if isinstance(value, bool):
         return float(value)
     if isinstance(value, (int, float)) and math.isfinite(value):
@@ -221,7 +215,7 @@ class Tracker:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = [Metric(str(k), v, now, step) for k, v in ((k, _finite(v)) for k, v in dict(metrics).items())
+        items = [Metric(str(k), v, now, step) for k, v in ((k, finite_metric(v)) for k, v in dict(metrics).items())
                  if v is not None]
         for start in range(0, len(items), 1000):
             self.client.log_batch(run_id, metrics=items[start:start + 1000])
@@ -283,7 +277,7 @@ class Tracker:
             run_id = run.info.run_id
             unchanged = (
                 run.info.status == record.status
-                and all(run.data.metrics.get(k) == _finite(v) for k, v in record.metrics.items() if _finite(v) is not None)
+                and all(run.data.metrics.get(k) == finite_metric(v) for k, v in record.metrics.items() if finite_metric(v) is not None)
             )
             if unchanged:
                 record.run_id = run_id
@@ -321,128 +315,3 @@ class Tracker:
                 run_id=run.info.run_id,
             ))
         return records
-
-
-# ---------------------------------------------------------------------------------------------
-# the Tune callback
-
-
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-
-
-def _read_error(trial) -> str:
-    """The trial's error traceback (colour codes removed), from the driver's staging copy or storage."""
-    path = getattr(trial, "error_file", None)
-    text = None
-    if path and Path(path).is_file():
-        text = Path(path).read_text(errors="replace")
-    else:
-        try:
-            text = trial.get_error()
-        except Exception:  # storage not synced yet
-            text = None
-    return _ANSI.sub("", str(text)) if text else "the trial failed without an error message"
-
-
-class MlflowTrialLogger(tune.Callback):
-    """Logs every finished or failed Tune trial as a nested MLflow run of the sweep's parent run.
-
-    Holds only plain settings (Tune pickles its callbacks into the experiment so that
-    ``Tuner.restore`` brings them back); the MLflow client is opened lazily in the driver.
-
-    ``metric_names``: result keys logged as metrics (numbers); ``tag_names``: result keys logged as
-    tags (strings such as a criterion name or an infeasibility reason). Config keys starting with
-    ``_`` are bookkeeping, not parameters; ``_trial_number`` names the run ``trial-NNN``.
-    """
-
-    def __init__(
-        self,
-        uri: str,
-        experiment: str,
-        run_dir: str,
-        *,
-        kind: str = "sweep",
-        metric_names: Sequence[str] = (),
-        tag_names: Sequence[str] = (),
-    ) -> None:
-        self.uri = uri
-        self.experiment = experiment
-        self.run_dir = run_dir
-        self.kind = kind
-        self.metric_names = tuple(metric_names)
-        self.tag_names = tuple(tag_names)
-        self._tracker: Tracker | None = None
-        self.logged: dict[str, str] = {}  # trial id -> status logged by this process
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_tracker"] = None
-        state["logged"] = {}
-        return state
-
-    @property
-    def tracker(self) -> Tracker:
-        if self._tracker is None:
-            tracker = Tracker(self.uri, self.experiment, self.run_dir, kind=self.kind)
-            if tracker.find_parent() is None:
-                raise RuntimeError(f"no MLflow parent run for {self.run_dir} in {self.uri}")
-            self._tracker = tracker
-        return self._tracker
-
-    def record(self, trial, status: str) -> TrialRecord:
-        """The :class:`TrialRecord` of a Tune trial that ended with ``status``."""
-        config = dict(trial.config or {})
-        params = {k: v for k, v in config.items() if not str(k).startswith("_")}
-        result = dict(trial.last_result or {}) if status == "FINISHED" else {}
-        metrics = {k: result[k] for k in self.metric_names if _finite(result.get(k)) is not None}
-        if status == "FINISHED" and _finite(result.get("time_total_s")) is not None:
-            metrics["trial_seconds"] = result["time_total_s"]
-        tags = {k: str(result[k]) for k in self.tag_names if result.get(k) not in (None, "")}
-        number = config.get("_trial_number")
-        if number is not None:
-            tags[TAG_TRIAL_NUMBER] = str(number)
-            name = f"trial-{int(number):03d}"
-        else:
-            name = f"trial-{str(trial.experiment_tag).split('_', 1)[0]}"
-        checkpoint = None
-        if status == "FINISHED" and getattr(trial, "checkpoint", None) is not None:
-            checkpoint = trial.checkpoint.path
-        error = _read_error(trial) if status == "FAILED" else None
-        return TrialRecord(trial.trial_id, name, status, params, metrics, tags, error, checkpoint)
-
-    def _log(self, trial, status: str) -> None:
-        try:
-            record = self.record(trial, status)
-            self.tracker.log_trial(record)
-            self.logged[trial.trial_id] = status
-        except Exception as err:  # never break the Tune loop; on_experiment_end retries
-            logger.warning("MLflow logging of trial %s failed: %s", trial.trial_id, err)
-
-    def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
-        self._log(trial, "FINISHED")
-
-    def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
-        self._log(trial, "FAILED")
-
-    def on_experiment_end(self, trials: list, **info) -> None:
-        """Reconcile: every ended trial has a nested run with its final status."""
-        try:
-            runs = self.tracker.trial_runs()
-        except Exception as err:
-            logger.warning("MLflow reconciliation failed: %s", err)
-            return
-        for trial in trials:
-            status = {"TERMINATED": "FINISHED", "ERROR": "FAILED"}.get(trial.status)
-            if status is None:
-                continue
-            run = runs.get(trial.trial_id)
-            if run is not None and run.info.status == status:
-                continue
-            try:
-                self.tracker.log_trial(self.record(trial, status), existing=run)
-            except Exception as err:
-                logger.warning("MLflow logging of trial %s failed: %s", trial.trial_id, err)
-
-
-def records_by_status(records: Iterable[TrialRecord], status: str) -> list[TrialRecord]:
-    return [r for r in records if r.status == status]

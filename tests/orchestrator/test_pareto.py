@@ -7,7 +7,8 @@ import random
 
 import pytest
 
-from orchestrator.sweeps.front import front_table, hypervolume, pareto_front, plot_front
+from orchestrator.report import format_value
+from orchestrator.sweeps import front_table, hypervolume, pareto_front, plot_front
 
 ACC_MACS = {"accuracy": "max", "macs": "min"}
 
@@ -143,7 +144,13 @@ def test_front_table():
     lines = table.strip().splitlines()
     assert lines[0] == "| index | criterion | accuracy | macs |"
     assert lines[1] == "|---|---|---|---|"
-    assert lines[2] == "| 0 | l1 | 0.9 | 1.23457e+06 |"
-    assert lines[3] == "| 2 | a\\|b | 0.8 | 2 |"
+    # numbers as in every other table (orchestrator.report.format_value); Markdown pipes escaped
+    assert lines[2] == "| 0 | l1 | 0.9000 | 1,234,567 |"
+    assert lines[3] == "| 2 | a\\|b | 0.8000 | 2.0000 |"
     assert len(lines) == 4
     assert front_table(points, [1], ["criterion"]).strip().splitlines()[2] == "| 1 |  |"
+
+
+def test_format_value_is_the_one_cell_format():
+    assert [format_value(v) for v in (0.91234, 1234567.0, 12345, None, True, float("nan"), "l1")] == [
+        "0.9123", "1,234,567", "12,345", "", "True", "nan", "l1"]

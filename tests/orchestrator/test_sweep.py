@@ -1,8 +1,8 @@
 """Sweeps end to end on a real (tiny) baseline: Ray Tune + Optuna trials, MLflow tracking, the
 Pareto front, failure handling, and resuming after the driver was killed.
 
-A ResNet-20 is trained once per module on 256 real Fashion-MNIST images (skipped when the dataset
-is not installed); every sweep runs on the session's Ray runtime (``ray_session``, 2 CPUs) and
+Every sweep prunes the session's ResNet-20 (``trained_resnet20``: real Fashion-MNIST, skipped when
+the dataset is not installed), runs on the session's Ray runtime (``ray_session``, 2 CPUs) and
 writes to its own temporary SQLite store.
 """
 from __future__ import annotations
@@ -21,23 +21,28 @@ import pytest
 import yaml
 
 from orchestrator import cli
-from orchestrator.sweeps.front import pareto_front
-from orchestrator.sweeps.core import _CONTEXTS, DefineByRun, run_sweep
-from orchestrator.sweeps.config import SweepConfig
-from orchestrator.sweeps.tracking import TAG_ERROR, TAG_PARETO, TAG_TRIAL_ID, TAG_TRIAL_NUMBER, Tracker, TrialRecord
-from pruning.structure import load_checkpoint
-from pruning.data import FASHION_MNIST_ROOT
-from pruning.structure import measure_cost
+from orchestrator.report import format_value
+from orchestrator.sweeps import (
+    TAG_ERROR,
+    TAG_PARETO,
+    TAG_TRIAL_ID,
+    TAG_TRIAL_NUMBER,
+    DefineByRun,
+    SweepConfig,
+    Tracker,
+    TrialRecord,
+    pareto_front,
+    register_context,
+    run_sweep,
+)
+from pruning.structure import load_checkpoint, measure_cost
 
 REPO = Path(__file__).resolve().parents[2]
-_IDX = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
-HAVE_DATA = all(
-    (Path(FASHION_MNIST_ROOT) / n).is_file() or (Path(FASHION_MNIST_ROOT) / f"{n}.gz").is_file() for n in _IDX
-)
-needs_data = pytest.mark.skipif(not HAVE_DATA, reason=f"Fashion-MNIST is not installed in {FASHION_MNIST_ROOT}")
 
-#: small but real: 64 calibration images, 2 BN batches, fine-tuning on 64 images at most
-TINY_DATA = {"calibration_images": 64, "bn_batches": 2, "batch_size": 64, "finetune_subset": 64}
+#: small but real: 64 calibration images; the default recipe (reconstruction on) with 2 BN
+#: batches and fine-tuning on 64 images at most
+TINY_DATA = {"calibration_images": 64, "batch_size": 64}
+TINY_RECIPE = {"bn_batches": 2, "batch_size": 64, "finetune_subset": 64}
 
 
 def main_json(argv: list[str]) -> dict:
@@ -50,8 +55,8 @@ def main_json(argv: list[str]) -> dict:
 
 
 def sweep_config(checkpoint: Path, run_dir: Path, *, name: str, space: dict, **sweep) -> dict:
-    return {"name": name, "checkpoint": str(checkpoint), "data": dict(TINY_DATA), "space": space,
-            "sweep": {"concurrency": 2, **sweep}, "run_dir": str(run_dir)}
+    return {"name": name, "checkpoint": str(checkpoint), "data": dict(TINY_DATA), "recipe": dict(TINY_RECIPE),
+            "space": space, "sweep": {"concurrency": 2, **sweep}, "run_dir": str(run_dir)}
 
 
 def tracker_of(result_or_config) -> Tracker:
@@ -64,14 +69,8 @@ def tracker_of(result_or_config) -> Tracker:
 
 
 @pytest.fixture(scope="module")
-def baseline(tmp_path_factory) -> Path:
-    """`prunesweep train` once: a ResNet-20 on 256 Fashion-MNIST images, 256 calibration, 256 test."""
-    if not HAVE_DATA:
-        pytest.skip(f"Fashion-MNIST is not installed in {FASHION_MNIST_ROOT}")
-    out = tmp_path_factory.mktemp("baseline") / "resnet20.pt"
-    main_json(["train", "--model", "resnet20", "--epochs", "1", "--train-subset", "256", "--calibration-size", "256",
-               "--test-subset", "256", "--batch-size", "64", "--out", out])
-    return out
+def baseline(trained_resnet20) -> Path:
+    return trained_resnet20["out"]
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +92,7 @@ def sweep_run(ray_session, baseline, tmp_path_factory):
 # --- one sweep ---------------------------------------------------------------------------------
 
 
-@needs_data
+@pytest.mark.fashion_mnist
 def test_parent_run_holds_config_commit_and_baseline(sweep_run):
     config, result = sweep_run["config"], sweep_run["result"]
     tracker = tracker_of(config)
@@ -105,7 +104,8 @@ def test_parent_run_holds_config_commit_and_baseline(sweep_run):
     assert commit == "unknown" or len(commit) == 40
     params = parent.data.params
     assert params["sweep.trials"] == "5" and params["space.name"] == "concentration"
-    assert params["sweep.objectives.macs"] == "min" and params["data.bn_batches"] == "2"
+    assert params["sweep.objectives.macs"] == "min" and params["recipe.bn_batches"] == "2"
+    assert params["recipe.reconstruct"] == "True"  # the default recipe reconstructs
     assert params["space.alpha"] == "[0.0, 1.0]"  # the space's defaults are part of the resolved config
     for key in ("baseline_accuracy", "baseline_test_accuracy", "baseline_macs", "baseline_params"):
         assert key in parent.data.metrics
@@ -115,7 +115,7 @@ def test_parent_run_holds_config_commit_and_baseline(sweep_run):
     assert (Path(config.run_dir) / "sweep.yaml").is_file()
 
 
-@needs_data
+@pytest.mark.fashion_mnist
 def test_every_trial_is_a_nested_run_with_params_and_metrics(sweep_run):
     config, result = sweep_run["config"], sweep_run["result"]
     runs = tracker_of(config).trial_runs()
@@ -134,6 +134,15 @@ def test_every_trial_is_a_nested_run_with_params_and_metrics(sweep_run):
         assert {"accuracy", "bn_accuracy", "macs", "params", "feasible", "macs_reduction"} <= set(metrics)
         assert run.data.tags["criterion"] == run.data.params["criterion"]
         if metrics["feasible"]:
+            # the recipe ran: reconstruction, BN recalibration, and fine-tuning where it was sampled
+            stages = ["pruned", "reconstructed", "bn_recalibrated"]
+            if run.data.params["finetune_epochs"] == "1":
+                stages.append("finetuned")
+            assert {f"{stage}_accuracy" for stage in stages} <= set(metrics)
+            assert {f"{stage}_seconds" for stage in stages[1:]} <= set(metrics)
+            assert metrics["accuracy"] == metrics[f"{stages[-1]}_accuracy"]
+            assert metrics["bn_accuracy"] == metrics["bn_recalibrated_accuracy"]
+            assert ("finetuned_accuracy" in metrics) == (run.data.params["finetune_epochs"] == "1")
             assert 0.35 - 0.011 <= metrics["macs_reduction"] <= 0.95
             assert metrics["macs"] < result.baseline["macs"]
             assert run.data.tags["prunesweep.checkpoint"].endswith("checkpoint_000000")
@@ -147,7 +156,7 @@ def test_every_trial_is_a_nested_run_with_params_and_metrics(sweep_run):
     assert 1 <= counts["feasible"] <= 3
 
 
-@needs_data
+@pytest.mark.fashion_mnist
 def test_a_crashing_trial_is_failed_with_its_error_and_the_sweep_goes_on(sweep_run):
     config, result = sweep_run["config"], sweep_run["result"]
     tracker = tracker_of(config)
@@ -163,7 +172,7 @@ def test_a_crashing_trial_is_failed_with_its_error_and_the_sweep_goes_on(sweep_r
     assert result.complete  # the other trials ran to the end
 
 
-@needs_data
+@pytest.mark.fashion_mnist
 def test_front_table_plot_test_accuracy_and_checkpoints(sweep_run):
     config, result = sweep_run["config"], sweep_run["result"]
     tracker = tracker_of(config)
@@ -189,7 +198,7 @@ def test_front_table_plot_test_accuracy_and_checkpoints(sweep_run):
         # test accuracy: evaluated for the front only, logged on the parent, the trial and in the table
         assert 0.0 <= row["test_accuracy"] <= 1.0
         assert parent.data.metrics[f"pareto.{row['trial']}.test_accuracy"] == row["test_accuracy"]
-        assert row["trial"] in table and f"{row['test_accuracy']:.6g}" in table
+        assert row["trial"] in table and format_value(row["test_accuracy"]) in table
         run = tracker.client.get_run(row["run_id"])
         assert run.data.tags[TAG_PARETO] == "true" and run.data.metrics["test_accuracy"] == row["test_accuracy"]
         # the logged checkpoint is the pruned model: it loads, with the MACs the trial reported
@@ -197,12 +206,17 @@ def test_front_table_plot_test_accuracy_and_checkpoints(sweep_run):
         model, spec = load_checkpoint(path)
         assert measure_cost(model, spec.input_shape).macs == row["macs"]
         assert spec.meta["pruning"]["criterion"] == row["criterion"]
+        # the recipe the trial ran: the config's, with the sampled fine-tuning values
+        recipe = spec.meta["pruning"]["recipe"]
+        assert recipe["reconstruct"] is True and recipe["bn_batches"] == 2 and recipe["finetune_subset"] == 64
+        assert recipe["finetune_epochs"] == int(row["params"]["finetune_epochs"])
+        assert recipe["finetune_lr"] == pytest.approx(float(row["params"]["finetune_lr"]))
     off_front = [r for r in finished if r.trial_id not in {row["trial_id"] for row in result.front}]
     for record in off_front:
         assert record.tags[TAG_PARETO] == "false" and "test_accuracy" not in record.metrics
 
 
-@needs_data
+@pytest.mark.fashion_mnist
 def test_pareto_cli_reads_the_front_back_from_mlflow(sweep_run, capsys):
     config, result = sweep_run["config"], sweep_run["result"]
     data = main_json(["pareto", config.run_dir])
@@ -221,7 +235,7 @@ def test_pareto_cli_reads_the_front_back_from_mlflow(sweep_run, capsys):
     assert "no MLflow database" in capsys.readouterr().err
 
 
-@needs_data
+@pytest.mark.fashion_mnist
 def test_a_finished_sweep_is_not_run_twice(sweep_run, tmp_path, capsys):
     config = sweep_run["config"]
     path = tmp_path / "again.yaml"
@@ -237,7 +251,29 @@ def _finished_trial_dirs(run_dir: Path) -> set[str]:
     return {Path(p).parent.parent.name for p in glob.glob(str(run_dir / "tune" / "*" / "checkpoint_000000" / "metrics.json"))}
 
 
-@needs_data
+def _snapshot_recording_a_finished_trial(run_dir: Path) -> int | None:
+    """The write time of Tune's experiment snapshot if it records a TERMINATED trial, else None."""
+    for path in glob.glob(str(run_dir / "tune" / "experiment_state-*.json")):
+        try:
+            written = Path(path).stat().st_mtime_ns
+            trials = json.loads(Path(path).read_text())["trial_data"]
+        except (OSError, ValueError, KeyError):  # being written or synced
+            continue
+        if any(json.loads(state).get("status") == "TERMINATED" for state, _ in trials):
+            return written
+    return None
+
+
+def _wait_for(condition, deadline: float, what: str):
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.fashion_mnist
 def test_resume_after_sigkill_loses_and_repeats_nothing(ray_session, baseline, tmp_path):
     run_dir = tmp_path / "run"
     space = {"name": "uniform", "criteria": ["l1", "fpgm"], "finetune_epochs": [0, 0], "flops_bounds": [0.0, 0.95]}
@@ -259,7 +295,10 @@ def test_resume_after_sigkill_loses_and_repeats_nothing(ray_session, baseline, t
         while not _finished_trial_dirs(run_dir) and driver.poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)
         assert driver.poll() is None, f"the driver ended before a trial finished: {driver.stderr.read().decode()[-2000:]}"
-        time.sleep(1.5)  # one experiment snapshot (every second during a sweep) records the finished trial
+        # an experiment snapshot (every second during a sweep) records the finished trial, and the
+        # next one has been written since, so that snapshot (searcher state included) is complete
+        recorded = _wait_for(lambda: _snapshot_recording_a_finished_trial(run_dir), deadline, "a snapshot")
+        _wait_for(lambda: (_snapshot_recording_a_finished_trial(run_dir) or 0) > recorded, deadline, "the next snapshot")
         started = glob.glob(str(run_dir / "tune" / "sweep_trial_*"))
         driver.send_signal(signal.SIGKILL)
         driver.wait(timeout=30)
@@ -291,7 +330,8 @@ def test_resume_after_sigkill_loses_and_repeats_nothing(ray_session, baseline, t
     runs = tracker_of(config).trial_runs()
     assert len(runs) == 3 and {r.info.status for r in runs.values()} == {"FINISHED"}
     assert sorted(int(r.data.tags[TAG_TRIAL_NUMBER]) for r in runs.values()) == [0, 1, 2]
-    parents = tracker_of(config)._search(f"tags.`prunesweep.run_dir` = '{config.run_dir}'")
+    tracker = tracker_of(config)
+    parents = tracker.client.search_runs([tracker.experiment_id], f"tags.`prunesweep.run_dir` = '{config.run_dir}'")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     # the trial finished before the kill was not re-run: same run, same result
     for trial_id, run in before_runs.items():
@@ -303,7 +343,7 @@ def test_resume_after_sigkill_loses_and_repeats_nothing(ray_session, baseline, t
 # --- pieces ------------------------------------------------------------------------------------
 
 
-def test_define_by_run_keeps_the_context_out_of_its_pickle(tiny_resnet, example_input):
+def test_define_by_run_samples_in_the_registered_context_and_pickles_small(tiny_resnet, example_input):
     import pickle
 
     import optuna
@@ -313,23 +353,24 @@ def test_define_by_run_keeps_the_context_out_of_its_pickle(tiny_resnet, example_
 
     context = SpaceContext(space=PruningSpace.build(tiny_resnet, example_input))
     define = DefineByRun("per_layer", {"criteria": ["l1", "fpgm"]}, "key-1", inject_failures=[1])
-    _CONTEXTS["key-1"] = context
-    try:
-        study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=0))
-        first, second = study.ask(), study.ask()
-        extra = define(first)
-        assert extra == {"_trial_number": 0}
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=0))
+    first, second, third = study.ask(), study.ask(), study.ask()
+    with pytest.raises(RuntimeError, match="no search-space context registered for key-1"):
+        define(first)
+    with register_context("key-1", context):
+        assert define(first) == {"_trial_number": 0}
         assert define(second) == {"_trial_number": 1, "_inject_failure": True}
         names = set(first.params)
         assert {"criterion", "finetune_lr", "finetune_epochs", "weight_decay"} <= names
         assert {f"ratio.{g.name}" for g in context.space.groups} <= names
-        restored = pickle.loads(pickle.dumps(define))
-        assert restored._space is None and restored.key == "key-1" and restored.inject_failures == (1,)
         assert len(pickle.dumps(define)) < 1000  # no model, statistics or space inside
+        restored = pickle.loads(pickle.dumps(define))
+        assert restored(third) == {"_trial_number": 2}  # settings (and the failure list) survive
+        assert set(third.params) == names
         plan = create_search_space("per_layer", criteria=["l1", "fpgm"]).to_plan(first.params, context)
         assert plan.criterion == first.params["criterion"]
-    finally:
-        _CONTEXTS.pop("key-1", None)
+    with pytest.raises(RuntimeError, match="no search-space context"):
+        define(study.ask())  # the context was unregistered on leaving the block
 
 
 def test_tracker_logs_each_trial_once_and_updates_its_status(tmp_path):
@@ -356,50 +397,3 @@ def test_tracker_logs_each_trial_once_and_updates_its_status(tmp_path):
     assert run.data.params == {"criterion": "l1", "ratio.layer1.conv1": "0.5"}
     [record] = tracker.read_trials()
     assert record.checkpoint == "/x/checkpoint_000000" and record.number == 0
-
-
-@needs_data
-def test_compare_grid_logs_a_table_and_a_plot(ray_session, baseline, tmp_path):
-    run_dir = tmp_path / "cmp"
-    argv = ["compare", "--checkpoint", baseline, "--criteria", "l1", "fpgm", "--flops-reductions", "0.4",
-            "--seeds", "3", "--bn-batches", "2", "--calibration-images", "64", "--batch-size", "64",
-            "--run-dir", run_dir, "--name", "cmp"]
-    data = main_json(argv)
-    rows = {(r["criterion"], r["flops_reduction"]): r for r in data["rows"]}
-    assert set(rows) == {("l1", 0.4), ("fpgm", 0.4)}
-    for row in rows.values():
-        assert row["n"] == 1 and row["failed"] == 0 and row["test_accuracy_std"] == 0.0
-        assert 0.0 <= row["test_accuracy_mean"] <= 1.0
-        assert abs(row["macs_reduction_mean"] - 0.4) <= 0.011
-    tracker = Tracker(f"sqlite:///{run_dir}/mlflow.db", "prunesweep-compare", run_dir, kind="compare")
-    assert tracker.find_parent() == data["parent_run_id"]
-    runs = tracker.trial_runs()
-    assert sorted((r.data.params["criterion"], r.data.params["seed"], r.info.status) for r in runs.values()) == [
-        ("fpgm", "3", "FINISHED"), ("l1", "3", "FINISHED")]
-    for run in runs.values():
-        assert {"accuracy", "test_accuracy", "bn_accuracy", "macs"} <= set(run.data.metrics)
-    artifacts = {a.path for a in tracker.client.list_artifacts(data["parent_run_id"], "compare")}
-    assert artifacts == {"compare/table.txt", "compare/table.json", "compare/compare.png"}
-    table = Path(tracker.client.download_artifacts(data["parent_run_id"], "compare/table.txt")).read_text()
-    assert "test_accuracy_mean" in table and "fpgm" in table
-
-
-def test_compare_table_is_mean_and_std_over_seeds():
-    from orchestrator.sweeps.core import _compare_rows
-    from orchestrator.sweeps.config import CompareConfig
-
-    config = CompareConfig(checkpoint="x.pt", criteria=("l1", "fpgm"), flops_reductions=(0.3, 0.5), seeds=(0, 1, 2),
-                           run_dir="/tmp/unused")
-    records = []
-    for criterion, target, seed, acc in [("l1", 0.3, 0, 0.5), ("l1", 0.3, 1, 0.7), ("l1", 0.3, 2, 0.6),
-                                         ("fpgm", 0.5, 0, 0.4)]:
-        params = {"criterion": criterion, "flops_reduction": str(target), "seed": str(seed)}
-        records.append(TrialRecord(f"{criterion}{seed}", "t", "FINISHED", params, {"test_accuracy": acc, "accuracy": acc}))
-    records.append(TrialRecord("bad", "t", "FAILED", {"criterion": "fpgm", "flops_reduction": "0.5", "seed": "1"}))
-    rows = {(r["criterion"], r["flops_reduction"]): r for r in _compare_rows(config, records)}
-    assert len(rows) == 4
-    assert rows[("l1", 0.3)]["n"] == 3
-    assert rows[("l1", 0.3)]["test_accuracy_mean"] == pytest.approx(0.6)
-    assert rows[("l1", 0.3)]["test_accuracy_std"] == pytest.approx(0.1)
-    assert rows[("fpgm", 0.5)]["n"] == 1 and rows[("fpgm", 0.5)]["failed"] == 1
-    assert rows[("l1", 0.5)]["n"] == 0 and rows[("l1", 0.5)]["test_accuracy_mean"] is None

@@ -11,14 +11,16 @@ import pytest
 import yaml
 
 from orchestrator import cli
-from orchestrator.sweeps.config import (
+from orchestrator.sweeps import (
     CompareConfig,
     ConfigError,
     SweepConfig,
     dump_sweep_config,
     flatten,
     load_sweep_config,
+    make_sampler,
 )
+from pruning.recovery import RecoveryRecipe
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "search_spaces" / "resnet20_fmnist.yaml"
@@ -44,9 +46,14 @@ def refused(data: dict) -> str:
 
 
 @pytest.mark.parametrize("data, key", [
-    ({**BASE, "sweeps": {}}, "sweeps: unknown key; valid: name, checkpoint, data, space, sweep, tracking, run_dir"),
+    ({**BASE, "sweeps": {}}, "sweeps: unknown key; valid: name, checkpoint, data, recipe, space, sweep, tracking, run_dir"),
     (config_with(sweep={"trails": 3}), "sweep.trails: unknown key; valid: trials, concurrency, sampler"),
     (config_with(data={"bn_batch": 2}), "data.bn_batch: unknown key; valid: calibration_images"),
+    (config_with(recipe={"bogus": 1}), "recipe.bogus: unknown key; valid: reconstruct, ridge, bn_batches"),
+    # the keys that moved into the recipe, and the seed the sweep sets, are named with their place
+    (config_with(data={"bn_batches": 2}), "data.bn_batches: set recipe.bn_batches instead"),
+    (config_with(data={"finetune_subset": 64}), "data.finetune_subset: set recipe.finetune_subset instead"),
+    (config_with(recipe={"seed": 3}), "recipe.seed: set sweep.seed instead"),
     (config_with(tracking={"url": "x"}), "tracking.url: unknown key; valid: uri, experiment"),
     (config_with(space={"name": "concentration", "beta": [0, 1]}), "space.beta: unknown key; valid: name, strategy, flops_reduction, alpha"),
     (config_with(space={"name": "uniform", "alpha": [0, 1]}), "space.alpha: unknown key"),
@@ -73,9 +80,13 @@ def test_unknown_keys_name_their_path(data, key):
     (config_with(sweep={"population_size": 1}), "sweep.population_size: must be >= 2"),
     (config_with(sweep={"sampler": "tpe", "population_size": 8}), "sweep.population_size: applies to sampler nsga2 only"),
     (config_with(data={"calibration_images": 0}), "data.calibration_images: must be >= 1"),
-    (config_with(data={"bn_batches": -1}), "data.bn_batches: must be >= 0"),
+    (config_with(recipe={"bn_batches": -1}), "recipe.bn_batches: must be an integer >= 0"),
     (config_with(data={"batch_size": "big"}), "data.batch_size: must be an integer"),
-    (config_with(data={"finetune_subset": 0}), "data.finetune_subset: must be >= 1"),
+    (config_with(recipe={"finetune_subset": 0}), "recipe.finetune_subset: must be an integer >= 1"),
+    (config_with(recipe={"bn_data": "test"}), "recipe.bn_data: 'test' is unknown; valid: train, calibration"),
+    (config_with(recipe={"reconstruct": "yes"}), "recipe.reconstruct: must be true or false"),
+    (config_with(recipe={"distill": 2.0}), "recipe.distill: must be in [0, 1]"),
+    (config_with(recipe=[1]), "recipe: must be a mapping"),
     (config_with(space={"name": "concentration", "alpha": [0.0, 2.0]}), "space.alpha: must lie within [0.0, 1.0]"),
     (config_with(space={"name": "uniform", "flops_reduction": [0.5, 1.5]}), "space.flops_reduction: must lie within"),
     (config_with(space={"name": "uniform", "criteria": ["l1", "nope"]}), "space.criteria: unknown criterion 'nope'"),
@@ -111,8 +122,12 @@ def test_defaults_are_resolved_and_round_trip(tmp_path, monkeypatch):
     assert resolved["sweep"] == {"trials": 8, "concurrency": 2, "sampler": "nsga2",
                                  "objectives": {"accuracy": "max", "macs": "min"}, "seed": 0,
                                  "cpus_per_trial": 1, "population_size": 4}
-    assert resolved["data"] == {"calibration_images": 512, "finetune_subset": None, "bn_batches": 20,
-                                "batch_size": 128, "data_root": None, "test_subset": None}
+    assert resolved["data"] == {"calibration_images": 512, "batch_size": 128, "data_root": None, "test_subset": None}
+    # the recipe defaults to RecoveryRecipe(): reconstruction on; its seed is the sweep's
+    defaults = RecoveryRecipe().to_dict()
+    assert resolved["recipe"] == {k: v for k, v in defaults.items() if k != "seed"}
+    assert resolved["recipe"]["reconstruct"] is True
+    assert config.recipe == RecoveryRecipe(seed=config.sweep.seed)
     # the space's own defaults are listed too
     assert resolved["space"]["flops_reduction"] == [0.2, 0.8]
     assert resolved["space"]["criteria"] == ["l1"]
@@ -123,6 +138,15 @@ def test_defaults_are_resolved_and_round_trip(tmp_path, monkeypatch):
     assert SweepConfig.from_dict(yaml.safe_load(text)) == config
     flat = flatten(resolved)
     assert flat["sweep.objectives.accuracy"] == "max" and flat["space.name"] == "uniform"
+    assert flat["recipe.reconstruct"] is True and flat["recipe.bn_batches"] == 20
+
+
+def test_recipe_section_sets_the_recipe_and_sweep_seed_seeds_it():
+    config = SweepConfig.from_dict(config_with(recipe={"reconstruct": False, "bn_batches": 2, "finetune_subset": 64},
+                                               sweep={"seed": 7}))
+    assert config.recipe == RecoveryRecipe(reconstruct=False, bn_batches=2, finetune_subset=64, seed=7)
+    assert config.recipe.stages == ("pruned", "bn_recalibrated")
+    assert SweepConfig.from_dict(yaml.safe_load(dump_sweep_config(config))) == config
 
 
 def test_relative_sqlite_uri_is_made_absolute(tmp_path, monkeypatch):
@@ -140,7 +164,7 @@ def test_example_config_is_valid_and_complete():
     raw = yaml.safe_load(EXAMPLE.read_text())
     # the example spells out every key of every section
     resolved = config.to_dict()
-    for section in ("data", "sweep", "tracking"):
+    for section in ("data", "recipe", "sweep", "tracking"):
         assert set(raw[section]) == set(resolved[section]), section
     assert set(raw["space"]) == set(resolved["space"])
 
@@ -202,13 +226,15 @@ def test_cli_bad_config_exits_2_with_one_line_and_writes_nothing(tmp_path, capsy
 def test_compare_config_checks(tmp_path):
     ok = CompareConfig(checkpoint="x.pt", criteria=("l1",), flops_reductions=(0.5,), run_dir=str(tmp_path))
     assert ok.trials == 1 and ok.tracking_uri == f"sqlite:///{tmp_path}/mlflow.db"
+    assert ok.recipe == RecoveryRecipe() and ok.to_dict()["recipe"]["reconstruct"] is True
+    assert "seed" not in ok.to_dict()["recipe"]  # each cell's seed replaces the recipe's
     for kwargs, start in [
         (dict(criteria=("l1", "zz")), "criteria: must be one of"),
         (dict(criteria=()), "criteria: name at least one"),
         (dict(flops_reductions=(1.2,)), "flops_reductions: each must be in (0, 1)"),
         (dict(seeds=(0, 0)), "seeds: must not repeat"),
         (dict(strategy="half"), "strategy: must be one of full, inner"),
-        (dict(finetune_epochs=-1), "finetune_epochs: must be >= 0"),
+        (dict(recipe={"finetune_epochs": 1}), "recipe: must be a RecoveryRecipe"),
     ]:
         args = {**dict(checkpoint="x.pt", criteria=("l1",), flops_reductions=(0.5,), run_dir=str(tmp_path)), **kwargs}
         with pytest.raises(ConfigError) as info:
@@ -219,8 +245,6 @@ def test_compare_config_checks(tmp_path):
 @pytest.mark.parametrize("name, cls", [("nsga2", "NSGAIISampler"), ("tpe", "TPESampler"), ("gp", "GPSampler"),
                                        ("random", "RandomSampler")])
 def test_samplers(name, cls):
-    from orchestrator.sweeps.core import make_sampler
-
     sampler = make_sampler(name, seed=3, population_size=4)
     assert type(sampler).__name__ == cls
     assert isinstance(sampler, optuna.samplers.BaseSampler)

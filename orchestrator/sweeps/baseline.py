@@ -1,0 +1,171 @@
+"""The unpruned baseline, prepared once on the driver: model, data, calibration batches, its
+metrics, and the activation statistics / utilization curves every trial shares."""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from orchestrator.sweeps.checks import ConfigError
+from orchestrator.sweeps.config import DataSettings
+
+__all__ = [
+    "EVAL_BATCH",
+    "BaselineSetup",
+    "prepare_baseline",
+    "compute_baseline_statistics",
+    "compute_utilization_curves",
+    "needs_statistics",
+    "load_or_compute_extras",
+    "say",
+]
+
+#: batch size of every evaluation loader (scoring never trains, so it can be large)
+EVAL_BATCH = 512
+
+
+def say(progress: bool, message: str) -> None:
+    """A progress line on stderr (stdout stays clean for ``--json``)."""
+    if progress:
+        print(message, file=sys.stderr, flush=True)
+
+
+@dataclass
+class BaselineSetup:
+    """What the driver knows about the unpruned model before any trial starts."""
+
+    model: nn.Module
+    spec: Any  # ModelSpec
+    data_config: Any  # DataConfig
+    splits: Any  # DataSplits
+    shape: tuple[int, int, int]
+    space: Any  # PruningSpace
+    batches: list[tuple[torch.Tensor, torch.Tensor]]
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def _data_config(spec, data: DataSettings):
+    from pruning.data import DataConfig
+
+    fields = dict(spec.meta.get("data") or {})
+    if data.data_root is not None:
+        fields["root"] = data.data_root
+    if data.test_subset is not None:
+        fields["test_subset"] = data.test_subset
+    return DataConfig(**fields)
+
+
+def prepare_baseline(
+    checkpoint: str,
+    data: DataSettings,
+    *,
+    latency: bool = False,
+    threads: int = 1,
+    progress: bool = False,
+) -> BaselineSetup:
+    """Load the checkpoint and its data, take the calibration batches, measure the baseline.
+
+    ``metrics``: ``accuracy`` (calibration split, what trials are scored on), ``test_accuracy``,
+    ``macs``, ``params`` and, with ``latency``, ``latency_ms`` (batch 1, ``threads`` threads).
+    """
+    from pruning.data import calibration_batches, load_data, make_loader
+    from pruning.structure import CheckpointError, PruningSpace, check_fits, load_checkpoint, measure_cost, measure_latency
+    from pruning.training import evaluate
+
+    model, spec = load_checkpoint(checkpoint)
+    if spec.name is None:
+        raise CheckpointError(f"{checkpoint!r} holds a custom model; sweeps need a registered model")
+    data_config = _data_config(spec, data)
+    splits = load_data(data_config)
+    shape = tuple(check_fits(model, spec, splits))
+    if len(splits.calibration) == 0:
+        raise ConfigError("checkpoint", "its data config holds out no calibration images (calibration_size 0)")
+    space = PruningSpace.build(model, torch.zeros(1, *shape))
+    batches = calibration_batches(splits, data.calibration_images, data.batch_size)
+    cost = measure_cost(model, shape)
+    metrics = {
+        "accuracy": evaluate(model, make_loader(splits.calibration, EVAL_BATCH, shuffle=False), progress=progress).accuracy,
+        "test_accuracy": evaluate(model, make_loader(splits.test, EVAL_BATCH, shuffle=False), progress=progress).accuracy,
+        "macs": float(cost.macs),
+        "params": float(cost.params),
+    }
+    if latency:
+        metrics["latency_ms"] = measure_latency(model, shape, batch_size=1, threads=threads).median_ms
+    return BaselineSetup(model, spec, data_config, splits, shape, space, batches, metrics)
+
+
+def compute_baseline_statistics(
+    model: nn.Module, space, batches, *, workers: int, cpus_per_worker: float = 1, chip: bool = False,
+    progress: bool = False,
+):
+    """Activation statistics of the unpruned model over the calibration batches, computed once
+    per sweep by ``workers`` Ray actors (shards merged exactly on the driver; Ray must be up)."""
+    from orchestrator.distributed import distributed_stats
+
+    return distributed_stats(model, space.groups, batches, workers=workers, cpus_per_worker=cpus_per_worker,
+                             chip=chip, progress=progress)
+
+
+def compute_utilization_curves(model: nn.Module, space, strategy: str, batches, *, seed: int = 0) -> dict[str, torch.Tensor]:
+    """SNPFI utilization curves U(k), k = 0..size, of every group ``strategy`` may prune."""
+    from pruning.criteria import ScoringContext, create_criterion
+    from pruning.games import utilization_curve
+
+    snpfi = create_criterion("snpfi", seed=seed)
+    context = ScoringContext(calibration=batches)
+    return {
+        name: utilization_curve(game, est.values).float()
+        for name, game, est in snpfi.estimates(model, space.select(strategy), context)
+    }
+
+
+def needs_statistics(criteria: Sequence[str], space_name: str | None = None) -> tuple[bool, bool]:
+    """(statistics needed, CHIP statistics needed) for these criteria and space."""
+    from pruning.criteria import criterion_class
+
+    needs = space_name == "concentration" or any(criterion_class(c).needs_stats for c in criteria)
+    return needs, "chip" in criteria
+
+
+def load_or_compute_extras(
+    setup: BaselineSetup,
+    folder: Path,
+    *,
+    criteria: Sequence[str],
+    space_name: str | None,
+    strategy: str,
+    workers: int,
+    cpus_per_worker: float,
+    seed: int,
+    progress: bool = False,
+):
+    """(statistics, utilization curves), each None where nothing needs it: computed once and
+    kept in ``folder`` (``<run_dir>/baseline``), so a resumed sweep reads them back."""
+    from pruning.statistics import ActivationStats
+    from pruning.utils import atomic_write
+
+    needs, chip = needs_statistics(criteria, space_name)
+    stats = utilization = None
+    if needs:
+        path = folder / "stats.pt"
+        if path.is_file():
+            stats = ActivationStats.load(path)
+        else:
+            say(progress, f"computing activation statistics on {sum(len(y) for _, y in setup.batches)} calibration images")
+            stats = compute_baseline_statistics(setup.model, setup.space, setup.batches, chip=chip, workers=workers,
+                                                cpus_per_worker=cpus_per_worker, progress=progress)
+            folder.mkdir(parents=True, exist_ok=True)
+            stats.save(path)
+    if space_name == "snpfi":
+        path = folder / "utilization.pt"
+        if path.is_file():
+            utilization = torch.load(path, weights_only=True)
+        else:
+            say(progress, "computing SNPFI utilization curves")
+            utilization = compute_utilization_curves(setup.model, setup.space, strategy, setup.batches, seed=seed)
+            atomic_write(path, lambda tmp: torch.save(utilization, tmp))
+    return stats, utilization

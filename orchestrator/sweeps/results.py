@@ -1,0 +1,201 @@
+"""A sweep's outcome: the Pareto front over its feasible finished trials, the front's test
+accuracy, hypervolume, table, plot and checkpoints, logged at the end or read back from MLflow."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import yaml
+
+from orchestrator.report import format_table, format_value
+from orchestrator.sweeps.baseline import EVAL_BATCH, say
+from orchestrator.sweeps.checks import ConfigError, default_tracking_uri
+from orchestrator.sweeps.config import RESOLVED_CONFIG_FILE, TrackingSettings
+from orchestrator.sweeps.front import front_table, hypervolume, pareto_front, plot_front
+from orchestrator.sweeps.tracking import TAG_PARETO, TAG_SWEEP, Tracker, TrialRecord
+from orchestrator.sweeps.trials import MODEL_FILE
+
+__all__ = ["SweepResult", "front_hypervolume", "finalize_sweep", "read_front"]
+
+
+@dataclass
+class SweepResult:
+    """A sweep's outcome, from the run or read back from MLflow (``prunesweep pareto``)."""
+
+    name: str
+    run_dir: str
+    tracking_uri: str
+    experiment: str
+    parent_run_id: str
+    objectives: dict[str, str]
+    baseline: dict[str, float]
+    trials: list[TrialRecord]
+    front: list[dict[str, Any]]
+    hypervolume: float | None = None
+    complete: bool = True
+
+    @property
+    def ui_command(self) -> str:
+        return f"mlflow ui --backend-store-uri {self.tracking_uri}"
+
+    def counts(self) -> dict[str, int]:
+        finished = [t for t in self.trials if t.status == "FINISHED"]
+        feasible = [t for t in finished if t.metrics.get("feasible", 1.0) >= 0.5]
+        return {"trials": len(self.trials), "finished": len(finished), "feasible": len(feasible),
+                "failed": sum(t.status == "FAILED" for t in self.trials), "front": len(self.front)}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "run_dir": self.run_dir, "tracking_uri": self.tracking_uri,
+            "experiment": self.experiment, "parent_run_id": self.parent_run_id,
+            "objectives": self.objectives, "baseline": self.baseline, "counts": self.counts(),
+            "hypervolume": self.hypervolume, "complete": self.complete, "front": self.front,
+            "trials": [asdict(t) for t in self.trials], "mlflow_ui": self.ui_command,
+        }
+
+    def front_columns(self) -> list[str]:
+        cost = [k for k in ("macs", "params", "latency_ms") if k in self.objectives or k == "macs"]
+        return ["trial", "criterion", "accuracy", "test_accuracy", *cost, "macs_reduction", "bn_accuracy"]
+
+    def text(self) -> str:
+        counts = self.counts()
+        lines = [
+            f"sweep {self.name}: {counts['trials']} trials ({counts['finished']} finished, "
+            f"{counts['feasible']} feasible, {counts['failed']} failed)"
+            + ("" if self.complete else " - INTERRUPTED, resume with: prunesweep sweep --resume " + self.run_dir),
+            "baseline: " + ", ".join(f"{k} {format_value(v)}" for k, v in self.baseline.items()),
+            f"Pareto front over {', '.join(f'{k} ({v})' for k, v in self.objectives.items())}: {len(self.front)} trial(s)"
+            + (f", hypervolume {self.hypervolume:.6g}" if self.hypervolume is not None else ""),
+        ]
+        if self.front:
+            columns = self.front_columns()
+            lines.append(format_table([[row.get(c, "") for c in columns] for row in self.front], columns))
+        lines.append(f"MLflow: {self.ui_command}   (parent run {self.parent_run_id})")
+        return "\n".join(lines)
+
+
+def _point(record: TrialRecord) -> dict[str, Any]:
+    point: dict[str, Any] = dict(record.metrics)
+    point["feasible"] = record.metrics.get("feasible", 1.0) >= 0.5
+    point["trial"] = record.name
+    point["trial_id"] = record.trial_id
+    point["criterion"] = record.tags.get("criterion") or record.params.get("criterion", "")
+    return point
+
+
+def _front(records: Sequence[TrialRecord], objectives: Mapping[str, str]) -> tuple[list[TrialRecord], list[dict], list[int]]:
+    """Finished trials, their points, and the indices of the Pareto-optimal feasible ones."""
+    finished = [r for r in records if r.status == "FINISHED"]
+    points = [_point(r) for r in finished]
+    front = pareto_front(points, objectives)
+    first = next((k for k in objectives if k != "accuracy"), "macs")
+    front.sort(key=lambda i: (points[i].get(first, math.inf), -points[i].get("accuracy", 0.0)))
+    return finished, points, front
+
+
+def _front_row(record: TrialRecord, point: Mapping[str, Any]) -> dict[str, Any]:
+    row = {k: v for k, v in point.items() if k != "feasible"}
+    row["run_id"] = record.run_id
+    row["checkpoint"] = record.checkpoint
+    row["params"] = dict(record.params)
+    return row
+
+
+def front_hypervolume(points: Sequence[Mapping[str, Any]], objectives: Mapping[str, str],
+                      baseline: Mapping[str, float]) -> float | None:
+    """The sweep's hypervolume: reference accuracy 0 and the baseline's costs (None when the
+    baseline lacks a cost objective)."""
+    reference = {k: (0.0 if d == "max" else baseline.get(k, math.nan)) for k, d in objectives.items()}
+    if not all(math.isfinite(v) for v in reference.values()):
+        return None
+    return hypervolume(points, objectives, reference)
+
+
+def _test_accuracy(path: str, splits) -> float:
+    from pruning.data import make_loader
+    from pruning.structure import load_checkpoint
+    from pruning.training import evaluate
+
+    model, _ = load_checkpoint(path)
+    return evaluate(model, make_loader(splits.test, EVAL_BATCH, shuffle=False)).accuracy
+
+
+def finalize_sweep(tracker: Tracker, config, setup, complete: bool, progress: bool) -> SweepResult:
+    """Front over the logged trials; test accuracy of the front only; table, plot, checkpoints."""
+    objectives = config.objectives
+    records = tracker.read_trials()
+    finished, points, front = _front(records, objectives)
+    parent = tracker.parent_run_id
+    rows = []
+    say(progress and bool(front), f"evaluating the {len(front)} Pareto-optimal model(s) on the test split")
+    for i in front:
+        record, point = finished[i], points[i]
+        model_file = Path(record.checkpoint or "") / MODEL_FILE
+        if record.checkpoint and model_file.is_file():
+            point["test_accuracy"] = _test_accuracy(str(model_file), setup.splits)
+            tracker.log_metrics(record.run_id, {"test_accuracy": point["test_accuracy"]})
+            tracker.log_file_as(parent, model_file, f"pareto/checkpoints/{record.name}.pt")
+        rows.append(_front_row(record, point))
+    for i, record in enumerate(finished):
+        tracker.set_tags(record.run_id, {TAG_PARETO: str(i in front).lower()})
+    volume = front_hypervolume(points, objectives, setup.metrics)
+    baseline_point = {k: setup.metrics[k] for k in ("accuracy", "macs", "params", "latency_ms") if k in setup.metrics}
+    x = next((k for k in objectives if k != "accuracy"), "macs")
+    columns = list(dict.fromkeys(["trial", "criterion", *objectives, "test_accuracy", "macs_reduction", "bn_accuracy"]))
+    with tempfile.TemporaryDirectory(prefix="prunesweep-front-") as folder:
+        png = plot_front(points, objectives, front, baseline_point, Path(folder) / "front.png", x=x, y="accuracy")
+        tracker.log_file(parent, png, "pareto")
+    tracker.log_text(parent, front_table(points, front, columns), "pareto/front.md")
+    tracker.log_text(parent, json.dumps({"objectives": objectives, "baseline": setup.metrics, "front": rows,
+                                         "hypervolume": volume}, indent=2, default=str), "pareto/front.json")
+    summary = {"pareto_size": len(front), "trials_finished": len(finished),
+               "trials_failed": sum(r.status == "FAILED" for r in records),
+               "trials_feasible": sum(p["feasible"] for p in points)}
+    if volume is not None:
+        summary["hypervolume"] = volume
+    for row in rows:
+        if "test_accuracy" in row:
+            summary[f"pareto.{row['trial']}.test_accuracy"] = row["test_accuracy"]
+    tracker.log_metrics(parent, summary)
+    tracker.finish_parent("FINISHED" if complete else "KILLED")
+    return SweepResult(
+        name=config.name, run_dir=config.run_dir, tracking_uri=config.tracking_uri,
+        experiment=config.tracking.experiment, parent_run_id=parent, objectives=objectives,
+        baseline=dict(setup.metrics), trials=records, front=rows, hypervolume=volume, complete=complete,
+    )
+
+
+def read_front(run_dir: str | os.PathLike, *, tracking_uri: str | None = None) -> SweepResult:
+    """The sweep of ``run_dir`` read back from MLflow: trials, front (recomputed from the logged
+    metrics over feasible finished trials) with the test accuracy logged for it."""
+    run_dir = str(Path(run_dir).absolute())
+    config_path = Path(run_dir) / RESOLVED_CONFIG_FILE
+    saved = yaml.safe_load(config_path.read_text()) if config_path.is_file() else {}
+    uri = tracking_uri or (saved.get("tracking") or {}).get("uri") or default_tracking_uri(run_dir)
+    if tracking_uri is not None:
+        TrackingSettings.from_dict({"uri": tracking_uri})  # same checks as a config's
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        raise ConfigError("tracking_uri", f"no MLflow database at {uri[len('sqlite:///'):]}")
+    experiment = (saved.get("tracking") or {}).get("experiment", "prunesweep")
+    tracker = Tracker(uri, experiment, run_dir, kind="sweep")
+    parent = tracker.find_parent(all_experiments=True)
+    if parent is None:
+        raise ConfigError("run_dir", f"no sweep of {run_dir} in {uri}")
+    run = tracker.client.get_run(parent)
+    params = run.data.params
+    objectives = {k.split(".", 2)[2]: v for k, v in params.items() if k.startswith("sweep.objectives.")}
+    objectives = objectives or {"accuracy": "max", "macs": "min"}
+    baseline = {k[len("baseline_"):]: v for k, v in run.data.metrics.items() if k.startswith("baseline_")}
+    records = tracker.read_trials()
+    finished, points, front = _front(records, objectives)
+    return SweepResult(
+        name=run.data.tags.get(TAG_SWEEP, run.info.run_name or ""), run_dir=run_dir, tracking_uri=uri,
+        experiment=experiment, parent_run_id=parent, objectives=objectives, baseline=baseline, trials=records,
+        front=[_front_row(finished[i], points[i]) for i in front],
+        hypervolume=front_hypervolume(points, objectives, baseline), complete=run.info.status == "FINISHED",
+    )

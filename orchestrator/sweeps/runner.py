@@ -1,0 +1,148 @@
+"""Ray and Tune plumbing shared by sweeps and comparisons: joining Ray, the MLflow parent run,
+and the one block that runs a set of trials through a ``tune.Tuner`` (or its restore) and marks
+the parent run FAILED when the driver itself raises."""
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import sys
+import urllib.parse
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+from orchestrator.sweeps.baseline import BaselineSetup
+from orchestrator.sweeps.callback import MlflowTrialLogger
+from orchestrator.sweeps.checks import ConfigError
+from orchestrator.sweeps.config import flatten
+from orchestrator.sweeps.tracking import TAG_COMMIT, TAG_SWEEP, Tracker, git_commit
+from orchestrator.sweeps.trials import TrialSettings, put_shared
+
+__all__ = [
+    "EXPERIMENT_NAME", "check_tracking_reachable", "ray_connection", "start_parent_run", "run_trials",
+    "finished_cleanly",
+]
+
+#: the Tune experiment's folder inside a run directory
+EXPERIMENT_NAME = "tune"
+#: Tune's experiment-state snapshot period (seconds; Tune's own default is >= 10): a short period
+#: keeps the window in which a killed driver forgets a finished trial small
+SNAPSHOT_PERIOD_S = "1"
+
+
+def check_tracking_reachable(tracking_uri: str) -> None:
+    """Inside a private network (``--ray-network private``) only this machine's loopback answers:
+    refuse a remote MLflow server before anything runs rather than fail at the first log call."""
+    from orchestrator.distributed import LOOPBACK_HOSTS, active
+
+    if not active():
+        return
+    parts = urllib.parse.urlsplit(tracking_uri)
+    if parts.scheme == "sqlite" or parts.hostname in LOOPBACK_HOSTS:
+        return
+    raise ConfigError("tracking.uri", f"{tracking_uri!r} cannot be reached from the private loopback-only network "
+                      "that Ray runs in; pass --ray-network host or log to a local server or sqlite file")
+
+
+@contextlib.contextmanager
+def ray_connection(address: str | None, progress: bool) -> Iterator[None]:
+    """Join ``address``, or start Ray locally, unless it is already initialised (then reuse it);
+    a Ray started here is shut down on exit."""
+    import ray
+
+    from orchestrator.distributed import connect
+
+    connection = connect(address, log_to_driver=progress)
+    try:
+        yield
+    finally:
+        if connection.started:
+            ray.shutdown()
+
+
+def start_parent_run(tracker: Tracker, name: str, config: Mapping[str, Any], texts: Mapping[str, str], *,
+                     baseline: Mapping[str, float], tags: Mapping[str, str] = (), reuse: bool) -> tuple[str, bool]:
+    """Create (or, with ``reuse``, reopen) the parent run: the flattened resolved ``config`` as
+    params, name and commit tags, ``texts`` as artifacts, the baseline metrics once."""
+    parent, created = tracker.start_parent(
+        name, params=flatten(config), tags={TAG_SWEEP: name, TAG_COMMIT: git_commit(), **dict(tags)},
+        texts=texts, reuse=reuse,
+    )
+    if created:
+        tracker.log_metrics(parent, {f"baseline_{k}": v for k, v in baseline.items()})
+    return parent, created
+
+
+@contextlib.contextmanager
+def _tune_environment(progress: bool) -> Iterator[None]:
+    """Frequent experiment snapshots; Tune's console output on stderr (stdout stays clean)."""
+    previous = os.environ.get("TUNE_GLOBAL_CHECKPOINT_S")
+    os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = previous or SNAPSHOT_PERIOD_S
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        if previous is None:
+            os.environ.pop("TUNE_GLOBAL_CHECKPOINT_S", None)
+
+
+def run_trials(
+    tracker: Tracker,
+    trial: Callable[..., None],
+    settings: TrialSettings,
+    setup: BaselineSetup,
+    *,
+    cpus_per_trial: float,
+    concurrency: int,
+    metric_names: Sequence[str],
+    tag_names: Sequence[str],
+    stats=None,
+    utilization=None,
+    num_samples: int = 1,
+    param_space: Mapping[str, Any] | None = None,
+    make_search: Callable[[], Any] | None = None,
+    resume: bool = False,
+    progress: bool = True,
+):
+    """Run ``trial`` (``sweep_trial`` / ``compare_trial``) as Tune trials, each logged to MLflow
+    as a nested run of ``tracker``'s parent; returns Tune's ``ResultGrid``.
+
+    The baseline's shared objects go into the object store once; ``resume`` restores the
+    experiment in ``<run_dir>/tune`` (its searcher and callback included) instead of starting one.
+    ``make_search`` builds the search algorithm of a new experiment (None: ``param_space`` only).
+    A raising driver marks the parent run FAILED.
+    """
+    from ray import tune
+
+    try:
+        with _tune_environment(progress):
+            refs = put_shared(setup, stats, utilization)
+            trainable = tune.with_resources(functools.partial(trial, refs=refs, settings=settings),
+                                            {"cpu": cpus_per_trial})
+            if resume:
+                experiment = Path(tracker.run_dir) / EXPERIMENT_NAME
+                tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_errored=True)
+            else:
+                callback = MlflowTrialLogger(tracker.uri, tracker.experiment, tracker.run_dir, kind=tracker.kind,
+                                             metric_names=metric_names, tag_names=tag_names)
+                tuner = tune.Tuner(
+                    trainable,
+                    param_space=dict(param_space or {}),
+                    tune_config=tune.TuneConfig(search_alg=make_search() if make_search else None,
+                                                num_samples=num_samples, max_concurrent_trials=concurrency),
+                    run_config=tune.RunConfig(
+                        storage_path=tracker.run_dir, name=EXPERIMENT_NAME, callbacks=[callback],
+                        failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+                        verbose=1 if progress else 0,
+                    ),
+                )
+            return tuner.fit()
+    except BaseException:
+        with contextlib.suppress(Exception):
+            tracker.finish_parent("FAILED")
+        raise
+
+
+def finished_cleanly(results, expected: int) -> bool:
+    """All ``expected`` trials were created and ended (terminated or errored): not interrupted."""
+    return len(results) >= expected and results.num_terminated + results.num_errors >= len(results)

@@ -1,0 +1,77 @@
+"""Optuna for sweeps: the define-by-run function handed to ``OptunaSearch`` and the sampler."""
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Collection, Iterator, Mapping
+
+from orchestrator.sweeps.checks import ConfigError
+from orchestrator.sweeps.config import SAMPLERS
+
+__all__ = ["DefineByRun", "register_context", "make_sampler"]
+
+#: define-by-run contexts by key (a sweep's run directory): the SpaceContext stays in the driver
+#: and out of the searcher's pickled state (Tune saves the searcher with every experiment snapshot)
+_CONTEXTS: dict[str, Any] = {}
+
+
+@contextlib.contextmanager
+def register_context(key: str, context) -> Iterator[None]:
+    """Make ``context`` (a :class:`~search_spaces.SpaceContext`) the one every
+    :class:`DefineByRun` with this ``key`` samples in, for the duration of the block."""
+    _CONTEXTS[key] = context
+    try:
+        yield
+    finally:
+        _CONTEXTS.pop(key, None)
+
+
+class DefineByRun:
+    """The define-by-run function handed to ``OptunaSearch``: ``space.define(trial, context)``
+    with the context registered under ``key`` (:func:`register_context`).
+
+    Returns two bookkeeping constants that Tune adds to the trial's config: ``_trial_number``
+    (Optuna's trial number, which names the MLflow run) and, for trials selected with
+    ``inject_failures``, ``_inject_failure``. Pickles to its plain settings only.
+    """
+
+    def __init__(self, space_name: str, space_options: Mapping[str, Any], key: str,
+                 inject_failures: Collection[int] = ()) -> None:
+        self.space_name = space_name
+        self.space_options = dict(space_options)
+        self.key = key
+        self.inject_failures = tuple(sorted(set(inject_failures)))
+        self._space = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_space": None}
+
+    def __call__(self, trial) -> dict[str, Any]:
+        from search_spaces import create_search_space
+
+        if self._space is None:
+            self._space = create_search_space(self.space_name, **self.space_options)
+        context = _CONTEXTS.get(self.key)
+        if context is None:
+            raise RuntimeError(f"no search-space context registered for {self.key}")
+        self._space.define(trial, context)
+        extra: dict[str, Any] = {"_trial_number": trial.number}
+        if trial.number in self.inject_failures:
+            extra["_inject_failure"] = True
+        return extra
+
+
+def make_sampler(name: str, seed: int, population_size: int | None = None):
+    """The seeded Optuna sampler of ``sweep.sampler`` (a key of :data:`SAMPLERS`);
+    ``population_size`` applies to ``nsga2`` only."""
+    import optuna
+
+    if name not in SAMPLERS:
+        raise ConfigError("sweep.sampler", f"must be one of {', '.join(SAMPLERS)}, got {name!r}")
+    sampler_class = getattr(optuna.samplers, SAMPLERS[name], None)
+    if sampler_class is None:
+        raise ConfigError("sweep.sampler", f"{name} needs a newer optuna (installed: {optuna.__version__})")
+    options = {"population_size": population_size} if name == "nsga2" and population_size is not None else {}
+    try:
+        return sampler_class(seed=seed, **options)
+    except ImportError as err:  # gp: its optional dependencies are missing
+        raise ConfigError("sweep.sampler", f"{name} is unavailable: {err}") from None

@@ -1,0 +1,247 @@
+"""Trial bodies, run in Ray workers: a sweep trial (one sampled plan) and a compare cell (one
+criterion x FLOPs target x seed). Both prune the shared baseline and recover it with the one
+recipe (:func:`pruning.recovery.recover`), scoring every stage on the calibration split."""
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from orchestrator.sweeps.baseline import EVAL_BATCH, BaselineSetup
+from pruning.recovery import STAGES, RecoveryRecipe
+
+__all__ = [
+    "TRIAL_METRICS", "TRIAL_TAGS", "COMPARE_METRICS", "COMPARE_TAGS", "MODEL_FILE",
+    "InjectedFailure", "SharedRefs", "TrialSettings", "put_shared", "sweep_trial", "compare_trial",
+]
+
+#: per recovery stage that ran: its calibration accuracy and (but for ``pruned``) its seconds
+STAGE_METRICS = (*(f"{stage}_accuracy" for stage in STAGES), *(f"{stage}_seconds" for stage in STAGES[1:]))
+#: numeric results every sweep trial reports (latency_ms only when it is an objective)
+TRIAL_METRICS = (
+    "accuracy", "bn_accuracy", *STAGE_METRICS, "macs", "params", "macs_reduction", "params_reduction",
+    "planned_reduction", "latency_ms", "feasible", "prune_seconds", "recover_seconds",
+)
+#: string results logged as tags
+TRIAL_TAGS = ("criterion", "infeasible_reason")
+COMPARE_METRICS = ("accuracy", "bn_accuracy", *STAGE_METRICS, "test_accuracy", "macs", "params", "macs_reduction",
+                   "params_reduction", "prune_seconds", "recover_seconds")
+COMPARE_TAGS = ("criterion",)
+MODEL_FILE = "pruned.pt"
+METRICS_FILE = "metrics.json"
+
+
+class InjectedFailure(RuntimeError):
+    """Raised by trials selected with ``run_sweep(..., inject_failures=...)`` (tests of failure handling)."""
+
+
+@dataclass(frozen=True)
+class SharedRefs:
+    """Object-store references, put once per sweep by the driver."""
+
+    model: Any  # ObjectRef -> (spec JSON, state_dict)
+    space: Any  # ObjectRef -> PruningSpace
+    batches: Any  # ObjectRef -> calibration batches
+    stats: Any = None  # ObjectRef -> ActivationStats | None
+    utilization: Any = None  # ObjectRef -> {group: curve} | None
+
+
+@dataclass(frozen=True)
+class TrialSettings:
+    """Plain settings every trial shares (small; travels with the trainable).
+
+    seed: the criterion's seed in a sweep trial (a compare cell takes its own from the grid).
+    recipe: the recovery recipe; a sweep trial replaces its fine-tuning values by the sampled
+        ones, a compare cell its seed by the cell's.
+    """
+
+    data_config: dict[str, Any]
+    shape: tuple[int, int, int]
+    seed: int
+    threads: int
+    baseline: dict[str, float]
+    recipe: RecoveryRecipe
+    measure_latency: bool = False
+    space_name: str | None = None
+    space_options: dict[str, Any] | None = None
+    strategy: str = "full"
+
+
+def put_shared(setup: BaselineSetup, stats, utilization) -> SharedRefs:
+    """Put the baseline's shared objects in the Ray object store, once."""
+    import ray
+
+    state = {k: v.detach().cpu() for k, v in setup.model.state_dict().items()}
+    return SharedRefs(
+        model=ray.put((setup.spec.to_json(), state)),
+        space=ray.put(setup.space),
+        batches=ray.put(setup.batches),
+        stats=ray.put(stats) if stats is not None else None,
+        utilization=ray.put(utilization) if utilization is not None else None,
+    )
+
+
+def _rebuild_model(spec_json: str, state: Mapping[str, torch.Tensor]) -> nn.Module:
+    from pruning.models import create_model
+    from pruning.structure import ModelSpec, apply_widths
+
+    spec = ModelSpec.from_json(spec_json)
+    model = create_model(spec.name, num_classes=spec.num_classes, in_channels=spec.in_channels)
+    apply_widths(model, spec.widths)
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def _prune_and_recover(model, space, shape, criterion_name: str, pruning_config, ratio_weights, batches, stats,
+                       splits, *, seed: int, recipe: RecoveryRecipe):
+    """Prune a copy of ``model`` with a criterion, run the recipe; every stage scored on the
+    calibration split. Returns (pruned model, prune outcome, metrics)."""
+    from pruning.criteria import ScoringContext, create_criterion
+    from pruning.data import make_loader
+    from pruning.pipeline import prune_with_criterion
+    from pruning.recovery import recover, recovery_data_for
+
+    started = time.perf_counter()
+    context = ScoringContext(calibration=batches, stats=stats)
+    outcome = prune_with_criterion(model, torch.zeros(1, *shape), create_criterion(criterion_name, seed=seed),
+                                   pruning_config, context, ratio_weights=ratio_weights, space=space)
+    prune_seconds = time.perf_counter() - started
+    score = make_loader(splits.calibration, EVAL_BATCH, shuffle=False)
+    result = recover(model, outcome, recipe, recovery_data_for(splits, batches, score))
+    # bn_accuracy: the accuracy before any training (the zero-cost proxy the sweep compares against)
+    untrained = [acc for stage, acc in result.accuracy.items() if stage != "finetuned"]
+    metrics = {
+        "accuracy": result.final_accuracy,
+        "bn_accuracy": untrained[-1],
+        **{f"{stage}_accuracy": acc for stage, acc in result.accuracy.items()},
+        **{f"{stage}_seconds": s for stage, s in result.seconds.items() if stage != "pruned"},
+        "planned_reduction": outcome.planned_reduction,
+        "prune_seconds": prune_seconds,
+        "recover_seconds": sum(result.seconds.values()),
+    }
+    return outcome.model, outcome, metrics
+
+
+def _cost_metrics(pruned: nn.Module, shape, baseline: Mapping[str, float], latency: bool, threads: int) -> dict[str, float]:
+    from pruning.structure import measure_cost, measure_latency
+
+    cost = measure_cost(pruned, shape)
+    metrics = {
+        "macs": float(cost.macs),
+        "params": float(cost.params),
+        "macs_reduction": 1.0 - cost.macs / baseline["macs"],
+        "params_reduction": 1.0 - cost.params / baseline["params"],
+    }
+    if latency:
+        metrics["latency_ms"] = measure_latency(pruned, shape, batch_size=1, threads=threads).median_ms
+    return metrics
+
+
+def _report_restored() -> bool:
+    """A trial restarted after its final checkpoint was saved: report the saved metrics again."""
+    from ray import tune
+
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return False
+    with checkpoint.as_directory() as folder:
+        path = Path(folder) / METRICS_FILE
+        if not path.is_file():
+            return False
+        metrics = json.loads(path.read_text())
+    tune.report(metrics)
+    return True
+
+
+def _report_with_model(metrics: dict[str, Any], pruned: nn.Module, spec_json: str, meta: dict[str, Any]) -> None:
+    from ray import tune
+
+    from pruning.structure import ModelSpec, save_checkpoint
+
+    spec = ModelSpec.from_json(spec_json)
+    with tempfile.TemporaryDirectory(prefix="prunesweep-") as folder:
+        save_checkpoint(Path(folder) / MODEL_FILE, pruned, replace(spec, meta={**spec.meta, "pruning": meta}))
+        (Path(folder) / METRICS_FILE).write_text(json.dumps(metrics))
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+def _load_trial_data(settings: TrialSettings):
+    from pruning.data import DataConfig, load_data
+
+    return load_data(DataConfig(**settings.data_config))
+
+
+def sweep_trial(config: dict[str, Any], *, refs: SharedRefs, settings: TrialSettings) -> None:
+    """One sweep trial (runs in a Ray worker): plan, check, prune, recover, score, report once."""
+    import ray
+    from ray import tune
+
+    from search_spaces import SpaceContext, create_search_space
+
+    torch.set_num_threads(settings.threads)
+    if _report_restored():
+        return
+    if config.get("_inject_failure"):
+        raise InjectedFailure(f"injected failure in trial {config.get('_trial_number')}")
+    params = {k: v for k, v in config.items() if not k.startswith("_")}
+    space = ray.get(refs.space)
+    stats = ray.get(refs.stats) if refs.stats is not None else None
+    utilization = ray.get(refs.utilization) if refs.utilization is not None else None
+    context = SpaceContext(space=space, strategy=settings.strategy, stats=stats, utilization=utilization)
+    search_space = create_search_space(settings.space_name, **(settings.space_options or {}))
+    plan = search_space.to_plan(params, context)
+    reason = search_space.check_feasible(plan, context)
+    base = settings.baseline
+    if reason is not None:
+        worst = {"accuracy": 0.0, "bn_accuracy": 0.0, "macs": base["macs"], "params": base["params"],
+                 "macs_reduction": 0.0, "params_reduction": 0.0, "feasible": 0, "criterion": plan.criterion,
+                 "infeasible_reason": reason}
+        if settings.measure_latency:
+            worst["latency_ms"] = base["latency_ms"]
+        tune.report(worst)
+        return
+    recipe = replace(settings.recipe, finetune_epochs=plan.finetune_epochs, finetune_lr=plan.finetune_lr,
+                     weight_decay=plan.weight_decay)
+    spec_json, state = ray.get(refs.model)
+    model = _rebuild_model(spec_json, state)
+    pruned, outcome, metrics = _prune_and_recover(
+        model, space, settings.shape, plan.criterion, plan.config, plan.ratio_weights, ray.get(refs.batches), stats,
+        _load_trial_data(settings), seed=settings.seed, recipe=recipe,
+    )
+    metrics.update(_cost_metrics(pruned, settings.shape, base, settings.measure_latency, settings.threads))
+    metrics.update(feasible=1, criterion=plan.criterion)
+    meta = {"criterion": plan.criterion, "params": params, "channels": dict(outcome.keep),
+            "strategy": settings.strategy, "space": settings.space_name, "recipe": recipe.to_dict()}
+    _report_with_model(metrics, pruned, spec_json, meta)
+
+
+def compare_trial(config: dict[str, Any], *, refs: SharedRefs, settings: TrialSettings) -> None:
+    """One grid cell: criterion x FLOPs target x seed; reports calibration and test accuracy."""
+    import ray
+    from ray import tune
+
+    from pruning.data import make_loader
+    from pruning.planning import PruningConfig
+    from pruning.training import evaluate
+
+    torch.set_num_threads(settings.threads)
+    seed = int(config["seed"])
+    model = _rebuild_model(*ray.get(refs.model))
+    stats = ray.get(refs.stats) if refs.stats is not None else None
+    splits = _load_trial_data(settings)
+    pruning_config = PruningConfig(strategy=settings.strategy, allocation="uniform",
+                                   flops_reduction=float(config["flops_reduction"]))
+    pruned, _, metrics = _prune_and_recover(
+        model, ray.get(refs.space), settings.shape, config["criterion"], pruning_config, None, ray.get(refs.batches),
+        stats, splits, seed=seed, recipe=replace(settings.recipe, seed=seed),
+    )
+    metrics.update(_cost_metrics(pruned, settings.shape, settings.baseline, False, settings.threads))
+    metrics["test_accuracy"] = evaluate(pruned, make_loader(splits.test, EVAL_BATCH, shuffle=False)).accuracy
+    metrics["criterion"] = config["criterion"]
+    tune.report(metrics)
