@@ -3,7 +3,7 @@
 A ResNet-20 with random weights (1 input channel, 10 classes) and random 1x28x28 images; the
 statistics pass of every prunable group (``collect_activation_stats`` vs ``distributed_stats``,
 one batch per shard) and permutation Shapley values of a few groups with a fixed budget and no
-truncation (``permutation_shapley`` per group vs ``distributed_shapley``), each:
+truncation (``estimate_shapley`` per group vs ``distributed_shapley``), each:
 
 * in-process with ``--threads`` torch threads (default: 2, then 1; speedups against both);
 * on 1, 2, ... actors (``--workers``), each single-threaded, started for the run as the CLI does
@@ -27,11 +27,13 @@ import platform
 import time
 from pathlib import Path
 
+import dataclasses
+
 import torch
 
 from pruning.structure import PruningSpace
 from pruning.models import create_model
-from pruning.games import LayerGame, calibration_batch, group_seed, permutation_shapley, trace_model
+from pruning.games import LayerGame, ShapleyOptions, calibration_batch, estimate_shapley, group_seed, trace_model
 from pruning.statistics import collect_activation_stats
 
 
@@ -76,8 +78,8 @@ def main() -> None:
         "stats": {},
         "shapley": {},
     }
-    shapley_opts = dict(max_permutations=args.permutations, block=args.block, antithetic=True, truncation=None,
-                        batch_size=args.shapley_images)
+    shapley_options = ShapleyOptions(max_permutations=args.permutations, batch_permutations=args.block,
+                                     antithetic=True, truncation=None, batch_size=args.shapley_images)
 
     # -- in-process ------------------------------------------------------------------------
     def shapley_in_process():
@@ -86,8 +88,7 @@ def main() -> None:
         out = {}
         for group in shapley_groups:
             game = LayerGame(model, group, inputs, targets, traced=traced)
-            out[group.name] = permutation_shapley(game, max_permutations=args.permutations, antithetic=True,
-                                                  batch_permutations=args.block, seed=group_seed(0, group.name))
+            out[group.name] = estimate_shapley(game, shapley_options, group_seed(0, group.name))
         return out
 
     for threads in args.threads:
@@ -102,7 +103,7 @@ def main() -> None:
             print(f"shapley in-process ({threads} threads): {t['seconds']:.2f} s  load {t['load_before']}->{t['load_after']}")
 
     # -- Ray -------------------------------------------------------------------------------
-    from orchestrator.distributed.core import WorkerPool, connect, distributed_shapley, distributed_stats
+    from orchestrator.distributed import WorkerPool, connect, distributed_shapley, distributed_stats
 
     _, t = timed(lambda: connect(None, max(args.workers), 1, log_to_driver=False))
     results["ray_init_seconds"] = t["seconds"]
@@ -124,8 +125,8 @@ def main() -> None:
                                                           progress=False, return_report=True))
             record("stats", "cold", n, rep, t)
         if "shapley" not in args.skip:
-            (_, rep), t = timed(lambda: distributed_shapley(model, shapley_groups, batches, workers=n, progress=False,
-                                                            return_report=True, **shapley_opts))
+            (_, rep), t = timed(lambda: distributed_shapley(model, shapley_groups, batches, shapley_options,
+                                                            workers=n, progress=False, return_report=True))
             record("shapley", "cold", n, rep, t)
         with WorkerPool(n) as pool:
             if "stats" not in args.skip:  # first call warms the pool up, the second is measured
@@ -134,10 +135,10 @@ def main() -> None:
                                                               progress=False, return_report=True))
                 record("stats", "warm", n, rep, t)
             if "shapley" not in args.skip:
-                distributed_shapley(model, shapley_groups[:1], batches, pool=pool, progress=False,
-                                    **{**shapley_opts, "max_permutations": 2, "block": 2})
-                (_, rep), t = timed(lambda: distributed_shapley(model, shapley_groups, batches, pool=pool, progress=False,
-                                                                return_report=True, **shapley_opts))
+                warm_up = dataclasses.replace(shapley_options, max_permutations=2, batch_permutations=2)
+                distributed_shapley(model, shapley_groups[:1], batches, warm_up, pool=pool, progress=False)
+                (_, rep), t = timed(lambda: distributed_shapley(model, shapley_groups, batches, shapley_options,
+                                                                pool=pool, progress=False, return_report=True))
                 record("shapley", "warm", n, rep, t)
 
     # -- summary ---------------------------------------------------------------------------

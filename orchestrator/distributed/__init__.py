@@ -1,27 +1,31 @@
-"""Everything that touches Ray for statistics and Shapley estimates: connecting, the loopback-only
-private network, actor pools, the fault-tolerant shard scheduler and the statistics / Shapley fan-outs.
+"""Everything that touches Ray for statistics and Shapley estimates.
+
+* :mod:`.connection`: :func:`connect` (join a cluster or start a local Ray), CPU checks;
+* :mod:`.network`: the loopback-only private network namespace a local Ray runs in;
+* :mod:`.pool`: :class:`WorkerPool`, the actors that hold one model replica each;
+* :mod:`.scheduler`: the fault-tolerant shard scheduler and its :class:`RunReport`;
+* :mod:`.stats`: :func:`distributed_stats`; :mod:`.shapley`: :func:`distributed_shapley` and
+  :class:`DistributedShapley`, the Ray estimator of the ``shapley``/``snpfi`` criteria.
 
 Names are re-exported lazily (PEP 562): ``prunesweep`` imports :mod:`.network` before it may
-re-execute itself in a private network namespace, and must not import torch or Ray twice."""
+re-execute itself in a private network namespace, and must not import torch or Ray twice.
+"""
 from __future__ import annotations
 
 import importlib
 from typing import Any
 
 _SOURCES = {
-    "log": "core",
-    "DEPTH": "core",
-    "START_TIMEOUT": "core",
-    "RayConnection": "core",
-    "available_cpus": "core",
-    "connect": "core",
-    "FaultInjection": "core",
-    "RunReport": "core",
-    "WorkerPool": "core",
-    "distributed_stats": "core",
-    "shapley_block_plan": "core",
-    "distributed_shapley": "core",
-    "DistributedShapley": "core",
+    "RayConnection": "connection",
+    "available_cpus": "connection",
+    "connect": "connection",
+    "WorkerPool": "pool",
+    "DEPTH": "scheduler",
+    "START_TIMEOUT": "scheduler",
+    "RunReport": "scheduler",
+    "distributed_stats": "stats",
+    "distributed_shapley": "shapley",
+    "DistributedShapley": "shapley",
     "ACTIVE_ENV": "network",
     "LOOPBACK_HOSTS": "network",
     "CLONE_NEWUSER": "network",

@@ -37,7 +37,7 @@ _IFF_UP = 0x1
 EXIT_UNAVAILABLE = 2
 
 
-class PrivateNetworkError(InputError, OSError):
+class PrivateNetworkError(OSError, InputError):  # OSError first: its __init__ sets errno and strerror
     """The kernel refused the namespace (user namespaces disabled, seccomp, a threaded process)."""
 
 

@@ -1,35 +1,65 @@
-"""Statistics and Shapley estimates on Ray actors (orchestrator.distributed.core).
+"""Statistics and Shapley estimates on Ray actors (orchestrator.distributed).
 
 One Ray runtime per test session (``ray_session``, 2 CPUs) and one pool of two actors for this
 module (each reserving half a CPU, so that a CLI run with one worker of its own fits next to
-it). The tiny models (tests/tiny_models.py) are not importable on the workers, so that module
-is pickled by value while the pool lives.
+it). The tiny models (tests/tiny_models.py) and this module's crashing model are not importable
+on the workers, so both modules are pickled by value while the pool lives.
+
+Lost actors are real ones: :class:`CrashOnce` ends the process of the first worker that runs a
+forward pass (``os._exit``, as a lost node would), so the scheduler has to notice the dead
+actor, redo its shards on a fresh one and still merge every shard exactly once.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from orchestrator import cli
-from orchestrator.distributed.core import (
-    DistributedShapley,
-    FaultInjection,
-    WorkerPool,
-    distributed_shapley,
-    distributed_stats,
-    shapley_block_plan,
-)
+from orchestrator.distributed import DistributedShapley, WorkerPool, distributed_shapley, distributed_stats
 from pruning.criteria import ScoringContext, create_criterion
+from pruning.games import BlockMerge, LayerGame, ShapleyOptions, calibration_batch, estimate_block, shapley_blocks
 from pruning.structure import PruningSpace
 from pruning.statistics import collect_activation_stats
+from tiny_models import TinyResNet
 
 pytestmark = pytest.mark.slow
 
 #: a block plan with several blocks per group: 8 permutations in antithetic pairs, 2 per block
-PLAN = dict(max_permutations=8, block=2, antithetic=True, truncation=0.02, batch_size=16, seed=3)
+PLAN = ShapleyOptions(max_permutations=8, batch_permutations=2, antithetic=True, truncation=0.02, batch_size=16)
+SEED = 3
+
+
+class CrashOnce(TinyResNet):
+    """A TinyResNet whose first forward on a Ray worker ends that worker's process.
+
+    Whichever worker creates ``marker`` first dies; the driver's forwards (its own pid) and every
+    later forward run normally, so results equal the plain model's.
+    """
+
+    def __init__(self, marker: Path, like: torch.nn.Module) -> None:
+        super().__init__()
+        self.load_state_dict(like.state_dict())
+        self.train(like.training)
+        self.marker, self.driver = str(marker), os.getpid()
+
+    def forward(self, x):
+        # isinstance: torch.fx traces with proxies, and the traced graph must be the plain model's
+        if isinstance(x, torch.Tensor) and os.getpid() != self.driver and self._claim():
+            os._exit(1)
+        return TinyResNet.forward(self, x)
+
+    def _claim(self) -> bool:
+        try:
+            os.close(os.open(self.marker, os.O_CREAT | os.O_EXCL))
+        except FileExistsError:
+            return False
+        return True
 
 
 @pytest.fixture(scope="module")
@@ -37,12 +67,15 @@ def pool(ray_session):
     import tiny_models
     from ray import cloudpickle
 
-    cloudpickle.register_pickle_by_value(tiny_models)  # tests/ is not on the workers' path
+    here = sys.modules[__name__]
+    for module in (tiny_models, here):  # tests/ is not on the workers' path
+        cloudpickle.register_pickle_by_value(module)
     try:
         with WorkerPool(2, cpus_per_worker=0.5) as p:
             yield p
     finally:
-        cloudpickle.unregister_pickle_by_value(tiny_models)
+        for module in (tiny_models, here):
+            cloudpickle.unregister_pickle_by_value(module)
 
 
 @pytest.fixture
@@ -64,8 +97,8 @@ def baseline():
 
 def _shapley_baseline(baseline, model, groups, batches, pool):
     if "shapley" not in baseline:
-        baseline["shapley"] = distributed_shapley(model, groups, batches, pool=pool, progress=False,
-                                                  return_report=True, **PLAN)
+        baseline["shapley"] = distributed_shapley(model, groups, batches, PLAN, seed=SEED, pool=pool, progress=False,
+                                                  return_report=True)
     return baseline["shapley"]
 
 
@@ -89,19 +122,6 @@ def assert_same_estimates(a, b):
         assert torch.equal(a[name].stderr, b[name].stderr), name
         assert (a[name].permutations, a[name].evaluations) == (b[name].permutations, b[name].evaluations)
         assert (a[name].v_full, a[name].v_empty) == (b[name].v_full, b[name].v_empty)
-
-
-# --- block plan (no Ray) -----------------------------------------------------------------------
-
-
-def test_block_plan():
-    assert shapley_block_plan(8, 2, antithetic=True) == [2, 2, 2, 2]
-    assert shapley_block_plan(8, 3, antithetic=True) == [2, 2, 2, 2]  # blocks hold whole pairs
-    assert shapley_block_plan(7, 4, antithetic=True) == [4, 2]  # budget rounded down to pairs
-    assert shapley_block_plan(5, 2, antithetic=False) == [2, 2, 1]
-    assert shapley_block_plan(1, 8, antithetic=True) == [2]
-    with pytest.raises(ValueError):
-        shapley_block_plan(0, 2, antithetic=False)
 
 
 # --- the command line (before the module's pool exists; one worker of its own) -------------------
@@ -161,22 +181,38 @@ def test_actor_stats_equal_in_process_stats(tiny_resnet, groups, batches, pool):
     assert report.started_workers in (0, 2)
 
 
-def test_stats_killed_actor_loses_nothing(tiny_resnet, groups, batches, pool):
+def test_stats_killed_actor_loses_nothing(tiny_resnet, groups, batches, pool, tmp_path):
     reference = collect_activation_stats(tiny_resnet, groups, batches)
-    state, report = distributed_stats(tiny_resnet, groups, batches, pool=pool, shard_size=1, progress=False,
-                                      return_report=True, _fault=FaultInjection(kill=frozenset({1})))
+    crashing = CrashOnce(tmp_path / "crashed", like=tiny_resnet)
+    state, report = distributed_stats(crashing, groups, batches, pool=pool, shard_size=1, progress=False,
+                                      return_report=True)
+    assert (tmp_path / "crashed").exists()
     assert report.failures == 1 and report.dispatched > report.shards  # the lost shard(s) ran again
     assert sorted(report.accepted) == list(range(6)) and len(set(report.accepted)) == len(report.accepted)
     assert report.duplicates == 0
-    assert_same_stats(reference, state)
+    assert_same_stats(reference, state)  # a shard merged twice would double its counts
 
 
 # --- Shapley -----------------------------------------------------------------------------------
 
 
+def _blocks_in_process(model, groups, batches, options, seed):
+    """What the actors compute, block by block in this process, merged in block order."""
+    inputs, targets = calibration_batch(batches, options.batch_size)
+    out = {}
+    for group in groups:
+        game = LayerGame(model, group, inputs, targets, value=options.value, mode=options.mode)
+        plan = shapley_blocks(options, seed, group.name)
+        merge = BlockMerge(len(plan), options.epsilon)
+        for k, (count, block_seed) in enumerate(plan):
+            merge.add(k, estimate_block(game, options, count, block_seed))
+        out[group.name] = merge.estimate()
+    return out
+
+
 def test_shapley_same_seed_gives_identical_results(tiny_resnet, groups, batches, pool, baseline):
     first, report = _shapley_baseline(baseline, tiny_resnet, groups, batches, pool)
-    again = distributed_shapley(tiny_resnet, groups, batches, pool=pool, progress=False, **PLAN)
+    again = distributed_shapley(tiny_resnet, groups, batches, PLAN, seed=SEED, pool=pool, progress=False)
     assert_same_estimates(first, again)
     names = [g.name for g in groups]
     assert list(first) == names
@@ -184,23 +220,25 @@ def test_shapley_same_seed_gives_identical_results(tiny_resnet, groups, batches,
     for name, est in first.items():
         assert est.permutations == 8 and est.values.shape == (tiny_resnet.get_submodule(name).out_channels,)
         assert torch.isfinite(est.values).all() and torch.isfinite(est.stderr).all()
-    other_seed = distributed_shapley(tiny_resnet, groups, batches, pool=pool, progress=False, **{**PLAN, "seed": 4})
+    assert_same_estimates(first, _blocks_in_process(tiny_resnet, groups, batches, PLAN, SEED))
+    other_seed = distributed_shapley(tiny_resnet, groups, batches, PLAN, seed=SEED + 1, pool=pool, progress=False)
     assert not torch.equal(other_seed[names[0]].values, first[names[0]].values)
 
 
 def test_shapley_does_not_depend_on_the_number_of_workers(tiny_resnet, groups, batches, pool, baseline):
     two, _ = _shapley_baseline(baseline, tiny_resnet, groups, batches, pool)
-    one, report = distributed_shapley(tiny_resnet, groups, batches, pool=pool, workers=1, progress=False,
-                                      return_report=True, **PLAN)
+    one, report = distributed_shapley(tiny_resnet, groups, batches, PLAN, seed=SEED, pool=pool, workers=1,
+                                      progress=False, return_report=True)
     assert report.workers == 1
     assert_same_estimates(two, one)
 
 
-def test_shapley_killed_actor_loses_nothing(tiny_resnet, groups, batches, pool, baseline):
+def test_shapley_killed_actor_loses_nothing(tiny_resnet, groups, batches, pool, baseline, tmp_path):
     expected, _ = _shapley_baseline(baseline, tiny_resnet, groups, batches, pool)
-    victim = (groups[1].name, 1)
-    got, report = distributed_shapley(tiny_resnet, groups, batches, pool=pool, progress=False, return_report=True,
-                                      _fault=FaultInjection(kill=frozenset({victim})), **PLAN)
+    crashing = CrashOnce(tmp_path / "crashed", like=tiny_resnet)
+    got, report = distributed_shapley(crashing, groups, batches, PLAN, seed=SEED, pool=pool, progress=False,
+                                      return_report=True)
+    assert (tmp_path / "crashed").exists()
     assert report.failures == 1 and report.dispatched > report.shards
     every = {(g.name, k) for g in groups for k in range(4)}
     assert set(report.accepted) == every and len(report.accepted) == len(every)
@@ -210,25 +248,28 @@ def test_shapley_killed_actor_loses_nothing(tiny_resnet, groups, batches, pool, 
 
 def test_convergence_stop_hands_out_fewer_blocks(tiny_resnet, groups, batches, pool):
     # converged as soon as there are two samples: two blocks (an antithetic pair is one sample)
-    loose = dict(PLAN, max_permutations=64, epsilon=1e3)
-    got, report = distributed_shapley(tiny_resnet, groups, batches, pool=pool, progress=False, return_report=True,
-                                      **loose)
+    loose = dataclasses.replace(PLAN, max_permutations=64, epsilon=1e3)
+    got, report = distributed_shapley(tiny_resnet, groups, batches, loose, seed=SEED, pool=pool, progress=False,
+                                      return_report=True)
     assert report.shards == 32 * len(groups)
     assert report.dispatched < report.shards
     for name, info in report.groups.items():
         assert info["converged"] and info["merged"] == 2 and got[name].permutations == 4
     # the stop is decided on the in-order merged prefix: the same result on another run
-    again = distributed_shapley(tiny_resnet, groups, batches, pool=pool, workers=1, progress=False, **loose)
+    again = distributed_shapley(tiny_resnet, groups, batches, loose, seed=SEED, pool=pool, workers=1, progress=False)
     assert_same_estimates(got, again)
 
 
-def test_criterion_adapter_scores_like_distributed_shapley(tiny_resnet, groups, batches, pool, baseline):
-    base = create_criterion("snpfi", seed=PLAN["seed"], max_permutations=8, batch_permutations=2, batch_size=16)
-    criterion = DistributedShapley(base, workers=2, pool=pool)
+def test_criterion_with_the_ray_estimator_scores_like_distributed_shapley(tiny_resnet, groups, batches, pool,
+                                                                          baseline):
+    base = create_criterion("snpfi", seed=SEED, max_permutations=8, batch_permutations=2, batch_size=16)
+    estimator = DistributedShapley(2, pool=pool)
+    criterion = base.delegate_estimation(estimator)
     context = ScoringContext(calibration=batches)
     scores, sparsity = criterion.score_and_sparsity(tiny_resnet, groups, context)
     expected, _ = _shapley_baseline(baseline, tiny_resnet, groups, batches, pool)
     for g in groups:
         assert torch.equal(scores[g.name], expected[g.name].values.float())
         assert 0.0 <= sparsity[g.name] < 1.0
-    assert criterion.name == "snpfi" and criterion.last_report.failures == 0
+    assert criterion.name == "snpfi" and estimator.last_report.failures == 0
+    assert estimator.last_report.shards == 4 * len(groups)
