@@ -1,9 +1,12 @@
 """Accuracy vs FLOPs reduction for pruning criteria on a trained checkpoint.
 
-For each criterion and FLOPs-reduction target: test accuracy right after pruning, after BN
-recalibration on calibration data, and after a fine-tune epoch; MACs, parameters and measured
-CPU latency (batch 64) next to the FLOPs ratio. Results go to a JSON file; ``--markdown``
-prints the table for docs/benchmarks.md.
+For each criterion and FLOPs-reduction target: test accuracy after each stage of the recovery
+recipe (:func:`pruning.recovery.recover`: right after pruning, after reconstruction with
+``--reconstruct``, after BN recalibration, after fine-tuning); MACs, parameters and measured CPU
+latency (batch 64) next to the FLOPs ratio. The recipe options are ``prunesweep prune``'s; their
+defaults here are those of the documented runs (no reconstruction, BN recalibration on the
+calibration batches, one fine-tune epoch without augmentation). Results go to a JSON file,
+rewritten after every row; benchmarks/to_markdown.py renders the table for docs/benchmarks.md.
 
     python benchmarks/criteria_accuracy.py --checkpoint runs/bench/resnet20-fmnist.pt \
         --criteria random l1 l2 bn-scale fpgm taylor --targets 0.3 0.5 0.7 \
@@ -16,28 +19,20 @@ import json
 import os
 import platform
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from pruning.structure import load_checkpoint
+from orchestrator.cli.recipe_args import RECIPE_OPTIONS, add_recipe_arguments, recipe_from_args
 from pruning.criteria import ScoringContext, create_criterion, criterion_class
-from pruning.data import DataConfig, load_data, make_loader
-from pruning.structure import PruningSpace
-from pruning.structure import measure_cost, measure_latency
+from pruning.data import DataConfig, calibration_batches, load_data, make_loader
 from pruning.pipeline import prune_with_criterion
 from pruning.planning import PruningConfig
-from pruning.training import TrainConfig, evaluate, recalibrate_bn, train
-
-
-def calibration_batches(splits, images: int, batch_size: int = 128):
-    batches, seen = [], 0
-    for x, y in make_loader(splits.calibration, batch_size, shuffle=False):
-        batches.append((x, y))
-        seen += len(y)
-        if seen >= images:
-            break
-    return batches
+from pruning.recovery import recover, recovery_data_for
+from pruning.structure import PruningSpace, load_checkpoint, measure_cost, measure_latency
+from pruning.training import evaluate
+from pruning.utils import atomic_write
 
 
 def ratio_weights_for(ratios: str, model, space, groups, context, args):
@@ -62,18 +57,19 @@ def main() -> None:
     parser.add_argument("--strategy", default="full")
     parser.add_argument("--criterion-options", type=json.loads, default={},
                         help='JSON options for data-hungry criteria, e.g. {"shapley": {"max_permutations": 32}}')
-    parser.add_argument("--recover", action="store_true", help="SNPFI least-squares recovery before BN recalibration")
     parser.add_argument("--alpha", type=float, default=0.5)
     parser.add_argument("--tau", type=float, default=0.95)
     parser.add_argument("--calibration-images", type=int, default=512)
-    parser.add_argument("--bn-batches", type=int, default=20)
-    parser.add_argument("--finetune-epochs", type=int, default=1)
-    parser.add_argument("--finetune-lr", type=float, default=0.01)
-    parser.add_argument("--finetune-subset", type=int, default=None)
     parser.add_argument("--test-subset", type=int, default=None, help="evaluate on the first N test images only")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", required=True)
+    add_recipe_arguments(parser)
+    # the recipe of the runs docs/benchmarks.md reports, so its commands reproduce them
+    parser.set_defaults(reconstruct=False, bn_data="calibration", finetune_epochs=1, finetune_augment=False)
     args = parser.parse_args()
+    if Path(args.out).is_dir():
+        parser.error(f"--out {args.out} is a directory; give the path of a file to write")  # not after the run
+    recipe = recipe_from_args(args)  # seeded per row below
     torch.set_num_threads(args.threads)
 
     model, spec = load_checkpoint(args.checkpoint)
@@ -86,7 +82,7 @@ def main() -> None:
     if args.test_subset:
         test_data = torch.utils.data.Subset(splits.test, range(args.test_subset))
     test_loader = make_loader(test_data, 500, shuffle=False)
-    batches = calibration_batches(splits, args.calibration_images)
+    batches = calibration_batches(splits, args.calibration_images, recipe.batch_size)
     base_cost = measure_cost(model, shape)
     base_latency = measure_latency(model, shape, batch_size=64, threads=args.threads, repeats=10).median_ms
     base_accuracy = evaluate(model, test_loader).accuracy
@@ -105,15 +101,15 @@ def main() -> None:
     weights = ratio_weights_for(args.ratios, model, space, groups, context, args)
     setup_seconds["layer_ratios"] = time.perf_counter() - started
 
-    finetune_data = splits.train
-    if args.finetune_subset:
-        finetune_data = torch.utils.data.Subset(splits.train, range(args.finetune_subset))
+    data = recovery_data_for(splits, batches, test_loader)
     rows = []
     result = {
         "checkpoint": args.checkpoint, "model": spec.name, "dataset": spec.meta["data"]["name"],
         "base": {"accuracy": base_accuracy, "macs": base_cost.macs, "params": base_cost.params,
                  "latency_ms_b64": base_latency},
-        "setup_seconds": setup_seconds, "settings": vars(args), "machine": f"{platform.processor() or platform.machine()}, "
+        "setup_seconds": setup_seconds,
+        "settings": {**{k: v for k, v in vars(args).items() if k not in RECIPE_OPTIONS}, "recipe": recipe.to_dict()},
+        "machine": f"{platform.processor() or platform.machine()}, "
         f"{torch.get_num_threads()} threads, torch {torch.__version__}",
         "rows": rows,
     }
@@ -133,18 +129,7 @@ def main() -> None:
                 pruned = outcome.model
                 row = {"criterion": name, "seed": seed, "target": target, "ratios": args.ratios,
                        "strategy": args.strategy, "score_and_prune_seconds": score_seconds,  # scores: first target only
-                       "pruned": evaluate(pruned, test_loader).accuracy}
-                if args.recover:
-                    from pruning.recovery import consumers_of, kept_outputs_of, reconstruct_consumers
-
-                    reconstruct_consumers(model, pruned, consumers_of(space, outcome.kept_indices), batches,
-                                      kept_outputs=kept_outputs_of(space, outcome.kept_indices))
-                    row["recovered"] = evaluate(pruned, test_loader).accuracy
-                recalibrate_bn(pruned, batches, args.bn_batches)
-                row["bn_recalibrated"] = evaluate(pruned, test_loader).accuracy
-                train(pruned, make_loader(finetune_data, 128, shuffle=True, seed=seed),
-                      TrainConfig(epochs=args.finetune_epochs, lr=args.finetune_lr, seed=seed), progress=False)
-                row["finetuned"] = evaluate(pruned, test_loader).accuracy
+                       **recover(model, outcome, replace(recipe, seed=seed), data).accuracy}
                 cost = measure_cost(pruned, shape)
                 latency = measure_latency(pruned, shape, batch_size=64, threads=args.threads, repeats=10).median_ms
                 row.update(macs=cost.macs, params=cost.params, macs_reduction=1 - cost.macs / base_cost.macs,
@@ -158,11 +143,7 @@ def main() -> None:
 
 def write_result(path: str, result: dict) -> None:
     """Rewritten after every row (a long run keeps what it measured), atomically."""
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".partial")
-    partial.write_text(json.dumps(result, indent=1))
-    partial.replace(out)
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(result, indent=1)))
 
 
 if __name__ == "__main__":

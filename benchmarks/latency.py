@@ -12,15 +12,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from pathlib import Path
 
 import torch
 
-from pruning.structure import load_checkpoint
 from pruning.criteria import create_criterion
-from pruning.structure import measure_cost, measure_latency
 from pruning.pipeline import prune_with_criterion
 from pruning.planning import PruningConfig
+from pruning.structure import load_checkpoint, measure_cost, measure_latency
+from pruning.utils import atomic_write
 
 
 def main() -> None:
@@ -53,8 +52,8 @@ def main() -> None:
         row["speedup_b1"] = base["latency_ms_b1"] / row["latency_ms_b1"]
         row["speedup_b64"] = base["latency_ms_b64"] / row["latency_ms_b64"]
         print(json.dumps(row))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"settings": vars(args), "threads": args.threads, "rows": rows}, indent=1))
+    result = {"settings": vars(args), "threads": args.threads, "rows": rows}
+    atomic_write(args.out, lambda tmp: tmp.write_text(json.dumps(result, indent=1)))
 
 
 if __name__ == "__main__":

@@ -14,14 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
 import torch
 
-from pruning.structure import load_checkpoint
-from pruning.data import DataConfig, load_data, make_loader
-from pruning.structure import PruningSpace
+from pruning.data import DataConfig, calibration_batches, load_data
 from pruning.statistics import batched_map_rank, collect_activation_stats
+from pruning.structure import PruningSpace, load_checkpoint
+from pruning.utils import atomic_write
 
 
 def timed(fn):
@@ -100,7 +99,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     model, spec = load_checkpoint(args.checkpoint)
     splits = load_data(DataConfig(**spec.meta["data"]))
-    batches = [b for _, b in zip(range(args.images // 128), make_loader(splits.calibration, 128, shuffle=False))]
+    batches = calibration_batches(splits, args.images, 128)
     space = PruningSpace.build(model, torch.zeros(1, *spec.input_shape))
 
     inference_pass(model, batches[:1])  # warm-up
@@ -124,8 +123,7 @@ def main() -> None:
         "rank_hrank_loop_seconds": loop_seconds, "rank_speedup": loop_seconds / ours_seconds, "ranks_equal": equal,
     }
     print(json.dumps(result, indent=1))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1))
+    atomic_write(args.out, lambda tmp: tmp.write_text(json.dumps(result, indent=1)))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ from collections import defaultdict
 def render(path: str) -> str:
     result = json.loads(open(path).read())
     base = result["base"]
-    stages = [s for s in ("pruned", "recovered", "bn_recalibrated", "finetuned") if s in result["rows"][0]]
+    # "recovered": what older result files call the reconstruction stage
+    stages = [s for s in ("pruned", "recovered", "reconstructed", "bn_recalibrated", "finetuned") if s in result["rows"][0]]
     lines = [
         f"Base {result['model']} on {result['dataset']}: accuracy {base['accuracy']:.4f}, "
         f"{base['macs'] / 1e6:.2f} M MACs, {base['params'] / 1e3:.1f} k params.",

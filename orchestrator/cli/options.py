@@ -1,11 +1,37 @@
-"""Command-line options shared by several commands."""
+"""Command-line options shared by several commands, and the checks of their values that must
+run before any work (nothing here imports torch: the parser is built before ``prunesweep`` may
+re-execute itself in a private network namespace)."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-__all__ = ["RAY_NETWORKS", "add_output", "add_ray_network"]
+from pruning.errors import InputError
+
+__all__ = [
+    "RAY_NETWORKS", "add_data", "add_distributed", "add_output", "add_ray_network", "add_seed",
+    "check_minimum", "check_output_files", "check_workers",
+]
 
 RAY_NETWORKS = ("private", "host")
+
+
+def add_output(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def add_seed(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+
+
+def add_data(p: argparse.ArgumentParser, dataset_default: str | None) -> None:
+    p.add_argument("--dataset", default=dataset_default,
+                   help="dataset name (see `prunesweep info`)" + (f"; default: {dataset_default}" if dataset_default else
+                                                                 "; default: the checkpoint's"))
+    p.add_argument("--data-root", default=None, help="dataset folder (fashion-mnist: /usr/share/datasets/fashion-mnist)")
+    p.add_argument("--download", action="store_true", help="let torchvision download MNIST/CIFAR-10/SVHN into --data-root")
+    p.add_argument("--test-subset", type=int, default=None, help="evaluate on the first N test images only")
 
 
 def add_ray_network(p: argparse.ArgumentParser) -> None:
@@ -15,6 +41,41 @@ def add_ray_network(p: argparse.ArgumentParser) -> None:
                         "host's interfaces, guarded by Ray's auth token); see docs/cluster.md")
 
 
-def add_output(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    p.add_argument("--quiet", action="store_true", help="no progress output")
+def add_distributed(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--workers", type=int, default=0,
+                   help=f"Ray actors for {what} (default: 0 = in-process, no Ray)")
+    p.add_argument("--cpus-per-worker", type=float, default=1.0,
+                   help="CPUs each Ray actor reserves; its torch threads (default: 1)")
+    p.add_argument("--address", default=None,
+                   help="Ray cluster to join: auto (on a cluster node) or ray://HOST:10001 "
+                        "(default: start a local Ray without dashboard); see docs/cluster.md")
+    add_ray_network(p)
+
+
+def check_output_files(args: argparse.Namespace, *options: str) -> None:
+    """Refuse an output option naming an existing directory now, not after the work is done."""
+    for option in options:
+        path = getattr(args, _dest(option))
+        if path is not None and Path(path).is_dir():
+            raise InputError(f"{option} {path} is a directory; give the path of a file to write")
+
+
+def check_minimum(args: argparse.Namespace, option: str, low: int) -> None:
+    """Refuse ``option`` below ``low`` (an option left unset passes)."""
+    value = getattr(args, _dest(option))
+    if value is not None and value < low:
+        raise InputError(f"{option} must be >= {low}, got {value}")
+
+
+def check_workers(args: argparse.Namespace) -> int:
+    """``--workers`` (0: everything in-process, no Ray), checked before any heavy work."""
+    check_minimum(args, "--workers", 0)
+    if not args.cpus_per_worker > 0:
+        raise InputError(f"--cpus-per-worker must be > 0, got {args.cpus_per_worker}")
+    if args.address and not args.workers:
+        raise InputError("--address joins a Ray cluster for --workers N > 0: give --workers")
+    return args.workers
+
+
+def _dest(option: str) -> str:
+    return option.lstrip("-").replace("-", "_")

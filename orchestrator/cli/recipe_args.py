@@ -1,56 +1,93 @@
-"""The recovery-recipe options, shared by every command that prunes (``prune``, ``compare``).
+"""The recovery-recipe options, shared by every command that prunes (``prune``, ``compare``) and
+by the criteria benchmark.
 
 Defaults come from :class:`~pruning.recovery.RecoveryRecipe` itself, so the command line, a
-sweep config and the Python API start from the same recipe.
+sweep config and the Python API start from the same recipe. The parser is built before
+``prunesweep`` may re-execute itself in a private network namespace, where importing torch
+(which ``pruning.recovery`` does) would cost seconds twice; so an option left out is left out of
+the parsed namespace too (``argparse.SUPPRESS``) and :func:`recipe_from_args` lets the recipe fill
+it in, and ``--help`` reads the defaults from the recipe only when it is printed. A caller with
+other defaults (a benchmark reproducing documented runs) sets them with ``parser.set_defaults``.
 """
 from __future__ import annotations
 
 import argparse
 
-from pruning.recovery import BN_DATA, RecoveryRecipe
+from pruning.errors import InputError
 
-__all__ = ["add_recipe_arguments", "recipe_from_args"]
+__all__ = ["RECIPE_OPTIONS", "add_recipe_arguments", "recipe_from_args"]
 
-_DEFAULT = RecoveryRecipe()
+#: recipe field -> its option, for every field the command line sets
+RECIPE_OPTIONS = {
+    "reconstruct": "--reconstruct", "ridge": "--ridge", "bn_batches": "--bn-batches", "bn_data": "--bn-data",
+    "finetune_epochs": "--finetune-epochs", "finetune_lr": "--finetune-lr", "weight_decay": "--weight-decay",
+    "finetune_subset": "--finetune-subset", "finetune_augment": "--finetune-augment", "distill": "--distill",
+    "temperature": "--temperature", "batch_size": "--batch-size", "seed": "--seed",
+}
+# the commands' own --batch-size and --seed feed the recipe too, but are not recipe options
+_OWN_OPTIONS = ("batch_size", "seed")
+
+
+class _RecipeHelpFormatter(argparse.HelpFormatter):
+    """Appends each recipe option's default, read from the recipe only when help is printed."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.dest not in RECIPE_OPTIONS or action.dest in _OWN_OPTIONS:
+            return super()._get_help_string(action)
+        default = action.default
+        if default is argparse.SUPPRESS:
+            from pruning.recovery import RecoveryRecipe
+
+            default = getattr(RecoveryRecipe(), action.dest)
+        return f"{action.help} (default: {_shown(default)})"
+
+
+def _shown(value) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if value is None:
+        return "all"
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = _RecipeHelpFormatter
     group = parser.add_argument_group("recovery recipe (what runs after pruning, in this order)")
+    unset = {"default": argparse.SUPPRESS}
     group.add_argument(
-        "--reconstruct", "--recover", dest="reconstruct", action=argparse.BooleanOptionalAction,
-        default=_DEFAULT.reconstruct,
+        "--reconstruct", "--recover", dest="reconstruct", action=argparse.BooleanOptionalAction, **unset,
         help="least-squares reconstruction of the layers that read pruned channels, on the calibration "
-             "images (default: on; --no-reconstruct / --no-recover switches it off)",
+             "images; --no-reconstruct or --no-recover: off",
     )
-    group.add_argument("--ridge", type=float, default=_DEFAULT.ridge,
-                       help=f"reconstruction ridge, relative to the input energy (default: {_DEFAULT.ridge:g})")
-    group.add_argument("--bn-batches", type=int, default=_DEFAULT.bn_batches,
-                       help=f"batches for BN recalibration (0: off; default: {_DEFAULT.bn_batches})")
-    group.add_argument("--bn-data", choices=BN_DATA, default=_DEFAULT.bn_data,
-                       help=f"where BN recalibration batches come from (default: {_DEFAULT.bn_data})")
-    group.add_argument("--finetune-epochs", type=int, default=_DEFAULT.finetune_epochs,
-                       help=f"fine-tuning epochs (default: {_DEFAULT.finetune_epochs})")
-    group.add_argument("--finetune-lr", type=float, default=_DEFAULT.finetune_lr,
-                       help=f"fine-tuning learning rate (default: {_DEFAULT.finetune_lr:g})")
-    group.add_argument("--weight-decay", type=float, default=_DEFAULT.weight_decay,
-                       help=f"fine-tuning weight decay (default: {_DEFAULT.weight_decay:g})")
-    group.add_argument("--finetune-subset", type=int, default=_DEFAULT.finetune_subset,
-                       help="fine-tune on the first N training images only (default: all)")
-    group.add_argument("--finetune-augment", action=argparse.BooleanOptionalAction, default=_DEFAULT.finetune_augment,
-                       help="the dataset's standard augmentation while fine-tuning (default: on)")
-    group.add_argument("--distill", type=float, default=_DEFAULT.distill,
-                       help="weight of distillation from the unpruned model while fine-tuning, in [0, 1] (default: 0)")
-    group.add_argument("--temperature", type=float, default=_DEFAULT.temperature,
-                       help=f"distillation temperature (default: {_DEFAULT.temperature:g})")
+    group.add_argument("--ridge", type=float, **unset, help="reconstruction ridge, relative to the input energy")
+    group.add_argument("--bn-batches", type=int, **unset, help="batches for BN recalibration (0: off)")
+    group.add_argument("--bn-data", **unset, help="where BN recalibration batches come from: train or calibration")
+    group.add_argument("--finetune-epochs", type=int, **unset, help="fine-tuning epochs")
+    group.add_argument("--finetune-lr", type=float, **unset, help="fine-tuning learning rate")
+    group.add_argument("--weight-decay", type=float, **unset, help="fine-tuning weight decay")
+    group.add_argument("--finetune-subset", type=int, **unset, help="fine-tune on the first N training images only")
+    group.add_argument("--finetune-augment", action=argparse.BooleanOptionalAction, **unset,
+                       help="the dataset's standard augmentation while fine-tuning")
+    group.add_argument("--distill", type=float, **unset,
+                       help="weight of distillation from the unpruned model while fine-tuning, in [0, 1]")
+    group.add_argument("--temperature", type=float, **unset, help="distillation temperature")
 
 
-def recipe_from_args(args: argparse.Namespace) -> RecoveryRecipe:
-    """The recipe of parsed arguments (``--batch-size`` and ``--seed`` where the command has them);
-    invalid values raise :class:`~pruning.errors.InputError` naming the option."""
-    return RecoveryRecipe(
-        reconstruct=args.reconstruct, ridge=args.ridge, bn_batches=args.bn_batches, bn_data=args.bn_data,
-        finetune_epochs=args.finetune_epochs, finetune_lr=args.finetune_lr, weight_decay=args.weight_decay,
-        finetune_subset=args.finetune_subset, finetune_augment=args.finetune_augment, distill=args.distill,
-        temperature=args.temperature, batch_size=getattr(args, "batch_size", _DEFAULT.batch_size),
-        seed=getattr(args, "seed", _DEFAULT.seed),
-    )
+def recipe_from_args(args: argparse.Namespace):
+    """The :class:`~pruning.recovery.RecoveryRecipe` of parsed arguments (``--batch-size`` and
+    ``--seed`` where the command has them); invalid values raise
+    :class:`~pruning.errors.InputError` naming the option."""
+    from pruning.recovery import RecoveryRecipe
+
+    given = {name: getattr(args, name) for name in RECIPE_OPTIONS if hasattr(args, name)}
+    try:
+        return RecoveryRecipe(**given)
+    except InputError as err:
+        raise InputError(_with_option_names(str(err))) from err
+
+
+def _with_option_names(message: str) -> str:
+    """The recipe's message (``recipe bn_batches must be ...``) in the command line's words."""
+    for name, option in RECIPE_OPTIONS.items():
+        message = message.replace(f"recipe {name} ", f"{option} ")
+    return message

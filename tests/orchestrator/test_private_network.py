@@ -19,10 +19,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from orchestrator import cli
+from orchestrator import cli, distributed
 from orchestrator.distributed import network as private_network
-from orchestrator.sweeps.core import _check_reachable
-from orchestrator.sweeps.config import ConfigError
+from orchestrator.sweeps import ConfigError, check_tracking_reachable
 
 TIMEOUT_S = 240
 
@@ -47,7 +46,7 @@ PROBE = textwrap.dedent('''
     import ipaddress, json, os, socket
     import ray
     from orchestrator.distributed import network as private_network
-    from orchestrator.distributed.core import connect
+    from orchestrator.distributed import connect
 
     def listening(table):
         found = []
@@ -100,15 +99,12 @@ def test_local_ray_in_the_private_network_sees_only_loopback(tmp_path):
 
 
 @needs_namespaces
-def test_cli_stats_with_workers_runs_in_the_private_network(tmp_path):
-    from pruning.structure import ModelSpec, save_checkpoint
-    from pruning.data import FASHION_MNIST_ROOT, DataConfig
+def test_cli_stats_with_workers_runs_in_the_private_network(tmp_path, fashion_mnist):
+    from pruning.data import DataConfig
     from pruning.models import create_model
     from pruning.statistics import ActivationStats
+    from pruning.structure import ModelSpec, save_checkpoint
 
-    if not any((Path(FASHION_MNIST_ROOT) / n).is_file() for n in ("train-images-idx3-ubyte.gz",
-                                                                   "train-images-idx3-ubyte")):
-        pytest.skip(f"Fashion-MNIST is not installed in {FASHION_MNIST_ROOT}")
     torch.manual_seed(0)
     checkpoint = tmp_path / "r20.pt"
     data_config = asdict(DataConfig(name="fashion-mnist", calibration_size=128, train_subset=256, test_subset=64))
@@ -154,6 +150,10 @@ def test_download_is_refused_in_the_private_network(tmp_path):
     assert not (tmp_path / "s.pt").exists()
 
 
+class Reexecuted(Exception):
+    """Raised instead of replacing the process: the entry point chose the private network."""
+
+
 @pytest.mark.parametrize("argv, private", [
     (["stats", "--workers", "2"], True),
     (["prune", "--workers", "1"], True),
@@ -164,25 +164,37 @@ def test_download_is_refused_in_the_private_network(tmp_path):
     (["compare", "--criteria", "l1", "--flops-reductions", "0.5"], True),
     (["compare", "--criteria", "l1", "--flops-reductions", "0.5", "--address", "ray://h:10001"], False),
 ])
-def test_which_commands_start_ray_in_the_private_network(argv, private, monkeypatch):
+def test_which_commands_start_ray_in_the_private_network(argv, private, tmp_path, monkeypatch, capsys):
+    """The process entry point re-executes itself in the namespace exactly when it would start a
+    local Ray; otherwise (and once inside) the command itself runs, here into its missing
+    checkpoint or config: one error line, exit 2, before any Ray is started."""
+    def reexecute(module, args):
+        raise Reexecuted(module, args)
+
+    missing = str(tmp_path / "missing.pt")
+    needs = {"stats": ["--checkpoint", missing, "--out", str(tmp_path / "s.pt")], "prune": ["--checkpoint", missing],
+             "compare": ["--checkpoint", missing], "sweep": []}[argv[0]]
+    monkeypatch.setattr(distributed, "exec_module", reexecute)
+    monkeypatch.setattr(sys, "argv", ["prunesweep", *argv, *needs])
     monkeypatch.delenv(private_network.ACTIVE_ENV, raising=False)
-    needs = {"stats": ["--checkpoint", "c.pt", "--out", "s.pt"], "prune": ["--checkpoint", "c.pt"],
-             "compare": ["--checkpoint", "c.pt"], "sweep": []}[argv[0]]
-    args = cli.build_parser().parse_args([*argv, *needs])
-    assert cli._starts_private_ray(args) is private
-    monkeypatch.setenv(private_network.ACTIVE_ENV, "1")  # already inside: never again
-    assert cli._starts_private_ray(args) is False
+    if private:
+        with pytest.raises(Reexecuted) as raised:
+            cli.main()
+        assert raised.value.args == ("orchestrator.cli", [*argv, *needs])
+        monkeypatch.setenv(private_network.ACTIVE_ENV, "1")  # already inside: never again
+    assert cli.main() == cli.EXIT_BAD_INPUT
+    assert capsys.readouterr().err.startswith("error: ")
 
 
 def test_remote_tracking_server_is_refused_inside_the_private_network(monkeypatch):
     monkeypatch.setenv(private_network.ACTIVE_ENV, "1")
     for reachable in ("sqlite:////tmp/x/mlflow.db", "http://127.0.0.1:5000", "http://localhost:5000"):
-        _check_reachable(reachable)
+        check_tracking_reachable(reachable)
     for remote in ("http://10.0.0.7:5000", "https://mlflow.example.org", "databricks"):
         with pytest.raises(ConfigError, match="--ray-network host"):
-            _check_reachable(remote)
+            check_tracking_reachable(remote)
     monkeypatch.delenv(private_network.ACTIVE_ENV)
-    _check_reachable("http://10.0.0.7:5000")  # on the host network anything goes
+    check_tracking_reachable("http://10.0.0.7:5000")  # on the host network anything goes
 
 
 def test_other_platforms_are_refused_before_any_system_call(monkeypatch):

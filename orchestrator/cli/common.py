@@ -1,0 +1,111 @@
+"""What several commands do on top of ``pruning``'s public API: the data config of a command,
+loading a checkpoint that fits its dataset, measuring cost and latency, and the activation
+statistics pass in-process or on ``--workers`` Ray actors.
+
+Imported by the commands' ``run`` only (it imports torch), never when the parser is built.
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from orchestrator import distributed
+from pruning.data import DataConfig, DataSplits, load_data, make_loader
+from pruning.structure import ModelSpec, check_fits, load_checkpoint, measure_cost, measure_latency
+
+__all__ = [
+    "LATENCY_BATCHES", "Loaded", "collect_stats", "distribute_criterion", "load_fitting", "make_data_config",
+    "make_test_loader", "measure", "ray_network",
+]
+
+LATENCY_BATCHES = (1, 64)
+_EVAL_BATCH = 512
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A checkpoint's model and spec, the data it runs on and the input shape they agree on."""
+
+    model: nn.Module
+    spec: ModelSpec
+    splits: DataSplits
+    shape: tuple[int, int, int]
+
+
+def make_data_config(args: argparse.Namespace, base: dict[str, Any] | None = None, **overrides: Any) -> DataConfig:
+    """The data config of a command: the checkpoint's, with the command line's overrides."""
+    fields = dict(base or {})
+    if args.dataset is not None:
+        if fields and args.dataset != fields.get("name"):
+            fields = {}  # another dataset: nothing of the checkpoint's data config applies
+        fields["name"] = args.dataset
+    if args.data_root is not None:
+        fields["root"] = args.data_root
+    if args.download:
+        fields["download"] = True
+    if args.test_subset is not None:
+        fields["test_subset"] = args.test_subset
+    fields.update({k: v for k, v in overrides.items() if v is not None})
+    return DataConfig(**fields)
+
+
+def load_fitting(args: argparse.Namespace) -> Loaded:
+    """``--checkpoint`` and its data (the checkpoint's data config with the command line's
+    overrides), refused when the model does not fit the dataset."""
+    model, spec = load_checkpoint(args.checkpoint)
+    splits = load_data(make_data_config(args, spec.meta.get("data")))
+    return Loaded(model, spec, splits, check_fits(model, spec, splits))
+
+
+def make_test_loader(splits: DataSplits):
+    """The test split in order: what every reported accuracy is measured on."""
+    return make_loader(splits.test, _EVAL_BATCH, shuffle=False)
+
+
+def measure(model: nn.Module, shape: tuple[int, int, int], accuracy: float | None) -> dict[str, Any]:
+    """MACs, parameters, the given accuracy and the median latency at batch 1 and 64."""
+    cost = measure_cost(model, shape)
+    latency = {b: measure_latency(model, shape, batch_size=b).median_ms for b in LATENCY_BATCHES}
+    return {
+        "macs": cost.macs,
+        "params": cost.params,
+        "accuracy": accuracy,
+        "latency_ms": latency[1],
+        "latency_ms_batch64": latency[64],
+    }
+
+
+def collect_stats(args: argparse.Namespace, model: nn.Module, groups, batches, **options: Any):
+    """Activation statistics of ``groups`` over ``batches``: in-process, or on ``--workers`` Ray
+    actors (joining ``--address``)."""
+    workers = args.workers
+    if not workers:
+        from pruning.statistics import collect_activation_stats
+
+        return collect_activation_stats(model, groups, batches, progress=not args.quiet, **options)
+    distributed.connect(args.address, workers, args.cpus_per_worker, log_to_driver=not args.json)
+    return distributed.distributed_stats(model, groups, batches, workers=workers, cpus_per_worker=args.cpus_per_worker,
+                                         progress=not args.quiet, **options)
+
+
+def distribute_criterion(criterion, args: argparse.Namespace):
+    """shapley/snpfi scoring on ``--workers`` Ray actors; other criteria (and ``--workers 0``)
+    are returned as they are."""
+    if not args.workers or criterion.name not in ("shapley", "snpfi"):
+        return criterion
+    return criterion.delegate_estimation(distributed.DistributedShapley(
+        args.workers, cpus_per_worker=args.cpus_per_worker, address=args.address, progress=not args.quiet,
+        log_to_driver=not args.json))
+
+
+def ray_network(args: argparse.Namespace) -> str | None:
+    """Where this command's Ray runs: cluster (joined with --address), private (a loopback-only
+    namespace), host; None without --workers (no Ray at all)."""
+    if not args.workers:
+        return None
+    if args.address:
+        return "cluster"
+    return "private" if distributed.active() else "host"

@@ -1,0 +1,31 @@
+"""``prunesweep eval``: a checkpoint's test accuracy, MACs, parameters and latency."""
+from __future__ import annotations
+
+import argparse
+
+from orchestrator.cli.options import add_data, add_output, add_seed
+from orchestrator.cli.result import CommandResult
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("eval", help="evaluate a checkpoint: accuracy, MACs, parameters, latency")
+    add_output(p)
+    add_seed(p)
+    add_data(p, None)
+    p.add_argument("--checkpoint", required=True)
+    return p
+
+
+def run(args: argparse.Namespace) -> CommandResult:
+    from orchestrator.cli.common import load_fitting, make_test_loader, measure
+    from orchestrator.report import format_table
+    from pruning.training import evaluate
+
+    loaded = load_fitting(args)
+    test = evaluate(loaded.model, make_test_loader(loaded.splits), progress=not args.quiet)
+    data = {"checkpoint": args.checkpoint, "model": loaded.spec.name, "dataset": loaded.splits.name, "loss": test.loss,
+            **measure(loaded.model, loaded.shape, test.accuracy)}
+    rows = [(k, v) for k, v in data.items() if k != "checkpoint"]
+    return CommandResult(format_table(rows, ("", args.checkpoint)), data)

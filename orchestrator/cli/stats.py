@@ -1,0 +1,53 @@
+"""``prunesweep stats``: activation statistics on the calibration split, saved for ``prune --stats``."""
+from __future__ import annotations
+
+import argparse
+
+from orchestrator.cli.options import (
+    add_data, add_distributed, add_output, add_seed, check_minimum, check_output_files, check_workers,
+)
+from orchestrator.cli.result import CommandResult
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("stats", help="compute activation statistics on the calibration split and save them")
+    add_output(p)
+    add_seed(p)
+    add_data(p, None)
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--calibration-images", type=int, default=1024, help="images from the calibration split (default: 1024)")
+    p.add_argument("--bins", type=int, default=32, help="histogram bins for entropy (default: 32)")
+    p.add_argument("--value", choices=("gap", "spatial"), default="gap",
+                   help="gap (per-image average, default) or spatial (all positions)")
+    p.add_argument("--chip", action="store_true", help="also accumulate CHIP nuclear-norm statistics (slower)")
+    p.add_argument("--out", required=True, help="statistics file to write")
+    add_distributed(p, "the statistics pass")
+    return p
+
+
+def run(args: argparse.Namespace) -> CommandResult:
+    import time
+
+    import torch
+
+    from orchestrator.cli.common import collect_stats, load_fitting, ray_network
+    from pruning.data import calibration_batches
+    from pruning.structure import PruningSpace
+
+    check_output_files(args, "--out")
+    check_minimum(args, "--calibration-images", 1)
+    check_minimum(args, "--bins", 2)
+    workers = check_workers(args)
+    loaded = load_fitting(args)
+    space = PruningSpace.build(loaded.model, torch.zeros(1, *loaded.shape))
+    batches = calibration_batches(loaded.splits, args.calibration_images, 128)
+    started = time.perf_counter()
+    state = collect_stats(args, loaded.model, space.groups, batches, bins=args.bins, value=args.value, chip=args.chip)
+    seconds = time.perf_counter() - started
+    state.save(args.out)
+    data = {"checkpoint": args.checkpoint, "out": str(args.out), "images": sum(len(y) for _, y in batches),
+            "layers": len(space.groups), "seconds": seconds, "workers": workers, "ray_network": ray_network(args)}
+    return CommandResult(f"statistics of {data['layers']} layers over {data['images']} calibration images "
+                         f"in {seconds:.1f} s -> {args.out}", data)

@@ -1,0 +1,74 @@
+"""``prunesweep train``: train a model on a dataset and save a checkpoint."""
+from __future__ import annotations
+
+import argparse
+
+from orchestrator.cli.options import add_data, add_output, add_seed, check_minimum, check_output_files
+from orchestrator.cli.result import CommandResult
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("train", help="train a model and save a checkpoint")
+    add_output(p)
+    add_seed(p)
+    add_data(p, "fashion-mnist")
+    p.add_argument("--model", default="resnet20", help="model name (default: resnet20)")
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--lr-schedule", default="cosine", help="cosine or onecycle (default: cosine)")
+    p.add_argument("--train-subset", type=int, default=None, help="train on the first N training images only")
+    p.add_argument("--calibration-size", type=int, default=2000,
+                   help="training images held out as the calibration split (default: 2000)")
+    p.add_argument("--out", required=True, help="checkpoint path to write")
+    return p
+
+
+def run(args: argparse.Namespace) -> CommandResult:
+    import time
+    from dataclasses import asdict, replace
+
+    import torch
+
+    from orchestrator.cli.common import make_data_config, make_test_loader
+    from orchestrator.report import format_table
+    from pruning.data import load_data, make_loader
+    from pruning.models import create_model
+    from pruning.structure import ModelSpec, check_fits, save_checkpoint
+    from pruning.training import TrainConfig, evaluate, train
+
+    check_output_files(args, "--out")
+    check_minimum(args, "--batch-size", 1)
+    train_config = TrainConfig(
+        epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay, schedule=args.lr_schedule,
+        batch_size=args.batch_size, seed=args.seed,
+    )
+    create_model(args.model)  # an unknown name fails before data loading
+    config = make_data_config(args, train_subset=args.train_subset, calibration_size=args.calibration_size, seed=args.seed)
+    splits = load_data(config)
+    torch.manual_seed(args.seed)
+    model = create_model(args.model, num_classes=splits.num_classes, in_channels=splits.in_channels)
+    spec = ModelSpec(args.model, splits.num_classes, splits.in_channels, (splits.in_channels, *splits.input_size))
+    check_fits(model, spec, splits)  # a model that needs other images fails before training
+    started = time.perf_counter()
+    history = train(
+        model, make_loader(splits.train, args.batch_size, shuffle=True, seed=args.seed, augment=splits.augment_by_default),
+        train_config, progress=not args.quiet,
+    )
+    seconds = time.perf_counter() - started
+    test = evaluate(model, make_test_loader(splits), progress=not args.quiet)
+    meta = {"data": asdict(config), "train": asdict(train_config), "test_accuracy": test.accuracy,
+            "history": history, "train_seconds": seconds}
+    save_checkpoint(args.out, model, replace(spec, meta=meta))
+    data = {"model": args.model, "dataset": splits.name, "epochs": args.epochs, "train_seconds": seconds,
+            "test_accuracy": test.accuracy, "test_loss": test.loss, "checkpoint": str(args.out), "history": history}
+    rows = [(h["epoch"], h["loss"], h["accuracy"]) for h in history]
+    text = (
+        f"trained {args.model} on {splits.name} ({len(splits.train)} images) in {seconds:.0f} s\n"
+        + format_table(rows, ("epoch", "train loss", "train acc"))
+        + f"\ntest accuracy {test.accuracy:.4f} (loss {test.loss:.4f}) -> {args.out}"
+    )
+    return CommandResult(text, data)
