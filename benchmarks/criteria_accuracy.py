@@ -3,9 +3,10 @@
 For each criterion and FLOPs-reduction target: test accuracy after each stage of the recovery
 recipe (:func:`pruning.recovery.recover`: right after pruning, after reconstruction with
 ``--reconstruct``, after BN recalibration, after fine-tuning); MACs, parameters and measured CPU
-latency (batch 64) next to the FLOPs ratio. The recipe options are ``prunesweep prune``'s; their
-defaults here are those of the documented runs (no reconstruction, BN recalibration on the
-calibration batches, one fine-tune epoch without augmentation). Results go to a JSON file,
+latency (batch 64) next to the FLOPs ratio. The recipe options are ``prunesweep prune``'s, with
+the same defaults (reconstruction on, BN recalibration on 20 training batches) except one
+fine-tune epoch; runs before the one recipe existed used ``--no-reconstruct --bn-data
+calibration --no-finetune-augment`` (docs/benchmarks.md says which). Results go to a JSON file,
 rewritten after every row; benchmarks/to_markdown.py renders the table for docs/benchmarks.md.
 
     python benchmarks/criteria_accuracy.py --checkpoint runs/bench/resnet20-fmnist.pt \
@@ -64,8 +65,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", required=True)
     add_recipe_arguments(parser)
-    # the recipe of the runs docs/benchmarks.md reports, so its commands reproduce them
-    parser.set_defaults(reconstruct=False, bn_data="calibration", finetune_epochs=1, finetune_augment=False)
+    parser.set_defaults(finetune_epochs=1)  # the benchmark's third stage: one fine-tune epoch
     args = parser.parse_args()
     if Path(args.out).is_dir():
         parser.error(f"--out {args.out} is a directory; give the path of a file to write")  # not after the run
