@@ -4,6 +4,7 @@ The contract is in ``_base``; one module per space. Importing this package impor
 module so that their classes register; adding a space is one file plus one import line below.
 """
 from search_spaces._base import (  # noqa: F401  (re-exported)
+    WARM_START_QUANTILES,
     SearchSpace,
     SpaceContext,
     TrialPlan,
@@ -16,3 +17,14 @@ from search_spaces import uniform  # noqa: F401  (registers uniform)
 from search_spaces import per_layer  # noqa: F401  (registers per_layer)
 from search_spaces import concentration  # noqa: F401  (registers concentration)
 from search_spaces import snpfi  # noqa: F401  (registers snpfi)
+
+__all__ = [
+    "WARM_START_QUANTILES",
+    "SearchSpace",
+    "SpaceContext",
+    "TrialPlan",
+    "create_search_space",
+    "list_search_spaces",
+    "register_space",
+    "search_space_class",
+]

@@ -17,6 +17,9 @@ Contract (checked for every registered space by ``tests/search_spaces/test_space
   ``criterion``, ``finetune_lr``, ``finetune_epochs`` and ``weight_decay``.
 * :meth:`SearchSpace.to_plan` is pure: the same params and context give the same plan, so a plan
   can be rebuilt from a finished trial's ``params`` (e.g. an MLflow run's logged parameters).
+* :meth:`SearchSpace.warm_starts` (optional; default: none) lists the one-shot schedules in the
+  space's own parameters: complete param dicts, inside the space's bounds, deterministic, that
+  :meth:`SearchSpace.to_plan` accepts. A sweep runs them as its first trials.
 * :meth:`SearchSpace.check_feasible` rejects plans before any training: it returns ``None`` for a
   plan whose channel counts can be planned and whose MAC reduction lies within ``flops_bounds``
   (and, for a FLOPs-targeted plan, within :data:`~pruning.planning.FLOPS_TOLERANCE` of the
@@ -39,6 +42,7 @@ from pruning.registry import Registry
 from pruning.criteria import list_criteria
 from pruning.structure import PruningError, PruningSpace
 from pruning.planning import FLOPS_TOLERANCE, PruningConfig, plan_pruning
+from pruning.recovery import RecoveryRecipe
 from pruning.statistics import ActivationStats
 
 __all__ = [
@@ -49,7 +53,12 @@ __all__ = [
     "create_search_space",
     "list_search_spaces",
     "search_space_class",
+    "WARM_START_QUANTILES",
 ]
+
+#: where warm starts put their FLOPs targets: these fractions of the space's FLOPs range (its
+#: target range intersected with ``flops_bounds``)
+WARM_START_QUANTILES = (0.25, 0.5, 0.75)
 
 
 @dataclass(frozen=True)
@@ -149,6 +158,15 @@ def _criteria(value: Any) -> tuple[str, ...]:
     return names
 
 
+def _clip(value: float, bounds: tuple[float, float]) -> float:
+    return min(max(value, bounds[0]), bounds[1])
+
+
+def _unique(values: Sequence[Any]) -> list[Any]:
+    """``values`` without repeats, in order."""
+    return list(dict.fromkeys(values))
+
+
 def _param(params: Mapping[str, Any], name: str) -> Any:
     try:
         return params[name]
@@ -236,6 +254,33 @@ class SearchSpace(ABC):
         trial.suggest_float("finetune_lr", *self.finetune_lr, log=True)
         trial.suggest_int("finetune_epochs", *self.finetune_epochs)
         trial.suggest_float("weight_decay", *self.weight_decay, log=True)
+
+    def warm_starts(self, context: SpaceContext) -> list[dict[str, Any]]:
+        """The one-shot schedules expressed in this space's parameters: complete param dicts (every
+        name :meth:`define` suggests), inside the space's bounds, the same for the same options and
+        context. A sweep runs them as its first trials (``sweep.warm_start``). Default: none."""
+        return []
+
+    def _warm_shared(self, criterion: str) -> dict[str, Any]:
+        """The shared parameters of a warm start: a one-shot pipeline does not fine-tune (the
+        lowest ``finetune_epochs``); learning rate and weight decay are the recipe's defaults,
+        clipped into their ranges."""
+        defaults = RecoveryRecipe()
+        return {
+            "criterion": criterion,
+            "finetune_lr": _clip(defaults.finetune_lr, self.finetune_lr),
+            "finetune_epochs": self.finetune_epochs[0],
+            "weight_decay": _clip(defaults.weight_decay, self.weight_decay),
+        }
+
+    def _warm_targets(self, bounds: tuple[float, float] | None = None) -> list[float]:
+        """FLOPs-reduction targets at :data:`WARM_START_QUANTILES` of ``bounds`` (default:
+        ``flops_bounds``) intersected with ``flops_bounds``, each inside ``bounds``."""
+        bounds = bounds or self.flops_bounds
+        low, high = max(bounds[0], self.flops_bounds[0]), min(bounds[1], self.flops_bounds[1])
+        if low > high:  # disjoint ranges: every target is infeasible anyway; stay inside bounds
+            low, high = bounds
+        return _unique([_clip(round(low + q * (high - low), 4), bounds) for q in WARM_START_QUANTILES])
 
     def _make_plan(
         self,

@@ -6,6 +6,11 @@ w_l = (1 - IC_l) ** temperature; 0 is uniform, larger concentrates pruning on th
 informative layers), plus the shared ones. Layer ratios are min(cap, s * w_l) with s fitted to
 the target (``pruning.planning.concentration_weights`` + the proportional allocation).
 
+Warm starts: plain information concentration (``temperature`` 1, the weights of
+``prunesweep prune --ratios concentration``) at ``alpha`` 0, 0.5 and 1, each at
+:data:`~search_spaces.WARM_START_QUANTILES` of the target range, with the first criterion and no
+fine-tuning (values clipped into the space's ranges).
+
 Three parameters whatever the depth: the space that scales to deep nets. Needs the unpruned
 model's activation statistics in ``SpaceContext.stats``.
 """
@@ -18,7 +23,13 @@ import optuna
 
 from pruning.planning import concentration_weights
 from pruning.planning import PruningConfig
-from search_spaces._base import SearchSpace, SpaceContext, TrialPlan, _float_range, _param, register_space
+from search_spaces._base import (
+    SearchSpace, SpaceContext, TrialPlan, _clip, _float_range, _param, _unique, register_space,
+)
+
+#: the fusion weights a warm start tries, and the temperature of plain information concentration
+WARM_ALPHAS = (0.0, 0.5, 1.0)
+PLAIN_TEMPERATURE = 1.0
 
 
 @register_space("concentration")
@@ -53,6 +64,15 @@ class ConcentrationSpace(SearchSpace):
         trial.suggest_float("alpha", *self.alpha)
         trial.suggest_float("temperature", *self.temperature)
         self._define_shared(trial)
+
+    def warm_starts(self, context: SpaceContext) -> list[dict[str, Any]]:
+        temperature = _clip(PLAIN_TEMPERATURE, self.temperature)
+        return [
+            {"flops_reduction": target, "alpha": alpha, "temperature": temperature,
+             **self._warm_shared(self.criteria[0])}
+            for alpha in _unique([_clip(a, self.alpha) for a in WARM_ALPHAS])
+            for target in self._warm_targets(self.flops_reduction)
+        ]
 
     def to_plan(self, params: Mapping[str, Any], context: SpaceContext) -> TrialPlan:
         self._require_stats(context)

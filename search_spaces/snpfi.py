@@ -6,11 +6,16 @@ k* channels, the smallest k >= 1 whose top-k filters reach a utilization U(k) >=
 default per-layer cap (0.9). An explicit schedule: the MAC reduction follows from tau, and
 plans outside ``flops_bounds`` are rejected by ``check_feasible``.
 
+Warm starts: SNPFI's automatic sparsity at its default retention (``tau`` 0.95, the default of
+``pruning.games.sparsity_from_curve`` and ``prunesweep prune --tau``, clipped into the ``tau``
+range) for every criterion, without fine-tuning.
+
 Needs ``SpaceContext.utilization``: per group, U(k) for k = 0..size, computed once per sweep from
 the unpruned model (Shapley importance of the group's filters).
 """
 from __future__ import annotations
 
+import inspect
 from typing import Any, Mapping
 
 import optuna
@@ -18,9 +23,11 @@ import torch
 
 from pruning.planning import PruningConfig
 from pruning.games import sparsity_from_curve
-from search_spaces._base import SearchSpace, SpaceContext, TrialPlan, _float_range, _param, register_space
+from search_spaces._base import SearchSpace, SpaceContext, TrialPlan, _clip, _float_range, _param, register_space
 
 MAX_LAYER_RATIO = PruningConfig(ratio=0.0).max_layer_ratio
+#: SNPFI's own retention level: the one-shot pipeline's
+DEFAULT_TAU = inspect.signature(sparsity_from_curve).parameters["tau"].default
 
 
 @register_space("snpfi")
@@ -63,6 +70,10 @@ class SnpfiSpace(SearchSpace):
         self._curves(context)
         trial.suggest_float("tau", *self.tau)
         self._define_shared(trial)
+
+    def warm_starts(self, context: SpaceContext) -> list[dict[str, Any]]:
+        tau = _clip(DEFAULT_TAU, self.tau)
+        return [{"tau": tau, **self._warm_shared(criterion)} for criterion in self.criteria]
 
     def to_plan(self, params: Mapping[str, Any], context: SpaceContext) -> TrialPlan:
         tau = float(_param(params, "tau"))

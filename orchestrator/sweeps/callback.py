@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 from pathlib import Path
 from typing import Any, Sequence
 
 from ray import tune
 
-from orchestrator.sweeps.tracking import TAG_TRIAL_NUMBER, Tracker, TrialRecord, finite_metric
+from orchestrator.sweeps.tracking import TAG_REFINES, TAG_STAGE, TAG_TRIAL_NUMBER, Tracker, TrialRecord, finite_metric
 
-__all__ = ["MlflowTrialLogger"]
+__all__ = ["MlflowTrialLogger", "ProgressLines"]
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +36,53 @@ def _read_error(trial) -> str:
     return _ANSI.sub("", str(text)) if text else "the trial failed without an error message"
 
 
+def run_name(trial) -> str:
+    """The MLflow run name of a Tune trial: ``_run_name``, else ``trial-NNN`` (Optuna's number),
+    else from Tune's experiment tag."""
+    config = dict(trial.config or {})
+    if config.get("_run_name"):
+        return str(config["_run_name"])
+    if config.get("_trial_number") is not None:
+        return f"trial-{int(config['_trial_number']):03d}"
+    return f"trial-{str(trial.experiment_tag).split('_', 1)[0]}"
+
+
+class ProgressLines(tune.Callback):
+    """One line on stderr per ended trial (instead of Tune's status tables):
+    ``[screen] trial-003 finished: accuracy 0.8125, macs 1.2e+07 (4/16 done, 1 failed)``.
+
+    ``enabled`` is process-wide (set by the driver before each run) so that a restored experiment,
+    whose callbacks come back from its pickled state, follows the new driver's ``--quiet``.
+    """
+
+    enabled: bool = True
+
+    def __init__(self, stage: str, total: int) -> None:
+        self.stage = stage
+        self.total = int(total)
+
+    def _line(self, trials: list, trial, what: str) -> None:
+        if not type(self).enabled:
+            return
+        done = {t.trial_id for t in trials if t.status == "TERMINATED"}
+        failed = {t.trial_id for t in trials if t.status == "ERROR"}
+        (failed if what == "failed" else done).add(trial.trial_id)
+        result = dict(trial.last_result or {}) if what == "finished" else {}
+        detail = ""
+        if result.get("feasible") == 0:
+            detail = ": infeasible"
+        elif finite_metric(result.get("accuracy")) is not None and finite_metric(result.get("macs")) is not None:
+            detail = f": accuracy {result['accuracy']:.4f}, macs {result['macs']:.3g}"
+        print(f"[{self.stage}] {run_name(trial)} {what}{detail} "
+              f"({len(done | failed)}/{max(self.total, len(trials))} done, {len(failed)} failed)", file=sys.stderr, flush=True)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
+        self._line(trials, trial, "finished")
+
+    def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
+        self._line(trials, trial, "failed")
+
+
 class MlflowTrialLogger(tune.Callback):
     """Logs every finished or failed Tune trial as a nested MLflow run of the sweep's parent run.
 
@@ -43,7 +91,9 @@ class MlflowTrialLogger(tune.Callback):
 
     ``metric_names``: result keys logged as metrics (numbers); ``tag_names``: result keys logged as
     tags (strings such as a criterion name or an infeasibility reason). Config keys starting with
-    ``_`` are bookkeeping, not parameters; ``_trial_number`` names the run ``trial-NNN``.
+    ``_`` are bookkeeping, not parameters: ``_trial_number`` names the run ``trial-NNN`` (unless
+    ``_run_name`` names it), ``_stage`` and ``_refines`` become the tags ``prunesweep.stage`` and
+    ``prunesweep.refines``.
     """
 
     def __init__(
@@ -89,12 +139,12 @@ class MlflowTrialLogger(tune.Callback):
         if status == "FINISHED" and finite_metric(result.get("time_total_s")) is not None:
             metrics["trial_seconds"] = result["time_total_s"]
         tags = {k: str(result[k]) for k in self.tag_names if result.get(k) not in (None, "")}
+        tags.update({tag: str(config[key]) for key, tag in (("_stage", TAG_STAGE), ("_refines", TAG_REFINES))
+                     if config.get(key) is not None})
+        name = run_name(trial)
         number = config.get("_trial_number")
         if number is not None:
             tags[TAG_TRIAL_NUMBER] = str(number)
-            name = f"trial-{int(number):03d}"
-        else:
-            name = f"trial-{str(trial.experiment_tag).split('_', 1)[0]}"
         checkpoint = None
         if status == "FINISHED" and getattr(trial, "checkpoint", None) is not None:
             checkpoint = trial.checkpoint.path

@@ -117,20 +117,21 @@ def resolve_tracking_uri(key: str, value: str) -> str:
 _RECIPE_KEYS = tuple(f.name for f in fields(RecoveryRecipe) if f.name != "seed")
 
 
-def recipe_from_section(data: Any, seed_key: str) -> RecoveryRecipe:
-    """The ``recipe:`` section as a :class:`RecoveryRecipe` (missing keys: its defaults);
-    ``seed_key`` names the setting that seeds recovery instead of ``recipe.seed``."""
-    data = check_mapping("recipe", data)
-    check_keys("recipe.", data, _RECIPE_KEYS, {"seed": seed_key})
+def recipe_from_section(data: Any, seed_key: str, key: str = "recipe") -> RecoveryRecipe:
+    """The ``recipe:`` section (or another one with its keys, at the path ``key``) as a
+    :class:`RecoveryRecipe` (missing keys: its defaults); ``seed_key`` names the setting that
+    seeds recovery instead of ``<key>.seed``."""
+    data = check_mapping(key, data)
+    check_keys(f"{key}.", data, _RECIPE_KEYS, {"seed": seed_key})
     try:
         return RecoveryRecipe.from_dict(data)
     except InputError as err:
         # RecoveryRecipe names the field as "recipe <field> ...": name its key path instead
         message = str(err)
-        key = next((k for k in sorted(data, key=len, reverse=True) if message.startswith(f"recipe {k} ")), None)
-        if key is None:
-            raise ConfigError("recipe", message) from None
-        raise ConfigError(f"recipe.{key}", message[len(f"recipe {key} "):]) from None
+        name = next((k for k in sorted(data, key=len, reverse=True) if message.startswith(f"recipe {k} ")), None)
+        if name is None:
+            raise ConfigError(key, message) from None
+        raise ConfigError(f"{key}.{name}", message[len(f"recipe {name} "):]) from None
 
 
 def recipe_section(recipe: RecoveryRecipe) -> dict[str, Any]:

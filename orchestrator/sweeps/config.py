@@ -8,7 +8,8 @@ A sweep config is one YAML file (see ``search_spaces/resnet20_fmnist.yaml``)::
     recipe:   {reconstruct: true, bn_batches: 20, finetune_subset: null, ...}  # RecoveryRecipe
     space:    {name: concentration, strategy: full, <the space's options>}
     sweep:    {trials: 8, concurrency: 2, sampler: nsga2, objectives: {accuracy: max, macs: min},
-               seed: 0, cpus_per_trial: 1, population_size: null}
+               seed: 0, cpus_per_trial: 1, population_size: null, warm_start: true,
+               refine: {candidates: 0, recipe: {finetune_epochs: 1, distill: 0.5}}}
     tracking: {uri: null, experiment: prunesweep}
     run_dir:  null                   # default: runs/sweeps/<name>
 
@@ -45,6 +46,7 @@ from orchestrator.sweeps.checks import (
     resolve_tracking_uri,
     to_plain,
 )
+from orchestrator.sweeps.refine import RefineSettings, refine_recipe
 from pruning.recovery import RecoveryRecipe
 from pruning.registry import accepted_options
 from pruning.structure import STRATEGIES
@@ -168,6 +170,10 @@ class SweepSettings:
     seed: sampler seed, and the seed of every trial's criterion and recovery recipe.
     cpus_per_trial: Ray CPUs reserved per trial (also its torch thread count).
     population_size: NSGA-II population (None: trials // 2, clipped to [2, 50]).
+    warm_start: the first trials are the space's one-shot schedules (``SearchSpace.warm_starts``,
+        at most ``trials`` of them; they count towards ``trials``).
+    refine: the refinement stage (``candidates: 0``: a single-stage sweep); with it, ``trials``
+        are the screening trials.
     """
 
     trials: int = 8
@@ -177,9 +183,15 @@ class SweepSettings:
     seed: int = 0
     cpus_per_trial: float = 1
     population_size: int | None = None
+    warm_start: bool = True
+    refine: RefineSettings = field(default_factory=RefineSettings)
 
     def __post_init__(self) -> None:
         check_int("sweep.trials", self.trials, lo=1)
+        if not isinstance(self.warm_start, bool):
+            raise ConfigError("sweep.warm_start", f"must be true or false, got {self.warm_start!r}")
+        if not isinstance(self.refine, RefineSettings):
+            raise ConfigError("sweep.refine", f"must be a RefineSettings, got {type(self.refine).__name__}")
         check_int("sweep.concurrency", self.concurrency, lo=1)
         check_choice("sweep.sampler", self.sampler, list(SAMPLERS))
         objectives = check_mapping("sweep.objectives", self.objectives)
@@ -209,10 +221,12 @@ class SweepSettings:
         values = dict(data)
         if "objectives" in values:
             values["objectives"] = dict(check_mapping("sweep.objectives", values["objectives"]))
+        values["refine"] = RefineSettings.from_dict(values.get("refine"))
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**{f.name: getattr(self, f.name) for f in fields(self)}, "objectives": dict(self.objectives)}
+        return {**{f.name: getattr(self, f.name) for f in fields(self)}, "objectives": dict(self.objectives),
+                "refine": self.refine.to_dict()}
 
 
 @dataclass(frozen=True)
@@ -246,6 +260,8 @@ class SweepConfig:
 
     ``recipe``: what recovers every trial's pruned model; the space's sampled ``finetune_epochs``,
     ``finetune_lr`` and ``weight_decay`` replace its values per trial, ``sweep.seed`` its seed.
+    In a two-stage sweep (``sweep.refine``) the sampled values are ignored: screening runs
+    :attr:`screen_recipe`, refinement :attr:`refine_recipe`.
     """
 
     name: str
@@ -267,6 +283,21 @@ class SweepConfig:
             object.__setattr__(self, "recipe", replace(self.recipe, seed=self.sweep.seed))
         if self.tracking.uri is None:
             object.__setattr__(self, "tracking", replace(self.tracking, uri=default_tracking_uri(self.run_dir)))
+        refine_recipe(self.recipe, self.sweep.refine)  # the overrides fit the recipe
+
+    @property
+    def two_stage(self) -> bool:
+        return self.sweep.refine.enabled
+
+    @property
+    def screen_recipe(self) -> RecoveryRecipe:
+        """The screening recipe of a two-stage sweep: the config's, without fine-tuning."""
+        return replace(self.recipe, finetune_epochs=0)
+
+    @property
+    def refine_recipe(self) -> RecoveryRecipe:
+        """The refinement recipe: the config's with ``sweep.refine.recipe`` replacing its values."""
+        return refine_recipe(self.recipe, self.sweep.refine)
 
     @property
     def tracking_uri(self) -> str:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from orchestrator.sweeps.baseline import BaselineSetup
-from orchestrator.sweeps.callback import MlflowTrialLogger
+from orchestrator.sweeps.callback import MlflowTrialLogger, ProgressLines
 from orchestrator.sweeps.checks import ConfigError
 from orchestrator.sweeps.config import flatten
 from orchestrator.sweeps.tracking import TAG_COMMIT, TAG_SWEEP, Tracker, git_commit
@@ -103,24 +103,32 @@ def run_trials(
     make_search: Callable[[], Any] | None = None,
     resume: bool = False,
     progress: bool = True,
+    verbose: bool = False,
+    name: str = EXPERIMENT_NAME,
+    stage: str = "trials",
+    refs=None,
 ):
     """Run ``trial`` (``sweep_trial`` / ``compare_trial``) as Tune trials, each logged to MLflow
     as a nested run of ``tracker``'s parent; returns Tune's ``ResultGrid``.
 
-    The baseline's shared objects go into the object store once; ``resume`` restores the
-    experiment in ``<run_dir>/tune`` (its searcher and callback included) instead of starting one.
-    ``make_search`` builds the search algorithm of a new experiment (None: ``param_space`` only).
+    The baseline's shared objects go into the object store once (or pass ``refs`` from
+    :func:`~orchestrator.sweeps.trials.put_shared` to share them between runs); ``resume``
+    restores the experiment in ``<run_dir>/<name>`` (its searcher and callbacks included) instead
+    of starting one. ``make_search`` builds the search algorithm of a new experiment (None:
+    ``param_space`` only). Console: with ``progress``, one line per ended trial (labelled
+    ``stage``) and no Tune status tables, unless ``verbose`` brings Tune's own output back.
     A raising driver marks the parent run FAILED.
     """
     from ray import tune
 
+    ProgressLines.enabled = progress
     try:
         with _tune_environment(progress):
-            refs = put_shared(setup, stats, utilization)
+            refs = refs or put_shared(setup, stats, utilization)
             trainable = tune.with_resources(functools.partial(trial, refs=refs, settings=settings),
                                             {"cpu": cpus_per_trial})
             if resume:
-                experiment = Path(tracker.run_dir) / EXPERIMENT_NAME
+                experiment = Path(tracker.run_dir) / name
                 tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_errored=True)
             else:
                 callback = MlflowTrialLogger(tracker.uri, tracker.experiment, tracker.run_dir, kind=tracker.kind,
@@ -131,9 +139,9 @@ def run_trials(
                     tune_config=tune.TuneConfig(search_alg=make_search() if make_search else None,
                                                 num_samples=num_samples, max_concurrent_trials=concurrency),
                     run_config=tune.RunConfig(
-                        storage_path=tracker.run_dir, name=EXPERIMENT_NAME, callbacks=[callback],
+                        storage_path=tracker.run_dir, name=name, callbacks=[callback, ProgressLines(stage, num_samples)],
                         failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
-                        verbose=1 if progress else 0,
+                        verbose=1 if progress and verbose else 0,
                     ),
                 )
             return tuner.fit()

@@ -7,24 +7,33 @@
    (kept in ``<run_dir>/baseline/`` and reused on resume). The shared objects go into the Ray
    object store once; trials receive the references.
 2. Tune runs ``trials`` trials, ``concurrency`` at a time, sampled by Optuna
-   (``orchestrator.sweeps.search``). A trial (``orchestrator.sweeps.trials``) builds its plan; an
+   (``orchestrator.sweeps.search``); the first ones are the space's warm starts (its one-shot
+   schedules, ``SearchSpace.warm_starts``, enqueued through ``points_to_evaluate``). A trial (``orchestrator.sweeps.trials``) builds its plan; an
    infeasible plan is reported at once with the worst objective values and ``feasible=0``.
    Otherwise it prunes the shared baseline, recovers it with the config's recipe (the sampled
    fine-tuning values replacing the recipe's), scores every stage on the CALIBRATION split,
    measures the costs, saves the pruned model as a Tune checkpoint and reports once.
-3. The driver logs to MLflow: a parent run with the resolved config, one nested run per trial,
-   and at the end the Pareto front (``orchestrator.sweeps.results``).
+3. Two-stage sweeps (``sweep.refine``): step 2 is the screening stage (no fine-tuning); then
+   ``candidates`` screening trials spread over its Pareto front (``orchestrator.sweeps.refine``)
+   run again with the refinement recipe as a second Tune experiment (``<run_dir>/tune-refine``).
+4. The driver logs to MLflow: a parent run with the resolved config, one nested run per trial
+   (tagged with its stage), and at the end the Pareto front (``orchestrator.sweeps.results``),
+   over the refined trials only in a two-stage sweep.
 
 A crashed trial is recorded as FAILED and the sweep goes on. An interrupted sweep continues with
 ``run_sweep(config, resume=True)`` / ``prunesweep sweep --resume RUN_DIR``: ``Tuner.restore``
-brings back the trials and the Optuna study; finished trials are neither lost nor repeated.
+brings back the trials and the Optuna study; finished trials are neither lost nor repeated. A
+two-stage sweep resumes the stage it was in: screening (then refinement), or refinement alone.
 """
 from __future__ import annotations
 
+import functools
+import json
 import os
-from dataclasses import asdict
+import shutil
+from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Collection
+from typing import Any, Collection
 
 from orchestrator.sweeps.baseline import load_or_compute_extras, prepare_baseline, say
 from orchestrator.sweeps.checks import ConfigError
@@ -38,12 +47,16 @@ from orchestrator.sweeps.runner import (
     run_trials,
     start_parent_run,
 )
-from orchestrator.sweeps.search import DefineByRun, make_sampler, register_context
+from orchestrator.sweeps.refine import REFINE_EXPERIMENT, STAGE_REFINE, STAGE_SCREEN, select_candidates
+from orchestrator.sweeps.search import DefineByRun, FixedConfigs, make_sampler, register_context
 from orchestrator.sweeps.tracking import Tracker
-from orchestrator.sweeps.trials import TRIAL_METRICS, TRIAL_TAGS, TrialSettings, sweep_trial
+from orchestrator.sweeps.trials import TRIAL_METRICS, TRIAL_TAGS, TrialSettings, put_shared, sweep_trial
 from pruning.utils import atomic_write
 
-__all__ = ["run_sweep", "resume_sweep"]
+__all__ = ["run_sweep", "resume_sweep", "refine_configs", "CANDIDATES_FILE"]
+
+#: the refinement stage's trial configs, written when it starts (read back by a resume)
+CANDIDATES_FILE = "refine-candidates.json"
 
 
 def _check_run_dir(config: SweepConfig, resume: bool) -> None:
@@ -66,18 +79,19 @@ def run_sweep(
     address: str | None = None,
     resume: bool = False,
     progress: bool = True,
+    verbose: bool = False,
     inject_failures: Collection[int] = (),
 ) -> SweepResult:
     """Run (or, with ``resume``, continue) the sweep ``config``; see the module docstring.
 
     ``address``: a Ray cluster to join (default: the running Ray, else a local one).
+    ``progress``: one line per ended trial on stderr; ``verbose``: Tune's own status output too.
     ``inject_failures``: Optuna trial numbers whose trial raises
     :class:`~orchestrator.sweeps.trials.InjectedFailure` before doing anything (to exercise
     failure handling; recorded as FAILED like any crash).
     Bad input raises ``ValueError`` subclasses before any trial starts.
     """
     import optuna
-    from ray.tune.search.optuna import OptunaSearch
 
     from search_spaces import SpaceContext
 
@@ -85,13 +99,12 @@ def run_sweep(
     check_tracking_reachable(config.tracking_uri)
     if not Path(config.checkpoint).is_file():
         raise ConfigError("checkpoint", f"file {config.checkpoint!r} does not exist")
-    objectives = config.objectives
     space = config.space.create()  # bad space options fail before anything loads
     make_sampler(config.sweep.sampler, config.sweep.seed, config.sweep.population_size)  # fails early
     threads = max(1, int(config.sweep.cpus_per_trial))
     say(progress, f"loading baseline {config.checkpoint}")
-    setup = prepare_baseline(config.checkpoint, config.data, latency="latency_ms" in objectives, threads=threads,
-                             progress=progress)
+    setup = prepare_baseline(config.checkpoint, config.data, latency="latency_ms" in config.objectives,
+                             threads=threads, progress=progress)
     text = dump_sweep_config(config)
     if not resume:
         atomic_write(Path(config.run_dir) / RESOLVED_CONFIG_FILE, lambda tmp: tmp.write_text(text))
@@ -112,33 +125,105 @@ def run_sweep(
         key = str(Path(config.run_dir).absolute())
         settings = TrialSettings(
             data_config=asdict(setup.data_config), shape=setup.shape, seed=config.sweep.seed, threads=threads,
-            baseline=dict(setup.metrics), recipe=config.recipe, measure_latency="latency_ms" in objectives,
-            space_name=config.space.name, space_options=dict(config.space.options), strategy=config.space.strategy,
+            baseline=dict(setup.metrics), recipe=config.screen_recipe if config.two_stage else config.recipe,
+            measure_latency="latency_ms" in config.objectives, space_name=config.space.name,
+            space_options=dict(config.space.options), strategy=config.space.strategy,
+            sampled_finetune=not config.two_stage,
         )
-
-        def make_search():
-            many = len(objectives) > 1
-            return OptunaSearch(
-                space=DefineByRun(config.space.name, config.space.options, key, inject_failures),
-                metric=list(objectives) if many else next(iter(objectives)),
-                mode=list(objectives.values()) if many else next(iter(objectives.values())),
-                sampler=make_sampler(config.sweep.sampler, config.sweep.seed, config.sweep.population_size),
-            )
-
-        say(progress and resume, f"resuming {Path(config.run_dir) / EXPERIMENT_NAME}")
+        stage = functools.partial(
+            run_trials, tracker, sweep_trial, setup=setup, cpus_per_trial=config.sweep.cpus_per_trial,
+            concurrency=config.sweep.concurrency, metric_names=TRIAL_METRICS, tag_names=TRIAL_TAGS,
+            refs=put_shared(setup, stats, utilization), progress=progress, verbose=verbose,
+        )
+        refining = config.two_stage and resume and _restorable(config, REFINE_EXPERIMENT)
         with register_context(key, context):
-            results = run_trials(
-                tracker, sweep_trial, settings, setup, stats=stats, utilization=utilization,
-                cpus_per_trial=config.sweep.cpus_per_trial, concurrency=config.sweep.concurrency,
-                metric_names=TRIAL_METRICS, tag_names=TRIAL_TAGS, num_samples=config.sweep.trials,
-                make_search=make_search, resume=resume, progress=progress,
-            )
-        return finalize_sweep(tracker, config, setup, finished_cleanly(results, config.sweep.trials), progress)
+            if refining:  # killed during refinement: screening is done
+                say(progress, f"resuming {Path(config.run_dir) / REFINE_EXPERIMENT}")
+                complete = _refine(config, stage, settings, None, progress)
+            else:
+                say(progress and resume, f"resuming {Path(config.run_dir) / EXPERIMENT_NAME}")
+                screened = stage(
+                    settings=settings, num_samples=config.sweep.trials, resume=resume, name=EXPERIMENT_NAME,
+                    stage=STAGE_SCREEN, make_search=lambda: _optuna_search(config, space, context, key, inject_failures),
+                )
+                complete = finished_cleanly(screened, config.sweep.trials)
+                if config.two_stage and complete:
+                    complete = _refine(config, stage, settings, screened, progress)
+        return finalize_sweep(tracker, config, setup, complete, progress)
 
 
-def resume_sweep(run_dir: str | os.PathLike, *, address: str | None = None, progress: bool = True) -> SweepResult:
-    """Continue the interrupted sweep in ``run_dir`` with the config it recorded."""
+def _restorable(config: SweepConfig, name: str) -> bool:
+    from ray import tune
+
+    return tune.Tuner.can_restore(str(Path(config.run_dir) / name))
+
+
+def _optuna_search(config: SweepConfig, space, context, key: str, inject_failures: Collection[int]):
+    """The screening stage's searcher: Optuna, with the space's warm starts enqueued first."""
+    from ray.tune.search.optuna import OptunaSearch
+
+    objectives = config.objectives
+    many = len(objectives) > 1
+    warm = space.warm_starts(context)[:config.sweep.trials] if config.sweep.warm_start else []
+    return OptunaSearch(
+        space=DefineByRun(config.space.name, config.space.options, key, inject_failures),
+        metric=list(objectives) if many else next(iter(objectives)),
+        mode=list(objectives.values()) if many else next(iter(objectives.values())),
+        sampler=make_sampler(config.sweep.sampler, config.sweep.seed, config.sweep.population_size),
+        points_to_evaluate=warm or None,
+    )
+
+
+def _refine(config: SweepConfig, stage, settings: TrialSettings, screened, progress: bool) -> bool:
+    """The refinement stage: ``sweep.refine.candidates`` screening trials (from ``screened``, a
+    ResultGrid; None: resume the refinement experiment) with the refinement recipe. Returns
+    whether every refined trial ended."""
+    folder = Path(config.run_dir) / REFINE_EXPERIMENT
+    chosen_file = Path(config.run_dir) / CANDIDATES_FILE
+    resume = screened is None
+    if resume:
+        configs = json.loads(chosen_file.read_text())
+    else:
+        configs = refine_configs(screened, config.objectives, config.sweep.refine.candidates)
+        atomic_write(chosen_file, lambda tmp: tmp.write_text(json.dumps(configs, indent=2)))
+        if folder.exists():  # started, but killed before Tune's first snapshot: nothing to keep
+            shutil.rmtree(folder)
+    say(progress and not resume,
+        f"refining {len(configs)} screening trial(s): {', '.join(c['_refines'] for c in configs) or 'none feasible'}")
+    if not configs:
+        return True
+    results = stage(
+        settings=replace(settings, recipe=config.refine_recipe), num_samples=len(configs), resume=resume,
+        name=REFINE_EXPERIMENT, stage=STAGE_REFINE, make_search=lambda: FixedConfigs(configs),
+    )
+    return finished_cleanly(results, len(configs))
+
+
+def refine_configs(screened, objectives, count: int) -> list[dict[str, Any]]:
+    """The refined trials' configs: ``count`` screening trials of the ResultGrid ``screened``
+    (:func:`~orchestrator.sweeps.refine.select_candidates`), their sampled params with the
+    bookkeeping that names (``refine-NNN``) and tags (stage, screening trial) their runs."""
+    points = []
+    for result in screened:
+        if result.error is not None or not result.metrics:
+            continue
+        params = {k: v for k, v in result.config.items() if not k.startswith("_")}
+        number = int(result.config["_trial_number"])
+        metrics = result.metrics
+        points.append({**{k: metrics.get(k) for k in objectives}, "feasible": metrics.get("feasible", 0) >= 0.5,
+                       "params": params, "number": number})
+    points.sort(key=lambda p: p["number"])
+    return [
+        {**points[i]["params"], "_stage": STAGE_REFINE, "_run_name": f"refine-{points[i]['number']:03d}",
+         "_refines": f"trial-{points[i]['number']:03d}"}
+        for i in select_candidates(points, objectives, count)
+    ]
+
+
+def resume_sweep(run_dir: str | os.PathLike, *, address: str | None = None, progress: bool = True,
+                 verbose: bool = False) -> SweepResult:
+    """Continue the interrupted sweep in ``run_dir`` with the config it recorded (either stage)."""
     path = Path(run_dir).absolute() / RESOLVED_CONFIG_FILE
     if not path.is_file():
         raise ConfigError("resume", f"{Path(run_dir).absolute()} holds no sweep to resume (no {RESOLVED_CONFIG_FILE})")
-    return run_sweep(load_sweep_config(path), address=address, resume=True, progress=progress)
+    return run_sweep(load_sweep_config(path), address=address, resume=True, progress=progress, verbose=verbose)

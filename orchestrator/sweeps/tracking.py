@@ -26,7 +26,7 @@ from typing import Any, Mapping, Sequence
 
 __all__ = [
     "TAG_PARENT", "TAG_RUN_DIR", "TAG_KIND", "TAG_SWEEP", "TAG_COMMIT", "TAG_TRIAL_ID", "TAG_TRIAL_NUMBER",
-    "TAG_CHECKPOINT", "TAG_ERROR", "TAG_PARETO", "TrialRecord", "Tracker", "git_commit", "error_summary",
+    "TAG_CHECKPOINT", "TAG_ERROR", "TAG_PARETO", "TAG_STAGE", "TAG_REFINES", "TrialRecord", "Tracker", "git_commit", "error_summary",
     "finite_metric",
 ]
 
@@ -40,6 +40,10 @@ TAG_TRIAL_NUMBER = "prunesweep.trial_number"
 TAG_CHECKPOINT = "prunesweep.checkpoint"
 TAG_ERROR = "prunesweep.error"
 TAG_PARETO = "prunesweep.pareto"
+#: a sweep trial's stage: ``screen`` (the Optuna trials) or ``refine`` (a two-stage sweep's refined ones)
+TAG_STAGE = "prunesweep.stage"
+#: a refined trial's screening trial (its run name)
+TAG_REFINES = "prunesweep.refines"
 
 _MAX_PARAM = 6000  # MLflow's limit on a param value
 _MAX_TAG = 5000  # well under MLflow's limit on a tag value

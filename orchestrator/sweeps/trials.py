@@ -58,7 +58,8 @@ class TrialSettings:
 
     seed: the criterion's seed in a sweep trial (a compare cell takes its own from the grid).
     recipe: the recovery recipe; a sweep trial replaces its fine-tuning values by the sampled
-        ones, a compare cell its seed by the cell's.
+        ones (unless ``sampled_finetune`` is false: the stages of a two-stage sweep run their
+        recipe as it is), a compare cell its seed by the cell's.
     """
 
     data_config: dict[str, Any]
@@ -71,6 +72,7 @@ class TrialSettings:
     space_name: str | None = None
     space_options: dict[str, Any] | None = None
     strategy: str = "full"
+    sampled_finetune: bool = True
 
 
 def put_shared(setup: BaselineSetup, stats, utilization) -> SharedRefs:
@@ -206,8 +208,10 @@ def sweep_trial(config: dict[str, Any], *, refs: SharedRefs, settings: TrialSett
             worst["latency_ms"] = base["latency_ms"]
         tune.report(worst)
         return
-    recipe = replace(settings.recipe, finetune_epochs=plan.finetune_epochs, finetune_lr=plan.finetune_lr,
-                     weight_decay=plan.weight_decay)
+    recipe = settings.recipe
+    if settings.sampled_finetune:
+        recipe = replace(recipe, finetune_epochs=plan.finetune_epochs, finetune_lr=plan.finetune_lr,
+                         weight_decay=plan.weight_decay)
     spec_json, state = ray.get(refs.model)
     model = _rebuild_model(spec_json, state)
     pruned, outcome, metrics = _prune_and_recover(

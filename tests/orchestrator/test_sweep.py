@@ -358,14 +358,14 @@ def test_define_by_run_samples_in_the_registered_context_and_pickles_small(tiny_
     with pytest.raises(RuntimeError, match="no search-space context registered for key-1"):
         define(first)
     with register_context("key-1", context):
-        assert define(first) == {"_trial_number": 0}
-        assert define(second) == {"_trial_number": 1, "_inject_failure": True}
+        assert define(first) == {"_trial_number": 0, "_stage": "screen"}
+        assert define(second) == {"_trial_number": 1, "_stage": "screen", "_inject_failure": True}
         names = set(first.params)
         assert {"criterion", "finetune_lr", "finetune_epochs", "weight_decay"} <= names
         assert {f"ratio.{g.name}" for g in context.space.groups} <= names
         assert len(pickle.dumps(define)) < 1000  # no model, statistics or space inside
         restored = pickle.loads(pickle.dumps(define))
-        assert restored(third) == {"_trial_number": 2}  # settings (and the failure list) survive
+        assert restored(third) == {"_trial_number": 2, "_stage": "screen"}  # settings (and the failure list) survive
         assert set(third.params) == names
         plan = create_search_space("per_layer", criteria=["l1", "fpgm"]).to_plan(first.params, context)
         assert plan.criterion == first.params["criterion"]

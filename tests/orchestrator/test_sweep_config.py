@@ -58,6 +58,9 @@ def refused(data: dict) -> str:
     (config_with(space={"name": "concentration", "beta": [0, 1]}), "space.beta: unknown key; valid: name, strategy, flops_reduction, alpha"),
     (config_with(space={"name": "uniform", "alpha": [0, 1]}), "space.alpha: unknown key"),
     (config_with(sweep={"objectives": {"flops": "min"}}), "sweep.objectives.flops: unknown key; valid: accuracy, macs, params, latency_ms"),
+    (config_with(sweep={"refine": {"candidate": 2}}), "sweep.refine.candidate: unknown key; valid: candidates, recipe"),
+    (config_with(sweep={"refine": {"recipe": {"epochs": 1}}}), "sweep.refine.recipe.epochs: unknown key; valid: reconstruct"),
+    (config_with(sweep={"refine": {"recipe": {"seed": 1}}}), "sweep.refine.recipe.seed: set sweep.seed instead"),
 ])
 def test_unknown_keys_name_their_path(data, key):
     assert refused(data).startswith(key)
@@ -79,6 +82,10 @@ def test_unknown_keys_name_their_path(data, key):
     (config_with(sweep={"objectives": {}}), "sweep.objectives: name at least one"),
     (config_with(sweep={"population_size": 1}), "sweep.population_size: must be >= 2"),
     (config_with(sweep={"sampler": "tpe", "population_size": 8}), "sweep.population_size: applies to sampler nsga2 only"),
+    (config_with(sweep={"warm_start": "yes"}), "sweep.warm_start: must be true or false"),
+    (config_with(sweep={"refine": {"candidates": -1}}), "sweep.refine.candidates: must be >= 0"),
+    (config_with(sweep={"refine": [2]}), "sweep.refine: must be a mapping"),
+    (config_with(sweep={"refine": {"candidates": 2, "recipe": {"distill": 1.5}}}), "sweep.refine.recipe.distill: must be in [0, 1]"),
     (config_with(data={"calibration_images": 0}), "data.calibration_images: must be >= 1"),
     (config_with(recipe={"bn_batches": -1}), "recipe.bn_batches: must be an integer >= 0"),
     (config_with(data={"batch_size": "big"}), "data.batch_size: must be an integer"),
@@ -121,7 +128,9 @@ def test_defaults_are_resolved_and_round_trip(tmp_path, monkeypatch):
     resolved = config.to_dict()
     assert resolved["sweep"] == {"trials": 8, "concurrency": 2, "sampler": "nsga2",
                                  "objectives": {"accuracy": "max", "macs": "min"}, "seed": 0,
-                                 "cpus_per_trial": 1, "population_size": 4}
+                                 "cpus_per_trial": 1, "population_size": 4, "warm_start": True,
+                                 "refine": {"candidates": 0, "recipe": {"finetune_epochs": 1, "distill": 0.5}}}
+    assert not config.two_stage
     assert resolved["data"] == {"calibration_images": 512, "batch_size": 128, "data_root": None, "test_subset": None}
     # the recipe defaults to RecoveryRecipe(): reconstruction on; its seed is the sweep's
     defaults = RecoveryRecipe().to_dict()
@@ -147,6 +156,22 @@ def test_recipe_section_sets_the_recipe_and_sweep_seed_seeds_it():
     assert config.recipe == RecoveryRecipe(reconstruct=False, bn_batches=2, finetune_subset=64, seed=7)
     assert config.recipe.stages == ("pruned", "bn_recalibrated")
     assert SweepConfig.from_dict(yaml.safe_load(dump_sweep_config(config))) == config
+
+
+def test_refine_section_gives_the_two_stage_recipes():
+    config = SweepConfig.from_dict(config_with(recipe={"finetune_epochs": 2, "finetune_subset": 64},
+                                               sweep={"seed": 3, "refine": {"candidates": 3, "recipe": {"finetune_lr": 0.02}}}))
+    assert config.two_stage and config.sweep.refine.candidates == 3
+    # screening never fine-tunes; refinement = the recipe + the overrides (defaults: 1 epoch, distill 0.5)
+    assert config.screen_recipe == RecoveryRecipe(finetune_epochs=0, finetune_subset=64, seed=3)
+    assert config.refine_recipe == RecoveryRecipe(finetune_epochs=1, distill=0.5, finetune_lr=0.02,
+                                                  finetune_subset=64, seed=3)
+    assert config.to_dict()["sweep"]["refine"] == {
+        "candidates": 3, "recipe": {"finetune_epochs": 1, "distill": 0.5, "finetune_lr": 0.02}}
+    assert SweepConfig.from_dict(yaml.safe_load(dump_sweep_config(config))) == config
+    assert flatten(config.to_dict())["sweep.refine.candidates"] == 3
+    off = SweepConfig.from_dict(config_with(sweep={"refine": None, "warm_start": False}))
+    assert not off.two_stage and not off.sweep.warm_start
 
 
 def test_relative_sqlite_uri_is_made_absolute(tmp_path, monkeypatch):

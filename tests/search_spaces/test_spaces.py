@@ -210,3 +210,70 @@ def test_example_yaml_lists_every_option_with_its_default(name):
     default = create_search_space(name)
     assert from_yaml.options() == default.options()
     assert set(config) - {"name"} == set(default.options())
+
+
+# --- warm starts ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("strategy", ["full", "inner"])
+@pytest.mark.parametrize("name", list_search_spaces())
+def test_warm_starts_are_complete_params_within_bounds(name, strategy, contexts):
+    context = contexts[strategy]
+    space = create_search_space(name, criteria=["l1", "fpgm"])
+    starts = space.warm_starts(context)
+    assert starts, f"space {name!r} lists no warm start"
+    assert starts == create_search_space(name, criteria=["l1", "fpgm"]).warm_starts(context)  # deterministic
+    assert len({tuple(sorted(s.items())) for s in starts}) == len(starts)  # no repeats
+    sampled = _study().ask()
+    space.define(sampled, context)
+    distributions = sampled.distributions
+    study = _study()
+    for start in starts:
+        assert set(start) == set(distributions), "a warm start names exactly the define-by-run parameters"
+        for key, value in start.items():
+            assert distributions[key]._contains(distributions[key].to_internal_repr(value)), (key, value)
+        plan = space.to_plan(start, context)
+        assert plan.params == start and plan.finetune_epochs == space.finetune_epochs[0]
+        # enqueued, the warm start is exactly what the next trial suggests
+        study.enqueue_trial(start)
+        trial = study.ask()
+        space.define(trial, context)
+        assert trial.params == start
+        study.tell(trial, 0.0)
+
+
+def test_warm_starts_are_the_one_shot_schedules(contexts):
+    context = contexts["full"]
+    uniform = create_search_space("uniform", criteria=["l1", "fpgm"], flops_reduction=(0.2, 0.8),
+                                  flops_bounds=(0.4, 0.9))
+    starts = uniform.warm_starts(context)
+    # every criterion x targets at the quartiles of [0.4, 0.8] (the target range within flops_bounds)
+    assert [(s["criterion"], s["flops_reduction"]) for s in starts] == [
+        (c, t) for c in ("l1", "fpgm") for t in (0.5, 0.6, 0.7)]
+    assert all(s["finetune_epochs"] == 0 for s in starts)
+    concentration = create_search_space("concentration", alpha=(0.2, 1.0), temperature=(0.0, 0.5))
+    starts = concentration.warm_starts(context)
+    assert sorted({s["alpha"] for s in starts}) == [0.2, 0.5, 1.0]  # 0 clipped into the range
+    assert {s["temperature"] for s in starts} == {0.5}  # plain IC (1.0), clipped
+    assert {s["tau"] for s in create_search_space("snpfi").warm_starts(context)} == {0.95}
+    per_layer = create_search_space("per_layer").warm_starts(context)
+    for start in per_layer:  # one ratio in every layer
+        assert len({v for k, v in start.items() if k.startswith("ratio.")}) == 1
+    reductions = [create_search_space("per_layer").to_plan(s, context).planned_reduction(context) for s in per_layer]
+    assert reductions == sorted(reductions) and len(set(reductions)) == len(reductions)
+
+
+def test_a_space_without_warm_starts_lists_none(contexts):
+    from search_spaces import SearchSpace
+
+    class Bare(SearchSpace):
+        def _own_options(self):
+            return {}
+
+        def define(self, trial, context):
+            self._define_shared(trial)
+
+        def to_plan(self, params, context):
+            raise NotImplementedError
+
+    assert Bare().warm_starts(contexts["full"]) == []
