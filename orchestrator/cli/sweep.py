@@ -18,6 +18,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     add_ray_network(p)
     p.add_argument("--tracking-uri", default=None, help="override tracking.uri (default: sqlite:////RUN_DIR/mlflow.db)")
     p.add_argument("--run-dir", default=None, help="override run_dir (default: runs/sweeps/<name>)")
+    p.add_argument("--verbose", action="store_true",
+                   help="Ray Tune's own status tables too (default: one line per ended trial on stderr)")
     return p
 
 
@@ -30,12 +32,12 @@ def run(args: argparse.Namespace) -> CommandResult:
                  if getattr(args, k, None) is not None]
         if extra:
             raise ConfigError("resume", f"a resumed sweep keeps its recorded config: drop {', '.join(extra)}")
-        result = resume_sweep(args.resume, address=args.address, progress=progress)
+        result = resume_sweep(args.resume, address=args.address, progress=progress, verbose=args.verbose)
     else:
         if args.config is None:
             raise ConfigError("config", "give --config FILE.yaml (or --resume RUN_DIR)")
         overrides = {"sweep.trials": args.trials, "sweep.concurrency": args.concurrency,
                      "tracking.uri": args.tracking_uri, "run_dir": args.run_dir}
         config = load_sweep_config(args.config, overrides)
-        result = run_sweep(config, address=args.address, progress=progress)
+        result = run_sweep(config, address=args.address, progress=progress, verbose=args.verbose)
     return CommandResult(result.text(), result.to_dict())

@@ -170,10 +170,8 @@ class SweepSettings:
     seed: sampler seed, and the seed of every trial's criterion and recovery recipe.
     cpus_per_trial: Ray CPUs reserved per trial (also its torch thread count).
     population_size: NSGA-II population (None: trials // 2, clipped to [2, 50]).
-    warm_start: the first trials are the space's one-shot schedules (``SearchSpace.warm_starts``,
-        at most ``trials`` of them; they count towards ``trials``).
-    refine: the refinement stage (``candidates: 0``: a single-stage sweep); with it, ``trials``
-        are the screening trials.
+    warm_start: the first trials are ``SearchSpace.warm_starts`` (counted in ``trials``).
+    refine: the refinement stage (``candidates: 0``: none); ``trials`` are then the screening ones.
     """
 
     trials: int = 8
@@ -191,7 +189,7 @@ class SweepSettings:
         if not isinstance(self.warm_start, bool):
             raise ConfigError("sweep.warm_start", f"must be true or false, got {self.warm_start!r}")
         if not isinstance(self.refine, RefineSettings):
-            raise ConfigError("sweep.refine", f"must be a RefineSettings, got {type(self.refine).__name__}")
+            raise ConfigError("sweep.refine", f"must be a mapping, got {type(self.refine).__name__}")
         check_int("sweep.concurrency", self.concurrency, lo=1)
         check_choice("sweep.sampler", self.sampler, list(SAMPLERS))
         objectives = check_mapping("sweep.objectives", self.objectives)

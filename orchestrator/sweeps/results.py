@@ -1,5 +1,6 @@
-"""A sweep's outcome: the Pareto front over its feasible finished trials, the front's test
-accuracy, hypervolume, table, plot and checkpoints, logged at the end or read back from MLflow."""
+"""A sweep's outcome: the Pareto front over its feasible finished trials (a two-stage sweep's
+refined trials only), the front's test accuracy, hypervolume, table, plot and checkpoints,
+logged at the end or read back from MLflow."""
 from __future__ import annotations
 
 import json
@@ -17,7 +18,8 @@ from orchestrator.sweeps.baseline import EVAL_BATCH, say
 from orchestrator.sweeps.checks import ConfigError, default_tracking_uri
 from orchestrator.sweeps.config import RESOLVED_CONFIG_FILE, TrackingSettings
 from orchestrator.sweeps.front import front_table, hypervolume, pareto_front, plot_front
-from orchestrator.sweeps.tracking import TAG_PARETO, TAG_SWEEP, Tracker, TrialRecord
+from orchestrator.sweeps.refine import STAGE_REFINE
+from orchestrator.sweeps.tracking import TAG_PARETO, TAG_STAGE, TAG_SWEEP, Tracker, TrialRecord
 from orchestrator.sweeps.trials import MODEL_FILE
 
 __all__ = ["SweepResult", "front_hypervolume", "finalize_sweep", "read_front"]
@@ -47,7 +49,8 @@ class SweepResult:
         finished = [t for t in self.trials if t.status == "FINISHED"]
         feasible = [t for t in finished if t.metrics.get("feasible", 1.0) >= 0.5]
         return {"trials": len(self.trials), "finished": len(finished), "feasible": len(feasible),
-                "failed": sum(t.status == "FAILED" for t in self.trials), "front": len(self.front)}
+                "failed": sum(t.status == "FAILED" for t in self.trials), "front": len(self.front),
+                "refined": sum(t.tags.get(TAG_STAGE) == STAGE_REFINE for t in self.trials)}
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -66,7 +69,8 @@ class SweepResult:
         counts = self.counts()
         lines = [
             f"sweep {self.name}: {counts['trials']} trials ({counts['finished']} finished, "
-            f"{counts['feasible']} feasible, {counts['failed']} failed)"
+            f"{counts['feasible']} feasible, {counts['failed']} failed"
+            + (f"; {counts['refined']} of them refined" if counts["refined"] else "") + ")"
             + ("" if self.complete else " - INTERRUPTED, resume with: prunesweep sweep --resume " + self.run_dir),
             "baseline: " + ", ".join(f"{k} {format_value(v)}" for k, v in self.baseline.items()),
             f"Pareto front over {', '.join(f'{k} ({v})' for k, v in self.objectives.items())}: {len(self.front)} trial(s)"
@@ -88,9 +92,11 @@ def _point(record: TrialRecord) -> dict[str, Any]:
     return point
 
 
-def _front(records: Sequence[TrialRecord], objectives: Mapping[str, str]) -> tuple[list[TrialRecord], list[dict], list[int]]:
-    """Finished trials, their points, and the indices of the Pareto-optimal feasible ones."""
-    finished = [r for r in records if r.status == "FINISHED"]
+def _front(records: Sequence[TrialRecord], objectives: Mapping[str, str],
+           two_stage: bool) -> tuple[list[TrialRecord], list[dict], list[int]]:
+    """Finished trials (a two-stage sweep's refined ones), their points, and the indices of the
+    Pareto-optimal feasible ones."""
+    finished = [r for r in records if r.status == "FINISHED" and (not two_stage or r.tags.get(TAG_STAGE) == STAGE_REFINE)]
     points = [_point(r) for r in finished]
     front = pareto_front(points, objectives)
     first = next((k for k in objectives if k != "accuracy"), "macs")
@@ -129,7 +135,7 @@ def finalize_sweep(tracker: Tracker, config, setup, complete: bool, progress: bo
     """Front over the logged trials; test accuracy of the front only; table, plot, checkpoints."""
     objectives = config.objectives
     records = tracker.read_trials()
-    finished, points, front = _front(records, objectives)
+    finished, points, front = _front(records, objectives, config.two_stage)
     parent = tracker.parent_run_id
     rows = []
     say(progress and bool(front), f"evaluating the {len(front)} Pareto-optimal model(s) on the test split")
@@ -153,9 +159,14 @@ def finalize_sweep(tracker: Tracker, config, setup, complete: bool, progress: bo
     tracker.log_text(parent, front_table(points, front, columns), "pareto/front.md")
     tracker.log_text(parent, json.dumps({"objectives": objectives, "baseline": setup.metrics, "front": rows,
                                          "hypervolume": volume}, indent=2, default=str), "pareto/front.json")
-    summary = {"pareto_size": len(front), "trials_finished": len(finished),
-               "trials_failed": sum(r.status == "FAILED" for r in records),
-               "trials_feasible": sum(p["feasible"] for p in points)}
+    result = SweepResult(
+        name=config.name, run_dir=config.run_dir, tracking_uri=config.tracking_uri,
+        experiment=config.tracking.experiment, parent_run_id=parent, objectives=objectives,
+        baseline=dict(setup.metrics), trials=records, front=rows, hypervolume=volume, complete=complete,
+    )
+    counts = result.counts()
+    summary = {"pareto_size": len(front), "trials_finished": counts["finished"], "trials_failed": counts["failed"],
+               "trials_feasible": counts["feasible"], "trials_refined": counts["refined"]}
     if volume is not None:
         summary["hypervolume"] = volume
     for row in rows:
@@ -163,11 +174,7 @@ def finalize_sweep(tracker: Tracker, config, setup, complete: bool, progress: bo
             summary[f"pareto.{row['trial']}.test_accuracy"] = row["test_accuracy"]
     tracker.log_metrics(parent, summary)
     tracker.finish_parent("FINISHED" if complete else "KILLED")
-    return SweepResult(
-        name=config.name, run_dir=config.run_dir, tracking_uri=config.tracking_uri,
-        experiment=config.tracking.experiment, parent_run_id=parent, objectives=objectives,
-        baseline=dict(setup.metrics), trials=records, front=rows, hypervolume=volume, complete=complete,
-    )
+    return result
 
 
 def read_front(run_dir: str | os.PathLike, *, tracking_uri: str | None = None) -> SweepResult:
@@ -192,7 +199,8 @@ def read_front(run_dir: str | os.PathLike, *, tracking_uri: str | None = None) -
     objectives = objectives or {"accuracy": "max", "macs": "min"}
     baseline = {k[len("baseline_"):]: v for k, v in run.data.metrics.items() if k.startswith("baseline_")}
     records = tracker.read_trials()
-    finished, points, front = _front(records, objectives)
+    two_stage = int(params.get("sweep.refine.candidates", 0)) > 0
+    finished, points, front = _front(records, objectives, two_stage)
     return SweepResult(
         name=run.data.tags.get(TAG_SWEEP, run.info.run_name or ""), run_dir=run_dir, tracking_uri=uri,
         experiment=experiment, parent_run_id=parent, objectives=objectives, baseline=baseline, trials=records,

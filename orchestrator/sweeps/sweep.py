@@ -53,7 +53,7 @@ from orchestrator.sweeps.tracking import Tracker
 from orchestrator.sweeps.trials import TRIAL_METRICS, TRIAL_TAGS, TrialSettings, put_shared, sweep_trial
 from pruning.utils import atomic_write
 
-__all__ = ["run_sweep", "resume_sweep", "refine_configs", "CANDIDATES_FILE"]
+__all__ = ["run_sweep", "resume_sweep", "screening_search", "refine_configs", "CANDIDATES_FILE"]
 
 #: the refinement stage's trial configs, written when it starts (read back by a resume)
 CANDIDATES_FILE = "refine-candidates.json"
@@ -144,7 +144,7 @@ def run_sweep(
                 say(progress and resume, f"resuming {Path(config.run_dir) / EXPERIMENT_NAME}")
                 screened = stage(
                     settings=settings, num_samples=config.sweep.trials, resume=resume, name=EXPERIMENT_NAME,
-                    stage=STAGE_SCREEN, make_search=lambda: _optuna_search(config, space, context, key, inject_failures),
+                    stage=STAGE_SCREEN, make_search=lambda: screening_search(config, space, context, key, inject_failures),
                 )
                 complete = finished_cleanly(screened, config.sweep.trials)
                 if config.two_stage and complete:
@@ -158,7 +158,7 @@ def _restorable(config: SweepConfig, name: str) -> bool:
     return tune.Tuner.can_restore(str(Path(config.run_dir) / name))
 
 
-def _optuna_search(config: SweepConfig, space, context, key: str, inject_failures: Collection[int]):
+def screening_search(config: SweepConfig, space, context, key: str, inject_failures: Collection[int]):
     """The screening stage's searcher: Optuna, with the space's warm starts enqueued first."""
     from ray.tune.search.optuna import OptunaSearch
 

@@ -78,12 +78,14 @@ def sweep_run(ray_session, baseline, tmp_path_factory):
     """5 trials, 2 at a time, concentration space with l1/entropy; trial 1 crashes on purpose.
 
     Plans removing less than 35% of the MACs are infeasible (flops_bounds), so some trials are
-    reported infeasible without training (seed 0 samples such targets; asserted below).
+    reported infeasible without training (seed 0 samples such targets; asserted below). Every
+    trial is sampled (no warm starts: test_two_stage.py checks those).
     """
     run_dir = tmp_path_factory.mktemp("sweep") / "run"
     space = {"name": "concentration", "criteria": ["l1", "entropy"], "flops_reduction": [0.1, 0.8],
              "finetune_epochs": [0, 1], "flops_bounds": [0.35, 0.95]}
-    config = SweepConfig.from_dict(sweep_config(baseline, run_dir, name="tiny", space=space, trials=5, seed=0))
+    config = SweepConfig.from_dict(sweep_config(baseline, run_dir, name="tiny", space=space, trials=5, seed=0,
+                                                warm_start=False))
     started = time.perf_counter()
     result = run_sweep(config, progress=False, inject_failures=[1])
     return {"config": config, "result": result, "seconds": time.perf_counter() - started}

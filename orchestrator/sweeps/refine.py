@@ -1,0 +1,114 @@
+"""Two-stage sweeps: the ``sweep.refine`` settings and the choice of the screening trials to refine.
+
+A two-stage sweep screens ``sweep.trials`` Optuna trials with a cheap recipe (no fine-tuning:
+the proxy is the calibration accuracy after reconstruction and BN recalibration), then refines
+``candidates`` of them, chosen from the screening Pareto front by :func:`select_candidates`,
+with the refinement recipe (the config's recipe + ``sweep.refine.recipe``). The final front is
+built from the refined trials only. Plain data here; the stages run in ``orchestrator.sweeps.sweep``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any, Mapping, Sequence
+
+from orchestrator.sweeps.checks import ConfigError, check_int, check_keys, check_mapping, recipe_from_section
+from orchestrator.sweeps.front import eligible, pareto_front
+
+__all__ = ["STAGE_SCREEN", "STAGE_REFINE", "REFINE_RECIPE", "REFINE_EXPERIMENT", "RefineSettings",
+           "select_candidates", "refine_recipe"]
+
+STAGE_SCREEN = "screen"
+STAGE_REFINE = "refine"
+#: the refinement recipe's overrides of the config's recipe unless ``sweep.refine.recipe`` sets them
+REFINE_RECIPE = {"finetune_epochs": 1, "distill": 0.5}
+#: the refinement stage's Tune experiment folder inside a run directory
+REFINE_EXPERIMENT = "tune-refine"
+
+
+@dataclass(frozen=True)
+class RefineSettings:
+    """``sweep.refine``: the refinement stage of a two-stage sweep.
+
+    candidates: screening trials to refine (0: a single-stage sweep, as without ``refine``).
+    recipe: overrides of the config's ``recipe:`` for the refined trials (its keys, validated;
+        resolved with :data:`REFINE_RECIPE` for the keys it does not set).
+    """
+
+    candidates: int = 0
+    recipe: Mapping[str, Any] = field(default_factory=lambda: dict(REFINE_RECIPE))
+
+    def __post_init__(self) -> None:
+        check_int("sweep.refine.candidates", self.candidates, lo=0)
+        overrides = {**REFINE_RECIPE, **check_mapping("sweep.refine.recipe", self.recipe)}
+        recipe_from_section(overrides, "sweep.seed", key="sweep.refine.recipe")  # every key and value checked
+        object.__setattr__(self, "recipe", overrides)
+
+    @property
+    def enabled(self) -> bool:
+        return self.candidates > 0
+
+    @classmethod
+    def from_dict(cls, data: Any) -> RefineSettings:
+        data = check_mapping("sweep.refine", data)
+        check_keys("sweep.refine.", data, [f.name for f in fields(cls)])
+        values = dict(data)
+        if values.get("recipe") is None:
+            values.pop("recipe", None)
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"candidates": self.candidates, "recipe": dict(self.recipe)}
+
+
+def _spread(order: Sequence[int], count: int) -> list[int]:
+    """``count`` of ``order`` at evenly spaced ranks (its quantiles); the middle one for 1."""
+    if count >= len(order):
+        return list(order)
+    if count == 1:
+        return [order[(len(order) - 1) // 2]]
+    return [order[round(i * (len(order) - 1) / (count - 1))] for i in range(count)]
+
+
+def select_candidates(points: Sequence[Mapping[str, Any]], objectives: Mapping[str, str], count: int,
+                      *, key: str = "params") -> list[int]:
+    """Indices of the ``count`` screening points to refine.
+
+    Eligible points (feasible, every objective finite) with distinct ``points[i][key]`` are
+    layered into successive non-dominated fronts. From the first front, ``count`` points spread
+    over its cost range (evenly spaced quantiles of the first cost objective, MACs by default);
+    a front with fewer points is taken whole and the rest is filled, spread the same way, from
+    the next layers. Deterministic; fewer than ``count`` only when fewer points are eligible.
+    """
+    if count <= 0:
+        return []
+    cost = next((k for k in objectives if objectives[k] == "min"), None)
+    seen: set = set()
+    pool: list[int] = []
+    for i, point in enumerate(points):
+        signature = repr(sorted(dict(point.get(key) or {}).items()))
+        if eligible(point, objectives) and signature not in seen:
+            seen.add(signature)
+            pool.append(i)
+    chosen: list[int] = []
+    while pool and len(chosen) < count:
+        layer = [pool[j] for j in pareto_front([points[i] for i in pool], objectives)]
+        if cost is not None:
+            layer.sort(key=lambda i: (float(points[i][cost]), i))
+        else:
+            layer.sort(key=lambda i: (-float(points[i].get("accuracy", -math.inf)), i))
+        chosen.extend(_spread(layer, count - len(chosen)))
+        pool = [i for i in pool if i not in set(layer)]
+    return chosen
+
+
+def refine_recipe(recipe, settings: RefineSettings):
+    """The refinement recipe: the config's ``recipe`` with ``settings.recipe`` replacing its values."""
+    from dataclasses import replace
+
+    from pruning.errors import InputError
+
+    try:
+        return replace(recipe, **dict(settings.recipe))
+    except InputError as err:
+        raise ConfigError("sweep.refine.recipe", str(err).strip().splitlines()[0]) from None

@@ -1,0 +1,134 @@
+"""A two-stage sweep end to end on the tiny baseline, run as `prunesweep sweep` in a subprocess
+(its console output is checked too): 4 screening trials, warm starts first, no fine-tuning; 2 of
+them refined with one distilled fine-tuning epoch; the front built from the refined trials only."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from orchestrator.sweeps import TAG_PARETO, TAG_TRIAL_NUMBER, SweepConfig, Tracker
+from orchestrator.sweeps.refine import select_candidates
+from orchestrator.sweeps.tracking import TAG_REFINES, TAG_STAGE
+from pruning.structure import PruningSpace, load_checkpoint
+from search_spaces import SpaceContext
+
+REPO = Path(__file__).resolve().parents[2]
+OBJECTIVES = {"accuracy": "max", "macs": "min"}
+
+
+@pytest.fixture(scope="module")
+def two_stage(ray_session, trained_resnet20, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("two-stage")
+    raw = {
+        "name": "two-stage", "checkpoint": str(trained_resnet20["out"]), "run_dir": str(folder / "run"),
+        "data": {"calibration_images": 64, "batch_size": 64},
+        "recipe": {"bn_batches": 2, "batch_size": 64, "finetune_subset": 64},
+        # 3 warm starts (l1 at 3 targets) + 1 Optuna sample; sampled fine-tuning is ignored
+        "space": {"name": "uniform", "criteria": ["l1"], "flops_reduction": [0.2, 0.8],
+                  "finetune_epochs": [1, 1], "flops_bounds": [0.0, 0.95]},
+        "sweep": {"trials": 4, "concurrency": 2, "seed": 0, "refine": {"candidates": 2}},
+    }
+    path = folder / "sweep.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    address = ray_session.get_runtime_context().gcs_address
+    done = subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", "sweep", "--config", str(path), "--address", address, "--json"],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    config = SweepConfig.from_dict(raw)
+    tracker = Tracker(config.tracking_uri, "prunesweep", config.run_dir)
+    assert tracker.find_parent() is not None
+    runs = tracker.trial_runs()
+    by_stage = {stage: [r for r in runs.values() if r.data.tags.get(TAG_STAGE) == stage] for stage in ("screen", "refine")}
+    return {"config": config, "data": json.loads(done.stdout), "stderr": done.stderr, "tracker": tracker,
+            "runs": runs, **by_stage}
+
+
+@pytest.mark.fashion_mnist
+def test_both_stages_are_nested_runs_of_one_parent_tagged_with_their_stage(two_stage):
+    parent = two_stage["tracker"].parent_run_id
+    assert len(two_stage["runs"]) == 6
+    assert len(two_stage["screen"]) == 4 and len(two_stage["refine"]) == 2
+    for run in two_stage["runs"].values():
+        assert run.data.tags["mlflow.parentRunId"] == parent and run.info.status == "FINISHED"
+    assert sorted(r.info.run_name for r in two_stage["screen"]) == [f"trial-{i:03d}" for i in range(4)]
+    parents = two_stage["tracker"].client.search_runs(
+        [two_stage["tracker"].experiment_id], f"tags.`prunesweep.run_dir` = '{two_stage['config'].run_dir}'")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert parents[0].data.metrics["trials_refined"] == 2
+
+
+@pytest.mark.fashion_mnist
+def test_the_first_screening_trials_are_the_warm_starts(two_stage, trained_resnet20):
+    model, spec = load_checkpoint(trained_resnet20["out"])
+    context = SpaceContext(space=PruningSpace.build(model, torch.zeros(1, *spec.input_shape)))
+    starts = two_stage["config"].space.create().warm_starts(context)
+    assert len(starts) == 3
+    by_number = {int(r.data.tags[TAG_TRIAL_NUMBER]): r for r in two_stage["screen"]}
+    for number, start in enumerate(starts):
+        assert by_number[number].data.params == {k: str(v) for k, v in start.items()}
+    assert by_number[3].data.params != {k: str(v) for k, v in starts[0].items()}
+
+
+@pytest.mark.fashion_mnist
+def test_screening_does_not_fine_tune_and_refinement_does(two_stage):
+    for run in two_stage["screen"]:
+        metrics = run.data.metrics
+        assert "finetuned_accuracy" not in metrics  # finetune_epochs 1 was sampled, and ignored
+        assert metrics["accuracy"] == metrics["bn_recalibrated_accuracy"] == metrics["bn_accuracy"]
+        assert TAG_PARETO not in run.data.tags
+    screen_by_name = {r.info.run_name: r for r in two_stage["screen"]}
+    for run in two_stage["refine"]:
+        source = screen_by_name[run.data.tags[TAG_REFINES]]
+        assert run.info.run_name == "refine-" + source.info.run_name.split("-")[1]
+        assert run.data.params == source.data.params  # the plan is rebuilt from the same params
+        assert run.data.metrics["macs"] == source.data.metrics["macs"]
+        assert run.data.metrics["accuracy"] == run.data.metrics["finetuned_accuracy"]
+        model, spec = load_checkpoint(Path(run.data.tags["prunesweep.checkpoint"]) / "pruned.pt")
+        recipe = spec.meta["pruning"]["recipe"]
+        assert recipe["finetune_epochs"] == 1 and recipe["distill"] == 0.5 and recipe["finetune_subset"] == 64
+
+
+@pytest.mark.fashion_mnist
+def test_refined_trials_are_the_candidates_spread_over_the_screening_front(two_stage):
+    screen = sorted(two_stage["screen"], key=lambda r: int(r.data.tags[TAG_TRIAL_NUMBER]))
+    points = [{**r.data.metrics, "feasible": r.data.metrics["feasible"] >= 0.5, "params": r.data.params} for r in screen]
+    expected = {screen[i].info.run_name for i in select_candidates(points, OBJECTIVES, 2)}
+    assert {r.data.tags[TAG_REFINES] for r in two_stage["refine"]} == expected
+
+
+@pytest.mark.fashion_mnist
+def test_the_front_comes_from_the_refined_trials_only(two_stage):
+    data, tracker = two_stage["data"], two_stage["tracker"]
+    refined = {r.info.run_id: r for r in two_stage["refine"]}
+    assert data["complete"] and data["counts"]["refined"] == 2 and data["counts"]["trials"] == 6
+    assert data["front"] and all(row["run_id"] in refined and row["trial"].startswith("refine-") for row in data["front"])
+    for row in data["front"]:
+        assert 0.0 <= row["test_accuracy"] <= 1.0
+        assert refined[row["run_id"]].data.tags[TAG_PARETO] == "true"
+    checkpoints = {a.path for a in tracker.client.list_artifacts(tracker.parent_run_id, "pareto/checkpoints")}
+    assert checkpoints == {f"pareto/checkpoints/{row['trial']}.pt" for row in data["front"]}
+    # `prunesweep pareto` reads the same two-stage front back
+    done = subprocess.run([sys.executable, "-m", "orchestrator.cli", "pareto", two_stage["config"].run_dir, "--json"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert [r["trial_id"] for r in json.loads(done.stdout)["front"]] == [r["trial_id"] for r in data["front"]]
+
+
+@pytest.mark.fashion_mnist
+def test_the_console_shows_one_line_per_trial_and_no_tune_table(two_stage):
+    err = two_stage["stderr"]
+    for table in ("Trial status", "Trial name", "== Status =="):
+        assert table not in err, err[-3000:]
+    screen = [line for line in err.splitlines() if line.startswith("[screen] trial-")]
+    refine = [line for line in err.splitlines() if line.startswith("[refine] refine-")]
+    assert len(screen) == 4 and len(refine) == 2, err[-3000:]
+    assert screen[-1].endswith("(4/4 done, 0 failed)") and refine[-1].endswith("(2/2 done, 0 failed)")
+    assert "accuracy" in refine[0] and "macs" in refine[0]

@@ -1,0 +1,82 @@
+"""Warm starts and the choice of refinement candidates, without Ray trials: the screening
+searcher hands out the space's one-shot schedules first, then Optuna's samples."""
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from orchestrator import cli
+from orchestrator.sweeps import SweepConfig, register_context
+from orchestrator.sweeps.refine import select_candidates
+from orchestrator.sweeps.sweep import screening_search
+from pruning.structure import PruningSpace
+from search_spaces import SpaceContext
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def _config(tmp_path, **sweep) -> SweepConfig:
+    return SweepConfig.from_dict({
+        "checkpoint": str(tmp_path / "base.pt"), "run_dir": str(tmp_path / "run"),
+        "space": {"name": "uniform", "criteria": ["l1", "fpgm"], "flops_reduction": [0.2, 0.8]},
+        "sweep": {"seed": 0, **sweep},
+    })
+
+
+def _suggestions(config, context, count: int) -> list[dict]:
+    search = screening_search(config, config.space.create(), context, "warm-key", ())
+    with register_context("warm-key", context):
+        return [search.suggest(f"t{i}") for i in range(count)]
+
+
+@pytest.fixture
+def context(tiny_resnet, example_input) -> SpaceContext:
+    return SpaceContext(space=PruningSpace.build(tiny_resnet, example_input))
+
+
+def test_the_first_trials_are_the_warm_starts_then_optuna_samples(tmp_path, context):
+    config = _config(tmp_path, trials=8)
+    starts = config.space.create().warm_starts(context)
+    assert len(starts) == 6  # 2 criteria x 3 targets
+    configs = _suggestions(config, context, 8)
+    assert [{k: v for k, v in c.items() if not k.startswith("_")} for c in configs[:6]] == starts
+    assert [c["_trial_number"] for c in configs] == list(range(8))
+    assert all(c["_stage"] == "screen" for c in configs)
+    sampled = [{k: v for k, v in c.items() if not k.startswith("_")} for c in configs[6:]]
+    assert all(s not in starts and set(s) == set(starts[0]) for s in sampled)
+
+
+def test_warm_starts_count_towards_trials_and_can_be_switched_off(tmp_path, context):
+    starts = _config(tmp_path).space.create().warm_starts(context)
+    # 4 trials: the first 4 warm starts only
+    four = _suggestions(_config(tmp_path, trials=4), context, 4)
+    assert [{k: v for k, v in c.items() if not k.startswith("_")} for c in four] == starts[:4]
+    off = _suggestions(_config(tmp_path, trials=4, warm_start=False), context, 4)
+    assert not any({k: v for k, v in c.items() if not k.startswith("_")} in starts for c in off)
+
+
+def test_candidates_spread_over_the_front_then_the_next_layers():
+    objectives = {"accuracy": "max", "macs": "min"}
+    front = [{"accuracy": 0.5 + 0.05 * i, "macs": 10.0 + i, "params": {"i": i}} for i in range(5)]
+    dominated = [{"accuracy": 0.4, "macs": 12.5, "params": {"i": 10}}, {"accuracy": 0.3, "macs": 14.0, "params": {"i": 11}}]
+    infeasible = [{"accuracy": 0.99, "macs": 1.0, "feasible": False, "params": {"i": 12}}]
+    points = [*dominated, *front, *infeasible]
+
+    def chosen(count, pool=points):
+        return [pool[i]["params"]["i"] for i in select_candidates(pool, objectives, count)]
+
+    # evenly spaced MACs quantiles of the front: cheapest, middle, most expensive
+    assert chosen(3) == [0, 2, 4]
+    assert chosen(2) == [0, 4] and chosen(1) == [2]
+    # the front (5) is taken whole, then the next non-dominated layer fills up; infeasible never
+    assert chosen(6)[:5] == [0, 1, 2, 3, 4] and chosen(6)[5] in (10, 11)
+    assert sorted(chosen(9)) == [0, 1, 2, 3, 4, 10, 11]
+    # repeated params are refined once
+    assert chosen(2, [front[0], dict(front[0]), front[4]]) == [0, 4]
+    assert select_candidates(points, objectives, 0) == []
+
+
+def test_sweep_accepts_verbose():
+    args = cli.build_parser().parse_args(["sweep", "--config", "x.yaml", "--verbose"])
+    assert args.verbose is True
+    assert cli.build_parser().parse_args(["sweep", "--config", "x.yaml"]).verbose is False
