@@ -6,10 +6,11 @@ w_l = (1 - IC_l) ** temperature; 0 is uniform, larger concentrates pruning on th
 informative layers), plus the shared ones. Layer ratios are min(cap, s * w_l) with s fitted to
 the target (``pruning.planning.concentration_weights`` + the proportional allocation).
 
-Warm starts: plain information concentration (``temperature`` 1, the weights of
-``prunesweep prune --ratios concentration``) at ``alpha`` 0, 0.5 and 1, each at
-:data:`~search_spaces.WARM_START_QUANTILES` of the target range, with the first criterion and no
-fine-tuning (values clipped into the space's ranges).
+Warm starts, each at :data:`~search_spaces.WARM_START_QUANTILES` of the target range with no
+fine-tuning (values clipped into the space's ranges): first uniform ratios (``temperature`` 0)
+for every criterion — the strongest one-shot pipeline measured (docs/benchmarks.md) — then plain
+information concentration (``temperature`` 1, the weights of ``prunesweep prune --ratios
+concentration``) at ``alpha`` 0, 0.5 and 1 with the first criterion.
 
 Three parameters whatever the depth: the space that scales to deep nets. Needs the unpruned
 model's activation statistics in ``SpaceContext.stats``.
@@ -66,13 +67,18 @@ class ConcentrationSpace(SearchSpace):
         self._define_shared(trial)
 
     def warm_starts(self, context: SpaceContext) -> list[dict[str, Any]]:
-        temperature = _clip(PLAIN_TEMPERATURE, self.temperature)
-        return [
-            {"flops_reduction": target, "alpha": alpha, "temperature": temperature,
-             **self._warm_shared(self.criteria[0])}
-            for alpha in _unique([_clip(a, self.alpha) for a in WARM_ALPHAS])
-            for target in self._warm_targets(self.flops_reduction)
+        targets = self._warm_targets(self.flops_reduction)
+        uniform = [
+            {"flops_reduction": target, "alpha": _clip(WARM_ALPHAS[1], self.alpha),
+             "temperature": _clip(0.0, self.temperature), **self._warm_shared(criterion)}
+            for criterion in self.criteria for target in targets
         ]
+        plain = [
+            {"flops_reduction": target, "alpha": alpha, "temperature": _clip(PLAIN_TEMPERATURE, self.temperature),
+             **self._warm_shared(self.criteria[0])}
+            for alpha in _unique([_clip(a, self.alpha) for a in WARM_ALPHAS]) for target in targets
+        ]
+        return uniform + plain
 
     def to_plan(self, params: Mapping[str, Any], context: SpaceContext) -> TrialPlan:
         self._require_stats(context)

@@ -251,10 +251,15 @@ def test_warm_starts_are_the_one_shot_schedules(contexts):
     assert [(s["criterion"], s["flops_reduction"]) for s in starts] == [
         (c, t) for c in ("l1", "fpgm") for t in (0.5, 0.6, 0.7)]
     assert all(s["finetune_epochs"] == 0 for s in starts)
-    concentration = create_search_space("concentration", alpha=(0.2, 1.0), temperature=(0.0, 0.5))
+    concentration = create_search_space("concentration", criteria=["l1", "fpgm"], alpha=(0.2, 1.0),
+                                        temperature=(0.0, 0.5))
     starts = concentration.warm_starts(context)
-    assert sorted({s["alpha"] for s in starts}) == [0.2, 0.5, 1.0]  # 0 clipped into the range
-    assert {s["temperature"] for s in starts} == {0.5}  # plain IC (1.0), clipped
+    uniform_ratios = [s for s in starts if s["temperature"] == 0.0]  # temperature 0: uniform ratios
+    assert [s["criterion"] for s in uniform_ratios] == ["l1"] * 3 + ["fpgm"] * 3
+    assert starts[:6] == uniform_ratios  # the strongest one-shot schedules first
+    plain = starts[6:]
+    assert sorted({s["alpha"] for s in plain}) == [0.2, 0.5, 1.0]  # 0 clipped into the range
+    assert {s["temperature"] for s in plain} == {0.5} and {s["criterion"] for s in plain} == {"l1"}
     assert {s["tau"] for s in create_search_space("snpfi").warm_starts(context)} == {0.95}
     per_layer = create_search_space("per_layer").warm_starts(context)
     for start in per_layer:  # one ratio in every layer
