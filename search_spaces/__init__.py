@@ -17,6 +17,7 @@ from search_spaces import uniform  # noqa: F401  (registers uniform)
 from search_spaces import per_layer  # noqa: F401  (registers per_layer)
 from search_spaces import concentration  # noqa: F401  (registers concentration)
 from search_spaces import snpfi  # noqa: F401  (registers snpfi)
+from search_spaces import stages  # noqa: F401  (registers stages)
 
 __all__ = [
     "WARM_START_QUANTILES",

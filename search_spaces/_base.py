@@ -20,6 +20,9 @@ Contract (checked for every registered space by ``tests/search_spaces/test_space
 * :meth:`SearchSpace.warm_starts` (optional; default: none) lists the one-shot schedules in the
   space's own parameters: complete param dicts, inside the space's bounds, deterministic, that
   :meth:`SearchSpace.to_plan` accepts. A sweep runs them as its first trials.
+* :attr:`SearchSpace.needs_stats` / :attr:`SearchSpace.needs_utilization` (optional; default
+  False) say whether :meth:`SearchSpace.to_plan` reads ``SpaceContext.stats`` / ``utilization``,
+  so that a sweep computes them only when its space (with its options) or a criterion needs them.
 * :meth:`SearchSpace.check_feasible` rejects plans before any training: it returns ``None`` for a
   plan whose channel counts can be planned and whose MAC reduction lies within ``flops_bounds``
   (and, for a FLOPs-targeted plan, within :data:`~pruning.planning.FLOPS_TOLERANCE` of the
@@ -254,6 +257,18 @@ class SearchSpace(ABC):
         trial.suggest_float("finetune_lr", *self.finetune_lr, log=True)
         trial.suggest_int("finetune_epochs", *self.finetune_epochs)
         trial.suggest_float("weight_decay", *self.weight_decay, log=True)
+
+    @property
+    def needs_stats(self) -> bool:
+        """Whether this space (with its options) reads ``SpaceContext.stats``: a sweep computes the
+        activation statistics of the unpruned model for it. Optional hook; default: False."""
+        return False
+
+    @property
+    def needs_utilization(self) -> bool:
+        """Whether this space reads ``SpaceContext.utilization`` (SNPFI curves). Optional hook;
+        default: False."""
+        return False
 
     def warm_starts(self, context: SpaceContext) -> list[dict[str, Any]]:
         """The one-shot schedules expressed in this space's parameters: complete param dicts (every

@@ -52,6 +52,10 @@ class ConcentrationSpace(SearchSpace):
     def _own_options(self) -> dict[str, Any]:
         return {"flops_reduction": self.flops_reduction, "alpha": self.alpha, "temperature": self.temperature}
 
+    @property
+    def needs_stats(self) -> bool:
+        return True
+
     def _require_stats(self, context: SpaceContext) -> None:
         if context.stats is None:
             raise ValueError(

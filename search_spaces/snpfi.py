@@ -45,6 +45,10 @@ class SnpfiSpace(SearchSpace):
     def _own_options(self) -> dict[str, Any]:
         return {"tau": self.tau}
 
+    @property
+    def needs_utilization(self) -> bool:
+        return True
+
     def _curves(self, context: SpaceContext) -> dict[str, torch.Tensor]:
         """The utilization curve of every group the strategy may prune, checked."""
         if context.utilization is None:

@@ -43,21 +43,36 @@ def contexts(tiny_resnet, example_input, calibration_batches) -> dict[str, Space
     }
 
 
+#: every registered space with its defaults, plus the option sets that change its parameters
+VARIANTS = [(name, {}) for name in list_search_spaces()] + [
+    ("per_layer", {"prior": "uniform"}), ("per_layer", {"prior": "concentration"}),
+]
+VARIANT_IDS = [name + "".join(f"-{k}={v}" for k, v in options.items()) for name, options in VARIANTS]
+
+
 def _study() -> optuna.Study:
     return optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
 
 
 def test_all_spaces_registered():
-    assert set(list_search_spaces()) >= {"uniform", "per_layer", "concentration", "snpfi"}
+    assert set(list_search_spaces()) >= {"uniform", "per_layer", "concentration", "snpfi", "stages"}
     for name in list_search_spaces():
         assert search_space_class(name).name == name
 
 
+def test_spaces_declare_what_context_they_read():
+    needs = {name: (create_search_space(name).needs_stats, create_search_space(name).needs_utilization)
+             for name in list_search_spaces()}
+    assert needs["concentration"] == (True, False) and needs["snpfi"] == (False, True)
+    assert needs["uniform"] == needs["stages"] == needs["per_layer"] == (False, False)
+    assert create_search_space("per_layer", prior="concentration").needs_stats
+
+
 @pytest.mark.parametrize("strategy", ["full", "inner"])
-@pytest.mark.parametrize("name", list_search_spaces())
-def test_space_samples_valid_plans(name, strategy, contexts):
+@pytest.mark.parametrize("name, options", VARIANTS, ids=VARIANT_IDS)
+def test_space_samples_valid_plans(name, options, strategy, contexts):
     context = contexts[strategy]
-    space = create_search_space(name)
+    space = create_search_space(name, **options)
     study = _study()
     feasible = 0
     names = None
@@ -173,6 +188,12 @@ def test_snpfi_sparsity_from_curves(contexts):
         ("concentration", {"alpha": (-0.1, 0.5)}, "alpha"),
         ("concentration", {"temperature": (2.0, 1.0)}, "temperature"),
         ("snpfi", {"tau": (0.0, 0.9)}, "tau"),
+        ("per_layer", {"prior": "bogus"}, "prior"),
+        ("per_layer", {"multiplier": (0.0, 1.5)}, "multiplier"),
+        ("stages", {"stages": 0}, "stages"),
+        ("stages", {"stages": "4"}, "stages"),
+        ("stages", {"stage_weight": (0.0, 0.0)}, "stage_weight"),
+        ("stages", {"stage_weight": (0.5, 1.5)}, "stage_weight"),
     ],
 )
 def test_bad_options_name_the_option(name, options, option):
@@ -216,13 +237,13 @@ def test_example_yaml_lists_every_option_with_its_default(name):
 
 
 @pytest.mark.parametrize("strategy", ["full", "inner"])
-@pytest.mark.parametrize("name", list_search_spaces())
-def test_warm_starts_are_complete_params_within_bounds(name, strategy, contexts):
+@pytest.mark.parametrize("name, options", VARIANTS, ids=VARIANT_IDS)
+def test_warm_starts_are_complete_params_within_bounds(name, options, strategy, contexts):
     context = contexts[strategy]
-    space = create_search_space(name, criteria=["l1", "fpgm"])
+    space = create_search_space(name, criteria=["l1", "fpgm"], **options)
     starts = space.warm_starts(context)
     assert starts, f"space {name!r} lists no warm start"
-    assert starts == create_search_space(name, criteria=["l1", "fpgm"]).warm_starts(context)  # deterministic
+    assert starts == create_search_space(name, criteria=["l1", "fpgm"], **options).warm_starts(context)  # deterministic
     assert len({tuple(sorted(s.items())) for s in starts}) == len(starts)  # no repeats
     sampled = _study().ask()
     space.define(sampled, context)
