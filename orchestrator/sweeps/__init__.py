@@ -1,5 +1,5 @@
 """Sweeps and comparisons: configs, the baseline, trials, the Tune/Optuna runner, Pareto fronts and
-MLflow tracking. Modules: ``config`` / ``compare_config`` / ``checks`` (configs), ``baseline``
+MLflow tracking. Modules: ``config`` / ``config_file`` / ``compare_config`` / ``checks`` (configs), ``baseline``
 (prepared once on the driver), ``trials`` (trial bodies), ``search`` (Optuna), ``runner`` (Ray and
 Tune plumbing), ``sweep`` / ``compare`` (the two drivers), ``results`` (the front), ``front``
 (dominance, hypervolume, plot, table), ``tracking`` / ``callback`` (MLflow)."""
@@ -14,8 +14,8 @@ from orchestrator.sweeps.config import (
     TrackingSettings,
     dump_sweep_config,
     flatten,
-    load_sweep_config,
 )
+from orchestrator.sweeps.config_file import load_sweep_config
 from orchestrator.sweeps.compare_config import CompareConfig
 from orchestrator.sweeps.tracking import (
     TAG_CHECKPOINT,

@@ -13,7 +13,7 @@ A sweep config is one YAML file (see ``search_spaces/resnet20_fmnist.yaml``)::
     tracking: {uri: null, experiment: prunesweep}
     run_dir:  null                   # default: runs/sweeps/<name>
 
-:func:`load_sweep_config` reads it, :meth:`SweepConfig.from_dict` validates it: an unknown key or
+:func:`~orchestrator.sweeps.config_file.load_sweep_config` reads it, :meth:`SweepConfig.from_dict` validates it: an unknown key or
 an out-of-range value anywhere raises a one-line :class:`ConfigError` naming the key path (e.g.
 ``sweep.trails: unknown key; valid: trials, concurrency, ...``), before anything runs. The
 resolved config (:meth:`SweepConfig.to_dict`) has every default filled in, relative paths made
@@ -22,8 +22,6 @@ again gives the same config, which is how ``prunesweep sweep --resume`` reads a 
 """
 from __future__ import annotations
 
-import os
-import re
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
@@ -60,7 +58,6 @@ __all__ = [
     "SAMPLERS",
     "OBJECTIVES",
     "RESOLVED_CONFIG_FILE",
-    "load_sweep_config",
     "dump_sweep_config",
     "flatten",
 ]
@@ -342,47 +339,6 @@ class SweepConfig:
 
     def to_yaml(self) -> str:
         return dump_sweep_config(self)
-
-
-def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
-    *parents, leaf = dotted.split(".")
-    node = data
-    for part in parents:
-        child = node.get(part)
-        if child is None:
-            child = node[part] = {}
-        elif not isinstance(child, dict):
-            raise ConfigError(part, f"must be a mapping, got {child!r}")
-        node = child
-    node[leaf] = value
-
-
-def load_sweep_config(path: str | os.PathLike, overrides: Mapping[str, Any] | None = None) -> SweepConfig:
-    """Read a YAML sweep config; ``overrides`` maps dotted keys (``sweep.trials``) to values.
-
-    The default sweep name is the file's stem. Raises :class:`ConfigError` (one line).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError("config", f"file {str(path)!r} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        first = " ".join(str(err).split())
-        raise ConfigError("config", f"{str(path)!r} is not valid YAML ({first})") from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError("config", f"{str(path)!r} must hold a mapping, got {type(data).__name__}")
-    for dotted, value in (overrides or {}).items():
-        if value is not None:
-            _set_dotted(data, dotted, value)
-    return SweepConfig.from_dict(data, default_name=_default_name(path))
-
-
-def _default_name(path: Path) -> str:
-    stem = re.sub(r"[^A-Za-z0-9_.-]", "-", path.stem).lstrip("._-")
-    return stem or "sweep"
 
 
 def dump_sweep_config(config: SweepConfig) -> str:

@@ -75,11 +75,14 @@ def start_parent_run(tracker: Tracker, name: str, config: Mapping[str, Any], tex
 
 @contextlib.contextmanager
 def _tune_environment(progress: bool) -> Iterator[None]:
-    """Frequent experiment snapshots; Tune's console output on stderr (stdout stays clean)."""
+    """Frequent experiment snapshots; Tune's console output on stderr (stdout stays clean), none
+    without ``progress`` (Tune prints its experiment heading whatever its verbosity)."""
     previous = os.environ.get("TUNE_GLOBAL_CHECKPOINT_S")
     os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = previous or SNAPSHOT_PERIOD_S
     try:
-        with contextlib.redirect_stdout(sys.stderr):
+        with contextlib.ExitStack() as stack:
+            sink = sys.stderr if progress else stack.enter_context(open(os.devnull, "w"))
+            stack.enter_context(contextlib.redirect_stdout(sink))
             yield
     finally:
         if previous is None:

@@ -37,7 +37,8 @@ from typing import Any, Collection
 
 from orchestrator.sweeps.baseline import load_or_compute_extras, prepare_baseline, say
 from orchestrator.sweeps.checks import ConfigError
-from orchestrator.sweeps.config import RESOLVED_CONFIG_FILE, SweepConfig, dump_sweep_config, load_sweep_config
+from orchestrator.sweeps.config import RESOLVED_CONFIG_FILE, SweepConfig, dump_sweep_config
+from orchestrator.sweeps.config_file import load_sweep_config
 from orchestrator.sweeps.results import SweepResult, finalize_sweep
 from orchestrator.sweeps.runner import (
     EXPERIMENT_NAME,

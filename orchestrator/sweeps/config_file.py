@@ -1,0 +1,56 @@
+"""Reading a sweep config file: YAML parsing, ``--trials``-style dotted overrides, the default
+name (the file's stem); validation is :meth:`~orchestrator.sweeps.config.SweepConfig.from_dict`'s."""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from orchestrator.sweeps.checks import ConfigError
+from orchestrator.sweeps.config import SweepConfig
+
+__all__ = ["load_sweep_config"]
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = data
+    for part in parents:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        elif not isinstance(child, dict):
+            raise ConfigError(part, f"must be a mapping, got {child!r}")
+        node = child
+    node[leaf] = value
+
+
+def load_sweep_config(path: str | os.PathLike, overrides: Mapping[str, Any] | None = None) -> SweepConfig:
+    """Read a YAML sweep config; ``overrides`` maps dotted keys (``sweep.trials``) to values.
+
+    The default sweep name is the file's stem. Raises :class:`ConfigError` (one line).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("config", f"file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        first = " ".join(str(err).split())
+        raise ConfigError("config", f"{str(path)!r} is not valid YAML ({first})") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError("config", f"{str(path)!r} must hold a mapping, got {type(data).__name__}")
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            _set_dotted(data, dotted, value)
+    return SweepConfig.from_dict(data, default_name=_default_name(path))
+
+
+def _default_name(path: Path) -> str:
+    stem = re.sub(r"[^A-Za-z0-9_.-]", "-", path.stem).lstrip("._-")
+    return stem or "sweep"
