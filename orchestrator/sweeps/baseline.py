@@ -123,11 +123,12 @@ def compute_utilization_curves(model: nn.Module, space, strategy: str, batches, 
     }
 
 
-def needs_statistics(criteria: Sequence[str], space_name: str | None = None) -> tuple[bool, bool]:
-    """(statistics needed, CHIP statistics needed) for these criteria and space."""
+def needs_statistics(criteria: Sequence[str], space_needs_stats: bool = False) -> tuple[bool, bool]:
+    """(statistics needed, CHIP statistics needed) for these criteria and a search space that
+    does (``SearchSpace.needs_stats``) or does not read the statistics itself."""
     from pruning.criteria import criterion_class
 
-    needs = space_name == "concentration" or any(criterion_class(c).needs_stats for c in criteria)
+    needs = space_needs_stats or any(criterion_class(c).needs_stats for c in criteria)
     return needs, "chip" in criteria
 
 
@@ -135,8 +136,7 @@ def load_or_compute_extras(
     setup: BaselineSetup,
     folder: Path,
     *,
-    criteria: Sequence[str],
-    space_name: str | None,
+    space,
     strategy: str,
     workers: int,
     cpus_per_worker: float,
@@ -148,7 +148,7 @@ def load_or_compute_extras(
     from pruning.statistics import ActivationStats
     from pruning.utils import atomic_write
 
-    needs, chip = needs_statistics(criteria, space_name)
+    needs, chip = needs_statistics(space.criteria, space.needs_stats)
     stats = utilization = None
     if needs:
         path = folder / "stats.pt"
@@ -160,7 +160,7 @@ def load_or_compute_extras(
                                                 cpus_per_worker=cpus_per_worker, progress=progress)
             folder.mkdir(parents=True, exist_ok=True)
             stats.save(path)
-    if space_name == "snpfi":
+    if space.needs_utilization:
         path = folder / "utilization.pt"
         if path.is_file():
             utilization = torch.load(path, weights_only=True)

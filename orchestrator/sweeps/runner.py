@@ -45,14 +45,15 @@ def check_tracking_reachable(tracking_uri: str) -> None:
 
 
 @contextlib.contextmanager
-def ray_connection(address: str | None, progress: bool) -> Iterator[None]:
+def ray_connection(address: str | None, log_to_driver: bool) -> Iterator[None]:
     """Join ``address``, or start Ray locally, unless it is already initialised (then reuse it);
-    a Ray started here is shut down on exit."""
+    a Ray started here is shut down on exit. ``log_to_driver``: the Ray workers' own output
+    (Tune's per-checkpoint lines) on this console; a failed trial's error reaches MLflow anyway."""
     import ray
 
     from orchestrator.distributed import connect
 
-    connection = connect(address, log_to_driver=progress)
+    connection = connect(address, log_to_driver=log_to_driver)
     try:
         yield
     finally:

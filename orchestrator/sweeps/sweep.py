@@ -109,9 +109,9 @@ def run_sweep(
     text = dump_sweep_config(config)
     if not resume:
         atomic_write(Path(config.run_dir) / RESOLVED_CONFIG_FILE, lambda tmp: tmp.write_text(text))
-    with ray_connection(address, progress):
+    with ray_connection(address, verbose):
         stats, utilization = load_or_compute_extras(
-            setup, Path(config.run_dir) / "baseline", criteria=space.criteria, space_name=config.space.name,
+            setup, Path(config.run_dir) / "baseline", space=space,
             strategy=config.space.strategy, workers=config.sweep.concurrency,
             cpus_per_worker=config.sweep.cpus_per_trial, seed=config.sweep.seed, progress=progress,
         )
