@@ -168,3 +168,13 @@ def test_pure_distillation_leaves_a_copy_of_the_teacher_unchanged(data):
     cross_entropy = copy.deepcopy(teacher)
     train(cross_entropy, loader, TrainConfig(lr=0.1, weight_decay=0.0, momentum=0.0), progress=False)
     assert not all(torch.allclose(a, b, atol=1e-6) for a, b in zip(teacher.parameters(), cross_entropy.parameters()))
+
+
+def test_a_distillation_weight_of_zero_is_plain_cross_entropy(data, teacher):
+    """With distill 0 the teacher is never consulted: the weights equal those trained without one."""
+    with_teacher, without = copy.deepcopy(teacher), copy.deepcopy(teacher)
+    config = TrainConfig(distill=0.0, lr=0.05)
+    train(with_teacher, data.calibration, config, progress=False, teacher=teacher)
+    train(without, data.calibration, config, progress=False)
+    assert _same(_state(with_teacher), _state(without))
+    assert not _same(_state(with_teacher), _state(teacher))
