@@ -90,14 +90,9 @@ def put_shared(setup: BaselineSetup, stats, utilization) -> SharedRefs:
 
 
 def _rebuild_model(spec_json: str, state: Mapping[str, torch.Tensor]) -> nn.Module:
-    from pruning.models import create_model
-    from pruning.structure import ModelSpec, apply_widths
+    from pruning.structure import ModelSpec, rebuild_model
 
-    spec = ModelSpec.from_json(spec_json)
-    model = create_model(spec.name, num_classes=spec.num_classes, in_channels=spec.in_channels)
-    apply_widths(model, spec.widths)
-    model.load_state_dict(state, strict=True)
-    return model.eval()
+    return rebuild_model(ModelSpec.from_json(spec_json), state)
 
 
 def _prune_and_recover(model, space, shape, criterion_name: str, pruning_config, ratio_weights, batches, stats,

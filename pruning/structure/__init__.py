@@ -23,6 +23,7 @@ from pruning.structure.checkpoint import (  # noqa: F401
     save_checkpoint,
     read_checkpoint,
     load_checkpoint,
+    rebuild_model,
     check_fits,
 )
 from pruning.structure.measure import (  # noqa: F401
@@ -55,6 +56,7 @@ __all__ = [
     "save_checkpoint",
     "read_checkpoint",
     "load_checkpoint",
+    "rebuild_model",
     "check_fits",
     "InputShape",
     "ModelCost",

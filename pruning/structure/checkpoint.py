@@ -14,7 +14,7 @@ import os
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from torch import nn
@@ -149,18 +149,26 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module | None = None) -> 
     For a registered model it may be omitted; if given, it must be the same architecture.
     """
     spec, state = read_checkpoint(path)
-    if model is None:
-        if spec.name is None:
-            raise CheckpointError(f"{str(path)!r} holds a custom model: pass an instance of it as `model`")
-        model = create_model(spec.name, num_classes=spec.num_classes, in_channels=spec.in_channels)
-    apply_widths(model, spec.widths)
+    if model is None and spec.name is None:
+        raise CheckpointError(f"{str(path)!r} holds a custom model: pass an instance of it as `model`")
     try:
-        model.load_state_dict(state, strict=True)
+        model = rebuild_model(spec, state, model)
     except RuntimeError as err:
         what = f"model {spec.name!r}" if spec.name else "a different model"
         detail = str(err).strip().splitlines()[1].strip() if len(str(err).splitlines()) > 1 else str(err)
         raise CheckpointError(f"checkpoint {str(path)!r} is for {what} and does not fit: {detail}") from None
-    return model.eval(), spec
+    return model, spec
+
+
+def rebuild_model(spec: ModelSpec, state: Mapping[str, torch.Tensor], model: nn.Module | None = None) -> nn.Module:
+    """The model of ``spec`` (a fresh registered one, or ``model``) resized to the recorded
+    widths, with ``state`` loaded strictly, in eval mode; ``load_state_dict``'s RuntimeError
+    when the weights do not fit."""
+    if model is None:
+        model = create_model(spec.name, num_classes=spec.num_classes, in_channels=spec.in_channels)
+    apply_widths(model, spec.widths)
+    model.load_state_dict(state, strict=True)
+    return model.eval()
 
 
 def check_fits(model: nn.Module, spec: ModelSpec, splits: Any) -> tuple[int, int, int]:
