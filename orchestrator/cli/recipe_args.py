@@ -77,17 +77,10 @@ def recipe_from_args(args: argparse.Namespace):
     """The :class:`~pruning.recovery.RecoveryRecipe` of parsed arguments (``--batch-size`` and
     ``--seed`` where the command has them); invalid values raise
     :class:`~pruning.errors.InputError` naming the option."""
-    from pruning.recovery import RecoveryRecipe
+    from pruning.recovery import RecipeError, RecoveryRecipe
 
     given = {name: getattr(args, name) for name in RECIPE_OPTIONS if hasattr(args, name)}
     try:
         return RecoveryRecipe(**given)
-    except InputError as err:
-        raise InputError(_with_option_names(str(err))) from err
-
-
-def _with_option_names(message: str) -> str:
-    """The recipe's message (``recipe bn_batches must be ...``) in the command line's words."""
-    for name, option in RECIPE_OPTIONS.items():
-        message = message.replace(f"recipe {name} ", f"{option} ")
-    return message
+    except RecipeError as err:
+        raise InputError(f"{RECIPE_OPTIONS[err.field]} {err.reason}") from err

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from pruning.errors import InputError
-from pruning.recovery import RecoveryRecipe
+from pruning.recovery import RecipeError, RecoveryRecipe
 
 __all__ = [
     "ConfigError", "check_int", "check_number", "check_string", "check_choice", "check_mapping",
@@ -125,13 +125,8 @@ def recipe_from_section(data: Any, seed_key: str, key: str = "recipe") -> Recove
     check_keys(f"{key}.", data, _RECIPE_KEYS, {"seed": seed_key})
     try:
         return RecoveryRecipe.from_dict(data)
-    except InputError as err:
-        # RecoveryRecipe names the field as "recipe <field> ...": name its key path instead
-        message = str(err)
-        name = next((k for k in sorted(data, key=len, reverse=True) if message.startswith(f"recipe {k} ")), None)
-        if name is None:
-            raise ConfigError(key, message) from None
-        raise ConfigError(f"{key}.{name}", message[len(f"recipe {name} "):]) from None
+    except RecipeError as err:
+        raise ConfigError(f"{key}.{err.field}", err.reason) from None
 
 
 def recipe_section(recipe: RecoveryRecipe) -> dict[str, Any]:

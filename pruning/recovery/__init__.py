@@ -9,6 +9,7 @@ from pruning.recovery.reconstruction import (  # noqa: F401
 from pruning.recovery.recipe import (  # noqa: F401
     BN_DATA,
     STAGES,
+    RecipeError,
     RecoveryData,
     RecoveryRecipe,
     RecoveryResult,
@@ -23,6 +24,7 @@ __all__ = [
     "reconstruct_consumers",
     "BN_DATA",
     "STAGES",
+    "RecipeError",
     "RecoveryData",
     "RecoveryRecipe",
     "RecoveryResult",

@@ -34,11 +34,21 @@ from pruning.pipeline import PruneOutcome
 from pruning.recovery.reconstruction import ReconstructionReport, consumers_of, kept_outputs_of, reconstruct_consumers
 from pruning.training import TrainConfig, evaluate, recalibrate_bn, train
 
-__all__ = ["BN_DATA", "STAGES", "RecoveryRecipe", "RecoveryData", "RecoveryResult", "recover", "recovery_data_for"]
+__all__ = ["BN_DATA", "STAGES", "RecipeError", "RecoveryRecipe", "RecoveryData", "RecoveryResult", "recover", "recovery_data_for"]
 
 BN_DATA = ("train", "calibration")
 #: stage names, in the order they run; ``pruned`` is the accuracy before any of them
 STAGES = ("pruned", "reconstructed", "bn_recalibrated", "finetuned")
+
+
+class RecipeError(InputError):
+    """An invalid recipe value: ``field`` names it and ``reason`` says what is wrong, so that a
+    caller can name the field in its own words (a command-line option, a config key path)."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"recipe {field} {reason}")
+        self.field = field
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -68,19 +78,19 @@ class RecoveryRecipe:
             _check_int("finetune_subset", self.finetune_subset, 1)
         for name in ("reconstruct", "finetune_augment"):
             if not isinstance(getattr(self, name), bool):
-                raise InputError(f"recipe {name} must be true or false, got {getattr(self, name)!r}")
+                raise RecipeError(name, f"must be true or false, got {getattr(self, name)!r}")
         if self.bn_data not in BN_DATA:
-            raise InputError(f"recipe bn_data {self.bn_data!r} is unknown; valid: {', '.join(BN_DATA)}")
+            raise RecipeError("bn_data", f"{self.bn_data!r} is unknown; valid: {', '.join(BN_DATA)}")
         if not self.ridge >= 0:
-            raise InputError(f"recipe ridge must be >= 0, got {self.ridge}")
+            raise RecipeError("ridge", f"must be >= 0, got {self.ridge}")
         if not self.finetune_lr > 0:
-            raise InputError(f"recipe finetune_lr must be > 0, got {self.finetune_lr}")
+            raise RecipeError("finetune_lr", f"must be > 0, got {self.finetune_lr}")
         if not self.weight_decay >= 0:
-            raise InputError(f"recipe weight_decay must be >= 0, got {self.weight_decay}")
+            raise RecipeError("weight_decay", f"must be >= 0, got {self.weight_decay}")
         if not 0 <= self.distill <= 1:
-            raise InputError(f"recipe distill must be in [0, 1], got {self.distill}")
+            raise RecipeError("distill", f"must be in [0, 1], got {self.distill}")
         if not self.temperature > 0:
-            raise InputError(f"recipe temperature must be > 0, got {self.temperature}")
+            raise RecipeError("temperature", f"must be > 0, got {self.temperature}")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "RecoveryRecipe":
@@ -104,7 +114,7 @@ class RecoveryRecipe:
 def _check_int(name: str, value: Any, low: int | None) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or (low is not None and value < low):
         bound = f" >= {low}" if low is not None else ""
-        raise InputError(f"recipe {name} must be an integer{bound}, got {value!r}")
+        raise RecipeError(name, f"must be an integer{bound}, got {value!r}")
 
 
 @dataclass(frozen=True)
