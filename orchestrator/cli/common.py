@@ -1,6 +1,6 @@
 """What several commands do on top of ``pruning``'s public API: the data config of a command,
-loading a checkpoint that fits its dataset, measuring cost and latency, and the activation
-statistics pass in-process or on ``--workers`` Ray actors.
+loading a checkpoint (or a ``--model`` with ``--weights``) that fits its dataset, measuring cost
+and latency, and the activation statistics pass in-process or on ``--workers`` Ray actors.
 
 Imported by the commands' ``run`` only (it imports torch), never when the parser is built.
 """
@@ -14,11 +14,11 @@ from torch import nn
 
 from orchestrator import distributed
 from pruning.data import DataConfig, DataSplits, load_data, make_loader
-from pruning.structure import ModelSpec, check_fits, load_checkpoint, measure_cost, measure_latency
+from pruning.structure import ModelSpec, check_fits, load_checkpoint, measure_cost, measure_latency, model_for_data
 
 __all__ = [
-    "LATENCY_BATCHES", "Loaded", "collect_stats", "distribute_criterion", "load_fitting", "make_data_config",
-    "make_test_loader", "measure", "ray_network",
+    "LATENCY_BATCHES", "Loaded", "collect_stats", "distribute_criterion", "load_fitting", "load_model_option",
+    "make_data_config", "make_test_loader", "measure", "model_source", "ray_network",
 ]
 
 LATENCY_BATCHES = (1, 64)
@@ -52,12 +52,50 @@ def make_data_config(args: argparse.Namespace, base: dict[str, Any] | None = Non
     return DataConfig(**fields)
 
 
-def load_fitting(args: argparse.Namespace) -> Loaded:
+def load_fitting(args: argparse.Namespace, prunable: bool = True) -> Loaded:
     """``--checkpoint`` and its data (the checkpoint's data config with the command line's
-    overrides), refused when the model does not fit the dataset."""
+    overrides), refused when the model does not fit the dataset; or ``--model`` (with
+    ``--weights`` and ``--model-kwargs``) built for ``--dataset``, refused up front when it does
+    not fit or (``prunable``, for an external model) the pruning engine cannot handle it."""
+    from orchestrator.cli.options import check_model_source
+
+    check_model_source(args)
+    if args.checkpoint is None:
+        return load_model_option(args, prunable)
     model, spec = load_checkpoint(args.checkpoint)
     splits = load_data(make_data_config(args, spec.meta.get("data")))
     return Loaded(model, spec, splits, check_fits(model, spec, splits))
+
+
+def model_source(args: argparse.Namespace) -> tuple[dict[str, Any], dict | None]:
+    """``(--model-kwargs, the --weights state_dict or None)``, after checking ``--model``'s
+    name and options: what fails before any data is loaded."""
+    from orchestrator.cli.options import check_model_source, model_kwargs
+    from pruning.models import check_model_name, read_weights
+
+    check_model_source(args)
+    kwargs = model_kwargs(args)
+    check_model_name(args.model, kwargs)
+    return kwargs, (read_weights(args.weights) if args.weights is not None else None)
+
+
+def load_model_option(args: argparse.Namespace, prunable: bool = True) -> Loaded:
+    """``--model`` built for ``--dataset`` (see :func:`load_fitting`); its spec's meta records
+    the data config and the weights file."""
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from pruning.models import is_external
+
+    kwargs, state = model_source(args)
+    config = make_data_config(args)
+    splits = load_data(config)
+    meta: dict[str, Any] = {"data": asdict(config)}
+    if args.weights is not None:
+        meta["weights"] = str(Path(args.weights).absolute())
+    model, spec, shape = model_for_data(args.model, splits, weights=state, kwargs=kwargs, meta=meta,
+                                        prunable=prunable and is_external(args.model), weights_name=args.weights)
+    return Loaded(model, spec, splits, shape)
 
 
 def make_test_loader(splits: DataSplits):

@@ -5,9 +5,10 @@ import argparse
 import time
 from pathlib import Path
 
-from orchestrator.cli.options import add_output, add_ray_network
+from orchestrator.cli.options import add_model_source, add_output, add_ray_network
 from orchestrator.cli.recipe_args import add_recipe_arguments, recipe_from_args
 from orchestrator.cli.result import CommandResult
+from pruning.errors import InputError
 
 __all__ = ["add_parser", "run"]
 
@@ -15,7 +16,8 @@ __all__ = ["add_parser", "run"]
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="criterion x FLOPs target x seed grid as Tune trials, tabulated in MLflow")
     add_output(p)
-    p.add_argument("--checkpoint", required=True)
+    add_model_source(p)
+    p.add_argument("--dataset", default=None, help="the dataset of --model (default: fashion-mnist)")
     p.add_argument("--criteria", nargs="+", required=True, help="criteria to compare (see `prunesweep info`)")
     p.add_argument("--flops-reductions", nargs="+", type=float, required=True, help="fractions of MACs to remove")
     p.add_argument("--seeds", nargs="+", type=int, default=[0],
@@ -39,15 +41,23 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> CommandResult:
+    from orchestrator.cli.options import check_model_source, model_kwargs
     from orchestrator.sweeps import CompareConfig, DataSettings, TrackingSettings, run_compare  # torch, Ray, MLflow: only when run
+    from orchestrator.sweeps.model_settings import ModelSettings
 
     name = args.name or time.strftime("compare-%Y%m%d-%H%M%S")
     data = DataSettings.from_dict({"calibration_images": args.calibration_images, "batch_size": args.batch_size,
                                    "data_root": args.data_root, "test_subset": args.test_subset})
     run_dir = str(Path(args.run_dir).absolute()) if args.run_dir else str(Path("runs", "compare", name).absolute())
     tracking = TrackingSettings.from_dict({"uri": args.tracking_uri, "experiment": args.experiment})
+    check_model_source(args)
+    if args.dataset is not None and args.model is None:
+        raise InputError("--dataset goes with --model (a checkpoint records its dataset)")
+    source: dict = {"checkpoint": str(Path(args.checkpoint).absolute())} if args.checkpoint else {"model": ModelSettings(
+        args.model, weights=str(Path(args.weights).absolute()) if args.weights else None, kwargs=model_kwargs(args),
+        dataset=args.dataset or "fashion-mnist")}
     config = CompareConfig(
-        checkpoint=str(Path(args.checkpoint).absolute()), criteria=tuple(args.criteria),
+        **source, criteria=tuple(args.criteria),
         flops_reductions=tuple(args.flops_reductions), seeds=tuple(args.seeds), run_dir=run_dir,
         strategy=args.strategy, recipe=recipe_from_args(args), data=data, concurrency=args.concurrency,
         cpus_per_trial=args.cpus_per_trial, tracking=tracking, name=name,

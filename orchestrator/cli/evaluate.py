@@ -1,9 +1,9 @@
-"""``prunesweep eval``: a checkpoint's test accuracy, MACs, parameters and latency."""
+"""``prunesweep eval``: a checkpoint's (or a ``--model``'s) test accuracy, MACs, parameters and latency."""
 from __future__ import annotations
 
 import argparse
 
-from orchestrator.cli.options import add_data, add_output, add_seed
+from orchestrator.cli.options import add_data, add_model_source, add_output, add_seed
 from orchestrator.cli.result import CommandResult
 
 __all__ = ["add_parser", "run"]
@@ -14,7 +14,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     add_output(p)
     add_seed(p)
     add_data(p, None)
-    p.add_argument("--checkpoint", required=True)
+    add_model_source(p)
     return p
 
 
@@ -23,9 +23,9 @@ def run(args: argparse.Namespace) -> CommandResult:
     from orchestrator.report import format_table
     from pruning.training import evaluate
 
-    loaded = load_fitting(args)
+    loaded = load_fitting(args, prunable=False)  # evaluating needs no pruning
     test = evaluate(loaded.model, make_test_loader(loaded.splits), progress=not args.quiet)
     data = {"checkpoint": args.checkpoint, "model": loaded.spec.name, "dataset": loaded.splits.name, "loss": test.loss,
             **measure(loaded.model, loaded.shape, test.accuracy)}
     rows = [(k, v) for k, v in data.items() if k != "checkpoint"]
-    return CommandResult(format_table(rows, ("", args.checkpoint)), data)
+    return CommandResult(format_table(rows, ("", args.checkpoint or args.weights or args.model)), data)

@@ -1,4 +1,5 @@
-"""``prunesweep info``: the registered models, criteria, datasets, strategies and ratio sources."""
+"""``prunesweep info``: the registered models (and the forms of a model of your own), criteria,
+datasets, strategies and ratio sources."""
 from __future__ import annotations
 
 import argparse
@@ -24,6 +25,7 @@ def run(args: argparse.Namespace) -> CommandResult:
 
     data = {
         "models": list_models(),
+        "own_models": ["torchvision:<name>", "timm:<name>", "package.module:factory"],
         "criteria": list_criteria(),
         "datasets": list_datasets(),
         "strategies": list(STRATEGIES),

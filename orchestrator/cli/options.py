@@ -4,13 +4,16 @@ re-execute itself in a private network namespace)."""
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
+from typing import Any
 
 from pruning.errors import InputError
 
 __all__ = [
-    "RAY_NETWORKS", "add_data", "add_distributed", "add_output", "add_ray_network", "add_seed",
-    "check_minimum", "check_output_files", "check_workers",
+    "RAY_NETWORKS", "add_data", "add_distributed", "add_model_options", "add_model_source", "add_output",
+    "add_ray_network", "add_seed", "check_minimum", "check_model_source", "check_output_files", "check_workers",
+    "model_kwargs",
 ]
 
 RAY_NETWORKS = ("private", "host")
@@ -32,6 +35,49 @@ def add_data(p: argparse.ArgumentParser, dataset_default: str | None) -> None:
     p.add_argument("--data-root", default=None, help="dataset folder (fashion-mnist: /usr/share/datasets/fashion-mnist)")
     p.add_argument("--download", action="store_true", help="let torchvision download MNIST/CIFAR-10/SVHN into --data-root")
     p.add_argument("--test-subset", type=int, default=None, help="evaluate on the first N test images only")
+
+
+MODEL_HELP = ("a registered model (see `prunesweep info`), torchvision:<name>, timm:<name> "
+              "(pip install 'prunesweep[timm]') or an import path package.module:factory")
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    """``--weights`` and ``--model-kwargs``, the options of a ``--model``."""
+    p.add_argument("--weights", default=None, metavar="FILE",
+                   help="a state_dict file for --model (torch.save(model.state_dict(), FILE))")
+    p.add_argument("--model-kwargs", default=None, metavar="JSON",
+                   help='keyword options of --model as a JSON object, e.g. \'{"width": 16}\'')
+
+
+def add_model_source(p: argparse.ArgumentParser) -> None:
+    """``--checkpoint P`` or ``--model X [--weights W] [--model-kwargs JSON]`` (the dataset is
+    ``--dataset``, default fashion-mnist)."""
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", default=None, help="a prunesweep checkpoint")
+    source.add_argument("--model", default=None, help=MODEL_HELP + "; instead of --checkpoint")
+    add_model_options(p)
+
+
+def check_model_source(args: argparse.Namespace) -> None:
+    """Refuse ``--weights`` / ``--model-kwargs`` without ``--model``."""
+    if getattr(args, "model", None) is None:
+        for option in ("--weights", "--model-kwargs"):
+            if getattr(args, _dest(option), None) is not None:
+                raise InputError(f"{option} goes with --model (a checkpoint holds its own model and weights)")
+
+
+def model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """``--model-kwargs`` as a dict ({} when not given); one-line error unless a JSON object."""
+    text = getattr(args, "model_kwargs", None)
+    if text is None:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise InputError(f"--model-kwargs is not valid JSON ({err.msg} at character {err.pos}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise InputError(f"--model-kwargs must be a JSON object {{\"name\": value}}, got {text!r}")
+    return value
 
 
 def add_ray_network(p: argparse.ArgumentParser) -> None:

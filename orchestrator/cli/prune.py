@@ -1,13 +1,14 @@
-"""``prunesweep prune``: prune a checkpoint to a ratio or FLOPs target, run the recovery recipe
-and report cost, latency and accuracy before and after (each recipe stage scored on the test
-split)."""
+"""``prunesweep prune``: prune a checkpoint (or a ``--model`` with ``--weights``) to a ratio or FLOPs
+target, run the recovery recipe and report cost, latency and accuracy before and after (each
+recipe stage scored on the test split)."""
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
 from orchestrator.cli.options import (
-    add_data, add_distributed, add_output, add_seed, check_minimum, check_output_files, check_workers,
+    add_data, add_distributed, add_model_source, add_output, add_seed, check_minimum, check_model_source,
+    check_output_files, check_workers,
 )
 from orchestrator.cli.recipe_args import add_recipe_arguments, recipe_from_args
 from orchestrator.cli.result import CommandResult
@@ -31,7 +32,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     add_output(p)
     add_seed(p)
     add_data(p, None)
-    p.add_argument("--checkpoint", required=True)
+    add_model_source(p)
     p.add_argument("--criterion", default="l1", help="channel criterion (default: l1; see `prunesweep info`)")
     p.add_argument("--strategy", default="full", help="full (every group) or inner (ResNets: inside residual blocks)")
     p.add_argument("--ratios", default="uniform",
@@ -106,6 +107,7 @@ def run(args: argparse.Namespace) -> CommandResult:
 def _check_arguments(args: argparse.Namespace) -> None:
     """Every check that needs no data, before anything is loaded."""
     check_output_files(args, "--out", "--schedule-out")
+    check_model_source(args)
     check_minimum(args, "--calibration-images", 1)
     check_minimum(args, "--batch-size", 1)
     check_workers(args)

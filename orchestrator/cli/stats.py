@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 
 from orchestrator.cli.options import (
-    add_data, add_distributed, add_output, add_seed, check_minimum, check_output_files, check_workers,
+    add_data, add_distributed, add_model_source, add_output, add_seed, check_minimum, check_output_files,
+    check_workers,
 )
 from orchestrator.cli.result import CommandResult
 
@@ -16,7 +17,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     add_output(p)
     add_seed(p)
     add_data(p, None)
-    p.add_argument("--checkpoint", required=True)
+    add_model_source(p)
     p.add_argument("--calibration-images", type=int, default=1024, help="images from the calibration split (default: 1024)")
     p.add_argument("--bins", type=int, default=32, help="histogram bins for entropy (default: 32)")
     p.add_argument("--value", choices=("gap", "spatial"), default="gap",
@@ -47,7 +48,8 @@ def run(args: argparse.Namespace) -> CommandResult:
     state = collect_stats(args, loaded.model, space.groups, batches, bins=args.bins, value=args.value, chip=args.chip)
     seconds = time.perf_counter() - started
     state.save(args.out)
-    data = {"checkpoint": args.checkpoint, "out": str(args.out), "images": sum(len(y) for _, y in batches),
+    data = {"checkpoint": args.checkpoint, "model": loaded.spec.name, "out": str(args.out),
+            "images": sum(len(y) for _, y in batches),
             "layers": len(space.groups), "seconds": seconds, "workers": workers, "ray_network": ray_network(args)}
     return CommandResult(f"statistics of {data['layers']} layers over {data['images']} calibration images "
                          f"in {seconds:.1f} s -> {args.out}", data)

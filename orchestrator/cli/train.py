@@ -1,9 +1,12 @@
-"""``prunesweep train``: train a model on a dataset and save a checkpoint."""
+"""``prunesweep train``: train a model on a dataset and save a checkpoint; ``--weights`` starts
+from a state_dict instead of a random initialisation."""
 from __future__ import annotations
 
 import argparse
 
-from orchestrator.cli.options import add_data, add_output, add_seed, check_minimum, check_output_files
+from orchestrator.cli.options import (
+    MODEL_HELP, add_data, add_model_options, add_output, add_seed, check_minimum, check_output_files,
+)
 from orchestrator.cli.result import CommandResult
 
 __all__ = ["add_parser", "run"]
@@ -14,7 +17,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     add_output(p)
     add_seed(p)
     add_data(p, "fashion-mnist")
-    p.add_argument("--model", default="resnet20", help="model name (default: resnet20)")
+    p.add_argument("--model", default="resnet20", help=MODEL_HELP + " (default: resnet20)")
+    add_model_options(p)
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--batch-size", type=int, default=128)
@@ -33,11 +37,13 @@ def run(args: argparse.Namespace) -> CommandResult:
 
     import torch
 
-    from orchestrator.cli.common import make_data_config, make_test_loader
+    from pathlib import Path
+
+    from orchestrator.cli.common import make_data_config, make_test_loader, model_source
     from orchestrator.report import format_table
     from pruning.data import load_data, make_loader
-    from pruning.models import create_model
-    from pruning.structure import ModelSpec, check_fits, save_checkpoint
+    from pruning.models import is_external
+    from pruning.structure import model_for_data, save_checkpoint
     from pruning.training import TrainConfig, evaluate, train
 
     check_output_files(args, "--out")
@@ -46,13 +52,13 @@ def run(args: argparse.Namespace) -> CommandResult:
         epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay, schedule=args.lr_schedule,
         batch_size=args.batch_size, seed=args.seed,
     )
-    create_model(args.model)  # an unknown name fails before data loading
+    kwargs, state = model_source(args)  # a bad name, option or weights file fails before data loading
     config = make_data_config(args, train_subset=args.train_subset, calibration_size=args.calibration_size, seed=args.seed)
     splits = load_data(config)
     torch.manual_seed(args.seed)
-    model = create_model(args.model, num_classes=splits.num_classes, in_channels=splits.in_channels)
-    spec = ModelSpec(args.model, splits.num_classes, splits.in_channels, (splits.in_channels, *splits.input_size))
-    check_fits(model, spec, splits)  # a model that needs other images fails before training
+    # a model that needs other images, or that the pruning engine cannot handle, fails before training
+    model, spec, _ = model_for_data(args.model, splits, weights=state, kwargs=kwargs, prunable=is_external(args.model),
+                                    weights_name=args.weights)
     started = time.perf_counter()
     history = train(
         model, make_loader(splits.train, args.batch_size, shuffle=True, seed=args.seed, augment=splits.augment_by_default),
@@ -62,6 +68,8 @@ def run(args: argparse.Namespace) -> CommandResult:
     test = evaluate(model, make_test_loader(splits), progress=not args.quiet)
     meta = {"data": asdict(config), "train": asdict(train_config), "test_accuracy": test.accuracy,
             "history": history, "train_seconds": seconds}
+    if args.weights is not None:
+        meta["weights"] = str(Path(args.weights).absolute())
     save_checkpoint(args.out, model, replace(spec, meta=meta))
     data = {"model": args.model, "dataset": splits.name, "epochs": args.epochs, "train_seconds": seconds,
             "test_accuracy": test.accuracy, "test_loss": test.loss, "checkpoint": str(args.out), "history": history}

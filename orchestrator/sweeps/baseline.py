@@ -1,5 +1,11 @@
 """The unpruned baseline, prepared once on the driver: model, data, calibration batches, its
-metrics, and the activation statistics / utilization curves every trial shares."""
+metrics, and the activation statistics / utilization curves every trial shares.
+
+The baseline is a checkpoint, or a :class:`~orchestrator.sweeps.model_settings.ModelSettings`
+(a model name with a state_dict file, options and dataset), which is checked up front to fit
+its dataset and to be prunable. Trials rebuild the model from its spec by name, so a
+``package.module:factory`` model must be importable wherever trials run.
+"""
 from __future__ import annotations
 
 import sys
@@ -12,6 +18,7 @@ from torch import nn
 
 from orchestrator.sweeps.checks import ConfigError
 from orchestrator.sweeps.config import DataSettings
+from orchestrator.sweeps.model_settings import ModelSettings
 
 __all__ = [
     "EVAL_BATCH",
@@ -48,10 +55,10 @@ class BaselineSetup:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
-def _data_config(spec, data: DataSettings):
+def _data_config(spec, data: DataSettings, dataset: str | None = None):
     from pruning.data import DataConfig
 
-    fields = dict(spec.meta.get("data") or {})
+    fields = dict(spec.meta.get("data") or {}) if spec is not None else {"name": dataset}
     if data.data_root is not None:
         fields["root"] = data.data_root
     if data.test_subset is not None:
@@ -60,14 +67,15 @@ def _data_config(spec, data: DataSettings):
 
 
 def prepare_baseline(
-    checkpoint: str,
+    checkpoint: str | ModelSettings,
     data: DataSettings,
     *,
     latency: bool = False,
     threads: int = 1,
     progress: bool = False,
 ) -> BaselineSetup:
-    """Load the checkpoint and its data, take the calibration batches, measure the baseline.
+    """Load the checkpoint (or build the :class:`ModelSettings` model with its weights) and its
+    data, take the calibration batches, measure the baseline.
 
     ``metrics``: ``accuracy`` (calibration split, what trials are scored on), ``test_accuracy``,
     ``macs``, ``params`` and, with ``latency``, ``latency_ms`` (batch 1, ``threads`` threads).
@@ -76,12 +84,15 @@ def prepare_baseline(
     from pruning.structure import CheckpointError, PruningSpace, check_fits, load_checkpoint, measure_cost, measure_latency
     from pruning.training import evaluate
 
-    model, spec = load_checkpoint(checkpoint)
-    if spec.name is None:
-        raise CheckpointError(f"{checkpoint!r} holds a custom model; sweeps need a registered model")
-    data_config = _data_config(spec, data)
-    splits = load_data(data_config)
-    shape = tuple(check_fits(model, spec, splits))
+    if isinstance(checkpoint, ModelSettings):
+        model, spec, data_config, splits, shape = _build_baseline(checkpoint, data)
+    else:
+        model, spec = load_checkpoint(checkpoint)
+        if spec.name is None:
+            raise CheckpointError(f"{checkpoint!r} holds a custom model; sweeps need a named model")
+        data_config = _data_config(spec, data)
+        splits = load_data(data_config)
+        shape = tuple(check_fits(model, spec, splits))
     if len(splits.calibration) == 0:
         raise ConfigError("checkpoint", "its data config holds out no calibration images (calibration_size 0)")
     space = PruningSpace.build(model, torch.zeros(1, *shape))
@@ -96,6 +107,23 @@ def prepare_baseline(
     if latency:
         metrics["latency_ms"] = measure_latency(model, shape, batch_size=1, threads=threads).median_ms
     return BaselineSetup(model, spec, data_config, splits, shape, space, batches, metrics)
+
+
+def _build_baseline(settings: ModelSettings, data: DataSettings):
+    """(model, spec, data config, splits, shape) of a model given by name and weights file."""
+    from dataclasses import asdict
+
+    from pruning.data import load_data
+    from pruning.models import is_external, read_weights
+    from pruning.structure import model_for_data
+
+    state = read_weights(settings.weights) if settings.weights is not None else None  # before the data
+    data_config = _data_config(None, data, settings.dataset)
+    splits = load_data(data_config)
+    meta = {"data": asdict(data_config), **({"weights": settings.weights} if settings.weights else {})}
+    model, spec, shape = model_for_data(settings.name, splits, weights=state, kwargs=settings.kwargs, meta=meta,
+                                        prunable=is_external(settings.name), weights_name=settings.weights)
+    return model, spec, data_config, splits, tuple(shape)
 
 
 def compute_baseline_statistics(

@@ -116,13 +116,14 @@ def run_compare(config: CompareConfig, *, address: str | None = None, progress: 
     """Run the criterion x FLOPs-target x seed grid as Tune trials; log a table and a plot."""
     from ray import tune
 
-    if not Path(config.checkpoint).is_file():
-        raise ConfigError("checkpoint", f"file {config.checkpoint!r} does not exist")
+    from orchestrator.sweeps.model_settings import check_source_exists
+
+    check_source_exists(config.source)  # the checkpoint or the weights file
     check_tracking_reachable(config.tracking_uri)
     if (Path(config.run_dir) / EXPERIMENT_NAME).exists():
         raise ConfigError("run_dir", f"{config.run_dir} already holds a comparison; choose another --run-dir or --name")
     threads = max(1, int(config.cpus_per_trial))
-    setup = prepare_baseline(config.checkpoint, config.data, threads=threads, progress=progress)
+    setup = prepare_baseline(config.source, config.data, threads=threads, progress=progress)
     with ray_connection(address, progress):
         needs, chip = needs_statistics(config.criteria)
         stats = None

@@ -11,12 +11,12 @@ from orchestrator.sweeps.checks import (
     check_int,
     check_name,
     check_number,
-    check_string,
     default_tracking_uri,
     make_absolute,
     recipe_section,
 )
 from orchestrator.sweeps.config import DataSettings, TrackingSettings
+from orchestrator.sweeps.model_settings import ModelSettings, check_one_source
 from pruning.recovery import RecoveryRecipe
 from pruning.structure import STRATEGIES
 
@@ -30,9 +30,10 @@ class CompareConfig:
     Each cell prunes with ``uniform`` allocation to the target, recovers with ``recipe`` (its seed
     replaced by the cell's) and reports calibration and test accuracy (no selection happens on
     the test split: the grid is fixed in advance).
+
+    The baseline is ``checkpoint`` or ``model`` (a :class:`ModelSettings`), exactly one.
     """
 
-    checkpoint: str
     criteria: tuple[str, ...]
     flops_reductions: tuple[float, ...]
     seeds: tuple[int, ...] = (0,)
@@ -44,11 +45,15 @@ class CompareConfig:
     cpus_per_trial: float = 1
     tracking: TrackingSettings = field(default_factory=lambda: TrackingSettings(experiment="prunesweep-compare"))
     name: str = "compare"
+    checkpoint: str | None = field(default=None, kw_only=True)
+    model: ModelSettings | None = field(default=None, kw_only=True)
 
     def __post_init__(self) -> None:
         from pruning.criteria import list_criteria
 
-        check_string("checkpoint", self.checkpoint)
+        if isinstance(self.model, str):
+            object.__setattr__(self, "model", ModelSettings(self.model))
+        check_one_source(self.checkpoint, self.model)
         if not self.criteria:
             raise ConfigError("criteria", "name at least one criterion")
         for c in self.criteria:
@@ -83,13 +88,18 @@ class CompareConfig:
         return self.tracking.uri  # type: ignore[return-value]
 
     @property
+    def source(self) -> str | ModelSettings:
+        """The baseline: the checkpoint path or the :class:`ModelSettings`."""
+        return self.checkpoint if self.checkpoint is not None else self.model  # type: ignore[return-value]
+
+    @property
     def trials(self) -> int:
         return len(self.criteria) * len(self.flops_reductions) * len(self.seeds)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
-            "checkpoint": self.checkpoint,
+            **({"checkpoint": self.checkpoint} if self.model is None else self.model.to_dict()),
             "criteria": list(self.criteria),
             "flops_reductions": list(self.flops_reductions),
             "seeds": list(self.seeds),

@@ -3,7 +3,11 @@
 A sweep config is one YAML file (see ``search_spaces/resnet20_fmnist.yaml``)::
 
     name: resnet20-fmnist            # optional; default: the file's stem
-    checkpoint: runs/resnet20.pt     # the unpruned baseline (`prunesweep train`)
+    checkpoint: runs/resnet20.pt     # the unpruned baseline (`prunesweep train`), or instead:
+    # model: torchvision:resnet18    # a registered name, torchvision:/timm:<name>, package.module:factory
+    # weights: my_weights.pt         # its state_dict (torch.save(model.state_dict(), path))
+    # model_kwargs: {}               # the factory's keyword options
+    # dataset: fashion-mnist         # what it was trained on (a checkpoint records its own)
     data:     {calibration_images: 512, batch_size: 128, data_root: null, test_subset: null}
     recipe:   {reconstruct: true, bn_batches: 20, finetune_subset: null, ...}  # RecoveryRecipe
     space:    {name: concentration, strategy: full, <the space's options>}
@@ -44,6 +48,7 @@ from orchestrator.sweeps.checks import (
     resolve_tracking_uri,
     to_plain,
 )
+from orchestrator.sweeps.model_settings import MODEL_KEYS, ModelSettings, check_one_source, model_source
 from orchestrator.sweeps.refine import RefineSettings, refine_recipe
 from pruning.recovery import RecoveryRecipe
 from pruning.registry import accepted_options
@@ -51,6 +56,7 @@ from pruning.structure import STRATEGIES
 
 __all__ = [
     "DataSettings",
+    "ModelSettings",
     "SpaceSettings",
     "SweepSettings",
     "TrackingSettings",
@@ -246,12 +252,15 @@ class TrackingSettings:
         return cls(**values)
 
 
-_TOP_LEVEL = ("name", "checkpoint", "data", "recipe", "space", "sweep", "tracking", "run_dir")
+_TOP_LEVEL = ("name", "checkpoint", "data", "recipe", "space", "sweep", "tracking", "run_dir", *MODEL_KEYS)
 
 
 @dataclass(frozen=True)
 class SweepConfig:
     """A whole sweep, resolved: absolute ``checkpoint`` and ``run_dir``, a concrete tracking URI.
+
+    The baseline is ``checkpoint`` or ``model`` (a :class:`ModelSettings`: a model name with
+    weights, options and dataset), exactly one; :attr:`source` is whichever is set.
 
     ``recipe``: what recovers every trial's pruned model; the space's sampled ``finetune_epochs``,
     ``finetune_lr`` and ``weight_decay`` replace its values per trial, ``sweep.seed`` its seed.
@@ -260,17 +269,20 @@ class SweepConfig:
     """
 
     name: str
-    checkpoint: str
     space: SpaceSettings
     run_dir: str
     data: DataSettings = field(default_factory=DataSettings)
     recipe: RecoveryRecipe = field(default_factory=RecoveryRecipe)
     sweep: SweepSettings = field(default_factory=SweepSettings)
     tracking: TrackingSettings = field(default_factory=TrackingSettings)
+    checkpoint: str | None = field(default=None, kw_only=True)
+    model: ModelSettings | None = field(default=None, kw_only=True)
 
     def __post_init__(self) -> None:
         check_name(self.name)
-        check_string("checkpoint", self.checkpoint)
+        if isinstance(self.model, str):
+            object.__setattr__(self, "model", ModelSettings(self.model))
+        check_one_source(self.checkpoint, self.model)
         check_string("run_dir", self.run_dir)
         if not isinstance(self.recipe, RecoveryRecipe):
             raise ConfigError("recipe", f"must be a RecoveryRecipe, got {type(self.recipe).__name__}")
@@ -279,6 +291,11 @@ class SweepConfig:
         if self.tracking.uri is None:
             object.__setattr__(self, "tracking", replace(self.tracking, uri=default_tracking_uri(self.run_dir)))
         refine_recipe(self.recipe, self.sweep.refine)  # the overrides fit the recipe
+
+    @property
+    def source(self) -> str | ModelSettings:
+        """The baseline: the checkpoint path or the :class:`ModelSettings`."""
+        return self.checkpoint if self.checkpoint is not None else self.model  # type: ignore[return-value]
 
     @property
     def two_stage(self) -> bool:
@@ -306,8 +323,7 @@ class SweepConfig:
     def from_dict(cls, data: Any, *, default_name: str = "sweep") -> SweepConfig:
         data = check_mapping("", data)
         check_keys("", data, _TOP_LEVEL)
-        if "checkpoint" not in data:
-            raise ConfigError("checkpoint", "missing: the path of the unpruned baseline checkpoint")
+        checkpoint, model = model_source(data)
         if "space" not in data:
             raise ConfigError("space", "missing: a mapping with the search space's name and options")
         name = check_name(data.get("name", default_name))
@@ -315,7 +331,8 @@ class SweepConfig:
         run_dir = make_absolute(str(Path("runs") / "sweeps" / name) if run_dir is None else check_string("run_dir", run_dir))
         return cls(
             name=name,
-            checkpoint=make_absolute(check_string("checkpoint", data["checkpoint"])),
+            checkpoint=checkpoint,
+            model=model,
             space=SpaceSettings.from_dict(data["space"]),
             run_dir=run_dir,
             data=DataSettings.from_dict(data.get("data")),
@@ -328,7 +345,7 @@ class SweepConfig:
         """The resolved config as plain data (YAML/JSON-able), every default filled in."""
         return {
             "name": self.name,
-            "checkpoint": self.checkpoint,
+            **({"checkpoint": self.checkpoint} if self.model is None else self.model.to_dict()),
             "data": self.data.to_dict(),
             "recipe": recipe_section(self.recipe),
             "space": self.space.to_dict(),

@@ -3,8 +3,9 @@
 A two-stage sweep screens ``sweep.trials`` Optuna trials with a cheap recipe (no fine-tuning:
 the proxy is the calibration accuracy after reconstruction and BN recalibration), then refines
 ``candidates`` of them, chosen from the screening Pareto front by :func:`select_candidates`,
-with the refinement recipe (the config's recipe + ``sweep.refine.recipe``). The final front is
-built from the refined trials only. Plain data here; the stages run in ``orchestrator.sweeps.sweep``.
+with the refinement recipe (the config's recipe + ``sweep.refine.recipe``). With
+``sweep.refine.targets`` (MACs reductions a user deploys at) the best screening trial at each
+target is refined first. The final front is built from the refined trials only. Plain data here; the stages run in ``orchestrator.sweeps.sweep``.
 """
 from __future__ import annotations
 
@@ -24,6 +25,9 @@ STAGE_REFINE = "refine"
 REFINE_RECIPE = {"finetune_epochs": 1, "distill": 0.5}
 #: the refinement stage's Tune experiment folder inside a run directory
 REFINE_EXPERIMENT = "tune-refine"
+#: a screening trial "reaches" a MACs-reduction target within this margin (the FLOPs planner's
+#: own tolerance is 1 point; trials planned at exactly the target land within a few tenths)
+TARGET_MARGIN = 0.005
 
 
 @dataclass(frozen=True)
@@ -33,13 +37,25 @@ class RefineSettings:
     candidates: screening trials to refine (0: a single-stage sweep, as without ``refine``).
     recipe: overrides of the config's ``recipe:`` for the refined trials (its keys, validated;
         resolved with :data:`REFINE_RECIPE` for the keys it does not set).
+    targets: MACs reductions in (0, 1), at most ``candidates`` of them: for each, the most
+        accurate screening trial that reaches it is refined first (see :func:`select_candidates`).
     """
 
     candidates: int = 0
     recipe: Mapping[str, Any] = field(default_factory=lambda: dict(REFINE_RECIPE))
+    targets: Sequence[float] = ()
 
     def __post_init__(self) -> None:
         check_int("sweep.refine.candidates", self.candidates, lo=0)
+        if isinstance(self.targets, (str, bytes)) or not isinstance(self.targets, Sequence):
+            raise ConfigError("sweep.refine.targets", f"must be a list of MACs reductions, got {self.targets!r}")
+        for target in self.targets:
+            if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 < target < 1:
+                raise ConfigError("sweep.refine.targets", f"must hold MACs reductions in (0, 1), got {target!r}")
+        if len(self.targets) > self.candidates:
+            raise ConfigError("sweep.refine.targets",
+                              f"{len(self.targets)} targets need at least as many candidates, got {self.candidates}")
+        object.__setattr__(self, "targets", tuple(float(t) for t in self.targets))
         overrides = {**REFINE_RECIPE, **check_mapping("sweep.refine.recipe", self.recipe)}
         recipe_from_section(overrides, "sweep.seed", key="sweep.refine.recipe")  # every key and value checked
         object.__setattr__(self, "recipe", overrides)
@@ -58,7 +74,7 @@ class RefineSettings:
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"candidates": self.candidates, "recipe": dict(self.recipe)}
+        return {"candidates": self.candidates, "recipe": dict(self.recipe), "targets": list(self.targets)}
 
 
 def _spread(order: Sequence[int], count: int) -> list[int]:
@@ -71,10 +87,12 @@ def _spread(order: Sequence[int], count: int) -> list[int]:
 
 
 def select_candidates(points: Sequence[Mapping[str, Any]], objectives: Mapping[str, str], count: int,
-                      *, key: str = "params") -> list[int]:
+                      *, key: str = "params", targets: Sequence[float] = ()) -> list[int]:
     """Indices of the ``count`` screening points to refine.
 
-    Eligible points (feasible, every objective finite) with distinct ``points[i][key]`` are
+    Only eligible points (feasible, every objective finite) with distinct ``points[i][key]``
+    count. First, for each of ``targets``, the most accurate point whose ``macs_reduction``
+    reaches it (within :data:`TARGET_MARGIN`; none: the target is skipped). The rest are
     layered into successive non-dominated fronts. From the first front, ``count`` points spread
     over its cost range (evenly spaced quantiles of the first cost objective, MACs by default);
     a front with fewer points is taken whole and the rest is filled, spread the same way, from
@@ -91,6 +109,11 @@ def select_candidates(points: Sequence[Mapping[str, Any]], objectives: Mapping[s
             seen.add(signature)
             pool.append(i)
     chosen: list[int] = []
+    for target in targets:
+        reaching = [i for i in pool if i not in chosen and float(points[i].get("macs_reduction", 0.0)) >= target - TARGET_MARGIN]
+        if reaching and len(chosen) < count:
+            chosen.append(max(reaching, key=lambda i: (float(points[i].get("accuracy", -math.inf)), -i)))
+    pool = [i for i in pool if i not in chosen]
     while pool and len(chosen) < count:
         layer = [pool[j] for j in pareto_front([points[i] for i in pool], objectives)]
         if cost is not None:

@@ -141,7 +141,10 @@ def run_trials(
                     trainable,
                     param_space=dict(param_space or {}),
                     tune_config=tune.TuneConfig(search_alg=make_search() if make_search else None,
-                                                num_samples=num_samples, max_concurrent_trials=concurrency),
+                                                num_samples=num_samples, max_concurrent_trials=concurrency,
+                                                # a trial reuses a finished one's worker: no process start and
+                                                # torch import (seconds) per trial
+                                                reuse_actors=True),
                     run_config=tune.RunConfig(
                         storage_path=tracker.run_dir, name=name, callbacks=[callback, ProgressLines(stage, num_samples)],
                         failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),

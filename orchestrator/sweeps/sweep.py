@@ -33,9 +33,10 @@ import os
 import shutil
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any, Collection
+from typing import Any, Collection, Sequence
 
 from orchestrator.sweeps.baseline import load_or_compute_extras, prepare_baseline, say
+from orchestrator.sweeps.model_settings import check_source_exists
 from orchestrator.sweeps.checks import ConfigError
 from orchestrator.sweeps.config import RESOLVED_CONFIG_FILE, SweepConfig, dump_sweep_config
 from orchestrator.sweeps.config_file import load_sweep_config
@@ -98,13 +99,12 @@ def run_sweep(
 
     _check_run_dir(config, resume)
     check_tracking_reachable(config.tracking_uri)
-    if not Path(config.checkpoint).is_file():
-        raise ConfigError("checkpoint", f"file {config.checkpoint!r} does not exist")
+    check_source_exists(config.source)
     space = config.space.create()  # bad space options fail before anything loads
     make_sampler(config.sweep.sampler, config.sweep.seed, config.sweep.population_size)  # fails early
     threads = max(1, int(config.sweep.cpus_per_trial))
-    say(progress, f"loading baseline {config.checkpoint}")
-    setup = prepare_baseline(config.checkpoint, config.data, latency="latency_ms" in config.objectives,
+    say(progress, f"loading baseline {config.checkpoint or config.model.name}")
+    setup = prepare_baseline(config.source, config.data, latency="latency_ms" in config.objectives,
                              threads=threads, progress=progress)
     text = dump_sweep_config(config)
     if not resume:
@@ -129,7 +129,7 @@ def run_sweep(
             baseline=dict(setup.metrics), recipe=config.screen_recipe if config.two_stage else config.recipe,
             measure_latency="latency_ms" in config.objectives, space_name=config.space.name,
             space_options=dict(config.space.options), strategy=config.space.strategy,
-            sampled_finetune=not config.two_stage,
+            sampled_finetune=not config.two_stage, score_every_stage=not config.two_stage,
         )
         stage = functools.partial(
             run_trials, tracker, sweep_trial, setup=setup, cpus_per_trial=config.sweep.cpus_per_trial,
@@ -185,7 +185,8 @@ def _refine(config: SweepConfig, stage, settings: TrialSettings, screened, progr
     if resume:
         configs = json.loads(chosen_file.read_text())
     else:
-        configs = refine_configs(screened, config.objectives, config.sweep.refine.candidates)
+        configs = refine_configs(screened, config.objectives, config.sweep.refine.candidates,
+                                 config.sweep.refine.targets)
         atomic_write(chosen_file, lambda tmp: tmp.write_text(json.dumps(configs, indent=2)))
         if folder.exists():  # started, but killed before Tune's first snapshot: nothing to keep
             shutil.rmtree(folder)
@@ -194,13 +195,13 @@ def _refine(config: SweepConfig, stage, settings: TrialSettings, screened, progr
     if not configs:
         return True
     results = stage(
-        settings=replace(settings, recipe=config.refine_recipe), num_samples=len(configs), resume=resume,
+        settings=replace(settings, recipe=config.refine_recipe, score_every_stage=True), num_samples=len(configs), resume=resume,
         name=REFINE_EXPERIMENT, stage=STAGE_REFINE, make_search=lambda: FixedConfigs(configs),
     )
     return finished_cleanly(results, len(configs))
 
 
-def refine_configs(screened, objectives, count: int) -> list[dict[str, Any]]:
+def refine_configs(screened, objectives, count: int, targets: Sequence[float] = ()) -> list[dict[str, Any]]:
     """The refined trials' configs: ``count`` screening trials of the ResultGrid ``screened``
     (:func:`~orchestrator.sweeps.refine.select_candidates`), their sampled params with the
     bookkeeping that names (``refine-NNN``) and tags (stage, screening trial) their runs."""
@@ -212,12 +213,13 @@ def refine_configs(screened, objectives, count: int) -> list[dict[str, Any]]:
         number = int(result.config["_trial_number"])
         metrics = result.metrics
         points.append({**{k: metrics.get(k) for k in objectives}, "feasible": metrics.get("feasible", 0) >= 0.5,
+                       "macs_reduction": metrics.get("macs_reduction", 0.0), "accuracy": metrics.get("accuracy"),
                        "params": params, "number": number})
     points.sort(key=lambda p: p["number"])
     return [
         {**points[i]["params"], "_stage": STAGE_REFINE, "_run_name": f"refine-{points[i]['number']:03d}",
          "_refines": f"trial-{points[i]['number']:03d}"}
-        for i in select_candidates(points, objectives, count)
+        for i in select_candidates(points, objectives, count, targets=targets)
     ]
 
 

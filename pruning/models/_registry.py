@@ -11,13 +11,14 @@ a multi-line PyTorch error deep inside a sweep trial.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Mapping
 
 import torch
 from torch import nn
 
-from pruning.registry import Registry
+from pruning.registry import Registry, accepted_options
 from pruning.errors import InputError
+from pruning.models.external import build_external, check_external, is_external
 from pruning.utils import model_device, preserved_modes
 
 ModelFactory = Callable[..., nn.Module]
@@ -36,12 +37,37 @@ def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
 
 
 def create_model(name: str, num_classes: int = 10, in_channels: int = 3, **options: object) -> nn.Module:
-    """Build the model registered as ``name``.
+    """Build the model registered as ``name``, or the external model ``torchvision:<name>``,
+    ``timm:<name>`` or ``package.module:factory`` (see :mod:`pruning.models.external`).
 
     Raises ``UnknownNameError`` (listing the valid names) for an unknown name and TypeError
-    (listing the valid options) for an option the factory does not take.
+    (listing the valid options) for an option a registered factory does not take;
+    ``ModelSourceError`` for a bad external model or option.
     """
+    if is_external(name):
+        return build_external(name, num_classes=num_classes, in_channels=in_channels, **options)
     return _MODELS.create(name, num_classes=num_classes, in_channels=in_channels, **options)
+
+
+def check_model_name(name: str, options: Mapping[str, object] | None = None) -> None:
+    """Refuse an unknown model name or an option it does not take, as a one-line
+    :class:`~pruning.errors.InputError`, without building the model."""
+    options = dict(options or {})
+    if not isinstance(name, str) or not name:
+        raise InputError(f"a model name must be a non-empty string, got {name!r}")
+    if is_external(name):
+        check_external(name, options)
+        return
+    valid = accepted_options(_MODELS.get(name)) or []
+    unknown = sorted(set(options) - set(valid)) if valid else []
+    data_set = sorted(set(options) & {"num_classes", "in_channels"})
+    if data_set:
+        raise InputError(f"model {name!r}: option {data_set[0]!r} comes from the dataset; drop it")
+    if unknown:
+        own = [v for v in valid if v not in ("num_classes", "in_channels")]
+        raise InputError(
+            f"model {name!r} got unknown option(s) {', '.join(unknown)}; valid: {', '.join(own) or '(none)'}"
+        )
 
 
 def list_models() -> list[str]:

@@ -128,18 +128,22 @@ class RecoveryData:
         augment_by_default``); the recipe's ``finetune_augment`` switches it on for fine-tuning.
     score: the loader every stage's accuracy is measured on (the calibration split in a sweep,
         the test split in the CLI and benchmarks); None: stages are not scored.
+    score_every_stage: score each stage that ran (False: the last one only, which is all a
+        screening trial needs; a scoring pass costs as much as BN recalibration).
     """
 
     calibration: Sequence[Batch]
     train: Dataset | None = None
     augment: bool = False
     score: Iterable[Batch] | None = None
+    score_every_stage: bool = True
 
 
 @dataclass(frozen=True)
 class RecoveryResult:
     """accuracy: the score-loader accuracy after each stage that ran, in :data:`STAGES` order
-    (empty when ``RecoveryData.score`` is None); seconds: the wall time of each stage (scoring
+    (empty when ``RecoveryData.score`` is None; the last stage only without
+    ``RecoveryData.score_every_stage``); seconds: the wall time of each stage (scoring
     excluded); reconstruction: the per-layer reports of the reconstruction stage."""
 
     accuracy: dict[str, float]
@@ -173,9 +177,11 @@ def recover(
     seconds: dict[str, float] = {}
     reports: dict[str, ReconstructionReport] = {}
 
+    last = recipe.stages[-1]
+
     def done(stage: str, started: float) -> None:
         seconds[stage] = time.perf_counter() - started
-        if data.score is not None:
+        if data.score is not None and (data.score_every_stage or stage == last):
             accuracy[stage] = evaluate(pruned, data.score).accuracy
 
     done("pruned", time.perf_counter())
@@ -211,7 +217,9 @@ def recover(
     return RecoveryResult(accuracy, seconds, reports)
 
 
-def recovery_data_for(splits: Any, calibration: Sequence[Batch], score: Iterable[Batch] | None) -> RecoveryData:
+def recovery_data_for(splits: Any, calibration: Sequence[Batch], score: Iterable[Batch] | None,
+                      *, score_every_stage: bool = True) -> RecoveryData:
     """:class:`RecoveryData` from a :class:`~pruning.data.DataSplits`."""
-    return RecoveryData(calibration=calibration, train=splits.train, augment=splits.augment_by_default, score=score)
+    return RecoveryData(calibration=calibration, train=splits.train, augment=splits.augment_by_default, score=score,
+                        score_every_stage=score_every_stage)
 

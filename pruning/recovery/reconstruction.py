@@ -30,9 +30,13 @@ shrunk), so ``ridge`` (lambda) is relative to the input energy and unit-free.
   all held: a batch is unfolded a few images at a time and, when a batch has more than
   ``max_rows_per_batch`` rows (images x output positions), a uniform random subset of that many
   rows is used (seeded with ``seed``; the same rows give ``error_before`` and ``error_after``).
-* Layers are refitted one at a time in forward (call) order, each with the inputs of the
-  CURRENT pruned model, so a layer's fit sees the corrections of the layers before it. Each
-  layer costs one pass over the batches through both models, stopped right after that layer.
+* Layers are refitted in forward (call) order, each with the inputs of the CURRENT pruned
+  model, so a layer's fit sees the corrections of the layers before it. The whole reconstruction
+  costs one forward per batch through the original model (its target rows, kept for every
+  listed layer at once) and ONE forward of the whole calibration set through the pruned model:
+  a hook refits each layer when the pass reaches it and passes its new output on. The price is
+  memory: the pruned pass holds the activations of all calibration images at one depth (plus
+  the skip branches alive there), where one batch's would do for a layer-by-layer pass.
 * A refit is kept only if it lowers the layer's error on the calibration rows; otherwise the
   weights are left as they were (status ``"kept"``). So an unpruned layer stays bit-identical.
 * When a refitted layer's own outputs were pruned too (a consumer that is also the producer of
@@ -62,7 +66,7 @@ from pruning.utils import batch_inputs, model_device, preserved_modes
 __all__ = ["ReconstructionReport", "reconstruct_consumers", "consumers_of", "kept_outputs_of"]
 
 _SUPPORTED = (nn.Conv2d, nn.Linear)
-_UNFOLD_BUDGET = 1 << 24  # elements of unfolded patches materialised at once
+_GATHER_BUDGET = 1 << 24  # elements of input rows materialised at once
 
 
 @dataclass(frozen=True)
@@ -83,10 +87,6 @@ class ReconstructionReport:
     rows: int
 
 
-class _Stop(Exception):
-    """Raised by a hook to end a forward pass once the layer of interest has run."""
-
-
 def consumers_of(space: PruningSpace, pruned_groups: Iterable[str]) -> list[str]:
     """The consumer layers of the named groups, deduplicated, in forward order (the order the
     space's trace called them: module order for sequentially written models)."""
@@ -104,55 +104,27 @@ def kept_outputs_of(space: PruningSpace, kept: Mapping[str, torch.Tensor]) -> di
     return {producer: idx for name, idx in kept.items() for producer in space[name].producers}
 
 
-def _capture(model: nn.Module, layer: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The layer's (input, output) in ``model(x)``, ending the forward pass right after it."""
-    seen: dict[str, torch.Tensor] = {}
+def _input_rows(layer: nn.Module, x: torch.Tensor):
+    """A function ``rows -> inputs`` for the layer's rows (images x output positions, in
+    :func:`_output_rows` order): a conv's receptive field per row, in ``F.unfold``'s column order
+    (channel, kernel row, kernel column), gathered from a strided view of the padded input, so
+    only the rows asked for are ever copied; a linear's input vectors."""
+    if not isinstance(layer, nn.Conv2d):
+        flat = x.reshape(-1, x.shape[-1])
+        return lambda rows: flat.index_select(0, rows)
+    mode = "constant" if layer.padding_mode == "zeros" else layer.padding_mode
+    x = F.pad(x, layer._reversed_padding_repeated_twice, mode=mode)
+    (kh, kw), (sh, sw), (dh, dw) = layer.kernel_size, layer.stride, layer.dilation
+    # windows of the dilated kernel's extent, then every dilation-th element: still a view
+    view = x.unfold(2, (kh - 1) * dh + 1, sh).unfold(3, (kw - 1) * dw + 1, sw)[..., ::dh, ::dw]
+    positions, width = view.shape[2] * view.shape[3], view.shape[3]
 
-    def hook(module, inputs, output):
-        seen["input"], seen["output"] = inputs[0].detach(), output.detach()
-        raise _Stop
+    def gather(rows: torch.Tensor) -> torch.Tensor:
+        image, position = rows // positions, rows % positions
+        # advanced indices around a slice: the indexed dimension comes first -> (rows, c, kh, kw)
+        return view[image, :, position // width, position % width].reshape(rows.shape[0], -1)
 
-    handle = layer.register_forward_hook(hook)
-    try:
-        model(x)
-    except _Stop:
-        pass
-    finally:
-        handle.remove()
-    if "output" not in seen:
-        raise ValueError("the layer was not called in the forward pass")
-    return seen["input"], seen["output"]
-
-
-def _conv_rows(layer: nn.Conv2d, x: torch.Tensor):
-    """(patches, image slice) chunks of ``x`` unfolded for ``layer``: rows ordered image-major,
-    then output position, as ``output.flatten(2).transpose(1, 2)`` orders them."""
-    padding = layer.padding
-    if isinstance(padding, str) or layer.padding_mode != "zeros":
-        mode = "constant" if layer.padding_mode == "zeros" else layer.padding_mode
-        x = F.pad(x, layer._reversed_padding_repeated_twice, mode=mode)
-        padding = 0
-    n, c, h, w = x.shape
-    per_image = c * layer.kernel_size[0] * layer.kernel_size[1] * _out_positions(layer, h, w, padding)
-    step = max(1, _UNFOLD_BUDGET // max(1, per_image))
-    for start in range(0, n, step):
-        patches = F.unfold(
-            x[start : start + step],
-            layer.kernel_size,
-            dilation=layer.dilation,
-            padding=padding,
-            stride=layer.stride,
-        )
-        yield patches.transpose(1, 2).reshape(-1, patches.shape[1]), slice(start, start + step)
-
-
-def _out_positions(layer: nn.Conv2d, h: int, w: int, padding) -> int:
-    pad = (padding, padding) if isinstance(padding, int) else padding
-    size = [
-        (dim + 2 * p - d * (k - 1) - 1) // s + 1
-        for dim, p, d, k, s in zip((h, w), pad, layer.dilation, layer.kernel_size, layer.stride)
-    ]
-    return max(1, size[0] * size[1])
+    return gather
 
 
 class _Accumulator:
@@ -211,63 +183,102 @@ def _relative(num: float, den: float) -> float:
     return 0.0 if num == 0 else float("inf")
 
 
-def _refit_layer(
-    name: str,
+@dataclass
+class _Targets:
+    """The original model's output rows of one layer, per calibration batch: the rows the fit
+    uses (``chosen``: their indices in the batch's rows, None for all) and their values."""
+
+    rows: list[torch.Tensor]
+    chosen: list[torch.Tensor | None]
+
+
+def _output_rows(layer: nn.Module, output: torch.Tensor) -> torch.Tensor:
+    """A layer's output as rows (images x output positions, channels): a conv's positions are
+    rows, as ``F.unfold`` orders its patches; a linear's leading dimensions are flattened."""
+    if isinstance(layer, nn.Conv2d):
+        return output.flatten(2).transpose(1, 2).reshape(-1, output.shape[1])
+    return output.reshape(-1, output.shape[-1])
+
+
+def _original_targets(
     original: nn.Module,
-    pruned: nn.Module,
-    batches: Iterable,
-    kept: torch.Tensor | None,
-    ridge: float,
+    names: Sequence[str],
+    inputs: Sequence[torch.Tensor],
+    kept_outputs: Mapping[str, torch.Tensor],
     max_rows: int,
     generator: torch.Generator,
+) -> dict[str, _Targets]:
+    """One forward per batch through ``original``, keeping each layer's (subsampled) output rows;
+    a layer called twice keeps its first call. The rows are drawn batch by batch in call order."""
+    modules = dict(original.named_modules())
+    targets = {name: _Targets([], []) for name in names}
+    handles = []
+
+    def keep(name: str):
+        def hook(module, args, output):
+            found = targets[name]
+            if len(found.rows) > batch_index[0]:
+                return
+            channel_dim = 1 if isinstance(module, nn.Conv2d) else -1
+            if name in kept_outputs:
+                output = output.index_select(channel_dim, kept_outputs[name].to(output.device))
+            rows = _output_rows(module, output.detach())
+            chosen = None
+            if rows.shape[0] > max_rows:
+                chosen = torch.randperm(rows.shape[0], generator=generator)[:max_rows].sort().values.to(rows.device)
+                rows = rows.index_select(0, chosen)
+            found.rows.append(rows.clone())
+            found.chosen.append(chosen)
+        return hook
+
+    batch_index = [0]
+    for name in names:
+        handles.append(modules[name].register_forward_hook(keep(name)))
+    try:
+        device = model_device(original)
+        for batch_index[0], x in enumerate(inputs):
+            original(x.to(device))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return targets
+
+
+def _fit(
+    name: str,
+    layer: nn.Module,
+    inputs: torch.Tensor,
+    output: torch.Tensor,
+    targets: _Targets,
+    sizes: Sequence[int],
+    ridge: float,
 ) -> ReconstructionReport:
-    layer = dict(pruned.named_modules())[name]
-    reference = dict(original.named_modules())[name]
+    """Refit ``layer`` from its ``inputs`` / ``output`` on the whole calibration set (``sizes``:
+    images per batch, in order) against the original's rows; writes the weights if the error drops."""
     is_conv = isinstance(layer, nn.Conv2d)
     groups = layer.groups if is_conv else 1
     outputs = layer.out_channels if is_conv else layer.out_features
     width = (layer.in_channels // groups) * layer.kernel_size[0] * layer.kernel_size[1] if is_conv else layer.in_features
     has_bias = layer.bias is not None
     acc = _Accumulator(groups, width, outputs // groups, has_bias, layer.weight.device)
-    dev_orig, dev_pruned = model_device(original), model_device(pruned)
-
-    for batch in batches:
-        x = batch_inputs(batch)
-        _, target = _capture(original, reference, x.to(dev_orig))
-        inputs, current = _capture(pruned, layer, x.to(dev_pruned))
-        target = target.to(layer.weight.device)
-        channel_dim = 1 if is_conv else -1
-        if kept is not None:
-            target = target.index_select(channel_dim, kept.to(target.device))
-        if target.shape != current.shape:
+    lo_image = 0
+    for size, target, chosen in zip(sizes, targets.rows, targets.chosen):
+        images = slice(lo_image, lo_image + size)
+        lo_image += size
+        current = _output_rows(layer, output[images])
+        target = target.to(current.device)
+        expected = current.shape[0] if chosen is None else chosen.shape[0]
+        if target.shape != (expected, current.shape[1]):
             raise InputError(
-                f"layer {name!r}: original output {tuple(target.shape)} does not match the pruned "
-                f"{tuple(current.shape)}; pass the kept output channels in kept_outputs"
+                f"layer {name!r}: original output rows {tuple(target.shape)} do not match the pruned "
+                f"{(expected, current.shape[1])}; pass the kept output channels in kept_outputs"
             )
-        if is_conv:
-            y_rows = target.flatten(2).transpose(1, 2).reshape(-1, outputs)
-            c_rows = current.flatten(2).transpose(1, 2).reshape(-1, outputs)
-            chunks = _conv_rows(layer, inputs)
-            per_image = target.shape[2] * target.shape[3]
-        else:
-            y_rows, c_rows = target.reshape(-1, outputs), current.reshape(-1, outputs)
-            x_rows = inputs.reshape(-1, width)
-            per_image = 0  # a single chunk starting at row 0
-            chunks = [(x_rows, slice(0, None))]
-        total = y_rows.shape[0]
-        chosen = None
-        if total > max_rows:
-            chosen = torch.randperm(total, generator=generator)[:max_rows].sort().values
-            chosen = chosen.to(y_rows.device)
-        for patches, images in chunks:
-            lo = (images.start or 0) * per_image
-            hi = lo + patches.shape[0]
-            if chosen is None:
-                sel = slice(lo, hi)
-                acc.add(patches, y_rows[sel], c_rows[sel])
-            else:
-                rows = chosen[(chosen >= lo) & (chosen < hi)]
-                acc.add(patches[rows - lo], y_rows[rows], c_rows[rows])
+        rows_of = _input_rows(layer, inputs[images])
+        wanted = chosen if chosen is not None else torch.arange(current.shape[0], device=current.device)
+        step = max(1, _GATHER_BUDGET // max(1, width * groups))
+        for lo in range(0, wanted.shape[0], step):
+            rows = wanted[lo : lo + step]
+            acc.add(rows_of(rows), target[lo : lo + step], current.index_select(0, rows))
 
     before = acc.error_before()
     solution = acc.solve(ridge)
@@ -285,6 +296,47 @@ def _refit_layer(
     return ReconstructionReport(name, before, after, "refit", acc.rows)
 
 
+def _refit_in_one_pass(
+    pruned: nn.Module,
+    names: Sequence[str],
+    inputs: Sequence[torch.Tensor],
+    targets: Mapping[str, _Targets],
+    ridge: float,
+    progress: bool,
+) -> dict[str, ReconstructionReport]:
+    """One forward of the whole calibration set through ``pruned``: each listed layer is refitted
+    when the pass reaches it (so it sees the refits before it) and passes on its new output."""
+    modules = dict(pruned.named_modules())
+    reports: dict[str, ReconstructionReport] = {}
+    handles = []
+
+    def refit(name: str):
+        def hook(module, args, output):
+            if name in reports:
+                return None
+            report = _fit(name, module, args[0].detach(), output.detach(), targets[name], sizes, ridge)
+            reports[name] = report
+            if progress:
+                print(
+                    f"recovery [{len(reports)}/{len(names)}] {name}: {report.status}, relative error "
+                    f"{report.error_before:.4g} -> {report.error_after:.4g} ({report.rows} rows)",
+                    file=sys.stderr,
+                )
+            # forward() itself runs no hooks: the layer's output with its new weights
+            return module.forward(args[0]) if report.status == "refit" else None
+        return hook
+
+    sizes = [x.shape[0] for x in inputs]
+    for name in names:
+        handles.append(modules[name].register_forward_hook(refit(name)))
+    try:
+        pruned(torch.cat(list(inputs)).to(model_device(pruned)))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: reports[name] for name in names}
+
+
 def reconstruct_consumers(
     original: nn.Module,
     pruned: nn.Module,
@@ -299,8 +351,7 @@ def reconstruct_consumers(
 ) -> dict[str, ReconstructionReport]:
     """Refit ``layers`` of ``pruned`` in place so that their outputs match ``original``'s.
 
-    ``batches`` yields ``(inputs, targets)`` (targets unused); it is iterated once per layer
-    (a one-shot iterator is first materialised into a list). ``kept_outputs`` maps a layer whose
+    ``batches`` yields ``(inputs, targets)`` (targets unused); it is iterated once. ``kept_outputs`` maps a layer whose
     own output channels were pruned to the original indices it keeps. Returns a report per
     layer, in the order the layers were refitted. See the module docstring for the method.
     """
@@ -320,32 +371,18 @@ def reconstruct_consumers(
             raise InputError(f"layer {name!r}: only Conv2d and Linear layers can be refitted")
     if not names:
         return {}
-    if iter(batches) is batches:
-        batches = list(batches)
 
-    reports: dict[str, ReconstructionReport] = {}
     with preserved_modes(original, pruned), torch.no_grad():
         original.eval()
         pruned.eval()
-        first = next(iter(batches), None)
-        if first is None:
+        inputs = [batch_inputs(batch) for batch in batches]
+        if not inputs:
             raise InputError("recovery needs at least one calibration batch")
         wanted = set(names)
-        order = [n for n in layer_call_order(pruned, batch_inputs(first).to(model_device(pruned))) if n in wanted]
+        order = [n for n in layer_call_order(pruned, inputs[0][:1].to(model_device(pruned))) if n in wanted]
         missing = [n for n in names if n not in order]
         if missing:
             raise InputError(f"layer(s) not called in a forward pass: {', '.join(missing)}")
         generator = torch.Generator().manual_seed(seed)
-        for i, name in enumerate(order):
-            report = _refit_layer(
-                name, original, pruned, batches, kept_outputs.get(name),
-                ridge, max_rows_per_batch, generator,
-            )
-            reports[name] = report
-            if progress:
-                print(
-                    f"recovery [{i + 1}/{len(order)}] {name}: {report.status}, relative error "
-                    f"{report.error_before:.4g} -> {report.error_after:.4g} ({report.rows} rows)",
-                    file=sys.stderr,
-                )
-    return reports
+        targets = _original_targets(original, order, inputs, kept_outputs, max_rows_per_batch, generator)
+        return _refit_in_one_pass(pruned, order, inputs, targets, ridge, progress)

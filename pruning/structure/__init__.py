@@ -25,6 +25,7 @@ from pruning.structure.checkpoint import (  # noqa: F401
     load_checkpoint,
     rebuild_model,
     check_fits,
+    model_for_data,
 )
 from pruning.structure.measure import (  # noqa: F401
     InputShape,
@@ -58,6 +59,7 @@ __all__ = [
     "load_checkpoint",
     "rebuild_model",
     "check_fits",
+    "model_for_data",
     "InputShape",
     "ModelCost",
     "LatencyResult",

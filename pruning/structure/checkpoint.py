@@ -1,25 +1,30 @@
 """Save and load (pruned) models without pickling modules.
 
 A checkpoint is one ``torch.save`` file holding a ``state_dict`` and a small JSON spec: the
-registered model name and its constructor arguments, the input shape, and the width of every
-Conv2d / Linear / BatchNorm layer. Loading builds the registered model, resizes those layers
-to the recorded widths and loads the weights with ``torch.load(weights_only=True)``, so a
-checkpoint can never execute code. A model a user brings (not in the registry) is saved the
-same way and reloaded by passing a freshly constructed instance of it as ``model``.
+model name and its constructor arguments, the input shape, and the width of every
+Conv2d / Linear / BatchNorm layer. Loading builds the model by name, resizes those layers
+to the recorded widths and loads the weights with ``torch.load(weights_only=True)``, so the
+file itself never unpickles code. The name is a registered one, ``torchvision:<name>``,
+``timm:<name>`` or an import path ``package.module:factory``; the last is imported and called
+on loading (like running that module), so load such checkpoints from trusted sources only
+(:mod:`pruning.models.external` refuses standard-library callables). A model built some other
+way (``name`` None) is saved the same way and reloaded by passing a freshly constructed
+instance of it as ``model``. :func:`model_for_data` builds a named model, with a user's
+weights, for a dataset and checks up front that it fits and can be pruned.
 """
 from __future__ import annotations
 
 import json
 import os
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 from torch import nn
 
-from pruning.models import check_input_shape, create_model
+from pruning.models import check_input_shape, check_model_name, create_model, load_weights
 from pruning.errors import InputError
 from pruning.utils import atomic_write
 
@@ -33,7 +38,9 @@ class CheckpointError(InputError):
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """How to rebuild a model: registry name (None for a user's own module) and arguments."""
+    """How to rebuild a model: its name (registered, ``torchvision:``/``timm:`` or an import
+    path; None for a module built some other way), the dataset's classes and channels, the
+    model's own keyword options ``kwargs`` and the recorded layer widths."""
 
     name: str | None
     num_classes: int
@@ -41,6 +48,16 @@ class ModelSpec:
     input_shape: tuple[int, int, int]
     widths: dict[str, dict[str, int]] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.name is not None and (not isinstance(self.name, str) or not self.name):
+            raise CheckpointError(f"ModelSpec.name must be a non-empty string or None, got {self.name!r}")
+        if not isinstance(self.kwargs, Mapping) or not all(isinstance(k, str) for k in self.kwargs):
+            raise CheckpointError(f"ModelSpec.kwargs must map option names to values, got {self.kwargs!r}")
+        if self.kwargs and self.name is None:
+            raise CheckpointError("ModelSpec.kwargs need a model name to be passed to")
+        object.__setattr__(self, "kwargs", dict(self.kwargs))
 
     def to_json(self) -> str:
         return json.dumps(
@@ -52,6 +69,7 @@ class ModelSpec:
                 "input_shape": list(self.input_shape),
                 "widths": self.widths,
                 "meta": self.meta,
+                "kwargs": self.kwargs,
             },
             sort_keys=True,
         )
@@ -68,6 +86,7 @@ class ModelSpec:
             input_shape=tuple(data["input_shape"]),
             widths=data["widths"],
             meta=data["meta"],
+            kwargs=data.get("kwargs", {}),
         )
 
 
@@ -112,7 +131,7 @@ def apply_widths(model: nn.Module, widths: dict[str, dict[str, int]]) -> nn.Modu
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, spec: ModelSpec) -> None:
     """Write ``model``'s weights and ``spec`` (widths refreshed from the model), atomically."""
-    spec = ModelSpec(spec.name, spec.num_classes, spec.in_channels, spec.input_shape, layer_widths(model), spec.meta)
+    spec = replace(spec, widths=layer_widths(model))
     payload = {"spec": spec.to_json(), "state_dict": model.state_dict()}
 
     def write(tmp: Path) -> None:
@@ -165,7 +184,7 @@ def rebuild_model(spec: ModelSpec, state: Mapping[str, torch.Tensor], model: nn.
     widths, with ``state`` loaded strictly, in eval mode; ``load_state_dict``'s RuntimeError
     when the weights do not fit."""
     if model is None:
-        model = create_model(spec.name, num_classes=spec.num_classes, in_channels=spec.in_channels)
+        model = create_model(spec.name, num_classes=spec.num_classes, in_channels=spec.in_channels, **spec.kwargs)
     apply_widths(model, spec.widths)
     model.load_state_dict(state, strict=True)
     return model.eval()
@@ -183,3 +202,48 @@ def check_fits(model: nn.Module, spec: ModelSpec, splits: Any) -> tuple[int, int
         )
     check_input_shape(model, shape, spec.name or "model")
     return shape
+
+
+def model_for_data(
+    name: str,
+    splits: Any,
+    *,
+    weights: Mapping[str, torch.Tensor] | str | os.PathLike | None = None,
+    kwargs: Mapping[str, Any] | None = None,
+    meta: Mapping[str, Any] | None = None,
+    prunable: bool = True,
+    weights_name: str | os.PathLike | None = None,
+) -> tuple[nn.Module, ModelSpec, tuple[int, int, int]]:
+    """``(model, spec, input shape)``: model ``name`` built for ``splits``'s classes and
+    channels with ``kwargs``, ``weights`` (a state_dict or its file) loaded, in eval mode.
+
+    Checked up front, each failure one line: the name and options, that the weights fit, that the
+    model runs on the dataset's images and outputs its classes, and (``prunable``) that the
+    pruning engine can trace and prune it (the layer it cannot handle is named). ``weights_name``:
+    the file a ``weights`` state_dict was read from, for the messages.
+    """
+    from pruning.models import read_weights
+    from pruning.models.prunable import check_prunable
+
+    kwargs = dict(kwargs or {})
+    check_model_name(name, kwargs)
+    if weights is not None and not isinstance(weights, Mapping):
+        weights_name = weights
+        weights = read_weights(weights)
+    source = "the weights" if weights_name is None else f"weights {str(weights_name)!r}"
+    model = create_model(name, num_classes=splits.num_classes, in_channels=splits.in_channels, **kwargs)
+    if weights is not None:
+        load_weights(model, weights, f"model {name!r}", source)
+    model.eval()
+    shape = (splits.in_channels, *splits.input_size)
+    spec = ModelSpec(name, splits.num_classes, splits.in_channels, shape, layer_widths(model), dict(meta or {}), kwargs)
+    check_fits(model, spec, splits)
+    with torch.no_grad():
+        out = model(torch.zeros(1, *shape))
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != splits.num_classes:
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise CheckpointError(f"model {name!r} outputs {got} on one image, but dataset {splits.name!r} needs "
+                              f"(1, {splits.num_classes}) class scores")
+    if prunable:
+        check_prunable(model, shape, f"model {name!r}")
+    return model, spec, shape

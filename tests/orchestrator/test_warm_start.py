@@ -80,3 +80,32 @@ def test_sweep_accepts_verbose():
     args = cli.build_parser().parse_args(["sweep", "--config", "x.yaml", "--verbose"])
     assert args.verbose is True
     assert cli.build_parser().parse_args(["sweep", "--config", "x.yaml"]).verbose is False
+
+
+def test_targets_refine_the_most_accurate_trial_reaching_each_first():
+    objectives = {"accuracy": "max", "macs": "min"}
+    # macs_reduction 0.1 .. 0.8; accuracy falls with it, but trial 5 (0.52) beats trial 4 (0.5)
+    reductions = [0.1, 0.2, 0.3, 0.4, 0.5, 0.52, 0.6, 0.7, 0.8]
+    accuracies = [0.95, 0.94, 0.93, 0.92, 0.85, 0.90, 0.88, 0.86, 0.80]
+    points = [{"accuracy": a, "macs": 1 - r, "macs_reduction": r, "params": {"i": i}}
+              for i, (r, a) in enumerate(zip(reductions, accuracies))]
+    pick = select_candidates(points, objectives, 4, targets=[0.5, 0.7, 0.97])
+    # 0.5 -> trial 5 (most accurate at >= 0.5), 0.7 -> trial 7, 0.97 reached by none: skipped;
+    # the fourth candidate comes from the spread over the remaining front
+    assert pick[:2] == [5, 7] and len(pick) == 4 and len(set(pick)) == 4
+    # a trial 0.3 points short of a target (within the margin) still reaches it
+    short = [dict(points[4], macs_reduction=0.4970)]
+    assert select_candidates(short, objectives, 1, targets=[0.5]) == [0]
+
+
+def test_refine_targets_are_validated():
+    from orchestrator.sweeps.checks import ConfigError
+    from orchestrator.sweeps.refine import RefineSettings
+
+    assert RefineSettings(candidates=3, targets=[0.3, 0.5]).targets == (0.3, 0.5)
+    with pytest.raises(ConfigError, match="sweep.refine.targets.*in \\(0, 1\\)"):
+        RefineSettings(candidates=3, targets=[1.5])
+    with pytest.raises(ConfigError, match="2 targets need at least as many candidates, got 1"):
+        RefineSettings(candidates=1, targets=[0.3, 0.5])
+    with pytest.raises(ConfigError, match="must be a list"):
+        RefineSettings(candidates=1, targets="0.5")

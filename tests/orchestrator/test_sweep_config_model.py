@@ -1,0 +1,94 @@
+"""Sweep and compare configs whose baseline is ``model:`` + ``weights:`` (+ ``model_kwargs:``,
+``dataset:``) instead of ``checkpoint:``: validated when read, resolved, round-tripped, and
+prepared as a baseline (without Ray)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from orchestrator.sweeps import CompareConfig, ConfigError, DataSettings, SweepConfig, prepare_baseline
+from orchestrator.sweeps.model_settings import ModelSettings, check_source_exists
+from user_models import tiny_cnn
+
+MODEL = {"model": "user_models:tiny_cnn", "weights": "w.pt", "model_kwargs": {"width": 4}}
+SPACE = {"space": {"name": "uniform"}}
+
+
+def refused(data: dict) -> str:
+    with pytest.raises(ConfigError) as info:
+        SweepConfig.from_dict(data)
+    assert "\n" not in str(info.value)
+    return str(info.value)
+
+
+def test_model_config_is_resolved_and_round_trips(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = SweepConfig.from_dict({**MODEL, **SPACE}, default_name="own")
+    assert config.checkpoint is None
+    assert config.model == ModelSettings("user_models:tiny_cnn", str(tmp_path / "w.pt"), {"width": 4}, "fashion-mnist")
+    assert config.source is config.model
+    resolved = config.to_dict()
+    assert "checkpoint" not in resolved
+    assert {k: resolved[k] for k in MODEL} == {**MODEL, "weights": str(tmp_path / "w.pt")}
+    assert resolved["dataset"] == "fashion-mnist"
+    assert SweepConfig.from_dict(resolved) == config  # what --resume reads back
+    # the checkpoint form is unchanged
+    plain = SweepConfig.from_dict({"checkpoint": "b.pt", **SPACE}).to_dict()
+    assert plain["checkpoint"] == str(tmp_path / "b.pt") and not set(MODEL) & set(plain)
+
+
+def test_model_without_weights_and_torchvision_names():
+    config = SweepConfig.from_dict({"model": "torchvision:resnet18", "dataset": "cifar10", **SPACE})
+    assert config.model.weights is None and config.model.dataset == "cifar10"
+
+
+@pytest.mark.parametrize("data, start", [
+    ({"checkpoint": "b.pt", **MODEL, **SPACE}, "model: give checkpoint or model (with weights), not both"),
+    ({"checkpoint": "b.pt", "weights": "w.pt", **SPACE}, "weights: goes with model:"),
+    ({"weights": "w.pt", **SPACE}, "weights: goes with model: name the model too"),
+    (SPACE, "checkpoint: missing"),
+    ({**MODEL, "model": "torchvision:resnet181", **SPACE}, "model: unknown torchvision model 'resnet181'; did you mean"),
+    ({**MODEL, "model": "nomodule_xyz:f", **SPACE}, "model: model 'nomodule_xyz:f': cannot import"),
+    ({**MODEL, "model_kwargs": {"depth": 2}, **SPACE}, "model_kwargs: model 'user_models:tiny_cnn' got unknown option"),
+    ({**MODEL, "model_kwargs": [1], **SPACE}, "model_kwargs: must be a mapping"),
+    ({**MODEL, "model": "", **SPACE}, "model: must be a non-empty string"),
+    ({**MODEL, "weights": 3, **SPACE}, "weights: must be a non-empty string"),
+    ({**MODEL, "dataset": "nope", **SPACE}, "dataset: must be one of"),
+])
+def test_bad_model_configs_name_their_key(data, start):
+    message = refused(data)
+    assert message.startswith(start), message
+
+
+def test_compare_config_takes_a_model(tmp_path):
+    model = ModelSettings("user_models:tiny_cnn", weights=str(tmp_path / "w.pt"), kwargs={"width": 4})
+    config = CompareConfig(model=model, criteria=("l1",), flops_reductions=(0.5,), run_dir=str(tmp_path))
+    assert config.source is model and config.to_dict()["model"] == "user_models:tiny_cnn"
+    assert "checkpoint" not in config.to_dict()
+    assert CompareConfig(model="torchvision:resnet18", criteria=("l1",), flops_reductions=(0.5,),
+                         run_dir=str(tmp_path)).model.name == "torchvision:resnet18"
+    for kwargs in ({}, {"checkpoint": "x.pt", "model": model}):
+        with pytest.raises(ConfigError, match="checkpoint: give exactly one of checkpoint and model"):
+            CompareConfig(criteria=("l1",), flops_reductions=(0.5,), run_dir=str(tmp_path), **kwargs)
+
+
+def test_missing_weights_file_is_refused_before_anything_runs(tmp_path):
+    with pytest.raises(ConfigError, match="weights: file .* does not exist"):
+        check_source_exists(ModelSettings("user_models:tiny_cnn", weights=str(tmp_path / "nope.pt")))
+    with pytest.raises(ConfigError, match="checkpoint: file .* does not exist"):
+        check_source_exists(str(tmp_path / "nope.pt"))
+    check_source_exists(ModelSettings("user_models:tiny_cnn"))  # random initialisation: nothing to find
+
+
+@pytest.mark.fashion_mnist
+def test_prepare_baseline_from_a_model_and_weights(tmp_path, monkeypatch):
+    monkeypatch.setenv("PRUNESWEEP_CACHE", str(tmp_path / "cache"))
+    torch.manual_seed(0)
+    torch.save(tiny_cnn(10, 1, width=4).state_dict(), tmp_path / "w.pt")
+    settings = ModelSettings("user_models:tiny_cnn", weights=str(tmp_path / "w.pt"), kwargs={"width": 4})
+    setup = prepare_baseline(settings, DataSettings(calibration_images=32, batch_size=16, test_subset=32))
+    assert setup.spec.name == "user_models:tiny_cnn" and setup.spec.kwargs == {"width": 4}
+    assert setup.spec.meta["weights"] == str(tmp_path / "w.pt")
+    assert setup.shape == (1, 28, 28) and [g.name for g in setup.space.groups] == ["features.0", "features.3"]
+    assert setup.data_config.name == "fashion-mnist" and setup.data_config.test_subset == 32
+    assert sum(len(y) for _, y in setup.batches) == 32 and 0 <= setup.metrics["accuracy"] <= 1
