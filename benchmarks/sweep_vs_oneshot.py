@@ -93,11 +93,11 @@ def run_oneshot(bench: Bench) -> dict:
     args = bench.args
     groups = bench.space.select("full")
     started = time.process_time()
-    stats = collect_activation_stats(bench.model, bench.space.groups, bench.batches)
+    stats = collect_activation_stats(bench.model, bench.space.groups, bench.batches, chip="chip" in args.criteria)
     stats_cpu = time.process_time() - started
     context = ScoringContext(calibration=bench.batches, stats=stats)
     rows = []
-    for ratios in RATIOS:
+    for ratios in args.ratios:
         weights = concentration_weights(stats, groups, alpha=0.5) if ratios == "concentration" else None
         for name in args.criteria:
             scores = None
@@ -176,22 +176,24 @@ def _sweep_config(bench: Bench, label: str, *, trials: int, sampler: str, warm: 
         "data": {"calibration_images": args.calibration_images, "test_subset": args.test_subset},
         "recipe": recipe,
         "space": {"name": "concentration", "strategy": "full", "criteria": list(args.sweep_criteria),
-                  "flops_reduction": [0.25, 0.75], "alpha": [0.0, 1.0], "temperature": [0.0, 2.0],
+                  # warm starts at the quantiles 0.25 / 0.5 / 0.75 of [0.1, 0.9]: the targets 0.3 / 0.5 / 0.7
+                  "flops_reduction": [0.1, 0.9], "alpha": [0.0, 1.0], "temperature": [0.0, 2.0],
                   "finetune_epochs": [epochs, epochs], "finetune_lr": [0.01, 0.01], "weight_decay": [5e-4, 5e-4],
-                  "flops_bounds": [0.2, 0.8]},
+                  "flops_bounds": [0.1, 0.9]},
         "sweep": sweep,
     }
 
 
 def run_sweep_part(bench: Bench, label: str, **options) -> dict:
     from orchestrator.sweeps import SweepConfig, run_sweep
+    from orchestrator.sweeps.tracking import TAG_STAGE
 
     data = _sweep_config(bench, label, **options)
     shutil.rmtree(data["run_dir"], ignore_errors=True)
     started = time.perf_counter()
     result = run_sweep(SweepConfig.from_dict(data), progress=False)
     seconds = time.perf_counter() - started
-    trials = [{"number": t.number, "stage": t.stage, "status": t.status, "params": t.params,
+    trials = [{"number": t.number, "stage": t.tags.get(TAG_STAGE), "status": t.status, "params": t.params,
                **{k: v for k, v in t.metrics.items() if isinstance(v, (int, float))}} for t in result.trials]
     return {"config": data, "wall_seconds": seconds, "trials": trials, "front": result.front,
             "cpu_seconds": sum(t.get("cpu_seconds", 0.0) for t in trials)}
@@ -202,17 +204,19 @@ def main() -> None:
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--out", required=True)
     parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
-    parser.add_argument("--criteria", nargs="+", default=["random", "l1", "l2", "fpgm", "bn-scale", "taylor",
-                                                          "entropy", "hrank"])
+    parser.add_argument("--criteria", nargs="+", default=["random", "l1", "l2", "fpgm", "bn-scale", "taylor", "entropy",
+                                                          "hrank", "apoz", "mean-activation", "chip"])
+    parser.add_argument("--ratios", nargs="+", choices=RATIOS, default=list(RATIOS),
+                        help="the oneshot part's layer ratios (split a run over processes)")
     parser.add_argument("--sweep-criteria", nargs="+", default=["l1", "taylor"])
     parser.add_argument("--targets", nargs="+", type=float, default=[0.3, 0.5, 0.7])
     parser.add_argument("--screen-trials", type=int, default=60)
     parser.add_argument("--candidates", type=int, default=6)
     parser.add_argument("--single-trials", type=int, default=None)
-    parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--calibration-images", type=int, default=256)
     parser.add_argument("--bn-batches", type=int, default=10)
-    parser.add_argument("--finetune-subset", type=int, default=4000)
+    parser.add_argument("--finetune-subset", type=int, default=3000)
     parser.add_argument("--distill", type=float, default=0.5)
     parser.add_argument("--test-subset", type=int, default=5000)
     parser.add_argument("--seed", type=int, default=0)

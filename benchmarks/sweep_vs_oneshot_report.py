@@ -1,0 +1,110 @@
+"""Render the result files of benchmarks/sweep_vs_oneshot.py (one or more, their parts merged)
+as the markdown tables of docs/benchmarks.md.
+
+Per contender: the hypervolume of its (test accuracy up, MACs / baseline MACs down) points with
+reference (0, 1), its test accuracy at each target (the most accurate of its points whose MACs
+reduction reaches the target within 1 point; "-" when none does) and its CPU time. A one-shot
+pipeline's points are its runs at the targets; a sweep's are its Pareto front.
+
+    python benchmarks/sweep_vs_oneshot_report.py benchmarks/results/resnet20_fmnist_sweep_vs_oneshot*.json
+"""
+from __future__ import annotations
+
+import json
+import sys
+from collections import defaultdict
+
+from scipy.stats import spearmanr
+
+from orchestrator.sweeps.front import hypervolume
+
+OBJECTIVES = {"test_accuracy": "max", "macs_fraction": "min"}
+REFERENCE = {"test_accuracy": 0.0, "macs_fraction": 1.0}
+REACH = 0.01  # a point reaches a target within the FLOPs planner's tolerance
+
+
+def merge(paths: list[str]) -> dict:
+    merged: dict = {}
+    for path in paths:
+        result = json.loads(open(path).read())
+        for key, value in result.items():
+            if key == "oneshot" and "oneshot" in merged:
+                merged["oneshot"]["rows"] += value["rows"]
+            else:
+                merged[key] = value
+    return merged
+
+
+def contender(name: str, points: list[dict], cpu: float, targets: list[float]) -> dict:
+    points = [{**p, "macs_fraction": 1 - p["macs_reduction"]} for p in points if p.get("test_accuracy") is not None]
+    at = {t: max((p["test_accuracy"] for p in points if p["macs_reduction"] >= t - REACH), default=None) for t in targets}
+    return {"name": name, "hv": hypervolume(points, OBJECTIVES, REFERENCE), "at": at, "cpu": cpu, "points": len(points)}
+
+
+def contenders(result: dict, targets: list[float]) -> tuple[list[dict], list[dict]]:
+    pipelines = defaultdict(list)
+    for row in result.get("oneshot", {}).get("rows", []) + result.get("tp", {}).get("rows", []):
+        pipelines[(row["criterion"], row["ratios"])].append(row)
+    oneshot = [contender(f"{c} / {r}", rows, sum(x["cpu_seconds"] for x in rows), targets)
+               for (c, r), rows in pipelines.items()]
+    searches = []
+    labels = {"sweep": "two-stage sweep (NSGA-II + warm starts)", "random": "two-stage, random sampling",
+              "single": "single-stage sweep (every trial fine-tuned)"}
+    for part, label in labels.items():
+        if part in result:
+            trials = len(result[part]["trials"])
+            searches.append(contender(f"{label}, {trials} trials", result[part]["front"], result[part]["cpu_seconds"],
+                                      targets))
+    return oneshot, searches
+
+
+def _cell(value) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def table(rows: list[dict], targets: list[float]) -> list[str]:
+    lines = ["| contender | points | hypervolume | " + " | ".join(f"test acc. at -{t:.0%}" for t in targets)
+             + " | CPU s |", "|---|---|---|" + "---|" * len(targets) + "---|"]
+    for row in rows:
+        lines.append(f"| {row['name']} | {row['points']} | {row['hv']:.4f} | "
+                     + " | ".join(_cell(row["at"][t]) for t in targets) + f" | {row['cpu']:.0f} |")
+    return lines
+
+
+def correlations(result: dict) -> list[str]:
+    lines = ["| proxy | against | pairs | Spearman rho |", "|---|---|---|---|"]
+    rows = result.get("oneshot", {}).get("rows", [])
+    for stage in ("pruned", "reconstructed", "bn_recalibrated"):
+        pairs = [(r[f"{stage}_accuracy"], r["test_accuracy"]) for r in rows if f"{stage}_accuracy" in r]
+        if len(pairs) > 2:
+            rho = spearmanr(*zip(*pairs)).statistic
+            lines.append(f"| one-shot grid: calibration accuracy after `{stage}` | fine-tuned test accuracy | "
+                         f"{len(pairs)} | {rho:.3f} |")
+    for part, what in (("sweep", "two-stage sweep, refined trials"), ("random", "random two-stage, refined trials"),
+                       ("single", "single-stage sweep, every trial")):
+        trials = [t for t in result.get(part, {}).get("trials", [])
+                  if t.get("feasible") and "bn_accuracy" in t and (part == "single" or t.get("stage") == "refine")]
+        pairs = [(t["bn_accuracy"], t["accuracy"]) for t in trials]
+        if len(pairs) > 2:
+            rho = spearmanr(*zip(*pairs)).statistic
+            lines.append(f"| {what}: screening proxy (`bn_accuracy`) | fine-tuned calibration accuracy | "
+                         f"{len(pairs)} | {rho:.3f} |")
+    return lines
+
+
+def render(result: dict) -> str:
+    targets = result["settings"]["targets"]
+    oneshot, searches = contenders(result, targets)
+    oneshot.sort(key=lambda row: -row["hv"])
+    best = {t: max((row["at"][t] for row in oneshot if row["at"][t] is not None), default=None) for t in targets}
+    oracle = {"name": "best one-shot pipeline per target (oracle over the grid)", "points": len(targets), "hv": float("nan"),
+              "at": best, "cpu": sum(row["cpu"] for row in oneshot)}
+    base = result["base"]
+    lines = [f"Baseline: test accuracy {base['test_accuracy']:.4f} on the benchmark's test images, "
+             f"{base['macs'] / 1e6:.2f} M MACs.", "", *table(searches + [oracle], targets), "",
+             "One-shot pipelines, by hypervolume:", "", *table(oneshot, targets), "", *correlations(result)]
+    return "\n".join(lines).replace("| nan |", "| - |")
+
+
+if __name__ == "__main__":
+    print(render(merge(sys.argv[1:])))
