@@ -12,7 +12,7 @@ fi
 stamp=.venv/.prunesweep-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --quiet -e ".[test]"
+  .venv/bin/python -m pip install --quiet -e ".[test,timm]"  # timm: its models are tested too
   touch "$stamp"
 fi
 

@@ -248,3 +248,25 @@ def test_consumers_of_is_ordered_and_deduplicated(model_of):
     assert everything == sorted(everything, key=order.index)
     inner = consumers_of(space, [g.name for g in space.select("inner")])
     assert inner == ["layer1.conv2", "layer2.conv2"]
+
+
+def test_one_pass_through_each_model_equals_refitting_one_layer_at_a_time(calibration, model_of):
+    """The original runs once per batch and the pruned model once (plus the one-image forward
+    that finds the call order), and the result is that of refitting the layers one after
+    another, each on the model the previous refits left."""
+    model = model_of("resnet")
+    space, pruned, kept, layers = _prune(model, 0.5)
+    one_by_one = copy.deepcopy(pruned)
+    calls = {"original": [], "pruned": []}
+    handles = [model.register_forward_hook(lambda m, a, o: calls["original"].append(a[0].shape[0])),
+               pruned.register_forward_hook(lambda m, a, o: calls["pruned"].append(a[0].shape[0]))]
+    reports = reconstruct_consumers(model, pruned, layers, calibration, max_rows_per_batch=10**6)
+    for handle in handles:
+        handle.remove()
+    assert calls["original"] == [len(x) for x, _ in calibration]
+    assert calls["pruned"] == [1, sum(len(x) for x, _ in calibration)]
+    for name in reports:  # call order
+        reconstruct_consumers(model, one_by_one, [name], calibration, max_rows_per_batch=10**6)
+    assert any(r.status == "refit" for r in reports.values())
+    for (k, a), b in zip(pruned.state_dict().items(), one_by_one.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=k)
