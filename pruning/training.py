@@ -6,8 +6,10 @@ that a pruned model's accuracy right after pruning says little until its BatchNo
 statistics are re-estimated on a few training batches ("adaptive BN"), after which it ranks
 candidates much like their accuracy after fine-tuning does.
 
-All loops run on the device of the model's parameters and are deterministic on the CPU for a
-given seed, so a sweep trial can be re-run bit for bit.
+All loops run on the device of the model's parameters (the caller moves the model; see
+:mod:`pruning.devices`) and are deterministic on the CPU for a given seed, so a sweep trial can
+be re-run bit for bit. :func:`train` and :func:`evaluate` take an optional ``amp`` (``"bf16"``
+or ``"fp16"``, CUDA only: autocast, plus a ``GradScaler`` for fp16); without it nothing changes.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from pruning.devices import Precision
 from pruning.errors import InputError
 from pruning.utils import model_device, preserved_modes
 
@@ -104,6 +107,7 @@ def train(
     progress: bool = True,
     eval_loader: Iterable[Batch] | None = None,
     teacher: nn.Module | None = None,
+    amp: Precision | str | None = None,
 ) -> list[dict]:
     """Train ``model`` in place; return one dict per epoch.
 
@@ -113,9 +117,13 @@ def train(
     that dropout and unseeded loaders repeat too. Leaves the model's train/eval modes as they
     were. Raises ``FloatingPointError`` as soon as the loss stops being finite.
     ``teacher`` (used in eval mode, never updated) is distilled from when ``config.distill > 0``.
+    ``amp``: mixed precision (a :class:`~pruning.devices.Precision` or ``"bf16"``/``"fp16"``;
+    CUDA only), also for the per-epoch evaluation; None: float32.
     """
     if config.distill > 0 and teacher is None:
         raise InputError(f"TrainConfig.distill is {config.distill}: train needs a teacher model")
+    precision = Precision.of(amp)
+    precision.check(model_device(model))
     seed_everything(config.seed)
     steps_per_epoch = len(train_loader)
     if config.max_batches_per_epoch is not None:
@@ -132,6 +140,7 @@ def train(
         nesterov=config.momentum > 0,  # torch refuses Nesterov without momentum
     )
     scheduler = _make_scheduler(optimizer, config, total_steps)
+    scaler = precision.scaler(device)
     history = []
     with preserved_modes(model):
         for epoch in range(1, config.epochs + 1):
@@ -146,20 +155,26 @@ def train(
             )
             for step, (inputs, targets) in enumerate(batches, start=1):
                 inputs, targets = inputs.to(device), targets.to(device)
-                logits = model(inputs)
-                loss = F.cross_entropy(logits, targets)
-                if config.distill > 0:
-                    loss = (1 - config.distill) * loss + config.distill * _distillation_loss(
-                        logits, teacher, inputs, config.temperature
-                    )
+                with precision.autocast(device):
+                    logits = model(inputs)
+                    loss = F.cross_entropy(logits, targets)
+                    if config.distill > 0:
+                        loss = (1 - config.distill) * loss + config.distill * _distillation_loss(
+                            logits, teacher, inputs, config.temperature
+                        )
                 if not torch.isfinite(loss):
                     raise FloatingPointError(
                         f"training loss became {loss.item()} at epoch {epoch}, step {step}; "
                         f"try a lower learning rate than {config.lr}"
                     )
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                if scaler is None:
+                    loss.backward()
+                    optimizer.step()
+                else:  # fp16: scaled loss; a step whose gradients overflowed is skipped
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
                 lr = optimizer.param_groups[0]["lr"]
                 scheduler.step()
                 loss_sum += loss.item() * len(targets)
@@ -168,7 +183,7 @@ def train(
                 batches.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}", refresh=False)
             record = {"epoch": epoch, "loss": loss_sum / seen, "accuracy": correct / seen, "lr": lr}
             if eval_loader is not None:
-                result = evaluate(model, eval_loader, progress=progress)
+                result = evaluate(model, eval_loader, progress=progress, amp=precision)
                 record.update(eval_loss=result.loss, eval_accuracy=result.accuracy)
             history.append(record)
     return history
@@ -204,12 +219,16 @@ def evaluate(
     *,
     progress: bool = False,
     max_batches: int | None = None,
+    amp: Precision | str | None = None,
 ) -> EvalResult:
     """Accuracy and mean cross-entropy of ``model`` in eval mode over ``loader`` (or its
-    first ``max_batches`` batches). Leaves the model's train/eval modes as they were."""
+    first ``max_batches`` batches). Leaves the model's train/eval modes as they were.
+    ``amp``: mixed-precision forward passes (CUDA only; the loss is summed in float32)."""
     if max_batches is not None and max_batches <= 0:
         raise InputError(f"max_batches must be > 0 or None, got {max_batches}")
     device = model_device(model)
+    precision = Precision.of(amp)
+    precision.check(device)
     loss_sum, correct, seen = 0.0, 0, 0
     with preserved_modes(model):
         model.eval()
@@ -219,8 +238,9 @@ def evaluate(
         )
         for inputs, targets in batches:
             inputs, targets = inputs.to(device), targets.to(device)
-            logits = model(inputs)
-            loss_sum += F.cross_entropy(logits, targets, reduction="sum").item()
+            with precision.autocast(device):
+                logits = model(inputs)
+            loss_sum += F.cross_entropy(logits.float(), targets, reduction="sum").item()
             correct += (logits.argmax(1) == targets).sum().item()
             seen += len(targets)
     if seen == 0:

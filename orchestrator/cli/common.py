@@ -17,8 +17,8 @@ from pruning.data import DataConfig, DataSplits, load_data, make_loader
 from pruning.structure import ModelSpec, check_fits, load_checkpoint, measure_cost, measure_latency, model_for_data
 
 __all__ = [
-    "LATENCY_BATCHES", "Loaded", "collect_stats", "distribute_criterion", "load_fitting", "load_model_option",
-    "make_data_config", "make_test_loader", "measure", "model_source", "ray_network",
+    "LATENCY_BATCHES", "Loaded", "collect_stats", "command_device", "distribute_criterion", "load_fitting",
+    "load_model_option", "make_data_config", "make_test_loader", "measure", "model_source", "ray_network",
 ]
 
 LATENCY_BATCHES = (1, 64)
@@ -98,9 +98,25 @@ def load_model_option(args: argparse.Namespace, prunable: bool = True) -> Loaded
     return Loaded(model, spec, splits, shape)
 
 
-def make_test_loader(splits: DataSplits):
-    """The test split in order: what every reported accuracy is measured on."""
-    return make_loader(splits.test, _EVAL_BATCH, shuffle=False)
+def command_device(args: argparse.Namespace):
+    """The :class:`torch.device` of ``--device``, with ``--amp`` and ``--loader-workers``
+    checked against it: one-line errors, before any data is loaded."""
+    from orchestrator.cli.options import check_minimum
+    from pruning.devices import check_amp, resolve_device
+
+    device = resolve_device(getattr(args, "device", "auto"))
+    check_amp(getattr(args, "amp", None), device)
+    if hasattr(args, "loader_workers"):
+        check_minimum(args, "--loader-workers", 0)
+    return device
+
+
+def make_test_loader(splits: DataSplits, args: argparse.Namespace | None = None, device=None):
+    """The test split in order: what every reported accuracy is measured on (with the
+    command's ``--loader-workers``, pinned for a CUDA ``device``)."""
+    workers = getattr(args, "loader_workers", 0) if args is not None else 0
+    pin = device is not None and getattr(device, "type", None) == "cuda"
+    return make_loader(splits.test, _EVAL_BATCH, shuffle=False, num_workers=workers, pin_memory=pin)
 
 
 def measure(model: nn.Module, shape: tuple[int, int, int], accuracy: float | None) -> dict[str, Any]:
@@ -126,6 +142,7 @@ def collect_stats(args: argparse.Namespace, model: nn.Module, groups, batches, *
         return collect_activation_stats(model, groups, batches, progress=not args.quiet, **options)
     distributed.connect(args.address, workers, args.cpus_per_worker, log_to_driver=not args.json)
     return distributed.distributed_stats(model, groups, batches, workers=workers, cpus_per_worker=args.cpus_per_worker,
+                                         gpus_per_worker=getattr(args, "gpus_per_worker", 0.0),
                                          progress=not args.quiet, **options)
 
 
@@ -135,8 +152,8 @@ def distribute_criterion(criterion, args: argparse.Namespace):
     if not args.workers or criterion.name not in ("shapley", "snpfi"):
         return criterion
     return criterion.delegate_estimation(distributed.DistributedShapley(
-        args.workers, cpus_per_worker=args.cpus_per_worker, address=args.address, progress=not args.quiet,
-        log_to_driver=not args.json))
+        args.workers, cpus_per_worker=args.cpus_per_worker, gpus_per_worker=getattr(args, "gpus_per_worker", 0.0),
+        address=args.address, progress=not args.quiet, log_to_driver=not args.json))
 
 
 def ray_network(args: argparse.Namespace) -> str | None:

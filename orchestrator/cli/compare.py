@@ -5,7 +5,7 @@ import argparse
 import time
 from pathlib import Path
 
-from orchestrator.cli.options import add_model_source, add_output, add_ray_network
+from orchestrator.cli.options import add_model_source, add_output, add_ray_network, add_trial_device, trial_gpus
 from orchestrator.cli.recipe_args import add_recipe_arguments, recipe_from_args
 from orchestrator.cli.result import CommandResult
 from pruning.errors import InputError
@@ -30,6 +30,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--test-subset", type=int, default=None, help="evaluate on the first N test images only")
     p.add_argument("--concurrency", type=int, default=2)
     p.add_argument("--cpus-per-trial", type=float, default=1.0)
+    add_trial_device(p, "0")
     p.add_argument("--address", default=None, help="Ray cluster address to join (default: start Ray locally)")
     add_ray_network(p)
     p.add_argument("--tracking-uri", default=None, help="default: sqlite:////RUN_DIR/mlflow.db")
@@ -60,7 +61,7 @@ def run(args: argparse.Namespace) -> CommandResult:
         **source, criteria=tuple(args.criteria),
         flops_reductions=tuple(args.flops_reductions), seeds=tuple(args.seeds), run_dir=run_dir,
         strategy=args.strategy, recipe=recipe_from_args(args), data=data, concurrency=args.concurrency,
-        cpus_per_trial=args.cpus_per_trial, tracking=tracking, name=name,
+        cpus_per_trial=args.cpus_per_trial, gpus_per_trial=trial_gpus(args, 0.0), tracking=tracking, name=name,
     )
     result = run_compare(config, address=args.address, progress=not args.quiet)
     return CommandResult(result.text(), result.to_dict())

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from orchestrator.cli.options import add_data, add_model_source, add_output, add_seed
+from orchestrator.cli.options import add_data, add_device, add_model_source, add_output, add_seed
 from orchestrator.cli.result import CommandResult
 
 __all__ = ["add_parser", "run"]
@@ -15,16 +15,19 @@ def add_parser(sub) -> argparse.ArgumentParser:
     add_seed(p)
     add_data(p, None)
     add_model_source(p)
+    add_device(p)
     return p
 
 
 def run(args: argparse.Namespace) -> CommandResult:
-    from orchestrator.cli.common import load_fitting, make_test_loader, measure
+    from orchestrator.cli.common import command_device, load_fitting, make_test_loader, measure
     from orchestrator.report import format_table
     from pruning.training import evaluate
 
+    device = command_device(args)
     loaded = load_fitting(args, prunable=False)  # evaluating needs no pruning
-    test = evaluate(loaded.model, make_test_loader(loaded.splits), progress=not args.quiet)
+    loaded.model.to(device)
+    test = evaluate(loaded.model, make_test_loader(loaded.splits, args, device), progress=not args.quiet, amp=args.amp)
     data = {"checkpoint": args.checkpoint, "model": loaded.spec.name, "dataset": loaded.splits.name, "loss": test.loss,
             **measure(loaded.model, loaded.shape, test.accuracy)}
     rows = [(k, v) for k, v in data.items() if k != "checkpoint"]

@@ -1,4 +1,4 @@
-"""The ``prunesweep`` command line: info, train, eval, stats, prune, sweep, pareto, compare.
+"""The ``prunesweep`` command line: info, train, eval, stats, prune, export, sweep, pareto, compare.
 
 Every command prints a readable summary, or with ``--json`` exactly one JSON object on stdout
 (progress bars go to stderr; ``--quiet`` silences them). Bad input ends with a one-line
@@ -17,13 +17,13 @@ from typing import Any, Sequence
 # Only light modules here: the parser is built, and the command chosen, before the process may
 # re-execute itself in a private network namespace; the commands import torch in their run().
 from orchestrator import distributed
-from orchestrator.cli import compare, evaluate, info, pareto, prune, stats, sweep, train
+from orchestrator.cli import compare, evaluate, export, info, pareto, prune, stats, sweep, train
 from pruning.errors import InputError
 
 EXIT_BAD_INPUT = 2
 #: what ends in one ``error:`` line: bad input, and a file named on the command line that is missing
 BAD_INPUT = (InputError, FileNotFoundError)
-COMMANDS = (info, train, evaluate, stats, prune, sweep, pareto, compare)
+COMMANDS = (info, train, evaluate, stats, prune, export, sweep, pareto, compare)
 #: commands that always start Ray (the others only with --workers N > 0)
 _RAY_COMMANDS = ("sweep", "compare")
 

@@ -11,12 +11,17 @@ from typing import Any
 from pruning.errors import InputError
 
 __all__ = [
-    "RAY_NETWORKS", "add_data", "add_distributed", "add_model_options", "add_model_source", "add_output",
-    "add_ray_network", "add_seed", "check_minimum", "check_model_source", "check_output_files", "check_workers",
-    "model_kwargs",
+    "AMP_CHOICES", "RAY_NETWORKS", "TRIAL_DEVICES", "add_data", "add_device", "add_distributed",
+    "add_model_options", "add_model_source", "add_output", "add_ray_network", "add_seed", "add_trial_device",
+    "check_gpus", "check_minimum", "check_model_source", "check_output_files", "check_workers", "model_kwargs",
+    "trial_gpus",
 ]
 
 RAY_NETWORKS = ("private", "host")
+#: ``--amp`` modes (as :data:`pruning.devices.AMP_MODES`, which imports torch)
+AMP_CHOICES = ("bf16", "fp16")
+#: ``--device`` of the commands whose model runs in Ray trials (Ray picks a trial's GPU)
+TRIAL_DEVICES = ("auto", "cpu", "cuda")
 
 
 def add_output(p: argparse.ArgumentParser) -> None:
@@ -80,6 +85,50 @@ def model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return value
 
 
+def add_device(p: argparse.ArgumentParser, *, amp: bool = True, loaders: bool = True) -> None:
+    """``--device`` (checked by :func:`orchestrator.cli.common.command_device`), ``--amp`` where
+    the command trains or evaluates, ``--loader-workers`` where it builds data loaders."""
+    p.add_argument("--device", default="auto",
+                   help="where the model runs: auto (CUDA if available, else the CPU; default), cpu, cuda, cuda:N, mps")
+    if amp:
+        p.add_argument("--amp", choices=AMP_CHOICES, default=None,
+                       help="mixed precision for training, fine-tuning and evaluation (CUDA only; default: off)")
+    if loaders:
+        p.add_argument("--loader-workers", type=int, default=0, metavar="N",
+                       help="data-loader worker processes (default: 0 = batches made in this process)")
+
+
+def add_trial_device(p: argparse.ArgumentParser, what: str) -> None:
+    """``--device`` and ``--gpus-per-trial`` of a command whose model runs in Ray trials."""
+    p.add_argument("--device", choices=TRIAL_DEVICES, default="auto",
+                   help="where trials run: auto (default: on the GPUs of --gpus-per-trial, none by default), cpu "
+                        "(no GPUs, whatever the config says) or cuda (one GPU per trial unless --gpus-per-trial says "
+                        "otherwise); Ray picks each trial's GPU")
+    p.add_argument("--gpus-per-trial", type=float, default=None,
+                   help=f"GPUs each trial reserves, fractions allowed (default: {what})")
+
+
+def trial_gpus(args: argparse.Namespace, configured: float) -> float:
+    """GPUs per trial from ``--device`` and ``--gpus-per-trial`` over the ``configured`` value."""
+    check_gpus("--gpus-per-trial", args.gpus_per_trial)
+    gpus = configured if args.gpus_per_trial is None else args.gpus_per_trial
+    if args.device == "cpu":
+        if args.gpus_per_trial:
+            raise InputError(f"--device cpu runs trials without GPUs: drop --gpus-per-trial {args.gpus_per_trial:g}")
+        return 0.0
+    if args.device == "cuda" and not gpus:
+        if args.gpus_per_trial is not None:
+            raise InputError("--device cuda needs GPUs per trial: --gpus-per-trial must be > 0")
+        return 1.0
+    return float(gpus)
+
+
+def check_gpus(option: str, value: float | None) -> None:
+    """Refuse a negative GPU count (an option left unset passes)."""
+    if value is not None and not value >= 0:
+        raise InputError(f"{option} must be >= 0, got {value:g}")
+
+
 def add_ray_network(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ray-network", choices=RAY_NETWORKS, default="private",
                    help="where a local Ray listens: private (default: a network namespace with only "
@@ -92,6 +141,8 @@ def add_distributed(p: argparse.ArgumentParser, what: str) -> None:
                    help=f"Ray actors for {what} (default: 0 = in-process, no Ray)")
     p.add_argument("--cpus-per-worker", type=float, default=1.0,
                    help="CPUs each Ray actor reserves; its torch threads (default: 1)")
+    p.add_argument("--gpus-per-worker", type=float, default=0.0,
+                   help="GPUs each Ray actor reserves, fractions allowed; an actor given one runs on it (default: 0)")
     p.add_argument("--address", default=None,
                    help="Ray cluster to join: auto (on a cluster node) or ray://HOST:10001 "
                         "(default: start a local Ray without dashboard); see docs/cluster.md")
@@ -118,6 +169,7 @@ def check_workers(args: argparse.Namespace) -> int:
     check_minimum(args, "--workers", 0)
     if not args.cpus_per_worker > 0:
         raise InputError(f"--cpus-per-worker must be > 0, got {args.cpus_per_worker}")
+    check_gpus("--gpus-per-worker", getattr(args, "gpus_per_worker", 0.0))
     if args.address and not args.workers:
         raise InputError("--address joins a Ray cluster for --workers N > 0: give --workers")
     return args.workers

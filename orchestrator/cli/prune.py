@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 
 from orchestrator.cli.options import (
-    add_data, add_distributed, add_model_source, add_output, add_seed, check_minimum, check_model_source,
+    add_data, add_device, add_distributed, add_model_source, add_output, add_seed, check_minimum, check_model_source,
     check_output_files, check_workers,
 )
 from orchestrator.cli.recipe_args import add_recipe_arguments, recipe_from_args
@@ -52,13 +52,14 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="pruned checkpoint path to write")
     add_recipe_arguments(p)
     add_distributed(p, "shapley/snpfi scoring and statistics")
+    add_device(p)
     return p
 
 
 def run(args: argparse.Namespace) -> CommandResult:
     import torch
 
-    from orchestrator.cli.common import distribute_criterion, load_fitting, make_test_loader, measure
+    from orchestrator.cli.common import command_device, distribute_criterion, load_fitting, make_test_loader, measure
     from pruning.criteria import ScoringContext, create_criterion, criterion_class
     from pruning.data import calibration_batches
     from pruning.pipeline import prune_with_criterion
@@ -68,6 +69,7 @@ def run(args: argparse.Namespace) -> CommandResult:
     from pruning.training import evaluate
 
     _check_arguments(args)
+    device = command_device(args)
     recipe = recipe_from_args(args)
     config, ratio_source = _pruning_config(args)
     criterion = distribute_criterion(create_criterion(args.criterion, seed=args.seed), args)
@@ -75,9 +77,11 @@ def run(args: argparse.Namespace) -> CommandResult:
     model, shape, splits = loaded.model, loaded.shape, loaded.splits
     example = torch.zeros(1, *shape)
     space = PruningSpace.build(model, example)
+    model.to(device)  # pruning copies the model: the pruned one and every recipe stage run there too
+    example = example.to(device)
     progress = not args.quiet
-    scoring = make_test_loader(splits)
-    base_accuracy = evaluate(model, scoring, progress=progress).accuracy
+    scoring = make_test_loader(splits, args, device)
+    base_accuracy = evaluate(model, scoring, progress=progress, amp=args.amp).accuracy
 
     needs_stats = criterion_class(args.criterion).needs_stats or ratio_source == "concentration"
     batches = calibration_batches(splits, args.calibration_images, args.batch_size)
@@ -86,7 +90,8 @@ def run(args: argparse.Namespace) -> CommandResult:
     ratio_weights, config, scores = _ratio_prior(args, ratio_source, criterion, model, space, config, context)
     outcome = prune_with_criterion(model, example, criterion, config, context, ratio_weights=ratio_weights,
                                    space=space, scores=scores)
-    recovery = recover(model, outcome, recipe, recovery_data_for(splits, batches, scoring), progress=progress)
+    recovery = recover(model, outcome, recipe, recovery_data_for(splits, batches, scoring), progress=progress,
+                       amp=args.amp)
 
     base = measure(model, shape, base_accuracy)
     after = measure(outcome.model, shape, recovery.final_accuracy)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from orchestrator.cli.options import (
-    add_data, add_distributed, add_model_source, add_output, add_seed, check_minimum, check_output_files,
+    add_data, add_device, add_distributed, add_model_source, add_output, add_seed, check_minimum, check_output_files,
     check_workers,
 )
 from orchestrator.cli.result import CommandResult
@@ -25,6 +25,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--chip", action="store_true", help="also accumulate CHIP nuclear-norm statistics (slower)")
     p.add_argument("--out", required=True, help="statistics file to write")
     add_distributed(p, "the statistics pass")
+    add_device(p, amp=False, loaders=False)
     return p
 
 
@@ -33,7 +34,7 @@ def run(args: argparse.Namespace) -> CommandResult:
 
     import torch
 
-    from orchestrator.cli.common import collect_stats, load_fitting, ray_network
+    from orchestrator.cli.common import collect_stats, command_device, load_fitting, ray_network
     from pruning.data import calibration_batches
     from pruning.structure import PruningSpace
 
@@ -41,8 +42,10 @@ def run(args: argparse.Namespace) -> CommandResult:
     check_minimum(args, "--calibration-images", 1)
     check_minimum(args, "--bins", 2)
     workers = check_workers(args)
+    device = command_device(args)
     loaded = load_fitting(args)
     space = PruningSpace.build(loaded.model, torch.zeros(1, *loaded.shape))
+    loaded.model.to(device)  # the in-process pass (and the histogram edges) run there
     batches = calibration_batches(loaded.splits, args.calibration_images, 128)
     started = time.perf_counter()
     state = collect_stats(args, loaded.model, space.groups, batches, bins=args.bins, value=args.value, chip=args.chip)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from orchestrator.cli.result import CommandResult
-from orchestrator.cli.options import add_output, add_ray_network
+from orchestrator.cli.options import add_output, add_ray_network, add_trial_device, trial_gpus
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -20,6 +20,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--run-dir", default=None, help="override run_dir (default: runs/sweeps/<name>)")
     p.add_argument("--verbose", action="store_true",
                    help="Ray Tune's own status tables too (default: one line per ended trial on stderr)")
+    add_trial_device(p, "sweep.gpus_per_trial, 0 unless set")
     return p
 
 
@@ -28,8 +29,9 @@ def run(args: argparse.Namespace) -> CommandResult:
 
     progress = not args.quiet
     if args.resume:
-        extra = [f"--{k.replace('_', '-')}" for k in ("config", "trials", "concurrency", "tracking_uri", "run_dir")
-                 if getattr(args, k, None) is not None]
+        extra = [f"--{k.replace('_', '-')}" for k in ("config", "trials", "concurrency", "tracking_uri", "run_dir",
+                                                      "gpus_per_trial") if getattr(args, k, None) is not None]
+        extra += ["--device"] if getattr(args, "device", "auto") != "auto" else []
         if extra:
             raise ConfigError("resume", f"a resumed sweep keeps its recorded config: drop {', '.join(extra)}")
         result = resume_sweep(args.resume, address=args.address, progress=progress, verbose=args.verbose)
@@ -39,5 +41,11 @@ def run(args: argparse.Namespace) -> CommandResult:
         overrides = {"sweep.trials": args.trials, "sweep.concurrency": args.concurrency,
                      "tracking.uri": args.tracking_uri, "run_dir": args.run_dir}
         config = load_sweep_config(args.config, overrides)
+        gpus = trial_gpus(args, config.sweep.gpus_per_trial)
+        if gpus != config.sweep.gpus_per_trial or (args.device == "cpu" and config.sweep.gpus_per_worker):
+            overrides["sweep.gpus_per_trial"] = gpus
+            if args.device == "cpu":
+                overrides["sweep.gpus_per_worker"] = 0
+            config = load_sweep_config(args.config, overrides)
         result = run_sweep(config, address=args.address, progress=progress, verbose=args.verbose)
     return CommandResult(result.text(), result.to_dict())

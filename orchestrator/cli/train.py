@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from orchestrator.cli.options import (
-    MODEL_HELP, add_data, add_model_options, add_output, add_seed, check_minimum, check_output_files,
+    MODEL_HELP, add_data, add_device, add_model_options, add_output, add_seed, check_minimum, check_output_files,
 )
 from orchestrator.cli.result import CommandResult
 
@@ -28,6 +28,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--calibration-size", type=int, default=2000,
                    help="training images held out as the calibration split (default: 2000)")
     p.add_argument("--out", required=True, help="checkpoint path to write")
+    add_device(p)
     return p
 
 
@@ -39,7 +40,7 @@ def run(args: argparse.Namespace) -> CommandResult:
 
     from pathlib import Path
 
-    from orchestrator.cli.common import make_data_config, make_test_loader, model_source
+    from orchestrator.cli.common import command_device, make_data_config, make_test_loader, model_source
     from orchestrator.report import format_table
     from pruning.data import load_data, make_loader
     from pruning.models import is_external
@@ -48,6 +49,7 @@ def run(args: argparse.Namespace) -> CommandResult:
 
     check_output_files(args, "--out")
     check_minimum(args, "--batch-size", 1)
+    device = command_device(args)
     train_config = TrainConfig(
         epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay, schedule=args.lr_schedule,
         batch_size=args.batch_size, seed=args.seed,
@@ -59,13 +61,13 @@ def run(args: argparse.Namespace) -> CommandResult:
     # a model that needs other images, or that the pruning engine cannot handle, fails before training
     model, spec, _ = model_for_data(args.model, splits, weights=state, kwargs=kwargs, prunable=is_external(args.model),
                                     weights_name=args.weights)
+    model.to(device)  # built (and initialised) on the CPU: the same weights on any device
     started = time.perf_counter()
-    history = train(
-        model, make_loader(splits.train, args.batch_size, shuffle=True, seed=args.seed, augment=splits.augment_by_default),
-        train_config, progress=not args.quiet,
-    )
+    loader = make_loader(splits.train, args.batch_size, shuffle=True, seed=args.seed, augment=splits.augment_by_default,
+                         num_workers=args.loader_workers, pin_memory=device.type == "cuda")
+    history = train(model, loader, train_config, progress=not args.quiet, amp=args.amp)
     seconds = time.perf_counter() - started
-    test = evaluate(model, make_test_loader(splits), progress=not args.quiet)
+    test = evaluate(model, make_test_loader(splits, args, device), progress=not args.quiet, amp=args.amp)
     meta = {"data": asdict(config), "train": asdict(train_config), "test_accuracy": test.accuracy,
             "history": history, "train_seconds": seconds}
     if args.weights is not None:

@@ -72,6 +72,7 @@ def distributed_shapley(
     seed: int = 0,
     workers: int | None = None,
     cpus_per_worker: float = 1,
+    gpus_per_worker: float = 0,
     pool: WorkerPool | None = None,
     progress: bool = True,
     max_failures: int | None = None,
@@ -118,7 +119,7 @@ def distributed_shapley(
         report.put_s = time.perf_counter() - put
         estimated = [g for g in groups if g.name in merges]
         task = (_ShapleyTask, model_ref, estimated, inputs_ref, targets_ref, options)
-        with pool_for(pool, workers, cpus_per_worker) as active:
+        with pool_for(pool, workers, cpus_per_worker, gpus_per_worker) as active:
             runner = ShardRunner(active, workers, task, report, max_failures=max_failures, progress=progress,
                                  desc="shapley blocks")
             runner.run(
@@ -152,6 +153,7 @@ class DistributedShapley:
         workers: int | None = None,
         *,
         cpus_per_worker: float = 1,
+        gpus_per_worker: float = 0,
         address: str | None = None,
         pool: WorkerPool | None = None,
         progress: bool = False,
@@ -163,6 +165,7 @@ class DistributedShapley:
             raise InputError("give workers (>= 1) or a WorkerPool")
         self.workers = workers
         self.cpus_per_worker = cpus_per_worker
+        self.gpus_per_worker = gpus_per_worker
         self.address = address
         self.pool = pool
         self.progress = progress
@@ -174,6 +177,7 @@ class DistributedShapley:
             connect(self.address, self.workers, self.cpus_per_worker, log_to_driver=self.log_to_driver)
         result, self.last_report = distributed_shapley(
             model, groups, calibration, options, seed=seed, workers=self.workers,
-            cpus_per_worker=self.cpus_per_worker, pool=self.pool, progress=self.progress, return_report=True,
+            cpus_per_worker=self.cpus_per_worker, gpus_per_worker=self.gpus_per_worker, pool=self.pool,
+            progress=self.progress, return_report=True,
         )
         return result

@@ -41,6 +41,7 @@ def distributed_stats(
     *,
     workers: int | None = None,
     cpus_per_worker: float = 1,
+    gpus_per_worker: float = 0,
     pool: WorkerPool | None = None,
     bins: int = 32,
     value: str = "gap",
@@ -60,6 +61,7 @@ def distributed_stats(
     With ``return_report``, returns ``(stats, RunReport)``; shard ids are batch-shard indices.
     ``pool``: run on the first ``workers`` (default: all) actors of a :class:`WorkerPool`
     (``cpus_per_worker`` is then the pool's) instead of actors started for this call.
+    ``gpus_per_worker``: the GPU share each new actor reserves (its replica then runs there).
     """
     wall = time.perf_counter()
     workers, cpus_per_worker = resolve_workers(workers, cpus_per_worker, pool)
@@ -91,7 +93,7 @@ def distributed_stats(
     def accept(key, state: ActivationStats) -> None:
         merged[:] = [state if not merged else merged[0].merge(state)]
 
-    with pool_for(pool, workers, cpus_per_worker) as active:
+    with pool_for(pool, workers, cpus_per_worker, gpus_per_worker) as active:
         runner = ShardRunner(active, workers, task, report, max_failures=max_failures, progress=progress,
                              desc="activation stats")
         runner.run(shards, accept)

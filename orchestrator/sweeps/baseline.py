@@ -128,14 +128,14 @@ def _build_baseline(settings: ModelSettings, data: DataSettings):
 
 def compute_baseline_statistics(
     model: nn.Module, space, batches, *, workers: int, cpus_per_worker: float = 1, chip: bool = False,
-    progress: bool = False,
+    progress: bool = False, gpus_per_worker: float = 0,
 ):
     """Activation statistics of the unpruned model over the calibration batches, computed once
     per sweep by ``workers`` Ray actors (shards merged exactly on the driver; Ray must be up)."""
     from orchestrator.distributed import distributed_stats
 
     return distributed_stats(model, space.groups, batches, workers=workers, cpus_per_worker=cpus_per_worker,
-                             chip=chip, progress=progress)
+                             gpus_per_worker=gpus_per_worker, chip=chip, progress=progress)
 
 
 def compute_utilization_curves(model: nn.Module, space, strategy: str, batches, *, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -170,6 +170,7 @@ def load_or_compute_extras(
     cpus_per_worker: float,
     seed: int,
     progress: bool = False,
+    gpus_per_worker: float = 0,
 ):
     """(statistics, utilization curves), each None where nothing needs it: computed once and
     kept in ``folder`` (``<run_dir>/baseline``), so a resumed sweep reads them back."""
@@ -185,7 +186,8 @@ def load_or_compute_extras(
         else:
             say(progress, f"computing activation statistics on {sum(len(y) for _, y in setup.batches)} calibration images")
             stats = compute_baseline_statistics(setup.model, setup.space, setup.batches, chip=chip, workers=workers,
-                                                cpus_per_worker=cpus_per_worker, progress=progress)
+                                                cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker,
+                                                progress=progress)
             folder.mkdir(parents=True, exist_ok=True)
             stats.save(path)
     if space.needs_utilization:

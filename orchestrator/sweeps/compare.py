@@ -125,6 +125,11 @@ def run_compare(config: CompareConfig, *, address: str | None = None, progress: 
     threads = max(1, int(config.cpus_per_trial))
     setup = prepare_baseline(config.source, config.data, threads=threads, progress=progress)
     with ray_connection(address, progress):
+        import ray
+
+        if config.gpus_per_trial > float(ray.cluster_resources().get("GPU", 0)):
+            raise ConfigError("gpus_per_trial", f"is {config.gpus_per_trial:g} but the Ray cluster has "
+                              f"{float(ray.cluster_resources().get('GPU', 0)):g} GPU(s); use 0 to run on CPUs")
         needs, chip = needs_statistics(config.criteria)
         stats = None
         if needs:
@@ -140,6 +145,7 @@ def run_compare(config: CompareConfig, *, address: str | None = None, progress: 
                                  baseline=dict(setup.metrics), recipe=config.recipe, strategy=config.strategy)
         run_trials(
             tracker, compare_trial, settings, setup, stats=stats, cpus_per_trial=config.cpus_per_trial,
+            gpus_per_trial=config.gpus_per_trial,
             concurrency=config.concurrency, metric_names=COMPARE_METRICS, tag_names=COMPARE_TAGS,
             param_space={"criterion": tune.grid_search(list(config.criteria)),
                          "flops_reduction": tune.grid_search(list(config.flops_reductions)),

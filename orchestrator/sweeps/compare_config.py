@@ -43,6 +43,7 @@ class CompareConfig:
     data: DataSettings = field(default_factory=DataSettings)
     concurrency: int = 2
     cpus_per_trial: float = 1
+    gpus_per_trial: float = 0
     tracking: TrackingSettings = field(default_factory=lambda: TrackingSettings(experiment="prunesweep-compare"))
     name: str = "compare"
     checkpoint: str | None = field(default=None, kw_only=True)
@@ -77,6 +78,8 @@ class CompareConfig:
             raise ConfigError("recipe", f"must be a RecoveryRecipe, got {type(self.recipe).__name__}")
         check_int("concurrency", self.concurrency, lo=1)
         check_number("cpus_per_trial", self.cpus_per_trial, positive=True)
+        if check_number("gpus_per_trial", self.gpus_per_trial) < 0:
+            raise ConfigError("gpus_per_trial", f"must be >= 0, got {self.gpus_per_trial!r}")
         check_name(self.name)
         if not self.run_dir:
             object.__setattr__(self, "run_dir", make_absolute(str(Path("runs") / "compare" / self.name)))
@@ -108,6 +111,7 @@ class CompareConfig:
             "data": self.data.to_dict(),
             "concurrency": self.concurrency,
             "cpus_per_trial": self.cpus_per_trial,
+            **({"gpus_per_trial": self.gpus_per_trial} if self.gpus_per_trial else {}),
             "tracking": {"uri": self.tracking_uri, "experiment": self.tracking.experiment},
             "run_dir": self.run_dir,
         }

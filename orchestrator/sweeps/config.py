@@ -12,7 +12,8 @@ A sweep config is one YAML file (see ``search_spaces/resnet20_fmnist.yaml``)::
     recipe:   {reconstruct: true, bn_batches: 20, finetune_subset: null, ...}  # RecoveryRecipe
     space:    {name: concentration, strategy: full, <the space's options>}
     sweep:    {trials: 8, concurrency: 2, sampler: nsga2, objectives: {accuracy: max, macs: min},
-               seed: 0, cpus_per_trial: 1, population_size: null, warm_start: true,
+               seed: 0, cpus_per_trial: 1, gpus_per_trial: 0, gpus_per_worker: 0,
+               population_size: null, warm_start: true,
                refine: {candidates: 0, recipe: {finetune_epochs: 1, distill: 0.5}}}
     tracking: {uri: null, experiment: prunesweep}
     run_dir:  null                   # default: runs/sweeps/<name>
@@ -73,6 +74,8 @@ SAMPLERS = {"nsga2": "NSGAIISampler", "tpe": "TPESampler", "gp": "GPSampler", "r
 #: metrics a sweep may optimise, each with the only direction that makes sense for it
 OBJECTIVES = {"accuracy": "max", "macs": "min", "params": "min", "latency_ms": "min"}
 RESOLVED_CONFIG_FILE = "sweep.yaml"
+#: sweep keys left out of the resolved config while 0
+_GPU_KEYS = ("gpus_per_trial", "gpus_per_worker")
 #: data keys that became recipe keys: refused with their new place
 MOVED_DATA_KEYS = {"bn_batches": "recipe.bn_batches", "finetune_subset": "recipe.finetune_subset"}
 
@@ -172,6 +175,10 @@ class SweepSettings:
     objectives: metric -> direction; from accuracy (max), macs, params, latency_ms (min).
     seed: sampler seed, and the seed of every trial's criterion and recovery recipe.
     cpus_per_trial: Ray CPUs reserved per trial (also its torch thread count).
+    gpus_per_trial: Ray GPUs reserved per trial (fractions share a GPU; 0: CPU only); a trial
+        given a GPU runs its model there.
+    gpus_per_worker: Ray GPUs reserved by each statistics actor of the baseline (0: CPU only).
+    (The resolved config lists the two GPU keys only where they are > 0.)
     population_size: NSGA-II population (None: trials // 2, clipped to [2, 50]).
     warm_start: the first trials are ``SearchSpace.warm_starts`` (counted in ``trials``).
     refine: the refinement stage (``candidates: 0``: none); ``trials`` are then the screening ones.
@@ -183,6 +190,8 @@ class SweepSettings:
     objectives: Mapping[str, str] = field(default_factory=lambda: {"accuracy": "max", "macs": "min"})
     seed: int = 0
     cpus_per_trial: float = 1
+    gpus_per_trial: float = 0
+    gpus_per_worker: float = 0
     population_size: int | None = None
     warm_start: bool = True
     refine: RefineSettings = field(default_factory=RefineSettings)
@@ -208,6 +217,9 @@ class SweepSettings:
                 )
         check_int("sweep.seed", self.seed, lo=0)
         check_number("sweep.cpus_per_trial", self.cpus_per_trial, positive=True)
+        for key in ("gpus_per_trial", "gpus_per_worker"):
+            if check_number(f"sweep.{key}", getattr(self, key)) < 0:
+                raise ConfigError(f"sweep.{key}", f"must be >= 0, got {getattr(self, key)!r}")
         check_int("sweep.population_size", self.population_size, lo=2, optional=True)
         if self.population_size is not None and self.sampler != "nsga2":
             raise ConfigError("sweep.population_size", f"applies to sampler nsga2 only, not {self.sampler!r}")
@@ -226,8 +238,11 @@ class SweepSettings:
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**{f.name: getattr(self, f.name) for f in fields(self)}, "objectives": dict(self.objectives),
-                "refine": self.refine.to_dict()}
+        """Every key, but the GPU keys only where set (> 0): a CPU sweep's resolved config, and
+        so its MLflow params, stay as they were before GPUs were configurable."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)
+                  if f.name not in _GPU_KEYS or getattr(self, f.name)}
+        return {**values, "objectives": dict(self.objectives), "refine": self.refine.to_dict()}
 
 
 @dataclass(frozen=True)

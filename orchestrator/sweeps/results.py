@@ -1,6 +1,6 @@
 """A sweep's outcome: the Pareto front over its feasible finished trials (a two-stage sweep's
-refined trials only), the front's test accuracy, hypervolume, table, plot and checkpoints,
-logged at the end or read back from MLflow."""
+refined trials only), the front's test accuracy, hypervolume, table, plot, checkpoints and ONNX
+models, logged at the end or read back from MLflow; the front's models exported as ONNX files."""
 from __future__ import annotations
 
 import json
@@ -19,10 +19,11 @@ from orchestrator.sweeps.checks import ConfigError, default_tracking_uri
 from orchestrator.sweeps.config import RESOLVED_CONFIG_FILE, TrackingSettings
 from orchestrator.sweeps.front import front_table, hypervolume, pareto_front, plot_front
 from orchestrator.sweeps.refine import STAGE_REFINE
-from orchestrator.sweeps.tracking import TAG_PARETO, TAG_STAGE, TAG_SWEEP, Tracker, TrialRecord
+from orchestrator.sweeps.tracking import ONNX_MODEL_NAME, TAG_PARETO, TAG_STAGE, TAG_SWEEP, Tracker, TrialRecord
 from orchestrator.sweeps.trials import MODEL_FILE
+from pruning.errors import InputError
 
-__all__ = ["SweepResult", "front_hypervolume", "finalize_sweep", "read_front"]
+__all__ = ["SweepResult", "front_hypervolume", "finalize_sweep", "read_front", "export_front"]
 
 
 @dataclass
@@ -122,13 +123,32 @@ def front_hypervolume(points: Sequence[Mapping[str, Any]], objectives: Mapping[s
     return hypervolume(points, objectives, reference)
 
 
-def _test_accuracy(path: str, splits) -> float:
+def _test_accuracy(model, splits) -> float:
     from pruning.data import make_loader
-    from pruning.structure import load_checkpoint
     from pruning.training import evaluate
 
-    model, _ = load_checkpoint(path)
     return evaluate(model, make_loader(splits.test, EVAL_BATCH, shuffle=False)).accuracy
+
+
+def _log_onnx_model(tracker: Tracker, record: TrialRecord, model, spec, folder: str, progress: bool) -> None:
+    """The trial's pruned model as a checked ONNX export, logged as the MLflow model
+    ``ONNX_MODEL_NAME`` of its run (once: a resumed sweep's run keeps its model); a model ONNX
+    cannot represent is reported and skipped, the sweep's result stands without it."""
+    import numpy as np
+
+    from pruning.export import INPUT_NAME, OUTPUT_NAME, ExportError, export_model, onnx_session
+
+    if tracker.has_logged_model(record.run_id, ONNX_MODEL_NAME):
+        return
+    path = Path(folder) / f"{record.name}.onnx"
+    try:
+        export_model(model, tuple(spec.input_shape), path, "onnx", what=f"trial {record.name}")
+    except ExportError as err:
+        say(progress, f"{record.name}: no ONNX model logged: {err}")
+        return
+    example = np.random.default_rng(0).standard_normal((1, *spec.input_shape)).astype(np.float32)
+    outputs = onnx_session(path).run([OUTPUT_NAME], {INPUT_NAME: example})[0]
+    tracker.log_onnx_model(record.run_id, path, example, {OUTPUT_NAME: outputs})
 
 
 def finalize_sweep(tracker: Tracker, config, setup, complete: bool, progress: bool) -> SweepResult:
@@ -138,15 +158,21 @@ def finalize_sweep(tracker: Tracker, config, setup, complete: bool, progress: bo
     finished, points, front = _front(records, objectives, config.two_stage)
     parent = tracker.parent_run_id
     rows = []
-    say(progress and bool(front), f"evaluating the {len(front)} Pareto-optimal model(s) on the test split")
-    for i in front:
-        record, point = finished[i], points[i]
-        model_file = Path(record.checkpoint or "") / MODEL_FILE
-        if record.checkpoint and model_file.is_file():
-            point["test_accuracy"] = _test_accuracy(str(model_file), setup.splits)
-            tracker.log_metrics(record.run_id, {"test_accuracy": point["test_accuracy"]})
-            tracker.log_file_as(parent, model_file, f"pareto/checkpoints/{record.name}.pt")
-        rows.append(_front_row(record, point))
+    say(progress and bool(front), f"evaluating the {len(front)} Pareto-optimal model(s) on the test split "
+                                  "and logging them as ONNX models")
+    with tempfile.TemporaryDirectory(prefix="prunesweep-onnx-") as folder:
+        for i in front:
+            record, point = finished[i], points[i]
+            model_file = Path(record.checkpoint or "") / MODEL_FILE
+            if record.checkpoint and model_file.is_file():
+                from pruning.structure import load_checkpoint
+
+                model, spec = load_checkpoint(model_file)
+                point["test_accuracy"] = _test_accuracy(model, setup.splits)
+                tracker.log_metrics(record.run_id, {"test_accuracy": point["test_accuracy"]})
+                tracker.log_file_as(parent, model_file, f"pareto/checkpoints/{record.name}.pt")
+                _log_onnx_model(tracker, record, model, spec, folder, progress)
+            rows.append(_front_row(record, point))
     for i, record in enumerate(finished):
         tracker.set_tags(record.run_id, {TAG_PARETO: str(i in front).lower()})
     volume = front_hypervolume(points, objectives, setup.metrics)
@@ -207,3 +233,37 @@ def read_front(run_dir: str | os.PathLike, *, tracking_uri: str | None = None) -
         front=[_front_row(finished[i], points[i]) for i in front],
         hypervolume=front_hypervolume(points, objectives, baseline), complete=run.info.status == "FINISHED",
     )
+
+
+def export_front(front: Sequence[Mapping[str, Any]], folder: str | os.PathLike) -> list[dict[str, Any]]:
+    """Each front row's pruned model as ``<folder>/<trial>.onnx``, checked against PyTorch (see
+    :func:`pruning.export.export_model`); one dict per file: trial, file and check. Every row's
+    checkpoint is looked up before anything is written, and on an error the files written so
+    far are removed: the folder gets the whole front or nothing of it."""
+    from pruning.export import export_model
+    from pruning.structure import load_checkpoint
+
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"export folder {folder} is a file; give a folder to write the ONNX files into")
+    files = []
+    for row in front:
+        model_file = Path(row.get("checkpoint") or "") / MODEL_FILE
+        if not row.get("checkpoint") or not model_file.is_file():
+            raise InputError(f"trial {row['trial']} has no pruned checkpoint to export (no {model_file})")
+        files.append((row["trial"], model_file))
+    folder.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    exported = []
+    try:
+        for trial, model_file in files:
+            model, spec = load_checkpoint(model_file)
+            out = folder / f"{trial}.onnx"
+            check = export_model(model, tuple(spec.input_shape), out, "onnx", what=f"trial {trial}")
+            written.append(out)
+            exported.append({"trial": trial, "file": str(out), "check": check.to_dict()})
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
+    return exported

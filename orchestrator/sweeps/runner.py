@@ -97,6 +97,7 @@ def run_trials(
     setup: BaselineSetup,
     *,
     cpus_per_trial: float,
+    gpus_per_trial: float = 0,
     concurrency: int,
     metric_names: Sequence[str],
     tag_names: Sequence[str],
@@ -130,7 +131,7 @@ def run_trials(
         with _tune_environment(progress):
             refs = refs or put_shared(setup, stats, utilization)
             trainable = tune.with_resources(functools.partial(trial, refs=refs, settings=settings),
-                                            {"cpu": cpus_per_trial})
+                                            {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
             if resume:
                 experiment = Path(tracker.run_dir) / name
                 tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_errored=True)

@@ -75,6 +75,18 @@ def _check_run_dir(config: SweepConfig, resume: bool) -> None:
         )
 
 
+def _check_gpus(config: SweepConfig) -> None:
+    """Refuse GPUs per trial or per statistics actor on a Ray cluster without GPUs (Ray would
+    leave the trials pending forever)."""
+    import ray
+
+    have = float(ray.cluster_resources().get("GPU", 0))
+    for key in ("gpus_per_trial", "gpus_per_worker"):
+        want = getattr(config.sweep, key)
+        if want > 0 and want > have:
+            raise ConfigError(f"sweep.{key}", f"is {want:g} but the Ray cluster has {have:g} GPU(s); use 0 to run on CPUs")
+
+
 def run_sweep(
     config: SweepConfig,
     *,
@@ -110,10 +122,12 @@ def run_sweep(
     if not resume:
         atomic_write(Path(config.run_dir) / RESOLVED_CONFIG_FILE, lambda tmp: tmp.write_text(text))
     with ray_connection(address, verbose):
+        _check_gpus(config)
         stats, utilization = load_or_compute_extras(
             setup, Path(config.run_dir) / "baseline", space=space,
             strategy=config.space.strategy, workers=config.sweep.concurrency,
-            cpus_per_worker=config.sweep.cpus_per_trial, seed=config.sweep.seed, progress=progress,
+            cpus_per_worker=config.sweep.cpus_per_trial, gpus_per_worker=config.sweep.gpus_per_worker,
+            seed=config.sweep.seed, progress=progress,
         )
         context = SpaceContext(space=setup.space, strategy=config.space.strategy, stats=stats, utilization=utilization)
         tracker = Tracker(config.tracking_uri, config.tracking.experiment, config.run_dir, kind="sweep")
@@ -133,6 +147,7 @@ def run_sweep(
         )
         stage = functools.partial(
             run_trials, tracker, sweep_trial, setup=setup, cpus_per_trial=config.sweep.cpus_per_trial,
+            gpus_per_trial=config.sweep.gpus_per_trial,
             concurrency=config.sweep.concurrency, metric_names=TRIAL_METRICS, tag_names=TRIAL_TAGS,
             refs=put_shared(setup, stats, utilization), progress=progress, verbose=verbose,
         )

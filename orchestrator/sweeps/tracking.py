@@ -27,7 +27,7 @@ from typing import Any, Mapping, Sequence
 __all__ = [
     "TAG_PARENT", "TAG_RUN_DIR", "TAG_KIND", "TAG_SWEEP", "TAG_COMMIT", "TAG_TRIAL_ID", "TAG_TRIAL_NUMBER",
     "TAG_CHECKPOINT", "TAG_ERROR", "TAG_PARETO", "TAG_STAGE", "TAG_REFINES", "TrialRecord", "Tracker", "git_commit", "error_summary",
-    "finite_metric",
+    "finite_metric", "ONNX_MODEL_NAME",
 ]
 
 TAG_PARENT = "mlflow.parentRunId"
@@ -45,6 +45,8 @@ TAG_STAGE = "prunesweep.stage"
 #: a refined trial's screening trial (its run name)
 TAG_REFINES = "prunesweep.refines"
 
+#: the MLflow model name of a Pareto-optimal trial's ONNX export (``runs:/<run id>/model``)
+ONNX_MODEL_NAME = "model"
 _MAX_PARAM = 6000  # MLflow's limit on a param value
 _MAX_TAG = 5000  # well under MLflow's limit on a tag value
 _BATCH = 100  # params / tags per log_batch call
@@ -249,6 +251,35 @@ class Tracker:
 
                 shutil.copyfile(local_path, target)
             self.client.log_artifact(run_id, str(target), artifact_dir or None)
+
+    def has_logged_model(self, run_id: str, name: str) -> bool:
+        """Whether run ``run_id`` has a logged (MLflow 3) model named ``name``."""
+        where = f"name = '{name}' AND source_run_id = '{run_id}'"
+        return bool(self.client.search_logged_models(experiment_ids=[self.experiment_id], filter_string=where,
+                                                     max_results=1))
+
+    def log_onnx_model(self, run_id: str, onnx_path: str | os.PathLike, input_example: Any, output_example: Any,
+                       name: str = ONNX_MODEL_NAME) -> str:
+        """Log the ONNX file ``onnx_path`` as MLflow model ``name`` of run ``run_id``, loadable with
+        ``mlflow.pyfunc.load_model(f"runs:/{run_id}/{name}")`` (no unpickling); its signature is
+        inferred from ``input_example`` (a float32 batch, also logged) and ``output_example``
+        (``{output name: array}``, what the pyfunc model predicts). Returns the model's URI.
+
+        The logged model is created here, in this tracker's store and experiment: MLflow's
+        ``log_model`` would otherwise take the process's tracking URI and active experiment."""
+        import mlflow.onnx
+        import onnx
+        from mlflow.models import infer_signature
+        from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+        logged = self.client.create_logged_model(self.experiment_id, name=name, source_run_id=run_id)
+        with _use_tracking_uri(self.uri):
+            info = mlflow.onnx.log_model(
+                onnx.load(str(onnx_path)), name=name, run_id=run_id, model_id=logged.model_id,
+                input_example=input_example, signature=infer_signature(input_example, output_example),
+                onnx_execution_providers=["CPUExecutionProvider"], save_as_external_data=False,
+            )
+        return info.model_uri
 
     # -- trials -----------------------------------------------------------------------------------
 

@@ -99,6 +99,13 @@ def _rebuild_model(spec_json: str, state: Mapping[str, torch.Tensor]) -> nn.Modu
     return rebuild_model(ModelSpec.from_json(spec_json), state)
 
 
+def _trial_device() -> torch.device:
+    """CUDA when Ray gave this trial a GPU (``sweep.gpus_per_trial > 0``), else the CPU."""
+    import ray
+
+    return torch.device("cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu")
+
+
 def _prune_and_recover(model, space, shape, criterion_name: str, pruning_config, ratio_weights, batches, stats,
                        splits, *, seed: int, recipe: RecoveryRecipe, score_every_stage: bool = True):
     """Prune a copy of ``model`` with a criterion, run the recipe; every stage scored on the
@@ -110,7 +117,8 @@ def _prune_and_recover(model, space, shape, criterion_name: str, pruning_config,
 
     started = time.perf_counter()
     context = ScoringContext(calibration=batches, stats=stats)
-    outcome = prune_with_criterion(model, torch.zeros(1, *shape), create_criterion(criterion_name, seed=seed),
+    outcome = prune_with_criterion(model, torch.zeros(1, *shape, device=next(model.parameters()).device),
+                                   create_criterion(criterion_name, seed=seed),
                                    pruning_config, context, ratio_weights=ratio_weights, space=space)
     prune_seconds = time.perf_counter() - started
     score = make_loader(splits.calibration, EVAL_BATCH, shuffle=False)
@@ -222,7 +230,7 @@ def sweep_trial(config: dict[str, Any], *, refs: SharedRefs, settings: TrialSett
         recipe = replace(recipe, finetune_epochs=plan.finetune_epochs, finetune_lr=plan.finetune_lr,
                          weight_decay=plan.weight_decay)
     spec_json, state = ray.get(refs.model)
-    model = _rebuild_model(spec_json, state)
+    model = _rebuild_model(spec_json, state).to(_trial_device())
     pruned, outcome, metrics = _prune_and_recover(
         model, space, settings.shape, plan.criterion, plan.config, plan.ratio_weights, ray.get(refs.batches), stats,
         _load_trial_data(settings), seed=settings.seed, recipe=recipe, score_every_stage=settings.score_every_stage,
@@ -248,7 +256,7 @@ def compare_trial(config: dict[str, Any], *, refs: SharedRefs, settings: TrialSe
 
     torch.set_num_threads(settings.threads)
     seed = int(config["seed"])
-    model = _rebuild_model(*ray.get(refs.model))
+    model = _rebuild_model(*ray.get(refs.model)).to(_trial_device())
     stats = ray.get(refs.stats) if refs.stats is not None else None
     splits = _load_trial_data(settings)
     pruning_config = PruningConfig(strategy=settings.strategy, allocation="uniform",

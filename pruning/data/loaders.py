@@ -19,6 +19,7 @@ from torch.utils.data import (
     Subset,
     TensorDataset,
     default_collate,
+    get_worker_info,
 )
 
 from pruning.errors import InputError
@@ -80,17 +81,35 @@ def make_loader(
     shuffle: bool,
     seed: int = 0,
     augment: bool | Augmentation = False,
+    *,
+    num_workers: int = 0,
+    pin_memory: bool = False,
 ) -> DataLoader:
-    """A single-process loader whose shuffling and augmentation depend only on ``seed``.
+    """A loader whose shuffling and augmentation depend only on ``seed``.
 
     ``augment=True`` applies the dataset's own :class:`Augmentation` (datasets from
     :func:`load_data` carry one); pass an :class:`Augmentation` to choose another. Each pass
     over the loader draws fresh shuffles and crops, and two loaders built with the same seed
     yield identical batch streams. For in-memory datasets whole batches are sliced out of the
     tensors at once instead of collating one sample at a time.
+
+    ``num_workers`` (default 0: batches are made in this process, as always) makes batches in
+    that many worker processes. The shuffling order is the same for any ``num_workers`` (the
+    sampler runs in this process), so is every batch of a loader without augmentation; with
+    augmentation, each worker draws its crops and flips from its own generator, seeded from
+    ``seed`` and the pass, so the batches repeat for the same ``seed`` and ``num_workers`` but
+    differ from the single-process ones. ``pin_memory`` pins batches in page-locked memory for
+    faster copies to a CUDA device (only where CUDA is available; ignored elsewhere).
     """
     if batch_size <= 0:
         raise InputError(f"batch_size must be > 0, got {batch_size}")
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+        raise InputError(f"num_workers must be an integer >= 0, got {num_workers!r}")
+    parallel = {"num_workers": num_workers, "pin_memory": bool(pin_memory) and torch.cuda.is_available()}
+    if num_workers:
+        # the worker seeds come from a generator of the loader's own (not the global one, which
+        # a single-process loader leaves as it is); _BatchTransform reseeds from them
+        parallel["generator"] = torch.Generator().manual_seed(seed + 2)
     augmentation = _resolve_augmentation(dataset, augment)
     # Separate streams, so switching augmentation on does not change the shuffling order.
     shuffle_generator = torch.Generator().manual_seed(seed)
@@ -102,14 +121,14 @@ def make_loader(
             batch_size=None,
             sampler=BatchSampler(sampler, batch_size, drop_last=False),
             collate_fn=_BatchTransform(augmentation, augment_generator, collate=False),
-            num_workers=0,
+            **parallel,
         )
     return DataLoader(
         dataset,
         batch_size=batch_size,
         sampler=sampler,
         collate_fn=_BatchTransform(augmentation, augment_generator, collate=True),
-        num_workers=0,
+        **parallel,
     )
 
 
@@ -138,5 +157,14 @@ class _BatchTransform:
     def __call__(self, batch) -> Batch:
         images, labels = default_collate(batch) if self.collate else batch
         if self.augmentation is not None:
-            images = self.augmentation(images, self.generator)
+            images = self.augmentation(images, self._worker_generator())
         return images, labels
+
+    def _worker_generator(self) -> torch.Generator:
+        """This process's generator: in a loader worker (a copy of this transform per worker and
+        pass) reseeded once from the worker's seed, so workers do not repeat each other's draws."""
+        info = get_worker_info()
+        if info is not None and getattr(self, "_worker_seed", None) != info.seed:
+            self.generator = torch.Generator().manual_seed(info.seed)
+            self._worker_seed = info.seed
+        return self.generator

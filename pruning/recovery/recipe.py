@@ -29,10 +29,12 @@ from torch import nn
 from torch.utils.data import Dataset, Subset
 
 from pruning.data import Batch, make_loader
+from pruning.devices import Precision
 from pruning.errors import InputError
 from pruning.pipeline import PruneOutcome
 from pruning.recovery.reconstruction import ReconstructionReport, consumers_of, kept_outputs_of, reconstruct_consumers
 from pruning.training import TrainConfig, evaluate, recalibrate_bn, train
+from pruning.utils import model_device
 
 __all__ = ["BN_DATA", "STAGES", "RecipeError", "RecoveryRecipe", "RecoveryData", "RecoveryResult", "recover", "recovery_data_for"]
 
@@ -162,11 +164,18 @@ def recover(
     data: RecoveryData,
     *,
     progress: bool = False,
+    amp: Precision | str | None = None,
 ) -> RecoveryResult:
     """Run ``recipe`` on ``outcome.model`` (changed in place); ``original`` is the unpruned
     model it was pruned from (the reconstruction target and the distillation teacher; never
     changed). Raises ``ValueError`` before any stage runs when the data the recipe needs is
-    missing."""
+    missing.
+
+    Every stage runs on the device of the models (the caller puts ``original`` and the pruned
+    model on the same one); ``amp`` (``"bf16"``/``"fp16"``, CUDA only) is the mixed precision of
+    fine-tuning and scoring (reconstruction and BN recalibration stay in float32)."""
+    precision = Precision.of(amp)
+    precision.check(model_device(outcome.model))
     needs_train = recipe.finetune_epochs > 0 or (recipe.bn_batches > 0 and recipe.bn_data == "train")
     if needs_train and data.train is None:
         raise InputError("the recovery recipe reads training data (BN on train or fine-tuning) but none was given")
@@ -182,7 +191,7 @@ def recover(
     def done(stage: str, started: float) -> None:
         seconds[stage] = time.perf_counter() - started
         if data.score is not None and (data.score_every_stage or stage == last):
-            accuracy[stage] = evaluate(pruned, data.score).accuracy
+            accuracy[stage] = evaluate(pruned, data.score, amp=precision).accuracy
 
     done("pruned", time.perf_counter())
     if recipe.reconstruct:
@@ -211,8 +220,10 @@ def recover(
             batch_size=recipe.batch_size, seed=recipe.seed, distill=recipe.distill, temperature=recipe.temperature,
         )
         loader = make_loader(subset, recipe.batch_size, shuffle=True, seed=recipe.seed,
-                             augment=recipe.finetune_augment and data.augment)
-        train(pruned, loader, config, progress=progress, teacher=original if recipe.distill > 0 else None)
+                             augment=recipe.finetune_augment and data.augment,
+                             pin_memory=model_device(pruned).type == "cuda")
+        train(pruned, loader, config, progress=progress, teacher=original if recipe.distill > 0 else None,
+              amp=precision)
         done("finetuned", started)
     return RecoveryResult(accuracy, seconds, reports)
 

@@ -137,3 +137,44 @@ def test_the_console_shows_one_line_per_trial_and_no_tune_table(two_stage):
     assert len(screen) == 4 and len(refine) == 2, err[-3000:]
     assert screen[-1].endswith("(4/4 done, 0 failed)") and refine[-1].endswith("(2/2 done, 0 failed)")
     assert "accuracy" in refine[0] and "macs" in refine[0]
+
+
+@pytest.mark.fashion_mnist
+def test_the_front_models_are_mlflow_onnx_models_and_pareto_exports_them_checked(two_stage, tmp_path):
+    """Each front trial's run holds an ONNX MLflow model that pyfunc loads (no unpickling) and that
+    predicts the checkpoint's logits; `pareto --export DIR` writes the same front as checked files."""
+    import mlflow.pyfunc
+    import numpy as np
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+    from orchestrator.sweeps.tracking import ONNX_MODEL_NAME
+    from orchestrator.sweeps.trials import MODEL_FILE
+    from pruning.export import INPUT_NAME, OUTPUT_NAME, onnx_session
+
+    data, tracker = two_stage["data"], two_stage["tracker"]
+    x = torch.randn(3, 1, 28, 28, generator=torch.Generator().manual_seed(3))
+    expected = {}
+    for row in data["front"]:
+        model, _ = load_checkpoint(Path(row["checkpoint"]) / MODEL_FILE)
+        with torch.no_grad():
+            expected[row["trial"]] = model(x).numpy()
+        with _use_tracking_uri(tracker.uri):
+            logged = mlflow.pyfunc.load_model(f"runs:/{row['run_id']}/{ONNX_MODEL_NAME}")
+        assert logged.metadata.signature is not None and logged.metadata.get_input_schema() is not None
+        predicted = logged.predict(x.numpy())[OUTPUT_NAME]
+        np.testing.assert_allclose(predicted, expected[row["trial"]], atol=1e-4, rtol=0)
+    front_runs = {row["run_id"] for row in data["front"]}
+    for run in two_stage["runs"].values():
+        assert tracker.has_logged_model(run.info.run_id, ONNX_MODEL_NAME) == (run.info.run_id in front_runs)
+
+    out = tmp_path / "onnx"
+    done = subprocess.run([sys.executable, "-m", "orchestrator.cli", "pareto", two_stage["config"].run_dir,
+                           "--export", str(out), "--json"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    exported = json.loads(done.stdout)["export"]
+    assert [e["trial"] for e in exported] == [row["trial"] for row in data["front"]]
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{row['trial']}.onnx" for row in data["front"])
+    for entry in exported:
+        assert entry["check"]["passed"] and entry["file"] == str(out / f"{entry['trial']}.onnx")
+        got = onnx_session(entry["file"]).run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]
+        np.testing.assert_allclose(got, expected[entry["trial"]], atol=1e-4, rtol=0)
