@@ -20,6 +20,8 @@ Parts (``--parts``, each written into ``--out`` as it ends; a rerun of a part re
 * ``random``: the same two-stage sweep with random sampling and no warm starts.
 * ``single``: the single-stage sweep (every trial fine-tuned), with as many trials as the
   ``sweep`` part's CPU time buys (or ``--single-trials``).
+* ``stages``: the ``sweep`` part with the ``stages`` space (one weight per ResNet stage on the
+  uniform allocation) instead of ``concentration``.
 
     python benchmarks/sweep_vs_oneshot.py --checkpoint runs/bench/resnet20-fmnist.pt \\
         --out benchmarks/results/resnet20_fmnist_sweep_vs_oneshot.json
@@ -45,7 +47,7 @@ from pruning.structure import PruningSpace, load_checkpoint, measure_cost
 from pruning.training import evaluate
 from pruning.utils import atomic_write
 
-PARTS = ("oneshot", "tp", "sweep", "random", "single")
+PARTS = ("oneshot", "tp", "sweep", "random", "single", "stages")
 RATIOS = ("uniform", "global", "concentration")
 
 
@@ -158,8 +160,16 @@ def run_tp(bench: Bench) -> dict:
     return {"rows": rows}
 
 
+#: the spaces' own parameters; the rest of the space section is shared
+SPACE_OPTIONS = {
+    # warm starts at the quantiles 0.25 / 0.5 / 0.75 of [0.1, 0.9]: the targets 0.3 / 0.5 / 0.7
+    "concentration": {"flops_reduction": [0.1, 0.9], "alpha": [0.0, 1.0], "temperature": [0.0, 2.0]},
+    "stages": {"flops_reduction": [0.1, 0.9], "stage_weight": [0.2, 1.0]},
+}
+
+
 def _sweep_config(bench: Bench, label: str, *, trials: int, sampler: str, warm: bool, candidates: int,
-                  finetune: bool) -> dict:
+                  finetune: bool, space: str = "concentration") -> dict:
     args = bench.args
     recipe = {"bn_batches": args.bn_batches}
     if finetune:
@@ -175,9 +185,7 @@ def _sweep_config(bench: Bench, label: str, *, trials: int, sampler: str, warm: 
         "name": f"bench-{label}", "checkpoint": args.checkpoint, "run_dir": str(Path(args.run_root) / label),
         "data": {"calibration_images": args.calibration_images, "test_subset": args.test_subset},
         "recipe": recipe,
-        "space": {"name": "concentration", "strategy": "full", "criteria": list(args.sweep_criteria),
-                  # warm starts at the quantiles 0.25 / 0.5 / 0.75 of [0.1, 0.9]: the targets 0.3 / 0.5 / 0.7
-                  "flops_reduction": [0.1, 0.9], "alpha": [0.0, 1.0], "temperature": [0.0, 2.0],
+        "space": {"name": space, "strategy": "full", "criteria": list(args.sweep_criteria), **SPACE_OPTIONS[space],
                   "finetune_epochs": [epochs, epochs], "finetune_lr": [0.01, 0.01], "weight_decay": [5e-4, 5e-4],
                   "flops_bounds": [0.1, 0.9]},
         "sweep": sweep,
@@ -239,6 +247,9 @@ def main() -> None:
         elif part == "random":
             value = run_sweep_part(bench, "random", trials=args.screen_trials, sampler="random", warm=False,
                                    candidates=args.candidates, finetune=False)
+        elif part == "stages":
+            value = run_sweep_part(bench, "stages", trials=args.screen_trials, sampler="nsga2", warm=True,
+                                   candidates=args.candidates, finetune=False, space="stages")
         else:
             trials = args.single_trials or _single_trials(result)
             value = run_sweep_part(bench, "single", trials=trials, sampler="nsga2", warm=True, candidates=0,

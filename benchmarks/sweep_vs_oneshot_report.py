@@ -48,7 +48,8 @@ def contenders(result: dict, targets: list[float]) -> tuple[list[dict], list[dic
     oneshot = [contender(f"{c} / {r}", rows, sum(x["cpu_seconds"] for x in rows), targets)
                for (c, r), rows in pipelines.items()]
     searches = []
-    labels = {"sweep": "two-stage sweep (NSGA-II + warm starts)", "random": "two-stage, random sampling",
+    labels = {"sweep": "two-stage sweep (NSGA-II + warm starts)",
+              "stages": "two-stage sweep, `stages` space (NSGA-II + warm starts)", "random": "two-stage, random sampling",
               "single": "single-stage sweep (every trial fine-tuned)"}
     for part, label in labels.items():
         if part in result:
@@ -80,7 +81,8 @@ def correlations(result: dict) -> list[str]:
             rho = spearmanr(*zip(*pairs)).statistic
             lines.append(f"| one-shot grid: calibration accuracy after `{stage}` | fine-tuned test accuracy | "
                          f"{len(pairs)} | {rho:.3f} |")
-    for part, what in (("sweep", "two-stage sweep, refined trials"), ("random", "random two-stage, refined trials"),
+    for part, what in (("sweep", "two-stage sweep, refined trials"), ("stages", "`stages` two-stage sweep, refined trials"),
+                       ("random", "random two-stage, refined trials"),
                        ("single", "single-stage sweep, every trial")):
         trials = [t for t in result.get(part, {}).get("trials", [])
                   if t.get("feasible") and "bn_accuracy" in t and (part == "single" or t.get("stage") == "refine")]
