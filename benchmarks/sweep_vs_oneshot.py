@@ -194,6 +194,8 @@ def _sweep_config(bench: Bench, label: str, *, trials: int, sampler: str, warm: 
 
 def run_sweep_part(bench: Bench, label: str, **options) -> dict:
     from orchestrator.sweeps import SweepConfig, run_sweep
+    if bench.args.label is not None:
+        label = f"{label}-{bench.args.label}"
     from orchestrator.sweeps.tracking import TAG_STAGE
 
     data = _sweep_config(bench, label, **options)
@@ -229,6 +231,8 @@ def main() -> None:
     parser.add_argument("--test-subset", type=int, default=5000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--run-root", default="runs/bench/sweep-vs-oneshot")
+    parser.add_argument("--label", default=None,
+                        help="stored as PART-LABEL (and run in RUN_ROOT/PART-LABEL): a variant beside the default run")
     args = parser.parse_args()
     torch.set_num_threads(1)
     out = Path(args.out)
@@ -254,7 +258,8 @@ def main() -> None:
             trials = args.single_trials or _single_trials(result)
             value = run_sweep_part(bench, "single", trials=trials, sampler="nsga2", warm=True, candidates=0,
                                    finetune=True)
-        result[part] = value
+        value["sweep_criteria"] = list(args.sweep_criteria)
+        result[part if args.label is None else f"{part}-{args.label}"] = value
         atomic_write(out, lambda tmp: tmp.write_text(json.dumps(result, indent=1, default=str)))
         print(f"{part}: done", flush=True)
 

@@ -51,11 +51,12 @@ def contenders(result: dict, targets: list[float]) -> tuple[list[dict], list[dic
     labels = {"sweep": "two-stage sweep (NSGA-II + warm starts)",
               "stages": "two-stage sweep, `stages` space (NSGA-II + warm starts)", "random": "two-stage, random sampling",
               "single": "single-stage sweep (every trial fine-tuned)"}
-    for part, label in labels.items():
-        if part in result:
-            trials = len(result[part]["trials"])
-            searches.append(contender(f"{label}, {trials} trials", result[part]["front"], result[part]["cpu_seconds"],
-                                      targets))
+    for key, value in result.items():
+        label = labels.get(key.split("-")[0])
+        if label is not None and isinstance(value, dict) and "front" in value:
+            criteria = ", ".join(value.get("sweep_criteria") or value["config"]["space"]["criteria"])
+            searches.append(contender(f"{label}, {len(value['trials'])} trials, criteria {criteria}", value["front"],
+                                      value["cpu_seconds"], targets))
     return oneshot, searches
 
 
@@ -81,10 +82,14 @@ def correlations(result: dict) -> list[str]:
             rho = spearmanr(*zip(*pairs)).statistic
             lines.append(f"| one-shot grid: calibration accuracy after `{stage}` | fine-tuned test accuracy | "
                          f"{len(pairs)} | {rho:.3f} |")
-    for part, what in (("sweep", "two-stage sweep, refined trials"), ("stages", "`stages` two-stage sweep, refined trials"),
-                       ("random", "random two-stage, refined trials"),
-                       ("single", "single-stage sweep, every trial")):
-        trials = [t for t in result.get(part, {}).get("trials", [])
+    whats = {"sweep": "two-stage sweep, refined trials", "stages": "`stages` two-stage sweep, refined trials",
+             "random": "random two-stage, refined trials", "single": "single-stage sweep, every trial"}
+    for key, value in result.items():
+        part, what = key.split("-")[0], whats.get(key.split("-")[0])
+        if what is None or not isinstance(value, dict) or "trials" not in value:
+            continue
+        what = what if key == part else f"{what} ({key})"
+        trials = [t for t in value["trials"]
                   if t.get("feasible") and "bn_accuracy" in t and (part == "single" or t.get("stage") == "refine")]
         pairs = [(t["bn_accuracy"], t["accuracy"]) for t in trials]
         if len(pairs) > 2:
