@@ -51,7 +51,7 @@ from orchestrator.sweeps.runner import (
 )
 from orchestrator.sweeps.refine import REFINE_EXPERIMENT, STAGE_REFINE, STAGE_SCREEN, select_candidates
 from orchestrator.sweeps.search import DefineByRun, FixedConfigs, make_sampler, register_context
-from orchestrator.sweeps.tracking import Tracker
+from orchestrator.sweeps.tracking import Tracker, dataset_entity, system_tags
 from orchestrator.sweeps.trials import TRIAL_METRICS, TRIAL_TAGS, TrialSettings, put_shared, sweep_trial
 from pruning.utils import atomic_write
 
@@ -133,8 +133,9 @@ def run_sweep(
         tracker = Tracker(config.tracking_uri, config.tracking.experiment, config.run_dir, kind="sweep")
         parent, created = start_parent_run(
             tracker, config.name, config.to_dict(), {"config/sweep.yaml": text}, baseline=setup.metrics,
-            tags={"prunesweep.space": config.space.name}, reuse=resume,
+            tags={"prunesweep.space": config.space.name, **system_tags(config.sweep.gpus_per_trial)}, reuse=resume,
         )
+        tracker.log_dataset(parent, dataset_entity(setup.data_config, setup.splits))
         say(progress, f"MLflow parent run {parent} in {config.tracking_uri}" + ("" if created else " (resumed)"))
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         key = str(Path(config.run_dir).absolute())

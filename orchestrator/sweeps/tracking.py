@@ -27,7 +27,7 @@ from typing import Any, Mapping, Sequence
 __all__ = [
     "TAG_PARENT", "TAG_RUN_DIR", "TAG_KIND", "TAG_SWEEP", "TAG_COMMIT", "TAG_TRIAL_ID", "TAG_TRIAL_NUMBER",
     "TAG_CHECKPOINT", "TAG_ERROR", "TAG_PARETO", "TAG_STAGE", "TAG_REFINES", "TrialRecord", "Tracker", "git_commit", "error_summary",
-    "finite_metric", "ONNX_MODEL_NAME",
+    "finite_metric", "ONNX_MODEL_NAME", "DATASET_CONTEXT", "system_tags", "dataset_entity",
 ]
 
 TAG_PARENT = "mlflow.parentRunId"
@@ -44,6 +44,9 @@ TAG_PARETO = "prunesweep.pareto"
 TAG_STAGE = "prunesweep.stage"
 #: a refined trial's screening trial (its run name)
 TAG_REFINES = "prunesweep.refines"
+
+#: the ``mlflow.data.context`` tag of the dataset input of sweep runs (train, calibration and test splits)
+DATASET_CONTEXT = "sweep"
 
 #: the MLflow model name of a Pareto-optimal trial's ONNX export (``runs:/<run id>/model``)
 ONNX_MODEL_NAME = "model"
@@ -78,6 +81,50 @@ def finite_metric(value: Any) -> float | None:
     if isinstance(value, (int, float)) and math.isfinite(value):
         return float(value)
     return None
+
+
+def system_tags(gpus_per_trial: float = 0) -> dict[str, str]:
+    """The parent run's system tags: torch, Ray, MLflow, CUDA (``torch.version.cuda`` or "none")
+    and Python versions, the host platform and the device trials run on ("cuda" when
+    ``gpus_per_trial`` > 0, else "cpu")."""
+    import platform
+
+    import mlflow
+    import ray
+    import torch
+
+    return {
+        "prunesweep.torch": torch.__version__, "prunesweep.ray": ray.__version__,
+        "prunesweep.mlflow": mlflow.__version__, "prunesweep.cuda": torch.version.cuda or "none",
+        "prunesweep.device": "cuda" if gpus_per_trial > 0 else "cpu",
+        "prunesweep.python": platform.python_version(), "prunesweep.platform": platform.platform(),
+    }
+
+
+def dataset_entity(data_config: Any, splits: Any):
+    """The MLflow dataset (``mlflow.entities.Dataset``) of a sweep's data: ``splits.name``; a digest
+    (16 hex digits of SHA-256) of the data config (its root aside) and the train / calibration indices and test size;
+    the split sizes, classes and input shape as its profile; its root (or the name) as source."""
+    import dataclasses
+    import hashlib
+    import json
+
+    import torch
+    from mlflow.entities import Dataset
+
+    config = dataclasses.asdict(data_config) if dataclasses.is_dataclass(data_config) else dict(data_config)
+    sizes = {"train": len(splits.train), "calibration": len(splits.calibration), "test": len(splits.test)}
+    content = {k: v for k, v in config.items() if k not in ("root", "download")}  # not where the files are
+    digest = hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode())
+    for indices in (splits.train_indices, splits.calibration_indices):
+        digest.update(indices.to(dtype=torch.int64).numpy().tobytes())
+    digest.update(str(sizes["test"]).encode())
+    profile = {**sizes, "num_classes": int(splits.num_classes),
+               "input": [int(splits.in_channels), *map(int, splits.input_size)], "config": config}
+    root = config.get("root")
+    source = json.dumps({"uri": str(Path(root).absolute()) if root else splits.name})
+    return Dataset(name=splits.name, digest=digest.hexdigest()[:16], source_type="local", source=source,
+                   profile=json.dumps(profile, default=str))
 
 
 def _param_value(value: Any) -> str:
@@ -121,6 +168,7 @@ class Tracker:
         self._client = None
         self._experiment_id: str | None = None
         self.parent_run_id: str | None = None
+        self._parent_datasets: list | None = None  # the parent's dataset inputs, copied to trial runs
 
     # -- plumbing ------------------------------------------------------------------------------
 
@@ -203,6 +251,20 @@ class Tracker:
         for artifact_file, text in dict(texts).items():
             self.client.log_text(self.parent_run_id, text, artifact_file)
         return self.parent_run_id, True
+
+    def log_dataset(self, run_id: str, dataset: Any, context: str = DATASET_CONTEXT) -> None:
+        """Log ``dataset`` (an ``mlflow.entities.Dataset``, see :func:`dataset_entity`) as an input
+        of run ``run_id``; logging the same dataset again (a resume) adds nothing."""
+        from mlflow.entities import DatasetInput, InputTag
+
+        self.client.log_inputs(run_id, datasets=[DatasetInput(dataset, [InputTag("mlflow.data.context", context)])])
+
+    def _copy_parent_datasets(self, run_id: str) -> None:
+        if self._parent_datasets is None:
+            inputs = self.client.get_run(self.parent_run_id).inputs
+            self._parent_datasets = list(inputs.dataset_inputs if inputs is not None else [])
+        if self._parent_datasets:
+            self.client.log_inputs(run_id, datasets=self._parent_datasets)
 
     def finish_parent(self, status: str = "FINISHED") -> None:
         if self.parent_run_id is not None:
@@ -308,6 +370,7 @@ class Tracker:
             run = self.client.create_run(self.experiment_id, run_name=record.name, tags=tags)
             run_id = run.info.run_id
             self.log_params(run_id, record.params)
+            self._copy_parent_datasets(run_id)
         else:
             run_id = run.info.run_id
             unchanged = (
