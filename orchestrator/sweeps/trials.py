@@ -33,7 +33,9 @@ TRIAL_METRICS = (
     "body_seconds", "cpu_seconds",
 )
 #: string results logged as tags
-TRIAL_TAGS = ("criterion", "infeasible_reason")
+#: string results logged as tags; ``recipe``: the recipe the trial ran, as JSON (a two-stage
+#: sweep ignores the sampled fine-tuning params, so they do not say what ran)
+TRIAL_TAGS = ("criterion", "infeasible_reason", "recipe")
 COMPARE_METRICS = ("accuracy", "bn_accuracy", *STAGE_METRICS, "test_accuracy", "macs", "params", "macs_reduction",
                    "params_reduction", "prune_seconds", "recover_seconds", "score_seconds")
 COMPARE_TAGS = ("criterion",)
@@ -269,7 +271,8 @@ def sweep_trial(config: dict[str, Any], *, refs: SharedRefs, settings: TrialSett
     metrics.update(_cost_metrics(pruned, settings.shape, base, settings.measure_latency, settings.threads))
     # the trial's own time and CPU time (Tune's bookkeeping and the checkpoint excluded): the
     # compute a benchmark compares at, and the remainder of Tune's time_total_s is Tune/Ray
-    metrics.update(feasible=1, criterion=plan.criterion, body_seconds=time.perf_counter() - started,
+    metrics.update(feasible=1, criterion=plan.criterion, recipe=json.dumps(recipe.to_dict(), sort_keys=True),
+                   body_seconds=time.perf_counter() - started,
                    cpu_seconds=time.process_time() - cpu_started)
     meta = {"criterion": plan.criterion, "params": params, "channels": dict(outcome.keep),
             "strategy": settings.strategy, "space": settings.space_name, "recipe": recipe.to_dict()}

@@ -87,6 +87,7 @@ def test_screening_does_not_fine_tune_and_refinement_does(two_stage):
         assert "pruned_accuracy" not in metrics and "reconstructed_accuracy" not in metrics
         assert metrics["reconstructed_seconds"] > 0 and metrics["score_seconds"] > 0
         assert 0 < metrics["cpu_seconds"] and 0 < metrics["body_seconds"] <= metrics["trial_seconds"]
+        assert json.loads(run.data.tags["recipe"])["finetune_epochs"] == 0  # what ran, not what was sampled
         assert TAG_PARETO not in run.data.tags
     screen_by_name = {r.info.run_name: r for r in two_stage["screen"]}
     for run in two_stage["refine"]:
@@ -96,6 +97,7 @@ def test_screening_does_not_fine_tune_and_refinement_does(two_stage):
         assert run.data.metrics["macs"] == source.data.metrics["macs"]
         assert run.data.metrics["accuracy"] == run.data.metrics["finetuned_accuracy"]
         assert "pruned_accuracy" in run.data.metrics  # refinement scores every stage
+        assert json.loads(run.data.tags["recipe"])["finetune_epochs"] == 1
         model, spec = load_checkpoint(Path(run.data.tags["prunesweep.checkpoint"]) / "pruned.pt")
         recipe = spec.meta["pruning"]["recipe"]
         assert recipe["finetune_epochs"] == 1 and recipe["distill"] == 0.5 and recipe["finetune_subset"] == 64
