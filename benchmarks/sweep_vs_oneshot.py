@@ -203,7 +203,7 @@ def run_sweep_part(bench: Bench, label: str, **options) -> dict:
     started = time.perf_counter()
     result = run_sweep(SweepConfig.from_dict(data), progress=False)
     seconds = time.perf_counter() - started
-    trials = [{"number": t.number, "stage": t.tags.get(TAG_STAGE), "status": t.status, "params": t.params,
+    trials = [{"number": t.number, "stage": t.tags.get(TAG_STAGE), "status": t.status, "sampled": t.params,
                **{k: v for k, v in t.metrics.items() if isinstance(v, (int, float))}} for t in result.trials]
     return {"config": data, "wall_seconds": seconds, "trials": trials, "front": result.front,
             "cpu_seconds": sum(t.get("cpu_seconds", 0.0) for t in trials)}

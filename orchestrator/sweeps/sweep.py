@@ -51,7 +51,8 @@ from orchestrator.sweeps.runner import (
 )
 from orchestrator.sweeps.refine import REFINE_EXPERIMENT, STAGE_REFINE, STAGE_SCREEN, select_candidates
 from orchestrator.sweeps.search import DefineByRun, FixedConfigs, make_sampler, register_context
-from orchestrator.sweeps.tracking import Tracker, dataset_entity, system_tags
+from orchestrator.sweeps.run_info import dataset_entity, system_tags
+from orchestrator.sweeps.tracking import Tracker
 from orchestrator.sweeps.trials import TRIAL_METRICS, TRIAL_TAGS, TrialSettings, put_shared, sweep_trial
 from pruning.utils import atomic_write
 

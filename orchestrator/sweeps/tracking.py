@@ -27,7 +27,7 @@ from typing import Any, Mapping, Sequence
 __all__ = [
     "TAG_PARENT", "TAG_RUN_DIR", "TAG_KIND", "TAG_SWEEP", "TAG_COMMIT", "TAG_TRIAL_ID", "TAG_TRIAL_NUMBER",
     "TAG_CHECKPOINT", "TAG_ERROR", "TAG_PARETO", "TAG_STAGE", "TAG_REFINES", "TrialRecord", "Tracker", "git_commit", "error_summary",
-    "finite_metric", "ONNX_MODEL_NAME", "DATASET_CONTEXT", "system_tags", "dataset_entity",
+    "finite_metric", "ONNX_MODEL_NAME", "DATASET_CONTEXT",
 ]
 
 TAG_PARENT = "mlflow.parentRunId"
@@ -81,50 +81,6 @@ def finite_metric(value: Any) -> float | None:
     if isinstance(value, (int, float)) and math.isfinite(value):
         return float(value)
     return None
-
-
-def system_tags(gpus_per_trial: float = 0) -> dict[str, str]:
-    """The parent run's system tags: torch, Ray, MLflow, CUDA (``torch.version.cuda`` or "none")
-    and Python versions, the host platform and the device trials run on ("cuda" when
-    ``gpus_per_trial`` > 0, else "cpu")."""
-    import platform
-
-    import mlflow
-    import ray
-    import torch
-
-    return {
-        "prunesweep.torch": torch.__version__, "prunesweep.ray": ray.__version__,
-        "prunesweep.mlflow": mlflow.__version__, "prunesweep.cuda": torch.version.cuda or "none",
-        "prunesweep.device": "cuda" if gpus_per_trial > 0 else "cpu",
-        "prunesweep.python": platform.python_version(), "prunesweep.platform": platform.platform(),
-    }
-
-
-def dataset_entity(data_config: Any, splits: Any):
-    """The MLflow dataset (``mlflow.entities.Dataset``) of a sweep's data: ``splits.name``; a digest
-    (16 hex digits of SHA-256) of the data config (its root aside) and the train / calibration indices and test size;
-    the split sizes, classes and input shape as its profile; its root (or the name) as source."""
-    import dataclasses
-    import hashlib
-    import json
-
-    import torch
-    from mlflow.entities import Dataset
-
-    config = dataclasses.asdict(data_config) if dataclasses.is_dataclass(data_config) else dict(data_config)
-    sizes = {"train": len(splits.train), "calibration": len(splits.calibration), "test": len(splits.test)}
-    content = {k: v for k, v in config.items() if k not in ("root", "download")}  # not where the files are
-    digest = hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode())
-    for indices in (splits.train_indices, splits.calibration_indices):
-        digest.update(indices.to(dtype=torch.int64).numpy().tobytes())
-    digest.update(str(sizes["test"]).encode())
-    profile = {**sizes, "num_classes": int(splits.num_classes),
-               "input": [int(splits.in_channels), *map(int, splits.input_size)], "config": config}
-    root = config.get("root")
-    source = json.dumps({"uri": str(Path(root).absolute()) if root else splits.name})
-    return Dataset(name=splits.name, digest=digest.hexdigest()[:16], source_type="local", source=source,
-                   profile=json.dumps(profile, default=str))
 
 
 def _param_value(value: Any) -> str:
