@@ -1,0 +1,95 @@
+"""torchvision models through the whole path: statistics pass, pruning to a MACs target, ONNX
+export (checked against PyTorch), PyTorch and onnxruntime latency at batch 1 and 64, pruned next
+to unpruned, and the MACs ratio next to the measured speedups.
+
+Random initialisation (cost numbers only: accuracy is not measured), CIFAR-size inputs
+(3x32x32) with a 10-class head, L1 channel scores, uniform ratios, strategy ``full``; the
+statistics pass and the data-driven parts run on random calibration images.
+
+    python benchmarks/models_export.py --out benchmarks/results/models_export.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from pruning.criteria import ScoringContext, create_criterion
+from pruning.export import export_model, exported_latency
+from pruning.models import create_model
+from pruning.pipeline import prune_with_criterion
+from pruning.planning import PruningConfig
+from pruning.statistics import collect_activation_stats
+from pruning.structure import PruningSpace, measure_cost, measure_latency
+from pruning.utils import atomic_write
+
+SHAPE = (3, 32, 32)
+
+
+def latencies(model, path: Path, args) -> dict:
+    out = {}
+    for batch, repeats in ((1, args.repeats), (64, args.repeats_b64)):
+        out[f"pytorch_b{batch}_ms"] = measure_latency(model, SHAPE, batch, threads=args.threads, warmup=1,
+                                                      repeats=repeats).median_ms
+        out[f"onnxruntime_b{batch}_ms"] = exported_latency(path, "onnx", SHAPE, batch, threads=args.threads, warmup=1,
+                                                           repeats=repeats).median_ms
+    return out
+
+
+def measure(name: str, args, folder: Path) -> dict:
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=10, in_channels=3).eval()
+    example = torch.zeros(1, *SHAPE)
+    space = PruningSpace.build(model, example)
+    generator = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(64, *SHAPE, generator=generator), torch.zeros(64, dtype=torch.long)) for _ in range(4)]
+    started = time.perf_counter()
+    stats = collect_activation_stats(model, space.groups, batches)
+    stats_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    outcome = prune_with_criterion(model, example, create_criterion("l1"),
+                                   PruningConfig(strategy="full", allocation="uniform", flops_reduction=args.target),
+                                   ScoringContext(calibration=batches, stats=stats), space=space)
+    prune_seconds = time.perf_counter() - started
+    row = {"model": name, "groups": len(space.groups), "statistics_seconds": stats_seconds,
+           "prune_seconds": prune_seconds}
+    for label, net in (("unpruned", model), ("pruned", outcome.model)):
+        path = folder / f"{name.replace(':', '_')}-{label}.onnx"
+        started = time.perf_counter()
+        check = export_model(net, SHAPE, path, "onnx")
+        cost = measure_cost(net, SHAPE)
+        row[label] = {"macs": cost.macs, "params": cost.params, "export_seconds": time.perf_counter() - started,
+                      "onnx_bytes": path.stat().st_size, "max_abs_diff": check.max_abs_diff,
+                      "tolerance": check.tolerance, **latencies(net, path, args)}
+        print(json.dumps({"model": name, label: row[label]}), flush=True)
+    unpruned, pruned = row["unpruned"], row["pruned"]
+    row["macs_ratio"] = unpruned["macs"] / pruned["macs"]
+    row["speedup"] = {key: unpruned[key] / pruned[key] for key in unpruned if key.endswith("_ms")}
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["torchvision:resnet18", "torchvision:mobilenet_v2"])
+    parser.add_argument("--target", type=float, default=0.5, help="MACs reduction")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--repeats-b64", type=int, default=5)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory(prefix="prunesweep-export-") as folder:
+        rows = [measure(name, args, Path(folder)) for name in args.models]
+    result = {"settings": vars(args), "machine": f"{platform.machine()}, torch {torch.__version__}", "rows": rows}
+    atomic_write(args.out, lambda tmp: tmp.write_text(json.dumps(result, indent=1)))
+    for row in rows:
+        print(json.dumps({k: row[k] for k in ("model", "macs_ratio", "speedup")}))
+
+
+if __name__ == "__main__":
+    main()
