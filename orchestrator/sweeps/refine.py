@@ -37,13 +37,17 @@ class RefineSettings:
     candidates: screening trials to refine (0: a single-stage sweep, as without ``refine``).
     recipe: overrides of the config's ``recipe:`` for the refined trials (its keys, validated;
         resolved with :data:`REFINE_RECIPE` for the keys it does not set).
-    targets: MACs reductions in (0, 1), at most ``candidates`` of them: for each, the most
-        accurate screening trial that reaches it is refined first (see :func:`select_candidates`).
+    targets: MACs reductions in (0, 1): for each, the ``per_target`` most accurate screening
+        trials that reach it are refined first (see :func:`select_candidates`); at most
+        ``candidates`` in all.
+    per_target: trials refined per target (the proxy ranks the few best at one target less well
+        than it ranks the whole front: docs/benchmarks.md).
     """
 
     candidates: int = 0
     recipe: Mapping[str, Any] = field(default_factory=lambda: dict(REFINE_RECIPE))
     targets: Sequence[float] = ()
+    per_target: int = 1
 
     def __post_init__(self) -> None:
         check_int("sweep.refine.candidates", self.candidates, lo=0)
@@ -52,9 +56,11 @@ class RefineSettings:
         for target in self.targets:
             if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 < target < 1:
                 raise ConfigError("sweep.refine.targets", f"must hold MACs reductions in (0, 1), got {target!r}")
-        if len(self.targets) > self.candidates:
+        check_int("sweep.refine.per_target", self.per_target, lo=1)
+        if len(self.targets) * self.per_target > self.candidates:
             raise ConfigError("sweep.refine.targets",
-                              f"{len(self.targets)} targets need at least as many candidates, got {self.candidates}")
+                              f"{len(self.targets)} targets x {self.per_target} per target need at least as many "
+                              f"candidates, got {self.candidates}")
         object.__setattr__(self, "targets", tuple(float(t) for t in self.targets))
         overrides = {**REFINE_RECIPE, **check_mapping("sweep.refine.recipe", self.recipe)}
         recipe_from_section(overrides, "sweep.seed", key="sweep.refine.recipe")  # every key and value checked
@@ -74,7 +80,8 @@ class RefineSettings:
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"candidates": self.candidates, "recipe": dict(self.recipe), "targets": list(self.targets)}
+        return {"candidates": self.candidates, "recipe": dict(self.recipe), "targets": list(self.targets),
+                "per_target": self.per_target}
 
 
 def _spread(order: Sequence[int], count: int) -> list[int]:
@@ -87,12 +94,12 @@ def _spread(order: Sequence[int], count: int) -> list[int]:
 
 
 def select_candidates(points: Sequence[Mapping[str, Any]], objectives: Mapping[str, str], count: int,
-                      *, key: str = "params", targets: Sequence[float] = ()) -> list[int]:
+                      *, key: str = "params", targets: Sequence[float] = (), per_target: int = 1) -> list[int]:
     """Indices of the ``count`` screening points to refine.
 
     Only eligible points (feasible, every objective finite) with distinct ``points[i][key]``
-    count. First, for each of ``targets``, the most accurate point whose ``macs_reduction``
-    reaches it (within :data:`TARGET_MARGIN`; none: the target is skipped). The rest are
+    count. First, for each of ``targets``, the ``per_target`` most accurate points whose
+    ``macs_reduction`` reaches it (within :data:`TARGET_MARGIN`; none: the target is skipped). The rest are
     layered into successive non-dominated fronts. From the first front, ``count`` points spread
     over its cost range (evenly spaced quantiles of the first cost objective, MACs by default);
     a front with fewer points is taken whole and the rest is filled, spread the same way, from
@@ -111,8 +118,8 @@ def select_candidates(points: Sequence[Mapping[str, Any]], objectives: Mapping[s
     chosen: list[int] = []
     for target in targets:
         reaching = [i for i in pool if i not in chosen and float(points[i].get("macs_reduction", 0.0)) >= target - TARGET_MARGIN]
-        if reaching and len(chosen) < count:
-            chosen.append(max(reaching, key=lambda i: (float(points[i].get("accuracy", -math.inf)), -i)))
+        reaching.sort(key=lambda i: (-float(points[i].get("accuracy", -math.inf)), i))
+        chosen.extend(reaching[:max(0, min(per_target, count - len(chosen)))])
     pool = [i for i in pool if i not in chosen]
     while pool and len(chosen) < count:
         layer = [pool[j] for j in pareto_front([points[i] for i in pool], objectives)]

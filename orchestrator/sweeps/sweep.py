@@ -203,7 +203,7 @@ def _refine(config: SweepConfig, stage, settings: TrialSettings, screened, progr
         configs = json.loads(chosen_file.read_text())
     else:
         configs = refine_configs(screened, config.objectives, config.sweep.refine.candidates,
-                                 config.sweep.refine.targets)
+                                 config.sweep.refine.targets, config.sweep.refine.per_target)
         atomic_write(chosen_file, lambda tmp: tmp.write_text(json.dumps(configs, indent=2)))
         if folder.exists():  # started, but killed before Tune's first snapshot: nothing to keep
             shutil.rmtree(folder)
@@ -218,7 +218,8 @@ def _refine(config: SweepConfig, stage, settings: TrialSettings, screened, progr
     return finished_cleanly(results, len(configs))
 
 
-def refine_configs(screened, objectives, count: int, targets: Sequence[float] = ()) -> list[dict[str, Any]]:
+def refine_configs(screened, objectives, count: int, targets: Sequence[float] = (),
+                   per_target: int = 1) -> list[dict[str, Any]]:
     """The refined trials' configs: ``count`` screening trials of the ResultGrid ``screened``
     (:func:`~orchestrator.sweeps.refine.select_candidates`), their sampled params with the
     bookkeeping that names (``refine-NNN``) and tags (stage, screening trial) their runs."""
@@ -236,7 +237,7 @@ def refine_configs(screened, objectives, count: int, targets: Sequence[float] = 
     return [
         {**points[i]["params"], "_stage": STAGE_REFINE, "_run_name": f"refine-{points[i]['number']:03d}",
          "_refines": f"trial-{points[i]['number']:03d}"}
-        for i in select_candidates(points, objectives, count, targets=targets)
+        for i in select_candidates(points, objectives, count, targets=targets, per_target=per_target)
     ]
 
 

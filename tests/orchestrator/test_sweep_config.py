@@ -59,7 +59,7 @@ def refused(data: dict) -> str:
     (config_with(space={"name": "concentration", "beta": [0, 1]}), "space.beta: unknown key; valid: name, strategy, flops_reduction, alpha"),
     (config_with(space={"name": "uniform", "alpha": [0, 1]}), "space.alpha: unknown key"),
     (config_with(sweep={"objectives": {"flops": "min"}}), "sweep.objectives.flops: unknown key; valid: accuracy, macs, params, latency_ms"),
-    (config_with(sweep={"refine": {"candidate": 2}}), "sweep.refine.candidate: unknown key; valid: candidates, recipe, targets"),
+    (config_with(sweep={"refine": {"candidate": 2}}), "sweep.refine.candidate: unknown key; valid: candidates, recipe, targets, per_target"),
     (config_with(sweep={"refine": {"recipe": {"epochs": 1}}}), "sweep.refine.recipe.epochs: unknown key; valid: reconstruct"),
     (config_with(sweep={"refine": {"recipe": {"seed": 1}}}), "sweep.refine.recipe.seed: set sweep.seed instead"),
 ])
@@ -131,7 +131,7 @@ def test_defaults_are_resolved_and_round_trip(tmp_path, monkeypatch):
                                  "objectives": {"accuracy": "max", "macs": "min"}, "seed": 0,
                                  "cpus_per_trial": 1, "population_size": 4, "warm_start": True,
                                  "refine": {"candidates": 0, "recipe": {"finetune_epochs": 1, "distill": 0.5},
-                                            "targets": []}}
+                                            "targets": [], "per_target": 1}}
     assert not config.two_stage
     assert resolved["data"] == {"calibration_images": 512, "batch_size": 128, "data_root": None, "test_subset": None}
     # the recipe defaults to RecoveryRecipe(): reconstruction on; its seed is the sweep's
@@ -169,7 +169,7 @@ def test_refine_section_gives_the_two_stage_recipes():
     assert config.refine_recipe == RecoveryRecipe(finetune_epochs=1, distill=0.5, finetune_lr=0.02,
                                                   finetune_subset=64, seed=3)
     assert config.to_dict()["sweep"]["refine"] == {
-        "candidates": 3, "recipe": {"finetune_epochs": 1, "distill": 0.5, "finetune_lr": 0.02}, "targets": []}
+        "candidates": 3, "recipe": {"finetune_epochs": 1, "distill": 0.5, "finetune_lr": 0.02}, "targets": [], "per_target": 1}
     assert SweepConfig.from_dict(yaml.safe_load(dump_sweep_config(config))) == config
     assert flatten(config.to_dict())["sweep.refine.candidates"] == 3
     off = SweepConfig.from_dict(config_with(sweep={"refine": None, "warm_start": False}))

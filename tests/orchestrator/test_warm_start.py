@@ -93,6 +93,9 @@ def test_targets_refine_the_most_accurate_trial_reaching_each_first():
     # 0.5 -> trial 5 (most accurate at >= 0.5), 0.7 -> trial 7, 0.97 reached by none: skipped;
     # the fourth candidate comes from the spread over the remaining front
     assert pick[:2] == [5, 7] and len(pick) == 4 and len(set(pick)) == 4
+    # two per target: the two most accurate reaching each, then the spread
+    two = select_candidates(points, objectives, 5, targets=[0.5, 0.7], per_target=2)
+    assert two[:4] == [5, 6, 7, 8] and len(set(two)) == 5
     # a trial 0.3 points short of a target (within the margin) still reaches it
     short = [dict(points[4], macs_reduction=0.4970)]
     assert select_candidates(short, objectives, 1, targets=[0.5]) == [0]
@@ -105,7 +108,11 @@ def test_refine_targets_are_validated():
     assert RefineSettings(candidates=3, targets=[0.3, 0.5]).targets == (0.3, 0.5)
     with pytest.raises(ConfigError, match="sweep.refine.targets.*in \\(0, 1\\)"):
         RefineSettings(candidates=3, targets=[1.5])
-    with pytest.raises(ConfigError, match="2 targets need at least as many candidates, got 1"):
+    with pytest.raises(ConfigError, match="2 targets x 1 per target need at least as many candidates, got 1"):
         RefineSettings(candidates=1, targets=[0.3, 0.5])
+    with pytest.raises(ConfigError, match="2 targets x 2 per target need at least as many candidates, got 3"):
+        RefineSettings(candidates=3, targets=[0.3, 0.5], per_target=2)
+    with pytest.raises(ConfigError, match="sweep.refine.per_target: must be >= 1"):
+        RefineSettings(candidates=3, per_target=0)
     with pytest.raises(ConfigError, match="must be a list"):
         RefineSettings(candidates=1, targets="0.5")
