@@ -29,8 +29,6 @@ import contextlib
 import io
 import os
 import re
-import statistics
-import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -41,7 +39,7 @@ import torch
 from torch import nn
 
 from pruning.errors import InputError
-from pruning.structure.measure import InputShape, LatencyResult, measure_latency
+from pruning.structure.measure import InputShape, LatencyResult, check_timing, measure_latency, time_calls
 from pruning.utils import atomic_write, preserved_modes
 
 __all__ = [
@@ -137,20 +135,13 @@ def exported_latency(path: str | os.PathLike, format: str, input_shape: InputSha
     if format == "torchscript":
         return measure_latency(_load_torchscript(path), input_shape, batch_size, threads=threads, warmup=warmup,
                                repeats=repeats)
-    if threads < 1 or warmup < 0 or repeats < 1 or batch_size < 1:
-        raise InputError(f"need threads >= 1, warmup >= 0, repeats >= 1 and batch_size >= 1, got "
-                         f"{threads}, {warmup}, {repeats}, {batch_size}")
+    if threads < 1:
+        raise InputError(f"threads must be >= 1, got {threads}")
+    check_timing(batch_size, warmup, repeats)
     session = onnx_session(path, threads)
     feed = {INPUT_NAME: np.zeros((batch_size, *input_shape), dtype=np.float32)}
-    for _ in range(warmup):
-        session.run(None, feed)
-    timings_ms = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        session.run(None, feed)
-        timings_ms.append((time.perf_counter() - start) * 1e3)
-    return LatencyResult(median_ms=statistics.median(timings_ms), min_ms=min(timings_ms), max_ms=max(timings_ms),
-                         batch_size=batch_size, threads=threads, repeats=repeats)
+    return time_calls(lambda: session.run(None, feed), batch_size=batch_size, threads=threads, warmup=warmup,
+                      repeats=repeats)
 
 
 def onnx_session(path: str | os.PathLike, threads: int = 1):

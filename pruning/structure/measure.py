@@ -113,14 +113,9 @@ def measure_latency(
     headline number because it ignores the occasional pass slowed by other processes.
     """
     _check_input_shape(input_shape)
-    if batch_size < 1:
-        raise InputError(f"batch_size must be >= 1, got {batch_size}")
     if threads is not None and threads < 1:
         raise InputError(f"threads must be >= 1 or None, got {threads}")
-    if warmup < 0:
-        raise InputError(f"warmup must be >= 0, got {warmup}")
-    if repeats < 1:
-        raise InputError(f"repeats must be >= 1, got {repeats}")
+    check_timing(batch_size, warmup, repeats)
     threads = torch.get_num_threads() if threads is None else threads
     device = model_device(model)
     batch = torch.zeros(batch_size, *input_shape, device=device)
@@ -130,14 +125,30 @@ def measure_latency(
         if device.type == "cuda":  # kernels run asynchronously: wait for them before stopping the clock
             torch.cuda.synchronize(device)
 
-    timings_ms: list[float] = []
     with _num_threads(threads), _eval_mode(model), torch.inference_mode():
-        for _ in range(warmup):
-            forward()
-        for _ in range(repeats):
-            start = time.perf_counter()
-            forward()
-            timings_ms.append((time.perf_counter() - start) * 1e3)
+        return time_calls(forward, batch_size=batch_size, threads=threads, warmup=warmup, repeats=repeats)
+
+
+def check_timing(batch_size: int, warmup: int, repeats: int) -> None:
+    """One-line ``InputError`` unless batch_size >= 1, warmup >= 0 and repeats >= 1."""
+    if batch_size < 1:
+        raise InputError(f"batch_size must be >= 1, got {batch_size}")
+    if warmup < 0:
+        raise InputError(f"warmup must be >= 0, got {warmup}")
+    if repeats < 1:
+        raise InputError(f"repeats must be >= 1, got {repeats}")
+
+
+def time_calls(call, *, batch_size: int, threads: int, warmup: int, repeats: int) -> LatencyResult:
+    """``warmup`` untimed calls of ``call()``, then the median (min, max) of ``repeats`` timed ones;
+    ``batch_size`` and ``threads`` describe what was timed (set up by the caller)."""
+    for _ in range(warmup):
+        call()
+    timings_ms: list[float] = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        timings_ms.append((time.perf_counter() - start) * 1e3)
     return LatencyResult(
         median_ms=statistics.median(timings_ms),
         min_ms=min(timings_ms),
