@@ -226,8 +226,10 @@ def _original_targets(
             chosen = None
             if rows.shape[0] > max_rows:
                 chosen = torch.randperm(rows.shape[0], generator=generator)[:max_rows].sort().values.to(rows.device)
-                rows = rows.index_select(0, chosen)
-            found.rows.append(rows.clone())
+                rows = rows.index_select(0, chosen)  # a copy
+            else:
+                rows = rows.clone()  # may be a view of an output a later in-place op changes
+            found.rows.append(rows)
             found.chosen.append(chosen)
         return hook
 
