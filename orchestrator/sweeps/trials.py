@@ -118,10 +118,11 @@ def _prune_and_recover(model, space, shape, criterion_name: str, pruning_config,
     from pruning.data import make_loader
     from pruning.pipeline import prune_with_criterion
     from pruning.recovery import recover, recovery_data_for
+    from pruning.utils import model_device
 
     started = time.perf_counter()
     context = ScoringContext(calibration=batches, stats=stats)
-    outcome = prune_with_criterion(model, torch.zeros(1, *shape, device=next(model.parameters()).device),
+    outcome = prune_with_criterion(model, torch.zeros(1, *shape, device=model_device(model)),
                                    create_criterion(criterion_name, seed=seed),
                                    pruning_config, context, ratio_weights=ratio_weights, space=space)
     prune_seconds = time.perf_counter() - started
