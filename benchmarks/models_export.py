@@ -4,7 +4,8 @@ to unpruned, and the MACs ratio next to the measured speedups.
 
 Random initialisation (cost numbers only: accuracy is not measured), CIFAR-size inputs
 (3x32x32) with a 10-class head, L1 channel scores, uniform ratios, strategy ``full``; the
-statistics pass and the data-driven parts run on random calibration images.
+statistics pass and the data-driven parts run on random calibration images. One pruned model per
+``--round-to`` value (kept channel counts multiples of it; 1: any count).
 
     python benchmarks/models_export.py --out benchmarks/results/models_export.json
 """
@@ -51,14 +52,18 @@ def measure(name: str, args, folder: Path) -> dict:
     started = time.perf_counter()
     stats = collect_activation_stats(model, space.groups, batches)
     stats_seconds = time.perf_counter() - started
-    started = time.perf_counter()
-    outcome = prune_with_criterion(model, example, create_criterion("l1"),
-                                   PruningConfig(strategy="full", allocation="uniform", flops_reduction=args.target),
-                                   ScoringContext(calibration=batches, stats=stats), space=space)
-    prune_seconds = time.perf_counter() - started
+    nets, prune_seconds = {"unpruned": model}, {}
+    for round_to in args.round_to:
+        started = time.perf_counter()
+        config = PruningConfig(strategy="full", allocation="uniform", flops_reduction=args.target, round_to=round_to)
+        outcome = prune_with_criterion(model, example, create_criterion("l1"), config,
+                                       ScoringContext(calibration=batches, stats=stats), space=space)
+        label = _pruned_label(round_to)
+        prune_seconds[label] = time.perf_counter() - started
+        nets[label] = outcome.model
     row = {"model": name, "groups": len(space.groups), "statistics_seconds": stats_seconds,
            "prune_seconds": prune_seconds}
-    for label, net in (("unpruned", model), ("pruned", outcome.model)):
+    for label, net in nets.items():
         path = folder / f"{name.replace(':', '_')}-{label}.onnx"
         started = time.perf_counter()
         check = export_model(net, SHAPE, path, "onnx")
@@ -67,10 +72,17 @@ def measure(name: str, args, folder: Path) -> dict:
                       "onnx_bytes": path.stat().st_size, "max_abs_diff": check.max_abs_diff,
                       "tolerance": check.tolerance, **latencies(net, path, args)}
         print(json.dumps({"model": name, label: row[label]}), flush=True)
-    unpruned, pruned = row["unpruned"], row["pruned"]
-    row["macs_ratio"] = unpruned["macs"] / pruned["macs"]
-    row["speedup"] = {key: unpruned[key] / pruned[key] for key in unpruned if key.endswith("_ms")}
+    unpruned = row["unpruned"]
+    for label in prune_seconds:
+        pruned = row[label]
+        pruned["macs_ratio"] = unpruned["macs"] / pruned["macs"]
+        pruned["speedup"] = {key: unpruned[key] / pruned[key] for key in unpruned if key.endswith("_ms")}
     return row
+
+
+def _pruned_label(round_to: int) -> str:
+    """``pruned`` (any channel count) or ``pruned_round<N>`` (counts multiples of N)."""
+    return "pruned" if round_to == 1 else f"pruned_round{round_to}"
 
 
 def main() -> None:
@@ -80,6 +92,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--repeats-b64", type=int, default=5)
+    parser.add_argument("--round-to", nargs="+", type=int, default=[1, 8],
+                        help="one pruned model per value: kept channel counts multiples of it (1: any)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -88,7 +102,8 @@ def main() -> None:
     result = {"settings": vars(args), "machine": f"{platform.machine()}, torch {torch.__version__}", "rows": rows}
     atomic_write(args.out, lambda tmp: tmp.write_text(json.dumps(result, indent=1)))
     for row in rows:
-        print(json.dumps({k: row[k] for k in ("model", "macs_ratio", "speedup")}))
+        print(json.dumps({"model": row["model"], **{label: {k: row[label][k] for k in ("macs_ratio", "speedup")}
+                                                    for label in row["prune_seconds"]}}))
 
 
 if __name__ == "__main__":

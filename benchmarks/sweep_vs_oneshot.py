@@ -67,7 +67,8 @@ class Bench:
         self.base_macs = measure_cost(self.model, self.shape).macs
         self.proxy_recipe = RecoveryRecipe(bn_batches=args.bn_batches)
         self.finetune_recipe = RecoveryRecipe(reconstruct=False, bn_batches=0, finetune_epochs=1,
-                                              finetune_subset=args.finetune_subset, distill=args.distill)
+                                              finetune_subset=args.finetune_subset, distill=args.distill,
+                                              seed=args.finetune_seed)
 
     def data(self, score) -> RecoveryData:
         return RecoveryData(calibration=self.batches, train=self.splits.train, augment=self.splits.augment_by_default,
@@ -177,7 +178,7 @@ def _sweep_config(bench: Bench, label: str, *, trials: int, sampler: str, warm: 
     sweep = {"trials": trials, "concurrency": args.concurrency, "sampler": sampler, "seed": args.seed,
              "warm_start": warm, "objectives": {"accuracy": "max", "macs": "min"}}
     if candidates:
-        sweep["refine"] = {"candidates": candidates, "targets": list(args.targets),
+        sweep["refine"] = {"candidates": candidates, "targets": list(args.targets), "per_target": args.per_target,
                            "recipe": {"finetune_epochs": 1, "finetune_subset": args.finetune_subset,
                                       "distill": args.distill}}
     epochs = 1 if finetune else 0
@@ -230,6 +231,10 @@ def main() -> None:
     parser.add_argument("--distill", type=float, default=0.5)
     parser.add_argument("--test-subset", type=int, default=5000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--finetune-seed", type=int, default=0,
+                        help="the one-shot and TP fine-tune's shuffling seed (its spread is the selection noise)")
+    parser.add_argument("--per-target", type=int, default=1,
+                        help="a sweep refines this many of the best screened trials at each target")
     parser.add_argument("--run-root", default="runs/bench/sweep-vs-oneshot")
     parser.add_argument("--label", default=None,
                         help="stored as PART-LABEL (and run in RUN_ROOT/PART-LABEL): a variant beside the default run")

@@ -4,6 +4,7 @@ The contract is in ``_base``; one module per space. Importing this package impor
 module so that their classes register; adding a space is one file plus one import line below.
 """
 from search_spaces._base import (  # noqa: F401  (re-exported)
+    ALLOCATION_CHOICES,
     WARM_START_QUANTILES,
     SearchSpace,
     SpaceContext,
@@ -20,6 +21,7 @@ from search_spaces import snpfi  # noqa: F401  (registers snpfi)
 from search_spaces import stages  # noqa: F401  (registers stages)
 
 __all__ = [
+    "ALLOCATION_CHOICES",
     "WARM_START_QUANTILES",
     "SearchSpace",
     "SpaceContext",

@@ -14,19 +14,24 @@ Contract (checked for every registered space by ``tests/search_spaces/test_space
 * :meth:`SearchSpace.define` is define-by-run: it calls ``trial.suggest_*`` once for every
   parameter, with names that depend only on the space's options and the context (so they are
   the same in every trial of a sweep). Shared parameters come from :meth:`SearchSpace._define_shared`:
-  ``criterion``, ``finetune_lr``, ``finetune_epochs`` and ``weight_decay``.
+  ``criterion``, ``finetune_lr``, ``finetune_epochs`` and ``weight_decay``, and in a space with
+  a FLOPs target (:attr:`SearchSpace.flops_targeted`) and ``global_ranking`` on, ``allocation``:
+  ``layerwise`` (the space's own layer ratios) or ``global`` (one ranking of every channel by its
+  normalised score to the sampled target: the space's layer parameters are then unused).
 * :meth:`SearchSpace.to_plan` is pure: the same params and context give the same plan, so a plan
   can be rebuilt from a finished trial's ``params`` (e.g. an MLflow run's logged parameters).
 * :meth:`SearchSpace.warm_starts` (optional; default: none) lists the one-shot schedules in the
   space's own parameters: complete param dicts, inside the space's bounds, deterministic, that
-  :meth:`SearchSpace.to_plan` accepts. A sweep runs them as its first trials.
+  :meth:`SearchSpace.to_plan` accepts. A sweep runs them as its first trials. With ``allocation``
+  sampled they include the global ranking of every criterion at the warm-start targets.
 * :attr:`SearchSpace.needs_stats` / :attr:`SearchSpace.needs_utilization` (optional; default
   False) say whether :meth:`SearchSpace.to_plan` reads ``SpaceContext.stats`` / ``utilization``,
   so that a sweep computes them only when its space (with its options) or a criterion needs them.
 * :meth:`SearchSpace.check_feasible` rejects plans before any training: it returns ``None`` for a
   plan whose channel counts can be planned and whose MAC reduction lies within ``flops_bounds``
   (and, for a FLOPs-targeted plan, within :data:`~pruning.planning.FLOPS_TOLERANCE` of the
-  target), else a one-line reason.
+  target), else a one-line reason. A global-ranking plan's channel counts follow from the scores,
+  so only its target is checked (against ``flops_bounds``); the allocation itself meets it.
 
 Adding a space is one file with a ``@register_space("name")`` class plus one import line in
 ``search_spaces/__init__.py``.
@@ -35,7 +40,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Mapping, Sequence
 
 import optuna
@@ -57,11 +62,14 @@ __all__ = [
     "list_search_spaces",
     "search_space_class",
     "WARM_START_QUANTILES",
+    "ALLOCATION_CHOICES",
 ]
 
 #: where warm starts put their FLOPs targets: these fractions of the space's FLOPs range (its
 #: target range intersected with ``flops_bounds``)
 WARM_START_QUANTILES = (0.25, 0.5, 0.75)
+#: the choices of the ``allocation`` parameter: the space's layer ratios, or one global ranking
+ALLOCATION_CHOICES = ("layerwise", "global")
 
 
 @dataclass(frozen=True)
@@ -97,17 +105,25 @@ class TrialPlan:
     weight_decay: float
     params: dict[str, Any]
 
-    def keep(self, context: SpaceContext) -> dict[str, int]:
+    @property
+    def needs_scores(self) -> bool:
+        """Whether the channel counts follow from the channel scores (the ``global`` allocation):
+        then only a trial that has scored the channels can plan them."""
+        return self.config.allocation == "global"
+
+    def keep(self, context: SpaceContext, scores: Mapping[str, torch.Tensor] | None = None) -> dict[str, int]:
         """Channels kept per group. Raises ``PruningError`` (``InfeasibleTargetError``) if unplannable.
 
-        No scores are needed: the spaces plan with uniform, proportional or explicit allocations,
-        never the score-driven ``global`` one.
+        ``scores`` (per group, one per channel) only for a plan that :attr:`needs them
+        <needs_scores>`; uniform, proportional and explicit allocations plan without.
         """
-        return plan_pruning(context.space, {}, self.config, self.ratio_weights)
+        if self.needs_scores and scores is None:
+            raise PruningError("a global-ranking plan's channel counts follow from the channel scores: give scores")
+        return plan_pruning(context.space, scores or {}, self.config, self.ratio_weights)
 
-    def planned_reduction(self, context: SpaceContext) -> float:
-        """Fraction of the unpruned MACs this plan removes."""
-        return context.space.reduction(self.keep(context))
+    def planned_reduction(self, context: SpaceContext, scores: Mapping[str, torch.Tensor] | None = None) -> float:
+        """Fraction of the unpruned MACs this plan removes (``scores`` as for :meth:`keep`)."""
+        return context.space.reduction(self.keep(context, scores))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -192,6 +208,12 @@ class SearchSpace(ABC):
     weight_decay: (low, high) of the fine-tuning weight decay, log-uniform.
     flops_bounds: (low, high) of the MAC reductions this space may produce; plans outside are
         infeasible (:meth:`check_feasible`).
+    global_ranking: in a space with a FLOPs target, also sample ``allocation`` (layer-wise or one
+        global ranking, :data:`ALLOCATION_CHOICES`), and warm-start with the global ranking of every
+        criterion (the strongest one-shot pipeline at some targets, docs/benchmarks.md). Spaces
+        without a FLOPs target (``snpfi``, ``per_layer`` with ``prior: none``) have nothing to rank to.
+    round_to: every plan keeps channel counts that are multiples of this (``PruningConfig.round_to``;
+        8 or 16 for fast inference; 1: any count).
 
     Subclasses take their own options and pass ``**shared`` on; the registry collects the valid
     option names through the ``__init__`` chain and refuses unknown ones with that list.
@@ -208,12 +230,20 @@ class SearchSpace(ABC):
         finetune_epochs: tuple[int, int] = (0, 1),
         weight_decay: tuple[float, float] = (1e-5, 1e-3),
         flops_bounds: tuple[float, float] = (0.1, 0.9),
+        global_ranking: bool = True,
+        round_to: int = 1,
     ) -> None:
         self.criteria = _criteria(criteria)
         self.finetune_lr = _float_range("finetune_lr", finetune_lr, lo=0.0, hi=math.inf, positive=True)
         self.finetune_epochs = _int_range("finetune_epochs", finetune_epochs)
         self.weight_decay = _float_range("weight_decay", weight_decay, lo=0.0, hi=math.inf, positive=True)
         self.flops_bounds = _float_range("flops_bounds", flops_bounds, lo=0.0, hi=1.0)
+        if not isinstance(global_ranking, bool):
+            raise ValueError(f"global_ranking must be true or false, got {global_ranking!r}")
+        self.global_ranking = global_ranking
+        if not isinstance(round_to, int) or isinstance(round_to, bool) or round_to < 1:
+            raise ValueError(f"round_to must be an integer >= 1, got {round_to!r}")
+        self.round_to = round_to
 
     # -- options ---------------------------------------------------------------------------
 
@@ -226,6 +256,8 @@ class SearchSpace(ABC):
             "finetune_epochs": self.finetune_epochs,
             "weight_decay": self.weight_decay,
             "flops_bounds": self.flops_bounds,
+            "global_ranking": self.global_ranking,
+            "round_to": self.round_to,
         }
 
     @abstractmethod
@@ -257,12 +289,25 @@ class SearchSpace(ABC):
         trial.suggest_float("finetune_lr", *self.finetune_lr, log=True)
         trial.suggest_int("finetune_epochs", *self.finetune_epochs)
         trial.suggest_float("weight_decay", *self.weight_decay, log=True)
+        if self.ranks_globally:
+            trial.suggest_categorical("allocation", list(ALLOCATION_CHOICES))
 
     @property
     def needs_stats(self) -> bool:
         """Whether this space (with its options) reads ``SpaceContext.stats``: a sweep computes the
         activation statistics of the unpruned model for it. Optional hook; default: False."""
         return False
+
+    @property
+    def flops_targeted(self) -> bool:
+        """Whether the space samples one FLOPs target (``flops_reduction``) and fits its layer
+        ratios to it; only such a space can offer the global ranking. Optional hook; default True."""
+        return True
+
+    @property
+    def ranks_globally(self) -> bool:
+        """Whether ``allocation`` is sampled: ``global_ranking`` on in a FLOPs-targeted space."""
+        return self.global_ranking and self.flops_targeted
 
     @property
     def needs_utilization(self) -> bool:
@@ -286,7 +331,15 @@ class SearchSpace(ABC):
             "finetune_lr": _clip(defaults.finetune_lr, self.finetune_lr),
             "finetune_epochs": self.finetune_epochs[0],
             "weight_decay": _clip(defaults.weight_decay, self.weight_decay),
+            **({"allocation": ALLOCATION_CHOICES[0]} if self.ranks_globally else {}),
         }
+
+    def _with_global_ranking(self, starts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """``starts`` followed, where ``allocation`` is sampled, by each of them as a global
+        ranking (the same criterion and target; the layer parameters are then unused)."""
+        if not self.ranks_globally:
+            return starts
+        return starts + [{**start, "allocation": ALLOCATION_CHOICES[1]} for start in starts]
 
     def _warm_targets(self, bounds: tuple[float, float] | None = None) -> list[float]:
         """FLOPs-reduction targets at :data:`WARM_START_QUANTILES` of ``bounds`` (default:
@@ -303,7 +356,13 @@ class SearchSpace(ABC):
         config: PruningConfig,
         ratio_weights: Mapping[str, float] | None = None,
     ) -> TrialPlan:
-        """A plan with the shared parameters read from ``params`` (all of ``params`` logged)."""
+        """A plan with the shared parameters read from ``params`` (all of ``params`` logged); with
+        ``allocation: global`` the FLOPs target of ``config`` is met by one global ranking."""
+        if self.ranks_globally and _param(params, "allocation") == ALLOCATION_CHOICES[1]:
+            config = PruningConfig(strategy=config.strategy, allocation="global",
+                                   flops_reduction=config.flops_reduction)
+            ratio_weights = None
+        config = replace(config, round_to=self.round_to)
         return TrialPlan(
             criterion=str(_param(params, "criterion")),
             config=config,
@@ -318,6 +377,12 @@ class SearchSpace(ABC):
 
     def check_feasible(self, plan: TrialPlan, context: SpaceContext) -> str | None:
         """``None`` if ``plan`` can be trained, else a one-line reason (no training involved)."""
+        low, high = self.flops_bounds
+        if plan.needs_scores:
+            target = plan.config.flops_reduction
+            if not low <= target <= high:
+                return f"FLOPs reduction target {target:.3f} is outside flops_bounds [{low}, {high}]"
+            return None
         try:
             keep = plan.keep(context)
         except PruningError as err:  # InfeasibleTargetError included
@@ -329,7 +394,6 @@ class SearchSpace(ABC):
                 f"FLOPs reduction target {target:.3f} missed: the integer channel counts reach "
                 f"{reduction:.3f} (tolerance {FLOPS_TOLERANCE})"
             )
-        low, high = self.flops_bounds
         if not low <= reduction <= high:
             return f"planned FLOPs reduction {reduction:.3f} is outside flops_bounds [{low}, {high}]"
         return None

@@ -20,7 +20,8 @@ Warm starts, every criterion, without fine-tuning: ``prior: none``: uniform laye
 ratio in every layer found by bisection so that the plan removes
 :data:`~search_spaces.WARM_START_QUANTILES` of the ``flops_bounds`` range (ratios clipped into
 ``layer_ratio``); otherwise every multiplier 1 (clipped into ``multiplier``), i.e. the prior
-itself, at those quantiles of the target range.
+itself, at those quantiles of the target range, then (``global_ranking``) the same as global
+rankings.
 """
 from __future__ import annotations
 
@@ -73,6 +74,10 @@ class PerLayerSpace(SearchSpace):
     def needs_stats(self) -> bool:
         return self.prior == "concentration"
 
+    @property
+    def flops_targeted(self) -> bool:
+        return self.prior != "none"  # an explicit schedule's MACs follow from its ratios
+
     @staticmethod
     def parameter_names(context: SpaceContext, prefix: str = PREFIX) -> list[str]:
         """``<prefix><group name>`` (default ``ratio.``) for every group the strategy may prune, in model order."""
@@ -122,10 +127,10 @@ class PerLayerSpace(SearchSpace):
         names = self._layer_names(context)
         if self.prior != "none":
             one = _clip(1.0, self.multiplier)
-            return [
+            return self._with_global_ranking([
                 {"flops_reduction": target, **{name: one for name in names}, **self._warm_shared(criterion)}
                 for criterion in self.criteria for target in self._warm_targets(self.flops_reduction)
-            ]
+            ])
         ratios = _unique([self._uniform_ratio(context, t) for t in self._warm_targets()])
         return [
             {**{name: ratio for name in names}, **self._warm_shared(criterion)}

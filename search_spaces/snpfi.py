@@ -49,6 +49,10 @@ class SnpfiSpace(SearchSpace):
     def needs_utilization(self) -> bool:
         return True
 
+    @property
+    def flops_targeted(self) -> bool:
+        return False  # tau, not a FLOPs target, sets the sparsity
+
     def _curves(self, context: SpaceContext) -> dict[str, torch.Tensor]:
         """The utilization curve of every group the strategy may prune, checked."""
         if context.utilization is None:

@@ -23,7 +23,8 @@ Stages, from the names of the groups the strategy may prune (:func:`stage_assign
 
 Warm starts: the uniform allocation (every weight equal, at the top of ``stage_weight``) at
 :data:`~search_spaces.WARM_START_QUANTILES` of the target range (within ``flops_bounds``) for
-every criterion, without fine-tuning: the one-shot uniform pipelines.
+every criterion, without fine-tuning: the one-shot uniform pipelines; then (``global_ranking``)
+the same as global rankings.
 """
 from __future__ import annotations
 
@@ -122,10 +123,10 @@ class StagesSpace(SearchSpace):
     def warm_starts(self, context: SpaceContext) -> list[dict[str, Any]]:
         weight = _clip(1.0, self.stage_weight)
         weights = {name: weight for name in self.parameter_names(context)}
-        return [
+        return self._with_global_ranking([
             {"flops_reduction": target, **weights, **self._warm_shared(criterion)}
             for criterion in self.criteria for target in self._warm_targets(self.flops_reduction)
-        ]
+        ])
 
     def to_plan(self, params: Mapping[str, Any], context: SpaceContext) -> TrialPlan:
         weights = {stage: float(_param(params, PREFIX + stage)) for stage in self.stage_names(context)}

@@ -3,7 +3,7 @@
 Parameters: ``flops_reduction`` (uniform in the ``flops_reduction`` option's range) plus the
 shared ones. Warm starts: every criterion at :data:`~search_spaces.WARM_START_QUANTILES` of
 the target range (within ``flops_bounds``), without fine-tuning: the one-shot uniform pipelines
-of ``prunesweep compare``. The plan is ``PruningConfig(allocation="uniform", flops_reduction=...)``: equal
+of ``prunesweep compare``; then (``global_ranking``) the same as global rankings. The plan is ``PruningConfig(allocation="uniform", flops_reduction=...)``: equal
 per-layer ratios scaled by bisection to the target, then refined channel by channel.
 """
 from __future__ import annotations
@@ -36,10 +36,10 @@ class UniformSpace(SearchSpace):
         self._define_shared(trial)
 
     def warm_starts(self, context: SpaceContext) -> list[dict[str, Any]]:
-        return [
+        return self._with_global_ranking([
             {"flops_reduction": target, **self._warm_shared(criterion)}
             for criterion in self.criteria for target in self._warm_targets(self.flops_reduction)
-        ]
+        ])
 
     def to_plan(self, params: Mapping[str, Any], context: SpaceContext) -> TrialPlan:
         config = PruningConfig(

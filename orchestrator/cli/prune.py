@@ -42,6 +42,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     target.add_argument("--ratio", type=float, default=None, help="fraction of channels to remove, in [0, 1)")
     p.add_argument("--max-layer-ratio", type=float, default=0.9, help="most any one layer may lose (default: 0.9)")
     p.add_argument("--min-channels", type=int, default=1, help="fewest channels a layer keeps (default: 1)")
+    p.add_argument("--round-to", type=int, default=1,
+                   help="kept channel counts are multiples of this, e.g. 8 for fast inference (default: 1, any count)")
     p.add_argument("--alpha", type=float, default=0.5, help="entropy weight in information concentration (default: 0.5)")
     p.add_argument("--tau", type=float, default=0.95, help="SNPFI utilization retention level (default: 0.95)")
     p.add_argument("--calibration-images", type=int, default=512,
@@ -97,7 +99,7 @@ def run(args: argparse.Namespace) -> CommandResult:
     after = measure(outcome.model, shape, recovery.final_accuracy)
     pruning = {
         "criterion": args.criterion, "strategy": config.strategy, "ratios": args.ratios,
-        "flops_reduction_target": args.flops_reduction, "ratio": args.ratio,
+        "flops_reduction_target": args.flops_reduction, "ratio": args.ratio, "round_to": args.round_to,
         "macs_reduction": 1 - after["macs"] / base["macs"], "params_reduction": 1 - after["params"] / base["params"],
         "speedup_batch1": base["latency_ms"] / after["latency_ms"],
         "speedup_batch64": base["latency_ms_batch64"] / after["latency_ms_batch64"],
@@ -115,6 +117,7 @@ def _check_arguments(args: argparse.Namespace) -> None:
     check_model_source(args)
     check_minimum(args, "--calibration-images", 1)
     check_minimum(args, "--batch-size", 1)
+    check_minimum(args, "--round-to", 1)
     check_workers(args)
     if not 0 <= args.alpha <= 1:
         raise InputError(f"--alpha must be in [0, 1], got {args.alpha}")
@@ -129,7 +132,8 @@ def _pruning_config(args: argparse.Namespace):
     from pruning.planning import PruningConfig, load_schedule
     from pruning.structure import PruningError
 
-    common = dict(strategy=args.strategy, max_layer_ratio=args.max_layer_ratio, min_channels=args.min_channels)
+    common = dict(strategy=args.strategy, max_layer_ratio=args.max_layer_ratio, min_channels=args.min_channels,
+                  round_to=args.round_to)
     source = args.ratios
     if source.endswith(".json") or Path(source).is_file():
         if args.flops_reduction is not None or args.ratio is not None:

@@ -9,10 +9,10 @@ Allocations:
   information concentration): ratio_l = min(cap, s * w_l), with s found by bisection.
 * an explicit schedule: a plain ``{layer name: ratio}`` mapping, read from / written to JSON.
 
-Channel counts are integers, so a FLOPs target cannot be met by bisection on one number
-alone (one channel of a 16-channel layer is 6%). After bisection, :func:`_refine_to_target`
-moves single channels in individual layers until the MAC reduction is as close to the target
-as a one-channel move allows, preferring layers whose ratio is furthest from the intended one.
+Channel counts are integers (and, with ``round_to``, multiples of it), so a FLOPs target
+cannot be met by bisection on one number alone. After bisection,
+:func:`pruning.planning.widths.refine_to_target` moves single layers one allowed width at a time
+until the MAC reduction is as close to the target as such a move allows.
 """
 from __future__ import annotations
 
@@ -27,11 +27,10 @@ import torch
 
 from pruning.structure.engine import STRATEGIES, PruningError, PruningSpace
 from pruning.structure.groups import ChannelGroup
+from pruning.planning.widths import FLOPS_TOLERANCE, WidthGrid, refine_to_target
 from pruning.utils import atomic_write
 
 ALLOCATIONS = ("uniform", "global")
-#: the FLOPs target is met within this many fractions (1 percentage point)
-FLOPS_TOLERANCE = 0.01
 
 
 class InfeasibleTargetError(PruningError):
@@ -51,6 +50,8 @@ class PruningConfig:
     ratio: fraction of channels removed (per layer for ``uniform``, overall for ``global``).
     flops_reduction: fraction of MACs to remove, met within 1 percentage point.
     schedule: explicit ``{layer name: ratio}``; layers not named keep all their channels.
+    round_to: kept channel counts are multiples of this (a layer keeps all its channels where it
+        has fewer): 8 or 16 for fast inference; 1 (the default) for any count.
     """
 
     strategy: str = "full"
@@ -60,6 +61,7 @@ class PruningConfig:
     schedule: Mapping[str, float] | None = None
     max_layer_ratio: float = 0.9
     min_channels: int = 1
+    round_to: int = 1
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -81,20 +83,26 @@ class PruningConfig:
             raise PruningError(f"max_layer_ratio must be in (0, 1), got {self.max_layer_ratio!r}")
         if self.min_channels < 1:
             raise PruningError(f"min_channels must be >= 1, got {self.min_channels!r}")
+        if not isinstance(self.round_to, int) or isinstance(self.round_to, bool) or self.round_to < 1:
+            raise PruningError(f"round_to must be an integer >= 1, got {self.round_to!r}")
+
+    @property
+    def grid(self) -> WidthGrid:
+        """The widths a layer may keep under this config's cap, floor and rounding."""
+        return WidthGrid(cap=self.max_layer_ratio, min_channels=self.min_channels, round_to=self.round_to)
 
 
-def _bounds(group: ChannelGroup, cap: float, min_channels: int) -> tuple[int, int]:
-    """Fewest and most channels a group may keep."""
-    floor = min(group.size, max(min_channels, group.size - math.floor(cap * group.size)))
-    return floor, group.size
-
-
-def keep_from_ratios(groups: Sequence[ChannelGroup], ratios: Mapping[str, float], min_channels: int = 1) -> dict[str, int]:
-    """Channels kept per group when removing ``round(ratio * size)`` (at least ``min_channels`` kept)."""
+def keep_from_ratios(groups: Sequence[ChannelGroup], ratios: Mapping[str, float], min_channels: int = 1,
+                     round_to: int = 1) -> dict[str, int]:
+    """Channels kept per group when removing ``round(ratio * size)`` (at least ``min_channels``
+    kept), rounded to the nearest multiple of ``round_to`` (or the full width)."""
     keep = {}
     for g in groups:
         removed = round(ratios.get(g.name, 0.0) * g.size)
-        keep[g.name] = max(min(min_channels, g.size), g.size - removed)
+        width = max(min(min_channels, g.size), g.size - removed)
+        if round_to > 1:
+            width = WidthGrid(cap=1.0, min_channels=min_channels, round_to=round_to).snap(g, width)
+        keep[g.name] = width
     return keep
 
 
@@ -106,24 +114,26 @@ def allocate_proportional(
     *,
     max_layer_ratio: float = 0.9,
     min_channels: int = 1,
+    round_to: int = 1,
 ) -> dict[str, int]:
     """Ratios ``min(cap, s * w_l)`` scaled by bisection on ``s`` to meet a FLOPs reduction.
 
     ``weights`` are non-negative per-group weights (1 everywhere = uniform). The result is then
-    refined channel by channel to land within one channel-step of the target.
+    refined one allowed width at a time to land within one width step of the target.
     """
+    grid = WidthGrid(cap=max_layer_ratio, min_channels=min_channels, round_to=round_to)
     _check_fraction("flops_reduction", flops_reduction)
     missing = [g.name for g in groups if g.name not in weights]
     if missing:
         raise PruningError(f"no ratio weight for layer(s): {', '.join(missing)}")
     if any(weights[g.name] < 0 or not math.isfinite(weights[g.name]) for g in groups):
         raise PruningError("ratio weights must be finite and non-negative")
-    _check_reachable(space, groups, flops_reduction, max_layer_ratio, min_channels)
+    _check_reachable(space, groups, flops_reduction, grid)
 
     def plan(scale: float) -> dict[str, int]:
         ratios = {g.name: min(max_layer_ratio, scale * weights[g.name]) for g in groups}
         keep = keep_from_ratios(groups, ratios, min_channels)
-        return {g.name: max(keep[g.name], _bounds(g, max_layer_ratio, min_channels)[0]) for g in groups}
+        return {g.name: grid.snap(g, keep[g.name]) for g in groups}
 
     top = max((weights[g.name] for g in groups), default=0.0)
     low, high = 0.0, (max_layer_ratio / min(w for w in (weights[g.name] for g in groups) if w > 0)) if top > 0 else 0.0
@@ -135,95 +145,19 @@ def allocate_proportional(
             low = mid
     keep = plan(high)
     intended = {g.name: min(max_layer_ratio, high * weights[g.name]) for g in groups}
-    return _refine_to_target(space, groups, keep, flops_reduction, intended, max_layer_ratio, min_channels)
+    return refine_to_target(space, groups, keep, flops_reduction, intended, grid)
 
 
-def _check_reachable(space, groups, flops_reduction, cap, min_channels) -> None:
-    most = {g.name: _bounds(g, cap, min_channels)[0] for g in groups}
+def _check_reachable(space, groups, flops_reduction, grid: WidthGrid) -> None:
+    most = {g.name: grid.bounds(g)[0] for g in groups}
     reachable = space.reduction(most)
     if flops_reduction > reachable + FLOPS_TOLERANCE / 2:
+        rounding = f", widths multiples of {grid.round_to}" if grid.round_to > 1 else ""
         raise InfeasibleTargetError(
             f"FLOPs reduction {flops_reduction:.3f} cannot be met: at most {reachable:.3f} with "
-            f"{len(groups)} prunable layer(s), per-layer cap {cap} and at least {min_channels} channel(s) kept"
+            f"{len(groups)} prunable layer(s), per-layer cap {grid.cap} and at least {grid.min_channels} "
+            f"channel(s) kept{rounding}"
         )
-
-
-def _refine_to_target(space, groups, keep, target, intended, cap, min_channels) -> dict[str, int]:
-    """Single-channel moves in individual layers until the MAC reduction is near ``target``.
-
-    While the reduction is more than half the tolerance away from the target, take the
-    move (one channel more or fewer in one layer) that keeps the layer's ratio closest to its
-    intended ratio among the moves that bring the reduction strictly closer. This keeps the
-    schedule's shape (uniform stays near-uniform) while the integer widths close the gap.
-    When no such single move exists (small models, where one channel is a large step), a
-    compensated move is tried the same way: one channel more or fewer in one layer, then other
-    layers (one chosen first, then the rest in order) each set to the width within its bounds
-    that best closes the remaining gap, until the reduction is within half the tolerance.
-    """
-    keep = dict(keep)
-    bounds = {g.name: _bounds(g, cap, min_channels) for g in groups}
-    sizes = {g.name: g.size for g in groups}
-    gap = abs(space.reduction(keep) - target)
-
-    def best_of(moves):
-        best = None
-        for move in moves:
-            if not all(bounds[n][0] <= keep[n] + step <= bounds[n][1] for n, step in move):
-                continue
-            for n, step in move:
-                keep[n] += step
-            new_gap = abs(space.reduction(keep) - target)
-            deviation = sum(abs((1 - keep[n] / sizes[n]) - intended[n]) for n, _ in move)
-            for n, step in move:
-                keep[n] -= step
-            if new_gap < gap - 1e-12:
-                candidate = (deviation, new_gap, move)
-                best = candidate if best is None or candidate < best else best
-        return best
-
-    def closest(trial, name):
-        """The width of ``name`` (within its bounds) whose reduction is closest to the target."""
-        lo, hi = bounds[name]
-        trial[name] = lo
-        at_lo = space.reduction(trial)
-        trial[name] = hi
-        at_hi = space.reduction(trial)  # MACs are linear in each group's width
-        wanted = hi if at_lo == at_hi else lo + (target - at_lo) * (hi - lo) / (at_hi - at_lo)
-        widths = {min(hi, max(lo, w)) for w in (math.floor(wanted), math.ceil(wanted))}
-
-        def gap_at(w):
-            trial[name] = w
-            return abs(space.reduction(trial) - target)
-
-        return min(sorted(widths), key=gap_at)
-
-    def compensated():
-        moves = []
-        for a in keep:
-            for step in (-1, 1):
-                if not bounds[a][0] <= keep[a] + step <= bounds[a][1]:
-                    continue
-                for b in keep:
-                    if b == a:
-                        continue
-                    trial = dict(keep)
-                    trial[a] += step
-                    for other in [b, *(n for n in keep if n not in (a, b))]:
-                        if abs(space.reduction(trial) - target) <= FLOPS_TOLERANCE / 2:
-                            break
-                        trial[other] = closest(trial, other)
-                    moves.append(tuple((n, trial[n] - keep[n]) for n in keep if trial[n] != keep[n]))
-        return moves
-
-    singles = [((name, step),) for name in keep for step in (-1, 1)]
-    while gap > FLOPS_TOLERANCE / 2:
-        best = best_of(singles) or best_of(compensated())
-        if best is None:
-            break
-        _, gap, move = best
-        for name, step in move:
-            keep[name] += step
-    return keep
 
 
 def allocate_global(
@@ -235,17 +169,21 @@ def allocate_global(
     flops_reduction: float | None = None,
     max_layer_ratio: float = 0.9,
     min_channels: int = 1,
+    round_to: int = 1,
 ) -> dict[str, int]:
     """Remove the globally lowest layer-normalised scores, for a channel ratio or a FLOPs target.
 
     Scores are divided by their layer's mean absolute value so layers of different scale
     compare. With a FLOPs target, a removal that would overshoot it by more than half the
     tolerance is skipped in favour of later (cheaper) channels; if that leaves the reduction
-    short of the target, :func:`_refine_to_target` closes the gap.
+    short of the target, :func:`pruning.planning.widths.refine_to_target` closes the gap. With
+    ``round_to`` > 1 the ranked widths are then rounded to the nearest allowed ones (and, with a
+    target, refined on that grid).
     """
     if (ratio is None) == (flops_reduction is None):
         raise PruningError("give exactly one of ratio or flops_reduction")
-    bounds = {g.name: _bounds(g, max_layer_ratio, min_channels) for g in groups}
+    grid = WidthGrid(cap=max_layer_ratio, min_channels=min_channels, round_to=round_to)
+    bounds = {g.name: grid.bounds(g) for g in groups}
     ranked = sorted(
         (float(value), g.name, i)
         for g in groups
@@ -261,9 +199,9 @@ def allocate_global(
             if keep[name] > bounds[name][0]:
                 keep[name] -= 1
                 budget -= 1
-        return keep
+        return {g.name: grid.snap(g, keep[g.name]) for g in groups}
     _check_fraction("flops_reduction", flops_reduction)
-    _check_reachable(space, groups, flops_reduction, max_layer_ratio, min_channels)
+    _check_reachable(space, groups, flops_reduction, grid)
     for _, name, _ in ranked:
         if space.reduction(keep) >= flops_reduction:
             break
@@ -274,7 +212,8 @@ def allocate_global(
             keep[name] += 1
     # skipped overshoots can leave it short of the target: close the gap around this shape
     intended = {g.name: 1.0 - keep[g.name] / g.size for g in groups}
-    return _refine_to_target(space, groups, keep, flops_reduction, intended, max_layer_ratio, min_channels)
+    keep = {g.name: grid.snap(g, keep[g.name]) for g in groups}
+    return refine_to_target(space, groups, keep, flops_reduction, intended, grid)
 
 
 def plan_pruning(
@@ -297,22 +236,22 @@ def plan_pruning(
                 f"schedule names layer(s) not prunable under strategy {config.strategy!r}: "
                 f"{', '.join(unknown)}; valid: {', '.join(sorted(allowed))}"
             )
-        return keep_from_ratios(groups, config.schedule, config.min_channels)
+        return keep_from_ratios(groups, config.schedule, config.min_channels, config.round_to)
     if config.allocation == "global":
         if ratio_weights is not None:
             raise PruningError("layer-wise ratio weights apply to the uniform allocation, not global")
         return allocate_global(
             space, groups, scores, ratio=config.ratio, flops_reduction=config.flops_reduction,
-            max_layer_ratio=config.max_layer_ratio, min_channels=config.min_channels,
+            max_layer_ratio=config.max_layer_ratio, min_channels=config.min_channels, round_to=config.round_to,
         )
     if config.ratio is not None:
         if ratio_weights is not None:
             raise PruningError("layer-wise ratio weights need a FLOPs target, not a ratio")
-        return keep_from_ratios(groups, {g.name: config.ratio for g in groups}, config.min_channels)
+        return keep_from_ratios(groups, {g.name: config.ratio for g in groups}, config.min_channels, config.round_to)
     weights = ratio_weights if ratio_weights is not None else {g.name: 1.0 for g in groups}
     return allocate_proportional(
         space, groups, weights, config.flops_reduction,
-        max_layer_ratio=config.max_layer_ratio, min_channels=config.min_channels,
+        max_layer_ratio=config.max_layer_ratio, min_channels=config.min_channels, round_to=config.round_to,
     )
 
 

@@ -1,5 +1,5 @@
 """A two-stage sweep end to end on the tiny baseline, run as `prunesweep sweep` in a subprocess
-(its console output is checked too): 4 screening trials, warm starts first, no fine-tuning; 2 of
+(its console output is checked too): 4 screening trials (warm starts), no fine-tuning; 2 of
 them refined with one distilled fine-tuning epoch; the front built from the refined trials only."""
 from __future__ import annotations
 
@@ -70,11 +70,15 @@ def test_the_first_screening_trials_are_the_warm_starts(two_stage, trained_resne
     model, spec = load_checkpoint(trained_resnet20["out"])
     context = SpaceContext(space=PruningSpace.build(model, torch.zeros(1, *spec.input_shape)))
     starts = two_stage["config"].space.create().warm_starts(context)
-    assert len(starts) == 3
+    assert len(starts) == 6  # 3 targets with uniform ratios, then the same as global rankings
     by_number = {int(r.data.tags[TAG_TRIAL_NUMBER]): r for r in two_stage["screen"]}
-    for number, start in enumerate(starts):
+    assert len(by_number) == 4  # the 4 trials are the first 4 warm starts
+    for number, start in enumerate(starts[:4]):
         assert by_number[number].data.params == {k: str(v) for k, v in start.items()}
-    assert by_number[3].data.params != {k: str(v) for k, v in starts[0].items()}
+    # the fourth ranks every channel globally, to its target
+    ranked = by_number[3]
+    assert ranked.data.params["allocation"] == "global"
+    assert abs(ranked.data.metrics["macs_reduction"] - starts[3]["flops_reduction"]) <= 0.01
 
 
 @pytest.mark.fashion_mnist

@@ -35,14 +35,14 @@ def context(tiny_resnet, example_input) -> SpaceContext:
 
 
 def test_the_first_trials_are_the_warm_starts_then_optuna_samples(tmp_path, context):
-    config = _config(tmp_path, trials=8)
+    config = _config(tmp_path, trials=14)
     starts = config.space.create().warm_starts(context)
-    assert len(starts) == 6  # 2 criteria x 3 targets
-    configs = _suggestions(config, context, 8)
-    assert [{k: v for k, v in c.items() if not k.startswith("_")} for c in configs[:6]] == starts
-    assert [c["_trial_number"] for c in configs] == list(range(8))
+    assert len(starts) == 12  # 2 criteria x 3 targets, uniform ratios then global ranking
+    configs = _suggestions(config, context, 14)
+    assert [{k: v for k, v in c.items() if not k.startswith("_")} for c in configs[:12]] == starts
+    assert [c["_trial_number"] for c in configs] == list(range(14))
     assert all(c["_stage"] == "screen" for c in configs)
-    sampled = [{k: v for k, v in c.items() if not k.startswith("_")} for c in configs[6:]]
+    sampled = [{k: v for k, v in c.items() if not k.startswith("_")} for c in configs[12:]]
     assert all(s not in starts and set(s) == set(starts[0]) for s in sampled)
 
 

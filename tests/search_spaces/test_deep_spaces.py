@@ -41,9 +41,15 @@ def _study() -> optuna.Study:
     return optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
 
 
+def _scores(context) -> dict[str, torch.Tensor]:
+    """Random channel scores: what a global-ranking plan is planned from."""
+    generator = torch.Generator().manual_seed(0)
+    return {g.name: torch.rand(g.size, generator=generator) for g in context.space.select(context.strategy)}
+
+
 def _assert_meets_target(space, plan, context) -> None:
     assert space.check_feasible(plan, context) is None
-    keep = plan.keep(context)
+    keep = plan.keep(context, _scores(context) if plan.needs_scores else None)
     groups = {g.name: g for g in context.space.select(context.strategy)}
     assert set(keep) == set(groups)
     assert all(1 <= keep[n] <= groups[n].size for n in keep)
@@ -80,7 +86,7 @@ def test_stages_have_the_same_parameters_at_every_depth(resnets, strategy, expec
         for group in pspace.select(strategy):
             want = group.name.split(".")[0] if "." in group.name else "other"
             assert assignment[group.name] == want
-    assert counts == {len(expected) + 5}  # the weights, flops_reduction and the four shared parameters
+    assert counts == {len(expected) + 6}  # the weights, flops_reduction, the four shared parameters, allocation
 
 
 def test_stages_fall_back_to_call_order_buckets_on_vgg():
@@ -134,7 +140,7 @@ def test_per_layer_concentration_prior_on_resnet56(resnet56_stats):
         trial = study.ask()
         plan = space.sample(trial, context)
         _assert_meets_target(space, plan, context)
-        assert set(plan.ratio_weights) == {g.name for g in pspace.groups}
+        assert plan.needs_scores or set(plan.ratio_weights) == {g.name for g in pspace.groups}
         study.tell(trial, 0.0)
     # multipliers 1: the plain information-concentration plan of the concentration space
     start = space.warm_starts(context)[0]
@@ -148,7 +154,8 @@ def test_per_layer_concentration_prior_on_resnet56(resnet56_stats):
 def test_stage_weights_shape_the_plan(resnets):
     context = SpaceContext(space=resnets["resnet56"], strategy="inner")
     space = create_search_space("stages")
-    base = {"flops_reduction": 0.4, "criterion": "l1", "finetune_lr": 0.01, "finetune_epochs": 0, "weight_decay": 1e-4}
+    base = {"flops_reduction": 0.4, "criterion": "l1", "finetune_lr": 0.01, "finetune_epochs": 0, "weight_decay": 1e-4,
+            "allocation": "layerwise"}
     flat = space.to_plan({**base, "weight.layer1": 0.7, "weight.layer2": 0.7, "weight.layer3": 0.7}, context)
     uniform = create_search_space("uniform").to_plan(base, context)
     assert flat.keep(context) == uniform.keep(context)  # equal weights: the uniform allocation
@@ -162,7 +169,7 @@ def test_stage_weights_shape_the_plan(resnets):
 
 def test_per_layer_prior_parameters_and_uniform_multipliers(resnets):
     context = SpaceContext(space=resnets["resnet110"])
-    space = create_search_space("per_layer", prior="uniform")
+    space = create_search_space("per_layer", prior="uniform", global_ranking=False)
     trial = _study().ask()
     plan = space.sample(trial, context)
     groups = [g.name for g in context.space.groups]
@@ -171,5 +178,22 @@ def test_per_layer_prior_parameters_and_uniform_multipliers(resnets):
     assert all(0.5 <= plan.ratio_weights[g] <= 1.5 for g in groups)
     start = space.warm_starts(context)[1]
     assert {v for k, v in start.items() if k.startswith("mult.")} == {1.0}
-    uniform = create_search_space("uniform").to_plan(start, context)
+    uniform = create_search_space("uniform", global_ranking=False).to_plan(start, context)
     assert space.to_plan(start, context).keep(context) == uniform.keep(context)
+
+
+@pytest.mark.parametrize("name", ["uniform", "stages"])
+def test_round_to_plans_keep_multiples_and_meet_their_target(resnets, name):
+    context = SpaceContext(space=resnets["resnet56"])
+    space = create_search_space(name, round_to=8)
+    study = _study()
+    for _ in range(5):
+        trial = study.ask()
+        plan = space.sample(trial, context)
+        assert plan.config.round_to == 8
+        _assert_meets_target(space, plan, context)
+        keep = plan.keep(context, _scores(context) if plan.needs_scores else None)
+        assert all(keep[g.name] % 8 == 0 or keep[g.name] == g.size for g in context.space.groups)
+        study.tell(trial, 0.0)
+    with pytest.raises(ValueError, match="round_to must be an integer >= 1, got 0"):
+        create_search_space(name, round_to=0)

@@ -54,6 +54,12 @@ def _study() -> optuna.Study:
     return optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
 
 
+def _scores(context) -> dict[str, torch.Tensor] | None:
+    """Random channel scores: what a global-ranking plan is planned from."""
+    generator = torch.Generator().manual_seed(0)
+    return {g.name: torch.rand(g.size, generator=generator) for g in context.space.select(context.strategy)}
+
+
 def test_all_spaces_registered():
     assert set(list_search_spaces()) >= {"uniform", "per_layer", "concentration", "snpfi", "stages"}
     for name in list_search_spaces():
@@ -95,12 +101,13 @@ def test_space_samples_valid_plans(name, options, strategy, contexts):
         reason = space.check_feasible(plan, context)
         if reason is None:
             feasible += 1
-            keep = plan.keep(context)
+            scores = _scores(context) if plan.needs_scores else None
+            keep = plan.keep(context, scores)
             groups = {g.name: g for g in context.space.select(strategy)}
             assert set(keep) == set(groups)
             assert all(1 <= keep[n] <= groups[n].size for n in keep)
             low, high = space.flops_bounds
-            assert low <= plan.planned_reduction(context) <= high
+            assert low <= plan.planned_reduction(context, scores) <= high
         else:
             assert isinstance(reason, str) and reason and "\n" not in reason
         study.tell(trial, 0.0)
@@ -138,7 +145,7 @@ def test_per_layer_one_parameter_per_group(contexts):
 
 def test_concentration_weights_and_missing_stats(contexts):
     context = contexts["full"]
-    space = create_search_space("concentration")
+    space = create_search_space("concentration", global_ranking=False)
     plan = space.sample(_study().ask(), context)
     assert set(plan.ratio_weights) == {g.name for g in context.space.groups}
     assert all(0.0 <= w <= 1.0 for w in plan.ratio_weights.values())
@@ -146,7 +153,7 @@ def test_concentration_weights_and_missing_stats(contexts):
     params = dict(plan.params, temperature=0.0)
     flat = space.to_plan(params, context)
     assert set(flat.ratio_weights.values()) == {1.0}
-    uniform = create_search_space("uniform").to_plan(params, context)
+    uniform = create_search_space("uniform", global_ranking=False).to_plan(params, context)
     assert flat.keep(context) == uniform.keep(context)
     bare = SpaceContext(space=context.space)
     with pytest.raises(ValueError, match="activation statistics"):
@@ -268,17 +275,23 @@ def test_warm_starts_are_the_one_shot_schedules(contexts):
     uniform = create_search_space("uniform", criteria=["l1", "fpgm"], flops_reduction=(0.2, 0.8),
                                   flops_bounds=(0.4, 0.9))
     starts = uniform.warm_starts(context)
-    # every criterion x targets at the quartiles of [0.4, 0.8] (the target range within flops_bounds)
-    assert [(s["criterion"], s["flops_reduction"]) for s in starts] == [
-        (c, t) for c in ("l1", "fpgm") for t in (0.5, 0.6, 0.7)]
+    # every criterion x targets at the quartiles of [0.4, 0.8] (the target range within flops_bounds),
+    # uniform ratios, then the same as global rankings
+    schedules = [(c, t) for c in ("l1", "fpgm") for t in (0.5, 0.6, 0.7)]
+    assert [(s["criterion"], s["flops_reduction"], s["allocation"]) for s in starts] == [
+        (c, t, allocation) for allocation in ("layerwise", "global") for c, t in schedules]
     assert all(s["finetune_epochs"] == 0 for s in starts)
+    assert [s["flops_reduction"] for s in create_search_space(
+        "uniform", criteria=["l1", "fpgm"], flops_reduction=(0.2, 0.8), flops_bounds=(0.4, 0.9),
+        global_ranking=False).warm_starts(context)] == [t for _, t in schedules]
     concentration = create_search_space("concentration", criteria=["l1", "fpgm"], alpha=(0.2, 1.0),
                                         temperature=(0.0, 0.5))
     starts = concentration.warm_starts(context)
-    uniform_ratios = [s for s in starts if s["temperature"] == 0.0]  # temperature 0: uniform ratios
+    uniform_ratios = [s for s in starts if s["temperature"] == 0.0 and s["allocation"] == "layerwise"]
     assert [s["criterion"] for s in uniform_ratios] == ["l1"] * 3 + ["fpgm"] * 3
-    assert starts[:6] == uniform_ratios  # the strongest one-shot schedules first
-    plain = starts[6:]
+    assert starts[:6] == uniform_ratios  # the strongest one-shot schedules first, then as global rankings
+    assert starts[6:12] == [{**s, "allocation": "global"} for s in uniform_ratios]
+    plain = starts[12:]
     assert sorted({s["alpha"] for s in plain}) == [0.2, 0.5, 1.0]  # 0 clipped into the range
     assert {s["temperature"] for s in plain} == {0.5} and {s["criterion"] for s in plain} == {"l1"}
     assert {s["tau"] for s in create_search_space("snpfi").warm_starts(context)} == {0.95}
@@ -303,3 +316,41 @@ def test_a_space_without_warm_starts_lists_none(contexts):
             raise NotImplementedError
 
     assert Bare().warm_starts(contexts["full"]) == []
+
+
+# --- global ranking -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name, options", [("uniform", {}), ("concentration", {}), ("stages", {}),
+                                           ("per_layer", {"prior": "uniform"})])
+def test_allocation_global_ranks_every_channel_to_the_target(name, options, contexts):
+    context = contexts["full"]
+    space = create_search_space(name, flops_bounds=(0.2, 0.6), **options)
+    start = next(s for s in space.warm_starts(context) if s["allocation"] == "global")
+    plan = space.to_plan(start, context)
+    assert plan.needs_scores and plan.config.allocation == "global" and plan.ratio_weights is None
+    assert plan.config.flops_reduction == start["flops_reduction"]
+    with pytest.raises(Exception, match="give scores"):
+        plan.keep(context)
+    assert space.check_feasible(plan, context) is None
+    scores = _scores(context)
+    assert abs(plan.planned_reduction(context, scores) - start["flops_reduction"]) <= 0.01
+    # the same target ranked with other scores keeps other channel counts: the scores decide
+    flipped = {name: -s for name, s in scores.items()}
+    assert plan.keep(context, flipped) != plan.keep(context, scores)
+    layerwise = space.to_plan({**start, "allocation": "layerwise"}, context)
+    assert not layerwise.needs_scores and layerwise.keep(context) != plan.keep(context, scores)
+    outside = space.to_plan({**start, "flops_reduction": 0.7}, context)
+    assert "outside flops_bounds" in space.check_feasible(outside, context)
+
+
+def test_global_ranking_is_off_without_a_flops_target_or_when_asked(contexts):
+    context = contexts["full"]
+    for space in (create_search_space("snpfi"), create_search_space("per_layer"),
+                  create_search_space("uniform", global_ranking=False)):
+        trial = _study().ask()
+        space.define(trial, context)
+        assert "allocation" not in trial.params
+        assert all("allocation" not in s for s in space.warm_starts(context))
+    with pytest.raises(ValueError, match="global_ranking must be true or false"):
+        create_search_space("uniform", global_ranking="yes")

@@ -100,6 +100,17 @@ def test_no_recover_is_an_alias_and_bn_can_read_calibration_batches(trained_resn
     assert data["checkpoint"] is None
 
 
+def test_round_to_keeps_channel_counts_in_multiples(trained_resnet20, capsys):
+    data = run_json(capsys, "prune", "--checkpoint", trained_resnet20["out"], "--ratios", "global",
+                    "--flops-reduction", "0.5", "--round-to", "8", "--no-recover", "--bn-batches", "1", *QUICK)
+    channels = data["pruning"]["channels"]
+    assert all(kept % 8 == 0 or kept == size for kept, size in channels.values())
+    assert any(kept < size for kept, size in channels.values())
+    assert data["pruning"]["round_to"] == 8 and abs(data["pruning"]["macs_reduction"] - 0.5) <= 0.01
+    code, _, err = run_cli(capsys, "prune", "--checkpoint", trained_resnet20["out"], "--ratio", "0.3", "--round-to", "0")
+    assert code == 2 and "--round-to must be >= 1, got 0" in err
+
+
 def test_prune_entropy_concentration(trained_resnet20, tmp_path, capsys):
     out = tmp_path / "entropy.pt"
     data = run_json(capsys, "prune", "--checkpoint", trained_resnet20["out"], "--criterion", "entropy",

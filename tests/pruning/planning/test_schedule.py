@@ -168,6 +168,8 @@ def test_infeasible_target_names_the_reachable_maximum(prepared):
         (dict(ratio=0.5, allocation="random"), "unknown allocation 'random'; valid: uniform, global"),
         (dict(ratio=0.5, max_layer_ratio=1.0), r"max_layer_ratio must be in \(0, 1\)"),
         (dict(ratio=0.5, min_channels=0), "min_channels must be >= 1"),
+        (dict(ratio=0.5, round_to=0), "round_to must be an integer >= 1, got 0"),
+        (dict(ratio=0.5, round_to=8.0), "round_to must be an integer >= 1, got 8.0"),
     ],
 )
 def test_bad_config_raises(kwargs, match):
@@ -326,3 +328,44 @@ def test_ratios_of_inverts_keep(prepared):
     ratios = ratios_of(space, keep)
     assert ratios == pytest.approx({"features.0": 5 / 8, "features.7": 0.0, "hidden": 19 / 24})
     assert keep_from_ratios(space.groups, ratios) == keep
+
+
+# ---------------------------------------------------------------------------------------------
+# channel rounding (round_to): widths inference libraries run fast
+
+
+def _on_grid(space, strategy, keep, step):
+    return all(keep[g.name] == g.size or keep[g.name] % step == 0 for g in space.select(strategy))
+
+
+@pytest.mark.parametrize("target", [0.3, 0.5, 0.7])
+@pytest.mark.parametrize("allocation", ["uniform", "global"])
+@pytest.mark.parametrize("name", ["resnet20", "resnet56"])
+def test_round_to_keeps_multiples_and_meets_the_target(name, allocation, target, prepared):
+    _, _, space, scores, _ = prepared(name)
+    config = PruningConfig(allocation=allocation, flops_reduction=target, round_to=8)
+    keep = plan_pruning(space, scores, config)
+    assert _on_grid(space, "full", keep, 8)
+    assert all(keep[g.name] >= min(8, g.size) for g in space.groups)
+    assert abs(measured_reduction(prepared, name, keep) - target) <= FLOPS_TOLERANCE
+    assert keep != plan_pruning(space, scores, PruningConfig(allocation=allocation, flops_reduction=target))
+
+
+def test_round_to_rounds_ratios_and_schedules_to_the_nearest_multiple(prepared):
+    _, _, space, scores, _ = prepared("resnet20")
+    sizes = {g.name: g.size for g in space.groups}
+    keep = plan_pruning(space, scores, PruningConfig(ratio=0.3, round_to=8))
+    # 16 channels - 30% = 11 kept -> 8 (nearer than 16); 32 -> 22 -> 24; 64 -> 45 -> 48
+    assert {keep[n] for n in keep if sizes[n] == 16} == {8}
+    assert {keep[n] for n in keep if sizes[n] == 32} == {24}
+    assert {keep[n] for n in keep if sizes[n] == 64} == {48}
+    first = space.groups[0].name
+    schedule = plan_pruning(space, scores, PruningConfig(schedule={first: 0.9}, round_to=8))
+    assert schedule[first] == 8 and all(schedule[n] == sizes[n] for n in schedule if n != first)  # never below 8
+    assert keep_from_ratios(space.groups, {first: 0.3}, round_to=8)[first] == 8
+
+
+def test_round_to_unreachable_target_says_why(prepared):
+    _, _, space, scores, _ = prepared("tiny_resnet")
+    with pytest.raises(InfeasibleTargetError, match="widths multiples of 64"):
+        plan_pruning(space, scores, PruningConfig(flops_reduction=0.5, round_to=64))
