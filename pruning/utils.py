@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
-__all__ = ["preserved_modes", "model_device", "batch_inputs", "atomic_write"]
+__all__ = ["preserved_modes", "model_device", "batch_inputs", "atomic_write", "TensorFileError", "load_tensor_file"]
 
 
 @contextmanager
@@ -62,3 +62,33 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+class TensorFileError(Exception):
+    """Why :func:`load_tensor_file` could not read a file; ``kind`` is one of ``missing`` (no such
+    file), ``not_torch`` (not a ``torch.save`` zip), ``pickled`` (objects other than tensors and
+    plain data: refused, since loading them would run the file's code) or ``unreadable``
+    (anything else; ``detail`` is the first line of the cause). Callers word it for their users."""
+
+    def __init__(self, kind: str, detail: str = "") -> None:
+        super().__init__(f"{kind}: {detail}" if detail else kind)
+        self.kind, self.detail = kind, detail
+
+
+def load_tensor_file(path: str | os.PathLike) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU, or a :class:`TensorFileError`."""
+    import zipfile
+
+    path = Path(path)
+    if not path.is_file():
+        raise TensorFileError("missing")
+    if not zipfile.is_zipfile(path):
+        raise TensorFileError("not_torch")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # unpickling and zip errors all mean the same to a user
+        # torch's own message advises weights_only=False, which would execute the file's code
+        if "weights_only" in str(err):
+            raise TensorFileError("pickled") from None
+        raise TensorFileError("unreadable", str(err).strip().splitlines()[0] if str(err).strip()
+                              else type(err).__name__) from None

@@ -16,6 +16,7 @@ from orchestrator.report import format_table
 from orchestrator.sweeps.baseline import compute_baseline_statistics, needs_statistics, prepare_baseline, say
 from orchestrator.sweeps.checks import ConfigError
 from orchestrator.sweeps.compare_config import CompareConfig
+from orchestrator.sweeps.run_info import dataset_entity, system_tags
 from orchestrator.sweeps.runner import (
     EXPERIMENT_NAME,
     check_tracking_reachable,
@@ -24,7 +25,7 @@ from orchestrator.sweeps.runner import (
     start_parent_run,
 )
 from orchestrator.sweeps.tracking import Tracker, TrialRecord
-from orchestrator.sweeps.trials import COMPARE_METRICS, COMPARE_TAGS, TrialSettings, compare_trial
+from orchestrator.sweeps.trials import COMPARE_METRICS, COMPARE_TAGS, TrialSettings, compare_trial, import_paths_of
 from pruning.utils import atomic_write
 
 __all__ = ["CompareResult", "summarize_cells", "run_compare"]
@@ -140,9 +141,12 @@ def run_compare(config: CompareConfig, *, address: str | None = None, progress: 
         atomic_write(Path(config.run_dir) / "compare.yaml", lambda tmp: tmp.write_text(text))
         tracker = Tracker(config.tracking_uri, config.tracking.experiment, config.run_dir, kind="compare")
         parent, _ = start_parent_run(tracker, config.name, config.to_dict(), {"config/compare.yaml": text},
-                                     baseline=setup.metrics, reuse=False)
+                                     baseline=setup.metrics, reuse=False,
+                                     tags=system_tags(config.gpus_per_trial))
+        tracker.log_dataset(parent, dataset_entity(setup.data_config, setup.splits))
         settings = TrialSettings(data_config=asdict(setup.data_config), shape=setup.shape, seed=0, threads=threads,
-                                 baseline=dict(setup.metrics), recipe=config.recipe, strategy=config.strategy)
+                                 baseline=dict(setup.metrics), recipe=config.recipe, strategy=config.strategy,
+                                 import_paths=import_paths_of(setup.spec.name))
         run_trials(
             tracker, compare_trial, settings, setup, stats=stats, cpus_per_trial=config.cpus_per_trial,
             gpus_per_trial=config.gpus_per_trial,

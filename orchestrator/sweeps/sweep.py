@@ -53,7 +53,7 @@ from orchestrator.sweeps.refine import REFINE_EXPERIMENT, STAGE_REFINE, STAGE_SC
 from orchestrator.sweeps.search import DefineByRun, FixedConfigs, make_sampler, register_context
 from orchestrator.sweeps.run_info import dataset_entity, system_tags
 from orchestrator.sweeps.tracking import Tracker
-from orchestrator.sweeps.trials import TRIAL_METRICS, TRIAL_TAGS, TrialSettings, put_shared, sweep_trial
+from orchestrator.sweeps.trials import TRIAL_METRICS, TRIAL_TAGS, TrialSettings, import_paths_of, put_shared, sweep_trial
 from pruning.utils import atomic_write
 
 __all__ = ["run_sweep", "resume_sweep", "screening_search", "refine_configs", "CANDIDATES_FILE"]
@@ -146,6 +146,7 @@ def run_sweep(
             measure_latency="latency_ms" in config.objectives, space_name=config.space.name,
             space_options=dict(config.space.options), strategy=config.space.strategy,
             sampled_finetune=not config.two_stage, score_every_stage=not config.two_stage,
+            import_paths=import_paths_of(setup.spec.name),
         )
         stage = functools.partial(
             run_trials, tracker, sweep_trial, setup=setup, cpus_per_trial=config.sweep.cpus_per_trial,

@@ -21,7 +21,7 @@ from pruning.recovery import STAGES, RecoveryRecipe
 
 __all__ = [
     "TRIAL_METRICS", "TRIAL_TAGS", "COMPARE_METRICS", "COMPARE_TAGS", "MODEL_FILE",
-    "InjectedFailure", "SharedRefs", "TrialSettings", "put_shared", "sweep_trial", "compare_trial",
+    "InjectedFailure", "SharedRefs", "TrialSettings", "import_paths_of", "put_shared", "sweep_trial", "compare_trial",
 ]
 
 #: per recovery stage that ran: its calibration accuracy and (but for ``pruned``) its seconds
@@ -67,6 +67,8 @@ class TrialSettings:
         ones (unless ``sampled_finetune`` is false: the stages of a two-stage sweep run their
         recipe as it is), a compare cell its seed by the cell's.
     score_every_stage: score every recovery stage (False: the last only; screening trials).
+    import_paths: directories a worker puts on ``sys.path`` before it rebuilds the model (an
+        import-path model's module root, as the driver found it: :func:`import_paths_of`).
     """
 
     data_config: dict[str, Any]
@@ -81,6 +83,26 @@ class TrialSettings:
     strategy: str = "full"
     sampled_finetune: bool = True
     score_every_stage: bool = True
+    import_paths: tuple[str, ...] = ()
+
+
+def import_paths_of(model_name: str) -> tuple[str, ...]:
+    """What ``TrialSettings.import_paths`` holds for a baseline model: the directory its module
+    is imported from, for an import-path model (``package.module:factory``) that a worker
+    started elsewhere might not find on its own ``sys.path``; nothing for the other models."""
+    from pruning.models import import_root
+
+    root = import_root(model_name)
+    return (root,) if root else ()
+
+
+def _make_importable(settings: TrialSettings) -> None:
+    """Put the driver's import roots of the model on this worker's ``sys.path`` (once)."""
+    import sys
+
+    for path in settings.import_paths:
+        if path not in sys.path:
+            sys.path.append(path)
 
 
 def put_shared(setup: BaselineSetup, stats, utilization) -> SharedRefs:
@@ -237,6 +259,7 @@ def sweep_trial(config: dict[str, Any], *, refs: SharedRefs, settings: TrialSett
     from search_spaces import SpaceContext, create_search_space
 
     torch.set_num_threads(settings.threads)
+    _make_importable(settings)
     if _report_restored():
         return
     started, cpu_started = time.perf_counter(), time.process_time()
@@ -291,6 +314,7 @@ def compare_trial(config: dict[str, Any], *, refs: SharedRefs, settings: TrialSe
     from pruning.training import evaluate
 
     torch.set_num_threads(settings.threads)
+    _make_importable(settings)
     seed = int(config["seed"])
     model = _rebuild_model(*ray.get(refs.model)).to(_trial_device())
     stats = ray.get(refs.stats) if refs.stats is not None else None

@@ -15,7 +15,7 @@ from pruning.models._registry import (
     list_models,
     register_model,
 )
-from pruning.models.external import ModelSourceError, is_external
+from pruning.models.external import ModelSourceError, import_root, is_external
 from pruning.models.weights import WeightsError, load_weights, read_weights
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "check_input_shape",
     "check_model_name",
     "create_model",
+    "import_root",
     "is_external",
     "load_weights",
     "read_weights",

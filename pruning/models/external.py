@@ -36,8 +36,8 @@ from pruning.errors import InputError
 from pruning.registry import UnknownNameError, accepted_options
 
 __all__ = [
-    "TIMM_PREFIX", "TORCHVISION_PREFIX", "ModelSourceError", "build_external", "check_external", "is_external",
-    "model_kind",
+    "TIMM_PREFIX", "TORCHVISION_PREFIX", "ModelSourceError", "build_external", "check_external", "import_root",
+    "is_external", "model_kind",
 ]
 
 TORCHVISION_PREFIX = "torchvision:"
@@ -65,6 +65,24 @@ def model_kind(name: str) -> str:
     if name.startswith(TIMM_PREFIX):
         return "timm"
     return "import" if is_external(name) else "registry"
+
+
+def import_root(name: str) -> str | None:
+    """For an import-path model, the absolute ``sys.path`` entry its top-level module is found
+    under (where a worker process must look to build it too); else None. The module is located,
+    not imported."""
+    import importlib.util
+    from pathlib import Path
+
+    if model_kind(name) != "import":
+        return None
+    top = name.partition(":")[0].split(".")[0]
+    spec = importlib.util.find_spec(top)
+    if spec is None or spec.origin in (None, "built-in", "frozen"):
+        return None
+    location = Path(spec.origin).resolve()
+    # a package's origin is <root>/<top>/__init__.py, a module's <root>/<top>.py
+    return str(location.parent.parent if spec.submodule_search_locations else location.parent)
 
 
 def check_external(name: str, options: Mapping[str, Any] | None = None) -> None:

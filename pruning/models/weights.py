@@ -9,14 +9,13 @@ naming the first key whose shape differs, or the first missing or unexpected key
 from __future__ import annotations
 
 import os
-import zipfile
-from pathlib import Path
 from typing import Mapping
 
 import torch
 from torch import nn
 
 from pruning.errors import InputError
+from pruning.utils import TensorFileError, load_tensor_file
 
 __all__ = ["WeightsError", "read_weights", "load_weights"]
 
@@ -29,20 +28,16 @@ class WeightsError(InputError):
 
 def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The state_dict in ``path``, or a one-line :class:`WeightsError`."""
-    path = Path(path)
     shown = str(path)
-    if not path.is_file():
-        raise WeightsError(f"weights file {shown!r} does not exist")
-    if not zipfile.is_zipfile(path):
-        raise WeightsError(f"weights file {shown!r} is not a torch.save file; {_SAVE_HINT}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        if "weights_only" in str(err):  # torch's advice, weights_only=False, would run the file's code
-            raise WeightsError(f"weights file {shown!r} holds pickled objects (a whole nn.Module?), not a "
-                               f"state_dict; {_SAVE_HINT}") from None
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise WeightsError(f"weights file {shown!r} cannot be read ({reason})") from None
+        state = load_tensor_file(path)
+    except TensorFileError as err:
+        raise WeightsError({
+            "missing": f"weights file {shown!r} does not exist",
+            "not_torch": f"weights file {shown!r} is not a torch.save file; {_SAVE_HINT}",
+            "pickled": f"weights file {shown!r} holds pickled objects (a whole nn.Module?), not a state_dict; "
+                       f"{_SAVE_HINT}",
+        }.get(err.kind, f"weights file {shown!r} cannot be read ({err.detail})")) from None
     if isinstance(state, Mapping) and {"spec", "state_dict"} <= set(state):
         raise WeightsError(f"{shown!r} is a prunesweep checkpoint: pass it as the checkpoint, not as weights")
     if not isinstance(state, Mapping) or not state:

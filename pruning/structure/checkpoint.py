@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import zipfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
@@ -26,7 +25,7 @@ from torch import nn
 
 from pruning.models import check_input_shape, check_model_name, create_model, load_weights
 from pruning.errors import InputError
-from pruning.utils import atomic_write
+from pruning.utils import TensorFileError, atomic_write, load_tensor_file
 
 FORMAT = "prunesweep-checkpoint/1"
 _RESIZABLE = (nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm)
@@ -142,23 +141,22 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, spec: ModelSpec) 
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[ModelSpec, dict[str, torch.Tensor]]:
     """The spec and state_dict of a checkpoint, or a one-line CheckpointError."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
-    if not zipfile.is_zipfile(path):
-        raise CheckpointError(f"{str(path)!r} is not a prunesweep checkpoint (not a torch.save file)")
+    shown = str(path)
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(payload, dict) or not {"spec", "state_dict"} <= payload.keys():
-            raise CheckpointError(f"{str(path)!r} is not a prunesweep checkpoint (no spec and state_dict)")
+        payload = load_tensor_file(path)
+    except TensorFileError as err:
+        if err.kind == "missing":
+            raise CheckpointError(f"checkpoint {shown!r} does not exist") from None
+        reason = {"not_torch": "not a torch.save file",
+                  "pickled": "it holds objects other than tensors and plain data"}.get(err.kind, err.detail)
+        raise CheckpointError(f"{shown!r} is not a prunesweep checkpoint ({reason})") from None
+    if not isinstance(payload, dict) or not {"spec", "state_dict"} <= payload.keys():
+        raise CheckpointError(f"{shown!r} is not a prunesweep checkpoint (no spec and state_dict)")
+    try:
         return ModelSpec.from_json(payload["spec"]), payload["state_dict"]
-    except CheckpointError:
-        raise
-    except Exception as err:  # unpickling, zip and JSON errors all mean the same to a user
-        # torch's own message advises weights_only=False, which would execute the file's code
-        reason = "it holds objects other than tensors and plain data" if "weights_only" in str(err) else (
-            str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)
-        raise CheckpointError(f"{str(path)!r} is not a prunesweep checkpoint ({reason})") from None
+    except Exception as err:  # a spec that is not ours means the same to a user
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{shown!r} is not a prunesweep checkpoint ({reason})") from None
 
 
 def load_checkpoint(path: str | os.PathLike, model: nn.Module | None = None) -> tuple[nn.Module, ModelSpec]:

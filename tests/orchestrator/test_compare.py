@@ -51,6 +51,9 @@ def test_compare_grid_logs_a_table_and_a_plot(ray_session, baseline, tmp_path):
     parent = tracker.client.get_run(data["parent_run_id"])
     assert parent.data.params["recipe.reconstruct"] == "True" and parent.data.params["recipe.bn_batches"] == "2"
     assert "recipe.seed" not in parent.data.params  # each cell's seed is the recipe's
+    # where it ran and on what, as for a sweep
+    assert parent.data.tags["prunesweep.device"] == "cpu" and parent.data.tags["prunesweep.torch"]
+    assert [d.dataset.name for d in parent.inputs.dataset_inputs] == ["fashion-mnist"]
     artifacts = {a.path for a in tracker.client.list_artifacts(data["parent_run_id"], "compare")}
     assert artifacts == {"compare/table.txt", "compare/table.json", "compare/compare.png"}
     table = Path(tracker.client.download_artifacts(data["parent_run_id"], "compare/table.txt")).read_text()

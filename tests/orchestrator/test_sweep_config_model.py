@@ -92,3 +92,35 @@ def test_prepare_baseline_from_a_model_and_weights(tmp_path, monkeypatch):
     assert setup.shape == (1, 28, 28) and [g.name for g in setup.space.groups] == ["features.0", "features.3"]
     assert setup.data_config.name == "fashion-mnist" and setup.data_config.test_subset == 32
     assert sum(len(y) for _, y in setup.batches) == 32 and 0 <= setup.metrics["accuracy"] <= 1
+
+
+@pytest.mark.fashion_mnist
+def test_a_sweep_of_an_import_path_model_runs_on_ray_and_its_front_reloads(ray_session, tmp_path, monkeypatch):
+    """The whole path for a model of one's own, built by import path in every Ray trial worker:
+    ``user_models`` is importable here (tests/ is on this process's sys.path) but not on the Ray
+    workers' own path; the sweep hands them the directory it imports from."""
+    from orchestrator.sweeps import run_sweep
+    from pruning.structure import load_checkpoint
+
+    monkeypatch.setenv("PRUNESWEEP_CACHE", str(tmp_path / "cache"))
+    torch.manual_seed(0)
+    torch.save(tiny_cnn(10, 1, width=8).state_dict(), tmp_path / "w.pt")
+    config = SweepConfig.from_dict({
+        "model": "user_models:tiny_cnn", "weights": str(tmp_path / "w.pt"), "model_kwargs": {"width": 8},
+        "name": "own-model", "run_dir": str(tmp_path / "run"),
+        "data": {"calibration_images": 32, "batch_size": 32, "test_subset": 64},
+        "recipe": {"bn_batches": 1, "batch_size": 32},
+        "space": {"name": "uniform", "criteria": ["l1"], "flops_reduction": [0.2, 0.5], "finetune_epochs": [0, 0]},
+        "sweep": {"trials": 2, "concurrency": 2},
+    })
+    from orchestrator.sweeps import Tracker
+
+    result = run_sweep(config, progress=False)
+    assert [t.status for t in result.trials] == ["FINISHED", "FINISHED"]
+    assert result.front
+    tracker = Tracker(config.tracking_uri, config.tracking.experiment, config.run_dir, kind="sweep")
+    for row in result.front:
+        path = tracker.client.download_artifacts(result.parent_run_id, f"pareto/checkpoints/{row['trial']}.pt")
+        model, spec = load_checkpoint(path)
+        assert spec.name == "user_models:tiny_cnn" and spec.kwargs == {"width": 8}
+        assert model.features[0].out_channels < 8 or model.features[3].out_channels < 16  # pruned widths rebuilt
