@@ -158,7 +158,8 @@ def distribute_criterion(criterion, args: argparse.Namespace):
 
 def ray_network(args: argparse.Namespace) -> str | None:
     """Where this command's Ray runs: cluster (joined with --address), private (a loopback-only
-    namespace), host; None without --workers (no Ray at all)."""
+    namespace), host (--ray-network host, or auto where the kernel refused the namespace); None
+    without --workers (no Ray at all)."""
     if not args.workers:
         return None
     if args.address:

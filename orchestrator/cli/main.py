@@ -42,10 +42,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # keeps its process and its Ray
     if argv is None and _starts_private_ray(args):
         if getattr(args, "download", False):
-            print("error: --download needs the network, which a --ray-network private run has not; "
+            print(f"error: --download needs the network, which a --ray-network {args.ray_network} run has not; "
                   "download first (prunesweep eval --download) or pass --ray-network host", file=sys.stderr)
             return EXIT_BAD_INPUT
-        distributed.exec_module("orchestrator.cli", sys.argv[1:])
+        distributed.exec_module("orchestrator.cli", sys.argv[1:], fallback=args.ray_network == "auto")
     try:
         result = args.run(args)
     except BAD_INPUT as err:
@@ -61,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _starts_private_ray(args: argparse.Namespace) -> bool:
     """Whether this command is about to start a local Ray that should live in a private network."""
-    if getattr(args, "ray_network", None) != "private" or args.address is not None or distributed.active():
+    if getattr(args, "ray_network", None) not in ("auto", "private") or args.address is not None or distributed.decided():
         return False
     return args.command in _RAY_COMMANDS or args.workers > 0
 

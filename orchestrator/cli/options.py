@@ -17,7 +17,8 @@ __all__ = [
     "trial_gpus",
 ]
 
-RAY_NETWORKS = ("private", "host")
+#: ``--ray-network``: auto (the default) is private where the kernel allows it, else host
+RAY_NETWORKS = ("auto", "private", "host")
 #: ``--amp`` modes (as :data:`pruning.devices.AMP_MODES`, which imports torch)
 AMP_CHOICES = ("bf16", "fp16")
 #: ``--device`` of the commands whose model runs in Ray trials (Ray picks a trial's GPU)
@@ -130,10 +131,12 @@ def check_gpus(option: str, value: float | None) -> None:
 
 
 def add_ray_network(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--ray-network", choices=RAY_NETWORKS, default="private",
-                   help="where a local Ray listens: private (default: a network namespace with only "
-                        "loopback, unreachable from other hosts, no network access) or host (this "
-                        "host's interfaces, guarded by Ray's auth token); see docs/cluster.md")
+    p.add_argument("--ray-network", choices=RAY_NETWORKS, default="auto",
+                   help="where a local Ray listens: private (a network namespace with only loopback, "
+                        "unreachable from other hosts, no network access but a tracking server on this "
+                        "host's loopback; an error where the kernel refuses it), host (this host's "
+                        "interfaces, guarded by Ray's auth token) or auto (default: private where the "
+                        "kernel allows it, else host with one line saying so); see docs/cluster.md")
 
 
 def add_distributed(p: argparse.ArgumentParser, what: str) -> None:

@@ -34,6 +34,7 @@ _SOURCES = {
     "PrivateNetworkError": "network",
     "enter": "network",
     "active": "network",
+    "decided": "network",
     "interfaces": "network",
     "exec_module": "network",
 }

@@ -52,8 +52,9 @@ def connect(
       Its core services (GCS, raylet, object manager, workers) bind all interfaces (Ray 2.60
       offers no loopback-only bind) and require the token that a local ``ray.init`` generates
       (token authentication, on by default for local clusters since Ray 2.59). Inside
-      :mod:`orchestrator.distributed.network` (what the ``prunesweep`` command does by default)
-      the only interface is loopback, so no port is reachable from another host.
+      :mod:`orchestrator.distributed.network` (where the ``prunesweep`` command starts it by
+      default, if the kernel allows) the only interface is loopback, so no port is reachable
+      from another host.
     * ``address="auto"`` (on a node of a running cluster) or ``"ray://host:port"`` (Ray client):
       join that cluster.
 

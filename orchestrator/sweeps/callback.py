@@ -1,25 +1,32 @@
 """The Tune callback that logs every ended trial to MLflow, from the driver's event loop.
 
 Trial logging never raises into Tune: a failure is reported as a warning and repaired by the
-reconciliation pass at the end of the experiment.
+reconciliation pass at the end of the experiment. While the tracking server does not answer, the
+ended trials are kept and logged with the next attempt (one per ``RETRY_AFTER_S``, so that a gone
+server does not stall Tune's loop at every trial); what the experiment's end still cannot log is
+left in ``MlflowTrialLogger.unlogged`` for the runner to report.
 """
 from __future__ import annotations
 
 import logging
 import re
 import sys
+import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 from ray import tune
 
 from orchestrator.sweeps.tracking import TAG_REFINES, TAG_STAGE, TAG_TRIAL_NUMBER, Tracker, TrialRecord, finite_metric
+from orchestrator.sweeps.tracking_server import TrackingUnavailable
 
 __all__ = ["MlflowTrialLogger", "ProgressLines"]
 
 logger = logging.getLogger(__name__)
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+#: seconds between attempts to reach a tracking server that did not answer
+RETRY_AFTER_S = 60.0
 
 
 def _read_error(trial) -> str:
@@ -49,17 +56,25 @@ def run_name(trial) -> str:
 
 class ProgressLines(tune.Callback):
     """One line on stderr per ended trial (instead of Tune's status tables):
-    ``[screen] trial-003 finished: accuracy 0.8125, macs 1.2e+07 (4/16 done, 1 failed)``.
+    ``[screen] trial-003 finished: accuracy 0.8125, macs 1.2e+07 (4/16 done, 1 failed)``,
+    or with ``as_bar`` one progress bar for them all: ``[study] 37/96 cells, 2 failed, ETA``.
 
-    ``enabled`` is process-wide (set by the driver before each run) so that a restored experiment,
-    whose callbacks come back from its pickled state, follows the new driver's ``--quiet``.
+    ``enabled`` and ``as_bar`` are process-wide (set by the driver before each run) so that a
+    restored experiment, whose callbacks come back from its pickled state, follows the new
+    driver's ``--quiet`` and console.
     """
 
     enabled: bool = True
+    #: one bar instead of a line per trial: a study's console, where hundreds of cells end
+    as_bar: bool = False
 
     def __init__(self, stage: str, total: int) -> None:
         self.stage = stage
         self.total = int(total)
+        self._bar = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_bar": None}  # the console's bar stays with this driver
 
     def _line(self, trials: list, trial, what: str) -> None:
         if not type(self).enabled:
@@ -67,6 +82,9 @@ class ProgressLines(tune.Callback):
         done = {t.trial_id for t in trials if t.status == "TERMINATED"}
         failed = {t.trial_id for t in trials if t.status == "ERROR"}
         (failed if what == "failed" else done).add(trial.trial_id)
+        if type(self).as_bar:
+            self._show_bar(len(done), len(failed), max(self.total, len(trials)))
+            return
         result = dict(trial.last_result or {}) if what == "finished" else {}
         detail = ""
         if result.get("feasible") == 0:
@@ -76,11 +94,28 @@ class ProgressLines(tune.Callback):
         print(f"[{self.stage}] {run_name(trial)} {what}{detail} "
               f"({len(done | failed)}/{max(self.total, len(trials))} done, {len(failed)} failed)", file=sys.stderr, flush=True)
 
+    def _show_bar(self, done: int, failed: int, total: int) -> None:
+        if self._bar is None:
+            from tqdm import tqdm
+
+            # the first update after a restore counts the trials that ended before it: the
+            # ETA is the rate of this driver's trials only
+            self._bar = tqdm(total=total, initial=done + failed - 1, desc=f"[{self.stage}]", unit="cell",
+                             file=sys.stderr, dynamic_ncols=True)
+        self._bar.total = total
+        self._bar.set_postfix_str(f"{failed} failed", refresh=False)
+        self._bar.update(done + failed - self._bar.n)
+
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
         self._line(trials, trial, "finished")
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
         self._line(trials, trial, "failed")
+
+    def on_experiment_end(self, trials: list, **info) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
 
 class MlflowTrialLogger(tune.Callback):
@@ -95,6 +130,10 @@ class MlflowTrialLogger(tune.Callback):
     ``_run_name`` names it), ``_stage`` and ``_refines`` become the tags ``prunesweep.stage`` and
     ``prunesweep.refines``.
     """
+
+    #: run directory -> (why, names of the ended trials the experiment's end could not log):
+    #: process-wide, because a restored experiment's logger is not the object the runner made
+    unlogged: ClassVar[dict[str, tuple[str, list[str]]]] = {}
 
     def __init__(
         self,
@@ -114,11 +153,12 @@ class MlflowTrialLogger(tune.Callback):
         self.tag_names = tuple(tag_names)
         self._tracker: Tracker | None = None
         self.logged: dict[str, str] = {}  # trial id -> status logged by this process
+        self._pending: dict[str, tuple[Any, str]] = {}  # trial id -> (trial, status) not logged yet
+        self._retry_at = 0.0  # time.monotonic() before which the server is not asked again
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_tracker"] = None
-        state["logged"] = {}
+        state.update(_tracker=None, logged={}, _pending={}, _retry_at=0.0)  # Tune's state keeps the trials
         return state
 
     @property
@@ -152,12 +192,21 @@ class MlflowTrialLogger(tune.Callback):
         return TrialRecord(trial.trial_id, name, status, params, metrics, tags, error, checkpoint)
 
     def _log(self, trial, status: str) -> None:
-        try:
-            record = self.record(trial, status)
-            self.tracker.log_trial(record)
-            self.logged[trial.trial_id] = status
-        except Exception as err:  # never break the Tune loop; on_experiment_end retries
-            logger.warning("MLflow logging of trial %s failed: %s", trial.trial_id, err)
+        self._pending[trial.trial_id] = (trial, status)
+        if time.monotonic() < self._retry_at:
+            return  # the server did not answer a moment ago: keep the trial for the next attempt
+        for trial_id, (pending, pending_status) in list(self._pending.items()):
+            try:
+                self.tracker.log_trial(self.record(pending, pending_status))
+                self.logged[trial_id] = pending_status
+            except TrackingUnavailable as err:
+                self._retry_at = time.monotonic() + RETRY_AFTER_S
+                logger.warning("the MLflow server %s does not answer (%s): %d trial result(s) kept, next attempt "
+                               "in %.0f s", err.uri, err.reason, len(self._pending), RETRY_AFTER_S)
+                return
+            except Exception as err:  # never break the Tune loop; on_experiment_end retries
+                logger.warning("MLflow logging of trial %s failed: %s", trial_id, err)
+            del self._pending[trial_id]
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
         self._log(trial, "FINISHED")
@@ -166,20 +215,31 @@ class MlflowTrialLogger(tune.Callback):
         self._log(trial, "FAILED")
 
     def on_experiment_end(self, trials: list, **info) -> None:
-        """Reconcile: every ended trial has a nested run with its final status."""
+        """Reconcile: every ended trial has a nested run with its final status (asking the server
+        again whenever it last failed); the trials it cannot log go to ``unlogged``."""
+        ended = [(t, s) for t in trials if (s := {"TERMINATED": "FINISHED", "ERROR": "FAILED"}.get(t.status))]
         try:
             runs = self.tracker.trial_runs()
         except Exception as err:
             logger.warning("MLflow reconciliation failed: %s", err)
+            if isinstance(err, TrackingUnavailable):
+                type(self).unlogged[self.run_dir] = (err.reason, [run_name(t) for t, _ in ended])
             return
-        for trial in trials:
-            status = {"TERMINATED": "FINISHED", "ERROR": "FAILED"}.get(trial.status)
-            if status is None:
-                continue
+        missing: list[str] = []
+        reason = ""
+        for trial, status in ended:
             run = runs.get(trial.trial_id)
             if run is not None and run.info.status == status:
                 continue
+            if missing:  # the server stopped answering during this pass: do not wait for it per trial
+                missing.append(run_name(trial))
+                continue
             try:
                 self.tracker.log_trial(self.record(trial, status), existing=run)
+            except TrackingUnavailable as err:
+                reason = err.reason
+                missing.append(run_name(trial))
             except Exception as err:
                 logger.warning("MLflow logging of trial %s failed: %s", trial.trial_id, err)
+        if missing:
+            type(self).unlogged[self.run_dir] = (reason, missing)

@@ -15,7 +15,8 @@ from orchestrator.sweeps.baseline import BaselineSetup
 from orchestrator.sweeps.callback import MlflowTrialLogger, ProgressLines
 from orchestrator.sweeps.checks import ConfigError
 from orchestrator.sweeps.config import flatten
-from orchestrator.sweeps.tracking import TAG_COMMIT, TAG_SWEEP, Tracker, git_commit
+from orchestrator.sweeps.tracking import TAG_COMMIT, TAG_SWEEP, TUNE_EXPERIMENT, Tracker, git_commit
+from orchestrator.sweeps.tracking_server import TrackingUnavailable, check_server
 from orchestrator.sweeps.trials import TrialSettings, put_shared
 
 __all__ = [
@@ -24,24 +25,53 @@ __all__ = [
 ]
 
 #: the Tune experiment's folder inside a run directory
-EXPERIMENT_NAME = "tune"
+EXPERIMENT_NAME = TUNE_EXPERIMENT
 #: Tune's experiment-state snapshot period (seconds; Tune's own default is >= 10): a short period
 #: keeps the window in which a killed driver forgets a finished trial small
 SNAPSHOT_PERIOD_S = "1"
 
 
+#: ports of tracking stores reached over TCP, where the URI names none
+_DEFAULT_PORTS = {"http": 80, "https": 443, "postgresql": 5432, "mysql": 3306, "mssql": 1433}
+
+
 def check_tracking_reachable(tracking_uri: str) -> None:
-    """Inside a private network (``--ray-network private``) only this machine's loopback answers:
-    refuse a remote MLflow server before anything runs rather than fail at the first log call."""
+    """A tracking server must answer before anything runs: one line within seconds, not a sweep
+    that hangs in MLflow's retries. Inside the private network (``--ray-network auto`` where the
+    kernel allows it, ``private``) this machine's 127.0.0.1 is the namespace's own: a server on
+    the host's loopback is reached through :mod:`orchestrator.distributed.relay`, one on another
+    host is refused."""
     from orchestrator.distributed import LOOPBACK_HOSTS, active
 
-    if not active():
-        return
     parts = urllib.parse.urlsplit(tracking_uri)
-    if parts.scheme == "sqlite" or parts.hostname in LOOPBACK_HOSTS:
+    if parts.scheme == "sqlite":
         return
-    raise ConfigError("tracking.uri", f"{tracking_uri!r} cannot be reached from the private loopback-only network "
-                      "that Ray runs in; pass --ray-network host or log to a local server or sqlite file")
+    if active():
+        if parts.hostname not in LOOPBACK_HOSTS:
+            raise ConfigError("tracking.uri", f"{tracking_uri!r} cannot be reached from the private loopback-only "
+                              "network that Ray runs in; pass --ray-network host or log to a local server or sqlite file")
+        _relay_to_host(tracking_uri, parts)
+    if parts.scheme in ("http", "https"):
+        check_server(tracking_uri)
+
+
+def _relay_to_host(tracking_uri: str, parts: urllib.parse.SplitResult) -> None:
+    """Forward the tracking server's loopback port from the namespace to the host's, and check
+    that something accepts there."""
+    from orchestrator.distributed import relay
+
+    port = parts.port or _DEFAULT_PORTS.get(parts.scheme.split("+")[0])
+    if port is None:
+        raise ConfigError("tracking.uri", f"{tracking_uri!r} names no port; give host:port")
+    if not relay.available():
+        raise ConfigError("tracking.uri", f"{tracking_uri!r} is on the host's loopback, which this private network "
+                          "reaches only through the relay that `prunesweep` starts; pass --ray-network host")
+    try:
+        relay.forward(parts.hostname, port)
+        relay.check(parts.hostname, port)
+    except OSError as err:
+        raise TrackingUnavailable(tracking_uri, err.strerror or str(err),
+                                  "start it, or give a tracking.uri (--tracking-uri) that answers") from None
 
 
 @contextlib.contextmanager
@@ -122,7 +152,8 @@ def run_trials(
     of starting one. ``make_search`` builds the search algorithm of a new experiment (None:
     ``param_space`` only). Console: with ``progress``, one line per ended trial (labelled
     ``stage``) and no Tune status tables, unless ``verbose`` brings Tune's own output back.
-    A raising driver marks the parent run FAILED.
+    A raising driver marks the parent run FAILED; trials the logger could not log because the
+    tracking server did not answer (Tune keeps them) raise ``TrackingUnavailable``, one line.
     """
     from ray import tune
 
@@ -152,11 +183,28 @@ def run_trials(
                         verbose=1 if progress and verbose else 0,
                     ),
                 )
-            return tuner.fit()
+            MlflowTrialLogger.unlogged.pop(tracker.run_dir, None)
+            results = tuner.fit()
+    except TrackingUnavailable:
+        raise  # marking the parent FAILED would wait on the same server again
     except BaseException:
         with contextlib.suppress(Exception):
             tracker.finish_parent("FAILED")
         raise
+    _check_all_logged(tracker)
+    return results
+
+
+def _check_all_logged(tracker: Tracker) -> None:
+    """Stop with one line when the trial logger could not log every ended trial, the server
+    still unreachable at the experiment's end (Tune keeps the results: a resume logs them)."""
+    missing = MlflowTrialLogger.unlogged.pop(tracker.run_dir, None)
+    if missing:
+        reason, names = missing
+        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        hint = tracker.resume_hint()
+        raise TrackingUnavailable(tracker.uri, reason, f"{len(names)} ended trial(s) are not logged ({shown})"
+                                  + (f"; {hint}" if hint else ""))
 
 
 def finished_cleanly(results, expected: int) -> bool:

@@ -24,11 +24,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from orchestrator.sweeps.tracking_server import GuardedClient, guard, use_driver_http_defaults
+
 __all__ = [
     "TAG_PARENT", "TAG_RUN_DIR", "TAG_KIND", "TAG_SWEEP", "TAG_COMMIT", "TAG_TRIAL_ID", "TAG_TRIAL_NUMBER",
     "TAG_CHECKPOINT", "TAG_ERROR", "TAG_PARETO", "TAG_STAGE", "TAG_REFINES", "TrialRecord", "Tracker", "git_commit", "error_summary",
-    "finite_metric", "ONNX_MODEL_NAME", "DATASET_CONTEXT",
+    "finite_metric", "ONNX_MODEL_NAME", "DATASET_CONTEXT", "TUNE_EXPERIMENT",
 ]
+
+#: the Tune experiment's folder inside a run directory (what a resume restores)
+TUNE_EXPERIMENT = "tune"
 
 TAG_PARENT = "mlflow.parentRunId"
 TAG_RUN_DIR = "prunesweep.run_dir"
@@ -130,11 +135,21 @@ class Tracker:
 
     @property
     def client(self):
+        """The ``MlflowClient`` of ``uri``; a server that cannot be reached raises
+        :class:`~orchestrator.sweeps.tracking_server.TrackingUnavailable` (with MLflow's retries
+        shortened: see :mod:`~orchestrator.sweeps.tracking_server`)."""
         if self._client is None:
             from mlflow import MlflowClient
 
-            self._client = MlflowClient(tracking_uri=self.uri)
+            use_driver_http_defaults()
+            self._client = GuardedClient(MlflowClient(tracking_uri=self.uri), self.uri, self.resume_hint)
         return self._client
+
+    def resume_hint(self) -> str:
+        """How to get the trials Tune kept into the store once it answers again ("" before Tune ran)."""
+        if self.kind == "sweep" and (Path(self.run_dir) / TUNE_EXPERIMENT).is_dir():
+            return f"Tune keeps the trial results: resume with `prunesweep sweep --resume {self.run_dir}` once it answers"
+        return ""
 
     @property
     def experiment_id(self) -> str:
@@ -291,7 +306,7 @@ class Tracker:
         from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
         logged = self.client.create_logged_model(self.experiment_id, name=name, source_run_id=run_id)
-        with _use_tracking_uri(self.uri):
+        with _use_tracking_uri(self.uri), guard(self.uri, self.resume_hint):
             info = mlflow.onnx.log_model(
                 onnx.load(str(onnx_path)), name=name, run_id=run_id, model_id=logged.model_id,
                 input_example=input_example, signature=infer_signature(input_example, output_example),
