@@ -40,7 +40,7 @@ def ratio_weights_for(ratios: str, model, space, groups, context, args):
     if ratios == "concentration":
         from pruning.planning import concentration_weights
 
-        return concentration_weights(context.stats, groups, alpha=args.alpha)
+        return concentration_weights(context.stats, groups, alpha=args.alpha, fusion=args.fusion)
     if ratios == "snpfi":
         snpfi = create_criterion("snpfi", seed=0, **args.criterion_options.get("snpfi", {}))
         return snpfi.layer_sparsity(model, groups, context, tau=args.tau)
@@ -59,6 +59,7 @@ def main() -> None:
     parser.add_argument("--criterion-options", type=json.loads, default={},
                         help='JSON options for data-hungry criteria, e.g. {"shapley": {"max_permutations": 32}}')
     parser.add_argument("--alpha", type=float, default=0.5)
+    parser.add_argument("--fusion", default="minmax", help="information concentration's fusion: minmax or rank")
     parser.add_argument("--tau", type=float, default=0.95)
     parser.add_argument("--calibration-images", type=int, default=512)
     parser.add_argument("--test-subset", type=int, default=None, help="evaluate on the first N test images only")

@@ -1,6 +1,6 @@
 """Activation statistics in parallel shards on Ray actors (:func:`distributed_stats`).
 
-The driver computes the histogram edges (a short first pass on the first batch, in-process, as
+The driver computes the histogram edges (a short first pass on the first batches, in-process, as
 :func:`pruning.statistics.collect_activation_stats` does), puts the model, the batches' inputs
 and the edges into the object store ONCE, and the actors each build one model replica from those
 objects. Shards (lists of batch indices) go to the actors; the partial
@@ -19,7 +19,7 @@ from torch import nn
 from orchestrator.distributed.pool import WorkerPool, cpu_model, pool_for, resolve_workers
 from orchestrator.distributed.scheduler import RunReport, ShardRunner
 from pruning.errors import InputError
-from pruning.statistics import ActivationStats, accumulate_stats, compute_histogram_edges
+from pruning.statistics import EDGE_BATCHES, EDGE_QUANTILE, ActivationStats, accumulate_stats, compute_histogram_edges
 from pruning.structure import ChannelGroup
 from pruning.utils import batch_inputs
 
@@ -47,7 +47,9 @@ def distributed_stats(
     value: str = "gap",
     rank: bool = True,
     chip: bool = False,
-    edge_batches: int = 1,
+    edge_batches: int = EDGE_BATCHES,
+    edge_scope: str = "layer",
+    edge_quantile: float = EDGE_QUANTILE,
     shard_size: int | None = None,
     progress: bool = True,
     max_failures: int | None = None,
@@ -55,7 +57,8 @@ def distributed_stats(
 ) -> ActivationStats | tuple[ActivationStats, RunReport]:
     """:func:`pruning.statistics.collect_activation_stats` on ``workers`` Ray actors.
 
-    Edges from the first ``edge_batches`` batches on the driver; then shards of ``shard_size``
+    Edges from the first ``edge_batches`` batches on the driver (``edge_scope``, ``edge_quantile``:
+    as in-process); then shards of ``shard_size``
     batches (default: about four shards per worker) run on the actors and merge on the driver as
     they arrive. Equal to the in-process result: counts exactly, float sums up to order.
     With ``return_report``, returns ``(stats, RunReport)``; shard ids are batch-shard indices.
@@ -71,7 +74,8 @@ def distributed_stats(
     if not inputs:
         raise InputError("no calibration batches to collect statistics from")
     groups = list(groups)
-    edges = compute_histogram_edges(model, groups, inputs[:edge_batches], bins=bins, value=value)
+    edges = compute_histogram_edges(model, groups, inputs[:edge_batches], bins=bins, value=value,
+                                    edge_scope=edge_scope, edge_quantile=edge_quantile)
     if shard_size is None:
         shard_size = max(1, math.ceil(len(inputs) / (4 * workers)))
     if shard_size < 1:

@@ -1,6 +1,8 @@
-"""Activation statistics of the unpruned model: mergeable histograms (entropy), ranks, moments, APoZ and CHIP sums, computed once and shared."""
+"""Activation statistics of the unpruned model: mergeable histograms and map entropies (entropy), ranks, moments, APoZ and CHIP sums, computed once and shared."""
 from pruning.statistics.measures import (  # noqa: F401
+    ENTROPY_ESTIMATORS,
     histogram_entropy,
+    map_softmax_entropy,
     batched_map_rank,
     leave_one_out_nuclear_norms,
 )
@@ -13,6 +15,9 @@ from pruning.statistics.state import (  # noqa: F401
     stats_from_context,
 )
 from pruning.statistics.collection import (  # noqa: F401
+    EDGE_BATCHES,
+    EDGE_QUANTILE,
+    EDGE_SCOPES,
     compute_histogram_edges,
     accumulate_stats,
     collect_activation_stats,
@@ -23,11 +28,16 @@ __all__ = [
     "ActivationStats",
     "StatsFileError",
     "VALUE_MODES",
+    "EDGE_SCOPES",
+    "EDGE_BATCHES",
+    "EDGE_QUANTILE",
+    "ENTROPY_ESTIMATORS",
     "merge_stats",
     "compute_histogram_edges",
     "accumulate_stats",
     "collect_activation_stats",
     "histogram_entropy",
+    "map_softmax_entropy",
     "batched_map_rank",
     "leave_one_out_nuclear_norms",
     "stats_from_context",

@@ -7,8 +7,11 @@ per observed output and channel:
 
 * ``hist``: counts over a fixed-edge histogram of the global-average-pooled activation per image
   (``value="gap"``, default) or of every spatial value (``value="spatial"``), for entropy.
-  The edges are fixed beforehand by :func:`compute_histogram_edges` (a short first pass: the
-  per-channel min/max widened by 1 % of the range each side); values outside fall in the end bins.
+  The edges are fixed beforehand by :func:`compute_histogram_edges` (a short first pass over the
+  first ``edge_batches`` batches; by default one range per layer, its 0.1 %..99.9 % quantiles,
+  see :mod:`pruning.statistics.edges`); values outside fall in the end bins.
+* ``map_entropy_sum``: the sum over images of the entropy of the softmax over each HxW map
+  (:func:`~pruning.statistics.map_softmax_entropy`), for the entropy criterion's map mode.
 * ``rank_sum``: the sum over images of the matrix rank of each HxW map (HRank), one batched
   ``torch.linalg.matrix_rank`` call per hook call. Outputs of Linear layers have no maps: their
   ``rank_sum`` is ``None`` (``channel_rank`` reports NaN for them, or the rank of a 1x1 map when
@@ -35,15 +38,26 @@ import torch.nn.functional as F
 from torch import nn
 
 from pruning.errors import InputError
-from pruning.statistics.measures import batched_map_rank, leave_one_out_nuclear_norms
+from pruning.statistics.edges import (
+    EDGE_BATCHES,
+    EDGE_QUANTILE,
+    EDGE_SCOPES,
+    RangeRecorder,
+    check_edge_options,
+)
+from pruning.statistics.measures import batched_map_rank, leave_one_out_nuclear_norms, map_softmax_entropy
 from pruning.statistics.state import ActivationStats, LayerStats, check_value_mode
 from pruning.structure.groups import ChannelGroup
 from pruning.utils import batch_inputs, model_device, preserved_modes
 
-__all__ = ["compute_histogram_edges", "accumulate_stats", "collect_activation_stats"]
-
-#: relative widening of the first-pass [min, max] range on each side
-EDGE_MARGIN = 0.01
+__all__ = [
+    "EDGE_SCOPES",
+    "EDGE_BATCHES",
+    "EDGE_QUANTILE",
+    "compute_histogram_edges",
+    "accumulate_stats",
+    "collect_activation_stats",
+]
 
 
 def _observed_outputs(model: nn.Module, groups: Sequence[ChannelGroup]) -> dict[str, bool]:
@@ -128,42 +142,29 @@ def compute_histogram_edges(
     *,
     bins: int = 32,
     value: str = "gap",
+    edge_scope: str = "layer",
+    edge_quantile: float = EDGE_QUANTILE,
 ) -> dict[str, torch.Tensor]:
     """First pass: per observed output, [C, bins+1] float32 uniform edges per channel.
 
-    The range is the per-channel [min, max] of the histogrammed value over ``batches``, widened
-    on each side by 1 % of the range, and at least by 1e-4 x max(1, |min|, |max|) so that a
-    constant channel gets a proper (tiny) range and all its values fall in one bin.
+    The range is one per output (``edge_scope="layer"``, all rows equal) or one per channel
+    (``"channel"``), from the ``edge_quantile`` .. 1 - ``edge_quantile`` quantiles of the
+    histogrammed value over ``batches`` (0: min and max), widened on each side by 1 % of its
+    width, and at least by 1e-4 x max(1, |lo|, |hi|) so that a constant output gets a proper
+    (tiny) range and all its values fall in one bin (:mod:`pruning.statistics.edges`).
     """
     check_value_mode(value)
-    if bins < 2:
-        raise InputError(f"bins must be at least 2, got {bins}")
+    check_edge_options(bins, edge_scope, edge_quantile)
     observed = _observed_outputs(model, groups)
-    lo: dict[str, torch.Tensor] = {}
-    hi: dict[str, torch.Tensor] = {}
+    ranges = {name: RangeRecorder(edge_scope, edge_quantile) for name in observed}
 
     def record(name: str, output: Any, relu: bool) -> None:
         x, _ = _as_maps(output, name, relu)
-        v = _hist_values(x, value)
-        vmin, vmax = v.min(1).values, v.max(1).values
-        lo[name] = torch.minimum(lo[name], vmin) if name in lo else vmin
-        hi[name] = torch.maximum(hi[name], vmax) if name in hi else vmax
+        ranges[name].update(_hist_values(x, value))
 
     with _hooked(model, observed, record):
         _run(model, batches, False, "edges")
-
-    edges: dict[str, torch.Tensor] = {}
-    for name in observed:
-        if name not in lo:
-            raise InputError(f"module {name!r} was not called by the forward pass")
-        a, b = lo[name].double().cpu(), hi[name].double().cpu()
-        if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
-            raise InputError(f"module {name!r} produced non-finite activations")
-        scale = torch.maximum(torch.maximum(a.abs(), b.abs()), torch.ones_like(a))
-        pad = torch.maximum(EDGE_MARGIN * (b - a), 1e-4 * scale)
-        steps = torch.linspace(0, 1, bins + 1, dtype=torch.float64)
-        edges[name] = ((a - pad)[:, None] + (b - a + 2 * pad)[:, None] * steps).float()
-    return edges
+    return {name: ranges[name].edges(name, bins) for name in observed}
 
 
 class _Accumulator:
@@ -188,6 +189,7 @@ class _Accumulator:
         self.map_size = (h, w) if has_maps else (0, 0)
         self.rank_sum = torch.zeros(c, dtype=torch.float64, device=dev) if rank and has_maps else None
         self.chip_sum = torch.zeros(c, dtype=torch.float64, device=dev) if chip else None
+        self.map_entropy_sum = torch.zeros(c, dtype=torch.float64, device=dev)
 
     def update(self, name: str, x: torch.Tensor, has_maps: bool, value: str) -> None:
         b, c, h, w = x.shape
@@ -200,6 +202,7 @@ class _Accumulator:
         self.sum += gap.sum(0)
         self.gram += gap.T @ gap
         self.zeros += (x == 0).sum((0, 2, 3))
+        self.map_entropy_sum += map_softmax_entropy(x).double().sum(0)
         self.n_images += b
         self.n_positions += b * h * w
         if self.rank_sum is not None:
@@ -222,6 +225,7 @@ class _Accumulator:
             map_size=torch.tensor(self.map_size, dtype=torch.int64),
             rank_sum=cpu(self.rank_sum),
             chip_sum=cpu(self.chip_sum),
+            map_entropy_sum=cpu(self.map_entropy_sum),
         )
 
 
@@ -276,23 +280,27 @@ def collect_activation_stats(
     value: str = "gap",
     rank: bool = True,
     chip: bool = False,
-    edge_batches: int = 1,
+    edge_batches: int = EDGE_BATCHES,
+    edge_scope: str = "layer",
+    edge_quantile: float = EDGE_QUANTILE,
     progress: bool = False,
 ) -> ActivationStats:
-    """Edges from the first ``edge_batches`` batches, then statistics over all ``batches``.
+    """Edges from the first ``edge_batches`` batches (:func:`compute_histogram_edges` with
+    ``edge_scope`` and ``edge_quantile``), then statistics over all ``batches``.
 
     ``batches`` may be a list, a re-iterable loader or a one-shot iterator (its first batches
     are kept in memory for the second pass).
     """
-    if edge_batches < 1:
-        raise InputError(f"edge_batches must be at least 1, got {edge_batches}")
+    if isinstance(edge_batches, bool) or not isinstance(edge_batches, int) or edge_batches < 1:
+        raise InputError(f"edge_batches must be at least 1, got {edge_batches!r}")
+    edge_options = dict(bins=bins, value=value, edge_scope=edge_scope, edge_quantile=edge_quantile)
     if isinstance(batches, Iterator):  # one-shot: keep the edge batches for the main pass
         head = list(itertools.islice(batches, edge_batches))
-        edges = compute_histogram_edges(model, groups, head, bins=bins, value=value)
+        edges = compute_histogram_edges(model, groups, head, **edge_options)
         batches = itertools.chain(head, batches)
     else:
         head = itertools.islice(batches, edge_batches)
-        edges = compute_histogram_edges(model, groups, head, bins=bins, value=value)
+        edges = compute_histogram_edges(model, groups, head, **edge_options)
     return accumulate_stats(
         model, groups, batches, edges, value=value, rank=rank, chip=chip, progress=progress
     )

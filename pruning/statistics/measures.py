@@ -1,26 +1,65 @@
 """Per-channel measures of activations, each a closed form over a batch: histogram entropy
-(FPEI), feature-map rank (HRank) and the leave-one-out nuclear norms behind CHIP."""
+(FPEI, plug-in or Miller-Madow), the entropy of each map's spatial softmax, feature-map rank
+(HRank) and the leave-one-out nuclear norms behind CHIP."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["histogram_entropy", "batched_map_rank", "leave_one_out_nuclear_norms"]
+from pruning.errors import InputError
+
+__all__ = [
+    "ENTROPY_ESTIMATORS",
+    "check_estimator",
+    "histogram_entropy",
+    "map_softmax_entropy",
+    "batched_map_rank",
+    "leave_one_out_nuclear_norms",
+]
+
+#: estimators of a histogram's entropy: the plug-in (maximum-likelihood) one and Miller-Madow
+ENTROPY_ESTIMATORS = ("plugin", "miller-madow")
 
 #: elements of float64 scratch per eigvalsh stack in the CHIP computation (about 128 MiB)
 _CHIP_CHUNK_ELEMENTS = 1 << 24
 
 
-def histogram_entropy(hist: torch.Tensor) -> torch.Tensor:
-    """Shannon entropy (nats) of each row of a count matrix: H = -sum_k p_k log p_k, p = h / sum h.
+def check_estimator(estimator: str) -> None:
+    """Raise :class:`~pruning.errors.InputError` unless ``estimator`` is one of :data:`ENTROPY_ESTIMATORS`."""
+    if estimator not in ENTROPY_ESTIMATORS:
+        raise InputError(f"unknown entropy estimator {estimator!r}; valid: {', '.join(ENTROPY_ESTIMATORS)}")
 
-    Empty bins contribute 0; an all-zero row has entropy 0.
+
+def histogram_entropy(hist: torch.Tensor, *, estimator: str = "plugin") -> torch.Tensor:
+    """Entropy (nats) of each row of a count matrix.
+
+    ``"plugin"``: H = -sum_k p_k log p_k, p = h / sum h. ``"miller-madow"``: the plug-in value
+    plus (K - 1) / (2 N), K the number of non-empty bins and N the row's count: the plug-in
+    estimate is biased low by about that much (Miller 1955), and K varies between channels, so
+    the bias would otherwise rank channels with many occupied bins too low.
+    Empty bins contribute 0; an all-zero row has entropy 0 with either estimator.
     """
+    check_estimator(estimator)
     counts = hist.to(torch.float64)
     total = counts.sum(-1, keepdim=True)
     p = counts / total.clamp_min(1)
     plogp = torch.where(p > 0, p * torch.log(p.clamp_min(1e-300)), torch.zeros_like(p))
-    return -plogp.sum(-1)
+    entropy = -plogp.sum(-1)
+    if estimator == "miller-madow":
+        occupied = (counts > 0).sum(-1).to(torch.float64)
+        n = total.squeeze(-1)
+        entropy = entropy + torch.where(n > 0, (occupied - 1).clamp_min(0) / (2 * n.clamp_min(1)), 0.0)
+    return entropy
+
+
+def map_softmax_entropy(maps: torch.Tensor) -> torch.Tensor:
+    """(B, C) entropies (nats) of the softmax over the H*W positions of each map of a (B, C, H, W) stack.
+
+    H = -sum_j q_j log q_j with q = softmax(map): log(H*W) for a constant map (a dead channel
+    included), lower the more the map's mass sits on a few positions. A 1x1 map has entropy 0.
+    """
+    logq = maps.flatten(2).log_softmax(-1)
+    return -(logq.exp() * logq).sum(-1)
 
 
 def batched_map_rank(maps: torch.Tensor) -> torch.Tensor:

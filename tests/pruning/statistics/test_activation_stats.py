@@ -121,10 +121,11 @@ def test_entropy_by_hand():
     expected = torch.tensor([math.log(2), 0.0, math.log(4), 0.0], dtype=torch.float64)
     torch.testing.assert_close(histogram_entropy(hist), expected)
 
-    # end to end: constant images with values 0, 0, 1, 3 -> GAP values; 4 bins over [0, 3]
+    # end to end: constant images with values 0, 0, 1, 3 -> GAP values; 4 bins over [min, max] = [0, 3]
+    # (edge_quantile=0: min and max; the default 0.1 %..99.9 % quantiles would trim the range)
     model, group = one_channel_identity()
     images = torch.tensor([0.0, 0.0, 1.0, 3.0])[:, None, None, None].expand(4, 1, 5, 5).contiguous()
-    stats = collect_activation_stats(model, [group], [(images, None)], bins=4)
+    stats = collect_activation_stats(model, [group], [(images, None)], bins=4, edge_quantile=0.0)
     edges = stats.layers["0"].edges[0]
     torch.testing.assert_close(edges[[0, -1]], torch.tensor([-0.03, 3.03]))
     assert stats.layers["0"].hist.tolist() == [[2, 1, 0, 1]]
