@@ -1,67 +1,117 @@
-"""``prunesweep compare``: a criterion x FLOPs target x seed grid as Tune trials, tabulated in MLflow."""
+"""``prunesweep compare``: a criterion comparison study (``--config study.yaml``), its resume and
+its report; or, from flags, a one-checkpoint, uniform-ratio, one-recipe study."""
 from __future__ import annotations
 
 import argparse
 import time
 from pathlib import Path
 
-from orchestrator.cli.options import add_model_source, add_output, add_ray_network, add_trial_device, trial_gpus
+from orchestrator.cli.options import (
+    MODEL_HELP, add_model_options, add_output, add_ray_network, add_trial_device, trial_gpus,
+)
 from orchestrator.cli.recipe_args import add_recipe_arguments, recipe_from_args
 from orchestrator.cli.result import CommandResult
 from pruning.errors import InputError
 
 __all__ = ["add_parser", "run"]
 
+#: flags that build the study themselves: refused with --config, --resume and --report
+_STUDY_FLAGS = ("checkpoint", "model", "dataset", "criteria", "flops_reductions", "seeds", "strategy",
+                "calibration_images", "batch_size", "data_root", "test_subset", "cpus_per_trial", "experiment", "name")
+
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("compare", help="criterion x FLOPs target x seed grid as Tune trials, tabulated in MLflow")
+    p = sub.add_parser("compare", help="criterion comparison study as Tune trials: intervals, paired tests, ranks, MLflow")
     add_output(p)
-    add_model_source(p)
-    p.add_argument("--dataset", default=None, help="the dataset of --model (default: fashion-mnist)")
-    p.add_argument("--criteria", nargs="+", required=True, help="criteria to compare (see `prunesweep info`)")
-    p.add_argument("--flops-reductions", nargs="+", type=float, required=True, help="fractions of MACs to remove")
-    p.add_argument("--seeds", nargs="+", type=int, default=[0],
-                   help="seeds, each seeding a cell's criterion and recovery (default: 0)")
-    p.add_argument("--strategy", default="full", help="full or inner (default: full)")
-    p.add_argument("--calibration-images", type=int, default=512,
-                   help="calibration images for statistics, criteria and reconstruction (default: 512)")
-    p.add_argument("--batch-size", type=int, default=128, help="batch size of calibration and recovery (default: 128)")
-    p.add_argument("--data-root", default=None)
-    p.add_argument("--test-subset", type=int, default=None, help="evaluate on the first N test images only")
-    p.add_argument("--concurrency", type=int, default=2)
-    p.add_argument("--cpus-per-trial", type=float, default=1.0)
-    add_trial_device(p, "0")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--config", default=None, help="study YAML (see studies/criteria_benchmark.yaml)")
+    mode.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue the interrupted study in RUN_DIR")
+    mode.add_argument("--report", default=None, metavar="RUN_DIR", help="print the study's tables again, from MLflow")
+    p.add_argument("--verbose", action="store_true", help="Ray Tune's status tables too (default: one progress bar)")
     p.add_argument("--address", default=None, help="Ray cluster address to join (default: start Ray locally)")
     add_ray_network(p)
+    p.add_argument("--concurrency", type=int, default=None, help="cells at once (default: 2; overrides the config)")
     p.add_argument("--tracking-uri", default=None, help="default: sqlite:////RUN_DIR/mlflow.db")
-    p.add_argument("--experiment", default="prunesweep-compare", help="MLflow experiment (default: prunesweep-compare)")
-    p.add_argument("--name", default=None, help="name of the comparison (default: compare-<time>)")
-    p.add_argument("--run-dir", default=None, help="default: runs/compare/<name>")
+    p.add_argument("--run-dir", default=None, help="default: runs/studies/<name>")
+    add_trial_device(p, "execution.gpus_per_trial, 0 unless set")
+    flags = p.add_argument_group("a study from flags (instead of --config): one checkpoint, uniform ratios, one recipe")
+    source = flags.add_mutually_exclusive_group()
+    source.add_argument("--checkpoint", default=None, help="a prunesweep checkpoint")
+    source.add_argument("--model", default=None, help=MODEL_HELP + "; instead of --checkpoint")
+    add_model_options(flags)
+    flags.add_argument("--dataset", default=None, help="the dataset of --model (default: fashion-mnist)")
+    flags.add_argument("--criteria", nargs="+", default=None, help="criteria to compare (see `prunesweep info`)")
+    flags.add_argument("--flops-reductions", nargs="+", type=float, default=None, help="fractions of MACs to remove")
+    flags.add_argument("--seeds", nargs="+", type=int, default=None, help="seeds (default: 0)")
+    flags.add_argument("--strategy", default=None, help="full or inner (default: full)")
+    flags.add_argument("--calibration-images", type=int, default=None, help="calibration images (default: 512)")
+    flags.add_argument("--batch-size", type=int, default=None, help="batch size of the calibration batches (default: 128)")
+    flags.add_argument("--data-root", default=None)
+    flags.add_argument("--test-subset", type=int, default=None, help="evaluate on the first N test images only")
+    flags.add_argument("--cpus-per-trial", type=float, default=None)
+    flags.add_argument("--experiment", default=None, help="MLflow experiment (default: prunesweep-compare)")
+    flags.add_argument("--name", default=None, help="name of the study (default: compare-<time>)")
     add_recipe_arguments(p)
     return p
 
 
-def run(args: argparse.Namespace) -> CommandResult:
+def _flag_study(args: argparse.Namespace) -> dict:
+    """The study of the flags: --checkpoint/--model x --criteria x uniform x the recipe flags x
+    --flops-reductions x --seeds; the reference is ``random`` where compared, else the first."""
     from orchestrator.cli.options import check_model_source, model_kwargs
-    from orchestrator.sweeps import CompareConfig, DataSettings, TrackingSettings, run_compare  # torch, Ray, MLflow: only when run
-    from orchestrator.sweeps.model_settings import ModelSettings
+    from orchestrator.sweeps.checks import recipe_section
 
-    name = args.name or time.strftime("compare-%Y%m%d-%H%M%S")
-    data = DataSettings.from_dict({"calibration_images": args.calibration_images, "batch_size": args.batch_size,
-                                   "data_root": args.data_root, "test_subset": args.test_subset})
-    run_dir = str(Path(args.run_dir).absolute()) if args.run_dir else str(Path("runs", "compare", name).absolute())
-    tracking = TrackingSettings.from_dict({"uri": args.tracking_uri, "experiment": args.experiment})
+    if args.checkpoint is None and args.model is None:
+        raise InputError("give --config FILE.yaml, --resume/--report RUN_DIR, or --checkpoint/--model with --criteria")
     check_model_source(args)
     if args.dataset is not None and args.model is None:
         raise InputError("--dataset goes with --model (a checkpoint records its dataset)")
-    source: dict = {"checkpoint": str(Path(args.checkpoint).absolute())} if args.checkpoint else {"model": ModelSettings(
-        args.model, weights=str(Path(args.weights).absolute()) if args.weights else None, kwargs=model_kwargs(args),
-        dataset=args.dataset or "fashion-mnist")}
-    config = CompareConfig(
-        **source, criteria=tuple(args.criteria),
-        flops_reductions=tuple(args.flops_reductions), seeds=tuple(args.seeds), run_dir=run_dir,
-        strategy=args.strategy, recipe=recipe_from_args(args), data=data, concurrency=args.concurrency,
-        cpus_per_trial=args.cpus_per_trial, gpus_per_trial=trial_gpus(args, 0.0), tracking=tracking, name=name,
-    )
-    result = run_compare(config, address=args.address, progress=not args.quiet)
+    if not args.criteria or not args.flops_reductions:
+        raise InputError("a study from flags needs --criteria and --flops-reductions")
+    name = args.name or time.strftime("compare-%Y%m%d-%H%M%S")
+    baseline = {"checkpoint": args.checkpoint} if args.checkpoint else {
+        "model": args.model, "weights": args.weights, "model_kwargs": model_kwargs(args),
+        "dataset": args.dataset or "fashion-mnist"}
+    data = {k: v for k, v in {"calibration_images": args.calibration_images, "batch_size": args.batch_size,
+                              "data_root": args.data_root, "test_subset": args.test_subset}.items() if v is not None}
+    return {
+        "name": name, "checkpoints": [{k: v for k, v in baseline.items() if v is not None}],
+        "criteria": list(args.criteria), "ratios": ["uniform"], "recipes": {"default": recipe_section(recipe_from_args(args))},
+        "flops_reductions": list(args.flops_reductions), "seeds": list(args.seeds or [0]),
+        "pruning": {"strategy": args.strategy or "full"}, "data": data,
+        "statistics": {"reference": "random" if "random" in args.criteria else args.criteria[0]},
+        "execution": {"cpus_per_trial": args.cpus_per_trial or 1, "concurrency": args.concurrency or 2},
+        "tracking": {"uri": args.tracking_uri, "experiment": args.experiment or "prunesweep-compare"},
+        "run_dir": args.run_dir or str(Path("runs", "studies", name)),
+    }
+
+
+def run(args: argparse.Namespace) -> CommandResult:
+    from orchestrator.studies import StudyConfig, load_study_config, resume_study, run_study, study_report
+    from orchestrator.sweeps import ConfigError  # torch, Ray, MLflow: only when run
+
+    progress = not args.quiet
+    given = [f"--{k.replace('_', '-')}" for k in _STUDY_FLAGS if getattr(args, k, None) is not None]
+    if args.resume or args.report:
+        kept = given + [f"--{k.replace('_', '-')}" for k in ("concurrency", "tracking_uri", "run_dir", "gpus_per_trial")
+                        if getattr(args, k, None) is not None]
+        if kept:
+            raise ConfigError("resume" if args.resume else "report",
+                              f"a recorded study keeps its config: drop {', '.join(kept)}")
+        result = (resume_study(args.resume, address=args.address, progress=progress, verbose=args.verbose)
+                  if args.resume else study_report(args.report))
+        return CommandResult(result.text(), result.to_dict())
+    if args.config is not None:
+        if given:
+            raise ConfigError("config", f"the study file sets what {', '.join(given)} would: drop them")
+        config = load_study_config(args.config, {"execution.concurrency": args.concurrency,
+                                                 "tracking.uri": args.tracking_uri, "run_dir": args.run_dir})
+    else:
+        config = StudyConfig.from_dict(_flag_study(args))
+    gpus = trial_gpus(args, config.execution.gpus_per_trial)
+    if gpus != config.execution.gpus_per_trial:
+        from dataclasses import replace
+
+        config = replace(config, execution=replace(config.execution, gpus_per_trial=gpus))
+    result = run_study(config, address=args.address, progress=progress, verbose=args.verbose)
     return CommandResult(result.text(), result.to_dict())

@@ -1,8 +1,9 @@
-"""Sweeps and comparisons: configs, the baseline, trials, the Tune/Optuna runner, Pareto fronts and
-MLflow tracking. Modules: ``config`` / ``config_file`` / ``compare_config`` / ``checks`` (configs), ``baseline``
-(prepared once on the driver), ``trials`` (trial bodies), ``search`` (Optuna), ``runner`` (Ray and
-Tune plumbing), ``sweep`` / ``compare`` (the two drivers), ``results`` (the front), ``front``
-(dominance, hypervolume, plot, table), ``tracking`` / ``callback`` (MLflow)."""
+"""Sweeps: configs, the baseline, trials, the Tune/Optuna runner, Pareto fronts and MLflow
+tracking (criterion comparison studies, built on the same runner, are :mod:`orchestrator.studies`).
+Modules: ``config`` / ``config_file`` / ``checks`` (configs), ``baseline`` (prepared once on the
+driver), ``trials`` (trial bodies), ``search`` (Optuna), ``runner`` (Ray and Tune plumbing),
+``sweep`` (the driver), ``results`` (the front), ``front`` (dominance, hypervolume, plot, table),
+``tracking`` / ``callback`` (MLflow)."""
 from orchestrator.sweeps.checks import ConfigError, default_tracking_uri
 from orchestrator.sweeps.config import (
     OBJECTIVES,
@@ -16,7 +17,6 @@ from orchestrator.sweeps.config import (
     flatten,
 )
 from orchestrator.sweeps.config_file import load_sweep_config
-from orchestrator.sweeps.compare_config import CompareConfig
 from orchestrator.sweeps.tracking import (
     TAG_CHECKPOINT,
     TAG_ERROR,
@@ -37,12 +37,11 @@ from orchestrator.sweeps.baseline import (
     compute_utilization_curves,
     prepare_baseline,
 )
-from orchestrator.sweeps.trials import COMPARE_METRICS, TRIAL_METRICS, InjectedFailure
+from orchestrator.sweeps.trials import TRIAL_METRICS, InjectedFailure
 from orchestrator.sweeps.search import DefineByRun, make_sampler, register_context
 from orchestrator.sweeps.runner import check_tracking_reachable
 from orchestrator.sweeps.results import SweepResult, front_hypervolume, read_front
 from orchestrator.sweeps.sweep import resume_sweep, run_sweep
-from orchestrator.sweeps.compare import CompareResult, run_compare, summarize_cells
 
 __all__ = [
     "ConfigError",
@@ -57,7 +56,6 @@ __all__ = [
     "dump_sweep_config",
     "flatten",
     "load_sweep_config",
-    "CompareConfig",
     "TAG_CHECKPOINT",
     "TAG_ERROR",
     "TAG_KIND",
@@ -79,7 +77,6 @@ __all__ = [
     "compute_baseline_statistics",
     "compute_utilization_curves",
     "prepare_baseline",
-    "COMPARE_METRICS",
     "TRIAL_METRICS",
     "InjectedFailure",
     "DefineByRun",
@@ -91,7 +88,4 @@ __all__ = [
     "read_front",
     "resume_sweep",
     "run_sweep",
-    "CompareResult",
-    "run_compare",
-    "summarize_cells",
 ]

@@ -1,5 +1,5 @@
-"""Reading a sweep config file: YAML parsing, ``--trials``-style dotted overrides, the default
-name (the file's stem); validation is :meth:`~orchestrator.sweeps.config.SweepConfig.from_dict`'s."""
+"""Reading a config file (a sweep's or a study's): YAML parsing, ``--trials``-style dotted
+overrides, the default name (the file's stem); validation is the config class's ``from_dict``."""
 from __future__ import annotations
 
 import os
@@ -12,7 +12,7 @@ import yaml
 from orchestrator.sweeps.checks import ConfigError
 from orchestrator.sweeps.config import SweepConfig
 
-__all__ = ["load_sweep_config"]
+__all__ = ["load_sweep_config", "read_config_file", "default_name"]
 
 
 def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
@@ -28,11 +28,9 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
     node[leaf] = value
 
 
-def load_sweep_config(path: str | os.PathLike, overrides: Mapping[str, Any] | None = None) -> SweepConfig:
-    """Read a YAML sweep config; ``overrides`` maps dotted keys (``sweep.trials``) to values.
-
-    The default sweep name is the file's stem. Raises :class:`ConfigError` (one line).
-    """
+def read_config_file(path: str | os.PathLike, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The YAML mapping in ``path`` with ``overrides`` (dotted keys -> values; None: not set)
+    applied. Raises :class:`ConfigError` (one line)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError("config", f"file {str(path)!r} does not exist")
@@ -48,9 +46,18 @@ def load_sweep_config(path: str | os.PathLike, overrides: Mapping[str, Any] | No
     for dotted, value in (overrides or {}).items():
         if value is not None:
             _set_dotted(data, dotted, value)
-    return SweepConfig.from_dict(data, default_name=_default_name(path))
+    return data
 
 
-def _default_name(path: Path) -> str:
-    stem = re.sub(r"[^A-Za-z0-9_.-]", "-", path.stem).lstrip("._-")
-    return stem or "sweep"
+def load_sweep_config(path: str | os.PathLike, overrides: Mapping[str, Any] | None = None) -> SweepConfig:
+    """Read a YAML sweep config; ``overrides`` maps dotted keys (``sweep.trials``) to values.
+
+    The default sweep name is the file's stem. Raises :class:`ConfigError` (one line).
+    """
+    return SweepConfig.from_dict(read_config_file(path, overrides), default_name=default_name(path, "sweep"))
+
+
+def default_name(path: str | os.PathLike, fallback: str) -> str:
+    """A config's default name: its file's stem, reduced to the characters a name may hold."""
+    stem = re.sub(r"[^A-Za-z0-9_.-]", "-", Path(path).stem).lstrip("._-")
+    return stem or fallback

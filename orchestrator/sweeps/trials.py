@@ -1,5 +1,5 @@
-"""Trial bodies, run in Ray workers: a sweep trial (one sampled plan) and a compare cell (one
-criterion x FLOPs target x seed). Both prune the shared baseline and recover it with the one
+"""Trial bodies, run in Ray workers: a sweep trial (one sampled plan) here, a study cell in
+:mod:`orchestrator.studies.trial`. Both prune a shared baseline and recover it with the one
 recipe (:func:`pruning.recovery.recover`), scoring every stage on the calibration split."""
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ from orchestrator.sweeps.baseline import EVAL_BATCH, BaselineSetup
 from pruning.recovery import STAGES, RecoveryRecipe
 
 __all__ = [
-    "TRIAL_METRICS", "TRIAL_TAGS", "COMPARE_METRICS", "COMPARE_TAGS", "MODEL_FILE",
-    "InjectedFailure", "SharedRefs", "TrialSettings", "import_paths_of", "put_shared", "sweep_trial", "compare_trial",
+    "TRIAL_METRICS", "TRIAL_TAGS", "STAGE_METRICS", "MODEL_FILE",
+    "InjectedFailure", "SharedRefs", "TrialSettings", "import_paths_of", "put_shared", "sweep_trial",
 ]
 
 #: per recovery stage that ran: its calibration accuracy and (but for ``pruned``) its seconds
@@ -36,9 +36,6 @@ TRIAL_METRICS = (
 #: string results logged as tags; ``recipe``: the recipe the trial ran, as JSON (a two-stage
 #: sweep ignores the sampled fine-tuning params, so they do not say what ran)
 TRIAL_TAGS = ("criterion", "infeasible_reason", "recipe")
-COMPARE_METRICS = ("accuracy", "bn_accuracy", *STAGE_METRICS, "test_accuracy", "macs", "params", "macs_reduction",
-                   "params_reduction", "prune_seconds", "recover_seconds", "score_seconds")
-COMPARE_TAGS = ("criterion",)
 MODEL_FILE = "pruned.pt"
 METRICS_FILE = "metrics.json"
 
@@ -62,10 +59,10 @@ class SharedRefs:
 class TrialSettings:
     """Plain settings every trial shares (small; travels with the trainable).
 
-    seed: the criterion's seed in a sweep trial (a compare cell takes its own from the grid).
+    seed: the criterion's seed in a sweep trial (a study cell takes its own from the grid).
     recipe: the recovery recipe; a sweep trial replaces its fine-tuning values by the sampled
         ones (unless ``sampled_finetune`` is false: the stages of a two-stage sweep run their
-        recipe as it is), a compare cell its seed by the cell's.
+        recipe as it is); a study cell runs its own recipe, seeded by the cell's seed.
     score_every_stage: score every recovery stage (False: the last only; screening trials).
     import_paths: directories a worker puts on ``sys.path`` before it rebuilds the model (an
         import-path model's module root, as the driver found it: :func:`import_paths_of`).
@@ -133,9 +130,11 @@ def _trial_device() -> torch.device:
 
 
 def _prune_and_recover(model, space, shape, criterion_name: str, pruning_config, ratio_weights, batches, stats,
-                       splits, *, seed: int, recipe: RecoveryRecipe, score_every_stage: bool = True):
-    """Prune a copy of ``model`` with a criterion, run the recipe; every stage scored on the
-    calibration split. Returns (pruned model, prune outcome, metrics)."""
+                       splits, *, seed: int, recipe: RecoveryRecipe, score_every_stage: bool = True,
+                       criterion_options: Mapping[str, Any] | None = None, scores=None):
+    """Prune a copy of ``model`` with a criterion (its ``criterion_options``; ``scores``: its
+    channel scores, computed once elsewhere, instead of scoring here), run the recipe; every
+    stage scored on the calibration split. Returns (pruned model, prune outcome, metrics)."""
     from pruning.criteria import ScoringContext, create_criterion
     from pruning.data import make_loader
     from pruning.pipeline import prune_with_criterion
@@ -145,8 +144,8 @@ def _prune_and_recover(model, space, shape, criterion_name: str, pruning_config,
     started = time.perf_counter()
     context = ScoringContext(calibration=batches, stats=stats)
     outcome = prune_with_criterion(model, torch.zeros(1, *shape, device=model_device(model)),
-                                   create_criterion(criterion_name, seed=seed),
-                                   pruning_config, context, ratio_weights=ratio_weights, space=space)
+                                   create_criterion(criterion_name, seed=seed, **dict(criterion_options or {})),
+                                   pruning_config, context, ratio_weights=ratio_weights, space=space, scores=scores)
     prune_seconds = time.perf_counter() - started
     score = make_loader(splits.calibration, EVAL_BATCH, shuffle=False)
     recover_started = time.perf_counter()
@@ -301,31 +300,3 @@ def sweep_trial(config: dict[str, Any], *, refs: SharedRefs, settings: TrialSett
     meta = {"criterion": plan.criterion, "params": params, "channels": dict(outcome.keep),
             "strategy": settings.strategy, "space": settings.space_name, "recipe": recipe.to_dict()}
     _report_with_model(metrics, pruned, spec_json, meta)
-
-
-@_releases_memory
-def compare_trial(config: dict[str, Any], *, refs: SharedRefs, settings: TrialSettings) -> None:
-    """One grid cell: criterion x FLOPs target x seed; reports calibration and test accuracy."""
-    import ray
-    from ray import tune
-
-    from pruning.data import make_loader
-    from pruning.planning import PruningConfig
-    from pruning.training import evaluate
-
-    torch.set_num_threads(settings.threads)
-    _make_importable(settings)
-    seed = int(config["seed"])
-    model = _rebuild_model(*ray.get(refs.model)).to(_trial_device())
-    stats = ray.get(refs.stats) if refs.stats is not None else None
-    splits = _load_trial_data(settings)
-    pruning_config = PruningConfig(strategy=settings.strategy, allocation="uniform",
-                                   flops_reduction=float(config["flops_reduction"]))
-    pruned, _, metrics = _prune_and_recover(
-        model, ray.get(refs.space), settings.shape, config["criterion"], pruning_config, None, ray.get(refs.batches),
-        stats, splits, seed=seed, recipe=replace(settings.recipe, seed=seed),
-    )
-    metrics.update(_cost_metrics(pruned, settings.shape, settings.baseline, False, settings.threads))
-    metrics["test_accuracy"] = evaluate(pruned, make_loader(splits.test, EVAL_BATCH, shuffle=False)).accuracy
-    metrics["criterion"] = config["criterion"]
-    tune.report(metrics)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from orchestrator.sweeps import CompareConfig, ConfigError, SweepConfig, load_sweep_config
+from orchestrator.sweeps import ConfigError, SweepConfig, load_sweep_config
 
 BASE = {"checkpoint": "base.pt", "space": {"name": "uniform"}}
 
@@ -45,16 +45,6 @@ def test_gpu_defaults_fractions_and_round_trip(tmp_path):
     assert load_sweep_config(path, {"sweep.gpus_per_trial": 0.5}).sweep.gpus_per_trial == 0.5
     with pytest.raises(ConfigError, match=r"^sweep.gpus_per_trial: must be >= 0"):
         load_sweep_config(path, {"sweep.gpus_per_trial": -2})
-
-
-def test_compare_gpus_per_trial(tmp_path):
-    base = dict(checkpoint="x.pt", criteria=("l1",), flops_reductions=(0.5,), run_dir=str(tmp_path))
-    assert CompareConfig(**base).gpus_per_trial == 0 and "gpus_per_trial" not in CompareConfig(**base).to_dict()
-    assert CompareConfig(**base, gpus_per_trial=0.5).to_dict()["gpus_per_trial"] == 0.5
-    for value, start in [(-1, "gpus_per_trial: must be >= 0"), ("x", "gpus_per_trial: must be a finite number")]:
-        with pytest.raises(ConfigError) as info:
-            CompareConfig(**base, gpus_per_trial=value)
-        assert str(info.value).startswith(start), str(info.value)
 
 
 def test_gpus_beyond_the_ray_cluster_are_refused_up_front(monkeypatch):

@@ -1,4 +1,4 @@
-"""Sweep and compare configs whose baseline is ``model:`` + ``weights:`` (+ ``model_kwargs:``,
+"""Sweep configs whose baseline is ``model:`` + ``weights:`` (+ ``model_kwargs:``,
 ``dataset:``) instead of ``checkpoint:``: validated when read, resolved, round-tripped, and
 prepared as a baseline (without Ray)."""
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from orchestrator.sweeps import CompareConfig, ConfigError, DataSettings, SweepConfig, prepare_baseline
+from orchestrator.sweeps import ConfigError, DataSettings, SweepConfig, prepare_baseline
 from orchestrator.sweeps.model_settings import ModelSettings, check_source_exists
 from user_models import tiny_cnn
 
@@ -58,18 +58,6 @@ def test_model_without_weights_and_torchvision_names():
 def test_bad_model_configs_name_their_key(data, start):
     message = refused(data)
     assert message.startswith(start), message
-
-
-def test_compare_config_takes_a_model(tmp_path):
-    model = ModelSettings("user_models:tiny_cnn", weights=str(tmp_path / "w.pt"), kwargs={"width": 4})
-    config = CompareConfig(model=model, criteria=("l1",), flops_reductions=(0.5,), run_dir=str(tmp_path))
-    assert config.source is model and config.to_dict()["model"] == "user_models:tiny_cnn"
-    assert "checkpoint" not in config.to_dict()
-    assert CompareConfig(model="torchvision:resnet18", criteria=("l1",), flops_reductions=(0.5,),
-                         run_dir=str(tmp_path)).model.name == "torchvision:resnet18"
-    for kwargs in ({}, {"checkpoint": "x.pt", "model": model}):
-        with pytest.raises(ConfigError, match="checkpoint: give exactly one of checkpoint and model"):
-            CompareConfig(criteria=("l1",), flops_reductions=(0.5,), run_dir=str(tmp_path), **kwargs)
 
 
 def test_missing_weights_file_is_refused_before_anything_runs(tmp_path):

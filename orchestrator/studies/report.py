@@ -1,0 +1,250 @@
+"""A study's tables and plots, from its cells as logged (MLflow records, or the long table's rows).
+
+* the long table: one row per cell (CSV and Markdown);
+* the summary: per recipe x ratios x criterion x target, the mean test accuracy and its interval;
+* the paired table: per recipe x ratios x criterion, the difference to the reference criterion
+  over the same (checkpoint, seed, target) pairs, its interval and p-value;
+* the rank table: average ranks over every (checkpoint, seed, target, recipe, ratios) setting,
+  Friedman's test and the critical difference;
+* plots: test accuracy vs MACs reduction per criterion with interval bands (a panel per recipe,
+  a line style per ratio source), and the average ranks with the critical difference.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from orchestrator.report import format_table, format_value
+from orchestrator.studies.cells import CELL_PARAMS, Cell
+from orchestrator.studies.config import StatisticsSettings
+from orchestrator.studies.statistics import average_ranks, mean_interval, paired_comparison
+from orchestrator.studies.trial import ACCURACY_SPLIT
+
+__all__ = ["LONG_COLUMNS", "StudyTables", "long_rows", "study_tables", "write_tables", "plot_accuracy", "plot_ranks"]
+
+#: the compared metric (on the test split: :data:`~orchestrator.studies.trial.ACCURACY_SPLIT`)
+METRIC = "test_accuracy"
+LONG_COLUMNS = ("cell", *CELL_PARAMS, "status", "test_accuracy", "accuracy", "bn_accuracy", "macs_reduction",
+                "params_reduction", "scores_compute_seconds", "prune_seconds", "recover_seconds", "trial_seconds",
+                "error")
+SUMMARY_COLUMNS = ("recipe", "ratios", "criterion", "flops_reduction", "n", "failed", "test_accuracy_mean",
+                   "ci_low", "ci_high", "macs_reduction_mean")
+PAIRED_COLUMNS = ("recipe", "ratios", "criterion", "reference", "pairs", "mean_difference", "ci_low", "ci_high",
+                  "p_value", "test")
+RANK_COLUMNS = ("criterion", "average_rank")
+
+
+def long_rows(records: Sequence[Any]) -> list[dict[str, Any]]:
+    """One row per logged cell (a :class:`~orchestrator.sweeps.tracking.TrialRecord`), in cell order."""
+    rows = []
+    for record in records:
+        cell = Cell.from_params(record.params)
+        row: dict[str, Any] = {"cell": cell.id, **{k: getattr(cell, k) for k in CELL_PARAMS}, "status": record.status}
+        row.update({k: record.metrics.get(k) for k in LONG_COLUMNS if k in record.metrics})
+        row["error"] = record.error if record.status == "FAILED" else None
+        rows.append({k: row.get(k) for k in LONG_COLUMNS})
+    return sorted(rows, key=lambda r: Cell.from_params(r))
+
+
+def _finished(rows):
+    return [r for r in rows if r["status"] == "FINISHED" and r.get(METRIC) is not None]
+
+
+@dataclass
+class StudyTables:
+    """Every table of a study, as rows (dicts keyed by the column names)."""
+
+    long: list[dict[str, Any]]
+    summary: list[dict[str, Any]]
+    paired: list[dict[str, Any]]
+    ranks: list[dict[str, Any]]
+    rank_test: dict[str, Any] = field(default_factory=dict)
+    statistics: dict[str, Any] = field(default_factory=dict)
+
+    def text(self) -> str:
+        """The summary, paired and rank tables as aligned text."""
+        parts = [f"test accuracy (split: {ACCURACY_SPLIT}), mean and {self._interval_name()}",
+                 _text(self.summary, SUMMARY_COLUMNS)]
+        if self.paired:
+            parts += [f"paired with {self.statistics['reference']}", _text(self.paired, PAIRED_COLUMNS)]
+        if self.ranks:
+            parts += ["average rank (1 = most accurate)", _text(self.ranks, RANK_COLUMNS), self._rank_note()]
+        return "\n".join(parts)
+
+    def markdown(self) -> str:
+        """The same tables in Markdown (what docs/benchmarks.md shows)."""
+        parts = [f"Test accuracy (split: `{ACCURACY_SPLIT}`), mean and {self._interval_name()}.", "",
+                 to_markdown(self.summary, SUMMARY_COLUMNS)]
+        if self.paired:
+            parts += ["", f"Paired with `{self.statistics['reference']}` over the same (checkpoint, seed, target) "
+                      f"pairs ({self.statistics['paired_test']}, two-sided).", "", to_markdown(self.paired, PAIRED_COLUMNS)]
+        if self.ranks:
+            parts += ["", "Average rank (1 = most accurate).", "", to_markdown(self.ranks, RANK_COLUMNS), "",
+                      self._rank_note()]
+        return "\n".join(parts) + "\n"
+
+    def _interval_name(self) -> str:
+        kind = "Student t" if self.statistics.get("interval") == "t" else "percentile bootstrap"
+        return f"{self.statistics.get('confidence', 0.95):.0%} {kind} interval over checkpoints x seeds"
+
+    def _rank_note(self) -> str:
+        test = self.rank_test
+        if test.get("friedman_p") is None:
+            return f"{test.get('blocks', 0)} complete settings; Friedman's test needs 3 criteria and 2 settings"
+        return (f"{test['blocks']} complete settings; Friedman chi2 {test['friedman_statistic']:.3f}, "
+                f"p {test['friedman_p']:.4g}; Nemenyi critical difference {test['critical_difference']:.3f}")
+
+
+def study_tables(rows: Sequence[Mapping[str, Any]], statistics: StatisticsSettings, reference: str | None) -> StudyTables:
+    """Summary, paired and rank tables of the long table ``rows``."""
+    options = dict(confidence=statistics.confidence, samples=statistics.bootstrap_samples, seed=statistics.seed)
+    done = _finished(rows)
+    summary = []
+    for recipe, ratios, criterion, target in dict.fromkeys((r["recipe"], r["ratios"], r["criterion"],
+                                                           r["flops_reduction"]) for r in rows):
+        cell = [r for r in rows if (r["recipe"], r["ratios"], r["criterion"], r["flops_reduction"])
+                == (recipe, ratios, criterion, target)]
+        ok = [r for r in done if r in cell]
+        spread = mean_interval([r[METRIC] for r in ok], method=statistics.interval, **options)
+        macs = [r["macs_reduction"] for r in ok if r.get("macs_reduction") is not None]
+        summary.append({"recipe": recipe, "ratios": ratios, "criterion": criterion, "flops_reduction": target,
+                        "n": spread.n, "failed": sum(r["status"] == "FAILED" for r in cell),
+                        "test_accuracy_mean": spread.mean, "ci_low": spread.low, "ci_high": spread.high,
+                        "macs_reduction_mean": sum(macs) / len(macs) if macs else None})
+    paired = []
+    if reference is not None:
+        for recipe, ratios, criterion in dict.fromkeys((r["recipe"], r["ratios"], r["criterion"]) for r in rows):
+            if criterion == reference:
+                continue
+            mine = {(r["checkpoint"], r["seed"], r["flops_reduction"]): r[METRIC] for r in done
+                    if (r["recipe"], r["ratios"], r["criterion"]) == (recipe, ratios, criterion)}
+            theirs = {(r["checkpoint"], r["seed"], r["flops_reduction"]): r[METRIC] for r in done
+                      if (r["recipe"], r["ratios"], r["criterion"]) == (recipe, ratios, reference)}
+            pairs = sorted(set(mine) & set(theirs))
+            result = paired_comparison([mine[p] - theirs[p] for p in pairs], interval=statistics.interval,
+                                       test=statistics.paired_test, **options)
+            paired.append({"recipe": recipe, "ratios": ratios, "criterion": criterion, "reference": reference,
+                           "pairs": result.n, "mean_difference": result.mean, "ci_low": result.low,
+                           "ci_high": result.high, "p_value": result.p_value, "test": result.test})
+    criteria = list(dict.fromkeys(r["criterion"] for r in rows))
+    blocks: dict[tuple, dict[str, float]] = {}
+    for r in done:
+        blocks.setdefault((r["checkpoint"], r["seed"], r["flops_reduction"], r["recipe"], r["ratios"]), {})[
+            r["criterion"]] = r[METRIC]
+    ranks = average_ranks(list(blocks.values()), criteria, confidence=statistics.confidence)
+    rank_rows = sorted(({"criterion": c, "average_rank": v} for c, v in ranks.average.items()),
+                       key=lambda r: r["average_rank"])
+    rank_test = {"blocks": ranks.blocks, "friedman_statistic": ranks.friedman_statistic,
+                 "friedman_p": ranks.friedman_p, "critical_difference": ranks.critical_difference}
+    settings = {"interval": statistics.interval, "confidence": statistics.confidence, "reference": reference,
+                "paired_test": statistics.paired_test, "accuracy_split": ACCURACY_SPLIT}
+    return StudyTables(list(rows), summary, paired, rank_rows if len(criteria) > 1 else [], rank_test, settings)
+
+
+def _text(rows, columns) -> str:
+    return format_table([[row.get(c) for c in columns] for row in rows], columns)
+
+
+def to_markdown(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        lines.append("| " + " | ".join("" if row.get(c) is None else format_value(row.get(c)) for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def to_csv(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+def write_tables(tables: StudyTables, folder: Path) -> list[Path]:
+    """The tables as files in ``folder``: cells.csv / cells.md (long), summary.md, summary.json."""
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {
+        "cells.csv": to_csv(tables.long, LONG_COLUMNS),
+        "cells.md": to_markdown(tables.long, LONG_COLUMNS) + "\n",
+        "summary.md": tables.markdown(),
+        "summary.json": json.dumps({"summary": tables.summary, "paired": tables.paired, "ranks": tables.ranks,
+                                    "rank_test": tables.rank_test, "statistics": tables.statistics}, indent=2),
+    }
+    for name, text in files.items():
+        (folder / name).write_text(text)
+    return [folder / name for name in files]
+
+
+def _figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+_STYLES = ("-", "--", ":", "-.")
+
+
+def plot_accuracy(tables: StudyTables, baseline_accuracy: float | None, path: Path) -> Path:
+    """Test accuracy vs measured MACs reduction, a line per criterion (a style per ratio
+    source) with its interval as a band, one panel per recipe."""
+    recipes = list(dict.fromkeys(r["recipe"] for r in tables.summary))
+    ratios = list(dict.fromkeys(r["ratios"] for r in tables.summary))
+    criteria = list(dict.fromkeys(r["criterion"] for r in tables.summary))
+    fig = _figure(5.0 * len(recipes), 4.2)
+    axes = fig.subplots(1, len(recipes), squeeze=False, sharey=True)[0]
+    colours = {c: f"C{i % 10}" for i, c in enumerate(criteria)}
+    for ax, recipe in zip(axes, recipes):
+        for i, ratio in enumerate(ratios):
+            for criterion in criteria:
+                rows = [r for r in tables.summary if (r["recipe"], r["ratios"], r["criterion"]) == (recipe, ratio, criterion)
+                        and r["test_accuracy_mean"] is not None]
+                if not rows:
+                    continue
+                x = [r["macs_reduction_mean"] for r in rows]
+                label = criterion if len(ratios) == 1 else f"{criterion} ({ratio})"
+                ax.plot(x, [r["test_accuracy_mean"] for r in rows], _STYLES[i % len(_STYLES)], marker="o",
+                        color=colours[criterion], label=label)
+                banded = [r for r in rows if r["ci_low"] is not None]
+                if banded:
+                    ax.fill_between([r["macs_reduction_mean"] for r in banded], [r["ci_low"] for r in banded],
+                                    [r["ci_high"] for r in banded], color=colours[criterion], alpha=0.15, linewidth=0)
+        if baseline_accuracy is not None and math.isfinite(baseline_accuracy):
+            ax.axhline(baseline_accuracy, color="0.5", linestyle="--", linewidth=1, label="unpruned")
+        ax.set_title(f"recipe: {recipe}")
+        ax.set_xlabel("MACs reduction (measured)")
+        ax.grid(True, alpha=0.3)
+    axes[0].set_ylabel(f"test accuracy ({tables.statistics.get('confidence', 0.95):.0%} interval band)")
+    if axes[-1].has_data():
+        axes[-1].legend(loc="best", fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    return path
+
+
+def plot_ranks(tables: StudyTables, path: Path) -> Path:
+    """Average ranks (best on top) with the critical difference as a bar from the best."""
+    rows = tables.ranks
+    fig = _figure(6.0, 0.45 * max(len(rows), 2) + 1.4)
+    ax = fig.add_subplot()
+    ax.barh(range(len(rows)), [r["average_rank"] for r in rows], color="C0", alpha=0.7)
+    ax.set_yticks(range(len(rows)), [r["criterion"] for r in rows])
+    ax.invert_yaxis()
+    cd = tables.rank_test.get("critical_difference")
+    if cd is not None and rows:
+        best = rows[0]["average_rank"]
+        ax.axvspan(best, best + cd, color="C3", alpha=0.15, label=f"critical difference {cd:.2f}")
+        ax.legend(loc="lower right", fontsize="small")
+    ax.set_xlabel(f"average rank over {tables.rank_test.get('blocks', 0)} settings (1 = most accurate)")
+    ax.grid(True, axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    return path

@@ -1,0 +1,247 @@
+"""Running a study: :func:`run_study` (or its resume) and :func:`study_report` (from MLflow).
+
+1. The driver prepares every checkpoint once (``prepare_baseline``), with its activation
+   statistics computed on Ray actors where a criterion or ratio source reads them (kept in
+   ``<run_dir>/baselines/<label>/stats.pt`` for a resume); each checkpoint's shared objects go
+   into the object store once.
+2. The score phase (:mod:`.scores`) computes the channel scores once per (checkpoint, criterion,
+   seed) as Ray tasks, into the per-study cache ``<run_dir>/scores``.
+3. Every cell is a Tune trial (``FixedConfigs``: the grid in order), logged as a nested MLflow
+   run of the study's parent run (resolved config, git commit, baselines); a cell that fails is
+   FAILED with its error and the others go on. ``resume`` restores the Tune experiment: finished
+   cells are neither lost nor repeated, and cached scores are read, not recomputed.
+4. The tables and plots (:mod:`.report`) go to ``<run_dir>/report`` and to the parent run's
+   ``study/`` artifacts.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Collection
+
+from orchestrator.studies.cells import study_cells
+from orchestrator.studies.config import RESOLVED_STUDY_FILE, StudyConfig
+from orchestrator.studies.report import StudyTables, long_rows, plot_accuracy, plot_ranks, study_tables, write_tables
+from orchestrator.studies.scores import SCORES_FOLDER, ScorePhase, compute_scores, read_computations
+from orchestrator.studies.trial import CELL_METRICS, CELL_TAGS, StudyBaseline, StudySettings, study_cell
+from orchestrator.sweeps.baseline import compute_baseline_statistics, prepare_baseline, say
+from orchestrator.sweeps.checks import ConfigError
+from orchestrator.sweeps.config_file import default_name, read_config_file
+from orchestrator.sweeps.runner import EXPERIMENT_NAME, check_tracking_reachable, finished_cleanly, ray_connection, \
+    run_trials, start_parent_run
+from orchestrator.sweeps.tracking import Tracker
+from pruning.utils import atomic_write
+
+__all__ = ["TRACKING_KIND", "StudyResult", "load_study_config", "run_study", "resume_study", "study_report"]
+
+#: the ``prunesweep.kind`` tag of a study's MLflow runs
+TRACKING_KIND = "study"
+REPORT_FOLDER = "report"
+
+
+def load_study_config(path: str | os.PathLike, overrides=None) -> StudyConfig:
+    """Read a study YAML (``overrides``: dotted keys -> values); the default name is the file's stem."""
+    return StudyConfig.from_dict(read_config_file(path, overrides), default_name=default_name(path, "study"))
+
+
+@dataclass
+class StudyResult:
+    """A study's outcome: where it is logged, its cell counts, the score phase, its tables."""
+
+    name: str
+    run_dir: str
+    tracking_uri: str
+    parent_run_id: str
+    tables: StudyTables
+    counts: dict[str, int]
+    scores: dict[str, Any] = field(default_factory=dict)
+    wall_seconds: float | None = None
+
+    def text(self) -> str:
+        head = (f"study {self.name}: {self.counts['cells']} cells, {self.counts['finished']} finished, "
+                f"{self.counts['failed']} failed")
+        if self.wall_seconds:
+            head += f"; {self.wall_seconds:.0f} s wall ({self.counts['ran'] * 3600 / self.wall_seconds:.0f} cells/hour)"
+        return (f"{head}\n{self.tables.text()}\nMLflow: mlflow ui --backend-store-uri {self.tracking_uri}   "
+                f"(parent run {self.parent_run_id}; tables and plots under study/)")
+
+    def to_dict(self) -> dict[str, Any]:
+        tables = self.tables
+        return {"name": self.name, "run_dir": self.run_dir, "tracking_uri": self.tracking_uri,
+                "parent_run_id": self.parent_run_id, "counts": self.counts, "scores": self.scores,
+                "wall_seconds": self.wall_seconds, "cells": tables.long, "summary": tables.summary,
+                "paired": tables.paired, "ranks": tables.ranks, "rank_test": tables.rank_test,
+                "statistics": tables.statistics}
+
+
+def _statistics(config: StudyConfig, setup, folder: Path, progress: bool):
+    """The checkpoint's activation statistics where anything reads them (cached in ``folder``)."""
+    from pruning.criteria import criterion_class
+    from pruning.statistics import ActivationStats
+
+    needs = any(criterion_class(c.name).needs_stats for c in config.criteria) or config.ratios_need("concentration")
+    if not needs:
+        return None
+    path = folder / "stats.pt"
+    if path.is_file():
+        return ActivationStats.load(path)
+    say(progress, f"computing activation statistics of {folder.name}")
+    stats = compute_baseline_statistics(setup.model, setup.space, setup.batches, workers=config.execution.concurrency,
+                                        cpus_per_worker=config.execution.cpus_per_trial,
+                                        chip=any(c.name == "chip" for c in config.criteria), progress=progress)
+    folder.mkdir(parents=True, exist_ok=True)
+    stats.save(path)
+    return stats
+
+
+def _check_run_dir(config: StudyConfig, resume: bool) -> None:
+    from ray import tune
+
+    experiment = Path(config.run_dir) / EXPERIMENT_NAME
+    if resume and not tune.Tuner.can_restore(str(experiment)):
+        raise ConfigError("resume", f"{config.run_dir} holds no study to resume (no {experiment})")
+    if not resume and experiment.exists():
+        raise ConfigError("run_dir", f"{config.run_dir} already holds a study: resume it with "
+                          f"`prunesweep compare --resume {config.run_dir}` or choose another run_dir")
+
+
+def run_study(config: StudyConfig, *, address: str | None = None, resume: bool = False, progress: bool = True,
+              verbose: bool = False, inject_failures: Collection[str] = ()) -> StudyResult:
+    """Run (``resume``: continue) the study; see the module docstring. ``progress``: one bar of
+    cells done / failed / ETA on stderr; ``verbose``: Tune's status tables and the workers' output
+    too. ``inject_failures``: criterion labels whose scoring raises (tests of failure handling)."""
+    import ray
+
+    from orchestrator.sweeps.callback import ProgressLines
+    from orchestrator.sweeps.model_settings import check_source_exists
+    from orchestrator.sweeps.run_info import dataset_entity, system_tags
+    from orchestrator.sweeps.search import FixedConfigs
+    from orchestrator.sweeps.trials import TrialSettings, import_paths_of, put_shared
+
+    started = time.perf_counter()
+    _check_run_dir(config, resume)
+    check_tracking_reachable(config.tracking_uri)
+    for baseline in config.checkpoints:
+        check_source_exists(baseline.source)
+    cells = study_cells(config)
+    threads = max(1, int(config.execution.cpus_per_trial))
+    setups = {}
+    for baseline in config.checkpoints:
+        say(progress, f"loading baseline {baseline.label}")
+        setups[baseline.label] = prepare_baseline(baseline.source, config.data, threads=threads, progress=progress)
+    text = config.to_yaml()
+    if not resume:
+        atomic_write(Path(config.run_dir) / RESOLVED_STUDY_FILE, lambda tmp: tmp.write_text(text))
+    with ray_connection(address, verbose):
+        gpus = config.execution.gpus_per_trial
+        if gpus > float(ray.cluster_resources().get("GPU", 0)):
+            raise ConfigError("execution.gpus_per_trial", f"is {gpus:g} but the Ray cluster has "
+                              f"{float(ray.cluster_resources().get('GPU', 0)):g} GPU(s); use 0 to run on CPUs")
+        baselines = {}
+        for label, setup in setups.items():
+            stats = _statistics(config, setup, Path(config.run_dir) / "baselines" / label, progress)
+            baselines[label] = StudyBaseline(put_shared(setup, stats, None), TrialSettings(
+                data_config=asdict(setup.data_config), shape=setup.shape, seed=0, threads=threads,
+                # each cell runs its own recipe (StudySettings.recipes): this one is never read
+                baseline=dict(setup.metrics), recipe=next(iter(config.recipes.values())),
+                strategy=config.pruning.strategy, import_paths=import_paths_of(setup.spec.name)))
+        tracker = Tracker(config.tracking_uri, config.tracking.experiment, config.run_dir, kind=TRACKING_KIND)
+        metrics = {f"{label}.{k}": v for label, setup in setups.items() for k, v in setup.metrics.items()}
+        parent, created = start_parent_run(tracker, config.name, config.to_dict(), {"config/study.yaml": text},
+                                           baseline=metrics, tags=system_tags(gpus), reuse=resume)
+        for setup in setups.values():
+            tracker.log_dataset(parent, dataset_entity(setup.data_config, setup.splits))
+        say(progress, f"MLflow parent run {parent} in {config.tracking_uri}" + ("" if created else " (resumed)"))
+        scores_root = Path(config.run_dir) / SCORES_FOLDER
+        phase = compute_scores(config, baselines, scores_root, inject_failures=inject_failures, progress=progress)
+        settings = StudySettings(criteria={c.label: c for c in config.criteria},
+                                 ratios={r.label: r for r in config.ratios}, recipes=dict(config.recipes),
+                                 pruning=config.pruning, scores_root=str(scores_root),
+                                 share_scores=config.execution.share_scores)
+        ended_before = len(tracker.trial_runs())  # cells a resumed study had already logged
+        ProgressLines.as_bar = True
+        say(progress, f"running {len(cells)} cells, {config.execution.concurrency} at a time")
+        results = run_trials(
+            tracker, study_cell, settings, next(iter(setups.values())), refs=baselines,
+            cpus_per_trial=config.execution.cpus_per_trial, gpus_per_trial=gpus,
+            concurrency=config.execution.concurrency, metric_names=CELL_METRICS, tag_names=CELL_TAGS,
+            num_samples=len(cells), make_search=lambda: FixedConfigs([c.trial_config() for c in cells]),
+            resume=resume, progress=progress, verbose=verbose, stage="study",
+        )
+        complete = finished_cleanly(results, len(cells))
+    result = _finalize(tracker, config, setups, phase, ended_before=ended_before, wall=time.perf_counter() - started)
+    tracker.finish_parent("FINISHED" if complete else "FAILED")
+    return result
+
+
+def _score_savings(config: StudyConfig, rows, phase: ScorePhase | None) -> dict[str, Any]:
+    """What scoring cost: once per key (the computation log), and what it would have cost in
+    every cell (each finished cell's ``scores_compute_seconds``)."""
+    computed = {}
+    for line in read_computations(Path(config.run_dir) / SCORES_FOLDER):
+        if line["status"] == "FINISHED":
+            computed[line["key"]] = line["seconds"]
+    per_cell = sum(r.get("scores_compute_seconds") or 0.0 for r in rows if r["status"] == "FINISHED")
+    shared = sum(computed.values()) if config.execution.share_scores else per_cell
+    info = {"keys_computed": len(computed), "shared_seconds": shared, "unshared_seconds": per_cell,
+            "saved_seconds": per_cell - shared, "shared": config.execution.share_scores}
+    if phase is not None:
+        info.update(this_run_computed=phase.computed, this_run_reused=phase.reused, this_run_failed=phase.failed)
+    return info
+
+
+def _tables_and_counts(config: StudyConfig, tracker: Tracker):
+    rows = long_rows(tracker.read_trials())
+    tables = study_tables(rows, config.statistics, config.reference)
+    counts = {"cells": len(study_cells(config)), "logged": len(rows),
+              "finished": sum(r["status"] == "FINISHED" for r in rows),
+              "failed": sum(r["status"] == "FAILED" for r in rows)}
+    return rows, tables, counts
+
+
+def _finalize(tracker: Tracker, config: StudyConfig, setups, phase: ScorePhase, *, ended_before: int,
+              wall: float) -> StudyResult:
+    rows, tables, counts = _tables_and_counts(config, tracker)
+    ran = counts["ran"] = counts["logged"] - ended_before
+    savings = _score_savings(config, rows, phase)
+    folder = Path(config.run_dir) / REPORT_FOLDER
+    files = write_tables(tables, folder)
+    accuracies = [s.metrics["test_accuracy"] for s in setups.values()]
+    files.append(plot_accuracy(tables, sum(accuracies) / len(accuracies), folder / "accuracy_vs_macs.png"))
+    if tables.ranks:
+        files.append(plot_ranks(tables, folder / "ranks.png"))
+    parent = tracker.parent_run_id
+    for path in files:
+        tracker.log_file(parent, path, "study")
+    tracker.log_metrics(parent, {**{f"cells_{k}": v for k, v in counts.items()}, "wall_seconds": wall,
+                                 "cells_per_hour": ran * 3600 / wall if wall else None,
+                                 **{f"scores_{k}": v for k, v in savings.items() if not isinstance(v, bool)}})
+    return StudyResult(config.name, config.run_dir, config.tracking_uri, parent, tables, counts, savings, wall)
+
+
+def _recorded_config(run_dir: str | os.PathLike) -> StudyConfig:
+    path = Path(run_dir).absolute() / RESOLVED_STUDY_FILE
+    if not path.is_file():
+        raise ConfigError("resume", f"{Path(run_dir).absolute()} holds no study (no {RESOLVED_STUDY_FILE})")
+    return load_study_config(path)
+
+
+def resume_study(run_dir: str | os.PathLike, *, address: str | None = None, progress: bool = True,
+                 verbose: bool = False) -> StudyResult:
+    """Continue the interrupted study in ``run_dir`` with the config it recorded."""
+    return run_study(_recorded_config(run_dir), address=address, resume=True, progress=progress, verbose=verbose)
+
+
+def study_report(run_dir: str | os.PathLike) -> StudyResult:
+    """The study's tables again, from its cells as MLflow holds them (no Ray, nothing rerun)."""
+    config = _recorded_config(run_dir)
+    tracker = Tracker(config.tracking_uri, config.tracking.experiment, config.run_dir, kind=TRACKING_KIND)
+    parent = tracker.find_parent()
+    if parent is None:
+        raise ConfigError("report", f"no MLflow run of the study in {config.run_dir} at {config.tracking_uri}")
+    rows, tables, counts = _tables_and_counts(config, tracker)
+    counts["ran"] = 0
+    return StudyResult(config.name, config.run_dir, config.tracking_uri, parent, tables, counts,
+                       _score_savings(config, rows, None))

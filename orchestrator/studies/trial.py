@@ -1,0 +1,106 @@
+"""The study cell, run as a Tune trial in a Ray worker: prune its checkpoint with its criterion's
+cached scores, to its target with its ratio source, recover with its recipe, and report the
+calibration and TEST accuracy (the grid is fixed in advance: nothing is selected on the test
+split, so it is the split a comparison reports)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, Mapping
+
+import torch
+
+from orchestrator.studies.cells import Cell
+from orchestrator.studies.config import CriterionSettings, PruningSettings, RatioSettings
+from orchestrator.sweeps.baseline import EVAL_BATCH
+from orchestrator.sweeps.trials import (
+    STAGE_METRICS, SharedRefs, TrialSettings, _cost_metrics, _load_trial_data, _make_importable, _prune_and_recover,
+    _rebuild_model, _releases_memory, _trial_device,
+)
+from pruning.recovery import RecoveryRecipe
+
+__all__ = ["CELL_METRICS", "CELL_TAGS", "ACCURACY_SPLIT", "StudyBaseline", "StudySettings", "study_cell"]
+
+#: the split every cell's ``test_accuracy`` (the compared metric) is measured on
+ACCURACY_SPLIT = "test"
+#: ``scores_compute_seconds``: what computing the cell's scores cost, once (shared) or in this cell
+CELL_METRICS = ("accuracy", "bn_accuracy", *STAGE_METRICS, "test_accuracy", "macs", "params", "macs_reduction",
+                "params_reduction", "planned_reduction", "prune_seconds", "recover_seconds", "score_seconds",
+                "scores_compute_seconds")
+CELL_TAGS = ("criterion_name", "scores")
+
+
+@dataclass(frozen=True)
+class StudyBaseline:
+    """One checkpoint's shared objects (object-store references) and trial settings."""
+
+    refs: SharedRefs
+    settings: TrialSettings
+
+
+@dataclass(frozen=True)
+class StudySettings:
+    """What every cell reads (small; travels with the trainable); labels -> settings."""
+
+    criteria: Mapping[str, CriterionSettings]
+    ratios: Mapping[str, RatioSettings]
+    recipes: Mapping[str, RecoveryRecipe]
+    pruning: PruningSettings
+    scores_root: str
+    share_scores: bool
+
+
+def _ratio_plan(ratios: RatioSettings, target: float, pruning: PruningSettings, stats, space, prior):
+    """(PruningConfig, layer-wise ratio weights or None) of a ratio source at a FLOPs target."""
+    from pruning.planning import PruningConfig, concentration_weights, load_schedule
+
+    config = PruningConfig(strategy=pruning.strategy, allocation="global" if ratios.name == "global" else "uniform",
+                           flops_reduction=target, max_layer_ratio=pruning.max_layer_ratio,
+                           min_channels=pruning.min_channels, round_to=pruning.round_to)
+    if ratios.name == "concentration":
+        return config, concentration_weights(stats, space.select(pruning.strategy), alpha=ratios.options["alpha"])
+    if ratios.name == "snpfi":
+        return config, prior["sparsity"][str(float(ratios.options["tau"]))]
+    if ratios.name == "schedule":
+        return config, load_schedule(ratios.options["path"])
+    return config, None
+
+
+@_releases_memory
+def study_cell(config: dict[str, Any], *, refs: Mapping[str, StudyBaseline], settings: StudySettings) -> None:
+    """One study cell (``config``: :meth:`Cell.trial_config`); ``refs``: checkpoint label ->
+    :class:`StudyBaseline`. Reports once; a cell whose scores failed raises their error."""
+    import ray
+    from ray import tune
+
+    from orchestrator.studies.scores import load_scores
+    from pruning.data import make_loader
+    from pruning.training import evaluate
+
+    cell = Cell.from_params(config)
+    baseline = refs[cell.checkpoint]
+    base = baseline.settings
+    torch.set_num_threads(base.threads)
+    _make_importable(base)
+    criterion = settings.criteria[cell.criterion]
+    ratios = settings.ratios[cell.ratios]
+    scores, seconds = None, None
+    if settings.share_scores:
+        payload = load_scores(settings.scores_root, cell.score_key)
+        scores, seconds = payload["scores"], payload["seconds"]
+    prior = load_scores(settings.scores_root, cell.prior_key) if ratios.name == "snpfi" else None
+    model = _rebuild_model(*ray.get(baseline.refs.model)).to(_trial_device())
+    space = ray.get(baseline.refs.space)
+    stats = ray.get(baseline.refs.stats) if baseline.refs.stats is not None else None
+    splits = _load_trial_data(base)
+    pruning_config, ratio_weights = _ratio_plan(ratios, cell.flops_reduction, settings.pruning, stats, space, prior)
+    pruned, _, metrics = _prune_and_recover(
+        model, space, base.shape, criterion.name, pruning_config, ratio_weights, ray.get(baseline.refs.batches),
+        stats, splits, seed=cell.seed, recipe=replace(settings.recipes[cell.recipe], seed=cell.seed),
+        criterion_options=criterion.options, scores=scores,
+    )
+    metrics.update(_cost_metrics(pruned, base.shape, base.baseline, False, base.threads))
+    metrics["test_accuracy"] = evaluate(pruned, make_loader(splits.test, EVAL_BATCH, shuffle=False)).accuracy
+    # unshared, the scores were computed in this cell: their cost is part of prune_seconds
+    metrics["scores_compute_seconds"] = seconds if seconds is not None else metrics["prune_seconds"]
+    metrics.update(criterion_name=criterion.name, scores="shared" if settings.share_scores else "computed in the cell")
+    tune.report(metrics)

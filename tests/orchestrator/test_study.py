@@ -1,0 +1,244 @@
+"""Criterion comparison studies end to end on tiny models: every cell once in MLflow, scores
+computed once per (checkpoint, criterion, seed), a failing criterion's cells FAILED while the
+rest finish, tables and plots logged, and the report read back from MLflow.
+
+The baselines are two ``user_models:tiny_cnn`` weight files (two "training seeds") on real
+Fashion-MNIST (skipped without it); the studies run on the session's Ray runtime."""
+from __future__ import annotations
+
+import io
+import json
+from contextlib import redirect_stdout
+from pathlib import Path
+
+import pytest
+import torch
+
+from orchestrator import cli
+from orchestrator.studies import StudyConfig, run_study, score_keys, study_cells
+from orchestrator.studies.run import TRACKING_KIND
+from orchestrator.studies.scores import SCORES_FOLDER, read_computations
+from orchestrator.sweeps import Tracker
+
+pytestmark = pytest.mark.fashion_mnist
+
+TINY_DATA = {"calibration_images": 32, "batch_size": 32, "test_subset": 64}
+TINY_RECIPES = {"bn": {"reconstruct": False, "bn_batches": 1, "batch_size": 32},
+                "reconstruct": {"reconstruct": True, "bn_batches": 1, "batch_size": 32}}
+
+
+def tiny_weights(folder: Path, seeds=(0, 1)) -> list[dict]:
+    from user_models import tiny_cnn
+
+    entries = []
+    for seed in seeds:
+        torch.manual_seed(seed)
+        path = folder / f"tiny-{seed}.pt"
+        torch.save(tiny_cnn(10, 1, width=8).state_dict(), path)
+        entries.append({"model": "user_models:tiny_cnn", "weights": str(path), "model_kwargs": {"width": 8},
+                        "label": f"tiny{seed}"})
+    return entries
+
+
+def tiny_study(tmp: Path, name: str, **extra) -> dict:
+    return {"name": name, "checkpoints": tiny_weights(tmp), "criteria": ["random", "l1"],
+            "recipes": {"bn": TINY_RECIPES["bn"]}, "flops_reductions": [0.3, 0.5], "seeds": [0, 1],
+            "data": TINY_DATA, "run_dir": str(tmp / name), **extra}
+
+
+def tracker_of(config: StudyConfig) -> Tracker:
+    tracker = Tracker(config.tracking_uri, config.tracking.experiment, config.run_dir, kind=TRACKING_KIND)
+    assert tracker.find_parent() is not None
+    return tracker
+
+
+@pytest.fixture(scope="module")
+def study(ray_session, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("study")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("PRUNESWEEP_CACHE", str(tmp / "cache"))
+    config = StudyConfig.from_dict(tiny_study(tmp, "tiny"))
+    yield config, run_study(config, progress=False)
+    mp.undo()
+
+
+def test_every_cell_appears_once_in_mlflow(study):
+    config, result = study
+    runs = tracker_of(config).trial_runs()
+    cells = {cell.id: cell for cell in study_cells(config)}
+    assert len(cells) == 16 and len(runs) == 16
+    assert sorted(r.info.run_name for r in runs.values()) == sorted(cells)
+    for run in runs.values():
+        assert run.info.status == "FINISHED"
+        cell = cells[run.info.run_name]
+        assert run.data.params["criterion"] == cell.criterion and run.data.params["seed"] == str(cell.seed)
+        assert 0 <= run.data.metrics["test_accuracy"] <= 1 and run.data.tags["scores"] == "shared"
+    assert result.counts == {"cells": 16, "logged": 16, "finished": 16, "failed": 0, "ran": 16}
+
+
+def test_scores_are_computed_once_per_checkpoint_criterion_and_seed(study):
+    config, result = study
+    computed = read_computations(Path(config.run_dir) / SCORES_FOLDER)
+    assert sorted(line["key"] for line in computed) == sorted(k.text for k in score_keys(config))
+    assert len(computed) == 2 * 2 * 2 and {line["status"] for line in computed} == {"FINISHED"}
+    assert result.scores["keys_computed"] == 8
+    # every cell read its key's seconds: each key's cost counted by its 2 targets
+    assert result.scores["unshared_seconds"] == pytest.approx(2 * result.scores["shared_seconds"])
+
+
+def test_parent_run_holds_config_commit_tables_and_plots(study):
+    config, result = study
+    tracker = tracker_of(config)
+    parent = tracker.client.get_run(result.parent_run_id)
+    assert parent.data.tags["prunesweep.git_commit"] and parent.data.params["statistics.reference"] == "random"
+    assert parent.data.metrics["baseline_tiny0.test_accuracy"] >= 0
+    artifacts = {a.path for a in tracker.client.list_artifacts(result.parent_run_id, "study")}
+    assert {"study/cells.csv", "study/cells.md", "study/summary.md", "study/summary.json",
+            "study/accuracy_vs_macs.png"} <= artifacts
+    config_text = Path(tracker.client.download_artifacts(result.parent_run_id, "config/study.yaml")).read_text()
+    assert StudyConfig.from_dict(__import__("yaml").safe_load(config_text)) == config
+    # per (recipe, ratios, criterion, target): the 2 checkpoints x 2 seeds; l1 paired with random
+    assert {row["n"] for row in result.tables.summary} == {4}
+    (paired,) = result.tables.paired
+    assert paired["criterion"] == "l1" and paired["pairs"] == 8 and paired["test"] == "wilcoxon"
+    assert result.tables.statistics["accuracy_split"] == "test"
+
+
+def test_report_reads_the_study_back_from_mlflow(study, capsys):
+    config, result = study
+    assert cli.main(["compare", "--report", config.run_dir, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["summary"] == json.loads(json.dumps(result.tables.summary))
+    assert data["counts"]["finished"] == 16
+
+
+def test_a_failing_criterion_fails_its_cells_and_the_rest_finish(ray_session, tmp_path, monkeypatch):
+    monkeypatch.setenv("PRUNESWEEP_CACHE", str(tmp_path / "cache"))
+    raw = tiny_study(tmp_path, "failing", flops_reductions=[0.5], seeds=[0])
+    raw["checkpoints"] = raw["checkpoints"][:1]
+    config = StudyConfig.from_dict(raw)
+    result = run_study(config, progress=False, inject_failures=("l1",))
+    runs = tracker_of(config).trial_runs().values()
+    status = {r.data.params["criterion"]: r.info.status for r in runs}
+    assert status == {"random": "FINISHED", "l1": "FAILED"}
+    failed = next(r for r in runs if r.info.status == "FAILED")
+    assert "injected failure in scoring l1" in failed.data.tags["prunesweep.error"]
+    assert result.counts["failed"] == 1 and result.counts["finished"] == 1
+
+
+def test_flag_compare_is_a_one_checkpoint_uniform_study(ray_session, tmp_path, monkeypatch):
+    monkeypatch.setenv("PRUNESWEEP_CACHE", str(tmp_path / "cache"))
+    (weights,) = tiny_weights(tmp_path, seeds=(0,))
+    buffer = io.StringIO()
+    with redirect_stdout(buffer):
+        code = cli.main(["compare", "--model", weights["model"], "--weights", weights["weights"],
+                         "--model-kwargs", '{"width": 8}', "--criteria", "l1", "fpgm", "--flops-reductions", "0.4",
+                         "--seeds", "3", "--bn-batches", "1", "--calibration-images", "32", "--batch-size", "32",
+                         "--test-subset", "64", "--run-dir", str(tmp_path / "cmp"), "--name", "cmp", "--json", "--quiet"])
+    assert code == 0
+    data = json.loads(buffer.getvalue())
+    rows = {(r["criterion"], r["flops_reduction"]): r for r in data["summary"]}
+    assert set(rows) == {("l1", 0.4), ("fpgm", 0.4)}
+    for row in rows.values():
+        assert row["n"] == 1 and row["failed"] == 0 and row["ci_low"] is None
+        assert 0.0 <= row["test_accuracy_mean"] <= 1.0
+    config = StudyConfig.from_dict(__import__("yaml").safe_load((tmp_path / "cmp" / "study.yaml").read_text()))
+    assert [r.label for r in config.ratios] == ["uniform"] and list(config.recipes) == ["default"]
+    assert config.recipes["default"].bn_batches == 1 and config.statistics.reference == "l1"
+    runs = tracker_of(config).trial_runs()
+    assert sorted((r.data.params["criterion"], r.data.params["seed"], r.info.status) for r in runs.values()) == [
+        ("fpgm", "3", "FINISHED"), ("l1", "3", "FINISHED")]
+    for run in runs.values():
+        assert {"accuracy", "test_accuracy", "bn_accuracy", "macs", "reconstructed_accuracy",
+                "bn_recalibrated_accuracy"} <= set(run.data.metrics)
+
+
+def _ended_cells(run_dir: Path) -> set[str]:
+    return {p.parent.name for p in (run_dir / "tune").glob("*/result.json") if p.read_text().strip()}
+
+
+def _snapshot_with_an_ended_cell(run_dir: Path) -> int | None:
+    """The write time of Tune's experiment snapshot if it records a TERMINATED cell, else None."""
+    for path in (run_dir / "tune").glob("experiment_state-*.json"):
+        try:
+            written = path.stat().st_mtime_ns
+            trials = json.loads(path.read_text())["trial_data"]
+        except (OSError, ValueError, KeyError):  # being written
+            continue
+        if any(json.loads(state).get("status") == "TERMINATED" for state, _ in trials):
+            return written
+    return None
+
+
+def _wait_for(condition, deadline: float, what: str):
+    import time
+
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_resume_after_a_kill_repeats_nothing(ray_session, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    repo = Path(__file__).resolve().parents[2]
+    raw = tiny_study(tmp_path, "resume", seeds=[0, 1, 2, 3])  # 16 cells of a second or so, one at a time:
+    raw["checkpoints"] = raw["checkpoints"][:1]          # at the kill some ended, one running, the rest waiting
+    raw["execution"] = {"concurrency": 1}
+    path = tmp_path / "resume.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    run_dir = tmp_path / "resume"
+    env = {**os.environ, "PRUNESWEEP_CACHE": str(tmp_path / "cache"),
+           "PYTHONPATH": os.pathsep.join([str(repo / "tests"), os.environ.get("PYTHONPATH", "")])}
+    address = ray_session.get_runtime_context().gcs_address
+    driver = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "compare", "--config", str(path),
+                               "--address", address, "--quiet"], cwd=repo, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 300
+        while not _ended_cells(run_dir) and driver.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert driver.poll() is None, f"the driver ended before a cell did: {driver.stderr.read().decode()[-2000:]}"
+        recorded = _wait_for(lambda: _snapshot_with_an_ended_cell(run_dir), deadline, "a snapshot")
+        _wait_for(lambda: (_snapshot_with_an_ended_cell(run_dir) or 0) > recorded, deadline, "the next snapshot")
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(timeout=30)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    before_cells = _ended_cells(run_dir)
+    assert 1 <= len(before_cells) < 16, "the study was interrupted mid-way"
+    computed_before = read_computations(run_dir / SCORES_FOLDER)
+    config = StudyConfig.from_dict(yaml.safe_load((run_dir / "study.yaml").read_text()))
+    before_runs = tracker_of(config).trial_runs()
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PRUNESWEEP_CACHE", str(tmp_path / "cache"))
+        buffer = io.StringIO()
+        with redirect_stdout(buffer):
+            assert cli.main(["compare", "--resume", str(run_dir), "--json", "--quiet"]) == 0
+    data = json.loads(buffer.getvalue())
+    assert data["counts"]["finished"] == 16 and data["counts"]["logged"] == 16
+    # Tune: 16 cells ended, each reported once, those ended before the kill among them (a cell
+    # running at the kill, never snapshotted, leaves an empty folder and runs again); MLflow: one
+    # run per cell, the ones logged before the kill untouched
+    ended = _ended_cells(run_dir)
+    assert len(ended) == 16 and before_cells <= ended
+    assert all(len((run_dir / "tune" / name / "result.json").read_text().splitlines()) == 1 for name in ended)
+    runs = tracker_of(config).trial_runs()
+    assert sorted(r.info.run_name for r in runs.values()) == sorted(c.id for c in study_cells(config))
+    assert {r.info.status for r in runs.values()} == {"FINISHED"}
+    for trial_id, run in before_runs.items():
+        assert runs[trial_id].info.run_id == run.info.run_id
+        assert runs[trial_id].data.metrics["test_accuracy"] == run.data.metrics["test_accuracy"]
+    # the scores were computed before the kill and read back, not recomputed
+    assert len(computed_before) == 2 * 4 and read_computations(run_dir / SCORES_FOLDER) == computed_before
