@@ -63,6 +63,8 @@ def _starts_private_ray(args: argparse.Namespace) -> bool:
     """Whether this command is about to start a local Ray that should live in a private network."""
     if getattr(args, "ray_network", None) not in ("auto", "private") or args.address is not None or distributed.decided():
         return False
+    if getattr(args, "report", None):  # `compare --report` reads MLflow only
+        return False
     return args.command in _RAY_COMMANDS or args.workers > 0
 
 

@@ -147,8 +147,9 @@ class Tracker:
 
     def resume_hint(self) -> str:
         """How to get the trials Tune kept into the store once it answers again ("" before Tune ran)."""
-        if self.kind == "sweep" and (Path(self.run_dir) / TUNE_EXPERIMENT).is_dir():
-            return f"Tune keeps the trial results: resume with `prunesweep sweep --resume {self.run_dir}` once it answers"
+        command = {"sweep": "sweep", "study": "compare"}.get(self.kind)
+        if command is not None and (Path(self.run_dir) / TUNE_EXPERIMENT).is_dir():
+            return f"Tune keeps the trial results: resume with `prunesweep {command} --resume {self.run_dir}` once it answers"
         return ""
 
     @property
