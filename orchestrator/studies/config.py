@@ -62,6 +62,17 @@ def _entry(key: str, value: Any) -> dict[str, Any]:
     return entry
 
 
+def _named_entry(cls, key: str, value: Any, section: str):
+    """``cls(name=..., options=..., label=...)`` from a list entry of ``section``, its errors
+    naming the list entry (``key``), not the section."""
+    data = _entry(key, value)
+    name, label = data.pop("name"), data.pop("label", "")
+    try:
+        return cls(name=name, options=data, label=label)
+    except ConfigError as err:
+        raise ConfigError(key + err.key[len(section):].replace(f".{name}.", "."), str(err)[len(err.key) + 2:]) from None
+
+
 @dataclass(frozen=True)
 class BaselineSettings:
     """One baseline: a checkpoint path or a :class:`ModelSettings`, named by ``label`` (default:
@@ -127,12 +138,7 @@ class CriterionSettings:
 
     @classmethod
     def from_dict(cls, key: str, value: Any) -> CriterionSettings:
-        data = _entry(key, value)
-        name, label = data.pop("name"), data.pop("label", "")
-        try:
-            return cls(name=name, options=data, label=label)
-        except ConfigError as err:  # name the list entry, not the section
-            raise ConfigError(key + err.key[len("criteria"):].replace(f".{name}.", "."), str(err)[len(err.key) + 2:]) from None
+        return _named_entry(cls, key, value, "criteria")
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "label": self.label, **to_plain(dict(self.options))}
@@ -166,12 +172,7 @@ class RatioSettings:
 
     @classmethod
     def from_dict(cls, key: str, value: Any) -> RatioSettings:
-        data = _entry(key, value)
-        name, label = data.pop("name"), data.pop("label", "")
-        try:
-            return cls(name=name, options=data, label=label)
-        except ConfigError as err:
-            raise ConfigError(key + err.key[len("ratios"):].replace(f".{name}.", "."), str(err)[len(err.key) + 2:]) from None
+        return _named_entry(cls, key, value, "ratios")
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "label": self.label, **dict(self.options)}
