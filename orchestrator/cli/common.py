@@ -132,18 +132,20 @@ def measure(model: nn.Module, shape: tuple[int, int, int], accuracy: float | Non
     }
 
 
-def collect_stats(args: argparse.Namespace, model: nn.Module, groups, batches, **options: Any):
+def collect_stats(args: argparse.Namespace, model: nn.Module, groups, batches, *, return_report: bool = False,
+                  **options: Any):
     """Activation statistics of ``groups`` over ``batches``: in-process, or on ``--workers`` Ray
-    actors (joining ``--address``)."""
+    actors (joining ``--address``). ``return_report``: ``(stats, RunReport or None in-process)``."""
     workers = args.workers
     if not workers:
         from pruning.statistics import collect_activation_stats
 
-        return collect_activation_stats(model, groups, batches, progress=not args.quiet, **options)
+        state = collect_activation_stats(model, groups, batches, progress=not args.quiet, **options)
+        return (state, None) if return_report else state
     distributed.connect(args.address, workers, args.cpus_per_worker, log_to_driver=not args.json)
     return distributed.distributed_stats(model, groups, batches, workers=workers, cpus_per_worker=args.cpus_per_worker,
                                          gpus_per_worker=getattr(args, "gpus_per_worker", 0.0),
-                                         progress=not args.quiet, **options)
+                                         progress=not args.quiet, return_report=return_report, **options)
 
 
 def distribute_criterion(criterion, args: argparse.Namespace):

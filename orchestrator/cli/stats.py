@@ -48,11 +48,14 @@ def run(args: argparse.Namespace) -> CommandResult:
     loaded.model.to(device)  # the in-process pass (and the histogram edges) run there
     batches = calibration_batches(loaded.splits, args.calibration_images, 128)
     started = time.perf_counter()
-    state = collect_stats(args, loaded.model, space.groups, batches, bins=args.bins, value=args.value, chip=args.chip)
+    state, report = collect_stats(args, loaded.model, space.groups, batches, bins=args.bins, value=args.value,
+                                  chip=args.chip, return_report=True)
     seconds = time.perf_counter() - started
     state.save(args.out)
     data = {"checkpoint": args.checkpoint, "model": loaded.spec.name, "out": str(args.out),
             "images": sum(len(y) for _, y in batches),
-            "layers": len(space.groups), "seconds": seconds, "workers": workers, "ray_network": ray_network(args)}
+            "layers": len(space.groups), "seconds": seconds, "workers": workers, "ray_network": ray_network(args),
+            # Ray node id -> shards its actors ran (None in-process): on a cluster, which nodes worked
+            "nodes": report.nodes if report is not None else None}
     return CommandResult(f"statistics of {data['layers']} layers over {data['images']} calibration images "
                          f"in {seconds:.1f} s -> {args.out}", data)

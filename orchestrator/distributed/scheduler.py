@@ -39,7 +39,8 @@ class RunReport:
     actors started for this run (0 with a warm :class:`WorkerPool`); ``put_s``: object-store
     puts; ``start_s``: from asking for the actors until every one has started and loaded its model
     replica; ``wall_s``: the whole call. ``groups`` (Shapley only): per group ``{blocks, merged,
-    converged, permutations}``.
+    converged, permutations}``. ``nodes`` (statistics only): Ray node id -> shards accepted from
+    actors on that node (which machines did the work on a cluster).
     """
 
     kind: str
@@ -56,6 +57,7 @@ class RunReport:
     start_s: float = 0.0
     wall_s: float = 0.0
     groups: dict = field(default_factory=dict)
+    nodes: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         out = dict(self.__dict__)

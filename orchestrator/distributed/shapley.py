@@ -4,12 +4,13 @@
 Per group, the permutation budget is cut into blocks of ``options.batch_permutations``
 permutations (:func:`pruning.games.shapley_blocks`): what a block computes depends on its index
 only, not on which actor runs it. The blocks' Welford states merge on the driver strictly in
-block order (:class:`pruning.games.BlockMerge`), with the ``epsilon`` stop checked after each
-in-order merge, so the result is bit-identical across runs and across worker counts for the same
-block plan. Blocks that were handed out before their group converged and come back afterwards
-are discarded; once a group has converged or spent its budget, none of its blocks are handed
-out any more. The model must be importable on the workers (its class is pickled by reference):
-models from :mod:`pruning.models` are, on any node where this project is installed.
+block order (:class:`pruning.games.BlockMerge`), with the early stop (``epsilon`` or
+``boundary``) checked after each in-order merge, so the result is bit-identical across runs and
+across worker counts for the same block plan. Blocks that were handed out before their group
+converged and come back afterwards are discarded; once a group has converged or spent its
+budget, none of its blocks are handed out any more. The model must be importable on the
+workers (its class is pickled by reference): models from :mod:`pruning.models` are, on any
+node where this project is installed.
 """
 from __future__ import annotations
 
@@ -26,11 +27,10 @@ from orchestrator.distributed.pool import WorkerPool, cpu_model, pool_for, resol
 from orchestrator.distributed.scheduler import RunReport, ShardRunner
 from pruning.errors import InputError
 from pruning.games import (
-    BlockMerge,
     LayerGame,
     ShapleyEstimate,
     ShapleyOptions,
-    calibration_batch,
+    block_merge,
     estimate_block,
     exact_shapley,
     resolve_trace,
@@ -80,7 +80,7 @@ def distributed_shapley(
 ) -> dict[str, ShapleyEstimate] | tuple[dict[str, ShapleyEstimate], RunReport]:
     """Shapley values of every group's channels as ``options`` say, in blocks on Ray actors.
 
-    The worth is computed on the first ``options.batch_size`` calibration images; each block
+    The worth is computed on ``options.game_batch(calibration, seed)``; each block
     holds ``options.batch_permutations`` permutations. Groups with at most
     ``options.exact_below`` channels are enumerated exactly on the driver. Shard ids in the
     report are ``(group name, block index)``. ``workers`` / ``pool`` as for
@@ -96,7 +96,7 @@ def distributed_shapley(
     report = RunReport("shapley", workers, float(cpus_per_worker))
     if not groups:
         return ({}, report) if return_report else {}
-    inputs, targets = calibration_batch(calibration, options.batch_size)
+    inputs, targets = options.game_batch(calibration, seed)
 
     results: dict[str, ShapleyEstimate] = {}
     blocks: dict[str, list] = {}
@@ -107,8 +107,8 @@ def distributed_shapley(
             results[g.name] = exact_shapley(game)
         else:
             blocks[g.name] = shapley_blocks(options, seed, g.name)
-    merges = {name: BlockMerge(len(plan), options.epsilon) for name, plan in blocks.items()}
-    # round-robin over groups by block index: every group advances, the epsilon stop bites early
+    merges = {name: block_merge(options, len(plan)) for name, plan in blocks.items()}
+    # round-robin over groups by block index: every group advances, an early stop bites early
     shards = [((name, k), block) for k, step in enumerate(zip(*blocks.values())) for name, block in zip(blocks, step)]
     report.shards = len(shards)
 

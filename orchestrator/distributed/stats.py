@@ -30,8 +30,11 @@ class _StatsTask:
     def __init__(self, model, groups, inputs, edges, options) -> None:
         self.model, self.groups, self.inputs, self.edges, self.options = model, groups, inputs, edges, options
 
-    def __call__(self, key: int, indices: Sequence[int]) -> ActivationStats:
-        return accumulate_stats(self.model, self.groups, [self.inputs[i] for i in indices], self.edges, **self.options)
+    def __call__(self, key: int, indices: Sequence[int]) -> tuple[str, ActivationStats]:
+        # the node id travels with the result: the report says which machines ran shards
+        node = ray.get_runtime_context().get_node_id()
+        return node, accumulate_stats(self.model, self.groups, [self.inputs[i] for i in indices], self.edges,
+                                      **self.options)
 
 
 def distributed_stats(
@@ -61,7 +64,8 @@ def distributed_stats(
     as in-process); then shards of ``shard_size``
     batches (default: about four shards per worker) run on the actors and merge on the driver as
     they arrive. Equal to the in-process result: counts exactly, float sums up to order.
-    With ``return_report``, returns ``(stats, RunReport)``; shard ids are batch-shard indices.
+    With ``return_report``, returns ``(stats, RunReport)``; shard ids are batch-shard indices,
+    ``nodes`` counts the shards each Ray node's actors ran.
     ``pool``: run on the first ``workers`` (default: all) actors of a :class:`WorkerPool`
     (``cpus_per_worker`` is then the pool's) instead of actors started for this call.
     ``gpus_per_worker``: the GPU share each new actor reserves (its replica then runs there).
@@ -94,7 +98,9 @@ def distributed_stats(
 
     merged: list[ActivationStats] = []
 
-    def accept(key, state: ActivationStats) -> None:
+    def accept(key, value: tuple[str, ActivationStats]) -> None:
+        node, state = value
+        report.nodes[node] = report.nodes.get(node, 0) + 1
         merged[:] = [state if not merged else merged[0].merge(state)]
 
     with pool_for(pool, workers, cpus_per_worker, gpus_per_worker) as active:

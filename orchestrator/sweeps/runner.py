@@ -20,8 +20,8 @@ from orchestrator.sweeps.tracking_server import TrackingUnavailable, check_serve
 from orchestrator.sweeps.trials import TrialSettings, put_shared
 
 __all__ = [
-    "EXPERIMENT_NAME", "check_tracking_reachable", "ray_connection", "start_parent_run", "run_trials",
-    "finished_cleanly",
+    "EXPERIMENT_NAME", "check_storage_shared", "check_tracking_reachable", "ray_connection", "start_parent_run",
+    "run_trials", "finished_cleanly",
 ]
 
 #: the Tune experiment's folder inside a run directory
@@ -72,6 +72,37 @@ def _relay_to_host(tracking_uri: str, parts: urllib.parse.SplitResult) -> None:
     except OSError as err:
         raise TrackingUnavailable(tracking_uri, err.strerror or str(err),
                                   "start it, or give a tracking.uri (--tracking-uri) that answers") from None
+
+
+def check_storage_shared(run_dir: str | os.PathLike) -> None:
+    """Every alive Ray node must see ``run_dir``, Tune's storage: a trial persists its checkpoint
+    there from the node it ran on, and the driver reads the front's models back from there to log
+    them. Ray only finds out when a trial on a node that lacks the path saves its checkpoint (that
+    trial errors); this asks every node up front (a zero-CPU task pinned to each, seconds), for a
+    one-line error before anything runs. One node (a local Ray): nothing to ask."""
+    import uuid
+
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = [node["NodeID"] for node in ray.nodes() if node.get("Alive")]
+    if len(nodes) < 2:
+        return
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    marker = Path(run_dir).absolute() / f".prunesweep-storage-{uuid.uuid4().hex}"
+    marker.touch()
+    try:
+        # os.path.exists itself: a worker imports nothing of this package to run it
+        probe = ray.remote(num_cpus=0, max_retries=0)(os.path.exists)
+        seen = ray.get([probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
+                        .remote(str(marker)) for node in nodes], timeout=300)
+    finally:
+        marker.unlink(missing_ok=True)
+    blind = [node for node, ok in zip(nodes, seen) if not ok]
+    if blind:
+        raise ConfigError("run_dir", f"{Path(run_dir).absolute()} is not visible on {len(blind)} of the {len(nodes)} "
+                          f"Ray nodes ({', '.join(n[:12] for n in blind)}); Tune keeps trial checkpoints there: put "
+                          "run_dir on a filesystem every node mounts at the same path (NFS), see docs/cluster.md")
 
 
 @contextlib.contextmanager
@@ -152,6 +183,7 @@ def run_trials(
     of starting one. ``make_search`` builds the search algorithm of a new experiment (None:
     ``param_space`` only). Console: with ``progress``, one line per ended trial (labelled
     ``stage``) and no Tune status tables, unless ``verbose`` brings Tune's own output back.
+    Every Ray node must see the run directory, Tune's storage (:func:`check_storage_shared`).
     A raising driver marks the parent run FAILED; trials the logger could not log because the
     tracking server did not answer (Tune keeps them) raise ``TrackingUnavailable``, one line.
     """
@@ -159,6 +191,7 @@ def run_trials(
 
     ProgressLines.enabled = progress
     try:
+        check_storage_shared(tracker.run_dir)
         with _tune_environment(progress):
             refs = refs or put_shared(setup, stats, utilization)
             trainable = tune.with_resources(functools.partial(trial, refs=refs, settings=settings),

@@ -13,7 +13,6 @@ from pruning.games import (
     LayerGame,
     ShapleyEstimate,
     ShapleyOptions,
-    calibration_batch,
     estimate_shapley,
     group_seed,
     resolve_trace,
@@ -48,7 +47,9 @@ class ShapleyChannels(Criterion):
     where N are the group's n channels and v(S) is the mean log-probability of the true class on
     a fixed calibration batch of ``batch_size`` images with the channels outside S zeroed at every
     observed output of the group (:class:`pruning.games.LayerGame`; ``value`` may also be
-    ``"accuracy"`` or ``"margin"``).
+    ``"accuracy"``, ``"margin"`` or ``"kl"``: minus the KL divergence from the unpruned
+    network's output distribution, 0 at the full layer, no labels). The batch is the first
+    calibration images, or with ``stratified`` equally many per class drawn with ``seed``.
 
     Chen & Wang, "An Effective Information Theoretic Framework for Channel Pruning",
     arXiv:2408.16772 (Shapley values select the channels; their information concentration sets
@@ -57,8 +58,10 @@ class ShapleyChannels(Criterion):
     The options (:class:`pruning.games.ShapleyOptions`, in ``options``) default to a cheap
     estimate: Monte Carlo permutation sampling with ``max_permutations`` permutations in
     antithetic pairs, TMC truncation at ``truncation`` * |v(N) - v(empty)| (None: off), an
-    optional early stop when every standard error is below ``epsilon``, exact enumeration only
-    for groups with at most ``exact_below`` channels (0 = never; capped at 10). Each group uses its
+    optional early stop when every standard error is below ``epsilon`` or, for pruning at the
+    fraction ``boundary``, once the channels around the keep/prune cut are separated
+    (:class:`pruning.games.BoundaryStop` with ``boundary_z``, ``boundary_margin``), exact
+    enumeration only for groups with at most ``exact_below`` channels (0 = never; capped at 10). Each group uses its
     own seed derived from ``seed`` and the group name. ``mode`` picks the evaluation path
     (``auto``: fx downstream-only re-execution, falling back to full forwards with hooks);
     ``max_batch`` bounds the images per forward. Per-group cost and mode of the last ``score``
@@ -75,8 +78,12 @@ class ShapleyChannels(Criterion):
         seed: int = 0,
         max_permutations: int = 8,
         epsilon: float | None = None,
+        boundary: float | None = None,
+        boundary_z: float = 2.0,
+        boundary_margin: float = 0.0,
         value: str = "logprob",
         batch_size: int = 32,
+        stratified: bool = False,
         antithetic: bool = True,
         truncation: float | None = 0.02,
         batch_permutations: int = 8,
@@ -88,8 +95,12 @@ class ShapleyChannels(Criterion):
         self.options = ShapleyOptions(
             max_permutations=max_permutations,
             epsilon=epsilon,
+            boundary=boundary,
+            boundary_z=boundary_z,
+            boundary_margin=boundary_margin,
             value=value,
             batch_size=batch_size,
+            stratified=stratified,
             antithetic=antithetic,
             truncation=truncation,
             batch_permutations=batch_permutations,
@@ -118,7 +129,7 @@ class ShapleyChannels(Criterion):
         if not groups:
             return
         options = self.options
-        inputs, targets = calibration_batch(context.calibration, options.batch_size)
+        inputs, targets = options.game_batch(context.calibration, self.seed)
         mode, traced = resolve_trace(model, options.mode)
         for group in groups:
             yield LayerGame(

@@ -12,13 +12,15 @@ from pruning.games.coalitions import (
 from pruning.games.layer import MODES, LayerGame, resolve_trace, trace_model
 from pruning.games.estimators import (
     EXACT_MAX_SIZE,
+    BoundaryStop,
+    stop_reached,
     RunningStats,
     ShapleyEstimate,
     exact_shapley,
     permutation_shapley,
 )
 from pruning.games.estimation import ShapleyOptions, calibration_batch, estimate_shapley, group_seed
-from pruning.games.blocks import BlockMerge, estimate_block, shapley_block_plan, shapley_blocks
+from pruning.games.blocks import BlockMerge, block_merge, estimate_block, shapley_block_plan, shapley_blocks
 from pruning.games.snpfi import (
     exact_interaction,
     mean_interaction,
@@ -41,6 +43,8 @@ __all__ = [
     "trace_model",
     "resolve_trace",
     "RunningStats",
+    "BoundaryStop",
+    "stop_reached",
     "ShapleyEstimate",
     "exact_shapley",
     "permutation_shapley",
@@ -52,6 +56,7 @@ __all__ = [
     "shapley_blocks",
     "estimate_block",
     "BlockMerge",
+    "block_merge",
     "utilization_curve",
     "sparsity_from_curve",
     "snpfi_sparsity",

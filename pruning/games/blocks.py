@@ -5,9 +5,9 @@ The block plan depends only on the options and the group: block ``k`` of group `
 ``SeedSequence(group_seed(seed, g)).spawn(blocks)[k]`` (:func:`shapley_blocks`), so what a block
 computes (:func:`estimate_block`) does not depend on who computes it or when. :class:`BlockMerge`
 combines the blocks' Welford states with Chan's formula strictly in block order (blocks that
-arrive early wait) and checks the ``epsilon`` stop after every in-order merge, so the result is
-bit-identical whatever the arrival order. ``orchestrator.distributed`` runs the blocks on Ray
-actors; nothing here knows about Ray.
+arrive early wait) and checks the early stop (``epsilon`` or the boundary) after every in-order
+merge, so the result is bit-identical whatever the arrival order. ``orchestrator.distributed``
+runs the blocks on Ray actors; nothing here knows about Ray.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import numpy as np
 
 from pruning.games.coalitions import CoalitionGame
 from pruning.games.estimation import ShapleyOptions, group_seed
-from pruning.games.estimators import RunningStats, ShapleyEstimate, permutation_shapley
+from pruning.games.estimators import BoundaryStop, RunningStats, ShapleyEstimate, permutation_shapley, stop_reached
 
 
 def shapley_block_plan(max_permutations: int, block: int, antithetic: bool) -> list[int]:
@@ -37,9 +37,14 @@ def shapley_blocks(options: ShapleyOptions, seed: int, name: str) -> list[tuple[
     return list(zip(plan, np.random.SeedSequence(group_seed(seed, name)).spawn(len(plan))))
 
 
+def block_merge(options: ShapleyOptions, blocks: int) -> BlockMerge:
+    """The :class:`BlockMerge` of a group of ``blocks`` blocks with the stop ``options`` set."""
+    return BlockMerge(blocks, options.epsilon, options.boundary_stop())
+
+
 def estimate_block(game: CoalitionGame, options: ShapleyOptions, permutations: int,
                    seed: np.random.SeedSequence) -> ShapleyEstimate:
-    """One block: ``permutations`` permutations in one batch, without the ``epsilon`` stop
+    """One block: ``permutations`` permutations in one batch, without an early stop
     (:class:`BlockMerge` decides that on the merged blocks)."""
     return permutation_shapley(
         game,
@@ -54,15 +59,17 @@ def estimate_block(game: CoalitionGame, options: ShapleyOptions, permutations: i
 
 
 class BlockMerge:
-    """In-block-order Chan merge of one group's ``blocks`` blocks, with the ``epsilon`` stop.
+    """In-block-order Chan merge of one group's ``blocks`` blocks, with the early stop of
+    :func:`~pruning.games.estimators.stop_reached` (``epsilon`` and/or ``boundary``).
 
-    ``merged`` blocks are in the estimate; ``done`` once the group converged (max standard error
-    below ``epsilon``) or every block is merged; blocks added after that are ignored.
+    ``merged`` blocks are in the estimate; ``done`` once the group converged (the stop reached)
+    or every block is merged; blocks added after that are ignored.
     """
 
-    def __init__(self, blocks: int, epsilon: float | None) -> None:
+    def __init__(self, blocks: int, epsilon: float | None, boundary: BoundaryStop | None = None) -> None:
         self.blocks = blocks
         self.epsilon = epsilon
+        self.boundary = boundary
         self.merged = 0
         self.permutations = 0
         self.evaluations = 2  # v(N) and v(empty), which every block computes once more
@@ -85,7 +92,7 @@ class BlockMerge:
             self.evaluations += block.evaluations - 2
             self._endpoints = self._endpoints or (block.v_full, block.v_empty)
             self.merged += 1
-            if self.epsilon is not None and self._stats.count >= 2 and float(self._stats.stderr().max()) < self.epsilon:
+            if stop_reached(self._stats, self.epsilon, self.boundary, self._endpoints[0] - self._endpoints[1]):
                 self.converged = True
         if self.done:
             self._waiting.clear()

@@ -4,7 +4,8 @@
 one game, in this process. The distributed estimator (``orchestrator.distributed``) takes the
 same options object and cuts the same budget into blocks (:mod:`pruning.games.blocks`), so no
 option is ever copied between the two by name. :func:`calibration_batch` picks the images the
-worth is computed on and :func:`group_seed` the random stream of a group.
+worth is computed on (``ShapleyOptions.game_batch`` as the options say) and :func:`group_seed`
+the random stream of a group.
 """
 from __future__ import annotations
 
@@ -17,7 +18,13 @@ import torch
 
 from pruning.errors import InputError
 from pruning.games.coalitions import VALUES, CoalitionGame, game_endpoints
-from pruning.games.estimators import EXACT_MAX_SIZE, ShapleyEstimate, exact_shapley, permutation_shapley
+from pruning.games.estimators import (
+    EXACT_MAX_SIZE,
+    BoundaryStop,
+    ShapleyEstimate,
+    exact_shapley,
+    permutation_shapley,
+)
 from pruning.games.layer import MODES
 
 
@@ -29,16 +36,23 @@ class ShapleyOptions:
     ``batch_permutations`` at a time (the block size when distributed); TMC truncation once
     |v(prefix) - v(N)| < ``truncation`` * |v(N) - v(empty)| (None: off), prefixes then evaluated
     in windows of ``truncation_window`` lengths; an early stop once every standard error is below
-    ``epsilon`` (None: off). Groups with at most ``exact_below`` channels (capped at 10) are
-    enumerated exactly. The worth is ``value`` on the first ``batch_size`` calibration images;
-    ``mode`` picks the evaluation path of :class:`~pruning.games.layer.LayerGame` and
-    ``max_batch`` bounds the images per forward.
+    ``epsilon``, or once the keep/prune cut at the pruned fraction ``boundary`` is decided at
+    ``boundary_z`` standard errors up to ``boundary_margin`` channel shares
+    (:class:`~pruning.games.estimators.BoundaryStop`; None: off, at most one of the two).
+    Groups with at most ``exact_below`` channels (capped at 10) are enumerated exactly. The worth is ``value`` on ``batch_size`` calibration images: the first
+    ones, or with ``stratified`` equally many of each class, drawn with the criterion's seed
+    (:func:`calibration_batch`); ``mode`` picks the evaluation path of
+    :class:`~pruning.games.layer.LayerGame` and ``max_batch`` bounds the images per forward.
     """
 
     max_permutations: int = 8
     epsilon: float | None = None
+    boundary: float | None = None
+    boundary_z: float = 2.0
+    boundary_margin: float = 0.0
     value: str = "logprob"
     batch_size: int = 32
+    stratified: bool = False
     antithetic: bool = True
     truncation: float | None = 0.02
     batch_permutations: int = 8
@@ -61,8 +75,25 @@ class ShapleyOptions:
             raise InputError(f"truncation_window must be >= 1 or None, got {self.truncation_window}")
         if self.epsilon is not None and self.epsilon <= 0:
             raise InputError(f"epsilon must be > 0 or None, got {self.epsilon}")
+        if self.boundary is not None and not 0.0 < self.boundary < 1.0:
+            raise InputError(f"boundary must be a pruned fraction in (0, 1) or None, got {self.boundary}")
+        if self.boundary is not None and self.epsilon is not None:
+            raise InputError(f"give epsilon or boundary, not both (epsilon={self.epsilon}, boundary={self.boundary})")
+        if not self.boundary_z > 0:
+            raise InputError(f"boundary_z must be > 0, got {self.boundary_z}")
+        if not self.boundary_margin >= 0:
+            raise InputError(f"boundary_margin must be >= 0, got {self.boundary_margin}")
         # frozen: the cap is applied once, here, so every reader sees the effective value
         object.__setattr__(self, "exact_below", min(int(self.exact_below), EXACT_MAX_SIZE))
+
+    def boundary_stop(self) -> BoundaryStop | None:
+        """The boundary stop rule, or None when ``boundary`` is off."""
+        return None if self.boundary is None else BoundaryStop(self.boundary, self.boundary_z, self.boundary_margin)
+
+    def game_batch(self, calibration: Sequence[tuple[torch.Tensor, torch.Tensor]],
+                   seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The images and targets every layer game is computed on (:func:`calibration_batch`)."""
+        return calibration_batch(calibration, self.batch_size, stratified=self.stratified, seed=seed)
 
     def truncation_tol(self, game: CoalitionGame) -> float | None:
         """The absolute TMC tolerance for ``game``: ``truncation`` x |v(N) - v(empty)|."""
@@ -81,6 +112,7 @@ def estimate_shapley(game: CoalitionGame, options: ShapleyOptions, seed: int) ->
         game,
         max_permutations=options.max_permutations,
         epsilon=options.epsilon,
+        boundary=options.boundary_stop(),
         antithetic=options.antithetic,
         truncation_tol=options.truncation_tol(game),
         batch_permutations=options.batch_permutations,
@@ -89,18 +121,50 @@ def estimate_shapley(game: CoalitionGame, options: ShapleyOptions, seed: int) ->
     )
 
 
-def calibration_batch(calibration: Sequence[tuple[torch.Tensor, torch.Tensor]], batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first ``batch_size`` calibration images (concatenated across batches) and targets."""
-    xs, ys, total = [], [], 0
-    for x, y in calibration:
-        xs.append(x)
-        ys.append(y)
-        total += len(x)
-        if total >= batch_size:
-            break
-    if not xs:
+def calibration_batch(
+    calibration: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    batch_size: int,
+    *,
+    stratified: bool = False,
+    seed: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``batch_size`` calibration images (concatenated across batches) and their targets.
+
+    Default: the first ``batch_size``. ``stratified``: ``batch_size // K`` images of each of the
+    K classes present in the calibration targets, drawn without replacement with ``seed``, the
+    ``batch_size % K`` left over going one each to classes drawn with the same seed (so counts
+    are equal when ``batch_size`` is a multiple of K); ordered by class. The first images of a
+    split are whatever classes happen to come first, so a small first-images batch can miss
+    classes altogether; a stratified one weighs every class equally.
+    """
+    if not stratified:
+        xs, ys, total = [], [], 0
+        for x, y in calibration:
+            xs.append(x)
+            ys.append(y)
+            total += len(x)
+            if total >= batch_size:
+                break
+        if not xs:
+            raise InputError("no calibration batches")
+        return torch.cat(xs)[:batch_size], torch.cat(ys)[:batch_size]
+    if not calibration:
         raise InputError("no calibration batches")
-    return torch.cat(xs)[:batch_size], torch.cat(ys)[:batch_size]
+    inputs = torch.cat([x for x, _ in calibration])
+    targets = torch.cat([y for _, y in calibration])
+    classes = torch.unique(targets).tolist()
+    rng = np.random.default_rng(seed)
+    counts = np.full(len(classes), batch_size // len(classes))
+    counts[rng.choice(len(classes), batch_size % len(classes), replace=False)] += 1
+    chosen = []
+    for label, count in zip(classes, counts):
+        pool = (targets == label).nonzero().flatten().numpy()
+        if len(pool) < count:
+            raise InputError(f"stratified batch of {batch_size}: class {label} has {len(pool)} calibration "
+                             f"images, needs {count}; use more calibration images or a smaller batch_size")
+        chosen.append(np.sort(rng.choice(pool, int(count), replace=False)))
+    index = torch.from_numpy(np.concatenate(chosen))
+    return inputs[index], targets[index]
 
 
 def group_seed(seed: int, name: str) -> int:

@@ -2,7 +2,8 @@
 
 * :func:`exact_shapley`: enumeration of all 2^C coalitions in one batched call (C <= 10).
 * :func:`permutation_shapley`: Monte Carlo over permutations, with antithetic pairs, TMC
-  truncation and an ``epsilon`` stop.
+  truncation and a stop: ``epsilon`` (every standard error below it) or a
+  :class:`BoundaryStop` (the keep/prune cut at a pruning ratio is decided).
 * :class:`RunningStats`: the per-player Welford state of the samples, mergeable with Chan's
   formula, so that shards computed elsewhere (e.g. blocks on Ray actors) combine exactly;
   :class:`ShapleyEstimate` carries it.
@@ -72,6 +73,77 @@ class RunningStats:
         """Standard error of the mean (inf where n < 2)."""
         se = (self.variance() / self.n.clamp(min=1)).sqrt()
         return torch.where(self.n > 1, se, torch.full_like(se, float("inf")))
+
+
+@dataclass(frozen=True)
+class BoundaryStop:
+    """Stop once the keep/prune cut at ``prune_ratio`` is decided.
+
+    Pruning keeps the ``k = n - round(prune_ratio * n)`` highest values (as the planner removes
+    ``round(ratio * n)``), so only the order across the cut matters, not every value's precision.
+    The cut is decided once the confidence intervals ``mean +- z * stderr`` of the kept channels
+    and those of the pruned ones overlap by at most ``margin`` channel shares,
+
+        min over kept (mean - z se) >= max over pruned (mean + z se) - margin * |v(N) - v(empty)| / n,
+
+    (|v(N) - v(empty)| / n is the mean Shapley value, by efficiency). Channels far from the cut
+    pass at any precision; the ones ranked around it (the k-th and (k+1)-th first) decide when it
+    stops. ``margin`` = 0 asks for full separation, which near-tied channels at the cut never
+    reach; with ``margin`` > 0 channels whose values are that close count as interchangeable
+    (swapping two of them costs about that much worth). Checked once every channel has
+    ``min_samples`` samples (a standard error from fewer is too noisy to trust).
+    """
+
+    prune_ratio: float
+    z: float = 2.0
+    margin: float = 0.0
+    min_samples: int = 4
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.prune_ratio < 1.0:
+            raise ValueError(f"prune_ratio must be in (0, 1), got {self.prune_ratio}")
+        if not self.z > 0:
+            raise ValueError(f"z must be > 0, got {self.z}")
+        if not self.margin >= 0:
+            raise ValueError(f"margin must be >= 0, got {self.margin}")
+        if self.min_samples < 2:
+            raise ValueError(f"min_samples must be >= 2, got {self.min_samples}")
+
+    def kept(self, size: int) -> int:
+        """Channels kept of ``size``."""
+        return size - round(self.prune_ratio * size)
+
+    def overlap(self, stats: RunningStats, span: float) -> float:
+        """How far the kept and pruned intervals overlap, in channel shares (``span / n``):
+        max over pruned (mean + z se) - min over kept (mean - z se); <= 0 once separated, inf
+        before ``min_samples``, -inf when nothing is cut."""
+        size = len(stats.mean)
+        k = self.kept(size)
+        if k <= 0 or k >= size:
+            return float("-inf")  # nothing to order across the cut
+        if stats.count < self.min_samples:
+            return float("inf")
+        order = torch.argsort(stats.mean, descending=True, stable=True)
+        half = self.z * stats.stderr()
+        lower = (stats.mean - half)[order[:k]].min()
+        upper = (stats.mean + half)[order[k:]].max()
+        share = abs(span) / size
+        gap = float(upper - lower)
+        if share == 0.0:  # a layer that does not matter: any overlap is infinitely many shares
+            return gap if gap <= 0 else float("inf")
+        return gap / share
+
+    def reached(self, stats: RunningStats, span: float) -> bool:
+        """The cut is decided (``span`` = |v(N) - v(empty)|)."""
+        return self.overlap(stats, span) <= self.margin
+
+
+def stop_reached(stats: RunningStats, epsilon: float | None, boundary: BoundaryStop | None, span: float) -> bool:
+    """The early stop of the estimators (in process and block merges alike): every standard error
+    below ``epsilon``, or ``boundary`` reached (None: that rule off); ``span`` = |v(N) - v(empty)|."""
+    if epsilon is not None and stats.count >= 2 and float(stats.stderr().max()) < epsilon:
+        return True
+    return boundary is not None and boundary.reached(stats, span)
 
 
 @dataclass(frozen=True, eq=False)
@@ -180,6 +252,7 @@ def permutation_shapley(
     *,
     max_permutations: int = 64,
     epsilon: float | None = None,
+    boundary: BoundaryStop | None = None,
     antithetic: bool = False,
     truncation_tol: float | None = None,
     batch_permutations: int = 16,
@@ -198,8 +271,9 @@ def permutation_shapley(
       tol the remaining marginals of that permutation are 0 (bias at most tol per permutation).
       Prefixes are then evaluated in windows of ``truncation_window`` lengths (default
       max(1, C // 4)) so that truncated permutations stop costing evaluations.
-    * ``epsilon``: stop once the largest per-player standard error is below it (checked after
-      every block), otherwise run until ``max_permutations``.
+    * ``epsilon``: stop once the largest per-player standard error is below it; ``boundary``:
+      stop once the keep/prune cut is decided (:class:`BoundaryStop`). Both are checked after
+      every block (:func:`stop_reached`); with neither, run until ``max_permutations``.
 
     Deterministic given ``seed`` (a private ``numpy.random.Generator``). Without truncation the
     marginals of every permutation sum to exactly v(N) - v(empty).
@@ -228,6 +302,6 @@ def permutation_shapley(
             phi = phi.view(-1, 2, n).mean(1)
         stats.update_many(phi)
         done += len(perms)
-        if epsilon is not None and stats.count >= 2 and float(stats.stderr().max()) < epsilon:
+        if stop_reached(stats, epsilon, boundary, v_full - v_empty):
             break
     return ShapleyEstimate(stats.mean.clone(), stats.stderr(), done, evaluations, v_full, v_empty, stats)

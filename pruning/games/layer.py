@@ -278,6 +278,14 @@ class LayerGame:
                 if mode == "fx":
                     raise
                 self.fallback_reason = f"{type(exc).__name__}: {exc}"
+        # "kl" compares every coalition with the unpruned network's output on the same path (so
+        # v(N) = 0 up to round-off); one forward, not counted as a coalition evaluation
+        self.reference: torch.Tensor | None = None
+        if value == "kl":
+            with _evaluating(self.model):
+                full = torch.ones(1, self.size, device=self.device)
+                logits = self._plan.run(full) if self._plan is not None else self._hooks_logits(full)
+            self.reference = torch.log_softmax(logits.double(), dim=-1)
 
     def _build_plan(self, traced) -> _DownstreamPlan:
         gm = traced if traced is not None else torch.fx.symbolic_trace(self.model)
@@ -317,7 +325,8 @@ class LayerGame:
                 mask = masks[start : start + self.chunk].to(self.device, torch.float32)
                 m = mask.shape[0]
                 logits = self._plan.run(mask) if self._plan is not None else self._hooks_logits(mask)
-                out[start : start + m] = coalition_value(logits.view(m, self.batch_size, -1), self.targets, self.value).cpu()
+                out[start : start + m] = coalition_value(logits.view(m, self.batch_size, -1), self.targets, self.value,
+                                                      self.reference).cpu()
                 self.forwards += 1
         self.coalitions += len(masks)
         self.evaluations += len(masks) * self.batch_size

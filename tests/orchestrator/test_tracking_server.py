@@ -11,18 +11,16 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import yaml
 
+from cluster_helpers import MLFLOW, MlflowServer, free_port
 from orchestrator.distributed import network as private_network
 from orchestrator.distributed import relay
 from orchestrator.sweeps import Tracker, callback, runner
@@ -30,17 +28,10 @@ from orchestrator.sweeps.callback import MlflowTrialLogger
 from orchestrator.sweeps.tracking_server import GuardedClient, TrackingUnavailable, unavailable_reason
 
 REPO = Path(__file__).resolve().parents[2]
-MLFLOW = Path(sys.executable).parent / "mlflow"
 TIMEOUT_S = 600
 TINY_DATA = {"calibration_images": 64, "batch_size": 64}
 TINY_RECIPE = {"bn_batches": 2, "batch_size": 64, "finetune_subset": 64}
 SPACE = {"name": "uniform", "criteria": ["l1", "fpgm"], "finetune_epochs": [0, 0], "flops_bounds": [0.0, 0.95]}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def prunesweep(*args: str, env: dict | None = None, wait: bool = True):
@@ -62,40 +53,6 @@ def write_config(tmp_path: Path, checkpoint: Path | str, *, trials: int) -> tupl
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(config))
     return path, run_dir
-
-
-class MlflowServer:
-    """``mlflow server`` on 127.0.0.1:``port``, its store and artifacts in ``folder`` (kept across
-    restarts); killed with its worker processes (its own process group)."""
-
-    def __init__(self, folder: Path, port: int) -> None:
-        self.folder, self.port = folder, port
-        self.uri = f"http://127.0.0.1:{port}"
-        self.process: subprocess.Popen | None = None
-
-    def start(self, timeout: float = 300) -> None:
-        log = open(self.folder / "server.log", "a")
-        self.process = subprocess.Popen(
-            [str(MLFLOW), "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
-             "--backend-store-uri", f"sqlite:///{self.folder / 'mlflow.db'}",
-             "--artifacts-destination", str(self.folder / "artifacts")],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, (self.folder / "server.log").read_text()[-2000:]
-            try:
-                if urllib.request.urlopen(f"{self.uri}/health", timeout=2).status == 200:
-                    return
-            except OSError:
-                time.sleep(0.5)
-        raise AssertionError(f"mlflow server did not start in {timeout} s")
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=30)
-        self.process = None
 
 
 @pytest.fixture(scope="module")

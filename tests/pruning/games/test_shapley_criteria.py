@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from pruning.criteria import ScoringContext, create_criterion
-from pruning.games import BlockMerge, LayerGame, calibration_batch, estimate_block, exact_shapley, shapley_blocks
+from pruning.games import LayerGame, block_merge, estimate_block, exact_shapley, shapley_blocks
 from pruning.structure import PruningSpace
 
 
@@ -48,12 +48,12 @@ class BlockEstimator:
 
     def __call__(self, model, groups, calibration, options, seed):
         self.calls.append([g.name for g in groups])
-        inputs, targets = calibration_batch(calibration, options.batch_size)
+        inputs, targets = options.game_batch(calibration, seed)
         out = {}
         for group in groups:
             game = LayerGame(model, group, inputs, targets, value=options.value, mode=options.mode)
             plan = shapley_blocks(options, seed, group.name)
-            merge = BlockMerge(len(plan), options.epsilon)
+            merge = block_merge(options, len(plan))
             for k, (count, block_seed) in enumerate(plan):
                 merge.add(k, estimate_block(game, options, count, block_seed))
             out[group.name] = merge.estimate()
