@@ -70,6 +70,8 @@ __all__ = [
 WARM_START_QUANTILES = (0.25, 0.5, 0.75)
 #: the choices of the ``allocation`` parameter: the space's layer ratios, or one global ranking
 ALLOCATION_CHOICES = ("layerwise", "global")
+#: the parameters every space suggests (``SearchSpace._define_shared``)
+_SHARED_PARAMS = ("criterion", "finetune_lr", "finetune_epochs", "weight_decay", "allocation")
 
 
 @dataclass(frozen=True)
@@ -320,6 +322,14 @@ class SearchSpace(ABC):
         name :meth:`define` suggests), inside the space's bounds, the same for the same options and
         context. A sweep runs them as its first trials (``sweep.warm_start``). Default: none."""
         return []
+
+    def plan_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """The part of ``params`` that decides the plan: all of it, but for a global ranking,
+        whose layer parameters are unused (two trials that differ only there run the same plan,
+        and a sweep refines it once)."""
+        if self.ranks_globally and params.get("allocation") == ALLOCATION_CHOICES[1]:
+            return {k: v for k, v in params.items() if k in _SHARED_PARAMS or k == "flops_reduction"}
+        return dict(params)
 
     def _warm_shared(self, criterion: str) -> dict[str, Any]:
         """The shared parameters of a warm start: a one-shot pipeline does not fine-tune (the

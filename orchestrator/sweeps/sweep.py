@@ -204,7 +204,8 @@ def _refine(config: SweepConfig, stage, settings: TrialSettings, screened, progr
         configs = json.loads(chosen_file.read_text())
     else:
         configs = refine_configs(screened, config.objectives, config.sweep.refine.candidates,
-                                 config.sweep.refine.targets, config.sweep.refine.per_target)
+                                 config.sweep.refine.targets, config.sweep.refine.per_target,
+                                 plan_params=config.space.create().plan_params)
         atomic_write(chosen_file, lambda tmp: tmp.write_text(json.dumps(configs, indent=2)))
         if folder.exists():  # started, but killed before Tune's first snapshot: nothing to keep
             shutil.rmtree(folder)
@@ -220,10 +221,11 @@ def _refine(config: SweepConfig, stage, settings: TrialSettings, screened, progr
 
 
 def refine_configs(screened, objectives, count: int, targets: Sequence[float] = (),
-                   per_target: int = 1) -> list[dict[str, Any]]:
+                   per_target: int = 1, plan_params=dict) -> list[dict[str, Any]]:
     """The refined trials' configs: ``count`` screening trials of the ResultGrid ``screened``
-    (:func:`~orchestrator.sweeps.refine.select_candidates`), their sampled params with the
-    bookkeeping that names (``refine-NNN``) and tags (stage, screening trial) their runs."""
+    (:func:`~orchestrator.sweeps.refine.select_candidates`, two trials with the same
+    ``plan_params(params)`` being one plan), their sampled params with the bookkeeping that
+    names (``refine-NNN``) and tags (stage, screening trial) their runs."""
     points = []
     for result in screened:
         if result.error is not None or not result.metrics:
@@ -233,12 +235,12 @@ def refine_configs(screened, objectives, count: int, targets: Sequence[float] = 
         metrics = result.metrics
         points.append({**{k: metrics.get(k) for k in objectives}, "feasible": metrics.get("feasible", 0) >= 0.5,
                        "macs_reduction": metrics.get("macs_reduction", 0.0), "accuracy": metrics.get("accuracy"),
-                       "params": params, "number": number})
+                       "params": params, "plan": plan_params(params), "number": number})
     points.sort(key=lambda p: p["number"])
     return [
         {**points[i]["params"], "_stage": STAGE_REFINE, "_run_name": f"refine-{points[i]['number']:03d}",
          "_refines": f"trial-{points[i]['number']:03d}"}
-        for i in select_candidates(points, objectives, count, targets=targets, per_target=per_target)
+        for i in select_candidates(points, objectives, count, key="plan", targets=targets, per_target=per_target)
     ]
 
 

@@ -116,3 +116,28 @@ def test_refine_targets_are_validated():
         RefineSettings(candidates=3, per_target=0)
     with pytest.raises(ConfigError, match="must be a list"):
         RefineSettings(candidates=1, targets="0.5")
+
+
+def test_two_screened_global_rankings_that_differ_only_in_unused_params_are_refined_once():
+    from types import SimpleNamespace
+
+    from orchestrator.sweeps.sweep import refine_configs
+    from search_spaces import create_search_space
+
+    space = create_search_space("concentration", criteria=["l1"])
+    shared = {"criterion": "l1", "finetune_lr": 0.01, "finetune_epochs": 0, "weight_decay": 5e-4}
+
+    def result(number, accuracy, macs, **params):
+        return SimpleNamespace(error=None, config={**shared, **params, "_trial_number": number},
+                               metrics={"accuracy": accuracy, "macs": macs, "macs_reduction": 1 - macs / 10,
+                                        "feasible": 1})
+
+    screened = [
+        result(0, 0.90, 5.0, flops_reduction=0.5, alpha=0.1, temperature=0.5, allocation="global"),
+        result(1, 0.90, 5.0, flops_reduction=0.5, alpha=0.9, temperature=2.0, allocation="global"),  # the same plan
+        result(2, 0.80, 3.0, flops_reduction=0.7, alpha=0.1, temperature=0.5, allocation="layerwise"),
+    ]
+    objectives = {"accuracy": "max", "macs": "min"}
+    chosen = [c["_refines"] for c in refine_configs(screened, objectives, 3, plan_params=space.plan_params)]
+    assert sorted(chosen) == ["trial-000", "trial-002"]
+    assert len(refine_configs(screened, objectives, 3)) == 3  # by the sampled params they differ

@@ -354,3 +354,17 @@ def test_global_ranking_is_off_without_a_flops_target_or_when_asked(contexts):
         assert all("allocation" not in s for s in space.warm_starts(context))
     with pytest.raises(ValueError, match="global_ranking must be true or false"):
         create_search_space("uniform", global_ranking="yes")
+
+
+def test_plan_params_drop_the_layer_parameters_of_a_global_ranking(contexts):
+    context = contexts["full"]
+    space = create_search_space("concentration")
+    start = next(s for s in space.warm_starts(context) if s["allocation"] == "global")
+    other = {**start, "alpha": 0.9, "temperature": 2.5}
+    assert space.plan_params(other) == space.plan_params(start)
+    assert space.to_plan(other, context).config == space.to_plan(start, context).config  # indeed one plan
+    assert set(space.plan_params(start)) == {"flops_reduction", "criterion", "finetune_lr", "finetune_epochs",
+                                             "weight_decay", "allocation"}
+    layerwise = {**start, "allocation": "layerwise"}
+    assert space.plan_params(layerwise) == layerwise
+    assert space.plan_params({**layerwise, "alpha": 0.9}) != space.plan_params(layerwise)
