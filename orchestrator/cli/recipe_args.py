@@ -79,7 +79,9 @@ def recipe_from_args(args: argparse.Namespace):
     :class:`~pruning.errors.InputError` naming the option."""
     from pruning.recovery import RecipeError, RecoveryRecipe
 
-    given = {name: getattr(args, name) for name in RECIPE_OPTIONS if hasattr(args, name)}
+    # a command's own option left unset (None, e.g. compare's --batch-size) keeps the recipe's default
+    given = {name: getattr(args, name) for name in RECIPE_OPTIONS
+             if hasattr(args, name) and not (name in _OWN_OPTIONS and getattr(args, name) is None)}
     try:
         return RecoveryRecipe(**given)
     except RecipeError as err:
