@@ -19,6 +19,7 @@ from orchestrator.studies import StudyConfig, run_study, score_keys, study_cells
 from orchestrator.studies.run import TRACKING_KIND
 from orchestrator.studies.scores import SCORES_FOLDER, read_computations
 from orchestrator.sweeps import Tracker
+from resume_helpers import snapshot_with_an_ended_trial, wait_for
 
 pytestmark = pytest.mark.fashion_mnist
 
@@ -157,30 +158,6 @@ def _ended_cells(run_dir: Path) -> set[str]:
     return {p.parent.name for p in (run_dir / "tune").glob("*/result.json") if p.read_text().strip()}
 
 
-def _snapshot_with_an_ended_cell(run_dir: Path) -> int | None:
-    """The write time of Tune's experiment snapshot if it records a TERMINATED cell, else None."""
-    for path in (run_dir / "tune").glob("experiment_state-*.json"):
-        try:
-            written = path.stat().st_mtime_ns
-            trials = json.loads(path.read_text())["trial_data"]
-        except (OSError, ValueError, KeyError):  # being written
-            continue
-        if any(json.loads(state).get("status") == "TERMINATED" for state, _ in trials):
-            return written
-    return None
-
-
-def _wait_for(condition, deadline: float, what: str):
-    import time
-
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_resume_after_a_kill_repeats_nothing(ray_session, tmp_path):
     import os
     import signal
@@ -208,8 +185,8 @@ def test_resume_after_a_kill_repeats_nothing(ray_session, tmp_path):
         while not _ended_cells(run_dir) and driver.poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)
         assert driver.poll() is None, f"the driver ended before a cell did: {driver.stderr.read().decode()[-2000:]}"
-        recorded = _wait_for(lambda: _snapshot_with_an_ended_cell(run_dir), deadline, "a snapshot")
-        _wait_for(lambda: (_snapshot_with_an_ended_cell(run_dir) or 0) > recorded, deadline, "the next snapshot")
+        recorded = wait_for(lambda: snapshot_with_an_ended_trial(run_dir), deadline, "a snapshot")
+        wait_for(lambda: (snapshot_with_an_ended_trial(run_dir) or 0) > recorded, deadline, "the next snapshot")
         driver.send_signal(signal.SIGKILL)
         driver.wait(timeout=30)
     finally:

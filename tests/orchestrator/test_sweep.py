@@ -36,6 +36,7 @@ from orchestrator.sweeps import (
     run_sweep,
 )
 from pruning.structure import load_checkpoint, measure_cost
+from resume_helpers import snapshot_with_an_ended_trial, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -253,28 +254,6 @@ def _finished_trial_dirs(run_dir: Path) -> set[str]:
     return {Path(p).parent.parent.name for p in glob.glob(str(run_dir / "tune" / "*" / "checkpoint_000000" / "metrics.json"))}
 
 
-def _snapshot_recording_a_finished_trial(run_dir: Path) -> int | None:
-    """The write time of Tune's experiment snapshot if it records a TERMINATED trial, else None."""
-    for path in glob.glob(str(run_dir / "tune" / "experiment_state-*.json")):
-        try:
-            written = Path(path).stat().st_mtime_ns
-            trials = json.loads(Path(path).read_text())["trial_data"]
-        except (OSError, ValueError, KeyError):  # being written or synced
-            continue
-        if any(json.loads(state).get("status") == "TERMINATED" for state, _ in trials):
-            return written
-    return None
-
-
-def _wait_for(condition, deadline: float, what: str):
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 @pytest.mark.fashion_mnist
 def test_resume_after_sigkill_loses_and_repeats_nothing(ray_session, baseline, tmp_path):
     run_dir = tmp_path / "run"
@@ -299,8 +278,8 @@ def test_resume_after_sigkill_loses_and_repeats_nothing(ray_session, baseline, t
         assert driver.poll() is None, f"the driver ended before a trial finished: {driver.stderr.read().decode()[-2000:]}"
         # an experiment snapshot (every second during a sweep) records the finished trial, and the
         # next one has been written since, so that snapshot (searcher state included) is complete
-        recorded = _wait_for(lambda: _snapshot_recording_a_finished_trial(run_dir), deadline, "a snapshot")
-        _wait_for(lambda: (_snapshot_recording_a_finished_trial(run_dir) or 0) > recorded, deadline, "the next snapshot")
+        recorded = wait_for(lambda: snapshot_with_an_ended_trial(run_dir), deadline, "a snapshot")
+        wait_for(lambda: (snapshot_with_an_ended_trial(run_dir) or 0) > recorded, deadline, "the next snapshot")
         started = glob.glob(str(run_dir / "tune" / "sweep_trial_*"))
         driver.send_signal(signal.SIGKILL)
         driver.wait(timeout=30)
