@@ -25,9 +25,8 @@ import optuna
 
 from pruning.planning import concentration_weights
 from pruning.planning import PruningConfig
-from search_spaces._base import (
-    SearchSpace, SpaceContext, TrialPlan, _clip, _float_range, _param, _unique, register_space,
-)
+from search_spaces._base import SearchSpace, SpaceContext, TrialPlan, register_space
+from search_spaces._options import _clip, _float_range, _param, _unique
 
 #: the fusion weights a warm start tries, and the temperature of plain information concentration
 WARM_ALPHAS = (0.0, 0.5, 1.0)

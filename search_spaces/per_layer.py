@@ -31,9 +31,8 @@ from typing import Any, Mapping
 import optuna
 
 from pruning.planning import PruningConfig, concentration_weights, plan_pruning
-from search_spaces._base import (
-    SearchSpace, SpaceContext, TrialPlan, _clip, _float_range, _param, _unique, register_space,
-)
+from search_spaces._base import SearchSpace, SpaceContext, TrialPlan, register_space
+from search_spaces._options import _clip, _float_range, _param, _unique
 
 #: ratios above this are refused (the default per-layer cap of ``PruningConfig``)
 MAX_LAYER_RATIO = PruningConfig(ratio=0.0).max_layer_ratio

@@ -23,7 +23,8 @@ import torch
 
 from pruning.planning import PruningConfig
 from pruning.games import sparsity_from_curve
-from search_spaces._base import SearchSpace, SpaceContext, TrialPlan, _clip, _float_range, _param, register_space
+from search_spaces._base import SearchSpace, SpaceContext, TrialPlan, register_space
+from search_spaces._options import _clip, _float_range, _param
 
 MAX_LAYER_RATIO = PruningConfig(ratio=0.0).max_layer_ratio
 #: SNPFI's own retention level: the one-shot pipeline's

@@ -34,9 +34,8 @@ import optuna
 
 from pruning.planning import PruningConfig
 from pruning.structure import ChannelGroup, PruningSpace
-from search_spaces._base import (
-    SearchSpace, SpaceContext, TrialPlan, _clip, _float_range, _param, register_space,
-)
+from search_spaces._base import SearchSpace, SpaceContext, TrialPlan, register_space
+from search_spaces._options import _clip, _float_range, _param
 
 PREFIX = "weight."
 #: the stage of groups outside every named block stage

@@ -13,7 +13,8 @@ from typing import Any, Mapping
 import optuna
 
 from pruning.planning import PruningConfig
-from search_spaces._base import SearchSpace, SpaceContext, TrialPlan, _float_range, _param, register_space
+from search_spaces._base import SearchSpace, SpaceContext, TrialPlan, register_space
+from search_spaces._options import _float_range, _param
 
 
 @register_space("uniform")
