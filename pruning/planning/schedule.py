@@ -86,11 +86,6 @@ class PruningConfig:
         if not isinstance(self.round_to, int) or isinstance(self.round_to, bool) or self.round_to < 1:
             raise PruningError(f"round_to must be an integer >= 1, got {self.round_to!r}")
 
-    @property
-    def grid(self) -> WidthGrid:
-        """The widths a layer may keep under this config's cap, floor and rounding."""
-        return WidthGrid(cap=self.max_layer_ratio, min_channels=self.min_channels, round_to=self.round_to)
-
 
 def keep_from_ratios(groups: Sequence[ChannelGroup], ratios: Mapping[str, float], min_channels: int = 1,
                      round_to: int = 1) -> dict[str, int]:
