@@ -7,18 +7,24 @@ import time
 from pathlib import Path
 
 
-def snapshot_with_an_ended_trial(run_dir: Path) -> int | None:
-    """The write time of Tune's experiment snapshot in ``run_dir/tune`` if it records a TERMINATED
-    trial, else None."""
+def terminated_in_snapshot(run_dir: Path) -> tuple[int, set[str]] | None:
+    """(write time, trial folder names) of the TERMINATED trials Tune's experiment snapshot in
+    ``run_dir/tune`` records, or None while there is no readable snapshot."""
     for path in (Path(run_dir) / "tune").glob("experiment_state-*.json"):
         try:
             written = path.stat().st_mtime_ns
-            trials = json.loads(path.read_text())["trial_data"]
+            trials = [json.loads(state) for state, _ in json.loads(path.read_text())["trial_data"]]
         except (OSError, ValueError, KeyError):  # being written or synced
             continue
-        if any(json.loads(state).get("status") == "TERMINATED" for state, _ in trials):
-            return written
+        return written, {t["relative_logdir"] for t in trials if t.get("status") == "TERMINATED"}
     return None
+
+
+def snapshot_with_an_ended_trial(run_dir: Path) -> int | None:
+    """The write time of Tune's experiment snapshot in ``run_dir/tune`` if it records a TERMINATED
+    trial, else None."""
+    snapshot = terminated_in_snapshot(run_dir)
+    return snapshot[0] if snapshot and snapshot[1] else None
 
 
 def wait_for(condition, deadline: float, what: str):

@@ -19,7 +19,7 @@ from orchestrator.studies import StudyConfig, run_study, score_keys, study_cells
 from orchestrator.studies.run import TRACKING_KIND
 from orchestrator.studies.scores import SCORES_FOLDER, read_computations
 from orchestrator.sweeps import Tracker
-from resume_helpers import snapshot_with_an_ended_trial, wait_for
+from resume_helpers import snapshot_with_an_ended_trial, terminated_in_snapshot, wait_for
 
 pytestmark = pytest.mark.fashion_mnist
 
@@ -187,13 +187,18 @@ def test_resume_after_a_kill_repeats_nothing(ray_session, tmp_path):
         assert driver.poll() is None, f"the driver ended before a cell did: {driver.stderr.read().decode()[-2000:]}"
         recorded = wait_for(lambda: snapshot_with_an_ended_trial(run_dir), deadline, "a snapshot")
         wait_for(lambda: (snapshot_with_an_ended_trial(run_dir) or 0) > recorded, deadline, "the next snapshot")
+        # frozen, the driver writes neither results nor snapshots: what the last snapshot records
+        # as ended is what the resume must not run again (a cell that ended after it, a second
+        # long, is one Tune's snapshot had running: Tune runs it again, into the same MLflow run)
+        driver.send_signal(signal.SIGSTOP)
+        _, snapshotted = terminated_in_snapshot(run_dir)
         driver.send_signal(signal.SIGKILL)
         driver.wait(timeout=30)
     finally:
         if driver.poll() is None:
             driver.kill()
     before_cells = _ended_cells(run_dir)
-    assert 1 <= len(before_cells) < 16, "the study was interrupted mid-way"
+    assert snapshotted and snapshotted <= before_cells and len(before_cells) < 16, "the study was interrupted mid-way"
     computed_before = read_computations(run_dir / SCORES_FOLDER)
     config = StudyConfig.from_dict(yaml.safe_load((run_dir / "study.yaml").read_text()))
     before_runs = tracker_of(config).trial_runs()
@@ -205,17 +210,18 @@ def test_resume_after_a_kill_repeats_nothing(ray_session, tmp_path):
             assert cli.main(["compare", "--resume", str(run_dir), "--json", "--quiet"]) == 0
     data = json.loads(buffer.getvalue())
     assert data["counts"]["finished"] == 16 and data["counts"]["logged"] == 16
-    # Tune: 16 cells ended, each reported once, those ended before the kill among them (a cell
-    # running at the kill, never snapshotted, leaves an empty folder and runs again); MLflow: one
-    # run per cell, the ones logged before the kill untouched
+    # Tune: 16 cells ended, those ended before the kill among them, the ones its snapshot recorded
+    # reported once (a cell running at the kill, never snapshotted, leaves an empty folder and runs
+    # again); MLflow: one run per cell, the recorded ones untouched
     ended = _ended_cells(run_dir)
     assert len(ended) == 16 and before_cells <= ended
-    assert all(len((run_dir / "tune" / name / "result.json").read_text().splitlines()) == 1 for name in ended)
+    assert all(len((run_dir / "tune" / name / "result.json").read_text().splitlines()) == 1 for name in snapshotted)
     runs = tracker_of(config).trial_runs()
     assert sorted(r.info.run_name for r in runs.values()) == sorted(c.id for c in study_cells(config))
     assert {r.info.status for r in runs.values()} == {"FINISHED"}
     for trial_id, run in before_runs.items():
         assert runs[trial_id].info.run_id == run.info.run_id
-        assert runs[trial_id].data.metrics["test_accuracy"] == run.data.metrics["test_accuracy"]
+        if any(trial_id in name for name in snapshotted):
+            assert runs[trial_id].data.metrics == run.data.metrics
     # the scores were computed before the kill and read back, not recomputed
     assert len(computed_before) == 2 * 4 and read_computations(run_dir / SCORES_FOLDER) == computed_before
