@@ -79,3 +79,57 @@ def test_documented_aws_alternative_validates(config, schema):
     assert cloud["provider"]["type"] == "aws"
     merged = {**config, **cloud}
     jsonschema.validate(merged, schema)
+
+
+def test_the_heads_mlflow_server_starts_on_loopback_once(config, tmp_path):
+    """The head's start command, run as `ray up` would (bash, in the node's home), starts an MLflow
+    server that answers on 127.0.0.1 only, and run again keeps it (one server)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from cluster_helpers import descendants, free_port
+
+    [command] = [c for c in config["head_start_ray_commands"] if "mlflow server" in c]
+    assert "--host 127.0.0.1" in command and "--port 5000" in command
+    port = free_port()
+    command = command.replace("5000", str(port))
+    (tmp_path / "prunesweep-venv").symlink_to(sys.prefix)
+    env = {**os.environ, "HOME": str(tmp_path)}
+    log = tmp_path / "prunesweep-mlflow" / "server.log"
+
+    def servers() -> list[int]:
+        pids = [int(p.name) for p in Path("/proc").glob("[0-9]*") if (p / "cmdline").is_file()]
+        found = []
+        for pid in pids:
+            try:
+                argv = (Path("/proc") / str(pid) / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"server" in argv and str(tmp_path).encode() in b" ".join(argv) and any(a.endswith(b"mlflow") for a in argv):
+                found.append(pid)
+        return found
+
+    try:
+        for _ in range(2):
+            subprocess.run(["bash", "-c", command], env=env, check=True, timeout=60)
+            deadline = time.monotonic() + 180
+            while True:
+                try:
+                    assert urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).status == 200
+                    break
+                except OSError:
+                    assert time.monotonic() < deadline, log.read_text()[-2000:] if log.exists() else "no log"
+                    time.sleep(0.5)
+            assert len(servers()) == 1
+        assert (tmp_path / "prunesweep-mlflow" / "mlflow.db").is_file()
+    finally:
+        for pid in servers():
+            for target in (pid, *descendants(pid)):
+                try:
+                    os.kill(target, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
