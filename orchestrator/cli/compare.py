@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from orchestrator.cli.options import (
-    MODEL_HELP, add_model_options, add_output, add_ray_network, add_trial_device, trial_gpus,
+    add_model_source, add_output, add_ray_network, add_trial_device, trial_gpus,
 )
 from orchestrator.cli.recipe_args import add_recipe_arguments, recipe_from_args
 from orchestrator.cli.result import CommandResult
@@ -35,10 +35,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--run-dir", default=None, help="default: runs/studies/<name>")
     add_trial_device(p, "execution.gpus_per_trial, 0 unless set")
     flags = p.add_argument_group("a study from flags (instead of --config): one checkpoint, uniform ratios, one recipe")
-    source = flags.add_mutually_exclusive_group()
-    source.add_argument("--checkpoint", default=None, help="a prunesweep checkpoint")
-    source.add_argument("--model", default=None, help=MODEL_HELP + "; instead of --checkpoint")
-    add_model_options(flags)
+    add_model_source(flags, required=False)
     flags.add_argument("--dataset", default=None, help="the dataset of --model (default: fashion-mnist)")
     flags.add_argument("--criteria", nargs="+", default=None, help="criteria to compare (see `prunesweep info`)")
     flags.add_argument("--flops-reductions", nargs="+", type=float, default=None, help="fractions of MACs to remove")

@@ -55,10 +55,10 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
                    help='keyword options of --model as a JSON object, e.g. \'{"width": 16}\'')
 
 
-def add_model_source(p: argparse.ArgumentParser) -> None:
+def add_model_source(p: argparse.ArgumentParser | argparse._ArgumentGroup, *, required: bool = True) -> None:
     """``--checkpoint P`` or ``--model X [--weights W] [--model-kwargs JSON]`` (the dataset is
-    ``--dataset``, default fashion-mnist)."""
-    source = p.add_mutually_exclusive_group(required=True)
+    ``--dataset``, default fashion-mnist); ``p`` a parser or an argument group of one."""
+    source = p.add_mutually_exclusive_group(required=required)
     source.add_argument("--checkpoint", default=None, help="a prunesweep checkpoint")
     source.add_argument("--model", default=None, help=MODEL_HELP + "; instead of --checkpoint")
     add_model_options(p)
