@@ -8,12 +8,12 @@ the shared scores; with ``--write FILE`` the block between ``<!-- study:NAME -->
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.docs_blocks import write_block  # noqa: E402
 from orchestrator.studies import study_report  # noqa: E402
 
 
@@ -49,13 +49,7 @@ def main() -> None:
     if args.write is None:
         print(block)
         return
-    path = Path(args.write)
-    text = path.read_text()
-    start, end = f"<!-- study:{name} -->", f"<!-- /study:{name} -->"
-    if start not in text:
-        text = text.rstrip() + f"\n\n{start}\n{end}\n"
-    text = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: f"{start}\n{block}\n{end}", text, flags=re.S)
-    path.write_text(text)
+    write_block(args.write, f"study:{name}", block)
 
 
 if __name__ == "__main__":

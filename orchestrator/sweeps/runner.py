@@ -17,7 +17,7 @@ from orchestrator.sweeps.checks import ConfigError
 from orchestrator.sweeps.config import flatten
 from orchestrator.sweeps.tracking import TAG_COMMIT, TAG_SWEEP, TUNE_EXPERIMENT, Tracker, git_commit
 from orchestrator.sweeps.tracking_server import TrackingUnavailable, check_server
-from orchestrator.sweeps.trials import TrialSettings, put_shared
+from orchestrator.sweeps.trials import put_shared
 
 __all__ = [
     "EXPERIMENT_NAME", "check_storage_shared", "check_tracking_reachable", "ray_connection", "start_parent_run",
@@ -29,6 +29,10 @@ EXPERIMENT_NAME = TUNE_EXPERIMENT
 #: Tune's experiment-state snapshot period (seconds; Tune's own default is >= 10): a short period
 #: keeps the window in which a killed driver forgets a finished trial small
 SNAPSHOT_PERIOD_S = "1"
+#: how often Tune starts a failed trial again before it is FAILED: once, so that a trial whose
+#: worker or node was lost (a killed raylet, an OOM-killed worker) runs again on the nodes left;
+#: Tune cannot tell that from a trial that raised, which therefore runs twice before it is FAILED
+TRIAL_RETRIES = 1
 
 
 #: ports of tracking stores reached over TCP, where the URI names none
@@ -154,7 +158,7 @@ def _tune_environment(progress: bool) -> Iterator[None]:
 def run_trials(
     tracker: Tracker,
     trial: Callable[..., None],
-    settings: TrialSettings,
+    settings: Any,
     setup: BaselineSetup,
     *,
     cpus_per_trial: float,
@@ -174,8 +178,9 @@ def run_trials(
     stage: str = "trials",
     refs=None,
 ):
-    """Run ``trial`` (``sweep_trial`` / ``compare_trial``) as Tune trials, each logged to MLflow
-    as a nested run of ``tracker``'s parent; returns Tune's ``ResultGrid``.
+    """Run ``trial`` (``sweep_trial`` / ``study_cell``) as Tune trials, each logged to MLflow
+    as a nested run of ``tracker``'s parent; returns Tune's ``ResultGrid``. ``settings`` is what
+    ``trial`` takes as its ``settings`` (a sweep's ``TrialSettings``, a study's ``StudySettings``).
 
     The baseline's shared objects go into the object store once (or pass ``refs`` from
     :func:`~orchestrator.sweeps.trials.put_shared` to share them between runs); ``resume``
@@ -212,7 +217,7 @@ def run_trials(
                                                 reuse_actors=True),
                     run_config=tune.RunConfig(
                         storage_path=tracker.run_dir, name=name, callbacks=[callback, ProgressLines(stage, num_samples)],
-                        failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+                        failure_config=tune.FailureConfig(max_failures=TRIAL_RETRIES, fail_fast=False),
                         verbose=1 if progress and verbose else 0,
                     ),
                 )

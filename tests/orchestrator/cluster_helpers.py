@@ -156,15 +156,22 @@ class RayCluster:
         self.address = self.head.address
 
     def start(self, timeout: float = 300) -> None:
+        self.start_head(timeout)
+        self.add_worker(timeout)
+
+    def start_head(self, timeout: float = 300) -> None:
+        """Start the head node alone (a one-node cluster until :meth:`add_worker`)."""
         self.head.start()
-        self._wait_for(1, timeout)
+        self.wait_for_nodes(1, timeout)
+
+    def add_worker(self, timeout: float = 300) -> None:
         self.worker.start()
-        nodes = self._wait_for(2, timeout)
+        nodes = self.wait_for_nodes(2, timeout)
         by_label = {label: node["NodeID"] for node in nodes for label in ("node_a", "node_b")
                     if label in node["Resources"]}
         self.head.node_id, self.worker.node_id = by_label["node_a"], by_label["node_b"]
 
-    def _wait_for(self, count: int, timeout: float) -> list[dict]:
+    def wait_for_nodes(self, count: int, timeout: float) -> list[dict]:
         """The cluster's alive nodes once ``count`` are up, asked from a short driver process."""
         probe = ("import json, ray; ray.init(address=%r, log_to_driver=False); "
                  "print(json.dumps([n for n in ray.nodes() if n['Alive']]))") % self.address
