@@ -1,24 +1,35 @@
-"""Cost of the activation-statistics pass, and batched ranks vs HRank's per-map loop.
+"""Cost of the activation-statistics pass, ranks on a subsample, and batched ranks vs HRank's loop.
 
 1. Statistics pass (edges + histograms + ranks + moments, optionally CHIP) vs a plain inference
-   pass over the same calibration images.
-2. Feature-map ranks of every observed output: our path (one pass, all layers, one batched
+   pass over the same calibration images: without ranks, with ranks on the first
+   ``RANK_IMAGES`` images (the default), on every image, and with CHIP.
+2. Ranks on a subsample: for each ``--candidates`` N, the pass with ``rank_images=N`` (seconds,
+   x inference) and how its per-channel mean map ranks agree with ranks over every image, per
+   group: Spearman correlation, and the Jaccard overlap of the kept sets at 50 % pruning
+   (the half with the highest mean rank, as HRank keeps).
+3. Feature-map ranks of every observed output: our path (one pass, all layers, one batched
    ``matrix_rank`` per hook call) vs HRank's way (one pass per layer, ``matrix_rank`` per map in
-   a Python loop) on the same images; the ranks are checked equal.
+   a Python loop) on the first ``--loop-images`` images; the ranks are checked equal.
+
+The headline passes are timed ``--repeats`` times (the minimum is reported: the machine may be
+shared); the load average is recorded before and after.
 
     python benchmarks/stats_cost.py --checkpoint runs/bench/resnet20-fmnist.pt --images 1024 \
-        --rank-images 128 --out benchmarks/results/stats_cost.json
+        --loop-images 128 --threads 1 --out benchmarks/results/stats_cost.json
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import time
 
 import torch
+from scipy.stats import spearmanr
 
 from pruning.data import DataConfig, calibration_batches, load_data
-from pruning.statistics import batched_map_rank, collect_activation_stats
+from pruning.statistics import RANK_IMAGES, batched_map_rank, collect_activation_stats
 from pruning.structure import PruningSpace, load_checkpoint
 from pruning.utils import atomic_write
 
@@ -88,11 +99,34 @@ def batched_ranks(model, space, batches):
     return ranks
 
 
+def agreement(sub, full, groups) -> dict:
+    """Per group with maps: Spearman of the mean map ranks and Jaccard of the kept halves."""
+    per_group = {}
+    for group in groups:
+        a, b = sub.channel_rank(group), full.channel_rank(group)
+        if not torch.isfinite(b).all():  # outputs without maps: no rank to compare
+            continue
+        keep = group.size - group.size // 2
+        kept_a = set(torch.argsort(a, descending=True, stable=True)[:keep].tolist())
+        kept_b = set(torch.argsort(b, descending=True, stable=True)[:keep].tolist())
+        # a constant rank vector (every channel full rank) has no ordering: Spearman undefined
+        rho = float(spearmanr(a.numpy(), b.numpy()).statistic) if a.std() > 0 and b.std() > 0 else math.nan
+        per_group[group.name] = {"spearman": rho, "jaccard_50": len(kept_a & kept_b) / len(kept_a | kept_b)}
+    rhos = [g["spearman"] for g in per_group.values() if not math.isnan(g["spearman"])]
+    jaccards = [g["jaccard_50"] for g in per_group.values()]
+    return {"spearman_mean": sum(rhos) / len(rhos), "spearman_min": min(rhos),
+            "spearman_undefined_groups": len(per_group) - len(rhos),
+            "jaccard_50_mean": sum(jaccards) / len(jaccards), "jaccard_50_min": min(jaccards), "groups": per_group}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--images", type=int, default=1024)
-    parser.add_argument("--rank-images", type=int, default=128)
+    parser.add_argument("--loop-images", type=int, default=128, help="images for the HRank-loop comparison")
+    parser.add_argument("--candidates", type=int, nargs="+", default=[32, 64, 128, 256, 512],
+                        help="rank_images values to compare with ranks over every image")
+    parser.add_argument("--repeats", type=int, default=2, help="timings of each headline pass (minimum kept)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
@@ -102,24 +136,38 @@ def main() -> None:
     batches = calibration_batches(splits, args.images, 128)
     space = PruningSpace.build(model, torch.zeros(1, *spec.input_shape))
 
+    load_before = os.getloadavg()
     inference_pass(model, batches[:1])  # warm-up
-    _, plain = timed(lambda: inference_pass(model, batches))
-    _, stats = timed(lambda: collect_activation_stats(model, space.groups, batches))
-    _, stats_no_rank = timed(lambda: collect_activation_stats(model, space.groups, batches, rank=False))
-    _, stats_chip = timed(lambda: collect_activation_stats(model, space.groups, batches, chip=True))
 
-    rank_batches = [b for _, b in zip(range(max(1, args.rank_images // 128)), batches)]
-    rank_batches = [(x[: args.rank_images], y[: args.rank_images]) for x, y in rank_batches]
+    def best(fn):
+        runs = [timed(fn) for _ in range(args.repeats)]
+        return runs[-1][0], min(seconds for _, seconds in runs)
+
+    _, plain = best(lambda: inference_pass(model, batches))
+    _, stats_no_rank = best(lambda: collect_activation_stats(model, space.groups, batches, rank=False))
+    _, stats = best(lambda: collect_activation_stats(model, space.groups, batches))
+    full, stats_all = best(lambda: collect_activation_stats(model, space.groups, batches, rank_images=None))
+    _, stats_chip = timed(lambda: collect_activation_stats(model, space.groups, batches, chip=True))
+    candidates = {}
+    for n in args.candidates:
+        sub, seconds = timed(lambda n=n: collect_activation_stats(model, space.groups, batches, rank_images=n))
+        candidates[str(n)] = {"seconds": seconds, "over_inference": seconds / plain,
+                              **agreement(sub, full, space.groups)}
+
+    rank_batches = [b for _, b in zip(range(max(1, math.ceil(args.loop_images / 128))), batches)]
+    rank_batches = [(x[: args.loop_images], y[: args.loop_images]) for x, y in rank_batches]
     ours, ours_seconds = timed(lambda: batched_ranks(model, space, rank_batches))
     loop, loop_seconds = timed(lambda: hrank_loop_ranks(model, space, rank_batches))
     equal = ours.keys() == loop.keys() and all(torch.equal(ours[k], loop[k]) for k in ours)
     result = {
-        "images": sum(len(y) for _, y in batches), "threads": args.threads,
+        "images": sum(len(y) for _, y in batches), "threads": args.threads, "repeats": args.repeats,
+        "loadavg_before": load_before, "loadavg_after": os.getloadavg(), "default_rank_images": RANK_IMAGES,
         "inference_seconds": plain, "stats_seconds": stats, "stats_no_rank_seconds": stats_no_rank,
-        "stats_with_chip_seconds": stats_chip,
+        "stats_all_ranks_seconds": stats_all, "stats_with_chip_seconds": stats_chip,
         "stats_over_inference": stats / plain, "stats_no_rank_over_inference": stats_no_rank / plain,
-        "stats_chip_over_inference": stats_chip / plain,
-        "rank_images": sum(len(y) for _, y in rank_batches), "rank_batched_seconds": ours_seconds,
+        "stats_all_ranks_over_inference": stats_all / plain, "stats_chip_over_inference": stats_chip / plain,
+        "rank_images_candidates": candidates,
+        "loop_images": sum(len(y) for _, y in rank_batches), "rank_batched_seconds": ours_seconds,
         "rank_hrank_loop_seconds": loop_seconds, "rank_speedup": loop_seconds / ours_seconds, "ranks_equal": equal,
     }
     print(json.dumps(result, indent=1))

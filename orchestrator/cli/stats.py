@@ -11,6 +11,15 @@ from orchestrator.cli.result import CommandResult
 
 __all__ = ["add_parser", "run"]
 
+#: pruning.statistics.RANK_IMAGES, not imported here: the parser is built without loading torch
+#: (tests/pruning/statistics/test_rank_images.py checks the two agree)
+RANK_IMAGES = 128
+
+
+def _rank_images(text: str) -> int | None:
+    """``--rank-images``: a count, or ``all`` (None: rank every image)."""
+    return None if text == "all" else int(text)
+
 
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("stats", help="compute activation statistics on the calibration split and save them")
@@ -22,6 +31,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--bins", type=int, default=32, help="histogram bins for entropy (default: 32)")
     p.add_argument("--value", choices=("gap", "spatial"), default="gap",
                    help="gap (per-image average, default) or spatial (all positions)")
+    p.add_argument("--rank-images", type=_rank_images, default=RANK_IMAGES, metavar="N",
+                   help=f"rank the feature maps of the first N calibration images only, or 'all' "
+                        f"(default: {RANK_IMAGES}; ranks are most of the pass's cost)")
     p.add_argument("--chip", action="store_true", help="also accumulate CHIP nuclear-norm statistics (slower)")
     p.add_argument("--out", required=True, help="statistics file to write")
     add_distributed(p, "the statistics pass")
@@ -41,6 +53,7 @@ def run(args: argparse.Namespace) -> CommandResult:
     check_output_files(args, "--out")
     check_minimum(args, "--calibration-images", 1)
     check_minimum(args, "--bins", 2)
+    check_minimum(args, "--rank-images", 1)
     workers = check_workers(args)
     device = command_device(args)
     loaded = load_fitting(args)
@@ -49,11 +62,11 @@ def run(args: argparse.Namespace) -> CommandResult:
     batches = calibration_batches(loaded.splits, args.calibration_images, 128)
     started = time.perf_counter()
     state, report = collect_stats(args, loaded.model, space.groups, batches, bins=args.bins, value=args.value,
-                                  chip=args.chip, return_report=True)
+                                  rank_images=args.rank_images, chip=args.chip, return_report=True)
     seconds = time.perf_counter() - started
     state.save(args.out)
     data = {"checkpoint": args.checkpoint, "model": loaded.spec.name, "out": str(args.out),
-            "images": sum(len(y) for _, y in batches),
+            "images": sum(len(y) for _, y in batches), "rank_images": args.rank_images,
             "layers": len(space.groups), "seconds": seconds, "workers": workers, "ray_network": ray_network(args),
             # Ray node id -> shards its actors ran (None in-process): on a cluster, which nodes worked
             "nodes": report.nodes if report is not None else None}

@@ -3,7 +3,8 @@
 The driver computes the histogram edges (a short first pass on the first batches, in-process, as
 :func:`pruning.statistics.collect_activation_stats` does), puts the model, the batches' inputs
 and the edges into the object store ONCE, and the actors each build one model replica from those
-objects. Shards (lists of batch indices) go to the actors; the partial
+objects. Shards (contiguous ranges of batch indices, each with its offset in images so that map
+ranks cover the first ``rank_images`` images of the whole pass) go to the actors; the partial
 :class:`~pruning.statistics.ActivationStats` merge on the driver as they arrive. Counts and
 histograms equal the single-process pass exactly, float sums up to summation order.
 """
@@ -19,7 +20,10 @@ from torch import nn
 from orchestrator.distributed.pool import WorkerPool, cpu_model, pool_for, resolve_workers
 from orchestrator.distributed.scheduler import RunReport, ShardRunner
 from pruning.errors import InputError
-from pruning.statistics import EDGE_BATCHES, EDGE_QUANTILE, ActivationStats, accumulate_stats, compute_histogram_edges
+from pruning.statistics import (
+    EDGE_BATCHES, EDGE_QUANTILE, RANK_IMAGES, ActivationStats, accumulate_stats, check_rank_images,
+    compute_histogram_edges,
+)
 from pruning.structure import ChannelGroup
 from pruning.utils import batch_inputs
 
@@ -30,11 +34,12 @@ class _StatsTask:
     def __init__(self, model, groups, inputs, edges, options) -> None:
         self.model, self.groups, self.inputs, self.edges, self.options = model, groups, inputs, edges, options
 
-    def __call__(self, key: int, indices: Sequence[int]) -> tuple[str, ActivationStats]:
+    def __call__(self, key: int, shard: tuple[Sequence[int], int]) -> tuple[str, ActivationStats]:
+        indices, image_offset = shard
         # the node id travels with the result: the report says which machines ran shards
         node = ray.get_runtime_context().get_node_id()
         return node, accumulate_stats(self.model, self.groups, [self.inputs[i] for i in indices], self.edges,
-                                      **self.options)
+                                      image_offset=image_offset, **self.options)
 
 
 def distributed_stats(
@@ -49,6 +54,7 @@ def distributed_stats(
     bins: int = 32,
     value: str = "gap",
     rank: bool = True,
+    rank_images: int | None = RANK_IMAGES,
     chip: bool = False,
     edge_batches: int = EDGE_BATCHES,
     edge_scope: str = "layer",
@@ -61,7 +67,8 @@ def distributed_stats(
     """:func:`pruning.statistics.collect_activation_stats` on ``workers`` Ray actors.
 
     Edges from the first ``edge_batches`` batches on the driver (``edge_scope``, ``edge_quantile``:
-    as in-process); then shards of ``shard_size``
+    as in-process); ``rank_images``: map ranks over the first images of the pass only, as in-process;
+    then shards of ``shard_size``
     batches (default: about four shards per worker) run on the actors and merge on the driver as
     they arrive. Equal to the in-process result: counts exactly, float sums up to order.
     With ``return_report``, returns ``(stats, RunReport)``; shard ids are batch-shard indices,
@@ -74,6 +81,7 @@ def distributed_stats(
     workers, cpus_per_worker = resolve_workers(workers, cpus_per_worker, pool)
     if edge_batches < 1:
         raise InputError(f"edge_batches must be at least 1, got {edge_batches}")
+    check_rank_images(rank_images)
     inputs = [batch_inputs(b).detach().cpu() for b in batches]
     if not inputs:
         raise InputError("no calibration batches to collect statistics from")
@@ -85,7 +93,11 @@ def distributed_stats(
     if shard_size < 1:
         raise InputError(f"shard_size must be >= 1, got {shard_size}")
     starts = range(0, len(inputs), shard_size)
-    shards = [(i, list(range(s, min(s + shard_size, len(inputs))))) for i, s in enumerate(starts)]
+    # image offset of each shard: the images of the batches before it
+    offsets = [0]
+    for x in inputs:
+        offsets.append(offsets[-1] + len(x))
+    shards = [(i, (list(range(s, min(s + shard_size, len(inputs)))), offsets[s])) for i, s in enumerate(starts)]
     report = RunReport("stats", workers, float(cpus_per_worker), shards=len(shards))
 
     put = time.perf_counter()
@@ -93,7 +105,7 @@ def distributed_stats(
     inputs_ref = ray.put(inputs)
     edges_ref = ray.put(edges)
     report.put_s = time.perf_counter() - put
-    options = {"value": value, "rank": rank, "chip": chip}
+    options = {"value": value, "rank": rank, "rank_images": rank_images, "chip": chip}
     task = (_StatsTask, model_ref, groups, inputs_ref, edges_ref, options)
 
     merged: list[ActivationStats] = []

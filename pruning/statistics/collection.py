@@ -12,10 +12,13 @@ per observed output and channel:
   see :mod:`pruning.statistics.edges`); values outside fall in the end bins.
 * ``map_entropy_sum``: the sum over images of the entropy of the softmax over each HxW map
   (:func:`~pruning.statistics.map_softmax_entropy`), for the entropy criterion's map mode.
-* ``rank_sum``: the sum over images of the matrix rank of each HxW map (HRank), one batched
-  ``torch.linalg.matrix_rank`` call per hook call. Outputs of Linear layers have no maps: their
-  ``rank_sum`` is ``None`` (``channel_rank`` reports NaN for them, or the rank of a 1x1 map when
-  asked with ``linear_as_1x1=True``).
+* ``rank_sum``: the sum of the matrix rank of each HxW map (HRank) over the first ``rank_images``
+  images of the pass in data order (default :data:`RANK_IMAGES`; None: every image), one batched
+  ``torch.linalg.matrix_rank`` call per hook call, and ``n_rank_images``, how many were ranked.
+  The ranks are most of the pass's cost, and a filter's mean map rank is stable over few images
+  (HRank; ``benchmarks/stats_cost.py`` measures the agreement). Outputs of Linear layers have no
+  maps: their ``rank_sum`` is ``None`` (``channel_rank`` reports NaN for them, or the rank of a 1x1
+  map when asked with ``linear_as_1x1=True``).
 * ``sum`` / ``gram``: the sum of the GAP vectors x and of x x^T over images (mean, correlation).
 * ``zeros``: the count of exactly-zero activations over all positions (APoZ).
 * ``chip_sum`` (only with ``chip=True``): the sum over images of CHIP's channel independence,
@@ -23,7 +26,8 @@ per observed output and channel:
 * ``n_images``, ``n_positions`` (= images x H x W; a Linear output counts as a 1x1 map).
 
 Everything is a sum or a count, so shards collected by :func:`accumulate_stats` with the same
-edges merge exactly (:meth:`~pruning.statistics.ActivationStats.merge`). No feature map is
+edges (and each shard's ``image_offset`` in the pass, for ``rank_images``) merge exactly
+(:meth:`~pruning.statistics.ActivationStats.merge`). No feature map is
 stored: memory is bounded by the per-channel accumulators (C x C for ``gram``).
 """
 from __future__ import annotations
@@ -54,10 +58,25 @@ __all__ = [
     "EDGE_SCOPES",
     "EDGE_BATCHES",
     "EDGE_QUANTILE",
+    "RANK_IMAGES",
+    "check_rank_images",
     "compute_histogram_edges",
     "accumulate_stats",
     "collect_activation_stats",
 ]
+
+#: images whose maps are ranked by default: on ResNet-20 the mean ranks over 128 images agree with
+#: those over 1,024 (Spearman 0.95) at about 2x plain inference for the whole pass, where ranking
+#: every image costs 5.7x (docs/benchmarks.md, "Cost of the statistics pass")
+RANK_IMAGES = 128
+
+
+def check_rank_images(rank_images: int | None) -> None:
+    """Raise :class:`~pruning.errors.InputError` unless ``rank_images`` is a positive int or None."""
+    if rank_images is not None and (
+        isinstance(rank_images, bool) or not isinstance(rank_images, int) or rank_images < 1
+    ):
+        raise InputError(f"rank_images must be a positive integer or None (every image), got {rank_images!r}")
 
 
 def _observed_outputs(model: nn.Module, groups: Sequence[ChannelGroup]) -> dict[str, bool]:
@@ -170,7 +189,8 @@ def compute_histogram_edges(
 class _Accumulator:
     """Running sums of one observed output, on the activation's device."""
 
-    def __init__(self, name: str, x: torch.Tensor, has_maps: bool, edges: torch.Tensor, rank: bool, chip: bool):
+    def __init__(self, name: str, x: torch.Tensor, has_maps: bool, edges: torch.Tensor, rank: bool, chip: bool,
+                 rank_quota: int | None):
         _, c, h, w = x.shape
         if edges.dim() != 2 or edges.shape[0] != c or edges.shape[1] < 3:
             raise InputError(f"module {name!r}: edges of shape {tuple(edges.shape)} do not fit {c} channels")
@@ -188,6 +208,9 @@ class _Accumulator:
         self.has_maps = has_maps
         self.map_size = (h, w) if has_maps else (0, 0)
         self.rank_sum = torch.zeros(c, dtype=torch.float64, device=dev) if rank and has_maps else None
+        # how many of this shard's images are still to be ranked (None: all of them)
+        self.rank_quota = rank_quota
+        self.n_rank_images = 0
         self.chip_sum = torch.zeros(c, dtype=torch.float64, device=dev) if chip else None
         self.map_entropy_sum = torch.zeros(c, dtype=torch.float64, device=dev)
 
@@ -206,7 +229,10 @@ class _Accumulator:
         self.n_images += b
         self.n_positions += b * h * w
         if self.rank_sum is not None:
-            self.rank_sum += batched_map_rank(x).sum(0).double()
+            k = b if self.rank_quota is None else min(b, self.rank_quota - self.n_rank_images)
+            if k > 0:
+                self.rank_sum += batched_map_rank(x[:k]).sum(0).double()
+                self.n_rank_images += k
         if self.chip_sum is not None:
             full, without = leave_one_out_nuclear_norms(x.reshape(b, c, h * w))
             self.chip_sum += (full[:, None] - without).sum(0)
@@ -224,6 +250,7 @@ class _Accumulator:
             n_positions=torch.tensor(self.n_positions, dtype=torch.int64),
             map_size=torch.tensor(self.map_size, dtype=torch.int64),
             rank_sum=cpu(self.rank_sum),
+            n_rank_images=None if self.rank_sum is None else torch.tensor(self.n_rank_images, dtype=torch.int64),
             chip_sum=cpu(self.chip_sum),
             map_entropy_sum=cpu(self.map_entropy_sum),
         )
@@ -237,15 +264,24 @@ def accumulate_stats(
     *,
     value: str = "gap",
     rank: bool = True,
+    rank_images: int | None = RANK_IMAGES,
+    image_offset: int = 0,
     chip: bool = False,
     progress: bool = False,
 ) -> ActivationStats:
     """The mergeable pass: statistics of ``batches`` with fixed histogram ``edges``.
 
-    Running it on shards of the data with the same edges and merging the results gives the
-    statistics of one pass over all of it (up to float summation order).
+    Map ranks are summed over the images of the whole pass whose index (in data order) is below
+    ``rank_images`` (None: every image); ``image_offset`` is how many images of the pass precede
+    ``batches``. Running it on shards of the data with the same edges, each with its offset, and
+    merging the results gives the statistics of one pass over all of it (up to float summation
+    order).
     """
     check_value_mode(value)
+    check_rank_images(rank_images)
+    if isinstance(image_offset, bool) or not isinstance(image_offset, int) or image_offset < 0:
+        raise InputError(f"image_offset must be a non-negative integer, got {image_offset!r}")
+    rank_quota = None if rank_images is None else max(0, rank_images - image_offset)
     observed = _observed_outputs(model, groups)
     missing = [name for name in observed if name not in edges]
     if missing:
@@ -258,7 +294,7 @@ def accumulate_stats(
     def record(name: str, output: Any, relu: bool) -> None:
         x, has_maps = _as_maps(output, name, relu)
         if name not in accumulators:
-            accumulators[name] = _Accumulator(name, x, has_maps, edges[name], rank, chip)
+            accumulators[name] = _Accumulator(name, x, has_maps, edges[name], rank, chip, rank_quota)
         accumulators[name].update(name, x, has_maps, value)
 
     with _hooked(model, observed, record):
@@ -279,6 +315,7 @@ def collect_activation_stats(
     bins: int = 32,
     value: str = "gap",
     rank: bool = True,
+    rank_images: int | None = RANK_IMAGES,
     chip: bool = False,
     edge_batches: int = EDGE_BATCHES,
     edge_scope: str = "layer",
@@ -286,13 +323,15 @@ def collect_activation_stats(
     progress: bool = False,
 ) -> ActivationStats:
     """Edges from the first ``edge_batches`` batches (:func:`compute_histogram_edges` with
-    ``edge_scope`` and ``edge_quantile``), then statistics over all ``batches``.
+    ``edge_scope`` and ``edge_quantile``), then statistics over all ``batches``, map ranks over
+    the first ``rank_images`` images only (None: every image).
 
     ``batches`` may be a list, a re-iterable loader or a one-shot iterator (its first batches
     are kept in memory for the second pass).
     """
     if isinstance(edge_batches, bool) or not isinstance(edge_batches, int) or edge_batches < 1:
         raise InputError(f"edge_batches must be at least 1, got {edge_batches!r}")
+    check_rank_images(rank_images)  # before the edge pass, not after it
     edge_options = dict(bins=bins, value=value, edge_scope=edge_scope, edge_quantile=edge_quantile)
     if isinstance(batches, Iterator):  # one-shot: keep the edge batches for the main pass
         head = list(itertools.islice(batches, edge_batches))
@@ -302,5 +341,6 @@ def collect_activation_stats(
         head = itertools.islice(batches, edge_batches)
         edges = compute_histogram_edges(model, groups, head, **edge_options)
     return accumulate_stats(
-        model, groups, batches, edges, value=value, rank=rank, chip=chip, progress=progress
+        model, groups, batches, edges, value=value, rank=rank, rank_images=rank_images, chip=chip,
+        progress=progress,
     )

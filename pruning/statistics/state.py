@@ -58,11 +58,14 @@ class LayerStats:
     n_images: [] int64 number of images.
     n_positions: [] int64 images x H x W (a Linear output is one position per image).
     map_size: [2] int64 (H, W) of the maps; (0, 0) for outputs without maps (Linear).
-    rank_sum: [C] float64 sum over images of the HxW map ranks; None when not collected or
-        when the output has no maps.
+    rank_sum: [C] float64 sum of the HxW map ranks over the first ``n_rank_images`` images of
+        the pass; None when not collected or when the output has no maps.
     chip_sum: [C] float64 sum over images of CHIP channel independence; None when not collected.
     map_entropy_sum: [C] float64 sum over images of the entropy of the softmax over each HxW map
         (:func:`~pruning.statistics.map_softmax_entropy`); None in files written before it existed.
+    n_rank_images: [] int64 number of images whose maps were ranked (``rank_images`` of the
+        collection); None exactly when ``rank_sum`` is. Files written before it existed ranked
+        every image: a ``rank_sum`` given without it gets ``n_images``.
     """
 
     edges: torch.Tensor
@@ -76,6 +79,11 @@ class LayerStats:
     rank_sum: torch.Tensor | None = None
     chip_sum: torch.Tensor | None = None
     map_entropy_sum: torch.Tensor | None = None
+    n_rank_images: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.rank_sum is not None and self.n_rank_images is None:
+            self.n_rank_images = self.n_images.clone()
 
     @property
     def channels(self) -> int:
@@ -102,6 +110,14 @@ _REQUIRED_FIELDS = tuple(f.name for f in dataclasses.fields(LayerStats) if f.def
 _OPTIONAL_FIELDS = tuple(f.name for f in dataclasses.fields(LayerStats) if f.default is not dataclasses.MISSING)
 #: fields that must be identical for two states to merge (the rest are summed)
 _FIXED_FIELDS = ("edges", "map_size")
+
+
+def _ranked_images(s: LayerStats) -> torch.Tensor:
+    """``s.n_rank_images``, refused when 0 (a shard past ``rank_images``, read on its own)."""
+    if int(s.n_rank_images) == 0:
+        raise InputError("no image's maps were ranked in these statistics (a shard past rank_images?); "
+                         "merge it with the shard holding the first images")
+    return s.n_rank_images
 
 
 class ActivationStats:
@@ -264,7 +280,7 @@ class ActivationStats:
         return self._mean(group, mean)
 
     def channel_rank(self, group: ChannelGroup, *, linear_as_1x1: bool = False) -> torch.Tensor:
-        """Mean rank of the HxW maps per image.
+        """Mean rank of the HxW maps per ranked image (the first ``n_rank_images`` of the pass).
 
         Outputs without maps (Linear layers) give NaN, or with ``linear_as_1x1`` the mean rank
         of their values taken as 1x1 maps (1 where non-zero): the fraction of non-zero values.
@@ -274,7 +290,7 @@ class ActivationStats:
 
         def rank(s: LayerStats) -> torch.Tensor:
             if s.rank_sum is not None:
-                return s.rank_sum / s.n_images
+                return s.rank_sum / _ranked_images(s)
             if linear_as_1x1:
                 return 1.0 - s.zeros.double() / s.n_positions
             return torch.full((s.channels,), math.nan, dtype=torch.float64)
@@ -288,7 +304,7 @@ class ActivationStats:
 
         def relative(s: LayerStats) -> torch.Tensor:
             if s.rank_sum is not None:
-                return s.rank_sum / s.n_images / int(s.map_size.min())
+                return s.rank_sum / _ranked_images(s) / int(s.map_size.min())
             return 1.0 - s.zeros.double() / s.n_positions
 
         return self._mean(group, relative)

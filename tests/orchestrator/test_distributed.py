@@ -181,6 +181,14 @@ def test_actor_stats_equal_in_process_stats(tiny_resnet, groups, batches, pool):
     assert report.started_workers in (0, 2)
 
 
+def test_actor_stats_rank_only_the_first_images_as_in_process(tiny_resnet, groups, batches, pool):
+    # 11 of 48 images: the limit ends inside the second 8-image batch; one batch per shard
+    reference = collect_activation_stats(tiny_resnet, groups, batches, rank_images=11)
+    state = distributed_stats(tiny_resnet, groups, batches, pool=pool, rank_images=11, shard_size=1, progress=False)
+    assert_same_stats(reference, state)
+    assert {int(s.n_rank_images) for s in state.layers.values() if s.rank_sum is not None} == {11}
+
+
 def test_stats_killed_actor_loses_nothing(tiny_resnet, groups, batches, pool, tmp_path):
     reference = collect_activation_stats(tiny_resnet, groups, batches)
     crashing = CrashOnce(tmp_path / "crashed", like=tiny_resnet)
