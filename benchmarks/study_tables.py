@@ -24,7 +24,8 @@ def render(run_dir: str) -> tuple[str, str]:
     tracker_metrics = _parent_metrics(result)
     wall = tracker_metrics.get("wall_seconds")
     lines = [f"Study `{result.name}`: {counts['cells']} cells, {counts['finished']} finished, {counts['failed']} failed"
-             + (f"; {wall / 60:.1f} min wall on this machine, {tracker_metrics['cells_per_hour']:.0f} cells/hour"
+             + (f"; its last run (a resumed study's counts only its own cells) took {wall / 60:.1f} min wall "
+                f"for {tracker_metrics['cells_ran']:.0f} cells, {tracker_metrics['cells_per_hour']:.0f} cells/hour"
                 if wall else "") + ".",
              f"Shared scores: {scores['keys_computed']} score computations took {scores['shared_seconds']:.1f} s; "
              f"scoring in every cell would have taken {scores['unshared_seconds']:.1f} s "

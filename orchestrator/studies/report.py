@@ -195,14 +195,17 @@ _STYLES = ("-", "--", ":", "-.")
 
 def plot_accuracy(tables: StudyTables, baseline_accuracy: float | None, path: Path) -> Path:
     """Test accuracy vs measured MACs reduction, a line per criterion (a style per ratio
-    source) with its interval as a band, one panel per recipe."""
+    source) with its interval as a band, one panel per recipe. Each panel is scaled to its
+    means (recipes differ by tens of points; a two-seed t interval can be wider than [0, 1]),
+    the bands clipped to what an accuracy can be."""
     recipes = list(dict.fromkeys(r["recipe"] for r in tables.summary))
     ratios = list(dict.fromkeys(r["ratios"] for r in tables.summary))
     criteria = list(dict.fromkeys(r["criterion"] for r in tables.summary))
     fig = _figure(5.0 * len(recipes), 4.2)
-    axes = fig.subplots(1, len(recipes), squeeze=False, sharey=True)[0]
+    axes = fig.subplots(1, len(recipes), squeeze=False)[0]
     colours = {c: f"C{i % 10}" for i, c in enumerate(criteria)}
     for ax, recipe in zip(axes, recipes):
+        means: list[float] = []
         for i, ratio in enumerate(ratios):
             for criterion in criteria:
                 rows = [r for r in tables.summary if (r["recipe"], r["ratios"], r["criterion"]) == (recipe, ratio, criterion)
@@ -210,15 +213,21 @@ def plot_accuracy(tables: StudyTables, baseline_accuracy: float | None, path: Pa
                 if not rows:
                     continue
                 x = [r["macs_reduction_mean"] for r in rows]
+                means += [r["test_accuracy_mean"] for r in rows]
                 label = criterion if len(ratios) == 1 else f"{criterion} ({ratio})"
                 ax.plot(x, [r["test_accuracy_mean"] for r in rows], _STYLES[i % len(_STYLES)], marker="o",
                         color=colours[criterion], label=label)
                 banded = [r for r in rows if r["ci_low"] is not None]
                 if banded:
-                    ax.fill_between([r["macs_reduction_mean"] for r in banded], [r["ci_low"] for r in banded],
-                                    [r["ci_high"] for r in banded], color=colours[criterion], alpha=0.15, linewidth=0)
+                    ax.fill_between([r["macs_reduction_mean"] for r in banded], [max(0.0, r["ci_low"]) for r in banded],
+                                    [min(1.0, r["ci_high"]) for r in banded], color=colours[criterion], alpha=0.15,
+                                    linewidth=0)
         if baseline_accuracy is not None and math.isfinite(baseline_accuracy):
             ax.axhline(baseline_accuracy, color="0.5", linestyle="--", linewidth=1, label="unpruned")
+            means.append(baseline_accuracy)
+        if means:
+            pad = max(0.01, 0.1 * (max(means) - min(means)))
+            ax.set_ylim(max(0.0, min(means) - pad), min(1.0, max(means) + pad))
         ax.set_title(f"recipe: {recipe}")
         ax.set_xlabel("MACs reduction (measured)")
         ax.grid(True, alpha=0.3)
