@@ -72,14 +72,22 @@ def sweep_config(args, folder: Path, name: str) -> Path:
     return path
 
 
+def measure_stats(args, folder: Path, address: str, cpus: int, label: str) -> dict:
+    load = os.getloadavg()[0]
+    seconds, data = prunesweep("stats", "--address", address, "--workers", str(cpus), "--checkpoint",
+                               args.checkpoint, "--calibration-images", str(args.images),
+                               "--out", str(folder / f"{label}.stats"))
+    return dict(stats_seconds=seconds, stats_compute_seconds=data["seconds"], stats_nodes=len(data.get("nodes") or {}),
+                stats_load=load)
+
+
 def measure(args, folder: Path, address: str, cpus: int, label: str, tracking_uri: str | None = None) -> dict:
     row: dict = {"setting": label, "nodes": cpus, "tracking": "server" if tracking_uri else "sqlite"}
     if tracking_uri is None:
-        load = os.getloadavg()[0]
-        seconds, data = prunesweep("stats", "--address", address, "--workers", str(cpus), "--checkpoint",
-                                   args.checkpoint, "--calibration-images", str(args.images),
-                                   "--out", str(folder / f"{label}.stats"))
-        row.update(stats_seconds=seconds, stats_nodes=len(data.get("nodes", {})), stats_load=load)
+        row.update(measure_stats(args, folder, address, cpus, label))
+    if args.stats_only:
+        print(json.dumps(row), flush=True)
+        return row
     config = sweep_config(args, folder, label)
     extra = ["--tracking-uri", tracking_uri] if tracking_uri else []
     load = os.getloadavg()[0]
@@ -105,8 +113,9 @@ def run(args) -> dict:
             cluster.add_worker()
             time.sleep(args.settle)
             rows.append(measure(args, folder, cluster.address, 2, "2-nodes"))
-            server.start()
-            rows.append(measure(args, folder, cluster.address, 2, "2-nodes-mlflow-server", tracking_uri=server.uri))
+            if not args.stats_only:
+                server.start()
+                rows.append(measure(args, folder, cluster.address, 2, "2-nodes-mlflow-server", tracking_uri=server.uri))
         finally:
             server.kill()
             cluster.kill()
@@ -125,7 +134,9 @@ def render(result: dict) -> str:
     lines = [
         "| work | 1 node (s) | 2 nodes (s) | speedup | scaling efficiency |",
         "|---|---|---|---|---|",
-        f"| statistics pass, {result['images']} images (`stats --workers N`) | {scaled('stats_seconds')} |",
+        f"| statistics pass, {result['images']} images (`stats --workers N`), whole command | {scaled('stats_seconds')} |",
+        f"| the statistics pass itself (`seconds` of `--json`: actors started, shards, merge) | "
+        f"{scaled('stats_compute_seconds')} |",
         f"| {result['trials']}-trial screening sweep, whole command | {scaled('sweep_seconds')} |",
         f"| the sweep's trial phase (first start to last end) | {scaled('trial_phase_seconds')} |",
         "",
@@ -137,8 +148,9 @@ def render(result: dict) -> str:
         f"({server['sweep_seconds'] / two['sweep_seconds'] - 1:+.1%}) | "
         f"{server['trial_phase_seconds'] - two['trial_phase_seconds']:+.1f} |",
         "",
-        "1-minute load average at each start: " + ", ".join(
-            f"{r['setting']} {r.get('stats_load', r['sweep_load']):.2f}" for r in result["rows"]) + ".",
+        "1-minute load average at the start of each command: statistics pass "
+        + ", ".join(f"{r['setting']} {r['stats_load']:.2f}" for r in result["rows"] if "stats_load" in r)
+        + "; sweep " + ", ".join(f"{r['setting']} {r['sweep_load']:.2f}" for r in result["rows"]) + ".",
     ]
     return "\n".join(lines)
 
@@ -149,6 +161,9 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=4096, help="calibration images of the statistics pass")
     parser.add_argument("--trials", type=int, default=16)
     parser.add_argument("--settle", type=float, default=5.0, help="seconds to wait after a node starts")
+    parser.add_argument("--stats-only", action="store_true",
+                        help="only the statistics pass, 1 then 2 nodes: its rows replace those of --merge-into")
+    parser.add_argument("--merge-into", help="with --stats-only: the result file whose statistics rows to replace")
     parser.add_argument("--out")
     parser.add_argument("--report", help="print the markdown tables of a result file")
     parser.add_argument("--write", help="with --report: the Markdown file whose cluster-scaling block to replace")
@@ -163,6 +178,13 @@ def main() -> None:
     if not args.out:
         parser.error("give --out (run) or --report FILE")
     result = run(args)
+    if args.stats_only and args.merge_into:
+        merged = json.loads(Path(args.merge_into).read_text())
+        stats = {r["setting"]: r for r in result["rows"]}
+        for row in merged["rows"]:
+            row.update({k: v for k, v in stats.get(row["setting"], {}).items() if k.startswith("stats_")})
+        merged["stats_command"] = result["command"]
+        result = merged
     atomic_write(args.out, lambda tmp: tmp.write_text(json.dumps(result, indent=1)))
     print(render(result))
 

@@ -7,7 +7,8 @@ import json
 import math
 import os
 import tempfile
-from dataclasses import asdict, dataclass
+import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -41,6 +42,9 @@ class SweepResult:
     front: list[dict[str, Any]]
     hypervolume: float | None = None
     complete: bool = True
+    #: wall seconds of this run's phases (baseline, extras, screening, refinement, front), as
+    #: measured by the driver; empty when read back from MLflow
+    phases: dict[str, float] = field(default_factory=dict)
 
     @property
     def ui_command(self) -> str:
@@ -59,7 +63,7 @@ class SweepResult:
             "experiment": self.experiment, "parent_run_id": self.parent_run_id,
             "objectives": self.objectives, "baseline": self.baseline, "counts": self.counts(),
             "hypervolume": self.hypervolume, "complete": self.complete, "front": self.front,
-            "trials": [asdict(t) for t in self.trials], "mlflow_ui": self.ui_command,
+            "trials": [asdict(t) for t in self.trials], "mlflow_ui": self.ui_command, "phases": self.phases,
         }
 
     def front_columns(self) -> list[str]:
@@ -80,6 +84,8 @@ class SweepResult:
         if self.front:
             columns = self.front_columns()
             lines.append(format_table([[row.get(c, "") for c in columns] for row in self.front], columns))
+        if self.phases:
+            lines.append("wall time: " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in self.phases.items()))
         lines.append(f"MLflow: {self.ui_command}   (parent run {self.parent_run_id})")
         return "\n".join(lines)
 
@@ -151,8 +157,13 @@ def _log_onnx_model(tracker: Tracker, record: TrialRecord, model, spec, folder: 
     tracker.log_onnx_model(record.run_id, path, example, {OUTPUT_NAME: outputs})
 
 
-def finalize_sweep(tracker: Tracker, config, setup, complete: bool, progress: bool) -> SweepResult:
-    """Front over the logged trials; test accuracy of the front only; table, plot, checkpoints."""
+def finalize_sweep(tracker: Tracker, config, setup, complete: bool, progress: bool,
+                   phases: dict[str, float] | None = None) -> SweepResult:
+    """Front over the logged trials; test accuracy of the front only; table, plot, checkpoints.
+    ``phases``: the run's phase wall times so far; this one's is added as ``front`` and all are
+    logged to the parent run as ``phase.<name>_seconds``."""
+    started = time.perf_counter()
+    phases = dict(phases or {})
     objectives = config.objectives
     records = tracker.read_trials()
     finished, points, front = _front(records, objectives, config.two_stage)
@@ -185,16 +196,19 @@ def finalize_sweep(tracker: Tracker, config, setup, complete: bool, progress: bo
     tracker.log_text(parent, front_table(points, front, columns), "pareto/front.md")
     tracker.log_text(parent, json.dumps({"objectives": objectives, "baseline": setup.metrics, "front": rows,
                                          "hypervolume": volume}, indent=2, default=str), "pareto/front.json")
+    phases["front"] = time.perf_counter() - started
     result = SweepResult(
         name=config.name, run_dir=config.run_dir, tracking_uri=config.tracking_uri,
         experiment=config.tracking.experiment, parent_run_id=parent, objectives=objectives,
         baseline=dict(setup.metrics), trials=records, front=rows, hypervolume=volume, complete=complete,
+        phases=phases,
     )
     counts = result.counts()
     summary = {"pareto_size": len(front), "trials_finished": counts["finished"], "trials_failed": counts["failed"],
                "trials_feasible": counts["feasible"], "trials_refined": counts["refined"]}
     if volume is not None:
         summary["hypervolume"] = volume
+    summary.update({f"phase.{name}_seconds": seconds for name, seconds in phases.items()})
     for row in rows:
         if "test_accuracy" in row:
             summary[f"pareto.{row['trial']}.test_accuracy"] = row["test_accuracy"]

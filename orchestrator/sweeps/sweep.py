@@ -27,13 +27,15 @@ two-stage sweep resumes the stage it was in: screening (then refinement), or ref
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import shutil
+import time
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any, Collection, Sequence
+from typing import Any, Collection, Iterator, Sequence
 
 from orchestrator.sweeps.baseline import load_or_compute_extras, prepare_baseline, say
 from orchestrator.sweeps.model_settings import check_source_exists
@@ -117,19 +119,22 @@ def run_sweep(
     make_sampler(config.sweep.sampler, config.sweep.seed, config.sweep.population_size)  # fails early
     threads = max(1, int(config.sweep.cpus_per_trial))
     say(progress, f"loading baseline {config.checkpoint or config.model.name}")
-    setup = prepare_baseline(config.source, config.data, latency="latency_ms" in config.objectives,
-                             threads=threads, progress=progress)
+    phases: dict[str, float] = {}  # wall seconds of this run's phases (SweepResult.phases)
+    with timed(phases, "baseline"):
+        setup = prepare_baseline(config.source, config.data, latency="latency_ms" in config.objectives,
+                                 threads=threads, progress=progress)
     text = dump_sweep_config(config)
     if not resume:
         atomic_write(Path(config.run_dir) / RESOLVED_CONFIG_FILE, lambda tmp: tmp.write_text(text))
     with ray_connection(address, verbose):
         _check_gpus(config)
-        stats, utilization = load_or_compute_extras(
-            setup, Path(config.run_dir) / "baseline", space=space,
-            strategy=config.space.strategy, workers=config.sweep.concurrency,
-            cpus_per_worker=config.sweep.cpus_per_trial, gpus_per_worker=config.sweep.gpus_per_worker,
-            seed=config.sweep.seed, progress=progress,
-        )
+        with timed(phases, "extras"):  # statistics / utilization curves (read back on a resume)
+            stats, utilization = load_or_compute_extras(
+                setup, Path(config.run_dir) / "baseline", space=space,
+                strategy=config.space.strategy, workers=config.sweep.concurrency,
+                cpus_per_worker=config.sweep.cpus_per_trial, gpus_per_worker=config.sweep.gpus_per_worker,
+                seed=config.sweep.seed, progress=progress,
+            )
         context = SpaceContext(space=setup.space, strategy=config.space.strategy, stats=stats, utilization=utilization)
         tracker = Tracker(config.tracking_uri, config.tracking.experiment, config.run_dir, kind="sweep")
         parent, created = start_parent_run(
@@ -158,17 +163,31 @@ def run_sweep(
         with register_context(key, context):
             if refining:  # killed during refinement: screening is done
                 say(progress, f"resuming {Path(config.run_dir) / REFINE_EXPERIMENT}")
-                complete = _refine(config, stage, settings, None, progress)
+                with timed(phases, "refinement"):
+                    complete = _refine(config, stage, settings, None, progress)
             else:
                 say(progress and resume, f"resuming {Path(config.run_dir) / EXPERIMENT_NAME}")
-                screened = stage(
-                    settings=settings, num_samples=config.sweep.trials, resume=resume, name=EXPERIMENT_NAME,
-                    stage=STAGE_SCREEN, make_search=lambda: screening_search(config, space, context, key, inject_failures),
-                )
+                with timed(phases, "screening"):
+                    screened = stage(
+                        settings=settings, num_samples=config.sweep.trials, resume=resume, name=EXPERIMENT_NAME,
+                        stage=STAGE_SCREEN,
+                        make_search=lambda: screening_search(config, space, context, key, inject_failures),
+                    )
                 complete = finished_cleanly(screened, config.sweep.trials)
                 if config.two_stage and complete:
-                    complete = _refine(config, stage, settings, screened, progress)
-        return finalize_sweep(tracker, config, setup, complete, progress)
+                    with timed(phases, "refinement"):
+                        complete = _refine(config, stage, settings, screened, progress)
+        return finalize_sweep(tracker, config, setup, complete, progress, phases)
+
+
+@contextlib.contextmanager
+def timed(phases: dict[str, float], name: str) -> Iterator[None]:
+    """Add the block's wall seconds to ``phases[name]``."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        phases[name] = phases.get(name, 0.0) + time.perf_counter() - started
 
 
 def _restorable(config: SweepConfig, name: str) -> bool:

@@ -119,6 +119,19 @@ def test_parent_run_holds_config_commit_and_baseline(sweep_run):
 
 
 @pytest.mark.fashion_mnist
+def test_the_phases_wall_times_add_up_to_the_run_and_reach_the_parent_run(sweep_run):
+    config, result = sweep_run["config"], sweep_run["result"]
+    phases = result.phases
+    assert set(phases) == {"baseline", "extras", "screening", "front"}  # one stage: no refinement
+    assert all(seconds > 0 for seconds in phases.values())
+    # the phases are disjoint parts of the run: together at most its wall time, and most of it
+    assert 0.5 * sweep_run["seconds"] < sum(phases.values()) <= sweep_run["seconds"]
+    assert result.to_dict()["phases"] == phases
+    metrics = tracker_of(config).client.get_run(result.parent_run_id).data.metrics
+    assert {name: metrics[f"phase.{name}_seconds"] for name in phases} == pytest.approx(phases)
+
+
+@pytest.mark.fashion_mnist
 def test_every_trial_is_a_nested_run_with_params_and_metrics(sweep_run):
     config, result = sweep_run["config"], sweep_run["result"]
     runs = tracker_of(config).trial_runs()
