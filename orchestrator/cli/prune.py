@@ -46,6 +46,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="kept channel counts are multiples of this, e.g. 8 for fast inference (default: 1, any count)")
     p.add_argument("--alpha", type=float, default=0.5, help="entropy weight in information concentration (default: 0.5)")
     p.add_argument("--tau", type=float, default=0.95, help="SNPFI utilization retention level (default: 0.95)")
+    p.add_argument("--snpfi-interactions", type=int, default=0, metavar="W",
+                   help="SNPFI: order the utilization by pairwise interactions of the W channels around each "
+                        "layer's cut (default: 0, off: Shapley order)")
+    p.add_argument("--snpfi-budget", choices=("layer", "global"), default="layer",
+                   help="SNPFI layer sparsity: each layer at its own threshold (layer, default) or layers "
+                        "competing under one budget by utilization lost per MAC (global)")
     p.add_argument("--calibration-images", type=int, default=512,
                    help="calibration images for data-driven criteria, statistics and reconstruction (default: 512)")
     p.add_argument("--stats", default=None, help="activation statistics from `prunesweep stats` (else computed)")
@@ -74,7 +80,8 @@ def run(args: argparse.Namespace) -> CommandResult:
     device = command_device(args)
     recipe = recipe_from_args(args)
     config, ratio_source = _pruning_config(args)
-    criterion = distribute_criterion(create_criterion(args.criterion, seed=args.seed), args)
+    options = _snpfi_options(args) if args.criterion == "snpfi" else {}
+    criterion = distribute_criterion(create_criterion(args.criterion, seed=args.seed, **options), args)
     loaded = load_fitting(args)
     model, shape, splits = loaded.model, loaded.shape, loaded.splits
     example = torch.zeros(1, *shape)
@@ -123,6 +130,8 @@ def _check_arguments(args: argparse.Namespace) -> None:
         raise InputError(f"--alpha must be in [0, 1], got {args.alpha}")
     if not 0 < args.tau <= 1:
         raise InputError(f"--tau must be in (0, 1], got {args.tau}")
+    if args.snpfi_interactions < 0:
+        raise InputError(f"--snpfi-interactions must be >= 0, got {args.snpfi_interactions}")
     if args.stats is not None and not Path(args.stats).is_file():
         raise InputError(f"--stats file {args.stats!r} does not exist")
 
@@ -152,6 +161,11 @@ def _pruning_config(args: argparse.Namespace):
     return PruningConfig(allocation=allocation, ratio=args.ratio, flops_reduction=args.flops_reduction, **common), source
 
 
+def _snpfi_options(args: argparse.Namespace) -> dict:
+    """The SNPFI criterion's interaction window and budget from ``--snpfi-interactions/--snpfi-budget``."""
+    return {"interactions": args.snpfi_interactions, "budget": args.snpfi_budget}
+
+
 def _activation_stats(args, model, space, batches):
     from orchestrator.cli.common import collect_stats
     from pruning.statistics import ActivationStats
@@ -177,7 +191,11 @@ def _ratio_prior(args, source, criterion, model, space, config, context):
     if source == "snpfi":
         snpfi = criterion
         if criterion.name != "snpfi":
-            snpfi = distribute_criterion(create_criterion("snpfi", seed=args.seed), args)
+            snpfi = distribute_criterion(create_criterion("snpfi", seed=args.seed, **_snpfi_options(args)), args)
+        if snpfi.budget == "global" and config.ratio is None:  # layers compete: a plan
+            scores, sparsity = snpfi.score_and_sparsity(model, groups, context, tau=args.tau, space=space, plan=config)
+            scores = scores if snpfi is criterion else None
+            return None, replace(config, ratio=None, flops_reduction=None, schedule=sparsity), scores
         scores, sparsity = snpfi.score_and_sparsity(model, groups, context, tau=args.tau)
         scores = scores if snpfi is criterion else None
         if config.flops_reduction is None:

@@ -22,7 +22,12 @@ from pruning.games.estimators import (
 from pruning.games.estimation import ShapleyOptions, calibration_batch, estimate_shapley, group_seed
 from pruning.games.blocks import BlockMerge, block_merge, estimate_block, shapley_block_plan, shapley_blocks
 from pruning.games.snpfi import (
+    InteractionUtilization,
+    cut_window,
     exact_interaction,
+    importance_order,
+    interaction_order,
+    interaction_utilization,
     mean_interaction,
     pairwise_interactions,
     snpfi_sparsity,
@@ -63,4 +68,9 @@ __all__ = [
     "pairwise_interactions",
     "mean_interaction",
     "exact_interaction",
+    "importance_order",
+    "interaction_order",
+    "interaction_utilization",
+    "InteractionUtilization",
+    "cut_window",
 ]

@@ -14,10 +14,18 @@ Shapley value (:mod:`pruning.games.estimators`).
   order of the n-1 players (N\\{i,j}) + {ij}"; sampling S that way gives an unbiased estimate.
   (Taking S = "the players before both i and j" in a random order of all n players is *not*
   this distribution: it over-weights large S by n / (2(n-|S|-1)).)
+* Interaction-aware utilization (our construction; the paper measures interactions but ranks
+  filters by Shapley value alone): order the filters greedily by the second-order marginal
+  m_i(S) = phi_i - 1/2 sum_{j in P(i)} I_ij + sum_{j in S cap P(i)} I_ij (P(i): the partners i
+  was paired with), which is the exact marginal v(S+i) - v(S) of a game with interactions of
+  order <= 2 when every pair is measured. Redundant filters have I_ij < 0: once one of two
+  duplicates is kept the other's marginal drops by |I_ij| and it moves down the order. U(k) is
+  then the worth of the first k of that order (:func:`interaction_utilization`).
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from itertools import combinations
 from typing import Sequence
 
@@ -30,17 +38,23 @@ from pruning.games.coalitions import CoalitionGame, all_coalitions
 _TAU_SLACK = 1e-9
 
 
-def utilization_curve(game: CoalitionGame, importance: torch.Tensor) -> torch.Tensor:
+def utilization_curve(game: CoalitionGame, importance: torch.Tensor, order: Sequence[int] | None = None) -> torch.Tensor:
     """U(k) for k = 0..n -> ``float64[n+1]``; all n+1 coalitions in one batched call.
 
-    Ties in ``importance`` are broken by the lower index. When v(N) == v(empty) (the layer does
+    top_k = the first k of ``order`` (a permutation of the players) when given, else the k of
+    highest ``importance``, ties broken by the lower index. When v(N) == v(empty) (the layer does
     not matter) the curve is 0 at k = 0 and 1 from k = 1 on.
     """
     n = game.size
     importance = torch.as_tensor(importance).flatten()
     if importance.numel() != n:
         raise ValueError(f"need {n} importance values, got {importance.numel()}")
-    order = torch.argsort(importance.double(), descending=True, stable=True)
+    if order is None:
+        order = importance_order(importance)
+    else:
+        order = torch.as_tensor(order, dtype=torch.long).flatten()
+        if sorted(order.tolist()) != list(range(n)):
+            raise ValueError(f"order must be a permutation of 0..{n - 1}")
     rank = torch.empty(n, dtype=torch.long)
     rank[order] = torch.arange(n)
     masks = rank[None, :] < torch.arange(n + 1)[:, None]
@@ -53,6 +67,11 @@ def utilization_curve(game: CoalitionGame, importance: torch.Tensor) -> torch.Te
     curve = (v - v[0]) / span
     curve[0], curve[n] = 0.0, 1.0
     return curve
+
+
+def importance_order(importance: torch.Tensor) -> torch.Tensor:
+    """Players by decreasing importance, ties broken by the lower index."""
+    return torch.argsort(torch.as_tensor(importance).flatten().double(), descending=True, stable=True)
 
 
 def sparsity_from_curve(curve: torch.Tensor, tau: float = 0.95, min_keep: int = 1) -> float:
@@ -165,3 +184,100 @@ def exact_interaction(game: CoalitionGame, i: int, j: int) -> float:
     bi, bj = 1 << i, 1 << j
     delta = v[base | bi | bj] - v[base | bi] - v[base | bj] + v[base]
     return float((weight * delta).sum())
+
+
+def interaction_order(
+    importance: torch.Tensor, pairs: Sequence[tuple[int, int]], interactions: torch.Tensor
+) -> torch.Tensor:
+    """Players in the greedy order of the second-order marginal (see the module docstring).
+
+    Start from S = {} and repeatedly add the player outside S of largest
+    m_i(S) = phi_i - 1/2 sum_{j in P(i)} I_ij + sum_{j in S cap P(i)} I_ij, ties broken by the
+    lower index; ``pairs`` and ``interactions`` are the measured I_ij (pairs not given count as 0,
+    so with no pairs this is the order of ``importance``). NaN values count as 0.
+    """
+    phi = torch.nan_to_num(torch.as_tensor(importance).flatten().double(), nan=0.0, posinf=0.0, neginf=0.0).numpy()
+    n = len(phi)
+    values = torch.nan_to_num(torch.as_tensor(interactions).flatten().double(), nan=0.0).numpy()
+    if len(values) != len(pairs):
+        raise ValueError(f"need one interaction per pair, got {len(values)} for {len(pairs)} pairs")
+    matrix = np.zeros((n, n))
+    for (i, j), value in zip(pairs, values):
+        if i == j or not (0 <= i < n and 0 <= j < n):
+            raise ValueError(f"invalid pair ({i}, {j}) for {n} players")
+        matrix[i, j] = matrix[j, i] = value
+    gain = phi - 0.5 * matrix.sum(1)
+    taken = np.zeros(n, dtype=bool)
+    order = []
+    for _ in range(n):
+        pick = int(np.argmax(np.where(taken, -np.inf, gain)))  # first maximum: the lower index
+        order.append(pick)
+        taken[pick] = True
+        gain = gain + matrix[pick]
+    return torch.tensor(order, dtype=torch.long)
+
+
+@dataclass(frozen=True)
+class InteractionUtilization:
+    """What :func:`interaction_utilization` measured for one layer.
+
+    curve: U(k) over ``order``; order: the greedy second-order order; pairs, interactions: the
+    measured I_ij; plain_cut: k* of the plain (Shapley-order) curve, around which the pairs were
+    taken; coalitions: coalitions evaluated for the interactions (4 per sample and pair) and the
+    curve (n + 1).
+    """
+
+    curve: torch.Tensor
+    order: torch.Tensor
+    pairs: list[tuple[int, int]]
+    interactions: torch.Tensor
+    plain_cut: int
+    coalitions: int
+
+
+def cut_window(n: int, cut: int, window: int) -> list[int]:
+    """Order positions of the ``window`` players centred on position ``cut`` (clipped to 0..n-1)."""
+    window = min(max(window, 0), n)
+    start = min(max(cut - window // 2, 0), n - window)
+    return list(range(start, start + window))
+
+
+def interaction_utilization(
+    game: CoalitionGame,
+    importance: torch.Tensor,
+    *,
+    tau: float = 0.95,
+    window: int = 8,
+    samples: int = 8,
+    seed: int = 0,
+    exact: bool = False,
+    min_keep: int = 1,
+) -> InteractionUtilization:
+    """The interaction-aware utilization curve of one layer.
+
+    The pairs are every pair among the ``window`` players around the plain curve's cut k*
+    (positions k* - window/2 ..., in the Shapley order at ``tau``): there the order decides what
+    is kept. Their I_ij are sampled with :func:`pairwise_interactions` (``samples`` per pair,
+    ``seed``), or enumerated with ``exact`` (small games). Cost: window (window - 1) / 2 *
+    samples * 4 coalitions plus the two curves' 2 (n + 1). ``window`` < 2 measures nothing and
+    returns the plain curve.
+    """
+    n = game.size
+    importance = torch.as_tensor(importance).flatten()
+    plain_order = importance_order(importance)
+    plain = utilization_curve(game, importance, plain_order)
+    cut = round((1.0 - sparsity_from_curve(plain, tau, min_keep)) * n)
+    players = sorted(int(plain_order[p]) for p in cut_window(n, cut, window))
+    pairs = list(combinations(players, 2))
+    if not pairs:
+        return InteractionUtilization(plain, plain_order, [], torch.zeros(0, dtype=torch.float64), cut, n + 1)
+    if exact:
+        values = torch.tensor([exact_interaction(game, i, j) for i, j in pairs], dtype=torch.float64)
+        spent = 0
+    else:
+        pairs, values = pairwise_interactions(game, pairs, samples=samples, seed=seed)
+        values = values.to(torch.float64)
+        spent = len(pairs) * samples * 4
+    order = interaction_order(importance, pairs, values)
+    curve = plain if torch.equal(order, plain_order) else utilization_curve(game, importance, order)
+    return InteractionUtilization(curve, order, pairs, values, cut, spent + 2 * (n + 1))

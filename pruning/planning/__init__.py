@@ -12,6 +12,7 @@ from pruning.planning.schedule import (  # noqa: F401
     save_schedule,
     load_schedule,
 )
+from pruning.planning.utilization import allocate_utilization  # noqa: F401
 from pruning.planning.concentration import (  # noqa: F401
     layer_indicators,
     information_concentration,
@@ -33,4 +34,5 @@ __all__ = [
     "layer_indicators",
     "information_concentration",
     "concentration_weights",
+    "allocate_utilization",
 ]
