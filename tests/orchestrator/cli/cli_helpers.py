@@ -13,6 +13,8 @@ from orchestrator import cli
 from pruning.data import DataConfig
 
 #: a quick data config for hand-built checkpoints (what the `trained_resnet20` fixture records)
+#: quick data and recovery for the commands run on a model of one's own, so its modules stay fast
+QUICK = ["--test-subset", "128", "--calibration-images", "64", "--batch-size", "64", "--bn-batches", "1"]
 SMALL_DATA = asdict(DataConfig(name="fashion-mnist", calibration_size=256, train_subset=512, test_subset=256))
 
 

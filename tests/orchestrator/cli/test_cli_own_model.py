@@ -9,21 +9,11 @@ import pytest
 import torch
 
 from orchestrator import cli
-from cli_helpers import assert_bad_input, main_json, run_cli, run_json
+from cli_helpers import QUICK, assert_bad_input, main_json, run_cli, run_json
 from pruning.structure import load_checkpoint
 from user_models import tiny_cnn
 
 MODEL = "user_models:tiny_cnn"
-#: quick data and recovery, so the module stays fast
-QUICK = ["--test-subset", "128", "--calibration-images", "64", "--batch-size", "64", "--bn-batches", "1"]
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "mine.pt"
-    torch.save(tiny_cnn(10, 1, width=6).state_dict(), path)
-    return path
 
 
 @pytest.fixture(scope="module")

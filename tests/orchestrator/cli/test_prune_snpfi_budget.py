@@ -4,21 +4,10 @@ is checked at the command line."""
 from __future__ import annotations
 
 import pytest
-import torch
 
-from cli_helpers import assert_bad_input, run_json
-from user_models import tiny_cnn
+from cli_helpers import QUICK, assert_bad_input, run_json
 
 MODEL = ["--model", "user_models:tiny_cnn", "--model-kwargs", '{"width": 6}', "--dataset", "fashion-mnist"]
-QUICK = ["--test-subset", "128", "--calibration-images", "64", "--batch-size", "64", "--bn-batches", "1"]
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "mine.pt"
-    torch.save(tiny_cnn(10, 1, width=6).state_dict(), path)
-    return path
 
 
 @pytest.mark.fashion_mnist
