@@ -27,13 +27,14 @@ import torch
 
 from orchestrator.cli.recipe_args import RECIPE_OPTIONS, add_recipe_arguments, recipe_from_args
 from pruning.criteria import ScoringContext, create_criterion, criterion_class
-from pruning.data import DataConfig, calibration_batches, load_data, make_loader
 from pruning.pipeline import prune_with_criterion
 from pruning.planning import PruningConfig
 from pruning.recovery import recover, recovery_data_for
-from pruning.structure import PruningSpace, load_checkpoint, measure_cost, measure_latency
+from pruning.structure import measure_cost, measure_latency
 from pruning.training import evaluate
 from pruning.utils import atomic_write
+
+from benchmark_baseline import load_benchmark_baseline
 
 
 def ratio_weights_for(ratios: str, model, space, groups, context, args):
@@ -73,20 +74,13 @@ def main() -> None:
     recipe = recipe_from_args(args)  # seeded per row below
     torch.set_num_threads(args.threads)
 
-    model, spec = load_checkpoint(args.checkpoint)
-    splits = load_data(DataConfig(**spec.meta["data"]))
-    shape = tuple(spec.input_shape)
+    baseline = load_benchmark_baseline(args.checkpoint, strategy=args.strategy, test_subset=args.test_subset,
+                                       calibration_images=args.calibration_images, batch_size=recipe.batch_size)
+    model, spec, splits, shape = baseline.model, baseline.spec, baseline.splits, baseline.shape
+    space, groups, test_loader, batches = baseline.space, baseline.groups, baseline.test_loader, baseline.batches
+    base_cost, base_accuracy = baseline.base_cost, baseline.base_accuracy
     example = torch.zeros(1, *shape)
-    space = PruningSpace.build(model, example)
-    groups = space.select(args.strategy)
-    test_data = splits.test
-    if args.test_subset:
-        test_data = torch.utils.data.Subset(splits.test, range(args.test_subset))
-    test_loader = make_loader(test_data, 500, shuffle=False)
-    batches = calibration_batches(splits, args.calibration_images, recipe.batch_size)
-    base_cost = measure_cost(model, shape)
     base_latency = measure_latency(model, shape, batch_size=64, threads=args.threads, repeats=10).median_ms
-    base_accuracy = evaluate(model, test_loader).accuracy
 
     stats, setup_seconds = None, {}
     needs_stats = args.ratios == "concentration" or any(criterion_class(c).needs_stats for c in args.criteria)

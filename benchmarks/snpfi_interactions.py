@@ -31,14 +31,15 @@ import torch
 
 from orchestrator.cli.recipe_args import RECIPE_OPTIONS, add_recipe_arguments, recipe_from_args
 from pruning.criteria import ScoringContext, create_criterion
-from pruning.data import DataConfig, calibration_batches, load_data, make_loader
 from pruning.games import group_seed, interaction_utilization, sparsity_from_curve, utilization_curve
 from pruning.pipeline import prune_with_criterion
 from pruning.planning import PruningConfig, allocate_utilization, ratios_of
 from pruning.recovery import recover, recovery_data_for
-from pruning.structure import PruningSpace, load_checkpoint, measure_cost
+from pruning.structure import measure_cost
 from pruning.training import evaluate
 from pruning.utils import atomic_write
+
+from benchmark_baseline import load_benchmark_baseline
 
 VARIANTS = ("plain/layer", "interactions/layer", "plain/global", "interactions/global")
 
@@ -100,19 +101,12 @@ def main() -> None:
     recipe = recipe_from_args(args)
     torch.set_num_threads(args.threads)
 
-    model, spec = load_checkpoint(args.checkpoint)
-    splits = load_data(DataConfig(**spec.meta["data"]))
-    shape = tuple(spec.input_shape)
+    baseline = load_benchmark_baseline(args.checkpoint, strategy=args.strategy, test_subset=args.test_subset,
+                                       calibration_images=args.calibration_images, batch_size=recipe.batch_size)
+    model, spec, splits, shape = baseline.model, baseline.spec, baseline.splits, baseline.shape
+    space, groups, test_loader, batches = baseline.space, baseline.groups, baseline.test_loader, baseline.batches
+    base_cost, base_accuracy = baseline.base_cost, baseline.base_accuracy
     example = torch.zeros(1, *shape)
-    space = PruningSpace.build(model, example)
-    groups = space.select(args.strategy)
-    test_data = splits.test
-    if args.test_subset:
-        test_data = torch.utils.data.Subset(splits.test, range(args.test_subset))
-    test_loader = make_loader(test_data, 500, shuffle=False)
-    batches = calibration_batches(splits, args.calibration_images, recipe.batch_size)
-    base_cost = measure_cost(model, shape)
-    base_accuracy = evaluate(model, test_loader).accuracy
     context = ScoringContext(calibration=batches)
 
     criterion = create_criterion("snpfi", seed=0, max_permutations=args.permutations, batch_size=args.game_batch)
