@@ -206,6 +206,31 @@ def test_a_run_dir_that_a_node_does_not_see_stops_the_sweep_before_any_trial(clu
 
 
 @pytest.mark.fashion_mnist
+def test_a_compare_runs_cells_on_both_nodes_and_logs_runs_and_tables_to_the_server(
+        cluster, mlflow_server, trained_resnet20, tmp_path):
+    run_dir = tmp_path / "study"
+    proc = prunesweep("compare", "--checkpoint", str(trained_resnet20["out"]), "--criteria", "l1", "random",
+                      "--flops-reductions", "0.5", "--seeds", "0", "1", "--calibration-images", "64",
+                      "--batch-size", "64", "--test-subset", "256", "--concurrency", "2", "--address", cluster.address,
+                      "--tracking-uri", mlflow_server.uri, "--run-dir", str(run_dir), "--json", "--quiet")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(proc.stdout)
+    assert data["counts"]["finished"] == 4 and data["counts"]["failed"] == 0
+
+    nodes = trial_nodes(run_dir, cluster)
+    assert len(nodes) == 4 and set(nodes.values()) == {"node_a", "node_b"}, nodes
+    from orchestrator.studies.run import TRACKING_KIND
+
+    tracker = Tracker(mlflow_server.uri, "prunesweep-compare", run_dir, kind=TRACKING_KIND)
+    parent = tracker.find_parent()
+    assert parent is not None and tracker.client.get_run(parent).info.status == "FINISHED"
+    runs = tracker.trial_runs()
+    assert sorted(runs) == sorted(nodes) and {r.info.status for r in runs.values()} == {"FINISHED"}  # each cell once
+    tables = {a.path for a in tracker.client.list_artifacts(parent, "study")}
+    assert {"study/accuracy_vs_macs.png", "study/ranks.png"} <= tables and any(t.endswith(".csv") for t in tables)
+
+
+@pytest.mark.fashion_mnist
 def test_a_node_lost_mid_sweep_leaves_every_trial_logged_once_and_the_rest_on_the_head(
         cluster, mlflow_server, trained_resnet20, tmp_path):
     # last in this module: it takes node_b out of the module's cluster
