@@ -9,7 +9,9 @@ import torch
 from pruning.criteria._base import register_criterion
 from pruning.criteria.shapley import ShapleyChannels
 from pruning.errors import InputError
-from pruning.games import group_seed, interaction_utilization, sparsity_from_curve, utilization_curve
+from pruning.games import (
+    group_seed, importance_order, interaction_utilization, sparsity_from_curve, utilization_curve,
+)
 
 #: how the layer sparsities are set: each layer at its own threshold, or jointly
 BUDGETS = ("layer", "global")
@@ -110,7 +112,7 @@ class SNPFI(ShapleyChannels):
             ranked = torch.sort(phi, descending=True, stable=True).values
             scores[name] = torch.empty_like(phi)
             scores[name][found.order] = ranked
-            plain = torch.argsort(phi.double(), descending=True, stable=True)
+            plain = importance_order(est.values)  # the order interaction_utilization started from
             self.last_utilization[name] = {
                 "coalitions": found.coalitions, "pairs": len(found.pairs), "plain_cut": found.plain_cut,
                 "reordered": int((found.order != plain).sum()),

@@ -21,7 +21,8 @@ from typing import Mapping, Sequence
 
 import torch
 
-from pruning.planning.widths import FLOPS_TOLERANCE, WidthGrid, refine_to_target
+from pruning.planning.schedule import _check_fraction, _check_reachable
+from pruning.planning.widths import WidthGrid, refine_to_target
 from pruning.structure.engine import PruningError
 from pruning.structure.groups import ChannelGroup
 
@@ -44,8 +45,6 @@ def allocate_utilization(
     ``space`` needs ``macs(keep)`` and ``reduction(keep)`` (a :class:`~pruning.structure.PruningSpace`).
     Ties (equal loss per MAC) go to the group listed first.
     """
-    from pruning.planning.schedule import _check_fraction, _check_reachable
-
     if not 0.0 < tau <= 1.0:
         raise PruningError(f"tau must be in (0, 1], got {tau!r}")
     grid = WidthGrid(cap=max_layer_ratio, min_channels=min_channels, round_to=round_to)
@@ -89,7 +88,6 @@ def allocate_utilization(
         loss += lost
     if flops_reduction is None:
         return keep
+    # refine_to_target leaves a plan already within half the tolerance as it is
     intended = {g.name: 1.0 - keep[g.name] / g.size for g in groups}
-    if abs(space.reduction(keep) - flops_reduction) <= FLOPS_TOLERANCE / 2:
-        return keep
     return refine_to_target(space, groups, keep, flops_reduction, intended, grid)
