@@ -164,7 +164,7 @@ def run_sweep(
             if refining:  # killed during refinement: screening is done
                 say(progress, f"resuming {Path(config.run_dir) / REFINE_EXPERIMENT}")
                 with timed(phases, "refinement"):
-                    complete = _refine(config, stage, settings, None, progress)
+                    complete = _refine(config, space, stage, settings, None, progress)
             else:
                 say(progress and resume, f"resuming {Path(config.run_dir) / EXPERIMENT_NAME}")
                 with timed(phases, "screening"):
@@ -176,7 +176,7 @@ def run_sweep(
                 complete = finished_cleanly(screened, config.sweep.trials)
                 if config.two_stage and complete:
                     with timed(phases, "refinement"):
-                        complete = _refine(config, stage, settings, screened, progress)
+                        complete = _refine(config, space, stage, settings, screened, progress)
         return finalize_sweep(tracker, config, setup, complete, progress, phases)
 
 
@@ -212,10 +212,10 @@ def screening_search(config: SweepConfig, space, context, key: str, inject_failu
     )
 
 
-def _refine(config: SweepConfig, stage, settings: TrialSettings, screened, progress: bool) -> bool:
+def _refine(config: SweepConfig, space, stage, settings: TrialSettings, screened, progress: bool) -> bool:
     """The refinement stage: ``sweep.refine.candidates`` screening trials (from ``screened``, a
-    ResultGrid; None: resume the refinement experiment) with the refinement recipe. Returns
-    whether every refined trial ended."""
+    ResultGrid, told apart by ``space``'s plan parameters; None: resume the refinement experiment)
+    with the refinement recipe. Returns whether every refined trial ended."""
     folder = Path(config.run_dir) / REFINE_EXPERIMENT
     chosen_file = Path(config.run_dir) / CANDIDATES_FILE
     resume = screened is None
@@ -224,7 +224,7 @@ def _refine(config: SweepConfig, stage, settings: TrialSettings, screened, progr
     else:
         configs = refine_configs(screened, config.objectives, config.sweep.refine.candidates,
                                  config.sweep.refine.targets, config.sweep.refine.per_target,
-                                 plan_params=config.space.create().plan_params)
+                                 plan_params=space.plan_params)
         atomic_write(chosen_file, lambda tmp: tmp.write_text(json.dumps(configs, indent=2)))
         if folder.exists():  # started, but killed before Tune's first snapshot: nothing to keep
             shutil.rmtree(folder)
