@@ -7,9 +7,11 @@ per observed output and channel:
 
 * ``hist``: counts over a fixed-edge histogram of the global-average-pooled activation per image
   (``value="gap"``, default) or of every spatial value (``value="spatial"``), for entropy.
-  The edges are fixed beforehand by :func:`compute_histogram_edges` (a short first pass over the
-  first ``edge_batches`` batches; by default one range per layer, its 0.1 %..99.9 % quantiles,
-  see :mod:`pruning.statistics.edges`); values outside fall in the end bins.
+  The edges are fixed from the first ``edge_batches`` batches (by default one range per layer,
+  its 0.1 %..99.9 % quantiles, see :mod:`pruning.statistics.edges`) before anything is binned;
+  values outside fall in the end bins. :func:`collect_activation_stats` does it inside its one
+  pass (the edge batches' values wait), :func:`compute_histogram_edges` as a pass of its own for
+  shards that must share edges.
 * ``map_entropy_sum``: the sum over images of the entropy of the softmax over each HxW map
   (:func:`~pruning.statistics.map_softmax_entropy`), for the entropy criterion's map mode.
 * ``rank_sum``: the sum of the matrix rank of each HxW map (HRank) over the first ``rank_images``
@@ -137,7 +139,9 @@ def _hooked(model: nn.Module, observed: Mapping[str, bool], fn: Callable[[str, t
                 handle.remove()
 
 
-def _run(model: nn.Module, batches: Iterable, progress: bool, desc: str) -> int:
+def _run(model: nn.Module, batches: Iterable, progress: bool, desc: str,
+         after_batch: Callable[[int], None] | None = None) -> int:
+    """Forward every batch; ``after_batch(count)`` after each. Returns the number of batches."""
     device = model_device(model)
     iterable = batches
     if progress:
@@ -149,6 +153,8 @@ def _run(model: nn.Module, batches: Iterable, progress: bool, desc: str) -> int:
     for batch in iterable:
         model(batch_inputs(batch).to(device))
         count += 1
+        if after_batch is not None:
+            after_batch(count)
     if count == 0:
         raise InputError("no calibration batches to collect statistics from")
     return count
@@ -189,17 +195,14 @@ def compute_histogram_edges(
 class _Accumulator:
     """Running sums of one observed output, on the activation's device."""
 
-    def __init__(self, name: str, x: torch.Tensor, has_maps: bool, edges: torch.Tensor, rank: bool, chip: bool,
-                 rank_quota: int | None):
+    def __init__(self, name: str, x: torch.Tensor, has_maps: bool, rank: bool, chip: bool,
+                 rank_quota: int | None, edges: torch.Tensor | None = None):
         _, c, h, w = x.shape
-        if edges.dim() != 2 or edges.shape[0] != c or edges.shape[1] < 3:
-            raise InputError(f"module {name!r}: edges of shape {tuple(edges.shape)} do not fit {c} channels")
         dev = x.device
-        self.edges = edges.to(device=dev, dtype=torch.float32)
-        self.inner = self.edges[:, 1:-1].contiguous()
-        self.bins = self.edges.shape[1] - 1
-        self.offsets = torch.arange(c, device=dev)[:, None] * self.bins
-        self.hist = torch.zeros(c * self.bins, dtype=torch.int64, device=dev)
+        self.name = name
+        # histogram values seen before the edges are fixed (single-pass collection), binned then
+        self.pending: list[torch.Tensor] = []
+        self.edges: torch.Tensor | None = None
         self.sum = torch.zeros(c, dtype=torch.float64, device=dev)
         self.gram = torch.zeros(c, c, dtype=torch.float64, device=dev)
         self.zeros = torch.zeros(c, dtype=torch.int64, device=dev)
@@ -213,15 +216,41 @@ class _Accumulator:
         self.n_rank_images = 0
         self.chip_sum = torch.zeros(c, dtype=torch.float64, device=dev) if chip else None
         self.map_entropy_sum = torch.zeros(c, dtype=torch.float64, device=dev)
+        if edges is not None:
+            self.fix_edges(edges)
 
-    def update(self, name: str, x: torch.Tensor, has_maps: bool, value: str) -> None:
+    def fix_edges(self, edges: torch.Tensor) -> None:
+        """Fix the histogram edges and bin the values that were waiting for them."""
+        c = self.sum.shape[0]
+        if edges.dim() != 2 or edges.shape[0] != c or edges.shape[1] < 3:
+            raise InputError(f"module {self.name!r}: edges of shape {tuple(edges.shape)} do not fit {c} channels")
+        dev = self.sum.device
+        self.edges = edges.to(device=dev, dtype=torch.float32)
+        self.inner = self.edges[:, 1:-1].contiguous()
+        self.bins = self.edges.shape[1] - 1
+        self.offsets = torch.arange(c, device=dev)[:, None] * self.bins
+        self.hist = torch.zeros(c * self.bins, dtype=torch.int64, device=dev)
+        for values in self.pending:
+            self._bin(values)
+        self.pending = []
+
+    def _bin(self, values: torch.Tensor) -> None:
+        idx = torch.searchsorted(self.inner, values.contiguous(), right=True)
+        self.hist += torch.bincount((idx + self.offsets).flatten(), minlength=self.hist.numel())
+
+    def update(self, x: torch.Tensor, has_maps: bool, value: str, recorder: RangeRecorder | None = None) -> None:
+        """Add a batch; before the edges are fixed its histogram values go to ``recorder`` and wait."""
         b, c, h, w = x.shape
         if has_maps != self.has_maps or (has_maps and (h, w) != self.map_size):
-            raise InputError(f"module {name!r}: output shape changed between batches; use one input size")
-        v = _hist_values(x, value).contiguous()
-        idx = torch.searchsorted(self.inner, v, right=True)
-        self.hist += torch.bincount((idx + self.offsets).flatten(), minlength=self.hist.numel())
-        gap = x.mean((2, 3)).double()
+            raise InputError(f"module {self.name!r}: output shape changed between batches; use one input size")
+        gap = x.mean((2, 3))
+        values = gap.T if value == "gap" else _hist_values(x, value)
+        if self.edges is not None:
+            self._bin(values)
+        else:
+            recorder.update(values)
+            self.pending.append(values)
+        gap = gap.double()
         self.sum += gap.sum(0)
         self.gram += gap.T @ gap
         self.zeros += (x == 0).sum((0, 2, 3))
@@ -281,7 +310,6 @@ def accumulate_stats(
     check_rank_images(rank_images)
     if isinstance(image_offset, bool) or not isinstance(image_offset, int) or image_offset < 0:
         raise InputError(f"image_offset must be a non-negative integer, got {image_offset!r}")
-    rank_quota = None if rank_images is None else max(0, rank_images - image_offset)
     observed = _observed_outputs(model, groups)
     missing = [name for name in observed if name not in edges]
     if missing:
@@ -289,22 +317,59 @@ def accumulate_stats(
     bins = {int(edges[name].shape[-1]) - 1 for name in observed}
     if len(bins) != 1:
         raise InputError(f"histogram edges disagree on the number of bins: {sorted(bins)}")
+    rank_quota = None if rank_images is None else max(0, rank_images - image_offset)
+    options = dict(value=value, rank=rank, chip=chip, rank_quota=rank_quota, progress=progress)
+    return _accumulate(model, observed, batches, bins.pop(), edges=edges, **options)
+
+
+def _accumulate(
+    model: nn.Module,
+    observed: Mapping[str, bool],
+    batches: Iterable,
+    bins: int,
+    *,
+    value: str,
+    rank: bool,
+    chip: bool,
+    rank_quota: int | None,
+    progress: bool,
+    edges: Mapping[str, torch.Tensor] | None = None,
+    ranges: Mapping[str, RangeRecorder] | None = None,
+    edge_batches: int = 0,
+) -> ActivationStats:
+    """One forward pass. With ``edges``, every batch is binned at once; otherwise the first
+    ``edge_batches`` batches' histogram values feed ``ranges`` and wait, the edges are fixed from
+    those ranges, and the waiting values are binned then: the same counts as an edge pass over
+    those batches followed by a pass with the edges, without running them twice."""
     accumulators: dict[str, _Accumulator] = {}
 
     def record(name: str, output: Any, relu: bool) -> None:
         x, has_maps = _as_maps(output, name, relu)
         if name not in accumulators:
-            accumulators[name] = _Accumulator(name, x, has_maps, edges[name], rank, chip, rank_quota)
-        accumulators[name].update(name, x, has_maps, value)
+            fixed = None if edges is None else edges[name]
+            accumulators[name] = _Accumulator(name, x, has_maps, rank, chip, rank_quota, edges=fixed)
+        accumulators[name].update(x, has_maps, value, None if ranges is None else ranges[name])
+
+    def fix_edges() -> None:
+        for name in observed:  # a module the edge batches did not call is reported by edges()
+            edges_of_name = ranges[name].edges(name, bins)
+            if name in accumulators:
+                accumulators[name].fix_edges(edges_of_name)
+
+    def after_batch(count: int) -> None:
+        if count == edge_batches:
+            fix_edges()
 
     with _hooked(model, observed, record):
-        _run(model, batches, progress, "activation stats")
+        count = _run(model, batches, progress, "activation stats", after_batch if edges is None else None)
+    if edges is None and count < edge_batches:
+        fix_edges()
 
     not_called = [name for name in observed if name not in accumulators]
     if not_called:
         raise InputError(f"module(s) not called by the forward pass: {', '.join(not_called)}")
     layers = {name: accumulators[name].finish() for name in observed}
-    return ActivationStats(layers, bins=bins.pop(), value=value, rank=rank, chip=chip)
+    return ActivationStats(layers, bins=bins, value=value, rank=rank, chip=chip)
 
 
 def collect_activation_stats(
@@ -322,24 +387,36 @@ def collect_activation_stats(
     edge_quantile: float = EDGE_QUANTILE,
     progress: bool = False,
 ) -> ActivationStats:
-    """Edges from the first ``edge_batches`` batches (:func:`compute_histogram_edges` with
-    ``edge_scope`` and ``edge_quantile``), then statistics over all ``batches``, map ranks over
-    the first ``rank_images`` images only (None: every image).
+    """Edges from the first ``edge_batches`` batches (as :func:`compute_histogram_edges` with
+    ``edge_scope`` and ``edge_quantile``), statistics over all ``batches``, map ranks over the
+    first ``rank_images`` images only (None: every image).
 
-    ``batches`` may be a list, a re-iterable loader or a one-shot iterator (its first batches
-    are kept in memory for the second pass).
+    For ``value="gap"`` this is one forward pass: the edge batches' per-image values (C per
+    image) wait until the edges are fixed. For ``value="spatial"`` the edge batches are run
+    twice, once for the edges and once in the main pass, because keeping every position of
+    their outputs would hold whole activation maps in memory. Either way the result equals
+    :func:`compute_histogram_edges` followed by :func:`accumulate_stats`.
+
+    ``batches`` may be a list, a re-iterable loader or a one-shot iterator (for ``"spatial"``
+    its first batches are kept in memory for the second pass).
     """
     if isinstance(edge_batches, bool) or not isinstance(edge_batches, int) or edge_batches < 1:
         raise InputError(f"edge_batches must be at least 1, got {edge_batches!r}")
-    check_rank_images(rank_images)  # before the edge pass, not after it
+    check_rank_images(rank_images)  # before any pass
+    check_value_mode(value)
+    check_edge_options(bins, edge_scope, edge_quantile)
+    if value == "gap":
+        observed = _observed_outputs(model, groups)
+        ranges = {name: RangeRecorder(edge_scope, edge_quantile) for name in observed}
+        return _accumulate(model, observed, batches, bins, value=value, rank=rank, chip=chip, rank_quota=rank_images,
+                           progress=progress, ranges=ranges, edge_batches=edge_batches)
     edge_options = dict(bins=bins, value=value, edge_scope=edge_scope, edge_quantile=edge_quantile)
     if isinstance(batches, Iterator):  # one-shot: keep the edge batches for the main pass
         head = list(itertools.islice(batches, edge_batches))
         edges = compute_histogram_edges(model, groups, head, **edge_options)
         batches = itertools.chain(head, batches)
     else:
-        head = itertools.islice(batches, edge_batches)
-        edges = compute_histogram_edges(model, groups, head, **edge_options)
+        edges = compute_histogram_edges(model, groups, itertools.islice(batches, edge_batches), **edge_options)
     return accumulate_stats(
         model, groups, batches, edges, value=value, rank=rank, rank_images=rank_images, chip=chip,
         progress=progress,

@@ -58,8 +58,13 @@ def map_softmax_entropy(maps: torch.Tensor) -> torch.Tensor:
     H = -sum_j q_j log q_j with q = softmax(map): log(H*W) for a constant map (a dead channel
     included), lower the more the map's mass sits on a few positions. A 1x1 map has entropy 0.
     """
-    logq = maps.flatten(2).log_softmax(-1)
-    return -(logq.exp() * logq).sum(-1)
+    # H = log Z - sum_j e_j d_j / Z with d = map - max(map), e = exp(d), Z = sum_j e_j: one exp
+    # over the maps instead of log_softmax's and a second one for q (the pass's cost, measured)
+    flat = maps.flatten(2)
+    d = flat - flat.amax(-1, keepdim=True)
+    e = d.exp()
+    z = e.sum(-1)
+    return z.log() - (e * d).sum(-1) / z
 
 
 def batched_map_rank(maps: torch.Tensor) -> torch.Tensor:

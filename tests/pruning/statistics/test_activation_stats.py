@@ -74,6 +74,37 @@ def test_merge_of_halves_equals_one_pass(model_name, request, example_input, sma
     assert all(int(s.n_images) == 12 for s in merged.layers.values())
 
 
+@pytest.mark.parametrize("edge_batches", [1, 2, 5])
+def test_one_pass_collection_equals_edge_pass_then_accumulation(edge_batches, tiny_resnet, example_input, small_batches):
+    """The gap statistics take their edges inside the one pass and still equal the two-pass
+    result, with fewer edge batches than given (2), more (5) and in a one-shot iterator; each
+    batch is run through the model once."""
+    groups = space_of(tiny_resnet, example_input).groups
+    edges = compute_histogram_edges(tiny_resnet, groups, small_batches[:edge_batches], bins=16)
+    two_pass = accumulate_stats(tiny_resnet, groups, small_batches, edges, chip=True)
+    calls = []
+    handle = tiny_resnet.register_forward_pre_hook(lambda m, i: calls.append(1))
+    try:
+        one_pass = collect_activation_stats(tiny_resnet, groups, iter(small_batches), bins=16, chip=True,
+                                            edge_batches=edge_batches)
+    finally:
+        handle.remove()
+    assert len(calls) == len(small_batches)
+    assert_stats_close(one_pass, two_pass)
+    for name, layer in one_pass.layers.items():
+        assert torch.equal(layer.edges, edges[name])
+        assert int(layer.hist.sum()) == layer.channels * 12
+
+
+def test_spatial_collection_equals_edge_pass_then_accumulation(tiny_resnet, example_input, small_batches):
+    groups = space_of(tiny_resnet, example_input).groups
+    edges = compute_histogram_edges(tiny_resnet, groups, small_batches[:2], bins=8, value="spatial")
+    two_pass = accumulate_stats(tiny_resnet, groups, small_batches, edges, value="spatial", rank=False)
+    one_call = collect_activation_stats(tiny_resnet, groups, iter(small_batches), bins=8, value="spatial",
+                                        rank=False, edge_batches=2)
+    assert_stats_close(one_call, two_pass)
+
+
 def test_merge_refuses_different_edges_or_config(tiny_resnet, example_input, small_batches):
     groups = space_of(tiny_resnet, example_input).groups
     edges = compute_histogram_edges(tiny_resnet, groups, small_batches[:1])
