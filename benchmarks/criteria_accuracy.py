@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from orchestrator.cli.recipe_args import RECIPE_OPTIONS, add_recipe_arguments, recipe_from_args
-from pruning.criteria import ScoringContext, create_criterion, criterion_class
+from pruning.criteria import ScoringContext, create_criterion, statistics_options
 from pruning.pipeline import prune_with_criterion
 from pruning.planning import PruningConfig
 from pruning.recovery import recover, recovery_data_for
@@ -83,12 +83,12 @@ def main() -> None:
     base_latency = measure_latency(model, shape, batch_size=64, threads=args.threads, repeats=10).median_ms
 
     stats, setup_seconds = None, {}
-    needs_stats = args.ratios == "concentration" or any(criterion_class(c).needs_stats for c in args.criteria)
-    if needs_stats:
+    criteria = [create_criterion(c, **args.criterion_options.get(c, {})) for c in args.criteria]
+    if args.ratios == "concentration" or any(c.needs_stats for c in criteria):
         from pruning.statistics import collect_activation_stats
 
         started = time.perf_counter()
-        stats = collect_activation_stats(model, space.groups, batches, chip="chip" in args.criteria)
+        stats = collect_activation_stats(model, space.groups, batches, **statistics_options(criteria))
         setup_seconds["statistics"] = time.perf_counter() - started
         print(f"statistics pass: {setup_seconds['statistics']:.1f} s")
     context = ScoringContext(calibration=batches, stats=stats)

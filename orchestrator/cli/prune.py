@@ -52,6 +52,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--snpfi-budget", choices=("layer", "global"), default="layer",
                    help="SNPFI layer sparsity: each layer at its own threshold (layer, default) or layers "
                         "competing under one budget by utilization lost per MAC (global)")
+    p.add_argument("--stats-source", choices=("producer", "consumer"), default=None,
+                   help="statistics criteria (entropy, hrank, apoz, mean-activation, chip): read each residual "
+                        "group's producer outputs (producer, default) or the tensors its consumers read "
+                        "(consumer: after the additions)")
     p.add_argument("--calibration-images", type=int, default=512,
                    help="calibration images for data-driven criteria, statistics and reconstruction (default: 512)")
     p.add_argument("--stats", default=None, help="activation statistics from `prunesweep stats` (else computed)")
@@ -68,7 +72,7 @@ def run(args: argparse.Namespace) -> CommandResult:
     import torch
 
     from orchestrator.cli.common import command_device, distribute_criterion, load_fitting, make_test_loader, measure
-    from pruning.criteria import ScoringContext, create_criterion, criterion_class
+    from pruning.criteria import ScoringContext, StatisticsCriterion, create_criterion, criterion_class
     from pruning.data import calibration_batches
     from pruning.pipeline import prune_with_criterion
     from pruning.planning import ratios_of
@@ -81,6 +85,10 @@ def run(args: argparse.Namespace) -> CommandResult:
     recipe = recipe_from_args(args)
     config, ratio_source = _pruning_config(args)
     options = _snpfi_options(args) if args.criterion == "snpfi" else {}
+    if args.stats_source is not None:
+        if not issubclass(criterion_class(args.criterion), StatisticsCriterion):
+            raise InputError(f"--stats-source applies to statistics criteria, not {args.criterion!r}")
+        options["source"] = args.stats_source
     criterion = distribute_criterion(create_criterion(args.criterion, seed=args.seed, **options), args)
     loaded = load_fitting(args)
     model, shape, splits = loaded.model, loaded.shape, loaded.splits
@@ -94,7 +102,7 @@ def run(args: argparse.Namespace) -> CommandResult:
 
     needs_stats = criterion_class(args.criterion).needs_stats or ratio_source == "concentration"
     batches = calibration_batches(splits, args.calibration_images, args.batch_size)
-    stats = _activation_stats(args, model, space, batches) if needs_stats else None
+    stats = _activation_stats(args, model, space, batches, criterion) if needs_stats else None
     context = ScoringContext(calibration=batches, stats=stats)
     ratio_weights, config, scores = _ratio_prior(args, ratio_source, criterion, model, space, config, context)
     outcome = prune_with_criterion(model, example, criterion, config, context, ratio_weights=ratio_weights,
@@ -166,13 +174,14 @@ def _snpfi_options(args: argparse.Namespace) -> dict:
     return {"interactions": args.snpfi_interactions, "budget": args.snpfi_budget}
 
 
-def _activation_stats(args, model, space, batches):
+def _activation_stats(args, model, space, batches, criterion):
     from orchestrator.cli.common import collect_stats
+    from pruning.criteria import statistics_options
     from pruning.statistics import ActivationStats
 
     if args.stats:
         return ActivationStats.load(args.stats)
-    return collect_stats(args, model, space.groups, batches, chip=args.criterion == "chip")
+    return collect_stats(args, model, space.groups, batches, **statistics_options([criterion]))
 
 
 def _ratio_prior(args, source, criterion, model, space, config, context):

@@ -35,6 +35,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help=f"rank the feature maps of the first N calibration images only, or 'all' "
                         f"(default: {RANK_IMAGES}; ranks are most of the pass's cost)")
     p.add_argument("--chip", action="store_true", help="also accumulate CHIP nuclear-norm statistics (slower)")
+    p.add_argument("--read-inputs", action="store_true",
+                   help="also the tensors the consumers of residual groups read (for criteria with source consumer)")
     p.add_argument("--out", required=True, help="statistics file to write")
     add_distributed(p, "the statistics pass")
     add_device(p, amp=False, loaders=False)
@@ -62,7 +64,8 @@ def run(args: argparse.Namespace) -> CommandResult:
     batches = calibration_batches(loaded.splits, args.calibration_images, 128)
     started = time.perf_counter()
     state, report = collect_stats(args, loaded.model, space.groups, batches, bins=args.bins, value=args.value,
-                                  rank_images=args.rank_images, chip=args.chip, return_report=True)
+                                  rank_images=args.rank_images, chip=args.chip, read_inputs=args.read_inputs,
+                                  return_report=True)
     seconds = time.perf_counter() - started
     state.save(args.out)
     data = {"checkpoint": args.checkpoint, "model": loaded.spec.name, "out": str(args.out),

@@ -56,6 +56,7 @@ def distributed_stats(
     rank: bool = True,
     rank_images: int | None = RANK_IMAGES,
     chip: bool = False,
+    read_inputs: bool = False,
     edge_batches: int = EDGE_BATCHES,
     edge_scope: str = "layer",
     edge_quantile: float = EDGE_QUANTILE,
@@ -87,7 +88,7 @@ def distributed_stats(
         raise InputError("no calibration batches to collect statistics from")
     groups = list(groups)
     edges = compute_histogram_edges(model, groups, inputs[:edge_batches], bins=bins, value=value,
-                                    edge_scope=edge_scope, edge_quantile=edge_quantile)
+                                    edge_scope=edge_scope, edge_quantile=edge_quantile, read_inputs=read_inputs)
     if shard_size is None:
         shard_size = max(1, math.ceil(len(inputs) / (4 * workers)))
     if shard_size < 1:
@@ -105,7 +106,7 @@ def distributed_stats(
     inputs_ref = ray.put(inputs)
     edges_ref = ray.put(edges)
     report.put_s = time.perf_counter() - put
-    options = {"value": value, "rank": rank, "rank_images": rank_images, "chip": chip}
+    options = {"value": value, "rank": rank, "rank_images": rank_images, "chip": chip, "read_inputs": read_inputs}
     task = (_StatsTask, model_ref, groups, inputs_ref, edges_ref, options)
 
     merged: list[ActivationStats] = []

@@ -78,10 +78,11 @@ class StudyResult:
 
 def _statistics(config: StudyConfig, setup, folder: Path, progress: bool):
     """The checkpoint's activation statistics where anything reads them (cached in ``folder``)."""
-    from pruning.criteria import criterion_class
+    from pruning.criteria import statistics_options
     from pruning.statistics import ActivationStats
 
-    needs = any(criterion_class(c.name).needs_stats for c in config.criteria) or config.ratios_need("concentration")
+    criteria = [c.create(seed=0) for c in config.criteria]
+    needs = any(c.needs_stats for c in criteria) or config.ratios_need("concentration")
     if not needs:
         return None
     path = folder / "stats.pt"
@@ -90,7 +91,7 @@ def _statistics(config: StudyConfig, setup, folder: Path, progress: bool):
     say(progress, f"computing activation statistics of {folder.name}")
     stats = compute_baseline_statistics(setup.model, setup.space, setup.batches, workers=config.execution.concurrency,
                                         cpus_per_worker=config.execution.cpus_per_trial,
-                                        chip=any(c.name == "chip" for c in config.criteria), progress=progress)
+                                        **statistics_options(criteria), progress=progress)
     folder.mkdir(parents=True, exist_ok=True)
     stats.save(path)
     return stats

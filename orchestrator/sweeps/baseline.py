@@ -128,14 +128,15 @@ def _build_baseline(settings: ModelSettings, data: DataSettings):
 
 def compute_baseline_statistics(
     model: nn.Module, space, batches, *, workers: int, cpus_per_worker: float = 1, chip: bool = False,
-    progress: bool = False, gpus_per_worker: float = 0,
+    read_inputs: bool = False, progress: bool = False, gpus_per_worker: float = 0,
 ):
     """Activation statistics of the unpruned model over the calibration batches, computed once
     per sweep by ``workers`` Ray actors (shards merged exactly on the driver; Ray must be up)."""
     from orchestrator.distributed import distributed_stats
 
     return distributed_stats(model, space.groups, batches, workers=workers, cpus_per_worker=cpus_per_worker,
-                             gpus_per_worker=gpus_per_worker, chip=chip, progress=progress)
+                             gpus_per_worker=gpus_per_worker, chip=chip, read_inputs=read_inputs,
+                             progress=progress)
 
 
 def compute_utilization_curves(model: nn.Module, space, strategy: str, batches, *, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -151,13 +152,14 @@ def compute_utilization_curves(model: nn.Module, space, strategy: str, batches, 
     }
 
 
-def needs_statistics(criteria: Sequence[str], space_needs_stats: bool = False) -> tuple[bool, bool]:
-    """(statistics needed, CHIP statistics needed) for these criteria and a search space that
-    does (``SearchSpace.needs_stats``) or does not read the statistics itself."""
-    from pruning.criteria import criterion_class
+def needs_statistics(criteria: Sequence[str], space_needs_stats: bool = False) -> tuple[bool, dict[str, bool]]:
+    """(statistics needed, the optional statistics to collect as keyword arguments) for these
+    criteria (default options) and a search space that does (``SearchSpace.needs_stats``) or does
+    not read the statistics itself."""
+    from pruning.criteria import create_criterion, statistics_options
 
-    needs = space_needs_stats or any(criterion_class(c).needs_stats for c in criteria)
-    return needs, "chip" in criteria
+    created = [create_criterion(c) for c in criteria]
+    return space_needs_stats or any(c.needs_stats for c in created), statistics_options(created)
 
 
 def load_or_compute_extras(
@@ -177,7 +179,7 @@ def load_or_compute_extras(
     from pruning.statistics import ActivationStats
     from pruning.utils import atomic_write
 
-    needs, chip = needs_statistics(space.criteria, space.needs_stats)
+    needs, optional = needs_statistics(space.criteria, space.needs_stats)
     stats = utilization = None
     if needs:
         path = folder / "stats.pt"
@@ -185,7 +187,7 @@ def load_or_compute_extras(
             stats = ActivationStats.load(path)
         else:
             say(progress, f"computing activation statistics on {sum(len(y) for _, y in setup.batches)} calibration images")
-            stats = compute_baseline_statistics(setup.model, setup.space, setup.batches, chip=chip, workers=workers,
+            stats = compute_baseline_statistics(setup.model, setup.space, setup.batches, **optional, workers=workers,
                                                 cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker,
                                                 progress=progress)
             folder.mkdir(parents=True, exist_ok=True)

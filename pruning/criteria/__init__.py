@@ -8,11 +8,13 @@ from pruning.criteria._base import (  # noqa: F401  (re-exported)
     Criterion,
     ModuleCriterion,
     ScoringContext,
+    StatisticsCriterion,
     create_criterion,
     criterion_class,
     list_criteria,
     normalise,
     register_criterion,
+    statistics_options,
 )
 from pruning.criteria import apoz  # noqa: F401  (registers apoz, mean-activation)
 from pruning.criteria import bn_scale  # noqa: F401  (registers bn-scale)

@@ -21,14 +21,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Mapping, Sequence
+from typing import Any, ClassVar, Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
 
 from pruning.registry import Registry
 from pruning.errors import InputError
-from pruning.structure.groups import ChannelGroup
+from pruning.structure.groups import SOURCES, ChannelGroup
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -68,6 +68,12 @@ class Criterion(ABC):
     ) -> dict[str, torch.Tensor]:
         """Return one importance score per channel for every group (higher = keep)."""
 
+    def required_statistics(self) -> frozenset[str]:
+        """Optional statistics the collection must gather for this criterion, beyond the default
+        set: ``"chip"`` (CHIP's nuclear norms), ``"read_inputs"`` (the tensors the consumers of
+        residual-coupled groups read). Callers pass them to ``collect_activation_stats``."""
+        return frozenset()
+
     def check_context(self, context: ScoringContext) -> None:
         if self.needs_calibration and not context.calibration:
             raise InputError(f"criterion {self.name!r} needs calibration batches")
@@ -75,6 +81,29 @@ class Criterion(ABC):
             raise InputError(
                 f"criterion {self.name!r} needs activation statistics (run `prunesweep stats`)"
             )
+
+
+class StatisticsCriterion(Criterion):
+    """A criterion read from activation statistics (``context.stats``).
+
+    ``source``: which tensors of a group the statistics are of (:data:`SOURCES`):
+    ``"producer"`` (default), each producer's normalised, activated output, averaged over the
+    producers of a residual-coupled group; ``"consumer"``, the tensors the group's consumer
+    convolutions read (after the residual additions and their activations), averaged over
+    them; the statistics must then be collected with ``read_inputs=True``. Inner groups read
+    the same tensor either way.
+    """
+
+    needs_stats = True
+
+    def __init__(self, seed: int = 0, source: str = "producer") -> None:
+        super().__init__(seed)
+        if source not in SOURCES:
+            raise InputError(f"unknown statistics source {source!r}; valid: {', '.join(SOURCES)}")
+        self.source = source
+
+    def required_statistics(self) -> frozenset[str]:
+        return frozenset({"read_inputs"}) if self.source == "consumer" else frozenset()
 
 
 class ModuleCriterion(Criterion):
@@ -119,6 +148,13 @@ def list_criteria() -> list[str]:
 
 def criterion_class(name: str) -> type[Criterion]:
     return _CRITERIA.get(name)  # type: ignore[return-value]
+
+
+def statistics_options(criteria: Iterable[Criterion]) -> dict[str, bool]:
+    """The optional statistics these criteria read (:meth:`Criterion.required_statistics`), as
+    ``collect_activation_stats`` keyword arguments: ``{"chip": ..., "read_inputs": ...}``."""
+    needed = frozenset().union(*(c.required_statistics() for c in criteria))
+    return {"chip": "chip" in needed, "read_inputs": "read_inputs" in needed}
 
 
 def normalise(scores: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -1,44 +1,42 @@
 """Activation-based criteria: APoZ and mean activation."""
 from __future__ import annotations
 
-from pruning.criteria._base import Criterion, register_criterion
+from pruning.criteria._base import StatisticsCriterion, register_criterion
 from pruning.statistics import stats_from_context
 
 
 @register_criterion("apoz")
-class APoZCriterion(Criterion):
+class APoZCriterion(StatisticsCriterion):
     """Average Percentage of Zeros (APoZ).
 
     APoZ_c = #{(i, h, w) : O_i,c(h, w) = 0} / (N H W) over the calibration images of channel
     c's post-BN/ReLU output; score_c = 1 - APoZ_c (mostly-zero channels are pruned first).
     Outputs not followed by a ReLU (the pre-addition branches of a residual block) are rarely
-    exactly zero and score about 1. Residual-coupled groups average over their producers.
+    exactly zero and score about 1. Residual-coupled groups average over their producers
+    (``source="producer"``) or over the tensors their consumers read (``"consumer"``).
 
     Reference: Hu, Peng, Tai, Tang, "Network Trimming: A Data-Driven Neuron Pruning Approach
     towards Efficient Deep Architectures", arXiv:1607.03250 (2016).
     """
 
-    needs_stats = True
-
     def score(self, model, groups, context):
         stats = stats_from_context(self, context)
-        return {g.name: (1.0 - stats.channel_apoz(g)).float() for g in groups}
+        return {g.name: (1.0 - stats.channel_apoz(g, source=self.source)).float() for g in groups}
 
 
 @register_criterion("mean-activation")
-class MeanActivationCriterion(Criterion):
+class MeanActivationCriterion(StatisticsCriterion):
     """Mean activation.
 
     score_c = (1/N) sum_i (1/(H W)) sum_{h,w} O_i,c(h, w), the mean over calibration images of
     the global-average-pooled post-BN/ReLU output (non-negative after a ReLU; outputs without
-    one may score negative). Residual-coupled groups average over their producers.
+    one may score negative). Residual-coupled groups average over their producers
+    (``source="producer"``) or over the tensors their consumers read (``"consumer"``).
 
     Reference: Molchanov, Tyree, Karras, Aila, Kautz, "Pruning Convolutional Neural Networks
     for Resource Efficient Inference", ICLR 2017 (the mean-activation baseline).
     """
 
-    needs_stats = True
-
     def score(self, model, groups, context):
         stats = stats_from_context(self, context)
-        return {g.name: stats.channel_mean(g).float() for g in groups}
+        return {g.name: stats.channel_mean(g, source=self.source).float() for g in groups}

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pruning.criteria._base import Criterion, register_criterion
+from pruning.criteria._base import StatisticsCriterion, register_criterion
 from pruning.errors import InputError
 from pruning.statistics import stats_from_context
 from pruning.statistics.measures import check_estimator
@@ -32,7 +32,7 @@ class EntropyOptions:
 
 
 @register_criterion("entropy")
-class EntropyCriterion(Criterion):
+class EntropyCriterion(StatisticsCriterion):
     """Feature-map entropy (FPEI).
 
     ``value="histogram"`` (default): score_c = H_c, the entropy of channel c's histogram
@@ -50,7 +50,8 @@ class EntropyCriterion(Criterion):
     included) scores 0 and is pruned first, a peaked one is kept; Linear outputs (one position)
     all score 0.
 
-    Residual-coupled groups average over their producers' outputs.
+    Residual-coupled groups average over their producers' outputs (``source="producer"``)
+    or over the tensors their consumers read (``"consumer"``).
 
     Reference: Wang, Jiang, Cui, Cao, "Filter pruning with a feature map entropy importance
     criterion for convolution neural networks compressing", Neurocomputing 461 (2021) (FPEI);
@@ -61,18 +62,17 @@ class EntropyCriterion(Criterion):
     each conv output map summed over images, the highest pruned), read post-BN/ReLU here.
     """
 
-    needs_stats = True
-
-    def __init__(self, seed: int = 0, value: str = "histogram", estimator: str = "plugin") -> None:
-        super().__init__(seed)
+    def __init__(self, seed: int = 0, value: str = "histogram", estimator: str = "plugin",
+                 source: str = "producer") -> None:
+        super().__init__(seed, source)
         self.options = EntropyOptions(value=value, estimator=estimator)
 
     def score(self, model, groups, context):
         stats = stats_from_context(self, context)
         if self.options.value == "histogram":
-            return {g.name: stats.channel_entropy(g, estimator=self.options.estimator).float() for g in groups}
+            return {g.name: stats.channel_entropy(g, estimator=self.options.estimator, source=self.source).float() for g in groups}
         out: dict[str, torch.Tensor] = {}
         for g in groups:
-            positions = int(stats.layer_stats(g)[0].map_size.prod())
-            out[g.name] = (math.log(max(positions, 1)) - stats.channel_map_entropy(g)).float()
+            positions = int(stats.layer_stats(g, self.source)[0].map_size.prod())
+            out[g.name] = (math.log(max(positions, 1)) - stats.channel_map_entropy(g, source=self.source)).float()
         return out

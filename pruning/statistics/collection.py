@@ -2,8 +2,9 @@
 
 One streaming pass over calibration batches hooks every observed output of the given
 :class:`~pruning.structure.groups.ChannelGroup` s (the producer's BatchNorm output, or the producer's own
-output without one, passed through ReLU when the model applies one right after) and accumulates,
-per observed output and channel:
+output without one, passed through ReLU when the model applies one right after; with
+``read_inputs=True`` also the ``read`` tensors of residual-coupled groups, the inputs their
+consumer convolutions are given) and accumulates, per observed tensor and channel:
 
 * ``hist``: counts over a fixed-edge histogram of the global-average-pooled activation per image
   (``value="gap"``, default) or of every spatial value (``value="spatial"``), for entropy.
@@ -53,7 +54,7 @@ from pruning.statistics.edges import (
 )
 from pruning.statistics.measures import batched_map_rank, leave_one_out_nuclear_norms, map_softmax_entropy
 from pruning.statistics.state import ActivationStats, LayerStats, check_value_mode
-from pruning.structure.groups import ChannelGroup
+from pruning.structure.groups import ChannelGroup, ObservedOutput
 from pruning.utils import batch_inputs, model_device, preserved_modes
 
 __all__ = [
@@ -81,15 +82,16 @@ def check_rank_images(rank_images: int | None) -> None:
         raise InputError(f"rank_images must be a positive integer or None (every image), got {rank_images!r}")
 
 
-def _observed_outputs(model: nn.Module, groups: Sequence[ChannelGroup]) -> dict[str, bool]:
-    """{observed module name: relu} over the groups, checked against the model."""
+def _observed_outputs(model: nn.Module, groups: Sequence[ChannelGroup], read_inputs: bool = False) -> dict[str, ObservedOutput]:
+    """{statistics key: observation} over the groups (with ``read_inputs``, their ``read``
+    tensors too), checked against the model."""
     modules = dict(model.named_modules())
-    observed: dict[str, bool] = {}
+    observed: dict[str, ObservedOutput] = {}
     for group in groups:
-        for obs in group.observed:
+        for obs in group.observed + (group.read if read_inputs else ()):
             if obs.module not in modules:
                 raise InputError(f"group {group.name!r}: the model has no module {obs.module!r}")
-            if observed.setdefault(obs.module, obs.relu) != obs.relu:
+            if observed.setdefault(obs.key, obs).relu != obs.relu:
                 raise InputError(f"module {obs.module!r} is observed both with and without ReLU")
     if not observed:
         raise InputError("no groups to collect statistics for")
@@ -119,18 +121,21 @@ def _hist_values(x: torch.Tensor, value: str) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def _hooked(model: nn.Module, observed: Mapping[str, bool], fn: Callable[[str, torch.Tensor, bool], None]):
-    """Hooks on the observed modules, eval mode and no_grad; all undone on exit, even on error."""
+def _hooked(model: nn.Module, observed: Mapping[str, ObservedOutput], fn: Callable[[str, torch.Tensor, bool], None]):
+    """Hooks on the observed tensors (a module's output, or the first input it is called with),
+    eval mode and no_grad; all undone on exit, even on error."""
     modules = dict(model.named_modules())
     handles = []
     with preserved_modes(model):
         try:
-            for name, relu in observed.items():
-                handles.append(
-                    modules[name].register_forward_hook(
-                        lambda m, i, o, name=name, relu=relu: fn(name, o, relu)
-                    )
-                )
+            for key, obs in observed.items():
+                module = modules[obs.module]
+                if obs.side == "input":
+                    hook = lambda m, i, key=key: fn(key, i[0], False)  # noqa: E731
+                    handles.append(module.register_forward_pre_hook(hook))
+                else:
+                    hook = lambda m, i, o, key=key, relu=obs.relu: fn(key, o, relu)  # noqa: E731
+                    handles.append(module.register_forward_hook(hook))
             model.eval()
             with torch.no_grad():
                 yield
@@ -169,8 +174,10 @@ def compute_histogram_edges(
     value: str = "gap",
     edge_scope: str = "layer",
     edge_quantile: float = EDGE_QUANTILE,
+    read_inputs: bool = False,
 ) -> dict[str, torch.Tensor]:
-    """First pass: per observed output, [C, bins+1] float32 uniform edges per channel.
+    """First pass: per observed output (with ``read_inputs``, also per tensor in the groups'
+    ``read``), [C, bins+1] float32 uniform edges per channel, keyed like the statistics.
 
     The range is one per output (``edge_scope="layer"``, all rows equal) or one per channel
     (``"channel"``), from the ``edge_quantile`` .. 1 - ``edge_quantile`` quantiles of the
@@ -180,7 +187,7 @@ def compute_histogram_edges(
     """
     check_value_mode(value)
     check_edge_options(bins, edge_scope, edge_quantile)
-    observed = _observed_outputs(model, groups)
+    observed = _observed_outputs(model, groups, read_inputs)
     ranges = {name: RangeRecorder(edge_scope, edge_quantile) for name in observed}
 
     def record(name: str, output: Any, relu: bool) -> None:
@@ -296,6 +303,7 @@ def accumulate_stats(
     rank_images: int | None = RANK_IMAGES,
     image_offset: int = 0,
     chip: bool = False,
+    read_inputs: bool = False,
     progress: bool = False,
 ) -> ActivationStats:
     """The mergeable pass: statistics of ``batches`` with fixed histogram ``edges``.
@@ -310,7 +318,7 @@ def accumulate_stats(
     check_rank_images(rank_images)
     if isinstance(image_offset, bool) or not isinstance(image_offset, int) or image_offset < 0:
         raise InputError(f"image_offset must be a non-negative integer, got {image_offset!r}")
-    observed = _observed_outputs(model, groups)
+    observed = _observed_outputs(model, groups, read_inputs)
     missing = [name for name in observed if name not in edges]
     if missing:
         raise InputError(f"no histogram edges for {', '.join(missing)}")
@@ -318,7 +326,8 @@ def accumulate_stats(
     if len(bins) != 1:
         raise InputError(f"histogram edges disagree on the number of bins: {sorted(bins)}")
     rank_quota = None if rank_images is None else max(0, rank_images - image_offset)
-    options = dict(value=value, rank=rank, chip=chip, rank_quota=rank_quota, progress=progress)
+    options = dict(value=value, rank=rank, chip=chip, read_inputs=read_inputs, rank_quota=rank_quota,
+                   progress=progress)
     return _accumulate(model, observed, batches, bins.pop(), edges=edges, **options)
 
 
@@ -331,6 +340,7 @@ def _accumulate(
     value: str,
     rank: bool,
     chip: bool,
+    read_inputs: bool,
     rank_quota: int | None,
     progress: bool,
     edges: Mapping[str, torch.Tensor] | None = None,
@@ -369,7 +379,7 @@ def _accumulate(
     if not_called:
         raise InputError(f"module(s) not called by the forward pass: {', '.join(not_called)}")
     layers = {name: accumulators[name].finish() for name in observed}
-    return ActivationStats(layers, bins=bins, value=value, rank=rank, chip=chip)
+    return ActivationStats(layers, bins=bins, value=value, rank=rank, chip=chip, read_inputs=read_inputs)
 
 
 def collect_activation_stats(
@@ -382,6 +392,7 @@ def collect_activation_stats(
     rank: bool = True,
     rank_images: int | None = RANK_IMAGES,
     chip: bool = False,
+    read_inputs: bool = False,
     edge_batches: int = EDGE_BATCHES,
     edge_scope: str = "layer",
     edge_quantile: float = EDGE_QUANTILE,
@@ -406,11 +417,12 @@ def collect_activation_stats(
     check_value_mode(value)
     check_edge_options(bins, edge_scope, edge_quantile)
     if value == "gap":
-        observed = _observed_outputs(model, groups)
+        observed = _observed_outputs(model, groups, read_inputs)
         ranges = {name: RangeRecorder(edge_scope, edge_quantile) for name in observed}
-        return _accumulate(model, observed, batches, bins, value=value, rank=rank, chip=chip, rank_quota=rank_images,
-                           progress=progress, ranges=ranges, edge_batches=edge_batches)
-    edge_options = dict(bins=bins, value=value, edge_scope=edge_scope, edge_quantile=edge_quantile)
+        return _accumulate(model, observed, batches, bins, value=value, rank=rank, chip=chip, read_inputs=read_inputs,
+                           rank_quota=rank_images, progress=progress, ranges=ranges, edge_batches=edge_batches)
+    edge_options = dict(bins=bins, value=value, edge_scope=edge_scope, edge_quantile=edge_quantile,
+                        read_inputs=read_inputs)
     if isinstance(batches, Iterator):  # one-shot: keep the edge batches for the main pass
         head = list(itertools.islice(batches, edge_batches))
         edges = compute_histogram_edges(model, groups, head, **edge_options)
@@ -419,5 +431,5 @@ def collect_activation_stats(
         edges = compute_histogram_edges(model, groups, itertools.islice(batches, edge_batches), **edge_options)
     return accumulate_stats(
         model, groups, batches, edges, value=value, rank=rank, rank_images=rank_images, chip=chip,
-        progress=progress,
+        read_inputs=read_inputs, progress=progress,
     )

@@ -19,7 +19,7 @@ import torch
 
 from pruning.errors import InputError
 from pruning.statistics.measures import histogram_entropy
-from pruning.structure.groups import ChannelGroup
+from pruning.structure.groups import SOURCES, ChannelGroup
 from pruning.utils import atomic_write
 
 __all__ = [
@@ -123,12 +123,15 @@ def _ranked_images(s: LayerStats) -> torch.Tensor:
 class ActivationStats:
     """Per observed output :class:`LayerStats`, plus the configuration they were collected with.
 
-    ``layers``: {observed module name: LayerStats}. ``bins``, ``value`` ("gap" or "spatial"),
-    ``rank`` and ``chip`` (which optional statistics were collected).
+    ``layers``: {observation key: LayerStats} (:attr:`ObservedOutput.key`: the module name for
+    an output, ``"<module>:input"`` for a consumer's input). ``bins``, ``value`` ("gap" or
+    "spatial"), ``rank``, ``chip`` and ``read_inputs`` (which optional statistics were collected).
 
     The ``channel_*`` accessors take a :class:`~pruning.structure.groups.ChannelGroup` and return a
-    float64 CPU tensor of ``group.size`` values, the mean over the group's observed outputs
-    (several for residual-coupled groups).
+    float64 CPU tensor of ``group.size`` values, the mean over the group's observations of
+    ``source`` (:meth:`~pruning.structure.groups.ChannelGroup.observations`): ``"producer"``,
+    the producers' outputs (several for residual-coupled groups), or ``"consumer"``, the
+    tensors the consumers read (needs ``read_inputs``).
     """
 
     def __init__(
@@ -139,6 +142,7 @@ class ActivationStats:
         value: str = "gap",
         rank: bool = True,
         chip: bool = False,
+        read_inputs: bool = False,
     ) -> None:
         check_value_mode(value)
         self.layers = dict(layers)
@@ -146,10 +150,12 @@ class ActivationStats:
         self.value = value
         self.rank = bool(rank)
         self.chip = bool(chip)
+        self.read_inputs = bool(read_inputs)
 
     @property
     def config(self) -> dict[str, Any]:
-        return {"bins": self.bins, "value": self.value, "rank": self.rank, "chip": self.chip}
+        return {"bins": self.bins, "value": self.value, "rank": self.rank, "chip": self.chip,
+                "read_inputs": self.read_inputs}
 
     def __repr__(self) -> str:
         images = {int(s.n_images) for s in self.layers.values()}
@@ -233,40 +239,49 @@ class ActivationStats:
                 if not all(isinstance(t, torch.Tensor) for t in tensors.values()):
                     raise ValueError(f"layer {name!r} holds a non-tensor")
                 layers[name] = LayerStats(**tensors)
-            return cls(layers, bins=config["bins"], value=config["value"], rank=config["rank"], chip=config["chip"])
+            # files written before read_inputs existed hold the producers' outputs only
+            return cls(layers, bins=config["bins"], value=config["value"], rank=config["rank"], chip=config["chip"],
+                       read_inputs=config.get("read_inputs", False))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise fail(f"malformed: {exc}") from None
 
     # -- accessors -----------------------------------------------------------------------------
 
-    def layer_stats(self, group: ChannelGroup) -> list[LayerStats]:
-        """The statistics of each of the group's observed outputs."""
+    def layer_stats(self, group: ChannelGroup, source: str = "producer") -> list[LayerStats]:
+        """The statistics of each of the group's observations of ``source``."""
+        if source not in SOURCES:
+            raise InputError(f"unknown statistics source {source!r}; valid: {', '.join(SOURCES)}")
+        if source == "consumer" and group.read and not self.read_inputs:
+            raise InputError(
+                "the tensors the consumers read were not collected; collect the statistics with "
+                "read_inputs=True (prunesweep stats --read-inputs)"
+            )
         out = []
-        for obs in group.observed:
-            stats = self.layers.get(obs.module)
+        for obs in group.observations(source):
+            stats = self.layers.get(obs.key)
             if stats is None:
                 raise InputError(
-                    f"no statistics for {obs.module!r} (group {group.name!r}); "
+                    f"no statistics for {obs.key!r} (group {group.name!r}); "
                     "were they collected on this model and these groups?"
                 )
             if stats.channels != group.size:
                 raise InputError(
-                    f"statistics of {obs.module!r} have {stats.channels} channels, group {group.name!r} has {group.size}"
+                    f"statistics of {obs.key!r} have {stats.channels} channels, group {group.name!r} has {group.size}"
                 )
             if int(stats.n_images) == 0:
-                raise InputError(f"statistics of {obs.module!r} cover no images")
+                raise InputError(f"statistics of {obs.key!r} cover no images")
             out.append(stats)
         return out
 
-    def _mean(self, group: ChannelGroup, fn: Callable[[LayerStats], torch.Tensor]) -> torch.Tensor:
-        return torch.stack([fn(s).to(torch.float64) for s in self.layer_stats(group)]).mean(0)
+    def _mean(self, group: ChannelGroup, fn: Callable[[LayerStats], torch.Tensor], source: str) -> torch.Tensor:
+        return torch.stack([fn(s).to(torch.float64) for s in self.layer_stats(group, source)]).mean(0)
 
-    def channel_entropy(self, group: ChannelGroup, *, estimator: str = "plugin") -> torch.Tensor:
+    def channel_entropy(self, group: ChannelGroup, *, estimator: str = "plugin", source: str = "producer") -> torch.Tensor:
         """Entropy (nats) of each channel's histogram, H_c = -sum_k p_k log p_k with the plug-in
         ``estimator``, or with the Miller-Madow correction (:func:`~pruning.statistics.histogram_entropy`)."""
-        return self._mean(group, lambda s: histogram_entropy(s.hist, estimator=estimator))
+        return self._mean(group, lambda s: histogram_entropy(s.hist, estimator=estimator), source)
 
-    def channel_map_entropy(self, group: ChannelGroup) -> torch.Tensor:
+    def channel_map_entropy(self, group: ChannelGroup, *, source: str = "producer") -> torch.Tensor:
         """Mean over images of the entropy of the softmax over each HxW map (0 for Linear outputs)."""
 
         def mean(s: LayerStats) -> torch.Tensor:
@@ -277,9 +292,9 @@ class ActivationStats:
                 )
             return s.map_entropy_sum / s.n_images
 
-        return self._mean(group, mean)
+        return self._mean(group, mean, source)
 
-    def channel_rank(self, group: ChannelGroup, *, linear_as_1x1: bool = False) -> torch.Tensor:
+    def channel_rank(self, group: ChannelGroup, *, linear_as_1x1: bool = False, source: str = "producer") -> torch.Tensor:
         """Mean rank of the HxW maps per ranked image (the first ``n_rank_images`` of the pass).
 
         Outputs without maps (Linear layers) give NaN, or with ``linear_as_1x1`` the mean rank
@@ -295,9 +310,9 @@ class ActivationStats:
                 return 1.0 - s.zeros.double() / s.n_positions
             return torch.full((s.channels,), math.nan, dtype=torch.float64)
 
-        return self._mean(group, rank)
+        return self._mean(group, rank, source)
 
-    def channel_relative_rank(self, group: ChannelGroup) -> torch.Tensor:
+    def channel_relative_rank(self, group: ChannelGroup, *, source: str = "producer") -> torch.Tensor:
         """Mean map rank divided by min(H, W), in [0, 1]; Linear outputs count as 1x1 maps."""
         if not self.rank:
             raise InputError("map ranks were not collected; collect the statistics with rank=True")
@@ -307,24 +322,24 @@ class ActivationStats:
                 return s.rank_sum / _ranked_images(s) / int(s.map_size.min())
             return 1.0 - s.zeros.double() / s.n_positions
 
-        return self._mean(group, relative)
+        return self._mean(group, relative, source)
 
-    def channel_mean(self, group: ChannelGroup) -> torch.Tensor:
+    def channel_mean(self, group: ChannelGroup, *, source: str = "producer") -> torch.Tensor:
         """Mean over images of the global-average-pooled activation."""
-        return self._mean(group, lambda s: s.sum / s.n_images)
+        return self._mean(group, lambda s: s.sum / s.n_images, source)
 
-    def channel_apoz(self, group: ChannelGroup) -> torch.Tensor:
+    def channel_apoz(self, group: ChannelGroup, *, source: str = "producer") -> torch.Tensor:
         """Average percentage of zeros: the fraction of exactly-zero values over all positions."""
-        return self._mean(group, lambda s: s.zeros.double() / s.n_positions)
+        return self._mean(group, lambda s: s.zeros.double() / s.n_positions, source)
 
-    def channel_chip(self, group: ChannelGroup) -> torch.Tensor:
+    def channel_chip(self, group: ChannelGroup, *, source: str = "producer") -> torch.Tensor:
         """CHIP channel independence, mean over images: ||A||_* - ||A with row c zeroed||_*."""
         if not self.chip:
             raise InputError(
                 "CHIP statistics were not collected; collect them with "
                 "collect_activation_stats(..., chip=True)"
             )
-        return self._mean(group, lambda s: s.chip_sum / s.n_images)
+        return self._mean(group, lambda s: s.chip_sum / s.n_images, source)
 
 
 def merge_stats(a: ActivationStats, b: ActivationStats) -> ActivationStats:

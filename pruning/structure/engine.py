@@ -156,6 +156,7 @@ class PruningSpace:
                     norms=tuple(sorted(norms, key=order.__getitem__)),
                     observed=tuple(_observed_output(graph, modules, names, p) for p in ordered),
                     inner=len(regular) == 1,
+                    read=() if len(regular) == 1 else _consumer_inputs(graph, modules, consumers, order),
                 )
             )
         groups.sort(key=lambda g: order[g.name])
@@ -206,6 +207,22 @@ def _observed_output(graph, modules, names, producer: str) -> ObservedOutput:
         for out in node.outputs
     )
     return ObservedOutput(producer=producer, module=observed, relu=relu)
+
+
+def _consumer_inputs(graph, modules, consumers, order) -> tuple[ObservedOutput, ...]:
+    """Inputs of the Conv2d consumers, one per tensor (two consumers fed by the same graph node
+    read the same tensor, e.g. a block's first conv and its projection shortcut)."""
+    seen, read = set(), []
+    for name in sorted(consumers, key=order.__getitem__):
+        module = modules[name]
+        if not isinstance(module, nn.Conv2d) or is_depthwise(module):
+            continue
+        inputs = graph.module2node[module].inputs
+        source = id(inputs[0]) if len(inputs) == 1 else name
+        if source not in seen:
+            seen.add(source)
+            read.append(ObservedOutput(producer=name, module=name, relu=False, side="input"))
+    return tuple(read)
 
 
 def _cost_terms(model: nn.Module, example_inputs, groups: Sequence[ChannelGroup]) -> list[_CostTerm]:

@@ -173,9 +173,10 @@ def test_cli_bad_distributed_options(argv, needle, tmp_path, capsys):
 
 
 def test_actor_stats_equal_in_process_stats(tiny_resnet, groups, batches, pool):
-    reference = collect_activation_stats(tiny_resnet, groups, batches, bins=16, chip=True)
-    state, report = distributed_stats(tiny_resnet, groups, batches, pool=pool, bins=16, chip=True, shard_size=1,
-                                      progress=False, return_report=True)
+    reference = collect_activation_stats(tiny_resnet, groups, batches, bins=16, chip=True, read_inputs=True)
+    state, report = distributed_stats(tiny_resnet, groups, batches, pool=pool, bins=16, chip=True, read_inputs=True,
+                                      shard_size=1, progress=False, return_report=True)
+    assert any(key.endswith(":input") for key in state.layers)
     assert_same_stats(reference, state)
     assert sorted(report.accepted) == list(range(6)) and report.shards == 6 and report.failures == 0
     assert report.started_workers in (0, 2)

@@ -16,6 +16,7 @@ from pruning.criteria import (
     criterion_class,
     list_criteria,
     register_criterion,
+    statistics_options,
 )
 from pruning.structure import PruningSpace
 from pruning.structure import ChannelGroup
@@ -44,10 +45,7 @@ def _context(criterion: Criterion, model: nn.Module, space: PruningSpace, batche
             from pruning.statistics import collect_activation_stats
         except ImportError:
             pytest.skip("pruning.statistics is not available yet")
-        # a criterion may ask for optional statistics (e.g. chip=True) through `stats_options`
-        stats = collect_activation_stats(
-            model, space.groups, batches, **getattr(criterion, "stats_options", {})
-        )
+        stats = collect_activation_stats(model, space.groups, batches, **statistics_options([criterion]))
     return ScoringContext(calibration=batches, stats=stats)
 
 
