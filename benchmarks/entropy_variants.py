@@ -73,7 +73,8 @@ def run(args) -> dict:
     stats, stats_seconds = {}, {}
     for name in {VARIANTS[v][0] for v in args.variants}:
         started = time.process_time()
-        stats[name] = collect_activation_stats(model, space.groups, batches, rank=False, **EDGES[name])
+        stats[name] = collect_activation_stats(model, space.groups, batches, rank=False, map_entropy=True,
+                                               **EDGES[name])
         stats_seconds[name] = time.process_time() - started
 
     def cells(label: str, seed: int | None, scores: dict) -> list[dict]:

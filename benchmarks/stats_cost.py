@@ -146,6 +146,7 @@ def main() -> None:
     _, plain = best(lambda: inference_pass(model, batches))
     _, stats_no_rank = best(lambda: collect_activation_stats(model, space.groups, batches, rank=False))
     _, stats = best(lambda: collect_activation_stats(model, space.groups, batches))
+    _, stats_map = best(lambda: collect_activation_stats(model, space.groups, batches, map_entropy=True))
     full, stats_all = best(lambda: collect_activation_stats(model, space.groups, batches, rank_images=None))
     _, stats_chip = timed(lambda: collect_activation_stats(model, space.groups, batches, chip=True))
     candidates = {}
@@ -164,6 +165,7 @@ def main() -> None:
         "loadavg_before": load_before, "loadavg_after": os.getloadavg(), "default_rank_images": RANK_IMAGES,
         "inference_seconds": plain, "stats_seconds": stats, "stats_no_rank_seconds": stats_no_rank,
         "stats_all_ranks_seconds": stats_all, "stats_with_chip_seconds": stats_chip,
+        "stats_with_map_entropy_seconds": stats_map, "stats_map_entropy_over_inference": stats_map / plain,
         "stats_over_inference": stats / plain, "stats_no_rank_over_inference": stats_no_rank / plain,
         "stats_all_ranks_over_inference": stats_all / plain, "stats_chip_over_inference": stats_chip / plain,
         "rank_images_candidates": candidates,

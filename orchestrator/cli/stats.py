@@ -35,6 +35,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help=f"rank the feature maps of the first N calibration images only, or 'all' "
                         f"(default: {RANK_IMAGES}; ranks are most of the pass's cost)")
     p.add_argument("--chip", action="store_true", help="also accumulate CHIP nuclear-norm statistics (slower)")
+    p.add_argument("--map-entropy", action="store_true",
+                   help="also the per-map softmax entropies (for entropy with value map-softmax)")
     p.add_argument("--read-inputs", action="store_true",
                    help="also the tensors the consumers of residual groups read (for criteria with source consumer)")
     p.add_argument("--out", required=True, help="statistics file to write")
@@ -64,7 +66,8 @@ def run(args: argparse.Namespace) -> CommandResult:
     batches = calibration_batches(loaded.splits, args.calibration_images, 128)
     started = time.perf_counter()
     state, report = collect_stats(args, loaded.model, space.groups, batches, bins=args.bins, value=args.value,
-                                  rank_images=args.rank_images, chip=args.chip, read_inputs=args.read_inputs,
+                                  rank_images=args.rank_images, chip=args.chip, map_entropy=args.map_entropy,
+                                  read_inputs=args.read_inputs,
                                   return_report=True)
     seconds = time.perf_counter() - started
     state.save(args.out)

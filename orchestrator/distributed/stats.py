@@ -56,6 +56,7 @@ def distributed_stats(
     rank: bool = True,
     rank_images: int | None = RANK_IMAGES,
     chip: bool = False,
+    map_entropy: bool = False,
     read_inputs: bool = False,
     edge_batches: int = EDGE_BATCHES,
     edge_scope: str = "layer",
@@ -106,7 +107,8 @@ def distributed_stats(
     inputs_ref = ray.put(inputs)
     edges_ref = ray.put(edges)
     report.put_s = time.perf_counter() - put
-    options = {"value": value, "rank": rank, "rank_images": rank_images, "chip": chip, "read_inputs": read_inputs}
+    options = {"value": value, "rank": rank, "rank_images": rank_images, "chip": chip, "map_entropy": map_entropy,
+               "read_inputs": read_inputs}
     task = (_StatsTask, model_ref, groups, inputs_ref, edges_ref, options)
 
     merged: list[ActivationStats] = []

@@ -127,16 +127,16 @@ def _build_baseline(settings: ModelSettings, data: DataSettings):
 
 
 def compute_baseline_statistics(
-    model: nn.Module, space, batches, *, workers: int, cpus_per_worker: float = 1, chip: bool = False,
-    read_inputs: bool = False, progress: bool = False, gpus_per_worker: float = 0,
+    model: nn.Module, space, batches, *, workers: int, cpus_per_worker: float = 1, progress: bool = False,
+    gpus_per_worker: float = 0, **optional: bool,
 ):
     """Activation statistics of the unpruned model over the calibration batches, computed once
-    per sweep by ``workers`` Ray actors (shards merged exactly on the driver; Ray must be up)."""
+    per sweep by ``workers`` Ray actors (shards merged exactly on the driver; Ray must be up);
+    ``optional``: the optional statistics to collect (:func:`pruning.criteria.statistics_options`)."""
     from orchestrator.distributed import distributed_stats
 
     return distributed_stats(model, space.groups, batches, workers=workers, cpus_per_worker=cpus_per_worker,
-                             gpus_per_worker=gpus_per_worker, chip=chip, read_inputs=read_inputs,
-                             progress=progress)
+                             gpus_per_worker=gpus_per_worker, progress=progress, **optional)
 
 
 def compute_utilization_curves(model: nn.Module, space, strategy: str, batches, *, seed: int = 0) -> dict[str, torch.Tensor]:

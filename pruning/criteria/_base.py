@@ -70,8 +70,8 @@ class Criterion(ABC):
 
     def required_statistics(self) -> frozenset[str]:
         """Optional statistics the collection must gather for this criterion, beyond the default
-        set: ``"chip"`` (CHIP's nuclear norms), ``"read_inputs"`` (the tensors the consumers of
-        residual-coupled groups read). Callers pass them to ``collect_activation_stats``."""
+        set: ``"chip"`` (CHIP's nuclear norms), ``"map_entropy"`` (the per-map softmax entropies),
+        ``"read_inputs"`` (the tensors the consumers of residual-coupled groups read). Callers pass them to ``collect_activation_stats``."""
         return frozenset()
 
     def check_context(self, context: ScoringContext) -> None:
@@ -81,6 +81,10 @@ class Criterion(ABC):
             raise InputError(
                 f"criterion {self.name!r} needs activation statistics (run `prunesweep stats`)"
             )
+
+
+#: the optional statistics a criterion may require (:meth:`Criterion.required_statistics`)
+OPTIONAL_STATISTICS = ("chip", "map_entropy", "read_inputs")
 
 
 class StatisticsCriterion(Criterion):
@@ -152,9 +156,9 @@ def criterion_class(name: str) -> type[Criterion]:
 
 def statistics_options(criteria: Iterable[Criterion]) -> dict[str, bool]:
     """The optional statistics these criteria read (:meth:`Criterion.required_statistics`), as
-    ``collect_activation_stats`` keyword arguments: ``{"chip": ..., "read_inputs": ...}``."""
+    ``collect_activation_stats`` keyword arguments: ``{"chip": ..., "map_entropy": ..., "read_inputs": ...}``."""
     needed = frozenset().union(*(c.required_statistics() for c in criteria))
-    return {"chip": "chip" in needed, "read_inputs": "read_inputs" in needed}
+    return {name: name in needed for name in OPTIONAL_STATISTICS}
 
 
 def normalise(scores: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

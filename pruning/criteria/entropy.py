@@ -67,6 +67,10 @@ class EntropyCriterion(StatisticsCriterion):
         super().__init__(seed, source)
         self.options = EntropyOptions(value=value, estimator=estimator)
 
+    def required_statistics(self) -> frozenset[str]:
+        extra = {"map_entropy"} if self.options.value == "map-softmax" else set()
+        return super().required_statistics() | extra
+
     def score(self, model, groups, context):
         stats = stats_from_context(self, context)
         if self.options.value == "histogram":

@@ -13,8 +13,10 @@ consumer convolutions are given) and accumulates, per observed tensor and channe
   values outside fall in the end bins. :func:`collect_activation_stats` does it inside its one
   pass (the edge batches' values wait), :func:`compute_histogram_edges` as a pass of its own for
   shards that must share edges.
-* ``map_entropy_sum``: the sum over images of the entropy of the softmax over each HxW map
-  (:func:`~pruning.statistics.map_softmax_entropy`), for the entropy criterion's map mode.
+* ``map_entropy_sum`` (only with ``map_entropy=True``): the sum over images of the entropy of
+  the softmax over each HxW map (:func:`~pruning.statistics.map_softmax_entropy`), for the
+  entropy criterion's map mode (several elementwise passes over every map: a third of the pass
+  without ranks, so it is gathered only when asked for).
 * ``rank_sum``: the sum of the matrix rank of each HxW map (HRank) over the first ``rank_images``
   images of the pass in data order (default :data:`RANK_IMAGES`; None: every image), one batched
   ``torch.linalg.matrix_rank`` call per hook call, and ``n_rank_images``, how many were ranked.
@@ -202,7 +204,7 @@ def compute_histogram_edges(
 class _Accumulator:
     """Running sums of one observed output, on the activation's device."""
 
-    def __init__(self, name: str, x: torch.Tensor, has_maps: bool, rank: bool, chip: bool,
+    def __init__(self, name: str, x: torch.Tensor, has_maps: bool, rank: bool, chip: bool, map_entropy: bool,
                  rank_quota: int | None, edges: torch.Tensor | None = None):
         _, c, h, w = x.shape
         dev = x.device
@@ -222,7 +224,7 @@ class _Accumulator:
         self.rank_quota = rank_quota
         self.n_rank_images = 0
         self.chip_sum = torch.zeros(c, dtype=torch.float64, device=dev) if chip else None
-        self.map_entropy_sum = torch.zeros(c, dtype=torch.float64, device=dev)
+        self.map_entropy_sum = torch.zeros(c, dtype=torch.float64, device=dev) if map_entropy else None
         if edges is not None:
             self.fix_edges(edges)
 
@@ -261,7 +263,8 @@ class _Accumulator:
         self.sum += gap.sum(0)
         self.gram += gap.T @ gap
         self.zeros += (x == 0).sum((0, 2, 3))
-        self.map_entropy_sum += map_softmax_entropy(x).double().sum(0)
+        if self.map_entropy_sum is not None:
+            self.map_entropy_sum += map_softmax_entropy(x).double().sum(0)
         self.n_images += b
         self.n_positions += b * h * w
         if self.rank_sum is not None:
@@ -303,6 +306,7 @@ def accumulate_stats(
     rank_images: int | None = RANK_IMAGES,
     image_offset: int = 0,
     chip: bool = False,
+    map_entropy: bool = False,
     read_inputs: bool = False,
     progress: bool = False,
 ) -> ActivationStats:
@@ -326,8 +330,8 @@ def accumulate_stats(
     if len(bins) != 1:
         raise InputError(f"histogram edges disagree on the number of bins: {sorted(bins)}")
     rank_quota = None if rank_images is None else max(0, rank_images - image_offset)
-    options = dict(value=value, rank=rank, chip=chip, read_inputs=read_inputs, rank_quota=rank_quota,
-                   progress=progress)
+    options = dict(value=value, rank=rank, chip=chip, map_entropy=map_entropy, read_inputs=read_inputs,
+                   rank_quota=rank_quota, progress=progress)
     return _accumulate(model, observed, batches, bins.pop(), edges=edges, **options)
 
 
@@ -340,6 +344,7 @@ def _accumulate(
     value: str,
     rank: bool,
     chip: bool,
+    map_entropy: bool,
     read_inputs: bool,
     rank_quota: int | None,
     progress: bool,
@@ -357,7 +362,7 @@ def _accumulate(
         x, has_maps = _as_maps(output, name, relu)
         if name not in accumulators:
             fixed = None if edges is None else edges[name]
-            accumulators[name] = _Accumulator(name, x, has_maps, rank, chip, rank_quota, edges=fixed)
+            accumulators[name] = _Accumulator(name, x, has_maps, rank, chip, map_entropy, rank_quota, edges=fixed)
         accumulators[name].update(x, has_maps, value, None if ranges is None else ranges[name])
 
     def fix_edges() -> None:
@@ -379,7 +384,8 @@ def _accumulate(
     if not_called:
         raise InputError(f"module(s) not called by the forward pass: {', '.join(not_called)}")
     layers = {name: accumulators[name].finish() for name in observed}
-    return ActivationStats(layers, bins=bins, value=value, rank=rank, chip=chip, read_inputs=read_inputs)
+    return ActivationStats(layers, bins=bins, value=value, rank=rank, chip=chip, map_entropy=map_entropy,
+                           read_inputs=read_inputs)
 
 
 def collect_activation_stats(
@@ -392,6 +398,7 @@ def collect_activation_stats(
     rank: bool = True,
     rank_images: int | None = RANK_IMAGES,
     chip: bool = False,
+    map_entropy: bool = False,
     read_inputs: bool = False,
     edge_batches: int = EDGE_BATCHES,
     edge_scope: str = "layer",
@@ -419,7 +426,8 @@ def collect_activation_stats(
     if value == "gap":
         observed = _observed_outputs(model, groups, read_inputs)
         ranges = {name: RangeRecorder(edge_scope, edge_quantile) for name in observed}
-        return _accumulate(model, observed, batches, bins, value=value, rank=rank, chip=chip, read_inputs=read_inputs,
+        return _accumulate(model, observed, batches, bins, value=value, rank=rank, chip=chip, map_entropy=map_entropy,
+                           read_inputs=read_inputs,
                            rank_quota=rank_images, progress=progress, ranges=ranges, edge_batches=edge_batches)
     edge_options = dict(bins=bins, value=value, edge_scope=edge_scope, edge_quantile=edge_quantile,
                         read_inputs=read_inputs)
@@ -431,5 +439,5 @@ def collect_activation_stats(
         edges = compute_histogram_edges(model, groups, itertools.islice(batches, edge_batches), **edge_options)
     return accumulate_stats(
         model, groups, batches, edges, value=value, rank=rank, rank_images=rank_images, chip=chip,
-        read_inputs=read_inputs, progress=progress,
+        map_entropy=map_entropy, read_inputs=read_inputs, progress=progress,
     )

@@ -62,7 +62,7 @@ class LayerStats:
         the pass; None when not collected or when the output has no maps.
     chip_sum: [C] float64 sum over images of CHIP channel independence; None when not collected.
     map_entropy_sum: [C] float64 sum over images of the entropy of the softmax over each HxW map
-        (:func:`~pruning.statistics.map_softmax_entropy`); None in files written before it existed.
+        (:func:`~pruning.statistics.map_softmax_entropy`); None when not collected.
     n_rank_images: [] int64 number of images whose maps were ranked (``rank_images`` of the
         collection); None exactly when ``rank_sum`` is. Files written before it existed ranked
         every image: a ``rank_sum`` given without it gets ``n_images``.
@@ -125,7 +125,8 @@ class ActivationStats:
 
     ``layers``: {observation key: LayerStats} (:attr:`ObservedOutput.key`: the module name for
     an output, ``"<module>:input"`` for a consumer's input). ``bins``, ``value`` ("gap" or
-    "spatial"), ``rank``, ``chip`` and ``read_inputs`` (which optional statistics were collected).
+    "spatial"), ``rank``, ``chip``, ``map_entropy`` and ``read_inputs`` (which optional statistics
+    were collected).
 
     The ``channel_*`` accessors take a :class:`~pruning.structure.groups.ChannelGroup` and return a
     float64 CPU tensor of ``group.size`` values, the mean over the group's observations of
@@ -142,6 +143,7 @@ class ActivationStats:
         value: str = "gap",
         rank: bool = True,
         chip: bool = False,
+        map_entropy: bool = False,
         read_inputs: bool = False,
     ) -> None:
         check_value_mode(value)
@@ -150,12 +152,13 @@ class ActivationStats:
         self.value = value
         self.rank = bool(rank)
         self.chip = bool(chip)
+        self.map_entropy = bool(map_entropy)
         self.read_inputs = bool(read_inputs)
 
     @property
     def config(self) -> dict[str, Any]:
         return {"bins": self.bins, "value": self.value, "rank": self.rank, "chip": self.chip,
-                "read_inputs": self.read_inputs}
+                "map_entropy": self.map_entropy, "read_inputs": self.read_inputs}
 
     def __repr__(self) -> str:
         images = {int(s.n_images) for s in self.layers.values()}
@@ -239,9 +242,11 @@ class ActivationStats:
                 if not all(isinstance(t, torch.Tensor) for t in tensors.values()):
                     raise ValueError(f"layer {name!r} holds a non-tensor")
                 layers[name] = LayerStats(**tensors)
-            # files written before read_inputs existed hold the producers' outputs only
+            # files written before these options existed: map entropies where every layer has them
+            # (they were always collected then), the producers' outputs only
+            map_entropy = config.get("map_entropy", all(s.map_entropy_sum is not None for s in layers.values()))
             return cls(layers, bins=config["bins"], value=config["value"], rank=config["rank"], chip=config["chip"],
-                       read_inputs=config.get("read_inputs", False))
+                       map_entropy=map_entropy, read_inputs=config.get("read_inputs", False))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise fail(f"malformed: {exc}") from None
 
@@ -287,8 +292,8 @@ class ActivationStats:
         def mean(s: LayerStats) -> torch.Tensor:
             if s.map_entropy_sum is None:
                 raise InputError(
-                    "map entropies were not collected (a statistics file written before they existed); "
-                    "collect the statistics again"
+                    "map entropies were not collected; collect the statistics with map_entropy=True "
+                    "(prunesweep stats --map-entropy)"
                 )
             return s.map_entropy_sum / s.n_images
 

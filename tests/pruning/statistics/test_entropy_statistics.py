@@ -74,9 +74,9 @@ def test_shards_merge_exactly_with_either_edges(edge_scope, tiny_resnet, example
     x, y = calibration_batches[0]
     batches = [(x[i : i + 4], y[i : i + 4]) for i in (0, 4, 8)]
     edges = compute_histogram_edges(tiny_resnet, groups, batches[:2], edge_scope=edge_scope)
-    whole = accumulate_stats(tiny_resnet, groups, batches, edges, rank=False)
-    merged = accumulate_stats(tiny_resnet, groups, batches[:1], edges, rank=False).merge(
-        accumulate_stats(tiny_resnet, groups, batches[1:], edges, rank=False)
+    whole = accumulate_stats(tiny_resnet, groups, batches, edges, rank=False, map_entropy=True)
+    merged = accumulate_stats(tiny_resnet, groups, batches[:1], edges, rank=False, map_entropy=True).merge(
+        accumulate_stats(tiny_resnet, groups, batches[1:], edges, rank=False, map_entropy=True)
     )
     for name, s in whole.layers.items():
         m = merged.layers[name]
@@ -119,19 +119,24 @@ def test_map_softmax_entropy_by_hand():
     # end to end: two images through the identity, mean over images
     model, group = scaled_copies([1.0])
     images = torch.stack([maps[0], torch.zeros(1, 2, 2)])
-    stats = collect_activation_stats(model, [group], [(images, None)], rank=False)
+    stats = collect_activation_stats(model, [group], [(images, None)], rank=False, map_entropy=True)
     assert stats.channel_map_entropy(group).item() == pytest.approx((h + math.log(4)) / 2, rel=1e-6)
 
 
-def test_files_without_map_entropies_load_and_say_what_is_missing(tmp_path):
+def test_map_entropies_only_when_asked_and_files_say_what_is_missing(tmp_path):
     model, group = scaled_copies([1.0, 0.5])
     stats = collect_activation_stats(model, [group], varied_batches(1), rank=False)
-    stats.layers["0"].map_entropy_sum = None  # what a file written before the field existed holds
-    stats.save(tmp_path / "old.pt")
-    loaded = ActivationStats.load(tmp_path / "old.pt")
+    with_maps = collect_activation_stats(model, [group], varied_batches(1), rank=False, map_entropy=True)
+    assert stats.layers["0"].map_entropy_sum is None and with_maps.layers["0"].map_entropy_sum is not None
+    torch.testing.assert_close(stats.layers["0"].hist, with_maps.layers["0"].hist)  # nothing else changes
+    stats.save(tmp_path / "stats.pt")
+    loaded = ActivationStats.load(tmp_path / "stats.pt")
+    assert not loaded.map_entropy
     torch.testing.assert_close(loaded.channel_entropy(group), stats.channel_entropy(group))
-    with pytest.raises(InputError, match="map entropies were not collected"):
+    with pytest.raises(InputError, match="map entropies were not collected.*--map-entropy"):
         loaded.channel_map_entropy(group)
+    with pytest.raises(InputError, match="collected differently"):
+        stats.merge(with_maps)
 
 
 @pytest.mark.parametrize("options, needle", [
