@@ -1,0 +1,150 @@
+"""Why activation criteria fall below random: per-class accuracy and what the pruned channels are.
+
+For each criterion at one FLOPs target (uniform ratios, BN recalibration, no reconstruction, no
+fine-tune: the stage where the activation criteria were below random on VGG-16): test accuracy,
+accuracy per class (its minimum and spread), and, over every pruned group, what the removed
+channels look like on the calibration images against the kept ones:
+
+* ``mean``: mean post-BN/ReLU activation (the mean-activation score itself);
+* ``selectivity``: class selectivity (max_k mu_k - mean_{j != k} mu_j) / (max_k mu_k + mean_{j != k} mu_j)
+  of the per-class mean GAP activations mu (0: the channel answers every class alike; 1: only one);
+* ``dominant classes``: for the removed channels, how many have each class as their strongest.
+
+The hypothesis it tests: a low-mean channel is a class-selective one (it fires for one class and is
+silent for the rest), so removing the lowest-mean channels of every layer removes the detectors of
+the same few classes everywhere, and those classes collapse, where random removal spreads the damage.
+
+    python benchmarks/activation_diagnosis.py --checkpoint runs/vgg/vgg16-fmnist.pt --target 0.5 \
+        --test-subset 3000 --out benchmarks/results/vgg16_fmnist_activation_diagnosis.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from dataclasses import replace
+
+import torch
+
+from pruning.criteria import ScoringContext, create_criterion, statistics_options
+from pruning.pipeline import prune_with_criterion
+from pruning.planning import PruningConfig
+from pruning.recovery import RecoveryRecipe, recover, recovery_data_for
+from pruning.statistics import collect_activation_stats
+from pruning.utils import atomic_write
+
+from benchmark_baseline import load_benchmark_baseline
+
+
+@torch.no_grad()
+def class_means(model, groups, batches, classes: int) -> dict[str, torch.Tensor]:
+    """{group: [classes, C]} mean GAP activation of each group's first observed output per class."""
+    modules = dict(model.named_modules())
+    sums, counts, labels = {}, torch.zeros(classes), []
+    handles = []
+    for group in groups:
+        obs = group.observed[0]
+
+        def hook(m, i, o, name=group.name, relu=obs.relu):
+            x = torch.relu(o) if relu else o
+            gap = x.mean((2, 3)) if x.dim() == 4 else x
+            onehot = torch.nn.functional.one_hot(labels[-1], classes).double()
+            sums[name] = sums.get(name, 0) + onehot.T @ gap.double()
+
+        handles.append(modules[obs.module].register_forward_hook(hook))
+    model.eval()
+    try:
+        for x, y in batches:
+            labels.append(y)
+            counts += torch.bincount(y, minlength=classes)
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return {name: s / counts[:, None].double() for name, s in sums.items()}
+
+
+def selectivity(mu: torch.Tensor) -> torch.Tensor:
+    """[C] class selectivity of [classes, C] per-class means."""
+    top, arg = mu.max(0)
+    rest = (mu.sum(0) - top) / (mu.shape[0] - 1)
+    return (top - rest) / (top + rest).clamp_min(1e-12)
+
+
+@torch.no_grad()
+def per_class_accuracy(model, loader, classes: int) -> list[float]:
+    right, total = torch.zeros(classes), torch.zeros(classes)
+    model.eval()
+    for x, y in loader:
+        hit = (model(x).argmax(1) == y).float()
+        right += torch.bincount(y, weights=hit, minlength=classes)
+        total += torch.bincount(y, minlength=classes)
+    return (right / total).tolist()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--criteria", nargs="+", default=["mean-activation", "apoz", "hrank", "entropy", "l1"])
+    parser.add_argument("--random-seeds", type=int, default=3)
+    parser.add_argument("--target", type=float, default=0.5)
+    parser.add_argument("--test-subset", type=int, default=None)
+    parser.add_argument("--calibration-images", type=int, default=512)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    bench = load_benchmark_baseline(args.checkpoint, strategy="full", test_subset=args.test_subset,
+                                    calibration_images=args.calibration_images, batch_size=128)
+    classes = int(bench.spec.meta.get("num_classes", 10)) if hasattr(bench.spec, "meta") else 10
+    example = torch.zeros(1, *bench.shape)
+    names = [("random", s) for s in range(args.random_seeds)] + [(c, 0) for c in args.criteria]
+    criteria = [create_criterion(n, seed=s) for n, s in names]
+    stats = collect_activation_stats(bench.model, bench.space.groups, bench.batches, **statistics_options(criteria))
+    mu = class_means(bench.model, bench.groups, bench.batches, classes)
+    sel = {name: selectivity(m) for name, m in mu.items()}
+    overall = {name: m.mean(0) for name, m in mu.items()}
+    recipe = RecoveryRecipe(reconstruct=False, finetune_epochs=0)
+    data = recovery_data_for(bench.splits, bench.batches, None)
+    context = ScoringContext(calibration=bench.batches, stats=stats)
+    base_classes = per_class_accuracy(bench.model, bench.test_loader, classes)
+    rows = []
+    for (name, seed), criterion in zip(names, criteria):
+        started = time.perf_counter()
+        config = PruningConfig(strategy="full", allocation="uniform", flops_reduction=args.target)
+        outcome = prune_with_criterion(bench.model, example, criterion, config, context, space=bench.space)
+        recover(bench.model, outcome, replace(recipe, seed=seed), data)
+        accuracy = per_class_accuracy(outcome.model, bench.test_loader, classes)
+        removed_sel, kept_sel, removed_mean, kept_mean, dominant = [], [], [], [], torch.zeros(classes)
+        for group in bench.groups:
+            kept = outcome.kept_indices.get(group.name)
+            if kept is None:
+                continue
+            mask = torch.ones(group.size, dtype=torch.bool)
+            mask[kept] = False
+            removed_sel.append(sel[group.name][mask]), kept_sel.append(sel[group.name][~mask])
+            removed_mean.append((overall[group.name] / overall[group.name].mean())[mask])
+            kept_mean.append((overall[group.name] / overall[group.name].mean())[~mask])
+            dominant += torch.bincount(mu[group.name].argmax(0)[mask], minlength=classes).float()
+        row = {
+            "criterion": name, "seed": seed, "target": args.target,
+            "accuracy": sum(a * 1 for a in accuracy) / classes, "per_class": accuracy,
+            "min_class": min(accuracy), "classes_below_half": sum(a < 0.5 for a in accuracy),
+            "removed_selectivity": torch.cat(removed_sel).mean().item(),
+            "kept_selectivity": torch.cat(kept_sel).mean().item(),
+            "removed_relative_mean": torch.cat(removed_mean).mean().item(),
+            "kept_relative_mean": torch.cat(kept_mean).mean().item(),
+            "removed_dominant_class_share": (dominant / dominant.sum()).tolist(),
+            "seconds": time.perf_counter() - started, "load_average": os.getloadavg()[0],
+        }
+        rows.append(row)
+        print(json.dumps({k: v for k, v in row.items() if k not in ("per_class", "removed_dominant_class_share")}))
+        result = {"checkpoint": args.checkpoint, "model": bench.spec.name, "target": args.target,
+                  "test_subset": args.test_subset, "base_accuracy": bench.base_accuracy, "base_per_class": base_classes,
+                  "threads": args.threads, "rows": rows}
+        atomic_write(args.out, lambda tmp: tmp.write_text(json.dumps(result, indent=1)))
+
+
+if __name__ == "__main__":
+    main()
