@@ -1,4 +1,13 @@
-"""Render benchmark JSON results from criteria_accuracy.py as a markdown table (mean over seeds).
+"""Render benchmark JSON results from criteria_accuracy.py as markdown tables.
+
+    python benchmarks/to_markdown.py FILE...           # one table per file (mean over seeds)
+    python benchmarks/to_markdown.py --aim FILE...     # every criterion against random
+
+``--aim``: the rows of all files grouped by recipe (the last stage each file's recipe ran:
+"bn" without reconstruction, "reconstruct+bn" with it), criterion (with its options, e.g.
+``entropy (source=consumer)``), ratios and target; each cell is the mean ± sample standard
+deviation over seeds, set against ``random`` of the same recipe and target (from any of the
+files), with the difference and whether the criterion's mean is above random's.
 
 The in-run latencies are left out: they were taken on a shared machine; benchmarks/latency.py
 measures speedups on a quiet one."""
@@ -39,5 +48,45 @@ def render(path: str) -> str:
     return "\n".join(lines)
 
 
+def _label(name: str, result: dict) -> str:
+    options = result.get("settings", {}).get("criterion_options", {}).get(name, {})
+    return name + (f" ({', '.join(f'{k}={v}' for k, v in sorted(options.items()))})" if options else "")
+
+
+def _mean_sd(values: list[float]) -> str:
+    mean = statistics.mean(values)
+    return f"{mean:.4f}" + (f" ± {statistics.stdev(values):.4f}" if len(values) > 1 else "")
+
+
+def render_aim(paths: list[str], reference: str = "random") -> str:
+    cells = defaultdict(list)  # (recipe, label, ratios, target) -> accuracies
+    for path in paths:
+        result = json.loads(open(path).read())
+        settings = result["settings"]  # files from before the recipe existed say "recover"
+        reconstructed = settings.get("recipe", {}).get("reconstruct", settings.get("recover", False))
+        recipe = "reconstruct+bn" if reconstructed else "bn"
+        for row in result["rows"]:
+            cells[(recipe, _label(row["criterion"], result), row["ratios"], row["target"])].append(row["bn_recalibrated"])
+    lines = []
+    for recipe in sorted({k[0] for k in cells}):
+        lines += [f"After {recipe} (test accuracy, mean ± sd over seeds; n = seeds):", "",
+                  f"| criterion | ratios | target | accuracy | n | {reference} | difference | above {reference} |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for (r, label, ratios, target), values in sorted(cells.items(), key=lambda kv: (kv[0][1], kv[0][2], kv[0][3])):
+            if r != recipe or label == reference:
+                continue
+            ref = next((v for k, v in cells.items() if k[0] == recipe and k[1] == reference and k[3] == target), None)
+            diff = statistics.mean(values) - statistics.mean(ref) if ref else None
+            lines.append(
+                f"| {label} | {ratios} | {target:.0%} | {_mean_sd(values)} | {len(values)} | "
+                + (f"{_mean_sd(ref)} | {diff:+.4f} | {'yes' if diff > 0 else '**no**'} |" if ref else "- | - | - |")
+            )
+        lines.append("")
+    return "\n".join(lines).rstrip()
+
+
 if __name__ == "__main__":
-    print("\n\n".join(render(p) for p in sys.argv[1:]))
+    if sys.argv[1:2] == ["--aim"]:
+        print(render_aim(sys.argv[2:]))
+    else:
+        print("\n\n".join(render(p) for p in sys.argv[1:]))

@@ -52,7 +52,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--snpfi-budget", choices=("layer", "global"), default="layer",
                    help="SNPFI layer sparsity: each layer at its own threshold (layer, default) or layers "
                         "competing under one budget by utilization lost per MAC (global)")
-    p.add_argument("--stats-source", choices=("producer", "consumer"), default=None,
+    p.add_argument("--stats-source", default=None, metavar="{producer,consumer}",
                    help="statistics criteria (entropy, hrank, apoz, mean-activation, chip): read each residual "
                         "group's producer outputs (producer, default) or the tensors its consumers read "
                         "(consumer: after the additions)")
@@ -86,6 +86,8 @@ def run(args: argparse.Namespace) -> CommandResult:
     config, ratio_source = _pruning_config(args)
     options = _snpfi_options(args) if args.criterion == "snpfi" else {}
     if args.stats_source is not None:
+        if args.stats_source not in ("producer", "consumer"):
+            raise InputError(f"unknown --stats-source {args.stats_source!r}; valid: producer, consumer")
         if not issubclass(criterion_class(args.criterion), StatisticsCriterion):
             raise InputError(f"--stats-source applies to statistics criteria, not {args.criterion!r}")
         options["source"] = args.stats_source
