@@ -66,8 +66,10 @@ def class_means(model, groups, batches, classes: int) -> dict[str, torch.Tensor]
 
 
 def selectivity(mu: torch.Tensor) -> torch.Tensor:
-    """[C] class selectivity of [classes, C] per-class means."""
-    top, arg = mu.max(0)
+    """[C] class selectivity of [classes, C] per-class means (negative means, which outputs
+    without a ReLU can have, count as 0; a channel silent for every class has selectivity 0)."""
+    mu = mu.clamp_min(0)
+    top = mu.max(0).values
     rest = (mu.sum(0) - top) / (mu.shape[0] - 1)
     return (top - rest) / (top + rest).clamp_min(1e-12)
 

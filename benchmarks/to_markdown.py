@@ -2,6 +2,8 @@
 
     python benchmarks/to_markdown.py FILE...           # one table per file (mean over seeds)
     python benchmarks/to_markdown.py --aim FILE...     # every criterion against random
+    python benchmarks/to_markdown.py --aim FILE... --write docs/benchmarks.md --key KEY
+                                                       # ... into the doc's generated block KEY
 
 ``--aim``: the rows of all files grouped by recipe (the last stage each file's recipe ran:
 "bn" without reconstruction, "reconstruct+bn" with it), criterion (with its options, e.g.
@@ -13,10 +15,12 @@ The in-run latencies are left out: they were taken on a shared machine; benchmar
 measures speedups on a quiet one."""
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
-import sys
 from collections import defaultdict
+
+from docs_blocks import write_block
 
 
 def render(path: str) -> str:
@@ -85,8 +89,21 @@ def render_aim(paths: list[str], reference: str = "random") -> str:
     return "\n".join(lines).rstrip()
 
 
-if __name__ == "__main__":
-    if sys.argv[1:2] == ["--aim"]:
-        print(render_aim(sys.argv[2:]))
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("files", nargs="+")
+    parser.add_argument("--aim", action="store_true", help="every criterion against random")
+    parser.add_argument("--write", default=None, help="Markdown file whose generated block --key is replaced")
+    parser.add_argument("--key", default=None, help="the generated block's key (with --write)")
+    args = parser.parse_args()
+    if (args.write is None) != (args.key is None):
+        parser.error("--write and --key go together")
+    text = render_aim(args.files) if args.aim else "\n\n".join(render(p) for p in args.files)
+    if args.write:
+        write_block(args.write, args.key, text)
     else:
-        print("\n\n".join(render(p) for p in sys.argv[1:]))
+        print(text)
+
+
+if __name__ == "__main__":
+    main()
