@@ -407,7 +407,9 @@ def collect_activation_stats(
 ) -> ActivationStats:
     """Edges from the first ``edge_batches`` batches (as :func:`compute_histogram_edges` with
     ``edge_scope`` and ``edge_quantile``), statistics over all ``batches``, map ranks over the
-    first ``rank_images`` images only (None: every image).
+    first ``rank_images`` images only (None: every image). The optional statistics (``chip``,
+    ``map_entropy``, ``read_inputs``: see the module docstring) are what the criteria to be
+    scored ask for: ``pruning.criteria.statistics_options(criteria)``.
 
     For ``value="gap"`` this is one forward pass: the edge batches' per-image values (C per
     image) wait until the edges are fixed. For ``value="spatial"`` the edge batches are run

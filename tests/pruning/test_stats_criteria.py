@@ -40,7 +40,7 @@ def duplicate_channel(model, src: int, dst: int) -> None:
 def test_scores_follow_the_contract(model_name, request, example_input, small_batches):
     model = request.getfixturevalue(model_name)
     space = PruningSpace.build(model, example_input)
-    stats = collect_activation_stats(model, space.groups, small_batches, chip=True)
+    stats = collect_activation_stats(model, space.groups, small_batches, chip=True, read_inputs=True)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     for name in STATS_CRITERIA:
         criterion = create_criterion(name)
@@ -59,7 +59,8 @@ def test_scores_follow_the_contract(model_name, request, example_input, small_ba
 def test_dead_channel_is_ranked_lowest(tiny_resnet, example_input, small_batches):
     kill_channel(tiny_resnet, 5)
     space = PruningSpace.build(tiny_resnet, example_input)
-    context = ScoringContext(stats=collect_activation_stats(tiny_resnet, space.groups, small_batches))
+    context = ScoringContext(stats=collect_activation_stats(tiny_resnet, space.groups, small_batches,
+                                                            read_inputs=True))
     for name in ("entropy", "hrank", "apoz", "mean-activation"):
         scores = create_criterion(name).score(tiny_resnet, space.groups, context)["layer1.conv1"]
         assert scores[5] == 0, name

@@ -68,10 +68,16 @@ def test_consumer_source_needs_read_inputs_and_old_files_have_none(tiny_resnet, 
         stats.merge(with_inputs)
 
 
+def test_entropy_reads_the_consumer_side_by_default_the_others_the_producers():
+    assert create_criterion("entropy").source == "consumer"
+    assert statistics_options([create_criterion("entropy")])["read_inputs"]
+    assert all(create_criterion(name).source == "producer" for name in STATISTICS_CRITERIA if name != "entropy")
+
+
 @pytest.mark.parametrize("name", STATISTICS_CRITERIA)
 def test_statistics_criteria_score_the_consumer_side(name, tiny_resnet, example_input, calibration_batches):
     space = PruningSpace.build(tiny_resnet, example_input)
-    producer = create_criterion(name)
+    producer = create_criterion(name, source="producer")
     consumer = create_criterion(name, source="consumer")
     assert statistics_options([consumer])["read_inputs"] and not statistics_options([producer])["read_inputs"]
     assert statistics_options([consumer])["chip"] == (name == "chip")
