@@ -16,6 +16,8 @@ the same few classes everywhere, and those classes collapse, where random remova
 
     python benchmarks/activation_diagnosis.py --checkpoint runs/vgg/vgg16-fmnist.pt --target 0.5 \
         --test-subset 3000 --out benchmarks/results/vgg16_fmnist_activation_diagnosis.json
+    python benchmarks/activation_diagnosis.py --report benchmarks/results/vgg16_fmnist_activation_diagnosis.json \
+        --write docs/benchmarks.md
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ from pruning.statistics import collect_activation_stats
 from pruning.utils import atomic_write
 
 from benchmark_baseline import load_benchmark_baseline
+from docs_blocks import write_block
 
 
 @torch.no_grad()
@@ -85,17 +88,48 @@ def per_class_accuracy(model, loader, classes: int) -> list[float]:
     return (right / total).tolist()
 
 
+def render(result: dict) -> str:
+    """The result file as a Markdown table (one row per criterion and seed)."""
+    lines = [
+        f"{result['model']}, -{result['target']:.0%} MACs (uniform), after BN recalibration; test images: "
+        f"{result['test_subset'] or 'all'}; base accuracy {result['base_accuracy']:.4f}.",
+        "",
+        "| criterion | seed | accuracy | lowest class | classes below 0.5 | selectivity removed / kept | "
+        "mean activation removed / kept (x layer mean) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in result["rows"]:
+        lines.append(
+            f"| {r['criterion']} | {r['seed']} | {r['accuracy']:.4f} | {r['min_class']:.3f} | {r['classes_below_half']} | "
+            f"{r['removed_selectivity']:.3f} / {r['kept_selectivity']:.3f} | "
+            f"{r['removed_relative_mean']:.3f} / {r['kept_relative_mean']:.3f} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--report", default=None, metavar="RESULT",
+                        help="render a result file instead of running (with --write DOC: into its block)")
+    parser.add_argument("--write", default=None, help="Markdown file whose block activation-diagnosis is replaced")
+    parser.add_argument("--checkpoint")
     parser.add_argument("--criteria", nargs="+", default=["mean-activation", "apoz", "hrank", "entropy", "l1"])
     parser.add_argument("--random-seeds", type=int, default=3)
     parser.add_argument("--target", type=float, default=0.5)
     parser.add_argument("--test-subset", type=int, default=None)
     parser.add_argument("--calibration-images", type=int, default=512)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", required=True)
+    parser.add_argument("--out")
     args = parser.parse_args()
+    if args.report:
+        text = render(json.loads(open(args.report).read()))
+        if args.write:
+            write_block(args.write, "activation-diagnosis", text)
+        else:
+            print(text)
+        return
+    if not args.checkpoint or not args.out:
+        parser.error("--checkpoint and --out are required (or --report RESULT)")
     torch.set_num_threads(args.threads)
     bench = load_benchmark_baseline(args.checkpoint, strategy="full", test_subset=args.test_subset,
                                     calibration_images=args.calibration_images, batch_size=128)
