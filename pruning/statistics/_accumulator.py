@@ -1,0 +1,111 @@
+"""The running sums of one observed tensor in the collection pass
+(:mod:`pruning.statistics.collection`, whose docstring says what each sum is)."""
+from __future__ import annotations
+
+import torch
+
+from pruning.errors import InputError
+from pruning.statistics.edges import RangeRecorder
+from pruning.statistics.measures import batched_map_rank, leave_one_out_nuclear_norms, map_softmax_entropy
+from pruning.statistics.state import LayerStats
+
+
+def hist_values(x: torch.Tensor, value: str) -> torch.Tensor:
+    """(C, n) values to histogram: GAP per image or all positions."""
+    if value == "gap":
+        return x.mean((2, 3)).T
+    return x.transpose(0, 1).reshape(x.shape[1], -1)
+
+
+class Accumulator:
+    """Running sums of one observed output, on the activation's device."""
+
+    def __init__(self, name: str, x: torch.Tensor, has_maps: bool, rank: bool, chip: bool, map_entropy: bool,
+                 rank_quota: int | None, edges: torch.Tensor | None = None):
+        _, c, h, w = x.shape
+        dev = x.device
+        self.name = name
+        # histogram values seen before the edges are fixed (single-pass collection), binned then
+        self.pending: list[torch.Tensor] = []
+        self.edges: torch.Tensor | None = None
+        self.sum = torch.zeros(c, dtype=torch.float64, device=dev)
+        self.gram = torch.zeros(c, c, dtype=torch.float64, device=dev)
+        self.zeros = torch.zeros(c, dtype=torch.int64, device=dev)
+        self.n_images = 0
+        self.n_positions = 0
+        self.has_maps = has_maps
+        self.map_size = (h, w) if has_maps else (0, 0)
+        self.rank_sum = torch.zeros(c, dtype=torch.float64, device=dev) if rank and has_maps else None
+        # how many of this shard's images are still to be ranked (None: all of them)
+        self.rank_quota = rank_quota
+        self.n_rank_images = 0
+        self.chip_sum = torch.zeros(c, dtype=torch.float64, device=dev) if chip else None
+        self.map_entropy_sum = torch.zeros(c, dtype=torch.float64, device=dev) if map_entropy else None
+        if edges is not None:
+            self.fix_edges(edges)
+
+    def fix_edges(self, edges: torch.Tensor) -> None:
+        """Fix the histogram edges and bin the values that were waiting for them."""
+        c = self.sum.shape[0]
+        if edges.dim() != 2 or edges.shape[0] != c or edges.shape[1] < 3:
+            raise InputError(f"module {self.name!r}: edges of shape {tuple(edges.shape)} do not fit {c} channels")
+        dev = self.sum.device
+        self.edges = edges.to(device=dev, dtype=torch.float32)
+        self.inner = self.edges[:, 1:-1].contiguous()
+        self.bins = self.edges.shape[1] - 1
+        self.offsets = torch.arange(c, device=dev)[:, None] * self.bins
+        self.hist = torch.zeros(c * self.bins, dtype=torch.int64, device=dev)
+        for values in self.pending:
+            self._bin(values)
+        self.pending = []
+
+    def _bin(self, values: torch.Tensor) -> None:
+        idx = torch.searchsorted(self.inner, values.contiguous(), right=True)
+        self.hist += torch.bincount((idx + self.offsets).flatten(), minlength=self.hist.numel())
+
+    def update(self, x: torch.Tensor, has_maps: bool, value: str, recorder: RangeRecorder | None = None) -> None:
+        """Add a batch; before the edges are fixed its histogram values go to ``recorder`` and wait."""
+        b, c, h, w = x.shape
+        if has_maps != self.has_maps or (has_maps and (h, w) != self.map_size):
+            raise InputError(f"module {self.name!r}: output shape changed between batches; use one input size")
+        gap = x.mean((2, 3))
+        values = gap.T if value == "gap" else hist_values(x, value)
+        if self.edges is not None:
+            self._bin(values)
+        else:
+            recorder.update(values)
+            self.pending.append(values)
+        gap = gap.double()
+        self.sum += gap.sum(0)
+        self.gram += gap.T @ gap
+        self.zeros += (x == 0).sum((0, 2, 3))
+        if self.map_entropy_sum is not None:
+            self.map_entropy_sum += map_softmax_entropy(x).double().sum(0)
+        self.n_images += b
+        self.n_positions += b * h * w
+        if self.rank_sum is not None:
+            k = b if self.rank_quota is None else min(b, self.rank_quota - self.n_rank_images)
+            if k > 0:
+                self.rank_sum += batched_map_rank(x[:k]).sum(0).double()
+                self.n_rank_images += k
+        if self.chip_sum is not None:
+            full, without = leave_one_out_nuclear_norms(x.reshape(b, c, h * w))
+            self.chip_sum += (full[:, None] - without).sum(0)
+
+    def finish(self) -> LayerStats:
+        c = self.sum.shape[0]
+        cpu = lambda t: None if t is None else t.cpu()  # noqa: E731
+        return LayerStats(
+            edges=cpu(self.edges),
+            hist=cpu(self.hist.view(c, self.bins)),
+            sum=cpu(self.sum),
+            gram=cpu(self.gram),
+            zeros=cpu(self.zeros),
+            n_images=torch.tensor(self.n_images, dtype=torch.int64),
+            n_positions=torch.tensor(self.n_positions, dtype=torch.int64),
+            map_size=torch.tensor(self.map_size, dtype=torch.int64),
+            rank_sum=cpu(self.rank_sum),
+            n_rank_images=None if self.rank_sum is None else torch.tensor(self.n_rank_images, dtype=torch.int64),
+            chip_sum=cpu(self.chip_sum),
+            map_entropy_sum=cpu(self.map_entropy_sum),
+        )
