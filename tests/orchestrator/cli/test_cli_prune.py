@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from cli_helpers import main_json, run_cli, run_json
+from cli_helpers import assert_bad_input, main_json, run_cli, run_json
 from pruning.recovery import RecoveryRecipe
 from pruning.structure import load_checkpoint
 
@@ -141,3 +141,17 @@ def test_stats_file_feeds_hrank_inner(trained_resnet20, tmp_path, capsys, monkey
         if not INNER_LAYER.match(name):
             assert kept == size, name
     assert data["pruned"]["macs"] < data["base"]["macs"]
+
+
+def test_entropy_reads_a_stats_file_with_the_consumers_tensors(trained_resnet20, tmp_path, capsys):
+    """entropy's default source reads the tensors the consumers read: a stats file must hold
+    them (stats --read-inputs); one without them is refused in one line naming the flag."""
+    with_inputs, without = tmp_path / "with.pt", tmp_path / "without.pt"
+    for path, extra in ((with_inputs, ["--read-inputs"]), (without, [])):
+        run_json(capsys, "stats", "--checkpoint", trained_resnet20["out"], "--calibration-images", "128",
+                 "--out", path, *extra)
+    data = run_json(capsys, "prune", "--checkpoint", trained_resnet20["out"], "--stats", with_inputs,
+                    "--criterion", "entropy", "--ratio", "0.3", "--bn-batches", "0", *QUICK)
+    assert data["pruned"]["macs"] < data["base"]["macs"]
+    assert_bad_input(capsys, ["prune", "--checkpoint", trained_resnet20["out"], "--stats", without,
+                              "--criterion", "entropy", "--ratio", "0.3", "--quiet", *QUICK], "--read-inputs")
