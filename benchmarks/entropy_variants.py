@@ -96,7 +96,9 @@ def run(args) -> dict:
     rows = []
     for label in args.variants:
         edges, options, sign = VARIANTS[label]
-        scores = create_criterion("entropy", **options).score(model, groups, ScoringContext(stats=stats[edges]))
+        # the variants were measured on the producers' outputs, entropy's default before session 7
+        scores = create_criterion("entropy", source="producer", **options).score(
+            model, groups, ScoringContext(stats=stats[edges]))
         rows += cells(label, None, {k: sign * v for k, v in scores.items()})
     for seed in range(args.random_seeds):
         rows += cells("random", seed, create_criterion("random", seed=seed).score(model, groups, ScoringContext()))

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from pruning.criteria import ScoringContext, create_criterion, criterion_class
+from pruning.criteria import ScoringContext, create_criterion, criterion_class, statistics_options
 from pruning.data import DataConfig, calibration_batches, load_data, make_loader
 from pruning.pipeline import PruneOutcome, prune_with_criterion
 from pruning.planning import PruningConfig, concentration_weights
@@ -96,7 +96,8 @@ def run_oneshot(bench: Bench) -> dict:
     args = bench.args
     groups = bench.space.select("full")
     started = time.process_time()
-    stats = collect_activation_stats(bench.model, bench.space.groups, bench.batches, chip="chip" in args.criteria)
+    criteria = [create_criterion(name) for name in args.criteria]
+    stats = collect_activation_stats(bench.model, bench.space.groups, bench.batches, **statistics_options(criteria))
     stats_cpu = time.process_time() - started
     context = ScoringContext(calibration=bench.batches, stats=stats)
     rows = []
