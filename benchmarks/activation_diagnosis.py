@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import time
 from dataclasses import replace
 
@@ -133,7 +134,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     bench = load_benchmark_baseline(args.checkpoint, strategy="full", test_subset=args.test_subset,
                                     calibration_images=args.calibration_images, batch_size=128)
-    classes = int(bench.spec.meta.get("num_classes", 10)) if hasattr(bench.spec, "meta") else 10
+    classes = bench.spec.num_classes
     example = torch.zeros(1, *bench.shape)
     names = [("random", s) for s in range(args.random_seeds)] + [(c, 0) for c in args.criteria]
     criteria = [create_criterion(n, seed=s) for n, s in names]
@@ -165,7 +166,7 @@ def main() -> None:
             dominant += torch.bincount(mu[group.name].argmax(0)[mask], minlength=classes).float()
         row = {
             "criterion": name, "seed": seed, "target": args.target,
-            "accuracy": sum(a * 1 for a in accuracy) / classes, "per_class": accuracy,
+            "accuracy": statistics.mean(accuracy), "per_class": accuracy,
             "min_class": min(accuracy), "classes_below_half": sum(a < 0.5 for a in accuracy),
             "removed_selectivity": torch.cat(removed_sel).mean().item(),
             "kept_selectivity": torch.cat(kept_sel).mean().item(),
