@@ -76,6 +76,7 @@ def run(args: argparse.Namespace) -> CommandResult:
     from pruning.data import calibration_batches
     from pruning.pipeline import prune_with_criterion
     from pruning.planning import ratios_of
+    from pruning.structure.groups import SOURCES
     from pruning.recovery import recover, recovery_data_for
     from pruning.structure import PruningSpace
     from pruning.training import evaluate
@@ -86,8 +87,8 @@ def run(args: argparse.Namespace) -> CommandResult:
     config, ratio_source = _pruning_config(args)
     options = _snpfi_options(args) if args.criterion == "snpfi" else {}
     if args.stats_source is not None:
-        if args.stats_source not in ("producer", "consumer"):
-            raise InputError(f"unknown --stats-source {args.stats_source!r}; valid: producer, consumer")
+        if args.stats_source not in SOURCES:
+            raise InputError(f"unknown --stats-source {args.stats_source!r}; valid: {', '.join(SOURCES)}")
         if not issubclass(criterion_class(args.criterion), StatisticsCriterion):
             raise InputError(f"--stats-source applies to statistics criteria, not {args.criterion!r}")
         options["source"] = args.stats_source

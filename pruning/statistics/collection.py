@@ -236,7 +236,7 @@ def accumulate_stats(
 
 def _accumulate(
     model: nn.Module,
-    observed: Mapping[str, bool],
+    observed: Mapping[str, ObservedOutput],
     batches: Iterable,
     bins: int,
     *,
