@@ -17,7 +17,11 @@ the same few classes everywhere, and those classes collapse, where random remova
     python benchmarks/activation_diagnosis.py --checkpoint runs/vgg/vgg16-fmnist.pt --target 0.5 \
         --test-subset 3000 --out benchmarks/results/vgg16_fmnist_activation_diagnosis.json
     python benchmarks/activation_diagnosis.py --report benchmarks/results/vgg16_fmnist_activation_diagnosis.json \
-        --write docs/benchmarks.md
+        --write docs/benchmarks.md --key activation-diagnosis
+
+``--criterion-options`` gives a criterion its options (JSON, by name, as in criteria_accuracy.py);
+``--report`` takes several result files of one model and target (e.g. two runs of one criterion
+with different options) and renders their rows in one table.
 """
 from __future__ import annotations
 
@@ -38,7 +42,7 @@ from pruning.statistics import collect_activation_stats
 from pruning.utils import atomic_write
 
 from benchmark_baseline import load_benchmark_baseline
-from docs_blocks import write_block
+from docs_blocks import add_block_arguments, criterion_label, write_or_print
 
 
 @torch.no_grad()
@@ -89,8 +93,12 @@ def per_class_accuracy(model, loader, classes: int) -> list[float]:
     return (right / total).tolist()
 
 
-def render(result: dict) -> str:
-    """The result file as a Markdown table (one row per criterion and seed)."""
+def render(results: list[dict]) -> str:
+    """Result files of one model and target as one Markdown table (a row per criterion and seed)."""
+    result = results[0]
+    for other in results[1:]:
+        if (other["model"], other["target"], other["test_subset"]) != (result["model"], result["target"], result["test_subset"]):
+            raise SystemExit("--report: the result files differ in model, target or test images; render them apart")
     lines = [
         f"{result['model']}, -{result['target']:.0%} MACs (uniform), after BN recalibration; test images: "
         f"{result['test_subset'] or 'all'}; base accuracy {result['base_accuracy']:.4f}.",
@@ -99,9 +107,9 @@ def render(result: dict) -> str:
         "mean activation removed / kept (x layer mean) |",
         "|---|---|---|---|---|---|---|",
     ]
-    for r in result["rows"]:
+    for r in (row for result in results for row in result["rows"]):
         lines.append(
-            f"| {r['criterion']} | {r['seed']} | {r['accuracy']:.4f} | {r['min_class']:.3f} | {r['classes_below_half']} | "
+            f"| {criterion_label(r['criterion'], r.get('options'))} | {r['seed']} | {r['accuracy']:.4f} | {r['min_class']:.3f} | {r['classes_below_half']} | "
             f"{r['removed_selectivity']:.3f} / {r['kept_selectivity']:.3f} | "
             f"{r['removed_relative_mean']:.3f} / {r['kept_relative_mean']:.3f} |"
         )
@@ -110,11 +118,13 @@ def render(result: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--report", default=None, metavar="RESULT",
-                        help="render a result file instead of running (with --write DOC: into its block)")
-    parser.add_argument("--write", default=None, help="Markdown file whose block activation-diagnosis is replaced")
+    parser.add_argument("--report", nargs="+", default=None, metavar="RESULT",
+                        help="render result files instead of running (with --write DOC --key KEY: into that block)")
+    add_block_arguments(parser)
     parser.add_argument("--checkpoint")
     parser.add_argument("--criteria", nargs="+", default=["mean-activation", "apoz", "hrank", "entropy", "l1"])
+    parser.add_argument("--criterion-options", type=json.loads, default={},
+                        help='JSON options by criterion name, e.g. {"shapley": {"value": "kl", "stratified": true}}')
     parser.add_argument("--random-seeds", type=int, default=3)
     parser.add_argument("--target", type=float, default=0.5)
     parser.add_argument("--test-subset", type=int, default=None)
@@ -123,11 +133,7 @@ def main() -> None:
     parser.add_argument("--out")
     args = parser.parse_args()
     if args.report:
-        text = render(json.loads(open(args.report).read()))
-        if args.write:
-            write_block(args.write, "activation-diagnosis", text)
-        else:
-            print(text)
+        write_or_print(parser, args, render([json.loads(open(path).read()) for path in args.report]))
         return
     if not args.checkpoint or not args.out:
         parser.error("--checkpoint and --out are required (or --report RESULT)")
@@ -137,7 +143,7 @@ def main() -> None:
     classes = bench.spec.num_classes
     example = torch.zeros(1, *bench.shape)
     names = [("random", s) for s in range(args.random_seeds)] + [(c, 0) for c in args.criteria]
-    criteria = [create_criterion(n, seed=s) for n, s in names]
+    criteria = [create_criterion(n, seed=s, **args.criterion_options.get(n, {})) for n, s in names]
     stats = collect_activation_stats(bench.model, bench.space.groups, bench.batches, **statistics_options(criteria))
     mu = class_means(bench.model, bench.groups, bench.batches, classes)
     sel = {name: selectivity(m) for name, m in mu.items()}
@@ -165,7 +171,7 @@ def main() -> None:
             kept_mean.append((overall[group.name] / overall[group.name].mean())[~mask])
             dominant += torch.bincount(mu[group.name].argmax(0)[mask], minlength=classes).float()
         row = {
-            "criterion": name, "seed": seed, "target": args.target,
+            "criterion": name, "options": args.criterion_options.get(name, {}), "seed": seed, "target": args.target,
             "accuracy": statistics.mean(accuracy), "per_class": accuracy,
             "min_class": min(accuracy), "classes_below_half": sum(a < 0.5 for a in accuracy),
             "removed_selectivity": torch.cat(removed_sel).mean().item(),

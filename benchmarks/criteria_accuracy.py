@@ -16,6 +16,7 @@ rewritten after every row; benchmarks/to_markdown.py renders the table for docs/
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -38,14 +39,18 @@ from benchmark_baseline import load_benchmark_baseline
 
 
 def ratio_weights_for(ratios: str, model, space, groups, context, args):
+    """(layer ratio weights or None, {(criterion, seed): channel scores} computed on the way):
+    SNPFI's sparsities come from its seed-0 estimation, whose scores the snpfi rows of seed 0
+    then reuse instead of estimating again."""
     if ratios == "concentration":
         from pruning.planning import concentration_weights
 
-        return concentration_weights(context.stats, groups, alpha=args.alpha, fusion=args.fusion)
+        return concentration_weights(context.stats, groups, alpha=args.alpha, fusion=args.fusion), {}
     if ratios == "snpfi":
         snpfi = create_criterion("snpfi", seed=0, **args.criterion_options.get("snpfi", {}))
-        return snpfi.layer_sparsity(model, groups, context, tau=args.tau)
-    return None
+        scores, sparsity = snpfi.score_and_sparsity(model, groups, context, tau=args.tau)
+        return sparsity, {("snpfi", 0): scores}
+    return None, {}
 
 
 def main() -> None:
@@ -66,6 +71,9 @@ def main() -> None:
     parser.add_argument("--test-subset", type=int, default=None, help="evaluate on the first N test images only")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--both-reconstructions", action="store_true",
+                        help="each (criterion, seed, target) twice, without and with reconstruction (rows say "
+                             "which in 'reconstruct'), from the same channel scores: a Shapley estimate serves both")
     add_recipe_arguments(parser)
     parser.set_defaults(finetune_epochs=1)  # the benchmark's third stage: one fine-tune epoch
     args = parser.parse_args()
@@ -93,7 +101,7 @@ def main() -> None:
         print(f"statistics pass: {setup_seconds['statistics']:.1f} s")
     context = ScoringContext(calibration=batches, stats=stats)
     started = time.perf_counter()
-    weights = ratio_weights_for(args.ratios, model, space, groups, context, args)
+    weights, scores_of = ratio_weights_for(args.ratios, model, space, groups, context, args)
     setup_seconds["layer_ratios"] = time.perf_counter() - started
 
     data = recovery_data_for(splits, batches, test_loader)
@@ -108,14 +116,17 @@ def main() -> None:
         f"{torch.get_num_threads()} threads, torch {torch.__version__}",
         "rows": rows,
     }
-    scores_of = {}  # (criterion, seed) -> channel scores: they do not depend on the target
+    # scores_of: (criterion, seed) -> channel scores; they do not depend on the target
+    reconstructions = (False, True) if args.both_reconstructions else (recipe.reconstruct,)
     for name in args.criteria:
         seeds = list(range(args.random_seeds)) if name == "random" else args.seeds
-        for target in args.targets:
-            for seed in seeds:
+        for target, seed in itertools.product(args.targets, seeds):
+            shape_cost = None  # MACs, params and latency: one pruned architecture for every reconstruction
+            for reconstruct in reconstructions:
                 started = time.perf_counter()
                 criterion = create_criterion(name, seed=seed, **args.criterion_options.get(name, {}))
-                config = PruningConfig(strategy=args.strategy, allocation="global" if args.ratios == "global" else "uniform",
+                config = PruningConfig(strategy=args.strategy,
+                                       allocation="global" if args.ratios == "global" else "uniform",
                                        flops_reduction=target)
                 outcome = prune_with_criterion(model, example, criterion, config, context, ratio_weights=weights,
                                                space=space, scores=scores_of.get((name, seed)))
@@ -124,13 +135,15 @@ def main() -> None:
                 pruned = outcome.model
                 row = {"criterion": name, "seed": seed, "target": target, "ratios": args.ratios,
                        "strategy": args.strategy, "score_and_prune_seconds": score_seconds,  # scores: first target only
-                       **recover(model, outcome, replace(recipe, seed=seed), data).accuracy}
-                cost = measure_cost(pruned, shape)
-                latency = measure_latency(pruned, shape, batch_size=64, threads=args.threads, repeats=10).median_ms
-                row.update(macs=cost.macs, params=cost.params, macs_reduction=1 - cost.macs / base_cost.macs,
-                           params_reduction=1 - cost.params / base_cost.params, latency_ms_b64=latency,
-                           speedup_b64=base_latency / latency, load_average=os.getloadavg()[0],
-                           seconds=time.perf_counter() - started)
+                       "reconstruct": reconstruct,
+                       **recover(model, outcome, replace(recipe, seed=seed, reconstruct=reconstruct), data).accuracy}
+                if shape_cost is None:
+                    cost = measure_cost(pruned, shape)
+                    latency = measure_latency(pruned, shape, batch_size=64, threads=args.threads, repeats=10).median_ms
+                    shape_cost = dict(macs=cost.macs, params=cost.params, macs_reduction=1 - cost.macs / base_cost.macs,
+                                      params_reduction=1 - cost.params / base_cost.params, latency_ms_b64=latency,
+                                      speedup_b64=base_latency / latency)
+                row.update(shape_cost, load_average=os.getloadavg()[0], seconds=time.perf_counter() - started)
                 rows.append(row)
                 print(json.dumps(row))
                 write_result(args.out, result)

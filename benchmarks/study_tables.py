@@ -1,9 +1,12 @@
 """Render a finished study's tables (read back from MLflow) as the Markdown docs/benchmarks.md
-shows: the summary, paired and rank tables, the cells, wall time, cells/hour and the saving of
-the shared scores; with ``--write FILE`` the block between ``<!-- study:NAME -->`` and
-``<!-- /study:NAME -->`` in FILE is replaced (generated, never hand-copied).
+shows: an overview (per recipe, the mean test accuracy of every criterion at every ratio
+source and target, the best of each column in bold), the summary, paired and rank tables (the
+first two folded), the cells, wall time, cells/hour and the saving of the shared scores; with
+``--write FILE`` the block between ``<!-- study:NAME -->`` and ``<!-- /study:NAME -->`` in FILE
+is replaced (generated, never hand-copied).
 
-    python benchmarks/study_tables.py runs/studies/criteria-benchmark [--write docs/benchmarks.md]
+    python benchmarks/study_tables.py runs/studies/criteria-benchmark [--write docs/benchmarks.md] \
+        [--plots docs/img/study-NAME]     # the study's two plots, drawn again: PREFIX-accuracy-vs-macs.png, PREFIX-ranks.png
 """
 from __future__ import annotations
 
@@ -14,14 +17,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.docs_blocks import write_block  # noqa: E402
-from orchestrator.studies import study_report  # noqa: E402
+from orchestrator.studies import study_parent_metrics, study_report  # noqa: E402
 
 
-def render(run_dir: str) -> tuple[str, str]:
-    """(study name, its Markdown block)."""
-    result = study_report(run_dir)
+def render(result, tracker_metrics: dict) -> tuple[str, str]:
+    """(study name, its Markdown block) of a :func:`study_report` result and its parent run's
+    metrics."""
     counts, scores = result.counts, result.scores
-    tracker_metrics = _parent_metrics(result)
     wall = tracker_metrics.get("wall_seconds")
     lines = [f"Study `{result.name}`: {counts['cells']} cells, {counts['finished']} finished, {counts['failed']} failed"
              + (f"; its last run (a resumed study's counts only its own cells) took {wall / 60:.1f} min wall "
@@ -29,24 +31,59 @@ def render(run_dir: str) -> tuple[str, str]:
                 if wall else "") + ".",
              f"Shared scores: {scores['keys_computed']} score computations took {scores['shared_seconds']:.1f} s; "
              f"scoring in every cell would have taken {scores['unshared_seconds']:.1f} s "
-             f"(saved {scores['saved_seconds']:.1f} s).", "", result.tables.markdown().rstrip()]
+             f"(saved {scores['saved_seconds']:.1f} s).", "", overview(result.tables.summary), "",
+             "<details><summary>Every table: intervals, paired tests, ranks</summary>", "",
+             result.tables.markdown().rstrip(), "", "</details>"]
     return result.name, "\n".join(lines)
 
 
-def _parent_metrics(result) -> dict:
-    from orchestrator.studies.run import TRACKING_KIND
-    from orchestrator.sweeps import Tracker
+def overview(summary: list[dict]) -> str:
+    """Per recipe, one row per criterion and one column per (ratio source, target): the mean
+    test accuracy, the best of each column in bold (n: the cells each mean is over)."""
+    columns = list(dict.fromkeys((r["ratios"], r["flops_reduction"]) for r in summary))
+    parts = []
+    for recipe in dict.fromkeys(r["recipe"] for r in summary):
+        rows = [r for r in summary if r["recipe"] == recipe]
+        mean = {(r["criterion"], r["ratios"], r["flops_reduction"]): r["test_accuracy_mean"] for r in rows}
+        best = {c: max((v for (_, *k), v in mean.items() if tuple(k) == c and v is not None), default=None)
+                for c in columns}
+        n = sorted({r["n"] for r in rows})
+        parts += [f"Recipe `{recipe}`: mean test accuracy (n = {'/'.join(map(str, n))} per mean).", "",
+                  "| criterion | " + " | ".join(f"{ratios} -{target:.0%}" for ratios, target in columns) + " |",
+                  "|---|" + "---|" * len(columns)]
+        for criterion in dict.fromkeys(r["criterion"] for r in rows):
+            cells = []
+            for c in columns:
+                v = mean.get((criterion, *c))
+                cells.append("" if v is None else (f"**{v:.4f}**" if v == best[c] else f"{v:.4f}"))
+            parts.append(f"| {criterion} | " + " | ".join(cells) + " |")
+        parts.append("")
+    return "\n".join(parts).rstrip()
 
-    tracker = Tracker(result.tracking_uri, "prunesweep-compare", result.run_dir, kind=TRACKING_KIND)
-    return dict(tracker.client.get_run(result.parent_run_id).data.metrics)
+
+def plot(result, metrics: dict, prefix: str) -> None:
+    """The study's plots (as its run logged them, in the current layout), the unpruned line at
+    the mean test accuracy of its baselines (from its parent run's ``metrics``)."""
+    from orchestrator.studies.report import plot_accuracy, plot_ranks
+
+    base = [v for k, v in metrics.items() if k.startswith("baseline_") and k.endswith(".test_accuracy")]
+    plot_accuracy(result.tables, sum(base) / len(base) if base else None, Path(f"{prefix}-accuracy-vs-macs.png"))
+    if result.tables.ranks:
+        plot_ranks(result.tables, Path(f"{prefix}-ranks.png"))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir")
     parser.add_argument("--write", default=None, help="the Markdown file whose study block to replace")
+    parser.add_argument("--plots", default=None, metavar="PREFIX",
+                        help="draw the accuracy and rank plots again from MLflow into PREFIX-*.png")
     args = parser.parse_args()
-    name, block = render(args.run_dir)
+    result = study_report(args.run_dir)
+    metrics = study_parent_metrics(args.run_dir)
+    if args.plots:
+        plot(result, metrics, args.plots)
+    name, block = render(result, metrics)
     if args.write is None:
         print(block)
         return

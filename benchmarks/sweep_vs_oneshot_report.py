@@ -14,13 +14,15 @@ reconstruction + BN, what a user without test labels would choose). Parts ``ones
 """
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from collections import defaultdict
 
 from scipy.stats import spearmanr
 
 from orchestrator.sweeps.front import hypervolume
+
+from docs_blocks import add_block_arguments, write_or_print
 
 OBJECTIVES = {"test_accuracy": "max", "macs_fraction": "min"}
 REFERENCE = {"test_accuracy": 0.0, "macs_fraction": 1.0}
@@ -152,12 +154,22 @@ def render(result: dict) -> str:
     oracle = {"name": "best one-shot pipeline per target (oracle over the grid: picked by test accuracy)",
               "points": len(targets), "hv": float("nan"), "at": best, "cpu": sum(row["cpu"] for row in oneshot)}
     base = result["base"]
+    selections = [oracle, proxy_pick(result, targets)] if oneshot else []  # files without the grid: searches only
     lines = [f"Baseline: test accuracy {base['test_accuracy']:.4f} on the benchmark's test images, "
-             f"{base['macs'] / 1e6:.2f} M MACs.", "", *table(searches + [oracle, proxy_pick(result, targets)], targets),
-             "", "One-shot pipelines, by hypervolume:", "", *table(oneshot, targets), "", *correlations(result),
-             "", *seed_spread(result)]
+             f"{base['macs'] / 1e6:.2f} M MACs.", "", *table(searches + selections, targets), ""]
+    if oneshot:
+        lines += ["One-shot pipelines, by hypervolume:", "", *table(oneshot, targets), ""]
+    lines += [*correlations(result), "", *seed_spread(result)]
     return "\n".join(lines).replace("| nan |", "| - |")
 
 
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("files", nargs="+")
+    add_block_arguments(parser)
+    args = parser.parse_args()
+    write_or_print(parser, args, render(merge(args.files)))
+
+
 if __name__ == "__main__":
-    print(render(merge(sys.argv[1:])))
+    main()

@@ -5,9 +5,10 @@
     python benchmarks/to_markdown.py --aim FILE... --write docs/benchmarks.md --key KEY
                                                        # ... into the doc's generated block KEY
 
-``--aim``: the rows of all files grouped by recipe (the last stage each file's recipe ran:
-"bn" without reconstruction, "reconstruct+bn" with it), criterion (with its options, e.g.
-``entropy (source=consumer)``), ratios and target; each cell is the mean ± sample standard
+``--aim``: the rows of all files grouped by recipe (the last stage each row's recipe ran:
+"bn" without reconstruction, "reconstruct+bn" with it; the file's recipe unless the row says),
+criterion (with its options, e.g. ``entropy (source=consumer)``), ratios (information
+concentration with its fusion) and target; each cell is the mean ± sample standard
 deviation over seeds, set against ``random`` of the same recipe and target (from any of the
 files), with the difference and whether the criterion's mean is above random's.
 
@@ -20,7 +21,7 @@ import json
 import statistics
 from collections import defaultdict
 
-from docs_blocks import write_block
+from docs_blocks import add_block_arguments, criterion_label, write_or_print
 
 
 def render(path: str) -> str:
@@ -53,8 +54,7 @@ def render(path: str) -> str:
 
 
 def _label(name: str, result: dict) -> str:
-    options = result.get("settings", {}).get("criterion_options", {}).get(name, {})
-    return name + (f" ({', '.join(f'{k}={v}' for k, v in sorted(options.items()))})" if options else "")
+    return criterion_label(name, result.get("settings", {}).get("criterion_options", {}).get(name))
 
 
 def _mean_sd(values: list[float]) -> str:
@@ -68,9 +68,12 @@ def render_aim(paths: list[str], reference: str = "random") -> str:
         result = json.loads(open(path).read())
         settings = result["settings"]  # files from before the recipe existed say "recover"
         reconstructed = settings.get("recipe", {}).get("reconstruct", settings.get("recover", False))
-        recipe = "reconstruct+bn" if reconstructed else "bn"
-        for row in result["rows"]:
-            cells[(recipe, _label(row["criterion"], result), row["ratios"], row["target"])].append(row["bn_recalibrated"])
+        for row in result["rows"]:  # a --both-reconstructions row says which it ran
+            recipe = "reconstruct+bn" if row.get("reconstruct", reconstructed) else "bn"
+            ratios = row["ratios"]
+            if ratios == "concentration" and "fusion" in settings:  # two fusions are two pipelines
+                ratios = f"concentration ({settings['fusion']})"
+            cells[(recipe, _label(row["criterion"], result), ratios, row["target"])].append(row["bn_recalibrated"])
     lines = []
     for recipe in sorted({k[0] for k in cells}):
         lines += [f"After {recipe} (test accuracy, mean ± sd over seeds; n = seeds):", "",
@@ -93,16 +96,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("files", nargs="+")
     parser.add_argument("--aim", action="store_true", help="every criterion against random")
-    parser.add_argument("--write", default=None, help="Markdown file whose generated block --key is replaced")
-    parser.add_argument("--key", default=None, help="the generated block's key (with --write)")
+    add_block_arguments(parser)
     args = parser.parse_args()
-    if (args.write is None) != (args.key is None):
-        parser.error("--write and --key go together")
-    text = render_aim(args.files) if args.aim else "\n\n".join(render(p) for p in args.files)
-    if args.write:
-        write_block(args.write, args.key, text)
-    else:
-        print(text)
+    write_or_print(parser, args, render_aim(args.files) if args.aim else "\n\n".join(render(p) for p in args.files))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ into a :class:`torch.device` and an autocast/GradScaler setting.
 * :func:`resolve_device`: ``auto`` (CUDA if available, else the CPU), ``cpu``, ``cuda``,
   ``cuda:N`` or ``mps``; a name this machine cannot serve is a one-line
   :class:`~pruning.errors.InputError` naming the ones it can.
+* :func:`eval_batch_size`: the batch every evaluation loader uses on a device.
 * :class:`Precision`: mixed precision (``bf16`` or ``fp16``, CUDA only) for training and
   evaluation: :meth:`Precision.autocast` around the forward pass, :meth:`Precision.scaler` (a
   ``GradScaler``, enabled for ``fp16`` only) around the backward pass. ``Precision()`` (no amp)
@@ -23,7 +24,9 @@ import torch
 
 from pruning.errors import InputError
 
-__all__ = ["AMP_MODES", "DEVICE_NAMES", "Precision", "check_amp", "resolve_device", "valid_devices"]
+__all__ = [
+    "AMP_MODES", "DEVICE_NAMES", "Precision", "check_amp", "eval_batch_size", "resolve_device", "valid_devices",
+]
 
 #: every name :func:`resolve_device` understands (``cuda:N`` for a CUDA device index)
 DEVICE_NAMES = ("auto", "cpu", "cuda", "cuda:N", "mps")
@@ -31,6 +34,11 @@ DEVICE_NAMES = ("auto", "cpu", "cuda", "cuda:N", "mps")
 AMP_MODES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 _CUDA_INDEX = re.compile(r"cuda:(\d+)")
+#: evaluation batch on the CPU: measured on ResNet-20 (28x28, 1 thread), scoring 2,000 images
+#: takes 15-25% less time at 128 than at 512 (likely the cache: a 128-image batch's activations fit)
+_CPU_EVAL_BATCH = 128
+#: evaluation batch on an accelerator, where a larger batch keeps it busy
+_ACCELERATOR_EVAL_BATCH = 512
 
 
 def _mps_available() -> bool:
@@ -47,6 +55,12 @@ def valid_devices() -> list[str]:
     if _mps_available():
         names.append("mps")
     return names
+
+
+def eval_batch_size(device: torch.device | str) -> int:
+    """The batch size of evaluation loaders (accuracy only: no gradients, no BN statistics, so
+    it changes the time and not the result)."""
+    return _CPU_EVAL_BATCH if torch.device(device).type == "cpu" else _ACCELERATOR_EVAL_BATCH
 
 
 def resolve_device(name: str | torch.device | None = "auto", *, option: str = "--device") -> torch.device:

@@ -13,7 +13,7 @@ from typing import Any
 from torch import nn
 
 from orchestrator import distributed
-from pruning.data import DataConfig, DataSplits, load_data, make_loader
+from pruning.data import DataConfig, DataSplits, load_data, make_eval_loader
 from pruning.structure import ModelSpec, check_fits, load_checkpoint, measure_cost, measure_latency, model_for_data
 
 __all__ = [
@@ -22,7 +22,6 @@ __all__ = [
 ]
 
 LATENCY_BATCHES = (1, 64)
-_EVAL_BATCH = 512
 
 
 @dataclass(frozen=True)
@@ -116,7 +115,7 @@ def make_test_loader(splits: DataSplits, args: argparse.Namespace | None = None,
     command's ``--loader-workers``, pinned for a CUDA ``device``)."""
     workers = getattr(args, "loader_workers", 0) if args is not None else 0
     pin = device is not None and getattr(device, "type", None) == "cuda"
-    return make_loader(splits.test, _EVAL_BATCH, shuffle=False, num_workers=workers, pin_memory=pin)
+    return make_eval_loader(splits.test, device or "cpu", num_workers=workers, pin_memory=pin)
 
 
 def measure(model: nn.Module, shape: tuple[int, int, int], accuracy: float | None) -> dict[str, Any]:

@@ -8,6 +8,7 @@ a bug and keeps its traceback (exit status 1).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from dataclasses import asdict
@@ -47,7 +48,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_BAD_INPUT
         distributed.exec_module("orchestrator.cli", sys.argv[1:], fallback=args.ray_network == "auto")
     try:
-        result = args.run(args)
+        # with --json, stdout holds the result only: what a library prints while the command runs
+        # (Ray's notices of a lost node, printed by its driver threads) goes to stderr
+        with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+            result = args.run(args)
     except BAD_INPUT as err:
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         print(f"error: {message}", file=sys.stderr)

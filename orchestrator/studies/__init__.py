@@ -8,7 +8,14 @@ body), ``statistics`` (intervals, paired tests, ranks), ``report`` (tables and p
 (run, resume, report from MLflow)."""
 from orchestrator.studies.cells import Cell, ScoreKey, score_keys, study_cells
 from orchestrator.studies.config import StudyConfig
-from orchestrator.studies.run import StudyResult, load_study_config, resume_study, run_study, study_report
+from orchestrator.studies.run import (
+    StudyResult,
+    load_study_config,
+    resume_study,
+    run_study,
+    study_parent_metrics,
+    study_report,
+)
 
 __all__ = ["Cell", "ScoreKey", "score_keys", "study_cells", "StudyConfig", "StudyResult", "load_study_config",
-           "resume_study", "run_study", "study_report"]
+           "resume_study", "run_study", "study_parent_metrics", "study_report"]

@@ -21,6 +21,7 @@ from orchestrator.sweeps.checks import (
 )
 from orchestrator.sweeps.config import DataSettings, TrackingSettings
 from orchestrator.sweeps.model_settings import MODEL_KEYS, ModelSettings, model_source
+from pruning.planning.concentration import FUSIONS
 from pruning.recovery import RecoveryRecipe
 from pruning.structure import STRATEGIES
 
@@ -32,7 +33,7 @@ __all__ = [
 RESOLVED_STUDY_FILE = "study.yaml"
 #: ratio source -> its options (and their defaults); ``schedule`` needs ``path``
 RATIO_SOURCES: dict[str, dict[str, Any]] = {
-    "uniform": {}, "global": {}, "concentration": {"alpha": 0.5}, "snpfi": {"tau": 0.95}, "schedule": {"path": None},
+    "uniform": {}, "global": {}, "concentration": {"alpha": 0.5, "fusion": "minmax"}, "snpfi": {"tau": 0.95}, "schedule": {"path": None},
 }
 INTERVALS = ("t", "bootstrap")
 PAIRED_TESTS = ("wilcoxon", "bootstrap")
@@ -147,7 +148,8 @@ class CriterionSettings:
 @dataclass(frozen=True)
 class RatioSettings:
     """Where layer-wise ratios come from. ``uniform``/``global``: the allocation; ``concentration``
-    (``alpha``) and ``snpfi`` (``tau``): layer-wise priors scaled to the FLOPs target;
+    (``alpha``, ``fusion``: ``minmax`` or ``rank``, :func:`pruning.planning.concentration_weights`)
+    and ``snpfi`` (``tau``): layer-wise priors scaled to the FLOPs target;
     ``schedule``: a ``{layer: ratio}`` JSON file (``path``) whose shape is scaled the same way."""
 
     name: str
@@ -160,6 +162,8 @@ class RatioSettings:
         options = {**RATIO_SOURCES[self.name], **self.options}
         if "alpha" in options and not 0 <= check_number("ratios.alpha", options["alpha"]) <= 1:
             raise ConfigError("ratios.alpha", f"must be in [0, 1], got {options['alpha']!r}")
+        if "fusion" in options:
+            check_choice("ratios.fusion", options["fusion"], list(FUSIONS))
         if "tau" in options and not 0 < check_number("ratios.tau", options["tau"]) <= 1:
             raise ConfigError("ratios.tau", f"must be in (0, 1], got {options['tau']!r}")
         if self.name == "schedule":

@@ -190,23 +190,39 @@ def _figure(width: float, height: float):
     return fig
 
 
-_STYLES = ("-", "--", ":", "-.")
+#: the most criteria whose interval bands the accuracy plot draws
+MAX_BANDS = 5
+
+
+def _colours(criteria: Sequence[str]) -> dict[str, Any]:
+    """A colour per criterion: matplotlib's 10-colour cycle, or tab20 for more criteria (a full
+    benchmark compares 13)."""
+    if len(criteria) <= 10:
+        return {c: f"C{i}" for i, c in enumerate(criteria)}
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab20"]
+    return {c: cmap(i % 20) for i, c in enumerate(criteria)}
 
 
 def plot_accuracy(tables: StudyTables, baseline_accuracy: float | None, path: Path) -> Path:
-    """Test accuracy vs measured MACs reduction, a line per criterion (a style per ratio
-    source) with its interval as a band, one panel per recipe. Each panel is scaled to its
-    means (recipes differ by tens of points; a two-seed t interval can be wider than [0, 1]),
-    the bands clipped to what an accuracy can be."""
+    """Test accuracy vs measured MACs reduction, a line per criterion with its interval as a band,
+    one panel per recipe (columns) and ratio source (rows), one legend for all. Beyond
+    ``MAX_BANDS`` criteria only the reference criterion keeps its band (a dozen overlapping
+    bands hide every line; the question they answer is whether a line leaves the reference's
+    band). Each panel is scaled to its means (recipes differ by tens of points; a two-seed t
+    interval can be wider than [0, 1]), the bands clipped to what an accuracy can be."""
     recipes = list(dict.fromkeys(r["recipe"] for r in tables.summary))
     ratios = list(dict.fromkeys(r["ratios"] for r in tables.summary))
     criteria = list(dict.fromkeys(r["criterion"] for r in tables.summary))
-    fig = _figure(5.0 * len(recipes), 4.2)
-    axes = fig.subplots(1, len(recipes), squeeze=False)[0]
-    colours = {c: f"C{i % 10}" for i, c in enumerate(criteria)}
-    for ax, recipe in zip(axes, recipes):
-        means: list[float] = []
-        for i, ratio in enumerate(ratios):
+    fig = _figure(4.6 * len(recipes) + 2.2, 3.6 * len(ratios) + 0.4)
+    axes = fig.subplots(len(ratios), len(recipes), squeeze=False)
+    colours = _colours(criteria)
+    banded_criteria = set(criteria) if len(criteria) <= MAX_BANDS else {tables.statistics.get("reference")}
+    for row, ratio in enumerate(ratios):
+        for col, recipe in enumerate(recipes):
+            ax = axes[row][col]
+            means: list[float] = []
             for criterion in criteria:
                 rows = [r for r in tables.summary if (r["recipe"], r["ratios"], r["criterion"]) == (recipe, ratio, criterion)
                         and r["test_accuracy_mean"] is not None]
@@ -214,27 +230,34 @@ def plot_accuracy(tables: StudyTables, baseline_accuracy: float | None, path: Pa
                     continue
                 x = [r["macs_reduction_mean"] for r in rows]
                 means += [r["test_accuracy_mean"] for r in rows]
-                label = criterion if len(ratios) == 1 else f"{criterion} ({ratio})"
-                ax.plot(x, [r["test_accuracy_mean"] for r in rows], _STYLES[i % len(_STYLES)], marker="o",
-                        color=colours[criterion], label=label)
-                banded = [r for r in rows if r["ci_low"] is not None]
+                ax.plot(x, [r["test_accuracy_mean"] for r in rows], "-", marker="o", markersize=3,
+                        color=colours[criterion], label=criterion)
+                banded = [r for r in rows if r["ci_low"] is not None] if criterion in banded_criteria else []
                 if banded:
                     ax.fill_between([r["macs_reduction_mean"] for r in banded], [max(0.0, r["ci_low"]) for r in banded],
-                                    [min(1.0, r["ci_high"]) for r in banded], color=colours[criterion], alpha=0.15,
+                                    [min(1.0, r["ci_high"]) for r in banded], color=colours[criterion], alpha=0.12,
                                     linewidth=0)
-        if baseline_accuracy is not None and math.isfinite(baseline_accuracy):
-            ax.axhline(baseline_accuracy, color="0.5", linestyle="--", linewidth=1, label="unpruned")
-            means.append(baseline_accuracy)
-        if means:
-            pad = max(0.01, 0.1 * (max(means) - min(means)))
-            ax.set_ylim(max(0.0, min(means) - pad), min(1.0, max(means) + pad))
-        ax.set_title(f"recipe: {recipe}")
-        ax.set_xlabel("MACs reduction (measured)")
-        ax.grid(True, alpha=0.3)
-    axes[0].set_ylabel(f"test accuracy ({tables.statistics.get('confidence', 0.95):.0%} interval band)")
-    if axes[-1].has_data():
-        axes[-1].legend(loc="best", fontsize="small")
-    fig.tight_layout()
+            if baseline_accuracy is not None and math.isfinite(baseline_accuracy):
+                ax.axhline(baseline_accuracy, color="0.5", linestyle="--", linewidth=1, label="unpruned")
+                means.append(baseline_accuracy)
+            if means:
+                pad = max(0.01, 0.1 * (max(means) - min(means)))
+                ax.set_ylim(max(0.0, min(means) - pad), min(1.0, max(means) + pad))
+            ax.set_title(f"recipe: {recipe}" + ("" if len(ratios) == 1 else f", ratios: {ratio}"), fontsize="medium")
+            ax.grid(True, alpha=0.3)
+            if row == len(ratios) - 1:
+                ax.set_xlabel("MACs reduction (measured)")
+        whose = "" if len(criteria) <= MAX_BANDS else f" of {tables.statistics.get('reference')}"
+        axes[row][0].set_ylabel(f"test accuracy ({tables.statistics.get('confidence', 0.95):.0%} band{whose})")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    for ax in axes.flat:  # a criterion missing from the first panel still gets its entry
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            if label not in labels:
+                handles.append(handle)
+                labels.append(label)
+    fig.tight_layout(rect=(0, 0, 1 - 1.7 / fig.get_figwidth(), 1))
+    if handles:
+        fig.legend(handles, labels, loc="center right", fontsize="small")
     fig.savefig(path, format="png")
     return path
 

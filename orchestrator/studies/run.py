@@ -34,7 +34,8 @@ from orchestrator.sweeps.runner import EXPERIMENT_NAME, check_tracking_reachable
 from orchestrator.sweeps.tracking import Tracker
 from pruning.utils import atomic_write
 
-__all__ = ["TRACKING_KIND", "StudyResult", "load_study_config", "run_study", "resume_study", "study_report"]
+__all__ = ["TRACKING_KIND", "StudyResult", "load_study_config", "run_study", "resume_study", "study_report",
+           "study_parent_metrics"]
 
 #: the ``prunesweep.kind`` tag of a study's MLflow runs
 TRACKING_KIND = "study"
@@ -115,11 +116,10 @@ def run_study(config: StudyConfig, *, address: str | None = None, resume: bool =
     too. ``inject_failures``: criterion labels whose scoring raises (tests of failure handling)."""
     import ray
 
-    from orchestrator.sweeps.callback import ProgressLines
     from orchestrator.sweeps.model_settings import check_source_exists
     from orchestrator.sweeps.run_info import dataset_entity, system_tags
     from orchestrator.sweeps.search import FixedConfigs
-    from orchestrator.sweeps.trials import TrialSettings, import_paths_of, put_shared
+    from orchestrator.sweeps.trials import TrialSettings, import_paths_of, put_shared, trial_threads
 
     started = time.perf_counter()
     _check_run_dir(config, resume)
@@ -127,7 +127,7 @@ def run_study(config: StudyConfig, *, address: str | None = None, resume: bool =
     for baseline in config.checkpoints:
         check_source_exists(baseline.source)
     cells = study_cells(config)
-    threads = max(1, int(config.execution.cpus_per_trial))
+    threads = trial_threads(config.execution.cpus_per_trial)
     setups = {}
     for baseline in config.checkpoints:
         say(progress, f"loading baseline {baseline.label}")
@@ -162,14 +162,13 @@ def run_study(config: StudyConfig, *, address: str | None = None, resume: bool =
                                  pruning=config.pruning, scores_root=str(scores_root),
                                  share_scores=config.execution.share_scores)
         ended_before = len(tracker.trial_runs())  # cells a resumed study had already logged
-        ProgressLines.as_bar = True
         say(progress, f"running {len(cells)} cells, {config.execution.concurrency} at a time")
         results = run_trials(
             tracker, study_cell, settings, next(iter(setups.values())), refs=baselines,
             cpus_per_trial=config.execution.cpus_per_trial, gpus_per_trial=gpus,
             concurrency=config.execution.concurrency, metric_names=CELL_METRICS, tag_names=CELL_TAGS,
             num_samples=len(cells), make_search=lambda: FixedConfigs([c.trial_config() for c in cells]),
-            resume=resume, progress=progress, verbose=verbose, stage="study",
+            resume=resume, progress=progress, verbose=verbose, stage="study", progress_bar=True,
         )
         complete = finished_cleanly(results, len(cells))
     result = _finalize(tracker, config, setups, phase, ended_before=ended_before, wall=time.perf_counter() - started)
@@ -238,11 +237,23 @@ def resume_study(run_dir: str | os.PathLike, *, address: str | None = None, prog
 def study_report(run_dir: str | os.PathLike) -> StudyResult:
     """The study's tables again, from its cells as MLflow holds them (no Ray, nothing rerun)."""
     config = _recorded_config(run_dir)
-    tracker = Tracker(config.tracking_uri, config.tracking.experiment, config.run_dir, kind=TRACKING_KIND)
-    parent = tracker.find_parent()
-    if parent is None:
-        raise ConfigError("report", f"no MLflow run of the study in {config.run_dir} at {config.tracking_uri}")
+    tracker, parent = _recorded_parent(config)
     rows, tables, counts = _tables_and_counts(config, tracker)
     counts["ran"] = 0
     return StudyResult(config.name, config.run_dir, config.tracking_uri, parent, tables, counts,
                        _score_savings(config, rows, None))
+
+
+def study_parent_metrics(run_dir: str | os.PathLike) -> dict[str, float]:
+    """The metrics of the study's parent run (wall times, score phase), as MLflow holds them."""
+    tracker, parent = _recorded_parent(_recorded_config(run_dir))
+    return dict(tracker.client.get_run(parent).data.metrics)
+
+
+def _recorded_parent(config: StudyConfig) -> tuple[Tracker, str]:
+    """The tracker of a study's recorded config (its own experiment) and its parent run id."""
+    tracker = Tracker(config.tracking_uri, config.tracking.experiment, config.run_dir, kind=TRACKING_KIND)
+    parent = tracker.find_parent()
+    if parent is None:
+        raise ConfigError("report", f"no MLflow run of the study in {config.run_dir} at {config.tracking_uri}")
+    return tracker, parent

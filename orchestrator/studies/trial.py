@@ -11,7 +11,6 @@ import torch
 
 from orchestrator.studies.cells import Cell
 from orchestrator.studies.config import CriterionSettings, PruningSettings, RatioSettings
-from orchestrator.sweeps.baseline import EVAL_BATCH
 from orchestrator.sweeps.trials import (
     STAGE_METRICS, SharedRefs, TrialSettings, _cost_metrics, _load_trial_data, _make_importable, _prune_and_recover,
     _rebuild_model, _releases_memory, _trial_device,
@@ -57,7 +56,8 @@ def _ratio_plan(ratios: RatioSettings, target: float, pruning: PruningSettings, 
                            flops_reduction=target, max_layer_ratio=pruning.max_layer_ratio,
                            min_channels=pruning.min_channels, round_to=pruning.round_to)
     if ratios.name == "concentration":
-        return config, concentration_weights(stats, space.select(pruning.strategy), alpha=ratios.options["alpha"])
+        return config, concentration_weights(stats, space.select(pruning.strategy), alpha=ratios.options["alpha"],
+                                             fusion=ratios.options["fusion"])
     if ratios.name == "snpfi":
         return config, prior["sparsity"][str(float(ratios.options["tau"]))]
     if ratios.name == "schedule":
@@ -73,8 +73,9 @@ def study_cell(config: dict[str, Any], *, refs: Mapping[str, StudyBaseline], set
     from ray import tune
 
     from orchestrator.studies.scores import load_scores
-    from pruning.data import make_loader
+    from pruning.data import make_eval_loader
     from pruning.training import evaluate
+    from pruning.utils import model_device
 
     cell = Cell.from_params(config)
     baseline = refs[cell.checkpoint]
@@ -99,7 +100,7 @@ def study_cell(config: dict[str, Any], *, refs: Mapping[str, StudyBaseline], set
         criterion_options=criterion.options, scores=scores,
     )
     metrics.update(_cost_metrics(pruned, base.shape, base.baseline, False, base.threads))
-    metrics["test_accuracy"] = evaluate(pruned, make_loader(splits.test, EVAL_BATCH, shuffle=False)).accuracy
+    metrics["test_accuracy"] = evaluate(pruned, make_eval_loader(splits.test, model_device(pruned))).accuracy
     # unshared, the scores were computed in this cell: their cost is part of prune_seconds
     metrics["scores_compute_seconds"] = seconds if seconds is not None else metrics["prune_seconds"]
     metrics.update(criterion_name=criterion.name, scores="shared" if settings.share_scores else "computed in the cell")

@@ -21,7 +21,6 @@ from orchestrator.sweeps.config import DataSettings
 from orchestrator.sweeps.model_settings import ModelSettings
 
 __all__ = [
-    "EVAL_BATCH",
     "BaselineSetup",
     "prepare_baseline",
     "compute_baseline_statistics",
@@ -30,10 +29,6 @@ __all__ = [
     "load_or_compute_extras",
     "say",
 ]
-
-#: batch size of every evaluation loader (scoring never trains, so it can be large)
-EVAL_BATCH = 512
-
 
 def say(progress: bool, message: str) -> None:
     """A progress line on stderr (stdout stays clean for ``--json``)."""
@@ -80,9 +75,10 @@ def prepare_baseline(
     ``metrics``: ``accuracy`` (calibration split, what trials are scored on), ``test_accuracy``,
     ``macs``, ``params`` and, with ``latency``, ``latency_ms`` (batch 1, ``threads`` threads).
     """
-    from pruning.data import calibration_batches, load_data, make_loader
+    from pruning.data import calibration_batches, load_data, make_eval_loader
     from pruning.structure import CheckpointError, PruningSpace, check_fits, load_checkpoint, measure_cost, measure_latency
     from pruning.training import evaluate
+    from pruning.utils import model_device
 
     if isinstance(checkpoint, ModelSettings):
         model, spec, data_config, splits, shape = _build_baseline(checkpoint, data)
@@ -98,9 +94,10 @@ def prepare_baseline(
     space = PruningSpace.build(model, torch.zeros(1, *shape))
     batches = calibration_batches(splits, data.calibration_images, data.batch_size)
     cost = measure_cost(model, shape)
+    device = model_device(model)
     metrics = {
-        "accuracy": evaluate(model, make_loader(splits.calibration, EVAL_BATCH, shuffle=False), progress=progress).accuracy,
-        "test_accuracy": evaluate(model, make_loader(splits.test, EVAL_BATCH, shuffle=False), progress=progress).accuracy,
+        "accuracy": evaluate(model, make_eval_loader(splits.calibration, device), progress=progress).accuracy,
+        "test_accuracy": evaluate(model, make_eval_loader(splits.test, device), progress=progress).accuracy,
         "macs": float(cost.macs),
         "params": float(cost.params),
     }

@@ -176,7 +176,8 @@ class MlflowTrialLogger(tune.Callback):
         params = {k: v for k, v in config.items() if not str(k).startswith("_")}
         result = dict(trial.last_result or {}) if status == "FINISHED" else {}
         metrics = {k: result[k] for k in self.metric_names if finite_metric(result.get(k)) is not None}
-        if status == "FINISHED" and finite_metric(result.get("time_total_s")) is not None:
+        # a sweep trial measures its own time (a re-reported result keeps it); Tune's otherwise
+        if status == "FINISHED" and "trial_seconds" not in metrics and finite_metric(result.get("time_total_s")) is not None:
             metrics["trial_seconds"] = result["time_total_s"]
         tags = {k: str(result[k]) for k in self.tag_names if result.get(k) not in (None, "")}
         tags.update({tag: str(config[key]) for key, tag in (("_stage", TAG_STAGE), ("_refines", TAG_REFINES))

@@ -14,7 +14,7 @@ A sweep config is one YAML file (see ``search_spaces/resnet20_fmnist.yaml``)::
     sweep:    {trials: 8, concurrency: 2, sampler: nsga2, objectives: {accuracy: max, macs: min},
                seed: 0, cpus_per_trial: 1, gpus_per_trial: 0, gpus_per_worker: 0,
                population_size: null, warm_start: true,
-               refine: {candidates: 0, recipe: {finetune_epochs: 1, distill: 0.5}}}
+               refine: {candidates: 0, recipe: {finetune_epochs: 1, distill: 0.5}, concurrency: null}}
     tracking: {uri: null, experiment: prunesweep}
     run_dir:  null                   # default: runs/sweeps/<name>
 

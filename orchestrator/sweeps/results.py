@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 import yaml
 
 from orchestrator.report import format_table, format_value
-from orchestrator.sweeps.baseline import EVAL_BATCH, say
+from orchestrator.sweeps.baseline import say
 from orchestrator.sweeps.checks import ConfigError, default_tracking_uri
 from orchestrator.sweeps.config import RESOLVED_CONFIG_FILE, TrackingSettings
 from orchestrator.sweeps.front import front_table, hypervolume, pareto_front, plot_front
@@ -130,10 +130,11 @@ def front_hypervolume(points: Sequence[Mapping[str, Any]], objectives: Mapping[s
 
 
 def _test_accuracy(model, splits) -> float:
-    from pruning.data import make_loader
+    from pruning.data import make_eval_loader
     from pruning.training import evaluate
+    from pruning.utils import model_device
 
-    return evaluate(model, make_loader(splits.test, EVAL_BATCH, shuffle=False)).accuracy
+    return evaluate(model, make_eval_loader(splits.test, model_device(model))).accuracy
 
 
 def _log_onnx_model(tracker: Tracker, record: TrialRecord, model, spec, folder: str, progress: bool) -> None:

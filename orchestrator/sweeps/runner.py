@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 import sys
 import urllib.parse
@@ -140,17 +141,23 @@ def start_parent_run(tracker: Tracker, name: str, config: Mapping[str, Any], tex
 
 
 @contextlib.contextmanager
-def _tune_environment(progress: bool) -> Iterator[None]:
-    """Frequent experiment snapshots; Tune's console output on stderr (stdout stays clean), none
-    without ``progress`` (Tune prints its experiment heading whatever its verbosity)."""
+def _tune_environment(verbose: bool) -> Iterator[None]:
+    """Frequent experiment snapshots; Tune's console output (its experiment heading, which it
+    prints whatever its verbosity, and its INFO lines) only when ``verbose``, then on stderr:
+    stdout stays clean for ``--json``, and the progress lines are the console's record."""
     previous = os.environ.get("TUNE_GLOBAL_CHECKPOINT_S")
     os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = previous or SNAPSHOT_PERIOD_S
+    tune_logger = logging.getLogger("ray.tune")
+    level = tune_logger.level
     try:
         with contextlib.ExitStack() as stack:
-            sink = sys.stderr if progress else stack.enter_context(open(os.devnull, "w"))
+            sink = sys.stderr if verbose else stack.enter_context(open(os.devnull, "w"))
             stack.enter_context(contextlib.redirect_stdout(sink))
+            if not verbose:
+                tune_logger.setLevel(logging.WARNING)
             yield
     finally:
+        tune_logger.setLevel(level)
         if previous is None:
             os.environ.pop("TUNE_GLOBAL_CHECKPOINT_S", None)
 
@@ -176,6 +183,7 @@ def run_trials(
     verbose: bool = False,
     name: str = EXPERIMENT_NAME,
     stage: str = "trials",
+    progress_bar: bool = False,
     refs=None,
 ):
     """Run ``trial`` (``sweep_trial`` / ``study_cell``) as Tune trials, each logged to MLflow
@@ -187,17 +195,20 @@ def run_trials(
     restores the experiment in ``<run_dir>/<name>`` (its searcher and callbacks included) instead
     of starting one. ``make_search`` builds the search algorithm of a new experiment (None:
     ``param_space`` only). Console: with ``progress``, one line per ended trial (labelled
-    ``stage``) and no Tune status tables, unless ``verbose`` brings Tune's own output back.
+    ``stage``; with ``progress_bar``, one bar for them all) and no Tune status tables, unless
+    ``verbose`` brings Tune's own output back.
     Every Ray node must see the run directory, Tune's storage (:func:`check_storage_shared`).
     A raising driver marks the parent run FAILED; trials the logger could not log because the
     tracking server did not answer (Tune keeps them) raise ``TrackingUnavailable``, one line.
     """
     from ray import tune
 
-    ProgressLines.enabled = progress
+    # set on every run: the console style is process-wide (a restored experiment's callbacks
+    # come back from its pickled state), so a study's bar must not outlive the study
+    ProgressLines.enabled, ProgressLines.as_bar = progress, progress_bar
     try:
         check_storage_shared(tracker.run_dir)
-        with _tune_environment(progress):
+        with _tune_environment(progress and verbose):
             refs = refs or put_shared(setup, stats, utilization)
             trainable = tune.with_resources(functools.partial(trial, refs=refs, settings=settings),
                                             {"cpu": cpus_per_trial, "gpu": gpus_per_trial})

@@ -55,7 +55,9 @@ from orchestrator.sweeps.refine import REFINE_EXPERIMENT, STAGE_REFINE, STAGE_SC
 from orchestrator.sweeps.search import DefineByRun, FixedConfigs, make_sampler, register_context
 from orchestrator.sweeps.run_info import dataset_entity, system_tags
 from orchestrator.sweeps.tracking import Tracker
-from orchestrator.sweeps.trials import TRIAL_METRICS, TRIAL_TAGS, TrialSettings, import_paths_of, put_shared, sweep_trial
+from orchestrator.sweeps.trials import (
+    TRIAL_METRICS, TRIAL_TAGS, TrialSettings, import_paths_of, put_shared, sweep_trial, trial_threads,
+)
 from pruning.utils import atomic_write
 
 __all__ = ["run_sweep", "resume_sweep", "screening_search", "refine_configs", "CANDIDATES_FILE"]
@@ -117,7 +119,7 @@ def run_sweep(
     check_source_exists(config.source)
     space = config.space.create()  # bad space options fail before anything loads
     make_sampler(config.sweep.sampler, config.sweep.seed, config.sweep.population_size)  # fails early
-    threads = max(1, int(config.sweep.cpus_per_trial))
+    threads = trial_threads(config.sweep.cpus_per_trial)
     say(progress, f"loading baseline {config.checkpoint or config.model.name}")
     phases: dict[str, float] = {}  # wall seconds of this run's phases (SweepResult.phases)
     with timed(phases, "baseline"):
@@ -232,9 +234,14 @@ def _refine(config: SweepConfig, space, stage, settings: TrialSettings, screened
         f"refining {len(configs)} screening trial(s): {', '.join(c['_refines'] for c in configs) or 'none feasible'}")
     if not configs:
         return True
+    concurrency = config.sweep.refine.concurrency or config.sweep.concurrency
+    share = config.sweep.concurrency / concurrency  # of a screening trial's resources, per refined trial
+    refined = replace(settings, recipe=config.refine_recipe, score_every_stage=True,
+                      threads=trial_threads(config.sweep.cpus_per_trial * share))
     results = stage(
-        settings=replace(settings, recipe=config.refine_recipe, score_every_stage=True), num_samples=len(configs), resume=resume,
-        name=REFINE_EXPERIMENT, stage=STAGE_REFINE, make_search=lambda: FixedConfigs(configs),
+        settings=refined, num_samples=len(configs), resume=resume,
+        name=REFINE_EXPERIMENT, stage=STAGE_REFINE, make_search=lambda: FixedConfigs(configs), concurrency=concurrency,
+        cpus_per_trial=config.sweep.cpus_per_trial * share, gpus_per_trial=config.sweep.gpus_per_trial * share,
     )
     return finished_cleanly(results, len(configs))
 

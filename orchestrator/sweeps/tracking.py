@@ -300,8 +300,12 @@ class Tracker:
         (``{output name: array}``, what the pyfunc model predicts). Returns the model's URI.
 
         The logged model is created here, in this tracker's store and experiment: MLflow's
-        ``log_model`` would otherwise take the process's tracking URI and active experiment."""
+        ``log_model`` would otherwise take the process's tracking URI and active experiment.
+        Its requirements are written out (the flavor's pinned onnx and onnxruntime, and numpy):
+        left to MLflow, they are inferred by loading the model in a subprocess, 2-3 s a model,
+        to find the same list."""
         import mlflow.onnx
+        import numpy
         import onnx
         from mlflow.models import infer_signature
         from mlflow.tracking._tracking_service.utils import _use_tracking_uri
@@ -312,6 +316,7 @@ class Tracker:
                 onnx.load(str(onnx_path)), name=name, run_id=run_id, model_id=logged.model_id,
                 input_example=input_example, signature=infer_signature(input_example, output_example),
                 onnx_execution_providers=["CPUExecutionProvider"], save_as_external_data=False,
+                pip_requirements=[*mlflow.onnx.get_default_pip_requirements(), f"numpy=={numpy.__version__}"],
             )
         return info.model_uri
 

@@ -7,6 +7,7 @@ import ctypes
 import functools
 import gc
 import json
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, replace
@@ -16,12 +17,12 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from orchestrator.sweeps.baseline import EVAL_BATCH, BaselineSetup
+from orchestrator.sweeps.baseline import BaselineSetup
 from pruning.recovery import STAGES, RecoveryRecipe
 
 __all__ = [
     "TRIAL_METRICS", "TRIAL_TAGS", "STAGE_METRICS", "MODEL_FILE",
-    "InjectedFailure", "SharedRefs", "TrialSettings", "import_paths_of", "put_shared", "sweep_trial",
+    "InjectedFailure", "SharedRefs", "TrialSettings", "import_paths_of", "put_shared", "sweep_trial", "trial_threads",
 ]
 
 #: per recovery stage that ran: its calibration accuracy and (but for ``pruned``) its seconds
@@ -30,9 +31,8 @@ STAGE_METRICS = (*(f"{stage}_accuracy" for stage in STAGES), *(f"{stage}_seconds
 TRIAL_METRICS = (
     "accuracy", "bn_accuracy", *STAGE_METRICS, "macs", "params", "macs_reduction", "params_reduction",
     "planned_reduction", "latency_ms", "feasible", "prune_seconds", "recover_seconds", "score_seconds",
-    "body_seconds", "cpu_seconds",
+    "body_seconds", "cpu_seconds", "trial_cpus", "trial_seconds",
 )
-#: string results logged as tags
 #: string results logged as tags; ``recipe``: the recipe the trial ran, as JSON (a two-stage
 #: sweep ignores the sampled fine-tuning params, so they do not say what ran)
 TRIAL_TAGS = ("criterion", "infeasible_reason", "recipe")
@@ -81,6 +81,11 @@ class TrialSettings:
     sampled_finetune: bool = True
     score_every_stage: bool = True
     import_paths: tuple[str, ...] = ()
+
+
+def trial_threads(cpus: float) -> int:
+    """Torch intra-op threads of a trial that Ray gives ``cpus`` CPUs (a fraction: one thread)."""
+    return max(1, int(cpus))
 
 
 def import_paths_of(model_name: str) -> tuple[str, ...]:
@@ -136,7 +141,7 @@ def _prune_and_recover(model, space, shape, criterion_name: str, pruning_config,
     channel scores, computed once elsewhere, instead of scoring here), run the recipe; every
     stage scored on the calibration split. Returns (pruned model, prune outcome, metrics)."""
     from pruning.criteria import ScoringContext, create_criterion
-    from pruning.data import make_loader
+    from pruning.data import make_eval_loader
     from pruning.pipeline import prune_with_criterion
     from pruning.recovery import recover, recovery_data_for
     from pruning.utils import model_device
@@ -147,7 +152,7 @@ def _prune_and_recover(model, space, shape, criterion_name: str, pruning_config,
                                    create_criterion(criterion_name, seed=seed, **dict(criterion_options or {})),
                                    pruning_config, context, ratio_weights=ratio_weights, space=space, scores=scores)
     prune_seconds = time.perf_counter() - started
-    score = make_loader(splits.calibration, EVAL_BATCH, shuffle=False)
+    score = make_eval_loader(splits.calibration, model_device(model))
     recover_started = time.perf_counter()
     result = recover(model, outcome, recipe, recovery_data_for(splits, batches, score, score_every_stage=score_every_stage))
     # bn_accuracy: the accuracy before any training (the zero-cost proxy the sweep compares against)
@@ -181,19 +186,41 @@ def _cost_metrics(pruned: nn.Module, shape, baseline: Mapping[str, float], laten
 
 
 def _report_restored() -> bool:
-    """A trial restarted after its final checkpoint was saved: report the saved metrics again."""
+    """Report the saved result again, without running, when this trial finished before: restored
+    from its final checkpoint, or killed between its report and the experiment snapshot that would
+    have recorded it (Tune then restarts it from scratch, in the same folder, where that checkpoint
+    lies unrecorded). A checkpoint that does not read back (a kill mid-upload) runs the trial again."""
     from ray import tune
 
     checkpoint = tune.get_checkpoint()
-    if checkpoint is None:
-        return False
-    with checkpoint.as_directory() as folder:
-        path = Path(folder) / METRICS_FILE
-        if not path.is_file():
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            metrics = _read_saved(Path(folder))
+        if metrics is None:
             return False
-        metrics = json.loads(path.read_text())
-    tune.report(metrics)
+        tune.report(metrics)
+        return True
+    saved = sorted(Path(tune.get_context().get_storage().trial_fs_path).glob("checkpoint_*"))
+    metrics = _read_saved(saved[-1]) if saved else None
+    if metrics is None:
+        return False
+    # reported with its checkpoint, so that Tune (which did not record it) holds the model again
+    with tempfile.TemporaryDirectory(prefix="prunesweep-") as folder:
+        shutil.copytree(saved[-1], folder, dirs_exist_ok=True)
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
     return True
+
+
+def _read_saved(folder: Path) -> dict[str, Any] | None:
+    """The metrics a trial checkpoint folder holds, or None where its files do not read back."""
+    from pruning.structure import CheckpointError, read_checkpoint
+
+    try:
+        metrics = json.loads((folder / METRICS_FILE).read_text())
+        read_checkpoint(folder / MODEL_FILE)
+    except (OSError, ValueError, CheckpointError):
+        return None
+    return metrics
 
 
 def _report_with_model(metrics: dict[str, Any], pruned: nn.Module, spec_json: str, meta: dict[str, Any]) -> None:
@@ -257,6 +284,7 @@ def sweep_trial(config: dict[str, Any], *, refs: SharedRefs, settings: TrialSett
 
     from search_spaces import SpaceContext, create_search_space
 
+    entered = time.perf_counter()
     torch.set_num_threads(settings.threads)
     _make_importable(settings)
     if _report_restored():
@@ -276,7 +304,7 @@ def sweep_trial(config: dict[str, Any], *, refs: SharedRefs, settings: TrialSett
     if reason is not None:
         worst = {"accuracy": 0.0, "bn_accuracy": 0.0, "macs": base["macs"], "params": base["params"],
                  "macs_reduction": 0.0, "params_reduction": 0.0, "feasible": 0, "criterion": plan.criterion,
-                 "infeasible_reason": reason}
+                 "infeasible_reason": reason, "trial_seconds": time.perf_counter() - entered}
         if settings.measure_latency:
             worst["latency_ms"] = base["latency_ms"]
         tune.report(worst)
@@ -296,7 +324,10 @@ def sweep_trial(config: dict[str, Any], *, refs: SharedRefs, settings: TrialSett
     # compute a benchmark compares at, and the remainder of Tune's time_total_s is Tune/Ray
     metrics.update(feasible=1, criterion=plan.criterion, recipe=json.dumps(recipe.to_dict(), sort_keys=True),
                    body_seconds=time.perf_counter() - started,
-                   cpu_seconds=time.process_time() - cpu_started)
+                   cpu_seconds=time.process_time() - cpu_started,
+                   trial_cpus=float(ray.get_runtime_context().get_assigned_resources().get("CPU", 0.0)),
+                   # saved with the result, so that a re-report (see _report_restored) keeps it
+                   trial_seconds=time.perf_counter() - entered)
     meta = {"criterion": plan.criterion, "params": params, "channels": dict(outcome.keep),
             "strategy": settings.strategy, "space": settings.space_name, "recipe": recipe.to_dict()}
     _report_with_model(metrics, pruned, spec_json, meta)

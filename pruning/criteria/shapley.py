@@ -9,10 +9,12 @@ import torch
 from torch import nn
 
 from pruning.criteria._base import Batch, Criterion, register_criterion
+from pruning.errors import InputError
 from pruning.games import (
     LayerGame,
     ShapleyEstimate,
     ShapleyOptions,
+    estimate_class_max,
     estimate_shapley,
     group_seed,
     resolve_trace,
@@ -49,7 +51,10 @@ class ShapleyChannels(Criterion):
     observed output of the group (:class:`pruning.games.LayerGame`; ``value`` may also be
     ``"accuracy"``, ``"margin"`` or ``"kl"``: minus the KL divergence from the unpruned
     network's output distribution, 0 at the full layer, no labels). The batch is the first
-    calibration images, or with ``stratified`` equally many per class drawn with ``seed``.
+    calibration images, or with ``stratified`` equally many per class drawn with ``seed``. With
+    ``class_scores="max"`` (stratified only) each class's images are a game of their own and a
+    channel scores its largest value over the classes: pooled, a channel that only one class
+    needs scores 1/K of its value there (:func:`pruning.games.estimate_class_max`).
 
     Chen & Wang, "An Effective Information Theoretic Framework for Channel Pruning",
     arXiv:2408.16772 (Shapley values select the channels; their information concentration sets
@@ -90,6 +95,7 @@ class ShapleyChannels(Criterion):
         exact_below: int = 0,
         mode: str = "auto",
         max_batch: int | None = None,
+        class_scores: str = "pooled",
     ) -> None:
         super().__init__(seed)
         self.options = ShapleyOptions(
@@ -107,6 +113,7 @@ class ShapleyChannels(Criterion):
             exact_below=exact_below,
             mode=mode,
             max_batch=max_batch,
+            class_scores=class_scores,
         )
         self.estimator: ShapleyEstimator | None = None
         self.last_report: dict[str, dict] = {}
@@ -115,8 +122,12 @@ class ShapleyChannels(Criterion):
         """A copy of this criterion whose estimates come from ``estimator``, all groups in one call.
 
         Scores, SNPFI's sparsities and :meth:`estimates` work unchanged; the games are still built
-        in this process (SNPFI's utilization curves evaluate them).
+        in this process (SNPFI's utilization curves evaluate them). Per-class games
+        (``class_scores="max"``) are estimated in this process only.
         """
+        if self.options.class_scores != "pooled":
+            raise InputError(f"class_scores {self.options.class_scores!r} is estimated in this process only; "
+                             "run without Ray workers for it")
         delegated = copy.copy(self)
         delegated.estimator = estimator
         delegated.last_report = {}
@@ -125,16 +136,26 @@ class ShapleyChannels(Criterion):
     def games(self, model, groups, context) -> Iterator[LayerGame]:
         """One :class:`LayerGame` per group on the calibration batch, built lazily (each caches
         activations of the batch) and sharing one fx trace."""
+        for game, _ in self._games(model, groups, context):
+            yield game
+
+    def _games(self, model, groups, context) -> Iterator[tuple[LayerGame, list[LayerGame] | None]]:
+        """Per group: its game on the calibration batch and, with ``class_scores="max"``, one
+        game per class on that class's images of the batch (else None)."""
         self.check_context(context)
         if not groups:
             return
         options = self.options
         inputs, targets = options.game_batch(context.calibration, self.seed)
         mode, traced = resolve_trace(model, options.mode)
+        settings = dict(value=options.value, mode=mode, max_batch=options.max_batch, traced=traced)
         for group in groups:
-            yield LayerGame(
-                model, group, inputs, targets, value=options.value, mode=mode, max_batch=options.max_batch, traced=traced
-            )
+            game = LayerGame(model, group, inputs, targets, **settings)
+            class_games = None
+            if options.class_scores == "max":
+                class_games = [LayerGame(model, group, inputs[targets == c], targets[targets == c], **settings)
+                               for c in torch.unique(targets).tolist()]
+            yield game, class_games
 
     def estimates(self, model, groups, context) -> Iterator[tuple[str, LayerGame, ShapleyEstimate]]:
         """Yield ``(group name, game, estimate)`` group by group; fills ``last_report``.
@@ -149,19 +170,23 @@ class ShapleyChannels(Criterion):
         if self.estimator is not None:
             delegated = self.estimator(model, groups, context.calibration, self.options, self.seed)
         self.last_report = {}
-        for game in self.games(model, groups, context):
+        for game, class_games in self._games(model, groups, context):
             name = game.group.name
             start = time.perf_counter()
-            if delegated is None:
-                est = estimate_shapley(game, self.options, group_seed(self.seed, name))
-            else:
+            if delegated is not None:
                 est = delegated[name]
+            elif class_games is not None:
+                est = estimate_class_max(class_games, self.options, group_seed(self.seed, name))
+            else:
+                est = estimate_shapley(game, self.options, group_seed(self.seed, name))
+            images = (est.evaluations * game.batch_size if class_games is None
+                      else sum(g.evaluations for g in class_games))
             self.last_report[name] = {
                 "mode": game.mode,
                 "fallback_reason": game.fallback_reason,
                 "permutations": est.permutations,
                 "coalitions": est.evaluations,
-                "image_evaluations": est.evaluations * game.batch_size,
+                "image_evaluations": images,
                 "max_stderr": float(est.stderr.max()) if len(est.stderr) else 0.0,
                 # game construction excluded
                 "estimate_seconds": time.perf_counter() - start if delegated is None else None,

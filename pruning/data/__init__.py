@@ -4,6 +4,7 @@ from pruning.data.loaders import (  # noqa: F401
     Augmentation,
     ImageTensorDataset,
     ImageFolderSubset,
+    make_eval_loader,
     make_loader,
 )
 from pruning.data.sources import (  # noqa: F401
@@ -35,6 +36,7 @@ __all__ = [
     "DATASETS",
     "list_datasets",
     "load_data",
+    "make_eval_loader",
     "make_loader",
     "calibration_batches",
 ]

@@ -24,7 +24,7 @@ from torch.utils.data import (
 
 from pruning.errors import InputError
 
-__all__ = ["Batch", "Augmentation", "ImageTensorDataset", "ImageFolderSubset", "make_loader"]
+__all__ = ["Batch", "Augmentation", "ImageTensorDataset", "ImageFolderSubset", "make_eval_loader", "make_loader"]
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -130,6 +130,16 @@ def make_loader(
         collate_fn=_BatchTransform(augmentation, augment_generator, collate=True),
         **parallel,
     )
+
+
+def make_eval_loader(dataset: Dataset, device: torch.device | str, *, num_workers: int = 0,
+                     pin_memory: bool = False) -> DataLoader:
+    """The dataset in order, in batches of :func:`pruning.devices.eval_batch_size` for
+    ``device``: what every evaluation (accuracy only) reads."""
+    from pruning.devices import eval_batch_size
+
+    return make_loader(dataset, eval_batch_size(device), shuffle=False, num_workers=num_workers,
+                       pin_memory=pin_memory)
 
 
 def _resolve_augmentation(dataset: Dataset, augment: bool | Augmentation) -> Augmentation | None:

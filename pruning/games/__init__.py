@@ -19,7 +19,14 @@ from pruning.games.estimators import (
     exact_shapley,
     permutation_shapley,
 )
-from pruning.games.estimation import ShapleyOptions, calibration_batch, estimate_shapley, group_seed
+from pruning.games.estimation import (
+    CLASS_SCORES,
+    ShapleyOptions,
+    calibration_batch,
+    estimate_class_max,
+    estimate_shapley,
+    group_seed,
+)
 from pruning.games.blocks import BlockMerge, block_merge, estimate_block, shapley_block_plan, shapley_blocks
 from pruning.games.snpfi import (
     InteractionUtilization,
@@ -53,8 +60,10 @@ __all__ = [
     "ShapleyEstimate",
     "exact_shapley",
     "permutation_shapley",
+    "CLASS_SCORES",
     "ShapleyOptions",
     "estimate_shapley",
+    "estimate_class_max",
     "calibration_batch",
     "group_seed",
     "shapley_block_plan",

@@ -27,6 +27,9 @@ from pruning.games.estimators import (
 )
 from pruning.games.layer import MODES
 
+#: how a channel's value comes out of the batch's classes (see ShapleyOptions.class_scores)
+CLASS_SCORES = ("pooled", "max")
+
 
 @dataclass(frozen=True)
 class ShapleyOptions:
@@ -43,6 +46,9 @@ class ShapleyOptions:
     ones, or with ``stratified`` equally many of each class, drawn with the criterion's seed
     (:func:`calibration_batch`); ``mode`` picks the evaluation path of
     :class:`~pruning.games.layer.LayerGame` and ``max_batch`` bounds the images per forward.
+    ``class_scores``: ``"pooled"`` (one game over the whole batch) or ``"max"`` (with
+    ``stratified``: one game per class on that class's images, a channel's value its largest
+    over the classes, :func:`estimate_class_max`; the stopping rules apply to each class's game).
     """
 
     max_permutations: int = 8
@@ -60,8 +66,13 @@ class ShapleyOptions:
     exact_below: int = 0
     mode: str = "auto"
     max_batch: int | None = None
+    class_scores: str = "pooled"
 
     def __post_init__(self) -> None:
+        if self.class_scores not in CLASS_SCORES:
+            raise InputError(f"unknown class_scores {self.class_scores!r}; valid: {', '.join(CLASS_SCORES)}")
+        if self.class_scores == "max" and not self.stratified:
+            raise InputError("class_scores 'max' needs stratified=True (every class's images in the game batch)")
         if self.value not in VALUES:
             raise InputError(f"unknown value {self.value!r}; valid: {', '.join(VALUES)}")
         if self.mode not in MODES:
@@ -118,6 +129,31 @@ def estimate_shapley(game: CoalitionGame, options: ShapleyOptions, seed: int) ->
         batch_permutations=options.batch_permutations,
         truncation_window=options.truncation_window,
         seed=seed,
+    )
+
+
+def estimate_class_max(class_games: Sequence[CoalitionGame], options: ShapleyOptions, seed: int) -> ShapleyEstimate:
+    """Each player's largest Shapley value over ``class_games``: the same players, each game's
+    worth on one class's images. With equally many images per class the pooled game's worth is
+    the mean of the class games' worths, so its Shapley values are the mean of theirs (linearity):
+    a channel that carries one class scores 1/K of its value there when pooled, and is pruned
+    first; its maximum keeps it. The stderr is that of the class giving the maximum; the costs
+    add up; v(N) and v(empty) are the pooled game's (the class means). Class k's game is
+    estimated with its own stream from ``seed`` and k."""
+    if not class_games:
+        raise InputError("no class games to estimate")
+    streams = np.random.SeedSequence(int(seed)).spawn(len(class_games))
+    estimates = [estimate_shapley(game, options, int(stream.generate_state(1)[0]))
+                 for game, stream in zip(class_games, streams)]
+    values = torch.stack([e.values for e in estimates])
+    best = values.argmax(0, keepdim=True)
+    return ShapleyEstimate(
+        values=values.gather(0, best)[0],
+        stderr=torch.stack([e.stderr for e in estimates]).gather(0, best)[0],
+        permutations=sum(e.permutations for e in estimates),
+        evaluations=sum(e.evaluations for e in estimates),
+        v_full=float(np.mean([e.v_full for e in estimates])),
+        v_empty=float(np.mean([e.v_empty for e in estimates])),
     )
 
 

@@ -71,8 +71,9 @@ __all__ = [
 ]
 
 #: images whose maps are ranked by default: on ResNet-20 the mean ranks over 128 images agree with
-#: those over 1,024 (Spearman 0.95), and the whole pass over 1,024 images costs 2.1x plain
-#: inference where ranking every image costs 6.6x (docs/benchmarks.md, "Cost of the statistics pass")
+#: those over 1,024 (Spearman 0.90-0.95), and the whole pass over 1,024 images costs 2.1-2.4x plain
+#: inference (machine-dependent) where ranking every image costs 6.6-10x (docs/benchmarks.md,
+#: "Cost of the statistics pass")
 RANK_IMAGES = 128
 
 

@@ -1,5 +1,5 @@
 """What the kill-and-resume tests of sweeps and studies share: waiting for Tune to have
-recorded an ended trial before the driver is killed."""
+recorded an ended trial before the driver is killed, and checking that no trial ran twice."""
 from __future__ import annotations
 
 import json
@@ -35,3 +35,24 @@ def wait_for(condition, deadline: float, what: str):
             return value
         time.sleep(0.1)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def wait_while_running(driver, ended, deadline: float, what: str, poll_s: float = 0.2) -> None:
+    """Poll ``ended()`` every ``poll_s`` seconds until it is truthy, the driver process exits or
+    ``deadline`` (time.monotonic) passes; the driver must still be running then."""
+    while not ended() and driver.poll() is None and time.monotonic() < deadline:
+        time.sleep(poll_s)
+    assert driver.poll() is None, f"the driver ended before {what}: {driver.stderr.read().decode()[-2000:]}"
+
+
+def ran_once(folder: Path) -> int:
+    """How many reports a Tune trial folder holds (0: it never reported), checked to be one run:
+    every report carries the same result and the folder one checkpoint. A trial killed between its
+    report and the snapshot that would record it restarts in the same folder on resume and reports
+    its saved result again (the trial's own ``trial_seconds`` included) instead of running again."""
+    path = folder / "result.json"
+    reports = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    runs = {(r["accuracy"], r.get("trial_seconds")) for r in reports}
+    assert len(runs) <= 1, f"{folder.name} ran {len(runs)} times: {sorted(runs)}"
+    assert sorted(p.name for p in folder.glob("checkpoint_*")) == (["checkpoint_000000"] if reports else [])
+    return len(reports)

@@ -15,11 +15,11 @@ import pytest
 import torch
 
 from orchestrator import cli
-from orchestrator.studies import StudyConfig, run_study, score_keys, study_cells
+from orchestrator.studies import StudyConfig, run_study, score_keys, study_cells, study_parent_metrics
 from orchestrator.studies.run import TRACKING_KIND
 from orchestrator.studies.scores import SCORES_FOLDER, read_computations
 from orchestrator.sweeps import Tracker
-from resume_helpers import snapshot_with_an_ended_trial, terminated_in_snapshot, wait_for
+from resume_helpers import snapshot_with_an_ended_trial, terminated_in_snapshot, wait_for, wait_while_running
 
 pytestmark = pytest.mark.fashion_mnist
 
@@ -58,7 +58,8 @@ def study(ray_session, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("study")
     mp = pytest.MonkeyPatch()
     mp.setenv("PRUNESWEEP_CACHE", str(tmp / "cache"))
-    config = StudyConfig.from_dict(tiny_study(tmp, "tiny"))
+    # an experiment of its own: what reads the study back must find it from the recorded config
+    config = StudyConfig.from_dict(tiny_study(tmp, "tiny", tracking={"experiment": "tiny-studies"}))
     yield config, run_study(config, progress=False)
     mp.undo()
 
@@ -111,6 +112,9 @@ def test_report_reads_the_study_back_from_mlflow(study, capsys):
     data = json.loads(capsys.readouterr().out)
     assert data["summary"] == json.loads(json.dumps(result.tables.summary))
     assert data["counts"]["finished"] == 16
+    metrics = study_parent_metrics(config.run_dir)
+    assert metrics == tracker_of(config).client.get_run(result.parent_run_id).data.metrics
+    assert metrics["baseline_tiny1.test_accuracy"] >= 0
 
 
 def test_a_failing_criterion_fails_its_cells_and_the_rest_finish(ray_session, tmp_path, monkeypatch):
@@ -182,9 +186,7 @@ def test_resume_after_a_kill_repeats_nothing(ray_session, tmp_path):
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 300
-        while not _ended_cells(run_dir) and driver.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert driver.poll() is None, f"the driver ended before a cell did: {driver.stderr.read().decode()[-2000:]}"
+        wait_while_running(driver, lambda: _ended_cells(run_dir), deadline, "a cell did")
         recorded = wait_for(lambda: snapshot_with_an_ended_trial(run_dir), deadline, "a snapshot")
         wait_for(lambda: (snapshot_with_an_ended_trial(run_dir) or 0) > recorded, deadline, "the next snapshot")
         # frozen, the driver writes neither results nor snapshots: what the last snapshot records

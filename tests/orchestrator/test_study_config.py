@@ -61,6 +61,7 @@ def test_checkpoints_may_be_models_with_weights(tmp_path):
     ({"criteria": ["random", "l1", "l1"]}, "criteria: labels must be unique, l1 repeats"),
     ({"ratios": [{"name": "concentration", "tau": 0.9}]}, "ratios[0].tau: unknown key; valid: alpha"),
     ({"ratios": [{"name": "concentration", "alpha": 2}]}, "ratios[0].alpha: must be in [0, 1]"),
+    ({"ratios": [{"name": "concentration", "fusion": "mean"}]}, "ratios[0].fusion: must be one of minmax, rank"),
     ({"ratios": [{"name": "schedule", "path": "nope.json"}]}, "ratios[0].path: file"),
     ({"recipes": {"bn": {"bn_batchs": 2}}}, "recipes.bn.bn_batchs: unknown key"),
     ({"recipes": {"bn": {"seed": 2}}}, "recipes.bn.seed: set seeds instead"),
@@ -142,3 +143,31 @@ def test_tables_of_a_hand_built_long_table():
     assert paired["p_value"] == pytest.approx(0.25)  # n = 3, all positive: exact 2 / 2**3
     assert [r["criterion"] for r in tables.ranks] == ["l1", "random"]
     assert "| l1 | random | 3 |" in tables.markdown().replace("default | uniform | ", "")
+
+
+def test_accuracy_plot_has_a_panel_per_recipe_and_ratio_source(tmp_path):
+    from matplotlib.image import imread
+
+    from orchestrator.studies.report import plot_accuracy
+
+    config = StudyConfig.from_dict({**MINIMAL, "seeds": [0, 1]})
+    records = [TrialRecord(f"{criterion}{ratios}{recipe}{seed}", "t", "FINISHED",
+                           {"checkpoint": "a", "criterion": criterion, "ratios": ratios, "recipe": recipe,
+                            "flops_reduction": "0.5", "seed": str(seed)},
+                           {"test_accuracy": 0.5 + 0.1 * seed, "macs_reduction": 0.5})
+               for criterion in ("random", "l1") for ratios in ("uniform", "concentration")
+               for recipe in ("bn", "reconstruct") for seed in (0, 1)]
+    tables = study_tables(long_rows(records), config.statistics, config.reference)
+    one = plot_accuracy(tables, 0.9, tmp_path / "one.png")
+    uniform_only = study_tables(long_rows([r for r in records if r.params["ratios"] == "uniform"]),
+                                config.statistics, config.reference)
+    single = plot_accuracy(uniform_only, 0.9, tmp_path / "single.png")
+    (h2, w2, _), (h1, w1, _) = imread(one).shape, imread(single).shape
+    assert w2 == w1 and h2 > 1.8 * h1  # a second ratio source is a second row of panels, same columns
+
+
+def test_concentration_ratios_default_to_the_minmax_fusion_and_take_rank():
+    config = StudyConfig.from_dict({**MINIMAL, "ratios": [
+        "concentration", {"name": "concentration", "fusion": "rank", "label": "ic-rank"}]})
+    assert [(r.label, r.options["fusion"]) for r in config.ratios] == [("concentration", "minmax"), ("ic-rank", "rank")]
+    assert StudyConfig.from_dict(config.to_dict()).ratios == config.ratios  # the resolved config round-trips

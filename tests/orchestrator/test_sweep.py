@@ -1,5 +1,5 @@
 """Sweeps end to end on a real (tiny) baseline: Ray Tune + Optuna trials, MLflow tracking, the
-Pareto front, failure handling, and resuming after the driver was killed.
+Pareto front and failure handling (resuming after the driver was killed: test_sweep_resume.py).
 
 Every sweep prunes the session's ResNet-20 (``trained_resnet20``: real Fashion-MNIST, skipped when
 the dataset is not installed), runs on the session's Ray runtime (``ray_session``, 2 CPUs) and
@@ -7,14 +7,7 @@ writes to its own temporary SQLite store.
 """
 from __future__ import annotations
 
-import glob
-import io
-import json
-import signal
-import subprocess
-import sys
 import time
-from contextlib import redirect_stdout
 from pathlib import Path
 
 import pytest
@@ -36,35 +29,7 @@ from orchestrator.sweeps import (
     run_sweep,
 )
 from pruning.structure import load_checkpoint, measure_cost
-from resume_helpers import snapshot_with_an_ended_trial, wait_for
-
-REPO = Path(__file__).resolve().parents[2]
-
-#: small but real: 64 calibration images; the default recipe (reconstruction on) with 2 BN
-#: batches and fine-tuning on 64 images at most
-TINY_DATA = {"calibration_images": 64, "batch_size": 64}
-TINY_RECIPE = {"bn_batches": 2, "batch_size": 64, "finetune_subset": 64}
-
-
-def main_json(argv: list[str]) -> dict:
-    buffer = io.StringIO()
-    with redirect_stdout(buffer):
-        code = cli.main([str(a) for a in argv] + ["--json", "--quiet"])
-    assert code == 0
-    assert buffer.getvalue().count("\n") == 1, "--json prints exactly one line on stdout"
-    return json.loads(buffer.getvalue())
-
-
-def sweep_config(checkpoint: Path, run_dir: Path, *, name: str, space: dict, **sweep) -> dict:
-    return {"name": name, "checkpoint": str(checkpoint), "data": dict(TINY_DATA), "recipe": dict(TINY_RECIPE),
-            "space": space, "sweep": {"concurrency": 2, **sweep}, "run_dir": str(run_dir)}
-
-
-def tracker_of(result_or_config) -> Tracker:
-    tracker = Tracker(result_or_config.tracking_uri, "prunesweep", result_or_config.run_dir)
-    assert tracker.find_parent() is not None
-    return tracker
-
+from sweep_helpers import main_json, sweep_config, tracker_of
 
 # --- module fixtures ---------------------------------------------------------------------------
 
@@ -258,80 +223,6 @@ def test_a_finished_sweep_is_not_run_twice(sweep_run, tmp_path, capsys):
     path.write_text(yaml.safe_dump(config.to_dict()))
     assert cli.main(["sweep", "--config", str(path)]) == 2
     assert "already holds a sweep: resume it with" in capsys.readouterr().err
-
-
-# --- resume after the driver was killed ----------------------------------------------------------
-
-
-def _finished_trial_dirs(run_dir: Path) -> set[str]:
-    return {Path(p).parent.parent.name for p in glob.glob(str(run_dir / "tune" / "*" / "checkpoint_000000" / "metrics.json"))}
-
-
-@pytest.mark.fashion_mnist
-def test_resume_after_sigkill_loses_and_repeats_nothing(ray_session, baseline, tmp_path):
-    run_dir = tmp_path / "run"
-    space = {"name": "uniform", "criteria": ["l1", "fpgm"], "finetune_epochs": [0, 0], "flops_bounds": [0.0, 0.95]}
-    path = tmp_path / "resume.yaml"
-    # one trial at a time: at the kill, trial 0 has finished, trial 1 is running and trial 2 is not yet
-    # sampled, so the resumed sweep restarts a running trial AND asks the restored Optuna study for more;
-    # three objectives, latency included
-    objectives = {"accuracy": "max", "macs": "min", "latency_ms": "min"}
-    raw = sweep_config(baseline, run_dir, name="resume", space=space, trials=3, seed=1, objectives=objectives)
-    raw["sweep"]["concurrency"] = 1
-    path.write_text(yaml.safe_dump(raw))
-    address = ray_session.get_runtime_context().gcs_address
-    driver = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator.cli", "sweep", "--config", str(path), "--address", address, "--quiet"],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
-    try:
-        deadline = time.monotonic() + 240
-        while not _finished_trial_dirs(run_dir) and driver.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert driver.poll() is None, f"the driver ended before a trial finished: {driver.stderr.read().decode()[-2000:]}"
-        # an experiment snapshot (every second during a sweep) records the finished trial, and the
-        # next one has been written since, so that snapshot (searcher state included) is complete
-        recorded = wait_for(lambda: snapshot_with_an_ended_trial(run_dir), deadline, "a snapshot")
-        wait_for(lambda: (snapshot_with_an_ended_trial(run_dir) or 0) > recorded, deadline, "the next snapshot")
-        started = glob.glob(str(run_dir / "tune" / "sweep_trial_*"))
-        driver.send_signal(signal.SIGKILL)
-        driver.wait(timeout=30)
-    finally:
-        if driver.poll() is None:
-            driver.kill()
-    assert driver.returncode == -signal.SIGKILL
-    before_dirs = _finished_trial_dirs(run_dir)
-    assert len(before_dirs) == 1, "the sweep was interrupted mid-way"
-    assert len(started) <= 2, "trial 2 is sampled only after the resume"
-    config = SweepConfig.from_dict(yaml.safe_load((run_dir / "sweep.yaml").read_text()))
-    before_runs = {tid: run for tid, run in tracker_of(config).trial_runs().items()}
-    assert before_runs, "finished trials were logged before the kill"
-
-    data = main_json(["sweep", "--resume", run_dir])
-    assert data["complete"] and data["counts"]["trials"] == 3 and data["counts"]["finished"] == 3
-    assert data["objectives"] == objectives
-    assert all(row["latency_ms"] > 0 for row in data["front"])
-
-    # Tune: exactly 3 trials, each ran to completion once (one report, one checkpoint)
-    trial_dirs = [Path(p) for p in glob.glob(str(run_dir / "tune" / "sweep_trial_*"))]
-    assert len(trial_dirs) == 3
-    for folder in trial_dirs:
-        lines = (folder / "result.json").read_text().splitlines()
-        assert len(lines) == 1, f"{folder.name} reported {len(lines)} times"
-        assert sorted(p.name for p in folder.glob("checkpoint_*")) == ["checkpoint_000000"]
-    assert before_dirs <= {p.name for p in trial_dirs}
-    # MLflow: 3 nested runs, one per trial id and per Optuna trial number, all FINISHED
-    runs = tracker_of(config).trial_runs()
-    assert len(runs) == 3 and {r.info.status for r in runs.values()} == {"FINISHED"}
-    assert sorted(int(r.data.tags[TAG_TRIAL_NUMBER]) for r in runs.values()) == [0, 1, 2]
-    tracker = tracker_of(config)
-    parents = tracker.client.search_runs([tracker.experiment_id], f"tags.`prunesweep.run_dir` = '{config.run_dir}'")
-    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    # the trial finished before the kill was not re-run: same run, same result
-    for trial_id, run in before_runs.items():
-        assert runs[trial_id].info.run_id == run.info.run_id
-        assert runs[trial_id].data.metrics["accuracy"] == run.data.metrics["accuracy"]
-        assert runs[trial_id].data.metrics["trial_seconds"] == run.data.metrics["trial_seconds"]
 
 
 # --- pieces ------------------------------------------------------------------------------------

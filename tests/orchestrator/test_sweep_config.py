@@ -130,7 +130,7 @@ def test_defaults_are_resolved_and_round_trip(tmp_path, monkeypatch):
                                  "objectives": {"accuracy": "max", "macs": "min"}, "seed": 0,
                                  "cpus_per_trial": 1, "population_size": 4, "warm_start": True,
                                  "refine": {"candidates": 0, "recipe": {"finetune_epochs": 1, "distill": 0.5},
-                                            "targets": [], "per_target": 1}}
+                                            "targets": [], "per_target": 1, "concurrency": None}}
     assert not config.two_stage
     assert resolved["data"] == {"calibration_images": 512, "batch_size": 128, "data_root": None, "test_subset": None}
     # the recipe defaults to RecoveryRecipe(): reconstruction on; its seed is the sweep's
@@ -168,7 +168,8 @@ def test_refine_section_gives_the_two_stage_recipes():
     assert config.refine_recipe == RecoveryRecipe(finetune_epochs=1, distill=0.5, finetune_lr=0.02,
                                                   finetune_subset=64, seed=3)
     assert config.to_dict()["sweep"]["refine"] == {
-        "candidates": 3, "recipe": {"finetune_epochs": 1, "distill": 0.5, "finetune_lr": 0.02}, "targets": [], "per_target": 1}
+        "candidates": 3, "recipe": {"finetune_epochs": 1, "distill": 0.5, "finetune_lr": 0.02}, "targets": [], "per_target": 1,
+        "concurrency": None}
     assert SweepConfig.from_dict(yaml.safe_load(dump_sweep_config(config))) == config
     assert flatten(config.to_dict())["sweep.refine.candidates"] == 3
     off = SweepConfig.from_dict(config_with(sweep={"refine": None, "warm_start": False}))

@@ -83,6 +83,20 @@ def test_prepare_baseline_from_a_model_and_weights(tmp_path, monkeypatch):
 
 
 @pytest.mark.fashion_mnist
+def _own_model_sweep(tmp_path, name: str) -> SweepConfig:
+    """A 2-trial sweep of ``user_models:tiny_cnn`` (width 8, seeded weights in ``tmp_path``)."""
+    torch.manual_seed(0)
+    torch.save(tiny_cnn(10, 1, width=8).state_dict(), tmp_path / "w.pt")
+    return SweepConfig.from_dict({
+        "model": "user_models:tiny_cnn", "weights": str(tmp_path / "w.pt"), "model_kwargs": {"width": 8},
+        "name": name, "run_dir": str(tmp_path / name),
+        "data": {"calibration_images": 32, "batch_size": 32, "test_subset": 64},
+        "recipe": {"bn_batches": 1, "batch_size": 32},
+        "space": {"name": "uniform", "criteria": ["l1"], "flops_reduction": [0.2, 0.5], "finetune_epochs": [0, 0]},
+        "sweep": {"trials": 2, "concurrency": 2},
+    })
+
+
 def test_a_sweep_of_an_import_path_model_runs_on_ray_and_its_front_reloads(ray_session, tmp_path, monkeypatch):
     """The whole path for a model of one's own, built by import path in every Ray trial worker:
     ``user_models`` is importable here (tests/ is on this process's sys.path) but not on the Ray
@@ -91,16 +105,7 @@ def test_a_sweep_of_an_import_path_model_runs_on_ray_and_its_front_reloads(ray_s
     from pruning.structure import load_checkpoint
 
     monkeypatch.setenv("PRUNESWEEP_CACHE", str(tmp_path / "cache"))
-    torch.manual_seed(0)
-    torch.save(tiny_cnn(10, 1, width=8).state_dict(), tmp_path / "w.pt")
-    config = SweepConfig.from_dict({
-        "model": "user_models:tiny_cnn", "weights": str(tmp_path / "w.pt"), "model_kwargs": {"width": 8},
-        "name": "own-model", "run_dir": str(tmp_path / "run"),
-        "data": {"calibration_images": 32, "batch_size": 32, "test_subset": 64},
-        "recipe": {"bn_batches": 1, "batch_size": 32},
-        "space": {"name": "uniform", "criteria": ["l1"], "flops_reduction": [0.2, 0.5], "finetune_epochs": [0, 0]},
-        "sweep": {"trials": 2, "concurrency": 2},
-    })
+    config = _own_model_sweep(tmp_path, "own-model")
     from orchestrator.sweeps import Tracker
 
     result = run_sweep(config, progress=False)
@@ -112,3 +117,22 @@ def test_a_sweep_of_an_import_path_model_runs_on_ray_and_its_front_reloads(ray_s
         model, spec = load_checkpoint(path)
         assert spec.name == "user_models:tiny_cnn" and spec.kwargs == {"width": 8}
         assert model.features[0].out_channels < 8 or model.features[3].out_channels < 16  # pruned widths rebuilt
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_tune_prints_its_heading_and_info_lines_only_with_verbose(verbose, ray_session, tmp_path, monkeypatch, capfd):
+    """The console of a sweep with progress: one line per trial; Tune's experiment heading and its
+    INFO lines only with ``verbose`` (``prunesweep sweep --verbose``); stdout clean either way."""
+    from orchestrator.sweeps import run_sweep
+    from orchestrator.sweeps.callback import ProgressLines
+
+    monkeypatch.setenv("PRUNESWEEP_CACHE", str(tmp_path / "cache"))
+    # as a study run earlier in this process leaves it: its one bar must not replace a sweep's lines
+    monkeypatch.setattr(ProgressLines, "as_bar", True)
+    run_sweep(_own_model_sweep(tmp_path, "console"), progress=True, verbose=verbose)
+    out, err = capfd.readouterr()
+    assert "Configuration for experiment" not in out
+    assert sum(line.startswith("[screen] trial-") for line in err.splitlines()) == 2, err[-2000:]
+    for tune_line in ("Configuration for experiment", "View detailed results here"):
+        assert (tune_line in err) == verbose, err[-2000:]
+    assert verbose or "Wrote the latest version" not in err, err[-2000:]

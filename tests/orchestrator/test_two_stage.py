@@ -32,7 +32,8 @@ def two_stage(ray_session, trained_resnet20, tmp_path_factory):
         # 3 warm starts (l1 at 3 targets) + 1 Optuna sample; sampled fine-tuning is ignored
         "space": {"name": "uniform", "criteria": ["l1"], "flops_reduction": [0.2, 0.8],
                   "finetune_epochs": [1, 1], "flops_bounds": [0.0, 0.95]},
-        "sweep": {"trials": 4, "concurrency": 2, "seed": 0, "refine": {"candidates": 2}},
+        # refinement 4 at a time: the 2 refined trials share the screening trials' 2 x 1 CPU
+        "sweep": {"trials": 4, "concurrency": 2, "seed": 0, "refine": {"candidates": 2, "concurrency": 4}},
     }
     path = folder / "sweep.yaml"
     path.write_text(yaml.safe_dump(raw))
@@ -108,6 +109,13 @@ def test_screening_does_not_fine_tune_and_refinement_does(two_stage):
 
 
 @pytest.mark.fashion_mnist
+def test_refinement_concurrency_shares_the_screening_resources(two_stage):
+    """`sweep.refine.concurrency: 4` over `sweep.concurrency: 2` gives each refined trial half a
+    screening trial's CPU (what Ray assigned it, logged as trial_cpus)."""
+    assert [r.data.metrics["trial_cpus"] for r in two_stage["screen"]] == [1.0] * 4
+    assert [r.data.metrics["trial_cpus"] for r in two_stage["refine"]] == [0.5] * 2
+
+
 def test_refined_trials_are_the_candidates_spread_over_the_screening_front(two_stage):
     screen = sorted(two_stage["screen"], key=lambda r: int(r.data.tags[TAG_TRIAL_NUMBER]))
     points = [{**r.data.metrics, "feasible": r.data.metrics["feasible"] >= 0.5, "params": r.data.params} for r in screen]
@@ -136,7 +144,7 @@ def test_the_front_comes_from_the_refined_trials_only(two_stage):
 @pytest.mark.fashion_mnist
 def test_the_console_shows_one_line_per_trial_and_no_tune_table(two_stage):
     err = two_stage["stderr"]
-    for table in ("Trial status", "Trial name", "== Status =="):
+    for table in ("Trial status", "Trial name", "== Status ==", "Configuration for experiment"):
         assert table not in err, err[-3000:]
     screen = [line for line in err.splitlines() if line.startswith("[screen] trial-")]
     refine = [line for line in err.splitlines() if line.startswith("[refine] refine-")]
@@ -169,6 +177,10 @@ def test_the_front_models_are_mlflow_onnx_models_and_pareto_exports_them_checked
         assert logged.metadata.signature is not None and logged.metadata.get_input_schema() is not None
         predicted = logged.predict(x.numpy())[OUTPUT_NAME]
         np.testing.assert_allclose(predicted, expected[row["trial"]], atol=1e-4, rtol=0)
+        with _use_tracking_uri(tracker.uri):
+            requirements = Path(mlflow.pyfunc.get_model_dependencies(f"runs:/{row['run_id']}/{ONNX_MODEL_NAME}"))
+        pinned = dict(line.split("==") for line in requirements.read_text().split())
+        assert set(pinned) == {"mlflow", "onnx", "onnxruntime", "numpy"} and pinned["numpy"] == np.__version__
     front_runs = {row["run_id"] for row in data["front"]}
     for run in two_stage["runs"].values():
         assert tracker.has_logged_model(run.info.run_id, ONNX_MODEL_NAME) == (run.info.run_id in front_runs)

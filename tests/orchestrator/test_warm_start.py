@@ -116,6 +116,11 @@ def test_refine_targets_are_validated():
         RefineSettings(candidates=3, per_target=0)
     with pytest.raises(ConfigError, match="must be a list"):
         RefineSettings(candidates=1, targets="0.5")
+    assert RefineSettings(candidates=3, concurrency=3).to_dict()["concurrency"] == 3
+    assert RefineSettings.from_dict({"candidates": 3}).concurrency is None
+    for bad in (0, 1.5, True):
+        with pytest.raises(ConfigError, match=f"sweep.refine.concurrency: must be .*got {bad!r}"):
+            RefineSettings(candidates=3, concurrency=bad)
 
 
 def test_two_screened_global_rankings_that_differ_only_in_unused_params_are_refined_once():

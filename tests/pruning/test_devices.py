@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pruning.data import Augmentation, make_loader
-from pruning.devices import Precision, check_amp, resolve_device, valid_devices
+from pruning.devices import Precision, check_amp, eval_batch_size, resolve_device, valid_devices
 from pruning.errors import InputError
 from pruning.training import TrainConfig, evaluate, train
 from tiny_models import TinyCNN, with_random_bn_stats
@@ -102,6 +102,17 @@ def test_cpu_training_and_evaluation_are_unchanged_by_the_defaults():
     for history, result, params in runs[1:]:
         assert history == runs[0][0] and result == runs[0][1]
         assert all(torch.equal(a, b) for a, b in zip(params, runs[0][2]))
+
+
+def test_the_evaluation_batch_changes_no_accuracy():
+    """The CPU's and the accelerators' evaluation batches give the same accuracy (the loss up to
+    float summation order): the batch is a speed setting."""
+    data, model = _data(n=600), _model()
+    sizes = {eval_batch_size("cpu"), eval_batch_size(torch.device("cuda")), eval_batch_size("mps")}
+    assert len(sizes) == 2
+    results = [evaluate(model, make_loader(data, size, shuffle=False)) for size in sorted(sizes)]
+    assert results[0].accuracy == results[1].accuracy and results[0].samples == results[1].samples == 600
+    assert results[0].loss == pytest.approx(results[1].loss, rel=1e-6)
 
 
 def test_loader_workers_keep_order_and_unaugmented_batches():

@@ -26,6 +26,22 @@ def test_info_json_lists_everything(capsys):
     assert {"uniform", "concentration", "FILE.json"} <= set(data["ratios"])
 
 
+def test_json_stdout_holds_the_result_only_when_a_library_prints(capsys, monkeypatch):
+    """What is printed while a --json command runs (Ray prints its lost-node notices on stdout)
+    reaches stderr; stdout is the one JSON line."""
+    real = info.run
+
+    def noisy(args):
+        print("(raylet) a library notice")
+        return real(args)
+
+    monkeypatch.setattr(info, "run", noisy)
+    data = run_json(capsys, "info")
+    assert "resnet20" in data["models"]
+    code, out, err = run_cli(capsys, "info", "--json")
+    assert code == 0 and "(raylet) a library notice" in err and "(raylet)" not in out
+
+
 def test_info_text(capsys):
     code, out, err = run_cli(capsys, "info")
     assert code == 0 and err == ""

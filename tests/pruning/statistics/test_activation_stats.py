@@ -189,6 +189,19 @@ def test_batched_rank_equals_per_map_loop():
     assert (batched[0, 0], batched[1, 2], batched[2, 3]) == (0, 1, 2)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("h, w", [(28, 28), (7, 12), (12, 7)])
+def test_batched_rank_equals_matrix_rank_on_relu_maps_of_every_rank(h, w, dtype):
+    # products of random factors of each rank, some scaled far down, then ReLU'd as activations are
+    g = torch.Generator().manual_seed(h * w)
+    k = min(h, w)
+    maps = torch.stack([torch.randn(h, r, generator=g) @ torch.randn(r, w, generator=g) * 10.0 ** -(r % 4)
+                        for r in range(k + 1) for _ in range(3)]).to(dtype)
+    maps = torch.relu(maps).view(k + 1, 3, h, w)
+    expected = torch.linalg.matrix_rank(maps.reshape(-1, h, w)).view(k + 1, 3)
+    assert torch.equal(batched_map_rank(maps), expected)
+
+
 @pytest.mark.parametrize("shape", [(3, 4, 9), (2, 6, 4)])  # C <= H*W and C > H*W
 def test_leave_one_out_nuclear_norms_exact(shape):
     a = torch.randn(*shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
