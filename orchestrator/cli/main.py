@@ -57,7 +57,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {message}", file=sys.stderr)
         return EXIT_BAD_INPUT
     if args.json:
-        print(json.dumps(result.data, default=_json_default))
+        print(json.dumps(result.data, default=_json_default), flush=True)
+        if argv is None:
+            # the process ends here: what Ray's driver threads still print (a lost node's raylet
+            # lines arrive late) goes to stderr too, after the result, not into it
+            sys.stdout = sys.stderr
     else:
         print(result.text)
     return 0

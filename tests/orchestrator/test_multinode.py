@@ -209,9 +209,11 @@ def test_a_run_dir_that_a_node_does_not_see_stops_the_sweep_before_any_trial(clu
 def test_a_compare_runs_cells_on_both_nodes_and_logs_runs_and_tables_to_the_server(
         cluster, mlflow_server, trained_resnet20, tmp_path):
     run_dir = tmp_path / "study"
+    # 2,048 test images: cells long enough to overlap, so that the two at a time need both nodes
+    # (shorter cells ended before the next one started, all on the head)
     proc = prunesweep("compare", "--checkpoint", str(trained_resnet20["out"]), "--criteria", "l1", "random",
                       "--flops-reductions", "0.5", "--seeds", "0", "1", "--calibration-images", "64",
-                      "--batch-size", "64", "--test-subset", "256", "--concurrency", "2", "--address", cluster.address,
+                      "--batch-size", "64", "--test-subset", "2048", "--concurrency", "2", "--address", cluster.address,
                       "--tracking-uri", mlflow_server.uri, "--run-dir", str(run_dir), "--json", "--quiet")
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads(proc.stdout)

@@ -49,7 +49,7 @@ def _kill(driver: subprocess.Popen) -> None:
 @pytest.mark.fashion_mnist
 def test_resume_after_sigkill_loses_and_repeats_nothing(ray_session, trained_resnet20, tmp_path):
     run_dir = tmp_path / "run"
-    # every trial fine-tunes one epoch on 512 images, so that the one running at the kill is still
+    # every trial fine-tunes one epoch on 2,048 images (several seconds), so that the one running at the kill is still
     # running after the two snapshots the test waits for
     space = {"name": "uniform", "criteria": ["l1", "fpgm"], "finetune_epochs": [1, 1], "flops_bounds": [0.0, 0.95]}
     path = tmp_path / "resume.yaml"
@@ -60,7 +60,7 @@ def test_resume_after_sigkill_loses_and_repeats_nothing(ray_session, trained_res
     raw = sweep_config(trained_resnet20["out"], run_dir, name="resume", space=space, trials=3, seed=1,
                        objectives=objectives)
     raw["sweep"]["concurrency"] = 1
-    raw["recipe"]["finetune_subset"] = 512
+    raw["recipe"]["finetune_subset"] = 2048
     path.write_text(yaml.safe_dump(raw))
     driver = _start_driver(path, ray_session.get_runtime_context().gcs_address)
     try:
