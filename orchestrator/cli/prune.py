@@ -56,6 +56,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="statistics criteria (entropy, hrank, apoz, mean-activation, chip): read each residual "
                         "group's producer outputs (producer, default) or the tensors its consumers read "
                         "(consumer: after the additions)")
+    p.add_argument("--class-scores", default=None, metavar="{pooled,max}",
+                   help="hrank, apoz, mean-activation: the statistic over all calibration images (pooled, "
+                        "default) or of each channel's most favourable class (max)")
     p.add_argument("--calibration-images", type=int, default=512,
                    help="calibration images for data-driven criteria, statistics and reconstruction (default: 512)")
     p.add_argument("--stats", default=None, help="activation statistics from `prunesweep stats` (else computed)")
@@ -92,6 +95,10 @@ def run(args: argparse.Namespace) -> CommandResult:
         if not issubclass(criterion_class(args.criterion), StatisticsCriterion):
             raise InputError(f"--stats-source applies to statistics criteria, not {args.criterion!r}")
         options["source"] = args.stats_source
+    if args.class_scores is not None:
+        if not issubclass(criterion_class(args.criterion), StatisticsCriterion):
+            raise InputError(f"--class-scores applies to statistics criteria, not {args.criterion!r}")
+        options["class_scores"] = args.class_scores
     criterion = distribute_criterion(create_criterion(args.criterion, seed=args.seed, **options), args)
     loaded = load_fitting(args)
     model, shape, splits = loaded.model, loaded.shape, loaded.splits

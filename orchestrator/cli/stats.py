@@ -39,6 +39,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="also the per-map softmax entropies (for entropy with value map-softmax)")
     p.add_argument("--read-inputs", action="store_true",
                    help="also the tensors the consumers of residual groups read (for criteria with source consumer)")
+    p.add_argument("--per-class", action="store_true",
+                   help="also per-class sums (for the criteria's class_scores=max: a channel's most favourable class)")
     p.add_argument("--out", required=True, help="statistics file to write")
     add_distributed(p, "the statistics pass")
     add_device(p, amp=False, loaders=False)
@@ -67,7 +69,7 @@ def run(args: argparse.Namespace) -> CommandResult:
     started = time.perf_counter()
     state, report = collect_stats(args, loaded.model, space.groups, batches, bins=args.bins, value=args.value,
                                   rank_images=args.rank_images, chip=args.chip, map_entropy=args.map_entropy,
-                                  read_inputs=args.read_inputs,
+                                  read_inputs=args.read_inputs, per_class=args.per_class,
                                   return_report=True)
     seconds = time.perf_counter() - started
     state.save(args.out)

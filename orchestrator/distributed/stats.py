@@ -2,7 +2,7 @@
 
 The driver computes the histogram edges (a short first pass on the first batches, in-process, as
 :func:`pruning.statistics.collect_activation_stats` does), puts the model, the batches' inputs
-and the edges into the object store ONCE, and the actors each build one model replica from those
+(with their labels for ``per_class``) and the edges into the object store ONCE, and the actors each build one model replica from those
 objects. Shards (contiguous ranges of batch indices, each with its offset in images so that map
 ranks cover the first ``rank_images`` images of the whole pass) go to the actors; the partial
 :class:`~pruning.statistics.ActivationStats` merge on the driver as they arrive. Counts and
@@ -21,7 +21,7 @@ from orchestrator.distributed.pool import WorkerPool, cpu_model, pool_for, resol
 from orchestrator.distributed.scheduler import RunReport, ShardRunner
 from pruning.errors import InputError
 from pruning.statistics import (
-    EDGE_BATCHES, EDGE_QUANTILE, RANK_IMAGES, ActivationStats, accumulate_stats, check_rank_images,
+    EDGE_BATCHES, EDGE_QUANTILE, RANK_IMAGES, ActivationStats, accumulate_stats, batch_labels, check_rank_images,
     compute_histogram_edges,
 )
 from pruning.structure import ChannelGroup
@@ -58,6 +58,7 @@ def distributed_stats(
     chip: bool = False,
     map_entropy: bool = False,
     read_inputs: bool = False,
+    per_class: bool = False,
     edge_batches: int = EDGE_BATCHES,
     edge_scope: str = "layer",
     edge_quantile: float = EDGE_QUANTILE,
@@ -84,9 +85,12 @@ def distributed_stats(
     if edge_batches < 1:
         raise InputError(f"edge_batches must be at least 1, got {edge_batches}")
     check_rank_images(rank_images)
+    batches = list(batches)
     inputs = [batch_inputs(b).detach().cpu() for b in batches]
     if not inputs:
         raise InputError("no calibration batches to collect statistics from")
+    # per-class sums need each batch's labels on the actors (checked here, before any shard runs)
+    shipped = [(x, batch_labels(b)) for x, b in zip(inputs, batches)] if per_class else inputs
     groups = list(groups)
     edges = compute_histogram_edges(model, groups, inputs[:edge_batches], bins=bins, value=value,
                                     edge_scope=edge_scope, edge_quantile=edge_quantile, read_inputs=read_inputs)
@@ -104,11 +108,11 @@ def distributed_stats(
 
     put = time.perf_counter()
     model_ref = ray.put(cpu_model(model))
-    inputs_ref = ray.put(inputs)
+    inputs_ref = ray.put(shipped)
     edges_ref = ray.put(edges)
     report.put_s = time.perf_counter() - put
     options = {"value": value, "rank": rank, "rank_images": rank_images, "chip": chip, "map_entropy": map_entropy,
-               "read_inputs": read_inputs}
+               "read_inputs": read_inputs, "per_class": per_class}
     task = (_StatsTask, model_ref, groups, inputs_ref, edges_ref, options)
 
     merged: list[ActivationStats] = []

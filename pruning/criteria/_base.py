@@ -26,6 +26,7 @@ from typing import Any, ClassVar, Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
+from pruning.class_scores import check_class_scores
 from pruning.registry import Registry
 from pruning.errors import InputError
 from pruning.structure.groups import SOURCES, ChannelGroup
@@ -71,7 +72,8 @@ class Criterion(ABC):
     def required_statistics(self) -> frozenset[str]:
         """Optional statistics the collection must gather for this criterion, beyond the default
         set: ``"chip"`` (CHIP's nuclear norms), ``"map_entropy"`` (the per-map softmax entropies),
-        ``"read_inputs"`` (the tensors the consumers of residual-coupled groups read). Callers pass them to ``collect_activation_stats``."""
+        ``"read_inputs"`` (the tensors the consumers of residual-coupled groups read), ``"per_class"``
+        (the per-class sums). Callers pass them to ``collect_activation_stats``."""
         return frozenset()
 
     def check_context(self, context: ScoringContext) -> None:
@@ -84,7 +86,7 @@ class Criterion(ABC):
 
 
 #: the optional statistics a criterion may require (:meth:`Criterion.required_statistics`)
-OPTIONAL_STATISTICS = ("chip", "map_entropy", "read_inputs")
+OPTIONAL_STATISTICS = ("chip", "map_entropy", "read_inputs", "per_class")
 
 
 class StatisticsCriterion(Criterion):
@@ -96,18 +98,35 @@ class StatisticsCriterion(Criterion):
     convolutions read (after the residual additions and their activations), averaged over
     them; the statistics must then be collected with ``read_inputs=True``. Inner groups read
     the same tensor either way.
+
+    ``class_scores`` (:data:`~pruning.class_scores.CLASS_SCORES`), for the criteria whose
+    ``has_class_scores`` is true: ``"pooled"`` (default), the statistic over all calibration
+    images; ``"max"``, the channel's most favourable class's statistic (collected with
+    ``per_class=True``), so that a channel only a few classes use is not ranked by the others.
     """
 
     needs_stats = True
+    #: the statistic has a per-class form (``class_scores="max"``)
+    has_class_scores: ClassVar[bool] = False
 
-    def __init__(self, seed: int = 0, source: str = "producer") -> None:
+    def __init__(self, seed: int = 0, source: str = "producer", class_scores: str = "pooled") -> None:
         super().__init__(seed)
         if source not in SOURCES:
             raise InputError(f"unknown statistics source {source!r}; valid: {', '.join(SOURCES)}")
+        check_class_scores(class_scores)
+        if class_scores != "pooled" and not self.has_class_scores:
+            with_classes = [n for n in list_criteria() if issubclass(cls := criterion_class(n), StatisticsCriterion)
+                            and cls.has_class_scores]
+            raise InputError(f"criterion {self.name!r} has no per-class scores (class_scores={class_scores!r}); "
+                             f"criteria with them: {', '.join(with_classes)}")
         self.source = source
+        self.class_scores = class_scores
 
     def required_statistics(self) -> frozenset[str]:
-        return frozenset({"read_inputs"}) if self.source == "consumer" else frozenset()
+        needed = {"read_inputs"} if self.source == "consumer" else set()
+        if self.class_scores != "pooled":
+            needed.add("per_class")
+        return frozenset(needed)
 
 
 class ModuleCriterion(Criterion):
@@ -156,7 +175,8 @@ def criterion_class(name: str) -> type[Criterion]:
 
 def statistics_options(criteria: Iterable[Criterion]) -> dict[str, bool]:
     """The optional statistics these criteria read (:meth:`Criterion.required_statistics`), as
-    ``collect_activation_stats`` keyword arguments: ``{"chip": ..., "map_entropy": ..., "read_inputs": ...}``."""
+    ``collect_activation_stats`` keyword arguments: ``{"chip": ..., "map_entropy": ..., "read_inputs": ...,
+    "per_class": ...}``."""
     needed = frozenset().union(*(c.required_statistics() for c in criteria))
     return {name: name in needed for name in OPTIONAL_STATISTICS}
 

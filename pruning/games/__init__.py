@@ -19,8 +19,8 @@ from pruning.games.estimators import (
     exact_shapley,
     permutation_shapley,
 )
+from pruning.class_scores import CLASS_SCORES
 from pruning.games.estimation import (
-    CLASS_SCORES,
     ShapleyOptions,
     calibration_batch,
     estimate_class_max,

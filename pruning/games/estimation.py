@@ -16,6 +16,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from pruning.class_scores import check_class_scores
 from pruning.errors import InputError
 from pruning.games.coalitions import VALUES, CoalitionGame, game_endpoints
 from pruning.games.estimators import (
@@ -27,8 +28,6 @@ from pruning.games.estimators import (
 )
 from pruning.games.layer import MODES
 
-#: how a channel's value comes out of the batch's classes (see ShapleyOptions.class_scores)
-CLASS_SCORES = ("pooled", "max")
 
 
 @dataclass(frozen=True)
@@ -69,8 +68,7 @@ class ShapleyOptions:
     class_scores: str = "pooled"
 
     def __post_init__(self) -> None:
-        if self.class_scores not in CLASS_SCORES:
-            raise InputError(f"unknown class_scores {self.class_scores!r}; valid: {', '.join(CLASS_SCORES)}")
+        check_class_scores(self.class_scores)
         if self.class_scores == "max" and not self.stratified:
             raise InputError("class_scores 'max' needs stratified=True (every class's images in the game batch)")
         if self.value not in VALUES:

@@ -7,7 +7,7 @@ import torch
 from pruning.errors import InputError
 from pruning.statistics.edges import RangeRecorder
 from pruning.statistics.measures import batched_map_rank, leave_one_out_nuclear_norms, map_softmax_entropy
-from pruning.statistics.state import LayerStats
+from pruning.statistics.layer import CLASS_FIELDS, LayerStats, pad_classes
 
 
 def hist_values(x: torch.Tensor, value: str) -> torch.Tensor:
@@ -21,7 +21,7 @@ class Accumulator:
     """Running sums of one observed output, on the activation's device."""
 
     def __init__(self, name: str, x: torch.Tensor, has_maps: bool, rank: bool, chip: bool, map_entropy: bool,
-                 rank_quota: int | None, edges: torch.Tensor | None = None):
+                 rank_quota: int | None, edges: torch.Tensor | None = None, per_class: bool = False):
         _, c, h, w = x.shape
         dev = x.device
         self.name = name
@@ -41,6 +41,13 @@ class Accumulator:
         self.n_rank_images = 0
         self.chip_sum = torch.zeros(c, dtype=torch.float64, device=dev) if chip else None
         self.map_entropy_sum = torch.zeros(c, dtype=torch.float64, device=dev) if map_entropy else None
+        # per-class sums: rows for labels 0..K-1, grown as larger labels arrive
+        self.per_class = per_class
+        self.class_images = torch.zeros(0, dtype=torch.int64, device=dev)
+        self.class_sum = torch.zeros(0, c, dtype=torch.float64, device=dev)
+        self.class_zeros = torch.zeros(0, c, dtype=torch.int64, device=dev)
+        self.class_rank_sum = torch.zeros(0, c, dtype=torch.float64, device=dev)
+        self.class_rank_images = torch.zeros(0, dtype=torch.int64, device=dev)
         if edges is not None:
             self.fix_edges(edges)
 
@@ -63,8 +70,15 @@ class Accumulator:
         idx = torch.searchsorted(self.inner, values.contiguous(), right=True)
         self.hist += torch.bincount((idx + self.offsets).flatten(), minlength=self.hist.numel())
 
-    def update(self, x: torch.Tensor, has_maps: bool, value: str, recorder: RangeRecorder | None = None) -> None:
-        """Add a batch; before the edges are fixed its histogram values go to ``recorder`` and wait."""
+    def _grow_classes(self, classes: int) -> None:
+        for name in CLASS_FIELDS:
+            if getattr(self, name).shape[0] < classes:
+                setattr(self, name, pad_classes(getattr(self, name), classes))
+
+    def update(self, x: torch.Tensor, has_maps: bool, value: str, recorder: RangeRecorder | None = None,
+               labels: torch.Tensor | None = None) -> None:
+        """Add a batch; before the edges are fixed its histogram values go to ``recorder`` and wait.
+        ``labels`` (the batch's class indices) are required with ``per_class``."""
         b, c, h, w = x.shape
         if has_maps != self.has_maps or (has_maps and (h, w) != self.map_size):
             raise InputError(f"module {self.name!r}: output shape changed between batches; use one input size")
@@ -80,7 +94,14 @@ class Accumulator:
         self.gram += gap.T @ gap
         # int32 within a batch: 2.4x faster than the int64 sum of a bool tensor (one batch's
         # count per channel is far below 2**31); the running count is int64
-        self.zeros += x.eq(0).sum((0, 2, 3), dtype=torch.int32)
+        zeros = x.eq(0).sum((2, 3), dtype=torch.int32)
+        self.zeros += zeros.sum(0)
+        if self.per_class:
+            labels = labels.to(x.device)
+            self._grow_classes(int(labels.max()) + 1)
+            self.class_images += torch.bincount(labels, minlength=self.class_images.shape[0])
+            self.class_sum.index_add_(0, labels, gap)
+            self.class_zeros.index_add_(0, labels, zeros.long())
         if self.map_entropy_sum is not None:
             self.map_entropy_sum += map_softmax_entropy(x).double().sum(0)
         self.n_images += b
@@ -88,8 +109,12 @@ class Accumulator:
         if self.rank_sum is not None:
             k = b if self.rank_quota is None else min(b, self.rank_quota - self.n_rank_images)
             if k > 0:
-                self.rank_sum += batched_map_rank(x[:k]).sum(0).double()
+                ranks = batched_map_rank(x[:k]).double()
+                self.rank_sum += ranks.sum(0)
                 self.n_rank_images += k
+                if self.per_class:
+                    self.class_rank_sum.index_add_(0, labels[:k], ranks)
+                    self.class_rank_images += torch.bincount(labels[:k], minlength=self.class_rank_images.shape[0])
         if self.chip_sum is not None:
             full, without = leave_one_out_nuclear_norms(x.reshape(b, c, h * w))
             self.chip_sum += (full[:, None] - without).sum(0)
@@ -110,4 +135,12 @@ class Accumulator:
             n_rank_images=None if self.rank_sum is None else torch.tensor(self.n_rank_images, dtype=torch.int64),
             chip_sum=cpu(self.chip_sum),
             map_entropy_sum=cpu(self.map_entropy_sum),
+            **(self._class_fields() if self.per_class else {}),
         )
+
+    def _class_fields(self) -> dict[str, torch.Tensor]:
+        fields = {"class_images": self.class_images.cpu(), "class_sum": self.class_sum.cpu(),
+                  "class_zeros": self.class_zeros.cpu()}
+        if self.rank_sum is not None:
+            fields.update(class_rank_sum=self.class_rank_sum.cpu(), class_rank_images=self.class_rank_images.cpu())
+        return fields

@@ -29,6 +29,9 @@ consumer convolutions are given) and accumulates, per observed tensor and channe
 * ``chip_sum`` (only with ``chip=True``): the sum over images of CHIP's channel independence,
   ``||A||_* - ||A with row c zeroed||_*`` for the (C, H*W) feature matrix A of one image.
 * ``n_images``, ``n_positions`` (= images x H x W; a Linear output counts as a 1x1 map).
+* ``class_*`` (only with ``per_class=True``; the batches must be ``(inputs, labels)``): the images,
+  GAP sums, zero counts and map ranks restricted to each label, for the class-balanced scores
+  (a channel's most favourable class, ``class_scores="max"`` of the activation criteria).
 
 Everything is a sum or a count, so shards collected by :func:`accumulate_stats` with the same
 edges (and each shard's ``image_offset`` in the pass, for ``rank_images``) merge exactly
@@ -65,6 +68,7 @@ __all__ = [
     "EDGE_QUANTILE",
     "RANK_IMAGES",
     "check_rank_images",
+    "batch_labels",
     "compute_histogram_edges",
     "accumulate_stats",
     "collect_activation_stats",
@@ -140,9 +144,24 @@ def _hooked(model: nn.Module, observed: Mapping[str, ObservedOutput], fn: Callab
                 handle.remove()
 
 
+def batch_labels(batch: Any) -> torch.Tensor:
+    """The class indices of an ``(inputs, labels)`` batch, checked, as a 1-D int64 tensor."""
+    if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+        raise InputError("per-class statistics need labelled batches: (inputs, labels) pairs")
+    labels = torch.as_tensor(batch[1])
+    if labels.dim() != 1 or labels.dtype.is_floating_point or labels.dtype == torch.bool:
+        raise InputError(f"per-class statistics need 1-D integer class labels, got {labels.dtype} of shape "
+                         f"{tuple(labels.shape)}")
+    if labels.numel() and int(labels.min()) < 0:
+        raise InputError(f"class labels must be non-negative, got {int(labels.min())}")
+    return labels.long()
+
+
 def _run(model: nn.Module, batches: Iterable, progress: bool, desc: str,
-         after_batch: Callable[[int], None] | None = None) -> int:
-    """Forward every batch; ``after_batch(count)`` after each. Returns the number of batches."""
+         after_batch: Callable[[int], None] | None = None,
+         before_batch: Callable[[Any], None] | None = None) -> int:
+    """Forward every batch; ``before_batch(batch)`` before and ``after_batch(count)`` after each.
+    Returns the number of batches."""
     device = model_device(model)
     iterable = batches
     if progress:
@@ -152,6 +171,8 @@ def _run(model: nn.Module, batches: Iterable, progress: bool, desc: str,
         iterable = tqdm(batches, desc=desc, total=total)
     count = 0
     for batch in iterable:
+        if before_batch is not None:
+            before_batch(batch)
         model(batch_inputs(batch).to(device))
         count += 1
         if after_batch is not None:
@@ -208,6 +229,7 @@ def accumulate_stats(
     chip: bool = False,
     map_entropy: bool = False,
     read_inputs: bool = False,
+    per_class: bool = False,
     progress: bool = False,
 ) -> ActivationStats:
     """The mergeable pass: statistics of ``batches`` with fixed histogram ``edges``.
@@ -231,7 +253,7 @@ def accumulate_stats(
         raise InputError(f"histogram edges disagree on the number of bins: {sorted(bins)}")
     rank_quota = None if rank_images is None else max(0, rank_images - image_offset)
     options = dict(value=value, rank=rank, chip=chip, map_entropy=map_entropy, read_inputs=read_inputs,
-                   rank_quota=rank_quota, progress=progress)
+                   per_class=per_class, rank_quota=rank_quota, progress=progress)
     return _accumulate(model, observed, batches, bins.pop(), edges=edges, **options)
 
 
@@ -246,6 +268,7 @@ def _accumulate(
     chip: bool,
     map_entropy: bool,
     read_inputs: bool,
+    per_class: bool,
     rank_quota: int | None,
     progress: bool,
     edges: Mapping[str, torch.Tensor] | None = None,
@@ -257,13 +280,22 @@ def _accumulate(
     those ranges, and the waiting values are binned then: the same counts as an edge pass over
     those batches followed by a pass with the edges, without running them twice."""
     accumulators: dict[str, Accumulator] = {}
+    # the labels of the batch being forwarded, for the per-class sums
+    current: dict[str, torch.Tensor | None] = {"labels": None}
+
+    def set_labels(batch: Any) -> None:
+        current["labels"] = batch_labels(batch)
 
     def record(name: str, output: Any, relu: bool) -> None:
         x, has_maps = _as_maps(output, name, relu)
         if name not in accumulators:
             fixed = None if edges is None else edges[name]
-            accumulators[name] = Accumulator(name, x, has_maps, rank, chip, map_entropy, rank_quota, edges=fixed)
-        accumulators[name].update(x, has_maps, value, None if ranges is None else ranges[name])
+            accumulators[name] = Accumulator(name, x, has_maps, rank, chip, map_entropy, rank_quota, edges=fixed,
+                                             per_class=per_class)
+        labels = current["labels"]
+        if labels is not None and labels.shape[0] != x.shape[0]:
+            raise InputError(f"module {name!r}: {x.shape[0]} images but {labels.shape[0]} labels in the batch")
+        accumulators[name].update(x, has_maps, value, None if ranges is None else ranges[name], labels)
 
     def fix_edges() -> None:
         for name in observed:  # a module the edge batches did not call is reported by edges()
@@ -276,7 +308,8 @@ def _accumulate(
             fix_edges()
 
     with _hooked(model, observed, record):
-        count = _run(model, batches, progress, "activation stats", after_batch if edges is None else None)
+        count = _run(model, batches, progress, "activation stats", after_batch if edges is None else None,
+                     set_labels if per_class else None)
     if edges is None and count < edge_batches:
         fix_edges()
 
@@ -285,7 +318,7 @@ def _accumulate(
         raise InputError(f"module(s) not called by the forward pass: {', '.join(not_called)}")
     layers = {name: accumulators[name].finish() for name in observed}
     return ActivationStats(layers, bins=bins, value=value, rank=rank, chip=chip, map_entropy=map_entropy,
-                           read_inputs=read_inputs)
+                           read_inputs=read_inputs, per_class=per_class)
 
 
 def collect_activation_stats(
@@ -300,6 +333,7 @@ def collect_activation_stats(
     chip: bool = False,
     map_entropy: bool = False,
     read_inputs: bool = False,
+    per_class: bool = False,
     edge_batches: int = EDGE_BATCHES,
     edge_scope: str = "layer",
     edge_quantile: float = EDGE_QUANTILE,
@@ -308,7 +342,7 @@ def collect_activation_stats(
     """Edges from the first ``edge_batches`` batches (as :func:`compute_histogram_edges` with
     ``edge_scope`` and ``edge_quantile``), statistics over all ``batches``, map ranks over the
     first ``rank_images`` images only (None: every image). The optional statistics (``chip``,
-    ``map_entropy``, ``read_inputs``: see the module docstring) are what the criteria to be
+    ``map_entropy``, ``read_inputs``, ``per_class``: see the module docstring) are what the criteria to be
     scored ask for: ``pruning.criteria.statistics_options(criteria)``.
 
     For ``value="gap"`` this is one forward pass: the edge batches' per-image values (C per
@@ -329,7 +363,7 @@ def collect_activation_stats(
         observed = _observed_outputs(model, groups, read_inputs)
         ranges = {name: RangeRecorder(edge_scope, edge_quantile) for name in observed}
         return _accumulate(model, observed, batches, bins, value=value, rank=rank, chip=chip, map_entropy=map_entropy,
-                           read_inputs=read_inputs,
+                           read_inputs=read_inputs, per_class=per_class,
                            rank_quota=rank_images, progress=progress, ranges=ranges, edge_batches=edge_batches)
     edge_options = dict(bins=bins, value=value, edge_scope=edge_scope, edge_quantile=edge_quantile,
                         read_inputs=read_inputs)
@@ -341,5 +375,5 @@ def collect_activation_stats(
         edges = compute_histogram_edges(model, groups, itertools.islice(batches, edge_batches), **edge_options)
     return accumulate_stats(
         model, groups, batches, edges, value=value, rank=rank, rank_images=rank_images, chip=chip,
-        map_entropy=map_entropy, read_inputs=read_inputs, progress=progress,
+        map_entropy=map_entropy, read_inputs=read_inputs, per_class=per_class, progress=progress,
     )

@@ -7,17 +7,17 @@ The fields are described on :class:`LayerStats`; :mod:`pruning.statistics.collec
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import torch
 
+from pruning.class_scores import check_class_scores
 from pruning.errors import InputError
+from pruning.statistics.layer import OPTIONAL_FIELDS, REQUIRED_FIELDS, LayerStats, class_rows, merge_layer
 from pruning.statistics.measures import histogram_entropy
 from pruning.structure.groups import SOURCES, ChannelGroup
 from pruning.utils import atomic_write
@@ -46,72 +46,6 @@ def check_value_mode(value: str) -> None:
         raise InputError(f"unknown histogram value {value!r}; valid: {', '.join(VALUE_MODES)}")
 
 
-@dataclass
-class LayerStats:
-    """Accumulated statistics of one observed output with C channels (all tensors, on CPU).
-
-    edges: [C, bins+1] float32 histogram edges (fixed before accumulation).
-    hist: [C, bins] int64 counts of the histogrammed value (GAP per image, or every position).
-    sum: [C] float64 sum over images of the GAP activation.
-    gram: [C, C] float64 sum over images of x x^T, x the GAP vector of one image.
-    zeros: [C] int64 count of exactly-zero activations over all images and positions.
-    n_images: [] int64 number of images.
-    n_positions: [] int64 images x H x W (a Linear output is one position per image).
-    map_size: [2] int64 (H, W) of the maps; (0, 0) for outputs without maps (Linear).
-    rank_sum: [C] float64 sum of the HxW map ranks over the first ``n_rank_images`` images of
-        the pass; None when not collected or when the output has no maps.
-    chip_sum: [C] float64 sum over images of CHIP channel independence; None when not collected.
-    map_entropy_sum: [C] float64 sum over images of the entropy of the softmax over each HxW map
-        (:func:`~pruning.statistics.map_softmax_entropy`); None when not collected.
-    n_rank_images: [] int64 number of images whose maps were ranked (``rank_images`` of the
-        collection); None exactly when ``rank_sum`` is. Files written before it existed ranked
-        every image: a ``rank_sum`` given without it gets ``n_images``.
-    """
-
-    edges: torch.Tensor
-    hist: torch.Tensor
-    sum: torch.Tensor
-    gram: torch.Tensor
-    zeros: torch.Tensor
-    n_images: torch.Tensor
-    n_positions: torch.Tensor
-    map_size: torch.Tensor
-    rank_sum: torch.Tensor | None = None
-    chip_sum: torch.Tensor | None = None
-    map_entropy_sum: torch.Tensor | None = None
-    n_rank_images: torch.Tensor | None = None
-
-    def __post_init__(self) -> None:
-        if self.rank_sum is not None and self.n_rank_images is None:
-            self.n_rank_images = self.n_images.clone()
-
-    @property
-    def channels(self) -> int:
-        return int(self.edges.shape[0])
-
-    @property
-    def bins(self) -> int:
-        return int(self.edges.shape[1]) - 1
-
-    @property
-    def has_maps(self) -> bool:
-        return bool(self.map_size.prod() > 0)
-
-    def tensors(self) -> dict[str, torch.Tensor]:
-        """The non-None fields by name."""
-        return {
-            f.name: getattr(self, f.name)
-            for f in dataclasses.fields(self)
-            if getattr(self, f.name) is not None
-        }
-
-
-_REQUIRED_FIELDS = tuple(f.name for f in dataclasses.fields(LayerStats) if f.default is dataclasses.MISSING)
-_OPTIONAL_FIELDS = tuple(f.name for f in dataclasses.fields(LayerStats) if f.default is not dataclasses.MISSING)
-#: fields that must be identical for two states to merge (the rest are summed)
-_FIXED_FIELDS = ("edges", "map_size")
-
-
 def _ranked_images(s: LayerStats) -> torch.Tensor:
     """``s.n_rank_images``, refused when 0 (a shard past ``rank_images``, read on its own)."""
     if int(s.n_rank_images) == 0:
@@ -125,14 +59,17 @@ class ActivationStats:
 
     ``layers``: {observation key: LayerStats} (:attr:`ObservedOutput.key`: the module name for
     an output, ``"<module>:input"`` for a consumer's input). ``bins``, ``value`` ("gap" or
-    "spatial"), ``rank``, ``chip``, ``map_entropy`` and ``read_inputs`` (which optional statistics
-    were collected).
+    "spatial"), ``rank``, ``chip``, ``map_entropy``, ``read_inputs`` and ``per_class`` (which
+    optional statistics were collected).
 
     The ``channel_*`` accessors take a :class:`~pruning.structure.groups.ChannelGroup` and return a
     float64 CPU tensor of ``group.size`` values, the mean over the group's observations of
     ``source`` (:meth:`~pruning.structure.groups.ChannelGroup.observations`): ``"producer"``,
     the producers' outputs (several for residual-coupled groups), or ``"consumer"``, the
-    tensors the consumers read (needs ``read_inputs``).
+    tensors the consumers read (needs ``read_inputs``). Those with ``class_scores``
+    (:data:`~pruning.class_scores.CLASS_SCORES`) give, with ``"max"``, each channel's most
+    favourable class instead of the pooled value: the statistic per class (averaged over the
+    observations), then its maximum over the classes that had images (needs ``per_class``).
     """
 
     def __init__(
@@ -145,6 +82,7 @@ class ActivationStats:
         chip: bool = False,
         map_entropy: bool = False,
         read_inputs: bool = False,
+        per_class: bool = False,
     ) -> None:
         check_value_mode(value)
         self.layers = dict(layers)
@@ -154,11 +92,12 @@ class ActivationStats:
         self.chip = bool(chip)
         self.map_entropy = bool(map_entropy)
         self.read_inputs = bool(read_inputs)
+        self.per_class = bool(per_class)
 
     @property
     def config(self) -> dict[str, Any]:
         return {"bins": self.bins, "value": self.value, "rank": self.rank, "chip": self.chip,
-                "map_entropy": self.map_entropy, "read_inputs": self.read_inputs}
+                "map_entropy": self.map_entropy, "read_inputs": self.read_inputs, "per_class": self.per_class}
 
     def __repr__(self) -> str:
         images = {int(s.n_images) for s in self.layers.values()}
@@ -175,26 +114,7 @@ class ActivationStats:
         if self.layers.keys() != other.layers.keys():
             diff = sorted(self.layers.keys() ^ other.layers.keys())
             raise InputError(f"cannot merge statistics of different layers: {', '.join(diff)}")
-        merged = {}
-        for name, a in self.layers.items():
-            b = other.layers[name]
-            fields = {}
-            for f in dataclasses.fields(LayerStats):
-                x, y = getattr(a, f.name), getattr(b, f.name)
-                if (x is None) != (y is None):
-                    raise InputError(f"layer {name!r}: {f.name} collected in only one of the states")
-                if x is None:
-                    fields[f.name] = None
-                elif f.name in _FIXED_FIELDS:
-                    if x.shape != y.shape or not torch.equal(x, y):
-                        what = "histogram edges" if f.name == "edges" else "map sizes"
-                        raise InputError(f"layer {name!r}: cannot merge statistics with different {what}")
-                    fields[f.name] = x.clone()
-                else:
-                    if x.shape != y.shape:
-                        raise InputError(f"layer {name!r}: {f.name} shapes differ")
-                    fields[f.name] = x + y
-            merged[name] = LayerStats(**fields)
+        merged = {name: merge_layer(name, a, other.layers[name]) for name, a in self.layers.items()}
         return ActivationStats(merged, **self.config)
 
     # -- files -------------------------------------------------------------------------------
@@ -236,8 +156,8 @@ class ActivationStats:
             config = payload["config"]
             layers = {}
             for name, tensors in payload["layers"].items():
-                unknown = set(tensors) - set(_REQUIRED_FIELDS) - set(_OPTIONAL_FIELDS)
-                if unknown or not set(_REQUIRED_FIELDS) <= set(tensors):
+                unknown = set(tensors) - set(REQUIRED_FIELDS) - set(OPTIONAL_FIELDS)
+                if unknown or not set(REQUIRED_FIELDS) <= set(tensors):
                     raise ValueError(f"layer {name!r} has fields {sorted(tensors)}")
                 if not all(isinstance(t, torch.Tensor) for t in tensors.values()):
                     raise ValueError(f"layer {name!r} holds a non-tensor")
@@ -246,7 +166,8 @@ class ActivationStats:
             # (they were always collected then), the producers' outputs only
             map_entropy = config.get("map_entropy", all(s.map_entropy_sum is not None for s in layers.values()))
             return cls(layers, bins=config["bins"], value=config["value"], rank=config["rank"], chip=config["chip"],
-                       map_entropy=map_entropy, read_inputs=config.get("read_inputs", False))
+                       map_entropy=map_entropy, read_inputs=config.get("read_inputs", False),
+                       per_class=config.get("per_class", False))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise fail(f"malformed: {exc}") from None
 
@@ -281,6 +202,26 @@ class ActivationStats:
     def _mean(self, group: ChannelGroup, fn: Callable[[LayerStats], torch.Tensor], source: str) -> torch.Tensor:
         return torch.stack([fn(s).to(torch.float64) for s in self.layer_stats(group, source)]).mean(0)
 
+    def _per_class(self, group: ChannelGroup, fn: Callable[[LayerStats], torch.Tensor], source: str) -> torch.Tensor:
+        """[K', C]: ``fn`` (per class) averaged over the group's observations."""
+        if not self.per_class:
+            raise InputError(
+                "per-class statistics were not collected; collect the statistics with per_class=True "
+                "(prunesweep stats --per-class)"
+            )
+        return self._mean(group, fn, source)
+
+    def _pooled_or_best(self, group: ChannelGroup, source: str, class_scores: str,
+                        pooled: Callable[[LayerStats], torch.Tensor],
+                        per_class: Callable[[LayerStats], torch.Tensor], best: str = "max") -> torch.Tensor:
+        """``pooled`` averaged over the observations, or with ``class_scores="max"`` the ``best``
+        ("max" or "min") over classes of ``per_class``."""
+        check_class_scores(class_scores)
+        if class_scores == "pooled":
+            return self._mean(group, pooled, source)
+        rows = self._per_class(group, per_class, source)
+        return rows.amax(0) if best == "max" else rows.amin(0)
+
     def channel_entropy(self, group: ChannelGroup, *, estimator: str = "plugin", source: str = "producer") -> torch.Tensor:
         """Entropy (nats) of each channel's histogram, H_c = -sum_k p_k log p_k with the plug-in
         ``estimator``, or with the Miller-Madow correction (:func:`~pruning.statistics.histogram_entropy`)."""
@@ -299,7 +240,8 @@ class ActivationStats:
 
         return self._mean(group, mean, source)
 
-    def channel_rank(self, group: ChannelGroup, *, linear_as_1x1: bool = False, source: str = "producer") -> torch.Tensor:
+    def channel_rank(self, group: ChannelGroup, *, linear_as_1x1: bool = False, source: str = "producer",
+                     class_scores: str = "pooled") -> torch.Tensor:
         """Mean rank of the HxW maps per ranked image (the first ``n_rank_images`` of the pass).
 
         Outputs without maps (Linear layers) give NaN, or with ``linear_as_1x1`` the mean rank
@@ -315,7 +257,14 @@ class ActivationStats:
                 return 1.0 - s.zeros.double() / s.n_positions
             return torch.full((s.channels,), math.nan, dtype=torch.float64)
 
-        return self._mean(group, rank, source)
+        def class_rank(s: LayerStats) -> torch.Tensor:
+            if s.class_rank_sum is not None:
+                return class_rows(s.class_rank_sum, s.class_rank_images)
+            if linear_as_1x1:
+                return 1.0 - class_rows(s.class_zeros, s.class_images)
+            return torch.full((int((s.class_images > 0).sum()), s.channels), math.nan, dtype=torch.float64)
+
+        return self._pooled_or_best(group, source, class_scores, rank, class_rank)
 
     def channel_relative_rank(self, group: ChannelGroup, *, source: str = "producer") -> torch.Tensor:
         """Mean map rank divided by min(H, W), in [0, 1]; Linear outputs count as 1x1 maps."""
@@ -329,13 +278,21 @@ class ActivationStats:
 
         return self._mean(group, relative, source)
 
-    def channel_mean(self, group: ChannelGroup, *, source: str = "producer") -> torch.Tensor:
-        """Mean over images of the global-average-pooled activation."""
-        return self._mean(group, lambda s: s.sum / s.n_images, source)
+    def channel_mean(self, group: ChannelGroup, *, source: str = "producer", class_scores: str = "pooled") -> torch.Tensor:
+        """Mean over images of the global-average-pooled activation (``"max"``: over the images
+        of the class where it is largest)."""
+        return self._pooled_or_best(group, source, class_scores, lambda s: s.sum / s.n_images,
+                                    lambda s: class_rows(s.class_sum, s.class_images))
 
-    def channel_apoz(self, group: ChannelGroup, *, source: str = "producer") -> torch.Tensor:
-        """Average percentage of zeros: the fraction of exactly-zero values over all positions."""
-        return self._mean(group, lambda s: s.zeros.double() / s.n_positions, source)
+    def channel_apoz(self, group: ChannelGroup, *, source: str = "producer", class_scores: str = "pooled") -> torch.Tensor:
+        """Average percentage of zeros: the fraction of exactly-zero values over all positions
+        (``"max"``: over the images of the class where the channel is least often zero, so the
+        smallest per-class fraction)."""
+        def per_class(s: LayerStats) -> torch.Tensor:
+            return class_rows(s.class_zeros, s.class_images) / max(1, int(s.map_size.prod()))
+
+        return self._pooled_or_best(group, source, class_scores, lambda s: s.zeros.double() / s.n_positions,
+                                    per_class, best="min")
 
     def channel_chip(self, group: ChannelGroup, *, source: str = "producer") -> torch.Tensor:
         """CHIP channel independence, mean over images: ||A||_* - ||A with row c zeroed||_*."""
