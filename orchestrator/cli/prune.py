@@ -75,7 +75,9 @@ def run(args: argparse.Namespace) -> CommandResult:
     import torch
 
     from orchestrator.cli.common import command_device, distribute_criterion, load_fitting, make_test_loader, measure
-    from pruning.criteria import ScoringContext, StatisticsCriterion, create_criterion, criterion_class
+    from pruning.criteria import (
+        ScoringContext, StatisticsCriterion, create_criterion, criteria_with_class_scores, criterion_class,
+    )
     from pruning.data import calibration_batches
     from pruning.pipeline import prune_with_criterion
     from pruning.planning import ratios_of
@@ -96,8 +98,9 @@ def run(args: argparse.Namespace) -> CommandResult:
             raise InputError(f"--stats-source applies to statistics criteria, not {args.criterion!r}")
         options["source"] = args.stats_source
     if args.class_scores is not None:
-        if not issubclass(criterion_class(args.criterion), StatisticsCriterion):
-            raise InputError(f"--class-scores applies to statistics criteria, not {args.criterion!r}")
+        if args.criterion not in criteria_with_class_scores():
+            raise InputError(f"--class-scores applies to {', '.join(criteria_with_class_scores())}, "
+                             f"not {args.criterion!r}")
         options["class_scores"] = args.class_scores
     criterion = distribute_criterion(create_criterion(args.criterion, seed=args.seed, **options), args)
     loaded = load_fitting(args)

@@ -10,6 +10,7 @@ from pruning.criteria._base import (  # noqa: F401  (re-exported)
     ScoringContext,
     StatisticsCriterion,
     create_criterion,
+    criteria_with_class_scores,
     criterion_class,
     list_criteria,
     normalise,

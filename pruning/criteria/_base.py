@@ -115,10 +115,8 @@ class StatisticsCriterion(Criterion):
             raise InputError(f"unknown statistics source {source!r}; valid: {', '.join(SOURCES)}")
         check_class_scores(class_scores)
         if class_scores != "pooled" and not self.has_class_scores:
-            with_classes = [n for n in list_criteria() if issubclass(cls := criterion_class(n), StatisticsCriterion)
-                            and cls.has_class_scores]
             raise InputError(f"criterion {self.name!r} has no per-class scores (class_scores={class_scores!r}); "
-                             f"criteria with them: {', '.join(with_classes)}")
+                             f"criteria with them: {', '.join(criteria_with_class_scores())}")
         self.source = source
         self.class_scores = class_scores
 
@@ -171,6 +169,11 @@ def list_criteria() -> list[str]:
 
 def criterion_class(name: str) -> type[Criterion]:
     return _CRITERIA.get(name)  # type: ignore[return-value]
+
+
+def criteria_with_class_scores() -> list[str]:
+    """The registered criteria that take ``class_scores`` (:attr:`StatisticsCriterion.has_class_scores`)."""
+    return [n for n in list_criteria() if issubclass(cls := criterion_class(n), StatisticsCriterion) and cls.has_class_scores]
 
 
 def statistics_options(criteria: Iterable[Criterion]) -> dict[str, bool]:

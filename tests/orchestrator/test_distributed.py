@@ -173,10 +173,13 @@ def test_cli_bad_distributed_options(argv, needle, tmp_path, capsys):
 
 
 def test_actor_stats_equal_in_process_stats(tiny_resnet, groups, batches, pool):
-    reference = collect_activation_stats(tiny_resnet, groups, batches, bins=16, chip=True, read_inputs=True)
+    # per-class sums too: one-batch shards see different largest labels, and merge padded
+    reference = collect_activation_stats(tiny_resnet, groups, batches, bins=16, chip=True, read_inputs=True,
+                                         per_class=True)
     state, report = distributed_stats(tiny_resnet, groups, batches, pool=pool, bins=16, chip=True, read_inputs=True,
-                                      shard_size=1, progress=False, return_report=True)
+                                      per_class=True, shard_size=1, progress=False, return_report=True)
     assert any(key.endswith(":input") for key in state.layers)
+    assert all(s.class_sum is not None for s in state.layers.values())
     assert_same_stats(reference, state)
     assert sorted(report.accepted) == list(range(6)) and report.shards == 6 and report.failures == 0
     assert report.started_workers in (0, 2)
@@ -184,8 +187,9 @@ def test_actor_stats_equal_in_process_stats(tiny_resnet, groups, batches, pool):
 
 def test_actor_stats_rank_only_the_first_images_as_in_process(tiny_resnet, groups, batches, pool):
     # 11 of 48 images: the limit ends inside the second 8-image batch; one batch per shard
-    reference = collect_activation_stats(tiny_resnet, groups, batches, rank_images=11)
-    state = distributed_stats(tiny_resnet, groups, batches, pool=pool, rank_images=11, shard_size=1, progress=False)
+    reference = collect_activation_stats(tiny_resnet, groups, batches, rank_images=11, per_class=True)
+    state = distributed_stats(tiny_resnet, groups, batches, pool=pool, rank_images=11, per_class=True, shard_size=1,
+                              progress=False)
     assert_same_stats(reference, state)
     assert {int(s.n_rank_images) for s in state.layers.values() if s.rank_sum is not None} == {11}
 

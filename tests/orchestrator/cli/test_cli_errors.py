@@ -41,7 +41,7 @@ from pruning.structure import ModelSpec, check_fits, save_checkpoint
      ["--stats-source", "'both'", "producer", "consumer"]),
     (["prune", "--criterion", "l1", "--ratio", "0.3", "--class-scores", "max"], ["--class-scores", "'l1'"]),
     (["prune", "--criterion", "entropy", "--ratio", "0.3", "--class-scores", "max"],
-     ["'entropy'", "apoz, hrank, mean-activation"]),
+     ["--class-scores", "'entropy'", "apoz, hrank, mean-activation"]),
     (["prune", "--criterion", "apoz", "--ratio", "0.3", "--class-scores", "best"], ["'best'", "pooled, max"]),
     (["prune"], ["--flops-reduction", "--ratio"]),
     (["stats", "--dataset", "nope"], ["'nope'", "fashion-mnist"]),

@@ -6,6 +6,7 @@ import json
 import re
 
 import pytest
+import torch
 
 from cli_helpers import assert_bad_input, main_json, run_cli, run_json
 from pruning.recovery import RecoveryRecipe
@@ -155,3 +156,21 @@ def test_entropy_reads_a_stats_file_with_the_consumers_tensors(trained_resnet20,
     assert data["pruned"]["macs"] < data["base"]["macs"]
     assert_bad_input(capsys, ["prune", "--checkpoint", trained_resnet20["out"], "--stats", without,
                               "--criterion", "entropy", "--ratio", "0.3", "--quiet", *QUICK], "--read-inputs")
+
+
+def test_class_scores_prune_from_a_per_class_stats_file_and_refuse_one_without(trained_resnet20, tmp_path, capsys):
+    """`prune --class-scores max` keeps other channels than the pooled score (it reads each
+    channel's best class); a stats file without the per-class sums is refused naming --per-class."""
+    per_class, pooled_only = tmp_path / "per-class.pt", tmp_path / "pooled.pt"
+    for path, extra in ((per_class, ["--per-class"]), (pooled_only, [])):
+        run_json(capsys, "stats", "--checkpoint", trained_resnet20["out"], "--calibration-images", "128",
+                 "--out", path, *extra)
+    common = ["prune", "--checkpoint", trained_resnet20["out"], "--criterion", "mean-activation", "--ratio", "0.5",
+              "--bn-batches", "0", *QUICK]
+    outs = {name: tmp_path / f"pruned-{name}.pt" for name in ("balanced", "pooled")}
+    balanced = run_json(capsys, *common, "--stats", per_class, "--class-scores", "max", "--out", outs["balanced"])
+    pooled = run_json(capsys, *common, "--stats", per_class, "--out", outs["pooled"])
+    assert balanced["pruned"]["macs"] == pooled["pruned"]["macs"] < balanced["base"]["macs"]  # same layer widths
+    weights = {name: load_checkpoint(path)[0].state_dict() for name, path in outs.items()}
+    assert any(not torch.equal(w, weights["pooled"][k]) for k, w in weights["balanced"].items())  # other channels
+    assert_bad_input(capsys, [*common, "--stats", pooled_only, "--class-scores", "max", "--quiet"], "--per-class")
