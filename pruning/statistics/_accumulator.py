@@ -94,9 +94,11 @@ class Accumulator:
         self.gram += gap.T @ gap
         # int32 within a batch: 2.4x faster than the int64 sum of a bool tensor (one batch's
         # count per channel is far below 2**31); the running count is int64
-        zeros = x.eq(0).sum((2, 3), dtype=torch.int32)
-        self.zeros += zeros.sum(0)
-        if self.per_class:
+        if not self.per_class:
+            self.zeros += x.eq(0).sum((0, 2, 3), dtype=torch.int32)
+        else:  # per image first, for the per-class counts
+            zeros = x.eq(0).sum((2, 3), dtype=torch.int32)
+            self.zeros += zeros.sum(0)
             labels = labels.to(x.device)
             self._grow_classes(int(labels.max()) + 1)
             self.class_images += torch.bincount(labels, minlength=self.class_images.shape[0])
