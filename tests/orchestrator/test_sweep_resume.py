@@ -49,7 +49,7 @@ def _kill(driver: subprocess.Popen) -> None:
 @pytest.mark.fashion_mnist
 def test_resume_after_sigkill_loses_and_repeats_nothing(ray_session, trained_resnet20, tmp_path):
     run_dir = tmp_path / "run"
-    # every trial fine-tunes one epoch on 2,048 images (several seconds), so that the one running at the kill is still
+    # every trial fine-tunes one epoch on 4,096 images, so that the one running at the kill is still
     # running after the two snapshots the test waits for
     space = {"name": "uniform", "criteria": ["l1", "fpgm"], "finetune_epochs": [1, 1], "flops_bounds": [0.0, 0.95]}
     path = tmp_path / "resume.yaml"
@@ -60,11 +60,11 @@ def test_resume_after_sigkill_loses_and_repeats_nothing(ray_session, trained_res
     raw = sweep_config(trained_resnet20["out"], run_dir, name="resume", space=space, trials=3, seed=1,
                        objectives=objectives)
     raw["sweep"]["concurrency"] = 1
-    raw["recipe"]["finetune_subset"] = 2048
+    raw["recipe"]["finetune_subset"] = 4096
     path.write_text(yaml.safe_dump(raw))
     driver = _start_driver(path, ray_session.get_runtime_context().gcs_address)
     try:
-        deadline = time.monotonic() + 240
+        deadline = time.monotonic() + 600  # a loaded 2-core machine: the first trial alone can take minutes
         wait_while_running(driver, lambda: _finished_trial_dirs(run_dir), deadline, "a trial finished")
         # an experiment snapshot (every second during a sweep) records the finished trial, and the
         # next one has been written since, so that snapshot (searcher state included) is complete
