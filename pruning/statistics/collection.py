@@ -154,6 +154,8 @@ def batch_labels(batch: Any) -> torch.Tensor:
                          f"{tuple(labels.shape)}")
     if labels.numel() and int(labels.min()) < 0:
         raise InputError(f"class labels must be non-negative, got {int(labels.min())}")
+    if labels.shape[0] != len(batch_inputs(batch)):
+        raise InputError(f"{len(batch_inputs(batch))} images but {labels.shape[0]} labels in a batch")
     return labels.long()
 
 
@@ -292,10 +294,7 @@ def _accumulate(
             fixed = None if edges is None else edges[name]
             accumulators[name] = Accumulator(name, x, has_maps, rank, chip, map_entropy, rank_quota, edges=fixed,
                                              per_class=per_class)
-        labels = current["labels"]
-        if labels is not None and labels.shape[0] != x.shape[0]:
-            raise InputError(f"module {name!r}: {x.shape[0]} images but {labels.shape[0]} labels in the batch")
-        accumulators[name].update(x, has_maps, value, None if ranges is None else ranges[name], labels)
+        accumulators[name].update(x, has_maps, value, None if ranges is None else ranges[name], current["labels"])
 
     def fix_edges() -> None:
         for name in observed:  # a module the edge batches did not call is reported by edges()

@@ -69,6 +69,8 @@ def test_per_class_collection_needs_labelled_batches(tiny_cnn, labelled_batches)
         collect_activation_stats(tiny_cnn, groups, [b[0] for b in labelled_batches], per_class=True)
     with pytest.raises(InputError, match="non-negative"):
         collect_activation_stats(tiny_cnn, groups, [(labelled_batches[0][0], -labelled_batches[0][1])], per_class=True)
+    with pytest.raises(InputError, match="6 images but 5 labels"):
+        collect_activation_stats(tiny_cnn, groups, [(labelled_batches[0][0], labelled_batches[0][1][:5])], per_class=True)
     unlabelled = collect_activation_stats(tiny_cnn, groups, [b[0] for b in labelled_batches])
     with pytest.raises(InputError, match="per_class=True"):
         unlabelled.channel_mean(groups[0], class_scores="max")
