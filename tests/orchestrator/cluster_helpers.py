@@ -161,6 +161,11 @@ class RayCluster:
 
     def start_head(self, timeout: float = 300) -> None:
         """Start the head node alone (a one-node cluster until :meth:`add_worker`)."""
+        # ``ray start`` with token auth refuses to run without a token; a fresh machine has one only
+        # once some ray.init made it (in a whole-suite run an earlier test does, not when this
+        # module runs alone); --generate keeps an existing token
+        subprocess.run([str(RAY), "get-auth-token", "--generate"], check=True, capture_output=True,
+                       env={**os.environ, **RAY_ENV}, timeout=60)
         self.head.start()
         self.wait_for_nodes(1, timeout)
 

@@ -146,9 +146,16 @@ def started_at(trial_folder: Path) -> float:
     return min(float(path.name.split(".")[3]) for path in events)
 
 
-def write_sweep_config(folder: Path, checkpoint: Path, run_dir: Path, *, trials: int) -> Path:
-    config = {"name": "cluster", "checkpoint": str(checkpoint), "data": dict(TINY_DATA), "recipe": dict(TINY_RECIPE),
-              "space": dict(SPACE),
+def write_sweep_config(folder: Path, checkpoint: Path, run_dir: Path, *, trials: int, overlap: bool = False) -> Path:
+    """A sweep of TRIALS trials, two at a time, one CPU each. ``overlap``: each trial fine-tunes one
+    epoch on 2,048 images (seconds), so that the second trial starts while the first still holds
+    the head's CPU and must go to the other node; reconstruction + BN alone end in about a second,
+    and such trials ran one after the other, all on the head."""
+    recipe, space = dict(TINY_RECIPE), dict(SPACE)
+    if overlap:
+        recipe["finetune_subset"], space["finetune_epochs"] = 2048, [1, 1]
+    config = {"name": "cluster", "checkpoint": str(checkpoint), "data": dict(TINY_DATA), "recipe": recipe,
+              "space": space,
               "sweep": {"trials": trials, "concurrency": 2, "cpus_per_trial": 1, "seed": 3, "warm_start": False},
               "run_dir": str(run_dir)}
     path = folder / "sweep.yaml"
@@ -160,7 +167,7 @@ def write_sweep_config(folder: Path, checkpoint: Path, run_dir: Path, *, trials:
 def test_a_sweep_runs_trials_on_both_nodes_and_logs_every_front_model_to_the_server(
         cluster, mlflow_server, trained_resnet20, tmp_path):
     run_dir = tmp_path / "run"
-    path = write_sweep_config(tmp_path, trained_resnet20["out"], run_dir, trials=4)
+    path = write_sweep_config(tmp_path, trained_resnet20["out"], run_dir, trials=4, overlap=True)
     proc = prunesweep("sweep", "--config", str(path), "--address", cluster.address,
                       "--tracking-uri", mlflow_server.uri, "--json", "--quiet")
     assert proc.returncode == 0, proc.stderr[-3000:]
