@@ -102,7 +102,9 @@ def run(args: argparse.Namespace) -> CommandResult:
             raise InputError(f"--class-scores applies to {', '.join(criteria_with_class_scores())}, "
                              f"not {args.criterion!r}")
         options["class_scores"] = args.class_scores
-    criterion = distribute_criterion(create_criterion(args.criterion, seed=args.seed, **options), args)
+    criterion = create_criterion(args.criterion, seed=args.seed, **options)
+    stats_file = _load_stats_file(args, criterion)  # before the model: a file that cannot serve fails first
+    criterion = distribute_criterion(criterion, args)
     loaded = load_fitting(args)
     model, shape, splits = loaded.model, loaded.shape, loaded.splits
     example = torch.zeros(1, *shape)
@@ -115,7 +117,7 @@ def run(args: argparse.Namespace) -> CommandResult:
 
     needs_stats = criterion_class(args.criterion).needs_stats or ratio_source == "concentration"
     batches = calibration_batches(splits, args.calibration_images, args.batch_size)
-    stats = _activation_stats(args, model, space, batches, criterion) if needs_stats else None
+    stats = (stats_file or _collect_stats(args, model, space, batches, criterion)) if needs_stats else None
     context = ScoringContext(calibration=batches, stats=stats)
     ratio_weights, config, scores = _ratio_prior(args, ratio_source, criterion, model, space, config, context)
     outcome = prune_with_criterion(model, example, criterion, config, context, ratio_weights=ratio_weights,
@@ -187,13 +189,22 @@ def _snpfi_options(args: argparse.Namespace) -> dict:
     return {"interactions": args.snpfi_interactions, "budget": args.snpfi_budget}
 
 
-def _activation_stats(args, model, space, batches, criterion):
-    from orchestrator.cli.common import collect_stats
-    from pruning.criteria import statistics_options
+def _load_stats_file(args, criterion):
+    """The ``--stats`` file (None without one), refused in one line when it lacks an optional
+    statistic the criterion reads (e.g. entropy's consumer tensors: ``stats --read-inputs``)."""
     from pruning.statistics import ActivationStats
 
-    if args.stats:
-        return ActivationStats.load(args.stats)
+    if not args.stats:
+        return None
+    stats = ActivationStats.load(args.stats)
+    stats.check_holds(criterion.required_statistics(), what=f"the statistics in --stats {args.stats}")
+    return stats
+
+
+def _collect_stats(args, model, space, batches, criterion):
+    from orchestrator.cli.common import collect_stats
+    from pruning.criteria import statistics_options
+
     return collect_stats(args, model, space.groups, batches, **statistics_options([criterion]))
 
 

@@ -11,7 +11,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 
@@ -170,6 +170,16 @@ class ActivationStats:
                        per_class=config.get("per_class", False))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise fail(f"malformed: {exc}") from None
+
+    def check_holds(self, required: Iterable[str], *, what: str = "the statistics") -> None:
+        """Raise a one-line :class:`InputError` naming the optional statistics in ``required``
+        (:meth:`~pruning.criteria.Criterion.required_statistics` names) that were not collected,
+        with the ``prunesweep stats`` flag of each (``chip`` -> ``--chip``)."""
+        missing = sorted(name for name in required if not self.config.get(name, False))
+        if missing:
+            flags = " ".join("--" + name.replace("_", "-") for name in missing)
+            raise InputError(f"{what} were collected without {', '.join(missing)}: "
+                             f"collect them with `prunesweep stats {flags}`")
 
     # -- accessors -----------------------------------------------------------------------------
 

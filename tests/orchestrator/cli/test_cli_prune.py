@@ -144,9 +144,10 @@ def test_stats_file_feeds_hrank_inner(trained_resnet20, tmp_path, capsys, monkey
     assert data["pruned"]["macs"] < data["base"]["macs"]
 
 
-def test_entropy_reads_a_stats_file_with_the_consumers_tensors(trained_resnet20, tmp_path, capsys):
+def test_entropy_reads_a_stats_file_with_the_consumers_tensors(trained_resnet20, tmp_path, capsys, monkeypatch):
     """entropy's default source reads the tensors the consumers read: a stats file must hold
-    them (stats --read-inputs); one without them is refused in one line naming the flag."""
+    them (stats --read-inputs); one without them is refused in one line naming the flag, before
+    the model is evaluated."""
     with_inputs, without = tmp_path / "with.pt", tmp_path / "without.pt"
     for path, extra in ((with_inputs, ["--read-inputs"]), (without, [])):
         run_json(capsys, "stats", "--checkpoint", trained_resnet20["out"], "--calibration-images", "128",
@@ -154,8 +155,16 @@ def test_entropy_reads_a_stats_file_with_the_consumers_tensors(trained_resnet20,
     data = run_json(capsys, "prune", "--checkpoint", trained_resnet20["out"], "--stats", with_inputs,
                     "--criterion", "entropy", "--ratio", "0.3", "--bn-batches", "0", *QUICK)
     assert data["pruned"]["macs"] < data["base"]["macs"]
-    assert_bad_input(capsys, ["prune", "--checkpoint", trained_resnet20["out"], "--stats", without,
-                              "--criterion", "entropy", "--ratio", "0.3", "--quiet", *QUICK], "--read-inputs")
+
+    def no_evaluation(*args, **kwargs):
+        raise AssertionError("the base accuracy was evaluated before the stats file was checked")
+
+    import pruning.training
+
+    monkeypatch.setattr(pruning.training, "evaluate", no_evaluation)
+    line = assert_bad_input(capsys, ["prune", "--checkpoint", trained_resnet20["out"], "--stats", without,
+                                     "--criterion", "entropy", "--ratio", "0.3", "--quiet", *QUICK], "--read-inputs")
+    assert f"the statistics in --stats {without} were collected without read_inputs" in line
 
 
 def test_class_scores_prune_from_a_per_class_stats_file_and_refuse_one_without(trained_resnet20, tmp_path, capsys):

@@ -118,6 +118,17 @@ def test_merge_refuses_different_edges_or_config(tiny_resnet, example_input, sma
         a.merge(c)
 
 
+def test_check_holds_names_what_was_not_collected_and_its_flag(tiny_resnet, example_input, small_batches):
+    space = space_of(tiny_resnet, example_input)
+    stats = collect_activation_stats(tiny_resnet, space.groups, small_batches, read_inputs=True)
+    stats.check_holds({"read_inputs"})  # collected: no error
+    stats.check_holds(())
+    with pytest.raises(InputError) as raised:
+        stats.check_holds({"per_class", "chip", "read_inputs"}, what="these statistics")
+    assert str(raised.value) == ("these statistics were collected without chip, per_class: "
+                                 "collect them with `prunesweep stats --chip --per-class`")
+
+
 def test_save_load_round_trip(tiny_cnn, example_input, small_batches, tmp_path):
     groups = space_of(tiny_cnn, example_input).groups
     stats = collect_activation_stats(tiny_cnn, groups, small_batches, chip=True)
