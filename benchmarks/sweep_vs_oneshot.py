@@ -245,6 +245,7 @@ def main() -> None:
     result = json.loads(out.read_text()) if out.is_file() else {}
     bench = Bench(args)
     result.update(settings=vars(args), machine=f"{platform.machine()}, torch {torch.__version__}",
+                  calibration_split_images=len(bench.splits.calibration),
                   base={"test_accuracy": evaluate(bench.model, bench.test).accuracy, "macs": bench.base_macs})
     for part in args.parts:
         if part == "oneshot":

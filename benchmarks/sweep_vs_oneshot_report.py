@@ -16,13 +16,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections import defaultdict
+from pathlib import Path
 
 from scipy.stats import spearmanr
 
-from orchestrator.sweeps.front import hypervolume
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from docs_blocks import add_block_arguments, write_or_print
+from benchmarks.docs_blocks import add_block_arguments, write_or_print  # noqa: E402
+from orchestrator.sweeps.front import hypervolume  # noqa: E402
+from pruning.data import DataConfig  # noqa: E402
 
 OBJECTIVES = {"test_accuracy": "max", "macs_fraction": "min"}
 REFERENCE = {"test_accuracy": 0.0, "macs_fraction": 1.0}
@@ -117,6 +121,34 @@ def proxy_pick(result: dict, targets: list[float]) -> dict:
             "points": len(targets), "hv": float("nan"), "at": at, "cpu": sum(r["cpu_seconds"] for r in rows)}
 
 
+def grid_spread(result: dict, targets: list[float]) -> list[str]:
+    """Per target, how far apart the one-shot pipelines' fine-tuned test accuracies are, next to
+    the binomial standard error of one accuracy on the benchmark's test images and of one
+    calibration accuracy (the proxy): where the spread is not much above them, no selection
+    (the proxy's, or a sweep's) can tell the pipelines apart."""
+    import math
+    import statistics
+
+    rows = result.get("oneshot", {}).get("rows", [])
+    settings = result["settings"]
+    # the split the proxies are scored on; files written before it was recorded: the checkpoints'
+    # split, DataConfig's default size (every benchmark checkpoint was trained with it)
+    calibration_images = result.get("calibration_split_images", DataConfig.calibration_size)
+    lines = ["| target | pipelines | test accuracy min / median / max | std over pipelines | "
+             f"binomial s.e. of one test accuracy ({settings['test_subset']} images) | "
+             f"of one calibration accuracy ({calibration_images} images) |", "|---|---|---|---|---|---|"]
+    for t in targets:
+        values = [r["test_accuracy"] for r in rows if r["target"] == t]
+        if len(values) < 2:
+            continue
+        p = statistics.mean(values)
+        lines.append(f"| -{t:.0%} | {len(values)} | {min(values):.4f} / {statistics.median(values):.4f} / "
+                     f"{max(values):.4f} | {statistics.stdev(values):.4f} | "
+                     f"{math.sqrt(p * (1 - p) / settings['test_subset']):.4f} | "
+                     f"{math.sqrt(p * (1 - p) / calibration_images):.4f} |")
+    return lines if len(lines) > 2 else []
+
+
 def seed_spread(result: dict) -> list[str]:
     """Per (pipeline, target) rerun with other fine-tune seeds: the test accuracy over the seeds."""
     import statistics
@@ -159,7 +191,11 @@ def render(result: dict) -> str:
              f"{base['macs'] / 1e6:.2f} M MACs.", "", *table(searches + selections, targets), ""]
     if oneshot:
         lines += ["One-shot pipelines, by hypervolume:", "", *table(oneshot, targets), ""]
-    lines += [*correlations(result), "", *seed_spread(result)]
+    spread = grid_spread(result, targets)
+    lines += [*correlations(result), ""]
+    if spread:
+        lines += ["One-shot grid's spread against the sampling error of one accuracy:", "", *spread, ""]
+    lines += seed_spread(result)
     return "\n".join(lines).replace("| nan |", "| - |")
 
 
