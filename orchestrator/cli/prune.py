@@ -103,7 +103,9 @@ def run(args: argparse.Namespace) -> CommandResult:
                              f"not {args.criterion!r}")
         options["class_scores"] = args.class_scores
     criterion = create_criterion(args.criterion, seed=args.seed, **options)
-    stats_file = _load_stats_file(args, criterion)  # before the model: a file that cannot serve fails first
+    needs_stats = criterion_class(args.criterion).needs_stats or ratio_source == "concentration"
+    # before the model: a file that cannot serve fails first; one nothing reads is not loaded
+    stats_file = _load_stats_file(args, criterion) if needs_stats else None
     criterion = distribute_criterion(criterion, args)
     loaded = load_fitting(args)
     model, shape, splits = loaded.model, loaded.shape, loaded.splits
@@ -115,9 +117,10 @@ def run(args: argparse.Namespace) -> CommandResult:
     scoring = make_test_loader(splits, args, device)
     base_accuracy = evaluate(model, scoring, progress=progress, amp=args.amp).accuracy
 
-    needs_stats = criterion_class(args.criterion).needs_stats or ratio_source == "concentration"
     batches = calibration_batches(splits, args.calibration_images, args.batch_size)
-    stats = (stats_file or _collect_stats(args, model, space, batches, criterion)) if needs_stats else None
+    stats = stats_file
+    if needs_stats and stats is None:
+        stats = _collect_stats(args, model, space, batches, criterion)
     context = ScoringContext(calibration=batches, stats=stats)
     ratio_weights, config, scores = _ratio_prior(args, ratio_source, criterion, model, space, config, context)
     outcome = prune_with_criterion(model, example, criterion, config, context, ratio_weights=ratio_weights,
