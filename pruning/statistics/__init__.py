@@ -4,6 +4,7 @@ from pruning.statistics.measures import (  # noqa: F401
     histogram_entropy,
     map_softmax_entropy,
     batched_map_rank,
+    count_zeros,
     leave_one_out_nuclear_norms,
 )
 from pruning.statistics.state import (  # noqa: F401
@@ -45,6 +46,7 @@ __all__ = [
     "histogram_entropy",
     "map_softmax_entropy",
     "batched_map_rank",
+    "count_zeros",
     "leave_one_out_nuclear_norms",
     "stats_from_context",
 ]

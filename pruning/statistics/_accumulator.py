@@ -6,7 +6,7 @@ import torch
 
 from pruning.errors import InputError
 from pruning.statistics.edges import RangeRecorder
-from pruning.statistics.measures import batched_map_rank, leave_one_out_nuclear_norms, map_softmax_entropy
+from pruning.statistics.measures import batched_map_rank, count_zeros, leave_one_out_nuclear_norms, map_softmax_entropy
 from pruning.statistics.layer import CLASS_FIELDS, LayerStats, pad_classes
 
 
@@ -76,9 +76,10 @@ class Accumulator:
                 setattr(self, name, pad_classes(getattr(self, name), classes))
 
     def update(self, x: torch.Tensor, has_maps: bool, value: str, recorder: RangeRecorder | None = None,
-               labels: torch.Tensor | None = None) -> None:
+               labels: torch.Tensor | None = None, nonnegative: bool = False) -> None:
         """Add a batch; before the edges are fixed its histogram values go to ``recorder`` and wait.
-        ``labels`` (the batch's class indices) are required with ``per_class``."""
+        ``labels`` (the batch's class indices) are required with ``per_class``; ``nonnegative``
+        says that ``x`` has no negative entry (a ReLU was applied), which allows a faster zero count."""
         b, c, h, w = x.shape
         if has_maps != self.has_maps or (has_maps and (h, w) != self.map_size):
             raise InputError(f"module {self.name!r}: output shape changed between batches; use one input size")
@@ -92,12 +93,10 @@ class Accumulator:
         gap = gap.double()
         self.sum += gap.sum(0)
         self.gram += gap.T @ gap
-        # int32 within a batch: 2.4x faster than the int64 sum of a bool tensor (one batch's
-        # count per channel is far below 2**31); the running count is int64
         if not self.per_class:
-            self.zeros += x.eq(0).sum((0, 2, 3), dtype=torch.int32)
+            self.zeros += count_zeros(x, (0, 2, 3), nonnegative)
         else:  # per image first, for the per-class counts
-            zeros = x.eq(0).sum((2, 3), dtype=torch.int32)
+            zeros = count_zeros(x, (2, 3), nonnegative)
             self.zeros += zeros.sum(0)
             labels = labels.to(x.device)
             self._grow_classes(int(labels.max()) + 1)

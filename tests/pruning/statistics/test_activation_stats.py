@@ -18,6 +18,7 @@ from pruning.statistics import (
     batched_map_rank,
     collect_activation_stats,
     compute_histogram_edges,
+    count_zeros,
     histogram_entropy,
     leave_one_out_nuclear_norms,
     merge_stats,
@@ -252,9 +253,10 @@ def test_dead_channel_has_zero_entropy_rank_and_full_apoz(tiny_resnet, example_i
     assert torch.all(stats.channel_entropy(group)[others] > 0)
 
 
-def test_sums_match_a_direct_computation(tiny_resnet, example_input, small_batches):
+@pytest.mark.parametrize("per_class", [False, True])
+def test_sums_match_a_direct_computation(tiny_resnet, example_input, small_batches, per_class):
     space = space_of(tiny_resnet, example_input)
-    stats = collect_activation_stats(tiny_resnet, space.groups, small_batches, rank=False)
+    stats = collect_activation_stats(tiny_resnet, space.groups, small_batches, rank=False, per_class=per_class)
     seen = []
     handle = tiny_resnet.layer2.bn1.register_forward_hook(lambda m, i, o: seen.append(torch.relu(o)))
     with torch.no_grad():
@@ -267,7 +269,31 @@ def test_sums_match_a_direct_computation(tiny_resnet, example_input, small_batch
     torch.testing.assert_close(s.sum, gap.sum(0))
     torch.testing.assert_close(s.gram, gap.T @ gap)
     assert torch.equal(s.zeros, (act == 0).sum((0, 2, 3)))
+    assert 0 < int(s.zeros.sum()) < act.numel()  # the ReLU maps have zeros and non-zeros to count
+    if per_class:
+        assert torch.equal(s.class_zeros.sum(0), s.zeros)
     assert s.map_size.tolist() == [14, 14]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_count_zeros_equals_the_count_of_zero_entries(dtype):
+    torch.manual_seed(0)
+    signed = torch.randn(6, 5, 9, 7).to(dtype)
+    signed[:, 2] = 0  # a dead channel
+    for x, nonnegative in ((torch.relu(signed), True), (signed, False)):
+        for dims in ((0, 2, 3), (2, 3)):
+            expected = (x == 0).sum(dims)
+            counted = count_zeros(x, dims, nonnegative)
+            assert counted.dtype == torch.int32
+            assert torch.equal(counted.long(), expected)
+
+
+def test_count_zeros_stays_exact_past_float32_integers():
+    # 4097 x 4097 entries, 2 of them zero: the 16,785,407 non-zero ones are an odd number above
+    # 2**24, which float32 cannot hold, so a float32 sum of the signs would miscount
+    x = torch.ones(1, 1, 4097, 4097)
+    x[0, 0, 0, :2] = 0
+    assert count_zeros(x, (0, 2, 3), nonnegative=True).item() == 2
 
 
 def test_linear_outputs_have_no_rank(tiny_cnn, example_input, small_batches):
