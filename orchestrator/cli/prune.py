@@ -83,6 +83,7 @@ def run(args: argparse.Namespace) -> CommandResult:
     from pruning.planning import ratios_of
     from pruning.structure.groups import SOURCES
     from pruning.recovery import recover, recovery_data_for
+    from pruning.statistics import ActivationStats
     from pruning.structure import PruningSpace
     from pruning.training import evaluate
 
@@ -104,13 +105,16 @@ def run(args: argparse.Namespace) -> CommandResult:
         options["class_scores"] = args.class_scores
     criterion = create_criterion(args.criterion, seed=args.seed, **options)
     needs_stats = criterion_class(args.criterion).needs_stats or ratio_source == "concentration"
-    # before the model: a file that cannot serve fails first; one nothing reads is not loaded
-    stats_file = _load_stats_file(args, criterion) if needs_stats else None
+    # before the model: an unreadable file fails first; one nothing reads is not loaded
+    stats_file = ActivationStats.load(args.stats) if needs_stats and args.stats else None
+    required = criterion.required_statistics()
     criterion = distribute_criterion(criterion, args)
     loaded = load_fitting(args)
     model, shape, splits = loaded.model, loaded.shape, loaded.splits
     example = torch.zeros(1, *shape)
     space = PruningSpace.build(model, example)
+    if stats_file is not None:  # before the base accuracy: a file that cannot serve fails first
+        stats_file.check_holds(required, groups=space.groups, what=f"the statistics in --stats {args.stats}")
     model.to(device)  # pruning copies the model: the pruned one and every recipe stage run there too
     example = example.to(device)
     progress = not args.quiet
@@ -190,18 +194,6 @@ def _pruning_config(args: argparse.Namespace):
 def _snpfi_options(args: argparse.Namespace) -> dict:
     """The SNPFI criterion's interaction window and budget from ``--snpfi-interactions/--snpfi-budget``."""
     return {"interactions": args.snpfi_interactions, "budget": args.snpfi_budget}
-
-
-def _load_stats_file(args, criterion):
-    """The ``--stats`` file (None without one), refused in one line when it lacks an optional
-    statistic the criterion reads (e.g. entropy's consumer tensors: ``stats --read-inputs``)."""
-    from pruning.statistics import ActivationStats
-
-    if not args.stats:
-        return None
-    stats = ActivationStats.load(args.stats)
-    stats.check_holds(criterion.required_statistics(), what=f"the statistics in --stats {args.stats}")
-    return stats
 
 
 def _collect_stats(args, model, space, batches, criterion):

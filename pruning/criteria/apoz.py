@@ -25,7 +25,7 @@ class APoZCriterion(StatisticsCriterion):
     has_class_scores = True
 
     def score(self, model, groups, context):
-        stats = stats_from_context(self, context)
+        stats = stats_from_context(self, context, groups)
         return {g.name: (1.0 - stats.channel_apoz(g, source=self.source, class_scores=self.class_scores)).float()
                 for g in groups}
 
@@ -48,5 +48,5 @@ class MeanActivationCriterion(StatisticsCriterion):
     has_class_scores = True
 
     def score(self, model, groups, context):
-        stats = stats_from_context(self, context)
+        stats = stats_from_context(self, context, groups)
         return {g.name: stats.channel_mean(g, source=self.source, class_scores=self.class_scores).float() for g in groups}

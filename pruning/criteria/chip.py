@@ -26,5 +26,5 @@ class ChipCriterion(StatisticsCriterion):
         return super().required_statistics() | {"chip"}
 
     def score(self, model, groups, context):
-        stats = stats_from_context(self, context)
+        stats = stats_from_context(self, context, groups)
         return {g.name: stats.channel_chip(g, source=self.source).float() for g in groups}

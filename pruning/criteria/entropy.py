@@ -75,7 +75,7 @@ class EntropyCriterion(StatisticsCriterion):
         return super().required_statistics() | extra
 
     def score(self, model, groups, context):
-        stats = stats_from_context(self, context)
+        stats = stats_from_context(self, context, groups)
         if self.options.value == "histogram":
             return {g.name: stats.channel_entropy(g, estimator=self.options.estimator, source=self.source).float() for g in groups}
         out: dict[str, torch.Tensor] = {}

@@ -24,6 +24,6 @@ class HRankCriterion(StatisticsCriterion):
     has_class_scores = True
 
     def score(self, model, groups, context):
-        stats = stats_from_context(self, context)
+        stats = stats_from_context(self, context, groups)
         return {g.name: stats.channel_rank(g, linear_as_1x1=True, source=self.source,
                                            class_scores=self.class_scores).float() for g in groups}

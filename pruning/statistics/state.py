@@ -11,7 +11,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 
@@ -171,10 +171,16 @@ class ActivationStats:
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise fail(f"malformed: {exc}") from None
 
-    def check_holds(self, required: Iterable[str], *, what: str = "the statistics") -> None:
+    def check_holds(self, required: Iterable[str], *, groups: Sequence[ChannelGroup] | None = None,
+                    what: str = "the statistics") -> None:
         """Raise a one-line :class:`InputError` naming the optional statistics in ``required``
         (:meth:`~pruning.criteria.Criterion.required_statistics` names) that were not collected,
-        with the ``prunesweep stats`` flag of each (``chip`` -> ``--chip``)."""
+        with the ``prunesweep stats`` flag of each (``chip`` -> ``--chip``). Given the ``groups``
+        to be scored, ``read_inputs`` is only required where one of them has consumer tensors of
+        its own (a residual-coupled group); elsewhere the consumers read the producers' outputs."""
+        required = set(required)
+        if groups is not None and not any(g.read for g in groups):
+            required.discard("read_inputs")
         missing = sorted(name for name in required if not self.config.get(name, False))
         if missing:
             flags = " ".join("--" + name.replace("_", "-") for name in missing)
@@ -319,8 +325,10 @@ def merge_stats(a: ActivationStats, b: ActivationStats) -> ActivationStats:
     return a.merge(b)
 
 
-def stats_from_context(criterion: Any, context: Any) -> ActivationStats:
-    """The :class:`ActivationStats` of a :class:`~pruning.criteria._base.ScoringContext`, checked."""
+def stats_from_context(criterion: Any, context: Any, groups: Sequence[ChannelGroup]) -> ActivationStats:
+    """The :class:`ActivationStats` of a :class:`~pruning.criteria._base.ScoringContext`, checked:
+    statistics that lack an optional statistic the criterion reads for ``groups`` are refused
+    before any score is computed, with the ``prunesweep stats`` flags that collect it (:meth:`ActivationStats.check_holds`)."""
     criterion.check_context(context)
     stats = context.stats
     if not isinstance(stats, ActivationStats):
@@ -328,4 +336,6 @@ def stats_from_context(criterion: Any, context: Any) -> ActivationStats:
             f"criterion {criterion.name!r} needs pruning.statistics.ActivationStats in context.stats, "
             f"got {type(stats).__name__}"
         )
+    stats.check_holds(criterion.required_statistics(), groups=groups,
+                      what=f"the statistics criterion {criterion.name!r} reads")
     return stats

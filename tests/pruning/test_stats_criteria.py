@@ -107,7 +107,7 @@ def test_missing_or_incomplete_stats_raise(tiny_resnet, example_input, small_bat
         with pytest.raises(InputError, match="ActivationStats"):
             create_criterion(name).score(tiny_resnet, space.groups, ScoringContext(stats={"a": 1}))
     stats = collect_activation_stats(tiny_resnet, space.groups, small_batches[:1], rank=False)
-    with pytest.raises(InputError, match="chip=True"):
+    with pytest.raises(InputError, match="collected without chip: collect them with `prunesweep stats --chip`"):
         create_criterion("chip").score(tiny_resnet, space.groups, ScoringContext(stats=stats))
     with pytest.raises(InputError, match="rank=True"):
         create_criterion("hrank").score(tiny_resnet, space.groups, ScoringContext(stats=stats))
@@ -151,3 +151,18 @@ def test_concentration_of_equal_layers_is_uniform(tiny_resnet, example_input, sm
     stats = collect_activation_stats(tiny_resnet, space.groups, small_batches)
     weights = concentration_weights(stats, space.groups[:1])
     assert list(weights.values()) == [pytest.approx(0.5)]
+
+
+@pytest.mark.parametrize("name, options, flag", [
+    ("chip", {}, "--chip"),
+    ("entropy", {"value": "map-softmax"}, "--map-entropy"),
+    ("mean-activation", {"source": "consumer"}, "--read-inputs"),
+    ("apoz", {"class_scores": "max"}, "--per-class"),
+])
+def test_statistics_without_what_a_criterion_reads_are_refused_naming_the_flag(
+        name, options, flag, tiny_resnet, example_input, small_batches):
+    space = PruningSpace.build(tiny_resnet, example_input)
+    context = ScoringContext(stats=collect_activation_stats(tiny_resnet, space.groups, small_batches, rank=False))
+    criterion = create_criterion(name, **options)
+    with pytest.raises(InputError, match=f"criterion '{name}' reads were collected without .*`prunesweep stats .*{flag}"):
+        criterion.score(tiny_resnet, space.groups, context)

@@ -130,6 +130,16 @@ def test_check_holds_names_what_was_not_collected_and_its_flag(tiny_resnet, exam
                                  "collect them with `prunesweep stats --chip --per-class`")
 
 
+def test_check_holds_asks_for_consumer_tensors_only_where_a_group_has_its_own(tiny_resnet, tiny_cnn, example_input,
+                                                                              small_batches):
+    plain = space_of(tiny_cnn, example_input).groups  # no residual coupling: consumers read the producers
+    collect_activation_stats(tiny_cnn, plain, small_batches, rank=False).check_holds({"read_inputs"}, groups=plain)
+    coupled = space_of(tiny_resnet, example_input).groups
+    stats = collect_activation_stats(tiny_resnet, coupled, small_batches, rank=False)
+    with pytest.raises(InputError, match="without read_inputs: collect them with `prunesweep stats --read-inputs`"):
+        stats.check_holds({"read_inputs"}, groups=coupled)
+
+
 def test_save_load_round_trip(tiny_cnn, example_input, small_batches, tmp_path):
     groups = space_of(tiny_cnn, example_input).groups
     stats = collect_activation_stats(tiny_cnn, groups, small_batches, chip=True)
