@@ -76,10 +76,9 @@ class Accumulator:
                 setattr(self, name, pad_classes(getattr(self, name), classes))
 
     def update(self, x: torch.Tensor, has_maps: bool, value: str, recorder: RangeRecorder | None = None,
-               labels: torch.Tensor | None = None, nonnegative: bool = False) -> None:
+               labels: torch.Tensor | None = None) -> None:
         """Add a batch; before the edges are fixed its histogram values go to ``recorder`` and wait.
-        ``labels`` (the batch's class indices) are required with ``per_class``; ``nonnegative``
-        says that ``x`` has no negative entry (a ReLU was applied), which allows a faster zero count."""
+        ``labels`` (the batch's class indices) are required with ``per_class``."""
         b, c, h, w = x.shape
         if has_maps != self.has_maps or (has_maps and (h, w) != self.map_size):
             raise InputError(f"module {self.name!r}: output shape changed between batches; use one input size")
@@ -94,9 +93,9 @@ class Accumulator:
         self.sum += gap.sum(0)
         self.gram += gap.T @ gap
         if not self.per_class:
-            self.zeros += count_zeros(x, (0, 2, 3), nonnegative)
+            self.zeros += count_zeros(x, (0, 2, 3))
         else:  # per image first, for the per-class counts
-            zeros = count_zeros(x, (2, 3), nonnegative)
+            zeros = count_zeros(x, (2, 3))
             self.zeros += zeros.sum(0)
             labels = labels.to(x.device)
             self._grow_classes(int(labels.max()) + 1)

@@ -294,8 +294,7 @@ def _accumulate(
             fixed = None if edges is None else edges[name]
             accumulators[name] = Accumulator(name, x, has_maps, rank, chip, map_entropy, rank_quota, edges=fixed,
                                              per_class=per_class)
-        accumulators[name].update(x, has_maps, value, None if ranges is None else ranges[name], current["labels"],
-                                  nonnegative=relu)
+        accumulators[name].update(x, has_maps, value, None if ranges is None else ranges[name], current["labels"])
 
     def fix_edges() -> None:
         for name in observed:  # a module the edge batches did not call is reported by edges()
