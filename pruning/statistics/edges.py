@@ -48,13 +48,17 @@ def check_edge_options(bins: int, edge_scope: str, edge_quantile: float) -> None
         raise InputError(f"edge_quantile must be in [0, 0.5), got {edge_quantile!r}")
 
 
-def _quantile(values: torch.Tensor, q: float) -> torch.Tensor:
-    """Per-row quantile with linear interpolation (as ``torch.quantile``, without its size limit)."""
+def _quantiles(values: torch.Tensor, qs: tuple[float, ...]) -> list[torch.Tensor]:
+    """Per-row quantiles with linear interpolation (as ``torch.quantile``, without its size
+    limit), all from one sort."""
     ordered = values.sort(-1).values
-    pos = q * (ordered.shape[-1] - 1)
-    i = math.floor(pos)
-    j = min(i + 1, ordered.shape[-1] - 1)
-    return ordered[:, i] + (ordered[:, j] - ordered[:, i]) * (pos - i)
+    out = []
+    for q in qs:
+        pos = q * (ordered.shape[-1] - 1)
+        i = math.floor(pos)
+        j = min(i + 1, ordered.shape[-1] - 1)
+        out.append(ordered[:, i] + (ordered[:, j] - ordered[:, i]) * (pos - i))
+    return out
 
 
 class RangeRecorder:
@@ -94,7 +98,7 @@ class RangeRecorder:
             values = torch.cat(self.samples, 1)
             if self.scope == "layer":
                 values = values.reshape(1, -1)
-            lo, hi = _quantile(values, self.quantile), _quantile(values, 1 - self.quantile)
+            lo, hi = _quantiles(values, (self.quantile, 1 - self.quantile))
         elif self.scope == "layer":
             lo, hi = lo.min()[None], hi.max()[None]
         lo, hi = lo.expand(channels), hi.expand(channels)
