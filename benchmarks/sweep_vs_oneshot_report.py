@@ -62,11 +62,12 @@ def contenders(result: dict, targets: list[float]) -> tuple[list[dict], list[dic
               "stages": "two-stage sweep, `stages` space (NSGA-II + warm starts)", "random": "two-stage, random sampling",
               "single": "single-stage sweep (every trial fine-tuned)"}
     for key, value in result.items():
-        label = labels.get(key.split("-")[0])
+        part, _, run = key.partition("-")
+        label = labels.get(part)
         if label is not None and isinstance(value, dict) and "front" in value:
             criteria = ", ".join(value.get("sweep_criteria") or value["config"]["space"]["criteria"])
-            searches.append(contender(f"{label}, {len(value['trials'])} trials, criteria {criteria}", value["front"],
-                                      value["cpu_seconds"], targets))
+            name = f"{label}, {len(value['trials'])} trials, criteria {criteria}" + (f" (run `{run}`)" if run else "")
+            searches.append(contender(name, value["front"], value["cpu_seconds"], targets))
     return oneshot, searches
 
 

@@ -254,5 +254,19 @@ def test_cli_bad_config_exits_2_with_one_line_and_writes_nothing(tmp_path, capsy
                                        ("random", "RandomSampler")])
 def test_samplers(name, cls):
     sampler = make_sampler(name, seed=3, population_size=4)
-    assert type(sampler).__name__ == cls
-    assert isinstance(sampler, optuna.samplers.BaseSampler)
+    assert isinstance(sampler, getattr(optuna.samplers, cls))
+
+
+def test_nsga2_warm_starts_are_the_first_generation_and_parents_of_the_next():
+    # Optuna's own NSGA-II gives an enqueued trial no generation: it would never be a parent
+    sampler = make_sampler("nsga2", seed=0, population_size=4)
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
+    warm = [{"x": x, "y": x} for x in (0.1, 0.2, 0.3, 0.4)]
+    for point in warm:
+        study.enqueue_trial(point)
+    study.optimize(lambda t: (t.suggest_float("x", 0, 1), t.suggest_float("y", 0, 1)), n_trials=8)
+    generations = [sampler.get_trial_generation(study, t) for t in study.trials]
+    assert generations == [0, 0, 0, 0, 1, 1, 1, 1]
+    parents = sampler.get_parent_population(study, 1)
+    assert parents and all(t.number < 4 for t in parents)
+    assert [t.params for t in study.trials[:4]] == warm
