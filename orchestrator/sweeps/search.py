@@ -6,14 +6,13 @@ import contextlib
 import pickle
 from typing import Any, Collection, Iterator, Mapping, Sequence
 
-import optuna
 from ray.tune.search import Searcher
 
 from orchestrator.sweeps.checks import ConfigError
 from orchestrator.sweeps.config import SAMPLERS
 from orchestrator.sweeps.refine import STAGE_SCREEN
 
-__all__ = ["DefineByRun", "FixedConfigs", "WarmStartNSGAIISampler", "register_context", "make_sampler"]
+__all__ = ["DefineByRun", "FixedConfigs", "register_context", "make_sampler"]
 
 #: define-by-run contexts by key (a sweep's run directory): the SpaceContext stays in the driver
 #: and out of the searcher's pickled state (Tune saves the searcher with every experiment snapshot)
@@ -98,32 +97,18 @@ class FixedConfigs(Searcher):
         self.configs, self.given = state["configs"], state["given"]
 
 
-class WarmStartNSGAIISampler(optuna.samplers.NSGAIISampler):
-    """NSGA-II in which enqueued trials (a sweep's warm starts) belong to a generation.
-
-    Optuna assigns a trial its generation when it samples the trial's relative parameters,
-    which it never does for an enqueued trial whose parameters are all fixed: such trials
-    are evaluated but are never parents, so the first generation is random samples and the
-    warm starts do not seed the evolution. Here an enqueued trial takes its generation when
-    it starts, like a sampled one (the first ``population_size`` trials are generation 0)."""
-
-    def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        super().before_trial(study, trial)
-        if trial.system_attrs.get("fixed_params"):
-            self.get_trial_generation(study, trial)
-
-
 def make_sampler(name: str, seed: int, population_size: int | None = None):
     """The seeded Optuna sampler of ``sweep.sampler`` (a key of :data:`SAMPLERS`);
-    ``population_size`` applies to ``nsga2`` only, which is :class:`WarmStartNSGAIISampler`."""
+    ``population_size`` applies to ``nsga2`` only."""
+    import optuna
+
     if name not in SAMPLERS:
         raise ConfigError("sweep.sampler", f"must be one of {', '.join(SAMPLERS)}, got {name!r}")
-    if name == "nsga2":
-        return WarmStartNSGAIISampler(seed=seed, **({} if population_size is None else {"population_size": population_size}))
     sampler_class = getattr(optuna.samplers, SAMPLERS[name], None)
     if sampler_class is None:
         raise ConfigError("sweep.sampler", f"{name} needs a newer optuna (installed: {optuna.__version__})")
+    options = {"population_size": population_size} if name == "nsga2" and population_size is not None else {}
     try:
-        return sampler_class(seed=seed)
+        return sampler_class(seed=seed, **options)
     except ImportError as err:  # gp: its optional dependencies are missing
         raise ConfigError("sweep.sampler", f"{name} is unavailable: {err}") from None

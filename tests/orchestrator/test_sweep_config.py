@@ -254,19 +254,20 @@ def test_cli_bad_config_exits_2_with_one_line_and_writes_nothing(tmp_path, capsy
                                        ("random", "RandomSampler")])
 def test_samplers(name, cls):
     sampler = make_sampler(name, seed=3, population_size=4)
-    assert isinstance(sampler, getattr(optuna.samplers, cls))
+    assert type(sampler).__name__ == cls
+    assert isinstance(sampler, optuna.samplers.BaseSampler)
 
 
-def test_nsga2_warm_starts_are_the_first_generation_and_parents_of_the_next():
-    # Optuna's own NSGA-II gives an enqueued trial no generation: it would never be a parent
+def test_nsga2_breeds_from_sampled_trials_and_evaluates_the_warm_starts_beside_them():
+    # the measured choice (docs/sweeps.md "Warm starts"): enqueued trials are in no generation,
+    # so the first generation is random and covers the whole range; breeding from the warm
+    # starts instead lowered the front's hypervolume on ResNet-20 and VGG-16
     sampler = make_sampler("nsga2", seed=0, population_size=4)
     study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
     warm = [{"x": x, "y": x} for x in (0.1, 0.2, 0.3, 0.4)]
     for point in warm:
         study.enqueue_trial(point)
-    study.optimize(lambda t: (t.suggest_float("x", 0, 1), t.suggest_float("y", 0, 1)), n_trials=8)
-    generations = [sampler.get_trial_generation(study, t) for t in study.trials]
-    assert generations == [0, 0, 0, 0, 1, 1, 1, 1]
-    parents = sampler.get_parent_population(study, 1)
-    assert parents and all(t.number < 4 for t in parents)
+    study.optimize(lambda t: (t.suggest_float("x", 0, 1), t.suggest_float("y", 0, 1)), n_trials=12)
     assert [t.params for t in study.trials[:4]] == warm
+    assert sampler.get_population(study, 0) == study.trials[4:8]
+    assert all(t.number >= 4 for t in sampler.get_parent_population(study, 1))
