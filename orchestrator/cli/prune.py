@@ -107,14 +107,14 @@ def run(args: argparse.Namespace) -> CommandResult:
     needs_stats = criterion_class(args.criterion).needs_stats or ratio_source == "concentration"
     # before the model: an unreadable file fails first; one nothing reads is not loaded
     stats_file = ActivationStats.load(args.stats) if needs_stats and args.stats else None
-    required = criterion.required_statistics()
     criterion = distribute_criterion(criterion, args)
     loaded = load_fitting(args)
     model, shape, splits = loaded.model, loaded.shape, loaded.splits
     example = torch.zeros(1, *shape)
     space = PruningSpace.build(model, example)
     if stats_file is not None:  # before the base accuracy: a file that cannot serve fails first
-        stats_file.check_holds(required, groups=space.groups, what=f"the statistics in --stats {args.stats}")
+        stats_file.check_holds(criterion.required_statistics(), groups=space.groups,
+                               what=f"the statistics in --stats {args.stats}")
     model.to(device)  # pruning copies the model: the pruned one and every recipe stage run there too
     example = example.to(device)
     progress = not args.quiet
