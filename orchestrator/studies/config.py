@@ -226,20 +226,24 @@ class StatisticsSettings:
 class ExecutionSettings:
     """How the cells run: ``concurrency`` at once with ``cpus_per_trial`` / ``gpus_per_trial``
     each. ``share_scores: false`` makes every cell score its channels itself (only to measure
-    what the shared scores save)."""
+    what the shared scores save). ``score_every_stage: true`` measures the calibration accuracy
+    after every recovery stage; by default only after the last one (the compared metric is the
+    test accuracy, and each stage scored is one more pass over the calibration images)."""
 
     concurrency: int = 2
     cpus_per_trial: float = 1
     gpus_per_trial: float = 0
     share_scores: bool = True
+    score_every_stage: bool = False
 
     def __post_init__(self) -> None:
         check_int("execution.concurrency", self.concurrency, lo=1)
         check_number("execution.cpus_per_trial", self.cpus_per_trial, positive=True)
         if check_number("execution.gpus_per_trial", self.gpus_per_trial) < 0:
             raise ConfigError("execution.gpus_per_trial", f"must be >= 0, got {self.gpus_per_trial!r}")
-        if not isinstance(self.share_scores, bool):
-            raise ConfigError("execution.share_scores", f"must be true or false, got {self.share_scores!r}")
+        for key in ("share_scores", "score_every_stage"):
+            if not isinstance(getattr(self, key), bool):
+                raise ConfigError(f"execution.{key}", f"must be true or false, got {getattr(self, key)!r}")
 
 
 def _section(cls, key: str, data: Any):

@@ -160,7 +160,8 @@ def run_study(config: StudyConfig, *, address: str | None = None, resume: bool =
         settings = StudySettings(criteria={c.label: c for c in config.criteria},
                                  ratios={r.label: r for r in config.ratios}, recipes=dict(config.recipes),
                                  pruning=config.pruning, scores_root=str(scores_root),
-                                 share_scores=config.execution.share_scores)
+                                 share_scores=config.execution.share_scores,
+                                 score_every_stage=config.execution.score_every_stage)
         ended_before = len(tracker.trial_runs())  # cells a resumed study had already logged
         say(progress, f"running {len(cells)} cells, {config.execution.concurrency} at a time")
         results = run_trials(

@@ -46,6 +46,7 @@ class StudySettings:
     pruning: PruningSettings
     scores_root: str
     share_scores: bool
+    score_every_stage: bool = False
 
 
 def _ratio_plan(ratios: RatioSettings, target: float, pruning: PruningSettings, stats, space, prior):
@@ -97,7 +98,7 @@ def study_cell(config: dict[str, Any], *, refs: Mapping[str, StudyBaseline], set
     pruned, _, metrics = _prune_and_recover(
         model, space, base.shape, criterion.name, pruning_config, ratio_weights, ray.get(baseline.refs.batches),
         stats, splits, seed=cell.seed, recipe=replace(settings.recipes[cell.recipe], seed=cell.seed),
-        criterion_options=criterion.options, scores=scores,
+        criterion_options=criterion.options, scores=scores, score_every_stage=settings.score_every_stage,
     )
     metrics.update(_cost_metrics(pruned, base.shape, base.baseline, False, base.threads))
     metrics["test_accuracy"] = evaluate(pruned, make_eval_loader(splits.test, model_device(pruned))).accuracy

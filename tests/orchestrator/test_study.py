@@ -75,6 +75,8 @@ def test_every_cell_appears_once_in_mlflow(study):
         cell = cells[run.info.run_name]
         assert run.data.params["criterion"] == cell.criterion and run.data.params["seed"] == str(cell.seed)
         assert 0 <= run.data.metrics["test_accuracy"] <= 1 and run.data.tags["scores"] == "shared"
+        # by default the calibration split scores the last recovery stage only
+        assert "bn_recalibrated_accuracy" in run.data.metrics and "pruned_accuracy" not in run.data.metrics
     assert result.counts == {"cells": 16, "logged": 16, "finished": 16, "failed": 0, "ran": 16}
 
 
@@ -119,7 +121,7 @@ def test_report_reads_the_study_back_from_mlflow(study, capsys):
 
 def test_a_failing_criterion_fails_its_cells_and_the_rest_finish(ray_session, tmp_path, monkeypatch):
     monkeypatch.setenv("PRUNESWEEP_CACHE", str(tmp_path / "cache"))
-    raw = tiny_study(tmp_path, "failing", flops_reductions=[0.5], seeds=[0])
+    raw = tiny_study(tmp_path, "failing", flops_reductions=[0.5], seeds=[0], execution={"score_every_stage": True})
     raw["checkpoints"] = raw["checkpoints"][:1]
     config = StudyConfig.from_dict(raw)
     result = run_study(config, progress=False, inject_failures=("l1",))
@@ -129,6 +131,8 @@ def test_a_failing_criterion_fails_its_cells_and_the_rest_finish(ray_session, tm
     failed = next(r for r in runs if r.info.status == "FAILED")
     assert "injected failure in scoring l1" in failed.data.tags["prunesweep.error"]
     assert result.counts["failed"] == 1 and result.counts["finished"] == 1
+    finished = next(r for r in runs if r.info.status == "FINISHED")
+    assert {"pruned_accuracy", "bn_recalibrated_accuracy"} <= set(finished.data.metrics)
 
 
 def test_flag_compare_is_a_one_checkpoint_uniform_study(ray_session, tmp_path, monkeypatch):
@@ -154,8 +158,8 @@ def test_flag_compare_is_a_one_checkpoint_uniform_study(ray_session, tmp_path, m
     assert sorted((r.data.params["criterion"], r.data.params["seed"], r.info.status) for r in runs.values()) == [
         ("fpgm", "3", "FINISHED"), ("l1", "3", "FINISHED")]
     for run in runs.values():
-        assert {"accuracy", "test_accuracy", "bn_accuracy", "macs", "reconstructed_accuracy",
-                "bn_recalibrated_accuracy"} <= set(run.data.metrics)
+        assert {"accuracy", "test_accuracy", "bn_accuracy", "macs", "bn_recalibrated_accuracy"} <= set(run.data.metrics)
+        assert "reconstructed_accuracy" not in run.data.metrics  # the last stage only
 
 
 def _ended_cells(run_dir: Path) -> set[str]:

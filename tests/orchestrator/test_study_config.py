@@ -70,6 +70,7 @@ def test_checkpoints_may_be_models_with_weights(tmp_path):
     ({"statistics": {"reference": "l2"}}, "statistics.reference: must be one of the criteria random, l1"),
     ({"statistics": {"interval": "z"}}, "statistics.interval: must be one of t, bootstrap"),
     ({"execution": {"gpus_per_trial": -1}}, "execution.gpus_per_trial: must be >= 0"),
+    ({"execution": {"score_every_stage": "yes"}}, "execution.score_every_stage: must be true or false"),
     ({"pruning": {"strategy": "half"}}, "pruning.strategy: must be one of full, inner"),
     ({"checkpoints": [{"checkpoint": "a.pt", "weights": "w.pt"}]}, "checkpoints[0].weights: goes with model:"),
     ({"checkpoints": []}, "checkpoints: must be a non-empty list"),
