@@ -20,18 +20,40 @@ from benchmarks.docs_blocks import write_block  # noqa: E402
 from orchestrator.studies import study_parent_metrics, study_report  # noqa: E402
 
 
-def render(result, tracker_metrics: dict) -> tuple[str, str]:
-    """(study name, its Markdown block) of a :func:`study_report` result and its parent run's
-    metrics."""
+def phase_times(run_dir: str) -> dict[str, float]:
+    """From the MLflow start and end times, in seconds: ``before_cells`` (the parent run's start,
+    once the baselines and their statistics are ready, to the first cell's: the score phase) and
+    ``cells`` (the first cell's start to the last one's end); ``cells_ended``: the cells timed."""
+    from orchestrator.studies.config import RESOLVED_STUDY_FILE
+    from orchestrator.studies.run import TRACKING_KIND, load_study_config
+    from orchestrator.sweeps import Tracker
+
+    config = load_study_config(Path(run_dir) / RESOLVED_STUDY_FILE)
+    tracker = Tracker(config.tracking_uri, config.tracking.experiment, config.run_dir, kind=TRACKING_KIND)
+    parent = tracker.client.get_run(tracker.find_parent())
+    runs = [r.info for r in tracker.trial_runs().values() if r.info.end_time]
+    first, last = min(r.start_time for r in runs), max(r.end_time for r in runs)
+    return {"before_cells": (first - parent.info.start_time) / 1000, "cells": (last - first) / 1000,
+            "cells_ended": len(runs)}
+
+
+def render(result, tracker_metrics: dict, phases: dict | None = None) -> tuple[str, str]:
+    """(study name, its Markdown block) of a :func:`study_report` result, its parent run's
+    metrics and its :func:`phase_times`."""
     counts, scores = result.counts, result.scores
     wall = tracker_metrics.get("wall_seconds")
     lines = [f"Study `{result.name}`: {counts['cells']} cells, {counts['finished']} finished, {counts['failed']} failed"
              + (f"; its last run (a resumed study's counts only its own cells) took {wall / 60:.1f} min wall "
                 f"for {tracker_metrics['cells_ran']:.0f} cells, {tracker_metrics['cells_per_hour']:.0f} cells/hour"
                 if wall else "") + ".",
+             *([f"Phases (MLflow start and end times): {phases['before_cells'] / 60:.1f} min from the parent run's "
+                f"start to the first cell (the score phase), then {phases['cells'] / 60:.1f} min from the first cell's "
+                f"start to the last one's end: {phases['cells_ended'] * 3600 / phases['cells']:.0f} cells/hour in "
+                f"the cells phase."] if phases else []),
              f"Shared scores: {scores['keys_computed']} score computations took {scores['shared_seconds']:.1f} s; "
              f"scoring in every cell would have taken {scores['unshared_seconds']:.1f} s "
              f"(saved {scores['saved_seconds']:.1f} s).", "", overview(result.tables.summary), "",
+             *([paired_overview(result.tables.paired), ""] if result.tables.paired else []),
              "<details><summary>Every table: intervals, paired tests, ranks</summary>", "",
              result.tables.markdown().rstrip(), "", "</details>"]
     return result.name, "\n".join(lines)
@@ -61,6 +83,30 @@ def overview(summary: list[dict]) -> str:
     return "\n".join(parts).rstrip()
 
 
+def paired_overview(paired: list[dict]) -> str:
+    """One row per criterion and one column per (recipe, ratio source): the mean paired difference
+    from the reference in accuracy points, its p-value, in bold where p < 0.05."""
+    columns = list(dict.fromkeys((r["recipe"], r["ratios"]) for r in paired))
+    by_key = {(r["criterion"], r["recipe"], r["ratios"]): r for r in paired}
+    first = paired[0]
+    lines = [f"Paired with `{first['reference']}` ({first['test']}, two-sided): mean difference in test accuracy "
+             f"points over {'/'.join(map(str, sorted({r['pairs'] for r in paired})))} (checkpoint, seed, target) "
+             "pairs, and its p-value; bold: p < 0.05.", "",
+             "| criterion | " + " | ".join(f"{recipe} / {ratios}" for recipe, ratios in columns) + " |",
+             "|---|" + "---|" * len(columns)]
+    for criterion in dict.fromkeys(r["criterion"] for r in paired):
+        cells = []
+        for column in columns:
+            row = by_key.get((criterion, *column))
+            if row is None or row["mean_difference"] is None:
+                cells.append("")
+                continue
+            text = f"{100 * row['mean_difference']:+.2f} (p {row['p_value']:.2g})"
+            cells.append(f"**{text}**" if row["p_value"] is not None and row["p_value"] < 0.05 else text)
+        lines.append(f"| {criterion} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def plot(result, metrics: dict, prefix: str) -> None:
     """The study's plots (as its run logged them, in the current layout), the unpruned line at
     the mean test accuracy of its baselines (from its parent run's ``metrics``)."""
@@ -83,7 +129,7 @@ def main() -> None:
     metrics = study_parent_metrics(args.run_dir)
     if args.plots:
         plot(result, metrics, args.plots)
-    name, block = render(result, metrics)
+    name, block = render(result, metrics, phase_times(args.run_dir))
     if args.write is None:
         print(block)
         return
