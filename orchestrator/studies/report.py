@@ -192,6 +192,8 @@ def _figure(width: float, height: float):
 
 #: the most criteria whose interval bands the accuracy plot draws
 MAX_BANDS = 5
+#: the x range over which the criteria's error bars are spread (in MACs reduction)
+ERROR_BAR_SPREAD = 0.03
 
 
 def _colours(criteria: Sequence[str]) -> dict[str, Any]:
@@ -210,8 +212,10 @@ def plot_accuracy(tables: StudyTables, baseline_accuracy: float | None, path: Pa
     one panel per recipe (columns) and ratio source (rows), one legend for all. Beyond
     ``MAX_BANDS`` criteria only the reference criterion keeps its band (a dozen overlapping
     bands hide every line; the question they answer is whether a line leaves the reference's
-    band). Each panel is scaled to its means (recipes differ by tens of points; a two-seed t
-    interval can be wider than [0, 1]), the bands clipped to what an accuracy can be."""
+    band) and the others' intervals are error bars, each criterion's a little apart on the x
+    axis so that they do not cover each other. Each panel is scaled to its means (recipes differ
+    by tens of points; a two-seed t interval can be wider than [0, 1]), the intervals clipped to
+    what an accuracy can be."""
     recipes = list(dict.fromkeys(r["recipe"] for r in tables.summary))
     ratios = list(dict.fromkeys(r["ratios"] for r in tables.summary))
     criteria = list(dict.fromkeys(r["criterion"] for r in tables.summary))
@@ -232,11 +236,18 @@ def plot_accuracy(tables: StudyTables, baseline_accuracy: float | None, path: Pa
                 means += [r["test_accuracy_mean"] for r in rows]
                 ax.plot(x, [r["test_accuracy_mean"] for r in rows], "-", marker="o", markersize=3,
                         color=colours[criterion], label=criterion)
-                banded = [r for r in rows if r["ci_low"] is not None] if criterion in banded_criteria else []
-                if banded:
-                    ax.fill_between([r["macs_reduction_mean"] for r in banded], [max(0.0, r["ci_low"]) for r in banded],
-                                    [min(1.0, r["ci_high"]) for r in banded], color=colours[criterion], alpha=0.12,
-                                    linewidth=0)
+                spanned = [r for r in rows if r["ci_low"] is not None]
+                low = [max(0.0, r["ci_low"]) for r in spanned]
+                high = [min(1.0, r["ci_high"]) for r in spanned]
+                if spanned and criterion in banded_criteria:
+                    ax.fill_between([r["macs_reduction_mean"] for r in spanned], low, high, color=colours[criterion],
+                                    alpha=0.12, linewidth=0)
+                elif spanned:
+                    shift = ERROR_BAR_SPREAD * (criteria.index(criterion) / (len(criteria) - 1) - 0.5)
+                    mean = [r["test_accuracy_mean"] for r in spanned]
+                    ax.errorbar([r["macs_reduction_mean"] + shift for r in spanned], mean,
+                                yerr=[[m - lo for m, lo in zip(mean, low)], [hi - m for m, hi in zip(mean, high)]],
+                                fmt="none", ecolor=colours[criterion], elinewidth=0.8, capsize=1.5, alpha=0.7)
             if baseline_accuracy is not None and math.isfinite(baseline_accuracy):
                 ax.axhline(baseline_accuracy, color="0.5", linestyle="--", linewidth=1, label="unpruned")
                 means.append(baseline_accuracy)
@@ -247,8 +258,10 @@ def plot_accuracy(tables: StudyTables, baseline_accuracy: float | None, path: Pa
             ax.grid(True, alpha=0.3)
             if row == len(ratios) - 1:
                 ax.set_xlabel("MACs reduction (measured)")
-        whose = "" if len(criteria) <= MAX_BANDS else f" of {tables.statistics.get('reference')}"
-        axes[row][0].set_ylabel(f"test accuracy ({tables.statistics.get('confidence', 0.95):.0%} band{whose})")
+        level = f"{tables.statistics.get('confidence', 0.95):.0%}"
+        whose = (f"{level} bands" if len(criteria) <= MAX_BANDS
+                 else f"{level} intervals; band: {tables.statistics.get('reference')}")
+        axes[row][0].set_ylabel(f"test accuracy ({whose})")
     handles, labels = axes[0][0].get_legend_handles_labels()
     for ax in axes.flat:  # a criterion missing from the first panel still gets its entry
         for handle, label in zip(*ax.get_legend_handles_labels()):

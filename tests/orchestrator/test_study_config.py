@@ -167,6 +167,29 @@ def test_accuracy_plot_has_a_panel_per_recipe_and_ratio_source(tmp_path):
     assert w2 == w1 and h2 > 1.8 * h1  # a second ratio source is a second row of panels, same columns
 
 
+def test_accuracy_plot_draws_every_criterions_interval_beyond_the_banded_few(tmp_path):
+    from dataclasses import replace as replace_fields
+
+    from matplotlib.image import imread
+
+    from orchestrator.studies.report import MAX_BANDS, plot_accuracy
+
+    names = ["random", *(f"c{i}" for i in range(MAX_BANDS + 1))]  # labels: the tables need no registry name
+    config = StudyConfig.from_dict({**MINIMAL, "seeds": [0, 1]})
+    records = [TrialRecord(f"{criterion}{target}{seed}", "t", "FINISHED",
+                           {"checkpoint": "a", "criterion": criterion, "ratios": "uniform", "recipe": "bn",
+                            "flops_reduction": str(target), "seed": str(seed)},
+                           {"test_accuracy": 0.4 + 0.02 * i + 0.05 * seed, "macs_reduction": target})
+               for i, criterion in enumerate(names) for target in (0.3, 0.5) for seed in (0, 1)]
+    tables = study_tables(long_rows(records), config.statistics, config.reference)
+    # the same tables with the non-reference criteria's intervals removed: only their bars differ
+    bare = replace_fields(tables, summary=[{**r, "ci_low": None, "ci_high": None} if r["criterion"] != "random" else r
+                                           for r in tables.summary])
+    drawn, without = imread(plot_accuracy(tables, 0.9, tmp_path / "drawn.png")), \
+        imread(plot_accuracy(bare, 0.9, tmp_path / "bare.png"))
+    assert drawn.shape == without.shape and (drawn != without).any()
+
+
 def test_concentration_ratios_default_to_the_minmax_fusion_and_take_rank():
     config = StudyConfig.from_dict({**MINIMAL, "ratios": [
         "concentration", {"name": "concentration", "fusion": "rank", "label": "ic-rank"}]})
