@@ -70,17 +70,19 @@ def overview(summary: list[dict]) -> str:
         best = {c: max((v for (_, *k), v in mean.items() if tuple(k) == c and v is not None), default=None)
                 for c in columns}
         n = sorted({r["n"] for r in rows})
+        cells = {criterion: ["" if (v := mean.get((criterion, *c))) is None
+                             else (f"**{v:.4f}**" if v == best[c] else f"{v:.4f}") for c in columns]
+                 for criterion in dict.fromkeys(r["criterion"] for r in rows)}
         parts += [f"Recipe `{recipe}`: mean test accuracy (n = {'/'.join(map(str, n))} per mean).", "",
-                  "| criterion | " + " | ".join(f"{ratios} -{target:.0%}" for ratios, target in columns) + " |",
-                  "|---|" + "---|" * len(columns)]
-        for criterion in dict.fromkeys(r["criterion"] for r in rows):
-            cells = []
-            for c in columns:
-                v = mean.get((criterion, *c))
-                cells.append("" if v is None else (f"**{v:.4f}**" if v == best[c] else f"{v:.4f}"))
-            parts.append(f"| {criterion} | " + " | ".join(cells) + " |")
-        parts.append("")
+                  *_criterion_table([f"{ratios} -{target:.0%}" for ratios, target in columns], cells), ""]
     return "\n".join(parts).rstrip()
+
+
+def _criterion_table(titles: list[str], cells: dict[str, list[str]]) -> list[str]:
+    """The lines of a Markdown table with a row per criterion (``cells``: criterion -> its
+    cells, one per title)."""
+    return ["| criterion | " + " | ".join(titles) + " |", "|---|" + "---|" * len(titles),
+            *(f"| {criterion} | " + " | ".join(row) + " |" for criterion, row in cells.items())]
 
 
 def paired_overview(paired: list[dict]) -> str:
@@ -91,20 +93,17 @@ def paired_overview(paired: list[dict]) -> str:
     first = paired[0]
     lines = [f"Paired with `{first['reference']}` ({first['test']}, two-sided): mean difference in test accuracy "
              f"points over {'/'.join(map(str, sorted({r['pairs'] for r in paired})))} (checkpoint, seed, target) "
-             "pairs, and its p-value; bold: p < 0.05.", "",
-             "| criterion | " + " | ".join(f"{recipe} / {ratios}" for recipe, ratios in columns) + " |",
-             "|---|" + "---|" * len(columns)]
-    for criterion in dict.fromkeys(r["criterion"] for r in paired):
-        cells = []
-        for column in columns:
-            row = by_key.get((criterion, *column))
-            if row is None or row["mean_difference"] is None:
-                cells.append("")
-                continue
-            text = f"{100 * row['mean_difference']:+.2f} (p {row['p_value']:.2g})"
-            cells.append(f"**{text}**" if row["p_value"] is not None and row["p_value"] < 0.05 else text)
-        lines.append(f"| {criterion} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+             "pairs, and its p-value; bold: p < 0.05.", ""]
+    cells = {criterion: [_paired_cell(by_key.get((criterion, *column))) for column in columns]
+             for criterion in dict.fromkeys(r["criterion"] for r in paired)}
+    return "\n".join(lines + _criterion_table([f"{recipe} / {ratios}" for recipe, ratios in columns], cells))
+
+
+def _paired_cell(row: dict | None) -> str:
+    if row is None or row["mean_difference"] is None:
+        return ""
+    text = f"{100 * row['mean_difference']:+.2f} (p {row['p_value']:.2g})"
+    return f"**{text}**" if row["p_value"] is not None and row["p_value"] < 0.05 else text
 
 
 def plot(result, metrics: dict, prefix: str) -> None:
