@@ -17,29 +17,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.docs_blocks import write_block  # noqa: E402
-from orchestrator.studies import study_parent_metrics, study_report  # noqa: E402
+from orchestrator.studies import study_parent_metrics, study_phase_times, study_report  # noqa: E402
 
 
-def phase_times(run_dir: str) -> dict[str, float]:
-    """From the MLflow start and end times, in seconds: ``before_cells`` (the parent run's start,
-    once the baselines and their statistics are ready, to the first cell's: the score phase) and
-    ``cells`` (the first cell's start to the last one's end); ``cells_ended``: the cells timed."""
-    from orchestrator.studies.config import RESOLVED_STUDY_FILE
-    from orchestrator.studies.run import TRACKING_KIND, load_study_config
-    from orchestrator.sweeps import Tracker
-
-    config = load_study_config(Path(run_dir) / RESOLVED_STUDY_FILE)
-    tracker = Tracker(config.tracking_uri, config.tracking.experiment, config.run_dir, kind=TRACKING_KIND)
-    parent = tracker.client.get_run(tracker.find_parent())
-    runs = [r.info for r in tracker.trial_runs().values() if r.info.end_time]
-    first, last = min(r.start_time for r in runs), max(r.end_time for r in runs)
-    return {"before_cells": (first - parent.info.start_time) / 1000, "cells": (last - first) / 1000,
-            "cells_ended": len(runs)}
-
-
-def render(result, tracker_metrics: dict, phases: dict | None = None) -> tuple[str, str]:
+def render(result, tracker_metrics: dict, phases: dict) -> tuple[str, str]:
     """(study name, its Markdown block) of a :func:`study_report` result, its parent run's
-    metrics and its :func:`phase_times`."""
+    metrics and its :func:`~orchestrator.studies.study_phase_times`."""
     counts, scores = result.counts, result.scores
     wall = tracker_metrics.get("wall_seconds")
     lines = [f"Study `{result.name}`: {counts['cells']} cells, {counts['finished']} finished, {counts['failed']} failed"
@@ -128,7 +111,7 @@ def main() -> None:
     metrics = study_parent_metrics(args.run_dir)
     if args.plots:
         plot(result, metrics, args.plots)
-    name, block = render(result, metrics, phase_times(args.run_dir))
+    name, block = render(result, metrics, study_phase_times(args.run_dir))
     if args.write is None:
         print(block)
         return

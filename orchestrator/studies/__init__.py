@@ -14,8 +14,9 @@ from orchestrator.studies.run import (
     resume_study,
     run_study,
     study_parent_metrics,
+    study_phase_times,
     study_report,
 )
 
 __all__ = ["Cell", "ScoreKey", "score_keys", "study_cells", "StudyConfig", "StudyResult", "load_study_config",
-           "resume_study", "run_study", "study_parent_metrics", "study_report"]
+           "resume_study", "run_study", "study_parent_metrics", "study_phase_times", "study_report"]

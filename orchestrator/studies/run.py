@@ -35,7 +35,7 @@ from orchestrator.sweeps.tracking import Tracker
 from pruning.utils import atomic_write
 
 __all__ = ["TRACKING_KIND", "StudyResult", "load_study_config", "run_study", "resume_study", "study_report",
-           "study_parent_metrics"]
+           "study_parent_metrics", "study_phase_times"]
 
 #: the ``prunesweep.kind`` tag of a study's MLflow runs
 TRACKING_KIND = "study"
@@ -249,6 +249,20 @@ def study_parent_metrics(run_dir: str | os.PathLike) -> dict[str, float]:
     """The metrics of the study's parent run (wall times, score phase), as MLflow holds them."""
     tracker, parent = _recorded_parent(_recorded_config(run_dir))
     return dict(tracker.client.get_run(parent).data.metrics)
+
+
+def study_phase_times(run_dir: str | os.PathLike) -> dict[str, float]:
+    """From the MLflow start and end times, in seconds: ``before_cells`` (the parent run's start,
+    once the baselines and their statistics are ready, to the first cell's: the score phase) and
+    ``cells`` (the first cell's start to the last one's end); ``cells_ended``: the cells timed.
+    Empty while no cell has ended."""
+    tracker, parent = _recorded_parent(_recorded_config(run_dir))
+    runs = [r.info for r in tracker.trial_runs().values() if r.info.end_time]
+    if not runs:
+        return {}
+    first, last = min(r.start_time for r in runs), max(r.end_time for r in runs)
+    started = tracker.client.get_run(parent).info.start_time
+    return {"before_cells": (first - started) / 1000, "cells": (last - first) / 1000, "cells_ended": len(runs)}
 
 
 def _recorded_parent(config: StudyConfig) -> tuple[Tracker, str]:

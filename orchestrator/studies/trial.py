@@ -46,7 +46,7 @@ class StudySettings:
     pruning: PruningSettings
     scores_root: str
     share_scores: bool
-    score_every_stage: bool = False
+    score_every_stage: bool
 
 
 def _ratio_plan(ratios: RatioSettings, target: float, pruning: PruningSettings, stats, space, prior):

@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from orchestrator import cli
-from orchestrator.studies import StudyConfig, run_study, score_keys, study_cells, study_parent_metrics
+from orchestrator.studies import (StudyConfig, run_study, score_keys, study_cells, study_parent_metrics,
+                                  study_phase_times)
 from orchestrator.studies.run import TRACKING_KIND
 from orchestrator.studies.scores import SCORES_FOLDER, read_computations
 from orchestrator.sweeps import Tracker
@@ -117,6 +118,9 @@ def test_report_reads_the_study_back_from_mlflow(study, capsys):
     metrics = study_parent_metrics(config.run_dir)
     assert metrics == tracker_of(config).client.get_run(result.parent_run_id).data.metrics
     assert metrics["baseline_tiny1.test_accuracy"] >= 0
+    phases = study_phase_times(config.run_dir)  # the score phase, then the cells, within the study's wall time
+    assert phases["cells_ended"] == 16 and phases["before_cells"] >= 0 and phases["cells"] > 0
+    assert phases["before_cells"] + phases["cells"] <= metrics["wall_seconds"]
 
 
 def test_a_failing_criterion_fails_its_cells_and_the_rest_finish(ray_session, tmp_path, monkeypatch):
