@@ -61,6 +61,11 @@ class Cell:
     def prior_key(self) -> ScoreKey:
         return ScoreKey(self.checkpoint, SNPFI_PRIOR, self.seed)
 
+    def result_path(self, root: str | Path) -> Path:
+        """Its saved metrics in the study's cell results (``<run_dir>/cells``)."""
+        return (Path(root) / self.checkpoint / self.criterion / self.ratios / self.recipe
+                / f"{self.flops_reduction:g}-s{self.seed}.json")
+
     def trial_config(self) -> dict[str, Any]:
         """The Tune trial config: the fields (MLflow params) and its run name."""
         return {**asdict(self), "_run_name": self.id}

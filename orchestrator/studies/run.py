@@ -8,8 +8,10 @@
    seed) as Ray tasks, into the per-study cache ``<run_dir>/scores``.
 3. Every cell is a Tune trial (``FixedConfigs``: the grid in order), logged as a nested MLflow
    run of the study's parent run (resolved config, git commit, baselines); a cell that fails is
-   FAILED with its error and the others go on. ``resume`` restores the Tune experiment: finished
-   cells are neither lost nor repeated, and cached scores are read, not recomputed.
+   FAILED with its error and the others go on. Each cell saves its metrics in
+   ``<run_dir>/cells``. ``resume`` restores the Tune experiment: finished cells are neither lost
+   nor repeated (one Tune runs again reports its saved metrics), and cached scores are read,
+   not recomputed.
 4. The tables and plots (:mod:`.report`) go to ``<run_dir>/report`` and to the parent run's
    ``study/`` artifacts.
 """
@@ -40,6 +42,8 @@ __all__ = ["TRACKING_KIND", "StudyResult", "load_study_config", "run_study", "re
 #: the ``prunesweep.kind`` tag of a study's MLflow runs
 TRACKING_KIND = "study"
 REPORT_FOLDER = "report"
+#: every finished cell's metrics, saved by the cell itself (what a resume reports again)
+CELLS_FOLDER = "cells"
 
 
 def load_study_config(path: str | os.PathLike, overrides=None) -> StudyConfig:
@@ -148,7 +152,8 @@ def run_study(config: StudyConfig, *, address: str | None = None, resume: bool =
                 # each cell runs its own recipe (StudySettings.recipes): this one is never read
                 baseline=dict(setup.metrics), recipe=next(iter(config.recipes.values())),
                 strategy=config.pruning.strategy, import_paths=import_paths_of(setup.spec.name)))
-        tracker = Tracker(config.tracking_uri, config.tracking.experiment, config.run_dir, kind=TRACKING_KIND)
+        tracker = Tracker(config.tracking_uri, config.tracking.experiment, config.run_dir, kind=TRACKING_KIND,
+                          unique_names=True)
         metrics = {f"{label}.{k}": v for label, setup in setups.items() for k, v in setup.metrics.items()}
         parent, created = start_parent_run(tracker, config.name, config.to_dict(), {"config/study.yaml": text},
                                            baseline=metrics, tags=system_tags(gpus), reuse=resume)
@@ -160,6 +165,7 @@ def run_study(config: StudyConfig, *, address: str | None = None, resume: bool =
         settings = StudySettings(criteria={c.label: c for c in config.criteria},
                                  ratios={r.label: r for r in config.ratios}, recipes=dict(config.recipes),
                                  pruning=config.pruning, scores_root=str(scores_root),
+                                 cells_root=str(Path(config.run_dir) / CELLS_FOLDER),
                                  share_scores=config.execution.share_scores,
                                  score_every_stage=config.execution.score_every_stage)
         ended_before = len(tracker.trial_runs())  # cells a resumed study had already logged
@@ -267,7 +273,8 @@ def study_phase_times(run_dir: str | os.PathLike) -> dict[str, float]:
 
 def _recorded_parent(config: StudyConfig) -> tuple[Tracker, str]:
     """The tracker of a study's recorded config (its own experiment) and its parent run id."""
-    tracker = Tracker(config.tracking_uri, config.tracking.experiment, config.run_dir, kind=TRACKING_KIND)
+    tracker = Tracker(config.tracking_uri, config.tracking.experiment, config.run_dir, kind=TRACKING_KIND,
+                      unique_names=True)
     parent = tracker.find_parent()
     if parent is None:
         raise ConfigError("report", f"no MLflow run of the study in {config.run_dir} at {config.tracking_uri}")

@@ -1,10 +1,17 @@
 """The study cell, run as a Tune trial in a Ray worker: prune its checkpoint with its criterion's
 cached scores, to its target with its ratio source, recover with its recipe, and report the
 calibration and TEST accuracy (the grid is fixed in advance: nothing is selected on the test
-split, so it is the split a comparison reports)."""
+split, so it is the split a comparison reports).
+
+A cell saves its metrics (``Cell.result_path`` under ``StudySettings.cells_root``) before it
+reports them, and a cell that finds them saved reports them again without running: a cell that
+ended just before a kill, after the last experiment snapshot, is one Tune runs again on resume
+(under a new trial where the snapshot predates the trial), and it must not be computed twice."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, Mapping
 
 import torch
@@ -16,6 +23,7 @@ from orchestrator.sweeps.trials import (
     _rebuild_model, _releases_memory, _trial_device,
 )
 from pruning.recovery import RecoveryRecipe
+from pruning.utils import atomic_write
 
 __all__ = ["CELL_METRICS", "CELL_TAGS", "ACCURACY_SPLIT", "StudyBaseline", "StudySettings", "study_cell"]
 
@@ -45,6 +53,7 @@ class StudySettings:
     recipes: Mapping[str, RecoveryRecipe]
     pruning: PruningSettings
     scores_root: str
+    cells_root: str
     share_scores: bool
     score_every_stage: bool
 
@@ -69,17 +78,35 @@ def _ratio_plan(ratios: RatioSettings, target: float, pruning: PruningSettings, 
 @_releases_memory
 def study_cell(config: dict[str, Any], *, refs: Mapping[str, StudyBaseline], settings: StudySettings) -> None:
     """One study cell (``config``: :meth:`Cell.trial_config`); ``refs``: checkpoint label ->
-    :class:`StudyBaseline`. Reports once; a cell whose scores failed raises their error."""
-    import ray
+    :class:`StudyBaseline`. Reports once, its saved metrics where it ran before; a cell whose
+    scores failed raises their error."""
     from ray import tune
+
+    cell = Cell.from_params(config)
+    saved = cell.result_path(settings.cells_root)
+    metrics = _read_saved(saved)
+    if metrics is None:
+        metrics = _run_cell(cell, refs[cell.checkpoint], settings)
+        atomic_write(saved, lambda tmp: tmp.write_text(json.dumps(metrics)))
+    tune.report(metrics)
+
+
+def _read_saved(path: Path) -> dict[str, Any] | None:
+    """A cell's saved metrics, or None where there are none (or a kill left them unreadable)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _run_cell(cell: Cell, baseline: StudyBaseline, settings: StudySettings) -> dict[str, Any]:
+    import ray
 
     from orchestrator.studies.scores import load_scores
     from pruning.data import make_eval_loader
     from pruning.training import evaluate
     from pruning.utils import model_device
 
-    cell = Cell.from_params(config)
-    baseline = refs[cell.checkpoint]
     base = baseline.settings
     torch.set_num_threads(base.threads)
     _make_importable(base)
@@ -105,4 +132,4 @@ def study_cell(config: dict[str, Any], *, refs: Mapping[str, StudyBaseline], set
     # unshared, the scores were computed in this cell: their cost is part of prune_seconds
     metrics["scores_compute_seconds"] = seconds if seconds is not None else metrics["prune_seconds"]
     metrics.update(criterion_name=criterion.name, scores="shared" if settings.share_scores else "computed in the cell")
-    tune.report(metrics)
+    return metrics

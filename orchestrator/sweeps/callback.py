@@ -142,6 +142,7 @@ class MlflowTrialLogger(tune.Callback):
         run_dir: str,
         *,
         kind: str = "sweep",
+        unique_names: bool = False,
         metric_names: Sequence[str] = (),
         tag_names: Sequence[str] = (),
     ) -> None:
@@ -149,6 +150,7 @@ class MlflowTrialLogger(tune.Callback):
         self.experiment = experiment
         self.run_dir = run_dir
         self.kind = kind
+        self.unique_names = unique_names
         self.metric_names = tuple(metric_names)
         self.tag_names = tuple(tag_names)
         self._tracker: Tracker | None = None
@@ -164,7 +166,7 @@ class MlflowTrialLogger(tune.Callback):
     @property
     def tracker(self) -> Tracker:
         if self._tracker is None:
-            tracker = Tracker(self.uri, self.experiment, self.run_dir, kind=self.kind)
+            tracker = Tracker(self.uri, self.experiment, self.run_dir, kind=self.kind, unique_names=self.unique_names)
             if tracker.find_parent() is None:
                 raise RuntimeError(f"no MLflow parent run for {self.run_dir} in {self.uri}")
             self._tracker = tracker
@@ -229,7 +231,7 @@ class MlflowTrialLogger(tune.Callback):
         missing: list[str] = []
         reason = ""
         for trial, status in ended:
-            run = runs.get(trial.trial_id)
+            run = runs.get(self.tracker.trial_key(trial.trial_id, run_name(trial)))
             if run is not None and run.info.status == status:
                 continue
             if missing:  # the server stopped answering during this pass: do not wait for it per trial

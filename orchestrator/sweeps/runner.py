@@ -217,7 +217,7 @@ def run_trials(
                 tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_errored=True)
             else:
                 callback = MlflowTrialLogger(tracker.uri, tracker.experiment, tracker.run_dir, kind=tracker.kind,
-                                             metric_names=metric_names, tag_names=tag_names)
+                                             unique_names=tracker.unique_names, metric_names=metric_names, tag_names=tag_names)
                 tuner = tune.Tuner(
                     trainable,
                     param_space=dict(param_space or {}),

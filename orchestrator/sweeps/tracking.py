@@ -118,14 +118,19 @@ class Tracker:
 
     ``uri``: tracking URI; ``experiment``: name (created if missing; with a local SQLite store its
     artifacts go to ``<run_dir>/mlartifacts``); ``run_dir``: the sweep's absolute run directory,
-    which identifies the parent run; ``kind``: ``sweep`` or ``compare``.
+    which identifies the parent run; ``kind``: ``sweep`` or ``study``. ``unique_names``: each
+    trial's run name identifies it (a study's cells), so a trial Tune starts again under a new id
+    (one it created after its last snapshot, before a kill) updates that run instead of adding one;
+    otherwise Tune's trial id does.
     """
 
-    def __init__(self, uri: str, experiment: str, run_dir: str | os.PathLike, *, kind: str = "sweep") -> None:
+    def __init__(self, uri: str, experiment: str, run_dir: str | os.PathLike, *, kind: str = "sweep",
+                 unique_names: bool = False) -> None:
         self.uri = uri
         self.experiment = experiment
         self.run_dir = str(Path(run_dir).absolute())
         self.kind = kind
+        self.unique_names = unique_names
         self._client = None
         self._experiment_id: str | None = None
         self.parent_run_id: str | None = None
@@ -323,16 +328,19 @@ class Tracker:
     # -- trials -----------------------------------------------------------------------------------
 
     def trial_runs(self) -> dict[str, Any]:
-        """{trial id: MLflow Run} of the parent's nested runs."""
+        """{trial key (:meth:`trial_key`): MLflow Run} of the parent's nested runs."""
         if self.parent_run_id is None:
             return {}
         runs = self._search(f"tags.`{TAG_PARENT}` = '{self.parent_run_id}'")
         by_trial: dict[str, Any] = {}
         for run in sorted(runs, key=lambda r: r.info.start_time or 0):
-            trial_id = run.data.tags.get(TAG_TRIAL_ID)
-            if trial_id is not None:
-                by_trial.setdefault(trial_id, run)
+            if run.data.tags.get(TAG_TRIAL_ID) is not None:
+                by_trial.setdefault(run.info.run_name if self.unique_names else run.data.tags[TAG_TRIAL_ID], run)
         return by_trial
+
+    def trial_key(self, trial_id: str, name: str) -> str:
+        """What identifies a trial's run: its name with ``unique_names``, else its trial id."""
+        return name if self.unique_names else trial_id
 
     def log_trial(self, record: TrialRecord, existing: Any = None) -> str:
         """Create or update the nested run of ``record.trial_id``; returns its run id.
@@ -341,7 +349,7 @@ class Tracker:
         """
         if self.parent_run_id is None:
             raise RuntimeError("start_parent() first")
-        run = existing if existing is not None else self.trial_runs().get(record.trial_id)
+        run = existing if existing is not None else self.trial_runs().get(self.trial_key(record.trial_id, record.name))
         if run is None:
             tags = {TAG_PARENT: self.parent_run_id, TAG_TRIAL_ID: record.trial_id, TAG_KIND: self.kind}
             run = self.client.create_run(self.experiment_id, run_name=record.name, tags=tags)
@@ -376,8 +384,9 @@ class Tracker:
     def read_trials(self) -> list[TrialRecord]:
         """Every nested run of the parent as a :class:`TrialRecord`, in creation order."""
         records = []
-        for trial_id, run in self.trial_runs().items():
+        for run in self.trial_runs().values():
             tags = {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.")}
+            trial_id = tags[TAG_TRIAL_ID]
             records.append(TrialRecord(
                 trial_id=trial_id,
                 name=run.info.run_name or trial_id,

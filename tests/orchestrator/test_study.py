@@ -49,7 +49,8 @@ def tiny_study(tmp: Path, name: str, **extra) -> dict:
 
 
 def tracker_of(config: StudyConfig) -> Tracker:
-    tracker = Tracker(config.tracking_uri, config.tracking.experiment, config.run_dir, kind=TRACKING_KIND)
+    tracker = Tracker(config.tracking_uri, config.tracking.experiment, config.run_dir, kind=TRACKING_KIND,
+                      unique_names=True)
     assert tracker.find_parent() is not None
     return tracker
 
@@ -166,8 +167,15 @@ def test_flag_compare_is_a_one_checkpoint_uniform_study(ray_session, tmp_path, m
         assert "reconstructed_accuracy" not in run.data.metrics  # the last stage only
 
 
-def _ended_cells(run_dir: Path) -> set[str]:
-    return {p.parent.name for p in (run_dir / "tune").glob("*/result.json") if p.read_text().strip()}
+def _ended_cells(run_dir: Path) -> dict[str, str]:
+    """Tune's trial folder -> its cell's run name, for every trial that reported."""
+    return {p.parent.name: json.loads((p.parent / "params.json").read_text())["_run_name"]
+            for p in (run_dir / "tune").glob("*/result.json") if p.read_text().strip()}
+
+
+def _saved_cells(run_dir: Path) -> dict[Path, str]:
+    """The cells' saved metrics files -> their text."""
+    return {p: p.read_text() for p in (run_dir / "cells").rglob("*.json")}
 
 
 def test_resume_after_a_kill_repeats_nothing(ray_session, tmp_path):
@@ -197,21 +205,24 @@ def test_resume_after_a_kill_repeats_nothing(ray_session, tmp_path):
         wait_while_running(driver, lambda: _ended_cells(run_dir), deadline, "a cell did")
         recorded = wait_for(lambda: snapshot_with_an_ended_trial(run_dir), deadline, "a snapshot")
         wait_for(lambda: (snapshot_with_an_ended_trial(run_dir) or 0) > recorded, deadline, "the next snapshot")
-        # frozen, the driver writes neither results nor snapshots: what the last snapshot records
-        # as ended is what the resume must not run again (a cell that ended after it, a second
-        # long, is one Tune's snapshot had running: Tune runs it again, into the same MLflow run)
-        driver.send_signal(signal.SIGSTOP)
+        driver.send_signal(signal.SIGSTOP)  # frozen, the driver writes neither results nor snapshots
         _, snapshotted = terminated_in_snapshot(run_dir)
         driver.send_signal(signal.SIGKILL)
         driver.wait(timeout=30)
     finally:
         if driver.poll() is None:
             driver.kill()
-    before_cells = _ended_cells(run_dir)
-    assert snapshotted and snapshotted <= before_cells and len(before_cells) < 16, "the study was interrupted mid-way"
+    before_cells, before_saved = _ended_cells(run_dir), _saved_cells(run_dir)
+    assert snapshotted and snapshotted <= before_cells.keys() and len(before_saved) < 16, "interrupted mid-way"
     computed_before = read_computations(run_dir / SCORES_FOLDER)
     config = StudyConfig.from_dict(yaml.safe_load((run_dir / "study.yaml").read_text()))
     before_runs = tracker_of(config).trial_runs()
+    # a cell that finds its metrics saved reports them without running: mark a waiting one's
+    marked = next(c for c in reversed(study_cells(config)) if c.result_path(run_dir / "cells") not in before_saved)
+    planted = {**json.loads(next(iter(before_saved.values()))), "test_accuracy": 0.123456}
+    marked.result_path(run_dir / "cells").parent.mkdir(parents=True, exist_ok=True)
+    marked.result_path(run_dir / "cells").write_text(json.dumps(planted))
+    before_saved[marked.result_path(run_dir / "cells")] = json.dumps(planted)
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PRUNESWEEP_CACHE", str(tmp_path / "cache"))
@@ -220,18 +231,27 @@ def test_resume_after_a_kill_repeats_nothing(ray_session, tmp_path):
             assert cli.main(["compare", "--resume", str(run_dir), "--json", "--quiet"]) == 0
     data = json.loads(buffer.getvalue())
     assert data["counts"]["finished"] == 16 and data["counts"]["logged"] == 16
-    # Tune: 16 cells ended, those ended before the kill among them, the ones its snapshot recorded
-    # reported once (a cell running at the kill, never snapshotted, leaves an empty folder and runs
-    # again); MLflow: one run per cell, the recorded ones untouched
-    ended = _ended_cells(run_dir)
-    assert len(ended) == 16 and before_cells <= ended
+    # Tune: every cell reported, the trials its snapshot recorded once (a cell that ended after the
+    # last snapshot is one Tune starts again: it reports the metrics the cell saved, unrecomputed)
+    ids = sorted(c.id for c in study_cells(config))
+    assert sorted(set(_ended_cells(run_dir).values())) == ids
     assert all(len((run_dir / "tune" / name / "result.json").read_text().splitlines()) == 1 for name in snapshotted)
+    # each cell computed once: the metrics saved before the kill are untouched, and MLflow holds
+    # exactly what each cell saved
+    saved = _saved_cells(run_dir)
+    assert len(saved) == 16 and all(saved[path] == text for path, text in before_saved.items())
     runs = tracker_of(config).trial_runs()
-    assert sorted(r.info.run_name for r in runs.values()) == sorted(c.id for c in study_cells(config))
+    assert sorted(r.info.run_name for r in runs.values()) == ids
     assert {r.info.status for r in runs.values()} == {"FINISHED"}
+    by_name = {r.info.run_name: r for r in runs.values()}
+    for cell in study_cells(config):
+        metrics = json.loads(cell.result_path(run_dir / "cells").read_text())
+        logged = by_name[cell.id].data.metrics
+        assert {"test_accuracy", "prune_seconds"} <= logged.keys()
+        assert all(logged[k] == pytest.approx(v) for k, v in metrics.items() if k in logged)
+    assert by_name[marked.id].data.metrics["test_accuracy"] == pytest.approx(0.123456)
     for trial_id, run in before_runs.items():
         assert runs[trial_id].info.run_id == run.info.run_id
-        if any(trial_id in name for name in snapshotted):
-            assert runs[trial_id].data.metrics == run.data.metrics
+        assert runs[trial_id].data.metrics == run.data.metrics
     # the scores were computed before the kill and read back, not recomputed
     assert len(computed_before) == 2 * 4 and read_computations(run_dir / SCORES_FOLDER) == computed_before
