@@ -224,6 +224,9 @@ class FakeTracker:
         self._ask()
         return {}
 
+    def trial_key(self, trial_id: str, name: str) -> str:
+        return trial_id
+
 
 def fake_trial(number: int, status: str = "TERMINATED"):
     return SimpleNamespace(trial_id=f"t{number}", config={"_trial_number": number, "criterion": "l1"},
