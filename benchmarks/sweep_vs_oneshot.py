@@ -68,6 +68,7 @@ class Bench:
         self.proxy_recipe = RecoveryRecipe(bn_batches=args.bn_batches)
         self.finetune_recipe = RecoveryRecipe(reconstruct=False, bn_batches=0, finetune_epochs=1,
                                               finetune_subset=args.finetune_subset, distill=args.distill,
+                                              finetune_max_grad_norm=args.finetune_max_grad_norm,
                                               seed=args.finetune_seed)
 
     def data(self, score) -> RecoveryData:
@@ -175,13 +176,14 @@ def _sweep_config(bench: Bench, label: str, *, trials: int, sampler: str, warm: 
     args = bench.args
     recipe = {"bn_batches": args.bn_batches}
     if finetune:
-        recipe.update(finetune_subset=args.finetune_subset, distill=args.distill)
+        recipe.update(finetune_subset=args.finetune_subset, distill=args.distill,
+                      finetune_max_grad_norm=args.finetune_max_grad_norm)
     sweep = {"trials": trials, "concurrency": args.concurrency, "sampler": sampler, "seed": args.seed,
              "warm_start": warm, "objectives": {"accuracy": "max", "macs": "min"}}
     if candidates:
         sweep["refine"] = {"candidates": candidates, "targets": list(args.targets), "per_target": args.per_target,
                            "recipe": {"finetune_epochs": 1, "finetune_subset": args.finetune_subset,
-                                      "distill": args.distill}}
+                                      "distill": args.distill, "finetune_max_grad_norm": args.finetune_max_grad_norm}}
     epochs = 1 if finetune else 0
     return {
         "name": f"bench-{label}", "checkpoint": args.checkpoint, "run_dir": str(Path(args.run_root) / label),
@@ -230,6 +232,9 @@ def main() -> None:
     parser.add_argument("--bn-batches", type=int, default=10)
     parser.add_argument("--finetune-subset", type=int, default=3000)
     parser.add_argument("--distill", type=float, default=0.5)
+    parser.add_argument("--finetune-max-grad-norm", type=lambda v: None if v.lower() == "none" else float(v),
+                        default=RecoveryRecipe().finetune_max_grad_norm,
+                        help="the fine-tune's gradient clipping norm ('none': off, as every run before session 15)")
     parser.add_argument("--test-subset", type=int, default=5000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--finetune-seed", type=int, default=0,

@@ -53,7 +53,9 @@ class TrainConfig:
     ``distill`` in [0, 1] weighs knowledge distillation from a teacher (Hinton et al. 2015):
     the loss is ``(1 - distill) * CE + distill * T^2 * KL(teacher_T || student_T)`` with both
     distributions softened at temperature ``T`` = ``temperature``; :func:`train` needs a
-    ``teacher`` when ``distill > 0``.
+    ``teacher`` when ``distill > 0``. ``max_grad_norm``: every step's gradients are rescaled to
+    at most this global L2 norm (None: never), which bounds a step when the loss surface of a
+    heavily pruned network turns steep.
     """
 
     epochs: int = 1
@@ -66,6 +68,7 @@ class TrainConfig:
     max_batches_per_epoch: int | None = None
     distill: float = 0.0
     temperature: float = 4.0
+    max_grad_norm: float | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.epochs, int) or self.epochs < 0:
@@ -88,6 +91,8 @@ class TrainConfig:
             raise InputError(f"TrainConfig.distill must be in [0, 1], got {self.distill}")
         if not self.temperature > 0:
             raise InputError(f"TrainConfig.temperature must be > 0, got {self.temperature}")
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+            raise InputError(f"TrainConfig.max_grad_norm must be > 0 or None, got {self.max_grad_norm}")
 
 
 @dataclass(frozen=True)
@@ -170,9 +175,13 @@ def train(
                 optimizer.zero_grad(set_to_none=True)
                 if scaler is None:
                     loss.backward()
+                    _clip_gradients(model, config.max_grad_norm)
                     optimizer.step()
                 else:  # fp16: scaled loss; a step whose gradients overflowed is skipped
                     scaler.scale(loss).backward()
+                    if config.max_grad_norm is not None:
+                        scaler.unscale_(optimizer)  # the norm bounds the true gradients
+                    _clip_gradients(model, config.max_grad_norm)
                     scaler.step(optimizer)
                     scaler.update()
                 lr = optimizer.param_groups[0]["lr"]
@@ -197,6 +206,11 @@ def _distillation_loss(logits: torch.Tensor, teacher: nn.Module, inputs: torch.T
         target = F.log_softmax(teacher(inputs) / temperature, dim=1)
     student = F.log_softmax(logits / temperature, dim=1)
     return F.kl_div(student, target, reduction="batchmean", log_target=True) * temperature**2
+
+
+def _clip_gradients(model: nn.Module, max_norm: float | None) -> None:
+    if max_norm is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
 
 
 def _make_scheduler(

@@ -21,7 +21,8 @@ __all__ = ["RECIPE_OPTIONS", "add_recipe_arguments", "recipe_from_args"]
 RECIPE_OPTIONS = {
     "reconstruct": "--reconstruct", "ridge": "--ridge", "bn_batches": "--bn-batches", "bn_data": "--bn-data",
     "finetune_epochs": "--finetune-epochs", "finetune_lr": "--finetune-lr", "weight_decay": "--weight-decay",
-    "finetune_subset": "--finetune-subset", "finetune_augment": "--finetune-augment", "distill": "--distill",
+    "finetune_subset": "--finetune-subset", "finetune_augment": "--finetune-augment",
+    "finetune_max_grad_norm": "--finetune-max-grad-norm", "distill": "--distill",
     "temperature": "--temperature", "batch_size": "--batch-size", "seed": "--seed",
 }
 # the commands' own --batch-size and --seed feed the recipe too, but are not recipe options
@@ -68,9 +69,21 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--finetune-subset", type=int, **unset, help="fine-tune on the first N training images only")
     group.add_argument("--finetune-augment", action=argparse.BooleanOptionalAction, **unset,
                        help="the dataset's standard augmentation while fine-tuning")
+    group.add_argument("--finetune-max-grad-norm", **unset,
+                       help="clip every fine-tuning step's gradients to this global norm ('none': never)")
     group.add_argument("--distill", type=float, **unset,
                        help="weight of distillation from the unpruned model while fine-tuning, in [0, 1]")
     group.add_argument("--temperature", type=float, **unset, help="distillation temperature")
+
+
+def _norm_or_none(text: str) -> float | None:
+    """``--finetune-max-grad-norm``'s value: a number, or ``none``; anything else is one error line."""
+    if text.lower() == "none":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise InputError(f"--finetune-max-grad-norm must be a number or none, got {text!r}") from None
 
 
 def recipe_from_args(args: argparse.Namespace):
@@ -82,6 +95,8 @@ def recipe_from_args(args: argparse.Namespace):
     # a command's own option left unset (None, e.g. compare's --batch-size) keeps the recipe's default
     given = {name: getattr(args, name) for name in RECIPE_OPTIONS
              if hasattr(args, name) and not (name in _OWN_OPTIONS and getattr(args, name) is None)}
+    if "finetune_max_grad_norm" in given:
+        given["finetune_max_grad_norm"] = _norm_or_none(given["finetune_max_grad_norm"])
     try:
         return RecoveryRecipe(**given)
     except RecipeError as err:

@@ -95,6 +95,20 @@ def test_zero_epochs_change_nothing(task):
     assert all(torch.equal(state[name], value) for name, value in model.state_dict().items())
 
 
+@pytest.mark.parametrize("max_grad_norm", [None, 1e-3])
+def test_a_step_moves_the_weights_by_at_most_lr_times_the_gradient_norm_bound(task, max_grad_norm):
+    torch.manual_seed(0)
+    model = TinyCNN(num_classes=4)
+    before = [p.detach().clone() for p in model.parameters()]
+    config = TrainConfig(max_batches_per_epoch=1, lr=0.5, momentum=0.0, weight_decay=0.0, max_grad_norm=max_grad_norm)
+    train(model, make_loader(task[0], 32, shuffle=True), config, progress=False)
+    step = torch.cat([(p.detach() - b).flatten() for p, b in zip(model.parameters(), before)]).norm().item()
+    if max_grad_norm is None:
+        assert step > 0.5 * 1e-2  # an ordinary first step is far above the bound below
+    else:
+        assert 0 < step <= 0.5 * max_grad_norm * (1 + 1e-4)
+
+
 def test_train_keeps_modes_and_stops_on_divergence(task):
     model = TinyCNN(num_classes=4).eval()
     train(model, make_loader(task[0], 32, shuffle=True), TrainConfig(max_batches_per_epoch=1), progress=False)
@@ -191,6 +205,7 @@ def test_recalibrate_bn_refuses_empty_input():
         ({"schedule": "step"}, "schedule 'step' is unknown; valid: cosine, onecycle"),
         ({"batch_size": 0}, "batch_size must be > 0, got 0"),
         ({"max_batches_per_epoch": 0}, "max_batches_per_epoch must be > 0 or None, got 0"),
+        ({"max_grad_norm": 0.0}, "max_grad_norm must be > 0 or None, got 0.0"),
     ],
 )
 def test_train_config_validation(options: dict, message: str):

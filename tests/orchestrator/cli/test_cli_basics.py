@@ -125,3 +125,4 @@ def test_prune_help_shows_the_recipe_defaults(capsys):
     assert f"batches for BN recalibration (0: off) (default: {recipe.bn_batches})" in text
     assert f"where BN recalibration batches come from: train or calibration (default: {recipe.bn_data})" in text
     assert f"fine-tuning epochs (default: {recipe.finetune_epochs})" in text
+    assert f"global norm ('none': never) (default: {recipe.finetune_max_grad_norm:g})" in text

@@ -30,6 +30,8 @@ from pruning.structure import ModelSpec, check_fits, save_checkpoint
     (["prune", "--ratios", "concentration", "--ratio", "0.3"], ["--flops-reduction"]),
     (["prune", "--ratio", "0.3", "--finetune-epochs", "1", "--finetune-subset", "0"], ["--finetune-subset", "0"]),
     (["prune", "--ratio", "0.3", "--finetune-epochs", "1", "--finetune-subset", "-5"], ["--finetune-subset", "-5"]),
+    (["prune", "--ratio", "0.3", "--finetune-max-grad-norm", "abc"], ["--finetune-max-grad-norm", "'abc'", "none"]),
+    (["prune", "--ratio", "0.3", "--finetune-max-grad-norm", "0"], ["--finetune-max-grad-norm", "0"]),
     (["prune", "--ratio", "0.3", "--calibration-images", "0"], ["--calibration-images", "0"]),
     (["prune", "--ratio", "0.3", "--tau", "1.5"], ["--tau", "1.5"]),
     (["prune", "--ratio", "0.3", "--workers", "-1"], ["--workers", "-1"]),

@@ -61,7 +61,8 @@ def test_default_recipe_is_the_best_measured_pipeline():
 @pytest.mark.parametrize("field, value", [
     ("bn_batches", -1), ("bn_data", "test"), ("finetune_epochs", 1.5), ("finetune_lr", 0.0),
     ("weight_decay", -1e-4), ("finetune_subset", 0), ("distill", 1.5), ("temperature", 0.0),
-    ("batch_size", 0), ("reconstruct", "yes"), ("ridge", -1.0),
+    ("batch_size", 0), ("reconstruct", "yes"), ("ridge", -1.0), ("finetune_max_grad_norm", 0.0),
+    ("finetune_max_grad_norm", "5"),
 ])
 def test_invalid_recipes_are_input_errors_naming_the_field(field, value):
     with pytest.raises(InputError, match=field):
@@ -124,6 +125,21 @@ def test_a_recipe_repeats_bit_for_bit(teacher, data):
     b = recover(teacher, second, recipe, data)
     assert a.accuracy == b.accuracy
     assert _same(_state(first.model), _state(second.model))
+
+
+def test_the_fine_tune_clips_its_gradients_to_the_recipes_norm(teacher, data):
+    def finetuned(max_norm):
+        outcome = _pruned(teacher)
+        recipe = RecoveryRecipe(reconstruct=False, bn_batches=0, finetune_epochs=1, finetune_subset=32,
+                                batch_size=32, finetune_lr=0.5, weight_decay=0.0, finetune_max_grad_norm=max_norm)
+        before = _state(outcome.model)
+        recover(teacher, outcome, recipe, data)
+        after = _state(outcome.model)
+        # one Nesterov step from rest moves the weights by lr * (1 + momentum) * the clipped gradient
+        return torch.cat([(after[k] - before[k]).flatten() for k in before if before[k].is_floating_point()
+                          and "running" not in k]).norm().item()
+
+    assert finetuned(1e-4) <= 0.5 * 1.9 * 1e-4 * (1 + 1e-3) < finetuned(None)
 
 
 def test_missing_data_is_refused_before_any_stage_runs(teacher, data):
