@@ -10,6 +10,7 @@ ended just before a kill, after the last experiment snapshot, is one Tune runs a
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping
@@ -32,7 +33,7 @@ ACCURACY_SPLIT = "test"
 #: ``scores_compute_seconds``: what computing the cell's scores cost, once (shared) or in this cell
 CELL_METRICS = ("accuracy", "bn_accuracy", *STAGE_METRICS, "test_accuracy", "macs", "params", "macs_reduction",
                 "params_reduction", "planned_reduction", "prune_seconds", "recover_seconds", "score_seconds",
-                "scores_compute_seconds")
+                "scores_compute_seconds", "trial_seconds")
 CELL_TAGS = ("criterion_name", "scores")
 
 
@@ -82,11 +83,13 @@ def study_cell(config: dict[str, Any], *, refs: Mapping[str, StudyBaseline], set
     scores failed raises their error."""
     from ray import tune
 
+    entered = time.perf_counter()
     cell = Cell.from_params(config)
     saved = cell.result_path(settings.cells_root)
     metrics = _read_saved(saved)
     if metrics is None:
         metrics = _run_cell(cell, refs[cell.checkpoint], settings)
+        metrics["trial_seconds"] = time.perf_counter() - entered  # what it took, kept when reported again
         atomic_write(saved, lambda tmp: tmp.write_text(json.dumps(metrics)))
     tune.report(metrics)
 
