@@ -334,8 +334,9 @@ class Tracker:
         runs = self._search(f"tags.`{TAG_PARENT}` = '{self.parent_run_id}'")
         by_trial: dict[str, Any] = {}
         for run in sorted(runs, key=lambda r: r.info.start_time or 0):
-            if run.data.tags.get(TAG_TRIAL_ID) is not None:
-                by_trial.setdefault(run.info.run_name if self.unique_names else run.data.tags[TAG_TRIAL_ID], run)
+            trial_id = run.data.tags.get(TAG_TRIAL_ID)
+            if trial_id is not None:
+                by_trial.setdefault(self.trial_key(trial_id, run.info.run_name), run)
         return by_trial
 
     def trial_key(self, trial_id: str, name: str) -> str:
@@ -343,7 +344,7 @@ class Tracker:
         return name if self.unique_names else trial_id
 
     def log_trial(self, record: TrialRecord, existing: Any = None) -> str:
-        """Create or update the nested run of ``record.trial_id``; returns its run id.
+        """Create or update the nested run of ``record`` (found by :meth:`trial_key`); returns its run id.
 
         A trial already logged with the same status and metrics is left alone (idempotent).
         """
