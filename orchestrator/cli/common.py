@@ -7,18 +7,21 @@ Imported by the commands' ``run`` only (it imports torch), never when the parser
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, replace
 from typing import Any
 
 from torch import nn
 
 from orchestrator import distributed
-from pruning.data import DataConfig, DataSplits, load_data, make_eval_loader
+from pruning.data import DataConfig, DataSplits, load_data, make_eval_loader, recorded_data_fields
+from pruning.errors import InputError
 from pruning.structure import ModelSpec, check_fits, load_checkpoint, measure_cost, measure_latency, model_for_data
 
 __all__ = [
     "LATENCY_BATCHES", "Loaded", "collect_stats", "command_device", "distribute_criterion", "load_fitting",
     "load_model_option", "make_data_config", "make_test_loader", "measure", "model_source", "ray_network",
+    "spec_as_run",
 ]
 
 LATENCY_BATCHES = (1, 64)
@@ -26,10 +29,12 @@ LATENCY_BATCHES = (1, 64)
 
 @dataclass(frozen=True)
 class Loaded:
-    """A checkpoint's model and spec, the data it runs on and the input shape they agree on."""
+    """A checkpoint's model and spec, the data config and data it runs on and the input shape
+    they agree on."""
 
     model: nn.Module
     spec: ModelSpec
+    data: DataConfig
     splits: DataSplits
     shape: tuple[int, int, int]
 
@@ -47,23 +52,53 @@ def make_data_config(args: argparse.Namespace, base: dict[str, Any] | None = Non
         fields["download"] = True
     if args.test_subset is not None:
         fields["test_subset"] = args.test_subset
+    if getattr(args, "image_size", None) is not None:
+        fields["image_size"] = _image_size(args, fields.get("name", DataConfig.name))
     fields.update({k: v for k, v in overrides.items() if v is not None})
     return DataConfig(**fields)
+
+
+def _image_size(args: argparse.Namespace, dataset: str) -> int:
+    """``--image-size``, refused below 1 or for a dataset other than imagefolder."""
+    from orchestrator.cli.options import check_minimum
+
+    check_minimum(args, "--image-size", 1)
+    if dataset != "imagefolder":
+        raise InputError(f"--image-size applies only to imagefolder, not {dataset!r} (valid: --dataset imagefolder)")
+    return args.image_size
 
 
 def load_fitting(args: argparse.Namespace, prunable: bool = True) -> Loaded:
     """``--checkpoint`` and its data (the checkpoint's data config with the command line's
     overrides), refused when the model does not fit the dataset; or ``--model`` (with
     ``--weights`` and ``--model-kwargs``) built for ``--dataset``, refused up front when it does
-    not fit or (``prunable``, for an external model) the pruning engine cannot handle it."""
+    not fit or (``prunable``, for an external model) the pruning engine cannot handle it.
+
+    An imagefolder checkpoint's images keep the size it records unless ``--image-size`` is
+    given; one that differs from the checkpoint's input shape wins, with a warning on stderr
+    (a model with adaptive pooling runs at any size; one without fails to fit, one line)."""
     from orchestrator.cli.options import check_model_source
 
     check_model_source(args)
     if args.checkpoint is None:
         return load_model_option(args, prunable)
     model, spec = load_checkpoint(args.checkpoint)
-    splits = load_data(make_data_config(args, spec.meta.get("data")))
-    return Loaded(model, spec, splits, check_fits(model, spec, splits))
+    config = make_data_config(args, recorded_data_fields(spec.meta.get("data"), spec.input_shape))
+    size = config.image_size
+    if getattr(args, "image_size", None) is not None and tuple(spec.input_shape[1:]) != (size, size):
+        print(f"warning: --image-size {size} overrides the checkpoint's {spec.input_shape[1]}x{spec.input_shape[2]} "
+              f"input: running at {size}x{size}", file=sys.stderr, flush=True)
+    splits = load_data(config)
+    return Loaded(model, spec, config, splits, check_fits(model, spec, splits))
+
+
+def spec_as_run(loaded: Loaded) -> ModelSpec:
+    """``loaded.spec`` with the input shape and image size the command ran at: what a checkpoint
+    written from this run records, so a later command reads its images at the same size."""
+    meta = dict(loaded.spec.meta)
+    if isinstance(meta.get("data"), dict) and loaded.data.image_size is not None:
+        meta["data"] = {**meta["data"], "image_size": loaded.data.image_size}
+    return replace(loaded.spec, input_shape=tuple(loaded.shape), meta=meta)
 
 
 def model_source(args: argparse.Namespace) -> tuple[dict[str, Any], dict | None]:
@@ -94,7 +129,7 @@ def load_model_option(args: argparse.Namespace, prunable: bool = True) -> Loaded
         meta["weights"] = str(Path(args.weights).absolute())
     model, spec, shape = model_for_data(args.model, splits, weights=state, kwargs=kwargs, meta=meta,
                                         prunable=prunable and is_external(args.model), weights_name=args.weights)
-    return Loaded(model, spec, splits, shape)
+    return Loaded(model, spec, config, splits, shape)
 
 
 def command_device(args: argparse.Namespace):
@@ -135,26 +170,30 @@ def collect_stats(args: argparse.Namespace, model: nn.Module, groups, batches, *
                   **options: Any):
     """Activation statistics of ``groups`` over ``batches``: in-process, or on ``--workers`` Ray
     actors (joining ``--address``). ``return_report``: ``(stats, RunReport or None in-process)``."""
+    from orchestrator.cli.options import show_progress
+
     workers = args.workers
     if not workers:
         from pruning.statistics import collect_activation_stats
 
-        state = collect_activation_stats(model, groups, batches, progress=not args.quiet, **options)
+        state = collect_activation_stats(model, groups, batches, progress=show_progress(args), **options)
         return (state, None) if return_report else state
     distributed.connect(args.address, workers, args.cpus_per_worker, log_to_driver=not args.json)
     return distributed.distributed_stats(model, groups, batches, workers=workers, cpus_per_worker=args.cpus_per_worker,
                                          gpus_per_worker=getattr(args, "gpus_per_worker", 0.0),
-                                         progress=not args.quiet, return_report=return_report, **options)
+                                         progress=show_progress(args), return_report=return_report, **options)
 
 
 def distribute_criterion(criterion, args: argparse.Namespace):
     """shapley/snpfi scoring on ``--workers`` Ray actors; other criteria (and ``--workers 0``)
     are returned as they are."""
+    from orchestrator.cli.options import show_progress
+
     if not args.workers or criterion.name not in ("shapley", "snpfi"):
         return criterion
     return criterion.delegate_estimation(distributed.DistributedShapley(
         args.workers, cpus_per_worker=args.cpus_per_worker, gpus_per_worker=getattr(args, "gpus_per_worker", 0.0),
-        address=args.address, progress=not args.quiet, log_to_driver=not args.json))
+        address=args.address, progress=show_progress(args), log_to_driver=not args.json))
 
 
 def ray_network(args: argparse.Namespace) -> str | None:

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from orchestrator.cli.options import (
-    add_model_source, add_output, add_ray_network, add_trial_device, trial_gpus,
+    add_image_size, add_model_source, add_output, add_ray_network, add_trial_device, trial_gpus,
 )
 from orchestrator.cli.recipe_args import add_recipe_arguments, recipe_from_args
 from orchestrator.cli.result import CommandResult
@@ -17,7 +17,8 @@ __all__ = ["add_parser", "run"]
 
 #: flags that build the study themselves: refused with --config, --resume and --report
 _STUDY_FLAGS = ("checkpoint", "model", "dataset", "criteria", "flops_reductions", "seeds", "strategy",
-                "calibration_images", "batch_size", "data_root", "test_subset", "cpus_per_trial", "experiment", "name")
+                "calibration_images", "batch_size", "data_root", "test_subset", "image_size", "cpus_per_trial", "experiment",
+                "name")
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -45,6 +46,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     flags.add_argument("--batch-size", type=int, default=None, help="batch size of the calibration batches (default: 128)")
     flags.add_argument("--data-root", default=None)
     flags.add_argument("--test-subset", type=int, default=None, help="evaluate on the first N test images only")
+    add_image_size(flags)
     flags.add_argument("--cpus-per-trial", type=float, default=None)
     flags.add_argument("--experiment", default=None, help="MLflow experiment (default: prunesweep-compare)")
     flags.add_argument("--name", default=None, help="name of the study (default: compare-<time>)")
@@ -70,7 +72,8 @@ def _flag_study(args: argparse.Namespace) -> dict:
         "model": args.model, "weights": args.weights, "model_kwargs": model_kwargs(args),
         "dataset": args.dataset or "fashion-mnist"}
     data = {k: v for k, v in {"calibration_images": args.calibration_images, "batch_size": args.batch_size,
-                              "data_root": args.data_root, "test_subset": args.test_subset}.items() if v is not None}
+                              "data_root": args.data_root, "test_subset": args.test_subset,
+                              "image_size": args.image_size}.items() if v is not None}
     return {
         "name": name, "checkpoints": [{k: v for k, v in baseline.items() if v is not None}],
         "criteria": list(args.criteria), "ratios": ["uniform"], "recipes": {"default": recipe_section(recipe_from_args(args))},

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from orchestrator.cli.options import add_data, add_device, add_model_source, add_output, add_seed
+from orchestrator.cli.options import add_data, add_device, add_model_source, add_output, add_seed, show_progress
 from orchestrator.cli.result import CommandResult
 
 __all__ = ["add_parser", "run"]
@@ -11,7 +11,7 @@ __all__ = ["add_parser", "run"]
 
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate a checkpoint: accuracy, MACs, parameters, latency")
-    add_output(p)
+    add_output(p, bars=True)
     add_seed(p)
     add_data(p, None)
     add_model_source(p)
@@ -27,7 +27,8 @@ def run(args: argparse.Namespace) -> CommandResult:
     device = command_device(args)
     loaded = load_fitting(args, prunable=False)  # evaluating needs no pruning
     loaded.model.to(device)
-    test = evaluate(loaded.model, make_test_loader(loaded.splits, args, device), progress=not args.quiet, amp=args.amp)
+    test = evaluate(loaded.model, make_test_loader(loaded.splits, args, device), progress=show_progress(args),
+                    amp=args.amp)
     data = {"checkpoint": args.checkpoint, "model": loaded.spec.name, "dataset": loaded.splits.name, "loss": test.loss,
             **measure(loaded.model, loaded.shape, test.accuracy)}
     rows = [(k, v) for k, v in data.items() if k != "checkpoint"]

@@ -5,16 +5,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 from pruning.errors import InputError
 
 __all__ = [
-    "AMP_CHOICES", "RAY_NETWORKS", "TRIAL_DEVICES", "add_data", "add_device", "add_distributed",
+    "AMP_CHOICES", "RAY_NETWORKS", "TRIAL_DEVICES", "add_data", "add_device", "add_distributed", "add_image_size",
     "add_model_options", "add_model_source", "add_output", "add_ray_network", "add_seed", "add_trial_device",
     "check_gpus", "check_minimum", "check_model_source", "check_output_files", "check_workers", "model_kwargs",
-    "trial_gpus",
+    "show_progress", "trial_gpus",
 ]
 
 #: ``--ray-network``: auto (the default) is private where the kernel allows it, else host
@@ -25,9 +26,26 @@ AMP_CHOICES = ("bf16", "fp16")
 TRIAL_DEVICES = ("auto", "cpu", "cuda")
 
 
-def add_output(p: argparse.ArgumentParser) -> None:
+def add_output(p: argparse.ArgumentParser, *, bars: bool = False) -> None:
+    """``--json`` and ``--quiet``; with ``bars`` (commands whose long stages show progress bars)
+    also ``--progress``, see :func:`show_progress`."""
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    p.add_argument("--quiet", action="store_true", help="no progress output")
+    if not bars:
+        p.add_argument("--quiet", action="store_true", help="no progress output")
+        return
+    shown = p.add_mutually_exclusive_group()
+    shown.add_argument("--progress", action="store_true",
+                       help="progress bars on stderr even when it is not a terminal (default: only on a terminal)")
+    shown.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def show_progress(args: argparse.Namespace) -> bool:
+    """Whether a command shows progress bars (on stderr, never stdout): with ``--progress``, or
+    when stderr is a terminal, never with ``--quiet``. A log file or a pipe gets no bars, whose
+    carriage-return redraws would fill it."""
+    if args.quiet:
+        return False
+    return bool(getattr(args, "progress", False)) or sys.stderr.isatty()
 
 
 def add_seed(p: argparse.ArgumentParser) -> None:
@@ -41,6 +59,13 @@ def add_data(p: argparse.ArgumentParser, dataset_default: str | None) -> None:
     p.add_argument("--data-root", default=None, help="dataset folder (fashion-mnist: /usr/share/datasets/fashion-mnist)")
     p.add_argument("--download", action="store_true", help="let torchvision download MNIST/CIFAR-10/SVHN into --data-root")
     p.add_argument("--test-subset", type=int, default=None, help="evaluate on the first N test images only")
+    add_image_size(p)
+
+
+def add_image_size(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    p.add_argument("--image-size", type=int, default=None, metavar="N",
+                   help="imagefolder only: resize and centre-crop images to N x N pixels (default: the "
+                        "checkpoint's, else 224)")
 
 
 MODEL_HELP = ("a registered model (see `prunesweep info`), torchvision:<name>, timm:<name> "

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from orchestrator.cli.options import (
     add_data, add_device, add_distributed, add_model_source, add_output, add_seed, check_minimum, check_model_source,
-    check_output_files, check_workers,
+    check_output_files, check_workers, show_progress,
 )
 from orchestrator.cli.recipe_args import add_recipe_arguments, recipe_from_args
 from orchestrator.cli.result import CommandResult
@@ -29,7 +29,7 @@ def list_ratio_sources() -> list[str]:
 
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("prune", help="prune a checkpoint to a ratio or FLOPs target, recover and report")
-    add_output(p)
+    add_output(p, bars=True)
     add_seed(p)
     add_data(p, None)
     add_model_source(p)
@@ -117,11 +117,11 @@ def run(args: argparse.Namespace) -> CommandResult:
                                what=f"the statistics in --stats {args.stats}")
     model.to(device)  # pruning copies the model: the pruned one and every recipe stage run there too
     example = example.to(device)
-    progress = not args.quiet
+    progress = show_progress(args)
     scoring = make_test_loader(splits, args, device)
     base_accuracy = evaluate(model, scoring, progress=progress, amp=args.amp).accuracy
 
-    batches = calibration_batches(splits, args.calibration_images, args.batch_size)
+    batches = calibration_batches(splits, args.calibration_images, args.batch_size, progress=progress)
     stats = stats_file
     if needs_stats and stats is None:
         stats = _collect_stats(args, model, space, batches, criterion)
@@ -238,11 +238,13 @@ def _write_outputs(args, loaded, pruned, pruning: dict) -> None:
     schedule file, each only where asked for."""
     from dataclasses import replace
 
+    from orchestrator.cli.common import spec_as_run
     from pruning.planning import save_schedule
     from pruning.structure import save_checkpoint
 
     if args.out:
-        save_checkpoint(args.out, pruned, replace(loaded.spec, meta={**loaded.spec.meta, "pruning": pruning}))
+        spec = spec_as_run(loaded)
+        save_checkpoint(args.out, pruned, replace(spec, meta={**spec.meta, "pruning": pruning}))
     if args.schedule_out:
         save_schedule(args.schedule_out, pruning["schedule"])
 

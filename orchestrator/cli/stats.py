@@ -5,7 +5,7 @@ import argparse
 
 from orchestrator.cli.options import (
     add_data, add_device, add_distributed, add_model_source, add_output, add_seed, check_minimum, check_output_files,
-    check_workers,
+    check_workers, show_progress,
 )
 from orchestrator.cli.result import CommandResult
 
@@ -23,7 +23,7 @@ def _rank_images(text: str) -> int | None:
 
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("stats", help="compute activation statistics on the calibration split and save them")
-    add_output(p)
+    add_output(p, bars=True)
     add_seed(p)
     add_data(p, None)
     add_model_source(p)
@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> CommandResult:
     loaded = load_fitting(args)
     space = PruningSpace.build(loaded.model, torch.zeros(1, *loaded.shape))
     loaded.model.to(device)  # the in-process pass (and the histogram edges) run there
-    batches = calibration_batches(loaded.splits, args.calibration_images, 128)
+    batches = calibration_batches(loaded.splits, args.calibration_images, 128, progress=show_progress(args))
     started = time.perf_counter()
     state, report = collect_stats(args, loaded.model, space.groups, batches, bins=args.bins, value=args.value,
                                   rank_images=args.rank_images, chip=args.chip, map_entropy=args.map_entropy,

@@ -6,6 +6,7 @@ import argparse
 
 from orchestrator.cli.options import (
     MODEL_HELP, add_data, add_device, add_model_options, add_output, add_seed, check_minimum, check_output_files,
+    show_progress,
 )
 from orchestrator.cli.result import CommandResult
 
@@ -14,7 +15,7 @@ __all__ = ["add_parser", "run"]
 
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model and save a checkpoint")
-    add_output(p)
+    add_output(p, bars=True)
     add_seed(p)
     add_data(p, "fashion-mnist")
     p.add_argument("--model", default="resnet20", help=MODEL_HELP + " (default: resnet20)")
@@ -65,9 +66,10 @@ def run(args: argparse.Namespace) -> CommandResult:
     started = time.perf_counter()
     loader = make_loader(splits.train, args.batch_size, shuffle=True, seed=args.seed, augment=splits.augment_by_default,
                          num_workers=args.loader_workers, pin_memory=device.type == "cuda")
-    history = train(model, loader, train_config, progress=not args.quiet, amp=args.amp)
+    progress = show_progress(args)
+    history = train(model, loader, train_config, progress=progress, amp=args.amp)
     seconds = time.perf_counter() - started
-    test = evaluate(model, make_test_loader(splits, args, device), progress=not args.quiet, amp=args.amp)
+    test = evaluate(model, make_test_loader(splits, args, device), progress=progress, amp=args.amp)
     meta = {"data": asdict(config), "train": asdict(train_config), "test_accuracy": test.accuracy,
             "history": history, "train_seconds": seconds}
     if args.weights is not None:

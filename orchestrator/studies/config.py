@@ -313,6 +313,9 @@ class StudyConfig:
         if len(labels) > 1 and self.statistics.reference not in labels:
             raise ConfigError("statistics.reference", f"must be one of the criteria {', '.join(labels)}, "
                               f"got {self.statistics.reference!r}")
+        for baseline in self.checkpoints:  # a checkpoint's dataset is checked when it is loaded
+            if baseline.model is not None:
+                self.data.check_dataset(baseline.model.dataset)
         object.__setattr__(self, "recipes", dict(self.recipes))
         if self.tracking.uri is None:
             object.__setattr__(self, "tracking", replace(self.tracking, uri=default_tracking_uri(self.run_dir)))

@@ -51,14 +51,10 @@ class BaselineSetup:
 
 
 def _data_config(spec, data: DataSettings, dataset: str | None = None):
-    from pruning.data import DataConfig
+    from pruning.data import recorded_data_fields
 
-    fields = dict(spec.meta.get("data") or {}) if spec is not None else {"name": dataset}
-    if data.data_root is not None:
-        fields["root"] = data.data_root
-    if data.test_subset is not None:
-        fields["test_subset"] = data.test_subset
-    return DataConfig(**fields)
+    recorded = recorded_data_fields(spec.meta.get("data"), spec.input_shape) if spec is not None else {"name": dataset}
+    return data.data_config(recorded)
 
 
 def prepare_baseline(

@@ -8,7 +8,8 @@ A sweep config is one YAML file (see ``search_spaces/resnet20_fmnist.yaml``)::
     # weights: my_weights.pt         # its state_dict (torch.save(model.state_dict(), path))
     # model_kwargs: {}               # the factory's keyword options
     # dataset: fashion-mnist         # what it was trained on (a checkpoint records its own)
-    data:     {calibration_images: 512, batch_size: 128, data_root: null, test_subset: null}
+    data:     {calibration_images: 512, batch_size: 128, data_root: null, test_subset: null,
+               image_size: null}     # image_size: imagefolder only (null: the checkpoint's, else 224)
     recipe:   {reconstruct: true, bn_batches: 20, finetune_subset: null, ...}  # RecoveryRecipe
     space:    {name: concentration, strategy: full, <the space's options>}
     sweep:    {trials: 8, concurrency: 2, sampler: nsga2, objectives: {accuracy: max, macs: min},
@@ -90,18 +91,40 @@ class DataSettings:
     batch_size: of the calibration batches.
     data_root: dataset folder (None: the checkpoint's / the dataset's default).
     test_subset: test images for the Pareto set's test accuracy (None: the checkpoint's).
+    image_size: ``imagefolder`` only: images resized and centre-cropped to this many pixels a
+        side (None: the size the checkpoint records, else 224).
     """
 
     calibration_images: int = 512
     batch_size: int = 128
     data_root: str | None = None
     test_subset: int | None = None
+    image_size: int | None = None
 
     def __post_init__(self) -> None:
         check_int("data.calibration_images", self.calibration_images, lo=1)
         check_int("data.batch_size", self.batch_size, lo=1)
         check_string("data.data_root", self.data_root, optional=True)
         check_int("data.test_subset", self.test_subset, lo=1, optional=True)
+        check_int("data.image_size", self.image_size, lo=1, optional=True)
+
+    def check_dataset(self, dataset: str | None) -> None:
+        """Refuse ``image_size`` for a dataset other than ``imagefolder`` (the baseline's)."""
+        if self.image_size is not None and dataset != "imagefolder":
+            raise ConfigError("data.image_size", f"applies only to dataset imagefolder, not {dataset!r}; "
+                                                 "drop it or use an imagefolder baseline")
+
+    def data_config(self, recorded: Mapping[str, Any]) -> Any:
+        """The :class:`pruning.data.DataConfig` of a baseline: the ``recorded`` fields (a
+        checkpoint's, see :func:`pruning.data.recorded_data_fields`, or just the dataset's
+        ``name``) with this section's ``data_root``, ``test_subset`` and ``image_size``."""
+        from pruning.data import DataConfig
+
+        fields = dict(recorded)
+        self.check_dataset(fields.get("name", DataConfig.name))
+        overrides = {"root": self.data_root, "test_subset": self.test_subset, "image_size": self.image_size}
+        fields.update({k: v for k, v in overrides.items() if v is not None})
+        return DataConfig(**fields)
 
     @classmethod
     def from_dict(cls, data: Any) -> DataSettings:
@@ -113,7 +136,9 @@ class DataSettings:
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        """Every key, but ``image_size`` only where set: a resolved config without it, and so
+        its MLflow params, stay those of a sweep that never sized its images."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "image_size" or self.image_size}
 
 
 @dataclass(frozen=True)
@@ -306,6 +331,8 @@ class SweepConfig:
         if self.tracking.uri is None:
             object.__setattr__(self, "tracking", replace(self.tracking, uri=default_tracking_uri(self.run_dir)))
         refine_recipe(self.recipe, self.sweep.refine)  # the overrides fit the recipe
+        if self.model is not None:  # a checkpoint's dataset is checked when it is loaded
+            self.data.check_dataset(self.model.dataset)
 
     @property
     def source(self) -> str | ModelSettings:

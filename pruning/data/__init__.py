@@ -20,6 +20,7 @@ from pruning.data.config import (  # noqa: F401
     DataSplits,
     load_data,
     calibration_batches,
+    recorded_data_fields,
 )
 
 __all__ = [
@@ -39,4 +40,5 @@ __all__ = [
     "make_eval_loader",
     "make_loader",
     "calibration_batches",
+    "recorded_data_fields",
 ]

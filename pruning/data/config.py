@@ -8,7 +8,9 @@
 """
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset
@@ -17,7 +19,7 @@ from pruning.data.loaders import Batch, make_loader
 from pruning.data.sources import DATASETS
 from pruning.errors import InputError
 
-__all__ = ["DataConfig", "DataSplits", "load_data", "calibration_batches"]
+__all__ = ["DataConfig", "DataSplits", "load_data", "calibration_batches", "recorded_data_fields"]
 
 
 @dataclass(frozen=True)
@@ -26,8 +28,8 @@ class DataConfig:
 
     ``root=None`` means the dataset's default root (only ``fashion-mnist`` has one).
     ``train_subset`` / ``test_subset`` keep only the first N images of the (remaining)
-    training / test split, for quick runs. ``image_size`` applies to ``imagefolder`` only
-    (default 224).
+    training / test split, for quick runs. ``image_size`` applies to ``imagefolder`` only: every
+    image is resized and centre-cropped to ``image_size`` x ``image_size`` (None: 224).
     """
 
     name: str = "fashion-mnist"
@@ -106,6 +108,21 @@ def load_data(config: DataConfig) -> DataSplits:
     )
 
 
+def recorded_data_fields(record: Mapping[str, Any] | None, input_shape: Sequence[int] | None) -> dict[str, Any]:
+    """The :class:`DataConfig` fields a model was recorded with (a checkpoint's ``meta["data"]``
+    and its ``(channels, height, width)`` input shape), as a dict to apply overrides to.
+
+    An ``imagefolder`` record without an ``image_size`` takes it from a square input shape: the
+    images a model was built for are the ones it is evaluated and pruned on.
+    """
+    fields = dict(record or {})
+    if fields.get("name") == "imagefolder" and fields.get("image_size") is None and input_shape is not None:
+        height, width = input_shape[-2:]
+        if height == width:
+            fields["image_size"] = int(height)
+    return fields
+
+
 def _checked_subset(config: DataConfig, field_name: str, available: int) -> int:
     requested = getattr(config, field_name)
     if requested is None:
@@ -117,17 +134,25 @@ def _checked_subset(config: DataConfig, field_name: str, available: int) -> int:
     return requested
 
 
-def calibration_batches(splits: DataSplits, images: int, batch_size: int = 128) -> list[Batch]:
+def calibration_batches(splits: DataSplits, images: int, batch_size: int = 128, *,
+                        progress: bool = False) -> list[Batch]:
     """The first ``images`` calibration images, in order, as a list of ``(inputs, targets)``
     batches of at most ``batch_size`` (the last one cut to size): what statistics, scoring,
-    reconstruction and search all read, held in memory once."""
+    reconstruction and search all read, held in memory once. ``progress``: a bar on stderr
+    while the images are read (decoding an ``imagefolder`` takes a while)."""
+    from tqdm.auto import tqdm
+
     if images <= 0:
         raise InputError(f"calibration images must be > 0, got {images}")
     batches: list[Batch] = []
     seen = 0
-    for x, y in make_loader(splits.calibration, min(batch_size, images), shuffle=False):
-        batches.append((x[: images - seen], y[: images - seen]))
-        seen += len(batches[-1][1])
-        if seen >= images:
-            break
+    loader = make_loader(splits.calibration, min(batch_size, images), shuffle=False)
+    with tqdm(total=min(images, len(splits.calibration)), desc="calibration images", unit="img",
+              disable=not progress, leave=False) as bar:
+        for x, y in loader:
+            batches.append((x[: images - seen], y[: images - seen]))
+            seen += len(batches[-1][1])
+            bar.update(len(batches[-1][1]))
+            if seen >= images:
+                break
     return batches
