@@ -20,9 +20,11 @@ from pruning.data import (
     Augmentation,
     DataConfig,
     DataRootError,
+    calibration_batches,
     list_datasets,
     load_data,
     make_loader,
+    recorded_data_fields,
 )
 from pruning.training import TrainConfig, evaluate, train
 
@@ -185,13 +187,17 @@ def test_oversized_splits_are_refused(fake_idx_root: Path):
         load_data(DataConfig(root=str(fake_idx_root), calibration_size=0, test_subset=11))
 
 
-def test_imagefolder(tmp_path: Path):
+def _write_image_folder(root: Path) -> None:
     colours = {"blue": (0, 0, 255), "red": (255, 0, 0)}
     for split, count in (("train", 3), ("val", 1)):
         for name, colour in colours.items():
-            (tmp_path / split / name).mkdir(parents=True)
+            (root / split / name).mkdir(parents=True)
             for i in range(count):
-                Image.new("RGB", (20, 12), colour).save(tmp_path / split / name / f"{i}.png")
+                Image.new("RGB", (20, 12), colour).save(root / split / name / f"{i}.png")
+
+
+def test_imagefolder(tmp_path: Path):
+    _write_image_folder(tmp_path)
     splits = load_data(DataConfig(name="imagefolder", root=str(tmp_path), calibration_size=2, image_size=8))
     assert (splits.num_classes, splits.in_channels, splits.input_size) == (2, 3, (8, 8))
     assert (len(splits.train), len(splits.calibration), len(splits.test)) == (4, 2, 2)
@@ -199,6 +205,26 @@ def test_imagefolder(tmp_path: Path):
     assert images.shape == (4, 3, 8, 8) and sorted(labels.tolist()) == sorted(
         label for _, label in splits.train
     )
+
+
+def test_imagefolder_calibration_batches_at_the_image_size(tmp_path: Path, capsys):
+    _write_image_folder(tmp_path)
+    splits = load_data(DataConfig(name="imagefolder", root=str(tmp_path), calibration_size=4, image_size=6))
+    batches = calibration_batches(splits, 3, batch_size=2, progress=True)
+    assert [tuple(x.shape) for x, _ in batches] == [(2, 3, 6, 6), (1, 3, 6, 6)]
+    captured = capsys.readouterr()
+    assert captured.out == "" and "calibration images" in captured.err  # the bar is on stderr
+    calibration_batches(splits, 3, batch_size=2)
+    assert capsys.readouterr().err == ""
+
+
+def test_recorded_data_fields_take_an_imagefolders_size_from_the_input_shape():
+    folder = {"name": "imagefolder", "root": "/data", "image_size": None}
+    assert recorded_data_fields(folder, (3, 64, 64)) == {**folder, "image_size": 64}
+    assert recorded_data_fields({**folder, "image_size": 96}, (3, 64, 64))["image_size"] == 96  # the record wins
+    assert recorded_data_fields(folder, (3, 64, 48))["image_size"] is None  # not square: the default
+    assert recorded_data_fields({"name": "cifar10"}, (3, 32, 32)) == {"name": "cifar10"}
+    assert recorded_data_fields(None, (1, 28, 28)) == {}
 
 
 def _numbered_dataset(count: int = 10) -> TensorDataset:
