@@ -1,7 +1,8 @@
 """The ``prunesweep`` command line: info, train, eval, stats, prune, export, sweep, pareto, compare.
 
 Every command prints a readable summary, or with ``--json`` exactly one JSON object on stdout
-(progress bars go to stderr; ``--quiet`` silences them). Bad input ends with a one-line
+(progress goes to stderr: the bars of train, eval, stats and prune only on a terminal or with
+``--progress``; ``--quiet`` silences it all). Bad input ends with a one-line
 ``error: ...`` on stderr and exit status 2, before anything is written; any other exception is
 a bug and keeps its traceback (exit status 1).
 """
