@@ -9,7 +9,7 @@ its dataset and to be prunable. Trials rebuild the model from its spec by name, 
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -85,6 +85,8 @@ def prepare_baseline(
         data_config = _data_config(spec, data)
         splits = load_data(data_config)
         shape = tuple(check_fits(model, spec, splits))
+        # trials save their checkpoints from this spec: it records the size the sweep runs at
+        spec = replace(spec, input_shape=shape, meta={**spec.meta, "data": asdict(data_config)})
     if len(splits.calibration) == 0:
         raise ConfigError("checkpoint", "its data config holds out no calibration images (calibration_size 0)")
     space = PruningSpace.build(model, torch.zeros(1, *shape))
@@ -104,8 +106,6 @@ def prepare_baseline(
 
 def _build_baseline(settings: ModelSettings, data: DataSettings):
     """(model, spec, data config, splits, shape) of a model given by name and weights file."""
-    from dataclasses import asdict
-
     from pruning.data import load_data
     from pruning.models import is_external, read_weights
     from pruning.structure import model_for_data

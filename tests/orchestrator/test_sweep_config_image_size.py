@@ -74,6 +74,8 @@ def test_baseline_data_is_loaded_at_the_configured_size(folder_checkpoint):
     assert sized.data_config.image_size == 12 and sized.shape == (3, 12, 12)
     assert tuple(sized.batches[0][0].shape) == (4, 3, 12, 12)
     assert sized.splits.test[0][0].shape == (3, 12, 12)
+    # the spec trials save their checkpoints from records the size they ran at
+    assert sized.spec.input_shape == (3, 12, 12) and sized.spec.meta["data"]["image_size"] == 12
 
 
 def test_a_checkpoint_of_another_dataset_refuses_image_size(tmp_path):
