@@ -138,9 +138,9 @@ def unsupported_op(error: BaseException, model: nn.Module) -> UnsupportedStructu
     op = str(getattr(node, "name", "an op")).split("(")[0]
     where = f"after layer {layer!r}" if layer else "in the model"
     return UnsupportedStructureError(
-        f"the op {op} {where} regroups channels in a way the pruning engine cannot follow "
-        f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else 'no message'}); "
-        f"models with it (e.g. ShuffleNet's channel shuffle) cannot be pruned"
+        f"the model cannot be traced for pruning {where}: the op {op} regroups channels in a way the "
+        f"engine cannot follow (e.g. ShuffleNet's channel shuffle; {type(error).__name__}: "
+        f"{str(error).splitlines()[0] if str(error) else 'no message'})"
     )
 
 
