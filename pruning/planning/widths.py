@@ -43,7 +43,8 @@ class WidthGrid:
 
     def step(self, group: ChannelGroup) -> int:
         """Allowed widths are multiples of this: ``round_to`` and the group's unit width."""
-        return math.lcm(self.round_to, group.units.width)
+        units = getattr(group, "units", None)  # anything with a name and a size plans; units where it has them
+        return math.lcm(self.round_to, units.width if units is not None else 1)
 
     def bounds(self, group: ChannelGroup) -> tuple[int, int]:
         """Fewest and most channels ``group`` may keep (both allowed widths)."""

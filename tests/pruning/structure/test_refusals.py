@@ -34,15 +34,15 @@ class GhostLike(nn.Module):
         self.stem = nn.Conv2d(3, 8, 3, padding=1)
         self.primary = nn.Conv2d(8, 4, 1)
         self.cheap = nn.Conv2d(4, 4, 3, padding=1, groups=4)
-        self.expand = nn.Conv2d(8, 16, 1)
-        self.head = nn.Linear(8, 10)
+        self.mix = nn.Conv2d(8, 12, 1)
+        self.head = nn.Linear(12, 10)
 
     def forward(self, x):
         x = torch.relu(self.stem(x))
         primary = self.primary(x)
         ghost = torch.cat([primary, self.cheap(primary)], 1)[:, :8]
         x = x + ghost
-        return self.head(torch.relu(self.expand(x))[:, :8].mean((2, 3)))
+        return self.head(torch.relu(self.mix(x)).mean((2, 3)))
 
 
 def test_groups_joined_from_unequal_widths_are_excluded_and_the_rest_prunes():
@@ -52,7 +52,7 @@ def test_groups_joined_from_unequal_widths_are_excluded_and_the_rest_prunes():
     assert "stem" in excluded and "joined from layers of other widths" in excluded["stem"]
     assert "stem" not in {g.name for g in space.groups}
     outcome = prune_with_criterion(model, x, create_criterion("l1"), PruningConfig(ratio=0.5), space=space)
-    assert outcome.model(x).shape == (2, 10)
+    assert outcome.keep["mix"] == 6 and outcome.model(x).shape == (2, 10)
 
 
 def test_an_overrun_of_the_time_budget_stops_the_work_in_one_line():
