@@ -93,13 +93,14 @@ def within_budget(budget: PreparationBudget, what: str) -> Iterator[None]:
     def watch() -> None:
         while not done.wait(_POLL_SECONDS):
             elapsed, grown = time.monotonic() - start, (_resident_bytes() - base) / 2**30
-            if elapsed > budget.seconds or grown > budget.memory_gb:
+            if overrun or elapsed > budget.seconds or grown > budget.memory_gb:
+                # again at every poll until the block ends: an exception that lands in a
+                # finaliser (frequent while memory churns) is swallowed by the interpreter
                 with lock:
                     if not done.is_set():
                         overrun.append((elapsed, grown))
                         ctypes.pythonapi.PyThreadState_SetAsyncExc(
                             ctypes.c_ulong(thread_id), ctypes.py_object(_BudgetExceeded))
-                return
 
     watchdog = threading.Thread(target=watch, name="preparation-budget", daemon=True)
     watchdog.start()
