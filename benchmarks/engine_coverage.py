@@ -32,7 +32,7 @@ def build(name: str):
         return timm.create_model(name[5:], pretrained=False, num_classes=10, img_size=64) \
             if "deit" in name or "vit" in name else timm.create_model(name[5:], pretrained=False, num_classes=10)
     import torchvision
-    kwargs = {"image_size": 64} if name.startswith(("vit_", "maxvit")) else {}
+    kwargs = {"image_size": 64} if name.startswith("vit_") else {"input_size": (64, 64)} if name == "maxvit_t" else {}
     if name in ("googlenet", "inception_v3"):
         kwargs.update(aux_logits=False, init_weights=False)
     torch.manual_seed(0)
