@@ -35,7 +35,7 @@ def not_a_model(num_classes: int = 10) -> int:
 
 
 class GroupedCNN(nn.Module):
-    """A grouped (not depthwise) conv: channels cannot be removed one at a time."""
+    """A grouped (not depthwise) conv: channels are removed one per group at a time."""
 
     def __init__(self, num_classes: int = 10, in_channels: int = 1) -> None:
         super().__init__()
@@ -49,3 +49,34 @@ class GroupedCNN(nn.Module):
 
 def grouped_cnn(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
     return GroupedCNN(num_classes, in_channels)
+
+
+class ChannelShuffle(nn.Module):
+    """ShuffleNet's channel shuffle: view as (groups, channels / groups), transpose, flatten."""
+
+    def __init__(self, groups: int) -> None:
+        super().__init__()
+        self.groups = groups
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        return x.view(n, self.groups, c // self.groups, h, w).transpose(1, 2).reshape(n, c, h, w)
+
+
+class ShuffledCNN(nn.Module):
+    """A channel shuffle between two convs: removing one channel breaks its reshape."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(in_channels, 8, 3, padding=1)
+        self.shuffle = ChannelShuffle(2)
+        self.mix = nn.Conv2d(8, 8, 1)
+        self.head = nn.Linear(8, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.shuffle(torch.relu(self.stem(x)))
+        return self.head(torch.relu(self.mix(x)).mean((2, 3)))
+
+
+def shuffled_cnn(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
+    return ShuffledCNN(num_classes, in_channels)

@@ -1,8 +1,9 @@
 """The up-front check that the pruning engine can handle a model a user brings.
 
 :func:`check_prunable` does once, in seconds, what every pruning run does: it traces the model
-into its channel groups (:class:`~pruning.structure.PruningSpace`), removes one channel from
-every group on a copy, and runs the pruned copy. A model the dependency graph cannot handle
+into its channel groups (:class:`~pruning.structure.PruningSpace`), removes one channel (one
+unit where channels go together: a grouped convolution's channel in each group, an attention
+head) from every group on a copy, and runs the pruned copy. A model the dependency graph cannot handle
 (an op it cannot trace, a coupling it resolves differently, a layer whose shapes break after
 pruning) then fails with a one-line :class:`UnprunableModelError` naming the layer, before any
 data is scored or any training runs, rather than after a long run.
@@ -37,7 +38,7 @@ def check_prunable(model: nn.Module, shape: tuple[int, int, int], name: str = "m
     if not space.groups:
         raise UnprunableModelError(f"{name} has no channels the pruning engine can remove "
                                    "(no Conv2d/Linear output besides the classifier's)")
-    keep = {g.name: g.size - 1 for g in space.groups if g.size > 1}
+    keep = {g.name: g.size - g.units.width for g in space.groups if g.size > g.units.width}
     scores = {n: torch.arange(space[n].size, dtype=torch.float32) for n in keep}
     try:
         pruned, _ = prune_model(model, example, space, keep, scores)

@@ -90,12 +90,13 @@ class PruningConfig:
 def keep_from_ratios(groups: Sequence[ChannelGroup], ratios: Mapping[str, float], min_channels: int = 1,
                      round_to: int = 1) -> dict[str, int]:
     """Channels kept per group when removing ``round(ratio * size)`` (at least ``min_channels``
-    kept), rounded to the nearest multiple of ``round_to`` (or the full width)."""
+    kept), rounded to the nearest allowed width (:class:`WidthGrid`: multiples of ``round_to``
+    and of the group's unit width, or the full width)."""
     keep = {}
     for g in groups:
         removed = round(ratios.get(g.name, 0.0) * g.size)
         width = max(min(min_channels, g.size), g.size - removed)
-        if round_to > 1:
+        if round_to > 1 or g.units.width > 1:
             width = WidthGrid(cap=1.0, min_channels=min_channels, round_to=round_to).snap(g, width)
         keep[g.name] = width
     return keep

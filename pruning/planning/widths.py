@@ -28,16 +28,23 @@ FLOPS_TOLERANCE = 0.01
 
 @dataclass(frozen=True)
 class WidthGrid:
-    """The widths a group may keep: within ``bounds``, multiples of ``round_to`` or the full width.
+    """The widths a group may keep: within ``bounds``, multiples of :meth:`step` or the full width.
 
     cap: the largest fraction of a group's channels that may be removed.
     min_channels: the fewest channels a group keeps.
     round_to: kept widths are multiples of this (a group keeps all its channels if it has fewer).
+    A group with units (``ChannelGroup.units``: grouped convolutions, attention heads) keeps a
+    multiple of its unit width as well.
     """
 
     cap: float
     min_channels: int = 1
     round_to: int = 1
+
+    def step(self, group: ChannelGroup) -> int:
+        """Allowed widths are multiples of this: ``round_to`` and the group's unit width."""
+        units = getattr(group, "units", None)  # anything with a name and a size plans; units where it has them
+        return math.lcm(self.round_to, units.width if units is not None else 1)
 
     def bounds(self, group: ChannelGroup) -> tuple[int, int]:
         """Fewest and most channels ``group`` may keep (both allowed widths)."""
@@ -46,14 +53,15 @@ class WidthGrid:
 
     def snap_up(self, group: ChannelGroup, width: int) -> int:
         """The smallest allowed width >= ``width`` (the full width at most)."""
-        step = self.round_to
+        step = self.step(group)
         return min(group.size, -(-max(width, 1) // step) * step)
 
     def snap(self, group: ChannelGroup, width: int) -> int:
         """The allowed width within :meth:`bounds` nearest ``width`` (the wider one on a tie)."""
         low, high = self.bounds(group)
         width = min(high, max(low, width))
-        down = max(low, width // self.round_to * self.round_to)
+        step = self.step(group)
+        down = max(low, width // step * step)
         up = self.snap_up(group, width)
         return down if width - down < up - width else up
 
@@ -62,7 +70,8 @@ class WidthGrid:
         at the bound."""
         low, high = self.bounds(group)
         if direction < 0:
-            candidate = (width - 1) // self.round_to * self.round_to
+            step = self.step(group)
+            candidate = (width - 1) // step * step
             return candidate if candidate >= low and width > low else None
         candidate = self.snap_up(group, width + 1)
         return candidate if width < high else None
@@ -70,7 +79,8 @@ class WidthGrid:
     def nearest(self, group: ChannelGroup, wanted: float) -> set[int]:
         """The allowed widths on either side of a real-valued width (within bounds)."""
         low, high = self.bounds(group)
-        below = max(low, min(high, math.floor(wanted) // self.round_to * self.round_to))
+        step = self.step(group)
+        below = max(low, min(high, math.floor(wanted) // step * step))
         above = self.snap_up(group, min(high, max(low, math.ceil(wanted))))
         return {below, above}
 

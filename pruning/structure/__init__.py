@@ -2,6 +2,14 @@
 from pruning.structure.groups import (  # noqa: F401
     ObservedOutput,
     ChannelGroup,
+    ChannelsLastError,
+    Exclusion,
+    UnitLayout,
+)
+from pruning.structure.limits import (  # noqa: F401
+    PreparationBudget,
+    PreparationBudgetError,
+    UnsupportedStructureError,
 )
 from pruning.structure.engine import (  # noqa: F401
     STRATEGIES,
@@ -12,6 +20,7 @@ from pruning.structure.engine import (  # noqa: F401
     build_dependency_graph,
     PruningSpace,
     select_kept_channels,
+    select_kept_units,
     prune_model,
 )
 from pruning.structure.checkpoint import (  # noqa: F401
@@ -40,6 +49,12 @@ from pruning.structure.measure import (  # noqa: F401
 __all__ = [
     "ObservedOutput",
     "ChannelGroup",
+    "ChannelsLastError",
+    "Exclusion",
+    "UnitLayout",
+    "PreparationBudget",
+    "PreparationBudgetError",
+    "UnsupportedStructureError",
     "STRATEGIES",
     "PruningError",
     "is_depthwise",
@@ -48,6 +63,7 @@ __all__ = [
     "build_dependency_graph",
     "PruningSpace",
     "select_kept_channels",
+    "select_kept_units",
     "prune_model",
     "FORMAT",
     "CheckpointError",

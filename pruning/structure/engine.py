@@ -19,61 +19,31 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from pruning.structure.groups import ChannelGroup, ObservedOutput
-from pruning.errors import InputError
+from pruning.structure.attention import attention_modules, attention_of, head_layouts, remove_heads
+from pruning.structure.costs import PRUNABLE, CostTerm, ForwardTrace, cost_terms, is_depthwise, trace_forward
+from pruning.structure.errors import PruningError
+from pruning.structure.groups import ChannelGroup, Exclusion, ObservedOutput, UnitLayout
+from pruning.structure.limits import PreparationBudget, unsupported_op, within_budget
 from pruning.utils import preserved_modes
 
 STRATEGIES = ("full", "inner")
-_PRUNABLE = (nn.Conv2d, nn.Linear)
 _NORMS = (nn.modules.batchnorm._BatchNorm,)
-
-
-class PruningError(InputError):
-    """A pruning request that cannot be carried out (bad name, ratio or target)."""
-
-
-def is_depthwise(module: nn.Module) -> bool:
-    return (
-        isinstance(module, nn.Conv2d)
-        and module.groups > 1
-        and module.groups == module.in_channels == module.out_channels
-    )
-
-
-def _as_tuple(example_inputs) -> tuple:
-    return example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
-
-
-def _called_layers(model: nn.Module, example_inputs) -> list[tuple[str, nn.Module, int]]:
-    """``(name, module, output elements per sample)`` of each Conv2d/Linear call of one forward,
-    in call order. Runs in eval mode: a train-mode forward would move the BN running statistics."""
-    batch = _as_tuple(example_inputs)[0].shape[0]
-    called: list[tuple[str, nn.Module, int]] = []
-    hooks = [
-        module.register_forward_hook(lambda m, i, o, name=name: called.append((name, m, o.numel() // batch)))
-        for name, module in model.named_modules()
-        if isinstance(module, _PRUNABLE)
-    ]
-    try:
-        with _eval_mode(model), torch.no_grad():
-            model(*_as_tuple(example_inputs))
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return called
 
 
 def layer_call_order(model: nn.Module, example_inputs) -> list[str]:
     """Names of the Conv2d/Linear layers in the order one forward pass calls them (first calls)."""
-    return list(dict.fromkeys(name for name, _, _ in _called_layers(model, example_inputs)))
+    return list(dict.fromkeys(call.name for call in trace_forward(model, example_inputs, count=False).calls))
 
 
 def find_classifier(model: nn.Module, example_inputs) -> str:
     """The last Conv2d/Linear a forward pass calls: the classifier, whose outputs are never pruned."""
-    called = _called_layers(model, example_inputs)
-    if not called:
+    return _classifier(trace_forward(model, example_inputs, count=False))
+
+
+def _classifier(trace: ForwardTrace) -> str:
+    if not trace.calls:
         raise PruningError("the model has no Conv2d or Linear layer to prune")
-    return called[-1][0]
+    return trace.calls[-1].name
 
 
 @contextmanager
@@ -86,81 +56,54 @@ def _eval_mode(model: nn.Module) -> Iterator[nn.Module]:
 
 
 def build_dependency_graph(model: nn.Module, example_inputs) -> tp.DependencyGraph:
-    with _eval_mode(model):
-        return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
-
-
-@dataclass(frozen=True)
-class _CostTerm:
-    """One layer's MACs at full width and the groups that scale them."""
-
-    module: str
-    macs: int
-    out_group: str | None
-    in_group: str | None
+    """Torch-Pruning's dependency graph; an op it cannot map channels through is a one-line
+    :class:`~pruning.structure.limits.UnsupportedStructureError` naming the layer before it."""
+    try:
+        with _eval_mode(model):
+            return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
+    except Exception as err:
+        unsupported = unsupported_op(err, model)
+        if unsupported is None:
+            raise
+        raise unsupported from None
 
 
 class PruningSpace:
-    """The prunable channel groups of a model and an exact MAC model over their widths."""
+    """The prunable channel groups of a model and an exact MAC model over their widths.
 
-    def __init__(self, groups: Sequence[ChannelGroup], terms: Sequence[_CostTerm], classifier: str) -> None:
+    ``excluded``: the layers left at full width and why (structures the engine cannot prune,
+    e.g. the token width of a transformer); the rest of the model prunes.
+    ``heads``: ``{group name: attention module}`` for the groups that are attention heads.
+    """
+
+    def __init__(self, groups: Sequence[ChannelGroup], terms: Sequence[CostTerm], classifier: str, *,
+                 call_order: Sequence[str] = (), excluded: Sequence[Exclusion] = (),
+                 heads: Mapping[str, str] | None = None) -> None:
         self.groups = tuple(groups)
         self.classifier = classifier
+        self.excluded = tuple(excluded)
+        self.heads = dict(heads or {})
         self._terms = tuple(terms)
         self._by_name = {g.name: g for g in self.groups}
         #: Conv2d/Linear layers in the order the traced forward pass called them
-        self.call_order = tuple(t.module for t in self._terms)
+        self.call_order = tuple(call_order) or tuple(t.module for t in self._terms)
         self.base_macs = int(sum(t.macs for t in self._terms))
 
     @classmethod
-    def build(cls, model: nn.Module, example_inputs, ignored_layers: Sequence[str] = ()) -> PruningSpace:
-        """Trace ``model`` once; ``ignored_layers`` (and the classifier) keep their outputs."""
+    def build(cls, model: nn.Module, example_inputs, ignored_layers: Sequence[str] = (),
+              budget: PreparationBudget | None = None) -> PruningSpace:
+        """Trace ``model`` once; ``ignored_layers`` (and the classifier) keep their outputs.
+
+        The preparation runs within ``budget`` (default :meth:`PreparationBudget.from_environment`);
+        an overrun is a one-line :class:`~pruning.structure.limits.PreparationBudgetError`.
+        """
         modules = dict(model.named_modules())
         unknown = [n for n in ignored_layers if n not in modules]
         if unknown:
             raise PruningError(f"unknown layer(s) to ignore: {', '.join(unknown)}")
-        order = {name: i for i, name in enumerate(modules)}
-        names = {module: name for name, module in modules.items()}
-        classifier = find_classifier(model, example_inputs)
-        graph = build_dependency_graph(model, example_inputs)
-        ignored = [modules[classifier], *(modules[n] for n in ignored_layers)]
-
-        groups = []
-        for tp_group in graph.get_all_groups(ignored_layers=ignored, root_module_types=_PRUNABLE):
-            producers, consumers, norms = set(), set(), set()
-            for dep, _ in tp_group:
-                module = dep.target.module
-                name = names.get(module)
-                if name is None:
-                    continue  # functional ops (add, relu, flatten) carry no parameters
-                if is_depthwise(module):
-                    producers.add(name)
-                elif isinstance(module, _PRUNABLE):
-                    if graph.is_out_channel_pruning_fn(dep.handler):
-                        producers.add(name)
-                    elif graph.is_in_channel_pruning_fn(dep.handler):
-                        consumers.add(name)
-                elif isinstance(module, _NORMS):
-                    norms.add(name)
-            if not producers:
-                continue
-            ordered = sorted(producers, key=order.__getitem__)
-            regular = [p for p in ordered if not is_depthwise(modules[p])]
-            root = (regular or ordered)[0]
-            groups.append(
-                ChannelGroup(
-                    name=root,
-                    size=graph.get_out_channels(modules[root]),
-                    producers=tuple(ordered),
-                    consumers=tuple(sorted(consumers, key=order.__getitem__)),
-                    norms=tuple(sorted(norms, key=order.__getitem__)),
-                    observed=tuple(_observed_output(graph, modules, names, p) for p in ordered),
-                    inner=len(regular) == 1,
-                    read=() if len(regular) == 1 else _consumer_inputs(graph, modules, consumers, order),
-                )
-            )
-        groups.sort(key=lambda g: order[g.name])
-        return cls(groups, _cost_terms(model, example_inputs, groups), classifier)
+        budget = budget or PreparationBudget.from_environment()
+        with within_budget(budget, f"preparing {type(model).__name__} for pruning"):
+            return _build_space(cls, model, example_inputs, ignored_layers)
 
     def __getitem__(self, name: str) -> ChannelGroup:
         try:
@@ -194,6 +137,131 @@ class PruningSpace:
         return 1.0 - self.macs(keep) / self.base_macs
 
 
+def _build_space(cls, model: nn.Module, example_inputs, ignored_layers: Sequence[str]) -> PruningSpace:
+    modules = dict(model.named_modules())
+    order = {name: i for i, name in enumerate(modules)}
+    names = {module: name for name, module in modules.items()}
+    attention = attention_modules(model)
+    trace = trace_forward(model, example_inputs, watched=[n for n, m in attention.items()
+                                                          if not isinstance(m, nn.MultiheadAttention)])
+    classifier = _classifier(trace)
+    heads, refused_heads = head_layouts(model, trace.inputs)
+    excluded = [Exclusion(n, reason) for n, reason in refused_heads.items()
+                if isinstance(attention[n], nn.MultiheadAttention)]
+    channels_last = {c.name for c in trace.calls if isinstance(c.module, nn.Linear) and c.rank > 2}
+    graph = build_dependency_graph(model, example_inputs)
+    ignored = [modules[classifier], *(modules[n] for n in ignored_layers)]
+    context = _GroupContext(graph, modules, names, attention, heads, refused_heads)
+
+    groups = []
+    for tp_group in _all_groups(graph, model, ignored):
+        members = _members(tp_group, context)
+        if members is None:
+            continue
+        producers, consumers, norms, units = members
+        ordered = sorted(producers, key=order.__getitem__)
+        regular = [p for p in ordered if not is_depthwise(modules[p])]
+        root = (regular or ordered)[0]
+        size = graph.get_out_channels(modules[root])
+        reason = _exclusion(context, ordered, consumers, size, units)
+        if reason is not None:
+            excluded.append(Exclusion(root, reason))
+            continue
+        groups.append(
+            ChannelGroup(
+                name=root,
+                size=size,
+                producers=tuple(ordered),
+                consumers=tuple(sorted(consumers, key=order.__getitem__)),
+                norms=tuple(sorted(norms, key=order.__getitem__)),
+                observed=tuple(_observed_output(graph, modules, names, p) for p in ordered),
+                inner=len(regular) == 1,
+                read=() if len(regular) == 1 else _consumer_inputs(graph, modules, consumers, order),
+                units=heads[root].units if root in heads else units,
+                channels_last=any(p in channels_last for p in ordered),
+            )
+        )
+    groups.sort(key=lambda g: order[g.name])
+    head_groups = {g.name: heads[g.name].module for g in groups if g.name in heads}
+    terms = cost_terms(trace, groups, {module: group for group, module in head_groups.items()})
+    return cls(groups, terms, classifier, call_order=[c.name for c in trace.calls], excluded=excluded,
+               heads=head_groups)
+
+
+def _all_groups(graph, model: nn.Module, ignored) -> Iterator:
+    """Torch-Pruning's groups; an op it cannot map channels through is a one-line error."""
+    try:
+        yield from graph.get_all_groups(ignored_layers=ignored, root_module_types=PRUNABLE)
+    except Exception as err:
+        unsupported = unsupported_op(err, model)
+        if unsupported is None:
+            raise
+        raise unsupported from None
+
+
+@dataclass(frozen=True)
+class _GroupContext:
+    graph: tp.DependencyGraph
+    modules: Mapping[str, nn.Module]
+    names: Mapping[nn.Module, str]
+    attention: Mapping[str, nn.Module]
+    heads: Mapping[str, object]
+    refused_heads: Mapping[str, str]
+
+
+def _members(tp_group, context: _GroupContext):
+    """``(producers, consumers, norms, units)`` of a Torch-Pruning group, or None without producers.
+
+    ``units``: a grouped convolution (1 < groups < channels) reading or writing the channels
+    splits them into ``groups`` blocks that must stay equal."""
+    graph = context.graph
+    producers, consumers, norms, units = set(), set(), set(), UnitLayout()
+    for dep, _ in tp_group:
+        module = dep.target.module
+        name = context.names.get(module)
+        if name is None:
+            continue  # functional ops (add, relu, flatten) carry no parameters
+        if isinstance(module, nn.MultiheadAttention):
+            producers.add(name)  # its embedding width is the token width: excluded below
+        elif is_depthwise(module):
+            producers.add(name)
+        elif isinstance(module, PRUNABLE):
+            if isinstance(module, nn.Conv2d) and module.groups > 1:
+                units = units.merged(module.groups)
+            if graph.is_out_channel_pruning_fn(dep.handler):
+                producers.add(name)
+            elif graph.is_in_channel_pruning_fn(dep.handler):
+                consumers.add(name)
+        elif isinstance(module, _NORMS):
+            norms.add(name)
+    return (producers, consumers, norms, units) if producers else None
+
+
+def _exclusion(context: _GroupContext, producers, consumers, size: int, units: UnitLayout) -> str | None:
+    """Why a group cannot be pruned (one line), or None."""
+    modules = context.modules
+    for name in producers:
+        if isinstance(modules[name], nn.MultiheadAttention):
+            return f"the token width of attention {name!r} stays (nn.MultiheadAttention's width is fixed)"
+    readers = [c for c in consumers if c.endswith(".qkv") and c[:-4] in context.attention]
+    if readers:
+        return f"the token width read by attention {readers[0][:-4]!r} stays"
+    for name in producers:
+        attention = name[:-4] if name.endswith(".qkv") else None
+        if attention in context.refused_heads:
+            return context.refused_heads[attention]
+        if name in context.heads and len(producers) > 1:
+            return f"attention {attention!r}: its qkv output is coupled with {len(producers) - 1} other layer(s)"
+    for name in producers:
+        width = context.graph.get_out_channels(modules[name])
+        if width != size:
+            return (f"its {size} channels are joined from layers of other widths ({name!r} has {width}, "
+                    f"e.g. a concatenation that is then sliced or summed)")
+    if size % units.width:
+        return f"its {size} channels do not split into {units.blocks} equal convolution groups"
+    return None
+
+
 def _observed_output(graph, modules, names, producer: str) -> ObservedOutput:
     """The producer's BN when one directly follows, flagged with whether a ReLU comes next."""
     node = graph.module2node[modules[producer]]
@@ -225,25 +293,18 @@ def _consumer_inputs(graph, modules, consumers, order) -> tuple[ObservedOutput, 
     return tuple(read)
 
 
-def _cost_terms(model: nn.Module, example_inputs, groups: Sequence[ChannelGroup]) -> list[_CostTerm]:
-    out_group = {p: g.name for g in groups for p in g.producers}
-    in_group = {c: g.name for g in groups for c in g.consumers}
-    terms: list[_CostTerm] = []
-    for name, module, outputs in _called_layers(model, example_inputs):
-        if isinstance(module, nn.Conv2d):
-            per_output = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
-        else:
-            per_output = module.in_features
-        # a depthwise conv's input channels are its output channels: they scale once
-        inputs = None if is_depthwise(module) else in_group.get(name)
-        terms.append(_CostTerm(name, outputs * per_output, out_group.get(name), inputs))
-    return terms
-
-
 def select_kept_channels(scores: torch.Tensor, keep: int) -> torch.Tensor:
     """Indices of the ``keep`` highest scores, in ascending index order (ties: lower index wins)."""
     order = torch.argsort(scores, descending=True, stable=True)
     return order[:keep].sort().values
+
+
+def select_kept_units(group: ChannelGroup, scores: torch.Tensor, keep: int) -> torch.Tensor:
+    """The ``keep`` channels of ``group`` to keep, whole units at a time (``group.units``): the
+    units with the highest mean score (ties: lower unit), as ascending channel indices."""
+    units = group.units.unit_indices(group.size)
+    kept_units = select_kept_channels(scores[units].mean(1), keep // group.units.width)
+    return units[kept_units].flatten().sort().values
 
 
 def prune_model(
@@ -256,12 +317,16 @@ def prune_model(
     """Return a physically pruned copy of ``model`` and, per pruned group, the kept indices.
 
     ``model`` itself is not modified. Groups absent from ``keep`` or kept at full width are
-    not touched, so an all-zero schedule returns a model with bit-identical outputs.
+    not touched, so an all-zero schedule returns a model with bit-identical outputs. A group
+    with units (grouped convolutions, attention heads) keeps a multiple of its unit width.
     """
     for name, k in keep.items():
         group = space[name]
         if not 1 <= k <= group.size:
             raise PruningError(f"layer {name!r}: cannot keep {k} of {group.size} channels")
+        if k % group.units.width:
+            raise PruningError(f"layer {name!r}: keeps channels in units of {group.units.width}; "
+                               f"cannot keep {k} of {group.size}")
         if k < group.size and (name not in scores or scores[name].shape != (group.size,)):
             raise PruningError(f"layer {name!r}: needs {group.size} scores to choose channels")
     pruned = copy.deepcopy(model)
@@ -272,12 +337,17 @@ def prune_model(
         k = keep.get(group.name, group.size)
         if k == group.size:
             continue
-        kept = select_kept_channels(scores[group.name].detach().cpu(), k)
+        kept = select_kept_units(group, scores[group.name].detach().cpu(), k)
+        kept_indices[group.name] = kept
+        if group.name in space.heads:
+            continue  # heads go last: Torch-Pruning's graph of the copy still has their widths
         removed = sorted(set(range(group.size)) - set(kept.tolist()))
         root = modules[group.name]
         pruner = graph.get_pruner_of_module(root)
         graph.get_pruning_group(root, pruner.prune_out_channels, idxs=removed).prune()
-        kept_indices[group.name] = kept
+    for group_name, attention in space.heads.items():
+        if group_name in kept_indices:
+            remove_heads(modules[attention], attention_of(kept_indices[group_name], space[group_name].size // 3))
     for group in space.groups:
         width = graph.get_out_channels(modules[group.name])
         expected = keep.get(group.name, group.size)

@@ -7,7 +7,16 @@ Groups are found with Torch-Pruning's dependency graph (see ``pruning.structure.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+
+import torch
+
+from pruning.errors import InputError
+
+
+class ChannelsLastError(InputError):
+    """A group whose channels are its activations' last dimension was asked for activation statistics."""
 
 
 #: which tensors a statistics criterion reads (see :meth:`ChannelGroup.observations`)
@@ -41,6 +50,51 @@ class ObservedOutput:
 
 
 @dataclass(frozen=True)
+class Exclusion:
+    """A layer the engine leaves at full width, and why (one line)."""
+
+    layer: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class UnitLayout:
+    """Which channels of a group are removed together, as one unit.
+
+    The channels split into ``blocks`` equal consecutive blocks; a unit takes ``run`` consecutive
+    channels at the same offset in every block, so every unit has ``blocks * run`` channels and a
+    group keeps a multiple of that. Plain channels: ``blocks = run = 1``. A grouped convolution
+    with ``g`` groups: ``blocks = g``, ``run = 1`` (each group loses the same offsets, so the
+    groups stay equal). Attention heads over a fused q/k/v projection: ``blocks = 3`` (q, k, v),
+    ``run = head_dim`` (a head's rows in each of q, k and v).
+    """
+
+    blocks: int = 1
+    run: int = 1
+
+    def __post_init__(self) -> None:
+        if self.blocks < 1 or self.run < 1:
+            raise ValueError(f"blocks and run must be >= 1, got {self.blocks} and {self.run}")
+
+    @property
+    def width(self) -> int:
+        """Channels per unit: a group's kept width is a multiple of it."""
+        return self.blocks * self.run
+
+    def merged(self, blocks: int) -> UnitLayout:
+        """This layout also split into ``blocks`` equal blocks (units equal in both)."""
+        return UnitLayout(blocks=math.lcm(self.blocks, blocks), run=self.run)
+
+    def unit_indices(self, size: int) -> torch.Tensor:
+        """``[units, width]`` channel indices of each unit of a ``size``-channel group."""
+        if size % self.width:
+            raise ValueError(f"{size} channels do not split into units of {self.blocks} x {self.run}")
+        per_block = size // self.blocks
+        channels = torch.arange(size).view(self.blocks, per_block // self.run, self.run)
+        return channels.permute(1, 0, 2).reshape(per_block // self.run, self.width)
+
+
+@dataclass(frozen=True)
 class ChannelGroup:
     """Channels that are pruned as one.
 
@@ -57,6 +111,12 @@ class ChannelGroup:
         additions and their activations, where ``observed`` sees each branch before its
         addition. Empty for an inner group, whose consumers read its observed output itself.
         (The classifier's pooled input is not among them: it has no maps.)
+    units: which channels are removed together (:class:`UnitLayout`); the kept width is a
+        multiple of ``units.width``.
+    channels_last: the channels are the last dimension of the activations (a Linear over
+        tokens, ``[batch, tokens, channels]``, as in a transformer's MLP, or over the pixels of a
+        ConvNeXt block), not dimension 1 as for a convolution's maps: activation statistics,
+        which read channels from dimension 1, do not apply (:meth:`observations` refuses).
     """
 
     name: str
@@ -67,6 +127,14 @@ class ChannelGroup:
     observed: tuple[ObservedOutput, ...]
     inner: bool
     read: tuple[ObservedOutput, ...] = ()
+    units: UnitLayout = UnitLayout()
+    channels_last: bool = False
+
+    def __post_init__(self) -> None:
+        if self.size % self.units.width:
+            raise ValueError(
+                f"group {self.name!r}: {self.size} channels do not split into units of {self.units.width}"
+            )
 
     def observations(self, source: str) -> tuple[ObservedOutput, ...]:
         """The observations a criterion reading ``source`` averages over: ``"producer"`` (the
@@ -74,4 +142,10 @@ class ChannelGroup:
         the group has it, else ``observed``, which is then the same tensor)."""
         if source not in SOURCES:
             raise ValueError(f"unknown source {source!r}; valid: {', '.join(SOURCES)}")
+        if self.channels_last:
+            raise ChannelsLastError(
+                f"layer {self.name!r}: its channels are the last dimension of its activations (tokens), "
+                f"not convolution maps; activation-statistics criteria cannot score it (use l1, l2, "
+                f"fpgm, taylor or random)"
+            )
         return self.read if source == "consumer" and self.read else self.observed

@@ -78,7 +78,7 @@ def _bad(tmp_path, kind: str):
     (["--model", "torchvision:resnet181"], ["unknown torchvision model 'resnet181'", "resnet18"]),
     (["--model", "nomodule_xyz:build"], ["cannot import 'nomodule_xyz'"]),
     (["--model", "user_models:not_a_model"], ["not a torch.nn.Module"]),
-    (["--model", "user_models:grouped_cnn"], ["does not run once pruned at layer 'grouped'"]),
+    (["--model", "user_models:shuffled_cnn"], ["does not run once pruned at layer 'shuffle'"]),
     (["--model", MODEL, "--model-kwargs", "[1]"], ["--model-kwargs", "JSON object"]),
     (["--model", MODEL, "--model-kwargs", '{"depth": 2}'], ["unknown option(s) depth"]),
     (["--checkpoint", "{checkpoint}", "--weights", "{narrow}"], ["--weights goes with --model"]),

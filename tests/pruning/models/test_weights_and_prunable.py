@@ -67,11 +67,16 @@ def test_prunable_model_gives_its_space_and_is_not_modified():
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
-def test_grouped_conv_fails_up_front_naming_the_layer():
+def test_grouped_conv_prunes_one_channel_per_group():
+    space = check_prunable(create_model("user_models:grouped_cnn", 10, 1), (1, 28, 28), "model 'g'")
+    assert [g.units.width for g in space.groups] == [2, 2]
+
+
+def test_channel_shuffle_fails_up_front_naming_the_layer():
     with pytest.raises(UnprunableModelError) as raised:
-        check_prunable(create_model("user_models:grouped_cnn", 10, 1), (1, 28, 28), "model 'g'")
+        check_prunable(create_model("user_models:shuffled_cnn", 10, 1), (1, 28, 28), "model 'g'")
     message = str(raised.value)
-    assert message.startswith("model 'g' does not run once pruned at layer 'grouped'") and "\n" not in message
+    assert message.startswith("model 'g' does not run once pruned at layer 'shuffle'") and "\n" not in message
 
 
 def test_untraceable_torchvision_model_names_a_layer():

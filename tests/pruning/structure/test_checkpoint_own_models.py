@@ -83,7 +83,7 @@ def test_model_for_data_builds_loads_weights_and_checks(tmp_path):
 
 @pytest.mark.parametrize("name, kwargs, error, needle", [
     ("torchvision:resnet181", {}, UnknownNameError, "resnet18"),
-    ("user_models:grouped_cnn", {}, UnprunableModelError, "layer 'grouped'"),
+    ("user_models:shuffled_cnn", {}, UnprunableModelError, "layer 'shuffle'"),
     ("user_models:tiny_cnn", {"width": 2}, WeightsError, "features.0.weight has shape 4x1x3x3 there, 2x1x3x3"),
 ])
 def test_model_for_data_refuses_up_front(name, kwargs, error, needle, tmp_path):

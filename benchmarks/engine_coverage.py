@@ -1,0 +1,101 @@
+"""Which zoo architectures the engine prunes: build the space -> L1 at a FLOPs target -> forward.
+
+Each model runs in its own subprocess under an address-space limit (``--memory-gb``) and a
+wall-clock limit (``--timeout``), so one model that exhausts memory cannot take the machine
+down. Random init, one image of ``--size`` pixels; prints one JSON line per model: ``pruned``
+(with the planned and measured MAC reduction), ``refused`` (the one-line ``InputError``) or
+``failed`` (any other exception, a bug) / ``killed`` (a limit was hit).
+
+    python benchmarks/engine_coverage.py --models resnext50_32x4d timm:deit_tiny_patch16_224
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+DEFAULT_MODELS = (
+    "resnext50_32x4d regnet_x_400mf regnet_y_400mf shufflenet_v2_x1_0 vit_b_16 "
+    "timm:deit_tiny_patch16_224 timm:ghostnet_100 swin_t maxvit_t timm:rexnet_100 "
+    "resnet18 resnet50 wide_resnet50_2 vgg16_bn alexnet squeezenet1_0 densenet121 googlenet "
+    "inception_v3 mobilenet_v2 mobilenet_v3_small mnasnet1_0 efficientnet_b0 efficientnet_v2_s convnext_tiny"
+).split()
+
+
+def build(name: str):
+    import torch
+    if name.startswith("timm:"):
+        import timm
+        return timm.create_model(name[5:], pretrained=False, num_classes=10, img_size=64) \
+            if "deit" in name or "vit" in name else timm.create_model(name[5:], pretrained=False, num_classes=10)
+    import torchvision
+    kwargs = {"image_size": 64} if name.startswith("vit_") else {"input_size": (64, 64)} if name == "maxvit_t" else {}
+    if name in ("googlenet", "inception_v3"):
+        kwargs.update(aux_logits=False, init_weights=False)
+    torch.manual_seed(0)
+    return torchvision.models.get_model(name, weights=None, num_classes=10, **kwargs)
+
+
+def run_one(name: str, size: int, target: float) -> dict:
+    import torch
+    from pruning.criteria import create_criterion
+    from pruning.errors import InputError
+    from pruning.pipeline import prune_with_criterion
+    from pruning.planning import PruningConfig
+    from pruning.structure import PruningSpace, count_macs
+
+    torch.set_num_threads(2)
+    model = build(name).eval()
+    x = torch.randn(1, 3, size, size)
+    start = time.perf_counter()
+    try:
+        space = PruningSpace.build(model, x)
+        built = time.perf_counter() - start
+        outcome = prune_with_criterion(model, x, create_criterion("l1"), PruningConfig(flops_reduction=target),
+                                       space=space)
+        with torch.no_grad():
+            out = outcome.model(x)
+    except InputError as err:
+        return {"model": name, "outcome": "refused", "error": str(err), "seconds": time.perf_counter() - start}
+    measured = 1 - count_macs(outcome.model, x) / count_macs(model, x)
+    return {"model": name, "outcome": "pruned", "planned": round(outcome.planned_reduction, 4),
+            "measured": round(measured, 4), "output": list(out.shape), "groups": len(space.groups),
+            "excluded": len(getattr(space, "excluded", ())), "build_s": round(built, 1),
+            "seconds": round(time.perf_counter() - start, 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS))
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--target", type=float, default=0.5)
+    parser.add_argument("--memory-gb", type=float, default=6.0)
+    parser.add_argument("--timeout", type=float, default=600.0)
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        limit = int(args.memory_gb * 2**30)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        print(json.dumps(run_one(args.one, args.size, args.target)), flush=True)
+        return
+    for name in args.models:
+        cmd = [sys.executable, __file__, "--one", name, "--size", str(args.size), "--target", str(args.target),
+               "--memory-gb", str(args.memory_gb)]
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+        except subprocess.TimeoutExpired:
+            print(json.dumps({"model": name, "outcome": "killed", "error": f"over {args.timeout:.0f} s"}), flush=True)
+            continue
+        lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+        if done.returncode == 0 and lines:
+            print(lines[-1], flush=True)
+        else:
+            last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+            print(json.dumps({"model": name, "outcome": "failed", "error": last[:300]}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
