@@ -45,7 +45,7 @@ class PreparationBudget:
     """Limits on building a ``PruningSpace``: ``seconds`` of wall-clock time and ``memory_gb``
     GiB of growth of the process's resident memory."""
 
-    seconds: float = 180.0
+    seconds: float = 60.0
     memory_gb: float = 4.0
 
     def __post_init__(self) -> None:
