@@ -108,10 +108,12 @@ def plan_game(request: GameRequest, share: float, calibration_images: int) -> Ga
         images = min(r.images, int(budget // 2))
         return GamePlan(images, 1, r.step) if images >= 1 else None
     interior = r.size - 1
+    if math.isinf(budget):
+        return GamePlan(r.images, r.size, r.max_permutations)
     for images in (r.images, min(r.images, int(budget // (2 + (r.step + r.curves) * interior)))):
         if images < 1:
             continue
-        fit = r.max_permutations if math.isinf(budget) else int((budget / images - 2) / interior) - r.curves
+        fit = int((budget / images - 2) / interior) - r.curves
         permutations = min(r.max_permutations, fit)
         permutations -= permutations % r.step
         if permutations >= r.step:

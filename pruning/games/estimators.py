@@ -207,7 +207,7 @@ def prefix_lengths(size: int, positions: int) -> list[int]:
     return sorted({round(j * size / positions) for j in range(1, positions)} - {0, size})
 
 
-def _interpolate(known: torch.Tensor, points: list[int], n: int) -> torch.Tensor:
+def interpolate_prefixes(known: torch.Tensor, points: list[int], n: int) -> torch.Tensor:
     """Prefix values at every length 0..n from those at ``points``, linear in between: the
     marginal of the players added between two evaluated lengths is shared equally."""
     if len(points) == n + 1:
@@ -242,17 +242,17 @@ def _prefix_values(
     known[:, 0] = v_empty
     known[:, -1] = v_full
     if n < 2 and truncation_tol is None:
-        return _interpolate(known, points, n), 0
+        return interpolate_prefixes(known, points, n), 0
     if truncation_tol is None:
         k = torch.tensor(lengths, dtype=torch.long)
         masks = ranks[:, None, :] < k[None, :, None]
         known[:, 1:-1] = game.values(masks.reshape(-1, n)).view(p, len(lengths))
-        return _interpolate(known, points, n), p * len(lengths)
+        return interpolate_prefixes(known, points, n), p * len(lengths)
     used = 0
     active = torch.ones(p, dtype=torch.bool)
     if abs(v_empty - v_full) < truncation_tol:
         known[:, 1:] = v_empty
-        return _interpolate(known, points, n), 0
+        return interpolate_prefixes(known, points, n), 0
     for start in range(1, len(points) - 1, window):
         rows = active.nonzero().flatten()
         if len(rows) == 0:
@@ -270,7 +270,7 @@ def _prefix_values(
                 cut = int(cols[hits[0, 0]])
                 known[r, cut + 1 :] = known[r, cut]
                 active[r] = False
-    return _interpolate(known, points, n), used
+    return interpolate_prefixes(known, points, n), used
 
 
 def permutation_shapley(

@@ -27,7 +27,7 @@ Cost engineering
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import torch
 import torch.fx
@@ -72,6 +72,28 @@ def resolve_trace(model: nn.Module, mode: str) -> tuple[str, torch.fx.GraphModul
     if traced is None and mode == "auto":
         return "hooks", None
     return mode, traced
+
+
+def shared_forward(model: nn.Module, traced: torch.fx.GraphModule | None, inputs: torch.Tensor,
+                   groups: Sequence[ChannelGroup]) -> ModelForward | None:
+    """One recorded forward of ``inputs`` serving the fx games of all ``groups`` (None when the
+    model has no trace or the graph cannot be run node by node: the games then go their own way).
+    Groups whose outputs are not module calls are left out; their games fall back to hooks."""
+    if traced is None:
+        return None
+    try:
+        with _evaluating(model):
+            forward = ModelForward(model, traced, inputs.to(model_device(model)))
+            splits = []
+            for group in groups:
+                try:
+                    splits.append(forward.split(tuple(dict.fromkeys(o.module for o in group.observed))))
+                except Unsupported:
+                    continue
+            forward.record(splits)
+        return forward
+    except Exception:  # noqa: BLE001 - any failure here means: each game records its own batch
+        return None
 
 
 class LayerGame:
