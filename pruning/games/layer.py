@@ -109,10 +109,11 @@ class LayerGame:
 
     ``forward`` (a :class:`~pruning.games.downstream.ModelForward` recorded for this group's
     split, optional) shares one recorded forward among the games of a model; ``check_hooks``
-    then says whether this game also checks the fx path against the hooks path (one coalition,
-    one image: a full forward); every game built on it checks the full coalition against the
-    recorded logits. Without ``forward`` the game records its own batch and checks 2 coalitions
-    on 3 images against the hooks path.
+    then says whether this game checks the fx path against the hooks path (2 coalitions, the
+    full one and a random one, on one image: two full forwards). The games of one shared forward
+    run the same graph on the same recorded values, so one check per model (the first game's)
+    stands for all; a group whose outputs are not module calls in the graph still falls back.
+    Without ``forward`` the game records its own batch and checks 2 coalitions on 3 images.
     """
 
     def __init__(
@@ -221,18 +222,13 @@ class LayerGame:
 
     def _shared_plan(self, forward: ModelForward, check_hooks: bool) -> DownstreamPlan:
         plan = forward.plan(forward.split(self.observed))
-        full = torch.ones(1, self.size, device=self.device)
-        fx = plan.run(full, images=1)
-        self._charge(plan.fraction)
-        same = fx.shape == forward.logits[:1].shape and torch.allclose(fx, forward.logits[:1], rtol=1e-4, atol=1e-5)
-        if same and check_hooks:
-            mask = self._probe_masks(2)[1:]
+        if check_hooks:
+            mask = self._probe_masks(2)
             fx = plan.run(mask, images=1)
             ref = self._hooks_logits(mask, self.inputs[:1])
-            self._charge(1 + plan.fraction)
-            same = fx.shape == ref.shape and torch.allclose(fx, ref, rtol=1e-4, atol=1e-5)
-        if not same:
-            raise Unsupported("fx downstream logits disagree with the full forward")
+            self._charge(2 + 2 * plan.fraction)
+            if fx.shape != ref.shape or not torch.allclose(fx, ref, rtol=1e-4, atol=1e-5):
+                raise Unsupported("fx downstream logits disagree with the full forward")
         return plan
 
     def _probe_masks(self, count: int) -> torch.Tensor:
