@@ -157,14 +157,16 @@ class ShapleyChannels(Criterion):
         return delegated
 
     def games(self, model, groups, context) -> Iterator[LayerGame]:
-        """One :class:`LayerGame` per group on the calibration batch, built lazily and sharing one
-        fx trace and one recorded forward (charged to :attr:`meter`)."""
+        """One :class:`LayerGame` per group on the calibration batch (with ``class_scores="max"``:
+        on the first class's images), built lazily and sharing one fx trace and one recorded
+        forward (charged to :attr:`meter`)."""
         for game, _ in self._games(model, groups, context):
             yield game
 
     def _games(self, model, groups, context) -> Iterator[tuple[LayerGame, list[LayerGame] | None]]:
-        """Per group: its game on the calibration batch and, with ``class_scores="max"``, one
-        game per class on that class's images of the batch (else None)."""
+        """Per group: its game on the calibration batch and None, or with ``class_scores="max"``
+        the first class's game and one game per class on that class's images of the batch (each
+        class's games share one recorded forward of its images)."""
         self.check_context(context)
         if not groups:
             return
@@ -172,20 +174,21 @@ class ShapleyChannels(Criterion):
         images = sum(len(x) for x, _ in context.calibration)
         self.meter = meter = PassMeter(images, None if self.estimator is not None else options.max_forward_passes)
         inputs, targets = options.game_batch(context.calibration, self.seed)
+        # per class, its images of the batch: one game, and one recorded forward, per class
+        batches = ([(inputs, targets)] if options.class_scores == "pooled" else
+                   [(inputs[targets == c], targets[targets == c]) for c in torch.unique(targets).tolist()])
+        _check_overhead(meter, len(inputs))
         mode, traced = resolve_trace(model, options.mode)
-        forward = None
-        if options.class_scores == "pooled" and mode != "hooks":
-            forward = shared_forward(model, traced, inputs, groups)
-            if forward is not None:
-                meter.charge(forward.images_forwarded)
+        forwards: list = [None] * len(batches)
+        if mode != "hooks":
+            for k, (x, _) in enumerate(batches):
+                forwards[k] = shared_forward(model, traced, x, groups, like=forwards[0])
+                meter.charge(forwards[k].images_forwarded if forwards[k] is not None else 0)
         settings = dict(value=options.value, mode=mode, max_batch=options.max_batch, traced=traced, meter=meter)
         for index, group in enumerate(groups):
-            game = LayerGame(model, group, inputs, targets, forward=forward, check_hooks=index == 0, **settings)
-            class_games = None
-            if options.class_scores == "max":
-                class_games = [LayerGame(model, group, inputs[targets == c], targets[targets == c], **settings)
-                               for c in torch.unique(targets).tolist()]
-            yield game, class_games
+            games = [LayerGame(model, group, x, y, forward=forward, check_hooks=index == k == 0, **settings)
+                     for k, ((x, y), forward) in enumerate(zip(batches, forwards))]
+            yield games[0], (games if options.class_scores == "max" else None)
 
     def _plan(self, game: LayerGame, share: float) -> GamePlan | None:
         """The plan of ``game`` within ``share`` passes (sets the game's images)."""
@@ -298,3 +301,18 @@ def _largest_finite(stderr: torch.Tensor) -> float | None:
         return 0.0
     largest = float(stderr.max())
     return largest if largest != float("inf") and largest == largest else None
+
+
+#: image forwards the recorded forwards cost besides their batch: the measuring image and the
+#: first game's check of 2 coalitions on one image against the hooks path (at most 2 + 2)
+_FORWARD_OVERHEAD_IMAGES = 5
+
+
+def _check_overhead(meter: PassMeter, game_images: int) -> None:
+    """Raise :class:`InputError` when the budget cannot pay for the recorded forward itself."""
+    if meter.budget is None:
+        return
+    needed = (game_images + _FORWARD_OVERHEAD_IMAGES) / meter.calibration_images
+    if needed > meter.budget:
+        raise InputError(f"max_forward_passes {meter.budget} is below the {needed:.3g} passes that recording the "
+                         f"game batch takes on {meter.calibration_images} calibration images; raise it")

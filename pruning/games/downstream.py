@@ -71,12 +71,13 @@ class ModelForward:
     """One traced model on the game batch ``inputs``, shared by the games of its groups.
 
     Construction runs one image through the graph (which values are tensors, each module call's
-    MACs). :meth:`record` then runs the whole batch once and keeps the values every given group's
+    MACs), unless ``like`` (a forward of the same graph on images of the same size) has. :meth:`record` then runs the whole batch once and keeps the values every given group's
     downstream part reads, plus the logits. ``images_forwarded`` counts the images of both
     passes (full forwards), for the budget.
     """
 
-    def __init__(self, model: nn.Module, gm: torch.fx.GraphModule, inputs: torch.Tensor) -> None:
+    def __init__(self, model: nn.Module, gm: torch.fx.GraphModule, inputs: torch.Tensor,
+                 like: ModelForward | None = None) -> None:
         self.modules = dict(model.named_modules())
         self.gm = gm
         self.inputs = inputs
@@ -86,10 +87,13 @@ class ModelForward:
         if len(placeholders) != 1:
             raise Unsupported(f"the traced model takes {len(placeholders)} inputs, expected 1")
         self.module_macs: dict[str, float] = {}
-        env = self._measure(inputs[:1])
-        self.is_tensor = {n: isinstance(v, torch.Tensor) for n, v in env.items()}
+        if like is not None:  # the same graph at the same image size: measured once
+            self.module_macs, self.is_tensor, self.images_forwarded = like.module_macs, like.is_tensor, 0
+        else:
+            env = self._measure(inputs[:1])
+            self.is_tensor = {n: isinstance(v, torch.Tensor) for n, v in env.items()}
+            self.images_forwarded = 1
         self.total_macs = sum(self.module_macs.values())
-        self.images_forwarded = 1
         self.values: dict[torch.fx.Node, object] = {}
         self.logits: torch.Tensor | None = None
 

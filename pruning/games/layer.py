@@ -75,15 +75,16 @@ def resolve_trace(model: nn.Module, mode: str) -> tuple[str, torch.fx.GraphModul
 
 
 def shared_forward(model: nn.Module, traced: torch.fx.GraphModule | None, inputs: torch.Tensor,
-                   groups: Sequence[ChannelGroup]) -> ModelForward | None:
+                   groups: Sequence[ChannelGroup], like: ModelForward | None = None) -> ModelForward | None:
     """One recorded forward of ``inputs`` serving the fx games of all ``groups`` (None when the
     model has no trace or the graph cannot be run node by node: the games then go their own way).
-    Groups whose outputs are not module calls are left out; their games fall back to hooks."""
+    Groups whose outputs are not module calls are left out; their games fall back to hooks.
+    ``like``: an earlier forward of the same model whose measurements are reused."""
     if traced is None:
         return None
     try:
         with _evaluating(model):
-            forward = ModelForward(model, traced, inputs.to(model_device(model)))
+            forward = ModelForward(model, traced, inputs.to(model_device(model)), like)
             splits = []
             for group in groups:
                 try:
