@@ -11,13 +11,17 @@ from torch import nn
 from pruning.criteria._base import Batch, Criterion, register_criterion
 from pruning.errors import InputError
 from pruning.games import (
+    GamePlan,
     LayerGame,
+    PassMeter,
     ShapleyEstimate,
     ShapleyOptions,
     estimate_class_max,
     estimate_shapley,
     group_seed,
+    plan_game,
     resolve_trace,
+    shared_forward,
 )
 from pruning.structure import ChannelGroup
 
@@ -72,6 +76,16 @@ class ShapleyChannels(Criterion):
     ``max_batch`` bounds the images per forward. Per-group cost and mode of the last ``score``
     call are in ``last_report``.
 
+    ``max_forward_passes`` (default 1.0; None: no cap) is the scoring budget in forward passes of
+    the whole model over the calibration images: everything the criterion runs is charged to it
+    (one recorded forward of the game batch shared by all groups, agreement checks, every
+    coalition at the share of the model's MACs it re-executes), each group gets an equal share
+    of what is left when its turn comes, and a share too small for the options is spent on
+    fewer permutations, then fewer images per coalition, then coarser permutations
+    (:func:`pruning.games.plan_game`); a group that cannot get one coarse permutation on one
+    image is not estimated (all its scores 0). :attr:`budget_report` states the budget and what
+    was spent. With an ``estimator`` the estimates are made elsewhere and not charged here.
+
     Estimation hook: ``estimator`` (a :class:`ShapleyEstimator`, None by default) computes the
     estimates elsewhere; :meth:`delegate_estimation` returns a copy of the criterion that uses one.
     """
@@ -96,6 +110,7 @@ class ShapleyChannels(Criterion):
         mode: str = "auto",
         max_batch: int | None = None,
         class_scores: str = "pooled",
+        max_forward_passes: float | None = 1.0,
     ) -> None:
         super().__init__(seed)
         self.options = ShapleyOptions(
@@ -114,9 +129,17 @@ class ShapleyChannels(Criterion):
             mode=mode,
             max_batch=max_batch,
             class_scores=class_scores,
+            max_forward_passes=max_forward_passes,
         )
         self.estimator: ShapleyEstimator | None = None
         self.last_report: dict[str, dict] = {}
+        self.budget_report: dict = {}
+        #: what scoring in this process has spent; set by :meth:`estimates`
+        self.meter: PassMeter | None = None
+        #: coalition curves over the prefix positions a subclass evaluates after each estimate
+        self.curves_after_estimate = 0
+        #: passes spent when the group being yielded by :meth:`estimates` started
+        self.group_started = 0.0
 
     def delegate_estimation(self, estimator: ShapleyEstimator) -> ShapleyChannels:
         """A copy of this criterion whose estimates come from ``estimator``, all groups in one call.
@@ -134,35 +157,55 @@ class ShapleyChannels(Criterion):
         return delegated
 
     def games(self, model, groups, context) -> Iterator[LayerGame]:
-        """One :class:`LayerGame` per group on the calibration batch, built lazily (each caches
-        activations of the batch) and sharing one fx trace."""
+        """One :class:`LayerGame` per group on the calibration batch (with ``class_scores="max"``:
+        on the first class's images), built lazily and sharing one fx trace and one recorded
+        forward (charged to :attr:`meter`)."""
         for game, _ in self._games(model, groups, context):
             yield game
 
     def _games(self, model, groups, context) -> Iterator[tuple[LayerGame, list[LayerGame] | None]]:
-        """Per group: its game on the calibration batch and, with ``class_scores="max"``, one
-        game per class on that class's images of the batch (else None)."""
+        """Per group: its game on the calibration batch and None, or with ``class_scores="max"``
+        the first class's game and one game per class on that class's images of the batch (each
+        class's games share one recorded forward of its images)."""
         self.check_context(context)
         if not groups:
             return
         options = self.options
+        images = sum(len(x) for x, _ in context.calibration)
+        self.meter = meter = PassMeter(images, None if self.estimator is not None else options.max_forward_passes)
         inputs, targets = options.game_batch(context.calibration, self.seed)
+        # per class, its images of the batch: one game, and one recorded forward, per class
+        batches = ([(inputs, targets)] if options.class_scores == "pooled" else
+                   [(inputs[targets == c], targets[targets == c]) for c in torch.unique(targets).tolist()])
+        _check_overhead(meter, len(inputs))
         mode, traced = resolve_trace(model, options.mode)
-        settings = dict(value=options.value, mode=mode, max_batch=options.max_batch, traced=traced)
-        for group in groups:
-            game = LayerGame(model, group, inputs, targets, **settings)
-            class_games = None
-            if options.class_scores == "max":
-                class_games = [LayerGame(model, group, inputs[targets == c], targets[targets == c], **settings)
-                               for c in torch.unique(targets).tolist()]
-            yield game, class_games
+        forwards: list = [None] * len(batches)
+        if mode != "hooks":
+            for k, (x, _) in enumerate(batches):
+                forwards[k] = shared_forward(model, traced, x, groups, like=forwards[0])
+                meter.charge(forwards[k].images_forwarded if forwards[k] is not None else 0)
+        settings = dict(value=options.value, mode=mode, max_batch=options.max_batch, traced=traced, meter=meter)
+        for index, group in enumerate(groups):
+            games = [LayerGame(model, group, x, y, forward=forward, check_hooks=index == k == 0, **settings)
+                     for k, ((x, y), forward) in enumerate(zip(batches, forwards))]
+            yield games[0], (games if options.class_scores == "max" else None)
+
+    def _plan(self, game: LayerGame, share: float) -> GamePlan | None:
+        """The plan of ``game`` within ``share`` passes (sets the game's images)."""
+        request = self.options.request(game.size, game.fraction, game.batch_size, self.curves_after_estimate)
+        plan = plan_game(request, share, self.meter.calibration_images)
+        if plan is not None:
+            game.images = plan.images
+        return plan
 
     def estimates(self, model, groups, context) -> Iterator[tuple[str, LayerGame, ShapleyEstimate]]:
-        """Yield ``(group name, game, estimate)`` group by group; fills ``last_report``.
+        """Yield ``(group name, game, estimate)`` group by group; fills ``last_report`` and
+        ``budget_report``.
 
-        Without an ``estimator`` each game is estimated here as it is built; with one, every
-        group is estimated in one call before the first is yielded (``estimate_seconds`` is then
-        None: the estimator reports its own cost).
+        Without an ``estimator`` each game is estimated here as it is built, within its share of
+        the budget; with one, every group is estimated in one call before the first is yielded
+        (``estimate_seconds`` is then None: the estimator reports its own cost). A group the
+        budget cannot reach yields zeros (``estimated`` False in its report).
         """
         self.check_context(context)
         groups = list(groups)
@@ -170,16 +213,24 @@ class ShapleyChannels(Criterion):
         if self.estimator is not None:
             delegated = self.estimator(model, groups, context.calibration, self.options, self.seed)
         self.last_report = {}
-        for game, class_games in self._games(model, groups, context):
+        for index, (game, class_games) in enumerate(self._games(model, groups, context)):
             name = game.group.name
             start = time.perf_counter()
+            before = self.meter.spent
+            share = self.meter.share(len(groups) - index)
+            plan = None
             if delegated is not None:
                 est = delegated[name]
             elif class_games is not None:
-                est = estimate_class_max(class_games, self.options, group_seed(self.seed, name))
+                plans = [self._plan(g, share / len(class_games)) for g in class_games]
+                est = (estimate_class_max(class_games, self.options, group_seed(self.seed, name), plans)
+                       if all(p is not None for p in plans) else _unestimated(game.size))
+                plan = plans[0]
             else:
-                est = estimate_shapley(game, self.options, group_seed(self.seed, name))
-            images = (est.evaluations * game.batch_size if class_games is None
+                plan = self._plan(game, share)
+                est = (estimate_shapley(game, self.options, group_seed(self.seed, name), plan)
+                       if plan is not None else _unestimated(game.size))
+            images = (est.evaluations * game.images if class_games is None
                       else sum(g.evaluations for g in class_games))
             self.last_report[name] = {
                 "mode": game.mode,
@@ -187,14 +238,81 @@ class ShapleyChannels(Criterion):
                 "permutations": est.permutations,
                 "coalitions": est.evaluations,
                 "image_evaluations": images,
-                "max_stderr": float(est.stderr.max()) if len(est.stderr) else 0.0,
+                "max_stderr": _largest_finite(est.stderr),
                 # game construction excluded
                 "estimate_seconds": time.perf_counter() - start if delegated is None else None,
+                **self._plan_report(game, plan, share, delegated is not None),
             }
+            self.group_started = before
             yield name, game, est
+            self.last_report[name]["passes"] = self.meter.spent - before
+        self.budget_report = self._summary(groups)
+
+    def _plan_report(self, game: LayerGame, plan: GamePlan | None, share: float, delegated: bool) -> dict:
+        """What a group's estimate was given: its share of the budget, the plan, whether the
+        budget cut it short of the options (``truncated``)."""
+        if delegated:
+            return {"estimated": True, "truncated": False, "budget_passes": None}
+        options = self.options
+        full = options.request(game.size, game.fraction, game.batch_size)
+        unbounded = plan_game(full, float("inf"), self.meter.calibration_images)
+        return {
+            "estimated": plan is not None,
+            "truncated": plan != unbounded,
+            "budget_passes": share,
+            "images_per_coalition": plan.images if plan else 0,
+            "positions": plan.positions if plan else 0,
+            "permutations_planned": plan.permutations if plan else 0,
+            "cost_fraction": game.fraction,
+        }
+
+    def _summary(self, groups) -> dict:
+        """The budget and what this scoring call spent, for the command line and JSON reports."""
+        reports = [self.last_report[g.name] for g in groups if g.name in self.last_report]
+        return {
+            "max_forward_passes": self.meter.budget,
+            "passes_spent": self.meter.spent,
+            "calibration_images": self.meter.calibration_images,
+            "game_images": self.options.game_images(self.meter.calibration_images),
+            "groups": len(reports),
+            "groups_truncated": sum(bool(r["truncated"]) for r in reports),
+            "groups_not_estimated": sum(not r["estimated"] for r in reports),
+            "permutations": sum(r["permutations"] for r in reports),
+            "truncated": any(r["truncated"] for r in reports),
+            "charged_here": self.estimator is None,
+        }
 
     def score(self, model, groups, context):
         return {
             name: torch.nan_to_num(est.values.float(), nan=0.0, posinf=0.0, neginf=0.0).cpu()
             for name, _, est in self.estimates(model, groups, context)
         }
+
+
+def _unestimated(size: int) -> ShapleyEstimate:
+    """The estimate of a group the budget did not reach: no information, every value 0."""
+    zero = torch.zeros(size, dtype=torch.float64)
+    return ShapleyEstimate(zero, torch.full_like(zero, float("inf")), 0, 0, 0.0, 0.0)
+
+
+def _largest_finite(stderr: torch.Tensor) -> float | None:
+    """The largest standard error, None where there is none (no estimate, a single sample)."""
+    if not len(stderr):
+        return 0.0
+    largest = float(stderr.max())
+    return largest if largest != float("inf") and largest == largest else None
+
+
+#: image forwards the recorded forwards cost besides their batch: the measuring image and the
+#: first game's check of 2 coalitions on one image against the hooks path (at most 2 + 2)
+_FORWARD_OVERHEAD_IMAGES = 5
+
+
+def _check_overhead(meter: PassMeter, game_images: int) -> None:
+    """Raise :class:`InputError` when the budget cannot pay for the recorded forward itself."""
+    if meter.budget is None:
+        return
+    needed = (game_images + _FORWARD_OVERHEAD_IMAGES) / meter.calibration_images
+    if needed > meter.budget:
+        raise InputError(f"max_forward_passes {meter.budget} is below the {needed:.3g} passes that recording the "
+                         f"game batch takes on {meter.calibration_images} calibration images; raise it")

@@ -46,6 +46,13 @@ class SNPFI(ShapleyChannels):
     part of a criterion; ``pruning.games.mean_interaction`` measures pairwise interactions.
     Options as for ``shapley`` (same engineered defaults), plus ``tau`` (default 0.95),
     ``interactions`` (0), ``interaction_samples`` (8) and ``budget`` ("layer").
+
+    Scoring budget (``max_forward_passes``, as for ``shapley``): each group's share pays for its
+    estimate and its utilization curve (on the same images and prefix positions: a coarse
+    estimate gets a coarse curve, linear in between); the interactions get what the share
+    leaves, with fewer samples per pair where that is all that fits, and are skipped (the plain
+    curve is kept) where not one sample per pair fits or the curve is coarse. A group the budget
+    did not reach keeps all its filters (its curve reaches 1 only at n).
     """
 
     def __init__(
@@ -64,6 +71,7 @@ class SNPFI(ShapleyChannels):
         interactions: int = 0,
         interaction_samples: int = 8,
         budget: str = "layer",
+        max_forward_passes: float | None = 1.0,
     ) -> None:
         super().__init__(
             seed=seed,
@@ -77,7 +85,9 @@ class SNPFI(ShapleyChannels):
             exact_below=exact_below,
             mode=mode,
             max_batch=max_batch,
+            max_forward_passes=max_forward_passes,
         )
+        self.curves_after_estimate = 1  # the utilization curve over the same prefix positions
         if not 0.0 < tau <= 1.0:
             raise ValueError(f"tau must be in (0, 1], got {tau}")
         if isinstance(interactions, bool) or not isinstance(interactions, int) or interactions < 0:
@@ -101,13 +111,22 @@ class SNPFI(ShapleyChannels):
         self.last_utilization = {}
         for name, game, est in self.estimates(model, groups, context):
             phi = torch.nan_to_num(est.values.float(), nan=0.0, posinf=0.0, neginf=0.0).cpu()
-            if self.interactions < 2:
-                curves[name] = utilization_curve(game, est.values)
-                scores[name] = phi
+            report = self.last_report[name]
+            scores[name] = phi
+            if not report["estimated"]:
+                curves[name] = torch.zeros(game.size + 1, dtype=torch.float64)
+                curves[name][-1] = 1.0
+                continue
+            positions = report.get("positions") or game.size
+            samples = self._interaction_samples(game, report, positions)
+            if samples < 1:
+                curves[name] = utilization_curve(game, est.values, positions=positions)
+                if self.interactions >= 2:
+                    self.last_utilization[name] = {"skipped": "over budget", "samples": 0}
                 continue
             started = time.perf_counter()
             found = interaction_utilization(game, est.values, tau=tau, window=self.interactions,
-                                            samples=self.interaction_samples, seed=group_seed(self.seed, name) + 1)
+                                            samples=samples, seed=group_seed(self.seed, name) + 1)
             curves[name] = found.curve
             ranked = torch.sort(phi, descending=True, stable=True).values
             scores[name] = torch.empty_like(phi)
@@ -115,11 +134,26 @@ class SNPFI(ShapleyChannels):
             plain = importance_order(est.values)  # the order interaction_utilization started from
             self.last_utilization[name] = {
                 "coalitions": found.coalitions, "pairs": len(found.pairs), "plain_cut": found.plain_cut,
-                "reordered": int((found.order != plain).sum()),
+                "reordered": int((found.order != plain).sum()), "samples": samples,
                 "mean_interaction": float(found.interactions.mean()) if len(found.pairs) else 0.0,
                 "seconds": time.perf_counter() - started,
             }
         return scores, curves
+
+    def _interaction_samples(self, game, report: dict, positions: int) -> int:
+        """Samples per pair the interactions get within what the group's share leaves after
+        its estimate (0: none; the plain curve is used)."""
+        if self.interactions < 2 or positions < game.size:
+            return 0
+        budget = report.get("budget_passes")
+        if budget is None or self.meter.budget is None:
+            return self.interaction_samples
+        left = budget - (self.meter.spent - self.group_started)
+        window = min(self.interactions, game.size)
+        pairs = window * (window - 1) // 2
+        coalitions = left * self.meter.calibration_images / max(game.fraction * game.images, 1e-12)
+        fit = int((coalitions - 2 * (game.size + 1)) // (4 * max(pairs, 1)))
+        return max(0, min(self.interaction_samples, fit))
 
     def score_and_sparsity(self, model, groups, context, tau: float | None = None, *, space=None, plan=None):
         """(scores, sparsities) from one estimation pass: ``({name: float32[n]}, {name: float})``.

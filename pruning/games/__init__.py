@@ -9,7 +9,8 @@ from pruning.games.coalitions import (
     coalition_value,
     game_endpoints,
 )
-from pruning.games.layer import MODES, LayerGame, resolve_trace, trace_model
+from pruning.games.budget import GamePlan, GameRequest, PassMeter, check_budget, plan_game
+from pruning.games.layer import MODES, LayerGame, resolve_trace, shared_forward, trace_model
 from pruning.games.estimators import (
     EXACT_MAX_SIZE,
     BoundaryStop,
@@ -52,6 +53,12 @@ __all__ = [
     "coalition_value",
     "game_endpoints",
     "LayerGame",
+    "shared_forward",
+    "PassMeter",
+    "GamePlan",
+    "GameRequest",
+    "plan_game",
+    "check_budget",
     "trace_model",
     "resolve_trace",
     "RunningStats",

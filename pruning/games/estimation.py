@@ -18,6 +18,7 @@ import torch
 
 from pruning.class_scores import check_class_scores
 from pruning.errors import InputError
+from pruning.games.budget import GamePlan, GameRequest, check_budget
 from pruning.games.coalitions import VALUES, CoalitionGame, game_endpoints
 from pruning.games.estimators import (
     EXACT_MAX_SIZE,
@@ -48,6 +49,14 @@ class ShapleyOptions:
     ``class_scores``: ``"pooled"`` (one game over the whole batch) or ``"max"`` (with
     ``stratified``: one game per class on that class's images, a channel's value its largest
     over the classes, :func:`estimate_class_max`; the stopping rules apply to each class's game).
+
+    ``max_forward_passes``: the scoring budget, in forward passes of the whole model over the
+    calibration images (None: no cap). It bounds everything the criterion runs in this process
+    (the recorded forward, the agreement checks, every coalition; :mod:`pruning.games.budget`):
+    the game batch holds at most a quarter of it in images (:meth:`game_images`), and each
+    group gets an equal share of what is left when its turn comes, spent as
+    :func:`pruning.games.budget.plan_game` says (fewer permutations, then fewer images per
+    coalition, then coarser permutations).
     """
 
     max_permutations: int = 8
@@ -66,8 +75,10 @@ class ShapleyOptions:
     mode: str = "auto"
     max_batch: int | None = None
     class_scores: str = "pooled"
+    max_forward_passes: float | None = 1.0
 
     def __post_init__(self) -> None:
+        check_budget(self.max_forward_passes)
         check_class_scores(self.class_scores)
         if self.class_scores == "max" and not self.stratified:
             raise InputError("class_scores 'max' needs stratified=True (every class's images in the game batch)")
@@ -101,8 +112,25 @@ class ShapleyOptions:
 
     def game_batch(self, calibration: Sequence[tuple[torch.Tensor, torch.Tensor]],
                    seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The images and targets every layer game is computed on (:func:`calibration_batch`)."""
-        return calibration_batch(calibration, self.batch_size, stratified=self.stratified, seed=seed)
+        """The images and targets every layer game is computed on (:func:`calibration_batch`):
+        :meth:`game_images` of them."""
+        count = self.game_images(sum(len(x) for x, _ in calibration))
+        return calibration_batch(calibration, count, stratified=self.stratified, seed=seed)
+
+    def game_images(self, calibration_images: int) -> int:
+        """Images of the game batch: ``batch_size``, or fewer so that recording them costs at
+        most a quarter of the budget (at least 1)."""
+        if self.max_forward_passes is None:
+            return self.batch_size
+        return max(1, min(self.batch_size, int(self.max_forward_passes * calibration_images / 4)))
+
+    def request(self, size: int, fraction: float, images: int, curves: int = 0) -> GameRequest:
+        """What :func:`~pruning.games.budget.plan_game` sizes for a game of ``size`` players whose
+        coalitions cost ``fraction`` of a forward per image, on ``images`` images."""
+        step = 2 if self.antithetic else 1
+        return GameRequest(size=size, fraction=fraction, images=images,
+                           max_permutations=max(step, self.max_permutations - self.max_permutations % step),
+                           step=step, exact_below=self.exact_below, curves=curves)
 
     def truncation_tol(self, game: CoalitionGame) -> float | None:
         """The absolute TMC tolerance for ``game``: ``truncation`` x |v(N) - v(empty)|."""
@@ -112,14 +140,20 @@ class ShapleyOptions:
         return self.truncation * abs(v_full - v_empty)
 
 
-def estimate_shapley(game: CoalitionGame, options: ShapleyOptions, seed: int) -> ShapleyEstimate:
+def estimate_shapley(game: CoalitionGame, options: ShapleyOptions, seed: int,
+                     plan: GamePlan | None = None) -> ShapleyEstimate:
     """Shapley values of ``game`` as ``options`` say: exact enumeration for at most
-    ``exact_below`` players, else permutation sampling seeded with ``seed``."""
-    if game.size <= options.exact_below:
+    ``exact_below`` players, else permutation sampling seeded with ``seed``; a ``plan`` (sized to
+    a budget, :func:`~pruning.games.budget.plan_game`) overrides enumeration, the number of
+    permutations and their positions (the game's images are set by the caller)."""
+    if plan is None:
+        plan = GamePlan(1, game.size, options.max_permutations, exact=game.size <= options.exact_below)
+    if plan.exact:
         return exact_shapley(game)
     return permutation_shapley(
         game,
-        max_permutations=options.max_permutations,
+        max_permutations=plan.permutations,
+        positions=plan.positions,
         epsilon=options.epsilon,
         boundary=options.boundary_stop(),
         antithetic=options.antithetic,
@@ -130,19 +164,21 @@ def estimate_shapley(game: CoalitionGame, options: ShapleyOptions, seed: int) ->
     )
 
 
-def estimate_class_max(class_games: Sequence[CoalitionGame], options: ShapleyOptions, seed: int) -> ShapleyEstimate:
+def estimate_class_max(class_games: Sequence[CoalitionGame], options: ShapleyOptions, seed: int,
+                       plans: Sequence[GamePlan | None] | None = None) -> ShapleyEstimate:
     """Each player's largest Shapley value over ``class_games``: the same players, each game's
     worth on one class's images. With equally many images per class the pooled game's worth is
     the mean of the class games' worths, so its Shapley values are the mean of theirs (linearity):
     a channel that carries one class scores 1/K of its value there when pooled, and is pruned
     first; its maximum keeps it. The stderr is that of the class giving the maximum; the costs
     add up; v(N) and v(empty) are the pooled game's (the class means). Class k's game is
-    estimated with its own stream from ``seed`` and k."""
+    estimated with its own stream from ``seed`` and k, with ``plans[k]`` (None: ``options``)."""
     if not class_games:
         raise InputError("no class games to estimate")
     streams = np.random.SeedSequence(int(seed)).spawn(len(class_games))
-    estimates = [estimate_shapley(game, options, int(stream.generate_state(1)[0]))
-                 for game, stream in zip(class_games, streams)]
+    plans = [None] * len(class_games) if plans is None else plans
+    estimates = [estimate_shapley(game, options, int(stream.generate_state(1)[0]), plan)
+                 for game, stream, plan in zip(class_games, streams, plans)]
     values = torch.stack([e.values for e in estimates])
     best = values.argmax(0, keepdim=True)
     return ShapleyEstimate(

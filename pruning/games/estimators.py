@@ -199,6 +199,27 @@ def exact_shapley(game: CoalitionGame) -> ShapleyEstimate:
     return ShapleyEstimate(phi, torch.zeros(n, dtype=torch.float64), 0, 2**n, float(v[-1]), float(v[0]))
 
 
+def prefix_lengths(size: int, positions: int) -> list[int]:
+    """The interior prefix lengths a permutation is evaluated at: all of 1..size-1 when
+    ``positions >= size``, else the ``positions - 1`` lengths round(j * size / positions)."""
+    if positions >= size:
+        return list(range(1, size))
+    return sorted({round(j * size / positions) for j in range(1, positions)} - {0, size})
+
+
+def interpolate_prefixes(known: torch.Tensor, points: list[int], n: int) -> torch.Tensor:
+    """Prefix values at every length 0..n from those at ``points``, linear in between: the
+    marginal of the players added between two evaluated lengths is shared equally."""
+    if len(points) == n + 1:
+        return known
+    pv = torch.empty(known.shape[0], n + 1, dtype=torch.float64)
+    for j in range(len(points) - 1):
+        a, b = points[j], points[j + 1]
+        t = torch.arange(b - a + 1, dtype=torch.float64) / (b - a)
+        pv[:, a : b + 1] = known[:, j : j + 1] + (known[:, j + 1 : j + 2] - known[:, j : j + 1]) * t
+    return pv
+
+
 def _prefix_values(
     game: CoalitionGame,
     perms: np.ndarray,
@@ -206,45 +227,50 @@ def _prefix_values(
     v_empty: float,
     truncation_tol: float | None,
     window: int,
+    positions: int | None = None,
 ) -> tuple[torch.Tensor, int]:
     """v(first k players of each permutation) for k = 0..C -> ``float64[P, C+1]`` and the number
     of coalitions evaluated. Without truncation, one batched call; with truncation, windows of
     ``window`` prefix lengths over the still-active permutations, and a permutation whose prefix
-    value comes within ``truncation_tol`` of v(N) keeps that value to the end (TMC-Shapley)."""
+    value comes within ``truncation_tol`` of v(N) keeps that value to the end (TMC-Shapley).
+    ``positions`` < C evaluates only :func:`prefix_lengths` and interpolates the rest."""
     p, n = perms.shape
+    lengths = prefix_lengths(n, n if positions is None else positions)
+    points = [0, *lengths, n]
     ranks = torch.from_numpy(np.argsort(perms, axis=1))  # ranks[p, i] = position of player i
-    pv = torch.empty(p, n + 1, dtype=torch.float64)
-    pv[:, 0] = v_empty
-    pv[:, n] = v_full
+    known = torch.empty(p, len(points), dtype=torch.float64)
+    known[:, 0] = v_empty
+    known[:, -1] = v_full
     if n < 2 and truncation_tol is None:
-        return pv, 0
+        return interpolate_prefixes(known, points, n), 0
     if truncation_tol is None:
-        k = torch.arange(1, n)
+        k = torch.tensor(lengths, dtype=torch.long)
         masks = ranks[:, None, :] < k[None, :, None]
-        pv[:, 1:n] = game.values(masks.reshape(-1, n)).view(p, n - 1)
-        return pv, p * (n - 1)
+        known[:, 1:-1] = game.values(masks.reshape(-1, n)).view(p, len(lengths))
+        return interpolate_prefixes(known, points, n), p * len(lengths)
     used = 0
     active = torch.ones(p, dtype=torch.bool)
     if abs(v_empty - v_full) < truncation_tol:
-        pv[:, 1:] = v_empty
-        return pv, 0
-    for start in range(1, n, window):
+        known[:, 1:] = v_empty
+        return interpolate_prefixes(known, points, n), 0
+    for start in range(1, len(points) - 1, window):
         rows = active.nonzero().flatten()
         if len(rows) == 0:
             break
-        k = torch.arange(start, min(start + window, n))
+        cols = torch.arange(start, min(start + window, len(points) - 1))
+        k = torch.tensor(points, dtype=torch.long)[cols]
         masks = ranks[rows][:, None, :] < k[None, :, None]
         vals = game.values(masks.reshape(-1, n)).view(len(rows), len(k))
         used += vals.numel()
-        pv[rows[:, None], k[None, :]] = vals
+        known[rows[:, None], cols[None, :]] = vals
         close = (vals - v_full).abs() < truncation_tol
         for r, row in zip(rows.tolist(), close):
             hits = row.nonzero()
             if len(hits):
-                cut = int(k[hits[0, 0]])
-                pv[r, cut + 1 :] = pv[r, cut]
+                cut = int(cols[hits[0, 0]])
+                known[r, cut + 1 :] = known[r, cut]
                 active[r] = False
-    return pv, used
+    return interpolate_prefixes(known, points, n), used
 
 
 def permutation_shapley(
@@ -258,6 +284,7 @@ def permutation_shapley(
     batch_permutations: int = 16,
     truncation_window: int | None = None,
     seed: int = 0,
+    positions: int | None = None,
 ) -> ShapleyEstimate:
     """Monte Carlo Shapley values from marginal contributions along random permutations.
 
@@ -274,6 +301,12 @@ def permutation_shapley(
     * ``epsilon``: stop once the largest per-player standard error is below it; ``boundary``:
       stop once the keep/prune cut is decided (:class:`BoundaryStop`). Both are checked after
       every block (:func:`stop_reached`); with neither, run until ``max_permutations``.
+    * ``positions`` (< C; None: C): coarse permutations for a small budget: prefixes are
+      evaluated at ``positions - 1`` evenly spaced lengths only (:func:`prefix_lengths`), and the
+      players added between two of them share that step's marginal equally. The sum over the
+      players is still v(N) - v(empty); each channel's sample is its step's mean, so the values
+      shrink towards the layer's mean (a channel's order among its step's is not resolved by
+      one permutation, only across permutations).
 
     Deterministic given ``seed`` (a private ``numpy.random.Generator``). Without truncation the
     marginals of every permutation sum to exactly v(N) - v(empty).
@@ -287,14 +320,15 @@ def permutation_shapley(
     step = 2 if antithetic else 1
     budget = max(step, max_permutations - max_permutations % step)
     block_size = max(step, batch_permutations - batch_permutations % step)
-    window = truncation_window or max(1, n // 4)
+    positions = n if positions is None else max(1, min(int(positions), n))
+    window = truncation_window or max(1, positions // 4)
     stats = RunningStats.zeros(n)
     done = 0
     while done < budget:
         count = min(block_size, budget - done)
         base = [rng.permutation(n) for _ in range(count // step)]
         perms = np.stack([q for b in base for q in ((b, b[::-1]) if antithetic else (b,))])
-        pv, used = _prefix_values(game, perms, v_full, v_empty, truncation_tol, window)
+        pv, used = _prefix_values(game, perms, v_full, v_empty, truncation_tol, window, positions)
         evaluations += used
         marginals = pv[:, 1:] - pv[:, :-1]  # [P, n]: contribution of perms[p, k]
         phi = torch.zeros(len(perms), n, dtype=torch.float64).scatter_(1, torch.from_numpy(perms.copy()), marginals)

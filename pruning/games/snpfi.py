@@ -33,13 +33,17 @@ import numpy as np
 import torch
 
 from pruning.games.coalitions import CoalitionGame, all_coalitions
+from pruning.games.estimators import interpolate_prefixes, prefix_lengths
 
 #: slack when comparing U(k) with tau (U is a ratio of float64 sums)
 _TAU_SLACK = 1e-9
 
 
-def utilization_curve(game: CoalitionGame, importance: torch.Tensor, order: Sequence[int] | None = None) -> torch.Tensor:
-    """U(k) for k = 0..n -> ``float64[n+1]``; all n+1 coalitions in one batched call.
+def utilization_curve(game: CoalitionGame, importance: torch.Tensor, order: Sequence[int] | None = None,
+                      positions: int | None = None) -> torch.Tensor:
+    """U(k) for k = 0..n -> ``float64[n+1]``; all n+1 coalitions in one batched call, or with
+    ``positions`` < n (a small budget) only k = 0, n and the ``positions - 1`` lengths of
+    :func:`~pruning.games.estimators.prefix_lengths`, linear in between.
 
     top_k = the first k of ``order`` (a permutation of the players) when given, else the k of
     highest ``importance``, ties broken by the lower index. When v(N) == v(empty) (the layer does
@@ -57,8 +61,10 @@ def utilization_curve(game: CoalitionGame, importance: torch.Tensor, order: Sequ
             raise ValueError(f"order must be a permutation of 0..{n - 1}")
     rank = torch.empty(n, dtype=torch.long)
     rank[order] = torch.arange(n)
-    masks = rank[None, :] < torch.arange(n + 1)[:, None]
-    v = game.values(masks).to(torch.float64)
+    points = [0, *prefix_lengths(n, n if positions is None else positions), n]
+    masks = rank[None, :] < torch.tensor(points)[:, None]
+    known = game.values(masks).to(torch.float64)
+    v = known if len(points) == n + 1 else interpolate_prefixes(known[None], points, n)[0]
     span = v[n] - v[0]
     if abs(float(span)) < 1e-12:
         curve = torch.ones(n + 1, dtype=torch.float64)

@@ -41,7 +41,7 @@ def test_the_criterion_scores_the_maximum_over_games_on_each_class_alone(tiny_re
     assert groups
     g = torch.Generator().manual_seed(2)
     calibration = [(torch.randn(30, 1, 28, 28, generator=g), torch.arange(30) % 3)]
-    options = dict(value="kl", exact_below=8, batch_size=12)
+    options = dict(value="kl", exact_below=8, batch_size=12, max_forward_passes=None)  # exact games: no cap
     scores = create_criterion("shapley", stratified=True, class_scores="max", seed=4, **options).score(
         tiny_resnet, groups, ScoringContext(calibration=calibration))
     x, y = calibration_batch(calibration, 12, stratified=True, seed=4)  # the batch the criterion drew

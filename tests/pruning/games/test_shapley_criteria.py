@@ -13,7 +13,7 @@ def test_shapley_criterion_exact_below_matches_exact(tiny_resnet, example_input,
     space = PruningSpace.build(tiny_resnet, example_input)
     group = space["layer1.conv1"]
     context = ScoringContext(calibration=calibration_batches)
-    criterion = create_criterion("shapley", exact_below=8, batch_size=8)
+    criterion = create_criterion("shapley", exact_below=8, batch_size=8, max_forward_passes=None)
     scores = criterion.score(tiny_resnet, [group], context)[group.name]
     inputs = torch.cat([x for x, _ in calibration_batches])[:8]
     targets = torch.cat([y for _, y in calibration_batches])[:8]

@@ -98,21 +98,22 @@ def test_window_is_centred_on_the_plain_cut():
 def test_snpfi_criterion_interaction_and_budget_options(tiny_cnn, example_input, calibration_batches):
     space = PruningSpace.build(tiny_cnn, example_input)
     context = ScoringContext(calibration=calibration_batches)
-    plain = create_criterion("snpfi", batch_size=8, max_permutations=4)
+    # no scoring budget: the curves are evaluated at every k, as snpfi_sparsity does
+    plain = create_criterion("snpfi", batch_size=8, max_permutations=4, max_forward_passes=None)
     scores, sparsity = plain.score_and_sparsity(tiny_cnn, space.groups, context)
-    off = create_criterion("snpfi", batch_size=8, max_permutations=4, interactions=0, budget="layer")
+    off = create_criterion("snpfi", batch_size=8, max_permutations=4, max_forward_passes=None, interactions=0, budget="layer")
     off_scores, off_sparsity = off.score_and_sparsity(tiny_cnn, space.groups, context)
     assert off_sparsity == sparsity and all(torch.equal(off_scores[n], scores[n]) for n in scores)
     # the defaults are today's SNPFI: Shapley order, each layer at its own threshold
     today = {name: snpfi_sparsity(game, est.values, 0.95) for name, game, est in plain.estimates(tiny_cnn, space.groups, context)}
     assert today == sparsity
-    inter = create_criterion("snpfi", batch_size=8, max_permutations=4, interactions=4, interaction_samples=2)
+    inter = create_criterion("snpfi", batch_size=8, max_permutations=4, max_forward_passes=None, interactions=4, interaction_samples=2)
     i_scores, i_sparsity = inter.score_and_sparsity(tiny_cnn, space.groups, context)
     for group in space.groups:  # same values, reassigned along the greedy order
         assert torch.equal(i_scores[group.name].sort().values, scores[group.name].sort().values)
         assert 0.0 <= i_sparsity[group.name] <= 1 - 1 / group.size
         assert inter.last_utilization[group.name]["pairs"] == 6
-    glob = create_criterion("snpfi", batch_size=8, max_permutations=4, budget="global")
+    glob = create_criterion("snpfi", batch_size=8, max_permutations=4, max_forward_passes=None, budget="global")
     with pytest.raises(InputError, match="space"):
         glob.score_and_sparsity(tiny_cnn, space.groups, context)
     _, g_sparsity = glob.score_and_sparsity(tiny_cnn, space.groups, context, space=space,
