@@ -20,7 +20,7 @@ def hist_values(x: torch.Tensor, value: str) -> torch.Tensor:
 class Accumulator:
     """Running sums of one observed output, on the activation's device."""
 
-    def __init__(self, name: str, x: torch.Tensor, has_maps: bool, rank: bool, chip: bool, map_entropy: bool,
+    def __init__(self, name: str, x: torch.Tensor, kind: str, rank: bool, chip: bool, map_entropy: bool,
                  rank_quota: int | None, edges: torch.Tensor | None = None, per_class: bool = False):
         _, c, h, w = x.shape
         dev = x.device
@@ -33,9 +33,9 @@ class Accumulator:
         self.zeros = torch.zeros(c, dtype=torch.int64, device=dev)
         self.n_images = 0
         self.n_positions = 0
-        self.has_maps = has_maps
-        self.map_size = (h, w) if has_maps else (0, 0)
-        self.rank_sum = torch.zeros(c, dtype=torch.float64, device=dev) if rank and has_maps else None
+        self.kind = kind  # pruning.statistics.hooks.MAP_KINDS
+        self.map_size = (0, 0) if kind == "vector" else (h, w)
+        self.rank_sum = torch.zeros(c, dtype=torch.float64, device=dev) if rank and kind == "maps" else None
         # how many of this shard's images are still to be ranked (None: all of them)
         self.rank_quota = rank_quota
         self.n_rank_images = 0
@@ -75,12 +75,12 @@ class Accumulator:
             if getattr(self, name).shape[0] < classes:
                 setattr(self, name, pad_classes(getattr(self, name), classes))
 
-    def update(self, x: torch.Tensor, has_maps: bool, value: str, recorder: RangeRecorder | None = None,
+    def update(self, x: torch.Tensor, kind: str, value: str, recorder: RangeRecorder | None = None,
                labels: torch.Tensor | None = None) -> None:
         """Add a batch; before the edges are fixed its histogram values go to ``recorder`` and wait.
         ``labels`` (the batch's class indices) are required with ``per_class``."""
         b, c, h, w = x.shape
-        if has_maps != self.has_maps or (has_maps and (h, w) != self.map_size):
+        if kind != self.kind or (kind != "vector" and (h, w) != self.map_size):
             raise InputError(f"module {self.name!r}: output shape changed between batches; use one input size")
         gap = x.mean((2, 3))
         values = gap.T if value == "gap" else hist_values(x, value)
