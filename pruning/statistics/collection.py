@@ -196,9 +196,8 @@ def accumulate_stats(
     bins = {int(edges[name].shape[-1]) - 1 for name in observed}
     if len(bins) != 1:
         raise InputError(f"histogram edges disagree on the number of bins: {sorted(bins)}")
-    rank_quota = None if rank_images is None else max(0, rank_images - image_offset)
     options = dict(value=value, rank=rank, chip=chip, map_entropy=map_entropy, read_inputs=read_inputs,
-                   per_class=per_class, rank_quota=rank_quota, progress=progress)
+                   per_class=per_class, rank_window=(rank_images, image_offset), progress=progress)
     return _accumulate(model, observed, batches, bins.pop(), edges=edges, **options)
 
 
@@ -214,7 +213,7 @@ def _accumulate(
     map_entropy: bool,
     read_inputs: bool,
     per_class: bool,
-    rank_quota: int | None,
+    rank_window: tuple[int | None, int],
     progress: bool,
     edges: Mapping[str, torch.Tensor] | None = None,
     ranges: Mapping[str, RangeRecorder] | None = None,
@@ -234,7 +233,7 @@ def _accumulate(
     def record(name: str, x: torch.Tensor, kind: str) -> None:
         if name not in accumulators:
             fixed = None if edges is None else edges[name]
-            accumulators[name] = Accumulator(name, x, kind, rank, chip, map_entropy, rank_quota, edges=fixed,
+            accumulators[name] = Accumulator(name, x, kind, rank, chip, map_entropy, rank_window, edges=fixed,
                                              per_class=per_class)
         accumulators[name].update(x, kind, value, None if ranges is None else ranges[name], current["labels"])
 
@@ -305,7 +304,7 @@ def collect_activation_stats(
         ranges = {name: RangeRecorder(edge_scope, edge_quantile) for name in observed}
         return _accumulate(model, observed, batches, bins, value=value, rank=rank, chip=chip, map_entropy=map_entropy,
                            read_inputs=read_inputs, per_class=per_class,
-                           rank_quota=rank_images, progress=progress, ranges=ranges, edge_batches=edge_batches)
+                           rank_window=(rank_images, 0), progress=progress, ranges=ranges, edge_batches=edge_batches)
     edge_options = dict(bins=bins, value=value, edge_scope=edge_scope, edge_quantile=edge_quantile,
                         read_inputs=read_inputs)
     if isinstance(batches, Iterator):  # one-shot: keep the edge batches for the main pass
