@@ -15,6 +15,7 @@ __all__ = [
     "map_softmax_entropy",
     "RANK_MAP_SIDE",
     "RANK_MAPS",
+    "ranked_side",
     "rank_subsample",
     "batched_map_rank",
     "count_zeros",
@@ -24,14 +25,14 @@ __all__ = [
 #: estimators of a histogram's entropy: the plug-in (maximum-likelihood) one and Miller-Madow
 ENTROPY_ESTIMATORS = ("plugin", "miller-madow")
 
-#: maps with a side above this are ranked on this many evenly spaced rows and columns
-#: (:func:`rank_subsample`): an eigen-decomposition's cost grows with the cube of the side, and a
+#: maps with a side above this are ranked on a grid of evenly spaced rows and columns with at most
+#: this many of each (:func:`rank_subsample`: 112x112 maps on 28x28, 56x56 ones on 28x28): an eigen-decomposition's cost grows with the cube of the side, and a
 #: 112x112 map costs as much as ~50 of 32x32
 RANK_MAP_SIDE = 32
 #: the most maps of one observed output ranked per pass (at least one image's): a 960-channel
-#: layer ranks 4 images, a 64-channel one 64; the ranks' cost then stays a fraction of the
+#: layer ranks 2 images, a 64-channel one 32; the ranks' cost then stays a fraction of the
 #: forward pass on wide, cheap layers (depthwise convolutions) as well as narrow ones
-RANK_MAPS = 4096
+RANK_MAPS = 2048
 
 #: elements of float64 scratch per eigvalsh stack in the CHIP computation (about 128 MiB)
 _CHIP_CHUNK_ELEMENTS = 1 << 24
@@ -80,17 +81,19 @@ def map_softmax_entropy(maps: torch.Tensor) -> torch.Tensor:
     return z.log() - (e * d).sum(-1) / z
 
 
+def ranked_side(side: int, max_side: int = RANK_MAP_SIDE) -> int:
+    """The length of a map side of ``side`` positions on :func:`rank_subsample`'s grid."""
+    return -(-side // -(-side // max_side))
+
+
 def rank_subsample(maps: torch.Tensor, max_side: int) -> torch.Tensor:
-    """The (B, C, H', W') maps on at most ``max_side`` evenly spaced rows and columns of each
-    (B, C, H, W) map (the maps themselves when both sides fit): a sub-matrix, whose rank is at
-    most ``min(rank, max_side)``, and equals it for maps whose rows and columns are in general
-    position."""
+    """A view of the (B, C, H, W) maps on every s-th row (s = ceil(H / ``max_side``)) and every
+    t-th column (t = ceil(W / ``max_side``)), so that no side exceeds ``max_side`` (the maps
+    themselves when both sides fit): a sub-matrix, whose rank is at most the map's, and equals
+    min(rank, sides) for maps whose rows and columns are in general position. A strided view
+    costs nothing; the ranks copy it once."""
     _, _, h, w = maps.shape
-    if max(h, w) <= max_side:
-        return maps
-    rows = torch.linspace(0, h - 1, min(h, max_side), device=maps.device).round().long()
-    cols = torch.linspace(0, w - 1, min(w, max_side), device=maps.device).round().long()
-    return maps.index_select(2, rows).index_select(3, cols)
+    return maps[:, :, :: -(-h // max_side), :: -(-w // max_side)]
 
 
 def batched_map_rank(maps: torch.Tensor) -> torch.Tensor:
