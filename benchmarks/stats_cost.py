@@ -11,6 +11,9 @@
    ``matrix_rank`` per hook call) vs HRank's way (one pass per layer, ``matrix_rank`` per map in
    a Python loop) on the first ``--loop-images`` images; the ranks are checked equal.
 
+``ratio`` and ``agreement`` (:mod:`stats_cost_224`, run as ``stats_cost.py ratio ...``): the pass
+at 224 px against a plain forward pass on torchvision models, and the rank shortcuts' agreement.
+
 The headline passes are timed ``--repeats`` times (the minimum is reported: the machine may be
 shared); the load average is recorded before and after.
 
@@ -23,6 +26,7 @@ import argparse
 import json
 import math
 import os
+import sys
 import time
 
 import torch
@@ -119,7 +123,32 @@ def agreement(sub, full, groups) -> dict:
             "jaccard_50_mean": sum(jaccards) / len(jaccards), "jaccard_50_min": min(jaccards), "groups": per_group}
 
 
+def main_224(argv: list[str]) -> None:
+    import stats_cost_224
+
+    parser = argparse.ArgumentParser(description=stats_cost_224.__doc__.splitlines()[0])
+    parser.add_argument("mode", choices=["ratio", "agreement"])
+    parser.add_argument("--models", nargs="+",
+                        default=["resnet18", "resnet50", "mobilenet_v2", "efficientnet_b0", "convnext_tiny"])
+    parser.add_argument("--images", type=int, nargs="+", default=[64, 256])
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--agree-images", type=int, default=8, help="images of the map-side agreement")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.mode == "ratio":
+        result = {"threads": args.threads, "batch": args.batch, "repeats": args.repeats,
+                  "runs": stats_cost_224.ratio(args.models, args.images, args.batch, args.repeats)}
+    else:
+        result = {"threads": args.threads, **stats_cost_224.agreement(args.agree_images)}
+    atomic_write(args.out, lambda tmp: tmp.write_text(json.dumps(result, indent=1)))
+
+
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] in ("ratio", "agreement"):
+        return main_224(sys.argv[1:])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--images", type=int, default=1024)

@@ -6,7 +6,15 @@ import torch
 
 from pruning.errors import InputError
 from pruning.statistics.edges import RangeRecorder
-from pruning.statistics.measures import batched_map_rank, count_zeros, leave_one_out_nuclear_norms, map_softmax_entropy
+from pruning.statistics.measures import (
+    RANK_MAP_SIDE,
+    RANK_MAPS,
+    batched_map_rank,
+    count_zeros,
+    leave_one_out_nuclear_norms,
+    map_softmax_entropy,
+    rank_subsample,
+)
 from pruning.statistics.layer import CLASS_FIELDS, LayerStats, pad_classes
 
 
@@ -17,11 +25,22 @@ def hist_values(x: torch.Tensor, value: str) -> torch.Tensor:
     return x.transpose(0, 1).reshape(x.shape[1], -1)
 
 
+def rank_quota(channels: int, rank_images: int | None, image_offset: int) -> int | None:
+    """How many images of a shard starting at ``image_offset`` an output with ``channels``
+    channels ranks: those below ``rank_images`` and below :data:`RANK_MAPS` / ``channels`` (at least
+    one) in the pass; None (every image) when ``rank_images`` is None."""
+    if rank_images is None:
+        return None
+    return max(0, min(rank_images, max(1, RANK_MAPS // channels)) - image_offset)
+
+
 class Accumulator:
     """Running sums of one observed output, on the activation's device."""
 
-    def __init__(self, name: str, x: torch.Tensor, has_maps: bool, rank: bool, chip: bool, map_entropy: bool,
-                 rank_quota: int | None, edges: torch.Tensor | None = None, per_class: bool = False):
+    def __init__(self, name: str, x: torch.Tensor, kind: str, rank: bool, chip: bool, map_entropy: bool,
+                 rank_window: tuple[int | None, int], edges: torch.Tensor | None = None, per_class: bool = False):
+        """``rank_window``: (``rank_images``, ``image_offset``) of the pass
+        (:func:`~pruning.statistics.accumulate_stats`)."""
         _, c, h, w = x.shape
         dev = x.device
         self.name = name
@@ -33,11 +52,11 @@ class Accumulator:
         self.zeros = torch.zeros(c, dtype=torch.int64, device=dev)
         self.n_images = 0
         self.n_positions = 0
-        self.has_maps = has_maps
-        self.map_size = (h, w) if has_maps else (0, 0)
-        self.rank_sum = torch.zeros(c, dtype=torch.float64, device=dev) if rank and has_maps else None
-        # how many of this shard's images are still to be ranked (None: all of them)
-        self.rank_quota = rank_quota
+        self.kind = kind  # pruning.statistics.hooks.MAP_KINDS
+        self.map_size = (0, 0) if kind == "vector" else (h, w)
+        self.rank_sum = torch.zeros(c, dtype=torch.float64, device=dev) if rank and kind == "maps" else None
+        # how many of this shard's images are to be ranked (None: all of them)
+        self.rank_quota = rank_quota(c, *rank_window)
         self.n_rank_images = 0
         self.chip_sum = torch.zeros(c, dtype=torch.float64, device=dev) if chip else None
         self.map_entropy_sum = torch.zeros(c, dtype=torch.float64, device=dev) if map_entropy else None
@@ -75,12 +94,12 @@ class Accumulator:
             if getattr(self, name).shape[0] < classes:
                 setattr(self, name, pad_classes(getattr(self, name), classes))
 
-    def update(self, x: torch.Tensor, has_maps: bool, value: str, recorder: RangeRecorder | None = None,
+    def update(self, x: torch.Tensor, kind: str, value: str, recorder: RangeRecorder | None = None,
                labels: torch.Tensor | None = None) -> None:
         """Add a batch; before the edges are fixed its histogram values go to ``recorder`` and wait.
         ``labels`` (the batch's class indices) are required with ``per_class``."""
         b, c, h, w = x.shape
-        if has_maps != self.has_maps or (has_maps and (h, w) != self.map_size):
+        if kind != self.kind or (kind != "vector" and (h, w) != self.map_size):
             raise InputError(f"module {self.name!r}: output shape changed between batches; use one input size")
         gap = x.mean((2, 3))
         values = gap.T if value == "gap" else hist_values(x, value)
@@ -109,7 +128,7 @@ class Accumulator:
         if self.rank_sum is not None:
             k = b if self.rank_quota is None else min(b, self.rank_quota - self.n_rank_images)
             if k > 0:
-                ranks = batched_map_rank(x[:k]).double()
+                ranks = batched_map_rank(rank_subsample(x[:k], RANK_MAP_SIDE)).double()
                 self.rank_sum += ranks.sum(0)
                 self.n_rank_images += k
                 if self.per_class:

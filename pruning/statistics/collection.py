@@ -40,13 +40,11 @@ stored: memory is bounded by the per-channel accumulators (C x C for ``gram``).
 """
 from __future__ import annotations
 
-import contextlib
 import itertools
 from collections.abc import Iterator
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from pruning.errors import InputError
@@ -59,8 +57,9 @@ from pruning.statistics.edges import (
 )
 from pruning.statistics._accumulator import Accumulator, hist_values
 from pruning.statistics.state import ActivationStats, check_value_mode
+from pruning.statistics.hooks import hooked, observed_outputs
 from pruning.structure.groups import ChannelGroup, ObservedOutput
-from pruning.utils import batch_inputs, model_device, preserved_modes
+from pruning.utils import batch_inputs, model_device
 
 __all__ = [
     "EDGE_SCOPES",
@@ -87,61 +86,6 @@ def check_rank_images(rank_images: int | None) -> None:
         isinstance(rank_images, bool) or not isinstance(rank_images, int) or rank_images < 1
     ):
         raise InputError(f"rank_images must be a positive integer or None (every image), got {rank_images!r}")
-
-
-def _observed_outputs(model: nn.Module, groups: Sequence[ChannelGroup], read_inputs: bool = False) -> dict[str, ObservedOutput]:
-    """{statistics key: observation} over the groups (with ``read_inputs``, their ``read``
-    tensors too), checked against the model."""
-    modules = dict(model.named_modules())
-    observed: dict[str, ObservedOutput] = {}
-    for group in groups:
-        for obs in group.observed + (group.read if read_inputs else ()):
-            if obs.module not in modules:
-                raise InputError(f"group {group.name!r}: the model has no module {obs.module!r}")
-            if observed.setdefault(obs.key, obs).relu != obs.relu:
-                raise InputError(f"module {obs.module!r} is observed both with and without ReLU")
-    if not observed:
-        raise InputError("no groups to collect statistics for")
-    return observed
-
-
-def _as_maps(output: Any, name: str, relu: bool) -> tuple[torch.Tensor, bool]:
-    """The observed activation as float (B, C, H, W) and whether it has real spatial maps."""
-    if not isinstance(output, torch.Tensor):
-        raise InputError(f"module {name!r} returned {type(output).__name__}, expected a tensor")
-    x = output.detach()
-    if relu:
-        x = F.relu(x)
-    x = x.float()
-    if x.dim() == 4:
-        return x, True
-    if x.dim() == 2:
-        return x[:, :, None, None], False
-    raise InputError(f"module {name!r}: cannot collect statistics of a {x.dim()}-D output")
-
-
-@contextlib.contextmanager
-def _hooked(model: nn.Module, observed: Mapping[str, ObservedOutput], fn: Callable[[str, torch.Tensor, bool], None]):
-    """Hooks on the observed tensors (a module's output, or the first input it is called with),
-    eval mode and no_grad; all undone on exit, even on error."""
-    modules = dict(model.named_modules())
-    handles = []
-    with preserved_modes(model):
-        try:
-            for key, obs in observed.items():
-                module = modules[obs.module]
-                if obs.side == "input":
-                    hook = lambda m, i, key=key: fn(key, i[0], False)  # noqa: E731
-                    handles.append(module.register_forward_pre_hook(hook))
-                else:
-                    hook = lambda m, i, o, key=key, relu=obs.relu: fn(key, o, relu)  # noqa: E731
-                    handles.append(module.register_forward_hook(hook))
-            model.eval()
-            with torch.no_grad():
-                yield
-        finally:
-            for handle in handles:
-                handle.remove()
 
 
 def batch_labels(batch: Any) -> torch.Tensor:
@@ -206,14 +150,13 @@ def compute_histogram_edges(
     """
     check_value_mode(value)
     check_edge_options(bins, edge_scope, edge_quantile)
-    observed = _observed_outputs(model, groups, read_inputs)
+    observed = observed_outputs(model, groups, read_inputs)
     ranges = {name: RangeRecorder(edge_scope, edge_quantile) for name in observed}
 
-    def record(name: str, output: Any, relu: bool) -> None:
-        x, _ = _as_maps(output, name, relu)
+    def record(name: str, x: torch.Tensor, kind: str) -> None:
         ranges[name].update(hist_values(x, value))
 
-    with _hooked(model, observed, record):
+    with hooked(model, observed, record):
         _run(model, batches, False, "edges")
     return {name: ranges[name].edges(name, bins) for name in observed}
 
@@ -246,16 +189,15 @@ def accumulate_stats(
     check_rank_images(rank_images)
     if isinstance(image_offset, bool) or not isinstance(image_offset, int) or image_offset < 0:
         raise InputError(f"image_offset must be a non-negative integer, got {image_offset!r}")
-    observed = _observed_outputs(model, groups, read_inputs)
+    observed = observed_outputs(model, groups, read_inputs)
     missing = [name for name in observed if name not in edges]
     if missing:
         raise InputError(f"no histogram edges for {', '.join(missing)}")
     bins = {int(edges[name].shape[-1]) - 1 for name in observed}
     if len(bins) != 1:
         raise InputError(f"histogram edges disagree on the number of bins: {sorted(bins)}")
-    rank_quota = None if rank_images is None else max(0, rank_images - image_offset)
     options = dict(value=value, rank=rank, chip=chip, map_entropy=map_entropy, read_inputs=read_inputs,
-                   per_class=per_class, rank_quota=rank_quota, progress=progress)
+                   per_class=per_class, rank_window=(rank_images, image_offset), progress=progress)
     return _accumulate(model, observed, batches, bins.pop(), edges=edges, **options)
 
 
@@ -271,7 +213,7 @@ def _accumulate(
     map_entropy: bool,
     read_inputs: bool,
     per_class: bool,
-    rank_quota: int | None,
+    rank_window: tuple[int | None, int],
     progress: bool,
     edges: Mapping[str, torch.Tensor] | None = None,
     ranges: Mapping[str, RangeRecorder] | None = None,
@@ -288,13 +230,12 @@ def _accumulate(
     def set_labels(batch: Any) -> None:
         current["labels"] = batch_labels(batch)
 
-    def record(name: str, output: Any, relu: bool) -> None:
-        x, has_maps = _as_maps(output, name, relu)
+    def record(name: str, x: torch.Tensor, kind: str) -> None:
         if name not in accumulators:
             fixed = None if edges is None else edges[name]
-            accumulators[name] = Accumulator(name, x, has_maps, rank, chip, map_entropy, rank_quota, edges=fixed,
+            accumulators[name] = Accumulator(name, x, kind, rank, chip, map_entropy, rank_window, edges=fixed,
                                              per_class=per_class)
-        accumulators[name].update(x, has_maps, value, None if ranges is None else ranges[name], current["labels"])
+        accumulators[name].update(x, kind, value, None if ranges is None else ranges[name], current["labels"])
 
     def fix_edges() -> None:
         for name in observed:  # a module the edge batches did not call is reported by edges()
@@ -306,7 +247,7 @@ def _accumulate(
         if count == edge_batches:
             fix_edges()
 
-    with _hooked(model, observed, record):
+    with hooked(model, observed, record):
         count = _run(model, batches, progress, "activation stats", after_batch if edges is None else None,
                      set_labels if per_class else None)
     if edges is None and count < edge_batches:
@@ -359,11 +300,11 @@ def collect_activation_stats(
     check_value_mode(value)
     check_edge_options(bins, edge_scope, edge_quantile)
     if value == "gap":
-        observed = _observed_outputs(model, groups, read_inputs)
+        observed = observed_outputs(model, groups, read_inputs)
         ranges = {name: RangeRecorder(edge_scope, edge_quantile) for name in observed}
         return _accumulate(model, observed, batches, bins, value=value, rank=rank, chip=chip, map_entropy=map_entropy,
                            read_inputs=read_inputs, per_class=per_class,
-                           rank_quota=rank_images, progress=progress, ranges=ranges, edge_batches=edge_batches)
+                           rank_window=(rank_images, 0), progress=progress, ranges=ranges, edge_batches=edge_batches)
     edge_options = dict(bins=bins, value=value, edge_scope=edge_scope, edge_quantile=edge_quantile,
                         read_inputs=read_inputs)
     if isinstance(batches, Iterator):  # one-shot: keep the edge batches for the main pass

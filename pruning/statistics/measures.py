@@ -13,6 +13,10 @@ __all__ = [
     "check_estimator",
     "histogram_entropy",
     "map_softmax_entropy",
+    "RANK_MAP_SIDE",
+    "RANK_MAPS",
+    "ranked_side",
+    "rank_subsample",
     "batched_map_rank",
     "count_zeros",
     "leave_one_out_nuclear_norms",
@@ -20,6 +24,15 @@ __all__ = [
 
 #: estimators of a histogram's entropy: the plug-in (maximum-likelihood) one and Miller-Madow
 ENTROPY_ESTIMATORS = ("plugin", "miller-madow")
+
+#: maps with a side above this are ranked on a grid of evenly spaced rows and columns with at most
+#: this many of each (:func:`rank_subsample`: 112x112 maps on 28x28, 56x56 ones on 28x28): an eigen-decomposition's cost grows with the cube of the side, and a
+#: 112x112 map costs as much as ~50 of 32x32
+RANK_MAP_SIDE = 32
+#: the most maps of one observed output ranked per pass (at least one image's): a 960-channel
+#: layer ranks 2 images, a 64-channel one 32; the ranks' cost then stays a fraction of the
+#: forward pass on wide, cheap layers (depthwise convolutions) as well as narrow ones
+RANK_MAPS = 2048
 
 #: elements of float64 scratch per eigvalsh stack in the CHIP computation (about 128 MiB)
 _CHIP_CHUNK_ELEMENTS = 1 << 24
@@ -68,17 +81,36 @@ def map_softmax_entropy(maps: torch.Tensor) -> torch.Tensor:
     return z.log() - (e * d).sum(-1) / z
 
 
+def ranked_side(side: int, max_side: int = RANK_MAP_SIDE) -> int:
+    """The length of a map side of ``side`` positions on :func:`rank_subsample`'s grid."""
+    return -(-side // -(-side // max_side))
+
+
+def rank_subsample(maps: torch.Tensor, max_side: int) -> torch.Tensor:
+    """A view of the (B, C, H, W) maps on every s-th row (s = ceil(H / ``max_side``)) and every
+    t-th column (t = ceil(W / ``max_side``)), so that no side exceeds ``max_side`` (the maps
+    themselves when both sides fit): a sub-matrix, whose rank is at most the map's, and equals
+    min(rank, sides) for maps whose rows and columns are in general position. A strided view
+    costs nothing; the ranks copy it once."""
+    _, _, h, w = maps.shape
+    return maps[:, :, :: -(-h // max_side), :: -(-w // max_side)]
+
+
 def batched_map_rank(maps: torch.Tensor) -> torch.Tensor:
     """Ranks of a (B, C, H, W) activation's maps as a (B, C) tensor, in one batched call.
 
-    ``torch.linalg.matrix_rank``'s default tolerance, max(H, W) * eps * sigma_max with eps of
-    the maps' dtype, as HRank's reference implementation uses per map. Below float64 the
-    singular values come from the eigenvalues of the float64 Gram matrix on the smaller side
-    (sigma_i = sqrt(lambda_i)) instead of an SVD: the Gram entries of float32 values are exact
-    products summed in float64, whose round-off (~1e-16 sigma_max^2) is far below the squared
-    tolerance (~1e-11 sigma_max^2 for 28x28 float32 maps), and a symmetric eigensolver is
-    faster than a batched SVD (measured: docs/benchmarks.md, "Cost of the statistics pass").
-    Float64 maps keep the SVD: their tolerance is below what a Gram matrix resolves.
+    The tolerance is ``torch.linalg.matrix_rank``'s default, max(H, W) * eps * sigma_max with
+    eps of the maps' dtype, as HRank's reference implementation uses per map. Float64 maps go
+    through ``matrix_rank`` itself. Below float64 the rank is the number of eigenvalues of the
+    float64 Gram matrix G on the smaller side above tol^2 (sigma_i^2 = lambda_i), counted
+    without an eigensolver: by Sylvester's law of inertia it is the number of positive
+    eigenvalues of G - tol^2 I, read off its Bunch-Kaufman LDL^T factors (a 1x1 pivot counts when
+    positive; a 2x2 pivot block is always indefinite and holds exactly one positive eigenvalue),
+    about a quarter of an eigensolver's cost on small maps. sigma_max^2 is estimated by
+    ||G e_p||^2 / G_pp, p the largest diagonal entry, which lies between G_pp and lambda_max
+    (both bounds reached when one row or column dominates). The Gram entries of float32 values
+    are exact products summed in float64, whose round-off (~1e-16 sigma_max^2) is far below the
+    squared tolerance (~1e-11 sigma_max^2 for 28x28 float32 maps).
     """
     b, c, h, w = maps.shape
     flat = maps.reshape(b * c, h, w)
@@ -86,9 +118,15 @@ def batched_map_rank(maps: torch.Tensor) -> torch.Tensor:
         return torch.linalg.matrix_rank(flat).reshape(b, c)
     a = flat.double()
     gram = a @ a.mT if h <= w else a.mT @ a
-    sigma = torch.linalg.eigvalsh(gram).clamp_min(0).sqrt()  # ascending
-    tol = max(h, w) * torch.finfo(maps.dtype).eps * sigma[:, -1:]
-    return (sigma > tol).sum(-1).reshape(b, c)
+    diag = gram.diagonal(dim1=-2, dim2=-1)
+    top, pivot = diag.max(-1)
+    column = gram.gather(2, pivot[:, None, None].expand(-1, gram.shape[-1], 1))[..., 0]
+    sigma_max_sq = column.square().sum(-1) / top.clamp_min(torch.finfo(torch.float64).tiny)
+    tol_sq = (max(h, w) * torch.finfo(maps.dtype).eps) ** 2 * sigma_max_sq
+    diag.sub_(tol_sq[:, None])  # G - tol^2 I, in place on the scratch Gram
+    factors, pivots, _ = torch.linalg.ldl_factor_ex(gram)
+    positive = (factors.diagonal(dim1=-2, dim2=-1) > 0) & (pivots > 0)
+    return (positive.sum(-1) + (pivots < 0).sum(-1) // 2).reshape(b, c)
 
 
 #: a float32 sum of 0/1 values is exact while every partial sum stays below 2**24

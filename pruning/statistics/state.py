@@ -18,7 +18,7 @@ import torch
 from pruning.class_scores import check_class_scores
 from pruning.errors import InputError
 from pruning.statistics.layer import OPTIONAL_FIELDS, REQUIRED_FIELDS, LayerStats, class_rows, merge_layer
-from pruning.statistics.measures import histogram_entropy
+from pruning.statistics.measures import histogram_entropy, ranked_side
 from pruning.structure.groups import SOURCES, ChannelGroup
 from pruning.utils import atomic_write
 
@@ -283,13 +283,15 @@ class ActivationStats:
         return self._pooled_or_best(group, source, class_scores, rank, class_rank)
 
     def channel_relative_rank(self, group: ChannelGroup, *, source: str = "producer") -> torch.Tensor:
-        """Mean map rank divided by min(H, W), in [0, 1]; Linear outputs count as 1x1 maps."""
+        """Mean map rank divided by the largest rank a map can have, the shorter side of the grid it
+        is ranked on (:func:`~pruning.statistics.rank_subsample`), in [0, 1]; Linear outputs count
+        as 1x1 maps."""
         if not self.rank:
             raise InputError("map ranks were not collected; collect the statistics with rank=True")
 
         def relative(s: LayerStats) -> torch.Tensor:
             if s.rank_sum is not None:
-                return s.rank_sum / _ranked_images(s) / int(s.map_size.min())
+                return s.rank_sum / _ranked_images(s) / min(ranked_side(int(side)) for side in s.map_size)
             return 1.0 - s.zeros.double() / s.n_positions
 
         return self._mean(group, relative, source)
