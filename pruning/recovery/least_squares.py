@@ -1,0 +1,154 @@
+"""The pieces of one layer's least-squares refit: how many rows it samples, how a row's inputs
+are gathered, and the ridge solve (see :mod:`pruning.recovery.reconstruction` for the method)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pruning.errors import InputError
+
+__all__ = ["RowBudget", "LayerShape", "input_rows", "ridge_update", "squared_error"]
+
+
+@dataclass(frozen=True)
+class RowBudget:
+    """How many rows (images x output positions) of the calibration set one layer's fit samples.
+
+    A layer with ``w`` columns per group (inputs per receptive field, plus one for a bias) and
+    ``o`` outputs per group, of which the calibration set offers ``A`` rows, fits on
+
+        n = min(A, max(min_rows, min(rows_per_column * w, affordable)))
+
+    rows, where ``affordable`` is the largest n whose solve costs at most ``cost`` times the
+    layer's own forward multiply-adds over the calibration set (``A * w * o``): the normal
+    equations cost ``n * w^2`` (used when n >= w), their dual form ``n^2 * w`` (when n < w).
+    Narrow or early layers are bounded by ``rows_per_column``; wide late layers at large input
+    resolutions by ``cost``, so the fits together cost at most ``cost`` times a forward pass (up
+    to the ``min_rows`` floor). ``check_fraction`` more rows (at least ``min_rows``, when the
+    calibration set has them) are drawn to measure the error before and after the fit.
+    """
+
+    rows_per_column: float = 32.0
+    cost: float = 0.5
+    min_rows: int = 256
+    check_fraction: float = 0.25
+
+    def __post_init__(self) -> None:
+        if not self.rows_per_column > 0:
+            raise InputError(f"rows_per_column must be > 0, got {self.rows_per_column}")
+        if not self.cost > 0:
+            raise InputError(f"cost must be > 0, got {self.cost}")
+        if isinstance(self.min_rows, bool) or not isinstance(self.min_rows, int) or self.min_rows < 1:
+            raise InputError(f"min_rows must be an integer >= 1, got {self.min_rows!r}")
+        if not 0 <= self.check_fraction <= 1:
+            raise InputError(f"check_fraction must be in [0, 1], got {self.check_fraction}")
+
+    def fit_rows(self, available: int, shape: "LayerShape") -> int:
+        w, o = shape.columns, shape.outputs
+        primal = self.cost * available * o / w  # n * w^2 <= cost * A * w * o
+        affordable = primal if primal >= w else math.sqrt(self.cost * available * o)  # n^2 * w <= ...
+        wanted = max(self.min_rows, min(self.rows_per_column * w, affordable))
+        return available if wanted >= available else math.ceil(wanted)
+
+    def check_rows(self, available: int, fit: int) -> int:
+        if self.check_fraction == 0:
+            return 0
+        return min(available - fit, max(self.min_rows, math.ceil(self.check_fraction * fit)))
+
+    @classmethod
+    def unbounded(cls) -> "RowBudget":
+        """Every row fits (and none is left to check: the error is measured on the fit rows)."""
+        return cls(rows_per_column=float("inf"), cost=float("inf"), check_fraction=0.0)
+
+
+@dataclass(frozen=True)
+class LayerShape:
+    """A Conv2d/Linear layer's least-squares system: groups, columns and outputs per group."""
+
+    groups: int
+    columns: int  # inputs per receptive field and group, plus one for a bias
+    outputs: int
+    bias: bool
+
+    @classmethod
+    def of(cls, layer: nn.Module) -> "LayerShape":
+        bias = layer.bias is not None
+        if isinstance(layer, nn.Conv2d):
+            g = layer.groups
+            width = (layer.in_channels // g) * layer.kernel_size[0] * layer.kernel_size[1]
+            return cls(g, width + int(bias), layer.out_channels // g, bias)
+        return cls(1, layer.in_features + int(bias), layer.out_features, bias)
+
+
+def input_rows(layer: nn.Module, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """The layer's inputs ``x`` at ``rows`` (image * output positions + output position):
+    (rows, groups, columns), with a trailing ones column for a bias. A conv's row is its
+    receptive field in ``F.unfold``'s order (channel, kernel row, kernel column), gathered from
+    the unpadded input (zeros where the field leaves it), so only the rows asked for are copied."""
+    shape = LayerShape.of(layer)
+    if isinstance(layer, nn.Conv2d):
+        picked = _receptive_fields(layer, x, rows)
+    else:
+        picked = x.reshape(-1, x.shape[-1]).index_select(0, rows)
+    picked = picked.reshape(rows.shape[0], shape.groups, -1)
+    if shape.bias:
+        picked = torch.cat([picked, picked.new_ones(rows.shape[0], shape.groups, 1)], dim=2)
+    return picked
+
+
+def _receptive_fields(layer: nn.Conv2d, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    (kh, kw), (sh, sw), (dh, dw) = layer.kernel_size, layer.stride, layer.dilation
+    left, right, top, bottom = layer._reversed_padding_repeated_twice
+    if layer.padding_mode != "zeros":  # reflect / replicate / circular: pad for real
+        x = F.pad(x, layer._reversed_padding_repeated_twice, mode=layer.padding_mode)
+        left = right = top = bottom = 0
+    height, width = x.shape[-2:]
+    out_h = (height + top + bottom - dh * (kh - 1) - 1) // sh + 1
+    out_w = (width + left + right - dw * (kw - 1) - 1) // sw + 1
+    image, position = rows // (out_h * out_w), rows % (out_h * out_w)
+    iy = ((position // out_w) * sh - top)[:, None] + torch.arange(kh, device=rows.device) * dh  # (rows, kh)
+    ix = ((position % out_w) * sw - left)[:, None] + torch.arange(kw, device=rows.device) * dw  # (rows, kw)
+    inside = ((iy >= 0) & (iy < height))[:, :, None] & ((ix >= 0) & (ix < width))[:, None, :]
+    iy, ix = iy.clamp(0, height - 1), ix.clamp(0, width - 1)
+    # advanced indices around a slice: the indexed dimensions come first -> (rows, kh, kw, channels)
+    fields = x[image[:, None, None], :, iy[:, :, None], ix[:, None, :]]
+    fields = fields * inside[..., None].to(fields.dtype)
+    return fields.permute(0, 3, 1, 2).reshape(rows.shape[0], -1)
+
+
+def ridge_update(x: torch.Tensor, residual: torch.Tensor, ridge: float, weight_columns: int) -> torch.Tensor | None:
+    """Per group, the change D of the weights minimising ``|x D - residual|^2 + ridge * s * |D|^2``
+    (``s``: the mean energy of the first ``weight_columns`` columns of ``x``, the weights'; the
+    bias column is not counted), for x (groups, rows, columns) and
+    residual (groups, rows, outputs); None when the inputs are all zero. The products run in the
+    inputs' float32, the solve in float64: through the normal equations (columns x columns) when
+    there are at least as many rows as columns, else through their dual (rows x rows)."""
+    groups, rows, columns = x.shape
+    energy = x.to(torch.float64).pow(2).sum(dim=1)  # (groups, columns)
+    scale = energy[:, :weight_columns].mean(dim=1)
+    if not torch.all(scale > 0):
+        return None
+    if rows >= columns:
+        system = torch.bmm(x.transpose(1, 2), x).to(torch.float64)
+        rhs = torch.bmm(x.transpose(1, 2), residual).to(torch.float64)
+        return _solve(system, rhs, ridge * scale).to(x.dtype)
+    gram = torch.bmm(x, x.transpose(1, 2)).to(torch.float64)
+    dual = _solve(gram, residual.to(torch.float64), ridge * scale).to(x.dtype)
+    return torch.bmm(x.transpose(1, 2), dual)
+
+
+def _solve(system: torch.Tensor, rhs: torch.Tensor, penalty: torch.Tensor) -> torch.Tensor:
+    system = system + torch.diag_embed(penalty[:, None].expand(-1, system.shape[1]))
+    factor, info = torch.linalg.cholesky_ex(system)
+    if not bool((info == 0).all()):  # singular: ridge == 0 and rank-deficient inputs
+        return torch.linalg.pinv(system, hermitian=True) @ rhs
+    return torch.cholesky_solve(rhs, factor)
+
+
+def squared_error(x: torch.Tensor, weights: torch.Tensor, target: torch.Tensor) -> float:
+    """sum((x W - target)^2) over groups, rows and outputs, accumulated in float64."""
+    return float((torch.bmm(x, weights) - target).to(torch.float64).pow(2).sum())
