@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -11,7 +12,7 @@ from torch import nn
 
 from pruning.errors import InputError
 
-__all__ = ["RowBudget", "LayerShape", "input_rows", "ridge_update", "squared_error"]
+__all__ = ["RowBudget", "LayerShape", "input_rows", "ridge_update", "squared_errors"]
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,7 @@ class RowBudget:
     """
 
     rows_per_column: float = 32.0
-    cost: float = 0.5
+    cost: float = 0.25
     min_rows: int = 256
     check_fraction: float = 0.25
 
@@ -84,20 +85,20 @@ class LayerShape:
         return cls(1, layer.in_features + int(bias), layer.out_features, bias)
 
 
-def input_rows(layer: nn.Module, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """The layer's inputs ``x`` at ``rows`` (image * output positions + output position):
-    (rows, groups, columns), with a trailing ones column for a bias. A conv's row is its
-    receptive field in ``F.unfold``'s order (channel, kernel row, kernel column), gathered from
-    the unpadded input (zeros where the field leaves it), so only the rows asked for are copied."""
+def input_rows(layer: nn.Module, x: torch.Tensor, rows: torch.Tensor, out: torch.Tensor) -> None:
+    """Write the layer's inputs ``x`` at ``rows`` (image * output positions + output position)
+    into ``out`` (rows, groups, columns), with a trailing ones column for a bias. A conv's row is
+    its receptive field in ``F.unfold``'s order (channel, kernel row, kernel column), gathered
+    from the unpadded input (zeros where the field leaves it): only the rows asked for are copied."""
     shape = LayerShape.of(layer)
+    width = shape.columns - int(shape.bias)
     if isinstance(layer, nn.Conv2d):
         picked = _receptive_fields(layer, x, rows)
     else:
         picked = x.reshape(-1, x.shape[-1]).index_select(0, rows)
-    picked = picked.reshape(rows.shape[0], shape.groups, -1)
+    out[:, :, :width] = picked.reshape(rows.shape[0], shape.groups, width)
     if shape.bias:
-        picked = torch.cat([picked, picked.new_ones(rows.shape[0], shape.groups, 1)], dim=2)
-    return picked
+        out[:, :, width] = 1
 
 
 def _receptive_fields(layer: nn.Conv2d, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -117,26 +118,29 @@ def _receptive_fields(layer: nn.Conv2d, x: torch.Tensor, rows: torch.Tensor) -> 
     # advanced indices around a slice: the indexed dimensions come first -> (rows, kh, kw, channels)
     fields = x[image[:, None, None], :, iy[:, :, None], ix[:, None, :]]
     fields = fields * inside[..., None].to(fields.dtype)
-    return fields.permute(0, 3, 1, 2).reshape(rows.shape[0], -1)
+    return fields.permute(0, 3, 1, 2).reshape(rows.shape[0], x.shape[1] * kh * kw)
 
 
 def ridge_update(x: torch.Tensor, residual: torch.Tensor, ridge: float, weight_columns: int) -> torch.Tensor | None:
     """Per group, the change D of the weights minimising ``|x D - residual|^2 + ridge * s * |D|^2``
-    (``s``: the mean energy of the first ``weight_columns`` columns of ``x``, the weights'; the
-    bias column is not counted), for x (groups, rows, columns) and
-    residual (groups, rows, outputs); None when the inputs are all zero. The products run in the
-    inputs' float32, the solve in float64: through the normal equations (columns x columns) when
-    there are at least as many rows as columns, else through their dual (rows x rows)."""
+    (``s``: the mean energy of the first ``weight_columns`` columns of ``x``, the weights'; a
+    bias column is not counted), for x (groups, rows, columns) and residual (groups, rows,
+    outputs); None when the inputs are all zero. The products run in the inputs' float32, the
+    solve in float64: through the normal equations (columns x columns) when there are at least
+    as many rows as columns, else through their dual (rows x rows)."""
     groups, rows, columns = x.shape
-    energy = x.to(torch.float64).pow(2).sum(dim=1)  # (groups, columns)
-    scale = energy[:, :weight_columns].mean(dim=1)
-    if not torch.all(scale > 0):
-        return None
     if rows >= columns:
         system = torch.bmm(x.transpose(1, 2), x).to(torch.float64)
+        scale = torch.diagonal(system, dim1=1, dim2=2)[:, :weight_columns].mean(dim=1)
+        if not torch.all(scale > 0):
+            return None
         rhs = torch.bmm(x.transpose(1, 2), residual).to(torch.float64)
         return _solve(system, rhs, ridge * scale).to(x.dtype)
     gram = torch.bmm(x, x.transpose(1, 2)).to(torch.float64)
+    bias_energy = float(rows) * (columns - weight_columns)  # a bias column is all ones
+    scale = (torch.diagonal(gram, dim1=1, dim2=2).sum(dim=1) - bias_energy) / weight_columns
+    if not torch.all(scale > 0):
+        return None
     dual = _solve(gram, residual.to(torch.float64), ridge * scale).to(x.dtype)
     return torch.bmm(x.transpose(1, 2), dual)
 
@@ -149,6 +153,9 @@ def _solve(system: torch.Tensor, rhs: torch.Tensor, penalty: torch.Tensor) -> to
     return torch.cholesky_solve(rhs, factor)
 
 
-def squared_error(x: torch.Tensor, weights: torch.Tensor, target: torch.Tensor) -> float:
-    """sum((x W - target)^2) over groups, rows and outputs, accumulated in float64."""
-    return float((torch.bmm(x, weights) - target).to(torch.float64).pow(2).sum())
+def squared_errors(x: torch.Tensor, weights: Sequence[torch.Tensor], target: torch.Tensor) -> list[float]:
+    """sum((x W - target)^2) over groups, rows and outputs, for each W (one product for all)."""
+    outputs = target.shape[2]
+    fitted = torch.bmm(x, torch.cat(list(weights), dim=2))
+    return [float(torch.linalg.vector_norm(fitted[:, :, i * outputs:(i + 1) * outputs] - target)) ** 2
+            for i in range(len(weights))]

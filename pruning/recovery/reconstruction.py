@@ -59,7 +59,7 @@ import torch
 from torch import nn
 
 from pruning.errors import InputError
-from pruning.recovery.least_squares import LayerShape, RowBudget, input_rows, ridge_update, squared_error
+from pruning.recovery.least_squares import LayerShape, RowBudget, input_rows, ridge_update, squared_errors
 from pruning.structure import PruningSpace, layer_call_order
 from pruning.utils import batch_inputs, model_device, preserved_modes
 
@@ -104,6 +104,7 @@ class LayerTargets:
     fit_values: torch.Tensor
     check: torch.Tensor
     check_values: torch.Tensor
+    positions: int  # rows per image
 
 
 @dataclass(frozen=True)
@@ -182,12 +183,12 @@ class _Sampler:
         lo, hi = self.seen * self.positions, (self.seen + output.shape[0]) * self.positions
         for rows, values in zip((self.fit, self.check), self.values):
             inside = rows[(rows >= lo) & (rows < hi)] - lo
-            values.append(_output_rows(module, output.detach(), inside.to(output.device)).clone())
+            values.append(_output_rows(module, output.detach(), inside.to(output.device)))  # a copy
         self.seen += output.shape[0]
 
     def targets(self) -> LayerTargets:
         fit_values, check_values = (torch.cat(v) for v in self.values)
-        return LayerTargets(self.fit, fit_values, self.check, check_values)
+        return LayerTargets(self.fit, fit_values, self.check, check_values, self.positions)
 
 
 def original_targets(
@@ -243,10 +244,25 @@ def _check_layers(pruned: Mapping[str, nn.Module], original: Mapping[str, nn.Mod
             raise InputError(f"layer {name!r}: only Conv2d and Linear layers can be refitted")
 
 
-def _fit(name: str, layer: nn.Module, x: torch.Tensor, targets: LayerTargets,
+def _gather(layer: nn.Module, batches: Iterable[torch.Tensor], targets: LayerTargets) -> tuple[torch.Tensor, ...]:
+    """The layer's fit and check input rows, (groups, rows, columns), from its inputs per batch."""
+    shape = LayerShape.of(layer)
+    found = tuple(torch.empty(rows.shape[0], shape.groups, shape.columns, device=layer.weight.device)
+                  for rows in (targets.fit, targets.check))
+    lo = 0
+    for x in batches:
+        hi = lo + x.shape[0] * targets.positions
+        for rows, out in zip((targets.fit, targets.check), found):  # sorted: this batch's are a slice
+            first, last = (int(torch.searchsorted(rows, bound)) for bound in (lo, hi))
+            input_rows(layer, x, (rows[first:last] - lo).to(x.device), out[first:last])
+        lo = hi
+    return tuple(out.transpose(0, 1) for out in found)
+
+
+def _fit(name: str, layer: nn.Module, batches: Iterable[torch.Tensor], targets: LayerTargets,
          kept: torch.Tensor | None, ridge: float) -> ReconstructionReport:
-    """Refit ``layer`` from its inputs ``x`` (the whole calibration set) against the original's
-    rows; writes the weights if the error on the check rows drops."""
+    """Refit ``layer`` from its inputs (every calibration batch's, in order) against the
+    original's rows; writes the weights if the error on the check rows drops."""
     shape = LayerShape.of(layer)
     fit_target, check_target = targets.fit_values, targets.check_values
     if kept is not None:
@@ -258,22 +274,19 @@ def _fit(name: str, layer: nn.Module, x: torch.Tensor, targets: LayerTargets,
         )
     device = layer.weight.device
     weights = _weights(layer, shape)  # (groups, columns, outputs)
-    fit_x = input_rows(layer, x, targets.fit.to(device))
-    fit_y = fit_target.to(device).reshape(-1, shape.groups, shape.outputs)
-    if targets.check.numel():
-        check_x = input_rows(layer, x, targets.check.to(device)).transpose(0, 1)
-        check_y = check_target.to(device).reshape(-1, shape.groups, shape.outputs).transpose(0, 1)
-    fit_x, fit_y = fit_x.transpose(0, 1), fit_y.transpose(0, 1)  # (groups, rows, ...)
-    if not targets.check.numel():
+    fit_x, check_x = _gather(layer, batches, targets)
+    fit_y, check_y = (y.to(device).reshape(-1, shape.groups, shape.outputs).transpose(0, 1)
+                      for y in (fit_target, check_target))
+    rows, checked = fit_x.shape[1], check_x.shape[1]
+    if not checked:
         check_x, check_y = fit_x, fit_y
-    energy = float(check_y.to(torch.float64).pow(2).sum())
-    before = _relative(squared_error(check_x, weights, check_y), energy)
-    rows, checked = fit_x.shape[1], targets.check.numel()
+    energy = float(torch.linalg.vector_norm(check_y)) ** 2
     change = ridge_update(fit_x, fit_y - torch.bmm(fit_x, weights), ridge, shape.columns - int(shape.bias))
     if change is None:
+        before = _relative(squared_errors(check_x, [weights], check_y)[0], energy)
         return ReconstructionReport(name, before, before, "kept", rows, checked)
     refit = weights + change
-    after = _relative(squared_error(check_x, refit, check_y), energy)
+    before, after = (_relative(e, energy) for e in squared_errors(check_x, [weights, refit], check_y))
     if not after < before * (1 - _MIN_GAIN) - _ROUNDING:
         return ReconstructionReport(name, before, before, "kept", rows, checked)
     _write(layer, shape, refit)
@@ -316,7 +329,7 @@ def _refit_in_one_pass(pruned: nn.Module, order: Sequence[str], x: torch.Tensor,
         def hook(module, args):
             if name in reports:
                 return
-            report = _fit(name, module, args[0].detach(), targets.layers[name], fit.kept.get(name), fit.ridge)
+            report = _fit(name, module, [args[0].detach()], targets.layers[name], fit.kept.get(name), fit.ridge)
             reports[name] = report
             if bar is not None:
                 bar.set_postfix_str(f"{name}: {report.status} {report.error_before:.3g} -> {report.error_after:.3g}")
