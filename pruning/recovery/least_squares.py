@@ -12,7 +12,7 @@ from torch import nn
 
 from pruning.errors import InputError
 
-__all__ = ["RowBudget", "LayerShape", "input_rows", "ridge_update", "squared_errors"]
+__all__ = ["RowBudget", "LayerShape", "input_rows", "weights_of", "write_weights", "ridge_update", "squared_errors"]
 
 
 @dataclass(frozen=True)
@@ -24,13 +24,14 @@ class RowBudget:
 
         n = min(A, max(min_rows, min(rows_per_column * w, affordable)))
 
-    rows, where ``affordable`` is the largest n whose solve costs at most ``cost`` times the
+    rows, where ``affordable`` is the largest n whose fit costs at most ``cost`` times the
     layer's own forward multiply-adds over the calibration set (``A * w * o``): the normal
-    equations cost ``n * w^2`` (used when n >= w), their dual form ``n^2 * w`` (when n < w).
+    equations cost ``n * w^2`` (used when n >= w), their dual form ``n^2 * w`` (when n < w),
+    plus ``2 * n * w * o`` for the residual and the right-hand side.
     Narrow or early layers are bounded by ``rows_per_column``; wide late layers at large input
     resolutions by ``cost``, so the fits together cost at most ``cost`` times a forward pass (up
-    to the ``min_rows`` floor). ``check_fraction`` more rows (at least ``min_rows``, when the
-    calibration set has them) are drawn to measure the error before and after the fit.
+    to the ``min_rows`` floor). ``check_fraction`` more rows (at least ``min_rows // 4``, when
+    the calibration set has them) are drawn to measure the error before and after the fit.
     """
 
     rows_per_column: float = 32.0
@@ -50,15 +51,16 @@ class RowBudget:
 
     def fit_rows(self, available: int, shape: "LayerShape") -> int:
         w, o = shape.columns, shape.outputs
-        primal = self.cost * available * o / w  # n * w^2 <= cost * A * w * o
-        affordable = primal if primal >= w else math.sqrt(self.cost * available * o)  # n^2 * w <= ...
+        allowed = self.cost * available * o  # the forward's A * w * o multiply-adds, over w
+        primal = allowed / (w + 2 * o)  # n * (w^2 + 2 w o) <= cost * A * w * o
+        affordable = primal if primal >= w else math.sqrt(o * o + allowed) - o  # n^2 w + 2 n w o <= ...
         wanted = max(self.min_rows, min(self.rows_per_column * w, affordable))
         return available if wanted >= available else math.ceil(wanted)
 
     def check_rows(self, available: int, fit: int) -> int:
         if self.check_fraction == 0:
             return 0
-        return min(available - fit, max(self.min_rows, math.ceil(self.check_fraction * fit)))
+        return min(available - fit, max(self.min_rows // 4, math.ceil(self.check_fraction * fit)))
 
     @classmethod
     def unbounded(cls) -> "RowBudget":
@@ -88,15 +90,17 @@ class LayerShape:
 def input_rows(layer: nn.Module, x: torch.Tensor, rows: torch.Tensor, out: torch.Tensor) -> None:
     """Write the layer's inputs ``x`` at ``rows`` (image * output positions + output position)
     into ``out`` (rows, groups, columns), with a trailing ones column for a bias. A conv's row is
-    its receptive field in ``F.unfold``'s order (channel, kernel row, kernel column), gathered
-    from the unpadded input (zeros where the field leaves it): only the rows asked for are copied."""
+    its receptive field, per group in (kernel row, kernel column, channel) order, gathered in one
+    indexing op from the unpadded input (zeros where the field leaves it): only the rows asked
+    for are unfolded."""
     shape = LayerShape.of(layer)
     width = shape.columns - int(shape.bias)
     if isinstance(layer, nn.Conv2d):
-        picked = _receptive_fields(layer, x, rows)
+        fields = _receptive_fields(layer, x, rows)  # (rows, taps, channels)
+        fields = fields.reshape(rows.shape[0], fields.shape[1], shape.groups, x.shape[1] // shape.groups).transpose(1, 2)
+        out[:, :, :width] = fields.reshape(rows.shape[0], shape.groups, width)
     else:
-        picked = x.reshape(-1, x.shape[-1]).index_select(0, rows)
-    out[:, :, :width] = picked.reshape(rows.shape[0], shape.groups, width)
+        out[:, 0, :width] = x.reshape(-1, x.shape[-1]).index_select(0, rows)
     if shape.bias:
         out[:, :, width] = 1
 
@@ -115,10 +119,33 @@ def _receptive_fields(layer: nn.Conv2d, x: torch.Tensor, rows: torch.Tensor) -> 
     ix = ((position % out_w) * sw - left)[:, None] + torch.arange(kw, device=rows.device) * dw  # (rows, kw)
     inside = ((iy >= 0) & (iy < height))[:, :, None] & ((ix >= 0) & (ix < width))[:, None, :]
     iy, ix = iy.clamp(0, height - 1), ix.clamp(0, width - 1)
-    # advanced indices around a slice: the indexed dimensions come first -> (rows, kh, kw, channels)
+    # one gather; advanced indices around a slice come first -> (rows, kh, kw, channels)
     fields = x[image[:, None, None], :, iy[:, :, None], ix[:, None, :]]
-    fields = fields * inside[..., None].to(fields.dtype)
-    return fields.permute(0, 3, 1, 2).reshape(rows.shape[0], x.shape[1] * kh * kw)
+    fields.mul_(inside[..., None])
+    return fields.reshape(rows.shape[0], kh * kw, x.shape[1])
+
+
+def weights_of(layer: nn.Module, shape: "LayerShape") -> torch.Tensor:
+    """The layer's weights (and bias) in :func:`input_rows`'s column order: (groups, columns, outputs)."""
+    weight = layer.weight.detach()
+    if isinstance(layer, nn.Conv2d):  # (out, channels, kh, kw) -> per group (out, kh, kw, channels)
+        weight = weight.reshape(shape.groups, shape.outputs, *weight.shape[1:]).permute(0, 1, 3, 4, 2)
+    weight = weight.reshape(shape.groups, shape.outputs, -1)
+    if shape.bias:
+        weight = torch.cat([weight, layer.bias.detach().reshape(shape.groups, shape.outputs, 1)], dim=2)
+    return weight.transpose(1, 2).float()
+
+
+def write_weights(layer: nn.Module, shape: "LayerShape", solution: torch.Tensor) -> None:
+    """Write ``solution`` (:func:`weights_of`'s layout) into the layer's weight and bias."""
+    width = shape.columns - int(shape.bias)
+    weight = solution[:, :width, :].transpose(1, 2)  # (groups, outputs, width)
+    if isinstance(layer, nn.Conv2d):
+        channels, kh, kw = layer.weight.shape[1:]
+        weight = weight.reshape(shape.groups, shape.outputs, kh, kw, channels).permute(0, 1, 4, 2, 3)
+    layer.weight.data.copy_(weight.reshape(layer.weight.shape).to(layer.weight.dtype))
+    if shape.bias:
+        layer.bias.data.copy_(solution[:, width, :].reshape(-1).to(layer.bias.dtype))
 
 
 def ridge_update(x: torch.Tensor, residual: torch.Tensor, ridge: float, weight_columns: int) -> torch.Tensor | None:

@@ -59,7 +59,10 @@ import torch
 from torch import nn
 
 from pruning.errors import InputError
-from pruning.recovery.least_squares import LayerShape, RowBudget, input_rows, ridge_update, squared_errors
+from pruning.recovery.least_squares import (
+    LayerShape, RowBudget, input_rows, ridge_update, squared_errors,
+    weights_of, write_weights,
+)
 from pruning.structure import PruningSpace, layer_call_order
 from pruning.utils import batch_inputs, model_device, preserved_modes
 
@@ -142,13 +145,10 @@ def kept_outputs_of(space: PruningSpace, kept: Mapping[str, torch.Tensor]) -> di
 
 
 def _output_rows(module: nn.Module, output: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """The layer's output at ``rows`` (image * positions + position, within this output) as
-    (rows, channels), without copying the rest: a conv's positions, a linear's leading dims."""
+    """The layer's output at ``rows`` (image * positions + position, within this output) as a
+    (rows, channels) copy: a conv's positions, a linear's leading dimensions."""
     if isinstance(module, nn.Conv2d):
-        flat = output.flatten(2)
-        positions = flat.shape[2]
-        # advanced indices around a slice: the indexed dimension comes first -> (rows, channels)
-        return flat[rows // positions, :, rows % positions]
+        output = output.flatten(2).transpose(1, 2)  # (images, positions, channels)
     return output.reshape(-1, output.shape[-1]).index_select(0, rows)
 
 
@@ -273,7 +273,7 @@ def _fit(name: str, layer: nn.Module, batches: Iterable[torch.Tensor], targets: 
             f"{shape.groups * shape.outputs}; pass the kept output channels in kept_outputs"
         )
     device = layer.weight.device
-    weights = _weights(layer, shape)  # (groups, columns, outputs)
+    weights = weights_of(layer, shape)  # (groups, columns, outputs)
     fit_x, check_x = _gather(layer, batches, targets)
     fit_y, check_y = (y.to(device).reshape(-1, shape.groups, shape.outputs).transpose(0, 1)
                       for y in (fit_target, check_target))
@@ -289,25 +289,8 @@ def _fit(name: str, layer: nn.Module, batches: Iterable[torch.Tensor], targets: 
     before, after = (_relative(e, energy) for e in squared_errors(check_x, [weights, refit], check_y))
     if not after < before * (1 - _MIN_GAIN) - _ROUNDING:
         return ReconstructionReport(name, before, before, "kept", rows, checked)
-    _write(layer, shape, refit)
+    write_weights(layer, shape, refit)
     return ReconstructionReport(name, before, after, "refit", rows, checked)
-
-
-def _weights(layer: nn.Module, shape: LayerShape) -> torch.Tensor:
-    """The layer's weights (and bias) as the solution of its system: (groups, columns, outputs)."""
-    weight = layer.weight.detach().reshape(shape.groups, shape.outputs, -1)
-    if shape.bias:
-        weight = torch.cat([weight, layer.bias.detach().reshape(shape.groups, shape.outputs, 1)], dim=2)
-    return weight.transpose(1, 2).float()
-
-
-def _write(layer: nn.Module, shape: LayerShape, solution: torch.Tensor) -> None:
-    width = shape.columns - int(shape.bias)
-    outputs = shape.groups * shape.outputs
-    weight = solution[:, :width, :].transpose(1, 2).reshape(outputs, width)
-    layer.weight.data.copy_(weight.reshape(layer.weight.shape).to(layer.weight.dtype))
-    if shape.bias:
-        layer.bias.data.copy_(solution[:, width, :].reshape(outputs).to(layer.bias.dtype))
 
 
 def _relative(num: float, den: float) -> float:
