@@ -63,6 +63,7 @@ from pruning.recovery.least_squares import (
     LayerShape, RowBudget, input_rows, ridge_update, squared_errors,
     weights_of, write_weights,
 )
+from pruning.recovery.streaming import run_streamed, traced
 from pruning.structure import PruningSpace, layer_call_order
 from pruning.utils import batch_inputs, model_device, preserved_modes
 
@@ -299,35 +300,53 @@ def _relative(num: float, den: float) -> float:
     return 0.0 if num == 0 else float("inf")
 
 
-def _refit_in_one_pass(pruned: nn.Module, order: Sequence[str], x: torch.Tensor, targets: OriginalTargets,
-                       fit: "_FitOptions") -> dict[str, ReconstructionReport]:
-    """One forward of the whole calibration set ``x`` through ``pruned``: each listed layer is
-    refitted when the pass reaches it, before it runs, so it sees the refits before it and
-    passes on the output of its new weights."""
-    modules = dict(pruned.named_modules())
+def _refit_pass(pruned: nn.Module, order: Sequence[str], inputs: Sequence[torch.Tensor], targets: OriginalTargets,
+                fit: "_FitOptions") -> dict[str, ReconstructionReport]:
+    """The pruned model's pass over the calibration set: each listed layer is refitted when the
+    pass reaches it, before it runs, so it sees the refits before it and passes on the output of
+    its new weights. Streamed batch by batch through the model's fx graph within ``fit.memory``
+    (see :mod:`pruning.recovery.streaming`); one forward of every image at once without a bound
+    or when fx cannot trace the model."""
     reports: dict[str, ReconstructionReport] = {}
     bar = _progress_bar(len(order)) if fit.progress else None
 
-    def refit(name: str):
-        def hook(module, args):
-            if name in reports:
-                return
-            report = _fit(name, module, [args[0].detach()], targets.layers[name], fit.kept.get(name), fit.ridge)
-            reports[name] = report
-            if bar is not None:
-                bar.set_postfix_str(f"{name}: {report.status} {report.error_before:.3g} -> {report.error_after:.3g}")
-                bar.update()
-        return hook
+    def refit(name: str, module: nn.Module, batches: Iterable[torch.Tensor]) -> None:
+        report = _fit(name, module, batches, targets.layers[name], fit.kept.get(name), fit.ridge)
+        reports[name] = report
+        if bar is not None:
+            bar.set_postfix_str(f"{name}: {report.status} {report.error_before:.3g} -> {report.error_after:.3g}")
+            bar.update()
 
-    handles = [modules[name].register_forward_pre_hook(refit(name)) for name in order]
+    device = model_device(pruned)
+    graph = traced(pruned) if fit.memory is not None else None
     try:
-        pruned(x.to(model_device(pruned)))
+        if graph is not None:
+            run_streamed(graph, [x.to(device) for x in inputs], set(order), refit, fit.memory)
+        else:
+            _one_pass(pruned, order, torch.cat(list(inputs)).to(device), refit)
     finally:
-        for handle in handles:
-            handle.remove()
         if bar is not None:
             bar.close()
     return {name: reports[name] for name in order}
+
+
+def _one_pass(pruned: nn.Module, order: Sequence[str], x: torch.Tensor, refit) -> None:
+    modules = dict(pruned.named_modules())
+    done: set[str] = set()
+
+    def hook_for(name: str):
+        def hook(module, args):
+            if name not in done:
+                done.add(name)
+                refit(name, module, [args[0].detach()])
+        return hook
+
+    handles = [modules[name].register_forward_pre_hook(hook_for(name)) for name in order]
+    try:
+        pruned(x)
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def _progress_bar(total: int):
@@ -341,6 +360,7 @@ class _FitOptions:
     ridge: float
     kept: Mapping[str, torch.Tensor]
     progress: bool
+    memory: int | None  # bytes of the pruned pass's values held in memory; None: one pass
 
 
 def reconstruct_consumers(
@@ -355,6 +375,7 @@ def reconstruct_consumers(
     budget: RowBudget | None = None,
     seed: int = 0,
     targets: OriginalTargets | None = None,
+    memory_mib: int | None = 1024,
 ) -> dict[str, ReconstructionReport]:
     """Refit ``layers`` of ``pruned`` in place so that their outputs match ``original``'s.
 
@@ -362,11 +383,14 @@ def reconstruct_consumers(
     own output channels were pruned to the original indices it keeps. ``budget`` bounds the rows
     each fit samples (default :class:`RowBudget`). ``targets``: the original's target rows when
     already computed by :func:`original_targets` on the same batches (then ``budget`` and
-    ``seed`` are theirs); they must cover ``layers``. Returns a report per layer, in the order
+    ``seed`` are theirs); they must cover ``layers``. ``memory_mib`` bounds the pruned pass's
+    activations held in memory (None: one pass over every image at once). Returns a report per layer, in the order
     the layers were refitted (a tqdm bar on stderr with ``progress``). See the module docstring.
     """
     if ridge < 0:
         raise InputError(f"ridge must be >= 0, got {ridge}")
+    if memory_mib is not None and (isinstance(memory_mib, bool) or not isinstance(memory_mib, int) or memory_mib < 0):
+        raise InputError(f"memory_mib must be an integer >= 0 or None, got {memory_mib!r}")
     kept = dict(kept_outputs or {})
     modules_pruned, modules_orig = dict(pruned.named_modules()), dict(original.named_modules())
     names = list(dict.fromkeys(layers))
@@ -391,4 +415,5 @@ def reconstruct_consumers(
             uncovered = sorted(wanted - set(targets.layers))
             raise InputError(f"the precomputed targets cover {targets.images} images and not the layer(s) "
                              f"{', '.join(uncovered) or '-'}; the batches have {images} images")
-        return _refit_in_one_pass(pruned, order, torch.cat(inputs), targets, _FitOptions(ridge, kept, progress))
+        memory = None if memory_mib is None else memory_mib << 20
+        return _refit_pass(pruned, order, inputs, targets, _FitOptions(ridge, kept, progress, memory))

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import fx, nn
 
 __all__ = ["traced", "run_streamed"]
 
-#: (layer name, its module, one batch's input) -> None, called for every batch before the layer runs
-Refit = Callable[[str, nn.Module, Sequence[torch.Tensor]], None]
+#: (layer name, its module, its input in every batch, in order) -> None
+Refit = Callable[[str, nn.Module, Iterator[torch.Tensor]], None]
 
 
 def traced(model: nn.Module) -> fx.GraphModule | None:
@@ -59,10 +59,11 @@ class _Store:
 
 
 def run_streamed(graph: fx.GraphModule, batches: Sequence[torch.Tensor], refit_layers: set[str],
-                 refit: Callable[[str, nn.Module, list[torch.Tensor]], None], budget: int) -> None:
+                 refit: Refit, budget: int) -> None:
     """Run ``graph`` node by node, each node over every batch before the next node, so that a
-    listed layer's ``refit(name, module, inputs of every batch)`` runs once, at its first call,
-    before it computes any batch's output (the same order as one pass over all images)."""
+    listed layer's ``refit(name, module, its inputs batch by batch)`` runs once, at its first
+    call, before it computes any batch's output (the order of one pass over all images). Values
+    beyond ``budget`` bytes wait in files of a temporary folder until a later node reads them."""
     modules = dict(graph.named_modules())
     nodes = list(graph.graph.nodes)
     last_use = {node: i for i, n in enumerate(nodes) for node in n.all_input_nodes}
@@ -75,7 +76,7 @@ def run_streamed(graph: fx.GraphModule, batches: Sequence[torch.Tensor], refit_l
             if node.op == "call_module" and node.target in pending:
                 pending.discard(node.target)
                 first = node.all_input_nodes[0]
-                refit(node.target, modules[node.target], [store.get((first.name, k)) for k in range(len(batches))])
+                refit(node.target, modules[node.target], (store.get((first.name, k)) for k in range(len(batches))))
             for k, batch in enumerate(batches):
                 _run_node(graph, modules, node, k, batch, store)
             for done in [n for n in node.all_input_nodes if last_use[n] == i]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import tempfile
 
 import pytest
 import torch
@@ -249,6 +250,8 @@ def test_modes_hooks_and_errors(calibration, model_of):
         RowBudget(min_rows=0)
     with pytest.raises(InputError, match="cost must be > 0"):
         RowBudget(cost=0)
+    with pytest.raises(InputError, match="memory_mib must be an integer >= 0 or None"):
+        reconstruct_consumers(model, pruned, layers, calibration, memory_mib=-1)
     with pytest.raises(InputError, match="at least one calibration batch"):
         reconstruct_consumers(model, pruned, layers, [])
     assert reconstruct_consumers(model, pruned, [], calibration) == {}
@@ -265,26 +268,52 @@ def test_consumers_of_is_ordered_and_deduplicated(model_of):
     assert inner == ["layer1.conv2", "layer2.conv2"]
 
 
-def test_one_pass_through_each_model_equals_refitting_one_layer_at_a_time(calibration, model_of):
-    """The original runs once per batch and the pruned model once (plus the one-image forward
-    that finds the call order), and the result is that of refitting the layers one after
-    another, each on the model the previous refits left."""
+@pytest.mark.parametrize("memory_mib", [None, 1024])
+def test_one_pass_through_each_model_equals_refitting_one_layer_at_a_time(memory_mib, calibration, model_of):
+    """The original runs once per batch and the pruned model once (in one forward of every image,
+    or streamed node by node through its graph; plus the one-image forward that finds the call
+    order), and the result is that of refitting the layers one after another, each on the model
+    the previous refits left."""
     model = model_of("resnet")
     space, pruned, kept, layers = _prune(model, 0.5)
     one_by_one = copy.deepcopy(pruned)
     calls = {"original": [], "pruned": []}
     handles = [model.register_forward_hook(lambda m, a, o: calls["original"].append(a[0].shape[0])),
                pruned.register_forward_hook(lambda m, a, o: calls["pruned"].append(a[0].shape[0]))]
-    reports = reconstruct_consumers(model, pruned, layers, calibration, budget=RowBudget.unbounded())
+    reports = reconstruct_consumers(model, pruned, layers, calibration, budget=RowBudget.unbounded(),
+                                    memory_mib=memory_mib)
     for handle in handles:
         handle.remove()
     assert calls["original"] == [len(x) for x, _ in calibration]
-    assert calls["pruned"] == [1, sum(len(x) for x, _ in calibration)]
+    assert calls["pruned"] == [1, sum(len(x) for x, _ in calibration)] if memory_mib is None else [1]
     for name in reports:  # call order
         reconstruct_consumers(model, one_by_one, [name], calibration, budget=RowBudget.unbounded())
     assert any(r.status == "refit" for r in reports.values())
     for (k, a), b in zip(pruned.state_dict().items(), one_by_one.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=k)
+
+
+@pytest.mark.parametrize("kind", MODELS)
+def test_streamed_pass_within_any_memory_bound_equals_one_pass(kind, calibration, model_of, tmp_path, monkeypatch):
+    """Streaming the pruned pass batch by batch, with every value beyond the bound in files (0 MiB:
+    all of them), gives the fit of one forward of every image at once, in-place ops included
+    (TinyResNet's ReLUs and residual additions)."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    model = model_of(kind)
+    space, pruned, kept, layers = _prune(model, 0.5)
+    options = dict(kept_outputs=kept_outputs_of(space, kept))
+    results = {}
+    for memory_mib in (None, 0, 1024):
+        net = copy.deepcopy(pruned)
+        results[memory_mib] = (reconstruct_consumers(model, net, layers, calibration, memory_mib=memory_mib, **options),
+                               net.state_dict())
+    reference_reports, reference = results[None]
+    for memory_mib in (0, 1024):
+        reports, state = results[memory_mib]
+        assert [r.status for r in reports.values()] == [r.status for r in reference_reports.values()]
+        for k, value in reference.items():
+            torch.testing.assert_close(state[k], value, rtol=1e-5, atol=1e-6, msg=k)
+    assert not list(tmp_path.iterdir())  # the spill folder is removed
 
 
 @pytest.mark.parametrize("rows", [40, 400])  # the dual form (rows < columns) and the normal equations
