@@ -1,9 +1,13 @@
 """After pruning: the one recovery recipe (reconstruction, BN recalibration, fine-tuning and
 distillation) and the least-squares reconstruction it uses."""
 from pruning.recovery.reconstruction import (  # noqa: F401
+    LayerTargets,
+    OriginalTargets,
     ReconstructionReport,
+    RowBudget,
     consumers_of,
     kept_outputs_of,
+    original_targets,
     reconstruct_consumers,
 )
 from pruning.recovery.recipe import (  # noqa: F401
@@ -18,8 +22,12 @@ from pruning.recovery.recipe import (  # noqa: F401
 )
 
 __all__ = [
+    "LayerTargets",
+    "OriginalTargets",
     "ReconstructionReport",
+    "RowBudget",
     "consumers_of",
+    "original_targets",
     "kept_outputs_of",
     "reconstruct_consumers",
     "BN_DATA",

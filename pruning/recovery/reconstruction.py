@@ -56,17 +56,26 @@ from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from pruning.errors import InputError
+from pruning.recovery.least_squares import (
+    LayerShape, RowBudget, input_rows, ridge_update, squared_errors,
+    weights_of, write_weights,
+)
+from pruning.recovery.streaming import run_streamed, traced
 from pruning.structure import PruningSpace, layer_call_order
 from pruning.utils import batch_inputs, model_device, preserved_modes
 
-__all__ = ["ReconstructionReport", "reconstruct_consumers", "consumers_of", "kept_outputs_of"]
+__all__ = [
+    "ReconstructionReport", "RowBudget", "LayerTargets", "OriginalTargets", "original_targets",
+    "reconstruct_consumers", "consumers_of", "kept_outputs_of",
+]
 
 _SUPPORTED = (nn.Conv2d, nn.Linear)
-_GATHER_BUDGET = 1 << 24  # elements of input rows materialised at once
+#: a refit must lower the check rows' relative error by more than this fraction of it plus this
+#: much of the output energy: float32 rounding is not a gain (an unpruned layer stays bit-identical)
+_MIN_GAIN, _ROUNDING = 1e-6, 1e-9
 
 
 @dataclass(frozen=True)
@@ -74,10 +83,11 @@ class ReconstructionReport:
     """One layer's recovery.
 
     error_before / error_after: relative MSE of the layer's output vs the original model's on
-    the calibration rows, with the weights before / after recovery (equal when not refitted).
+    the check rows, with the weights before / after recovery (equal when not refitted).
     status: ``"refit"`` (new weights written) or ``"kept"`` (the fit did not lower the error, or
         the inputs were all zero; weights unchanged).
     rows: calibration rows (images x output positions) the fit used.
+    check_rows: the rows the errors were measured on (0: measured on the fit rows).
     """
 
     layer: str
@@ -85,6 +95,37 @@ class ReconstructionReport:
     error_after: float
     status: str
     rows: int
+    check_rows: int = 0
+
+
+@dataclass(frozen=True)
+class LayerTargets:
+    """The original model's output of one layer at the sampled rows (image * output positions +
+    output position over the whole calibration set, sorted): ``fit`` rows fit the weights,
+    ``check`` rows measure the error (empty: the fit rows do); values are (rows, all channels)."""
+
+    fit: torch.Tensor
+    fit_values: torch.Tensor
+    check: torch.Tensor
+    check_values: torch.Tensor
+    positions: int  # rows per image
+
+
+@dataclass(frozen=True)
+class OriginalTargets:
+    """The unpruned model's target rows of a set of layers on a calibration set, drawn with
+    ``budget`` and ``seed``: computed once (:func:`original_targets`) and reusable for every
+    model pruned from the same original, as long as the batches are the same images in the
+    same order (``images`` is checked)."""
+
+    layers: Mapping[str, LayerTargets]
+    images: int
+    budget: RowBudget
+    seed: int
+
+    def __post_init__(self) -> None:
+        if isinstance(self.images, bool) or not isinstance(self.images, int) or self.images < 1:
+            raise InputError(f"images must be an integer >= 1, got {self.images!r}")
 
 
 def consumers_of(space: PruningSpace, pruned_groups: Iterable[str]) -> list[str]:
@@ -104,77 +145,153 @@ def kept_outputs_of(space: PruningSpace, kept: Mapping[str, torch.Tensor]) -> di
     return {producer: idx for name, idx in kept.items() for producer in space[name].producers}
 
 
-def _input_rows(layer: nn.Module, x: torch.Tensor):
-    """A function ``rows -> inputs`` for the layer's rows (images x output positions, in
-    :func:`_output_rows` order): a conv's receptive field per row, in ``F.unfold``'s column order
-    (channel, kernel row, kernel column), gathered from a strided view of the padded input, so
-    only the rows asked for are ever copied; a linear's input vectors."""
-    if not isinstance(layer, nn.Conv2d):
-        flat = x.reshape(-1, x.shape[-1])
-        return lambda rows: flat.index_select(0, rows)
-    mode = "constant" if layer.padding_mode == "zeros" else layer.padding_mode
-    x = F.pad(x, layer._reversed_padding_repeated_twice, mode=mode)
-    (kh, kw), (sh, sw), (dh, dw) = layer.kernel_size, layer.stride, layer.dilation
-    # windows of the dilated kernel's extent, then every dilation-th element: still a view
-    view = x.unfold(2, (kh - 1) * dh + 1, sh).unfold(3, (kw - 1) * dw + 1, sw)[..., ::dh, ::dw]
-    positions, width = view.shape[2] * view.shape[3], view.shape[3]
-
-    def gather(rows: torch.Tensor) -> torch.Tensor:
-        image, position = rows // positions, rows % positions
-        # advanced indices around a slice: the indexed dimension comes first -> (rows, c, kh, kw)
-        return view[image, :, position // width, position % width].reshape(rows.shape[0], -1)
-
-    return gather
+def _output_rows(module: nn.Module, output: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """The layer's output at ``rows`` (image * positions + position, within this output) as a
+    (rows, channels) copy: a conv's positions, a linear's leading dimensions."""
+    if isinstance(module, nn.Conv2d):
+        output = output.flatten(2).transpose(1, 2)  # (images, positions, channels)
+    return output.reshape(-1, output.shape[-1]).index_select(0, rows)
 
 
-class _Accumulator:
-    """Streams X^T X, X^T Y, sum(Y^2) and the current error per group, in float64."""
+def _positions(module: nn.Module, output: torch.Tensor) -> int:
+    """Output rows per image."""
+    return output[0].numel() // (output.shape[1] if isinstance(module, nn.Conv2d) else output.shape[-1])
 
-    def __init__(self, groups: int, width: int, outputs: int, bias: bool, device) -> None:
-        self.groups, self.bias = groups, bias
-        cols = width + int(bias)
-        self.xtx = torch.zeros(groups, cols, cols, dtype=torch.float64, device=device)
-        self.xty = torch.zeros(groups, cols, outputs, dtype=torch.float64, device=device)
-        self.yy = 0.0
-        self.err = 0.0
-        self.rows = 0
 
-    def add(self, x: torch.Tensor, y: torch.Tensor, current: torch.Tensor) -> None:
-        if x.shape[0] == 0:
-            return
-        x = x.to(torch.float64).reshape(x.shape[0], self.groups, -1)
-        if self.bias:
-            x = torch.cat([x, x.new_ones(x.shape[0], self.groups, 1)], dim=2)
-        y64 = y.to(torch.float64)
-        self.err += float(((current.to(torch.float64) - y64) ** 2).sum())
-        self.yy += float((y64**2).sum())
-        y64 = y64.reshape(y.shape[0], self.groups, -1)
-        self.xtx += torch.einsum("rgi,rgj->gij", x, x)
-        self.xty += torch.einsum("rgi,rgo->gio", x, y64)
-        self.rows += x.shape[0]
+class _Sampler:
+    """Draws one layer's fit and check rows over the whole calibration set at its first call,
+    then collects the original's values at those rows batch by batch."""
 
-    def solve(self, ridge: float) -> torch.Tensor | None:
-        """Per-group solutions (groups, cols, outputs), or None when the inputs were all zero."""
-        weight_cols = self.xtx.shape[1] - int(self.bias)
-        diag = torch.diagonal(self.xtx, dim1=1, dim2=2)[:, :weight_cols]
-        scale = diag.mean(dim=1)  # s, per group
-        if not torch.all(scale > 0):
-            return None
-        penalty = torch.zeros(self.xtx.shape[:2], dtype=self.xtx.dtype, device=self.xtx.device)
-        penalty[:, :weight_cols] = ridge * scale[:, None]
-        system = self.xtx + torch.diag_embed(penalty)
-        try:
-            return torch.linalg.solve(system, self.xty)
-        except RuntimeError:  # singular (ridge == 0 and rank-deficient inputs)
-            return torch.linalg.pinv(system) @ self.xty
+    def __init__(self, budget: RowBudget, images: int, generator: torch.Generator) -> None:
+        self.budget, self.images, self.generator = budget, images, generator
+        self.fit: torch.Tensor | None = None
+        self.check = torch.zeros(0, dtype=torch.long)
+        self.values: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
+        self.positions = 0
+        self.seen = 0  # images collected so far
 
-    def relative_error(self, solution: torch.Tensor) -> float:
-        """sum((X W - Y)^2) / sum(Y^2) from the accumulated moments."""
-        fit = (solution * (self.xtx @ solution)).sum() - 2 * (solution * self.xty).sum()
-        return _relative(max(0.0, float(fit) + self.yy), self.yy)
+    def collect(self, module: nn.Module, output: torch.Tensor) -> None:
+        if self.fit is None:
+            self.positions = _positions(module, output)
+            available = self.positions * self.images
+            fit = self.budget.fit_rows(available, LayerShape.of(module))
+            check = self.budget.check_rows(available, fit)
+            if fit + check >= available:  # every row: no need to shuffle
+                drawn = torch.arange(available) if check == 0 else torch.randperm(available, generator=self.generator)
+            else:
+                drawn = torch.randperm(available, generator=self.generator)[: fit + check]
+            self.fit, self.check = drawn[:fit].sort().values, drawn[fit:].sort().values
+        lo, hi = self.seen * self.positions, (self.seen + output.shape[0]) * self.positions
+        for rows, values in zip((self.fit, self.check), self.values):
+            inside = rows[(rows >= lo) & (rows < hi)] - lo
+            values.append(_output_rows(module, output.detach(), inside.to(output.device)))  # a copy
+        self.seen += output.shape[0]
 
-    def error_before(self) -> float:
-        return _relative(self.err, self.yy)
+    def targets(self) -> LayerTargets:
+        fit_values, check_values = (torch.cat(v) for v in self.values)
+        return LayerTargets(self.fit, fit_values, self.check, check_values, self.positions)
+
+
+def original_targets(
+    original: nn.Module,
+    layers: Sequence[str],
+    batches: Iterable,
+    *,
+    budget: RowBudget | None = None,
+    seed: int = 0,
+) -> OriginalTargets:
+    """One forward per batch through ``original``, keeping each layer's output at its sampled rows
+    (all output channels); a layer called twice keeps its first call. Rows are drawn in call order."""
+    budget = budget or RowBudget()
+    inputs = [batch_inputs(batch) for batch in batches]
+    if not inputs:
+        raise InputError("recovery needs at least one calibration batch")
+    modules = dict(original.named_modules())
+    _check_layers(modules, modules, layers)
+    generator = torch.Generator().manual_seed(seed)
+    images = sum(x.shape[0] for x in inputs)
+    samplers = {name: _Sampler(budget, images, generator) for name in dict.fromkeys(layers)}
+    offset = [0]
+
+    def keep(name: str):
+        def hook(module, args, output):
+            if samplers[name].seen == offset[0]:  # the layer's first call in this batch
+                samplers[name].collect(module, output)
+        return hook
+
+    handles = [modules[name].register_forward_hook(keep(name)) for name in samplers]
+    try:
+        with preserved_modes(original), torch.no_grad():
+            original.eval()
+            device = model_device(original)
+            for x in inputs:
+                original(x.to(device))
+                offset[0] += x.shape[0]
+    finally:
+        for handle in handles:
+            handle.remove()
+    missing = [name for name, sampler in samplers.items() if sampler.fit is None]
+    if missing:
+        raise InputError(f"layer(s) not called in a forward pass: {', '.join(missing)}")
+    return OriginalTargets({name: s.targets() for name, s in samplers.items()}, images, budget, seed)
+
+
+def _check_layers(pruned: Mapping[str, nn.Module], original: Mapping[str, nn.Module], names: Iterable[str]) -> None:
+    for name in names:
+        layer, reference = pruned.get(name), original.get(name)
+        if layer is None or reference is None:
+            raise InputError(f"unknown layer {name!r}")
+        if not isinstance(layer, _SUPPORTED) or type(layer) is not type(reference):
+            raise InputError(f"layer {name!r}: only Conv2d and Linear layers can be refitted")
+
+
+def _gather(layer: nn.Module, batches: Iterable[torch.Tensor], targets: LayerTargets) -> tuple[torch.Tensor, ...]:
+    """The layer's fit and check input rows, (groups, rows, columns), from its inputs per batch."""
+    shape = LayerShape.of(layer)
+    found = tuple(torch.empty(rows.shape[0], shape.groups, shape.columns, device=layer.weight.device)
+                  for rows in (targets.fit, targets.check))
+    lo = 0
+    for x in batches:
+        hi = lo + x.shape[0] * targets.positions
+        for rows, out in zip((targets.fit, targets.check), found):  # sorted: this batch's are a slice
+            first, last = (int(torch.searchsorted(rows, bound)) for bound in (lo, hi))
+            input_rows(layer, x, (rows[first:last] - lo).to(x.device), out[first:last])
+        lo = hi
+    return tuple(out.transpose(0, 1) for out in found)
+
+
+def _fit(name: str, layer: nn.Module, batches: Iterable[torch.Tensor], targets: LayerTargets,
+         kept: torch.Tensor | None, ridge: float) -> ReconstructionReport:
+    """Refit ``layer`` from its inputs (every calibration batch's, in order) against the
+    original's rows; writes the weights if the error on the check rows drops."""
+    shape = LayerShape.of(layer)
+    fit_target, check_target = targets.fit_values, targets.check_values
+    if kept is not None:
+        fit_target, check_target = fit_target[:, kept], check_target[:, kept]
+    if fit_target.shape[1] != shape.groups * shape.outputs:
+        raise InputError(
+            f"layer {name!r}: the original has {fit_target.shape[1]} output channels, the pruned layer "
+            f"{shape.groups * shape.outputs}; pass the kept output channels in kept_outputs"
+        )
+    device = layer.weight.device
+    weights = weights_of(layer, shape)  # (groups, columns, outputs)
+    fit_x, check_x = _gather(layer, batches, targets)
+    fit_y, check_y = (y.to(device).reshape(-1, shape.groups, shape.outputs).transpose(0, 1)
+                      for y in (fit_target, check_target))
+    rows, checked = fit_x.shape[1], check_x.shape[1]
+    if not checked:
+        check_x, check_y = fit_x, fit_y
+    energy = float(torch.linalg.vector_norm(check_y)) ** 2
+    change = ridge_update(fit_x, fit_y - torch.bmm(fit_x, weights), ridge, shape.columns - int(shape.bias))
+    if change is None:
+        before = _relative(squared_errors(check_x, [weights], check_y)[0], energy)
+        return ReconstructionReport(name, before, before, "kept", rows, checked)
+    refit = weights + change
+    before, after = (_relative(e, energy) for e in squared_errors(check_x, [weights, refit], check_y))
+    if not after < before * (1 - _MIN_GAIN) - _ROUNDING:
+        return ReconstructionReport(name, before, before, "kept", rows, checked)
+    write_weights(layer, shape, refit)
+    return ReconstructionReport(name, before, after, "refit", rows, checked)
 
 
 def _relative(num: float, den: float) -> float:
@@ -183,160 +300,67 @@ def _relative(num: float, den: float) -> float:
     return 0.0 if num == 0 else float("inf")
 
 
-@dataclass
-class _Targets:
-    """The original model's output rows of one layer, per calibration batch: the rows the fit
-    uses (``chosen``: their indices in the batch's rows, None for all) and their values."""
-
-    rows: list[torch.Tensor]
-    chosen: list[torch.Tensor | None]
-
-
-def _output_rows(layer: nn.Module, output: torch.Tensor) -> torch.Tensor:
-    """A layer's output as rows (images x output positions, channels): a conv's positions are
-    rows, as ``F.unfold`` orders its patches; a linear's leading dimensions are flattened."""
-    if isinstance(layer, nn.Conv2d):
-        return output.flatten(2).transpose(1, 2).reshape(-1, output.shape[1])
-    return output.reshape(-1, output.shape[-1])
-
-
-def _original_targets(
-    original: nn.Module,
-    names: Sequence[str],
-    inputs: Sequence[torch.Tensor],
-    kept_outputs: Mapping[str, torch.Tensor],
-    max_rows: int,
-    generator: torch.Generator,
-) -> dict[str, _Targets]:
-    """One forward per batch through ``original``, keeping each layer's (subsampled) output rows;
-    a layer called twice keeps its first call. The rows are drawn batch by batch in call order."""
-    modules = dict(original.named_modules())
-    targets = {name: _Targets([], []) for name in names}
-    handles = []
-
-    def keep(name: str):
-        def hook(module, args, output):
-            found = targets[name]
-            if len(found.rows) > batch_index[0]:
-                return
-            channel_dim = 1 if isinstance(module, nn.Conv2d) else -1
-            if name in kept_outputs:
-                output = output.index_select(channel_dim, kept_outputs[name].to(output.device))
-            rows = _output_rows(module, output.detach())
-            chosen = None
-            if rows.shape[0] > max_rows:
-                chosen = torch.randperm(rows.shape[0], generator=generator)[:max_rows].sort().values.to(rows.device)
-                rows = rows.index_select(0, chosen)  # a copy
-            else:
-                rows = rows.clone()  # may be a view of an output a later in-place op changes
-            found.rows.append(rows)
-            found.chosen.append(chosen)
-        return hook
-
-    batch_index = [0]
-    for name in names:
-        handles.append(modules[name].register_forward_hook(keep(name)))
-    try:
-        device = model_device(original)
-        for batch_index[0], x in enumerate(inputs):
-            original(x.to(device))
-    finally:
-        for handle in handles:
-            handle.remove()
-    return targets
-
-
-def _fit(
-    name: str,
-    layer: nn.Module,
-    inputs: torch.Tensor,
-    output: torch.Tensor,
-    targets: _Targets,
-    sizes: Sequence[int],
-    ridge: float,
-) -> ReconstructionReport:
-    """Refit ``layer`` from its ``inputs`` / ``output`` on the whole calibration set (``sizes``:
-    images per batch, in order) against the original's rows; writes the weights if the error drops."""
-    is_conv = isinstance(layer, nn.Conv2d)
-    groups = layer.groups if is_conv else 1
-    outputs = layer.out_channels if is_conv else layer.out_features
-    width = (layer.in_channels // groups) * layer.kernel_size[0] * layer.kernel_size[1] if is_conv else layer.in_features
-    has_bias = layer.bias is not None
-    acc = _Accumulator(groups, width, outputs // groups, has_bias, layer.weight.device)
-    lo_image = 0
-    for size, target, chosen in zip(sizes, targets.rows, targets.chosen):
-        images = slice(lo_image, lo_image + size)
-        lo_image += size
-        current = _output_rows(layer, output[images])
-        target = target.to(current.device)
-        expected = current.shape[0] if chosen is None else chosen.shape[0]
-        if target.shape != (expected, current.shape[1]):
-            raise InputError(
-                f"layer {name!r}: original output rows {tuple(target.shape)} do not match the pruned "
-                f"{(expected, current.shape[1])}; pass the kept output channels in kept_outputs"
-            )
-        rows_of = _input_rows(layer, inputs[images])
-        wanted = chosen if chosen is not None else torch.arange(current.shape[0], device=current.device)
-        step = max(1, _GATHER_BUDGET // max(1, width * groups))
-        for lo in range(0, wanted.shape[0], step):
-            rows = wanted[lo : lo + step]
-            acc.add(rows_of(rows), target[lo : lo + step], current.index_select(0, rows))
-
-    before = acc.error_before()
-    solution = acc.solve(ridge)
-    if solution is None:
-        return ReconstructionReport(name, before, before, "kept", acc.rows)
-    after = acc.relative_error(solution)
-    if not after < before:
-        return ReconstructionReport(name, before, before, "kept", acc.rows)
-
-    # solution: (groups, cols, outputs per group) -> weight (outputs, *in shape)
-    weight = solution[:, :width, :].transpose(1, 2).reshape(outputs, width)
-    layer.weight.data.copy_(weight.reshape(layer.weight.shape).to(layer.weight.dtype))
-    if has_bias:
-        layer.bias.data.copy_(solution[:, width, :].reshape(outputs).to(layer.bias.dtype))
-    return ReconstructionReport(name, before, after, "refit", acc.rows)
-
-
-def _refit_in_one_pass(
-    pruned: nn.Module,
-    names: Sequence[str],
-    inputs: Sequence[torch.Tensor],
-    targets: Mapping[str, _Targets],
-    ridge: float,
-    progress: bool,
-) -> dict[str, ReconstructionReport]:
-    """One forward of the whole calibration set through ``pruned``: each listed layer is refitted
-    when the pass reaches it (so it sees the refits before it) and passes on its new output."""
-    modules = dict(pruned.named_modules())
+def _refit_pass(pruned: nn.Module, order: Sequence[str], inputs: Sequence[torch.Tensor], targets: OriginalTargets,
+                fit: "_FitOptions") -> dict[str, ReconstructionReport]:
+    """The pruned model's pass over the calibration set: each listed layer is refitted when the
+    pass reaches it, before it runs, so it sees the refits before it and passes on the output of
+    its new weights. Streamed batch by batch through the model's fx graph within ``fit.memory``
+    (see :mod:`pruning.recovery.streaming`); one forward of every image at once without a bound
+    or when fx cannot trace the model."""
     reports: dict[str, ReconstructionReport] = {}
-    handles = []
+    bar = _progress_bar(len(order)) if fit.progress else None
 
-    def refit(name: str):
-        def hook(module, args, output):
-            if name in reports:
-                return None
-            report = _fit(name, module, args[0].detach(), output.detach(), targets[name], sizes, ridge)
-            reports[name] = report
-            if progress:
-                print(
-                    f"recovery [{len(reports)}/{len(names)}] {name}: {report.status}, relative error "
-                    f"{report.error_before:.4g} -> {report.error_after:.4g} ({report.rows} rows)",
-                    file=sys.stderr,
-                )
-            # forward() itself runs no hooks: the layer's output with its new weights
-            return module.forward(args[0]) if report.status == "refit" else None
+    def refit(name: str, module: nn.Module, batches: Iterable[torch.Tensor]) -> None:
+        report = _fit(name, module, batches, targets.layers[name], fit.kept.get(name), fit.ridge)
+        reports[name] = report
+        if bar is not None:
+            bar.set_postfix_str(f"{name}: {report.status} {report.error_before:.3g} -> {report.error_after:.3g}")
+            bar.update()
+
+    device = model_device(pruned)
+    graph = traced(pruned) if fit.memory is not None else None
+    try:
+        if graph is not None:
+            run_streamed(graph, [x.to(device) for x in inputs], set(order), refit, fit.memory)
+        else:
+            _one_pass(pruned, order, torch.cat(list(inputs)).to(device), refit)
+    finally:
+        if bar is not None:
+            bar.close()
+    return {name: reports[name] for name in order}
+
+
+def _one_pass(pruned: nn.Module, order: Sequence[str], x: torch.Tensor, refit) -> None:
+    modules = dict(pruned.named_modules())
+    done: set[str] = set()
+
+    def hook_for(name: str):
+        def hook(module, args):
+            if name not in done:
+                done.add(name)
+                refit(name, module, [args[0].detach()])
         return hook
 
-    sizes = [x.shape[0] for x in inputs]
-    for name in names:
-        handles.append(modules[name].register_forward_hook(refit(name)))
+    handles = [modules[name].register_forward_pre_hook(hook_for(name)) for name in order]
     try:
-        pruned(torch.cat(list(inputs)).to(model_device(pruned)))
+        pruned(x)
     finally:
         for handle in handles:
             handle.remove()
-    return {name: reports[name] for name in names}
+
+
+def _progress_bar(total: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="reconstruction", unit="layer", file=sys.stderr)
+
+
+@dataclass(frozen=True)
+class _FitOptions:
+    ridge: float
+    kept: Mapping[str, torch.Tensor]
+    progress: bool
+    memory: int | None  # bytes of the pruned pass's values held in memory; None: one pass
 
 
 def reconstruct_consumers(
@@ -348,32 +372,31 @@ def reconstruct_consumers(
     ridge: float = 1e-3,
     progress: bool = False,
     kept_outputs: Mapping[str, torch.Tensor] | None = None,
-    max_rows_per_batch: int = 4096,
+    budget: RowBudget | None = None,
     seed: int = 0,
+    targets: OriginalTargets | None = None,
+    memory_mib: int | None = 1024,
 ) -> dict[str, ReconstructionReport]:
     """Refit ``layers`` of ``pruned`` in place so that their outputs match ``original``'s.
 
     ``batches`` yields ``(inputs, targets)`` (targets unused); it is iterated once. ``kept_outputs`` maps a layer whose
-    own output channels were pruned to the original indices it keeps. Returns a report per
-    layer, in the order the layers were refitted. See the module docstring for the method.
+    own output channels were pruned to the original indices it keeps. ``budget`` bounds the rows
+    each fit samples (default :class:`RowBudget`). ``targets``: the original's target rows when
+    already computed by :func:`original_targets` on the same batches (then ``budget`` and
+    ``seed`` are theirs); they must cover ``layers``. ``memory_mib`` bounds the pruned pass's
+    activations held in memory (None: one pass over every image at once). Returns a report per layer, in the order
+    the layers were refitted (a tqdm bar on stderr with ``progress``). See the module docstring.
     """
     if ridge < 0:
         raise InputError(f"ridge must be >= 0, got {ridge}")
-    if max_rows_per_batch < 1:
-        raise InputError(f"max_rows_per_batch must be >= 1, got {max_rows_per_batch}")
-    kept_outputs = dict(kept_outputs or {})
-    modules_pruned = dict(pruned.named_modules())
-    modules_orig = dict(original.named_modules())
+    if memory_mib is not None and (isinstance(memory_mib, bool) or not isinstance(memory_mib, int) or memory_mib < 0):
+        raise InputError(f"memory_mib must be an integer >= 0 or None, got {memory_mib!r}")
+    kept = dict(kept_outputs or {})
+    modules_pruned, modules_orig = dict(pruned.named_modules()), dict(original.named_modules())
     names = list(dict.fromkeys(layers))
-    for name in names:
-        layer, reference = modules_pruned.get(name), modules_orig.get(name)
-        if layer is None or reference is None:
-            raise InputError(f"unknown layer {name!r}")
-        if not isinstance(layer, _SUPPORTED) or type(layer) is not type(reference):
-            raise InputError(f"layer {name!r}: only Conv2d and Linear layers can be refitted")
+    _check_layers(modules_pruned, modules_orig, names)
     if not names:
         return {}
-
     with preserved_modes(original, pruned), torch.no_grad():
         original.eval()
         pruned.eval()
@@ -385,6 +408,12 @@ def reconstruct_consumers(
         missing = [n for n in names if n not in order]
         if missing:
             raise InputError(f"layer(s) not called in a forward pass: {', '.join(missing)}")
-        generator = torch.Generator().manual_seed(seed)
-        targets = _original_targets(original, order, inputs, kept_outputs, max_rows_per_batch, generator)
-        return _refit_in_one_pass(pruned, order, inputs, targets, ridge, progress)
+        images = sum(x.shape[0] for x in inputs)
+        if targets is None:
+            targets = original_targets(original, order, inputs, budget=budget, seed=seed)
+        elif targets.images != images or not wanted <= set(targets.layers):
+            uncovered = sorted(wanted - set(targets.layers))
+            raise InputError(f"the precomputed targets cover {targets.images} images and not the layer(s) "
+                             f"{', '.join(uncovered) or '-'}; the batches have {images} images")
+        memory = None if memory_mib is None else memory_mib << 20
+        return _refit_pass(pruned, order, inputs, targets, _FitOptions(ridge, kept, progress, memory))

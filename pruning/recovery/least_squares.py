@@ -1,0 +1,188 @@
+"""The pieces of one layer's least-squares refit: how many rows it samples, how a row's inputs
+are gathered, and the ridge solve (see :mod:`pruning.recovery.reconstruction` for the method)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pruning.errors import InputError
+
+__all__ = ["RowBudget", "LayerShape", "input_rows", "weights_of", "write_weights", "ridge_update", "squared_errors"]
+
+
+@dataclass(frozen=True)
+class RowBudget:
+    """How many rows (images x output positions) of the calibration set one layer's fit samples.
+
+    A layer with ``w`` columns per group (inputs per receptive field, plus one for a bias) and
+    ``o`` outputs per group, of which the calibration set offers ``A`` rows, fits on
+
+        n = min(A, max(min_rows, min(rows_per_column * w, affordable)))
+
+    rows, where ``affordable`` is the largest n whose fit costs at most ``cost`` times the
+    layer's own forward multiply-adds over the calibration set (``A * w * o``): the normal
+    equations cost ``n * w^2`` (used when n >= w), their dual form ``n^2 * w`` (when n < w),
+    plus ``2 * n * w * o`` for the residual and the right-hand side.
+    Narrow or early layers are bounded by ``rows_per_column``; wide late layers at large input
+    resolutions by ``cost``, so the fits together cost at most ``cost`` times a forward pass (up
+    to the ``min_rows`` floor). ``check_fraction`` more rows (at least ``min_rows // 4``, when
+    the calibration set has them) are drawn to measure the error before and after the fit.
+    """
+
+    rows_per_column: float = 32.0
+    cost: float = 0.25
+    min_rows: int = 256
+    check_fraction: float = 0.25
+
+    def __post_init__(self) -> None:
+        if not self.rows_per_column > 0:
+            raise InputError(f"rows_per_column must be > 0, got {self.rows_per_column}")
+        if not self.cost > 0:
+            raise InputError(f"cost must be > 0, got {self.cost}")
+        if isinstance(self.min_rows, bool) or not isinstance(self.min_rows, int) or self.min_rows < 1:
+            raise InputError(f"min_rows must be an integer >= 1, got {self.min_rows!r}")
+        if not 0 <= self.check_fraction <= 1:
+            raise InputError(f"check_fraction must be in [0, 1], got {self.check_fraction}")
+
+    def fit_rows(self, available: int, shape: "LayerShape") -> int:
+        w, o = shape.columns, shape.outputs
+        allowed = self.cost * available * o  # the forward's A * w * o multiply-adds, over w
+        primal = allowed / (w + 2 * o)  # n * (w^2 + 2 w o) <= cost * A * w * o
+        affordable = primal if primal >= w else math.sqrt(o * o + allowed) - o  # n^2 w + 2 n w o <= ...
+        wanted = max(self.min_rows, min(self.rows_per_column * w, affordable))
+        return available if wanted >= available else math.ceil(wanted)
+
+    def check_rows(self, available: int, fit: int) -> int:
+        if self.check_fraction == 0:
+            return 0
+        return min(available - fit, max(self.min_rows // 4, math.ceil(self.check_fraction * fit)))
+
+    @classmethod
+    def unbounded(cls) -> "RowBudget":
+        """Every row fits (and none is left to check: the error is measured on the fit rows)."""
+        return cls(rows_per_column=float("inf"), cost=float("inf"), check_fraction=0.0)
+
+
+@dataclass(frozen=True)
+class LayerShape:
+    """A Conv2d/Linear layer's least-squares system: groups, columns and outputs per group."""
+
+    groups: int
+    columns: int  # inputs per receptive field and group, plus one for a bias
+    outputs: int
+    bias: bool
+
+    @classmethod
+    def of(cls, layer: nn.Module) -> "LayerShape":
+        bias = layer.bias is not None
+        if isinstance(layer, nn.Conv2d):
+            g = layer.groups
+            width = (layer.in_channels // g) * layer.kernel_size[0] * layer.kernel_size[1]
+            return cls(g, width + int(bias), layer.out_channels // g, bias)
+        return cls(1, layer.in_features + int(bias), layer.out_features, bias)
+
+
+def input_rows(layer: nn.Module, x: torch.Tensor, rows: torch.Tensor, out: torch.Tensor) -> None:
+    """Write the layer's inputs ``x`` at ``rows`` (image * output positions + output position)
+    into ``out`` (rows, groups, columns), with a trailing ones column for a bias. A conv's row is
+    its receptive field, per group in (kernel row, kernel column, channel) order, gathered in one
+    indexing op from the unpadded input (zeros where the field leaves it): only the rows asked
+    for are unfolded."""
+    shape = LayerShape.of(layer)
+    width = shape.columns - int(shape.bias)
+    if isinstance(layer, nn.Conv2d):
+        fields = _receptive_fields(layer, x, rows)  # (rows, taps, channels)
+        fields = fields.reshape(rows.shape[0], fields.shape[1], shape.groups, x.shape[1] // shape.groups).transpose(1, 2)
+        out[:, :, :width] = fields.reshape(rows.shape[0], shape.groups, width)
+    else:
+        out[:, 0, :width] = x.reshape(-1, x.shape[-1]).index_select(0, rows)
+    if shape.bias:
+        out[:, :, width] = 1
+
+
+def _receptive_fields(layer: nn.Conv2d, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    (kh, kw), (sh, sw), (dh, dw) = layer.kernel_size, layer.stride, layer.dilation
+    left, right, top, bottom = layer._reversed_padding_repeated_twice
+    if layer.padding_mode != "zeros":  # reflect / replicate / circular: pad for real
+        x = F.pad(x, layer._reversed_padding_repeated_twice, mode=layer.padding_mode)
+        left = right = top = bottom = 0
+    height, width = x.shape[-2:]
+    out_h = (height + top + bottom - dh * (kh - 1) - 1) // sh + 1
+    out_w = (width + left + right - dw * (kw - 1) - 1) // sw + 1
+    image, position = rows // (out_h * out_w), rows % (out_h * out_w)
+    iy = ((position // out_w) * sh - top)[:, None] + torch.arange(kh, device=rows.device) * dh  # (rows, kh)
+    ix = ((position % out_w) * sw - left)[:, None] + torch.arange(kw, device=rows.device) * dw  # (rows, kw)
+    inside = ((iy >= 0) & (iy < height))[:, :, None] & ((ix >= 0) & (ix < width))[:, None, :]
+    iy, ix = iy.clamp(0, height - 1), ix.clamp(0, width - 1)
+    # one gather; advanced indices around a slice come first -> (rows, kh, kw, channels)
+    fields = x[image[:, None, None], :, iy[:, :, None], ix[:, None, :]]
+    fields.mul_(inside[..., None])
+    return fields.reshape(rows.shape[0], kh * kw, x.shape[1])
+
+
+def weights_of(layer: nn.Module, shape: "LayerShape") -> torch.Tensor:
+    """The layer's weights (and bias) in :func:`input_rows`'s column order: (groups, columns, outputs)."""
+    weight = layer.weight.detach()
+    if isinstance(layer, nn.Conv2d):  # (out, channels, kh, kw) -> per group (out, kh, kw, channels)
+        weight = weight.reshape(shape.groups, shape.outputs, *weight.shape[1:]).permute(0, 1, 3, 4, 2)
+    weight = weight.reshape(shape.groups, shape.outputs, -1)
+    if shape.bias:
+        weight = torch.cat([weight, layer.bias.detach().reshape(shape.groups, shape.outputs, 1)], dim=2)
+    return weight.transpose(1, 2).float()
+
+
+def write_weights(layer: nn.Module, shape: "LayerShape", solution: torch.Tensor) -> None:
+    """Write ``solution`` (:func:`weights_of`'s layout) into the layer's weight and bias."""
+    width = shape.columns - int(shape.bias)
+    weight = solution[:, :width, :].transpose(1, 2)  # (groups, outputs, width)
+    if isinstance(layer, nn.Conv2d):
+        channels, kh, kw = layer.weight.shape[1:]
+        weight = weight.reshape(shape.groups, shape.outputs, kh, kw, channels).permute(0, 1, 4, 2, 3)
+    layer.weight.data.copy_(weight.reshape(layer.weight.shape).to(layer.weight.dtype))
+    if shape.bias:
+        layer.bias.data.copy_(solution[:, width, :].reshape(-1).to(layer.bias.dtype))
+
+
+def ridge_update(x: torch.Tensor, residual: torch.Tensor, ridge: float, weight_columns: int) -> torch.Tensor | None:
+    """Per group, the change D of the weights minimising ``|x D - residual|^2 + ridge * s * |D|^2``
+    (``s``: the mean energy of the first ``weight_columns`` columns of ``x``, the weights'; a
+    bias column is not counted), for x (groups, rows, columns) and residual (groups, rows,
+    outputs); None when the inputs are all zero. The products run in the inputs' float32, the
+    solve in float64: through the normal equations (columns x columns) when there are at least
+    as many rows as columns, else through their dual (rows x rows)."""
+    groups, rows, columns = x.shape
+    if rows >= columns:
+        system = torch.bmm(x.transpose(1, 2), x).to(torch.float64)
+        scale = torch.diagonal(system, dim1=1, dim2=2)[:, :weight_columns].mean(dim=1)
+        if not torch.all(scale > 0):
+            return None
+        rhs = torch.bmm(x.transpose(1, 2), residual).to(torch.float64)
+        return _solve(system, rhs, ridge * scale).to(x.dtype)
+    gram = torch.bmm(x, x.transpose(1, 2)).to(torch.float64)
+    bias_energy = float(rows) * (columns - weight_columns)  # a bias column is all ones
+    scale = (torch.diagonal(gram, dim1=1, dim2=2).sum(dim=1) - bias_energy) / weight_columns
+    if not torch.all(scale > 0):
+        return None
+    dual = _solve(gram, residual.to(torch.float64), ridge * scale).to(x.dtype)
+    return torch.bmm(x.transpose(1, 2), dual)
+
+
+def _solve(system: torch.Tensor, rhs: torch.Tensor, penalty: torch.Tensor) -> torch.Tensor:
+    system = system + torch.diag_embed(penalty[:, None].expand(-1, system.shape[1]))
+    factor, info = torch.linalg.cholesky_ex(system)
+    if not bool((info == 0).all()):  # singular: ridge == 0 and rank-deficient inputs
+        return torch.linalg.pinv(system, hermitian=True) @ rhs
+    return torch.cholesky_solve(rhs, factor)
+
+
+def squared_errors(x: torch.Tensor, weights: Sequence[torch.Tensor], target: torch.Tensor) -> list[float]:
+    """sum((x W - target)^2) over groups, rows and outputs, for each W (one product for all)."""
+    outputs = target.shape[2]
+    fitted = torch.bmm(x, torch.cat(list(weights), dim=2))
+    return [float(torch.linalg.vector_norm(fitted[:, :, i * outputs:(i + 1) * outputs] - target)) ** 2
+            for i in range(len(weights))]

@@ -1,0 +1,109 @@
+"""The pruned pass of reconstruction with bounded memory: the model's ``torch.fx`` graph run one
+node at a time over every calibration batch, with the batches' values beyond a memory budget
+kept in files (see :mod:`pruning.recovery.reconstruction`)."""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+from torch import fx, nn
+
+__all__ = ["traced", "run_streamed"]
+
+#: (layer name, its module, its input in every batch, in order) -> None
+Refit = Callable[[str, nn.Module, Iterator[torch.Tensor]], None]
+
+
+def traced(model: nn.Module) -> fx.GraphModule | None:
+    """``model``'s fx graph (sharing its modules), or None when fx cannot trace it."""
+    try:
+        return fx.symbolic_trace(model)
+    except Exception:  # noqa: BLE001 - any tracing failure means: run the model in one pass
+        return None
+
+
+class _Store:
+    """Every node's value per batch; tensors beyond ``budget`` bytes go to files in ``folder``."""
+
+    def __init__(self, budget: int, folder: Path) -> None:
+        self.budget, self.folder = budget, folder
+        self.values: dict[tuple[str, int], Any] = {}
+        self.files: dict[tuple[str, int], Path] = {}
+        self.held = 0
+
+    def put(self, key: tuple[str, int], value: Any) -> None:
+        self.drop_one(key)
+        size = value.untyped_storage().nbytes() if isinstance(value, torch.Tensor) else 0
+        if size and self.held + size > self.budget:
+            path = self.folder / f"{key[0]}.{key[1]}.pt"
+            torch.save(value, path)
+            self.files[key] = path
+        else:
+            self.values[key] = value
+            self.held += size
+
+    def get(self, key: tuple[str, int]) -> Any:
+        if key in self.files:
+            return torch.load(self.files[key], weights_only=True)
+        return self.values[key]
+
+    def drop_one(self, key: tuple[str, int]) -> None:
+        if key in self.files:
+            self.files.pop(key).unlink()
+        elif key in self.values:
+            value = self.values.pop(key)
+            if isinstance(value, torch.Tensor):
+                self.held -= value.untyped_storage().nbytes()
+
+
+def run_streamed(graph: fx.GraphModule, batches: Sequence[torch.Tensor], refit_layers: set[str],
+                 refit: Refit, budget: int) -> None:
+    """Run ``graph`` node by node, each node over every batch before the next node, so that a
+    listed layer's ``refit(name, module, its inputs batch by batch)`` runs once, at its first
+    call, before it computes any batch's output (the order of one pass over all images). Values
+    beyond ``budget`` bytes wait in files of a temporary folder until a later node reads them."""
+    modules = dict(graph.named_modules())
+    nodes = list(graph.graph.nodes)
+    last_use = {node: i for i, n in enumerate(nodes) for node in n.all_input_nodes}
+    pending = set(refit_layers)
+    with tempfile.TemporaryDirectory(prefix="reconstruction-") as folder:
+        store = _Store(budget, Path(folder))
+        for i, node in enumerate(nodes):
+            if node.op == "output":
+                break
+            if node.op == "call_module" and node.target in pending:
+                pending.discard(node.target)
+                first = node.all_input_nodes[0]
+                refit(node.target, modules[node.target], (store.get((first.name, k)) for k in range(len(batches))))
+            for k, batch in enumerate(batches):
+                _run_node(graph, modules, node, k, batch, store)
+            for done in [n for n in node.all_input_nodes if last_use[n] == i]:
+                for k in range(len(batches)):
+                    store.drop_one((done.name, k))
+
+
+def _run_node(graph: fx.GraphModule, modules: dict, node: fx.Node, k: int, batch: torch.Tensor, store: _Store) -> None:
+    if node.op == "placeholder":
+        store.put((node.name, k), batch)
+        return
+    inputs = {n: store.get((n.name, k)) for n in node.all_input_nodes}
+    versions = {n: v._version for n, v in inputs.items() if isinstance(v, torch.Tensor)}
+    args = fx.node.map_arg(node.args, inputs.__getitem__)
+    kwargs = fx.node.map_arg(node.kwargs, inputs.__getitem__)
+    if node.op == "call_module":
+        value = modules[node.target](*args, **kwargs)
+    elif node.op == "call_function":
+        value = node.target(*args, **kwargs)
+    elif node.op == "call_method":
+        value = getattr(args[0], node.target)(*args[1:], **kwargs)
+    else:  # get_attr
+        value = graph
+        for part in node.target.split("."):
+            value = getattr(value, part)
+    store.put((node.name, k), value)
+    # an in-place op (ReLU(inplace=True), out += identity) changed an input: keep the change
+    for n, version in versions.items():
+        if inputs[n]._version != version:
+            store.put((n.name, k), inputs[n])
