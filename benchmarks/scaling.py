@@ -139,20 +139,19 @@ class StageRecorder:
 
     def run(self, name: str, fn, record: bool = True):
         """``fn()``'s result, or None when it failed (the one-line error is recorded)."""
-        started = time.perf_counter()
+        started, rss, result, error = time.perf_counter(), PeakRss(), None, None
         try:
-            with PeakRss() as rss, time_limit(self.timeout):
+            with rss, time_limit(self.timeout):
                 result = fn()
-        except Exception as error:  # any failure is this stage's result, not the benchmark's end
-            if record:  # a stopped stage's seconds (and ratio) are a lower bound
-                self.stages[name] = {"error": one_line(error), "seconds": time.perf_counter() - started,
-                                     "timed_out": isinstance(error, StageTimeout)}
-            print(f"  {name}: {one_line(error)}", file=sys.stderr, flush=True)
-            return None
-        print(f"  {name}: {time.perf_counter() - started:.2f} s", file=sys.stderr, flush=True)
+        except Exception as failure:  # any failure is this stage's result, not the benchmark's end
+            error = failure
+        seconds = time.perf_counter() - started
+        print(f"  {name}: {one_line(error) if error else f'{seconds:.2f} s'}", file=sys.stderr, flush=True)
         if record:
-            self.stages[name] = {"seconds": time.perf_counter() - started, "peak_rss_mib": rss.peak / MIB,
+            self.stages[name] = {"seconds": seconds, "peak_rss_mib": rss.peak / MIB,
                                  "rss_increase_mib": (rss.peak - rss.start) / MIB}
+            if error is not None:  # a stopped stage's seconds (and ratio) are a lower bound
+                self.stages[name].update(error=one_line(error), timed_out=isinstance(error, StageTimeout))
         return result
 
     def skip(self, name: str, reason: str) -> None:
