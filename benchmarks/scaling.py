@@ -175,18 +175,33 @@ def plain_forward(model, batches) -> None:
             model(x)
 
 
+@dataclass(frozen=True)
+class StageRun:
+    """What every stage of one model reads: the unpruned model, its example input and calibration
+    batches, the stages asked for and the recorder of their results."""
+
+    model: object
+    example: object
+    batches: list
+    wanted: frozenset
+    recorder: StageRecorder
+
+    def run(self, stage: str, fn):
+        """``fn()`` as ``stage``, recorded only when it was asked for (else it is a prerequisite)."""
+        return self.recorder.run(stage, fn, stage in self.wanted)
+
+    def skip(self, stages, reason: str) -> None:
+        for stage in stages:
+            if stage in self.wanted and stage not in self.recorder.stages:
+                self.recorder.skip(stage, reason)
+
+
 def measure_one(args, name: str, images: int) -> dict:
     """Every selected stage of model ``name`` over ``images`` calibration images, in this process."""
     import torch
 
-    from pruning.criteria import ScoringContext, create_criterion, statistics_options
     from pruning.models import create_model
-    from pruning.pipeline import prune_with_criterion
-    from pruning.planning import PruningConfig
-    from pruning.recovery import RecoveryData, RecoveryRecipe, recover
-    from pruning.statistics import collect_activation_stats
     from pruning.structure import PruningSpace, count_macs
-    from pruning.training import evaluate
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -204,54 +219,66 @@ def measure_one(args, name: str, images: int) -> dict:
     entry["forward_seconds"] = statistics.median(forwards)
     entry["forward_repeats"] = forwards
 
-    wanted = set(args.stages)
-    recorder = StageRecorder(args.stage_timeout, entry["stages"])
-    space = recorder.run("graph", lambda: PruningSpace.build(model, example), "graph" in wanted)
+    run = StageRun(model, example, batches, frozenset(args.stages), StageRecorder(args.stage_timeout, entry["stages"]))
+    space = run.run("graph", lambda: PruningSpace.build(model, example))
     if space is None:
-        for stage in STAGES[1:]:
-            if stage in wanted:
-                recorder.skip(stage, "no pruning graph")
-        return finish(entry, model, batches)
+        run.skip(STAGES, "no pruning graph")
+    else:
+        l1_scores = score_stages(run, space, entry)
+        if run.wanted & set(TRIAL):
+            trial_stages(run, space, l1_scores, entry)
+    return finish(entry, model, batches)
+
+
+def score_stages(run: StageRun, space, entry: dict):
+    """The statistics pass and each criterion's scoring; returns L1's scores (None: failed)."""
+    from pruning.criteria import ScoringContext, create_criterion, statistics_options
+    from pruning.statistics import collect_activation_stats
+
     groups = space.select("full")
     criteria = {c: create_criterion(c) for c in CRITERIA}
-    stats_options = statistics_options([c for c in criteria.values() if c.needs_stats])
-    entry["statistics_options"] = stats_options
-    needs_stats = any(criteria[c].needs_stats and f"score_{c}" in wanted for c in CRITERIA)
+    entry["statistics_options"] = options = statistics_options([c for c in criteria.values() if c.needs_stats])
     stats = None
-    if "statistics" in wanted or needs_stats:
-        stats = recorder.run("statistics", lambda: collect_activation_stats(model, space.groups, batches,
-                                                                            **stats_options), "statistics" in wanted)
-    context = ScoringContext(calibration=batches, stats=stats)
+    if "statistics" in run.wanted or any(criteria[c].needs_stats and f"score_{c}" in run.wanted for c in CRITERIA):
+        stats = run.run("statistics", lambda: collect_activation_stats(run.model, space.groups, run.batches, **options))
+    context = ScoringContext(calibration=run.batches, stats=stats)
     l1_scores = None
     for c, criterion in criteria.items():
-        if f"score_{c}" not in wanted and not (c == "l1" and wanted & set(TRIAL)):
+        stage = f"score_{c}"
+        if stage not in run.wanted and not (c == "l1" and run.wanted & set(TRIAL)):
             continue
         if criterion.needs_stats and stats is None:
-            recorder.skip(f"score_{c}", "no statistics")
+            run.skip([stage], "no statistics")
             continue
-        scores = recorder.run(f"score_{c}", lambda criterion=criterion: criterion.score(model, groups, context),
-                              f"score_{c}" in wanted)
+        scores = run.run(stage, lambda criterion=criterion: criterion.score(run.model, groups, context))
         l1_scores = scores if c == "l1" else l1_scores
-    if not wanted & set(TRIAL):
-        return finish(entry, model, batches)
-    config = PruningConfig(flops_reduction=0.5)
-    outcome = None
-    if l1_scores is not None:
-        outcome = recorder.run("prune", lambda: prune_with_criterion(model, example, criteria["l1"], config,
-                                                                     space=space, scores=l1_scores))
+    return l1_scores
+
+
+def trial_stages(run: StageRun, space, l1_scores, entry: dict) -> None:
+    """A screening trial's stages: prune at -50% MACs by L1, reconstruct, recalibrate BN, evaluate."""
+    from pruning.criteria import create_criterion
+    from pruning.pipeline import prune_with_criterion
+    from pruning.planning import PruningConfig
+    from pruning.recovery import RecoveryData, RecoveryRecipe, recover
+    from pruning.training import evaluate
+
+    if l1_scores is None:
+        run.skip(TRIAL, "no l1 scores")
+        return
+    outcome = run.run("prune", lambda: prune_with_criterion(run.model, run.example, create_criterion("l1"),
+                                                            PruningConfig(flops_reduction=0.5), space=space,
+                                                            scores=l1_scores))
     if outcome is None:
-        for stage in TRIAL:
-            if stage not in recorder.stages:
-                recorder.skip(stage, "no l1 scores" if l1_scores is None else "pruning failed")
-        return finish(entry, model, batches)
+        run.skip(TRIAL, "pruning failed")
+        return
     entry["pruned_macs_reduction"] = outcome.planned_reduction
-    data = RecoveryData(calibration=batches)
+    data = RecoveryData(calibration=run.batches)
     reconstruct = RecoveryRecipe(reconstruct=True, bn_batches=0)
-    bn = RecoveryRecipe(reconstruct=False, bn_batches=len(batches), bn_data="calibration")
-    recorder.run("reconstruct", lambda: recover(model, outcome, reconstruct, data), "reconstruct" in wanted)
-    recorder.run("bn_recalibration", lambda: recover(model, outcome, bn, data), "bn_recalibration" in wanted)
-    recorder.run("evaluate", lambda: evaluate(outcome.model, batches), "evaluate" in wanted)
-    return finish(entry, model, batches)
+    bn = RecoveryRecipe(reconstruct=False, bn_batches=len(run.batches), bn_data="calibration")
+    run.run("reconstruct", lambda: recover(run.model, outcome, reconstruct, data))
+    run.run("bn_recalibration", lambda: recover(run.model, outcome, bn, data))
+    run.run("evaluate", lambda: evaluate(outcome.model, run.batches))
 
 
 def finish(entry: dict, model, batches) -> dict:
@@ -355,11 +382,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="tiny defaults: resnet18 and mobilenet_v2 at 64 px, 8 images, 1 thread, 3 s per stage")
     parser.add_argument("--sweep", action="store_true", help="run the MobileNetV2 screening sweep instead")
     parser.add_argument("--trials", type=int, default=16, help="--sweep: screening trials")
-    parser.add_argument("--out", default="benchmarks/results/scaling.json")
+    parser.add_argument("--out", default=None,
+                        help="result file (default: benchmarks/results/scaling.json, --sweep: scaling_sweep.json)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     if parser.parse_known_args(argv)[0].quick:  # the quick values are defaults: explicit options still win
         parser.set_defaults(**QUICK)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.out = args.out or f"benchmarks/results/scaling{'_sweep' if args.sweep else ''}.json"
+    return args
 
 
 def main(argv=None) -> None:
