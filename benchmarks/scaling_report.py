@@ -85,6 +85,13 @@ def render_memory(result: dict, images: int) -> list[str]:
     return lines
 
 
+#: what the sweep's per-trial metrics measure
+SWEEP_PARTS = {"prune_seconds": "prune (criterion scores, plan, channel removal)",
+               "reconstructed_seconds": "least-squares reconstruction",
+               "bn_recalibrated_seconds": "BN recalibration (training batches)",
+               "score_seconds": "scoring on the calibration split"}
+
+
 def render_sweep(sweep: dict) -> list[str]:
     """The screening sweep's throughput and the mean seconds of each part of a trial."""
     lines = [f"Screening sweep: {sweep['model']} at {sweep['image_size']} px on an imagefolder of random images, "
@@ -95,8 +102,10 @@ def render_sweep(sweep: dict) -> list[str]:
     total = sweep["per_trial_seconds"]["trial_seconds"]
     for part, seconds in sweep["per_trial_seconds"].items():
         if part != "trial_seconds":
-            lines.append(f"| {part} | {seconds:.2f} | {seconds / total:.0%} |")
+            lines.append(f"| {SWEEP_PARTS.get(part, part)} | {seconds:.2f} | {seconds / total:.0%} |")
     lines.append(f"| **trial (its wall time)** | **{total:.2f}** | 100% |")
+    lines.append(f"| Tune / Ray between trials (per trial, concurrency {sweep['concurrency']}) | "
+                 f"{sweep['tune_and_ray_seconds_per_trial']:.2f} | |")
     return lines
 
 

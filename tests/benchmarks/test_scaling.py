@@ -50,3 +50,17 @@ def test_a_model_whose_process_fails_is_recorded_and_the_grid_goes_on(tmp_path):
     assert set(runs) == {"resnet18@8", "mobilenet_v2@8"}
     assert all("--model-timeout" in r["error"] for r in runs.values())
     assert "* resnet18: stopped after" in render(json.loads(out.read_text()))
+
+
+def test_the_report_renders_the_sweep_throughput_and_where_a_trial_goes():
+    result = {"settings": {"image_size": 224, "threads": 2, "aim_stage_ratio": 2.0, "aim_trial_ratio": 6.0},
+              "stages": list(STAGES), "trial_stages": list(TRIAL), "runs": {}}
+    sweep = {"model": "torchvision:mobilenet_v2", "image_size": 224, "trials": 16, "feasible": 15, "concurrency": 2,
+             "trials_per_hour": 40.0, "sweep_seconds": 1800.0, "trials_wall_seconds": 1440.0,
+             "tune_and_ray_seconds_per_trial": 4.0,
+             "per_trial_seconds": {"prune_seconds": 1.0, "reconstructed_seconds": 5.0, "bn_recalibrated_seconds": 2.0,
+                                   "score_seconds": 2.0, "trial_seconds": 10.0}}
+    text = render(result, sweep)
+    assert "**40 trials per hour**" in text
+    assert "| least-squares reconstruction | 5.00 | 50% |" in text
+    assert "| **trial (its wall time)** | **10.00** | 100% |" in text
