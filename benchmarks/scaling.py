@@ -340,6 +340,8 @@ def run_grid(args) -> dict:
         previous = json.loads(Path(args.out).read_text())
         if previous.get("settings") == result["settings"]:  # entries measured the same way are kept
             result["runs"] = previous.get("runs", {})
+        else:
+            print(f"{args.out} was measured with other settings: its entries are replaced", file=sys.stderr)
     for images in args.calibration_images:
         for name in args.models:
             key = f"{name}@{images}"
