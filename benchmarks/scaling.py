@@ -384,6 +384,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="tiny defaults: resnet18 and mobilenet_v2 at 64 px, 8 images, 1 thread, 3 s per stage")
     parser.add_argument("--sweep", action="store_true", help="run the MobileNetV2 screening sweep instead")
     parser.add_argument("--trials", type=int, default=16, help="--sweep: screening trials")
+    parser.add_argument("--measured", default=None, metavar="RUN_DIR",
+                        help="--sweep: summarise this finished or interrupted sweep instead of running one")
     parser.add_argument("--out", default=None,
                         help="result file (default: benchmarks/results/scaling.json, --sweep: scaling_sweep.json)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)

@@ -96,9 +96,10 @@ def render_sweep(sweep: dict) -> list[str]:
     """The screening sweep's throughput and the mean seconds of each part of a trial."""
     lines = [f"Screening sweep: {sweep['model']} at {sweep['image_size']} px on an imagefolder of random images, "
              f"{sweep['trials']} trials ({sweep['feasible']} feasible), concurrency {sweep['concurrency']}: "
-             f"**{sweep['trials_per_hour']:.0f} trials per hour** (sweep wall time {sweep['sweep_seconds']:.0f} s, "
-             f"of which {sweep['trials_wall_seconds']:.0f} s between the first trial's start and the last one's "
-             f"report).", "", "| part of a trial | mean seconds | share |", "|---|---|---|"]
+             f"**{sweep['trials_per_hour']:.0f} trials per hour** ({sweep['trials_wall_seconds']:.0f} s between the "
+             f"first trial's start and the last one's report"
+             + (f"; the whole sweep {sweep['sweep_seconds']:.0f} s" if sweep["sweep_seconds"] is not None else "")
+             + ").", "", "| part of a trial | mean seconds | share |", "|---|---|---|"]
     total = sweep["per_trial_seconds"]["trial_seconds"]
     for part, seconds in sweep["per_trial_seconds"].items():
         if part != "trial_seconds":

@@ -87,7 +87,8 @@ def summarise(runs: list, concurrency: int) -> dict:
             "per_trial_seconds": per_trial}
 
 
-def run_screening_sweep(args) -> dict:
+def run_sweep(args) -> tuple[Path, float]:
+    """Write the imagefolder and the baseline checkpoint, run the sweep: (its run dir, its seconds)."""
     config = yaml.safe_load(CONFIG.read_text())
     checkpoint = ROOT / config["checkpoint"]
     work = checkpoint.parent
@@ -100,13 +101,19 @@ def run_screening_sweep(args) -> dict:
     started = time.perf_counter()
     cli("sweep", "--config", str(CONFIG), "--trials", str(args.trials), "--run-dir", str(run_dir), "--quiet", "--json",
         timeout=args.model_timeout)
-    sweep_seconds = time.perf_counter() - started
+    return run_dir, time.perf_counter() - started
+
+
+def run_screening_sweep(args) -> dict:
+    """The sweep (or, with ``--measured RUN_DIR``, a finished or interrupted one read back), summarised."""
+    run_dir, sweep_seconds = (Path(args.measured).absolute(), None) if args.measured else run_sweep(args)
+    concurrency = yaml.safe_load((run_dir / "sweep.yaml").read_text())["sweep"]["concurrency"]
     result = {"model": "torchvision:mobilenet_v2", "image_size": 224, "config": str(CONFIG.relative_to(ROOT)),
               "images": {"classes": CLASSES, "train_per_class": TRAIN_PER_CLASS, "val_per_class": VAL_PER_CLASS,
                          "calibration_split": CALIBRATION_SIZE},
-              "concurrency": config["sweep"]["concurrency"], "sweep_seconds": sweep_seconds,
+              "concurrency": concurrency, "sweep_seconds": sweep_seconds,
               "load_average_1min_at_end": os.getloadavg()[0], "cpus": os.cpu_count(),
-              **summarise(screening_runs(run_dir), config["sweep"]["concurrency"])}
+              **summarise(screening_runs(run_dir), concurrency)}
     write_json(args.out, result)
     print(f"{result['trials_per_hour']:.0f} screening trials per hour; mean trial "
           f"{result['per_trial_seconds']['trial_seconds']:.1f} s", file=sys.stderr)
