@@ -310,13 +310,13 @@ def measure_in_child(args, name: str, images: int) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         out = os.path.join(folder, "entry.json")
         try:
-            done = subprocess.run(child_command(args, name, images, out), cwd=ROOT, capture_output=True, text=True,
-                                  timeout=args.model_timeout, env={**os.environ, "PYTHONPATH": str(ROOT)})
+            # the child's stage lines go to this stderr as they happen
+            done = subprocess.run(child_command(args, name, images, out), cwd=ROOT, timeout=args.model_timeout,
+                                  env={**os.environ, "PYTHONPATH": str(ROOT)})
         except subprocess.TimeoutExpired:
             return {"model": name, "images": images, "error": f"stopped after {args.model_timeout:g} s (--model-timeout)"}
-        if done.returncode != 0 or not os.path.exists(out):
-            tail = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
-            return {"model": name, "images": images, "error": f"exit status {done.returncode}: {tail}"}
+        if done.returncode != 0 or not os.path.exists(out):  # killed (e.g. out of memory) or crashed
+            return {"model": name, "images": images, "error": f"its process ended with exit status {done.returncode}"}
         return json.loads(Path(out).read_text())
 
 
@@ -348,6 +348,7 @@ def run_grid(args) -> dict:
             if args.resume and "error" not in result["runs"].get(key, {"error": None}):
                 continue
             load = os.getloadavg()[0]
+            print(f"{key}:", file=sys.stderr, flush=True)
             entry = measure_in_child(args, name, images)
             entry["load_average_1min_before"] = load
             result["runs"][key] = entry
@@ -399,7 +400,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> None:
     args = parse_args(argv)
     if args.child:
-        write_json(args.out, measure_one(args, args.models[0], args.calibration_images[0]))
+        name, images = args.models[0], args.calibration_images[0]
+        try:
+            entry = measure_one(args, name, images)
+        except Exception as error:  # the model cannot be built or run: its entry says why in one line
+            entry = {"model": name, "source": MODELS[name], "images": images, "error": one_line(error)}
+        write_json(args.out, entry)
     elif args.sweep:
         from benchmarks.scaling_sweep import run_screening_sweep
 
