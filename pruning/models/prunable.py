@@ -46,17 +46,29 @@ def check_prunable(model: nn.Module, shape: tuple[int, int, int], name: str = "m
         raise UnprunableModelError(f"{name} cannot be pruned: {err}") from None
     except Exception as err:
         raise UnprunableModelError(f"{name} cannot be pruned{_where(err, model)}: {_one_line(err)}") from None
-    try:
-        with torch.no_grad():
-            out = pruned.eval()(example)
-    except Exception as err:
-        raise UnprunableModelError(f"{name} does not run once pruned{_where(err, pruned)}: {_one_line(err)}") from None
+    out = _run_pruned(pruned, example, name)
     with torch.no_grad():
         full = _eval_output(model, example)
     if isinstance(out, torch.Tensor) and isinstance(full, torch.Tensor) and out.shape != full.shape:
         raise UnprunableModelError(f"{name} changes its output shape when pruned "
                                    f"({tuple(full.shape)} -> {tuple(out.shape)}): the classifier is not its last layer")
     return space
+
+
+def _run_pruned(pruned: nn.Module, example: torch.Tensor, name: str):
+    """The pruned copy's output; where it fails outside any layer's forward (in the model's own
+    code, e.g. a reshape to a width it keeps as an attribute), the last layer that ran is named."""
+    finished: list[str] = []
+    hooks = [m.register_forward_hook(lambda *_, n=n: finished.append(n)) for n, m in pruned.named_modules() if n]
+    try:
+        with torch.no_grad():
+            return pruned.eval()(example)
+    except Exception as err:
+        where = _where(err, pruned) or (f" after layer {finished[-1]!r}" if finished else "")
+        raise UnprunableModelError(f"{name} does not run once pruned{where}: {_one_line(err)}") from None
+    finally:
+        for hook in hooks:
+            hook.remove()
 
 
 def _eval_output(model: nn.Module, example: torch.Tensor):

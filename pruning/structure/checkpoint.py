@@ -1,10 +1,14 @@
 """Save and load (pruned) models without pickling modules.
 
 A checkpoint is one ``torch.save`` file holding a ``state_dict`` and a small JSON spec: the
-model name and its constructor arguments, the input shape, and the width of every
-Conv2d / Linear / BatchNorm layer. Loading builds the model by name, resizes those layers
-to the recorded widths and loads the weights with ``torch.load(weights_only=True)``, so the
-file itself never unpickles code. The name is a registered one, ``torchvision:<name>``,
+model name and its constructor arguments, the input shape, the width of every
+Conv2d / Linear / BatchNorm layer (a readable summary) and the model's layout
+(:func:`model_layout`): per module, the shape of every parameter and buffer and its numeric
+attributes (``in_channels``, ``groups``, ``normalized_shape``, ``num_heads``...). Loading builds
+the model by name, gives each module the recorded attributes and tensor shapes
+(:func:`apply_layout`: whatever pruning narrowed, of any layer type, including norms over
+channels in any layout, layer-scale parameters and attention heads) and loads the weights with
+``torch.load(weights_only=True)``, so the file itself never unpickles code. The name is a registered one, ``torchvision:<name>``,
 ``timm:<name>`` or an import path ``package.module:factory``; the last is imported and called
 on loading (like running that module), so load such checkpoints from trusted sources only
 (:mod:`pruning.models.external` refuses standard-library callables). A model built some other
@@ -27,7 +31,9 @@ from pruning.models import check_input_shape, check_model_name, create_model, lo
 from pruning.errors import InputError
 from pruning.utils import TensorFileError, atomic_write, load_tensor_file
 
-FORMAT = "prunesweep-checkpoint/1"
+FORMAT = "prunesweep-checkpoint/2"
+#: the format before layouts: widths of Conv2d/Linear/BatchNorm layers only (still read)
+_FORMAT_WIDTHS_ONLY = "prunesweep-checkpoint/1"
 _RESIZABLE = (nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm)
 
 
@@ -39,7 +45,8 @@ class CheckpointError(InputError):
 class ModelSpec:
     """How to rebuild a model: its name (registered, ``torchvision:``/``timm:`` or an import
     path; None for a module built some other way), the dataset's classes and channels, the
-    model's own keyword options ``kwargs`` and the recorded layer widths."""
+    model's own keyword options ``kwargs``, the recorded layer widths and the model's
+    ``layout`` (:func:`model_layout`; empty: the model as its constructor builds it)."""
 
     name: str | None
     num_classes: int
@@ -48,6 +55,7 @@ class ModelSpec:
     widths: dict[str, dict[str, int]] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
     kwargs: dict[str, Any] = field(default_factory=dict)
+    layout: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.name is not None and (not isinstance(self.name, str) or not self.name):
@@ -57,6 +65,7 @@ class ModelSpec:
         if self.kwargs and self.name is None:
             raise CheckpointError("ModelSpec.kwargs need a model name to be passed to")
         object.__setattr__(self, "kwargs", dict(self.kwargs))
+        _check_layout(self.layout)
 
     def to_json(self) -> str:
         return json.dumps(
@@ -69,6 +78,7 @@ class ModelSpec:
                 "widths": self.widths,
                 "meta": self.meta,
                 "kwargs": self.kwargs,
+                "layout": self.layout,
             },
             sort_keys=True,
         )
@@ -76,7 +86,7 @@ class ModelSpec:
     @classmethod
     def from_json(cls, text: str) -> ModelSpec:
         data = json.loads(text)
-        if data.get("format") != FORMAT:
+        if data.get("format") not in (FORMAT, _FORMAT_WIDTHS_ONLY):
             raise CheckpointError(f"unsupported checkpoint format {data.get('format')!r}; expected {FORMAT}")
         return cls(
             name=data["name"],
@@ -86,6 +96,7 @@ class ModelSpec:
             widths=data["widths"],
             meta=data["meta"],
             kwargs=data.get("kwargs", {}),
+            layout=data.get("layout", {}),
         )
 
 
@@ -102,35 +113,115 @@ def layer_widths(model: nn.Module) -> dict[str, dict[str, int]]:
     return {name: _width(m) for name, m in model.named_modules() if isinstance(m, _RESIZABLE)}
 
 
-def _resized(m: nn.Module, w: dict[str, int]) -> nn.Module:
-    if isinstance(m, nn.Conv2d):
-        return nn.Conv2d(
-            w["in"], w["out"], m.kernel_size, m.stride, m.padding, m.dilation, w["groups"],
-            m.bias is not None, m.padding_mode,
-        )
-    if isinstance(m, nn.Linear):
-        return nn.Linear(w["in"], w["out"], m.bias is not None)
-    return type(m)(w["out"], m.eps, m.momentum, m.affine, m.track_running_stats)
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def apply_widths(model: nn.Module, widths: dict[str, dict[str, int]]) -> nn.Module:
-    """Replace layers in place by ones of the recorded widths (weights are loaded afterwards)."""
+def _is_structural(value: Any) -> bool:
+    """A value a module's shapes or forward may depend on: a number or a tuple/list of integers
+    (flags, strings and submodules are left to the constructor)."""
+    if isinstance(value, (tuple, list)):
+        return bool(value) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    return _is_number(value)
+
+
+def _module_layout(module: nn.Module) -> dict[str, Any]:
+    tensors = {**module._parameters, **module._buffers}
+    return {
+        "attributes": {
+            k: list(v) if isinstance(v, tuple) else v
+            for k, v in vars(module).items()
+            if not k.startswith("_") and k != "training" and _is_structural(v)
+        },
+        "tensors": {k: list(t.shape) for k, t in tensors.items() if t is not None},
+    }
+
+
+def model_layout(model: nn.Module) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per module (``""``: the model itself): ``tensors``, the shape of each of its own
+    parameters and buffers, and ``attributes``, its public numeric attributes (channels,
+    features, groups, ``normalized_shape``, ``num_heads``, ``head_dim``...): everything pruning
+    may narrow, whatever the layer type."""
+    return {name: _module_layout(m) for name, m in model.named_modules()}
+
+
+def _check_layout(layout: Any) -> None:
+    def fail(what: str) -> CheckpointError:
+        return CheckpointError(f"ModelSpec.layout {what}")
+
+    if not isinstance(layout, Mapping):
+        raise fail(f"must map module names to their layout, got {type(layout).__name__}")
+    for name, entry in layout.items():
+        if not isinstance(entry, Mapping) or set(entry) != {"attributes", "tensors"}:
+            raise fail(f"of module {name!r} must have exactly 'attributes' and 'tensors'")
+        if not all(_is_structural(v) for v in entry["attributes"].values()):
+            raise fail(f"of module {name!r} has an attribute that is not a number or a list of integers")
+        if not all(_is_structural(s) or s == [] for s in entry["tensors"].values()):
+            raise fail(f"of module {name!r} has a tensor shape that is not a list of integers")
+
+
+def _layout_from_widths(widths: Mapping[str, Mapping[str, int]], state: Mapping[str, torch.Tensor]) -> dict:
+    """The layout a ``prunesweep-checkpoint/1`` file implies: its Conv2d/Linear/BatchNorm widths
+    as attributes, and the shapes of the tensors in its ``state_dict``."""
+    names = {
+        "conv": {"in": "in_channels", "out": "out_channels", "groups": "groups"},
+        "linear": {"in": "in_features", "out": "out_features"},
+        "norm": {"out": "num_features"},
+    }
+    layout: dict[str, dict[str, dict[str, Any]]] = {}
+    for name, w in widths.items():
+        kind = "conv" if "groups" in w else "linear" if "in" in w else "norm"
+        layout[name] = {"attributes": {names[kind][k]: v for k, v in w.items()}, "tensors": {}}
+    for key, tensor in state.items():
+        module, _, local = key.rpartition(".")
+        layout.setdefault(module, {"attributes": {}, "tensors": {}})["tensors"][local] = list(tensor.shape)
+    return layout
+
+
+def apply_layout(model: nn.Module, layout: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> nn.Module:
+    """Give each module of ``model`` the recorded attributes and tensor shapes, in place (the
+    resized tensors are uninitialised: the weights are loaded afterwards). Raises
+    :class:`CheckpointError` for a module, attribute or tensor the model does not have, and for
+    a non-persistent buffer whose shape changed (the weights cannot refill it)."""
     modules = dict(model.named_modules())
-    unknown = [n for n in widths if n not in modules or not isinstance(modules[n], _RESIZABLE)]
+    unknown = [n for n in layout if n not in modules]
     if unknown:
         raise CheckpointError(f"checkpoint layers not found in the model: {', '.join(unknown[:5])}")
-    for name, w in widths.items():
-        if _width(modules[name]) == w:
-            continue
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, _resized(modules[name], w))
+    for name, entry in layout.items():
+        _apply_attributes(modules[name], name, entry["attributes"])
+        _apply_shapes(modules[name], name, entry["tensors"])
     return model
 
 
+def _apply_attributes(module: nn.Module, name: str, attributes: Mapping[str, Any]) -> None:
+    for attribute, value in attributes.items():
+        current = vars(module).get(attribute)
+        if current is None or not _is_structural(current) or isinstance(current, (tuple, list)) != isinstance(
+                value, (tuple, list)):
+            raise CheckpointError(f"layer {name or '(model)'!r} has no numeric attribute {attribute!r} "
+                                  f"like the checkpoint's {value!r}")
+        setattr(module, attribute, tuple(value) if isinstance(current, tuple) else value)
+
+
+def _apply_shapes(module: nn.Module, name: str, shapes: Mapping[str, list[int]]) -> None:
+    for local, shape in shapes.items():
+        qualified = f"{name}.{local}" if name else local
+        store = module._parameters if local in module._parameters else module._buffers
+        current = store.get(local)
+        if current is None:
+            raise CheckpointError(f"checkpoint tensor {qualified!r} is not in the model")
+        if list(current.shape) == list(shape):
+            continue
+        if store is module._buffers and local in module._non_persistent_buffers_set:
+            raise CheckpointError(f"buffer {qualified!r} is not saved with the weights and has another shape "
+                                  f"in the checkpoint ({list(shape)}, here {list(current.shape)})")
+        resized = torch.empty(shape, dtype=current.dtype, device=current.device)
+        store[local] = nn.Parameter(resized, current.requires_grad) if store is module._parameters else resized
+
+
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, spec: ModelSpec) -> None:
-    """Write ``model``'s weights and ``spec`` (widths refreshed from the model), atomically."""
-    spec = replace(spec, widths=layer_widths(model))
+    """Write ``model``'s weights and ``spec`` (widths and layout refreshed from the model), atomically."""
+    spec = replace(spec, widths=layer_widths(model), layout=model_layout(model))
     payload = {"spec": spec.to_json(), "state_dict": model.state_dict()}
 
     def write(tmp: Path) -> None:
@@ -178,12 +269,13 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module | None = None) -> 
 
 
 def rebuild_model(spec: ModelSpec, state: Mapping[str, torch.Tensor], model: nn.Module | None = None) -> nn.Module:
-    """The model of ``spec`` (a fresh registered one, or ``model``) resized to the recorded
-    widths, with ``state`` loaded strictly, in eval mode; ``load_state_dict``'s RuntimeError
-    when the weights do not fit."""
+    """The model of ``spec`` (a fresh registered one, or ``model``) given the recorded layout,
+    with ``state`` loaded strictly, in eval mode; ``load_state_dict``'s RuntimeError when the
+    weights do not fit. A spec without a layout (written before layouts were recorded) resizes
+    its Conv2d/Linear/BatchNorm widths and the tensors of ``state``."""
     if model is None:
         model = create_model(spec.name, num_classes=spec.num_classes, in_channels=spec.in_channels, **spec.kwargs)
-    apply_widths(model, spec.widths)
+    apply_layout(model, spec.layout or _layout_from_widths(spec.widths, state))
     model.load_state_dict(state, strict=True)
     return model.eval()
 
@@ -234,7 +326,8 @@ def model_for_data(
         load_weights(model, weights, f"model {name!r}", source)
     model.eval()
     shape = (splits.in_channels, *splits.input_size)
-    spec = ModelSpec(name, splits.num_classes, splits.in_channels, shape, layer_widths(model), dict(meta or {}), kwargs)
+    spec = ModelSpec(name, splits.num_classes, splits.in_channels, shape, layer_widths(model), dict(meta or {}), kwargs,
+                     model_layout(model))
     check_fits(model, spec, splits)
     with torch.no_grad():
         out = model(torch.zeros(1, *shape))

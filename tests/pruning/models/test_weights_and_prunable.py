@@ -84,3 +84,27 @@ def test_untraceable_torchvision_model_names_a_layer():
     model = create_model("torchvision:shufflenet_v2_x0_5", 10, 3)
     with pytest.raises(UnprunableModelError, match=r"cannot be traced for pruning after layer 'stage\d"):
         check_prunable(model, (3, 32, 32), "torchvision:shufflenet_v2_x0_5")
+
+
+class TokensOfFixedWidth(torch.nn.Module):
+    """Reshapes the stem's output to a width kept as an attribute, in the model's own forward
+    (like torchvision's VisionTransformer): pruning the stem breaks the reshape outside any layer."""
+
+    def __init__(self, width: int = 4) -> None:
+        super().__init__()
+        self.width = width
+        self.stem = torch.nn.Conv2d(1, width, 3, padding=1)
+        self.mix = torch.nn.Conv2d(width, width, 1)
+        self.head = torch.nn.Linear(width, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.mix(self.stem(x))
+        return self.head(x.reshape(x.shape[0], self.width, x.shape[2] * x.shape[3]).mean(2))
+
+
+def test_failure_in_the_models_own_forward_names_the_last_layer_that_ran():
+    with pytest.raises(UnprunableModelError) as raised:
+        check_prunable(TokensOfFixedWidth(), (1, 8, 8), "model 't'")
+    message = str(raised.value)
+    assert message.startswith("model 't' does not run once pruned after layer 'mix': RuntimeError") and \
+        "\n" not in message
