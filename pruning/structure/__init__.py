@@ -2,7 +2,6 @@
 from pruning.structure.groups import (  # noqa: F401
     ObservedOutput,
     ChannelGroup,
-    ChannelsLastError,
     Exclusion,
     UnitLayout,
 )
@@ -50,7 +49,6 @@ from pruning.structure.measure import (  # noqa: F401
 __all__ = [
     "ObservedOutput",
     "ChannelGroup",
-    "ChannelsLastError",
     "Exclusion",
     "UnitLayout",
     "PreparationBudget",

@@ -39,12 +39,11 @@ def as_tuple(example_inputs) -> tuple:
 
 @dataclass(frozen=True)
 class LayerCall:
-    """One Conv2d/Linear call: output elements per sample and output rank (3+ for tokens of a Linear)."""
+    """One Conv2d/Linear call: output elements per sample."""
 
     name: str
     module: nn.Module
     outputs: int
-    rank: int
 
 
 @dataclass(frozen=True)
@@ -66,7 +65,7 @@ def trace_forward(model: nn.Module, example_inputs, watched: Sequence[str] = (),
     inputs: dict[str, torch.Tensor] = {}
 
     def record(m, i, o, name):
-        calls.append(LayerCall(name, m, o.numel() // batch, o.dim()))
+        calls.append(LayerCall(name, m, o.numel() // batch))
 
     hooks = [m.register_forward_hook(lambda m, i, o, name=name: record(m, i, o, name))
              for name, m in modules.items() if isinstance(m, PRUNABLE)]

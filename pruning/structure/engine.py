@@ -148,7 +148,6 @@ def _build_space(cls, model: nn.Module, example_inputs, ignored_layers: Sequence
     heads, refused_heads = head_layouts(model, trace.inputs)
     excluded = [Exclusion(n, reason) for n, reason in refused_heads.items()
                 if isinstance(attention[n], nn.MultiheadAttention)]
-    channels_last = {c.name for c in trace.calls if isinstance(c.module, nn.Linear) and c.rank > 2}
     graph = build_dependency_graph(model, example_inputs)
     ignored = [modules[classifier], *(modules[n] for n in ignored_layers)]
     context = _GroupContext(graph, modules, names, attention, heads, refused_heads)
@@ -178,7 +177,6 @@ def _build_space(cls, model: nn.Module, example_inputs, ignored_layers: Sequence
                 inner=len(regular) == 1,
                 read=() if len(regular) == 1 else _consumer_inputs(graph, modules, consumers, order),
                 units=heads[root].units if root in heads else units,
-                channels_last=any(p in channels_last for p in ordered),
             )
         )
     groups.sort(key=lambda g: order[g.name])

@@ -12,11 +12,6 @@ from dataclasses import dataclass
 
 import torch
 
-from pruning.errors import InputError
-
-
-class ChannelsLastError(InputError):
-    """A group whose channels are its activations' last dimension was asked for activation statistics."""
 
 
 #: which tensors a statistics criterion reads (see :meth:`ChannelGroup.observations`)
@@ -113,10 +108,6 @@ class ChannelGroup:
         (The classifier's pooled input is not among them: it has no maps.)
     units: which channels are removed together (:class:`UnitLayout`); the kept width is a
         multiple of ``units.width``.
-    channels_last: the channels are the last dimension of the activations (a Linear over
-        tokens, ``[batch, tokens, channels]``, as in a transformer's MLP, or over the pixels of a
-        ConvNeXt block), not dimension 1 as for a convolution's maps: activation statistics,
-        which read channels from dimension 1, do not apply (:meth:`observations` refuses).
     """
 
     name: str
@@ -128,7 +119,6 @@ class ChannelGroup:
     inner: bool
     read: tuple[ObservedOutput, ...] = ()
     units: UnitLayout = UnitLayout()
-    channels_last: bool = False
 
     def __post_init__(self) -> None:
         if self.size % self.units.width:
@@ -142,10 +132,4 @@ class ChannelGroup:
         the group has it, else ``observed``, which is then the same tensor)."""
         if source not in SOURCES:
             raise ValueError(f"unknown source {source!r}; valid: {', '.join(SOURCES)}")
-        if self.channels_last:
-            raise ChannelsLastError(
-                f"layer {self.name!r}: its channels are the last dimension of its activations (tokens), "
-                f"not convolution maps; activation-statistics criteria cannot score it (use l1, l2, "
-                f"fpgm, taylor or random)"
-            )
         return self.read if source == "consumer" and self.read else self.observed

@@ -7,9 +7,9 @@ from timm.models.vision_transformer import VisionTransformer as TimmViT
 from torchvision.models.vision_transformer import VisionTransformer as TorchvisionViT
 
 from pruning.criteria import ScoringContext, create_criterion
-from pruning.errors import InputError
 from pruning.pipeline import prune_with_criterion
 from pruning.planning import PruningConfig
+from pruning.statistics import collect_activation_stats
 from pruning.structure import PruningSpace, UnitLayout, count_macs
 
 X = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
@@ -29,7 +29,6 @@ def test_heads_are_units_and_the_token_width_is_excluded(timm_vit):
     assert space.heads == {"blocks.0.attn.qkv": "blocks.0.attn", "blocks.1.attn.qkv": "blocks.1.attn"}
     assert [e.layer for e in space.excluded] == ["patch_embed.proj"]
     assert "token width" in space.excluded[0].reason
-    assert all(g.channels_last for g in space.groups)
 
 
 @pytest.mark.parametrize("criterion", ["l1", "taylor", "random"])
@@ -57,10 +56,17 @@ def test_pruned_vit_removes_whole_heads_and_meets_the_target(criterion, timm_vit
     assert any(b.attn.num_heads < 4 for b in pruned.blocks) or outcome.keep["blocks.0.mlp.fc1"] < 256
 
 
-def test_statistics_criteria_are_refused_on_token_channels(timm_vit):
-    _, space = timm_vit
-    with pytest.raises(InputError, match=r"layer 'blocks.0.mlp.fc1': its channels are the last dimension"):
-        space["blocks.0.mlp.fc1"].observations("producer")
+@pytest.mark.parametrize("criterion", ["entropy", "apoz", "hrank"])
+def test_statistics_criteria_score_token_channels_and_prune(criterion, timm_vit):
+    model, space = timm_vit
+    batches = [(X, torch.tensor([1, 2]))]
+    stats = collect_activation_stats(model, space.groups, batches, rank=criterion == "hrank")
+    assert all(stats.channel_mean(g).shape == (g.size,) for g in space.groups)
+    context = ScoringContext(calibration=batches, stats=stats)
+    outcome = prune_with_criterion(model, X, create_criterion(criterion), PruningConfig(flops_reduction=0.5),
+                                   context, space=space)
+    assert outcome.model(X).shape == (2, 10)
+    assert abs(1 - count_macs(outcome.model, X) / count_macs(model, X) - 0.5) <= 0.01
 
 
 def test_torchvision_vit_keeps_heads_and_prunes_its_mlps():
