@@ -4,9 +4,13 @@ Each model runs in its own subprocess under an address-space limit (``--memory-g
 wall-clock limit (``--timeout``), so one model that exhausts memory cannot take the machine
 down. Random init, one image of ``--size`` pixels; prints one JSON line per model: ``pruned``
 (with the planned and measured MAC reduction), ``refused`` (the one-line ``InputError``) or
-``failed`` (any other exception, a bug) / ``killed`` (a limit was hit).
+``failed`` (any other exception, a bug) / ``killed`` (a limit was hit). ``--out FILE`` keeps the
+lines in a result file (entries of other models kept, the same model's replaced); ``--report
+FILE`` renders one as a Markdown table (``--write DOC --key KEY``: into DOC's generated block).
 
-    python benchmarks/engine_coverage.py --models resnext50_32x4d timm:deit_tiny_patch16_224
+    python benchmarks/engine_coverage.py --out benchmarks/results/engine_coverage.json
+    python benchmarks/engine_coverage.py --report benchmarks/results/engine_coverage.json \
+        --write docs/benchmarks.md --key engine-coverage
 """
 from __future__ import annotations
 
@@ -16,6 +20,12 @@ import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.docs_blocks import add_block_arguments, write_or_print  # noqa: E402
+from pruning.utils import atomic_write  # noqa: E402
 
 DEFAULT_MODELS = (
     "resnext50_32x4d regnet_x_400mf regnet_y_400mf shufflenet_v2_x1_0 vit_b_16 "
@@ -67,6 +77,38 @@ def run_one(name: str, size: int, target: float) -> dict:
             "seconds": round(time.perf_counter() - start, 1)}
 
 
+def measure(name: str, args: argparse.Namespace) -> dict:
+    """One model's entry, from its own limited subprocess."""
+    cmd = [sys.executable, __file__, "--one", name, "--size", str(args.size), "--target", str(args.target),
+           "--memory-gb", str(args.memory_gb)]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+    except subprocess.TimeoutExpired:
+        return {"model": name, "outcome": "killed", "error": f"over {args.timeout:.0f} s"}
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode == 0 and lines:
+        return json.loads(lines[-1])
+    last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+    return {"model": name, "outcome": "failed", "error": last[:300]}
+
+
+def render(result: dict) -> str:
+    """The result file as a Markdown table, one row per model."""
+    rows = ["| model | outcome | planned | measured MACs red. | groups | excluded | seconds | one-line reason |",
+            "|---|---|---|---|---|---|---|---|"]
+    for run in result["runs"].values():
+        cells = [run["model"], run["outcome"], _percent(run.get("planned")), _percent(run.get("measured")),
+                 run.get("groups", "-"), run.get("excluded", "-"), run.get("seconds", "-"),
+                 run.get("error", "").replace("|", "\\|")]
+        rows.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return (f"{result['size']}x{result['size']} px, L1 at -{result['target']:.0%} MACs, random init.\n\n"
+            + "\n".join(rows))
+
+
+def _percent(value) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS))
@@ -74,27 +116,30 @@ def main() -> None:
     parser.add_argument("--target", type=float, default=0.5)
     parser.add_argument("--memory-gb", type=float, default=6.0)
     parser.add_argument("--timeout", type=float, default=600.0)
+    parser.add_argument("--out", default=None, help="result file the entries are merged into")
+    parser.add_argument("--report", default=None, metavar="FILE", help="render a result file instead of measuring")
+    add_block_arguments(parser)
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.report:
+        write_or_print(parser, args, render(json.loads(Path(args.report).read_text())))
+        return
     if args.one:
         limit = int(args.memory_gb * 2**30)
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
         print(json.dumps(run_one(args.one, args.size, args.target)), flush=True)
         return
+    result = {"size": args.size, "target": args.target, "runs": {}}
+    if args.out and Path(args.out).exists():
+        result = json.loads(Path(args.out).read_text())
+        if (result["size"], result["target"]) != (args.size, args.target):
+            parser.error(f"{args.out} holds size {result['size']} / target {result['target']}; use another --out")
     for name in args.models:
-        cmd = [sys.executable, __file__, "--one", name, "--size", str(args.size), "--target", str(args.target),
-               "--memory-gb", str(args.memory_gb)]
-        try:
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
-        except subprocess.TimeoutExpired:
-            print(json.dumps({"model": name, "outcome": "killed", "error": f"over {args.timeout:.0f} s"}), flush=True)
-            continue
-        lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-        if done.returncode == 0 and lines:
-            print(lines[-1], flush=True)
-        else:
-            last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
-            print(json.dumps({"model": name, "outcome": "failed", "error": last[:300]}), flush=True)
+        entry = measure(name, args)
+        print(json.dumps(entry), flush=True)
+        result["runs"][name] = entry
+        if args.out:
+            atomic_write(args.out, lambda tmp: tmp.write_text(json.dumps(result, indent=1) + "\n"))
 
 
 if __name__ == "__main__":
