@@ -31,8 +31,8 @@ CALIBRATION_SIZE = 200
 PARTS = ("prune_seconds", "reconstructed_seconds", "bn_recalibrated_seconds", "score_seconds")
 
 
-def write_imagefolder(root: Path, seed: int = 0) -> None:
-    """``root/{train,val}/class_<k>/<i>.png``: seeded uniform noise, ``IMAGE_SIDE`` px square."""
+def write_imagefolder(root: Path, seed: int = 0, side: int = IMAGE_SIDE) -> None:
+    """``root/{train,val}/class_<k>/<i>.png``: seeded uniform noise, ``side`` px square."""
     import numpy as np
     from PIL import Image
 
@@ -42,7 +42,7 @@ def write_imagefolder(root: Path, seed: int = 0) -> None:
             folder = root / split / f"class_{k}"
             folder.mkdir(parents=True, exist_ok=True)
             for i in range(count):
-                pixels = rng.integers(0, 256, (IMAGE_SIDE, IMAGE_SIDE, 3), dtype=np.uint8)
+                pixels = rng.integers(0, 256, (side, side, 3), dtype=np.uint8)
                 Image.fromarray(pixels).save(folder / f"{i}.png")
 
 
