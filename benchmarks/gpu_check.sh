@@ -57,9 +57,12 @@ choose_python() {
   fi
   local probe
   probe=$(mktemp -d)
-  if python3 -m pip download --quiet --no-deps --retries 0 --timeout 5 -d "$probe" pip >/dev/null 2>&1; then
+  # setup.sh installs from the package index: a small package of ours shows whether it is reachable
+  if python3 -m pip download --quiet --no-cache-dir --no-deps --retries 0 --timeout 5 -d "$probe" torch-pruning \
+    >/dev/null 2>&1; then
     step setup 300 bash scripts/setup.sh
     PY=.venv/bin/python
+    [ -x "$PY" ] || PY=python3
   else
     say "setup: the package index is unreachable, so scripts/setup.sh (a .venv with pip install -e .[test,timm]) cannot run offline: using python3 with PYTHONPATH=.$(ls .whl/*.whl >/dev/null 2>&1 && echo ' and the wheels in .whl/')"
     PY=python3
