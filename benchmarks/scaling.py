@@ -272,6 +272,13 @@ def child_command(args, name: str, images: int, out: str) -> list[str]:
             *(["--amp", args.amp] if args.amp else []), "--out", out]
 
 
+def child_environment() -> dict:
+    """This environment with the checkout first on ``PYTHONPATH`` (what was there stays: packages
+    installed into a folder of their own, e.g. wheels on a machine without a package index)."""
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *([path] if path else [])])}
+
+
 def measure_in_child(args, name: str, images: int) -> dict:
     """:func:`measure_one` in a fresh interpreter: its memory is its own, a crash is one entry."""
     with tempfile.TemporaryDirectory() as folder:
@@ -279,7 +286,7 @@ def measure_in_child(args, name: str, images: int) -> dict:
         try:
             # the child's stage lines go to this stderr as they happen
             done = subprocess.run(child_command(args, name, images, out), cwd=ROOT, timeout=args.model_timeout,
-                                  env={**os.environ, "PYTHONPATH": str(ROOT)})
+                                  env=child_environment())
         except subprocess.TimeoutExpired:
             return {"model": name, "images": images, "error": f"stopped after {args.model_timeout:g} s (--model-timeout)"}
         if done.returncode != 0 or not os.path.exists(out):  # killed (e.g. out of memory) or crashed

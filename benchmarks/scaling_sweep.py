@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from benchmarks.scaling import ROOT, write_json
+from benchmarks.scaling import ROOT, child_environment, write_json
 
 CONFIG = ROOT / "search_spaces" / "mobilenetv2_imagefolder.yaml"
 CLASSES, TRAIN_PER_CLASS, VAL_PER_CLASS = 10, 40, 8
@@ -49,7 +49,7 @@ def write_imagefolder(root: Path, seed: int = 0, side: int = IMAGE_SIDE) -> None
 def cli(*arguments: str, timeout: float) -> subprocess.CompletedProcess:
     """``prunesweep ARGUMENTS`` run from this checkout; a failure ends the benchmark with its last line."""
     done = subprocess.run([sys.executable, "-m", "orchestrator.cli", *arguments], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                          text=True, timeout=timeout, env=child_environment())
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or [""])[-1]
         raise SystemExit(f"error: prunesweep {arguments[0]} exited with {done.returncode}: {last}")

@@ -2,12 +2,14 @@
 with a ratio to the forward pass, a failing or stopped stage is one line and the rest goes on, and
 the report renders the result file."""
 import json
+import os
 import time
 
 import pytest
 
 from benchmarks.scaling import (
-    AMP_STAGES, STAGES, TRIAL, StageRecorder, child_command, main, parse_args, run_grid, settings_of,
+    AMP_STAGES, ROOT, STAGES, TRIAL, StageRecorder, child_command, child_environment, main, parse_args, run_grid,
+    settings_of,
 )
 from benchmarks.scaling_report import render
 
@@ -100,3 +102,10 @@ def test_an_unusable_device_or_amp_is_one_line_before_any_model_runs(tmp_path, c
     assert stop.value.code == 2 and not out.exists()
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith(message)
+
+
+def test_a_child_finds_this_checkout_first_and_keeps_the_packages_already_on_the_path(monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", "/opt/wheels-site")
+    assert child_environment()["PYTHONPATH"].split(os.pathsep) == [str(ROOT), "/opt/wheels-site"]
+    monkeypatch.delenv("PYTHONPATH")
+    assert child_environment()["PYTHONPATH"] == str(ROOT)
