@@ -46,7 +46,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -59,7 +58,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's packages, also when run as a script
 
-from benchmarks.scaling_stages import MIB, StageRecorder, one_line, synchronize  # noqa: E402
+from benchmarks.scaling_stages import (  # noqa: E402
+    MIB, StageRecorder, device_name, one_line, resolve_placement, synchronize,
+)
 
 #: short name -> the model source ``pruning.models.create_model`` builds
 MODELS = {
@@ -118,25 +119,6 @@ def timed_forward(model, batches, amp: str | None = None) -> float:
     plain_forward(model, batches, amp)
     synchronize(device)
     return time.perf_counter() - started
-
-
-def device_name(device) -> str:
-    """The card's name on CUDA (``torch.cuda.get_device_name``), else the processor's."""
-    import torch
-
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return platform.processor() or platform.machine()
-
-
-def resolve_placement(args):
-    """The :class:`torch.device` of ``--device``, with ``--amp`` checked against it; a device this
-    machine lacks, or ``--amp`` off CUDA, raises the product's one-line ``InputError``."""
-    from pruning.devices import check_amp, resolve_device
-
-    device = resolve_device(args.device)
-    check_amp(args.amp, device)
-    return device
 
 
 @dataclass(frozen=True)

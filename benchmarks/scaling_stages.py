@@ -1,9 +1,11 @@
-"""How ``benchmarks/scaling.py`` measures one stage: wall seconds (CUDA kernels waited for before
-each clock read), the resident set size sampled on a thread, on CUDA the peak of
-``torch.cuda.max_memory_allocated``, and a time limit; a failing or stopped stage is one line."""
+"""How ``benchmarks/scaling.py`` measures one stage: on which device (``--device``, ``--amp``),
+wall seconds (CUDA kernels waited for before each clock read), the resident set size sampled on a
+thread, on CUDA the peak of ``torch.cuda.max_memory_allocated``, and a time limit; a failing or
+stopped stage is one line."""
 from __future__ import annotations
 
 import os
+import platform
 import signal
 import sys
 import threading
@@ -35,6 +37,25 @@ def synchronize(device) -> None:
         import torch
 
         torch.cuda.synchronize(device)
+
+
+def device_name(device) -> str:
+    """The card's name on CUDA (``torch.cuda.get_device_name``), else the processor's."""
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine()
+
+
+def resolve_placement(args):
+    """The :class:`torch.device` of ``--device``, with ``--amp`` checked against it; a device this
+    machine lacks, or ``--amp`` off CUDA, raises the product's one-line ``InputError``."""
+    from pruning.devices import check_amp, resolve_device
+
+    device = resolve_device(args.device)
+    check_amp(args.amp, device)
+    return device
 
 
 class PeakRss:
