@@ -9,14 +9,21 @@ Each measurement runs on the CPU (``--threads`` torch threads) and on ``--device
    a fixed budget (``--permutations``, no truncation), one ``LayerGame`` per group;
 3. **finetune**: one epoch of ``pruning.training.train`` over ``--train-images`` random images
    (SGD, batch ``--batch-size``), on the GPU in float32 and, with ``--amp``, in mixed precision;
-4. **sweep**: a ``--trials`` (16) trial sweep of ``--checkpoint`` (a trained ResNet-56; skipped
-   without one) with ``--config`` as the template, run with ``sweep.gpus_per_trial: 0`` and with
-   ``--gpus-per-trial`` (default 0.25: four trials share a GPU).
+4. **sweep**: a ``--trials`` (2) trial sweep of ``--checkpoint`` (a trained ResNet-56) with
+   ``--config`` as the template (screening only), run with ``--gpus-per-trial`` (default 0.5: two
+   trials share the GPU) and, unless ``--no-cpu-sweep``, with ``sweep.gpus_per_trial: 0``,
+   ``--concurrency`` (2) trials at a time;
+   per trial the device its model ran on and the GPUs Ray gave it (the ``device`` tag and
+   ``trial_gpus`` metric of its MLflow run). Without ``--checkpoint`` the script makes its own
+   baseline first, in seconds: an imagefolder of seeded noise (10 classes x 40 images, 32 px) and
+   ``prunesweep train --model resnet56 --epochs 1`` on it, on the GPU with ``--amp``.
 
-It refuses to run without CUDA (one line, exit status 2): there is nothing to compare.
+It refuses to run without CUDA (one line, exit status 2): there is nothing to compare. A part that
+fails records its one-line error and the next part runs; ``--out`` is rewritten after each part.
 
-    .venv/bin/python benchmarks/gpu.py --checkpoint runs/bench/resnet56-cifar10.pt \
-        --out benchmarks/results/gpu.json
+    .venv/bin/python benchmarks/gpu.py --out benchmarks/results/gpu.json
+    .venv/bin/python benchmarks/gpu.py --checkpoint runs/bench/resnet56-cifar10.pt --trials 16 \
+        --gpus-per-trial 0.25 --concurrency 4 --out benchmarks/results/gpu.json
 """
 from __future__ import annotations
 
@@ -31,7 +38,16 @@ from pathlib import Path
 
 import torch
 
-from pruning.utils import atomic_write
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's packages, also when run as a script
+
+from benchmarks.scaling_sweep import cli, write_imagefolder  # noqa: E402
+from pruning.utils import atomic_write  # noqa: E402
+
+#: the baseline made when no --checkpoint is given: seeded-noise images of this side, a split of
+#: this many calibration images held out of the 400 training images
+BASELINE_IMAGE_SIDE, BASELINE_CALIBRATION = 32, 128
+PARTS = ("statistics", "shapley", "finetune", "sweep")
 
 
 def timed(fn, device: torch.device) -> tuple[object, float]:
@@ -87,25 +103,51 @@ def bench_finetune(model, batches, device, amp) -> float:
     return timed(lambda: train(model, batches, config, progress=False, amp=amp), device)[1]
 
 
-def bench_sweep(args, gpus: float) -> dict:
+def make_baseline(args) -> Path:
+    """A ResNet-56 checkpoint trained for one epoch on an imagefolder of seeded noise (the sweep
+    needs a baseline; its accuracy does not matter to the timings)."""
+    work = Path(args.run_dir).absolute() / "baseline"
+    shutil.rmtree(work, ignore_errors=True)
+    write_imagefolder(work / "images", side=BASELINE_IMAGE_SIDE)
+    checkpoint = work / "resnet56-noise.pt"
+    cli("train", "--model", "resnet56", "--dataset", "imagefolder", "--data-root", str(work / "images"),
+        "--image-size", str(BASELINE_IMAGE_SIDE), "--calibration-size", str(BASELINE_CALIBRATION), "--epochs", "1",
+        "--batch-size", "64", "--device", args.device, "--amp", args.amp, "--out", str(checkpoint), "--quiet",
+        timeout=600)
+    return checkpoint
+
+
+def sweep_config(args, checkpoint: Path, gpus: float) -> dict:
+    """The sweep config of one run: ``--config`` with the checkpoint, the run directory, the trial
+    count, the concurrency and ``gpus`` per trial; screening only."""
     import yaml
 
-    from orchestrator.sweeps import SweepConfig, run_sweep
-
     data = yaml.safe_load(Path(args.config).read_text())
-    run_dir = Path(args.run_dir) / f"gpus-{gpus:g}"
-    data.update(checkpoint=str(Path(args.checkpoint).absolute()), run_dir=str(run_dir.absolute()),
+    data.update(checkpoint=str(checkpoint.absolute()), run_dir=str((Path(args.run_dir) / f"gpus-{gpus:g}").absolute()),
                 name=f"bench-gpu-{gpus:g}")
+    data.setdefault("data", {}).update(calibration_images=min(data["data"].get("calibration_images", 512), 64),
+                                       batch_size=64)
     data.setdefault("sweep", {}).update(trials=args.trials, concurrency=args.concurrency, gpus_per_trial=gpus,
                                         refine={"candidates": 0})
-    shutil.rmtree(run_dir, ignore_errors=True)
+    return data
+
+
+def bench_sweep(args, checkpoint: Path, gpus: float) -> dict:
+    """Seconds of the sweep and, per trial, its status, device, GPUs and seconds."""
+    from orchestrator.sweeps import SweepConfig, run_sweep
+
+    data = sweep_config(args, checkpoint, gpus)
+    shutil.rmtree(data["run_dir"], ignore_errors=True)
     started = time.perf_counter()
-    run_sweep(SweepConfig.from_dict(data), progress=False)
+    result = run_sweep(SweepConfig.from_dict(data), progress=False)
+    trials = [{"trial": t.name, "status": t.status, "device": t.tags.get("device"),
+               "trial_gpus": t.metrics.get("trial_gpus"), "trial_seconds": t.metrics.get("trial_seconds"),
+               "accuracy": t.metrics.get("accuracy"), "error": t.error} for t in result.trials]
     return {"seconds": time.perf_counter() - started, "gpus_per_trial": gpus, "trials": args.trials,
-            "concurrency": args.concurrency}
+            "concurrency": args.concurrency, "per_trial": trials}
 
 
-def main() -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda", help="the GPU to compare with the CPU (default: cuda)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU torch threads (default: all)")
@@ -116,15 +158,41 @@ def main() -> int:
     parser.add_argument("--shapley-images", type=int, default=64, help="images of the coalition worth (default: 64)")
     parser.add_argument("--train-images", type=int, default=10000, help="fine-tune epoch images (default: 10000)")
     parser.add_argument("--amp", choices=("bf16", "fp16"), default="bf16", help="mixed precision run too (default: bf16)")
-    parser.add_argument("--checkpoint", default=None, help="a trained ResNet-56 checkpoint for the sweep (else skipped)")
+    parser.add_argument("--checkpoint", default=None,
+                        help="a trained ResNet-56 checkpoint for the sweep (default: one made here, in seconds)")
     parser.add_argument("--config", default="search_spaces/demo_fmnist.yaml", help="sweep config template")
-    parser.add_argument("--trials", type=int, default=16)
-    parser.add_argument("--concurrency", type=int, default=4)
-    parser.add_argument("--gpus-per-trial", type=float, default=0.25)
+    parser.add_argument("--trials", type=int, default=2)
+    parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--gpus-per-trial", type=float, default=0.5)
+    parser.add_argument("--cpu-sweep", action=argparse.BooleanOptionalAction, default=True,
+                        help="run the sweep with gpus_per_trial 0 too, for the speedup (default: on)")
     parser.add_argument("--run-dir", default="runs/bench/gpu")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["statistics", "shapley", "finetune", "sweep"])
+    parser.add_argument("--skip", nargs="*", default=[], choices=PARTS)
     parser.add_argument("--out", default=None, help="write the results as JSON (else printed)")
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def run_part(results: dict, name: str, fn, out: str | None) -> None:
+    """``results[name] = fn()``, or its one-line error (a part that fails does not stop the next);
+    ``out`` rewritten after it."""
+    started = time.perf_counter()
+    try:
+        results[name] = fn()
+    except (Exception, SystemExit) as error:  # SystemExit: a prunesweep command that failed
+        results[name] = {"error": one_line(error), "seconds": time.perf_counter() - started}
+    print(f"{name}: {results[name].get('error', 'done')}", file=sys.stderr, flush=True)
+    if out:
+        text = json.dumps(results, indent=2)
+        atomic_write(out, lambda tmp: tmp.write_text(text + "\n"))
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
 
     from pruning.devices import resolve_device
     from pruning.errors import InputError
@@ -149,39 +217,49 @@ def main() -> int:
     batches = random_batches(args.images, args.batch_size, seed=1)
     results: dict = {
         "machine": {"cpus": os.cpu_count(), "threads": args.threads, "platform": platform.platform(),
-                    "torch": torch.__version__, "gpu": torch.cuda.get_device_name(device)},
+                    "torch": torch.__version__, "cuda": torch.version.cuda, "gpu": torch.cuda.get_device_name(device)},
         "settings": vars(args),
     }
-    if "statistics" not in args.skip:
-        cpu_s = bench_statistics(model, space, batches, cpu)
-        results["statistics"] = {**pair(cpu_s, bench_statistics(model, space, batches, device)), "images": args.images}
-        model.to(cpu)
-    if "shapley" not in args.skip:
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def statistics() -> dict:
+        cpu_s = bench_statistics(model.to(cpu), space, batches, cpu)
+        return {**pair(cpu_s, bench_statistics(model, space, batches, device)), "images": args.images}
+
+    def shapley() -> dict:
         groups = [space[n] for n in args.groups] if args.groups else list(space.groups)[:3]
         options = ShapleyOptions(max_permutations=args.permutations, batch_permutations=min(16, args.permutations),
                                  antithetic=True, truncation=None, batch_size=args.shapley_images)
-        cpu_s = bench_shapley(model, groups, batches, options, cpu)
-        results["shapley"] = {**pair(cpu_s, bench_shapley(model, groups, batches, options, device)),
-                              "groups": [g.name for g in groups], "permutations": args.permutations}
-        model.to(cpu)
-    if "finetune" not in args.skip:
+        cpu_s = bench_shapley(model.to(cpu), groups, batches, options, cpu)
+        return {**pair(cpu_s, bench_shapley(model, groups, batches, options, device)),
+                "groups": [g.name for g in groups], "permutations": args.permutations}
+
+    def finetune() -> dict:
         train_batches = random_batches(args.train_images, args.batch_size, seed=2)
-        state = {k: v.clone() for k, v in model.state_dict().items()}
-        cpu_s = bench_finetune(model, train_batches, cpu, None)
+        cpu_s = bench_finetune(model.to(cpu), train_batches, cpu, None)
         model.load_state_dict(state)
         gpu_s = bench_finetune(model, train_batches, device, None)
         model.to(cpu).load_state_dict(state)
         amp_s = bench_finetune(model, train_batches, device, args.amp)
-        results["finetune"] = {**pair(cpu_s, gpu_s), f"gpu_{args.amp}_seconds": amp_s,
-                               f"speedup_{args.amp}": cpu_s / amp_s, "images": args.train_images}
-        model.to(cpu)
-    if "sweep" not in args.skip and args.checkpoint:
-        on_cpu, on_gpu = bench_sweep(args, 0.0), bench_sweep(args, args.gpus_per_trial)
-        results["sweep"] = {"cpu": on_cpu, "gpu": on_gpu, **pair(on_cpu["seconds"], on_gpu["seconds"])}
-    text = json.dumps(results, indent=2)
-    if args.out:
-        atomic_write(args.out, lambda tmp: tmp.write_text(text + "\n"))
-    print(text)
+        model.to(cpu).load_state_dict(state)
+        return {**pair(cpu_s, gpu_s), f"gpu_{args.amp}_seconds": amp_s, f"speedup_{args.amp}": cpu_s / amp_s,
+                "images": args.train_images}
+
+    def sweep() -> dict:
+        checkpoint = Path(args.checkpoint) if args.checkpoint else make_baseline(args)
+        on_gpu = bench_sweep(args, checkpoint, args.gpus_per_trial)
+        if not args.cpu_sweep:
+            return {"checkpoint": str(checkpoint), "gpu": on_gpu}
+        on_cpu = bench_sweep(args, checkpoint, 0.0)
+        return {"checkpoint": str(checkpoint), "cpu": on_cpu, "gpu": on_gpu,
+                **pair(on_cpu["seconds"], on_gpu["seconds"])}
+
+    parts = {"statistics": statistics, "shapley": shapley, "finetune": finetune, "sweep": sweep}
+    for name in PARTS:
+        if name not in args.skip:
+            run_part(results, name, parts[name], args.out)
+            model.to(cpu).load_state_dict(state)
+    print(json.dumps(results, indent=2))
     return 0
 
 

@@ -22,12 +22,22 @@ increase over the stage's start. A stage that fails, is refused or runs past ``-
 records one line instead, and the benchmark goes on. The result file is rewritten after every
 model; ``--resume`` skips the entries it already holds.
 
+``--device cuda`` (default ``cpu``) puts the model, the batches and every stage on the GPU, waits
+for its kernels before each clock read and records, next to the RSS, each stage's peak
+``torch.cuda.max_memory_allocated`` (``peak_cuda_mib``) and its increase over the stage's start;
+``--amp bf16|fp16`` (CUDA only) runs the forward unit and the evaluation stage under autocast, as
+the product's mixed precision does (``AMP_STAGES``; the other stages stay float32). The result
+file names the device (``machine.device_name``: the card, ``torch.cuda.get_device_name``) and
+the settings its ``device``, ``amp`` and ``amp_stages``.
+
 ``--sweep``: a screening sweep of MobileNetV2 through ``prunesweep sweep`` on an imagefolder of
 random PNGs (``search_spaces/mobilenetv2_imagefolder.yaml``): trials per hour and where a trial's
 seconds go, read back from the sweep's MLflow runs.
 
     python benchmarks/scaling.py --models resnet18 mobilenet_v2 --calibration-images 64 \\
         --out benchmarks/results/scaling.json
+    python benchmarks/scaling.py --device cuda --amp bf16 --models resnet18 mobilenet_v2 \\
+        --calibration-images 64 --out benchmarks/results/scaling_cuda.json
     python benchmarks/scaling.py --sweep --out benchmarks/results/scaling_sweep.json
     python benchmarks/scaling_report.py benchmarks/results/scaling.json
 """
@@ -37,19 +47,20 @@ import argparse
 import json
 import os
 import resource
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's packages, also when run as a script
+
+from benchmarks.scaling_stages import (  # noqa: E402
+    MIB, StageRecorder, device_name, one_line, resolve_placement, synchronize,
+)
 
 #: short name -> the model source ``pruning.models.create_model`` builds
 MODELS = {
@@ -73,89 +84,9 @@ AIM_STAGE, AIM_TRIAL = 2.0, 6.0
 QUICK = {"models": ["resnet18", "mobilenet_v2"], "image_size": 64, "calibration_images": [8], "threads": 1,
          "repeats": 1, "stage_timeout": 3.0}
 CLASSES = 1000
-MIB = 2**20
-
-
-class StageTimeout(Exception):
-    """A stage ran past ``--stage-timeout``."""
-
-
-def one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split())
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
-
-
-def rss_bytes() -> int:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-class PeakRss:
-    """Samples the resident set size every ``interval`` seconds on a thread, while in ``with``."""
-
-    def __init__(self, interval: float = 0.005) -> None:
-        self.interval = interval
-        self.start = self.peak = 0
-        self._stop = threading.Event()
-
-    def _sample(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.peak = max(self.peak, rss_bytes())
-
-    def __enter__(self) -> PeakRss:
-        self.start = self.peak = rss_bytes()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, rss_bytes())
-
-
-@contextmanager
-def time_limit(seconds: float):
-    """Raise :class:`StageTimeout` in the main thread after ``seconds`` (between Python bytecodes:
-    a long single torch call finishes first)."""
-    def expire(signum, frame):
-        raise StageTimeout(f"stopped after {seconds:g} s (--stage-timeout)")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
-
-@dataclass
-class StageRecorder:
-    """Runs stages under the memory sampler and the time limit; records seconds, memory or the error."""
-
-    timeout: float
-    stages: dict = field(default_factory=dict)
-
-    def run(self, name: str, fn, record: bool = True):
-        """``fn()``'s result, or None when it failed (the one-line error is recorded)."""
-        started, rss, result, error = time.perf_counter(), PeakRss(), None, None
-        try:
-            with rss, time_limit(self.timeout):
-                result = fn()
-        except Exception as failure:  # any failure is this stage's result, not the benchmark's end
-            error = failure
-        seconds = time.perf_counter() - started
-        print(f"  {name}: {one_line(error) if error else f'{seconds:.2f} s'}", file=sys.stderr, flush=True)
-        if record:
-            self.stages[name] = {"seconds": seconds, "peak_rss_mib": rss.peak / MIB,
-                                 "rss_increase_mib": (rss.peak - rss.start) / MIB}
-            if error is not None:  # a stopped stage's seconds (and ratio) are a lower bound
-                self.stages[name].update(error=one_line(error), timed_out=isinstance(error, StageTimeout))
-        return result
-
-    def skip(self, name: str, reason: str) -> None:
-        self.stages[name] = {"error": f"skipped: {reason}", "timed_out": False}
+#: the stages ``--amp`` runs under autocast: the product's mixed precision covers the forward
+#: passes of training and evaluation only (statistics, scoring, reconstruction and BN stay float32)
+AMP_STAGES = ("forward", "evaluate")
 
 
 def calibration(images: int, size: int, batch_size: int, seed: int = 0):
@@ -167,24 +98,41 @@ def calibration(images: int, size: int, batch_size: int, seed: int = 0):
     return [(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, images, batch_size)]
 
 
-def plain_forward(model, batches) -> None:
+def plain_forward(model, batches, amp: str | None = None) -> None:
     import torch
 
-    with torch.no_grad():
+    from pruning.devices import Precision
+    from pruning.utils import model_device
+
+    with torch.no_grad(), Precision(amp).autocast(model_device(model)):
         for x, _ in batches:
             model(x)
+
+
+def timed_forward(model, batches, amp: str | None = None) -> float:
+    """Seconds of :func:`plain_forward`, its CUDA kernels waited for before each clock read."""
+    from pruning.utils import model_device
+
+    device = model_device(model)
+    synchronize(device)
+    started = time.perf_counter()
+    plain_forward(model, batches, amp)
+    synchronize(device)
+    return time.perf_counter() - started
 
 
 @dataclass(frozen=True)
 class StageRun:
     """What every stage of one model reads: the unpruned model, its example input and calibration
-    batches, the stages asked for and the recorder of their results."""
+    batches (on the stages' device), the stages asked for, the recorder of their results and the
+    mixed precision of the stages that take one (``AMP_STAGES``)."""
 
     model: object
     example: object
     batches: list
     wanted: frozenset
     recorder: StageRecorder
+    amp: str | None = None
 
     def run(self, stage: str, fn):
         """``fn()`` as ``stage``, recorded only when it was asked for (else it is a prerequisite)."""
@@ -197,7 +145,8 @@ class StageRun:
 
 
 def measure_one(args, name: str, images: int) -> dict:
-    """Every selected stage of model ``name`` over ``images`` calibration images, in this process."""
+    """Every selected stage of model ``name`` over ``images`` calibration images, in this process,
+    on ``--device`` (model, batches and every stage)."""
     import torch
 
     from pruning.models import create_model
@@ -205,21 +154,20 @@ def measure_one(args, name: str, images: int) -> dict:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    entry = {"model": name, "source": MODELS[name], "images": images, "stages": {}}
-    model = create_model(MODELS[name], num_classes=CLASSES, in_channels=3).eval()
-    example = torch.zeros(1, 3, args.image_size, args.image_size)
-    batches = calibration(images, args.image_size, args.batch_size)
+    device = resolve_placement(args)
+    entry = {"model": name, "source": MODELS[name], "images": images, "device": str(device),
+             "device_name": device_name(device), "amp": args.amp, "stages": {}}
+    model = create_model(MODELS[name], num_classes=CLASSES, in_channels=3).eval().to(device)
+    example = torch.zeros(1, 3, args.image_size, args.image_size, device=device)
+    batches = [(x.to(device), y.to(device)) for x, y in calibration(images, args.image_size, args.batch_size)]
     entry["macs"] = count_macs(model, example)
-    plain_forward(model, batches[:1])  # warm-up
-    forwards = []
-    for _ in range(args.repeats):
-        started = time.perf_counter()
-        plain_forward(model, batches)
-        forwards.append(time.perf_counter() - started)
+    timed_forward(model, batches[:1], args.amp)  # warm-up (on CUDA: cuDNN's algorithm choice, the allocator)
+    forwards = [timed_forward(model, batches, args.amp) for _ in range(args.repeats)]
     entry["forward_seconds"] = statistics.median(forwards)
     entry["forward_repeats"] = forwards
 
-    run = StageRun(model, example, batches, frozenset(args.stages), StageRecorder(args.stage_timeout, entry["stages"]))
+    recorder = StageRecorder(args.stage_timeout, entry["stages"], device=device)
+    run = StageRun(model, example, batches, frozenset(args.stages), recorder, args.amp)
     space = run.run("graph", lambda: PruningSpace.build(model, example))
     if space is None:
         run.skip(STAGES, "no pruning graph")
@@ -227,7 +175,7 @@ def measure_one(args, name: str, images: int) -> dict:
         l1_scores = score_stages(run, space, entry)
         if run.wanted & set(TRIAL):
             trial_stages(run, space, l1_scores, entry)
-    return finish(entry, model, batches)
+    return finish(entry, model, batches, args.amp)
 
 
 def score_stages(run: StageRun, space, entry: dict):
@@ -278,14 +226,12 @@ def trial_stages(run: StageRun, space, l1_scores, entry: dict) -> None:
     bn = RecoveryRecipe(reconstruct=False, bn_batches=len(run.batches), bn_data="calibration")
     run.run("reconstruct", lambda: recover(run.model, outcome, reconstruct, data))
     run.run("bn_recalibration", lambda: recover(run.model, outcome, bn, data))
-    run.run("evaluate", lambda: evaluate(outcome.model, run.batches))
+    run.run("evaluate", lambda: evaluate(outcome.model, run.batches, amp=run.amp))
 
 
-def finish(entry: dict, model, batches) -> dict:
+def finish(entry: dict, model, batches, amp: str | None) -> dict:
     """Ratios to the forward pass, the trial's sum, the drift of the forward, the process peak."""
-    started = time.perf_counter()
-    plain_forward(model, batches)
-    entry["forward_after_seconds"] = time.perf_counter() - started
+    entry["forward_after_seconds"] = timed_forward(model, batches, amp)
     for stage in entry["stages"].values():
         if "error" not in stage or stage["timed_out"]:
             stage["ratio"] = stage["seconds"] / entry["forward_seconds"]
@@ -294,6 +240,8 @@ def finish(entry: dict, model, batches) -> dict:
         seconds = sum(s["seconds"] for s in trial)
         entry["trial"] = {"seconds": seconds, "ratio": seconds / entry["forward_seconds"],
                           "peak_rss_mib": max(s["peak_rss_mib"] for s in trial)}
+        if all("peak_cuda_mib" in s for s in trial):
+            entry["trial"]["peak_cuda_mib"] = max(s["peak_cuda_mib"] for s in trial)
     entry["process_peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / MIB
     return entry
 
@@ -302,7 +250,15 @@ def child_command(args, name: str, images: int, out: str) -> list[str]:
     return [sys.executable, str(Path(__file__).resolve()), "--child", "--models", name, "--calibration-images",
             str(images), "--image-size", str(args.image_size), "--batch-size", str(args.batch_size),
             "--threads", str(args.threads), "--repeats", str(args.repeats), "--stage-timeout",
-            str(args.stage_timeout), "--stages", *args.stages, "--out", out]
+            str(args.stage_timeout), "--stages", *args.stages, "--device", args.device,
+            *(["--amp", args.amp] if args.amp else []), "--out", out]
+
+
+def child_environment() -> dict:
+    """This environment with the checkout first on ``PYTHONPATH`` (what was there stays: packages
+    installed into a folder of their own, e.g. wheels on a machine without a package index)."""
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *([path] if path else [])])}
 
 
 def measure_in_child(args, name: str, images: int) -> dict:
@@ -312,7 +268,7 @@ def measure_in_child(args, name: str, images: int) -> dict:
         try:
             # the child's stage lines go to this stderr as they happen
             done = subprocess.run(child_command(args, name, images, out), cwd=ROOT, timeout=args.model_timeout,
-                                  env={**os.environ, "PYTHONPATH": str(ROOT)})
+                                  env=child_environment())
         except subprocess.TimeoutExpired:
             return {"model": name, "images": images, "error": f"stopped after {args.model_timeout:g} s (--model-timeout)"}
         if done.returncode != 0 or not os.path.exists(out):  # killed (e.g. out of memory) or crashed
@@ -328,14 +284,18 @@ def write_json(path: str, data: dict) -> None:
 
 
 def settings_of(args) -> dict:
-    return {"image_size": args.image_size, "batch_size": args.batch_size, "threads": args.threads,
-            "repeats": args.repeats, "stage_timeout": args.stage_timeout, "classes": CLASSES,
-            "aim_stage_ratio": AIM_STAGE, "aim_trial_ratio": AIM_TRIAL, "quick": args.quick}
+    settings = {"image_size": args.image_size, "batch_size": args.batch_size, "threads": args.threads,
+                "repeats": args.repeats, "stage_timeout": args.stage_timeout, "classes": CLASSES,
+                "aim_stage_ratio": AIM_STAGE, "aim_trial_ratio": AIM_TRIAL, "quick": args.quick}
+    if args.device != "cpu" or args.amp:  # only then: CPU result files written before still --resume
+        settings.update(device=args.device, amp=args.amp, amp_stages=list(AMP_STAGES) if args.amp else [])
+    return settings
 
 
 def run_grid(args) -> dict:
     """Every model x image count, each in its own process; the file rewritten after each."""
     result = {"settings": settings_of(args), "stages": list(STAGES), "trial_stages": list(TRIAL), "runs": {}}
+    device = resolve_placement(args)
     if os.path.exists(args.out):
         previous = json.loads(Path(args.out).read_text())
         if previous.get("settings") == result["settings"]:  # entries measured the same way are kept
@@ -352,7 +312,8 @@ def run_grid(args) -> dict:
             entry = measure_in_child(args, name, images)
             entry["load_average_1min_before"] = load
             result["runs"][key] = entry
-            result["machine"] = {"cpus": os.cpu_count(), "load_average_1min_at_end": os.getloadavg()[0]}
+            result["machine"] = {"cpus": os.cpu_count(), "load_average_1min_at_end": os.getloadavg()[0],
+                                 "device": str(device), "device_name": device_name(device)}
             write_json(args.out, result)
             print(f"{key}: {summary_line(entry)}", file=sys.stderr, flush=True)
     return result
@@ -377,6 +338,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--batch-size", type=int, default=128, help="of the calibration batches (the product's default)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu",
+                        help="cpu, cuda or cuda:N: where the model, the batches and every stage run (default: cpu)")
+    parser.add_argument("--amp", choices=("bf16", "fp16"), default=None,
+                        help="CUDA only: autocast of the forward unit and the evaluation stage (default: off)")
     parser.add_argument("--repeats", type=int, default=3, help="timed forward passes (the median is the unit)")
     parser.add_argument("--stage-timeout", type=float, default=900.0, help="seconds before a stage is stopped")
     parser.add_argument("--model-timeout", type=float, default=3600.0, help="seconds before a model's process is killed")
@@ -399,6 +364,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    if args.device != "cpu" or args.amp:  # checked up front: one line, before any child starts
+        from pruning.errors import InputError
+
+        try:
+            resolve_placement(args)
+        except InputError as error:
+            print(f"error: {error}", file=sys.stderr)
+            raise SystemExit(2) from None
     if args.child:
         name, images = args.models[0], args.calibration_images[0]
         try:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from benchmarks.scaling import ROOT, write_json
+from benchmarks.scaling import ROOT, child_environment, write_json
 
 CONFIG = ROOT / "search_spaces" / "mobilenetv2_imagefolder.yaml"
 CLASSES, TRAIN_PER_CLASS, VAL_PER_CLASS = 10, 40, 8
@@ -31,8 +31,8 @@ CALIBRATION_SIZE = 200
 PARTS = ("prune_seconds", "reconstructed_seconds", "bn_recalibrated_seconds", "score_seconds")
 
 
-def write_imagefolder(root: Path, seed: int = 0) -> None:
-    """``root/{train,val}/class_<k>/<i>.png``: seeded uniform noise, ``IMAGE_SIDE`` px square."""
+def write_imagefolder(root: Path, seed: int = 0, side: int = IMAGE_SIDE) -> None:
+    """``root/{train,val}/class_<k>/<i>.png``: seeded uniform noise, ``side`` px square."""
     import numpy as np
     from PIL import Image
 
@@ -42,14 +42,14 @@ def write_imagefolder(root: Path, seed: int = 0) -> None:
             folder = root / split / f"class_{k}"
             folder.mkdir(parents=True, exist_ok=True)
             for i in range(count):
-                pixels = rng.integers(0, 256, (IMAGE_SIDE, IMAGE_SIDE, 3), dtype=np.uint8)
+                pixels = rng.integers(0, 256, (side, side, 3), dtype=np.uint8)
                 Image.fromarray(pixels).save(folder / f"{i}.png")
 
 
 def cli(*arguments: str, timeout: float) -> subprocess.CompletedProcess:
     """``prunesweep ARGUMENTS`` run from this checkout; a failure ends the benchmark with its last line."""
     done = subprocess.run([sys.executable, "-m", "orchestrator.cli", *arguments], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                          text=True, timeout=timeout, env=child_environment())
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or [""])[-1]
         raise SystemExit(f"error: prunesweep {arguments[0]} exited with {done.returncode}: {last}")

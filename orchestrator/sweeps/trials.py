@@ -19,6 +19,7 @@ from torch import nn
 
 from orchestrator.sweeps.baseline import BaselineSetup
 from pruning.recovery import STAGES, RecoveryRecipe
+from pruning.utils import model_device
 
 __all__ = [
     "TRIAL_METRICS", "TRIAL_TAGS", "STAGE_METRICS", "MODEL_FILE",
@@ -31,11 +32,12 @@ STAGE_METRICS = (*(f"{stage}_accuracy" for stage in STAGES), *(f"{stage}_seconds
 TRIAL_METRICS = (
     "accuracy", "bn_accuracy", *STAGE_METRICS, "macs", "params", "macs_reduction", "params_reduction",
     "planned_reduction", "latency_ms", "feasible", "prune_seconds", "recover_seconds", "score_seconds",
-    "body_seconds", "cpu_seconds", "trial_cpus", "trial_seconds",
+    "body_seconds", "cpu_seconds", "trial_cpus", "trial_gpus", "trial_seconds",
 )
 #: string results logged as tags; ``recipe``: the recipe the trial ran, as JSON (a two-stage
-#: sweep ignores the sampled fine-tuning params, so they do not say what ran)
-TRIAL_TAGS = ("criterion", "infeasible_reason", "recipe")
+#: sweep ignores the sampled fine-tuning params, so they do not say what ran); ``device``: where
+#: the trial's model ran (e.g. ``cuda:0``, ``cpu``)
+TRIAL_TAGS = ("criterion", "infeasible_reason", "recipe", "device")
 MODEL_FILE = "pruned.pt"
 METRICS_FILE = "metrics.json"
 
@@ -144,7 +146,6 @@ def _prune_and_recover(model, space, shape, criterion_name: str, pruning_config,
     from pruning.data import make_eval_loader
     from pruning.pipeline import prune_with_criterion
     from pruning.recovery import recover, recovery_data_for
-    from pruning.utils import model_device
 
     started = time.perf_counter()
     context = ScoringContext(calibration=batches, stats=stats)
@@ -322,10 +323,12 @@ def sweep_trial(config: dict[str, Any], *, refs: SharedRefs, settings: TrialSett
     metrics.update(_cost_metrics(pruned, settings.shape, base, settings.measure_latency, settings.threads))
     # the trial's own time and CPU time (Tune's bookkeeping and the checkpoint excluded): the
     # compute a benchmark compares at, and the remainder of Tune's time_total_s is Tune/Ray
+    assigned = ray.get_runtime_context().get_assigned_resources()
     metrics.update(feasible=1, criterion=plan.criterion, recipe=json.dumps(recipe.to_dict(), sort_keys=True),
                    body_seconds=time.perf_counter() - started,
                    cpu_seconds=time.process_time() - cpu_started,
-                   trial_cpus=float(ray.get_runtime_context().get_assigned_resources().get("CPU", 0.0)),
+                   trial_cpus=float(assigned.get("CPU", 0.0)), trial_gpus=float(assigned.get("GPU", 0.0)),
+                   device=str(model_device(pruned)),
                    # saved with the result, so that a re-report (see _report_restored) keeps it
                    trial_seconds=time.perf_counter() - entered)
     meta = {"criterion": plan.criterion, "params": params, "channels": dict(outcome.keep),

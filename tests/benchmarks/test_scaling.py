@@ -2,11 +2,15 @@
 with a ratio to the forward pass, a failing or stopped stage is one line and the rest goes on, and
 the report renders the result file."""
 import json
+import os
 import time
 
 import pytest
 
-from benchmarks.scaling import STAGES, TRIAL, StageRecorder, main, parse_args, run_grid
+from benchmarks.scaling import (
+    AMP_STAGES, ROOT, STAGES, TRIAL, StageRecorder, child_command, child_environment, main, parse_args, run_grid,
+    settings_of,
+)
 from benchmarks.scaling_report import render
 
 
@@ -64,3 +68,44 @@ def test_the_report_renders_the_sweep_throughput_and_where_a_trial_goes():
     assert "**40 trials per hour**" in text
     assert "| least-squares reconstruction | 5.00 | 50% |" in text
     assert "| **trial (its wall time)** | **10.00** | 100% |" in text
+
+
+def test_device_cpu_runs_every_stage_there_and_records_the_device_without_cuda_memory(tmp_path):
+    out = tmp_path / "entry.json"
+    main(["--child", "--models", "resnet18", "--calibration-images", "4", "--image-size", "32", "--threads", "1",
+          "--repeats", "1", "--stages", "graph", "evaluate", "--device", "cpu", "--out", str(out)])
+    entry = json.loads(out.read_text())
+    assert (entry["device"], entry["amp"]) == ("cpu", None) and entry["device_name"]
+    assert set(entry["stages"]) == {"graph", "evaluate"}
+    assert all("ratio" in s and "peak_cuda_mib" not in s for s in entry["stages"].values())
+
+
+def test_the_cpu_settings_are_unchanged_and_a_child_gets_the_device_and_amp():
+    cpu = parse_args(["--quick", "--device", "cpu"])
+    assert "device" not in settings_of(cpu) and settings_of(cpu) == settings_of(parse_args(["--quick"]))
+    command = child_command(cpu, "resnet18", 8, "e.json")
+    assert command[command.index("--device") + 1] == "cpu" and "--amp" not in command
+    gpu = parse_args(["--quick", "--device", "cuda", "--amp", "bf16"])
+    command = child_command(gpu, "resnet18", 8, "e.json")
+    assert command[command.index("--amp") + 1] == "bf16"
+    assert settings_of(gpu)["amp_stages"] == list(AMP_STAGES) and settings_of(gpu)["device"] == "cuda"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--amp", "bf16"], "error: --amp needs a CUDA device; got --device cpu"),
+    (["--device", "tpu"], "error: unknown --device 'tpu'"),
+])
+def test_an_unusable_device_or_amp_is_one_line_before_any_model_runs(tmp_path, capsys, argv, message):
+    out = tmp_path / "scaling.json"
+    with pytest.raises(SystemExit) as stop:
+        main(["--quick", *argv, "--out", str(out)])
+    assert stop.value.code == 2 and not out.exists()
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(message)
+
+
+def test_a_child_finds_this_checkout_first_and_keeps_the_packages_already_on_the_path(monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", "/opt/wheels-site")
+    assert child_environment()["PYTHONPATH"].split(os.pathsep) == [str(ROOT), "/opt/wheels-site"]
+    monkeypatch.delenv("PYTHONPATH")
+    assert child_environment()["PYTHONPATH"] == str(ROOT)

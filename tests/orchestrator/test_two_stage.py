@@ -116,6 +116,12 @@ def test_refinement_concurrency_shares_the_screening_resources(two_stage):
     assert [r.data.metrics["trial_cpus"] for r in two_stage["refine"]] == [0.5] * 2
 
 
+def test_each_trial_logs_the_gpus_ray_gave_it_and_the_device_its_model_ran_on(two_stage):
+    trials = two_stage["screen"] + two_stage["refine"]
+    assert [r.data.metrics["trial_gpus"] for r in trials] == [0.0] * 6
+    assert [r.data.tags["device"] for r in trials] == ["cpu"] * 6
+
+
 def test_refined_trials_are_the_candidates_spread_over_the_screening_front(two_stage):
     screen = sorted(two_stage["screen"], key=lambda r: int(r.data.tags[TAG_TRIAL_NUMBER]))
     points = [{**r.data.metrics, "feasible": r.data.metrics["feasible"] >= 0.5, "params": r.data.params} for r in screen]
