@@ -22,19 +22,25 @@ class RowBudget:
     A layer with ``w`` columns per group (inputs per receptive field, plus one for a bias) and
     ``o`` outputs per group, of which the calibration set offers ``A`` rows, fits on
 
-        n = min(A, max(min_rows, min(rows_per_column * w, affordable)))
+        n = min(A, max(min_rows, min_rows_per_column * w, min(rows_per_column * w, affordable)))
 
     rows, where ``affordable`` is the largest n whose fit costs at most ``cost`` times the
     layer's own forward multiply-adds over the calibration set (``A * w * o``): the normal
     equations cost ``n * w^2`` (used when n >= w), their dual form ``n^2 * w`` (when n < w),
     plus ``2 * n * w * o`` for the residual and the right-hand side.
-    Narrow or early layers are bounded by ``rows_per_column``; wide late layers at large input
-    resolutions by ``cost``, so the fits together cost at most ``cost`` times a forward pass (up
-    to the ``min_rows`` floor). ``check_fraction`` more rows (at least ``min_rows // 4``, when
-    the calibration set has them) are drawn to measure the error before and after the fit.
+
+    ``min_rows_per_column`` is the floor the accuracy needs, whatever the cost: with fewer rows
+    than about 16 per column the fit follows the sampled rows, not the layer (ResNet-20 on
+    Fashion-MNIST at -50% MACs loses 2.7 points with 1 row per column and 0.1 with 16 against
+    every row). Above it, up to ``rows_per_column``, rows are taken while the fit stays within
+    ``cost``: early layers at large input resolutions (many rows, few columns) take them, wide
+    late layers (few rows, many columns) stay at the floor or at every row they have.
+    ``check_fraction`` more rows (at least ``min_rows // 4``, when the calibration set has them)
+    are drawn to measure the error before and after the fit.
     """
 
     rows_per_column: float = 32.0
+    min_rows_per_column: float = 16.0
     cost: float = 0.25
     min_rows: int = 256
     check_fraction: float = 0.25
@@ -42,6 +48,9 @@ class RowBudget:
     def __post_init__(self) -> None:
         if not self.rows_per_column > 0:
             raise InputError(f"rows_per_column must be > 0, got {self.rows_per_column}")
+        if not 0 <= self.min_rows_per_column <= self.rows_per_column:
+            raise InputError(f"min_rows_per_column must be in [0, rows_per_column={self.rows_per_column}], "
+                             f"got {self.min_rows_per_column}")
         if not self.cost > 0:
             raise InputError(f"cost must be > 0, got {self.cost}")
         if isinstance(self.min_rows, bool) or not isinstance(self.min_rows, int) or self.min_rows < 1:
@@ -54,7 +63,7 @@ class RowBudget:
         allowed = self.cost * available * o  # the forward's A * w * o multiply-adds, over w
         primal = allowed / (w + 2 * o)  # n * (w^2 + 2 w o) <= cost * A * w * o
         affordable = primal if primal >= w else math.sqrt(o * o + allowed) - o  # n^2 w + 2 n w o <= ...
-        wanted = max(self.min_rows, min(self.rows_per_column * w, affordable))
+        wanted = max(self.min_rows, self.min_rows_per_column * w, min(self.rows_per_column * w, affordable))
         return available if wanted >= available else math.ceil(wanted)
 
     def check_rows(self, available: int, fit: int) -> int:

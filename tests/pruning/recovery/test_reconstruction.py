@@ -180,7 +180,7 @@ def test_row_budget_bounds_rows_and_progress_is_a_bar(calibration, model_of, cap
     model = model_of("resnet")
     space, pruned, kept, layers = _prune(model, 0.5)
     batches = iter(calibration)  # a one-shot iterator is fine
-    budget = RowBudget(rows_per_column=2, cost=0.05, min_rows=50)
+    budget = RowBudget(rows_per_column=2, min_rows_per_column=1, cost=0.05, min_rows=50)
     reports = reconstruct_consumers(model, pruned, layers, batches, budget=budget, seed=1, progress=True)
     modules = dict(model.named_modules())
     for name, report in reports.items():
@@ -202,7 +202,7 @@ def test_sampled_receptive_fields_of_large_inputs_are_solved_back():
         damaged[0].weight.add_(torch.randn(damaged[0].weight.shape))
         damaged[0].bias.add_(1.0)
     x = torch.randn(3, 4, 400, 400, generator=torch.Generator().manual_seed(1))
-    budget = RowBudget(rows_per_column=1, cost=1, min_rows=3000, check_fraction=0)
+    budget = RowBudget(rows_per_column=1, min_rows_per_column=0, cost=1, min_rows=3000, check_fraction=0)
     reports = reconstruct_consumers(model, damaged, ["0"], [x], ridge=0.0, budget=budget)
     assert reports["0"].status == "refit" and reports["0"].rows == 3000
     assert reports["0"].error_before > 0.1 and reports["0"].error_after < 1e-9
@@ -250,6 +250,8 @@ def test_modes_hooks_and_errors(calibration, model_of):
         RowBudget(min_rows=0)
     with pytest.raises(InputError, match="cost must be > 0"):
         RowBudget(cost=0)
+    with pytest.raises(InputError, match=r"min_rows_per_column must be in \[0, rows_per_column=8"):
+        RowBudget(rows_per_column=8, min_rows_per_column=16)
     with pytest.raises(InputError, match="memory_mib must be an integer >= 0 or None"):
         reconstruct_consumers(model, pruned, layers, calibration, memory_mib=-1)
     with pytest.raises(InputError, match="at least one calibration batch"):
