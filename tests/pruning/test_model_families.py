@@ -10,10 +10,8 @@ Families marked ``refusable`` (grouped convs, attention, channel shuffles, ghost
 instead be refused with a one-line :class:`~pruning.errors.InputError` naming a layer, when the
 prunability check or the pruning runs; never with another exception, and never once pruned.
 
-Left out: torchvision ``efficientnet_v2_s`` (about 700 traced ops: tracing, pruning and
-exporting it take about a minute on two cores; ``tests/pruning/test_export.py`` exports a pruned
-one's numerics at a small scale) and the full-size ``resnext50_32x4d`` / ``convnext_tiny``,
-represented by small configurations of the same blocks (``family_models``).
+The full-size ``resnext50_32x4d`` / ``convnext_tiny`` are represented by small configurations of
+the same blocks (``family_models``).
 """
 from __future__ import annotations
 
@@ -64,6 +62,7 @@ FAMILIES = [
     Family("torchvision:mnasnet0_5"),
     Family("torchvision:squeezenet1_0", size=48),
     Family("torchvision:efficientnet_b0"),
+    Family("torchvision:efficientnet_v2_s"),
     Family("torchvision:regnet_x_400mf"),
     Family("family_models:convnext_tiny_blocks"),
     Family("family_models:resnext_tiny", refusable=True),
