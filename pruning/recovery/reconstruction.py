@@ -57,6 +57,7 @@ from typing import Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from pruning.errors import InputError
 from pruning.recovery.least_squares import (
@@ -199,9 +200,11 @@ def original_targets(
     *,
     budget: RowBudget | None = None,
     seed: int = 0,
+    progress: bool = False,
 ) -> OriginalTargets:
     """One forward per batch through ``original``, keeping each layer's output at its sampled rows
-    (all output channels); a layer called twice keeps its first call. Rows are drawn in call order."""
+    (all output channels); a layer called twice keeps its first call. Rows are drawn in call order.
+    ``progress``: a "reconstruction targets" bar on stderr, one step per batch."""
     budget = budget or RowBudget()
     inputs = [batch_inputs(batch) for batch in batches]
     if not inputs:
@@ -224,7 +227,7 @@ def original_targets(
         with preserved_modes(original), torch.no_grad():
             original.eval()
             device = model_device(original)
-            for x in inputs:
+            for x in tqdm(inputs, desc="reconstruction targets", unit="batch", disable=not progress, leave=False):
                 original(x.to(device))
                 offset[0] += x.shape[0]
     finally:
@@ -350,8 +353,6 @@ def _one_pass(pruned: nn.Module, order: Sequence[str], x: torch.Tensor, refit) -
 
 
 def _progress_bar(total: int):
-    from tqdm.auto import tqdm
-
     return tqdm(total=total, desc="reconstruction", unit="layer", file=sys.stderr)
 
 
@@ -410,7 +411,7 @@ def reconstruct_consumers(
             raise InputError(f"layer(s) not called in a forward pass: {', '.join(missing)}")
         images = sum(x.shape[0] for x in inputs)
         if targets is None:
-            targets = original_targets(original, order, inputs, budget=budget, seed=seed)
+            targets = original_targets(original, order, inputs, budget=budget, seed=seed, progress=progress)
         elif targets.images != images or not wanted <= set(targets.layers):
             uncovered = sorted(wanted - set(targets.layers))
             raise InputError(f"the precomputed targets cover {targets.images} images and not the layer(s) "
