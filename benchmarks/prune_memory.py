@@ -82,17 +82,22 @@ class StageSampler:
             thread.join(timeout=5)
 
     def _read(self) -> None:
-        for raw in iter(lambda: self.process.stderr.readline(), b""):
-            text = raw.decode(errors="replace")
-            for piece in re.split(r"[\r\n]", text):
-                match = _BAR.match(piece)
-                if match:
-                    self.stage = match.group(1).strip()
-                elif piece.strip():
-                    self.last_line = piece.strip()
-            last = [p.strip() for p in re.split(r"[\r\n]", text) if p.strip()]
-            if last:
-                self.last_line = last[-1]
+        # raw reads, not lines: a bar redraws itself after a carriage return and only a bar that
+        # is left on screen ever ends its line
+        pending = ""
+        fd = self.process.stderr.fileno()
+        while chunk := os.read(fd, 65536):
+            *complete, pending = re.split(r"[\r\n]", pending + chunk.decode(errors="replace"))
+            for piece in complete:
+                self._note(piece)
+        self._note(pending)
+
+    def _note(self, piece: str) -> None:
+        match = _BAR.match(piece)
+        if match:
+            self.stage = match.group(1).strip()
+        if piece.strip():
+            self.last_line = piece.strip()
 
     def _sample(self) -> None:
         statm = Path(f"/proc/{self.process.pid}/statm")
@@ -151,21 +156,20 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/prune_memory.json")
     args = parser.parse_args()
 
+    settings = {"model": "torchvision:resnet50", "image_size": 224, "calibration_images": args.calibration_images,
+                "train_images": CALIBRATION_SPLIT + TRAIN_EXTRA, "val_images": args.val_images, "classes": CLASSES,
+                "threads": args.threads, "limit_mib": LIMIT_MIB}
+    runs: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="prune-memory-") as scratch:
         root = Path(args.data_root or scratch)
         if not (root / "train").is_dir():
             write_imagefolder(root, CALIBRATION_SPLIT + TRAIN_EXTRA, args.val_images)
-        runs = []
         for criterion in args.criteria:
             runs.append(run_prune(root, criterion, args))
             print(json.dumps(runs[-1]), flush=True)
-    data = {
-        "settings": {"model": "torchvision:resnet50", "image_size": 224, "calibration_images": args.calibration_images,
-                     "train_images": CALIBRATION_SPLIT + TRAIN_EXTRA, "val_images": args.val_images,
-                     "classes": CLASSES, "threads": args.threads, "limit_mib": LIMIT_MIB},
-        "runs": runs,
-    }
-    atomic_write(args.out, lambda tmp: tmp.write_text(json.dumps(data, indent=1) + "\n"))
+            # rewritten after every run: a later run that is cut short leaves the earlier ones
+            data = {"settings": settings, "runs": runs}
+            atomic_write(args.out, lambda tmp: tmp.write_text(json.dumps(data, indent=1) + "\n"))
 
 
 if __name__ == "__main__":
