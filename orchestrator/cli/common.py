@@ -7,6 +7,7 @@ Imported by the commands' ``run`` only (it imports torch), never when the parser
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
 from dataclasses import dataclass, replace
 from typing import Any
@@ -25,8 +26,6 @@ __all__ = [
 ]
 
 LATENCY_BATCHES = (1, 64)
-#: untimed and timed forward passes per latency measurement
-LATENCY_TIMING = {"warmup": 3, "repeats": 10}
 
 
 @dataclass(frozen=True)
@@ -162,13 +161,13 @@ def measure(model: nn.Module, shape: tuple[int, int, int], accuracy: float | Non
     from tqdm.auto import tqdm
 
     cost = measure_cost(model, shape)
-    passes = len(LATENCY_BATCHES) * (LATENCY_TIMING["warmup"] + LATENCY_TIMING["repeats"])
+    defaults = inspect.signature(measure_latency).parameters  # its warm-up and timed passes: the bar total
+    passes = len(LATENCY_BATCHES) * (defaults["warmup"].default + defaults["repeats"].default)
     with tqdm(total=passes, desc="latency", unit="pass", disable=not progress, leave=False) as bar:
         # counted by a hook only while a bar shows: the timed passes are otherwise untouched
         hook = model.register_forward_hook(lambda *_: bar.update()) if progress else None
         try:
-            latency = {b: measure_latency(model, shape, batch_size=b, **LATENCY_TIMING).median_ms
-                       for b in LATENCY_BATCHES}
+            latency = {b: measure_latency(model, shape, batch_size=b).median_ms for b in LATENCY_BATCHES}
         finally:
             if hook is not None:
                 hook.remove()
