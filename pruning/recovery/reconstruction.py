@@ -74,9 +74,10 @@ __all__ = [
 ]
 
 _SUPPORTED = (nn.Conv2d, nn.Linear)
-#: the streamed pass splits the calibration batches into chunks whose largest activation is at
-#: most this fraction of its memory bound: a node's input and output, alive next to the values
-#: held, then cost little (a 128-image batch of a ResNet-50's first stage at 224 px is 411 MB)
+#: with a memory bound, both models' passes split the calibration batches into chunks whose
+#: largest activation is at most this fraction of it: a forward's activations (and in the
+#: streamed pass a node's input and output, next to the values held) then cost little (a
+#: 128-image batch of a ResNet-50's first stage at 224 px is 411 MB)
 _CHUNK_SHARE = 8
 #: but never fewer images than this: a layer's arithmetic (and so its rounding) can depend on the
 #: batch size, and a handful of images per call is where it does
@@ -156,8 +157,9 @@ def kept_outputs_of(space: PruningSpace, kept: Mapping[str, torch.Tensor]) -> di
 def _output_rows(module: nn.Module, output: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """The layer's output at ``rows`` (image * positions + position, within this output) as a
     (rows, channels) copy: a conv's positions, a linear's leading dimensions."""
-    if isinstance(module, nn.Conv2d):
-        output = output.flatten(2).transpose(1, 2)  # (images, positions, channels)
+    if isinstance(module, nn.Conv2d):  # indexed in place: a transposed copy of a whole batch would not be small
+        output = output.flatten(2)  # (images, channels, positions)
+        return output[rows // output.shape[2], :, rows % output.shape[2]]
     return output.reshape(-1, output.shape[-1]).index_select(0, rows)
 
 
@@ -392,9 +394,9 @@ def reconstruct_consumers(
     each fit samples (default :class:`RowBudget`). ``targets``: the original's target rows when
     already computed by :func:`original_targets` on the same batches (then ``budget`` and
     ``seed`` are theirs); they must cover ``layers``. ``memory_mib`` bounds the pruned pass's
-    activations held in memory (None: one pass over every image at once); that pass runs each
-    node over chunks of the batches whose largest activation takes at most 1/8 of the bound
-    (and of at least 16 images).
+    activations held in memory (None: one pass over every image at once); with a bound, the
+    original's and the pruned model's passes run over chunks of the batches whose largest
+    activation takes at most 1/8 of it (and of at least 16 images).
     Returns a report per layer, in the order the layers were refitted (a tqdm bar on stderr with
     ``progress``). See the module docstring.
     """
@@ -421,16 +423,16 @@ def reconstruct_consumers(
         if missing:
             raise InputError(f"layer(s) not called in a forward pass: {', '.join(missing)}")
         images = sum(x.shape[0] for x in inputs)
+        memory = None if memory_mib is None else memory_mib << 20
+        if memory is not None:  # both models run over chunks of the batches
+            chunk = max(_MIN_CHUNK, memory // (_CHUNK_SHARE * image_bytes))
+            inputs = [piece for x in inputs for piece in x.split(chunk)]
         if targets is None:
             targets = original_targets(original, order, inputs, budget=budget, seed=seed, progress=progress)
         elif targets.images != images or not wanted <= set(targets.layers):
             uncovered = sorted(wanted - set(targets.layers))
             raise InputError(f"the precomputed targets cover {targets.images} images and not the layer(s) "
                              f"{', '.join(uncovered) or '-'}; the batches have {images} images")
-        memory = None if memory_mib is None else memory_mib << 20
-        if memory is not None:  # the streamed pass runs each node over chunks of a batch
-            chunk = max(_MIN_CHUNK, memory // (_CHUNK_SHARE * image_bytes))
-            inputs = [piece for x in inputs for piece in x.split(chunk)]
         return _refit_pass(pruned, order, inputs, targets, _FitOptions(ridge, kept, progress, memory))
 
 
