@@ -64,8 +64,8 @@ from pruning.recovery.least_squares import (
     LayerShape, RowBudget, input_rows, ridge_update, squared_errors,
     weights_of, write_weights,
 )
-from pruning.recovery.streaming import run_streamed, traced
-from pruning.structure import PruningSpace, layer_call_order
+from pruning.recovery.streaming import call_order_and_largest_output, chunked, run_streamed, traced
+from pruning.structure import PruningSpace
 from pruning.utils import batch_inputs, model_device, preserved_modes
 
 __all__ = [
@@ -74,14 +74,6 @@ __all__ = [
 ]
 
 _SUPPORTED = (nn.Conv2d, nn.Linear)
-#: with a memory bound, both models' passes split the calibration batches into chunks whose
-#: largest activation is at most this fraction of it: a forward's activations (and in the
-#: streamed pass a node's input and output, next to the values held) then cost little (a
-#: 128-image batch of a ResNet-50's first stage at 224 px is 411 MB)
-_CHUNK_SHARE = 8
-#: but never fewer images than this: a layer's arithmetic (and so its rounding) can depend on the
-#: batch size, and a handful of images per call is where it does
-_MIN_CHUNK = 16
 #: a refit must lower the check rows' relative error by more than this fraction of it plus this
 #: much of the output energy: float32 rounding is not a gain (an unpruned layer stays bit-identical)
 _MIN_GAIN, _ROUNDING = 1e-6, 1e-9
@@ -417,7 +409,7 @@ def reconstruct_consumers(
         if not inputs:
             raise InputError("recovery needs at least one calibration batch")
         wanted = set(names)
-        called, image_bytes = _call_order_and_largest_output(pruned, inputs[0][:1].to(model_device(pruned)))
+        called, image_bytes = call_order_and_largest_output(pruned, inputs[0][:1].to(model_device(pruned)))
         order = [n for n in called if n in wanted]
         missing = [n for n in names if n not in order]
         if missing:
@@ -425,8 +417,7 @@ def reconstruct_consumers(
         images = sum(x.shape[0] for x in inputs)
         memory = None if memory_mib is None else memory_mib << 20
         if memory is not None:  # both models run over chunks of the batches
-            chunk = max(_MIN_CHUNK, memory // (_CHUNK_SHARE * image_bytes))
-            inputs = [piece for x in inputs for piece in x.split(chunk)]
+            inputs = chunked(inputs, memory, image_bytes)
         if targets is None:
             targets = original_targets(original, order, inputs, budget=budget, seed=seed, progress=progress)
         elif targets.images != images or not wanted <= set(targets.layers):
@@ -434,21 +425,3 @@ def reconstruct_consumers(
             raise InputError(f"the precomputed targets cover {targets.images} images and not the layer(s) "
                              f"{', '.join(uncovered) or '-'}; the batches have {images} images")
         return _refit_pass(pruned, order, inputs, targets, _FitOptions(ridge, kept, progress, memory))
-
-
-def _call_order_and_largest_output(model: nn.Module, image: torch.Tensor) -> tuple[list[str], int]:
-    """The Conv2d/Linear layers in call order and the bytes of the largest tensor a module
-    returns (or the input, if larger), from one forward of one image."""
-    largest = [image.numel() * image.element_size()]
-
-    def measure(module, args, output) -> None:
-        if isinstance(output, torch.Tensor):
-            largest[0] = max(largest[0], output.numel() * output.element_size())
-
-    handles = [m.register_forward_hook(measure) for m in model.modules() if next(m.children(), None) is None]
-    try:
-        order = layer_call_order(model, image)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return order, largest[0]
