@@ -90,6 +90,8 @@ class StageSampler:
             *complete, pending = re.split(r"[\r\n]", pending + chunk.decode(errors="replace"))
             for piece in complete:
                 self._note(piece)
+            if _BAR.match(pending):  # a bar's first drawing: its stage starts now, not at its next redraw
+                self.stage = _BAR.match(pending).group(1).strip()
         self._note(pending)
 
     def _note(self, piece: str) -> None:
