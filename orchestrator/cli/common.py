@@ -7,6 +7,7 @@ Imported by the commands' ``run`` only (it imports torch), never when the parser
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
 from dataclasses import dataclass, replace
 from typing import Any
@@ -153,10 +154,23 @@ def make_test_loader(splits: DataSplits, args: argparse.Namespace | None = None,
     return make_eval_loader(splits.test, device or "cpu", num_workers=workers, pin_memory=pin)
 
 
-def measure(model: nn.Module, shape: tuple[int, int, int], accuracy: float | None) -> dict[str, Any]:
-    """MACs, parameters, the given accuracy and the median latency at batch 1 and 64."""
+def measure(model: nn.Module, shape: tuple[int, int, int], accuracy: float | None, *,
+            progress: bool = False) -> dict[str, Any]:
+    """MACs, parameters, the given accuracy and the median latency at batch 1 and 64 (``progress``:
+    a "latency" bar on stderr, one step per timed or warm-up forward pass)."""
+    from tqdm.auto import tqdm
+
     cost = measure_cost(model, shape)
-    latency = {b: measure_latency(model, shape, batch_size=b).median_ms for b in LATENCY_BATCHES}
+    defaults = inspect.signature(measure_latency).parameters  # its warm-up and timed passes: the bar total
+    passes = len(LATENCY_BATCHES) * (defaults["warmup"].default + defaults["repeats"].default)
+    with tqdm(total=passes, desc="latency", unit="pass", disable=not progress, leave=False) as bar:
+        # counted by a hook only while a bar shows: the timed passes are otherwise untouched
+        hook = model.register_forward_hook(lambda *_: bar.update()) if progress else None
+        try:
+            latency = {b: measure_latency(model, shape, batch_size=b).median_ms for b in LATENCY_BATCHES}
+        finally:
+            if hook is not None:
+                hook.remove()
     return {
         "macs": cost.macs,
         "params": cost.params,

@@ -27,9 +27,9 @@ def run(args: argparse.Namespace) -> CommandResult:
     device = command_device(args)
     loaded = load_fitting(args, prunable=False)  # evaluating needs no pruning
     loaded.model.to(device)
-    test = evaluate(loaded.model, make_test_loader(loaded.splits, args, device), progress=show_progress(args),
-                    amp=args.amp)
+    progress = show_progress(args)
+    test = evaluate(loaded.model, make_test_loader(loaded.splits, args, device), progress=progress, amp=args.amp)
     data = {"checkpoint": args.checkpoint, "model": loaded.spec.name, "dataset": loaded.splits.name, "loss": test.loss,
-            **measure(loaded.model, loaded.shape, test.accuracy)}
+            **measure(loaded.model, loaded.shape, test.accuracy, progress=progress)}
     rows = [(k, v) for k, v in data.items() if k != "checkpoint"]
     return CommandResult(format_table(rows, ("", args.checkpoint or args.weights or args.model)), data)

@@ -125,15 +125,15 @@ def run(args: argparse.Namespace) -> CommandResult:
     stats = stats_file
     if needs_stats and stats is None:
         stats = _collect_stats(args, model, space, batches, criterion)
-    context = ScoringContext(calibration=batches, stats=stats)
+    context = ScoringContext(calibration=batches, stats=stats, progress=progress)
     ratio_weights, config, scores = _ratio_prior(args, ratio_source, criterion, model, space, config, context)
     outcome = prune_with_criterion(model, example, criterion, config, context, ratio_weights=ratio_weights,
                                    space=space, scores=scores)
     recovery = recover(model, outcome, recipe, recovery_data_for(splits, batches, scoring), progress=progress,
                        amp=args.amp)
 
-    base = measure(model, shape, base_accuracy)
-    after = measure(outcome.model, shape, recovery.final_accuracy)
+    base = measure(model, shape, base_accuracy, progress=progress)
+    after = measure(outcome.model, shape, recovery.final_accuracy, progress=progress)
     pruning = {
         "criterion": args.criterion, "strategy": config.strategy, "ratios": args.ratios,
         "flops_reduction_target": args.flops_reduction, "ratio": args.ratio, "round_to": args.round_to,

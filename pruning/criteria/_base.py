@@ -40,11 +40,13 @@ class ScoringContext:
 
     ``calibration``: (inputs, targets) batches from the held-out calibration split.
     ``stats``: pre-computed ``pruning.statistics.ActivationStats`` (keyed by observed module, read per group).
+    ``progress``: criteria that run the model (taylor, shapley, snpfi) show a "scoring" bar on stderr.
     """
 
     calibration: Sequence[Batch] = ()
     stats: Any = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    progress: bool = False
 
 
 class Criterion(ABC):

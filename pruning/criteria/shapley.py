@@ -7,6 +7,7 @@ from typing import ClassVar, Iterator, Mapping, Protocol, Sequence
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from pruning.criteria._base import Batch, Criterion, register_criterion
 from pruning.errors import InputError
@@ -213,6 +214,7 @@ class ShapleyChannels(Criterion):
         if self.estimator is not None:
             delegated = self.estimator(model, groups, context.calibration, self.options, self.seed)
         self.last_report = {}
+        bar = tqdm(total=len(groups), desc="scoring", unit="layer", disable=not context.progress, leave=False)
         for index, (game, class_games) in enumerate(self._games(model, groups, context)):
             name = game.group.name
             start = time.perf_counter()
@@ -246,6 +248,8 @@ class ShapleyChannels(Criterion):
             self.group_started = before
             yield name, game, est
             self.last_report[name]["passes"] = self.meter.spent - before
+            bar.update()
+        bar.close()
         self.budget_report = self._summary(groups)
 
     def _plan_report(self, game: LayerGame, plan: GamePlan | None, share: float, delegated: bool) -> dict:

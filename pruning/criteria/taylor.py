@@ -8,6 +8,7 @@ from typing import ClassVar, Sequence
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call
+from tqdm.auto import tqdm
 
 from pruning.criteria._base import Batch, Criterion, register_criterion
 from pruning.errors import InputError
@@ -86,7 +87,8 @@ class FirstOrderTaylor(Criterion):
         with preserved_modes(model), torch.enable_grad():
             model.eval()
             batches = self.scoring_batches(context.calibration)
-            for inputs, targets in batches:
+            for inputs, targets in tqdm(batches, desc="scoring", unit="batch", disable=not context.progress,
+                                        leave=False):
                 logits = functional_call(model, flat, (inputs.to(device),))
                 loss = F.cross_entropy(logits, targets.to(device))
                 grads = dict(zip(flat, torch.autograd.grad(loss, list(flat.values()))))

@@ -198,7 +198,7 @@ def recover(
     def done(stage: str, started: float) -> None:
         seconds[stage] = time.perf_counter() - started
         if data.score is not None and (data.score_every_stage or stage == last):
-            accuracy[stage] = evaluate(pruned, data.score, amp=precision).accuracy
+            accuracy[stage] = evaluate(pruned, data.score, progress=progress, amp=precision).accuracy
 
     done("pruned", time.perf_counter())
     if recipe.reconstruct:

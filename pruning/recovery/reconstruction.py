@@ -57,14 +57,15 @@ from typing import Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from pruning.errors import InputError
 from pruning.recovery.least_squares import (
     LayerShape, RowBudget, input_rows, ridge_update, squared_errors,
     weights_of, write_weights,
 )
-from pruning.recovery.streaming import run_streamed, traced
-from pruning.structure import PruningSpace, layer_call_order
+from pruning.recovery.streaming import call_order_and_largest_output, chunked, run_streamed, traced
+from pruning.structure import PruningSpace
 from pruning.utils import batch_inputs, model_device, preserved_modes
 
 __all__ = [
@@ -148,8 +149,9 @@ def kept_outputs_of(space: PruningSpace, kept: Mapping[str, torch.Tensor]) -> di
 def _output_rows(module: nn.Module, output: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """The layer's output at ``rows`` (image * positions + position, within this output) as a
     (rows, channels) copy: a conv's positions, a linear's leading dimensions."""
-    if isinstance(module, nn.Conv2d):
-        output = output.flatten(2).transpose(1, 2)  # (images, positions, channels)
+    if isinstance(module, nn.Conv2d):  # indexed in place: a transposed copy of a whole batch would not be small
+        output = output.flatten(2)  # (images, channels, positions)
+        return output[rows // output.shape[2], :, rows % output.shape[2]]
     return output.reshape(-1, output.shape[-1]).index_select(0, rows)
 
 
@@ -199,9 +201,11 @@ def original_targets(
     *,
     budget: RowBudget | None = None,
     seed: int = 0,
+    progress: bool = False,
 ) -> OriginalTargets:
     """One forward per batch through ``original``, keeping each layer's output at its sampled rows
-    (all output channels); a layer called twice keeps its first call. Rows are drawn in call order."""
+    (all output channels); a layer called twice keeps its first call. Rows are drawn in call order.
+    ``progress``: a "reconstruction targets" bar on stderr, one step per batch."""
     budget = budget or RowBudget()
     inputs = [batch_inputs(batch) for batch in batches]
     if not inputs:
@@ -224,7 +228,7 @@ def original_targets(
         with preserved_modes(original), torch.no_grad():
             original.eval()
             device = model_device(original)
-            for x in inputs:
+            for x in tqdm(inputs, desc="reconstruction targets", unit="batch", disable=not progress, leave=False):
                 original(x.to(device))
                 offset[0] += x.shape[0]
     finally:
@@ -350,8 +354,6 @@ def _one_pass(pruned: nn.Module, order: Sequence[str], x: torch.Tensor, refit) -
 
 
 def _progress_bar(total: int):
-    from tqdm.auto import tqdm
-
     return tqdm(total=total, desc="reconstruction", unit="layer", file=sys.stderr)
 
 
@@ -384,8 +386,11 @@ def reconstruct_consumers(
     each fit samples (default :class:`RowBudget`). ``targets``: the original's target rows when
     already computed by :func:`original_targets` on the same batches (then ``budget`` and
     ``seed`` are theirs); they must cover ``layers``. ``memory_mib`` bounds the pruned pass's
-    activations held in memory (None: one pass over every image at once). Returns a report per layer, in the order
-    the layers were refitted (a tqdm bar on stderr with ``progress``). See the module docstring.
+    activations held in memory (None: one pass over every image at once); with a bound, the
+    original's and the pruned model's passes run over chunks of the batches whose largest
+    activation takes at most 1/8 of it (and of at least 16 images).
+    Returns a report per layer, in the order the layers were refitted (a tqdm bar on stderr with
+    ``progress``). See the module docstring.
     """
     if ridge < 0:
         raise InputError(f"ridge must be >= 0, got {ridge}")
@@ -404,16 +409,19 @@ def reconstruct_consumers(
         if not inputs:
             raise InputError("recovery needs at least one calibration batch")
         wanted = set(names)
-        order = [n for n in layer_call_order(pruned, inputs[0][:1].to(model_device(pruned))) if n in wanted]
+        called, image_bytes = call_order_and_largest_output(pruned, inputs[0][:1].to(model_device(pruned)))
+        order = [n for n in called if n in wanted]
         missing = [n for n in names if n not in order]
         if missing:
             raise InputError(f"layer(s) not called in a forward pass: {', '.join(missing)}")
         images = sum(x.shape[0] for x in inputs)
+        memory = None if memory_mib is None else memory_mib << 20
+        if memory is not None:  # both models run over chunks of the batches
+            inputs = chunked(inputs, memory, image_bytes)
         if targets is None:
-            targets = original_targets(original, order, inputs, budget=budget, seed=seed)
+            targets = original_targets(original, order, inputs, budget=budget, seed=seed, progress=progress)
         elif targets.images != images or not wanted <= set(targets.layers):
             uncovered = sorted(wanted - set(targets.layers))
             raise InputError(f"the precomputed targets cover {targets.images} images and not the layer(s) "
                              f"{', '.join(uncovered) or '-'}; the batches have {images} images")
-        memory = None if memory_mib is None else memory_mib << 20
         return _refit_pass(pruned, order, inputs, targets, _FitOptions(ridge, kept, progress, memory))

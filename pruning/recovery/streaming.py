@@ -1,6 +1,7 @@
 """The pruned pass of reconstruction with bounded memory: the model's ``torch.fx`` graph run one
 node at a time over every calibration batch, with the batches' values beyond a memory budget
-kept in files (see :mod:`pruning.recovery.reconstruction`)."""
+kept in files (see :mod:`pruning.recovery.reconstruction`); and the chunks of the calibration
+batches both models' passes run over within that budget."""
 from __future__ import annotations
 
 import tempfile
@@ -10,10 +11,47 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from torch import fx, nn
 
-__all__ = ["traced", "run_streamed"]
+from pruning.structure import layer_call_order
+
+__all__ = ["call_order_and_largest_output", "chunked", "traced", "run_streamed"]
+
+#: with a memory bound, both models' passes split the calibration batches into chunks whose
+#: largest activation is at most this fraction of it: a forward's activations (and in the
+#: streamed pass a node's input and output, next to the values held) then cost little (a
+#: 128-image batch of a ResNet-50's first stage at 224 px is 411 MB)
+CHUNK_SHARE = 8
+#: but never fewer images than this: a layer's arithmetic (and so its rounding) can depend on the
+#: batch size, and a handful of images per call is where it does
+MIN_CHUNK = 16
 
 #: (layer name, its module, its input in every batch, in order) -> None
 Refit = Callable[[str, nn.Module, Iterator[torch.Tensor]], None]
+
+
+def call_order_and_largest_output(model: nn.Module, image: torch.Tensor) -> tuple[list[str], int]:
+    """The Conv2d/Linear layers in call order and the bytes of the largest tensor a module
+    returns (or the input, if larger), from one forward of one image."""
+    largest = [image.numel() * image.element_size()]
+
+    def measure(module, args, output) -> None:
+        if isinstance(output, torch.Tensor):
+            largest[0] = max(largest[0], output.numel() * output.element_size())
+
+    handles = [m.register_forward_hook(measure) for m in model.modules() if next(m.children(), None) is None]
+    try:
+        order = layer_call_order(model, image)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return order, largest[0]
+
+
+def chunked(batches: Sequence[torch.Tensor], budget: int, image_bytes: int) -> list[torch.Tensor]:
+    """``batches`` split (in order, never merged) into chunks of ``MIN_CHUNK`` images or more
+    whose largest activation (``image_bytes`` per image) takes at most 1/``CHUNK_SHARE`` of
+    ``budget`` bytes."""
+    size = max(MIN_CHUNK, budget // (CHUNK_SHARE * image_bytes))
+    return [piece for x in batches for piece in x.split(size)]
 
 
 def traced(model: nn.Module) -> fx.GraphModule | None:
