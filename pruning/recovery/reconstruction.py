@@ -377,7 +377,7 @@ def reconstruct_consumers(
     budget: RowBudget | None = None,
     seed: int = 0,
     targets: OriginalTargets | None = None,
-    memory_mib: int | None = 1024,
+    memory_mib: int | None = 512,
 ) -> dict[str, ReconstructionReport]:
     """Refit ``layers`` of ``pruned`` in place so that their outputs match ``original``'s.
 
