@@ -57,7 +57,7 @@ def test_conv_target_rows_are_the_outputs_at_those_positions():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 5, 3))
     x = torch.randn(4, 3, 8, 9)
-    targets = original_targets(model, ["0"], [(x, None)], budget=RowBudget(min_rows=50, rows_per_column=1)).layers["0"]
+    targets = original_targets(model, ["0"], [(x, None)], budget=RowBudget(min_rows=50, rows_per_column=1, min_rows_per_column=1)).layers["0"]
     with torch.no_grad():
         rows = model(x).flatten(2).transpose(1, 2).reshape(-1, 5)  # (image * positions + position, channels)
     assert 0 < len(targets.fit) < len(rows)
