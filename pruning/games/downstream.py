@@ -19,6 +19,7 @@ import torch.fx
 from torch import nn
 from torch.fx.node import map_arg
 
+from pruning.statistics.hooks import channels_last
 
 class Unsupported(RuntimeError):
     """The fx downstream path cannot run this model / group."""
@@ -29,14 +30,22 @@ def expand(value: torch.Tensor, m: int) -> torch.Tensor:
     return value.unsqueeze(0).expand(m, *value.shape).reshape(m * value.shape[0], *value.shape[1:])
 
 
-def apply_mask(value: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Multiply channel dim 1 of ``value: [m*B, C, ...]`` by ``mask: float[m, C]`` per coalition."""
+def apply_mask(value: torch.Tensor, mask: torch.Tensor, last: bool = False) -> torch.Tensor:
+    """Multiply the channels of ``value: [m*B, C, ...]`` (``last``: ``[m*B, ..., C]``, as a Linear
+    or LayerNorm over channels-last maps or tokens writes them) by ``mask: float[m, C]`` per coalition."""
     m, c = mask.shape
-    if value.dim() < 2 or value.shape[1] != c or value.shape[0] % m:
-        raise Unsupported(f"observed output of shape {tuple(value.shape)} does not carry {c} channels in dim 1")
+    dim = value.dim() - 1 if last else 1
+    if value.dim() < 2 or value.shape[dim] != c or value.shape[0] % m:
+        raise Unsupported(f"observed output of shape {tuple(value.shape)} does not carry {c} channels in dim {dim}")
     shaped = value.view(m, value.shape[0] // m, *value.shape[1:])
-    scale = mask.view(m, 1, c, *([1] * (value.dim() - 2))).to(value.dtype)
-    return (shaped * scale).view(value.shape)
+    spread = [1] * (value.dim() - 1)
+    spread[dim - 1] = c
+    return (shaped * mask.view(m, 1, *spread).to(value.dtype)).view(value.shape)
+
+
+def channels_last_node(n: torch.fx.Node, modules: dict) -> bool:
+    """Whether fx node ``n`` is a call of a module writing its channels in the last dim."""
+    return n.op == "call_module" and channels_last(modules[n.target], "output")
 
 
 def layer_macs(module: nn.Module, output: torch.Tensor) -> float:
@@ -213,13 +222,13 @@ class DownstreamPlan:
             if isinstance(value, torch.Tensor) and n in split.input_dep and value.dim() > 0 and value.shape[0] == batch:
                 value = expand(value[:images], m)
             if n in split.roots:
-                value = apply_mask(value, mask)
+                value = apply_mask(value, mask, channels_last_node(n, self.forward.modules))
             env[n] = value
         result = None
         for i, n in enumerate(split.exec_nodes):
             value = run_node(n, env, self.forward.modules, self.forward.gm)
             if n in split.masked:
-                value = apply_mask(value, mask)
+                value = apply_mask(value, mask, channels_last_node(n, self.forward.modules))
             if n is split.output:
                 result = value
             env[n] = value

@@ -36,6 +36,7 @@ from torch import nn
 from pruning.games.budget import PassMeter
 from pruning.games.coalitions import VALUES, coalition_masks, coalition_value
 from pruning.games.downstream import DownstreamPlan, ModelForward, Unsupported, apply_mask, build_plan, expand
+from pruning.statistics.hooks import channels_last
 from pruning.structure import ChannelGroup
 from pruning.utils import model_device, preserved_modes
 
@@ -243,7 +244,7 @@ class LayerGame:
         modules = dict(self.model.named_modules())
 
         def hook(module, args, output):
-            return apply_mask(output, mask)
+            return apply_mask(output, mask, channels_last(module, "output"))
 
         handles = [modules[name].register_forward_hook(hook) for name in self.observed]
         try:

@@ -125,8 +125,8 @@ def test_tokens_are_images_of_positions_without_ranks():
     torch.testing.assert_close(hrank.double(), 1 - fc.zeros.double() / 40)
 
 
-@pytest.mark.parametrize("criterion", ["entropy", "hrank"])
-def test_torchvision_convnext_blocks_prune_by_their_statistics(criterion):
+@pytest.mark.parametrize("criterion", ["entropy", "hrank", "shapley", "snpfi"])
+def test_torchvision_convnext_blocks_prune_by_their_statistics_and_games(criterion):
     from family_models import convnext_tiny_blocks
     from pruning.pipeline import prune_with_criterion
     from pruning.planning import PruningConfig
@@ -134,12 +134,12 @@ def test_torchvision_convnext_blocks_prune_by_their_statistics(criterion):
 
     torch.manual_seed(0)
     model = convnext_tiny_blocks().eval()
-    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    x = torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     space = PruningSpace.build(model, x[:1])
-    stats = collect_activation_stats(model, space.groups, [(x, torch.arange(4))],
+    stats = collect_activation_stats(model, space.groups, [(x, torch.arange(16) % 10)],
                                      rank=criterion == "hrank", read_inputs=True)
     assert all(stats.layers[o.key].channels == g.size for g in space.groups for o in g.observed)
     outcome = prune_with_criterion(model, x[:1], create_criterion(criterion), PruningConfig(flops_reduction=0.5),
-                                   ScoringContext(stats=stats), space=space)
-    assert outcome.model(x).shape == (4, 10)
+                                   ScoringContext(calibration=[(x, torch.arange(16) % 10)], stats=stats), space=space)
+    assert outcome.model(x).shape == (16, 10)
     assert abs(1 - count_macs(outcome.model, x) / count_macs(model, x) - 0.5) <= 0.01
