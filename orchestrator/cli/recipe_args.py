@@ -19,7 +19,7 @@ __all__ = ["RECIPE_OPTIONS", "add_recipe_arguments", "recipe_from_args"]
 
 #: recipe field -> its option, for every field the command line sets
 RECIPE_OPTIONS = {
-    "reconstruct": "--reconstruct", "ridge": "--ridge", "bn_batches": "--bn-batches", "bn_data": "--bn-data",
+    "reconstruct": "--reconstruct", "ridge": "--ridge", "reconstruct_rows": "--reconstruct-rows", "bn_batches": "--bn-batches", "bn_data": "--bn-data",
     "finetune_epochs": "--finetune-epochs", "finetune_lr": "--finetune-lr", "weight_decay": "--weight-decay",
     "finetune_subset": "--finetune-subset", "finetune_augment": "--finetune-augment",
     "finetune_max_grad_norm": "--finetune-max-grad-norm", "distill": "--distill",
@@ -61,6 +61,9 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
              "images; --no-reconstruct or --no-recover: off",
     )
     group.add_argument("--ridge", type=float, **unset, help="reconstruction ridge, relative to the input energy")
+    group.add_argument("--reconstruct-rows", type=float, **unset,
+                       help="rows per weight column each reconstruction fit samples at least (default 16: the "
+                            "accuracy of the exact fit; fewer are cheaper for late layers at large inputs)")
     group.add_argument("--bn-batches", type=int, **unset, help="batches for BN recalibration (0: off)")
     group.add_argument("--bn-data", **unset, help="where BN recalibration batches come from: train or calibration")
     group.add_argument("--finetune-epochs", type=int, **unset, help="fine-tuning epochs")

@@ -72,6 +72,11 @@ class RowBudget:
         return min(available - fit, max(self.min_rows // 4, math.ceil(self.check_fraction * fit)))
 
     @classmethod
+    def with_floor(cls, rows_per_column: float) -> "RowBudget":
+        """The default budget with ``min_rows_per_column`` set (``rows_per_column`` raised to it)."""
+        return cls(rows_per_column=max(cls.rows_per_column, rows_per_column), min_rows_per_column=rows_per_column)
+
+    @classmethod
     def unbounded(cls) -> "RowBudget":
         """Every row fits (and none is left to check: the error is measured on the fit rows)."""
         return cls(rows_per_column=float("inf"), cost=float("inf"), check_fraction=0.0)

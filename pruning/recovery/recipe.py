@@ -35,6 +35,7 @@ from pruning.data import Batch, make_loader
 from pruning.devices import Precision
 from pruning.errors import InputError
 from pruning.pipeline import PruneOutcome
+from pruning.recovery.least_squares import RowBudget
 from pruning.recovery.reconstruction import ReconstructionReport, consumers_of, kept_outputs_of, reconstruct_consumers
 from pruning.training import TrainConfig, evaluate, recalibrate_bn, train
 from pruning.utils import model_device
@@ -62,6 +63,9 @@ class RecoveryRecipe:
 
     reconstruct: bool = True
     ridge: float = 1e-3
+    #: rows per column every reconstruction fit samples at least (``RowBudget.min_rows_per_column``):
+    #: the accuracy floor; fewer make late layers at 224 px cheaper to fit and the fits less exact
+    reconstruct_rows: float = RowBudget.min_rows_per_column
     bn_batches: int = 20
     bn_data: str = "train"
     finetune_epochs: int = 0
@@ -89,6 +93,9 @@ class RecoveryRecipe:
             raise RecipeError("bn_data", f"{self.bn_data!r} is unknown; valid: {', '.join(BN_DATA)}")
         if not self.ridge >= 0:
             raise RecipeError("ridge", f"must be >= 0, got {self.ridge}")
+        if isinstance(self.reconstruct_rows, bool) or not (
+                isinstance(self.reconstruct_rows, (int, float)) and 0 <= self.reconstruct_rows <= 1024):
+            raise RecipeError("reconstruct_rows", f"must be a number in [0, 1024], got {self.reconstruct_rows!r}")
         if not self.finetune_lr > 0:
             raise RecipeError("finetune_lr", f"must be > 0, got {self.finetune_lr}")
         if not self.weight_decay >= 0:
@@ -206,7 +213,7 @@ def recover(
         reports = reconstruct_consumers(
             original, pruned, consumers_of(outcome.space, outcome.kept_indices), data.calibration,
             ridge=recipe.ridge, kept_outputs=kept_outputs_of(outcome.space, outcome.kept_indices),
-            seed=recipe.seed, progress=progress,
+            seed=recipe.seed, progress=progress, budget=RowBudget.with_floor(recipe.reconstruct_rows),
         )
         done("reconstructed", started)
     if recipe.bn_batches:

@@ -62,7 +62,7 @@ def test_default_recipe_is_the_best_measured_pipeline():
     ("bn_batches", -1), ("bn_data", "test"), ("finetune_epochs", 1.5), ("finetune_lr", 0.0),
     ("weight_decay", -1e-4), ("finetune_subset", 0), ("distill", 1.5), ("temperature", 0.0),
     ("batch_size", 0), ("reconstruct", "yes"), ("ridge", -1.0), ("finetune_max_grad_norm", 0.0),
-    ("finetune_max_grad_norm", "5"),
+    ("finetune_max_grad_norm", "5"), ("reconstruct_rows", -1), ("reconstruct_rows", True),
 ])
 def test_invalid_recipes_are_input_errors_naming_the_field(field, value):
     with pytest.raises(InputError, match=field):
@@ -86,6 +86,15 @@ def test_every_stage_is_scored_in_order_and_the_original_is_untouched(teacher, d
     assert result.final_accuracy == result.accuracy["finetuned"]
     assert result.reconstruction and any(r.status == "refit" for r in result.reconstruction.values())
     assert _same(before, _state(teacher))
+
+
+def test_the_recipes_row_floor_sets_the_rows_each_fit_samples(teacher, data):
+    rows = {}
+    for floor in (1, 8):
+        result = recover(teacher, _pruned(teacher), RecoveryRecipe(bn_batches=0, reconstruct_rows=floor), data)
+        rows[floor] = {name: report.rows for name, report in result.reconstruction.items()}
+    assert rows[1].keys() == rows[8].keys()
+    assert all(rows[8][name] >= rows[1][name] for name in rows[1]) and rows[8] != rows[1]
 
 
 def test_reconstruction_brings_the_pruned_logits_closer_to_the_original(teacher, data):
