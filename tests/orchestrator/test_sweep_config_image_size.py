@@ -4,9 +4,8 @@ baseline's data is loaded at (else the checkpoint's)."""
 from __future__ import annotations
 
 import pytest
-import torch
-from PIL import Image
 
+from image_folders import write_image_folder
 from orchestrator.studies import StudyConfig
 from orchestrator.sweeps import ConfigError, DataSettings, SweepConfig, prepare_baseline
 from pruning.structure import ModelSpec, save_checkpoint
@@ -27,13 +26,7 @@ def refused(build, data: dict) -> str:
 @pytest.fixture
 def folder_checkpoint(tmp_path):
     """A tiny 3-channel, 2-class model recorded at 16 x 16 on an image folder of 4 + 2 images."""
-    generator = torch.Generator().manual_seed(0)
-    for split, count in (("train", 4), ("val", 1)):
-        for label in ("a", "b"):
-            (tmp_path / split / label).mkdir(parents=True)
-            for i in range(count):
-                pixels = torch.randint(0, 256, (20, 24, 3), dtype=torch.uint8, generator=generator)
-                Image.fromarray(pixels.numpy()).save(tmp_path / split / label / f"{i}.png")
+    write_image_folder(tmp_path, {"train": 4, "val": 1}, ("a", "b"), (20, 24))
     path = tmp_path / "tiny.pt"
     data = {"name": "imagefolder", "root": str(tmp_path), "calibration_size": 4, "image_size": 16}
     save_checkpoint(path, tiny_cnn(2, 3, width=4),

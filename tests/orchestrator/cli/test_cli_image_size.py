@@ -7,10 +7,9 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
-from PIL import Image
 
 from cli_helpers import assert_bad_input, main_json, run_cli, run_json
+from image_folders import write_image_folder
 from orchestrator.cli.common import load_fitting
 from orchestrator.cli.main import build_parser
 from pruning.structure import load_checkpoint, measure_cost
@@ -22,15 +21,7 @@ MODEL = ["--model", "user_models:tiny_cnn", "--model-kwargs", '{"width": 4}']
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     """Two classes of 40 x 30 PNGs: 6 training and 2 validation images each."""
-    root = tmp_path_factory.mktemp("images")
-    generator = torch.Generator().manual_seed(0)
-    for split, count in (("train", 6), ("val", 2)):
-        for label in ("cat", "dog"):
-            (root / split / label).mkdir(parents=True)
-            for i in range(count):
-                pixels = torch.randint(0, 256, (30, 40, 3), dtype=torch.uint8, generator=generator)
-                Image.fromarray(pixels.numpy()).save(root / split / label / f"{i}.png")
-    return root
+    return write_image_folder(tmp_path_factory.mktemp("images"), {"train": 6, "val": 2}, ("cat", "dog"), (30, 40))
 
 
 @pytest.fixture(scope="module")

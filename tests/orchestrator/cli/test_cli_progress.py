@@ -6,10 +6,9 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
-from PIL import Image
 
 from cli_helpers import main_json, run_cli
+from image_folders import write_image_folder
 
 MODEL = ["--model", "user_models:tiny_cnn", "--model-kwargs", '{"width": 4}']
 #: the bars of a prune run whose criterion runs the model (taylor) and whose ratios read
@@ -22,14 +21,7 @@ PRUNE_BARS = ("eval", "calibration images", "activation stats", "scoring", "reco
 def checkpoint(tmp_path_factory):
     """An untrained ``tiny_cnn`` checkpoint on a folder of 16-px PNGs (two classes, 8 calibration,
     8 training and 4 validation images)."""
-    root = tmp_path_factory.mktemp("images")
-    generator = torch.Generator().manual_seed(0)
-    for split, count in (("train", 8), ("val", 2)):
-        for label in ("cat", "dog"):
-            (root / split / label).mkdir(parents=True)
-            for i in range(count):
-                pixels = torch.randint(0, 256, (16, 16, 3), dtype=torch.uint8, generator=generator)
-                Image.fromarray(pixels.numpy()).save(root / split / label / f"{i}.png")
+    root = write_image_folder(tmp_path_factory.mktemp("images"), {"train": 8, "val": 2}, ("cat", "dog"), (16, 16))
     out = tmp_path_factory.mktemp("model") / "tiny.pt"
     main_json("train", *MODEL, "--dataset", "imagefolder", "--data-root", root, "--image-size", "16",
               "--epochs", "0", "--calibration-size", "8", "--out", out)
