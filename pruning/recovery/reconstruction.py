@@ -322,7 +322,7 @@ def _refit_pass(pruned: nn.Module, order: Sequence[str], inputs: Sequence[torch.
             bar.update()
 
     device = model_device(pruned)
-    graph = traced(pruned) if fit.memory is not None else None
+    graph = traced(pruned, inputs[0][:1].to(device)) if fit.memory is not None else None
     try:
         if graph is not None:
             run_streamed(graph, [x.to(device) for x in inputs], set(order), refit, fit.memory)

@@ -54,11 +54,24 @@ def chunked(batches: Sequence[torch.Tensor], budget: int, image_bytes: int) -> l
     return [piece for x in batches for piece in x.split(size)]
 
 
-def traced(model: nn.Module) -> fx.GraphModule | None:
-    """``model``'s fx graph (sharing its modules), or None when fx cannot trace it."""
+def traced(model: nn.Module, image: torch.Tensor) -> fx.GraphModule | None:
+    """``model``'s fx graph (sharing its modules), or None when fx cannot trace it or the graph,
+    run node by node as the streamed pass runs it, does not give the model's output on ``image``
+    (one image; e.g. a traced branch on a value fx recorded as a constant)."""
     try:
-        return fx.symbolic_trace(model)
-    except Exception:  # noqa: BLE001 - any tracing failure means: run the model in one pass
+        graph = fx.symbolic_trace(model)
+        store = _Store(budget=1 << 62, folder=Path("."))  # in memory: nothing is written
+        for node in graph.graph.nodes:
+            if node.op == "output":
+                output = fx.node.map_arg(node.args[0], lambda n: store.get((n.name, 0)))
+                break
+            _run_node(graph, dict(graph.named_modules()), node, 0, image, store)
+        expected = model(image)
+        if not (isinstance(output, torch.Tensor) and isinstance(expected, torch.Tensor)
+                and torch.allclose(output, expected, rtol=1e-4, atol=1e-5)):
+            return None
+        return graph
+    except Exception:  # noqa: BLE001 - any failure of the graph means: run the model in one pass
         return None
 
 
@@ -123,8 +136,8 @@ def run_streamed(graph: fx.GraphModule, batches: Sequence[torch.Tensor], refit_l
 
 
 def _run_node(graph: fx.GraphModule, modules: dict, node: fx.Node, k: int, batch: torch.Tensor, store: _Store) -> None:
-    if node.op == "placeholder":
-        store.put((node.name, k), batch)
+    if node.op == "placeholder":  # the images, or an optional argument's default (timm's attn_mask)
+        store.put((node.name, k), node.args[0] if node.args else batch)
         return
     inputs = {n: store.get((n.name, k)) for n in node.all_input_nodes}
     versions = {n: v._version for n, v in inputs.items() if isinstance(v, torch.Tensor)}
