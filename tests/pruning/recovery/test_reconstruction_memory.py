@@ -42,12 +42,13 @@ def test_both_passes_run_chunks_of_the_batches_with_the_same_fit(pruned_cnn):
         for handle in handles:
             handle.remove()
         results[memory_mib] = net.state_dict()
-    # (the pruned model's first call: the one-image forward that finds the call order) every image
-    # at once; chunks of 16 when each image's largest activation is over 1/8 of the bound; the
-    # batches whole within it
+    # (the pruned model's first calls: the one-image forward that finds the call order, and when
+    # streamed, the traced graph's and the model's own forward of one image that check the graph)
+    # every image at once; chunks of 16 when each image's largest activation is over 1/8 of the
+    # bound; the batches whole within it
     assert seen[None] == {"original": [40, 40], "pruned": [1, 80]}
-    assert seen[0] == {"original": [16, 16, 8, 16, 16, 8], "pruned": [1, 16, 16, 8, 16, 16, 8]}
-    assert seen[1024] == {"original": [40, 40], "pruned": [1, 40, 40]}
+    assert seen[0] == {"original": [16, 16, 8, 16, 16, 8], "pruned": [1, 1, 1, 16, 16, 8, 16, 16, 8]}
+    assert seen[1024] == {"original": [40, 40], "pruned": [1, 1, 1, 40, 40]}
     for memory_mib in (0, 1024):
         for key, value in results[None].items():
             torch.testing.assert_close(results[memory_mib][key], value, rtol=1e-5, atol=1e-6, msg=key)
