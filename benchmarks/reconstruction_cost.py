@@ -1,10 +1,11 @@
 """Cost of the least-squares reconstruction at ImageNet resolution, and the error its row budget adds.
 
-1. Cost (``--models`` x ``--images``, each in a fresh child process so that its peak resident
+1. Cost (``--models`` x ``--images`` x ``--floors``, each in a fresh child process so that its peak resident
    memory is its own): a torchvision model (random init, seeded) pruned with L1 at
    ``--flops-reduction`` of its MACs (``prune_with_criterion``, the default strategy and
    planning), then ``reconstruct_consumers`` on ``--images`` random 224 px images in batches of
-   ``--batch-size``. Reported: reconstruction seconds as a ratio to a plain forward pass of the
+   ``--batch-size``, each fit sampling at least ``--floors`` rows per column (the recipe's
+   ``reconstruct_rows``). Reported: reconstruction seconds as a ratio to a plain forward pass of the
    unpruned model over the same images, timed in the same process (wall times vary with load),
    and the peak resident set size of the process (model, data, pruning and reconstruction).
 2. Error of the row budget (``--error-model``, small inputs): the same pruning, then the
@@ -12,12 +13,14 @@
    copies; per layer, the relative error of each fit on the budgeted run's check rows, and the
    relative MSE of the final logits vs the unpruned model's on held-out images.
 
-    python benchmarks/reconstruction_cost.py --threads 2 --out benchmarks/results/reconstruction_cost.json
+    python benchmarks/reconstruction_cost.py --threads 2 --floors 16 4 1 --skip-error \\
+        --out benchmarks/results/reconstruction_cost.json
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
 import os
 import resource
@@ -67,11 +70,12 @@ def cost(args) -> dict:
         forward = time.perf_counter() - started
     rss_before = _peak_rss_mib()
     started = time.perf_counter()
-    reports = reconstruct_consumers(model, outcome.model, layers, batches,
+    reports = reconstruct_consumers(model, outcome.model, layers, batches, budget=RowBudget.with_floor(args.floor),
                                     kept_outputs=kept_outputs_of(outcome.space, outcome.kept_indices))
     seconds = time.perf_counter() - started
     return {
         "model": args.model, "images": args.images, "threads": args.threads, "layers": len(layers),
+        "min_rows_per_column": args.floor,
         "planned_reduction": outcome.planned_reduction, "forward_seconds": forward,
         "reconstruction_seconds": seconds, "ratio_to_forward": seconds / forward,
         "peak_rss_mib_before_reconstruction": rss_before, "peak_rss_mib": _peak_rss_mib(),
@@ -125,26 +129,27 @@ def main() -> None:
     parser.add_argument("--flops-reduction", type=float, default=0.5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--floors", nargs="+", type=float, default=[RowBudget.min_rows_per_column],
+                        help="rows per column each fit samples at least (the recipe's reconstruct_rows)")
     parser.add_argument("--error-model", default="torchvision:resnet18")
     parser.add_argument("--error-size", type=int, default=64)
     parser.add_argument("--error-images", type=int, default=128)
     parser.add_argument("--skip-error", action="store_true")
     parser.add_argument("--out", default="benchmarks/results/reconstruction_cost.json")
-    parser.add_argument("--child", nargs=2, metavar=("MODEL", "IMAGES"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=3, metavar=("MODEL", "IMAGES", "FLOOR"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        args.model, args.images = args.child[0], int(args.child[1])
+        args.model, args.images, args.floor = args.child[0], int(args.child[1]), float(args.child[2])
         print(json.dumps(cost(args)))
         return
     runs = []
-    for model in args.models:
-        for images in args.images:
-            child = [sys.executable, __file__, "--child", model, str(images), "--threads", str(args.threads),
-                     "--batch-size", str(args.batch_size), "--flops-reduction", str(args.flops_reduction),
-                     "--seed", str(args.seed)]
-            out = subprocess.run(child, check=True, capture_output=True, text=True).stdout
-            runs.append(json.loads(out.strip().splitlines()[-1]))
-            print(json.dumps(runs[-1]), flush=True)
+    for model, images, floor in itertools.product(args.models, args.images, args.floors):
+        child = [sys.executable, __file__, "--child", model, str(images), str(floor), "--threads", str(args.threads),
+                 "--batch-size", str(args.batch_size), "--flops-reduction", str(args.flops_reduction),
+                 "--seed", str(args.seed)]
+        out = subprocess.run(child, check=True, capture_output=True, text=True).stdout
+        runs.append(json.loads(out.strip().splitlines()[-1]))
+        print(json.dumps(runs[-1]), flush=True)
     result = {"load_average": os.getloadavg(), "cost": runs}
     if not args.skip_error:
         result["budget_error"] = budget_error(args)
