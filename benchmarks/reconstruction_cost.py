@@ -15,6 +15,8 @@
 
     python benchmarks/reconstruction_cost.py --threads 2 --floors 16 4 1 --skip-error \\
         --out benchmarks/results/reconstruction_cost.json
+    python benchmarks/reconstruction_cost.py --report benchmarks/results/reconstruction_cost.json \\
+        [--write docs/scale.md --key reconstruction-cost]
 """
 from __future__ import annotations
 
@@ -27,15 +29,19 @@ import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 
-from pruning.criteria import create_criterion
-from pruning.models import create_model
-from pruning.pipeline import prune_with_criterion
-from pruning.planning import PruningConfig
-from pruning.recovery import RowBudget, consumers_of, kept_outputs_of, reconstruct_consumers
-from pruning.utils import atomic_write
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.docs_blocks import add_block_arguments, write_or_print  # noqa: E402
+from pruning.criteria import create_criterion  # noqa: E402
+from pruning.models import create_model  # noqa: E402
+from pruning.pipeline import prune_with_criterion  # noqa: E402
+from pruning.planning import PruningConfig  # noqa: E402
+from pruning.recovery import RowBudget, consumers_of, kept_outputs_of, reconstruct_consumers  # noqa: E402
+from pruning.utils import atomic_write  # noqa: E402
 
 
 def _peak_rss_mib() -> float:
@@ -120,6 +126,21 @@ def budget_error(args) -> dict:
     return result
 
 
+def render(result: dict) -> str:
+    """The cost runs as a table: per model and image count, the ratio to a forward for each floor."""
+    floors = sorted({run.get("min_rows_per_column", RowBudget.min_rows_per_column) for run in result["cost"]},
+                    reverse=True)
+    cell = {(run["model"], run["images"], run.get("min_rows_per_column", RowBudget.min_rows_per_column)): run
+            for run in result["cost"]}
+    lines = ["| model | images | " + " | ".join(f"floor {f:g}: x forward (peak MiB)" for f in floors) + " |",
+             "|---|---|" + "---|" * len(floors)]
+    for model, images in dict.fromkeys((run["model"], run["images"]) for run in result["cost"]):
+        cells = [f"{c['ratio_to_forward']:.2f} ({c['peak_rss_mib']:.0f})" if (c := cell.get((model, images, f)))
+                 else "-" for f in floors]
+        lines.append(f"| {model} | {images} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["torchvision:resnet18", "torchvision:resnet50",
@@ -136,8 +157,13 @@ def main() -> None:
     parser.add_argument("--error-images", type=int, default=128)
     parser.add_argument("--skip-error", action="store_true")
     parser.add_argument("--out", default="benchmarks/results/reconstruction_cost.json")
+    parser.add_argument("--report", metavar="FILE", help="render a result file instead of measuring")
+    add_block_arguments(parser)
     parser.add_argument("--child", nargs=3, metavar=("MODEL", "IMAGES", "FLOOR"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.report:
+        write_or_print(parser, args, render(json.loads(open(args.report).read())))
+        return
     if args.child:
         args.model, args.images, args.floor = args.child[0], int(args.child[1]), float(args.child[2])
         print(json.dumps(cost(args)))
