@@ -144,7 +144,7 @@ def test_nothing_pruned_keeps_outputs(kind, calibration, held_out, model_of):
     assert list(reports) == layers
     for report in reports.values():
         assert report.status == "kept"  # nothing to gain: the weights stay as they are
-        assert report.error_before < 1e-10
+        assert report.error_before < 1e-6  # the targets' float16 rounding: about 4e-8
         assert report.error_after < 1e-6
     torch.testing.assert_close(_logits(pruned, held_out), _logits(model, held_out), rtol=1e-5, atol=1e-5)
 
@@ -205,7 +205,7 @@ def test_sampled_receptive_fields_of_large_inputs_are_solved_back():
     budget = RowBudget(rows_per_column=1, min_rows_per_column=0, cost=1, min_rows=3000, check_fraction=0)
     reports = reconstruct_consumers(model, damaged, ["0"], [x], ridge=0.0, budget=budget)
     assert reports["0"].status == "refit" and reports["0"].rows == 3000
-    assert reports["0"].error_before > 0.1 and reports["0"].error_after < 1e-9
+    assert reports["0"].error_before > 0.1 and reports["0"].error_after < 1e-6  # float16 targets: about 4e-8
     torch.testing.assert_close(damaged[0].weight, model[0].weight, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(damaged[0].bias, model[0].bias, rtol=1e-4, atol=1e-5)
 
