@@ -35,14 +35,18 @@ DEFAULT_MODELS = (
 ).split()
 
 
-def build(name: str):
+#: models that build only at one input size (MaxViT's window partition needs 224 px)
+FIXED_SIZES = {"maxvit_t": 224}
+
+
+def build(name: str, size: int):
     import torch
     if name.startswith("timm:"):
         import timm
-        return timm.create_model(name[5:], pretrained=False, num_classes=10, img_size=64) \
+        return timm.create_model(name[5:], pretrained=False, num_classes=10, img_size=size) \
             if "deit" in name or "vit" in name else timm.create_model(name[5:], pretrained=False, num_classes=10)
     import torchvision
-    kwargs = {"image_size": 64} if name.startswith("vit_") else {"input_size": (64, 64)} if name == "maxvit_t" else {}
+    kwargs = {"image_size": size} if name.startswith("vit_") else {"input_size": (size, size)} if name == "maxvit_t" else {}
     if name in ("googlenet", "inception_v3"):
         kwargs.update(aux_logits=False, init_weights=False)
     torch.manual_seed(0)
@@ -58,7 +62,8 @@ def run_one(name: str, size: int, target: float) -> dict:
     from pruning.structure import PruningSpace, count_macs
 
     torch.set_num_threads(2)
-    model = build(name).eval()
+    size = FIXED_SIZES.get(name, size)
+    model = build(name, size).eval()
     x = torch.randn(1, 3, size, size)
     start = time.perf_counter()
     try:
@@ -69,9 +74,10 @@ def run_one(name: str, size: int, target: float) -> dict:
         with torch.no_grad():
             out = outcome.model(x)
     except InputError as err:
-        return {"model": name, "outcome": "refused", "error": str(err), "seconds": time.perf_counter() - start}
+        return {"model": name, "size": size, "outcome": "refused", "error": str(err),
+                "seconds": round(time.perf_counter() - start, 1)}
     measured = 1 - count_macs(outcome.model, x) / count_macs(model, x)
-    return {"model": name, "outcome": "pruned", "planned": round(outcome.planned_reduction, 4),
+    return {"model": name, "size": size, "outcome": "pruned", "planned": round(outcome.planned_reduction, 4),
             "measured": round(measured, 4), "output": list(out.shape), "groups": len(space.groups),
             "excluded": len(getattr(space, "excluded", ())), "build_s": round(built, 1),
             "seconds": round(time.perf_counter() - start, 1)}
@@ -94,14 +100,14 @@ def measure(name: str, args: argparse.Namespace) -> dict:
 
 def render(result: dict) -> str:
     """The result file as a Markdown table, one row per model."""
-    rows = ["| model | outcome | planned | measured MACs red. | groups | excluded | seconds | one-line reason |",
-            "|---|---|---|---|---|---|---|---|"]
+    rows = ["| model | px | outcome | planned | measured MACs red. | groups | excluded | seconds | one-line reason |",
+            "|---|---|---|---|---|---|---|---|---|"]
     for run in result["runs"].values():
-        cells = [run["model"], run["outcome"], _percent(run.get("planned")), _percent(run.get("measured")),
+        cells = [run["model"], run.get("size", result["size"]), run["outcome"], _percent(run.get("planned")), _percent(run.get("measured")),
                  run.get("groups", "-"), run.get("excluded", "-"), run.get("seconds", "-"),
                  run.get("error", "").replace("|", "\\|")]
         rows.append("| " + " | ".join(str(c) for c in cells) + " |")
-    return (f"{result['size']}x{result['size']} px, L1 at -{result['target']:.0%} MACs, random init.\n\n"
+    return (f"One image, L1 at -{result['target']:.0%} MACs, random init; `px`: the input size.\n\n"
             + "\n".join(rows))
 
 
