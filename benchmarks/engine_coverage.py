@@ -35,8 +35,9 @@ DEFAULT_MODELS = (
 ).split()
 
 
-#: models that build only at one input size (MaxViT's window partition needs 224 px)
-FIXED_SIZES = {"maxvit_t": 224}
+#: models that need an input size of their own: MaxViT's window partition 224 px, Inception-v3's
+#: stem at least 75 px
+FIXED_SIZES = {"maxvit_t": 224, "inception_v3": 96}
 
 
 def build(name: str, size: int):
