@@ -23,7 +23,7 @@ import torch
 from orchestrator import cli
 from orchestrator.distributed import DistributedShapley, WorkerPool, distributed_shapley, distributed_stats
 from pruning.criteria import ScoringContext, create_criterion
-from pruning.games import BlockMerge, LayerGame, ShapleyOptions, calibration_batch, estimate_block, shapley_blocks
+from pruning.games import BlockMerge, LayerGame, ShapleyOptions, estimate_block, shapley_blocks
 from pruning.structure import PruningSpace
 from pruning.statistics import collect_activation_stats
 from tiny_models import TinyResNet
@@ -211,7 +211,7 @@ def test_stats_killed_actor_loses_nothing(tiny_resnet, groups, batches, pool, tm
 
 def _blocks_in_process(model, groups, batches, options, seed):
     """What the actors compute, block by block in this process, merged in block order."""
-    inputs, targets = calibration_batch(batches, options.batch_size)
+    inputs, targets = options.game_batch(batches, seed)
     out = {}
     for group in groups:
         game = LayerGame(model, group, inputs, targets, value=options.value, mode=options.mode)
