@@ -105,11 +105,15 @@ def render(result: dict) -> str:
             "|---|---|---|---|---|---|---|---|---|"]
     for run in result["runs"].values():
         cells = [run["model"], run.get("size", result["size"]), run["outcome"], _percent(run.get("planned")), _percent(run.get("measured")),
-                 run.get("groups", "-"), run.get("excluded", "-"), run.get("seconds", "-"),
+                 run.get("groups", "-"), run.get("excluded", "-"), _seconds(run.get("seconds")),
                  run.get("error", "").replace("|", "\\|")]
         rows.append("| " + " | ".join(str(c) for c in cells) + " |")
     return (f"One image, L1 at -{result['target']:.0%} MACs, random init; `px`: the input size.\n\n"
             + "\n".join(rows))
+
+
+def _seconds(value) -> str:
+    return "-" if value is None else f"{value:.1f}"
 
 
 def _percent(value) -> str:
