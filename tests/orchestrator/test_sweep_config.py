@@ -49,7 +49,7 @@ def refused(data: dict) -> str:
     ({**BASE, "sweeps": {}}, "sweeps: unknown key; valid: name, checkpoint, data, recipe, space, sweep, tracking, run_dir"),
     (config_with(sweep={"trails": 3}), "sweep.trails: unknown key; valid: trials, concurrency, sampler"),
     (config_with(data={"bn_batch": 2}), "data.bn_batch: unknown key; valid: calibration_images"),
-    (config_with(recipe={"bogus": 1}), "recipe.bogus: unknown key; valid: reconstruct, ridge, bn_batches"),
+    (config_with(recipe={"bogus": 1}), "recipe.bogus: unknown key; valid: reconstruct, ridge, reconstruct_rows, bn_batches"),
     # the keys that moved into the recipe, and the seed the sweep sets, are named with their place
     (config_with(data={"bn_batches": 2}), "data.bn_batches: set recipe.bn_batches instead"),
     (config_with(data={"finetune_subset": 64}), "data.finetune_subset: set recipe.finetune_subset instead"),
