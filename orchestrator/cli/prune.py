@@ -129,6 +129,7 @@ def run(args: argparse.Namespace) -> CommandResult:
     ratio_weights, config, scores = _ratio_prior(args, ratio_source, criterion, model, space, config, context)
     outcome = prune_with_criterion(model, example, criterion, config, context, ratio_weights=ratio_weights,
                                    space=space, scores=scores)
+    del context, stats, stats_file  # the statistics (Gram matrices, histograms) are not needed by the recovery
     recovery = recover(model, outcome, recipe, recovery_data_for(splits, batches, scoring), progress=progress,
                        amp=args.amp)
 
