@@ -96,7 +96,7 @@ def run(args) -> dict:
     rows = []
     for label in args.variants:
         edges, options, sign = VARIANTS[label]
-        # the variants were measured on the producers' outputs, entropy's default before session 7
+        # the variants were measured on the producers' outputs, entropy's earlier default
         scores = create_criterion("entropy", source="producer", **options).score(
             model, groups, ScoringContext(stats=stats[edges]))
         rows += cells(label, None, {k: sign * v for k, v in scores.items()})

@@ -234,7 +234,7 @@ def main() -> None:
     parser.add_argument("--distill", type=float, default=0.5)
     parser.add_argument("--finetune-max-grad-norm", type=lambda v: None if v.lower() == "none" else float(v),
                         default=RecoveryRecipe().finetune_max_grad_norm,
-                        help="the fine-tune's gradient clipping norm ('none': off, as every run before session 15)")
+                        help="the fine-tune's gradient clipping norm ('none': off, as in the earlier runs)")
     parser.add_argument("--test-subset", type=int, default=5000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--finetune-seed", type=int, default=0,
