@@ -1,15 +1,13 @@
 """After pruning: the one recovery recipe (reconstruction, BN recalibration, fine-tuning and
 distillation) and the least-squares reconstruction it uses."""
+from pruning.recovery.least_squares import RowBudget  # noqa: F401
 from pruning.recovery.reconstruction import (  # noqa: F401
-    LayerTargets,
-    OriginalTargets,
     ReconstructionReport,
-    RowBudget,
     consumers_of,
     kept_outputs_of,
-    original_targets,
     reconstruct_consumers,
 )
+from pruning.recovery.targets import LayerTargets, OriginalTargets, original_targets  # noqa: F401
 from pruning.recovery.recipe import (  # noqa: F401
     BN_DATA,
     STAGES,
