@@ -21,6 +21,7 @@ from torch.fx.node import map_arg
 
 from pruning.statistics.hooks import channels_last
 
+
 class Unsupported(RuntimeError):
     """The fx downstream path cannot run this model / group."""
 

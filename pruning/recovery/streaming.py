@@ -61,11 +61,12 @@ def traced(model: nn.Module, image: torch.Tensor) -> fx.GraphModule | None:
     try:
         graph = fx.symbolic_trace(model)
         store = _Store(budget=1 << 62, folder=Path("."))  # in memory: nothing is written
+        modules = dict(graph.named_modules())
         for node in graph.graph.nodes:
             if node.op == "output":
                 output = fx.node.map_arg(node.args[0], lambda n: store.get((n.name, 0)))
                 break
-            _run_node(graph, dict(graph.named_modules()), node, 0, image, store)
+            _run_node(graph, modules, node, 0, image, store)
         expected = model(image)
         if not (isinstance(output, torch.Tensor) and isinstance(expected, torch.Tensor)
                 and torch.allclose(output, expected, rtol=1e-4, atol=1e-5)):

@@ -12,8 +12,6 @@ from dataclasses import dataclass
 
 import torch
 
-
-
 #: which tensors a statistics criterion reads (see :meth:`ChannelGroup.observations`)
 SOURCES = ("producer", "consumer")
 #: which tensor of a module an observation hooks
