@@ -4,7 +4,9 @@ into a :class:`torch.device` and an autocast/GradScaler setting.
 * :func:`resolve_device`: ``auto`` (CUDA if available, else the CPU), ``cpu``, ``cuda``,
   ``cuda:N`` or ``mps``; a name this machine cannot serve is a one-line
   :class:`~pruning.errors.InputError` naming the ones it can.
-* :func:`eval_batch_size`: the batch every evaluation loader uses on a device.
+* :func:`eval_batch_size`: the batch every evaluation loader uses on a device, and
+  :func:`images_per_pass`: how many images of a size one inference-only pass holds (on the CPU
+  at most :data:`CPU_PASS_PIXELS` pixels, so that 224-px images do not take 128 at once).
 * :class:`Precision`: mixed precision (``bf16`` or ``fp16``, CUDA only) for training and
   evaluation: :meth:`Precision.autocast` around the forward pass, :meth:`Precision.scaler` (a
   ``GradScaler``, enabled for ``fp16`` only) around the backward pass. ``Precision()`` (no amp)
@@ -25,7 +27,8 @@ import torch
 from pruning.errors import InputError
 
 __all__ = [
-    "AMP_MODES", "DEVICE_NAMES", "Precision", "check_amp", "eval_batch_size", "resolve_device", "valid_devices",
+    "AMP_MODES", "CPU_PASS_PIXELS", "DEVICE_NAMES", "Precision", "check_amp", "eval_batch_size", "images_per_pass",
+    "resolve_device", "valid_devices",
 ]
 
 #: every name :func:`resolve_device` understands (``cuda:N`` for a CUDA device index)
@@ -37,6 +40,10 @@ _CUDA_INDEX = re.compile(r"cuda:(\d+)")
 #: evaluation batch on the CPU: measured on ResNet-20 (28x28, 1 thread), scoring 2,000 images
 #: takes 15-25% less time at 128 than at 512 (likely the cache: a 128-image batch's activations fit)
 _CPU_EVAL_BATCH = 128
+#: the most input pixels (images x height x width) one inference-only pass holds on the CPU: 32
+#: images at 224 px. A ResNet-50 pass over 128 such images holds about 1.6 GB of activations
+#: (docs/scale.md, prune memory); at 112 px and below the batch is not cut.
+CPU_PASS_PIXELS = 32 * 224 * 224
 #: evaluation batch on an accelerator, where a larger batch keeps it busy
 _ACCELERATOR_EVAL_BATCH = 512
 
@@ -57,10 +64,20 @@ def valid_devices() -> list[str]:
     return names
 
 
-def eval_batch_size(device: torch.device | str) -> int:
+def eval_batch_size(device: torch.device | str, image_shape: tuple[int, ...] | None = None) -> int:
     """The batch size of evaluation loaders (accuracy only: no gradients, no BN statistics, so
-    it changes the time and not the result)."""
-    return _CPU_EVAL_BATCH if torch.device(device).type == "cpu" else _ACCELERATOR_EVAL_BATCH
+    it changes the time and not the result), for images of ``image_shape`` (C, H, W) when known."""
+    wanted = _CPU_EVAL_BATCH if torch.device(device).type == "cpu" else _ACCELERATOR_EVAL_BATCH
+    return wanted if image_shape is None else images_per_pass(device, image_shape, wanted)
+
+
+def images_per_pass(device: torch.device | str, image_shape: tuple[int, ...], wanted: int) -> int:
+    """How many of ``wanted`` images of ``image_shape`` (..., H, W) one inference-only pass on
+    ``device`` takes: all of them on an accelerator; on the CPU at most :data:`CPU_PASS_PIXELS`
+    pixels' worth (at least one image)."""
+    if torch.device(device).type != "cpu" or len(image_shape) < 2:
+        return wanted
+    return max(1, min(wanted, CPU_PASS_PIXELS // (image_shape[-1] * image_shape[-2])))
 
 
 def resolve_device(name: str | torch.device | None = "auto", *, option: str = "--device") -> torch.device:

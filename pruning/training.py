@@ -26,7 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from pruning.devices import Precision
+from pruning.devices import Precision, images_per_pass
 from pruning.errors import InputError
 from pruning.utils import model_device, preserved_modes
 
@@ -278,6 +278,11 @@ def recalibrate_bn(
     Only the BatchNorm layers run in train mode; every other module stays in eval mode, so
     e.g. dropout does not distort the statistics that inference will see. Weights are never
     touched; momentum and train/eval modes are restored afterwards.
+
+    A batch larger than one pass holds (:func:`pruning.devices.images_per_pass`: on the CPU,
+    32 images at 224 px) runs in equal slices, each one forward and one set of statistics in
+    the average: every slice's are unbiased estimates of the same population's, and the
+    memory stays that of a slice.
     """
     if num_batches <= 0:
         raise InputError(f"num_batches must be > 0, got {num_batches}")
@@ -302,7 +307,9 @@ def recalibrate_bn(
                 desc="BN recalibration", disable=not progress, leave=False,
             )
             for inputs, _ in batches:
-                model(inputs.to(device))
+                slices = math.ceil(inputs.shape[0] / images_per_pass(device, tuple(inputs.shape[1:]), inputs.shape[0]))
+                for piece in torch.tensor_split(inputs, slices):
+                    model(piece.to(device))
                 seen += 1
         finally:
             for norm, momentum in zip(norms, momenta):

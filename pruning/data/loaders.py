@@ -135,10 +135,11 @@ def make_loader(
 def make_eval_loader(dataset: Dataset, device: torch.device | str, *, num_workers: int = 0,
                      pin_memory: bool = False) -> DataLoader:
     """The dataset in order, in batches of :func:`pruning.devices.eval_batch_size` for
-    ``device``: what every evaluation (accuracy only) reads."""
+    ``device`` and the size of its first image: what every evaluation (accuracy only) reads."""
     from pruning.devices import eval_batch_size
 
-    return make_loader(dataset, eval_batch_size(device), shuffle=False, num_workers=num_workers,
+    shape = tuple(dataset[0][0].shape) if len(dataset) else None
+    return make_loader(dataset, eval_batch_size(device, shape), shuffle=False, num_workers=num_workers,
                        pin_memory=pin_memory)
 
 

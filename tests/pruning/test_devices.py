@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pruning.data import Augmentation, make_loader
-from pruning.devices import Precision, check_amp, eval_batch_size, resolve_device, valid_devices
+from pruning.devices import CPU_PASS_PIXELS, Precision, check_amp, eval_batch_size, images_per_pass, resolve_device, valid_devices
 from pruning.errors import InputError
 from pruning.training import TrainConfig, evaluate, train
 from tiny_models import TinyCNN, with_random_bn_stats
@@ -165,3 +165,12 @@ def test_cuda_evaluation_matches_the_cpu():
     on_gpu = evaluate(model.to("cuda"), make_loader(data, 32, shuffle=False))
     assert on_gpu.accuracy == pytest.approx(on_cpu.accuracy, abs=1 / 64)
     assert on_gpu.loss == pytest.approx(on_cpu.loss, rel=1e-3)
+
+
+def test_a_cpu_pass_holds_a_bounded_number_of_pixels():
+    """Small images keep the whole batch; 224-px images are cut to CPU_PASS_PIXELS; accelerators keep it."""
+    assert images_per_pass("cpu", (1, 28, 28), 128) == 128
+    assert images_per_pass("cpu", (3, 224, 224), 128) == CPU_PASS_PIXELS // (224 * 224) == 32
+    assert images_per_pass("cpu", (3, 4096, 4096), 128) == 1
+    assert images_per_pass(torch.device("cuda"), (3, 224, 224), 128) == 128
+    assert eval_batch_size("cpu", (3, 224, 224)) == 32 and eval_batch_size("cpu", (1, 28, 28)) == eval_batch_size("cpu")

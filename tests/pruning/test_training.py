@@ -187,6 +187,19 @@ def test_recalibrate_bn_keeps_other_modules_in_their_mode():
     assert model.training and model[0].training and model[1].training
 
 
+def test_recalibrate_bn_slices_a_batch_too_large_for_one_cpu_pass():
+    """64 images of 224 px run as two passes of 32 (the CPU's pixel bound): the same mean, and
+    the variance as the average of two unbiased estimates of it."""
+    calls = []
+    norm = nn.BatchNorm2d(3)
+    norm.register_forward_pre_hook(lambda module, args: calls.append(args[0].shape[0]))
+    inputs = torch.randn(64, 3, 224, 224, generator=torch.Generator().manual_seed(0)) * 2 + 1
+    recalibrate_bn(norm, [(inputs, torch.zeros(64))], num_batches=1)
+    assert calls == [32, 32]
+    torch.testing.assert_close(norm.running_mean, inputs.mean((0, 2, 3)))
+    torch.testing.assert_close(norm.running_var, inputs.var((0, 2, 3)), rtol=1e-3, atol=0)
+
+
 def test_recalibrate_bn_refuses_empty_input():
     with pytest.raises(InputError, match="num_batches must be > 0"):
         recalibrate_bn(nn.BatchNorm1d(2), [], num_batches=0)
