@@ -148,15 +148,21 @@ def _fit(name: str, layer: nn.Module, batches: Iterable[torch.Tensor], targets: 
     fit_y, check_y = (y.to(device, torch.float32).reshape(-1, shape.groups, shape.outputs).transpose(0, 1)
                       for y in (fit_target, check_target))
     rows, checked = fit_x.shape[1], check_x.shape[1]
-    if not checked:
-        check_x, check_y = fit_x, fit_y
-    energy = float(torch.linalg.vector_norm(check_y)) ** 2
-    change = ridge_update(fit_x, fit_y - torch.bmm(fit_x, weights), ridge, shape.columns - int(shape.bias))
+    residual = fit_y - torch.bmm(fit_x, weights)
+    change = ridge_update(fit_x, residual, ridge, shape.columns - int(shape.bias))
+    refit = weights if change is None else weights + change
+    if checked:
+        energy = float(torch.linalg.vector_norm(check_y)) ** 2
+        errors = squared_errors(check_x, [weights] if change is None else [weights, refit], check_y)
+    else:  # measured on the fit rows, whose residual is at hand: one product less
+        energy = float(torch.linalg.vector_norm(fit_y)) ** 2
+        errors = [float(torch.linalg.vector_norm(residual)) ** 2]
+        if change is not None:
+            errors.append(float(torch.linalg.vector_norm(residual - torch.bmm(fit_x, change))) ** 2)
+    before = _relative(errors[0], energy)
     if change is None:
-        before = _relative(squared_errors(check_x, [weights], check_y)[0], energy)
         return ReconstructionReport(name, before, before, "kept", rows, checked)
-    refit = weights + change
-    before, after = (_relative(e, energy) for e in squared_errors(check_x, [weights, refit], check_y))
+    after = _relative(errors[1], energy)
     if not after < before * (1 - _MIN_GAIN) - _ROUNDING:
         return ReconstructionReport(name, before, before, "kept", rows, checked)
     write_weights(layer, shape, refit)

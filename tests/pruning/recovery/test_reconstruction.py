@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from pruning.errors import InputError
-from pruning.recovery.least_squares import ridge_update
+from pruning.recovery.least_squares import gram, ridge_update
 from pruning.structure import PruningSpace, prune_model
 from pruning.recovery import (
     OriginalTargets,
@@ -397,3 +397,12 @@ def test_precomputed_targets_give_the_same_fit(calibration, model_of):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=k)
     with pytest.raises(InputError, match="precomputed targets cover 256 images"):
         reconstruct_consumers(model, shared, layers, calibration[:1], targets=targets, **options)
+
+
+@pytest.mark.parametrize("groups,rows,columns,block", [(1, 50, 7, 3), (3, 40, 16, 16), (2, 9, 20, 6), (1, 5, 1, 4)])
+def test_gram_equals_the_full_product(groups, rows, columns, block):
+    """The strip-wise product (upper blocks and their mirror) is x^T x for any width and strip."""
+    x = torch.randn(groups, rows, columns, generator=torch.Generator().manual_seed(columns))
+    got = gram(x, block=block)
+    torch.testing.assert_close(got, torch.bmm(x.transpose(1, 2), x), rtol=1e-5, atol=1e-5)
+    assert torch.equal(got, got.transpose(1, 2))
