@@ -7,7 +7,7 @@ Median of ``--repeats`` timed runs after warm-up, fixed thread count, batch 1 an
     python benchmarks/latency.py --checkpoint runs/bench/resnet20-fmnist.pt --targets 0.3 0.5 0.7 \
         --out benchmarks/results/latency_resnet20.json
     python benchmarks/latency.py --report benchmarks/results/latency_resnet20_2threads.json ... \
-        [--write docs/benchmarks.md --key latency]     # one table of the result files, no measuring
+        [--write docs/benchmarks.md --key latency-resnet20]     # one table of the result files, no measuring
 """
 from __future__ import annotations
 

@@ -48,7 +48,8 @@ def render(result: dict) -> str:
     for row in result["rows"]:
         for label in ["unpruned", *row["prune_seconds"]]:
             m = row[label]
-            variant = label if label in ("unpruned", "pruned") else f"pruned, round_to {label.removeprefix('pruned_round')}"
+            variant = (label if label in ("unpruned", "pruned")
+                       else f"pruned, round_to {label.removeprefix('pruned_round')}")
             speed = m.get("speedup")
             lines.append(
                 f"| {row['model'].removeprefix('torchvision:')} | {variant} | {m['macs'] / 1e6:.2f} M | "

@@ -1,5 +1,5 @@
 """Render the result files of benchmarks/sweep_vs_oneshot.py (one or more, their parts merged)
-as the markdown tables of docs/benchmarks.md.
+as the markdown tables of docs/benchmarks.md ("Which criterion", "A sweep against one-shot pruning").
 
 Per contender: the hypervolume of its (test accuracy up, MACs / baseline MACs down) points with
 reference (0, 1), its test accuracy at each target (the most accurate of its points whose MACs
