@@ -17,7 +17,7 @@ the same few classes everywhere, and those classes collapse, where random remova
     python benchmarks/activation_diagnosis.py --checkpoint runs/vgg/vgg16-fmnist.pt --target 0.5 \
         --test-subset 3000 --out benchmarks/results/vgg16_fmnist_activation_diagnosis.json
     python benchmarks/activation_diagnosis.py --report benchmarks/results/vgg16_fmnist_activation_diagnosis.json \
-        --write docs/benchmarks.md --key activation-diagnosis
+        [--write DOC.md --key KEY]
 
 ``--criterion-options`` gives a criterion its options (JSON, by name, as in criteria_accuracy.py);
 ``--report`` takes several result files of one model and target (e.g. two runs of one criterion

@@ -5,9 +5,9 @@ recipe (:func:`pruning.recovery.recover`: right after pruning, after reconstruct
 ``--reconstruct``, after BN recalibration, after fine-tuning); MACs, parameters and measured CPU
 latency (batch 64) next to the FLOPs ratio. The recipe options are ``prunesweep prune``'s, with
 the same defaults (reconstruction on, BN recalibration on 20 training batches) except one
-fine-tune epoch; runs before the one recipe existed used ``--no-reconstruct --bn-data
-calibration --no-finetune-augment`` (docs/benchmarks.md says which). Results go to a JSON file,
-rewritten after every row; benchmarks/to_markdown.py renders the table for docs/benchmarks.md.
+fine-tune epoch; ``--no-reconstruct --bn-data calibration --no-finetune-augment`` is BN
+recalibration alone on the calibration images. Results go to a JSON file, rewritten after every
+row; benchmarks/to_markdown.py renders the table.
 
     python benchmarks/criteria_accuracy.py --checkpoint runs/bench/resnet20-fmnist.pt \
         --criteria random l1 l2 bn-scale fpgm taylor --targets 0.3 0.5 0.7 \

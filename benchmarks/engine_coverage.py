@@ -10,7 +10,7 @@ FILE`` renders one as a Markdown table (``--write DOC --key KEY``: into DOC's ge
 
     python benchmarks/engine_coverage.py --out benchmarks/results/engine_coverage.json
     python benchmarks/engine_coverage.py --report benchmarks/results/engine_coverage.json \
-        --write docs/benchmarks.md --key engine-coverage
+        --write docs/scale.md --key engine-coverage
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Render pairs of benchmarks/sweep_vs_oneshot.py one-shot result files that differ only in
-``--finetune-max-grad-norm`` as the markdown of docs/benchmarks.md, "Clipping the fine-tune's
-gradients".
+``--finetune-max-grad-norm`` as a Markdown table (into a document's generated block with
+``--write DOC --key KEY``).
 
 Per network: every (criterion, ratios, target) run of both files, its calibration accuracy after
 reconstruction + BN (the fine-tune's starting point, equal in both: the fine-tune is the only

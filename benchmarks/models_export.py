@@ -8,6 +8,8 @@ statistics pass and the data-driven parts run on random calibration images. One 
 ``--round-to`` value (kept channel counts multiples of it; 1: any count).
 
     python benchmarks/models_export.py --out benchmarks/results/models_export.json
+    python benchmarks/models_export.py --report benchmarks/results/models_export.json \
+        [--write docs/benchmarks.md --key models-export]     # the result file as a table, no measuring
 """
 from __future__ import annotations
 
@@ -28,6 +30,34 @@ from pruning.planning import PruningConfig
 from pruning.statistics import collect_activation_stats
 from pruning.structure import PruningSpace, measure_cost, measure_latency
 from pruning.utils import atomic_write
+
+try:
+    from benchmarks.docs_blocks import add_block_arguments, write_or_print
+except ImportError:  # run as a script from benchmarks/
+    from docs_blocks import add_block_arguments, write_or_print
+
+
+def render(result: dict) -> str:
+    """Per model and variant: MACs, ONNX size, PyTorch and onnxruntime latency at batch 1 / 64 and
+    the speedups over the unpruned model."""
+    settings = result["settings"]
+    lines = [f"MACs target -{settings['target']:.0%}, {settings['threads']} thread(s), median of "
+             f"{settings['repeats']} runs at batch 1 and {settings['repeats_b64']} at batch 64.", "",
+             "| model | variant | MACs | ONNX size | PyTorch b1 / b64 ms | onnxruntime b1 / b64 ms "
+             "| PyTorch b1 / b64 speedup | onnxruntime b1 / b64 speedup |", "|---|---|---|---|---|---|---|---|"]
+    for row in result["rows"]:
+        for label in ["unpruned", *row["prune_seconds"]]:
+            m = row[label]
+            variant = (label if label in ("unpruned", "pruned")
+                       else f"pruned, round_to {label.removeprefix('pruned_round')}")
+            speed = m.get("speedup")
+            lines.append(
+                f"| {row['model'].removeprefix('torchvision:')} | {variant} | {m['macs'] / 1e6:.2f} M | "
+                f"{m['onnx_bytes'] / 1e6:.1f} MB | {m['pytorch_b1_ms']:.2f} / {m['pytorch_b64_ms']:.0f} | "
+                f"{m['onnxruntime_b1_ms']:.2f} / {m['onnxruntime_b64_ms']:.0f} | "
+                + (f"{speed['pytorch_b1_ms']:.2f}x / {speed['pytorch_b64_ms']:.2f}x | "
+                   f"{speed['onnxruntime_b1_ms']:.2f}x / {speed['onnxruntime_b64_ms']:.2f}x |" if speed else "- | - |"))
+    return "\n".join(lines)
 
 SHAPE = (3, 32, 32)
 
@@ -94,8 +124,15 @@ def main() -> None:
     parser.add_argument("--repeats-b64", type=int, default=5)
     parser.add_argument("--round-to", nargs="+", type=int, default=[1, 8],
                         help="one pruned model per value: kept channel counts multiples of it (1: any)")
-    parser.add_argument("--out", required=True)
+    parser.add_argument("--out")
+    parser.add_argument("--report", metavar="FILE", help="render a result file instead of measuring")
+    add_block_arguments(parser)
     args = parser.parse_args()
+    if args.report:
+        write_or_print(parser, args, render(json.loads(Path(args.report).read_text())))
+        return
+    if not args.out:
+        parser.error("--out is required unless --report")
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="prunesweep-export-") as folder:
         rows = [measure(name, args, Path(folder)) for name in args.models]

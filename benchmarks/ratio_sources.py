@@ -6,7 +6,7 @@ seeds, recipes and targets pair cell for cell (e.g. one with uniform + min-max c
 ratios and one with the rank fusion only).
 
     python benchmarks/ratio_sources.py runs/studies/criteria-benchmark-two-baselines \\
-        runs/studies/criteria-benchmark-two-baselines-rank --write docs/benchmarks.md --key ratio-sources
+        runs/studies/criteria-benchmark-two-baselines-rank [--write DOC.md --key ratio-sources]
 """
 from __future__ import annotations
 

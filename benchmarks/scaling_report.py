@@ -5,7 +5,7 @@ errors of failed, refused or stopped stages below each table. With ``--sweep FIL
 screening sweep's throughput and where a trial's seconds go.
 
     python benchmarks/scaling_report.py benchmarks/results/scaling.json \\
-        [--sweep benchmarks/results/scaling_sweep.json] [--write docs/benchmarks.md --key scaling]
+        [--sweep benchmarks/results/scaling_sweep.json] [--write docs/scale.md --key scaling]
 """
 from __future__ import annotations
 

@@ -1,12 +1,12 @@
-"""Render a finished study's tables (read back from MLflow) as the Markdown docs/benchmarks.md
-shows: an overview (per recipe, the mean test accuracy of every criterion at every ratio
-source and target, the best of each column in bold), the summary, paired and rank tables (the
+"""Render a finished study's tables (read back from MLflow) as Markdown: an overview (per
+recipe, the mean test accuracy of every criterion at every ratio source and target, the best of
+each column in bold), the summary, paired and rank tables (the
 first two folded), the cells, wall time, cells/hour and the saving of the shared scores; with
 ``--write FILE`` the block between ``<!-- study:NAME -->`` and ``<!-- /study:NAME -->`` in FILE
 is replaced (generated, never hand-copied).
 
-    python benchmarks/study_tables.py runs/studies/criteria-benchmark [--write docs/benchmarks.md] \
-        [--plots docs/img/study-NAME]     # the study's two plots, drawn again: PREFIX-accuracy-vs-macs.png, PREFIX-ranks.png
+    python benchmarks/study_tables.py runs/studies/criteria-benchmark [--write DOC.md] \
+        [--plots PREFIX]     # the study's two plots, drawn again: PREFIX-accuracy-vs-macs.png, PREFIX-ranks.png
 """
 from __future__ import annotations
 

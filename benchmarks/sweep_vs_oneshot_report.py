@@ -1,5 +1,5 @@
 """Render the result files of benchmarks/sweep_vs_oneshot.py (one or more, their parts merged)
-as the markdown tables of docs/benchmarks.md.
+as the markdown tables of docs/benchmarks.md ("Which criterion", "A sweep against one-shot pruning").
 
 Per contender: the hypervolume of its (test accuracy up, MACs / baseline MACs down) points with
 reference (0, 1), its test accuracy at each target (the most accurate of its points whose MACs
@@ -10,7 +10,12 @@ labels) and the proxy's pick (per target the pipeline with the best calibration 
 reconstruction + BN, what a user without test labels would choose). Parts ``oneshot-<label>``
 (the grid rerun with another ``--finetune-seed``) give the fine-tune's seed-to-seed spread.
 
-    python benchmarks/sweep_vs_oneshot_report.py benchmarks/results/resnet20_fmnist_sweep_vs_oneshot*.json
+    python benchmarks/sweep_vs_oneshot_report.py benchmarks/results/resnet20_fmnist_sweep_vs_oneshot*.json \
+        [--part all|searches|oneshot] [--ratios uniform ...] [--write docs/benchmarks.md --key KEY]
+
+``--part searches``: the searches and the two selections over the grid only; ``--part oneshot``:
+the one-shot pipelines only (``--ratios`` keeps those of the given ratio sources), one row per
+pipeline; ``all`` (the default): every table.
 """
 from __future__ import annotations
 
@@ -179,17 +184,23 @@ def seed_spread(result: dict) -> list[str]:
     return lines
 
 
-def render(result: dict) -> str:
+def render(result: dict, part: str = "all", ratios: list[str] | None = None) -> str:
     targets = result["settings"]["targets"]
     oneshot, searches = contenders(result, targets)
     oneshot.sort(key=lambda row: -row["hv"])
+    base = result["base"]
+    heading = [f"Baseline: test accuracy {base['test_accuracy']:.4f} on the benchmark's test images, "
+               f"{base['macs'] / 1e6:.2f} M MACs.", ""]
+    if part == "oneshot":
+        kept = [row for row in oneshot if ratios is None or row["name"].rpartition(" / ")[2] in ratios]
+        return "\n".join(heading + table(kept, targets))
     best = {t: max((row["at"][t] for row in oneshot if row["at"][t] is not None), default=None) for t in targets}
     oracle = {"name": "best one-shot pipeline per target (oracle over the grid: picked by test accuracy)",
               "points": len(targets), "hv": float("nan"), "at": best, "cpu": sum(row["cpu"] for row in oneshot)}
-    base = result["base"]
     selections = [oracle, proxy_pick(result, targets)] if oneshot else []  # files without the grid: searches only
-    lines = [f"Baseline: test accuracy {base['test_accuracy']:.4f} on the benchmark's test images, "
-             f"{base['macs'] / 1e6:.2f} M MACs.", "", *table(searches + selections, targets), ""]
+    lines = [*heading, *table(searches + selections, targets), ""]
+    if part == "searches":
+        return "\n".join(lines).rstrip().replace("| nan |", "| - |")
     if oneshot:
         lines += ["One-shot pipelines, by hypervolume:", "", *table(oneshot, targets), ""]
     spread = grid_spread(result, targets)
@@ -203,9 +214,12 @@ def render(result: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("files", nargs="+")
+    parser.add_argument("--part", choices=["all", "searches", "oneshot"], default="all",
+                        help="every table, the searches against the grid's selections, or the one-shot pipelines")
+    parser.add_argument("--ratios", nargs="+", default=None, help="with --part oneshot: the ratio sources to show")
     add_block_arguments(parser)
     args = parser.parse_args()
-    write_or_print(parser, args, render(merge(args.files)))
+    write_or_print(parser, args, render(merge(args.files), args.part, args.ratios))
 
 
 if __name__ == "__main__":

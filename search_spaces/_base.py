@@ -145,7 +145,8 @@ class SearchSpace(ABC):
         infeasible (:meth:`check_feasible`).
     global_ranking: in a space with a FLOPs target, also sample ``allocation`` (layer-wise or one
         global ranking, :data:`ALLOCATION_CHOICES`), and warm-start with the global ranking of every
-        criterion (the strongest one-shot pipeline at some targets, docs/benchmarks.md). Spaces
+        criterion (the strongest one-shot pipeline at some targets: the full report of
+        benchmarks/results/*_sweep_vs_oneshot_*.json, benchmarks/README.md). Spaces
         without a FLOPs target (``snpfi``, ``per_layer`` with ``prior: none``) have nothing to rank to.
     round_to: every plan keeps channel counts that are multiples of this (``PruningConfig.round_to``;
         8 or 16 for fast inference; 1: any count).

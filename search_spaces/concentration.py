@@ -8,7 +8,8 @@ the target (``pruning.planning.concentration_weights`` + the proportional alloca
 
 Warm starts, each at :data:`~search_spaces.WARM_START_QUANTILES` of the target range with no
 fine-tuning (values clipped into the space's ranges): first uniform ratios (``temperature`` 0)
-for every criterion — the strongest one-shot pipeline measured (docs/benchmarks.md) — then the
+for every criterion — the strongest one-shot pipeline measured (docs/benchmarks.md, "Which
+criterion") — then the
 same as global rankings (``global_ranking``), then plain
 information concentration (``temperature`` 1, the weights of ``prunesweep prune --ratios
 concentration``) at ``alpha`` 0, 0.5 and 1 with the first criterion.

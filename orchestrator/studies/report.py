@@ -76,7 +76,7 @@ class StudyTables:
         return "\n".join(parts)
 
     def markdown(self) -> str:
-        """The same tables in Markdown (what docs/benchmarks.md shows)."""
+        """The same tables in Markdown (what ``benchmarks/study_tables.py`` writes into a document)."""
         parts = [f"Test accuracy (split: `{ACCURACY_SPLIT}`), mean and {self._interval_name()}.", "",
                  to_markdown(self.summary, SUMMARY_COLUMNS)]
         if self.paired:

@@ -41,7 +41,7 @@ class RefineSettings:
         trials that reach it are refined first (see :func:`select_candidates`); at most
         ``candidates`` in all.
     per_target: trials refined per target (the proxy ranks the few best at one target less well
-        than it ranks the whole front: docs/benchmarks.md).
+        than it ranks the whole front: docs/benchmarks.md, "A sweep against one-shot pruning").
     concurrency: refined trials run at a time (None: ``sweep.concurrency``). More than
         ``sweep.concurrency`` shares the stage's resources between them (each trial asks for
         ``sweep.concurrency / concurrency`` of a screening trial's CPUs and GPUs): three

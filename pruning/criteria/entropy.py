@@ -41,8 +41,8 @@ class EntropyCriterion(StatisticsCriterion):
     the statistics histograms every position instead), the plug-in estimate
     (``estimator="miller-madow"`` adds the bias correction (K - 1) / (2N)). A channel whose
     activation barely varies across the layer's range carries little information: low entropy
-    is pruned first. The defaults are the variant measured best in docs/benchmarks.md
-    ("Entropy estimator variants (FPEI)").
+    is pruned first. The defaults are the variant measured best
+    (benchmarks/results/entropy_variants.json).
 
     ``value="map-softmax"``: the per-map form of public feature-map-entropy pruning code:
     score_c = log(H*W) - (1/N) sum_i H(softmax(O_i,c)), the entropy of the softmax over the
@@ -53,8 +53,7 @@ class EntropyCriterion(StatisticsCriterion):
     Residual-coupled groups average over the tensors their consumer convolutions read, after
     the residual additions (``source="consumer"``, the default), or over their producers'
     pre-addition outputs (``"producer"``). The default is the one measured best on ResNet-20
-    (docs/benchmarks.md, "Statistics on the tensor the consumers read"): after BN recalibration
-    0.82 / 0.46 test accuracy at -50 / -70 % MACs where the producers' outputs give 0.58 / 0.19.
+    (benchmarks/results/resnet20_fmnist_source_*.json).
 
     Reference: Wang, Jiang, Cui, Cao, "Filter pruning with a feature map entropy importance
     criterion for convolution neural networks compressing", Neurocomputing 461 (2021) (FPEI);

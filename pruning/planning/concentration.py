@@ -28,7 +28,8 @@ makes the two indicators commensurate, and alpha is exposed.
 
 That fusion (``fusion="minmax"``) collapses: the layer that is the minimum of EITHER indicator
 gets e or r = eps, hence IC ~ 1e-6 and weight ~ 1, as if it were the least informative on both;
-measured on VGG-16 it sends such layers to the per-layer cap (docs/benchmarks.md). With
+measured on VGG-16 it sends such layers to the per-layer cap
+(benchmarks/results/vgg16_fmnist_aim_concentration_minmax.json). With
 ``fusion="rank"`` each indicator becomes its mid-rank percentile among the groups,
 p_l = (rank_l - 1/2) / n in (0, 1) (ties share their mean rank), and IC_l = alpha * p^E_l +
 (1 - alpha) * p^R_l, the weighted arithmetic mean: a layer lowest on one indicator and highest on

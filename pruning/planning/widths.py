@@ -3,8 +3,9 @@ FLOPs target with them.
 
 A layer keeps between a floor (its per-layer cap and ``min_channels``) and all of its channels.
 With ``round_to`` > 1 only multiples of ``round_to`` (and the full width) are allowed: inference
-libraries run convolutions fastest on channel counts that fill their vector lanes (measured in
-docs/benchmarks.md: an odd-width pruned model can be slower in onnxruntime than the unpruned one).
+libraries run convolutions fastest on channel counts that fill their vector lanes (an odd-width
+pruned model can be slower in onnxruntime than the unpruned one: docs/benchmarks.md, "torchvision
+models in PyTorch and onnxruntime").
 
 Channel counts are integers, so a FLOPs target cannot be met by bisection on one number alone
 (one channel of a 16-channel layer is 6%). :func:`refine_to_target` moves single layers one

@@ -16,10 +16,11 @@ operation everywhere. The stages, in this order, each optional:
    ``finetune_augment``; with ``distill > 0`` the unpruned model is the teacher. Every step's
    gradients are clipped to the global norm ``finetune_max_grad_norm`` (None: not clipped): a
    network pruned to a few channels in some layers can take a step that its accuracy does not
-   survive (measured on VGG-16 in docs/benchmarks.md), and the bound leaves ordinary steps alone.
+   survive (measured on VGG-16: benchmarks/results/vgg16_fmnist_finetune_clip_*.json), and the
+   bound leaves ordinary steps alone.
 
-The defaults are the best pipeline measured in docs/benchmarks.md: reconstruction on, BN
-recalibration on 20 training batches, no fine-tuning.
+The defaults are the best pipeline measured (docs/benchmarks.md, "What the recovery recipe
+buys"): reconstruction on, BN recalibration on 20 training batches, no fine-tuning.
 """
 from __future__ import annotations
 

@@ -73,10 +73,9 @@ __all__ = [
     "collect_activation_stats",
 ]
 
-#: images whose maps are ranked by default: on ResNet-20 the mean ranks over 128 images agree with
-#: those over 1,024 (Spearman 0.90-0.95), and the whole pass over 1,024 images costs 2.1-2.4x plain
-#: inference (machine-dependent) where ranking every image costs 6.6-10x (docs/benchmarks.md,
-#: "Cost of the statistics pass")
+#: images whose maps are ranked by default: the mean ranks over this subsample agree closely with
+#: those over every calibration image, and ranking every image costs several times more
+#: (benchmarks/results/stats_cost.json)
 RANK_IMAGES = 128
 
 

@@ -137,10 +137,9 @@ def count_zeros(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
     """The number of exactly-zero entries of ``x`` over ``dims``, as int32 (one batch's count per
     channel is far below 2**31; the running counts are int64).
 
-    The comparison writes float32 0/1 flags that are summed in float32: 2.5-2.7x faster than
-    summing a bool tensor into int32, which converts it first (docs/benchmarks.md, "Cost of the
-    statistics pass"), and exact while the counted entries are fewer than 2**24; past that the
-    bool tensor is summed in int32."""
+    The comparison writes float32 0/1 flags that are summed in float32, faster than summing a
+    bool tensor into int32 (which converts it first) and exact while the counted entries are
+    fewer than 2**24; past that the bool tensor is summed in int32."""
     n = 1
     for d in dims:
         n *= x.shape[d]
