@@ -15,6 +15,7 @@ from pruning.recovery.recipe import (  # noqa: F401
     RecoveryData,
     RecoveryRecipe,
     RecoveryResult,
+    reconstruction_targets,
     recover,
     recovery_data_for,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "RecoveryData",
     "RecoveryRecipe",
     "RecoveryResult",
+    "reconstruction_targets",
     "recover",
     "recovery_data_for",
 ]

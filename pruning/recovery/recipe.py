@@ -38,10 +38,12 @@ from pruning.errors import InputError
 from pruning.pipeline import PruneOutcome
 from pruning.recovery.least_squares import RowBudget
 from pruning.recovery.reconstruction import ReconstructionReport, consumers_of, kept_outputs_of, reconstruct_consumers
+from pruning.recovery.targets import OriginalTargets, original_targets
+from pruning.structure import PruningSpace
 from pruning.training import TrainConfig, evaluate, recalibrate_bn, train
 from pruning.utils import model_device
 
-__all__ = ["BN_DATA", "STAGES", "RecipeError", "RecoveryRecipe", "RecoveryData", "RecoveryResult", "recover", "recovery_data_for"]
+__all__ = ["BN_DATA", "STAGES", "RecipeError", "RecoveryRecipe", "RecoveryData", "RecoveryResult", "recover", "recovery_data_for", "reconstruction_targets"]
 
 BN_DATA = ("train", "calibration")
 #: stage names, in the order they run; ``pruned`` is the accuracy before any of them
@@ -147,6 +149,9 @@ class RecoveryData:
         the test split in the CLI and benchmarks); None: stages are not scored.
     score_every_stage: score each stage that ran (False: the last one only, which is all a
         screening trial needs; a scoring pass costs as much as BN recalibration).
+    targets: the unpruned model's reconstruction targets on ``calibration``
+        (:func:`reconstruction_targets`), computed once for every pruning of the same model; a
+        recipe whose row budget or seed differs from theirs computes its own.
     """
 
     calibration: Sequence[Batch]
@@ -154,6 +159,21 @@ class RecoveryData:
     augment: bool = False
     score: Iterable[Batch] | None = None
     score_every_stage: bool = True
+    targets: OriginalTargets | None = None
+
+
+def reconstruction_targets(original: nn.Module, space: PruningSpace, calibration: Sequence[Batch],
+                           recipe: RecoveryRecipe, *, progress: bool = False) -> OriginalTargets:
+    """The reconstruction targets of every layer that reads a group of ``space`` (whatever a
+    pruning of ``original`` refits), with ``recipe``'s row budget and seed: one forward of the
+    unpruned model, shared by every trial that prunes it instead of one per trial."""
+    layers = consumers_of(space, [group.name for group in space.groups])
+    return original_targets(original, layers, calibration, budget=_row_budget(recipe), seed=recipe.seed,
+                            progress=progress)
+
+
+def _row_budget(recipe: RecoveryRecipe) -> RowBudget:
+    return RowBudget.with_floor(recipe.reconstruct_rows)
 
 
 @dataclass(frozen=True)
@@ -211,10 +231,13 @@ def recover(
     done("pruned", time.perf_counter())
     if recipe.reconstruct:
         started = time.perf_counter()
+        budget, targets = _row_budget(recipe), data.targets
+        if targets is not None and (targets.budget != budget or targets.seed != recipe.seed):
+            targets = None
         reports = reconstruct_consumers(
             original, pruned, consumers_of(outcome.space, outcome.kept_indices), data.calibration,
             ridge=recipe.ridge, kept_outputs=kept_outputs_of(outcome.space, outcome.kept_indices),
-            seed=recipe.seed, progress=progress, budget=RowBudget.with_floor(recipe.reconstruct_rows),
+            seed=recipe.seed, progress=progress, budget=budget, targets=targets,
         )
         done("reconstructed", started)
     if recipe.bn_batches:
@@ -245,8 +268,8 @@ def recover(
 
 
 def recovery_data_for(splits: Any, calibration: Sequence[Batch], score: Iterable[Batch] | None,
-                      *, score_every_stage: bool = True) -> RecoveryData:
+                      *, score_every_stage: bool = True, targets: OriginalTargets | None = None) -> RecoveryData:
     """:class:`RecoveryData` from a :class:`~pruning.data.DataSplits`."""
     return RecoveryData(calibration=calibration, train=splits.train, augment=splits.augment_by_default, score=score,
-                        score_every_stage=score_every_stage)
+                        score_every_stage=score_every_stage, targets=targets)
 

@@ -4,6 +4,7 @@ and the original's outputs at those rows, from one pass of the original (see
 :mod:`pruning.recovery.reconstruction` for the method)."""
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
@@ -122,7 +123,11 @@ def original_targets(
     progress: bool = False,
 ) -> OriginalTargets:
     """One forward per batch through ``original``, keeping each layer's output at its sampled rows
-    (all output channels); a layer called twice keeps its first call. Rows are drawn in call order.
+    (all output channels); a layer called twice keeps its first call. A layer's rows depend on
+    ``seed``, its name and shape and the calibration set only, not on the other layers listed: the
+    targets of every layer a model could refit, computed once, serve each pruning of it exactly as
+    its own targets would (:func:`pruning.recovery.recover` takes them in
+    :class:`~pruning.recovery.RecoveryData`).
     ``progress``: a "reconstruction targets" bar on stderr, one step per batch."""
     budget = budget or RowBudget()
     inputs = [batch_inputs(batch) for batch in batches]
@@ -130,9 +135,8 @@ def original_targets(
         raise InputError("recovery needs at least one calibration batch")
     modules = dict(original.named_modules())
     check_layers(modules, modules, layers)
-    generator = torch.Generator().manual_seed(seed)
     images = sum(x.shape[0] for x in inputs)
-    samplers = {name: _Sampler(budget, images, generator) for name in dict.fromkeys(layers)}
+    samplers = {name: _Sampler(budget, images, _layer_generator(seed, name)) for name in dict.fromkeys(layers)}
     offset = [0]
 
     def keep(name: str):
@@ -156,6 +160,10 @@ def original_targets(
     if missing:
         raise InputError(f"layer(s) not called in a forward pass: {', '.join(missing)}")
     return OriginalTargets({name: s.targets() for name, s in samplers.items()}, images, budget, seed)
+
+
+def _layer_generator(seed: int, name: str) -> torch.Generator:
+    return torch.Generator().manual_seed(zlib.crc32(f"{seed}:{name}".encode()))
 
 
 def check_layers(pruned: Mapping[str, nn.Module], original: Mapping[str, nn.Module], names: Iterable[str]) -> None:

@@ -12,7 +12,9 @@ from pruning.criteria import create_criterion
 from pruning.errors import InputError
 from pruning.pipeline import prune_with_criterion
 from pruning.planning import PruningConfig
-from pruning.recovery import STAGES, RecoveryData, RecoveryRecipe, recover
+import dataclasses
+
+from pruning.recovery import STAGES, RecoveryData, RecoveryRecipe, reconstruction_targets, recover
 from pruning.training import TrainConfig, recalibrate_bn, train
 
 EXAMPLE = torch.zeros(1, 1, 28, 28)
@@ -95,6 +97,24 @@ def test_the_recipes_row_floor_sets_the_rows_each_fit_samples(teacher, data):
         rows[floor] = {name: report.rows for name, report in result.reconstruction.items()}
     assert rows[1].keys() == rows[8].keys()
     assert all(rows[8][name] >= rows[1][name] for name in rows[1]) and rows[8] != rows[1]
+
+
+@pytest.mark.parametrize("config", [PruningConfig(ratio=0.5, strategy="inner"), PruningConfig(ratio=0.3)])
+def test_targets_computed_once_serve_every_pruning_exactly(teacher, data, config):
+    """One forward's targets for every layer the model could refit give the same refit, bit for
+    bit, as each pruning's own; targets drawn with another seed are not used."""
+    recipe = RecoveryRecipe(bn_batches=0)
+    shared = reconstruction_targets(teacher, _pruned(teacher).space, data.calibration, recipe)
+    results = {}
+    for name, targets in (("own", None), ("shared", shared),
+                          ("other seed", reconstruction_targets(teacher, _pruned(teacher).space, data.calibration,
+                                                                dataclasses.replace(recipe, seed=1)))):
+        outcome = prune_with_criterion(teacher, EXAMPLE, create_criterion("l1"), config)
+        report = recover(teacher, outcome, recipe, dataclasses.replace(data, targets=targets)).reconstruction
+        results[name] = (_state(outcome.model), report)
+    assert any(r.check_rows > 0 for r in results["own"][1].values())  # rows were sampled, not all taken
+    for name in ("shared", "other seed"):
+        assert _same(results[name][0], results["own"][0]) and results[name][1] == results["own"][1]
 
 
 def test_reconstruction_brings_the_pruned_logits_closer_to_the_original(teacher, data):
