@@ -32,6 +32,7 @@ from pruning.games.estimation import (
 from pruning.games.blocks import BlockMerge, block_merge, estimate_block, shapley_block_plan, shapley_blocks
 from pruning.games.snpfi import (
     InteractionUtilization,
+    PairSampling,
     cut_window,
     exact_interaction,
     importance_order,
@@ -92,5 +93,6 @@ __all__ = [
     "interaction_order",
     "interaction_utilization",
     "InteractionUtilization",
+    "PairSampling",
     "cut_window",
 ]
