@@ -4,8 +4,8 @@
 
 A parameter is every named one except a leading ``self``/``cls``; ``*args``
 and ``**kwargs`` count as one each.  A function is exempt when a comment
-containing ``long signature:`` sits on its ``def`` line or on the line above
-it (the comment says why it keeps the long signature).
+containing ``long signature:`` sits on its ``def`` line or in the comment block
+right above it (the comment says why it keeps the long signature).
 """
 
 from __future__ import annotations
@@ -28,9 +28,17 @@ def count_parameters(node: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
 
 
 def _exempt(lines: list[str], node: ast.AST) -> bool:
-    first = node.lineno - 1 - len(getattr(node, "decorator_list", []))
-    candidates = lines[max(first - 1, 0):node.lineno]
-    return any(EXEMPT_MARK in line for line in candidates)
+    """Whether the ``def`` line, or the comment block right above the function (and its
+    decorators), carries :data:`EXEMPT_MARK`."""
+    if EXEMPT_MARK in lines[node.lineno - 1]:
+        return True
+    decorators = getattr(node, "decorator_list", [])
+    index = min([node.lineno, *(d.lineno for d in decorators)]) - 2
+    while index >= 0 and lines[index].lstrip().startswith("#"):
+        if EXEMPT_MARK in lines[index]:
+            return True
+        index -= 1
+    return False
 
 
 def offenders(path: Path) -> list[tuple[str, int, str, int]]:

@@ -94,6 +94,8 @@ class ShapleyChannels(Criterion):
 
     needs_calibration: ClassVar[bool] = True
 
+    # long signature: each keyword is a criterion option by name (create_criterion, the CLI's
+    # --criterion-options, sweep configs), and the registry lists the valid ones from it
     def __init__(
         self,
         seed: int = 0,
