@@ -78,7 +78,8 @@ class Criterion(ABC):
         """Optional statistics the collection must gather for this criterion, beyond the default
         set: ``"chip"`` (CHIP's nuclear norms), ``"map_entropy"`` (the per-map softmax entropies),
         ``"read_inputs"`` (the tensors the consumers of residual-coupled groups read), ``"per_class"``
-        (the per-class sums). Callers pass them to ``collect_activation_stats``."""
+        (the per-class sums). :func:`statistics_options` turns them into the
+        :class:`~pruning.statistics.StatsOptions` callers pass to ``collect_activation_stats``."""
         return frozenset()
 
     def check_context(self, context: ScoringContext) -> None:

@@ -308,7 +308,7 @@ class ActivationStats:
         if not self.chip:
             raise InputError(
                 "CHIP statistics were not collected; collect them with "
-                "collect_activation_stats(..., chip=True)"
+                "collect_activation_stats(..., StatsOptions(chip=True))"
             )
         return self._mean(group, lambda s: s.chip_sum / s.n_images, source)
 
