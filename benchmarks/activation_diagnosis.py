@@ -144,7 +144,7 @@ def main() -> None:
     example = torch.zeros(1, *bench.shape)
     names = [("random", s) for s in range(args.random_seeds)] + [(c, 0) for c in args.criteria]
     criteria = [create_criterion(n, seed=s, **args.criterion_options.get(n, {})) for n, s in names]
-    stats = collect_activation_stats(bench.model, bench.space.groups, bench.batches, **statistics_options(criteria))
+    stats = collect_activation_stats(bench.model, bench.space.groups, bench.batches, statistics_options(criteria))
     mu = class_means(bench.model, bench.groups, bench.batches, classes)
     sel = {name: selectivity(m) for name, m in mu.items()}
     overall = {name: m.mean(0) for name, m in mu.items()}

@@ -96,7 +96,7 @@ def main() -> None:
         from pruning.statistics import collect_activation_stats
 
         started = time.perf_counter()
-        stats = collect_activation_stats(model, space.groups, batches, **statistics_options(criteria))
+        stats = collect_activation_stats(model, space.groups, batches, statistics_options(criteria))
         setup_seconds["statistics"] = time.perf_counter() - started
         print(f"statistics pass: {setup_seconds['statistics']:.1f} s")
     context = ScoringContext(calibration=batches, stats=stats)

@@ -33,7 +33,7 @@ import torch
 
 from pruning.structure import PruningSpace
 from pruning.models import create_model
-from pruning.games import LayerGame, ShapleyOptions, calibration_batch, estimate_shapley, group_seed, trace_model
+from pruning.games import GameSharing, LayerGame, ShapleyOptions, calibration_batch, estimate_shapley, group_seed, trace_model
 from pruning.statistics import collect_activation_stats
 
 
@@ -87,7 +87,7 @@ def main() -> None:
         traced = trace_model(model)
         out = {}
         for group in shapley_groups:
-            game = LayerGame(model, group, inputs, targets, traced=traced)
+            game = LayerGame(model, group, inputs, targets, sharing=GameSharing(traced=traced))
             out[group.name] = estimate_shapley(game, shapley_options, group_seed(0, group.name))
         return out
 
@@ -103,7 +103,7 @@ def main() -> None:
             print(f"shapley in-process ({threads} threads): {t['seconds']:.2f} s  load {t['load_before']}->{t['load_after']}")
 
     # -- Ray -------------------------------------------------------------------------------
-    from orchestrator.distributed import WorkerPool, connect, distributed_shapley, distributed_stats
+    from orchestrator.distributed import ShardOptions, WorkerPool, connect, distributed_shapley, distributed_stats
 
     _, t = timed(lambda: connect(None, max(args.workers), 1, log_to_driver=False))
     results["ray_init_seconds"] = t["seconds"]
@@ -119,26 +119,28 @@ def main() -> None:
         print(f"{kind:<7} {label} {n} actor(s): {t['seconds']:.2f} s (start+load {report.start_s:.2f} s, put "
               f"{report.put_s:.3f} s)  load {t['load_before']}->{t['load_after']}")
 
+    quiet = ShardOptions(progress=False)
     for n in args.workers:
+        cold = ShardOptions(workers=n, progress=False, return_report=True)
         if "stats" not in args.skip:
-            (_, rep), t = timed(lambda: distributed_stats(model, space.groups, batches, workers=n, shard_size=1,
-                                                          progress=False, return_report=True))
+            (_, rep), t = timed(lambda: distributed_stats(model, space.groups, batches,
+                                                          shards=cold.replace(shard_size=1)))
             record("stats", "cold", n, rep, t)
         if "shapley" not in args.skip:
-            (_, rep), t = timed(lambda: distributed_shapley(model, shapley_groups, batches, shapley_options,
-                                                            workers=n, progress=False, return_report=True))
+            (_, rep), t = timed(lambda: distributed_shapley(model, shapley_groups, batches, shapley_options, cold))
             record("shapley", "cold", n, rep, t)
         with WorkerPool(n) as pool:
             if "stats" not in args.skip:  # first call warms the pool up, the second is measured
-                distributed_stats(model, space.groups, batches[:1], pool=pool, progress=False)
-                (_, rep), t = timed(lambda: distributed_stats(model, space.groups, batches, pool=pool, shard_size=1,
-                                                              progress=False, return_report=True))
+                distributed_stats(model, space.groups, batches[:1], shards=quiet.replace(pool=pool))
+                warm = quiet.replace(pool=pool, return_report=True)
+                (_, rep), t = timed(lambda: distributed_stats(model, space.groups, batches,
+                                                              shards=warm.replace(shard_size=1)))
                 record("stats", "warm", n, rep, t)
             if "shapley" not in args.skip:
                 warm_up = dataclasses.replace(shapley_options, max_permutations=2, batch_permutations=2)
-                distributed_shapley(model, shapley_groups[:1], batches, warm_up, pool=pool, progress=False)
-                (_, rep), t = timed(lambda: distributed_shapley(model, shapley_groups, batches, shapley_options,
-                                                                pool=pool, progress=False, return_report=True))
+                distributed_shapley(model, shapley_groups[:1], batches, warm_up, quiet.replace(pool=pool))
+                warm = quiet.replace(pool=pool, return_report=True)
+                (_, rep), t = timed(lambda: distributed_shapley(model, shapley_groups, batches, shapley_options, warm))
                 record("shapley", "warm", n, rep, t)
 
     # -- summary ---------------------------------------------------------------------------

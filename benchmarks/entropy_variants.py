@@ -30,7 +30,7 @@ from pruning.data import DataConfig, calibration_batches, load_data, make_loader
 from pruning.pipeline import prune_with_criterion
 from pruning.planning import PruningConfig
 from pruning.recovery import RecoveryData, RecoveryRecipe, recover
-from pruning.statistics import collect_activation_stats
+from pruning.statistics import StatsOptions, collect_activation_stats
 from pruning.structure import PruningSpace, load_checkpoint, measure_cost
 from pruning.training import evaluate
 from pruning.utils import atomic_write
@@ -73,8 +73,8 @@ def run(args) -> dict:
     stats, stats_seconds = {}, {}
     for name in {VARIANTS[v][0] for v in args.variants}:
         started = time.process_time()
-        stats[name] = collect_activation_stats(model, space.groups, batches, rank=False, map_entropy=True,
-                                               **EDGES[name])
+        stats[name] = collect_activation_stats(model, space.groups, batches,
+                                               StatsOptions(rank=False, map_entropy=True, **EDGES[name]))
         stats_seconds[name] = time.process_time() - started
 
     def cells(label: str, seed: int | None, scores: dict) -> list[dict]:

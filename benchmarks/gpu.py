@@ -80,7 +80,7 @@ def bench_statistics(model, space, batches, device) -> float:
 
 
 def bench_shapley(model, groups, batches, options, device) -> float:
-    from pruning.games import LayerGame, calibration_batch, estimate_shapley, group_seed, trace_model
+    from pruning.games import GameSharing, LayerGame, calibration_batch, estimate_shapley, group_seed, trace_model
 
     model = model.to(device)
     inputs, targets = calibration_batch(batches, options.batch_size)
@@ -88,7 +88,7 @@ def bench_shapley(model, groups, batches, options, device) -> float:
 
     def run():
         for group in groups:
-            game = LayerGame(model, group, inputs, targets, traced=traced)
+            game = LayerGame(model, group, inputs, targets, sharing=GameSharing(traced=traced))
             estimate_shapley(game, options, group_seed(0, group.name))
 
     return timed(run, device)[1]

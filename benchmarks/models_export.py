@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from pruning.criteria import ScoringContext, create_criterion
-from pruning.export import export_model, exported_latency
+from pruning.export import Timing, export_model, exported_latency
 from pruning.models import create_model
 from pruning.pipeline import prune_with_criterion
 from pruning.planning import PruningConfig
@@ -67,8 +67,8 @@ def latencies(model, path: Path, args) -> dict:
     for batch, repeats in ((1, args.repeats), (64, args.repeats_b64)):
         out[f"pytorch_b{batch}_ms"] = measure_latency(model, SHAPE, batch, threads=args.threads, warmup=1,
                                                       repeats=repeats).median_ms
-        out[f"onnxruntime_b{batch}_ms"] = exported_latency(path, "onnx", SHAPE, batch, threads=args.threads, warmup=1,
-                                                           repeats=repeats).median_ms
+        timing = Timing(threads=args.threads, warmup=1, repeats=repeats)
+        out[f"onnxruntime_b{batch}_ms"] = exported_latency(path, "onnx", SHAPE, batch, timing).median_ms
     return out
 
 

@@ -185,10 +185,11 @@ def score_stages(run: StageRun, space, entry: dict):
 
     groups = space.select("full")
     criteria = {c: create_criterion(c) for c in CRITERIA}
-    entry["statistics_options"] = options = statistics_options([c for c in criteria.values() if c.needs_stats])
+    options = statistics_options([c for c in criteria.values() if c.needs_stats])
+    entry["statistics_options"] = {k: options[k] for k in ("chip", "map_entropy", "read_inputs", "per_class")}
     stats = None
     if "statistics" in run.wanted or any(criteria[c].needs_stats and f"score_{c}" in run.wanted for c in CRITERIA):
-        stats = run.run("statistics", lambda: collect_activation_stats(run.model, space.groups, run.batches, **options))
+        stats = run.run("statistics", lambda: collect_activation_stats(run.model, space.groups, run.batches, options))
     context = ScoringContext(calibration=run.batches, stats=stats)
     l1_scores = None
     for c, criterion in criteria.items():

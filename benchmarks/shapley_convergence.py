@@ -44,7 +44,9 @@ from pruning.data import DataConfig, calibration_batches, load_data, make_loader
 from pruning.games import (
     BlockMerge,
     BoundaryStop,
+    GameSettings,
     LayerGame,
+    PermutationSampling,
     ShapleyOptions,
     calibration_batch,
     estimate_block,
@@ -71,7 +73,7 @@ def run_rank(game_factory, reference, **options):
     for budget in BUDGETS:
         game = game_factory()
         started = time.perf_counter()
-        estimate = permutation_shapley(game, max_permutations=budget, seed=1, **options)
+        estimate = permutation_shapley(game, PermutationSampling(max_permutations=budget, **options), seed=1)
         seconds = time.perf_counter() - started
         rho = float(spearmanr(estimate.values.numpy(), reference.numpy()).statistic)
         if rho >= 0.9:
@@ -87,12 +89,14 @@ def measure_rank(args, model, space, splits) -> list[dict]:
     for name in args.groups:
         group = space[name]
         started = time.perf_counter()
-        reference = permutation_shapley(LayerGame(model, group, x, y, mode="fx"),
-                                        max_permutations=args.reference_permutations, batch_permutations=16, seed=12345)
+        reference = permutation_shapley(
+            LayerGame(model, group, x, y, GameSettings(mode="fx")),
+            PermutationSampling(max_permutations=args.reference_permutations, batch_permutations=16), seed=12345)
         reference_seconds = time.perf_counter() - started
-        naive = run_rank(lambda: LayerGame(model, group, x, y, mode="hooks", max_batch=args.images), reference.values,
+        naive = run_rank(lambda: LayerGame(model, group, x, y, GameSettings(mode="hooks", max_batch=args.images)),
+                         reference.values,
                          batch_permutations=1)
-        engineered = run_rank(lambda: LayerGame(model, group, x, y, mode="fx"), reference.values,
+        engineered = run_rank(lambda: LayerGame(model, group, x, y, GameSettings(mode="fx")), reference.values,
                               antithetic=True, truncation_tol=0.02 * abs(reference.v_full - reference.v_empty),
                               batch_permutations=8)
         row = {"group": name, "channels": group.size, "reference_seconds": reference_seconds,
@@ -173,7 +177,7 @@ def held_out(model, group, kept: set[int], images: torch.Tensor, labels: torch.T
     """Accuracy and log-probability of the model with only ``kept`` of the group's channels, on
     held-out test images: whether a game's kept set is a good one, in units every game shares."""
     mask = mask_of(kept, group.size)
-    return {value: float(LayerGame(model, group, images, labels, value=value, mode="fx").values(mask)[0])
+    return {value: float(LayerGame(model, group, images, labels, GameSettings(value=value, mode="fx")).values(mask)[0])
             for value in ("accuracy", "logprob")}
 
 
@@ -190,10 +194,11 @@ def measure_cut(args, model, space, splits) -> list[dict]:
             options = ShapleyOptions(max_permutations=args.max_permutations, value=value, batch_size=args.images,
                                      stratified=stratified, batch_permutations=8)
             x, y = calibration_batch(batches, args.images, stratified=stratified, seed=0)
-            game = LayerGame(model, group, x, y, value=value, mode="fx")
+            game = LayerGame(model, group, x, y, GameSettings(value=value, mode="fx"))
             started = time.perf_counter()
-            ref = permutation_shapley(game, max_permutations=args.reference_permutations, antithetic=True,
-                                      batch_permutations=16, seed=12345)
+            ref = permutation_shapley(game,
+                                      PermutationSampling(max_permutations=args.reference_permutations, antithetic=True,
+                                                          batch_permutations=16), seed=12345)
             reference = kept_set(ref.values, args.ratio)
             references[label] = reference
             span = abs(ref.v_full - ref.v_empty)

@@ -31,7 +31,7 @@ import torch
 
 from orchestrator.cli.recipe_args import RECIPE_OPTIONS, add_recipe_arguments, recipe_from_args
 from pruning.criteria import ScoringContext, create_criterion
-from pruning.games import group_seed, interaction_utilization, sparsity_from_curve, utilization_curve
+from pruning.games import PairSampling, group_seed, interaction_utilization, sparsity_from_curve, utilization_curve
 from pruning.pipeline import prune_with_criterion
 from pruning.planning import PruningConfig, allocate_utilization, ratios_of
 from pruning.recovery import recover, recovery_data_for
@@ -122,8 +122,8 @@ def main() -> None:
         curves["plain"][name] = utilization_curve(game, est.values)
         seconds["plain_curves"] += time.perf_counter() - t
         t = time.perf_counter()
-        found = interaction_utilization(game, est.values, tau=args.tau, window=args.interactions,
-                                        samples=args.interaction_samples, seed=group_seed(0, name) + 1)
+        pairs = PairSampling(window=args.interactions, samples=args.interaction_samples)
+        found = interaction_utilization(game, est.values, pairs, tau=args.tau, seed=group_seed(0, name) + 1)
         seconds["interactions"] += time.perf_counter() - t
         curves["interactions"][name] = found.curve
         scores["plain"][name] = phi

@@ -33,7 +33,7 @@ import torch
 from scipy.stats import spearmanr
 
 from pruning.data import DataConfig, calibration_batches, load_data
-from pruning.statistics import RANK_IMAGES, batched_map_rank, collect_activation_stats
+from pruning.statistics import RANK_IMAGES, StatsOptions, batched_map_rank, collect_activation_stats
 from pruning.structure import PruningSpace, load_checkpoint
 from pruning.utils import atomic_write
 
@@ -173,14 +173,16 @@ def main() -> None:
         return runs[-1][0], min(seconds for _, seconds in runs)
 
     _, plain = best(lambda: inference_pass(model, batches))
-    _, stats_no_rank = best(lambda: collect_activation_stats(model, space.groups, batches, rank=False))
+    _, stats_no_rank = best(lambda: collect_activation_stats(model, space.groups, batches, StatsOptions(rank=False)))
     _, stats = best(lambda: collect_activation_stats(model, space.groups, batches))
-    _, stats_map = best(lambda: collect_activation_stats(model, space.groups, batches, map_entropy=True))
-    full, stats_all = best(lambda: collect_activation_stats(model, space.groups, batches, rank_images=None))
-    _, stats_chip = timed(lambda: collect_activation_stats(model, space.groups, batches, chip=True))
+    _, stats_map = best(lambda: collect_activation_stats(model, space.groups, batches, StatsOptions(map_entropy=True)))
+    full, stats_all = best(lambda: collect_activation_stats(model, space.groups, batches,
+                                                            StatsOptions(rank_images=None)))
+    _, stats_chip = timed(lambda: collect_activation_stats(model, space.groups, batches, StatsOptions(chip=True)))
     candidates = {}
     for n in args.candidates:
-        sub, seconds = timed(lambda n=n: collect_activation_stats(model, space.groups, batches, rank_images=n))
+        sub, seconds = timed(lambda n=n: collect_activation_stats(model, space.groups, batches,
+                                                                  StatsOptions(rank_images=n)))
         candidates[str(n)] = {"seconds": seconds, "over_inference": seconds / plain,
                               **agreement(sub, full, space.groups)}
 

@@ -34,7 +34,7 @@ import torchvision
 from scipy.stats import spearmanr
 
 from pruning.models import create_model
-from pruning.statistics import RANK_IMAGES, collect_activation_stats
+from pruning.statistics import RANK_IMAGES, StatsOptions, collect_activation_stats
 from pruning.structure import PruningSpace
 
 
@@ -110,9 +110,9 @@ def agreement(images: int) -> dict:
     groups = PruningSpace.build(r18, torch.zeros(1, 3, 224, 224)).groups
     batches = random_batches(images, images, (3, 224, 224))
     with full_ranks(map_side=False):
-        capped = collect_activation_stats(r18, groups, batches, rank_images=None)
+        capped = collect_activation_stats(r18, groups, batches, StatsOptions(rank_images=None))
     with full_ranks():
-        whole = collect_activation_stats(r18, groups, batches, rank_images=None)
+        whole = collect_activation_stats(r18, groups, batches, StatsOptions(rank_images=None))
     large = [g for g in groups if int(whole.layer_stats(g)[0].map_size.max()) > 32]
     result = {"map_side": {"model": "resnet18", "px": 224, "images": images, **spearman_per_group(capped, whole, large)}}
 
@@ -123,7 +123,7 @@ def agreement(images: int) -> dict:
     budget = collect_activation_stats(r20, space.groups, batches)
     with full_ranks():
         previous = collect_activation_stats(r20, space.groups, batches)
-        every = collect_activation_stats(r20, space.groups, batches, rank_images=None)
+        every = collect_activation_stats(r20, space.groups, batches, StatsOptions(rank_images=None))
     result["budget_vs_previous_default"] = {"model": "resnet20", "px": 28, "images": 1024,
                                             "rank_images": RANK_IMAGES,
                                             **spearman_per_group(budget, previous, space.groups)}

@@ -98,7 +98,7 @@ def run_oneshot(bench: Bench) -> dict:
     groups = bench.space.select("full")
     started = time.process_time()
     criteria = [create_criterion(name) for name in args.criteria]
-    stats = collect_activation_stats(bench.model, bench.space.groups, bench.batches, **statistics_options(criteria))
+    stats = collect_activation_stats(bench.model, bench.space.groups, bench.batches, statistics_options(criteria))
     stats_cpu = time.process_time() - started
     context = ScoringContext(calibration=bench.batches, stats=stats)
     rows = []

@@ -43,8 +43,8 @@ from pruning.structure.measure import InputShape, LatencyResult, check_timing, m
 from pruning.utils import atomic_write, preserved_modes
 
 __all__ = [
-    "FORMATS", "OPSET", "TOLERANCE", "INPUT_NAME", "OUTPUT_NAME", "ExportError", "ExportCheck", "export_model",
-    "check_export", "exported_latency", "onnx_session",
+    "FORMATS", "OPSET", "TOLERANCE", "INPUT_NAME", "OUTPUT_NAME", "ExportError", "ExportCheck", "CheckBatch", "Timing",
+    "export_model", "check_export", "exported_latency", "onnx_session",
 ]
 
 FORMATS = ("onnx", "torchscript")
@@ -61,6 +61,33 @@ _JIT_DEPRECATED = r"`torch\.jit\.\w+` is deprecated"
 
 class ExportError(InputError):
     """A model that cannot be exported to the format, or an exported file that fails the check."""
+
+
+@dataclass(frozen=True)
+class CheckBatch:
+    """The batch an exported file is checked on: ``size`` random images drawn with ``seed``."""
+
+    size: int = 8
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 1:
+            raise ExportError(f"the check's batch size must be >= 1, got {self.size!r}")
+
+
+@dataclass(frozen=True)
+class Timing:
+    """How :func:`exported_latency` times a file: ``threads`` intra-op threads, ``warmup``
+    untimed calls, then the median of ``repeats`` timed ones. Checked when built."""
+
+    threads: int = 1
+    warmup: int = 3
+    repeats: int = 10
+
+    def __post_init__(self) -> None:
+        if self.threads < 1:
+            raise InputError(f"threads must be >= 1, got {self.threads}")
+        check_timing(1, self.warmup, self.repeats)
 
 
 @dataclass(frozen=True)
@@ -83,14 +110,12 @@ class ExportCheck:
 
 
 def export_model(model: nn.Module, input_shape: InputShape, path: str | os.PathLike, format: str = "onnx", *,
-                 batch_size: int = 8, seed: int = 0, what: str = "the model") -> ExportCheck:
+                 check: CheckBatch = CheckBatch(), what: str = "the model") -> ExportCheck:
     """Write ``model`` (run in eval mode, its modes restored) as ``format`` to ``path`` and
-    check the file; ``path`` is written only when the check passed. ``what`` names the model in
-    error messages."""
+    check the file on the ``check`` batch; ``path`` is written only when the check passed.
+    ``what`` names the model in error messages."""
     if format not in FORMATS:
         raise ExportError(f"unknown export format {format!r}; valid: {', '.join(FORMATS)}")
-    if batch_size < 1:
-        raise ExportError(f"the check's batch size must be >= 1, got {batch_size}")
     if Path(path).is_dir():
         raise ExportError(f"{path} is a directory; give the path of a file to write")
     checks: list[ExportCheck] = []
@@ -99,20 +124,21 @@ def export_model(model: nn.Module, input_shape: InputShape, path: str | os.PathL
         with preserved_modes(model):
             model.eval()
             (_write_onnx if format == "onnx" else _write_torchscript)(model, input_shape, tmp, what)
-            check = check_export(model, input_shape, tmp, format, batch_size=batch_size, seed=seed, what=what)
-        if not check.passed:
+            result = check_export(model, input_shape, tmp, format, check=check, what=what)
+        if not result.passed:
             raise ExportError(f"the {format} export of {what} does not match PyTorch: max abs difference "
-                              f"{check.max_abs_diff:.3g} > tolerance {check.tolerance:.3g}")
-        checks.append(check)
+                              f"{result.max_abs_diff:.3g} > tolerance {result.tolerance:.3g}")
+        checks.append(result)
 
     atomic_write(path, write)
     return checks[0]
 
 
 def check_export(model: nn.Module, input_shape: InputShape, path: str | os.PathLike, format: str, *,
-                 batch_size: int = 8, seed: int = 0, what: str = "the model") -> ExportCheck:
-    """Compare the exported file at ``path`` with ``model`` on a seeded ``batch_size`` batch."""
-    batch = torch.randn(batch_size, *input_shape, generator=torch.Generator().manual_seed(seed))
+                 check: CheckBatch = CheckBatch(), what: str = "the model") -> ExportCheck:
+    """Compare the exported file at ``path`` with ``model`` on the seeded ``check`` batch."""
+    batch_size = check.size
+    batch = torch.randn(batch_size, *input_shape, generator=torch.Generator().manual_seed(check.seed))
     run = _runner(path, format, what)
     with preserved_modes(model), torch.inference_mode():
         model.eval()
@@ -128,15 +154,15 @@ def check_export(model: nn.Module, input_shape: InputShape, path: str | os.PathL
     return ExportCheck(format, batch_size, diff, scale, TOLERANCE * scale)
 
 
-def exported_latency(path: str | os.PathLike, format: str, input_shape: InputShape, batch_size: int = 1, *,
-                     threads: int = 1, warmup: int = 3, repeats: int = 10) -> LatencyResult:
-    """Median latency of the exported file: onnxruntime (CPU, ``threads`` intra-op threads) for
-    ONNX, the reloaded module under :func:`~pruning.structure.measure_latency` for TorchScript."""
+def exported_latency(path: str | os.PathLike, format: str, input_shape: InputShape, batch_size: int = 1,
+                     timing: Timing = Timing()) -> LatencyResult:
+    """Median latency of the exported file as ``timing`` says: onnxruntime (CPU,
+    ``timing.threads`` intra-op threads) for ONNX, the reloaded module under
+    :func:`~pruning.structure.measure_latency` for TorchScript."""
+    threads, warmup, repeats = timing.threads, timing.warmup, timing.repeats
     if format == "torchscript":
         return measure_latency(_load_torchscript(path), input_shape, batch_size, threads=threads, warmup=warmup,
                                repeats=repeats)
-    if threads < 1:
-        raise InputError(f"threads must be >= 1, got {threads}")
     check_timing(batch_size, warmup, repeats)
     session = onnx_session(path, threads)
     feed = {INPUT_NAME: np.zeros((batch_size, *input_shape), dtype=np.float32)}

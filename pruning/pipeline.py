@@ -48,6 +48,8 @@ def score_channels(
     return scores
 
 
+# long signature: orchestrator/sweeps/trials.py (moving to orchestrator/experiment elsewhere)
+# passes ratio_weights, space and scores by name; they become one value together with that caller
 def prune_with_criterion(
     model: nn.Module,
     example_inputs,

@@ -104,6 +104,8 @@ class EvalResult:
     samples: int
 
 
+# long signature: pruning/recovery/recipe.py (under rework elsewhere) passes progress, teacher and
+# amp by name; they become one value together with that caller
 def train(
     model: nn.Module,
     train_loader: DataLoader | Sequence[Batch],

@@ -180,34 +180,40 @@ def measure(model: nn.Module, shape: tuple[int, int, int], accuracy: float | Non
     }
 
 
-def collect_stats(args: argparse.Namespace, model: nn.Module, groups, batches, *, return_report: bool = False,
-                  **options: Any):
-    """Activation statistics of ``groups`` over ``batches``: in-process, or on ``--workers`` Ray
-    actors (joining ``--address``). ``return_report``: ``(stats, RunReport or None in-process)``."""
+def collect_stats(args: argparse.Namespace, model: nn.Module, groups, batches, options, *,
+                  return_report: bool = False):
+    """Activation statistics of ``groups`` over ``batches`` as ``options`` (a
+    :class:`~pruning.statistics.StatsOptions`) say: in-process, or on ``--workers`` Ray actors
+    (joining ``--address``). ``return_report``: ``(stats, RunReport or None in-process)``."""
     from orchestrator.cli.options import show_progress
 
     workers = args.workers
     if not workers:
         from pruning.statistics import collect_activation_stats
 
-        state = collect_activation_stats(model, groups, batches, progress=show_progress(args), **options)
+        state = collect_activation_stats(model, groups, batches, options, progress=show_progress(args))
         return (state, None) if return_report else state
     distributed.connect(args.address, workers, args.cpus_per_worker, log_to_driver=not args.json)
-    return distributed.distributed_stats(model, groups, batches, workers=workers, cpus_per_worker=args.cpus_per_worker,
-                                         gpus_per_worker=getattr(args, "gpus_per_worker", 0.0),
-                                         progress=show_progress(args), return_report=return_report, **options)
+    return distributed.distributed_stats(model, groups, batches, options, _shard_options(args, return_report))
+
+
+def _shard_options(args: argparse.Namespace, return_report: bool = False):
+    """The actors ``--workers``, ``--cpus-per-worker`` and ``--gpus-per-worker`` ask for."""
+    from orchestrator.cli.options import show_progress
+    from orchestrator.distributed.options import ShardOptions
+
+    return ShardOptions(workers=args.workers, cpus_per_worker=args.cpus_per_worker,
+                        gpus_per_worker=getattr(args, "gpus_per_worker", 0.0), progress=show_progress(args),
+                        return_report=return_report)
 
 
 def distribute_criterion(criterion, args: argparse.Namespace):
     """shapley/snpfi scoring on ``--workers`` Ray actors; other criteria (and ``--workers 0``)
     are returned as they are."""
-    from orchestrator.cli.options import show_progress
-
     if not args.workers or criterion.name not in ("shapley", "snpfi"):
         return criterion
     return criterion.delegate_estimation(distributed.DistributedShapley(
-        args.workers, cpus_per_worker=args.cpus_per_worker, gpus_per_worker=getattr(args, "gpus_per_worker", 0.0),
-        address=args.address, progress=show_progress(args), log_to_driver=not args.json))
+        _shard_options(args), address=args.address, log_to_driver=not args.json))
 
 
 def ray_network(args: argparse.Namespace) -> str | None:

@@ -31,7 +31,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> CommandResult:
     from orchestrator.cli.common import LATENCY_BATCHES
-    from pruning.export import OPSET, export_model, exported_latency
+    from pruning.export import OPSET, CheckBatch, Timing, export_model, exported_latency
     from pruning.structure import load_checkpoint, measure_latency
 
     check_output_files(args, "--out")
@@ -40,12 +40,13 @@ def run(args: argparse.Namespace) -> CommandResult:
     model, spec = load_checkpoint(args.checkpoint)
     shape = tuple(spec.input_shape)
     what = f"model {spec.name!r}"
-    check = export_model(model, shape, args.out, args.format, batch_size=args.batch_size, what=what)
-    timing = dict(threads=args.threads, warmup=args.warmup, repeats=args.repeats)
+    check = export_model(model, shape, args.out, args.format, check=CheckBatch(size=args.batch_size), what=what)
+    timing = Timing(threads=args.threads, warmup=args.warmup, repeats=args.repeats)
     runtime = RUNTIMES[args.format]
     latency = {
-        "pytorch": {f"batch{b}": measure_latency(model, shape, b, **timing).median_ms for b in LATENCY_BATCHES},
-        runtime: {f"batch{b}": exported_latency(args.out, args.format, shape, b, **timing).median_ms
+        "pytorch": {f"batch{b}": measure_latency(model, shape, b, threads=timing.threads, warmup=timing.warmup,
+                                                 repeats=timing.repeats).median_ms for b in LATENCY_BATCHES},
+        runtime: {f"batch{b}": exported_latency(args.out, args.format, shape, b, timing).median_ms
                   for b in LATENCY_BATCHES},
     }
     data = {

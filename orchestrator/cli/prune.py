@@ -201,7 +201,7 @@ def _collect_stats(args, model, space, batches, criterion):
     from orchestrator.cli.common import collect_stats
     from pruning.criteria import statistics_options
 
-    return collect_stats(args, model, space.groups, batches, **statistics_options([criterion]))
+    return collect_stats(args, model, space.groups, batches, statistics_options([criterion]))
 
 
 def _ratio_prior(args, source, criterion, model, space, config, context):

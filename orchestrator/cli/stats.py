@@ -54,6 +54,7 @@ def run(args: argparse.Namespace) -> CommandResult:
 
     from orchestrator.cli.common import collect_stats, command_device, load_fitting, ray_network
     from pruning.data import calibration_batches
+    from pruning.statistics import StatsOptions
     from pruning.structure import PruningSpace
 
     check_output_files(args, "--out")
@@ -67,10 +68,9 @@ def run(args: argparse.Namespace) -> CommandResult:
     loaded.model.to(device)  # the in-process pass (and the histogram edges) run there
     batches = calibration_batches(loaded.splits, args.calibration_images, 128, progress=show_progress(args))
     started = time.perf_counter()
-    state, report = collect_stats(args, loaded.model, space.groups, batches, bins=args.bins, value=args.value,
-                                  rank_images=args.rank_images, chip=args.chip, map_entropy=args.map_entropy,
-                                  read_inputs=args.read_inputs, per_class=args.per_class,
-                                  return_report=True)
+    options = StatsOptions(bins=args.bins, value=args.value, rank_images=args.rank_images, chip=args.chip,
+                           map_entropy=args.map_entropy, read_inputs=args.read_inputs, per_class=args.per_class)
+    state, report = collect_stats(args, loaded.model, space.groups, batches, options, return_report=True)
     seconds = time.perf_counter() - started
     state.save(args.out)
     data = {"checkpoint": args.checkpoint, "model": loaded.spec.name, "out": str(args.out),

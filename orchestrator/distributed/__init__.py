@@ -3,6 +3,7 @@
 * :mod:`.connection`: :func:`connect` (join a cluster or start a local Ray), CPU checks;
 * :mod:`.network`: the loopback-only private network namespace a local Ray runs in;
 * :mod:`.pool`: :class:`WorkerPool`, the actors that hold one model replica each;
+* :mod:`.options`: :class:`ShardOptions`, how a distributed run's shards run;
 * :mod:`.scheduler`: the fault-tolerant shard scheduler and its :class:`RunReport`;
 * :mod:`.stats`: :func:`distributed_stats`; :mod:`.shapley`: :func:`distributed_shapley` and
   :class:`DistributedShapley`, the Ray estimator of the ``shapley``/``snpfi`` criteria.
@@ -20,6 +21,7 @@ _SOURCES = {
     "available_cpus": "connection",
     "connect": "connection",
     "WorkerPool": "pool",
+    "ShardOptions": "options",
     "DEPTH": "scheduler",
     "START_TIMEOUT": "scheduler",
     "RunReport": "scheduler",

@@ -66,8 +66,8 @@ class RunReport:
 
 
 class ShardRunner:
-    """Hands shards to the first ``workers`` actors of ``pool``, replaces dead actors and redoes
-    their shards.
+    """Hands shards to the first ``report.workers`` actors of ``pool``, replaces dead actors and
+    redoes their shards.
 
     ``task``: ``(task class, *args)``, built once on every actor (and every replacement) as
     ``task_class(*args)``; a shard then calls it as ``task(key, payload)``.
@@ -76,7 +76,6 @@ class ShardRunner:
     def __init__(
         self,
         pool: WorkerPool,
-        workers: int,
         task: tuple,
         report: RunReport,
         *,
@@ -85,7 +84,7 @@ class ShardRunner:
         desc: str = "shards",
     ) -> None:
         self.pool = pool
-        self.workers = workers
+        self.workers = workers = report.workers
         self.task = task
         self.report = report
         self.max_failures = 2 * workers + 2 if max_failures is None else max_failures

@@ -23,10 +23,12 @@ import torch
 from torch import nn
 
 from orchestrator.distributed.connection import connect
-from orchestrator.distributed.pool import WorkerPool, cpu_model, pool_for, resolve_workers
+from orchestrator.distributed.options import ShardOptions
+from orchestrator.distributed.pool import cpu_model, pool_for, resolve_workers
 from orchestrator.distributed.scheduler import RunReport, ShardRunner
 from pruning.errors import InputError
 from pruning.games import (
+    GameSharing,
     LayerGame,
     ShapleyEstimate,
     ShapleyOptions,
@@ -56,8 +58,8 @@ class _ShapleyTask:
         game = self.games.get(name)
         if game is None:
             game = self.games[name] = LayerGame(
-                self.model, self.groups[name], self.inputs, self.targets, value=self.options.value,
-                mode=self.mode, max_batch=self.options.max_batch, traced=self.traced,
+                self.model, self.groups[name], self.inputs, self.targets, self.options.game_settings(self.mode),
+                GameSharing(traced=self.traced),
             )
         permutations, seed = block
         return estimate_block(game, self.options, permutations, seed)
@@ -68,49 +70,42 @@ def distributed_shapley(
     groups: Sequence[ChannelGroup],
     calibration: Sequence[tuple[torch.Tensor, torch.Tensor]],
     options: ShapleyOptions = ShapleyOptions(),
+    shards: ShardOptions = ShardOptions(),
     *,
     seed: int = 0,
-    workers: int | None = None,
-    cpus_per_worker: float = 1,
-    gpus_per_worker: float = 0,
-    pool: WorkerPool | None = None,
-    progress: bool = True,
-    max_failures: int | None = None,
-    return_report: bool = False,
 ) -> dict[str, ShapleyEstimate] | tuple[dict[str, ShapleyEstimate], RunReport]:
     """Shapley values of every group's channels as ``options`` say, in blocks on Ray actors.
 
     The worth is computed on ``options.game_batch(calibration, seed)``; each block
     holds ``options.batch_permutations`` permutations. Groups with at most
     ``options.exact_below`` channels are enumerated exactly on the driver. Shard ids in the
-    report are ``(group name, block index)``. ``workers`` / ``pool`` as for
-    :func:`~orchestrator.distributed.distributed_stats`.
+    report are ``(group name, block index)``. ``shards``: the actors and what the call returns
+    (:class:`~orchestrator.distributed.ShardOptions`; its ``shard_size`` does not apply).
 
     Identical results for the same seed and block plan (``max_permutations``,
     ``batch_permutations``, ``antithetic``), whatever the number of workers, the arrival order
     or actor failures.
     """
     wall = time.perf_counter()
-    workers, cpus_per_worker = resolve_workers(workers, cpus_per_worker, pool)
+    workers, cpus_per_worker = resolve_workers(shards.workers, shards.cpus_per_worker, shards.pool)
     groups = list(groups)
     report = RunReport("shapley", workers, float(cpus_per_worker))
     if not groups:
-        return ({}, report) if return_report else {}
+        return ({}, report) if shards.return_report else {}
     inputs, targets = options.game_batch(calibration, seed)
 
     results: dict[str, ShapleyEstimate] = {}
     blocks: dict[str, list] = {}
     for g in groups:
         if g.size <= options.exact_below:
-            game = LayerGame(model, g, inputs, targets, value=options.value, mode=options.mode,
-                             max_batch=options.max_batch)
+            game = LayerGame(model, g, inputs, targets, options.game_settings())
             results[g.name] = exact_shapley(game)
         else:
             blocks[g.name] = shapley_blocks(options, seed, g.name)
     merges = {name: block_merge(options, len(plan)) for name, plan in blocks.items()}
     # round-robin over groups by block index: every group advances, an early stop bites early
-    shards = [((name, k), block) for k, step in enumerate(zip(*blocks.values())) for name, block in zip(blocks, step)]
-    report.shards = len(shards)
+    plan = [((name, k), block) for k, step in enumerate(zip(*blocks.values())) for name, block in zip(blocks, step)]
+    report.shards = len(plan)
 
     if merges:
         put = time.perf_counter()
@@ -119,11 +114,11 @@ def distributed_shapley(
         report.put_s = time.perf_counter() - put
         estimated = [g for g in groups if g.name in merges]
         task = (_ShapleyTask, model_ref, estimated, inputs_ref, targets_ref, options)
-        with pool_for(pool, workers, cpus_per_worker, gpus_per_worker) as active:
-            runner = ShardRunner(active, workers, task, report, max_failures=max_failures, progress=progress,
+        with pool_for(shards.pool, workers, cpus_per_worker, shards.gpus_per_worker) as active:
+            runner = ShardRunner(active, task, report, max_failures=shards.max_failures, progress=shards.progress,
                                  desc="shapley blocks")
             runner.run(
-                shards,
+                plan,
                 accept=lambda key, est: merges[key[0]].add(key[1], est),
                 wanted=lambda key: not merges[key[0]].done,
                 finished=lambda: all(m.done for m in merges.values()),
@@ -134,50 +129,31 @@ def distributed_shapley(
                                "permutations": m.permutations}
     report.wall_s = time.perf_counter() - wall
     ordered = {g.name: results[g.name] for g in groups}
-    return (ordered, report) if return_report else ordered
+    return (ordered, report) if shards.return_report else ordered
 
 
 class DistributedShapley:
     """The estimation hook of the ``shapley``/``snpfi`` criteria on Ray actors.
 
-    ``criterion.delegate_estimation(DistributedShapley(workers=8))`` is a drop-in for the
-    in-process criterion (in :func:`pruning.pipeline.prune_with_criterion`, for SNPFI's automatic
-    ratios, ...): its :func:`distributed_shapley` call gets the criterion's own options and seed
-    (``batch_permutations`` is the block size). Connects to Ray (:func:`connect` with ``address``)
-    on first use unless a ``pool`` is given; ``last_report`` holds the :class:`RunReport` of the
-    last estimation.
+    ``criterion.delegate_estimation(DistributedShapley(ShardOptions(workers=8)))`` is a drop-in for
+    the in-process criterion (in :func:`pruning.pipeline.prune_with_criterion`, for SNPFI's
+    automatic ratios, ...): its :func:`distributed_shapley` call gets the criterion's own options
+    and seed (``batch_permutations`` is the block size) and runs as ``shards`` say (its
+    ``return_report`` is ignored). Connects to Ray (:func:`connect` with ``address``) on first use
+    unless ``shards`` names a pool; ``last_report`` holds the :class:`RunReport` of the last
+    estimation.
     """
 
-    def __init__(
-        self,
-        workers: int | None = None,
-        *,
-        cpus_per_worker: float = 1,
-        gpus_per_worker: float = 0,
-        address: str | None = None,
-        pool: WorkerPool | None = None,
-        progress: bool = False,
-        log_to_driver: bool = True,
-    ) -> None:
-        if workers is not None and workers < 1:
-            raise InputError(f"workers must be >= 1, got {workers}")
-        if workers is None and pool is None:
+    def __init__(self, shards: ShardOptions, *, address: str | None = None, log_to_driver: bool = True) -> None:
+        if shards.workers is None and shards.pool is None:
             raise InputError("give workers (>= 1) or a WorkerPool")
-        self.workers = workers
-        self.cpus_per_worker = cpus_per_worker
-        self.gpus_per_worker = gpus_per_worker
+        self.shards = shards.replace(return_report=True)
         self.address = address
-        self.pool = pool
-        self.progress = progress
         self.log_to_driver = log_to_driver
         self.last_report: RunReport | None = None
 
     def __call__(self, model, groups, calibration, options: ShapleyOptions, seed: int) -> dict[str, ShapleyEstimate]:
-        if self.pool is None:
-            connect(self.address, self.workers, self.cpus_per_worker, log_to_driver=self.log_to_driver)
-        result, self.last_report = distributed_shapley(
-            model, groups, calibration, options, seed=seed, workers=self.workers,
-            cpus_per_worker=self.cpus_per_worker, gpus_per_worker=self.gpus_per_worker, pool=self.pool,
-            progress=self.progress, return_report=True,
-        )
+        if self.shards.pool is None:
+            connect(self.address, self.shards.workers, self.shards.cpus_per_worker, log_to_driver=self.log_to_driver)
+        result, self.last_report = distributed_shapley(model, groups, calibration, options, self.shards, seed=seed)
         return result

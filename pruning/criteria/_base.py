@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -30,6 +30,9 @@ from pruning.class_scores import check_class_scores
 from pruning.registry import Registry
 from pruning.errors import InputError
 from pruning.structure.groups import SOURCES, ChannelGroup
+
+if TYPE_CHECKING:
+    from pruning.statistics.options import StatsOptions
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -75,7 +78,8 @@ class Criterion(ABC):
         """Optional statistics the collection must gather for this criterion, beyond the default
         set: ``"chip"`` (CHIP's nuclear norms), ``"map_entropy"`` (the per-map softmax entropies),
         ``"read_inputs"`` (the tensors the consumers of residual-coupled groups read), ``"per_class"``
-        (the per-class sums). Callers pass them to ``collect_activation_stats``."""
+        (the per-class sums). :func:`statistics_options` turns them into the
+        :class:`~pruning.statistics.StatsOptions` callers pass to ``collect_activation_stats``."""
         return frozenset()
 
     def check_context(self, context: ScoringContext) -> None:
@@ -178,12 +182,15 @@ def criteria_with_class_scores() -> list[str]:
     return [n for n in list_criteria() if issubclass(cls := criterion_class(n), StatisticsCriterion) and cls.has_class_scores]
 
 
-def statistics_options(criteria: Iterable[Criterion]) -> dict[str, bool]:
-    """The optional statistics these criteria read (:meth:`Criterion.required_statistics`), as
-    ``collect_activation_stats`` keyword arguments: ``{"chip": ..., "map_entropy": ..., "read_inputs": ...,
-    "per_class": ...}``."""
+def statistics_options(criteria: Iterable[Criterion], base: StatsOptions | None = None) -> StatsOptions:
+    """The statistics options these criteria need: ``base`` (default :class:`StatsOptions()
+    <pruning.statistics.StatsOptions>`) with each optional statistic (``chip``, ``map_entropy``,
+    ``read_inputs``, ``per_class``) on exactly where one of them reads it
+    (:meth:`Criterion.required_statistics`); pass it to ``collect_activation_stats``."""
+    from pruning.statistics.options import StatsOptions
+
     needed = frozenset().union(*(c.required_statistics() for c in criteria))
-    return {name: name in needed for name in OPTIONAL_STATISTICS}
+    return (base or StatsOptions()).replace(**{name: name in needed for name in OPTIONAL_STATISTICS})
 
 
 def normalise(scores: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -16,7 +16,7 @@ class ChipCriterion(StatisticsCriterion):
     matrices. Residual-coupled groups average over their producers' outputs (``source="producer"``)
     or over the tensors their consumers read (``"consumer"``).
 
-    Needs statistics collected with ``chip=True`` (``collect_activation_stats(..., chip=True)``).
+    Needs statistics collected with ``chip=True`` (``collect_activation_stats(..., StatsOptions(chip=True))``).
 
     Reference: Sui et al., "CHIP: CHannel Independence-based Pruning for Compact Neural
     Networks", NeurIPS 2021.

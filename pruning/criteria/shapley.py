@@ -13,6 +13,7 @@ from pruning.criteria._base import Batch, Criterion, register_criterion
 from pruning.errors import InputError
 from pruning.games import (
     GamePlan,
+    GameSharing,
     LayerGame,
     PassMeter,
     ShapleyEstimate,
@@ -93,6 +94,8 @@ class ShapleyChannels(Criterion):
 
     needs_calibration: ClassVar[bool] = True
 
+    # long signature: each keyword is a criterion option by name (create_criterion, the CLI's
+    # --criterion-options, sweep configs), and the registry lists the valid ones from it
     def __init__(
         self,
         seed: int = 0,
@@ -185,9 +188,10 @@ class ShapleyChannels(Criterion):
             for k, (x, _) in enumerate(batches):
                 forwards[k] = shared_forward(model, traced, x, groups, like=forwards[0])
                 meter.charge(forwards[k].images_forwarded if forwards[k] is not None else 0)
-        settings = dict(value=options.value, mode=mode, max_batch=options.max_batch, traced=traced, meter=meter)
+        settings = options.game_settings(mode)
         for index, group in enumerate(groups):
-            games = [LayerGame(model, group, x, y, forward=forward, check_hooks=index == k == 0, **settings)
+            games = [LayerGame(model, group, x, y, settings,
+                               GameSharing(traced=traced, forward=forward, check_hooks=index == k == 0, meter=meter))
                      for k, ((x, y), forward) in enumerate(zip(batches, forwards))]
             yield games[0], (games if options.class_scores == "max" else None)
 

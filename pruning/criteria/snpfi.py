@@ -10,7 +10,7 @@ from pruning.criteria._base import register_criterion
 from pruning.criteria.shapley import ShapleyChannels
 from pruning.errors import InputError
 from pruning.games import (
-    group_seed, importance_order, interaction_utilization, sparsity_from_curve, utilization_curve,
+    PairSampling, group_seed, importance_order, interaction_utilization, sparsity_from_curve, utilization_curve,
 )
 
 #: how the layer sparsities are set: each layer at its own threshold, or jointly
@@ -55,6 +55,8 @@ class SNPFI(ShapleyChannels):
     did not reach keeps all its filters (its curve reaches 1 only at n).
     """
 
+    # long signature: each keyword is a criterion option by name (create_criterion, the CLI's
+    # --criterion-options, sweep configs), and the registry lists the valid ones from it
     def __init__(
         self,
         seed: int = 0,
@@ -125,8 +127,8 @@ class SNPFI(ShapleyChannels):
                     self.last_utilization[name] = {"skipped": "over budget", "samples": 0}
                 continue
             started = time.perf_counter()
-            found = interaction_utilization(game, est.values, tau=tau, window=self.interactions,
-                                            samples=samples, seed=group_seed(self.seed, name) + 1)
+            found = interaction_utilization(game, est.values, PairSampling(window=self.interactions, samples=samples),
+                                            tau=tau, seed=group_seed(self.seed, name) + 1)
             curves[name] = found.curve
             ranked = torch.sort(phi, descending=True, stable=True).values
             scores[name] = torch.empty_like(phi)

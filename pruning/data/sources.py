@@ -229,10 +229,12 @@ def _idx_source(
     root: Path,
     download: bool,
     missing_message: str,
-    mean: float,
-    std: float,
+    normalization: tuple[float, float],
     augmentation: Augmentation,
 ) -> _TensorSource:
+    """The train and test splits of a torchvision IDX dataset (MNIST-like) under ``root``,
+    normalised with ``normalization`` (the pixels' mean and standard deviation)."""
+    mean, std = normalization
     torchvision_root = _idx_torchvision_root(dataset_class.__name__, root)
     if torchvision_root is None:
         if not download:
@@ -273,7 +275,7 @@ def _fashion_mnist(root: str | None, download: bool, image_size: int | None) -> 
         f"Fashion-MNIST not found in {root_path}: run `apt-get install dataset-fashion-mnist` "
         f"or pass --data-root DIR (with --download to fetch it)"
     )
-    return _idx_source(torchvision.datasets.FashionMNIST, root_path, download, message, 0.2860, 0.3530,
+    return _idx_source(torchvision.datasets.FashionMNIST, root_path, download, message, (0.2860, 0.3530),
                        Augmentation(padding=2, flip=True))
 
 
@@ -282,7 +284,7 @@ def _mnist(root: str | None, download: bool, image_size: int | None) -> _TensorS
     root_path = _required_root("mnist", root)
     # No flips: mirrored digits are different symbols.
     return _idx_source(torchvision.datasets.MNIST, root_path, download, _missing_root_message("mnist", root),
-                       0.1307, 0.3081, Augmentation(padding=2, flip=False))
+                       (0.1307, 0.3081), Augmentation(padding=2, flip=False))
 
 
 def _torchvision_dataset(

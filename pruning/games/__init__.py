@@ -10,7 +10,7 @@ from pruning.games.coalitions import (
     game_endpoints,
 )
 from pruning.games.budget import GamePlan, GameRequest, PassMeter, check_budget, plan_game
-from pruning.games.layer import MODES, LayerGame, resolve_trace, shared_forward, trace_model
+from pruning.games.layer import MODES, GameSettings, GameSharing, LayerGame, resolve_trace, shared_forward, trace_model
 from pruning.games.estimators import (
     EXACT_MAX_SIZE,
     BoundaryStop,
@@ -18,6 +18,7 @@ from pruning.games.estimators import (
     RunningStats,
     ShapleyEstimate,
     exact_shapley,
+    PermutationSampling,
     permutation_shapley,
 )
 from pruning.class_scores import CLASS_SCORES
@@ -31,6 +32,7 @@ from pruning.games.estimation import (
 from pruning.games.blocks import BlockMerge, block_merge, estimate_block, shapley_block_plan, shapley_blocks
 from pruning.games.snpfi import (
     InteractionUtilization,
+    PairSampling,
     cut_window,
     exact_interaction,
     importance_order,
@@ -53,6 +55,8 @@ __all__ = [
     "coalition_value",
     "game_endpoints",
     "LayerGame",
+    "GameSettings",
+    "GameSharing",
     "shared_forward",
     "PassMeter",
     "GamePlan",
@@ -66,6 +70,7 @@ __all__ = [
     "stop_reached",
     "ShapleyEstimate",
     "exact_shapley",
+    "PermutationSampling",
     "permutation_shapley",
     "CLASS_SCORES",
     "ShapleyOptions",
@@ -88,5 +93,6 @@ __all__ = [
     "interaction_order",
     "interaction_utilization",
     "InteractionUtilization",
+    "PairSampling",
     "cut_window",
 ]

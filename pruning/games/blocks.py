@@ -15,7 +15,14 @@ import numpy as np
 
 from pruning.games.coalitions import CoalitionGame
 from pruning.games.estimation import ShapleyOptions, group_seed
-from pruning.games.estimators import BoundaryStop, RunningStats, ShapleyEstimate, permutation_shapley, stop_reached
+from pruning.games.estimators import (
+    BoundaryStop,
+    PermutationSampling,
+    RunningStats,
+    ShapleyEstimate,
+    permutation_shapley,
+    stop_reached,
+)
 
 
 def shapley_block_plan(max_permutations: int, block: int, antithetic: bool) -> list[int]:
@@ -46,16 +53,15 @@ def estimate_block(game: CoalitionGame, options: ShapleyOptions, permutations: i
                    seed: np.random.SeedSequence) -> ShapleyEstimate:
     """One block: ``permutations`` permutations in one batch, without an early stop
     (:class:`BlockMerge` decides that on the merged blocks)."""
-    return permutation_shapley(
-        game,
+    sampling = PermutationSampling(
         max_permutations=permutations,
         epsilon=None,
         antithetic=options.antithetic,
         truncation_tol=options.truncation_tol(game),
         batch_permutations=permutations,
         truncation_window=options.truncation_window,
-        seed=seed,
     )
+    return permutation_shapley(game, sampling, seed)
 
 
 class BlockMerge:

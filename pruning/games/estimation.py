@@ -25,9 +25,10 @@ from pruning.games.estimators import (
     BoundaryStop,
     ShapleyEstimate,
     exact_shapley,
+    PermutationSampling,
     permutation_shapley,
 )
-from pruning.games.layer import MODES
+from pruning.games.layer import MODES, GameSettings
 
 
 
@@ -132,6 +133,11 @@ class ShapleyOptions:
                            max_permutations=max(step, self.max_permutations - self.max_permutations % step),
                            step=step, exact_below=self.exact_below, curves=curves)
 
+    def game_settings(self, mode: str | None = None) -> GameSettings:
+        """The :class:`~pruning.games.GameSettings` of these options' games (``mode``: a resolved
+        mode instead of :attr:`mode`, see :func:`~pruning.games.resolve_trace`)."""
+        return GameSettings(value=self.value, mode=self.mode if mode is None else mode, max_batch=self.max_batch)
+
     def truncation_tol(self, game: CoalitionGame) -> float | None:
         """The absolute TMC tolerance for ``game``: ``truncation`` x |v(N) - v(empty)|."""
         if self.truncation is None:
@@ -150,8 +156,7 @@ def estimate_shapley(game: CoalitionGame, options: ShapleyOptions, seed: int,
         plan = GamePlan(1, game.size, options.max_permutations, exact=game.size <= options.exact_below)
     if plan.exact:
         return exact_shapley(game)
-    return permutation_shapley(
-        game,
+    sampling = PermutationSampling(
         max_permutations=plan.permutations,
         positions=plan.positions,
         epsilon=options.epsilon,
@@ -160,8 +165,8 @@ def estimate_shapley(game: CoalitionGame, options: ShapleyOptions, seed: int,
         truncation_tol=options.truncation_tol(game),
         batch_permutations=options.batch_permutations,
         truncation_window=options.truncation_window,
-        seed=seed,
     )
+    return permutation_shapley(game, sampling, seed)
 
 
 def estimate_class_max(class_games: Sequence[CoalitionGame], options: ShapleyOptions, seed: int,

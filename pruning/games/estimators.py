@@ -17,6 +17,7 @@ from typing import Iterable
 import numpy as np
 import torch
 
+from pruning.errors import InputError
 from pruning.games.coalitions import CoalitionGame, all_coalitions, game_endpoints
 
 EXACT_MAX_SIZE = 10
@@ -223,8 +224,7 @@ def interpolate_prefixes(known: torch.Tensor, points: list[int], n: int) -> torc
 def _prefix_values(
     game: CoalitionGame,
     perms: np.ndarray,
-    v_full: float,
-    v_empty: float,
+    endpoints: tuple[float, float],
     truncation_tol: float | None,
     window: int,
     positions: int | None = None,
@@ -234,6 +234,7 @@ def _prefix_values(
     ``window`` prefix lengths over the still-active permutations, and a permutation whose prefix
     value comes within ``truncation_tol`` of v(N) keeps that value to the end (TMC-Shapley).
     ``positions`` < C evaluates only :func:`prefix_lengths` and interpolates the rest."""
+    v_full, v_empty = endpoints
     p, n = perms.shape
     lengths = prefix_lengths(n, n if positions is None else positions)
     points = [0, *lengths, n]
@@ -273,23 +274,42 @@ def _prefix_values(
     return interpolate_prefixes(known, points, n), used
 
 
+@dataclass(frozen=True)
+class PermutationSampling:
+    """How :func:`permutation_shapley` samples: the budget, the pairing, TMC truncation, the
+    early stop and the prefix positions (each described there). Checked when built; a bad
+    field raises :class:`~pruning.errors.InputError` naming it."""
+
+    max_permutations: int = 64
+    epsilon: float | None = None
+    boundary: BoundaryStop | None = None
+    antithetic: bool = False
+    truncation_tol: float | None = None
+    batch_permutations: int = 16
+    truncation_window: int | None = None
+    positions: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("max_permutations", "batch_permutations"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InputError(f"{name} must be >= 1, got {value!r}")
+        for name in ("truncation_window", "positions"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise InputError(f"{name} must be an integer >= 1 or None, got {value!r}")
+
+
 def permutation_shapley(
     game: CoalitionGame,
-    *,
-    max_permutations: int = 64,
-    epsilon: float | None = None,
-    boundary: BoundaryStop | None = None,
-    antithetic: bool = False,
-    truncation_tol: float | None = None,
-    batch_permutations: int = 16,
-    truncation_window: int | None = None,
-    seed: int = 0,
-    positions: int | None = None,
+    sampling: PermutationSampling = PermutationSampling(),
+    seed: int | np.random.SeedSequence = 0,
 ) -> ShapleyEstimate:
     """Monte Carlo Shapley values from marginal contributions along random permutations.
 
     Each permutation pi gives one sample per player, v(pre_i(pi) + i) - v(pre_i(pi)); the prefix
-    values of ``batch_permutations`` permutations are evaluated in one batched call.
+    values of ``batch_permutations`` permutations are evaluated in one batched call. The fields
+    of ``sampling`` (:class:`PermutationSampling`):
 
     * ``antithetic``: every permutation is followed by its reverse; the pair's average is one
       sample (so the variance reflects the pairing). ``max_permutations`` is rounded down to
@@ -312,8 +332,8 @@ def permutation_shapley(
     marginals of every permutation sum to exactly v(N) - v(empty).
     """
     n = game.size
-    if max_permutations < 1:
-        raise ValueError("max_permutations must be >= 1")
+    max_permutations, antithetic = sampling.max_permutations, sampling.antithetic
+    batch_permutations, positions = sampling.batch_permutations, sampling.positions
     rng = np.random.default_rng(seed)
     v_full, v_empty = game_endpoints(game)
     evaluations = 2
@@ -321,14 +341,14 @@ def permutation_shapley(
     budget = max(step, max_permutations - max_permutations % step)
     block_size = max(step, batch_permutations - batch_permutations % step)
     positions = n if positions is None else max(1, min(int(positions), n))
-    window = truncation_window or max(1, positions // 4)
+    window = sampling.truncation_window or max(1, positions // 4)
     stats = RunningStats.zeros(n)
     done = 0
     while done < budget:
         count = min(block_size, budget - done)
         base = [rng.permutation(n) for _ in range(count // step)]
         perms = np.stack([q for b in base for q in ((b, b[::-1]) if antithetic else (b,))])
-        pv, used = _prefix_values(game, perms, v_full, v_empty, truncation_tol, window, positions)
+        pv, used = _prefix_values(game, perms, (v_full, v_empty), sampling.truncation_tol, window, positions)
         evaluations += used
         marginals = pv[:, 1:] - pv[:, :-1]  # [P, n]: contribution of perms[p, k]
         phi = torch.zeros(len(perms), n, dtype=torch.float64).scatter_(1, torch.from_numpy(perms.copy()), marginals)
@@ -336,6 +356,6 @@ def permutation_shapley(
             phi = phi.view(-1, 2, n).mean(1)
         stats.update_many(phi)
         done += len(perms)
-        if stop_reached(stats, epsilon, boundary, v_full - v_empty):
+        if stop_reached(stats, sampling.epsilon, sampling.boundary, v_full - v_empty):
             break
     return ShapleyEstimate(stats.mean.clone(), stats.stderr(), done, evaluations, v_full, v_empty, stats)

@@ -32,6 +32,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from pruning.errors import InputError
 from pruning.games.coalitions import CoalitionGame, all_coalitions
 from pruning.games.estimators import interpolate_prefixes, prefix_lengths
 
@@ -248,26 +249,42 @@ def cut_window(n: int, cut: int, window: int) -> list[int]:
     return list(range(start, start + window))
 
 
+@dataclass(frozen=True)
+class PairSampling:
+    """Which pairs :func:`interaction_utilization` measures and how: every pair among the
+    ``window`` players around the cut (< 2: none), ``samples`` samples of each pair's
+    interaction, or all its coalitions with ``exact`` (small games). Checked when built."""
+
+    window: int = 8
+    samples: int = 8
+    exact: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 0:
+            raise InputError(f"window must be an integer >= 0 (0 = off), got {self.window!r}")
+        if isinstance(self.samples, bool) or not isinstance(self.samples, int) or self.samples < 1:
+            raise InputError(f"samples must be an integer >= 1, got {self.samples!r}")
+
+
 def interaction_utilization(
     game: CoalitionGame,
     importance: torch.Tensor,
+    sampling: PairSampling = PairSampling(),
     *,
     tau: float = 0.95,
-    window: int = 8,
-    samples: int = 8,
     seed: int = 0,
-    exact: bool = False,
     min_keep: int = 1,
 ) -> InteractionUtilization:
     """The interaction-aware utilization curve of one layer.
 
-    The pairs are every pair among the ``window`` players around the plain curve's cut k*
+    The pairs are every pair among the ``sampling.window`` players around the plain curve's cut k*
     (positions k* - window/2 ..., in the Shapley order at ``tau``): there the order decides what
-    is kept. Their I_ij are sampled with :func:`pairwise_interactions` (``samples`` per pair,
-    ``seed``), or enumerated with ``exact`` (small games). Cost: window (window - 1) / 2 *
-    samples * 4 coalitions plus the two curves' 2 (n + 1). ``window`` < 2 measures nothing and
-    returns the plain curve.
+    is kept. Their I_ij are sampled with :func:`pairwise_interactions` (``sampling.samples`` per
+    pair, ``seed``), or enumerated with ``sampling.exact`` (small games). Cost: window (window - 1)
+    / 2 * samples * 4 coalitions plus the two curves' 2 (n + 1). ``window`` < 2 measures nothing
+    and returns the plain curve.
     """
+    window, samples, exact = sampling.window, sampling.samples, sampling.exact
     n = game.size
     importance = torch.as_tensor(importance).flatten()
     plain_order = importance_order(importance)

@@ -236,6 +236,8 @@ class _FitOptions:
     memory: int | None  # bytes of the pruned pass's values held in memory; None: one pass
 
 
+# long signature: pruning/recovery/recipe.py (under rework elsewhere) passes ridge, kept_outputs,
+# seed, progress and budget by name; they become one fit-options value together with that caller
 def reconstruct_consumers(
     original: nn.Module,
     pruned: nn.Module,

@@ -18,6 +18,7 @@ from pruning.statistics.state import (  # noqa: F401
     merge_stats,
     stats_from_context,
 )
+from pruning.statistics.options import StatsOptions  # noqa: F401
 from pruning.statistics.collection import (  # noqa: F401
     EDGE_BATCHES,
     EDGE_QUANTILE,
@@ -31,6 +32,7 @@ from pruning.statistics.collection import (  # noqa: F401
 )
 
 __all__ = [
+    "StatsOptions",
     "LayerStats",
     "ActivationStats",
     "StatsFileError",

@@ -16,6 +16,7 @@ from pruning.statistics.measures import (
     rank_subsample,
 )
 from pruning.statistics.layer import CLASS_FIELDS, LayerStats, pad_classes
+from pruning.statistics.options import StatsOptions
 
 
 def hist_values(x: torch.Tensor, value: str) -> torch.Tensor:
@@ -37,10 +38,12 @@ def rank_quota(channels: int, rank_images: int | None, image_offset: int) -> int
 class Accumulator:
     """Running sums of one observed output, on the activation's device."""
 
-    def __init__(self, name: str, x: torch.Tensor, kind: str, rank: bool, chip: bool, map_entropy: bool,
-                 rank_window: tuple[int | None, int], edges: torch.Tensor | None = None, per_class: bool = False):
-        """``rank_window``: (``rank_images``, ``image_offset``) of the pass
+    def __init__(self, name: str, x: torch.Tensor, kind: str, options: StatsOptions,
+                 rank_window: tuple[int | None, int], edges: torch.Tensor | None = None):
+        """``options``: which optional sums to keep (``rank``, ``chip``, ``map_entropy``,
+        ``per_class``); ``rank_window``: (``rank_images``, ``image_offset``) of the pass
         (:func:`~pruning.statistics.accumulate_stats`)."""
+        rank, chip, map_entropy, per_class = options.rank, options.chip, options.map_entropy, options.per_class
         _, c, h, w = x.shape
         dev = x.device
         self.name = name

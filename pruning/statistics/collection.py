@@ -48,15 +48,10 @@ import torch
 from torch import nn
 
 from pruning.errors import InputError
-from pruning.statistics.edges import (
-    EDGE_BATCHES,
-    EDGE_QUANTILE,
-    EDGE_SCOPES,
-    RangeRecorder,
-    check_edge_options,
-)
+from pruning.statistics.edges import EDGE_BATCHES, EDGE_QUANTILE, EDGE_SCOPES, RangeRecorder
+from pruning.statistics.options import RANK_IMAGES, StatsOptions, check_rank_images
 from pruning.statistics._accumulator import Accumulator, hist_values
-from pruning.statistics.state import ActivationStats, check_value_mode
+from pruning.statistics.state import ActivationStats
 from pruning.statistics.hooks import hooked, observed_outputs
 from pruning.structure.groups import ChannelGroup, ObservedOutput
 from pruning.utils import batch_inputs, model_device
@@ -66,26 +61,13 @@ __all__ = [
     "EDGE_BATCHES",
     "EDGE_QUANTILE",
     "RANK_IMAGES",
+    "StatsOptions",
     "check_rank_images",
     "batch_labels",
     "compute_histogram_edges",
     "accumulate_stats",
     "collect_activation_stats",
 ]
-
-#: images whose maps are ranked by default: the mean ranks over this subsample agree closely with
-#: those over every calibration image, and ranking every image costs several times more
-#: (benchmarks/results/stats_cost.json)
-RANK_IMAGES = 128
-
-
-def check_rank_images(rank_images: int | None) -> None:
-    """Raise :class:`~pruning.errors.InputError` unless ``rank_images`` is a positive int or None."""
-    if rank_images is not None and (
-        isinstance(rank_images, bool) or not isinstance(rank_images, int) or rank_images < 1
-    ):
-        raise InputError(f"rank_images must be a positive integer or None (every image), got {rank_images!r}")
-
 
 def batch_labels(batch: Any) -> torch.Tensor:
     """The class indices of an ``(inputs, labels)`` batch, checked, as a 1-D int64 tensor."""
@@ -131,33 +113,27 @@ def compute_histogram_edges(
     model: nn.Module,
     groups: Sequence[ChannelGroup],
     batches: Iterable,
-    *,
-    bins: int = 32,
-    value: str = "gap",
-    edge_scope: str = "layer",
-    edge_quantile: float = EDGE_QUANTILE,
-    read_inputs: bool = False,
+    options: StatsOptions = StatsOptions(),
 ) -> dict[str, torch.Tensor]:
-    """First pass: per observed output (with ``read_inputs``, also per tensor in the groups'
-    ``read``), [C, bins+1] float32 uniform edges per channel, keyed like the statistics.
+    """First pass: per observed output (with ``options.read_inputs``, also per tensor in the
+    groups' ``read``), [C, bins+1] float32 uniform edges per channel, keyed like the statistics.
 
     The range is one per output (``edge_scope="layer"``, all rows equal) or one per channel
     (``"channel"``), from the ``edge_quantile`` .. 1 - ``edge_quantile`` quantiles of the
-    histogrammed value over ``batches`` (0: min and max), widened on each side by 1 % of its
+    histogrammed ``value`` over ``batches`` (0: min and max), widened on each side by 1 % of its
     width, and at least by 1e-4 x max(1, |lo|, |hi|) so that a constant output gets a proper
     (tiny) range and all its values fall in one bin (:mod:`pruning.statistics.edges`).
+    ``options.edge_batches`` is not applied here: every batch given counts.
     """
-    check_value_mode(value)
-    check_edge_options(bins, edge_scope, edge_quantile)
-    observed = observed_outputs(model, groups, read_inputs)
-    ranges = {name: RangeRecorder(edge_scope, edge_quantile) for name in observed}
+    observed = observed_outputs(model, groups, options.read_inputs)
+    ranges = {name: RangeRecorder(options.edge_scope, options.edge_quantile) for name in observed}
 
     def record(name: str, x: torch.Tensor, kind: str) -> None:
-        ranges[name].update(hist_values(x, value))
+        ranges[name].update(hist_values(x, options.value))
 
     with hooked(model, observed, record):
         _run(model, batches, False, "edges")
-    return {name: ranges[name].edges(name, bins) for name in observed}
+    return {name: ranges[name].edges(name, options.bins) for name in observed}
 
 
 def accumulate_stats(
@@ -165,124 +141,103 @@ def accumulate_stats(
     groups: Sequence[ChannelGroup],
     batches: Iterable,
     edges: Mapping[str, torch.Tensor],
+    options: StatsOptions = StatsOptions(),
     *,
-    value: str = "gap",
-    rank: bool = True,
-    rank_images: int | None = RANK_IMAGES,
     image_offset: int = 0,
-    chip: bool = False,
-    map_entropy: bool = False,
-    read_inputs: bool = False,
-    per_class: bool = False,
-    progress: bool = False,
 ) -> ActivationStats:
-    """The mergeable pass: statistics of ``batches`` with fixed histogram ``edges``.
+    """The mergeable pass: statistics of ``batches`` with fixed histogram ``edges`` (their bin
+    count is used; ``options.bins`` and the ``edge_*`` options are not).
 
     Map ranks are summed over the images of the whole pass whose index (in data order) is below
-    ``rank_images`` (None: every image); ``image_offset`` is how many images of the pass precede
-    ``batches``. Running it on shards of the data with the same edges, each with its offset, and
-    merging the results gives the statistics of one pass over all of it (up to float summation
-    order).
+    ``options.rank_images`` (None: every image); ``image_offset`` is how many images of the pass
+    precede ``batches``. Running it on shards of the data with the same edges, each with its
+    offset, and merging the results gives the statistics of one pass over all of it (up to float
+    summation order).
     """
-    check_value_mode(value)
-    check_rank_images(rank_images)
     if isinstance(image_offset, bool) or not isinstance(image_offset, int) or image_offset < 0:
         raise InputError(f"image_offset must be a non-negative integer, got {image_offset!r}")
-    observed = observed_outputs(model, groups, read_inputs)
+    observed = observed_outputs(model, groups, options.read_inputs)
     missing = [name for name in observed if name not in edges]
     if missing:
         raise InputError(f"no histogram edges for {', '.join(missing)}")
     bins = {int(edges[name].shape[-1]) - 1 for name in observed}
     if len(bins) != 1:
         raise InputError(f"histogram edges disagree on the number of bins: {sorted(bins)}")
-    options = dict(value=value, rank=rank, chip=chip, map_entropy=map_entropy, read_inputs=read_inputs,
-                   per_class=per_class, rank_window=(rank_images, image_offset), progress=progress)
-    return _accumulate(model, observed, batches, bins.pop(), edges=edges, **options)
+    options = options.replace(bins=bins.pop())
+    return _Pass(observed, options, edges=edges, image_offset=image_offset).run(model, batches, progress=False)
 
 
-def _accumulate(
-    model: nn.Module,
-    observed: Mapping[str, ObservedOutput],
-    batches: Iterable,
-    bins: int,
-    *,
-    value: str,
-    rank: bool,
-    chip: bool,
-    map_entropy: bool,
-    read_inputs: bool,
-    per_class: bool,
-    rank_window: tuple[int | None, int],
-    progress: bool,
-    edges: Mapping[str, torch.Tensor] | None = None,
-    ranges: Mapping[str, RangeRecorder] | None = None,
-    edge_batches: int = 0,
-) -> ActivationStats:
-    """One forward pass. With ``edges``, every batch is binned at once; otherwise the first
-    ``edge_batches`` batches' histogram values feed ``ranges`` and wait, the edges are fixed from
-    those ranges, and the waiting values are binned then: the same counts as an edge pass over
-    those batches followed by a pass with the edges, without running them twice."""
-    accumulators: dict[str, Accumulator] = {}
-    # the labels of the batch being forwarded, for the per-class sums
-    current: dict[str, torch.Tensor | None] = {"labels": None}
+class _Pass:
+    """One forward pass collecting :class:`ActivationStats`. With ``edges``, every batch is binned
+    at once; otherwise (``ranges``) the first ``options.edge_batches`` batches' histogram values
+    feed ``ranges`` and wait, the edges are fixed from those ranges, and the waiting values are
+    binned then: the same counts as an edge pass over those batches followed by a pass with the
+    edges, without running them twice."""
 
-    def set_labels(batch: Any) -> None:
-        current["labels"] = batch_labels(batch)
+    def __init__(
+        self,
+        observed: Mapping[str, ObservedOutput],
+        options: StatsOptions,
+        *,
+        edges: Mapping[str, torch.Tensor] | None = None,
+        ranges: Mapping[str, RangeRecorder] | None = None,
+        image_offset: int = 0,
+    ) -> None:
+        self.observed, self.edges, self.ranges = observed, edges, ranges
+        self.options = options
+        self.rank_window = (options.rank_images, image_offset)
+        self.accumulators: dict[str, Accumulator] = {}
+        # the labels of the batch being forwarded, for the per-class sums
+        self.labels: torch.Tensor | None = None
 
-    def record(name: str, x: torch.Tensor, kind: str) -> None:
-        if name not in accumulators:
-            fixed = None if edges is None else edges[name]
-            accumulators[name] = Accumulator(name, x, kind, rank, chip, map_entropy, rank_window, edges=fixed,
-                                             per_class=per_class)
-        accumulators[name].update(x, kind, value, None if ranges is None else ranges[name], current["labels"])
+    def set_labels(self, batch: Any) -> None:
+        self.labels = batch_labels(batch)
 
-    def fix_edges() -> None:
-        for name in observed:  # a module the edge batches did not call is reported by edges()
-            edges_of_name = ranges[name].edges(name, bins)
-            if name in accumulators:
-                accumulators[name].fix_edges(edges_of_name)
+    def record(self, name: str, x: torch.Tensor, kind: str) -> None:
+        if name not in self.accumulators:
+            fixed = None if self.edges is None else self.edges[name]
+            self.accumulators[name] = Accumulator(name, x, kind, self.options, self.rank_window, edges=fixed)
+        ranges = None if self.ranges is None else self.ranges[name]
+        self.accumulators[name].update(x, kind, self.options.value, ranges, self.labels)
 
-    def after_batch(count: int) -> None:
-        if count == edge_batches:
-            fix_edges()
+    def fix_edges(self) -> None:
+        for name in self.observed:  # a module the edge batches did not call is reported by edges()
+            edges_of_name = self.ranges[name].edges(name, self.options.bins)
+            if name in self.accumulators:
+                self.accumulators[name].fix_edges(edges_of_name)
 
-    with hooked(model, observed, record):
-        count = _run(model, batches, progress, "activation stats", after_batch if edges is None else None,
-                     set_labels if per_class else None)
-    if edges is None and count < edge_batches:
-        fix_edges()
+    def after_batch(self, count: int) -> None:
+        if count == self.options.edge_batches:
+            self.fix_edges()
 
-    not_called = [name for name in observed if name not in accumulators]
-    if not_called:
-        raise InputError(f"module(s) not called by the forward pass: {', '.join(not_called)}")
-    layers = {name: accumulators[name].finish() for name in observed}
-    return ActivationStats(layers, bins=bins, value=value, rank=rank, chip=chip, map_entropy=map_entropy,
-                           read_inputs=read_inputs, per_class=per_class)
+    def run(self, model: nn.Module, batches: Iterable, progress: bool) -> ActivationStats:
+        options = self.options
+        with hooked(model, self.observed, self.record):
+            count = _run(model, batches, progress, "activation stats",
+                         self.after_batch if self.edges is None else None,
+                         self.set_labels if options.per_class else None)
+        if self.edges is None and count < options.edge_batches:
+            self.fix_edges()
+        not_called = [name for name in self.observed if name not in self.accumulators]
+        if not_called:
+            raise InputError(f"module(s) not called by the forward pass: {', '.join(not_called)}")
+        layers = {name: self.accumulators[name].finish() for name in self.observed}
+        return ActivationStats(layers, options)
 
 
 def collect_activation_stats(
     model: nn.Module,
     groups: Sequence[ChannelGroup],
     batches: Iterable,
+    options: StatsOptions = StatsOptions(),
     *,
-    bins: int = 32,
-    value: str = "gap",
-    rank: bool = True,
-    rank_images: int | None = RANK_IMAGES,
-    chip: bool = False,
-    map_entropy: bool = False,
-    read_inputs: bool = False,
-    per_class: bool = False,
-    edge_batches: int = EDGE_BATCHES,
-    edge_scope: str = "layer",
-    edge_quantile: float = EDGE_QUANTILE,
     progress: bool = False,
 ) -> ActivationStats:
-    """Edges from the first ``edge_batches`` batches (as :func:`compute_histogram_edges` with
-    ``edge_scope`` and ``edge_quantile``), statistics over all ``batches``, map ranks over the
+    """Edges from the first ``options.edge_batches`` batches (as :func:`compute_histogram_edges`
+    with ``edge_scope`` and ``edge_quantile``), statistics over all ``batches``, map ranks over the
     first ``rank_images`` images only (None: every image). The optional statistics (``chip``,
-    ``map_entropy``, ``read_inputs``, ``per_class``: see the module docstring) are what the criteria to be
-    scored ask for: ``pruning.criteria.statistics_options(criteria)``.
+    ``map_entropy``, ``read_inputs``, ``per_class``: see the module docstring) are what the criteria
+    to be scored ask for: ``pruning.criteria.statistics_options(criteria)`` builds the options.
 
     For ``value="gap"`` this is one forward pass: the edge batches' per-image values (C per
     image) wait until the edges are fixed. For ``value="spatial"`` the edge batches are run
@@ -293,26 +248,14 @@ def collect_activation_stats(
     ``batches`` may be a list, a re-iterable loader or a one-shot iterator (for ``"spatial"``
     its first batches are kept in memory for the second pass).
     """
-    if isinstance(edge_batches, bool) or not isinstance(edge_batches, int) or edge_batches < 1:
-        raise InputError(f"edge_batches must be at least 1, got {edge_batches!r}")
-    check_rank_images(rank_images)  # before any pass
-    check_value_mode(value)
-    check_edge_options(bins, edge_scope, edge_quantile)
-    if value == "gap":
-        observed = observed_outputs(model, groups, read_inputs)
-        ranges = {name: RangeRecorder(edge_scope, edge_quantile) for name in observed}
-        return _accumulate(model, observed, batches, bins, value=value, rank=rank, chip=chip, map_entropy=map_entropy,
-                           read_inputs=read_inputs, per_class=per_class,
-                           rank_window=(rank_images, 0), progress=progress, ranges=ranges, edge_batches=edge_batches)
-    edge_options = dict(bins=bins, value=value, edge_scope=edge_scope, edge_quantile=edge_quantile,
-                        read_inputs=read_inputs)
+    observed = observed_outputs(model, groups, options.read_inputs)
+    if options.value == "gap":
+        ranges = {name: RangeRecorder(options.edge_scope, options.edge_quantile) for name in observed}
+        return _Pass(observed, options, ranges=ranges).run(model, batches, progress)
     if isinstance(batches, Iterator):  # one-shot: keep the edge batches for the main pass
-        head = list(itertools.islice(batches, edge_batches))
-        edges = compute_histogram_edges(model, groups, head, **edge_options)
+        head = list(itertools.islice(batches, options.edge_batches))
+        edges = compute_histogram_edges(model, groups, head, options)
         batches = itertools.chain(head, batches)
     else:
-        edges = compute_histogram_edges(model, groups, itertools.islice(batches, edge_batches), **edge_options)
-    return accumulate_stats(
-        model, groups, batches, edges, value=value, rank=rank, rank_images=rank_images, chip=chip,
-        map_entropy=map_entropy, read_inputs=read_inputs, per_class=per_class, progress=progress,
-    )
+        edges = compute_histogram_edges(model, groups, itertools.islice(batches, options.edge_batches), options)
+    return _Pass(observed, options, edges=edges).run(model, batches, progress)

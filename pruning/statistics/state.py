@@ -19,6 +19,7 @@ from pruning.class_scores import check_class_scores
 from pruning.errors import InputError
 from pruning.statistics.layer import OPTIONAL_FIELDS, REQUIRED_FIELDS, LayerStats, class_rows, merge_layer
 from pruning.statistics.measures import histogram_entropy, ranked_side
+from pruning.statistics.options import StatsOptions
 from pruning.structure.groups import SOURCES, ChannelGroup
 from pruning.utils import atomic_write
 
@@ -72,27 +73,15 @@ class ActivationStats:
     observations), then its maximum over the classes that had images (needs ``per_class``).
     """
 
-    def __init__(
-        self,
-        layers: Mapping[str, LayerStats],
-        *,
-        bins: int,
-        value: str = "gap",
-        rank: bool = True,
-        chip: bool = False,
-        map_entropy: bool = False,
-        read_inputs: bool = False,
-        per_class: bool = False,
-    ) -> None:
-        check_value_mode(value)
+    def __init__(self, layers: Mapping[str, LayerStats], options: StatsOptions) -> None:
         self.layers = dict(layers)
-        self.bins = int(bins)
-        self.value = value
-        self.rank = bool(rank)
-        self.chip = bool(chip)
-        self.map_entropy = bool(map_entropy)
-        self.read_inputs = bool(read_inputs)
-        self.per_class = bool(per_class)
+        self.bins = options.bins
+        self.value = options.value
+        self.rank = options.rank
+        self.chip = options.chip
+        self.map_entropy = options.map_entropy
+        self.read_inputs = options.read_inputs
+        self.per_class = options.per_class
 
     @property
     def config(self) -> dict[str, Any]:
@@ -115,7 +104,7 @@ class ActivationStats:
             diff = sorted(self.layers.keys() ^ other.layers.keys())
             raise InputError(f"cannot merge statistics of different layers: {', '.join(diff)}")
         merged = {name: merge_layer(name, a, other.layers[name]) for name, a in self.layers.items()}
-        return ActivationStats(merged, **self.config)
+        return ActivationStats(merged, StatsOptions(**self.config))
 
     # -- files -------------------------------------------------------------------------------
 
@@ -165,9 +154,11 @@ class ActivationStats:
             # files written before these options existed: map entropies where every layer has them
             # (they were always collected then), the producers' outputs only
             map_entropy = config.get("map_entropy", all(s.map_entropy_sum is not None for s in layers.values()))
-            return cls(layers, bins=config["bins"], value=config["value"], rank=config["rank"], chip=config["chip"],
-                       map_entropy=map_entropy, read_inputs=config.get("read_inputs", False),
-                       per_class=config.get("per_class", False))
+            options = StatsOptions(bins=config["bins"], value=config["value"], rank=config["rank"],
+                                   chip=config["chip"], map_entropy=map_entropy,
+                                   read_inputs=config.get("read_inputs", False),
+                                   per_class=config.get("per_class", False))
+            return cls(layers, options)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise fail(f"malformed: {exc}") from None
 
@@ -317,7 +308,7 @@ class ActivationStats:
         if not self.chip:
             raise InputError(
                 "CHIP statistics were not collected; collect them with "
-                "collect_activation_stats(..., chip=True)"
+                "collect_activation_stats(..., StatsOptions(chip=True))"
             )
         return self._mean(group, lambda s: s.chip_sum / s.n_images, source)
 

@@ -294,6 +294,8 @@ def check_fits(model: nn.Module, spec: ModelSpec, splits: Any) -> tuple[int, int
     return shape
 
 
+# long signature: orchestrator/sweeps/baseline.py (moving to orchestrator/experiment elsewhere)
+# passes every keyword by name; weights and weights_name become one value together with that caller
 def model_for_data(
     name: str,
     splits: Any,

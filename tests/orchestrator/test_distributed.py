@@ -21,11 +21,17 @@ import pytest
 import torch
 
 from orchestrator import cli
-from orchestrator.distributed import DistributedShapley, WorkerPool, distributed_shapley, distributed_stats
+from orchestrator.distributed import (
+    DistributedShapley,
+    ShardOptions,
+    WorkerPool,
+    distributed_shapley,
+    distributed_stats,
+)
 from pruning.criteria import ScoringContext, create_criterion
-from pruning.games import BlockMerge, LayerGame, ShapleyOptions, estimate_block, shapley_blocks
+from pruning.games import BlockMerge, GameSettings, LayerGame, ShapleyOptions, estimate_block, shapley_blocks
 from pruning.structure import PruningSpace
-from pruning.statistics import collect_activation_stats
+from pruning.statistics import StatsOptions, collect_activation_stats
 from tiny_models import TinyResNet
 
 pytestmark = pytest.mark.slow
@@ -97,8 +103,8 @@ def baseline():
 
 def _shapley_baseline(baseline, model, groups, batches, pool):
     if "shapley" not in baseline:
-        baseline["shapley"] = distributed_shapley(model, groups, batches, PLAN, seed=SEED, pool=pool, progress=False,
-                                                  return_report=True)
+        shards = ShardOptions(pool=pool, progress=False, return_report=True)
+        baseline["shapley"] = distributed_shapley(model, groups, batches, PLAN, shards, seed=SEED)
     return baseline["shapley"]
 
 
@@ -174,10 +180,11 @@ def test_cli_bad_distributed_options(argv, needle, tmp_path, capsys):
 
 def test_actor_stats_equal_in_process_stats(tiny_resnet, groups, batches, pool):
     # per-class sums too: one-batch shards see different largest labels, and merge padded
-    reference = collect_activation_stats(tiny_resnet, groups, batches, bins=16, chip=True, read_inputs=True,
-                                         per_class=True)
-    state, report = distributed_stats(tiny_resnet, groups, batches, pool=pool, bins=16, chip=True, read_inputs=True,
-                                      per_class=True, shard_size=1, progress=False, return_report=True)
+    reference = collect_activation_stats(tiny_resnet, groups, batches,
+                                         StatsOptions(bins=16, chip=True, read_inputs=True, per_class=True))
+    state, report = distributed_stats(tiny_resnet, groups, batches,
+                                      StatsOptions(bins=16, chip=True, read_inputs=True, per_class=True),
+                                      ShardOptions(pool=pool, shard_size=1, progress=False, return_report=True))
     assert any(key.endswith(":input") for key in state.layers)
     assert all(s.class_sum is not None for s in state.layers.values())
     assert_same_stats(reference, state)
@@ -187,9 +194,9 @@ def test_actor_stats_equal_in_process_stats(tiny_resnet, groups, batches, pool):
 
 def test_actor_stats_rank_only_the_first_images_as_in_process(tiny_resnet, groups, batches, pool):
     # 11 of 48 images: the limit ends inside the second 8-image batch; one batch per shard
-    reference = collect_activation_stats(tiny_resnet, groups, batches, rank_images=11, per_class=True)
-    state = distributed_stats(tiny_resnet, groups, batches, pool=pool, rank_images=11, per_class=True, shard_size=1,
-                              progress=False)
+    reference = collect_activation_stats(tiny_resnet, groups, batches, StatsOptions(rank_images=11, per_class=True))
+    state = distributed_stats(tiny_resnet, groups, batches, StatsOptions(rank_images=11, per_class=True),
+                              ShardOptions(pool=pool, shard_size=1, progress=False))
     assert_same_stats(reference, state)
     assert {int(s.n_rank_images) for s in state.layers.values() if s.rank_sum is not None} == {11}
 
@@ -197,8 +204,8 @@ def test_actor_stats_rank_only_the_first_images_as_in_process(tiny_resnet, group
 def test_stats_killed_actor_loses_nothing(tiny_resnet, groups, batches, pool, tmp_path):
     reference = collect_activation_stats(tiny_resnet, groups, batches)
     crashing = CrashOnce(tmp_path / "crashed", like=tiny_resnet)
-    state, report = distributed_stats(crashing, groups, batches, pool=pool, shard_size=1, progress=False,
-                                      return_report=True)
+    state, report = distributed_stats(crashing, groups, batches,
+                                      shards=ShardOptions(pool=pool, shard_size=1, progress=False, return_report=True))
     assert (tmp_path / "crashed").exists()
     assert report.failures == 1 and report.dispatched > report.shards  # the lost shard(s) ran again
     assert sorted(report.accepted) == list(range(6)) and len(set(report.accepted)) == len(report.accepted)
@@ -214,7 +221,7 @@ def _blocks_in_process(model, groups, batches, options, seed):
     inputs, targets = options.game_batch(batches, seed)
     out = {}
     for group in groups:
-        game = LayerGame(model, group, inputs, targets, value=options.value, mode=options.mode)
+        game = LayerGame(model, group, inputs, targets, GameSettings(value=options.value, mode=options.mode))
         plan = shapley_blocks(options, seed, group.name)
         merge = BlockMerge(len(plan), options.epsilon)
         for k, (count, block_seed) in enumerate(plan):
@@ -225,7 +232,7 @@ def _blocks_in_process(model, groups, batches, options, seed):
 
 def test_shapley_same_seed_gives_identical_results(tiny_resnet, groups, batches, pool, baseline):
     first, report = _shapley_baseline(baseline, tiny_resnet, groups, batches, pool)
-    again = distributed_shapley(tiny_resnet, groups, batches, PLAN, seed=SEED, pool=pool, progress=False)
+    again = distributed_shapley(tiny_resnet, groups, batches, PLAN, ShardOptions(pool=pool, progress=False), seed=SEED)
     assert_same_estimates(first, again)
     names = [g.name for g in groups]
     assert list(first) == names
@@ -234,14 +241,15 @@ def test_shapley_same_seed_gives_identical_results(tiny_resnet, groups, batches,
         assert est.permutations == 8 and est.values.shape == (tiny_resnet.get_submodule(name).out_channels,)
         assert torch.isfinite(est.values).all() and torch.isfinite(est.stderr).all()
     assert_same_estimates(first, _blocks_in_process(tiny_resnet, groups, batches, PLAN, SEED))
-    other_seed = distributed_shapley(tiny_resnet, groups, batches, PLAN, seed=SEED + 1, pool=pool, progress=False)
+    other_seed = distributed_shapley(tiny_resnet, groups, batches, PLAN, ShardOptions(pool=pool, progress=False),
+                                     seed=SEED + 1)
     assert not torch.equal(other_seed[names[0]].values, first[names[0]].values)
 
 
 def test_shapley_does_not_depend_on_the_number_of_workers(tiny_resnet, groups, batches, pool, baseline):
     two, _ = _shapley_baseline(baseline, tiny_resnet, groups, batches, pool)
-    one, report = distributed_shapley(tiny_resnet, groups, batches, PLAN, seed=SEED, pool=pool, workers=1,
-                                      progress=False, return_report=True)
+    one, report = distributed_shapley(tiny_resnet, groups, batches, PLAN,
+                                      ShardOptions(pool=pool, workers=1, progress=False, return_report=True), seed=SEED)
     assert report.workers == 1
     assert_same_estimates(two, one)
 
@@ -249,8 +257,8 @@ def test_shapley_does_not_depend_on_the_number_of_workers(tiny_resnet, groups, b
 def test_shapley_killed_actor_loses_nothing(tiny_resnet, groups, batches, pool, baseline, tmp_path):
     expected, _ = _shapley_baseline(baseline, tiny_resnet, groups, batches, pool)
     crashing = CrashOnce(tmp_path / "crashed", like=tiny_resnet)
-    got, report = distributed_shapley(crashing, groups, batches, PLAN, seed=SEED, pool=pool, progress=False,
-                                      return_report=True)
+    got, report = distributed_shapley(crashing, groups, batches, PLAN,
+                                      ShardOptions(pool=pool, progress=False, return_report=True), seed=SEED)
     assert (tmp_path / "crashed").exists()
     assert report.failures == 1 and report.dispatched > report.shards
     every = {(g.name, k) for g in groups for k in range(4)}
@@ -262,21 +270,22 @@ def test_shapley_killed_actor_loses_nothing(tiny_resnet, groups, batches, pool, 
 def test_convergence_stop_hands_out_fewer_blocks(tiny_resnet, groups, batches, pool):
     # converged as soon as there are two samples: two blocks (an antithetic pair is one sample)
     loose = dataclasses.replace(PLAN, max_permutations=64, epsilon=1e3)
-    got, report = distributed_shapley(tiny_resnet, groups, batches, loose, seed=SEED, pool=pool, progress=False,
-                                      return_report=True)
+    got, report = distributed_shapley(tiny_resnet, groups, batches, loose,
+                                      ShardOptions(pool=pool, progress=False, return_report=True), seed=SEED)
     assert report.shards == 32 * len(groups)
     assert report.dispatched < report.shards
     for name, info in report.groups.items():
         assert info["converged"] and info["merged"] == 2 and got[name].permutations == 4
     # the stop is decided on the in-order merged prefix: the same result on another run
-    again = distributed_shapley(tiny_resnet, groups, batches, loose, seed=SEED, pool=pool, workers=1, progress=False)
+    again = distributed_shapley(tiny_resnet, groups, batches, loose, ShardOptions(pool=pool, workers=1, progress=False),
+                                seed=SEED)
     assert_same_estimates(got, again)
 
 
 def test_criterion_with_the_ray_estimator_scores_like_distributed_shapley(tiny_resnet, groups, batches, pool,
                                                                           baseline):
     base = create_criterion("snpfi", seed=SEED, max_permutations=8, batch_permutations=2, batch_size=16)
-    estimator = DistributedShapley(2, pool=pool)
+    estimator = DistributedShapley(ShardOptions(workers=2, pool=pool, progress=False))
     criterion = base.delegate_estimation(estimator)
     context = ScoringContext(calibration=batches)
     scores, sparsity = criterion.score_and_sparsity(tiny_resnet, groups, context)

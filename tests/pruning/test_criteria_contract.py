@@ -45,7 +45,7 @@ def _context(criterion: Criterion, model: nn.Module, space: PruningSpace, batche
             from pruning.statistics import collect_activation_stats
         except ImportError:
             pytest.skip("pruning.statistics is not available yet")
-        stats = collect_activation_stats(model, space.groups, batches, **statistics_options([criterion]))
+        stats = collect_activation_stats(model, space.groups, batches, statistics_options([criterion]))
     return ScoringContext(calibration=batches, stats=stats)
 
 

@@ -10,7 +10,8 @@ import torch
 from export_models import NoisyCNN, ZetaCNN
 from pruning.criteria import create_criterion
 from pruning.export import (
-    INPUT_NAME, OPSET, OUTPUT_NAME, TOLERANCE, ExportError, export_model, exported_latency, onnx_session,
+    INPUT_NAME, OPSET, OUTPUT_NAME, TOLERANCE, CheckBatch, ExportError, Timing, export_model, exported_latency,
+    onnx_session,
 )
 from pruning.pipeline import prune_with_criterion
 from pruning.planning import PruningConfig
@@ -41,7 +42,7 @@ def assert_only(folder, *names: str) -> None:
 def test_onnx_export_runs_in_onnxruntime_with_pytorch_outputs_at_any_batch(fixture, request, tmp_path):
     model = request.getfixturevalue(fixture)
     path = tmp_path / "model.onnx"
-    check = export_model(model, SHAPE, path, "onnx", batch_size=4)
+    check = export_model(model, SHAPE, path, "onnx", check=CheckBatch(size=4))
     assert check.passed and check.format == "onnx" and check.batch_size == 4
     assert check.max_abs_diff <= check.tolerance == pytest.approx(TOLERANCE * max(1.0, check.logits_scale))
     graph = onnx.load(str(path))
@@ -82,7 +83,7 @@ def test_exported_latency_times_the_file_at_each_batch_size(tiny_cnn, tmp_path):
         path = tmp_path / f"model.{fmt}"
         export_model(tiny_cnn, SHAPE, path, fmt)
         for batch in (1, 4):
-            result = exported_latency(path, fmt, SHAPE, batch, threads=1, warmup=1, repeats=3)
+            result = exported_latency(path, fmt, SHAPE, batch, Timing(threads=1, warmup=1, repeats=3))
             assert result.batch_size == batch and result.threads == 1 and result.repeats == 3
             assert 0 < result.min_ms <= result.median_ms <= result.max_ms
 
@@ -112,5 +113,5 @@ def test_bad_arguments_are_refused_before_anything_is_written(tiny_cnn, tmp_path
     with pytest.raises(ExportError, match="is a directory"):
         export_model(tiny_cnn, SHAPE, tmp_path, "onnx")
     with pytest.raises(ExportError, match="batch size must be >= 1"):
-        export_model(tiny_cnn, SHAPE, tmp_path / "m", "onnx", batch_size=0)
+        export_model(tiny_cnn, SHAPE, tmp_path / "m", "onnx", check=CheckBatch(size=0))
     assert_only(tmp_path)

@@ -23,7 +23,7 @@ import torch
 
 from pruning.criteria import create_criterion
 from pruning.errors import InputError
-from pruning.export import export_model
+from pruning.export import CheckBatch, export_model
 from pruning.models import create_model
 from pruning.models.prunable import check_prunable
 from pruning.pipeline import prune_with_criterion
@@ -108,5 +108,5 @@ def test_pruned_model_reloads_runs_and_exports(family: Family, tmp_path):
     loaded, _ = load_checkpoint(path)
     with torch.no_grad():
         assert torch.equal(loaded(x), pruned(x))
-    check = export_model(loaded, shape, tmp_path / "pruned.onnx", "onnx", batch_size=2)
+    check = export_model(loaded, shape, tmp_path / "pruned.onnx", "onnx", check=CheckBatch(size=2))
     assert check.passed

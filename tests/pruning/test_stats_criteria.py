@@ -9,7 +9,7 @@ from pruning.errors import InputError
 from pruning.planning import concentration_weights, information_concentration, layer_indicators
 from pruning.criteria import ScoringContext, create_criterion
 from pruning.structure import PruningSpace
-from pruning.statistics import collect_activation_stats
+from pruning.statistics import StatsOptions, collect_activation_stats
 
 STATS_CRITERIA = ["entropy", "hrank", "chip", "apoz", "mean-activation"]
 
@@ -40,7 +40,7 @@ def duplicate_channel(model, src: int, dst: int) -> None:
 def test_scores_follow_the_contract(model_name, request, example_input, small_batches):
     model = request.getfixturevalue(model_name)
     space = PruningSpace.build(model, example_input)
-    stats = collect_activation_stats(model, space.groups, small_batches, chip=True, read_inputs=True)
+    stats = collect_activation_stats(model, space.groups, small_batches, StatsOptions(chip=True, read_inputs=True))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     for name in STATS_CRITERIA:
         criterion = create_criterion(name)
@@ -60,7 +60,7 @@ def test_dead_channel_is_ranked_lowest(tiny_resnet, example_input, small_batches
     kill_channel(tiny_resnet, 5)
     space = PruningSpace.build(tiny_resnet, example_input)
     context = ScoringContext(stats=collect_activation_stats(tiny_resnet, space.groups, small_batches,
-                                                            read_inputs=True))
+                                                            StatsOptions(read_inputs=True)))
     for name in ("entropy", "hrank", "apoz", "mean-activation"):
         scores = create_criterion(name).score(tiny_resnet, space.groups, context)["layer1.conv1"]
         assert scores[5] == 0, name
@@ -90,7 +90,7 @@ def test_duplicated_channel_loses_chip_independence(example_input, small_batches
                 model.layer2.bn1.bias[1] = 0
         space = PruningSpace.build(model, example_input)
         groups = [space["layer2.conv1"]]
-        stats = collect_activation_stats(model, groups, small_batches, rank=False, chip=True)
+        stats = collect_activation_stats(model, groups, small_batches, StatsOptions(rank=False, chip=True))
         return create_criterion("chip").score(model, groups, ScoringContext(stats=stats))["layer2.conv1"]
 
     dead, dup = chip_scores(False), chip_scores(True)
@@ -106,7 +106,7 @@ def test_missing_or_incomplete_stats_raise(tiny_resnet, example_input, small_bat
             create_criterion(name).score(tiny_resnet, space.groups, ScoringContext())
         with pytest.raises(InputError, match="ActivationStats"):
             create_criterion(name).score(tiny_resnet, space.groups, ScoringContext(stats={"a": 1}))
-    stats = collect_activation_stats(tiny_resnet, space.groups, small_batches[:1], rank=False)
+    stats = collect_activation_stats(tiny_resnet, space.groups, small_batches[:1], StatsOptions(rank=False))
     with pytest.raises(InputError, match="collected without chip: collect them with `prunesweep stats --chip`"):
         create_criterion("chip").score(tiny_resnet, space.groups, ScoringContext(stats=stats))
     with pytest.raises(InputError, match="rank=True"):
@@ -162,7 +162,8 @@ def test_concentration_of_equal_layers_is_uniform(tiny_resnet, example_input, sm
 def test_statistics_without_what_a_criterion_reads_are_refused_naming_the_flag(
         name, options, flag, tiny_resnet, example_input, small_batches):
     space = PruningSpace.build(tiny_resnet, example_input)
-    context = ScoringContext(stats=collect_activation_stats(tiny_resnet, space.groups, small_batches, rank=False))
+    context = ScoringContext(stats=collect_activation_stats(tiny_resnet, space.groups, small_batches,
+                                                            StatsOptions(rank=False)))
     criterion = create_criterion(name, **options)
     with pytest.raises(InputError, match=f"criterion '{name}' reads were collected without .*`prunesweep stats .*{flag}"):
         criterion.score(tiny_resnet, space.groups, context)

@@ -7,7 +7,7 @@ import torch
 
 from pruning.models import create_model
 from pruning.planning import FLOPS_TOLERANCE
-from pruning.statistics import collect_activation_stats
+from pruning.statistics import StatsOptions, collect_activation_stats
 from pruning.structure import PruningSpace
 from search_spaces import SpaceContext, create_search_space
 from search_spaces.stages import stage_assignment, stage_of
@@ -34,7 +34,7 @@ def resnets() -> dict[str, PruningSpace]:
 def resnet56_stats():
     model, space = _build("resnet56")
     batches = [(torch.randn(8, 1, 28, 28, generator=torch.Generator().manual_seed(1)), torch.zeros(8, dtype=torch.long))]
-    return space, collect_activation_stats(model, space.groups, batches, bins=8)
+    return space, collect_activation_stats(model, space.groups, batches, StatsOptions(bins=8))
 
 
 def _study() -> optuna.Study:

@@ -9,7 +9,7 @@ import torch
 import yaml
 
 from pruning.structure import PruningSpace
-from pruning.statistics import collect_activation_stats
+from pruning.statistics import StatsOptions, collect_activation_stats
 from search_spaces import (
     SpaceContext,
     TrialPlan,
@@ -31,7 +31,7 @@ def contexts(tiny_resnet, example_input, calibration_batches) -> dict[str, Space
     model = tiny_resnet
     space = PruningSpace.build(model, example_input)
     batches = [(x[:8], y[:8]) for x, y in calibration_batches]
-    stats = collect_activation_stats(model, space.groups, batches, bins=8)
+    stats = collect_activation_stats(model, space.groups, batches, StatsOptions(bins=8))
     # synthetic U(k): 0 at k = 0, rising concavely to 1 at k = n, a different shape per layer
     utilization = {}
     for i, group in enumerate(space.groups):

@@ -10,7 +10,7 @@ from torch import nn
 from pruning.criteria import ScoringContext, create_criterion, statistics_options
 from pruning.criteria.entropy import EntropyOptions
 from pruning.errors import InputError
-from pruning.statistics import collect_activation_stats
+from pruning.statistics import StatsOptions, collect_activation_stats
 from pruning.structure import ChannelGroup, ObservedOutput, PruningSpace
 
 
@@ -33,7 +33,7 @@ def batches(n: int = 4) -> list[tuple[torch.Tensor, None]]:
 def test_defaults_are_plugin_histogram_entropy():
     assert EntropyOptions() == EntropyOptions(value="histogram", estimator="plugin")
     model, group = copies([1.0, 0.5, 0.0625])
-    stats = collect_activation_stats(model, [group], batches(), bins=16, rank=False)
+    stats = collect_activation_stats(model, [group], batches(), StatsOptions(bins=16, rank=False))
     scores = create_criterion("entropy").score(model, [group], ScoringContext(stats=stats))["0"]
     torch.testing.assert_close(scores, stats.channel_entropy(group).float())
     corrected = create_criterion("entropy", estimator="miller-madow").score(model, [group], ScoringContext(stats=stats))
@@ -47,7 +47,7 @@ def test_map_softmax_scores_by_hand():
     model, group = copies([1.0, 2.0])
     # softmax of [0, 0, 0, log 3] is [1, 1, 1, 3] / 6; channel 1 sees the map doubled: [1, 1, 1, 9] / 12
     image = torch.tensor([[0.0, 0.0], [0.0, math.log(3.0)]])[None, None]
-    stats = collect_activation_stats(model, [group], [(image, None)], rank=False, map_entropy=True)
+    stats = collect_activation_stats(model, [group], [(image, None)], StatsOptions(rank=False, map_entropy=True))
     h0 = -(3 * (1 / 6) * math.log(1 / 6) + 0.5 * math.log(0.5))
     h1 = -(3 * (1 / 12) * math.log(1 / 12) + 0.75 * math.log(0.75))
     scores = create_criterion("entropy", value="map-softmax").score(model, [group], ScoringContext(stats=stats))["0"]
@@ -63,8 +63,8 @@ def test_map_softmax_prunes_a_dead_channel_first(tiny_resnet, example_input, cal
     space = PruningSpace.build(tiny_resnet, example_input)
     criterion = create_criterion("entropy", value="map-softmax")
     assert statistics_options([criterion])["map_entropy"]
-    stats = collect_activation_stats(tiny_resnet, space.groups, calibration_batches, rank=False,
-                                     **statistics_options([criterion]))
+    stats = collect_activation_stats(tiny_resnet, space.groups, calibration_batches, statistics_options([criterion],
+                                     StatsOptions(rank=False)))
     scores = criterion.score(tiny_resnet, space.groups, ScoringContext(stats=stats))
     layer = scores["layer1.conv1"]
     assert layer[5].abs() < 1e-6 and (layer[torch.arange(8) != 5] > 1e-4).all()

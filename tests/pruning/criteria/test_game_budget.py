@@ -8,7 +8,7 @@ from torch import nn
 
 from pruning.criteria import ScoringContext, create_criterion
 from pruning.errors import InputError
-from pruning.games import FunctionGame, GameRequest, permutation_shapley, plan_game
+from pruning.games import FunctionGame, GameRequest, PermutationSampling, permutation_shapley, plan_game
 from pruning.structure import PruningSpace
 
 
@@ -125,10 +125,11 @@ def test_plans_degrade_permutations_then_images_then_positions():
 def test_coarse_permutations_keep_efficiency_and_the_order_of_an_additive_game():
     weights = torch.linspace(0.1, 3.2, 32).tolist()
     game = FunctionGame(32, lambda s: sum(weights[i] for i in s))
-    estimate = permutation_shapley(game, max_permutations=400, antithetic=True, positions=4, seed=0)
+    estimate = permutation_shapley(game, PermutationSampling(max_permutations=400, antithetic=True, positions=4),
+                                   seed=0)
     assert float(estimate.values.sum()) == pytest.approx(sum(weights))
     assert game.coalitions == 2 + 400 * 3  # endpoints, then 3 interior prefixes per permutation
     # each sample is the mean of a random quarter, so values shrink to the mean but keep the order
     assert torch.corrcoef(torch.stack([estimate.values, torch.tensor(weights, dtype=torch.float64)]))[0, 1] > 0.9
-    exact = permutation_shapley(game, max_permutations=2, antithetic=True, positions=32, seed=0)
+    exact = permutation_shapley(game, PermutationSampling(max_permutations=2, antithetic=True, positions=32), seed=0)
     assert torch.allclose(exact.values, torch.tensor(weights, dtype=torch.float64))

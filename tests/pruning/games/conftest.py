@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pruning.games import LayerGame
+from pruning.games import GameSettings, LayerGame
 from pruning.structure import PruningSpace
 
 
@@ -25,7 +25,7 @@ def predicted_game(small_batch):
         space = PruningSpace.build(model, small_batch[:2])
         with torch.no_grad():
             targets = model(small_batch).argmax(1)
-        return LayerGame(model, space[name], small_batch, targets, **kwargs)
+        return LayerGame(model, space[name], small_batch, targets, GameSettings(**kwargs))
 
     return build
 

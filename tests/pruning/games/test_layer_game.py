@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from pruning.games import CoalitionGame, FunctionGame, LayerGame, all_coalitions
+from pruning.games import CoalitionGame, FunctionGame, GameSettings, LayerGame, all_coalitions
 from pruning.structure import PruningSpace
 
 
@@ -44,8 +44,8 @@ def _fx_and_hooks_agree(model, inputs):
     targets = torch.arange(len(inputs)) % 5
     g = torch.Generator().manual_seed(0)
     for group in space.groups:
-        fx = LayerGame(model, group, inputs, targets, mode="auto", max_batch=48)
-        hooks = LayerGame(model, group, inputs, targets, mode="hooks", max_batch=48)
+        fx = LayerGame(model, group, inputs, targets, GameSettings(mode="auto", max_batch=48))
+        hooks = LayerGame(model, group, inputs, targets, GameSettings(mode="hooks", max_batch=48))
         assert fx.mode == "fx", (group.name, fx.fallback_reason)
         masks = torch.rand(12, group.size, generator=g) < 0.5
         masks[0], masks[1] = True, False
@@ -68,7 +68,7 @@ def test_untraceable_model_falls_back_to_hooks(tiny_cnn, small_batch):
     game = LayerGame(model, group, small_batch, targets)
     assert game.mode == "hooks" and game.fallback_reason
     with pytest.raises(Exception):
-        LayerGame(model, group, small_batch, targets, mode="fx")
+        LayerGame(model, group, small_batch, targets, GameSettings(mode="fx"))
     plain = LayerGame(tiny_cnn, PruningSpace.build(tiny_cnn, small_batch[:2])["features.7"], small_batch, targets)
     masks = torch.rand(5, group.size, generator=torch.Generator().manual_seed(1)) < 0.5
     assert torch.allclose(game.values(masks), plain.values(masks), atol=1e-5, rtol=0)

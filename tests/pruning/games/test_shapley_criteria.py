@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from pruning.criteria import ScoringContext, create_criterion
-from pruning.games import LayerGame, block_merge, estimate_block, exact_shapley, shapley_blocks
+from pruning.games import GameSettings, LayerGame, block_merge, estimate_block, exact_shapley, shapley_blocks
 from pruning.structure import PruningSpace
 
 
@@ -51,7 +51,7 @@ class BlockEstimator:
         inputs, targets = options.game_batch(calibration, seed)
         out = {}
         for group in groups:
-            game = LayerGame(model, group, inputs, targets, value=options.value, mode=options.mode)
+            game = LayerGame(model, group, inputs, targets, GameSettings(value=options.value, mode=options.mode))
             plan = shapley_blocks(options, seed, group.name)
             merge = block_merge(options, len(plan))
             for k, (count, block_seed) in enumerate(plan):

@@ -8,6 +8,7 @@ import torch
 from pruning.criteria import ScoringContext, create_criterion
 from pruning.errors import InputError
 from pruning.games import (
+    GameSettings,
     BoundaryStop,
     FunctionGame,
     LayerGame,
@@ -77,7 +78,7 @@ def test_kl_is_zero_for_the_full_coalition_and_never_positive(tiny_resnet, predi
     values = game.values(masks)
     assert (values <= 0.0).all() and empty < 0.0
     # no labels: other targets give the same worth
-    other = LayerGame(tiny_resnet, game.group, game.inputs, (game.targets + 1) % 10, value="kl")
+    other = LayerGame(tiny_resnet, game.group, game.inputs, (game.targets + 1) % 10, GameSettings(value="kl"))
     assert torch.equal(other.values(masks), values)
 
 

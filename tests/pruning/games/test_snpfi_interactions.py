@@ -10,6 +10,7 @@ from pruning.criteria import ScoringContext, create_criterion
 from pruning.errors import InputError
 from pruning.games import (
     FunctionGame,
+    PairSampling,
     exact_interaction,
     exact_shapley,
     interaction_order,
@@ -42,14 +43,14 @@ def test_duplicates_change_the_interaction_aware_curve_by_hand():
     plain = utilization_curve(game, phi)
     assert torch.allclose(plain, torch.tensor([0, 0.8, 1.8, 1.8, 2.1], dtype=torch.float64) / 2.1)
     # by hand: m = phi - I/2 = 1, 1, 0.8, 0.3 -> take 0; then m_1 = 1 + I_01 = 0 -> 2, 3, then 1
-    found = interaction_utilization(game, phi, tau=0.95, window=4, exact=True)
+    found = interaction_utilization(game, phi, PairSampling(window=4, exact=True), tau=0.95)
     assert found.order.tolist() == [0, 2, 3, 1]
     assert torch.allclose(found.curve, torch.tensor([0, 1.0, 1.8, 2.1, 2.1], dtype=torch.float64) / 2.1)
     assert (found.curve >= plain - 1e-12).all() and (found.curve > plain + 1e-6).any()  # U rises sooner
     assert sparsity_from_curve(plain, 0.95) == 0.0  # the plain curve keeps both copies
     assert sparsity_from_curve(found.curve, 0.95) == pytest.approx(0.25)  # the second copy goes
     # the sampled index of an exact duplicate is exactly -1 in every sample: same order
-    sampled = interaction_utilization(game, phi, tau=0.95, window=4, samples=3)
+    sampled = interaction_utilization(game, phi, PairSampling(window=4, samples=3), tau=0.95)
     assert sampled.order.tolist() == [0, 2, 3, 1] and torch.equal(sampled.curve, found.curve)
     assert sampled.coalitions == 6 * 3 * 4 + 2 * 5
 
@@ -57,10 +58,10 @@ def test_duplicates_change_the_interaction_aware_curve_by_hand():
 def test_without_duplicates_interactions_change_nothing():
     game = four_players(duplicates=False)  # additive: every I_ij = 0
     phi = exact_shapley(game).values
-    found = interaction_utilization(game, phi, window=4, exact=True)
+    found = interaction_utilization(game, phi, PairSampling(window=4, exact=True))
     assert torch.allclose(found.interactions, torch.zeros(6, dtype=torch.float64))
     assert torch.equal(found.curve, utilization_curve(game, phi))
-    assert interaction_utilization(game, phi, window=0).pairs == []  # off: the plain curve
+    assert interaction_utilization(game, phi, PairSampling(window=0)).pairs == []  # off: the plain curve
 
 
 def test_greedy_order_is_the_true_greedy_on_second_order_games():
@@ -89,7 +90,7 @@ def test_window_is_centred_on_the_plain_cut():
     weights = [5.0, 4.0, 3.0, 2.0, 1.0, 0.5, 0.25, 0.1]
     game = FunctionGame(8, lambda s: sum(weights[i] for i in s))
     phi = torch.tensor(weights, dtype=torch.float64)
-    found = interaction_utilization(game, phi, tau=0.8, window=4, exact=True)
+    found = interaction_utilization(game, phi, PairSampling(window=4, exact=True), tau=0.8)
     k = round((1 - sparsity_from_curve(utilization_curve(game, phi), 0.8)) * 8)
     assert found.plain_cut == k
     assert sorted({p for pair in found.pairs for p in pair}) == list(range(k - 2, k + 2))

@@ -52,10 +52,11 @@ def test_rank_fusion_is_mid_rank_percentiles():
 
 def test_unknown_fusion_is_refused(tiny_resnet, example_input, calibration_batches):
     from pruning.planning import information_concentration
-    from pruning.statistics import collect_activation_stats
+    from pruning.statistics import StatsOptions, collect_activation_stats
     from pruning.structure import PruningSpace
 
     space = PruningSpace.build(tiny_resnet, example_input)
-    stats = collect_activation_stats(tiny_resnet, space.groups, [(x[:4], y[:4]) for x, y in calibration_batches], bins=4)
+    stats = collect_activation_stats(tiny_resnet, space.groups, [(x[:4], y[:4]) for x, y in calibration_batches],
+                                     StatsOptions(bins=4))
     with pytest.raises(InputError, match="unknown fusion 'mean'; valid: minmax, rank"):
         information_concentration(stats, space.groups, fusion="mean")

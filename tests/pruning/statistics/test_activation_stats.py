@@ -11,6 +11,7 @@ from pruning.errors import InputError
 from pruning.structure import PruningSpace
 from pruning.structure import ChannelGroup, ObservedOutput
 from pruning.statistics import (
+    StatsOptions,
     ActivationStats,
     LayerStats,
     StatsFileError,
@@ -64,11 +65,11 @@ def one_channel_identity():
 def test_merge_of_halves_equals_one_pass(model_name, request, example_input, small_batches):
     model = request.getfixturevalue(model_name)
     groups = space_of(model, example_input).groups
-    edges = compute_histogram_edges(model, groups, small_batches[:1], bins=16)
-    kw = dict(rank=True, chip=True)
-    first = accumulate_stats(model, groups, small_batches[:1], edges, **kw)
-    second = accumulate_stats(model, groups, small_batches[1:], edges, **kw)
-    whole = accumulate_stats(model, groups, small_batches, edges, **kw)
+    edges = compute_histogram_edges(model, groups, small_batches[:1], StatsOptions(bins=16))
+    kw = StatsOptions(rank=True, chip=True)
+    first = accumulate_stats(model, groups, small_batches[:1], edges, kw)
+    second = accumulate_stats(model, groups, small_batches[1:], edges, kw)
+    whole = accumulate_stats(model, groups, small_batches, edges, kw)
     merged = first.merge(second)
     assert_stats_close(merged, whole)
     assert_stats_close(merge_stats(first, second), whole)
@@ -81,13 +82,13 @@ def test_one_pass_collection_equals_edge_pass_then_accumulation(edge_batches, ti
     result, with fewer edge batches than given (2), more (5) and in a one-shot iterator; each
     batch is run through the model once."""
     groups = space_of(tiny_resnet, example_input).groups
-    edges = compute_histogram_edges(tiny_resnet, groups, small_batches[:edge_batches], bins=16)
-    two_pass = accumulate_stats(tiny_resnet, groups, small_batches, edges, chip=True)
+    edges = compute_histogram_edges(tiny_resnet, groups, small_batches[:edge_batches], StatsOptions(bins=16))
+    two_pass = accumulate_stats(tiny_resnet, groups, small_batches, edges, StatsOptions(chip=True))
     calls = []
     handle = tiny_resnet.register_forward_pre_hook(lambda m, i: calls.append(1))
     try:
-        one_pass = collect_activation_stats(tiny_resnet, groups, iter(small_batches), bins=16, chip=True,
-                                            edge_batches=edge_batches)
+        one_pass = collect_activation_stats(tiny_resnet, groups, iter(small_batches),
+                                            StatsOptions(bins=16, chip=True, edge_batches=edge_batches))
     finally:
         handle.remove()
     assert len(calls) == len(small_batches)
@@ -99,10 +100,10 @@ def test_one_pass_collection_equals_edge_pass_then_accumulation(edge_batches, ti
 
 def test_spatial_collection_equals_edge_pass_then_accumulation(tiny_resnet, example_input, small_batches):
     groups = space_of(tiny_resnet, example_input).groups
-    edges = compute_histogram_edges(tiny_resnet, groups, small_batches[:2], bins=8, value="spatial")
-    two_pass = accumulate_stats(tiny_resnet, groups, small_batches, edges, value="spatial", rank=False)
-    one_call = collect_activation_stats(tiny_resnet, groups, iter(small_batches), bins=8, value="spatial",
-                                        rank=False, edge_batches=2)
+    edges = compute_histogram_edges(tiny_resnet, groups, small_batches[:2], StatsOptions(bins=8, value="spatial"))
+    two_pass = accumulate_stats(tiny_resnet, groups, small_batches, edges, StatsOptions(value="spatial", rank=False))
+    one_call = collect_activation_stats(tiny_resnet, groups, iter(small_batches),
+                                        StatsOptions(bins=8, value="spatial", rank=False, edge_batches=2))
     assert_stats_close(one_call, two_pass)
 
 
@@ -110,18 +111,18 @@ def test_merge_refuses_different_edges_or_config(tiny_resnet, example_input, sma
     groups = space_of(tiny_resnet, example_input).groups
     edges = compute_histogram_edges(tiny_resnet, groups, small_batches[:1])
     shifted = {k: v + 0.1 for k, v in edges.items()}
-    a = accumulate_stats(tiny_resnet, groups, small_batches[:1], edges, rank=False)
-    b = accumulate_stats(tiny_resnet, groups, small_batches[1:], shifted, rank=False)
+    a = accumulate_stats(tiny_resnet, groups, small_batches[:1], edges, StatsOptions(rank=False))
+    b = accumulate_stats(tiny_resnet, groups, small_batches[1:], shifted, StatsOptions(rank=False))
     with pytest.raises(InputError, match="histogram edges"):
         a.merge(b)
-    c = accumulate_stats(tiny_resnet, groups, small_batches[1:], edges, rank=True)
+    c = accumulate_stats(tiny_resnet, groups, small_batches[1:], edges, StatsOptions(rank=True))
     with pytest.raises(InputError, match="collected differently"):
         a.merge(c)
 
 
 def test_check_holds_names_what_was_not_collected_and_its_flag(tiny_resnet, example_input, small_batches):
     space = space_of(tiny_resnet, example_input)
-    stats = collect_activation_stats(tiny_resnet, space.groups, small_batches, read_inputs=True)
+    stats = collect_activation_stats(tiny_resnet, space.groups, small_batches, StatsOptions(read_inputs=True))
     stats.check_holds({"read_inputs"})  # collected: no error
     stats.check_holds(())
     with pytest.raises(InputError) as raised:
@@ -133,16 +134,17 @@ def test_check_holds_names_what_was_not_collected_and_its_flag(tiny_resnet, exam
 def test_check_holds_asks_for_consumer_tensors_only_where_a_group_has_its_own(tiny_resnet, tiny_cnn, example_input,
                                                                               small_batches):
     plain = space_of(tiny_cnn, example_input).groups  # no residual coupling: consumers read the producers
-    collect_activation_stats(tiny_cnn, plain, small_batches, rank=False).check_holds({"read_inputs"}, groups=plain)
+    collect_activation_stats(tiny_cnn, plain, small_batches,
+                             StatsOptions(rank=False)).check_holds({"read_inputs"}, groups=plain)
     coupled = space_of(tiny_resnet, example_input).groups
-    stats = collect_activation_stats(tiny_resnet, coupled, small_batches, rank=False)
+    stats = collect_activation_stats(tiny_resnet, coupled, small_batches, StatsOptions(rank=False))
     with pytest.raises(InputError, match="without read_inputs: collect them with `prunesweep stats --read-inputs`"):
         stats.check_holds({"read_inputs"}, groups=coupled)
 
 
 def test_save_load_round_trip(tiny_cnn, example_input, small_batches, tmp_path):
     groups = space_of(tiny_cnn, example_input).groups
-    stats = collect_activation_stats(tiny_cnn, groups, small_batches, chip=True)
+    stats = collect_activation_stats(tiny_cnn, groups, small_batches, StatsOptions(chip=True))
     path = tmp_path / "stats.pt"
     stats.save(path)
     loaded = ActivationStats.load(path)
@@ -160,7 +162,7 @@ def test_unreadable_file_raises_one_line_error(content, tiny_resnet, example_inp
         torch.save({"state_dict": {"w": torch.ones(2)}}, path)
     else:
         groups = space_of(tiny_resnet, example_input).groups
-        collect_activation_stats(tiny_resnet, groups, calibration_batches[:1], rank=False).save(path)
+        collect_activation_stats(tiny_resnet, groups, calibration_batches[:1], StatsOptions(rank=False)).save(path)
         data = path.read_bytes()
         path.write_bytes(data[: len(data) // 2])
     with pytest.raises(StatsFileError) as info:
@@ -178,7 +180,7 @@ def test_entropy_by_hand():
     # (edge_quantile=0: min and max; the default 0.1 %..99.9 % quantiles would trim the range)
     model, group = one_channel_identity()
     images = torch.tensor([0.0, 0.0, 1.0, 3.0])[:, None, None, None].expand(4, 1, 5, 5).contiguous()
-    stats = collect_activation_stats(model, [group], [(images, None)], bins=4, edge_quantile=0.0)
+    stats = collect_activation_stats(model, [group], [(images, None)], StatsOptions(bins=4, edge_quantile=0.0))
     edges = stats.layers["0"].edges[0]
     torch.testing.assert_close(edges[[0, -1]], torch.tensor([-0.03, 3.03]))
     assert stats.layers["0"].hist.tolist() == [[2, 1, 0, 1]]
@@ -192,7 +194,8 @@ def test_entropy_by_hand():
 
 def test_spatial_histogram_counts_every_position(tiny_resnet, example_input, calibration_batches):
     groups = space_of(tiny_resnet, example_input).groups
-    stats = collect_activation_stats(tiny_resnet, groups, calibration_batches, value="spatial", rank=False)
+    stats = collect_activation_stats(tiny_resnet, groups, calibration_batches,
+                                     StatsOptions(value="spatial", rank=False))
     for s in stats.layers.values():
         assert torch.all(s.hist.sum(1) == s.n_positions)
         assert int(s.n_positions) == int(s.n_images) * int(s.map_size.prod())
@@ -266,7 +269,8 @@ def test_dead_channel_has_zero_entropy_rank_and_full_apoz(tiny_resnet, example_i
 @pytest.mark.parametrize("per_class", [False, True])
 def test_sums_match_a_direct_computation(tiny_resnet, example_input, small_batches, per_class):
     space = space_of(tiny_resnet, example_input)
-    stats = collect_activation_stats(tiny_resnet, space.groups, small_batches, rank=False, per_class=per_class)
+    stats = collect_activation_stats(tiny_resnet, space.groups, small_batches,
+                                     StatsOptions(rank=False, per_class=per_class))
     seen = []
     handle = tiny_resnet.layer2.bn1.register_forward_hook(lambda m, i, o: seen.append(torch.relu(o)))
     with torch.no_grad():
@@ -335,24 +339,24 @@ def test_hooks_removed_and_mode_restored_even_on_error(tiny_resnet, example_inpu
 
 def test_one_shot_iterator_equals_list(tiny_resnet, example_input, calibration_batches):
     groups = space_of(tiny_resnet, example_input).groups
-    a = collect_activation_stats(tiny_resnet, groups, calibration_batches, rank=False)
-    b = collect_activation_stats(tiny_resnet, groups, iter(calibration_batches), rank=False)
+    a = collect_activation_stats(tiny_resnet, groups, calibration_batches, StatsOptions(rank=False))
+    b = collect_activation_stats(tiny_resnet, groups, iter(calibration_batches), StatsOptions(rank=False))
     assert_stats_close(a, b)
 
 
 def test_bad_arguments(tiny_resnet, example_input, calibration_batches):
     groups = space_of(tiny_resnet, example_input).groups
     with pytest.raises(InputError, match="histogram value"):
-        collect_activation_stats(tiny_resnet, groups, calibration_batches, value="median")
+        collect_activation_stats(tiny_resnet, groups, calibration_batches, StatsOptions(value="median"))
     with pytest.raises(InputError, match="edge_batches must be at least 1"):
-        collect_activation_stats(tiny_resnet, groups, calibration_batches, edge_batches=0)
+        collect_activation_stats(tiny_resnet, groups, calibration_batches, StatsOptions(edge_batches=0))
     with pytest.raises(InputError, match="bins must be at least 2"):
-        collect_activation_stats(tiny_resnet, groups, calibration_batches, bins=1)
+        collect_activation_stats(tiny_resnet, groups, calibration_batches, StatsOptions(bins=1))
     with pytest.raises(InputError, match="no calibration batches"):
         collect_activation_stats(tiny_resnet, groups, [])
     with pytest.raises(InputError, match="no histogram edges"):
         accumulate_stats(tiny_resnet, groups, calibration_batches, {})
-    stats = collect_activation_stats(tiny_resnet, groups[:1], calibration_batches, rank=False)
+    stats = collect_activation_stats(tiny_resnet, groups[:1], calibration_batches, StatsOptions(rank=False))
     with pytest.raises(InputError, match="no statistics"):
         stats.channel_entropy(groups[1])
     with pytest.raises(InputError, match="rank=True"):

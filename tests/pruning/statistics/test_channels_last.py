@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from pruning.criteria import ScoringContext, create_criterion
-from pruning.statistics import collect_activation_stats
+from pruning.statistics import StatsOptions, collect_activation_stats
 from pruning.structure import PruningSpace
 
 
@@ -77,7 +77,8 @@ def stats_of(model, batches, **options):
     model = model.double()
     space = PruningSpace.build(model, batches[0][0][:1].double())
     double = [(x.double(), y) for x, y in batches]
-    return space, collect_activation_stats(model, space.groups, double, chip=True, map_entropy=True, **options)
+    return space, collect_activation_stats(model, space.groups, double,
+                                           StatsOptions(chip=True, map_entropy=True, **options))
 
 
 @pytest.mark.parametrize("value", ["gap", "spatial"])
@@ -112,7 +113,7 @@ def test_tokens_are_images_of_positions_without_ranks():
     g = torch.Generator().manual_seed(1)
     batches = [(torch.randn(4, 5, 4, generator=g), torch.zeros(4, dtype=torch.long)) for _ in range(2)]
     space = PruningSpace.build(model, batches[0][0][:1])
-    stats = collect_activation_stats(model, space.groups, batches, value="spatial")
+    stats = collect_activation_stats(model, space.groups, batches, StatsOptions(value="spatial"))
     fc = stats.layers["fc"]
     assert fc.channels == 8 and fc.map_size.tolist() == [5, 1]
     assert int(fc.n_images) == 8 and int(fc.n_positions) == 40
@@ -137,7 +138,7 @@ def test_torchvision_convnext_blocks_prune_by_their_statistics_and_games(criteri
     x = torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     space = PruningSpace.build(model, x[:1])
     stats = collect_activation_stats(model, space.groups, [(x, torch.arange(16) % 10)],
-                                     rank=criterion == "hrank", read_inputs=True)
+                                     StatsOptions(rank=criterion == "hrank", read_inputs=True))
     assert all(stats.layers[o.key].channels == g.size for g in space.groups for o in g.observed)
     outcome = prune_with_criterion(model, x[:1], create_criterion(criterion), PruningConfig(flops_reduction=0.5),
                                    ScoringContext(calibration=[(x, torch.arange(16) % 10)], stats=stats), space=space)

@@ -7,7 +7,13 @@ from torch import nn
 
 from pruning.criteria import ScoringContext, create_criterion, statistics_options
 from pruning.errors import InputError
-from pruning.statistics import ActivationStats, accumulate_stats, collect_activation_stats, compute_histogram_edges
+from pruning.statistics import (
+    ActivationStats,
+    StatsOptions,
+    accumulate_stats,
+    collect_activation_stats,
+    compute_histogram_edges,
+)
 from pruning.structure import ChannelGroup, ObservedOutput, PruningSpace
 
 
@@ -27,13 +33,13 @@ def groups_of(model):
 def test_each_class_row_equals_the_statistics_of_that_class_alone(model_name, request, labelled_batches):
     model = request.getfixturevalue(model_name)
     groups = groups_of(model)
-    edges = compute_histogram_edges(model, groups, labelled_batches[:1], bins=8)
-    stats = accumulate_stats(model, groups, labelled_batches, edges, rank_images=None, per_class=True)
+    edges = compute_histogram_edges(model, groups, labelled_batches[:1], StatsOptions(bins=8))
+    stats = accumulate_stats(model, groups, labelled_batches, edges, StatsOptions(rank_images=None, per_class=True))
     assert stats.per_class
     x = torch.cat([b[0] for b in labelled_batches])
     y = torch.cat([b[1] for b in labelled_batches])
     for k in range(4):
-        alone = accumulate_stats(model, groups, [(x[y == k], y[y == k])], edges, rank_images=None)
+        alone = accumulate_stats(model, groups, [(x[y == k], y[y == k])], edges, StatsOptions(rank_images=None))
         for name, layer in stats.layers.items():
             one = alone.layers[name]
             assert int(layer.class_images[k]) == int(one.n_images)
@@ -48,10 +54,11 @@ def test_each_class_row_equals_the_statistics_of_that_class_alone(model_name, re
 def test_shards_that_saw_different_labels_merge_into_one_pass(tiny_resnet, labelled_batches, tmp_path):
     """The first two batches never see label 3: the merge pads their rows."""
     groups = groups_of(tiny_resnet)
-    edges = compute_histogram_edges(tiny_resnet, groups, labelled_batches[:1], bins=8)
-    first = accumulate_stats(tiny_resnet, groups, labelled_batches[:2], edges, per_class=True)
-    second = accumulate_stats(tiny_resnet, groups, labelled_batches[2:], edges, image_offset=12, per_class=True)
-    whole = accumulate_stats(tiny_resnet, groups, labelled_batches, edges, per_class=True)
+    edges = compute_histogram_edges(tiny_resnet, groups, labelled_batches[:1], StatsOptions(bins=8))
+    first = accumulate_stats(tiny_resnet, groups, labelled_batches[:2], edges, StatsOptions(per_class=True))
+    second = accumulate_stats(tiny_resnet, groups, labelled_batches[2:], edges,
+                              StatsOptions(per_class=True), image_offset=12)
+    whole = accumulate_stats(tiny_resnet, groups, labelled_batches, edges, StatsOptions(per_class=True))
     merged = first.merge(second)
     path = tmp_path / "stats.pt"
     merged.save(path)
@@ -66,11 +73,13 @@ def test_shards_that_saw_different_labels_merge_into_one_pass(tiny_resnet, label
 def test_per_class_collection_needs_labelled_batches(tiny_cnn, labelled_batches):
     groups = groups_of(tiny_cnn)
     with pytest.raises(InputError, match="labelled batches"):
-        collect_activation_stats(tiny_cnn, groups, [b[0] for b in labelled_batches], per_class=True)
+        collect_activation_stats(tiny_cnn, groups, [b[0] for b in labelled_batches], StatsOptions(per_class=True))
     with pytest.raises(InputError, match="non-negative"):
-        collect_activation_stats(tiny_cnn, groups, [(labelled_batches[0][0], -labelled_batches[0][1])], per_class=True)
+        collect_activation_stats(tiny_cnn, groups, [(labelled_batches[0][0], -labelled_batches[0][1])],
+                                 StatsOptions(per_class=True))
     with pytest.raises(InputError, match="6 images but 5 labels"):
-        collect_activation_stats(tiny_cnn, groups, [(labelled_batches[0][0], labelled_batches[0][1][:5])], per_class=True)
+        collect_activation_stats(tiny_cnn, groups, [(labelled_batches[0][0], labelled_batches[0][1][:5])],
+                                 StatsOptions(per_class=True))
     unlabelled = collect_activation_stats(tiny_cnn, groups, [b[0] for b in labelled_batches])
     with pytest.raises(InputError, match="per_class=True"):
         unlabelled.channel_mean(groups[0], class_scores="max")
@@ -96,7 +105,7 @@ def selective_channel_model():
 @pytest.mark.parametrize("criterion", ["mean-activation", "apoz", "hrank"])
 def test_class_max_keeps_the_class_selective_channel_that_the_pooled_score_prunes(criterion):
     model, group, batches = selective_channel_model()
-    stats = collect_activation_stats(model, [group], batches, bins=4, per_class=True)
+    stats = collect_activation_stats(model, [group], batches, StatsOptions(bins=4, per_class=True))
     context = ScoringContext(stats=stats)
     pooled = create_criterion(criterion).score(model, [group], context)["0"]
     balanced = create_criterion(criterion, class_scores="max").score(model, [group], context)["0"]

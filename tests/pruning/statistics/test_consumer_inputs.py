@@ -6,7 +6,7 @@ import torch
 
 from pruning.criteria import ScoringContext, create_criterion, statistics_options
 from pruning.errors import InputError
-from pruning.statistics import ActivationStats, collect_activation_stats
+from pruning.statistics import ActivationStats, StatsOptions, collect_activation_stats
 from pruning.structure import PruningSpace
 
 STATISTICS_CRITERIA = ["entropy", "hrank", "apoz", "mean-activation", "chip"]
@@ -29,7 +29,7 @@ def test_consumer_statistics_are_those_of_the_tensors_read(tiny_resnet, example_
     """The consumer-side mean activation of the stem group is the mean over the two tensors the
     convolutions read: the stem's ReLU output and layer1's output after its residual addition."""
     space = PruningSpace.build(tiny_resnet, example_input)
-    stats = collect_activation_stats(tiny_resnet, space.groups, calibration_batches, read_inputs=True)
+    stats = collect_activation_stats(tiny_resnet, space.groups, calibration_batches, StatsOptions(read_inputs=True))
     captured = {"stem": [], "block": []}
     handles = [
         tiny_resnet.layer1.conv1.register_forward_pre_hook(lambda m, i: captured["stem"].append(i[0])),
@@ -52,15 +52,15 @@ def test_consumer_statistics_are_those_of_the_tensors_read(tiny_resnet, example_
 def test_consumer_source_needs_read_inputs_and_old_files_have_none(tiny_resnet, example_input, calibration_batches,
                                                                    tmp_path):
     space = PruningSpace.build(tiny_resnet, example_input)
-    stats = collect_activation_stats(tiny_resnet, space.groups, calibration_batches, rank=False)
+    stats = collect_activation_stats(tiny_resnet, space.groups, calibration_batches, StatsOptions(rank=False))
     with pytest.raises(InputError, match="read_inputs=True"):
         stats.channel_mean(space["conv1"], source="consumer")
     inner = next(g for g in space.groups if g.inner)
     torch.testing.assert_close(stats.channel_mean(inner, source="consumer"), stats.channel_mean(inner))
     with pytest.raises(InputError, match="unknown statistics source 'both'"):
         stats.channel_mean(inner, source="both")
-    with_inputs = collect_activation_stats(tiny_resnet, space.groups, calibration_batches, rank=False,
-                                           read_inputs=True)
+    with_inputs = collect_activation_stats(tiny_resnet, space.groups, calibration_batches,
+                                           StatsOptions(rank=False, read_inputs=True))
     path = tmp_path / "stats.pt"
     with_inputs.save(path)
     assert ActivationStats.load(path).read_inputs
@@ -82,7 +82,7 @@ def test_statistics_criteria_score_the_consumer_side(name, tiny_resnet, example_
     assert statistics_options([consumer])["read_inputs"] and not statistics_options([producer])["read_inputs"]
     assert statistics_options([consumer])["chip"] == (name == "chip")
     stats = collect_activation_stats(tiny_resnet, space.groups, calibration_batches,
-                                     **statistics_options([producer, consumer]))
+                                     statistics_options([producer, consumer]))
     context = ScoringContext(calibration=calibration_batches, stats=stats)
     a = producer.score(tiny_resnet, space.groups, context)
     b = consumer.score(tiny_resnet, space.groups, context)

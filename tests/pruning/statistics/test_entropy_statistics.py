@@ -10,6 +10,7 @@ from torch import nn
 
 from pruning.errors import InputError
 from pruning.statistics import (
+    StatsOptions,
     ActivationStats,
     accumulate_stats,
     collect_activation_stats,
@@ -42,12 +43,13 @@ def varied_batches(n: int = 4) -> list[tuple[torch.Tensor, None]]:
 def test_layer_edges_rank_a_scaled_down_copy_below_the_original():
     model, group = scaled_copies([1.0, 0.0625])  # a power of two: the copy is exactly scaled
     batches = varied_batches()
-    shared = collect_activation_stats(model, [group], batches, bins=16, rank=False)
+    shared = collect_activation_stats(model, [group], batches, StatsOptions(bins=16, rank=False))
     assert torch.equal(shared.layers["0"].edges[0], shared.layers["0"].edges[1])  # one range for the layer
     entropy = shared.channel_entropy(group)
     assert entropy[1] < entropy[0] - 1.0  # the weak copy fills a few bins of the layer's range
     # per-channel edges are blind to scale: the two copies have the same histogram
-    per_channel = collect_activation_stats(model, [group], batches, bins=16, rank=False, edge_scope="channel")
+    per_channel = collect_activation_stats(model, [group], batches,
+                                           StatsOptions(bins=16, rank=False, edge_scope="channel"))
     assert torch.equal(per_channel.layers["0"].hist[0], per_channel.layers["0"].hist[1])
 
 
@@ -55,16 +57,16 @@ def test_quantile_edges_come_from_several_batches_and_outliers_fall_in_end_bins(
     model, group = scaled_copies([1.0, 2.0])
     batches = varied_batches(3)
     batches[2][0][0, 0, 0, 0] = 1e6  # one outlier in the last edge batch
-    edges = compute_histogram_edges(model, [group], batches, bins=8, edge_quantile=0.02)["0"]
+    edges = compute_histogram_edges(model, [group], batches, StatsOptions(bins=8, edge_quantile=0.02))["0"]
     gap = torch.cat([x.mean((2, 3)) * torch.tensor([1.0, 2.0]) for x, _ in batches]).flatten().double()
     lo, hi = torch.quantile(gap, 0.02), torch.quantile(gap, 0.98)
     pad = 0.01 * (hi - lo)
     torch.testing.assert_close(edges[:, [0, -1]].double(), torch.stack([lo - pad, hi + pad]).expand(2, 2),
                                rtol=1e-6, atol=1e-6)
-    stats = accumulate_stats(model, [group], batches, {"0": edges}, rank=False)
+    stats = accumulate_stats(model, [group], batches, {"0": edges}, StatsOptions(rank=False))
     assert int(stats.layers["0"].hist[:, -1].sum()) >= 2  # the outlier's image, in both channels
     # min-max edges (quantile 0) are stretched by the outlier: nearly everything lands in bin 0
-    stretched = collect_activation_stats(model, [group], batches, bins=8, rank=False, edge_quantile=0.0)
+    stretched = collect_activation_stats(model, [group], batches, StatsOptions(bins=8, rank=False, edge_quantile=0.0))
     assert int(stretched.layers["0"].hist[:, 0].sum()) >= 2 * 96 - 2
 
 
@@ -73,17 +75,19 @@ def test_shards_merge_exactly_with_either_edges(edge_scope, tiny_resnet, example
     groups = PruningSpace.build(tiny_resnet, example_input).groups
     x, y = calibration_batches[0]
     batches = [(x[i : i + 4], y[i : i + 4]) for i in (0, 4, 8)]
-    edges = compute_histogram_edges(tiny_resnet, groups, batches[:2], edge_scope=edge_scope)
-    whole = accumulate_stats(tiny_resnet, groups, batches, edges, rank=False, map_entropy=True)
-    merged = accumulate_stats(tiny_resnet, groups, batches[:1], edges, rank=False, map_entropy=True).merge(
-        accumulate_stats(tiny_resnet, groups, batches[1:], edges, rank=False, map_entropy=True)
+    edges = compute_histogram_edges(tiny_resnet, groups, batches[:2], StatsOptions(edge_scope=edge_scope))
+    whole = accumulate_stats(tiny_resnet, groups, batches, edges, StatsOptions(rank=False, map_entropy=True))
+    merged = accumulate_stats(tiny_resnet, groups, batches[:1], edges,
+                              StatsOptions(rank=False, map_entropy=True)).merge(
+        accumulate_stats(tiny_resnet, groups, batches[1:], edges, StatsOptions(rank=False, map_entropy=True))
     )
     for name, s in whole.layers.items():
         m = merged.layers[name]
         assert torch.equal(s.hist, m.hist), name
         torch.testing.assert_close(s.map_entropy_sum, m.map_entropy_sum, rtol=1e-12, atol=1e-12)
     # the default pass computes the same edges from the same first batches
-    default = collect_activation_stats(tiny_resnet, groups, batches, rank=False, edge_batches=2, edge_scope=edge_scope)
+    default = collect_activation_stats(tiny_resnet, groups, batches,
+                                       StatsOptions(rank=False, edge_batches=2, edge_scope=edge_scope))
     assert all(torch.equal(default.layers[n].edges, edges[n]) for n in edges)
 
 
@@ -101,7 +105,7 @@ def test_miller_madow_is_plugin_plus_occupied_bins_over_2n():
 
 def test_channel_entropy_reads_the_estimator():
     model, group = scaled_copies([1.0, 0.3])
-    stats = collect_activation_stats(model, [group], varied_batches(), bins=8, rank=False)
+    stats = collect_activation_stats(model, [group], varied_batches(), StatsOptions(bins=8, rank=False))
     hist = stats.layers["0"].hist
     torch.testing.assert_close(stats.channel_entropy(group, estimator="miller-madow"),
                                histogram_entropy(hist, estimator="miller-madow"))
@@ -119,14 +123,14 @@ def test_map_softmax_entropy_by_hand():
     # end to end: two images through the identity, mean over images
     model, group = scaled_copies([1.0])
     images = torch.stack([maps[0], torch.zeros(1, 2, 2)])
-    stats = collect_activation_stats(model, [group], [(images, None)], rank=False, map_entropy=True)
+    stats = collect_activation_stats(model, [group], [(images, None)], StatsOptions(rank=False, map_entropy=True))
     assert stats.channel_map_entropy(group).item() == pytest.approx((h + math.log(4)) / 2, rel=1e-6)
 
 
 def test_map_entropies_only_when_asked_and_files_say_what_is_missing(tmp_path):
     model, group = scaled_copies([1.0, 0.5])
-    stats = collect_activation_stats(model, [group], varied_batches(1), rank=False)
-    with_maps = collect_activation_stats(model, [group], varied_batches(1), rank=False, map_entropy=True)
+    stats = collect_activation_stats(model, [group], varied_batches(1), StatsOptions(rank=False))
+    with_maps = collect_activation_stats(model, [group], varied_batches(1), StatsOptions(rank=False, map_entropy=True))
     assert stats.layers["0"].map_entropy_sum is None and with_maps.layers["0"].map_entropy_sum is not None
     torch.testing.assert_close(stats.layers["0"].hist, with_maps.layers["0"].hist)  # nothing else changes
     stats.save(tmp_path / "stats.pt")
@@ -149,7 +153,7 @@ def test_map_entropies_only_when_asked_and_files_say_what_is_missing(tmp_path):
 def test_bad_edge_options(options, needle):
     model, group = scaled_copies([1.0])
     with pytest.raises(InputError, match=needle) as info:
-        collect_activation_stats(model, [group], varied_batches(1), **options)
+        collect_activation_stats(model, [group], varied_batches(1), StatsOptions(**options))
     assert "\n" not in str(info.value)
 
 

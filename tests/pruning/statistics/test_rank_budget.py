@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from pruning.statistics import (
+
+    StatsOptions,
     RANK_MAP_SIDE,
     accumulate_stats,
     batched_map_rank,
@@ -67,8 +69,8 @@ def test_wide_outputs_rank_fewer_images_and_shards_merge(tiny_resnet, example_in
     batches = [(torch.randn(3, 1, 28, 28, generator=g), None) for _ in range(4)]
     edges = compute_histogram_edges(tiny_resnet, space.groups, batches[:1])
     with mock.patch("pruning.statistics._accumulator.RANK_MAPS", 40):
-        one_pass = accumulate_stats(tiny_resnet, space.groups, batches, edges, rank_images=8)
-        parts = [accumulate_stats(tiny_resnet, space.groups, b, edges, rank_images=8, image_offset=o)
+        one_pass = accumulate_stats(tiny_resnet, space.groups, batches, edges, StatsOptions(rank_images=8))
+        parts = [accumulate_stats(tiny_resnet, space.groups, b, edges, StatsOptions(rank_images=8), image_offset=o)
                  for b, o in ((batches[:1], 0), (batches[1:], 3))]
     for name, s in one_pass.layers.items():
         if s.rank_sum is not None:

@@ -7,6 +7,7 @@ import torch
 
 from pruning.errors import InputError
 from pruning.statistics import (
+    StatsOptions,
     RANK_IMAGES,
     ActivationStats,
     accumulate_stats,
@@ -42,10 +43,10 @@ def assert_same(a: ActivationStats, b: ActivationStats) -> None:
 
 def test_ranks_cover_only_the_first_images(tiny_resnet, space, batches):
     edges = compute_histogram_edges(tiny_resnet, space.groups, batches[:1])
-    limited = accumulate_stats(tiny_resnet, space.groups, batches, edges, rank_images=7)
-    everything = accumulate_stats(tiny_resnet, space.groups, batches, edges, rank_images=None)
+    limited = accumulate_stats(tiny_resnet, space.groups, batches, edges, StatsOptions(rank_images=7))
+    everything = accumulate_stats(tiny_resnet, space.groups, batches, edges, StatsOptions(rank_images=None))
     first7 = [batches[0], batches[1], (batches[2][0][:1], batches[2][1][:1])]
-    only_first = accumulate_stats(tiny_resnet, space.groups, first7, edges, rank_images=None)
+    only_first = accumulate_stats(tiny_resnet, space.groups, first7, edges, StatsOptions(rank_images=None))
     for name, s in limited.layers.items():
         if s.rank_sum is None:  # no maps
             assert s.n_rank_images is None
@@ -59,15 +60,16 @@ def test_ranks_cover_only_the_first_images(tiny_resnet, space, batches):
         torch.testing.assert_close(limited.channel_rank(group), only_first.channel_rank(group))
         torch.testing.assert_close(limited.channel_relative_rank(group), only_first.channel_relative_rank(group))
     # a limit past the pass ranks every image
-    assert_same(accumulate_stats(tiny_resnet, space.groups, batches, edges, rank_images=100), everything)
+    assert_same(accumulate_stats(tiny_resnet, space.groups, batches, edges, StatsOptions(rank_images=100)), everything)
 
 
 def test_shards_with_offsets_merge_to_one_pass(tiny_resnet, space, batches):
     edges = compute_histogram_edges(tiny_resnet, space.groups, batches[:1])
-    one_pass = accumulate_stats(tiny_resnet, space.groups, batches, edges, rank_images=7)
+    one_pass = accumulate_stats(tiny_resnet, space.groups, batches, edges, StatsOptions(rank_images=7))
     # shards: images 0-5 (all ranked), 6-8 (one ranked), 9-11 (none ranked)
     shards = [(batches[:2], 0), (batches[2:3], 6), (batches[3:], 9)]
-    parts = [accumulate_stats(tiny_resnet, space.groups, b, edges, rank_images=7, image_offset=o) for b, o in shards]
+    parts = [accumulate_stats(tiny_resnet, space.groups, b, edges,
+                              StatsOptions(rank_images=7), image_offset=o) for b, o in shards]
     assert [int(p.layers["layer1.bn1"].n_rank_images) for p in parts] == [6, 1, 0]
     assert_same(parts[0].merge(parts[1]).merge(parts[2]), one_pass)
     assert_same(parts[2].merge(parts[0]).merge(parts[1]), one_pass)  # merge order does not matter
@@ -78,10 +80,10 @@ def test_shards_with_offsets_merge_to_one_pass(tiny_resnet, space, batches):
 def test_collect_defaults_to_rank_images(tiny_resnet, space):
     g = torch.Generator().manual_seed(3)
     big = [(torch.randn(RANK_IMAGES // 2 + 3, 1, 8, 8, generator=g), None) for _ in range(2)]
-    stats = collect_activation_stats(tiny_resnet, space.groups, big, rank=True)
+    stats = collect_activation_stats(tiny_resnet, space.groups, big, StatsOptions(rank=True))
     assert {int(s.n_rank_images) for s in stats.layers.values() if s.rank_sum is not None} == {RANK_IMAGES}
     assert {int(s.n_images) for s in stats.layers.values()} == {RANK_IMAGES + 6}
-    without = collect_activation_stats(tiny_resnet, space.groups, big, rank=False)
+    without = collect_activation_stats(tiny_resnet, space.groups, big, StatsOptions(rank=False))
     assert all(s.n_rank_images is None for s in without.layers.values())
     merged = without.merge(without)  # no ranks on either side: none merged
     assert all(s.n_rank_images is None and s.rank_sum is None for s in merged.layers.values())
@@ -89,7 +91,7 @@ def test_collect_defaults_to_rank_images(tiny_resnet, space):
 
 
 def test_file_without_n_rank_images_reads_as_every_image_ranked(tiny_resnet, space, batches, tmp_path):
-    stats = collect_activation_stats(tiny_resnet, space.groups, batches, rank_images=None)
+    stats = collect_activation_stats(tiny_resnet, space.groups, batches, StatsOptions(rank_images=None))
     path = tmp_path / "old.pt"
     stats.save(path)
     payload = torch.load(path, weights_only=True)
@@ -102,10 +104,10 @@ def test_file_without_n_rank_images_reads_as_every_image_ranked(tiny_resnet, spa
         torch.testing.assert_close(old.channel_relative_rank(group), stats.channel_relative_rank(group))
     # and it merges with a state collected now
     edges = {name: s.edges for name, s in stats.layers.items()}
-    new = accumulate_stats(tiny_resnet, space.groups, batches, edges, rank_images=None)
+    new = accumulate_stats(tiny_resnet, space.groups, batches, edges, StatsOptions(rank_images=None))
     assert_same(old.merge(new), stats.merge(new))
     # a file written now round-trips the field
-    limited = collect_activation_stats(tiny_resnet, space.groups, batches, rank_images=5)
+    limited = collect_activation_stats(tiny_resnet, space.groups, batches, StatsOptions(rank_images=5))
     limited.save(path)
     assert_same(ActivationStats.load(path), limited)
 
@@ -113,8 +115,8 @@ def test_file_without_n_rank_images_reads_as_every_image_ranked(tiny_resnet, spa
 @pytest.mark.parametrize("bad", [0, -1, 1.5, True, "8"])
 def test_bad_rank_images_is_named(tiny_resnet, space, batches, bad):
     edges = compute_histogram_edges(tiny_resnet, space.groups, batches[:1])
-    for call in (lambda: collect_activation_stats(tiny_resnet, space.groups, batches, rank_images=bad),
-                 lambda: accumulate_stats(tiny_resnet, space.groups, batches, edges, rank_images=bad)):
+    for call in (lambda: collect_activation_stats(tiny_resnet, space.groups, batches, StatsOptions(rank_images=bad)),
+                 lambda: accumulate_stats(tiny_resnet, space.groups, batches, edges, StatsOptions(rank_images=bad))):
         with pytest.raises(InputError) as info:
             call()
         message = str(info.value)

@@ -9,7 +9,7 @@ from torchvision.models.vision_transformer import VisionTransformer as Torchvisi
 from pruning.criteria import ScoringContext, create_criterion
 from pruning.pipeline import prune_with_criterion
 from pruning.planning import PruningConfig
-from pruning.statistics import collect_activation_stats
+from pruning.statistics import StatsOptions, collect_activation_stats
 from pruning.structure import PruningSpace, UnitLayout, count_macs
 
 X = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
@@ -60,7 +60,7 @@ def test_pruned_vit_removes_whole_heads_and_meets_the_target(criterion, timm_vit
 def test_statistics_criteria_score_token_channels_and_prune(criterion, timm_vit):
     model, space = timm_vit
     batches = [(X, torch.tensor([1, 2]))]
-    stats = collect_activation_stats(model, space.groups, batches, rank=criterion == "hrank")
+    stats = collect_activation_stats(model, space.groups, batches, StatsOptions(rank=criterion == "hrank"))
     assert all(stats.channel_mean(g).shape == (g.size,) for g in space.groups)
     context = ScoringContext(calibration=batches, stats=stats)
     outcome = prune_with_criterion(model, X, create_criterion(criterion), PruningConfig(flops_reduction=0.5),
