@@ -231,7 +231,8 @@ def _prefix_values(
 ) -> tuple[torch.Tensor, int]:
     """v(first k players of each permutation) for k = 0..C -> ``float64[P, C+1]`` and the number
     of coalitions evaluated. Without truncation, one batched call; with truncation, windows of
-    ``window`` prefix lengths over the still-active permutations, and a permutation whose prefix
+    ``window`` prefix lengths (more when the game's ``min_coalitions`` asks for more per call)
+    over the still-active permutations, and a permutation whose prefix
     value comes within ``truncation_tol`` of v(N) keeps that value to the end (TMC-Shapley).
     ``positions`` < C evaluates only :func:`prefix_lengths` and interpolates the rest."""
     v_full, v_empty = endpoints
@@ -254,11 +255,16 @@ def _prefix_values(
     if abs(v_empty - v_full) < truncation_tol:
         known[:, 1:] = v_empty
         return interpolate_prefixes(known, points, n), 0
-    for start in range(1, len(points) - 1, window):
+    # a call of a few coalitions on a few images wastes most of its time: each window takes at
+    # least the game's efficient call (its ``min_coalitions`` attribute, when it has one)
+    least = int(getattr(game, "min_coalitions", 1))
+    start = 1
+    while start < len(points) - 1:
         rows = active.nonzero().flatten()
         if len(rows) == 0:
             break
-        cols = torch.arange(start, min(start + window, len(points) - 1))
+        cols = torch.arange(start, min(start + max(window, -(-least // len(rows))), len(points) - 1))
+        start = int(cols[-1]) + 1
         k = torch.tensor(points, dtype=torch.long)[cols]
         masks = ranks[rows][:, None, :] < k[None, :, None]
         vals = game.values(masks.reshape(-1, n)).view(len(rows), len(k))

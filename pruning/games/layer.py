@@ -45,6 +45,10 @@ from pruning.utils import model_device, preserved_modes
 MODES = ("auto", "fx", "hooks")
 #: images of the fx-vs-hooks agreement check at LayerGame construction
 _PROBE_IMAGES = 3
+#: images one batched call of a game should hold at least: the truncated estimators evaluate
+#: windows of prefixes this large (on the CPU a forward of 1-4 images of a ResNet costs several
+#: times more per image than one of 16)
+EFFICIENT_CALL_IMAGES = 16
 
 
 @contextlib.contextmanager
@@ -283,6 +287,12 @@ class LayerGame:
         finally:
             for handle in handles:
                 handle.remove()
+
+    @property
+    def min_coalitions(self) -> int:
+        """Coalitions a call should hold at least: :data:`EFFICIENT_CALL_IMAGES` images' worth
+        (a forward of 1-4 images costs several times more per image than one of 16 or more)."""
+        return -(-EFFICIENT_CALL_IMAGES // self._images)
 
     @property
     def chunk(self) -> int:
