@@ -79,6 +79,7 @@ class RatioTarget:
     def __post_init__(self) -> None:
         if self.flops_reduction is not None and self.ratio is not None:
             raise RatioSourceError("target", "takes one of flops_reduction and ratio, got both")
+        self.config(**(self.amount() if self.kind != "none" else {"ratio": 0.0}))  # checks every field
 
     @property
     def kind(self) -> str:

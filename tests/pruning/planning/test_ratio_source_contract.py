@@ -106,23 +106,12 @@ def test_a_target_takes_one_amount():
         RatioTarget(flops_reduction=0.3, ratio=0.3)
 
 
-def test_a_new_source_is_one_class(space, inputs):
-    """Registered, it is listed and plans like the built-in ones (removed again afterwards)."""
-    from pruning.planning.ratio_sources._base import _SOURCES
-
-    @register_ratio_source("half-first")
-    class HalfFirst(RatioSource):
-        targets = ("flops_reduction",)
-
-        def make_plan(self, target, inputs, groups):
-            weights = {g.name: 1.0 if i == 0 else 0.5 for i, g in enumerate(groups)}
-            return __import__("pruning.planning", fromlist=["RatioPlan"]).RatioPlan(
-                target.config(allocation="uniform", **target.amount()), weights)
-
-    try:
-        assert "half-first" in list_ratio_sources()
-        plan = create_ratio_source("half-first").plan(RatioTarget(flops_reduction=0.3), inputs)
-        assert abs(space.reduction(plan.keep(space)) - 0.3) <= FLOPS_TOLERANCE
-    finally:
-        del _SOURCES._factories["half-first"]
-
+def test_a_new_source_is_one_class(extra_ratio_source, space, inputs):
+    """Registered, it is listed, obeys the contract and plans like the built-in ones."""
+    assert extra_ratio_source in list_ratio_sources()
+    source = create_ratio_source(extra_ratio_source, first=0.25)
+    assert create_ratio_source(extra_ratio_source, **source.options()) == source
+    plan = source.plan(RatioTarget(flops_reduction=0.3), inputs)
+    assert abs(space.reduction(plan.keep(space)) - 0.3) <= FLOPS_TOLERANCE
+    with pytest.raises(RatioSourceError, match="first must be > 0, got 0"):
+        create_ratio_source(extra_ratio_source, first=0)
