@@ -203,8 +203,9 @@ def _ratio_source(args: argparse.Namespace):
     source = create(name, **options)
     if target.kind not in source.targets:
         wanted = " or ".join(_TARGET_WORDS[kind] for kind in source.targets)
-        raise InputError(f"--ratios {shown} takes {wanted}, not {_TARGET_WORDS[target.kind]}"
-                         + ("" if target.kind != "none" else " (give --flops-reduction or --ratio)"))
+        if target.kind == "none":
+            raise InputError(f"--ratios {shown} needs a target: give {wanted}")
+        raise InputError(f"--ratios {shown} takes {wanted}, not {_TARGET_WORDS[target.kind]}")
     return source, target
 
 
