@@ -29,7 +29,8 @@ import torch
 from orchestrator.cli.recipe_args import RECIPE_OPTIONS, add_recipe_arguments, recipe_from_args
 from pruning.criteria import ScoringContext, create_criterion, statistics_options
 from pruning.pipeline import prune_with_criterion
-from pruning.planning import PruningConfig
+from pruning.planning import RatioInputs, RatioTarget, create_ratio_source
+from pruning.planning.ratio_sources import ratio_source_options
 from pruning.recovery import recover, recovery_data_for
 from pruning.structure import measure_cost, measure_latency
 from pruning.training import evaluate
@@ -38,19 +39,22 @@ from pruning.utils import atomic_write
 from benchmark_baseline import load_benchmark_baseline
 
 
-def ratio_weights_for(ratios: str, model, space, groups, context, args):
-    """(layer ratio weights or None, {(criterion, seed): channel scores} computed on the way):
-    SNPFI's sparsities come from its seed-0 estimation, whose scores the snpfi rows of seed 0
-    then reuse instead of estimating again."""
-    if ratios == "concentration":
-        from pruning.planning import concentration_weights
+def ratio_source_for(args):
+    """The ``--ratios`` ratio source (``pruning.planning``) with the options this script sets
+    (``--alpha``, ``--fusion``, ``--tau``)."""
+    options = {o: getattr(args, o) for o in ratio_source_options(args.ratios) if hasattr(args, o)}
+    return create_ratio_source(args.ratios, **options)
 
-        return concentration_weights(context.stats, groups, alpha=args.alpha, fusion=args.fusion), {}
-    if ratios == "snpfi":
-        snpfi = create_criterion("snpfi", seed=0, **args.criterion_options.get("snpfi", {}))
-        scores, sparsity = snpfi.score_and_sparsity(model, groups, context, tau=args.tau)
-        return sparsity, {("snpfi", 0): scores}
-    return None, {}
+
+def ratio_inputs_for(source, model, space, groups, context, args):
+    """(what ``source`` reads, {(criterion, seed): channel scores} computed on the way): SNPFI's
+    utilization curves come from its seed-0 estimation, whose scores the snpfi rows of seed 0
+    then reuse instead of estimating again."""
+    if not source.needs_utilization:
+        return RatioInputs(space, stats=context.stats), {}
+    snpfi = create_criterion("snpfi", seed=0, **args.criterion_options.get("snpfi", {}))
+    scores, curves = snpfi.score_and_curves(model, groups, context, tau=args.tau)
+    return RatioInputs(space, stats=context.stats, utilization=curves), {("snpfi", 0): scores}
 
 
 def main() -> None:
@@ -60,7 +64,7 @@ def main() -> None:
     parser.add_argument("--targets", nargs="+", type=float, default=[0.3, 0.5, 0.7])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="seeds (used by random)")
     parser.add_argument("--random-seeds", type=int, default=3, help="seeds for the random criterion")
-    parser.add_argument("--ratios", default="uniform", help="uniform, global, concentration or snpfi")
+    parser.add_argument("--ratios", default="uniform", help="a ratio source: uniform, global, concentration or snpfi")
     parser.add_argument("--strategy", default="full")
     parser.add_argument("--criterion-options", type=json.loads, default={},
                         help='JSON options for data-hungry criteria, e.g. {"shapley": {"max_permutations": 32}}')
@@ -91,8 +95,9 @@ def main() -> None:
     base_latency = measure_latency(model, shape, batch_size=64, threads=args.threads, repeats=10).median_ms
 
     stats, setup_seconds = None, {}
+    source = ratio_source_for(args)
     criteria = [create_criterion(c, **args.criterion_options.get(c, {})) for c in args.criteria]
-    if args.ratios == "concentration" or any(c.needs_stats for c in criteria):
+    if source.needs_stats or any(c.needs_stats for c in criteria):
         from pruning.statistics import collect_activation_stats
 
         started = time.perf_counter()
@@ -101,7 +106,7 @@ def main() -> None:
         print(f"statistics pass: {setup_seconds['statistics']:.1f} s")
     context = ScoringContext(calibration=batches, stats=stats)
     started = time.perf_counter()
-    weights, scores_of = ratio_weights_for(args.ratios, model, space, groups, context, args)
+    inputs, scores_of = ratio_inputs_for(source, model, space, groups, context, args)
     setup_seconds["layer_ratios"] = time.perf_counter() - started
 
     data = recovery_data_for(splits, batches, test_loader)
@@ -125,11 +130,10 @@ def main() -> None:
             for reconstruct in reconstructions:
                 started = time.perf_counter()
                 criterion = create_criterion(name, seed=seed, **args.criterion_options.get(name, {}))
-                config = PruningConfig(strategy=args.strategy,
-                                       allocation="global" if args.ratios == "global" else "uniform",
-                                       flops_reduction=target)
-                outcome = prune_with_criterion(model, example, criterion, config, context, ratio_weights=weights,
-                                               space=space, scores=scores_of.get((name, seed)))
+                plan = source.plan(RatioTarget(flops_reduction=target, strategy=args.strategy), inputs)
+                outcome = prune_with_criterion(model, example, criterion, plan.config, context,
+                                               ratio_weights=plan.ratio_weights, space=space,
+                                               scores=scores_of.get((name, seed)))
                 scores_of[(name, seed)] = outcome.scores
                 score_seconds = time.perf_counter() - started
                 pruned = outcome.model

@@ -41,7 +41,7 @@ import torch
 from pruning.criteria import ScoringContext, create_criterion, criterion_class, statistics_options
 from pruning.data import DataConfig, calibration_batches, load_data, make_loader
 from pruning.pipeline import PruneOutcome, prune_with_criterion
-from pruning.planning import PruningConfig, concentration_weights
+from pruning.planning import RatioInputs, RatioTarget, create_ratio_source
 from pruning.recovery import RecoveryData, RecoveryRecipe, recover
 from pruning.structure import PruningSpace, load_checkpoint, measure_cost
 from pruning.training import evaluate
@@ -95,24 +95,24 @@ def run_oneshot(bench: Bench) -> dict:
     from pruning.statistics import collect_activation_stats
 
     args = bench.args
-    groups = bench.space.select("full")
     started = time.process_time()
     criteria = [create_criterion(name) for name in args.criteria]
     stats = collect_activation_stats(bench.model, bench.space.groups, bench.batches, statistics_options(criteria))
     stats_cpu = time.process_time() - started
     context = ScoringContext(calibration=bench.batches, stats=stats)
     rows = []
+    inputs = RatioInputs(bench.space, stats=stats)
     for ratios in args.ratios:
-        weights = concentration_weights(stats, groups, alpha=0.5) if ratios == "concentration" else None
+        source = create_ratio_source(ratios)
         for name in args.criteria:
             scores = None
             for target in args.targets:
                 def one():
                     nonlocal scores
-                    config = PruningConfig(strategy="full", allocation="global" if ratios == "global" else "uniform",
-                                           flops_reduction=target)
-                    outcome = prune_with_criterion(bench.model, bench.example, create_criterion(name, seed=0), config,
-                                                   context, ratio_weights=weights, space=bench.space, scores=scores)
+                    plan = source.plan(RatioTarget(flops_reduction=target, strategy="full"), inputs)
+                    outcome = prune_with_criterion(bench.model, bench.example, create_criterion(name, seed=0),
+                                                   plan.config, context, ratio_weights=plan.ratio_weights,
+                                                   space=bench.space, scores=scores)
                     scores = outcome.scores
                     return bench.finish(outcome, bench.proxy_recipe)
                 row = {"criterion": name, "ratios": ratios, "target": target, **timed(one)}
@@ -172,7 +172,7 @@ SPACE_OPTIONS = {
 
 
 def _sweep_config(bench: Bench, label: str, *, trials: int, sampler: str, warm: bool, candidates: int,
-                  finetune: bool, space: str = "concentration") -> dict:
+                  finetune: bool, search_space: str = "concentration") -> dict:
     args = bench.args
     recipe = {"bn_batches": args.bn_batches}
     if finetune:
@@ -189,7 +189,8 @@ def _sweep_config(bench: Bench, label: str, *, trials: int, sampler: str, warm: 
         "name": f"bench-{label}", "checkpoint": args.checkpoint, "run_dir": str(Path(args.run_root) / label),
         "data": {"calibration_images": args.calibration_images, "test_subset": args.test_subset},
         "recipe": recipe,
-        "space": {"name": space, "strategy": "full", "criteria": list(args.sweep_criteria), **SPACE_OPTIONS[space],
+        "space": {"name": search_space, "strategy": "full", "criteria": list(args.sweep_criteria),
+                  **SPACE_OPTIONS[search_space],
                   "finetune_epochs": [epochs, epochs], "finetune_lr": [0.01, 0.01], "weight_decay": [5e-4, 5e-4],
                   "flops_bounds": [0.1, 0.9]},
         "sweep": sweep,
@@ -265,7 +266,7 @@ def main() -> None:
                                    candidates=args.candidates, finetune=False)
         elif part == "stages":
             value = run_sweep_part(bench, "stages", trials=args.screen_trials, sampler="nsga2", warm=True,
-                                   candidates=args.candidates, finetune=False, space="stages")
+                                   candidates=args.candidates, finetune=False, search_space="stages")
         else:
             trials = args.single_trials or _single_trials(result)
             value = run_sweep_part(bench, "single", trials=trials, sampler="nsga2", warm=True, candidates=0,

@@ -52,7 +52,7 @@ class TrainConfig:
     ``max_batches_per_epoch`` cuts every epoch short, for quick runs.
     ``distill`` in [0, 1] weighs knowledge distillation from a teacher (Hinton et al. 2015):
     the loss is ``(1 - distill) * CE + distill * T^2 * KL(teacher_T || student_T)`` with both
-    distributions softened at temperature ``T`` = ``temperature``; :func:`train` needs a
+    distributions softened at temperature ``T`` = ``distill_temperature``; :func:`train` needs a
     ``teacher`` when ``distill > 0``. ``max_grad_norm``: every step's gradients are rescaled to
     at most this global L2 norm (None: never), which bounds a step when the loss surface of a
     heavily pruned network turns steep.
@@ -67,7 +67,7 @@ class TrainConfig:
     seed: int = 0
     max_batches_per_epoch: int | None = None
     distill: float = 0.0
-    temperature: float = 4.0
+    distill_temperature: float = 4.0
     max_grad_norm: float | None = None
 
     def __post_init__(self) -> None:
@@ -89,8 +89,8 @@ class TrainConfig:
             )
         if not 0 <= self.distill <= 1:
             raise InputError(f"TrainConfig.distill must be in [0, 1], got {self.distill}")
-        if not self.temperature > 0:
-            raise InputError(f"TrainConfig.temperature must be > 0, got {self.temperature}")
+        if not self.distill_temperature > 0:
+            raise InputError(f"TrainConfig.distill_temperature must be > 0, got {self.distill_temperature}")
         if self.max_grad_norm is not None and not self.max_grad_norm > 0:
             raise InputError(f"TrainConfig.max_grad_norm must be > 0 or None, got {self.max_grad_norm}")
 
@@ -167,7 +167,7 @@ def train(
                     loss = F.cross_entropy(logits, targets)
                     if config.distill > 0:
                         loss = (1 - config.distill) * loss + config.distill * _distillation_loss(
-                            logits, teacher, inputs, config.temperature
+                            logits, teacher, inputs, config.distill_temperature
                         )
                 if not torch.isfinite(loss):
                     raise FloatingPointError(

@@ -4,7 +4,10 @@ A :class:`SearchSpace` describes the hyper-parameters one sweep explores (the cr
 pruning is distributed over the layers, fine-tuning settings) and turns a set of sampled values
 into a :class:`TrialPlan` that ``pruning`` can carry out. It uses only ``pruning``'s public API
 and knows nothing of Ray, Tune or MLflow: the orchestrator builds one :class:`SpaceContext` per
-sweep, asks Optuna for trials and hands each one to :meth:`SearchSpace.sample`.
+sweep, has :meth:`SearchSpace.define` suggest each trial's parameters and :meth:`SearchSpace.to_plan`
+turn them into a plan. The layer-wise ratios come from ``pruning.planning``'s ratio sources
+(:func:`~pruning.planning.create_ratio_source`), the ones ``prunesweep prune --ratios`` and a
+study's ``ratios:`` use.
 
 Contract (checked for every registered space by ``tests/search_spaces/test_spaces.py``):
 
@@ -48,7 +51,9 @@ import torch
 
 from pruning.registry import Registry
 from pruning.structure import PruningError, PruningSpace
-from pruning.planning import FLOPS_TOLERANCE, PruningConfig, plan_pruning
+from pruning.planning import (
+    FLOPS_TOLERANCE, PruningConfig, RatioInputs, RatioPlan, RatioTarget, create_ratio_source, plan_pruning,
+)
 from pruning.recovery import RecoveryRecipe
 from pruning.statistics import ActivationStats
 from search_spaces._options import _clip, _criteria, _float_range, _int_range, _param, _unique
@@ -214,11 +219,6 @@ class SearchSpace(ABC):
     def to_plan(self, params: Mapping[str, Any], context: SpaceContext) -> TrialPlan:
         """The plan for sampled ``params`` (pure: same params and context, same plan)."""
 
-    def sample(self, trial: optuna.Trial, context: SpaceContext) -> TrialPlan:
-        """Define the parameters on ``trial`` and build the plan from them."""
-        self.define(trial, context)
-        return self.to_plan(trial.params, context)
-
     def _define_shared(self, trial: optuna.Trial) -> None:
         """Suggest ``criterion``, ``finetune_lr``, ``finetune_epochs`` and ``weight_decay``."""
         trial.suggest_categorical("criterion", list(self.criteria))
@@ -294,17 +294,29 @@ class SearchSpace(ABC):
             low, high = bounds
         return _unique([_clip(round(low + q * (high - low), 4), bounds) for q in WARM_START_QUANTILES])
 
+    @staticmethod
+    def _ratio_plan(source: str, context: SpaceContext, flops_reduction: float | None = None,
+                    **options: Any) -> RatioPlan:
+        """The plan of the ratio source ``source`` (:func:`~pruning.planning.create_ratio_source`)
+        with ``options`` at ``flops_reduction`` (None: the amount the source sets itself), on
+        ``context``'s groups, statistics and utilization curves."""
+        return create_ratio_source(source, **options).plan(
+            RatioTarget(flops_reduction=flops_reduction, strategy=context.strategy),
+            RatioInputs(context.space, stats=context.stats, utilization=context.utilization),
+        )
+
     def _make_plan(
         self,
         params: Mapping[str, Any],
+        context: SpaceContext,
         config: PruningConfig,
         ratio_weights: Mapping[str, float] | None = None,
     ) -> TrialPlan:
         """A plan with the shared parameters read from ``params`` (all of ``params`` logged); with
-        ``allocation: global`` the FLOPs target of ``config`` is met by one global ranking."""
+        ``allocation: global`` the FLOPs target of ``config`` is met by one global ranking (the
+        ``global`` ratio source)."""
         if self.ranks_globally and _param(params, "allocation") == ALLOCATION_CHOICES[1]:
-            config = PruningConfig(strategy=config.strategy, allocation="global",
-                                   flops_reduction=config.flops_reduction)
+            config = self._ratio_plan("global", context, config.flops_reduction).config
             ratio_weights = None
         config = replace(config, round_to=self.round_to)
         return TrialPlan(

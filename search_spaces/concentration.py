@@ -4,7 +4,7 @@ Parameters: ``flops_reduction`` (the global target), ``alpha`` (fusion weight of
 in the information concentration IC_l) and ``temperature`` (the spread of the layer weights
 w_l = (1 - IC_l) ** temperature; 0 is uniform, larger concentrates pruning on the least
 informative layers), plus the shared ones. Layer ratios are min(cap, s * w_l) with s fitted to
-the target (``pruning.planning.concentration_weights`` + the proportional allocation).
+the target (the ``concentration`` ratio source of ``pruning.planning``).
 
 Warm starts, each at :data:`~search_spaces.WARM_START_QUANTILES` of the target range with no
 fine-tuning (values clipped into the space's ranges): first uniform ratios (``temperature`` 0)
@@ -24,8 +24,6 @@ from typing import Any, Mapping
 
 import optuna
 
-from pruning.planning import concentration_weights
-from pruning.planning import PruningConfig
 from search_spaces._base import SearchSpace, SpaceContext, TrialPlan, register_space
 from search_spaces._options import _clip, _float_range, _param, _unique
 
@@ -87,13 +85,6 @@ class ConcentrationSpace(SearchSpace):
 
     def to_plan(self, params: Mapping[str, Any], context: SpaceContext) -> TrialPlan:
         self._require_stats(context)
-        groups = context.space.select(context.strategy)
-        weights = concentration_weights(
-            context.stats, groups,
-            alpha=float(_param(params, "alpha")), temperature=float(_param(params, "temperature")),
-        )
-        config = PruningConfig(
-            strategy=context.strategy, allocation="uniform",
-            flops_reduction=float(_param(params, "flops_reduction")),
-        )
-        return self._make_plan(params, config, weights)
+        plan = self._ratio_plan("concentration", context, float(_param(params, "flops_reduction")),
+                                alpha=float(_param(params, "alpha")), temperature=float(_param(params, "temperature")))
+        return self._make_plan(params, context, plan.config, plan.ratio_weights)

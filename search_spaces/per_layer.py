@@ -11,8 +11,8 @@ near the middle of the range and the extremes are rarely reached).
 ``flops_reduction`` (uniform in the ``flops_reduction`` option's range) and one multiplier
 ``mult.<group name>`` per group (uniform in the narrow ``multiplier`` range, default [0.5, 1.5])
 on top of a prior layer weight: 1 (``uniform``) or plain information concentration
-(``concentration``: ``pruning.planning.concentration_weights`` at alpha 0.5, temperature 1; needs
-``SpaceContext.stats``). Layer ratios are min(cap, s * prior_l * mult_l) with s fitted to the
+(``concentration``: the ``concentration`` ratio source's weights at alpha 0.5, temperature 1;
+needs ``SpaceContext.stats``). Layer ratios are min(cap, s * prior_l * mult_l) with s fitted to the
 target by the proportional allocation, so every plan meets its FLOPs target within
 ``FLOPS_TOLERANCE`` however many layers there are, and each multiplier only bends the prior.
 
@@ -30,7 +30,7 @@ from typing import Any, Mapping
 
 import optuna
 
-from pruning.planning import PruningConfig, concentration_weights, plan_pruning
+from pruning.planning import PruningConfig, plan_pruning
 from search_spaces._base import SearchSpace, SpaceContext, TrialPlan, register_space
 from search_spaces._options import _clip, _float_range, _param, _unique
 
@@ -97,16 +97,17 @@ class PerLayerSpace(SearchSpace):
         self._define_shared(trial)
 
     def _prior(self, context: SpaceContext) -> dict[str, float]:
-        """The prior weight of every group the strategy may prune."""
-        groups = context.space.select(context.strategy)
-        if self.prior == "uniform":
-            return {g.name: 1.0 for g in groups}
-        if context.stats is None:
+        """The prior weight of every group the strategy may prune: the layer-wise weights of the
+        ratio source named by ``prior`` (1 everywhere where it has none)."""
+        if self.prior == "concentration" and context.stats is None:
             raise ValueError(
                 f"search space {self.name!r} with prior {self.prior!r} needs activation statistics in "
                 "SpaceContext.stats (run `prunesweep stats` on the unpruned model)"
             )
-        return concentration_weights(context.stats, groups)
+        plan = self._ratio_plan(self.prior, context, self.flops_reduction[0])
+        if plan.ratio_weights is not None:
+            return dict(plan.ratio_weights)
+        return {g.name: 1.0 for g in context.space.select(context.strategy)}
 
     def _uniform_ratio(self, context: SpaceContext, target: float) -> float:
         """The one layer ratio (within ``layer_ratio``) whose plan removes about ``target`` of the MACs."""
@@ -139,14 +140,11 @@ class PerLayerSpace(SearchSpace):
     def to_plan(self, params: Mapping[str, Any], context: SpaceContext) -> TrialPlan:
         if self.prior == "none":
             schedule = {name[len(PREFIX):]: float(_param(params, name)) for name in self._layer_names(context)}
-            return self._make_plan(params, PruningConfig(strategy=context.strategy, schedule=schedule))
+            return self._make_plan(params, context, PruningConfig(strategy=context.strategy, schedule=schedule))
         prior = self._prior(context)
         weights = {
             name[len(MULT_PREFIX):]: prior[name[len(MULT_PREFIX):]] * float(_param(params, name))
             for name in self._layer_names(context)
         }
-        config = PruningConfig(
-            strategy=context.strategy, allocation="uniform",
-            flops_reduction=float(_param(params, "flops_reduction")),
-        )
-        return self._make_plan(params, config, weights)
+        config = self._ratio_plan("uniform", context, float(_param(params, "flops_reduction"))).config
+        return self._make_plan(params, context, config, weights)

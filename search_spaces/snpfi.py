@@ -1,13 +1,14 @@
 """``snpfi``: SNPFI's automatic layer sparsity at a sampled retention level.
 
-Parameter: ``tau`` (uniform in the ``tau`` option's range) plus the shared ones. Each group keeps
-k* channels, the smallest k >= 1 whose top-k filters reach a utilization U(k) >= tau
+Parameter: ``tau`` (uniform in the ``tau`` option's range) plus the shared ones. The plan is the
+``snpfi`` ratio source's (``pruning.planning``) without a target: each group keeps k* channels,
+the smallest k >= 1 whose top-k filters reach a utilization U(k) >= tau
 (``pruning.games.sparsity_from_curve``), i.e. the layer's ratio is 1 - k*/n, capped at the
 default per-layer cap (0.9). An explicit schedule: the MAC reduction follows from tau, and
 plans outside ``flops_bounds`` are rejected by ``check_feasible``.
 
 Warm starts: SNPFI's automatic sparsity at its default retention (``tau`` 0.95, the default of
-``pruning.games.sparsity_from_curve`` and ``prunesweep prune --tau``, clipped into the ``tau``
+the ``snpfi`` ratio source and ``prunesweep prune --tau``, clipped into the ``tau``
 range) for every criterion, without fine-tuning.
 
 Needs ``SpaceContext.utilization``: per group, U(k) for k = 0..size, computed once per sweep from
@@ -15,20 +16,17 @@ the unpruned model (Shapley importance of the group's filters).
 """
 from __future__ import annotations
 
-import inspect
 from typing import Any, Mapping
 
 import optuna
 import torch
 
-from pruning.planning import PruningConfig
-from pruning.games import sparsity_from_curve
+from pruning.planning import create_ratio_source
 from search_spaces._base import SearchSpace, SpaceContext, TrialPlan, register_space
 from search_spaces._options import _clip, _float_range, _param
 
-MAX_LAYER_RATIO = PruningConfig(ratio=0.0).max_layer_ratio
-#: SNPFI's own retention level: the one-shot pipeline's
-DEFAULT_TAU = inspect.signature(sparsity_from_curve).parameters["tau"].default
+#: SNPFI's own retention level: the ``snpfi`` ratio source's default, the one-shot pipeline's
+DEFAULT_TAU = create_ratio_source("snpfi").options()["tau"]
 
 
 @register_space("snpfi")
@@ -85,10 +83,6 @@ class SnpfiSpace(SearchSpace):
         return [{"tau": tau, **self._warm_shared(criterion)} for criterion in self.criteria]
 
     def to_plan(self, params: Mapping[str, Any], context: SpaceContext) -> TrialPlan:
-        tau = float(_param(params, "tau"))
-        schedule = {
-            name: min(MAX_LAYER_RATIO, sparsity_from_curve(curve, tau, min_keep=1))
-            for name, curve in self._curves(context).items()
-        }
-        config = PruningConfig(strategy=context.strategy, schedule=schedule)
-        return self._make_plan(params, config)
+        self._curves(context)
+        plan = self._ratio_plan("snpfi", context, tau=float(_param(params, "tau")))
+        return self._make_plan(params, context, plan.config)

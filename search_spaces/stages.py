@@ -32,7 +32,6 @@ from typing import Any, Mapping, Sequence
 
 import optuna
 
-from pruning.planning import PruningConfig
 from pruning.structure import ChannelGroup, PruningSpace
 from search_spaces._base import SearchSpace, SpaceContext, TrialPlan, register_space
 from search_spaces._options import _clip, _float_range, _param
@@ -130,8 +129,5 @@ class StagesSpace(SearchSpace):
     def to_plan(self, params: Mapping[str, Any], context: SpaceContext) -> TrialPlan:
         weights = {stage: float(_param(params, PREFIX + stage)) for stage in self.stage_names(context)}
         ratio_weights = {group: weights[stage] for group, stage in stage_assignment(context, self.stages).items()}
-        config = PruningConfig(
-            strategy=context.strategy, allocation="uniform",
-            flops_reduction=float(_param(params, "flops_reduction")),
-        )
-        return self._make_plan(params, config, ratio_weights)
+        config = self._ratio_plan("uniform", context, float(_param(params, "flops_reduction"))).config
+        return self._make_plan(params, context, config, ratio_weights)

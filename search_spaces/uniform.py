@@ -3,7 +3,7 @@
 Parameters: ``flops_reduction`` (uniform in the ``flops_reduction`` option's range) plus the
 shared ones. Warm starts: every criterion at :data:`~search_spaces.WARM_START_QUANTILES` of
 the target range (within ``flops_bounds``), without fine-tuning: the one-shot uniform pipelines
-of ``prunesweep compare``; then (``global_ranking``) the same as global rankings. The plan is ``PruningConfig(allocation="uniform", flops_reduction=...)``: equal
+of ``prunesweep compare``; then (``global_ranking``) the same as global rankings. The plan is the ``uniform`` ratio source's (``pruning.planning``): equal
 per-layer ratios scaled by bisection to the target, then refined channel by channel.
 """
 from __future__ import annotations
@@ -12,7 +12,6 @@ from typing import Any, Mapping
 
 import optuna
 
-from pruning.planning import PruningConfig
 from search_spaces._base import SearchSpace, SpaceContext, TrialPlan, register_space
 from search_spaces._options import _float_range, _param
 
@@ -43,8 +42,5 @@ class UniformSpace(SearchSpace):
         ])
 
     def to_plan(self, params: Mapping[str, Any], context: SpaceContext) -> TrialPlan:
-        config = PruningConfig(
-            strategy=context.strategy, allocation="uniform",
-            flops_reduction=float(_param(params, "flops_reduction")),
-        )
-        return self._make_plan(params, config)
+        plan = self._ratio_plan("uniform", context, float(_param(params, "flops_reduction")))
+        return self._make_plan(params, context, plan.config)

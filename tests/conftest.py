@@ -100,3 +100,30 @@ def trained_resnet20(fashion_mnist, tmp_path_factory) -> dict:
                          "--out", str(out), "--json", "--quiet"])
     assert code == 0
     return {"data": json.loads(buffer.getvalue()), "out": out}
+
+
+@pytest.fixture
+def extra_ratio_source():
+    """A ratio source registered for one test (then removed): ``half-first``, FLOPs targets only,
+    with one option ``first`` (the first group's weight, > 0; the others weigh 1)."""
+    from pruning.planning import RatioPlan, RatioSource, RatioSourceError, register_ratio_source
+    from pruning.planning.ratio_sources import _base
+
+    @register_ratio_source("half-first")
+    class HalfFirst(RatioSource):
+        targets = ("flops_reduction",)
+
+        def __init__(self, first: float = 0.5) -> None:
+            if not isinstance(first, (int, float)) or not first > 0:
+                raise RatioSourceError("first", f"must be > 0, got {first!r}")
+            self.first = first
+
+        def options(self):
+            return {"first": self.first}
+
+        def make_plan(self, target, inputs, groups):
+            weights = {g.name: self.first if i == 0 else 1.0 for i, g in enumerate(groups)}
+            return RatioPlan(target.config(allocation="uniform", **target.amount()), weights)
+
+    yield "half-first"
+    del _base._SOURCES._factories["half-first"]

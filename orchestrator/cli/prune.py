@@ -16,15 +16,19 @@ from pruning.errors import InputError
 
 __all__ = ["add_parser", "list_ratio_sources", "run"]
 
-#: ratio sources that are layer-wise priors rather than allocations
-_PRIORS = ("concentration", "snpfi")
+#: the ratio source ``--ratios FILE.json`` names (its ``path``)
+FILE_SOURCE = "schedule"
+#: ratio-source option -> (argument, option) of the command line that sets it
+SOURCE_OPTIONS = {"alpha": ("alpha", "--alpha"), "tau": ("tau", "--tau"), "budget": ("snpfi_budget", "--snpfi-budget")}
+#: a target kind (``RatioTarget.kind``) in the command line's words
+_TARGET_WORDS = {"flops_reduction": "--flops-reduction", "ratio": "--ratio", "none": "no target"}
 
 
 def list_ratio_sources() -> list[str]:
-    """Every ``--ratios`` name (a JSON schedule file is accepted too)."""
-    from pruning.planning import ALLOCATIONS
+    """Every ``--ratios`` name: the registered ratio sources (a JSON schedule file is accepted too)."""
+    from pruning.planning import list_ratio_sources as registered
 
-    return [*ALLOCATIONS, *_PRIORS]
+    return [name for name in registered() if name != FILE_SOURCE]
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -36,7 +40,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--criterion", default="l1", help="channel criterion (default: l1; see `prunesweep info`)")
     p.add_argument("--strategy", default="full", help="full (every group) or inner (ResNets: inside residual blocks)")
     p.add_argument("--ratios", default="uniform",
-                   help="layer-wise ratios: uniform, global, concentration, snpfi, or a JSON file {layer: ratio}")
+                   help="layer-wise ratios: uniform, global, concentration, snpfi, or a JSON file {layer: ratio} "
+                        "(an explicit schedule, or with --flops-reduction its shape scaled to the target)")
     target = p.add_mutually_exclusive_group()
     target.add_argument("--flops-reduction", type=float, default=None, help="fraction of MACs to remove, in [0, 1)")
     target.add_argument("--ratio", type=float, default=None, help="fraction of channels to remove, in [0, 1)")
@@ -80,7 +85,7 @@ def run(args: argparse.Namespace) -> CommandResult:
     )
     from pruning.data import calibration_batches
     from pruning.pipeline import prune_with_criterion
-    from pruning.planning import ratios_of
+    from pruning.planning import RatioInputs, ratios_of
     from pruning.structure.groups import SOURCES
     from pruning.recovery import recover, recovery_data_for
     from pruning.statistics import ActivationStats
@@ -90,7 +95,7 @@ def run(args: argparse.Namespace) -> CommandResult:
     _check_arguments(args)
     device = command_device(args)
     recipe = recipe_from_args(args)
-    config, ratio_source = _pruning_config(args)
+    source, target = _ratio_source(args)
     options = _snpfi_options(args) if args.criterion == "snpfi" else {}
     if args.stats_source is not None:
         if args.stats_source not in SOURCES:
@@ -104,7 +109,7 @@ def run(args: argparse.Namespace) -> CommandResult:
                              f"not {args.criterion!r}")
         options["class_scores"] = args.class_scores
     criterion = create_criterion(args.criterion, seed=args.seed, **options)
-    needs_stats = criterion_class(args.criterion).needs_stats or ratio_source == "concentration"
+    needs_stats = criterion_class(args.criterion).needs_stats or source.needs_stats
     # before the model: an unreadable file fails first; one nothing reads is not loaded
     stats_file = ActivationStats.load(args.stats) if needs_stats and args.stats else None
     criterion = distribute_criterion(criterion, args)
@@ -126,10 +131,12 @@ def run(args: argparse.Namespace) -> CommandResult:
     if needs_stats and stats is None:
         stats = _collect_stats(args, model, space, batches, criterion)
     context = ScoringContext(calibration=batches, stats=stats, progress=progress)
-    ratio_weights, config, scores = _ratio_prior(args, ratio_source, criterion, model, space, config, context)
-    outcome = prune_with_criterion(model, example, criterion, config, context, ratio_weights=ratio_weights,
+    utilization, scores = _utilization(args, source, criterion, model, space.select(target.strategy), context)
+    plan = source.plan(target, RatioInputs(space, stats=stats, utilization=utilization))
+    config = plan.config
+    outcome = prune_with_criterion(model, example, criterion, config, context, ratio_weights=plan.ratio_weights,
                                    space=space, scores=scores)
-    del context, stats, stats_file  # the statistics (Gram matrices, histograms) are not needed by the recovery
+    del context, stats, stats_file, utilization  # the statistics (Gram matrices, histograms) are not needed by the recovery
     recovery = recover(model, outcome, recipe, recovery_data_for(splits, batches, scoring), progress=progress,
                        amp=args.amp)
 
@@ -157,39 +164,49 @@ def _check_arguments(args: argparse.Namespace) -> None:
     check_minimum(args, "--batch-size", 1)
     check_minimum(args, "--round-to", 1)
     check_workers(args)
-    if not 0 <= args.alpha <= 1:
-        raise InputError(f"--alpha must be in [0, 1], got {args.alpha}")
-    if not 0 < args.tau <= 1:
-        raise InputError(f"--tau must be in (0, 1], got {args.tau}")
     if args.snpfi_interactions < 0:
         raise InputError(f"--snpfi-interactions must be >= 0, got {args.snpfi_interactions}")
     if args.stats is not None and not Path(args.stats).is_file():
         raise InputError(f"--stats file {args.stats!r} does not exist")
+    _ratio_source(args)
 
 
-def _pruning_config(args: argparse.Namespace):
-    """The pruning config and the ratio source (allocation name, prior name, or 'file')."""
-    from pruning.planning import PruningConfig, load_schedule
-    from pruning.structure import PruningError
+def _ratio_source(args: argparse.Namespace):
+    """The ``--ratios`` source (a registered ratio source, or a JSON schedule file) with the options
+    the command line sets, and its target (``--flops-reduction``/``--ratio``, ``--strategy`` and the
+    width limits); every error names the option. Each source option's value is checked by every
+    source that takes it, whichever ``--ratios`` is (``--tau`` is the snpfi criterion's too)."""
+    from pruning.planning import RatioSourceError, RatioTarget, create_ratio_source
+    from pruning.planning.ratio_sources import ratio_source_options
 
-    common = dict(strategy=args.strategy, max_layer_ratio=args.max_layer_ratio, min_channels=args.min_channels,
-                  round_to=args.round_to)
-    source = args.ratios
-    if source.endswith(".json") or Path(source).is_file():
-        if args.flops_reduction is not None or args.ratio is not None:
-            raise PruningError("--ratios FILE.json is an explicit schedule: drop --flops-reduction/--ratio")
-        return PruningConfig(schedule=load_schedule(source), **common), "file"
-    sources = list_ratio_sources()
-    if source not in sources:
-        raise PruningError(f"unknown --ratios {source!r}; valid: {', '.join(sources)}, or a JSON file")
-    if source == "snpfi" and args.flops_reduction is None and args.ratio is None:
-        return PruningConfig(ratio=0.0, **common), source  # SNPFI sets every layer's sparsity itself
-    if args.flops_reduction is None and args.ratio is None:
-        raise PruningError("give --flops-reduction or --ratio (or --ratios FILE.json)")
-    if source == "concentration" and args.flops_reduction is None:
-        raise PruningError("--ratios concentration scales layer ratios to a FLOPs target: give --flops-reduction")
-    allocation = "global" if source == "global" else "uniform"
-    return PruningConfig(allocation=allocation, ratio=args.ratio, flops_reduction=args.flops_reduction, **common), source
+    def create(name: str, **options):
+        try:
+            return create_ratio_source(name, **options)
+        except RatioSourceError as err:
+            raise InputError(f"{SOURCE_OPTIONS.get(err.option, (None, '--ratios'))[1]} {err.reason}") from err
+
+    def command_line_options(name: str) -> dict:
+        return {o: getattr(args, SOURCE_OPTIONS[o][0]) for o in ratio_source_options(name) if o in SOURCE_OPTIONS}
+
+    for name in list_ratio_sources():
+        create(name, **command_line_options(name))
+    given = args.ratios
+    if given.endswith(".json") or Path(given).is_file():
+        name, options, shown = FILE_SOURCE, {"path": given}, "FILE.json"
+    else:
+        names = list_ratio_sources()
+        if given not in names:
+            raise InputError(f"unknown --ratios {given!r}; valid: {', '.join(names)}, or a JSON file")
+        name, options, shown = given, command_line_options(given), given
+    target = RatioTarget(flops_reduction=args.flops_reduction, ratio=args.ratio, strategy=args.strategy,
+                         max_layer_ratio=args.max_layer_ratio, min_channels=args.min_channels, round_to=args.round_to)
+    source = create(name, **options)
+    if target.kind not in source.targets:
+        wanted = " or ".join(_TARGET_WORDS[kind] for kind in source.targets)
+        if target.kind == "none":
+            raise InputError(f"--ratios {shown} needs a target: give {wanted}")
+        raise InputError(f"--ratios {shown} takes {wanted}, not {_TARGET_WORDS[target.kind]}")
+    return source, target
 
 
 def _snpfi_options(args: argparse.Namespace) -> dict:
@@ -204,34 +221,19 @@ def _collect_stats(args, model, space, batches, criterion):
     return collect_stats(args, model, space.groups, batches, statistics_options([criterion]))
 
 
-def _ratio_prior(args, source, criterion, model, space, config, context):
-    """Layer-wise ratio weights (concentration) or SNPFI's automatic per-layer sparsity, plus the
-    channel scores when computing the prior already produced them (criterion snpfi)."""
-    from dataclasses import replace
-
+def _utilization(args, source, criterion, model, groups, context):
+    """SNPFI's utilization curves where the ratio source reads them (else None), plus the channel
+    scores when computing them already produced them (criterion snpfi)."""
+    if not source.needs_utilization:
+        return None, None
     from orchestrator.cli.common import distribute_criterion
     from pruning.criteria import create_criterion
 
-    groups = space.select(config.strategy)
-    if source == "concentration":
-        from pruning.planning import concentration_weights
-
-        return concentration_weights(context.stats, groups, alpha=args.alpha), config, None
-    if source == "snpfi":
-        snpfi = criterion
-        if criterion.name != "snpfi":
-            snpfi = distribute_criterion(create_criterion("snpfi", seed=args.seed, **_snpfi_options(args)), args)
-        if snpfi.budget == "global" and config.ratio is None:  # layers compete: a plan
-            scores, sparsity = snpfi.score_and_sparsity(model, groups, context, tau=args.tau, space=space, plan=config)
-            scores = scores if snpfi is criterion else None
-            return None, replace(config, ratio=None, flops_reduction=None, schedule=sparsity), scores
-        scores, sparsity = snpfi.score_and_sparsity(model, groups, context, tau=args.tau)
-        scores = scores if snpfi is criterion else None
-        if config.flops_reduction is None:
-            capped = {n: min(s, config.max_layer_ratio) for n, s in sparsity.items()}
-            return None, replace(config, ratio=None, schedule=capped), scores
-        return sparsity, config, scores
-    return None, config, None
+    snpfi = criterion
+    if criterion.name != "snpfi":
+        snpfi = distribute_criterion(create_criterion("snpfi", seed=args.seed, **_snpfi_options(args)), args)
+    scores, curves = snpfi.score_and_curves(model, groups, context, tau=args.tau)
+    return curves, scores if snpfi is criterion else None
 
 
 def _write_outputs(args, loaded, pruned, pruning: dict) -> None:

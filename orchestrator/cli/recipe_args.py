@@ -15,7 +15,7 @@ import argparse
 
 from pruning.errors import InputError
 
-__all__ = ["RECIPE_OPTIONS", "add_recipe_arguments", "recipe_from_args"]
+__all__ = ["RECIPE_OPTIONS", "RENAMED_OPTIONS", "add_recipe_arguments", "recipe_from_args"]
 
 #: recipe field -> its option, for every field the command line sets
 RECIPE_OPTIONS = {
@@ -23,7 +23,13 @@ RECIPE_OPTIONS = {
     "finetune_epochs": "--finetune-epochs", "finetune_lr": "--finetune-lr", "weight_decay": "--weight-decay",
     "finetune_subset": "--finetune-subset", "finetune_augment": "--finetune-augment",
     "finetune_max_grad_norm": "--finetune-max-grad-norm", "distill": "--distill",
-    "temperature": "--temperature", "batch_size": "--batch-size", "seed": "--seed",
+    "distill_temperature": "--distill-temperature", "batch_size": "--batch-size", "seed": "--seed",
+}
+#: options that are gone -> what to give instead (each is refused with that hint)
+RENAMED_OPTIONS = {
+    "--temperature": "--distill-temperature (the distillation temperature)",
+    "--recover": "--reconstruct (recover() is the whole recipe; this switches the reconstruction stage)",
+    "--no-recover": "--no-reconstruct (recover() is the whole recipe; this switches the reconstruction stage)",
 }
 # the commands' own --batch-size and --seed feed the recipe too, but are not recipe options
 _OWN_OPTIONS = ("batch_size", "seed")
@@ -56,9 +62,9 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("recovery recipe (what runs after pruning, in this order)")
     unset = {"default": argparse.SUPPRESS}
     group.add_argument(
-        "--reconstruct", "--recover", dest="reconstruct", action=argparse.BooleanOptionalAction, **unset,
+        "--reconstruct", dest="reconstruct", action=argparse.BooleanOptionalAction, **unset,
         help="least-squares reconstruction of the layers that read pruned channels, on the calibration "
-             "images; --no-reconstruct or --no-recover: off",
+             "images; --no-reconstruct: off",
     )
     group.add_argument("--ridge", type=float, **unset, help="reconstruction ridge, relative to the input energy")
     group.add_argument("--reconstruct-rows", type=float, **unset,
@@ -76,7 +82,17 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
                        help="clip every fine-tuning step's gradients to this global norm ('none': never)")
     group.add_argument("--distill", type=float, **unset,
                        help="weight of distillation from the unpruned model while fine-tuning, in [0, 1]")
-    group.add_argument("--temperature", type=float, **unset, help="distillation temperature")
+    group.add_argument("--distill-temperature", type=float, **unset,
+                       help="temperature that softens the unpruned and the pruned model's outputs in distillation")
+    for old in RENAMED_OPTIONS:  # accepted by the parser only to be refused with the new name
+        parser.add_argument(old, dest="renamed_option", nargs="?", action=_Renamed, help=argparse.SUPPRESS, **unset)
+
+
+class _Renamed(argparse.Action):
+    """Records which renamed option was given; :func:`recipe_from_args` refuses it."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        setattr(namespace, self.dest, option_string)
 
 
 def _norm_or_none(text: str) -> float | None:
@@ -95,6 +111,9 @@ def recipe_from_args(args: argparse.Namespace):
     :class:`~pruning.errors.InputError` naming the option."""
     from pruning.recovery import RecipeError, RecoveryRecipe
 
+    renamed = getattr(args, "renamed_option", None)
+    if renamed is not None:
+        raise InputError(f"{renamed} is gone: use {RENAMED_OPTIONS[renamed]}")
     # a command's own option left unset (None, e.g. compare's --batch-size) keeps the recipe's default
     given = {name: getattr(args, name) for name in RECIPE_OPTIONS
              if hasattr(args, name) and not (name in _OWN_OPTIONS and getattr(args, name) is None)}

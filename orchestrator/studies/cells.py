@@ -13,7 +13,7 @@ from orchestrator.studies.config import StudyConfig
 
 __all__ = ["SNPFI_PRIOR", "CELL_PARAMS", "Cell", "ScoreKey", "study_cells", "score_keys"]
 
-#: the criterion field of the score key that holds SNPFI's layer sparsities (``ratios: snpfi``)
+#: the criterion field of the score key that holds SNPFI's utilization curves (``ratios: snpfi``)
 SNPFI_PRIOR = "snpfi-prior"
 #: a cell's fields, in order: its MLflow params
 CELL_PARAMS = ("checkpoint", "criterion", "ratios", "recipe", "flops_reduction", "seed")
@@ -86,5 +86,5 @@ def study_cells(config: StudyConfig) -> list[Cell]:
 def score_keys(config: StudyConfig) -> list[ScoreKey]:
     """The score computations the study needs, each once: (checkpoint, criterion, seed), plus
     (checkpoint, SNPFI prior, seed) where a ratio source is ``snpfi``."""
-    criteria = [c.label for c in config.criteria] + ([SNPFI_PRIOR] if config.ratios_need("snpfi") else [])
+    criteria = [c.label for c in config.criteria] + ([SNPFI_PRIOR] if config.ratios_need("utilization") else [])
     return [ScoreKey(b.label, c, int(s)) for b, c, s in itertools.product(config.checkpoints, criteria, config.seeds)]

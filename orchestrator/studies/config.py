@@ -21,20 +21,18 @@ from orchestrator.sweeps.checks import (
 )
 from orchestrator.sweeps.config import DataSettings, TrackingSettings
 from orchestrator.sweeps.model_settings import MODEL_KEYS, ModelSettings, model_source
-from pruning.planning.concentration import FUSIONS
+from pruning.errors import InputError
+from pruning.planning import RatioSourceError, create_ratio_source, list_ratio_sources
+from pruning.planning.ratio_sources import ratio_source_options
 from pruning.recovery import RecoveryRecipe
 from pruning.structure import STRATEGIES
 
 __all__ = [
-    "RESOLVED_STUDY_FILE", "RATIO_SOURCES", "INTERVALS", "PAIRED_TESTS", "BaselineSettings", "CriterionSettings",
+    "RESOLVED_STUDY_FILE", "INTERVALS", "PAIRED_TESTS", "BaselineSettings", "CriterionSettings",
     "RatioSettings", "PruningSettings", "StatisticsSettings", "ExecutionSettings", "StudyConfig",
 ]
 
 RESOLVED_STUDY_FILE = "study.yaml"
-#: ratio source -> its options (and their defaults); ``schedule`` needs ``path``
-RATIO_SOURCES: dict[str, dict[str, Any]] = {
-    "uniform": {}, "global": {}, "concentration": {"alpha": 0.5, "fusion": "minmax"}, "snpfi": {"tau": 0.95}, "schedule": {"path": None},
-}
 INTERVALS = ("t", "bootstrap")
 PAIRED_TESTS = ("wilcoxon", "bootstrap")
 #: labels name cells, MLflow runs and cache files
@@ -147,32 +145,40 @@ class CriterionSettings:
 
 @dataclass(frozen=True)
 class RatioSettings:
-    """Where layer-wise ratios come from. ``uniform``/``global``: the allocation; ``concentration``
-    (``alpha``, ``fusion``: ``minmax`` or ``rank``, :func:`pruning.planning.concentration_weights`)
-    and ``snpfi`` (``tau``): layer-wise priors scaled to the FLOPs target;
-    ``schedule``: a ``{layer: ratio}`` JSON file (``path``) whose shape is scaled the same way."""
+    """Where layer-wise ratios come from: a ratio source of ``pruning.planning``
+    (:func:`~pruning.planning.create_ratio_source`) with its ``options``, named by ``label``.
+    ``uniform``/``global``: the allocation; ``concentration`` (``alpha``, ``fusion``: ``minmax`` or
+    ``rank``, ``temperature``) and ``snpfi`` (``tau``, ``budget``): layer-wise ratios fitted to the
+    FLOPs target; ``schedule``: a ``{layer: ratio}`` JSON file (``path``) whose shape is scaled the
+    same way. The options are resolved (defaults filled in, ``path`` absolute)."""
 
     name: str
     options: Mapping[str, Any] = field(default_factory=dict)
     label: str = ""
 
     def __post_init__(self) -> None:
-        check_choice("ratios.name", self.name, list(RATIO_SOURCES))
-        check_keys(f"ratios.{self.name}.", self.options, list(RATIO_SOURCES[self.name]))
-        options = {**RATIO_SOURCES[self.name], **self.options}
-        if "alpha" in options and not 0 <= check_number("ratios.alpha", options["alpha"]) <= 1:
-            raise ConfigError("ratios.alpha", f"must be in [0, 1], got {options['alpha']!r}")
-        if "fusion" in options:
-            check_choice("ratios.fusion", options["fusion"], list(FUSIONS))
-        if "tau" in options and not 0 < check_number("ratios.tau", options["tau"]) <= 1:
-            raise ConfigError("ratios.tau", f"must be in (0, 1], got {options['tau']!r}")
-        if self.name == "schedule":
-            path = make_absolute(check_string("ratios.path", options["path"]))
+        check_choice("ratios.name", self.name, list_ratio_sources())
+        check_keys(f"ratios.{self.name}.", self.options, ratio_source_options(self.name))
+        options = dict(self.options)
+        if "path" in options or "path" in ratio_source_options(self.name):
+            path = make_absolute(check_string("ratios.path", options.get("path")))
             if not Path(path).is_file():
                 raise ConfigError("ratios.path", f"file {path!r} does not exist")
             options["path"] = path
-        object.__setattr__(self, "options", options)
+        try:
+            source = create_ratio_source(self.name, **options)
+        except RatioSourceError as err:
+            raise ConfigError(f"ratios.{err.option}", err.reason) from None
+        except InputError as err:  # an unreadable schedule file
+            raise ConfigError("ratios", str(err)) from None
+        if "flops_reduction" not in source.targets:
+            raise ConfigError("ratios.name", f"{self.name!r} does not take a FLOPs target")
+        object.__setattr__(self, "options", source.options())
         object.__setattr__(self, "label", _check_label("ratios.label", self.label or self.name))
+
+    def create(self):
+        """The ratio source (:class:`~pruning.planning.RatioSource`)."""
+        return create_ratio_source(self.name, **self.options)
 
     @classmethod
     def from_dict(cls, key: str, value: Any) -> RatioSettings:
@@ -320,8 +326,10 @@ class StudyConfig:
         if self.tracking.uri is None:
             object.__setattr__(self, "tracking", replace(self.tracking, uri=default_tracking_uri(self.run_dir)))
 
-    def ratios_need(self, name: str) -> bool:
-        return any(r.name == name for r in self.ratios)
+    def ratios_need(self, inputs: str) -> bool:
+        """Whether a ratio source reads ``inputs``: ``stats`` (activation statistics) or
+        ``utilization`` (SNPFI's utilization curves, the SNPFI prior)."""
+        return any(getattr(r.create(), f"needs_{inputs}") for r in self.ratios)
 
     @property
     def tracking_uri(self) -> str:

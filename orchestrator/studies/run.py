@@ -87,7 +87,7 @@ def _statistics(config: StudyConfig, setup, folder: Path, progress: bool):
     from pruning.statistics import ActivationStats
 
     criteria = [c.create(seed=0) for c in config.criteria]
-    needs = any(c.needs_stats for c in criteria) or config.ratios_need("concentration")
+    needs = any(c.needs_stats for c in criteria) or config.ratios_need("stats")
     if not needs:
         return None
     path = folder / "stats.pt"

@@ -68,14 +68,14 @@ def read_computations(root: str | Path) -> list[dict[str, Any]]:
 
 
 def _score_task(refs, settings, criterion: tuple[str, Mapping[str, Any]] | None, seed: int, strategy: str,
-                taus: tuple[float, ...], fail: bool) -> dict[str, Any]:
+                fail: bool) -> dict[str, Any]:
     """Runs in a Ray worker: one criterion's scores (``criterion``: name and options), or with
-    ``criterion`` None SNPFI's layer sparsity at each of ``taus``."""
+    ``criterion`` None SNPFI's utilization curves (what the ``snpfi`` ratio source reads)."""
     import ray
 
     from orchestrator.sweeps.trials import InjectedFailure, _make_importable, _rebuild_model, _trial_device
     from pruning.criteria import ScoringContext, create_criterion
-    from pruning.games import snpfi_sparsity
+    from pruning.games import utilization_curve
     from pruning.pipeline import score_channels
 
     torch.set_num_threads(settings.threads)
@@ -91,9 +91,8 @@ def _score_task(refs, settings, criterion: tuple[str, Mapping[str, Any]] | None,
     if criterion is None:
         snpfi = create_criterion("snpfi", seed=seed)
         estimates = list(snpfi.estimates(model, space.select(strategy), context))
-        sparsity = {str(tau): {name: float(snpfi_sparsity(game, est.values, tau)) for name, game, est in estimates}
-                    for tau in taus}
-        return {"sparsity": sparsity, "seconds": time.perf_counter() - started}
+        curves = {name: utilization_curve(game, est.values) for name, game, est in estimates}
+        return {"utilization": curves, "seconds": time.perf_counter() - started}
     name, options = criterion
     scores = score_channels(create_criterion(name, seed=seed, **options), model, space, strategy, context)
     return {"scores": {k: v.detach().float().cpu() for k, v in scores.items()}, "seconds": time.perf_counter() - started}
@@ -113,7 +112,6 @@ def compute_scores(config: StudyConfig, baselines: Mapping[str, Any], root: str 
     if not todo:
         return ScorePhase(0, len(keys), 0, 0.0)
     criteria = {c.label: (c.name, dict(c.options)) for c in config.criteria}
-    taus = tuple(sorted({float(r.options["tau"]) for r in config.ratios if r.name == "snpfi"}))
     task = ray.remote(_score_task).options(num_cpus=config.execution.cpus_per_trial,
                                            num_gpus=config.execution.gpus_per_trial, max_retries=0)
     say(progress, f"scoring channels: {len(todo)} of {len(keys)} (checkpoint, criterion, seed) keys to compute")
@@ -122,7 +120,7 @@ def compute_scores(config: StudyConfig, baselines: Mapping[str, Any], root: str 
         _error_path(key.path(root)).unlink(missing_ok=True)
         baseline = baselines[key.checkpoint]
         pending[task.remote(baseline.refs, baseline.settings, criteria.get(key.criterion), key.seed,
-                            config.pruning.strategy, taus, key.criterion in inject_failures)] = key
+                            config.pruning.strategy, key.criterion in inject_failures)] = key
     failed, seconds = 0, 0.0
     while pending:
         (done,), _ = ray.wait(list(pending), num_returns=1)

@@ -61,19 +61,14 @@ class StudySettings:
 
 def _ratio_plan(ratios: RatioSettings, target: float, pruning: PruningSettings, stats, space, prior):
     """(PruningConfig, layer-wise ratio weights or None) of a ratio source at a FLOPs target."""
-    from pruning.planning import PruningConfig, concentration_weights, load_schedule
+    from pruning.planning import RatioInputs, RatioTarget
 
-    config = PruningConfig(strategy=pruning.strategy, allocation="global" if ratios.name == "global" else "uniform",
-                           flops_reduction=target, max_layer_ratio=pruning.max_layer_ratio,
-                           min_channels=pruning.min_channels, round_to=pruning.round_to)
-    if ratios.name == "concentration":
-        return config, concentration_weights(stats, space.select(pruning.strategy), alpha=ratios.options["alpha"],
-                                             fusion=ratios.options["fusion"])
-    if ratios.name == "snpfi":
-        return config, prior["sparsity"][str(float(ratios.options["tau"]))]
-    if ratios.name == "schedule":
-        return config, load_schedule(ratios.options["path"])
-    return config, None
+    plan = ratios.create().plan(
+        RatioTarget(flops_reduction=target, strategy=pruning.strategy, max_layer_ratio=pruning.max_layer_ratio,
+                    min_channels=pruning.min_channels, round_to=pruning.round_to),
+        RatioInputs(space, stats=stats, utilization=(prior or {}).get("utilization")),
+    )
+    return plan.config, plan.ratio_weights
 
 
 @_releases_memory
@@ -119,7 +114,7 @@ def _run_cell(cell: Cell, baseline: StudyBaseline, settings: StudySettings) -> d
     if settings.share_scores:
         payload = load_scores(settings.scores_root, cell.score_key)
         scores, seconds = payload["scores"], payload["seconds"]
-    prior = load_scores(settings.scores_root, cell.prior_key) if ratios.name == "snpfi" else None
+    prior = load_scores(settings.scores_root, cell.prior_key) if ratios.create().needs_utilization else None
     model = _rebuild_model(*ray.get(baseline.refs.model)).to(_trial_device())
     space = ray.get(baseline.refs.space)
     stats = ray.get(baseline.refs.stats) if baseline.refs.stats is not None else None

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from pruning.errors import InputError
-from pruning.recovery import RecipeError, RecoveryRecipe
+from pruning.recovery import RENAMED_KEYS, RecipeError, RecoveryRecipe
 
 __all__ = [
     "ConfigError", "check_int", "check_number", "check_string", "check_choice", "check_mapping",
@@ -122,7 +122,7 @@ def recipe_from_section(data: Any, seed_key: str, key: str = "recipe") -> Recove
     :class:`RecoveryRecipe` (missing keys: its defaults); ``seed_key`` names the setting that
     seeds recovery instead of ``<key>.seed``."""
     data = check_mapping(key, data)
-    check_keys(f"{key}.", data, _RECIPE_KEYS, {"seed": seed_key})
+    check_keys(f"{key}.", data, _RECIPE_KEYS, {"seed": seed_key, **RENAMED_KEYS})
     try:
         return RecoveryRecipe.from_dict(data)
     except RecipeError as err:

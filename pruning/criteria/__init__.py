@@ -13,7 +13,6 @@ from pruning.criteria._base import (  # noqa: F401  (re-exported)
     criteria_with_class_scores,
     criterion_class,
     list_criteria,
-    normalise,
     register_criterion,
     statistics_options,
 )

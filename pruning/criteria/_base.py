@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -191,8 +191,3 @@ def statistics_options(criteria: Iterable[Criterion], base: StatsOptions | None 
 
     needed = frozenset().union(*(c.required_statistics() for c in criteria))
     return (base or StatsOptions()).replace(**{name: name in needed for name in OPTIONAL_STATISTICS})
-
-
-def normalise(scores: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Scale each group's scores by their mean absolute value, for cross-layer comparisons."""
-    return {k: v / (v.abs().mean() + 1e-12) for k, v in scores.items()}

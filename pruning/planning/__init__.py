@@ -1,4 +1,6 @@
-"""How many channels each layer keeps: FLOPs-targeted allocation (uniform, global, proportional, explicit schedules) and information-concentration layer weights."""
+"""How many channels each layer keeps: FLOPs-targeted allocation (uniform, global, proportional, explicit schedules),
+information-concentration layer weights, and the ratio sources (:mod:`pruning.planning.ratio_sources`) that
+turn a target into a plan."""
 from pruning.planning.schedule import (  # noqa: F401
     ALLOCATIONS,
     FLOPS_TOLERANCE,
@@ -18,6 +20,17 @@ from pruning.planning.concentration import (  # noqa: F401
     information_concentration,
     concentration_weights,
 )
+from pruning.planning.ratio_sources import (  # noqa: F401
+    RatioInputs,
+    RatioPlan,
+    RatioSource,
+    RatioSourceError,
+    RatioTarget,
+    create_ratio_source,
+    list_ratio_sources,
+    ratio_source_class,
+    register_ratio_source,
+)
 
 __all__ = [
     "ALLOCATIONS",
@@ -35,4 +48,13 @@ __all__ = [
     "information_concentration",
     "concentration_weights",
     "allocate_utilization",
+    "RatioInputs",
+    "RatioPlan",
+    "RatioSource",
+    "RatioSourceError",
+    "RatioTarget",
+    "create_ratio_source",
+    "list_ratio_sources",
+    "ratio_source_class",
+    "register_ratio_source",
 ]

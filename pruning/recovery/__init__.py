@@ -11,6 +11,7 @@ from pruning.recovery.targets import LayerTargets, OriginalTargets, original_tar
 from pruning.recovery.recipe import (  # noqa: F401
     BN_DATA,
     STAGES,
+    RENAMED_KEYS,
     RecipeError,
     RecoveryData,
     RecoveryRecipe,
@@ -31,6 +32,7 @@ __all__ = [
     "reconstruct_consumers",
     "BN_DATA",
     "STAGES",
+    "RENAMED_KEYS",
     "RecipeError",
     "RecoveryData",
     "RecoveryRecipe",

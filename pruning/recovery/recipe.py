@@ -13,7 +13,8 @@ operation everywhere. The stages, in this order, each optional:
    augmentation) or ``"calibration"`` (the calibration batches, cycled).
 3. **finetuned**: ``finetune_epochs`` epochs of SGD over the training split (or its first
    ``finetune_subset`` images), with the dataset's standard augmentation when
-   ``finetune_augment``; with ``distill > 0`` the unpruned model is the teacher. Every step's
+   ``finetune_augment``; with ``distill > 0`` the unpruned model is the teacher, its and the
+   pruned model's outputs softened at ``distill_temperature``. Every step's
    gradients are clipped to the global norm ``finetune_max_grad_norm`` (None: not clipped): a
    network pruned to a few channels in some layers can take a step that its accuracy does not
    survive (measured on VGG-16: benchmarks/results/vgg16_fmnist_finetune_clip_*.json), and the
@@ -43,11 +44,14 @@ from pruning.structure import PruningSpace
 from pruning.training import TrainConfig, evaluate, recalibrate_bn, train
 from pruning.utils import model_device
 
-__all__ = ["BN_DATA", "STAGES", "RecipeError", "RecoveryRecipe", "RecoveryData", "RecoveryResult", "recover", "recovery_data_for", "reconstruction_targets"]
+__all__ = ["BN_DATA", "STAGES", "RENAMED_KEYS", "RecipeError", "RecoveryRecipe", "RecoveryData", "RecoveryResult", "recover",
+           "recovery_data_for", "reconstruction_targets"]
 
 BN_DATA = ("train", "calibration")
 #: stage names, in the order they run; ``pruned`` is the accuracy before any of them
 STAGES = ("pruned", "reconstructed", "bn_recalibrated", "finetuned")
+#: recipe keys that were renamed -> their new name
+RENAMED_KEYS = {"temperature": "distill_temperature"}
 
 
 class RecipeError(InputError):
@@ -78,7 +82,8 @@ class RecoveryRecipe:
     finetune_augment: bool = True
     finetune_max_grad_norm: float | None = 5.0
     distill: float = 0.0
-    temperature: float = 4.0
+    #: the temperature that softens the teacher's and the student's outputs in distillation
+    distill_temperature: float = 4.0
     batch_size: int = 128
     seed: int = 0
 
@@ -108,12 +113,16 @@ class RecoveryRecipe:
             raise RecipeError("finetune_max_grad_norm", f"must be > 0 or null, got {self.finetune_max_grad_norm!r}")
         if not 0 <= self.distill <= 1:
             raise RecipeError("distill", f"must be in [0, 1], got {self.distill}")
-        if not self.temperature > 0:
-            raise RecipeError("temperature", f"must be > 0, got {self.temperature}")
+        if not self.distill_temperature > 0:
+            raise RecipeError("distill_temperature", f"must be > 0, got {self.distill_temperature}")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "RecoveryRecipe":
-        """A recipe from plain data (a YAML mapping); unknown keys are refused by name."""
+        """A recipe from plain data (a YAML mapping); unknown keys are refused by name, a renamed one
+        with its new name."""
+        renamed = [k for k in data if k in RENAMED_KEYS]
+        if renamed:
+            raise InputError(f"recipe key {renamed[0]} is now {RENAMED_KEYS[renamed[0]]}")
         valid = [f.name for f in fields(cls)]
         unknown = sorted(set(data) - set(valid))
         if unknown:
@@ -255,7 +264,8 @@ def recover(
             subset = Subset(data.train, range(min(recipe.finetune_subset, len(data.train))))
         config = TrainConfig(
             epochs=recipe.finetune_epochs, lr=recipe.finetune_lr, weight_decay=recipe.weight_decay,
-            batch_size=recipe.batch_size, seed=recipe.seed, distill=recipe.distill, temperature=recipe.temperature,
+            batch_size=recipe.batch_size, seed=recipe.seed, distill=recipe.distill,
+            distill_temperature=recipe.distill_temperature,
             max_grad_norm=recipe.finetune_max_grad_norm,
         )
         loader = make_loader(subset, recipe.batch_size, shuffle=True, seed=recipe.seed,

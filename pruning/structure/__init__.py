@@ -36,6 +36,7 @@ from pruning.structure.checkpoint import (  # noqa: F401
     check_fits,
     model_for_data,
 )
+from pruning.structure.prunable import UnprunableModelError, check_prunable  # noqa: F401
 from pruning.structure.measure import (  # noqa: F401
     InputShape,
     ModelCost,
@@ -47,6 +48,8 @@ from pruning.structure.measure import (  # noqa: F401
 )
 
 __all__ = [
+    "UnprunableModelError",
+    "check_prunable",
     "ObservedOutput",
     "ChannelGroup",
     "Exclusion",

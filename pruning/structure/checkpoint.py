@@ -315,7 +315,7 @@ def model_for_data(
     the file a ``weights`` state_dict was read from, for the messages.
     """
     from pruning.models import read_weights
-    from pruning.models.prunable import check_prunable
+    from pruning.structure.prunable import check_prunable
 
     kwargs = dict(kwargs or {})
     check_model_name(name, kwargs)

@@ -195,3 +195,18 @@ def test_concentration_ratios_default_to_the_minmax_fusion_and_take_rank():
         "concentration", {"name": "concentration", "fusion": "rank", "label": "ic-rank"}]})
     assert [(r.label, r.options["fusion"]) for r in config.ratios] == [("concentration", "minmax"), ("ic-rank", "rank")]
     assert StudyConfig.from_dict(config.to_dict()).ratios == config.ratios  # the resolved config round-trips
+
+
+def test_ratios_resolve_through_the_ratio_source_registry(extra_ratio_source):
+    """A source registered in pruning.planning is a study's ``ratios:`` entry: its options are the
+    keys, defaults filled in, its own checks name the key path; ``create`` is the registry's source."""
+    from pruning.planning import create_ratio_source
+
+    config = StudyConfig.from_dict({**MINIMAL, "ratios": [extra_ratio_source, {"name": "snpfi", "budget": "global"}]})
+    assert [(r.name, r.options) for r in config.ratios] == [
+        (extra_ratio_source, {"first": 0.5}), ("snpfi", {"tau": 0.95, "budget": "global"})]
+    assert config.ratios[0].create() == create_ratio_source(extra_ratio_source)
+    with pytest.raises(ConfigError, match=r"^ratios\[0\]\.first: must be > 0, got 0$"):
+        StudyConfig.from_dict({**MINIMAL, "ratios": [{"name": extra_ratio_source, "first": 0}]})
+    with pytest.raises(ConfigError, match=r"^ratios\[0\]\.frist: unknown key; valid: first$"):
+        StudyConfig.from_dict({**MINIMAL, "ratios": [{"name": extra_ratio_source, "frist": 1}]})

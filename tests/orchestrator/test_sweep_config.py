@@ -54,6 +54,7 @@ def refused(data: dict) -> str:
     (config_with(data={"bn_batches": 2}), "data.bn_batches: set recipe.bn_batches instead"),
     (config_with(data={"finetune_subset": 64}), "data.finetune_subset: set recipe.finetune_subset instead"),
     (config_with(recipe={"seed": 3}), "recipe.seed: set sweep.seed instead"),
+    (config_with(recipe={"temperature": 2.0}), "recipe.temperature: set distill_temperature instead"),
     (config_with(tracking={"url": "x"}), "tracking.url: unknown key; valid: uri, experiment"),
     (config_with(space={"name": "concentration", "beta": [0, 1]}), "space.beta: unknown key; valid: name, strategy, flops_reduction, alpha"),
     (config_with(space={"name": "uniform", "alpha": [0, 1]}), "space.alpha: unknown key"),

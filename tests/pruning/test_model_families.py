@@ -25,7 +25,7 @@ from pruning.criteria import create_criterion
 from pruning.errors import InputError
 from pruning.export import CheckBatch, export_model
 from pruning.models import create_model
-from pruning.models.prunable import check_prunable
+from pruning.structure.prunable import check_prunable
 from pruning.pipeline import prune_with_criterion
 from pruning.planning import PruningConfig
 from pruning.structure import ModelSpec, count_macs, load_checkpoint, save_checkpoint

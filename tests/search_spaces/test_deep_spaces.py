@@ -41,6 +41,12 @@ def _study() -> optuna.Study:
     return optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
 
 
+def _sample(space, trial: optuna.Trial, context: SpaceContext):
+    """What a sweep does with a trial: the space defines its parameters, then plans from them."""
+    space.define(trial, context)
+    return space.to_plan(trial.params, context)
+
+
 def _scores(context) -> dict[str, torch.Tensor]:
     """Random channel scores: what a global-ranking plan is planned from."""
     generator = torch.Generator().manual_seed(0)
@@ -123,7 +129,7 @@ def test_deep_spaces_sample_plans_that_meet_their_target(resnets, depth, strateg
     study = _study()
     for _ in range(N_TRIALS):
         trial = study.ask()
-        plan = space.sample(trial, context)
+        plan = _sample(space, trial, context)
         _assert_meets_target(space, plan, context)
         study.tell(trial, 0.0)
     for start in space.warm_starts(context):
@@ -138,7 +144,7 @@ def test_per_layer_concentration_prior_on_resnet56(resnet56_stats):
     study = _study()
     for _ in range(N_TRIALS):
         trial = study.ask()
-        plan = space.sample(trial, context)
+        plan = _sample(space, trial, context)
         _assert_meets_target(space, plan, context)
         assert plan.needs_scores or set(plan.ratio_weights) == {g.name for g in pspace.groups}
         study.tell(trial, 0.0)
@@ -148,7 +154,7 @@ def test_per_layer_concentration_prior_on_resnet56(resnet56_stats):
         {**{k: v for k, v in start.items() if not k.startswith("mult.")}, "alpha": 0.5, "temperature": 1.0}, context)
     assert space.to_plan(start, context).keep(context) == plain.keep(context)
     with pytest.raises(ValueError, match="activation statistics"):
-        space.sample(_study().ask(), SpaceContext(space=pspace))
+        _sample(space, _study().ask(), SpaceContext(space=pspace))
 
 
 def test_stage_weights_shape_the_plan(resnets):
@@ -171,7 +177,7 @@ def test_per_layer_prior_parameters_and_uniform_multipliers(resnets):
     context = SpaceContext(space=resnets["resnet110"])
     space = create_search_space("per_layer", prior="uniform", global_ranking=False)
     trial = _study().ask()
-    plan = space.sample(trial, context)
+    plan = _sample(space, trial, context)
     groups = [g.name for g in context.space.groups]
     assert sorted(p for p in trial.params if p.startswith("mult.")) == sorted(f"mult.{g}" for g in groups)
     assert not any(p.startswith("ratio.") for p in trial.params) and "flops_reduction" in trial.params
@@ -189,7 +195,7 @@ def test_round_to_plans_keep_multiples_and_meet_their_target(resnets, name):
     study = _study()
     for _ in range(5):
         trial = study.ask()
-        plan = space.sample(trial, context)
+        plan = _sample(space, trial, context)
         assert plan.config.round_to == 8
         _assert_meets_target(space, plan, context)
         keep = plan.keep(context, _scores(context) if plan.needs_scores else None)

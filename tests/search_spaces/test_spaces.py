@@ -54,6 +54,12 @@ def _study() -> optuna.Study:
     return optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
 
 
+def _sample(space, trial: optuna.Trial, context: SpaceContext):
+    """What a sweep does with a trial: the space defines its parameters, then plans from them."""
+    space.define(trial, context)
+    return space.to_plan(trial.params, context)
+
+
 def _scores(context) -> dict[str, torch.Tensor] | None:
     """Random channel scores: what a global-ranking plan is planned from."""
     generator = torch.Generator().manual_seed(0)
@@ -84,7 +90,7 @@ def test_space_samples_valid_plans(name, options, strategy, contexts):
     names = None
     for _ in range(N_TRIALS):
         trial = study.ask()
-        plan = space.sample(trial, context)
+        plan = _sample(space, trial, context)
         assert isinstance(plan, TrialPlan)
         # parameter names are stable across trials
         names = names or set(trial.params)
@@ -117,7 +123,7 @@ def test_space_samples_valid_plans(name, options, strategy, contexts):
 def test_check_feasible_reports_flops_outside_bounds(contexts):
     context = contexts["full"]
     space = create_search_space("uniform", flops_reduction=(0.5, 0.5), flops_bounds=(0.1, 0.3))
-    plan = space.sample(_study().ask(), context)
+    plan = _sample(space, _study().ask(), context)
     reason = space.check_feasible(plan, context)
     assert reason is not None and "flops_bounds" in reason
 
@@ -126,7 +132,7 @@ def test_check_feasible_reports_unreachable_target(contexts):
     # two inner groups capped at 90 % cannot remove 99 % of the MACs
     context = contexts["inner"]
     space = create_search_space("uniform", flops_reduction=(0.99, 0.99), flops_bounds=(0.0, 1.0))
-    plan = space.sample(_study().ask(), context)
+    plan = _sample(space, _study().ask(), context)
     reason = space.check_feasible(plan, context)
     assert reason is not None and "cannot be met" in reason
 
@@ -134,7 +140,7 @@ def test_check_feasible_reports_unreachable_target(contexts):
 def test_per_layer_one_parameter_per_group(contexts):
     for strategy, context in contexts.items():
         trial = _study().ask()
-        plan = create_search_space("per_layer").sample(trial, context)
+        plan = _sample(create_search_space("per_layer"), trial, context)
         groups = context.space.select(strategy)
         ratio_params = [p for p in trial.params if p.startswith("ratio.")]
         assert len(ratio_params) == len(groups)
@@ -146,7 +152,7 @@ def test_per_layer_one_parameter_per_group(contexts):
 def test_concentration_weights_and_missing_stats(contexts):
     context = contexts["full"]
     space = create_search_space("concentration", global_ranking=False)
-    plan = space.sample(_study().ask(), context)
+    plan = _sample(space, _study().ask(), context)
     assert set(plan.ratio_weights) == {g.name for g in context.space.groups}
     assert all(0.0 <= w <= 1.0 for w in plan.ratio_weights.values())
     # temperature 0: uniform weights, the same plan as the uniform space at the same target
@@ -157,7 +163,7 @@ def test_concentration_weights_and_missing_stats(contexts):
     assert flat.keep(context) == uniform.keep(context)
     bare = SpaceContext(space=context.space)
     with pytest.raises(ValueError, match="activation statistics"):
-        space.sample(_study().ask(), bare)
+        _sample(space, _study().ask(), bare)
 
 
 def test_snpfi_sparsity_from_curves(contexts):
@@ -173,7 +179,7 @@ def test_snpfi_sparsity_from_curves(contexts):
     looser = space.to_plan(dict(params, tau=0.99), context)
     assert all(looser.config.schedule[n] <= plan.config.schedule[n] for n in plan.config.schedule)
     with pytest.raises(ValueError, match="utilization"):
-        space.sample(_study().ask(), SpaceContext(space=context.space))
+        _sample(space, _study().ask(), SpaceContext(space=context.space))
     short = {n: c[:-1] for n, c in context.utilization.items()}
     with pytest.raises(ValueError, match="length"):
         space.to_plan(params, SpaceContext(space=context.space, utilization=short))
@@ -368,3 +374,26 @@ def test_plan_params_drop_the_layer_parameters_of_a_global_ranking(contexts):
     layerwise = {**start, "allocation": "layerwise"}
     assert space.plan_params(layerwise) == layerwise
     assert space.plan_params({**layerwise, "alpha": 0.9}) != space.plan_params(layerwise)
+
+
+@pytest.mark.parametrize("name, source, options", [
+    ("uniform", "uniform", {}),
+    ("concentration", "concentration", {"alpha": "alpha", "temperature": "temperature"}),
+    ("snpfi", "snpfi", {"tau": "tau"}),
+])
+def test_plans_and_warm_starts_are_the_ratio_sources_plans(name, source, options, contexts):
+    """Every warm start (the one-shot schedules) plans exactly what the registry's ratio source
+    plans with the same values; a global ranking is the ``global`` source's."""
+    from pruning.planning import RatioInputs, RatioTarget, create_ratio_source
+
+    context = contexts["full"]
+    space = create_search_space(name)
+    inputs = RatioInputs(context.space, stats=context.stats, utilization=context.utilization)
+    for params in space.warm_starts(context):
+        plan = space.to_plan(params, context)
+        ranked = params.get("allocation") == "global"
+        target = RatioTarget(flops_reduction=params.get("flops_reduction"), strategy=context.strategy)
+        expected = create_ratio_source("global" if ranked else source,
+                                       **({} if ranked else {o: params[p] for o, p in options.items()}))
+        expected = expected.plan(target, inputs)
+        assert plan.config == expected.config and plan.ratio_weights == expected.ratio_weights, params

@@ -121,7 +121,8 @@ def test_prune_help_shows_the_recipe_defaults(capsys):
     assert exc.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
     recipe = RecoveryRecipe()
-    assert recipe.reconstruct and "--no-recover: off (default: on)" in text
+    assert recipe.reconstruct and "reconstruct: off (default: on)" in text
+    assert "--recover" not in text and "--temperature" not in text  # renamed: refused, not shown
     assert f"batches for BN recalibration (0: off) (default: {recipe.bn_batches})" in text
     assert f"where BN recalibration batches come from: train or calibration (default: {recipe.bn_data})" in text
     assert f"fine-tuning epochs (default: {recipe.finetune_epochs})" in text

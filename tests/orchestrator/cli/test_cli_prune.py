@@ -92,8 +92,8 @@ def test_prune_with_schedule_file_reproduces_the_run(l1_run, trained_resnet20, t
     assert list(spec.meta["pruning"]["accuracy_stages"]) == ["pruned"]
 
 
-def test_no_recover_is_an_alias_and_bn_can_read_calibration_batches(trained_resnet20, capsys):
-    data = run_json(capsys, "prune", "--checkpoint", trained_resnet20["out"], "--ratio", "0.3", "--no-recover",
+def test_no_reconstruct_and_bn_can_read_calibration_batches(trained_resnet20, capsys):
+    data = run_json(capsys, "prune", "--checkpoint", trained_resnet20["out"], "--ratio", "0.3", "--no-reconstruct",
                     "--bn-data", "calibration", "--bn-batches", "3", *QUICK)
     recipe = data["pruning"]["recipe"]
     assert recipe["reconstruct"] is False and recipe["bn_data"] == "calibration" and recipe["bn_batches"] == 3
@@ -103,7 +103,7 @@ def test_no_recover_is_an_alias_and_bn_can_read_calibration_batches(trained_resn
 
 def test_round_to_keeps_channel_counts_in_multiples(trained_resnet20, capsys):
     data = run_json(capsys, "prune", "--checkpoint", trained_resnet20["out"], "--ratios", "global",
-                    "--flops-reduction", "0.5", "--round-to", "8", "--no-recover", "--bn-batches", "1", *QUICK)
+                    "--flops-reduction", "0.5", "--round-to", "8", "--no-reconstruct", "--bn-batches", "1", *QUICK)
     channels = data["pruning"]["channels"]
     assert all(kept % 8 == 0 or kept == size for kept, size in channels.values())
     assert any(kept < size for kept, size in channels.values())

@@ -10,7 +10,7 @@ from torch import nn
 
 from pruning.errors import InputError
 from pruning.models import ModelSourceError, UnknownNameError, check_model_name, create_model, is_external
-from pruning.models.prunable import check_prunable
+from pruning.structure.prunable import check_prunable
 from user_models import UserCNN
 
 

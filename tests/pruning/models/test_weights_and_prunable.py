@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pruning.models import WeightsError, create_model, load_weights, read_weights
-from pruning.models.prunable import UnprunableModelError, check_prunable
+from pruning.structure.prunable import UnprunableModelError, check_prunable
 from pruning.structure import ModelSpec, save_checkpoint
 from user_models import UserCNN
 

@@ -62,13 +62,19 @@ def test_default_recipe_is_the_best_measured_pipeline():
 
 @pytest.mark.parametrize("field, value", [
     ("bn_batches", -1), ("bn_data", "test"), ("finetune_epochs", 1.5), ("finetune_lr", 0.0),
-    ("weight_decay", -1e-4), ("finetune_subset", 0), ("distill", 1.5), ("temperature", 0.0),
+    ("weight_decay", -1e-4), ("finetune_subset", 0), ("distill", 1.5), ("distill_temperature", 0.0),
     ("batch_size", 0), ("reconstruct", "yes"), ("ridge", -1.0), ("finetune_max_grad_norm", 0.0),
     ("finetune_max_grad_norm", "5"), ("reconstruct_rows", -1), ("reconstruct_rows", True),
 ])
 def test_invalid_recipes_are_input_errors_naming_the_field(field, value):
     with pytest.raises(InputError, match=field):
         RecoveryRecipe(**{field: value})
+
+
+def test_the_renamed_distillation_temperature_key_is_refused_with_its_new_name():
+    assert RecoveryRecipe.from_dict({"distill_temperature": 2.0}).distill_temperature == 2.0
+    with pytest.raises(InputError, match="^recipe key temperature is now distill_temperature$"):
+        RecoveryRecipe.from_dict({"temperature": 2.0})
 
 
 def test_from_dict_round_trips_and_refuses_unknown_keys():

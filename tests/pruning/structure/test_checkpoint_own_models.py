@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from pruning.models import UnknownNameError, WeightsError, create_model
-from pruning.models.prunable import UnprunableModelError
+from pruning.structure.prunable import UnprunableModelError
 from pruning.structure import (
     CheckpointError, ModelSpec, PruningSpace, load_checkpoint, model_for_data, prune_model, save_checkpoint,
 )

@@ -14,6 +14,8 @@ import torch
 from torch import nn
 
 from pruning.errors import InputError
+from pruning.structure.engine import PruningSpace, prune_model
+from pruning.structure.errors import PruningError
 
 __all__ = ["UnprunableModelError", "check_prunable"]
 
@@ -25,8 +27,6 @@ class UnprunableModelError(InputError):
 def check_prunable(model: nn.Module, shape: tuple[int, int, int], name: str = "model"):
     """The model's :class:`~pruning.structure.PruningSpace` on ``(1, *shape)`` inputs, after a
     trial pruning of one channel per group; ``model`` itself is not modified."""
-    from pruning.structure import PruningError, PruningSpace, prune_model
-
     example = torch.zeros(1, *shape)
     try:
         space = PruningSpace.build(model, example)
