@@ -20,6 +20,7 @@ from torch import nn
 from pruning.criteria import Criterion, ScoringContext
 from pruning.planning import PruningConfig, plan_pruning
 from pruning.structure import PruningError, PruningSpace, prune_model
+from pruning.utils import check_finite
 
 
 @dataclass(frozen=True)
@@ -39,12 +40,16 @@ def score_channels(
     criterion: Criterion, model: nn.Module, space: PruningSpace, strategy: str, context: ScoringContext
 ) -> dict[str, torch.Tensor]:
     """Scores of the groups ``strategy`` may prune (only those: some criteria are expensive)."""
+    check_finite(model, "the model to prune")
     groups = space.select(strategy)
     scores = criterion.score(model, groups, context)
     for group in groups:
         got = scores.get(group.name)
-        if got is None or got.shape != (group.size,) or not torch.isfinite(got).all():
+        if got is None or got.shape != (group.size,):
             raise PruningError(f"criterion {criterion.name!r} gave no valid scores for layer {group.name!r}")
+        if not torch.isfinite(got).all():
+            raise PruningError(f"criterion {criterion.name!r} gave non-finite scores (NaN or inf) for layer "
+                               f"{group.name!r}")
     return scores
 
 
@@ -67,6 +72,7 @@ def prune_with_criterion(
     ``scores``: ``criterion``'s scores when the caller already computed them (SNPFI scores and
     sets its layer ratios in one estimation pass); they are not recomputed.
     """
+    check_finite(model, "the model to prune")
     space = space or PruningSpace.build(model, example_inputs)
     context = context or ScoringContext()
     if scores is None:

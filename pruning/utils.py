@@ -6,6 +6,8 @@
 * :func:`batch_inputs`: the inputs of a batch that is either a tensor or ``(inputs, targets)``.
 * :func:`atomic_write`: write a file through a temporary sibling and ``os.replace``, so a
   reader never sees half a file and a failure leaves the old file (or none).
+* :func:`check_finite`: a one-line :class:`~pruning.errors.InputError` naming the first
+  parameter or buffer of a model that holds NaN or infinity.
 """
 from __future__ import annotations
 
@@ -18,7 +20,10 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
-__all__ = ["preserved_modes", "model_device", "batch_inputs", "atomic_write", "TensorFileError", "load_tensor_file"]
+from pruning.errors import InputError
+
+__all__ = ["preserved_modes", "model_device", "batch_inputs", "atomic_write", "check_finite", "TensorFileError",
+           "load_tensor_file"]
 
 
 @contextmanager
@@ -62,6 +67,18 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def check_finite(model: nn.Module, what: str) -> None:
+    """Raise :class:`InputError` naming the first floating-point parameter or buffer of ``model``
+    with a NaN or infinite value (and how many of its tensors have one); ``what`` names the
+    model in the message, e.g. ``"the baseline"``."""
+    bad = [name for name, tensor in (*model.named_parameters(), *model.named_buffers())
+           if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+    if bad:
+        total = len(list(model.parameters())) + len(list(model.buffers()))
+        raise InputError(f"{what} has non-finite values (NaN or inf) in {bad[0]!r} ({len(bad)} of {total} tensors); "
+                         f"retrain it or load other weights")
 
 
 class TensorFileError(Exception):

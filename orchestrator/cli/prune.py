@@ -13,6 +13,7 @@ from orchestrator.cli.options import (
 from orchestrator.cli.recipe_args import add_recipe_arguments, recipe_from_args
 from orchestrator.cli.result import CommandResult
 from pruning.errors import InputError
+from pruning.utils import check_finite
 
 __all__ = ["add_parser", "list_ratio_sources", "run"]
 
@@ -115,6 +116,7 @@ def run(args: argparse.Namespace) -> CommandResult:
     criterion = distribute_criterion(criterion, args)
     loaded = load_fitting(args)
     model, shape, splits = loaded.model, loaded.shape, loaded.splits
+    check_finite(model, "the model to prune")  # before its accuracy and any statistics or scores
     example = torch.zeros(1, *shape)
     space = PruningSpace.build(model, example)
     if stats_file is not None:  # before the base accuracy: a file that cannot serve fails first

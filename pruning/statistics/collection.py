@@ -54,7 +54,7 @@ from pruning.statistics._accumulator import Accumulator, hist_values
 from pruning.statistics.state import ActivationStats
 from pruning.statistics.hooks import hooked, observed_outputs
 from pruning.structure.groups import ChannelGroup, ObservedOutput
-from pruning.utils import batch_inputs, model_device
+from pruning.utils import batch_inputs, check_finite, model_device
 
 __all__ = [
     "EDGE_SCOPES",
@@ -246,8 +246,10 @@ def collect_activation_stats(
     :func:`compute_histogram_edges` followed by :func:`accumulate_stats`.
 
     ``batches`` may be a list, a re-iterable loader or a one-shot iterator (for ``"spatial"``
-    its first batches are kept in memory for the second pass).
+    its first batches are kept in memory for the second pass). A model with a NaN or infinite
+    weight is refused before the pass (one line naming it).
     """
+    check_finite(model, "the model")
     observed = observed_outputs(model, groups, options.read_inputs)
     if options.value == "gap":
         ranges = {name: RangeRecorder(options.edge_scope, options.edge_quantile) for name in observed}

@@ -29,7 +29,7 @@ from torch import nn
 
 from pruning.models import check_input_shape, check_model_name, create_model, load_weights
 from pruning.errors import InputError
-from pruning.utils import TensorFileError, atomic_write, load_tensor_file
+from pruning.utils import TensorFileError, atomic_write, check_finite, load_tensor_file
 
 FORMAT = "prunesweep-checkpoint/2"
 #: the format before layouts: widths of Conv2d/Linear/BatchNorm layers only (still read)
@@ -220,7 +220,9 @@ def _apply_shapes(module: nn.Module, name: str, shapes: Mapping[str, list[int]])
 
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, spec: ModelSpec) -> None:
-    """Write ``model``'s weights and ``spec`` (widths and layout refreshed from the model), atomically."""
+    """Write ``model``'s weights and ``spec`` (widths and layout refreshed from the model), atomically;
+    a model with a NaN or infinite weight or buffer is refused (one line naming it), nothing written."""
+    check_finite(model, "the model to save")
     spec = replace(spec, widths=layer_widths(model), layout=model_layout(model))
     payload = {"spec": spec.to_json(), "state_dict": model.state_dict()}
 

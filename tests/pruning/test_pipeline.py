@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from pruning.criteria import Criterion, ScoringContext, create_criterion
-from pruning.structure import PruningError, PruningSpace
+from pruning.errors import InputError
+from pruning.structure import ModelSpec, PruningError, PruningSpace, save_checkpoint
 from pruning.structure import count_macs, count_params
 from pruning.models import create_model
 from pruning.pipeline import prune_with_criterion, score_channels
@@ -137,9 +138,10 @@ class _BadCriterion(Criterion):
 def test_invalid_scores_are_rejected(tiny_resnet, example_input, mode):
     model = tiny_resnet
     space = PruningSpace.build(model, example_input)
-    with pytest.raises(PruningError, match="criterion 'bad' gave no valid scores for layer 'conv1'"):
+    said = "non-finite scores \\(NaN or inf\\)" if mode == "nan" else "no valid scores"
+    with pytest.raises(PruningError, match=f"criterion 'bad' gave {said} for layer 'conv1'"):
         score_channels(_BadCriterion(mode), model, space, "full", ScoringContext())
-    with pytest.raises(PruningError, match="no valid scores"):
+    with pytest.raises(PruningError, match=said):
         prune_with_criterion(model, example_input, _BadCriterion(mode), PruningConfig(ratio=0.5))
 
 
@@ -148,3 +150,23 @@ def test_bad_names_raise_with_the_valid_values():
         create_criterion("l3")
     with pytest.raises(PruningError, match="valid: full, inner"):
         PruningConfig(ratio=0.5, strategy="everything")
+
+
+@pytest.mark.parametrize("criterion", ["l1", "bn-scale", "random", "taylor"])
+def test_a_model_with_nan_weights_is_refused_before_scoring(criterion, tiny_resnet, example_input):
+    model = copy.deepcopy(tiny_resnet)
+    name, weight = next((n, p) for n, p in model.named_parameters() if p.dim() == 4)
+    with torch.no_grad():
+        weight[0, 0, 0, 0] = float("inf")
+    with pytest.raises(InputError, match=f"non-finite.*'{name}'"):
+        prune_with_criterion(model, example_input, create_criterion(criterion), PruningConfig(ratio=0.3))
+
+
+def test_a_model_with_nan_weights_is_not_saved(tiny_resnet, tmp_path):
+    model = copy.deepcopy(tiny_resnet)
+    with torch.no_grad():
+        next(model.parameters()).view(-1)[0] = float("nan")
+    path = tmp_path / "nan.pt"
+    with pytest.raises(InputError, match="non-finite"):
+        save_checkpoint(path, model, ModelSpec("tiny", 10, 1, (1, 28, 28)))
+    assert not path.exists()

@@ -176,3 +176,16 @@ def test_unreachable_flops_target(untrained, tmp_path, capsys):
                               "--schedule-out", schedule, "--quiet"],
                      "0.9", "cannot be met", no_files=[out, schedule])
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("criterion", ["l1", "bn-scale", "entropy"])
+def test_a_baseline_with_nan_weights_is_refused_before_any_scoring(criterion, untrained, tmp_path, capsys):
+    """Whatever the criterion, one line naming the first non-finite tensor; no checkpoint written."""
+    payload = torch.load(untrained, weights_only=False)
+    first = next(name for name in payload["state_dict"] if name.endswith("conv1.weight"))
+    payload["state_dict"][first][0, 0] = float("nan")
+    broken = tmp_path / "nan.pt"
+    torch.save(payload, broken)
+    out = tmp_path / "pruned.pt"
+    assert_bad_input(capsys, ["prune", "--checkpoint", str(broken), "--criterion", criterion, "--flops-reduction", "0.3",
+                              "--out", str(out)], "non-finite", repr(first), no_files=[out])
