@@ -177,8 +177,7 @@ class SNPFI(ShapleyChannels):
 
         plan = plan if plan is not None else PruningConfig(ratio=0.0)
         keep = allocate_utilization(space, groups, curves, flops_reduction=plan.flops_reduction, tau=tau,
-                                    max_layer_ratio=plan.max_layer_ratio, min_channels=plan.min_channels,
-                                    round_to=plan.round_to)
+                                    grid=plan.grid)
         return scores, {g.name: 1.0 - keep[g.name] / g.size for g in groups}
 
     def layer_sparsity(self, model, groups, context, tau: float | None = None, **budget) -> dict[str, float]:

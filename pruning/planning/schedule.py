@@ -86,6 +86,11 @@ class PruningConfig:
         if not isinstance(self.round_to, int) or isinstance(self.round_to, bool) or self.round_to < 1:
             raise PruningError(f"round_to must be an integer >= 1, got {self.round_to!r}")
 
+    @property
+    def grid(self) -> WidthGrid:
+        """The widths a layer may keep under this config's cap, floor and rounding."""
+        return WidthGrid(cap=self.max_layer_ratio, min_channels=self.min_channels, round_to=self.round_to)
+
 
 def keep_from_ratios(groups: Sequence[ChannelGroup], ratios: Mapping[str, float], min_channels: int = 1,
                      round_to: int = 1) -> dict[str, int]:
@@ -107,17 +112,15 @@ def allocate_proportional(
     groups: Sequence[ChannelGroup],
     weights: Mapping[str, float],
     flops_reduction: float,
-    *,
-    max_layer_ratio: float = 0.9,
-    min_channels: int = 1,
-    round_to: int = 1,
+    grid: WidthGrid = WidthGrid(),
 ) -> dict[str, int]:
-    """Ratios ``min(cap, s * w_l)`` scaled by bisection on ``s`` to meet a FLOPs reduction.
+    """Ratios ``min(grid.cap, s * w_l)`` scaled by bisection on ``s`` to meet a FLOPs reduction,
+    widths on ``grid``.
 
     ``weights`` are non-negative per-group weights (1 everywhere = uniform). The result is then
     refined one allowed width at a time to land within one width step of the target.
     """
-    grid = WidthGrid(cap=max_layer_ratio, min_channels=min_channels, round_to=round_to)
+    max_layer_ratio, min_channels = grid.cap, grid.min_channels
     _check_fraction("flops_reduction", flops_reduction)
     missing = [g.name for g in groups if g.name not in weights]
     if missing:
@@ -163,9 +166,7 @@ def allocate_global(
     *,
     ratio: float | None = None,
     flops_reduction: float | None = None,
-    max_layer_ratio: float = 0.9,
-    min_channels: int = 1,
-    round_to: int = 1,
+    grid: WidthGrid = WidthGrid(),
 ) -> dict[str, int]:
     """Remove the globally lowest layer-normalised scores, for a channel ratio or a FLOPs target.
 
@@ -173,12 +174,11 @@ def allocate_global(
     compare. With a FLOPs target, a removal that would overshoot it by more than half the
     tolerance is skipped in favour of later (cheaper) channels; if that leaves the reduction
     short of the target, :func:`pruning.planning.widths.refine_to_target` closes the gap. With
-    ``round_to`` > 1 the ranked widths are then rounded to the nearest allowed ones (and, with a
-    target, refined on that grid).
+    ``grid.round_to`` > 1 the ranked widths are then rounded to the nearest allowed ones (and, with
+    a target, refined on that grid).
     """
     if (ratio is None) == (flops_reduction is None):
         raise PruningError("give exactly one of ratio or flops_reduction")
-    grid = WidthGrid(cap=max_layer_ratio, min_channels=min_channels, round_to=round_to)
     bounds = {g.name: grid.bounds(g) for g in groups}
     ranked = sorted(
         (float(value), g.name, i)
@@ -236,19 +236,14 @@ def plan_pruning(
     if config.allocation == "global":
         if ratio_weights is not None:
             raise PruningError("layer-wise ratio weights apply to the uniform allocation, not global")
-        return allocate_global(
-            space, groups, scores, ratio=config.ratio, flops_reduction=config.flops_reduction,
-            max_layer_ratio=config.max_layer_ratio, min_channels=config.min_channels, round_to=config.round_to,
-        )
+        return allocate_global(space, groups, scores, ratio=config.ratio, flops_reduction=config.flops_reduction,
+                               grid=config.grid)
     if config.ratio is not None:
         if ratio_weights is not None:
             raise PruningError("layer-wise ratio weights need a FLOPs target, not a ratio")
         return keep_from_ratios(groups, {g.name: config.ratio for g in groups}, config.min_channels, config.round_to)
     weights = ratio_weights if ratio_weights is not None else {g.name: 1.0 for g in groups}
-    return allocate_proportional(
-        space, groups, weights, config.flops_reduction,
-        max_layer_ratio=config.max_layer_ratio, min_channels=config.min_channels, round_to=config.round_to,
-    )
+    return allocate_proportional(space, groups, weights, config.flops_reduction, config.grid)
 
 
 def ratios_of(space: PruningSpace, keep: Mapping[str, int]) -> dict[str, float]:

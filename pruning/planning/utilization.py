@@ -36,9 +36,7 @@ def allocate_utilization(
     *,
     flops_reduction: float | None = None,
     tau: float = 0.95,
-    max_layer_ratio: float = 0.9,
-    min_channels: int = 1,
-    round_to: int = 1,
+    grid: WidthGrid = WidthGrid(),
 ) -> dict[str, int]:
     """Channels kept per group, chosen jointly from the utilization curves (module docstring).
 
@@ -47,7 +45,6 @@ def allocate_utilization(
     """
     if not 0.0 < tau <= 1.0:
         raise PruningError(f"tau must be in (0, 1], got {tau!r}")
-    grid = WidthGrid(cap=max_layer_ratio, min_channels=min_channels, round_to=round_to)
     table = {}
     for g in groups:
         if g.name not in curves:

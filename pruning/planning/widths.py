@@ -38,7 +38,7 @@ class WidthGrid:
     multiple of its unit width as well.
     """
 
-    cap: float
+    cap: float = 0.9
     min_channels: int = 1
     round_to: int = 1
 

@@ -38,6 +38,7 @@ import torch
 
 from pruning.errors import InputError
 from pruning.planning.schedule import PruningConfig, plan_pruning
+from pruning.planning.widths import WidthGrid
 from pruning.registry import Registry, accepted_options
 from pruning.structure.engine import PruningSpace
 from pruning.structure.groups import ChannelGroup
@@ -91,6 +92,11 @@ class RatioTarget:
         ``what`` (the allocation, the amount or a schedule)."""
         return PruningConfig(strategy=self.strategy, max_layer_ratio=self.max_layer_ratio,
                              min_channels=self.min_channels, round_to=self.round_to, **what)
+
+    @property
+    def grid(self) -> WidthGrid:
+        """The widths a layer may keep under this target's cap, floor and rounding."""
+        return WidthGrid(cap=self.max_layer_ratio, min_channels=self.min_channels, round_to=self.round_to)
 
     def amount(self) -> dict[str, float]:
         """The target as :class:`~pruning.planning.PruningConfig` keywords (``{"ratio": ...}`` or

@@ -44,8 +44,7 @@ class Snpfi(RatioSource):
         curves = {g.name: inputs.utilization[g.name] for g in groups}
         if self.budget == "global":
             keep = allocate_utilization(inputs.space, groups, curves, flops_reduction=target.flops_reduction,
-                                        tau=self.tau, max_layer_ratio=target.max_layer_ratio,
-                                        min_channels=target.min_channels, round_to=target.round_to)
+                                        tau=self.tau, grid=target.grid)
             return RatioPlan(target.config(schedule={g.name: 1.0 - keep[g.name] / g.size for g in groups}))
         sparsity = {name: sparsity_from_curve(curve, self.tau, 1) for name, curve in curves.items()}
         if target.flops_reduction is None:

@@ -25,6 +25,7 @@ from pruning.planning import (
     ratios_of,
     save_schedule,
 )
+from pruning.planning.widths import WidthGrid
 
 SHAPES = {
     "tiny_resnet": (1, 28, 28),
@@ -111,7 +112,7 @@ def test_allocate_proportional_zero_weight_and_cap(prepared):
     groups = space.select("inner")
     weights = {g.name: 1.0 for g in groups}
     weights["layer1.0.conv1"] = 0.0
-    keep = allocate_proportional(space, groups, weights, 0.3, max_layer_ratio=0.5)
+    keep = allocate_proportional(space, groups, weights, 0.3, WidthGrid(cap=0.5))
     assert abs(space.reduction(keep) - 0.3) <= FLOPS_TOLERANCE
     assert all(keep[g.name] >= g.size - math.floor(0.5 * g.size) for g in groups)
     assert keep["layer1.0.conv1"] >= 15  # a zero weight prunes (next to) nothing
@@ -245,7 +246,7 @@ def test_global_ratio_removes_the_lowest_normalised_scores(prepared):
         assert keep[grp.name] == int((normalised[grp.name] > threshold).sum())
     # the per-layer cap and floor hold even when one layer has all the lowest scores
     scores["layer1.0.conv1"] = torch.full((16,), -100.0)
-    keep = allocate_global(space, groups, scores, ratio=0.3, max_layer_ratio=0.5, min_channels=10)
+    keep = allocate_global(space, groups, scores, ratio=0.3, grid=WidthGrid(cap=0.5, min_channels=10))
     assert keep["layer1.0.conv1"] == 10
     with pytest.raises(PruningError, match="exactly one of ratio or flops_reduction"):
         allocate_global(space, groups, scores, ratio=0.3, flops_reduction=0.3)

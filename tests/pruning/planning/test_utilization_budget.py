@@ -47,10 +47,10 @@ def test_the_flattest_curve_per_mac_pays_first_and_the_target_is_met():
     layers = [Layer("steep", 4), Layer("flat", 4)]
     space = LinearCosts({"steep": 1.0, "flat": 1.0})
     keep = allocate_utilization(space, layers, {"steep": STEEP, "flat": FLAT}, flops_reduction=0.25,
-                                max_layer_ratio=0.75)
+                                grid=WidthGrid(cap=0.75))
     assert keep == {"steep": 4, "flat": 2} and space.reduction(keep) == pytest.approx(0.25)
     keep = allocate_utilization(space, layers, {"steep": STEEP, "flat": FLAT}, flops_reduction=0.5,
-                                max_layer_ratio=0.75)
+                                grid=WidthGrid(cap=0.75))
     assert keep == {"steep": 3, "flat": 1}  # flat at its floor (cap 0.75), then steep
     # equal curves: the layer whose channels cost twice the MACs saves twice as much per loss
     space = LinearCosts({"cheap": 1.0, "dear": 2.0})
@@ -80,7 +80,8 @@ def test_real_space_target_floor_and_errors(tiny_resnet, example_input):
         steps = torch.rand(group.size, generator=g, dtype=torch.float64)
         curves[group.name] = torch.cat([torch.zeros(1, dtype=torch.float64), steps.sort(descending=True).values.cumsum(0)])
         curves[group.name] = curves[group.name] / curves[group.name][-1]
-    keep = allocate_utilization(space, groups, curves, flops_reduction=0.5, max_layer_ratio=0.7, min_channels=2)
+    keep = allocate_utilization(space, groups, curves, flops_reduction=0.5,
+                                grid=WidthGrid(cap=0.7, min_channels=2))
     assert abs(space.reduction(keep) - 0.5) <= FLOPS_TOLERANCE
     grid = WidthGrid(cap=0.7, min_channels=2)
     assert all(grid.bounds(group)[0] <= keep[group.name] <= group.size for group in groups)
