@@ -25,7 +25,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> CommandResult:
-    from orchestrator.sweeps import ConfigError, load_sweep_config, resume_sweep, run_sweep  # torch, Ray, MLflow: only when run
+    # torch, Ray, MLflow: only when run
+    from orchestrator.experiment import ConfigError
+    from orchestrator.sweeps import load_sweep_config, resume_sweep, run_sweep
 
     progress = not args.quiet
     if args.resume:

@@ -39,7 +39,7 @@ RANK_COLUMNS = ("criterion", "average_rank")
 
 
 def long_rows(records: Sequence[Any]) -> list[dict[str, Any]]:
-    """One row per logged cell (a :class:`~orchestrator.sweeps.tracking.TrialRecord`), in cell order."""
+    """One row per logged cell (a :class:`~orchestrator.experiment.tracking.TrialRecord`), in cell order."""
     rows = []
     for record in records:
         cell = Cell.from_params(record.params)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Collection
 
@@ -28,12 +28,12 @@ from orchestrator.studies.config import RESOLVED_STUDY_FILE, StudyConfig
 from orchestrator.studies.report import StudyTables, long_rows, plot_accuracy, plot_ranks, study_tables, write_tables
 from orchestrator.studies.scores import SCORES_FOLDER, ScorePhase, compute_scores, read_computations
 from orchestrator.studies.trial import CELL_METRICS, CELL_TAGS, StudyBaseline, StudySettings, study_cell
-from orchestrator.sweeps.baseline import compute_baseline_statistics, prepare_baseline, say
-from orchestrator.sweeps.checks import ConfigError
-from orchestrator.sweeps.config_file import default_name, read_config_file
-from orchestrator.sweeps.runner import EXPERIMENT_NAME, check_tracking_reachable, finished_cleanly, ray_connection, \
+from orchestrator.experiment.baseline import compute_baseline_statistics, prepare_baseline, say
+from orchestrator.experiment.checks import ConfigError
+from orchestrator.experiment.config_file import default_name, read_config_file
+from orchestrator.experiment.runner import EXPERIMENT_NAME, check_tracking_reachable, finished_cleanly, ray_connection, \
     run_trials, start_parent_run
-from orchestrator.sweeps.tracking import Tracker
+from orchestrator.experiment.tracking import Tracker
 from pruning.utils import atomic_write
 
 __all__ = ["TRACKING_KIND", "StudyResult", "load_study_config", "run_study", "resume_study", "study_report",
@@ -120,10 +120,10 @@ def run_study(config: StudyConfig, *, address: str | None = None, resume: bool =
     too. ``inject_failures``: criterion labels whose scoring raises (tests of failure handling)."""
     import ray
 
-    from orchestrator.sweeps.model_settings import check_source_exists
-    from orchestrator.sweeps.run_info import dataset_entity, system_tags
-    from orchestrator.sweeps.search import FixedConfigs
-    from orchestrator.sweeps.trials import TrialSettings, import_paths_of, put_shared, trial_threads
+    from orchestrator.experiment.model_settings import check_source_exists
+    from orchestrator.experiment.run_info import dataset_entity, system_tags
+    from orchestrator.experiment.fixed_configs import FixedConfigs
+    from orchestrator.experiment.worker import WorkerSettings, put_shared, trial_threads
 
     started = time.perf_counter()
     _check_run_dir(config, resume)
@@ -147,11 +147,7 @@ def run_study(config: StudyConfig, *, address: str | None = None, resume: bool =
         baselines = {}
         for label, setup in setups.items():
             stats = _statistics(config, setup, Path(config.run_dir) / "baselines" / label, progress)
-            baselines[label] = StudyBaseline(put_shared(setup, stats, None), TrialSettings(
-                data_config=asdict(setup.data_config), shape=setup.shape, seed=0, threads=threads,
-                # each cell runs its own recipe (StudySettings.recipes): this one is never read
-                baseline=dict(setup.metrics), recipe=next(iter(config.recipes.values())),
-                strategy=config.pruning.strategy, import_paths=import_paths_of(setup.spec.name)))
+            baselines[label] = StudyBaseline(put_shared(setup, stats, None), WorkerSettings.of(setup, threads))
         tracker = Tracker(config.tracking_uri, config.tracking.experiment, config.run_dir, kind=TRACKING_KIND,
                           unique_names=True)
         metrics = {f"{label}.{k}": v for label, setup in setups.items() for k, v in setup.metrics.items()}

@@ -21,8 +21,8 @@ import torch
 
 from orchestrator.studies.cells import SNPFI_PRIOR, ScoreKey, score_keys
 from orchestrator.studies.config import StudyConfig
-from orchestrator.sweeps.baseline import say
-from orchestrator.sweeps.tracking import error_summary
+from orchestrator.experiment.baseline import say
+from orchestrator.experiment.tracking import error_summary
 from pruning.utils import atomic_write
 
 __all__ = ["SCORES_FOLDER", "COMPUTATIONS_FILE", "ScoresUnavailable", "ScorePhase", "compute_scores", "load_scores",
@@ -71,23 +71,18 @@ def _score_task(refs, settings, criterion: tuple[str, Mapping[str, Any]] | None,
                 taus: tuple[float, ...], fail: bool) -> dict[str, Any]:
     """Runs in a Ray worker: one criterion's scores (``criterion``: name and options), or with
     ``criterion`` None SNPFI's layer sparsity at each of ``taus``."""
-    import ray
-
-    from orchestrator.sweeps.trials import InjectedFailure, _make_importable, _rebuild_model, _trial_device
+    from orchestrator.experiment.worker import InjectedFailure, fetch_baseline, trial_device
     from pruning.criteria import ScoringContext, create_criterion
     from pruning.games import snpfi_sparsity
     from pruning.pipeline import score_channels
 
-    torch.set_num_threads(settings.threads)
-    _make_importable(settings)
+    settings.enter()
     started = time.perf_counter()
     if fail:
         raise InjectedFailure(f"injected failure in scoring {criterion[0] if criterion else SNPFI_PRIOR}")
-    device = _trial_device()
-    model = _rebuild_model(*ray.get(refs.model)).to(device)
-    space = ray.get(refs.space)
-    context = ScoringContext(calibration=ray.get(refs.batches),
-                             stats=ray.get(refs.stats) if refs.stats is not None else None, device=device)
+    shared = fetch_baseline(refs, settings)
+    model, space, device = shared.build_model(), shared.space, trial_device()
+    context = ScoringContext(calibration=shared.batches, stats=shared.stats, device=device)
     if criterion is None:
         snpfi = create_criterion("snpfi", seed=seed)
         estimates = list(snpfi.estimates(model, space.select(strategy), context))

@@ -15,12 +15,13 @@ from typing import Any, Mapping, Sequence
 import yaml
 
 from orchestrator.report import format_table, format_value
-from orchestrator.sweeps.baseline import say
-from orchestrator.sweeps.checks import ConfigError, default_tracking_uri
-from orchestrator.sweeps.config import RESOLVED_CONFIG_FILE, TrackingSettings
+from orchestrator.experiment.baseline import say
+from orchestrator.experiment.checks import ConfigError, default_tracking_uri
+from orchestrator.experiment.checks import TrackingSettings
+from orchestrator.sweeps.config import RESOLVED_CONFIG_FILE
 from orchestrator.sweeps.front import front_table, hypervolume, pareto_front, plot_front
 from orchestrator.sweeps.refine import STAGE_REFINE
-from orchestrator.sweeps.tracking import ONNX_MODEL_NAME, TAG_PARETO, TAG_STAGE, TAG_SWEEP, Tracker, TrialRecord
+from orchestrator.experiment.tracking import ONNX_MODEL_NAME, TAG_PARETO, TAG_STAGE, TAG_SWEEP, Tracker, TrialRecord
 from orchestrator.sweeps.trials import MODEL_FILE
 from pruning.errors import InputError
 

@@ -1,18 +1,15 @@
-"""Search algorithms of sweeps: the define-by-run function handed to ``OptunaSearch``, the
-Optuna sampler, and :class:`FixedConfigs` (the refinement stage's given trial configs)."""
+"""The screening stage's search: the define-by-run function handed to ``OptunaSearch`` and the
+Optuna sampler (the refinement stage's given configs: :mod:`orchestrator.experiment.fixed_configs`)."""
 from __future__ import annotations
 
 import contextlib
-import pickle
-from typing import Any, Collection, Iterator, Mapping, Sequence
+from typing import Any, Collection, Iterator, Mapping
 
-from ray.tune.search import Searcher
-
-from orchestrator.sweeps.checks import ConfigError
+from orchestrator.experiment.checks import ConfigError
 from orchestrator.sweeps.config import SAMPLERS
 from orchestrator.sweeps.refine import STAGE_SCREEN
 
-__all__ = ["DefineByRun", "FixedConfigs", "register_context", "make_sampler"]
+__all__ = ["DefineByRun", "register_context", "make_sampler"]
 
 #: define-by-run contexts by key (a sweep's run directory): the SpaceContext stays in the driver
 #: and out of the searcher's pickled state (Tune saves the searcher with every experiment snapshot)
@@ -63,38 +60,6 @@ class DefineByRun:
         if trial.number in self.inject_failures:
             extra["_inject_failure"] = True
         return extra
-
-
-class FixedConfigs(Searcher):
-    """A Tune searcher that hands out the given trial configs, in order, then finishes.
-
-    The refinement stage's search algorithm: its state (the configs and how many were handed out)
-    is saved with every experiment snapshot, so ``Tuner.restore`` neither repeats nor skips one.
-    """
-
-    def __init__(self, configs: Sequence[Mapping[str, Any]]) -> None:
-        super().__init__()
-        self.configs = [dict(c) for c in configs]
-        self.given: dict[str, int] = {}  # Tune trial id -> index into configs
-
-    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
-        if trial_id not in self.given:
-            if len(self.given) >= len(self.configs):
-                return Searcher.FINISHED
-            self.given[trial_id] = len(self.given)
-        return dict(self.configs[self.given[trial_id]])
-
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        pass
-
-    def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as handle:
-            pickle.dump({"configs": self.configs, "given": self.given}, handle)
-
-    def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as handle:
-            state = pickle.load(handle)
-        self.configs, self.given = state["configs"], state["given"]
 
 
 def make_sampler(name: str, seed: int, population_size: int | None = None):

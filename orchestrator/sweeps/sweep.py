@@ -2,7 +2,7 @@
 
 :func:`run_sweep` runs one sweep from a :class:`~orchestrator.sweeps.config.SweepConfig`:
 
-1. The driver prepares the baseline once (``orchestrator.sweeps.baseline``): checkpoint,
+1. The driver prepares the baseline once (``orchestrator.experiment.baseline``): checkpoint,
    calibration batches, activation statistics and, for the ``snpfi`` space, utilization curves
    (kept in ``<run_dir>/baseline/`` and reused on resume). The shared objects go into the Ray
    object store once; trials receive the references.
@@ -33,17 +33,16 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Collection, Iterator, Sequence
 
-from orchestrator.sweeps.baseline import load_or_compute_extras, prepare_baseline, say
-from orchestrator.sweeps.model_settings import check_source_exists
-from orchestrator.sweeps.checks import ConfigError
-from orchestrator.sweeps.config import RESOLVED_CONFIG_FILE, SweepConfig, dump_sweep_config
-from orchestrator.sweeps.config_file import load_sweep_config
+from orchestrator.experiment.baseline import load_or_compute_extras, prepare_baseline, say
+from orchestrator.experiment.model_settings import check_source_exists
+from orchestrator.experiment.checks import ConfigError
+from orchestrator.sweeps.config import RESOLVED_CONFIG_FILE, SweepConfig, dump_sweep_config, load_sweep_config
 from orchestrator.sweeps.results import SweepResult, finalize_sweep
-from orchestrator.sweeps.runner import (
+from orchestrator.experiment.runner import (
     EXPERIMENT_NAME,
     check_tracking_reachable,
     finished_cleanly,
@@ -52,12 +51,12 @@ from orchestrator.sweeps.runner import (
     start_parent_run,
 )
 from orchestrator.sweeps.refine import REFINE_EXPERIMENT, STAGE_REFINE, STAGE_SCREEN, select_candidates
-from orchestrator.sweeps.search import DefineByRun, FixedConfigs, make_sampler, register_context
-from orchestrator.sweeps.run_info import dataset_entity, system_tags
-from orchestrator.sweeps.tracking import Tracker
-from orchestrator.sweeps.trials import (
-    TRIAL_METRICS, TRIAL_TAGS, TrialSettings, import_paths_of, put_shared, sweep_trial, trial_threads,
-)
+from orchestrator.experiment.fixed_configs import FixedConfigs
+from orchestrator.sweeps.search import DefineByRun, make_sampler, register_context
+from orchestrator.experiment.run_info import dataset_entity, system_tags
+from orchestrator.experiment.tracking import Tracker
+from orchestrator.experiment.worker import WorkerSettings, put_shared, trial_threads
+from orchestrator.sweeps.trials import TRIAL_METRICS, TRIAL_TAGS, SweepTrialSettings, sweep_trial
 from pruning.utils import atomic_write
 
 __all__ = ["run_sweep", "resume_sweep", "screening_search", "refine_configs", "CANDIDATES_FILE"]
@@ -106,7 +105,7 @@ def run_sweep(
     ``address``: a Ray cluster to join (default: the running Ray, else a local one).
     ``progress``: one line per ended trial on stderr; ``verbose``: Tune's own status output too.
     ``inject_failures``: Optuna trial numbers whose trial raises
-    :class:`~orchestrator.sweeps.trials.InjectedFailure` before doing anything (to exercise
+    :class:`~orchestrator.experiment.worker.InjectedFailure` before doing anything (to exercise
     failure handling; recorded as FAILED like any crash).
     Bad input raises ``ValueError`` subclasses before any trial starts.
     """
@@ -147,13 +146,11 @@ def run_sweep(
         say(progress, f"MLflow parent run {parent} in {config.tracking_uri}" + ("" if created else " (resumed)"))
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         key = str(Path(config.run_dir).absolute())
-        settings = TrialSettings(
-            data_config=asdict(setup.data_config), shape=setup.shape, seed=config.sweep.seed, threads=threads,
-            baseline=dict(setup.metrics), recipe=config.screen_recipe if config.two_stage else config.recipe,
-            measure_latency="latency_ms" in config.objectives, space_name=config.space.name,
-            space_options=dict(config.space.options), strategy=config.space.strategy,
+        settings = SweepTrialSettings(
+            WorkerSettings.of(setup, threads), space=space, strategy=config.space.strategy, seed=config.sweep.seed,
+            recipe=config.screen_recipe if config.two_stage else config.recipe,
+            measure_latency="latency_ms" in config.objectives,
             sampled_finetune=not config.two_stage, score_every_stage=not config.two_stage,
-            import_paths=import_paths_of(setup.spec.name),
         )
         stage = functools.partial(
             run_trials, tracker, sweep_trial, setup=setup, cpus_per_trial=config.sweep.cpus_per_trial,
@@ -214,7 +211,7 @@ def screening_search(config: SweepConfig, space, context, key: str, inject_failu
     )
 
 
-def _refine(config: SweepConfig, space, stage, settings: TrialSettings, screened, progress: bool) -> bool:
+def _refine(config: SweepConfig, space, stage, settings: SweepTrialSettings, screened, progress: bool) -> bool:
     """The refinement stage: ``sweep.refine.candidates`` screening trials (from ``screened``, a
     ResultGrid, told apart by ``space``'s plan parameters; None: resume the refinement experiment)
     with the refinement recipe. Returns whether every refined trial ended."""
@@ -237,7 +234,7 @@ def _refine(config: SweepConfig, space, stage, settings: TrialSettings, screened
     concurrency = config.sweep.refine.concurrency or config.sweep.concurrency
     share = config.sweep.concurrency / concurrency  # of a screening trial's resources, per refined trial
     refined = replace(settings, recipe=config.refine_recipe, score_every_stage=True,
-                      threads=trial_threads(config.sweep.cpus_per_trial * share))
+                      worker=replace(settings.worker, threads=trial_threads(config.sweep.cpus_per_trial * share)))
     results = stage(
         settings=refined, num_samples=len(configs), resume=resume,
         name=REFINE_EXPERIMENT, stage=STAGE_REFINE, make_search=lambda: FixedConfigs(configs), concurrency=concurrency,

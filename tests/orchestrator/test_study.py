@@ -19,7 +19,7 @@ from orchestrator.studies import (StudyConfig, run_study, score_keys, study_cell
                                   study_phase_times)
 from orchestrator.studies.run import TRACKING_KIND
 from orchestrator.studies.scores import SCORES_FOLDER, read_computations
-from orchestrator.sweeps import Tracker
+from orchestrator.experiment import Tracker
 from resume_helpers import snapshot_with_an_ended_trial, terminated_in_snapshot, wait_for, wait_while_running
 
 pytestmark = pytest.mark.fashion_mnist

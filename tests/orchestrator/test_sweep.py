@@ -15,19 +15,8 @@ import yaml
 
 from orchestrator import cli
 from orchestrator.report import format_value
-from orchestrator.sweeps import (
-    TAG_ERROR,
-    TAG_PARETO,
-    TAG_TRIAL_ID,
-    TAG_TRIAL_NUMBER,
-    DefineByRun,
-    SweepConfig,
-    Tracker,
-    TrialRecord,
-    pareto_front,
-    register_context,
-    run_sweep,
-)
+from orchestrator.experiment import TAG_ERROR, TAG_PARETO, TAG_TRIAL_ID, TAG_TRIAL_NUMBER, Tracker, TrialRecord
+from orchestrator.sweeps import DefineByRun, SweepConfig, pareto_front, register_context, run_sweep
 from pruning.structure import load_checkpoint, measure_cost
 from sweep_helpers import main_json, sweep_config, tracker_of
 

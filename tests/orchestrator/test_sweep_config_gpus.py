@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from orchestrator.sweeps import ConfigError, SweepConfig, load_sweep_config
+from orchestrator.experiment import ConfigError
+from orchestrator.sweeps import SweepConfig, dump_sweep_config, load_sweep_config
 
 BASE = {"checkpoint": "base.pt", "space": {"name": "uniform"}}
 
@@ -39,7 +40,7 @@ def test_gpu_defaults_fractions_and_round_trip(tmp_path):
     assert config.sweep.gpus_per_trial == 0.25 and config.sweep.gpus_per_worker == 1
     resolved = config.to_dict()["sweep"]
     assert resolved["gpus_per_trial"] == 0.25 and resolved["gpus_per_worker"] == 1
-    assert SweepConfig.from_dict(yaml.safe_load(config.to_yaml())) == config
+    assert SweepConfig.from_dict(yaml.safe_load(dump_sweep_config(config))) == config
     path = tmp_path / "gpu.yaml"
     path.write_text(yaml.safe_dump(BASE))
     assert load_sweep_config(path, {"sweep.gpus_per_trial": 0.5}).sweep.gpus_per_trial == 0.5

@@ -23,9 +23,9 @@ import yaml
 from cluster_helpers import MLFLOW, MlflowServer, free_port
 from orchestrator.distributed import network as private_network
 from orchestrator.distributed import relay
-from orchestrator.sweeps import Tracker, callback, runner
-from orchestrator.sweeps.callback import MlflowTrialLogger
-from orchestrator.sweeps.tracking_server import GuardedClient, TrackingUnavailable, unavailable_reason
+from orchestrator.experiment import Tracker, callback, runner
+from orchestrator.experiment.callback import MlflowTrialLogger
+from orchestrator.experiment.tracking_server import GuardedClient, TrackingUnavailable, unavailable_reason
 
 REPO = Path(__file__).resolve().parents[2]
 TIMEOUT_S = 600

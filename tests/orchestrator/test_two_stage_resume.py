@@ -20,8 +20,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestrator.sweeps import TAG_TRIAL_NUMBER, SweepConfig, Tracker
-from orchestrator.sweeps.tracking import TAG_PARENT, TAG_REFINES, TAG_STAGE
+from orchestrator.experiment import TAG_TRIAL_NUMBER, Tracker
+from orchestrator.sweeps import SweepConfig
+from orchestrator.experiment.tracking import TAG_PARENT, TAG_REFINES, TAG_STAGE
 from resume_helpers import ran_once
 
 REPO = Path(__file__).resolve().parents[2]

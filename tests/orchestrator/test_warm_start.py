@@ -102,7 +102,7 @@ def test_targets_refine_the_most_accurate_trial_reaching_each_first():
 
 
 def test_refine_targets_are_validated():
-    from orchestrator.sweeps.checks import ConfigError
+    from orchestrator.experiment.checks import ConfigError
     from orchestrator.sweeps.refine import RefineSettings
 
     assert RefineSettings(candidates=3, targets=[0.3, 0.5]).targets == (0.3, 0.5)

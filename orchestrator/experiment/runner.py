@@ -12,17 +12,16 @@ import urllib.parse
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
-from orchestrator.sweeps.baseline import BaselineSetup
-from orchestrator.sweeps.callback import MlflowTrialLogger, ProgressLines
-from orchestrator.sweeps.checks import ConfigError
-from orchestrator.sweeps.config import flatten
-from orchestrator.sweeps.tracking import TAG_COMMIT, TAG_SWEEP, TUNE_EXPERIMENT, Tracker, git_commit
-from orchestrator.sweeps.tracking_server import TrackingUnavailable, check_server
-from orchestrator.sweeps.trials import put_shared
+from orchestrator.experiment.baseline import BaselineSetup
+from orchestrator.experiment.callback import MlflowTrialLogger, ProgressLines
+from orchestrator.experiment.checks import ConfigError
+from orchestrator.experiment.tracking import TAG_COMMIT, TAG_SWEEP, TUNE_EXPERIMENT, Tracker, git_commit
+from orchestrator.experiment.tracking_server import TrackingUnavailable, check_server
+from orchestrator.experiment.worker import put_shared
 
 __all__ = [
     "EXPERIMENT_NAME", "check_storage_shared", "check_tracking_reachable", "ray_connection", "start_parent_run",
-    "run_trials", "finished_cleanly",
+    "run_trials", "finished_cleanly", "flatten",
 ]
 
 #: the Tune experiment's folder inside a run directory
@@ -188,10 +187,10 @@ def run_trials(
 ):
     """Run ``trial`` (``sweep_trial`` / ``study_cell``) as Tune trials, each logged to MLflow
     as a nested run of ``tracker``'s parent; returns Tune's ``ResultGrid``. ``settings`` is what
-    ``trial`` takes as its ``settings`` (a sweep's ``TrialSettings``, a study's ``StudySettings``).
+    ``trial`` takes as its ``settings`` (a sweep's ``SweepTrialSettings``, a study's ``StudySettings``).
 
     The baseline's shared objects go into the object store once (or pass ``refs`` from
-    :func:`~orchestrator.sweeps.trials.put_shared` to share them between runs); ``resume``
+    :func:`~orchestrator.experiment.worker.put_shared` to share them between runs); ``resume``
     restores the experiment in ``<run_dir>/<name>`` (its searcher and callbacks included) instead
     of starting one. ``make_search`` builds the search algorithm of a new experiment (None:
     ``param_space`` only). Console: with ``progress``, one line per ended trial (labelled
@@ -259,3 +258,15 @@ def _check_all_logged(tracker: Tracker) -> None:
 def finished_cleanly(results, expected: int) -> bool:
     """All ``expected`` trials were created and ended (terminated or errored): not interrupted."""
     return len(results) >= expected and results.num_terminated + results.num_errors >= len(results)
+
+
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists kept as values): MLflow params."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat

@@ -17,8 +17,8 @@ from typing import Any, ClassVar, Sequence
 
 from ray import tune
 
-from orchestrator.sweeps.tracking import TAG_REFINES, TAG_STAGE, TAG_TRIAL_NUMBER, Tracker, TrialRecord, finite_metric
-from orchestrator.sweeps.tracking_server import TrackingUnavailable
+from orchestrator.experiment.tracking import TAG_REFINES, TAG_STAGE, TAG_TRIAL_NUMBER, Tracker, TrialRecord, finite_metric
+from orchestrator.experiment.tracking_server import TrackingUnavailable
 
 __all__ = ["MlflowTrialLogger", "ProgressLines"]
 

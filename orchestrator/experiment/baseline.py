@@ -1,7 +1,7 @@
 """The unpruned baseline, prepared once on the driver: model, data, calibration batches, its
 metrics, and the activation statistics / utilization curves every trial shares.
 
-The baseline is a checkpoint, or a :class:`~orchestrator.sweeps.model_settings.ModelSettings`
+The baseline is a checkpoint, or a :class:`~orchestrator.experiment.model_settings.ModelSettings`
 (a model name with a state_dict file, options and dataset), which is checked up front to fit
 its dataset and to be prunable. Trials rebuild the model from its spec by name, so a
 ``package.module:factory`` model must be importable wherever trials run.
@@ -16,9 +16,9 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from orchestrator.sweeps.checks import ConfigError
-from orchestrator.sweeps.config import DataSettings
-from orchestrator.sweeps.model_settings import ModelSettings
+from orchestrator.experiment.checks import ConfigError
+from orchestrator.experiment.data_settings import DataSettings
+from orchestrator.experiment.model_settings import ModelSettings
 
 __all__ = [
     "BaselineSetup",
