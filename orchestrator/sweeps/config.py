@@ -278,6 +278,10 @@ class SweepConfig:
     def objectives(self) -> dict[str, str]:
         return dict(self.sweep.objectives)
 
+    def gpu_requests(self) -> dict[str, float]:
+        """The GPUs this sweep asks for, per trial and per statistics worker, by config key."""
+        return {f"sweep.{key}": getattr(self.sweep, key) for key in _GPU_KEYS}
+
     @classmethod
     def from_dict(cls, data: Any, *, default_name: str = "sweep") -> SweepConfig:
         data = check_mapping("", data)

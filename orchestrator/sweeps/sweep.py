@@ -28,7 +28,6 @@ two-stage sweep resumes the stage it was in: screening (then refinement), or ref
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import os
 import shutil
@@ -38,24 +37,17 @@ from pathlib import Path
 from typing import Any, Collection, Iterator, Sequence
 
 from orchestrator.experiment.baseline import load_or_compute_extras, prepare_baseline, say
-from orchestrator.experiment.model_settings import check_source_exists
 from orchestrator.experiment.checks import ConfigError
-from orchestrator.sweeps.config import RESOLVED_CONFIG_FILE, SweepConfig, dump_sweep_config, load_sweep_config
-from orchestrator.sweeps.results import SweepResult, finalize_sweep
-from orchestrator.experiment.runner import (
-    EXPERIMENT_NAME,
-    check_tracking_reachable,
-    finished_cleanly,
-    ray_connection,
-    run_trials,
-    start_parent_run,
-)
-from orchestrator.sweeps.refine import REFINE_EXPERIMENT, STAGE_REFINE, STAGE_SCREEN, select_candidates
+from orchestrator.experiment.experiment import Experiment, ExperimentSpec
 from orchestrator.experiment.fixed_configs import FixedConfigs
-from orchestrator.sweeps.search import DefineByRun, make_sampler, register_context
-from orchestrator.experiment.run_info import dataset_entity, system_tags
-from orchestrator.experiment.tracking import Tracker
+from orchestrator.experiment.runner import (
+    EXPERIMENT_NAME, TrialOutput, TrialResources, TrialsSpec, finished_cleanly, run_trials,
+)
 from orchestrator.experiment.worker import WorkerSettings, put_shared, trial_threads
+from orchestrator.sweeps.config import RESOLVED_CONFIG_FILE, SweepConfig, load_sweep_config
+from orchestrator.sweeps.refine import REFINE_EXPERIMENT, STAGE_REFINE, STAGE_SCREEN, select_candidates
+from orchestrator.sweeps.results import SweepResult, finalize_sweep
+from orchestrator.sweeps.search import DefineByRun, make_sampler, register_context
 from orchestrator.sweeps.trials import TRIAL_METRICS, TRIAL_TAGS, SweepTrialSettings, sweep_trial
 from pruning.utils import atomic_write
 
@@ -63,32 +55,6 @@ __all__ = ["run_sweep", "resume_sweep", "screening_search", "refine_configs", "C
 
 #: the refinement stage's trial configs, written when it starts (read back by a resume)
 CANDIDATES_FILE = "refine-candidates.json"
-
-
-def _check_run_dir(config: SweepConfig, resume: bool) -> None:
-    from ray import tune
-
-    experiment = Path(config.run_dir) / EXPERIMENT_NAME
-    if resume:
-        if not tune.Tuner.can_restore(str(experiment)):
-            raise ConfigError("resume", f"{config.run_dir} holds no sweep to resume (no {experiment})")
-    elif experiment.exists():
-        raise ConfigError(
-            "run_dir", f"{config.run_dir} already holds a sweep: resume it with "
-            f"`prunesweep sweep --resume {config.run_dir}` or choose another run_dir"
-        )
-
-
-def _check_gpus(config: SweepConfig) -> None:
-    """Refuse GPUs per trial or per statistics actor on a Ray cluster without GPUs (Ray would
-    leave the trials pending forever)."""
-    import ray
-
-    have = float(ray.cluster_resources().get("GPU", 0))
-    for key in ("gpus_per_trial", "gpus_per_worker"):
-        want = getattr(config.sweep, key)
-        if want > 0 and want > have:
-            raise ConfigError(f"sweep.{key}", f"is {want:g} but the Ray cluster has {have:g} GPU(s); use 0 to run on CPUs")
 
 
 def run_sweep(
@@ -113,22 +79,17 @@ def run_sweep(
 
     from search_spaces import SpaceContext
 
-    _check_run_dir(config, resume)
-    check_tracking_reachable(config.tracking_uri)
-    check_source_exists(config.source)
+    experiment = Experiment.open(ExperimentSpec.of("sweep", config, RESOLVED_CONFIG_FILE), resume, [config.source])
     space = config.space.create()  # bad space options fail before anything loads
     make_sampler(config.sweep.sampler, config.sweep.seed, config.sweep.population_size)  # fails early
-    threads = trial_threads(config.sweep.cpus_per_trial)
+    resources = TrialResources(config.sweep.cpus_per_trial, config.sweep.gpus_per_trial, config.sweep.concurrency)
     say(progress, f"loading baseline {config.checkpoint or config.model.name}")
     phases: dict[str, float] = {}  # wall seconds of this run's phases (SweepResult.phases)
     with timed(phases, "baseline"):
         setup = prepare_baseline(config.source, config.data, latency="latency_ms" in config.objectives,
-                                 threads=threads, progress=progress)
-    text = dump_sweep_config(config)
-    if not resume:
-        atomic_write(Path(config.run_dir) / RESOLVED_CONFIG_FILE, lambda tmp: tmp.write_text(text))
-    with ray_connection(address, verbose):
-        _check_gpus(config)
+                                 threads=trial_threads(resources.cpus), progress=progress)
+    experiment.record()
+    with experiment.connect(address, verbose, config.gpu_requests()):
         with timed(phases, "extras"):  # statistics / utilization curves (read back on a resume)
             stats, utilization = load_or_compute_extras(
                 setup, Path(config.run_dir) / "baseline", space=space,
@@ -137,45 +98,38 @@ def run_sweep(
                 seed=config.sweep.seed, progress=progress,
             )
         context = SpaceContext(space=setup.space, strategy=config.space.strategy, stats=stats, utilization=utilization)
-        tracker = Tracker(config.tracking_uri, config.tracking.experiment, config.run_dir, kind="sweep")
-        parent, created = start_parent_run(
-            tracker, config.name, config.to_dict(), {"config/sweep.yaml": text}, baseline=setup.metrics,
-            tags={"prunesweep.space": config.space.name, **system_tags(config.sweep.gpus_per_trial)}, reuse=resume,
-        )
-        tracker.log_dataset(parent, dataset_entity(setup.data_config, setup.splits))
+        parent, created = experiment.start(baseline=setup.metrics, setups=[setup], gpus_per_trial=resources.gpus,
+                                           tags={"prunesweep.space": config.space.name})
         say(progress, f"MLflow parent run {parent} in {config.tracking_uri}" + ("" if created else " (resumed)"))
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         key = str(Path(config.run_dir).absolute())
         settings = SweepTrialSettings(
-            WorkerSettings.of(setup, threads), space=space, strategy=config.space.strategy, seed=config.sweep.seed,
-            recipe=config.screen_recipe if config.two_stage else config.recipe,
+            WorkerSettings.of(setup, trial_threads(resources.cpus)), space=space, strategy=config.space.strategy,
+            seed=config.sweep.seed, recipe=config.screen_recipe if config.two_stage else config.recipe,
             measure_latency="latency_ms" in config.objectives,
             sampled_finetune=not config.two_stage, score_every_stage=not config.two_stage,
         )
-        stage = functools.partial(
-            run_trials, tracker, sweep_trial, setup=setup, cpus_per_trial=config.sweep.cpus_per_trial,
-            gpus_per_trial=config.sweep.gpus_per_trial,
-            concurrency=config.sweep.concurrency, metric_names=TRIAL_METRICS, tag_names=TRIAL_TAGS,
-            refs=put_shared(setup, stats, utilization), progress=progress, verbose=verbose,
+        screening = TrialsSpec(
+            sweep_trial, settings, put_shared(setup, stats, utilization), resources, config.sweep.trials,
+            make_search=lambda: screening_search(config, space, context, key, inject_failures),
+            folder=EXPERIMENT_NAME, stage=STAGE_SCREEN,
         )
+        output = TrialOutput(TRIAL_METRICS, TRIAL_TAGS, progress=progress, verbose=verbose)
+        tracker = experiment.tracker
         refining = config.two_stage and resume and _restorable(config, REFINE_EXPERIMENT)
         with register_context(key, context):
             if refining:  # killed during refinement: screening is done
                 say(progress, f"resuming {Path(config.run_dir) / REFINE_EXPERIMENT}")
                 with timed(phases, "refinement"):
-                    complete = _refine(config, space, stage, settings, None, progress)
+                    complete = _refine(config, tracker, screening, output, None)
             else:
                 say(progress and resume, f"resuming {Path(config.run_dir) / EXPERIMENT_NAME}")
                 with timed(phases, "screening"):
-                    screened = stage(
-                        settings=settings, num_samples=config.sweep.trials, resume=resume, name=EXPERIMENT_NAME,
-                        stage=STAGE_SCREEN,
-                        make_search=lambda: screening_search(config, space, context, key, inject_failures),
-                    )
+                    screened = run_trials(tracker, screening, output, resume=resume)
                 complete = finished_cleanly(screened, config.sweep.trials)
                 if config.two_stage and complete:
                     with timed(phases, "refinement"):
-                        complete = _refine(config, space, stage, settings, screened, progress)
+                        complete = _refine(config, tracker, screening, output, screened)
         return finalize_sweep(tracker, config, setup, complete, progress, phases)
 
 
@@ -211,36 +165,35 @@ def screening_search(config: SweepConfig, space, context, key: str, inject_failu
     )
 
 
-def _refine(config: SweepConfig, space, stage, settings: SweepTrialSettings, screened, progress: bool) -> bool:
+def _refine(config: SweepConfig, tracker, screening: TrialsSpec, output: TrialOutput, screened) -> bool:
     """The refinement stage: ``sweep.refine.candidates`` screening trials (from ``screened``, a
-    ResultGrid, told apart by ``space``'s plan parameters; None: resume the refinement experiment)
-    with the refinement recipe. Returns whether every refined trial ended."""
+    ResultGrid, told apart by the space's plan parameters; None: resume the refinement
+    experiment) with the refinement recipe, run like ``screening`` but for what differs.
+    Returns whether every refined trial ended."""
     folder = Path(config.run_dir) / REFINE_EXPERIMENT
     chosen_file = Path(config.run_dir) / CANDIDATES_FILE
     resume = screened is None
+    settings = screening.settings
     if resume:
         configs = json.loads(chosen_file.read_text())
     else:
         configs = refine_configs(screened, config.objectives, config.sweep.refine.candidates,
                                  config.sweep.refine.targets, config.sweep.refine.per_target,
-                                 plan_params=space.plan_params)
+                                 plan_params=settings.space.plan_params)
         atomic_write(chosen_file, lambda tmp: tmp.write_text(json.dumps(configs, indent=2)))
         if folder.exists():  # started, but killed before Tune's first snapshot: nothing to keep
             shutil.rmtree(folder)
-    say(progress and not resume,
+    say(output.progress and not resume,
         f"refining {len(configs)} screening trial(s): {', '.join(c['_refines'] for c in configs) or 'none feasible'}")
     if not configs:
         return True
-    concurrency = config.sweep.refine.concurrency or config.sweep.concurrency
-    share = config.sweep.concurrency / concurrency  # of a screening trial's resources, per refined trial
+    # the screening trials' resources, shared by refinement's concurrency
+    resources = screening.resources.shared(config.sweep.refine.concurrency or config.sweep.concurrency)
     refined = replace(settings, recipe=config.refine_recipe, score_every_stage=True,
-                      worker=replace(settings.worker, threads=trial_threads(config.sweep.cpus_per_trial * share)))
-    results = stage(
-        settings=refined, num_samples=len(configs), resume=resume,
-        name=REFINE_EXPERIMENT, stage=STAGE_REFINE, make_search=lambda: FixedConfigs(configs), concurrency=concurrency,
-        cpus_per_trial=config.sweep.cpus_per_trial * share, gpus_per_trial=config.sweep.gpus_per_trial * share,
-    )
-    return finished_cleanly(results, len(configs))
+                      worker=replace(settings.worker, threads=trial_threads(resources.cpus)))
+    refinement = replace(screening, settings=refined, resources=resources, count=len(configs),
+                         make_search=lambda: FixedConfigs(configs), folder=REFINE_EXPERIMENT, stage=STAGE_REFINE)
+    return finished_cleanly(run_trials(tracker, refinement, output, resume=resume), len(configs))
 
 
 def refine_configs(screened, objectives, count: int, targets: Sequence[float] = (),
