@@ -3,9 +3,10 @@ Optuna sampler (the refinement stage's given configs: :mod:`orchestrator.experim
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Collection, Iterator, Mapping
+from typing import Any, Iterator
 
 from orchestrator.experiment.checks import ConfigError
+from orchestrator.experiment.trial_meta import META_KEY, TrialMeta
 from orchestrator.sweeps.config import SAMPLERS
 from orchestrator.sweeps.refine import STAGE_SCREEN
 
@@ -29,37 +30,23 @@ def register_context(key: str, context) -> Iterator[None]:
 
 class DefineByRun:
     """The define-by-run function handed to ``OptunaSearch``: ``space.define(trial, context)``
-    with the context registered under ``key`` (:func:`register_context`).
-
-    Returns bookkeeping constants that Tune adds to the trial's config: ``_trial_number``
-    (Optuna's trial number, which names the MLflow run), ``_stage`` (``screen``) and, for trials
-    selected with ``inject_failures``, ``_inject_failure``. Pickles to its plain settings only.
+    (``space``: the built :class:`~search_spaces.SearchSpace`) with the context registered under
+    ``key`` (:func:`register_context`). Returns the trial's
+    :class:`~orchestrator.experiment.trial_meta.TrialMeta` (Optuna's trial number, which names the
+    MLflow run, and the stage ``screen``), which Tune adds to the trial's config. Pickles to the
+    space and the key only (Tune saves the searcher with every experiment snapshot).
     """
 
-    def __init__(self, space_name: str, space_options: Mapping[str, Any], key: str,
-                 inject_failures: Collection[int] = ()) -> None:
-        self.space_name = space_name
-        self.space_options = dict(space_options)
+    def __init__(self, space, key: str) -> None:
+        self.space = space
         self.key = key
-        self.inject_failures = tuple(sorted(set(inject_failures)))
-        self._space = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_space": None}
 
     def __call__(self, trial) -> dict[str, Any]:
-        from search_spaces import create_search_space
-
-        if self._space is None:
-            self._space = create_search_space(self.space_name, **self.space_options)
         context = _CONTEXTS.get(self.key)
         if context is None:
             raise RuntimeError(f"no search-space context registered for {self.key}")
-        self._space.define(trial, context)
-        extra: dict[str, Any] = {"_trial_number": trial.number, "_stage": STAGE_SCREEN}
-        if trial.number in self.inject_failures:
-            extra["_inject_failure"] = True
-        return extra
+        self.space.define(trial, context)
+        return {META_KEY: TrialMeta(number=trial.number, stage=STAGE_SCREEN)}
 
 
 def make_sampler(name: str, seed: int, population_size: int | None = None):

@@ -34,7 +34,7 @@ import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Collection, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 from orchestrator.experiment.baseline import load_or_compute_extras, prepare_baseline, say
 from orchestrator.experiment.checks import ConfigError
@@ -43,6 +43,7 @@ from orchestrator.experiment.fixed_configs import FixedConfigs
 from orchestrator.experiment.runner import (
     EXPERIMENT_NAME, TrialOutput, TrialResources, TrialsSpec, finished_cleanly, run_trials,
 )
+from orchestrator.experiment.trial_meta import META_KEY, TrialMeta, plain_config, split_config, typed_config
 from orchestrator.experiment.worker import WorkerSettings, put_shared, trial_threads
 from orchestrator.sweeps.config import RESOLVED_CONFIG_FILE, SweepConfig, load_sweep_config
 from orchestrator.sweeps.refine import REFINE_EXPERIMENT, STAGE_REFINE, STAGE_SCREEN, select_candidates
@@ -64,15 +65,11 @@ def run_sweep(
     resume: bool = False,
     progress: bool = True,
     verbose: bool = False,
-    inject_failures: Collection[int] = (),
 ) -> SweepResult:
     """Run (or, with ``resume``, continue) the sweep ``config``; see the module docstring.
 
     ``address``: a Ray cluster to join (default: the running Ray, else a local one).
     ``progress``: one line per ended trial on stderr; ``verbose``: Tune's own status output too.
-    ``inject_failures``: Optuna trial numbers whose trial raises
-    :class:`~orchestrator.experiment.worker.InjectedFailure` before doing anything (to exercise
-    failure handling; recorded as FAILED like any crash).
     Bad input raises ``ValueError`` subclasses before any trial starts.
     """
     import optuna
@@ -111,7 +108,7 @@ def run_sweep(
         )
         screening = TrialsSpec(
             sweep_trial, settings, put_shared(setup, stats, utilization), resources, config.sweep.trials,
-            make_search=lambda: screening_search(config, space, context, key, inject_failures),
+            make_search=lambda: screening_search(config, space, context, key),
             folder=EXPERIMENT_NAME, stage=STAGE_SCREEN,
         )
         output = TrialOutput(TRIAL_METRICS, TRIAL_TAGS, progress=progress, verbose=verbose)
@@ -149,7 +146,7 @@ def _restorable(config: SweepConfig, name: str) -> bool:
     return tune.Tuner.can_restore(str(Path(config.run_dir) / name))
 
 
-def screening_search(config: SweepConfig, space, context, key: str, inject_failures: Collection[int]):
+def screening_search(config: SweepConfig, space, context, key: str):
     """The screening stage's searcher: Optuna, with the space's warm starts enqueued first."""
     from ray.tune.search.optuna import OptunaSearch
 
@@ -157,7 +154,7 @@ def screening_search(config: SweepConfig, space, context, key: str, inject_failu
     many = len(objectives) > 1
     warm = space.warm_starts(context)[:config.sweep.trials] if config.sweep.warm_start else []
     return OptunaSearch(
-        space=DefineByRun(config.space.name, config.space.options, key, inject_failures),
+        space=DefineByRun(space, key),
         metric=list(objectives) if many else next(iter(objectives)),
         mode=list(objectives.values()) if many else next(iter(objectives.values())),
         sampler=make_sampler(config.sweep.sampler, config.sweep.seed, config.sweep.population_size),
@@ -175,16 +172,17 @@ def _refine(config: SweepConfig, tracker, screening: TrialsSpec, output: TrialOu
     resume = screened is None
     settings = screening.settings
     if resume:
-        configs = json.loads(chosen_file.read_text())
+        configs = [typed_config(c) for c in json.loads(chosen_file.read_text())]
     else:
         configs = refine_configs(screened, config.objectives, config.sweep.refine.candidates,
                                  config.sweep.refine.targets, config.sweep.refine.per_target,
                                  plan_params=settings.space.plan_params)
-        atomic_write(chosen_file, lambda tmp: tmp.write_text(json.dumps(configs, indent=2)))
+        text = json.dumps([plain_config(c) for c in configs], indent=2)
+        atomic_write(chosen_file, lambda tmp: tmp.write_text(text))
         if folder.exists():  # started, but killed before Tune's first snapshot: nothing to keep
             shutil.rmtree(folder)
     say(output.progress and not resume,
-        f"refining {len(configs)} screening trial(s): {', '.join(c['_refines'] for c in configs) or 'none feasible'}")
+        f"refining {len(configs)} screening trial(s): {', '.join(split_config(c)[1].refines for c in configs) or 'none feasible'}")
     if not configs:
         return True
     # the screening trials' resources, shared by refinement's concurrency
@@ -200,22 +198,23 @@ def refine_configs(screened, objectives, count: int, targets: Sequence[float] = 
                    per_target: int = 1, plan_params=dict) -> list[dict[str, Any]]:
     """The refined trials' configs: ``count`` screening trials of the ResultGrid ``screened``
     (:func:`~orchestrator.sweeps.refine.select_candidates`, two trials with the same
-    ``plan_params(params)`` being one plan), their sampled params with the bookkeeping that
-    names (``refine-NNN``) and tags (stage, screening trial) their runs."""
+    ``plan_params(params)`` being one plan), their sampled params with the
+    :class:`~orchestrator.experiment.trial_meta.TrialMeta` that names (``refine-NNN``) and tags
+    (stage, screening trial) their runs."""
     points = []
     for result in screened:
         if result.error is not None or not result.metrics:
             continue
-        params = {k: v for k, v in result.config.items() if not k.startswith("_")}
-        number = int(result.config["_trial_number"])
+        params, meta = split_config(result.config)
+        number = int(meta.number)
         metrics = result.metrics
         points.append({**{k: metrics.get(k) for k in objectives}, "feasible": metrics.get("feasible", 0) >= 0.5,
                        "macs_reduction": metrics.get("macs_reduction", 0.0), "accuracy": metrics.get("accuracy"),
                        "params": params, "plan": plan_params(params), "number": number})
     points.sort(key=lambda p: p["number"])
     return [
-        {**points[i]["params"], "_stage": STAGE_REFINE, "_run_name": f"refine-{points[i]['number']:03d}",
-         "_refines": f"trial-{points[i]['number']:03d}"}
+        {**points[i]["params"], META_KEY: TrialMeta(name=f"refine-{points[i]['number']:03d}", stage=STAGE_REFINE,
+                                                     refines=f"trial-{points[i]['number']:03d}")}
         for i in select_candidates(points, objectives, count, key="plan", targets=targets, per_target=per_target)
     ]
 

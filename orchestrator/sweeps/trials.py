@@ -14,8 +14,9 @@ from typing import Any
 
 from torch import nn
 
+from orchestrator.experiment.trial_meta import split_config
 from orchestrator.experiment.worker import (
-    STAGE_METRICS, CriterionPlan, InjectedFailure, SharedRefs, WorkerSettings, cost_metrics, fetch_baseline, prune_and_recover,
+    STAGE_METRICS, CriterionPlan, SharedRefs, WorkerSettings, cost_metrics, fetch_baseline, prune_and_recover,
     releases_memory,
 )
 from pruning.recovery import RecoveryRecipe
@@ -123,9 +124,7 @@ def sweep_trial(config: dict[str, Any], *, refs: SharedRefs, settings: SweepTria
     if _report_restored():
         return
     started, cpu_started = time.perf_counter(), time.process_time()
-    if config.get("_inject_failure"):
-        raise InjectedFailure(f"injected failure in trial {config.get('_trial_number')}")
-    params = {k: v for k, v in config.items() if not k.startswith("_")}
+    params, _ = split_config(config)
     baseline = fetch_baseline(refs, settings.worker)
     context = SpaceContext(space=baseline.space, strategy=settings.strategy, stats=baseline.stats,
                            utilization=baseline.utilization)

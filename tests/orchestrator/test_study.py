@@ -20,6 +20,7 @@ from orchestrator.studies import (StudyConfig, run_study, score_keys, study_cell
 from orchestrator.studies.run import TRACKING_KIND
 from orchestrator.studies.scores import SCORES_FOLDER, read_computations
 from orchestrator.experiment import Tracker
+from orchestrator.experiment.trial_meta import META_KEY
 from resume_helpers import snapshot_with_an_ended_trial, terminated_in_snapshot, wait_for, wait_while_running
 
 pytestmark = pytest.mark.fashion_mnist
@@ -169,7 +170,7 @@ def test_flag_compare_is_a_one_checkpoint_uniform_study(ray_session, tmp_path, m
 
 def _ended_cells(run_dir: Path) -> dict[str, str]:
     """Tune's trial folder -> its cell's run name, for every trial that reported."""
-    return {p.parent.name: json.loads((p.parent / "params.json").read_text())["_run_name"]
+    return {p.parent.name: json.loads((p.parent / "params.json").read_text())[META_KEY]
             for p in (run_dir / "tune").glob("*/result.json") if p.read_text().strip()}
 
 

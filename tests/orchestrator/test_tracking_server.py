@@ -26,6 +26,7 @@ from orchestrator.distributed import relay
 from orchestrator.experiment import Tracker, callback, runner
 from orchestrator.experiment.callback import MlflowTrialLogger
 from orchestrator.experiment.tracking_server import GuardedClient, TrackingUnavailable, unavailable_reason
+from orchestrator.experiment.trial_meta import META_KEY, TrialMeta
 
 REPO = Path(__file__).resolve().parents[2]
 TIMEOUT_S = 600
@@ -229,7 +230,7 @@ class FakeTracker:
 
 
 def fake_trial(number: int, status: str = "TERMINATED"):
-    return SimpleNamespace(trial_id=f"t{number}", config={"_trial_number": number, "criterion": "l1"},
+    return SimpleNamespace(trial_id=f"t{number}", config={META_KEY: TrialMeta(number=number), "criterion": "l1"},
                            last_result={"accuracy": 0.5, "macs": 10.0}, status=status, checkpoint=None,
                            experiment_tag=str(number))
 
