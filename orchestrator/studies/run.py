@@ -82,7 +82,7 @@ class StudyResult:
                 "statistics": tables.statistics}
 
 
-def _statistics(config: StudyConfig, setup, folder: Path, progress: bool):
+def _activation_statistics(config: StudyConfig, setup, folder: Path, progress: bool):
     """The checkpoint's activation statistics where anything reads them (cached in ``folder``)."""
     from pruning.criteria import statistics_options
     from pruning.statistics import ActivationStats
@@ -123,7 +123,7 @@ def run_study(config: StudyConfig, *, address: str | None = None, resume: bool =
     with experiment.connect(address, verbose, {"execution.gpus_per_trial": resources.gpus}):
         baselines = {}
         for label, setup in setups.items():
-            stats = _statistics(config, setup, Path(config.run_dir) / "baselines" / label, progress)
+            stats = _activation_statistics(config, setup, Path(config.run_dir) / "baselines" / label, progress)
             baselines[label] = StudyBaseline(put_shared(setup, stats, None), WorkerSettings.of(setup, threads))
         metrics = {f"{label}.{k}": v for label, setup in setups.items() for k, v in setup.metrics.items()}
         parent, created = experiment.start(baseline=metrics, setups=setups.values(), gpus_per_trial=resources.gpus)
