@@ -20,7 +20,7 @@ from orchestrator.experiment.tracking_server import TrackingUnavailable, check_s
 
 __all__ = [
     "EXPERIMENT_NAME", "check_storage_shared", "check_tracking_reachable", "ray_connection",
-    "TrialResources", "TrialsSpec", "TrialOutput", "run_trials", "finished_cleanly", "flatten",
+    "TrialResources", "TrialsSpec", "TrialOutput", "run_trials", "check_all_logged", "finished_cleanly", "flatten",
 ]
 
 #: the Tune experiment's folder inside a run directory
@@ -225,7 +225,7 @@ def run_trials(tracker: Tracker, trials: TrialsSpec, output: TrialOutput, *, res
         with contextlib.suppress(Exception):
             tracker.finish_parent("FAILED")
         raise
-    _check_all_logged(tracker)
+    check_all_logged(tracker)
     return results
 
 
@@ -251,7 +251,7 @@ def _new_tuner(tracker: Tracker, trainable, trials: TrialsSpec, output: TrialOut
     )
 
 
-def _check_all_logged(tracker: Tracker) -> None:
+def check_all_logged(tracker: Tracker) -> None:
     """Stop with one line when the trial logger could not log every ended trial, the server
     still unreachable at the experiment's end (Tune keeps the results: a resume logs them)."""
     missing = MlflowTrialLogger.unlogged.pop(tracker.run_dir, None)

@@ -96,7 +96,7 @@ class SpaceSettings:
         valid = accepted_options(search_space_class(self.name)) or []
         check_keys("space.", self.options, ["name", "strategy", *valid])
         try:
-            self.create()
+            space = self.create()
         except (ValueError, TypeError) as err:
             message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             option = next((o for o in sorted(self.options, key=len, reverse=True) if message.startswith(o)), None)
@@ -104,17 +104,13 @@ class SpaceSettings:
                 raise ConfigError("space", message) from None
             raise ConfigError(f"space.{option}", message[len(option):].lstrip(" :")) from None
         # resolved: every option of the space with its (validated) value, defaults included
-        object.__setattr__(self, "options", self.resolved_options())
+        object.__setattr__(self, "options", {k: to_plain(v) for k, v in space.options().items()})
 
     def create(self):
         """A fresh :class:`~search_spaces.SearchSpace` with these options."""
         from search_spaces import create_search_space
 
         return create_search_space(self.name, **self.options)
-
-    def resolved_options(self) -> dict[str, Any]:
-        """Every option of the space, defaults included, as plain YAML values."""
-        return {k: to_plain(v) for k, v in self.create().options().items()}
 
     @classmethod
     def from_dict(cls, data: Any) -> SpaceSettings:

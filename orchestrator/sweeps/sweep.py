@@ -77,8 +77,8 @@ def run_sweep(
     from search_spaces import SpaceContext
 
     experiment = Experiment.open(ExperimentSpec.of("sweep", config, RESOLVED_CONFIG_FILE), resume, [config.source])
-    space = config.space.create()  # bad space options fail before anything loads
-    make_sampler(config.sweep.sampler, config.sweep.seed, config.sweep.population_size)  # fails early
+    space = config.space.create()  # the one search space of the sweep: its searcher's, its trials'
+    sampler = make_sampler(config.sweep.sampler, config.sweep.seed, config.sweep.population_size)  # fails early
     resources = TrialResources(config.sweep.cpus_per_trial, config.sweep.gpus_per_trial, config.sweep.concurrency)
     say(progress, f"loading baseline {config.checkpoint or config.model.name}")
     phases: dict[str, float] = {}  # wall seconds of this run's phases (SweepResult.phases)
@@ -108,7 +108,7 @@ def run_sweep(
         )
         screening = TrialsSpec(
             sweep_trial, settings, put_shared(setup, stats, utilization), resources, config.sweep.trials,
-            make_search=lambda: screening_search(config, space, context, key),
+            make_search=lambda: screening_search(config, space, context, key, sampler),
             folder=EXPERIMENT_NAME, stage=STAGE_SCREEN,
         )
         output = TrialOutput(TRIAL_METRICS, TRIAL_TAGS, progress=progress, verbose=verbose)
@@ -146,8 +146,9 @@ def _restorable(config: SweepConfig, name: str) -> bool:
     return tune.Tuner.can_restore(str(Path(config.run_dir) / name))
 
 
-def screening_search(config: SweepConfig, space, context, key: str):
-    """The screening stage's searcher: Optuna, with the space's warm starts enqueued first."""
+def screening_search(config: SweepConfig, space, context, key: str, sampler=None):
+    """The screening stage's searcher: Optuna (``sampler``: the config's, made here where not
+    given), with the space's warm starts enqueued first."""
     from ray.tune.search.optuna import OptunaSearch
 
     objectives = config.objectives
@@ -157,7 +158,7 @@ def screening_search(config: SweepConfig, space, context, key: str):
         space=DefineByRun(space, key),
         metric=list(objectives) if many else next(iter(objectives)),
         mode=list(objectives.values()) if many else next(iter(objectives.values())),
-        sampler=make_sampler(config.sweep.sampler, config.sweep.seed, config.sweep.population_size),
+        sampler=sampler or make_sampler(config.sweep.sampler, config.sweep.seed, config.sweep.population_size),
         points_to_evaluate=warm or None,
     )
 

@@ -267,10 +267,10 @@ def test_the_runner_stops_with_one_line_naming_the_resume(tmp_path):
     run_dir = tmp_path / "run"
     (run_dir / runner.EXPERIMENT_NAME).mkdir(parents=True)
     tracker = Tracker("http://127.0.0.1:1", "prunesweep", run_dir)
-    runner._check_all_logged(tracker)  # nothing missing: nothing to say
+    runner.check_all_logged(tracker)  # nothing missing: nothing to say
     MlflowTrialLogger.unlogged[tracker.run_dir] = ("Connection refused", [f"trial-{i:03d}" for i in range(7)])
     with pytest.raises(TrackingUnavailable) as raised:
-        runner._check_all_logged(tracker)
+        runner.check_all_logged(tracker)
     message = str(raised.value)
     assert "\n" not in message and tracker.run_dir not in MlflowTrialLogger.unlogged
     assert message == (f"tracking.uri: the MLflow server http://127.0.0.1:1 does not answer (Connection refused); "
