@@ -18,17 +18,13 @@ from pruning.recovery import STAGES, RecoveryRecipe
 from pruning.utils import model_device
 
 __all__ = [
-    "STAGE_METRICS", "InjectedFailure", "SharedRefs", "WorkerSettings", "WorkerBaseline", "CriterionPlan", "trial_threads",
+    "STAGE_METRICS", "SharedRefs", "WorkerSettings", "WorkerBaseline", "CriterionPlan", "trial_threads",
     "import_paths_of", "put_shared", "fetch_baseline", "prune_and_recover", "cost_metrics", "trial_device",
     "releases_memory",
 ]
 
 #: per recovery stage that ran: its calibration accuracy and (but for ``pruned``) its seconds
 STAGE_METRICS = (*(f"{stage}_accuracy" for stage in STAGES), *(f"{stage}_seconds" for stage in STAGES[1:]))
-
-
-class InjectedFailure(RuntimeError):
-    """Raised by a trial or a score task chosen with ``inject_failures`` (tests of failure handling)."""
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Collection
+from typing import Any
 
 from orchestrator.experiment.baseline import compute_baseline_statistics, prepare_baseline, say
 from orchestrator.experiment.checks import ConfigError
@@ -104,10 +104,10 @@ def _activation_statistics(config: StudyConfig, setup, folder: Path, progress: b
 
 
 def run_study(config: StudyConfig, *, address: str | None = None, resume: bool = False, progress: bool = True,
-              verbose: bool = False, inject_failures: Collection[str] = ()) -> StudyResult:
+              verbose: bool = False) -> StudyResult:
     """Run (``resume``: continue) the study; see the module docstring. ``progress``: one bar of
     cells done / failed / ETA on stderr; ``verbose``: Tune's status tables and the workers' output
-    too. ``inject_failures``: criterion labels whose scoring raises (tests of failure handling)."""
+    too."""
     started = time.perf_counter()
     experiment = Experiment.open(ExperimentSpec.of(TRACKING_KIND, config, RESOLVED_STUDY_FILE, unique_names=True),
                                  resume, [baseline.source for baseline in config.checkpoints])
@@ -129,7 +129,7 @@ def run_study(config: StudyConfig, *, address: str | None = None, resume: bool =
         parent, created = experiment.start(baseline=metrics, setups=setups.values(), gpus_per_trial=resources.gpus)
         say(progress, f"MLflow parent run {parent} in {config.tracking_uri}" + ("" if created else " (resumed)"))
         scores_root = Path(config.run_dir) / SCORES_FOLDER
-        phase = compute_scores(config, baselines, scores_root, inject_failures=inject_failures, progress=progress)
+        phase = compute_scores(config, baselines, scores_root, progress=progress)
         settings = StudySettings(criteria={c.label: c for c in config.criteria},
                                  ratios={r.label: r for r in config.ratios}, recipes=dict(config.recipes),
                                  pruning=config.pruning, scores_root=str(scores_root),

@@ -15,7 +15,7 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Collection, Mapping
+from typing import Any, Mapping
 
 import torch
 
@@ -67,19 +67,18 @@ def read_computations(root: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
 
-def _score_task(refs, settings, criterion: tuple[str, Mapping[str, Any]] | None, seed: int, strategy: str,
-                taus: tuple[float, ...], fail: bool) -> dict[str, Any]:
-    """Runs in a Ray worker: one criterion's scores (``criterion``: name and options), or with
-    ``criterion`` None SNPFI's layer sparsity at each of ``taus``."""
-    from orchestrator.experiment.worker import InjectedFailure, fetch_baseline, trial_device
+def _score_task(refs, settings, criterion: tuple[type, Mapping[str, Any]] | None, seed: int, strategy: str,
+                taus: tuple[float, ...]) -> dict[str, Any]:
+    """Runs in a Ray worker: one criterion's scores (``criterion``: its class, as the driver's
+    registry holds it, and options), or with ``criterion`` None SNPFI's layer sparsity at each of
+    ``taus``."""
+    from orchestrator.experiment.worker import fetch_baseline, trial_device
     from pruning.criteria import ScoringContext, create_criterion
     from pruning.games import snpfi_sparsity
     from pruning.pipeline import score_channels
 
     settings.enter()
     started = time.perf_counter()
-    if fail:
-        raise InjectedFailure(f"injected failure in scoring {criterion[0] if criterion else SNPFI_PRIOR}")
     shared = fetch_baseline(refs, settings)
     model, space, device = shared.build_model(), shared.space, trial_device()
     context = ScoringContext(calibration=shared.batches, stats=shared.stats, device=device)
@@ -89,25 +88,26 @@ def _score_task(refs, settings, criterion: tuple[str, Mapping[str, Any]] | None,
         sparsity = {str(tau): {name: float(snpfi_sparsity(game, est.values, tau)) for name, game, est in estimates}
                     for tau in taus}
         return {"sparsity": sparsity, "seconds": time.perf_counter() - started}
-    name, options = criterion
-    scores = score_channels(create_criterion(name, seed=seed, **options), model, space, strategy, context)
+    criterion_type, options = criterion
+    scores = score_channels(criterion_type(seed=seed, **options), model, space, strategy, context)
     return {"scores": {k: v.detach().float().cpu() for k, v in scores.items()}, "seconds": time.perf_counter() - started}
 
 
 def compute_scores(config: StudyConfig, baselines: Mapping[str, Any], root: str | Path, *,
-                   inject_failures: Collection[str] = (), progress: bool = True) -> ScorePhase:
+                   progress: bool = True) -> ScorePhase:
     """Compute every score key of ``config`` missing from the cache ``root`` as Ray tasks
     (``baselines``: checkpoint label -> :class:`~orchestrator.studies.trial.StudyBaseline`).
-    ``inject_failures``: criterion labels whose scoring raises (tests of failure handling).
     With ``execution.share_scores`` off only the SNPFI prior is computed here."""
     import ray
+
+    from pruning.criteria import criterion_class
 
     root = Path(root)
     keys = [k for k in score_keys(config) if config.execution.share_scores or k.criterion == SNPFI_PRIOR]
     todo = [k for k in keys if not k.path(root).is_file()]
     if not todo:
         return ScorePhase(0, len(keys), 0, 0.0)
-    criteria = {c.label: (c.name, dict(c.options)) for c in config.criteria}
+    criteria = {c.label: (criterion_class(c.name), dict(c.options)) for c in config.criteria}
     taus = tuple(sorted({float(r.options["tau"]) for r in config.ratios if r.name == "snpfi"}))
     task = ray.remote(_score_task).options(num_cpus=config.execution.cpus_per_trial,
                                            num_gpus=config.execution.gpus_per_trial, max_retries=0)
@@ -117,7 +117,7 @@ def compute_scores(config: StudyConfig, baselines: Mapping[str, Any], root: str 
         _error_path(key.path(root)).unlink(missing_ok=True)
         baseline = baselines[key.checkpoint]
         pending[task.remote(baseline.refs, baseline.settings, criteria.get(key.criterion), key.seed,
-                            config.pruning.strategy, taus, key.criterion in inject_failures)] = key
+                            config.pruning.strategy, taus)] = key
     failed, seconds = 0, 0.0
     while pending:
         (done,), _ = ray.wait(list(pending), num_returns=1)

@@ -19,7 +19,7 @@ from orchestrator.experiment import TAG_ERROR, TAG_PARETO, TAG_TRIAL_ID, TAG_TRI
 from orchestrator.experiment.trial_meta import META_KEY, TrialMeta
 from orchestrator.sweeps import DefineByRun, SweepConfig, pareto_front, register_context, run_sweep
 from pruning.structure import load_checkpoint, measure_cost
-import crashing_space  # noqa: F401  (registers the crashing space)
+import crashing  # noqa: F401  (registers the crashing space)
 from sweep_helpers import main_json, sweep_config, tracker_of
 
 # --- module fixtures ---------------------------------------------------------------------------
@@ -33,7 +33,7 @@ def baseline(trained_resnet20) -> Path:
 @pytest.fixture(scope="module")
 def sweep_run(ray_session, baseline, tmp_path_factory):
     """5 trials, 2 at a time, concentration space with l1/entropy; trial 1 crashes on purpose
-    (the ``crashing`` space of ``crashing_space.py``).
+    (the ``crashing`` space of ``crashing.py``).
 
     Plans removing less than 35% of the MACs are infeasible (flops_bounds), so some trials are
     reported infeasible without training (seed 0 samples such targets; asserted below). Every
