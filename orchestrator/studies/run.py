@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orchestrator.experiment.baseline import compute_baseline_statistics, prepare_baseline, say
+from orchestrator.experiment.baseline import StatsWorkers, load_or_compute_statistics, prepare_baseline, say
 from orchestrator.experiment.checks import ConfigError
 from orchestrator.experiment.config_file import default_name, read_config_file
 from orchestrator.experiment.experiment import Experiment, ExperimentSpec
@@ -85,22 +85,13 @@ class StudyResult:
 def _activation_statistics(config: StudyConfig, setup, folder: Path, progress: bool):
     """The checkpoint's activation statistics where anything reads them (cached in ``folder``)."""
     from pruning.criteria import statistics_options
-    from pruning.statistics import ActivationStats
 
     criteria = [c.create(seed=0) for c in config.criteria]
     needs = any(c.needs_stats for c in criteria) or config.ratios_need("concentration")
     if not needs:
         return None
-    path = folder / "stats.pt"
-    if path.is_file():
-        return ActivationStats.load(path)
-    say(progress, f"computing activation statistics of {folder.name}")
-    stats = compute_baseline_statistics(setup.model, setup.space, setup.batches, workers=config.execution.concurrency,
-                                        cpus_per_worker=config.execution.cpus_per_trial,
-                                        **statistics_options(criteria), progress=progress)
-    folder.mkdir(parents=True, exist_ok=True)
-    stats.save(path)
-    return stats
+    workers = StatsWorkers(config.execution.concurrency, config.execution.cpus_per_trial)
+    return load_or_compute_statistics(setup, folder, workers, statistics_options(criteria), progress)
 
 
 def run_study(config: StudyConfig, *, address: str | None = None, resume: bool = False, progress: bool = True,

@@ -36,7 +36,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from orchestrator.experiment.baseline import load_or_compute_extras, prepare_baseline, say
+from orchestrator.experiment.baseline import (
+    StatsWorkers, load_or_compute_statistics, load_or_compute_utilization, needs_statistics, prepare_baseline, say,
+)
 from orchestrator.experiment.checks import ConfigError
 from orchestrator.experiment.experiment import Experiment, ExperimentSpec
 from orchestrator.experiment.fixed_configs import FixedConfigs
@@ -88,12 +90,7 @@ def run_sweep(
     experiment.record()
     with experiment.connect(address, verbose, config.gpu_requests()):
         with timed(phases, "extras"):  # statistics / utilization curves (read back on a resume)
-            stats, utilization = load_or_compute_extras(
-                setup, Path(config.run_dir) / "baseline", space=space,
-                strategy=config.space.strategy, workers=config.sweep.concurrency,
-                cpus_per_worker=config.sweep.cpus_per_trial, gpus_per_worker=config.sweep.gpus_per_worker,
-                seed=config.sweep.seed, progress=progress,
-            )
+            stats, utilization = _extras(config, space, setup, progress)
         context = SpaceContext(space=setup.space, strategy=config.space.strategy, stats=stats, utilization=utilization)
         parent, created = experiment.start(baseline=setup.metrics, setups=[setup], gpus_per_trial=resources.gpus,
                                            tags={"prunesweep.space": config.space.name})
@@ -128,6 +125,18 @@ def run_sweep(
                     with timed(phases, "refinement"):
                         complete = _refine(config, tracker, screening, output, screened)
         return finalize_sweep(tracker, config, setup, complete, progress, phases)
+
+
+def _extras(config: SweepConfig, space, setup, progress: bool):
+    """(activation statistics, utilization curves) of the baseline, each None where the space
+    does not read it; kept in ``<run_dir>/baseline``."""
+    folder = Path(config.run_dir) / "baseline"
+    needs, optional = needs_statistics(space.criteria, space.needs_stats)
+    workers = StatsWorkers(config.sweep.concurrency, config.sweep.cpus_per_trial, config.sweep.gpus_per_worker)
+    stats = load_or_compute_statistics(setup, folder, workers, optional, progress) if needs else None
+    utilization = (load_or_compute_utilization(setup, folder, config.space.strategy, seed=config.sweep.seed,
+                                               progress=progress) if space.needs_utilization else None)
+    return stats, utilization
 
 
 @contextlib.contextmanager
@@ -182,8 +191,8 @@ def _refine(config: SweepConfig, tracker, screening: TrialsSpec, output: TrialOu
         atomic_write(chosen_file, lambda tmp: tmp.write_text(text))
         if folder.exists():  # started, but killed before Tune's first snapshot: nothing to keep
             shutil.rmtree(folder)
-    say(output.progress and not resume,
-        f"refining {len(configs)} screening trial(s): {', '.join(split_config(c)[1].refines for c in configs) or 'none feasible'}")
+    refined_trials = ", ".join(split_config(c)[1].refines for c in configs) or "none feasible"
+    say(output.progress and not resume, f"refining {len(configs)} screening trial(s): {refined_trials}")
     if not configs:
         return True
     # the screening trials' resources, shared by refinement's concurrency
