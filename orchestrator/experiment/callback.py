@@ -130,22 +130,13 @@ class MlflowTrialLogger(tune.Callback):
     #: process-wide, because a restored experiment's logger is not the object the runner made
     unlogged: ClassVar[dict[str, tuple[str, list[str]]]] = {}
 
-    def __init__(
-        self,
-        uri: str,
-        experiment: str,
-        run_dir: str,
-        *,
-        kind: str = "sweep",
-        unique_names: bool = False,
-        metric_names: Sequence[str] = (),
-        tag_names: Sequence[str] = (),
-    ) -> None:
-        self.uri = uri
-        self.experiment = experiment
-        self.run_dir = run_dir
-        self.kind = kind
-        self.unique_names = unique_names
+    def __init__(self, tracker: Tracker, metric_names: Sequence[str] = (), tag_names: Sequence[str] = ()) -> None:
+        # the tracker's settings, not the tracker: a fresh one is opened where the logger runs
+        self.uri = tracker.uri
+        self.experiment = tracker.experiment
+        self.run_dir = tracker.run_dir
+        self.kind = tracker.kind
+        self.unique_names = tracker.unique_names
         self.metric_names = tuple(metric_names)
         self.tag_names = tuple(tag_names)
         self._tracker: Tracker | None = None

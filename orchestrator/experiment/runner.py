@@ -232,9 +232,7 @@ def run_trials(tracker: Tracker, trials: TrialsSpec, output: TrialOutput, *, res
 def _new_tuner(tracker: Tracker, trainable, trials: TrialsSpec, output: TrialOutput):
     from ray import tune
 
-    callback = MlflowTrialLogger(tracker.uri, tracker.experiment, tracker.run_dir, kind=tracker.kind,
-                                 unique_names=tracker.unique_names, metric_names=output.metric_names,
-                                 tag_names=output.tag_names)
+    callback = MlflowTrialLogger(tracker, output.metric_names, output.tag_names)
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(search_alg=trials.make_search(), num_samples=trials.count,

@@ -239,7 +239,7 @@ def test_the_trial_logger_keeps_results_while_the_server_is_down(monkeypatch, tm
     clock = [1000.0]
     monkeypatch.setattr(callback.time, "monotonic", lambda: clock[0])
     server = FakeTracker()
-    logger = MlflowTrialLogger("http://x", "prunesweep", str(tmp_path), metric_names=("accuracy", "macs"))
+    logger = MlflowTrialLogger(Tracker("http://x", "prunesweep", tmp_path), metric_names=("accuracy", "macs"))
     logger._tracker = server
     trials = [fake_trial(i) for i in range(4)]
 
