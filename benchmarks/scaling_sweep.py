@@ -58,7 +58,7 @@ def cli(*arguments: str, timeout: float) -> subprocess.CompletedProcess:
 
 def screening_runs(run_dir: Path) -> list:
     """The MLflow runs of the sweep's screening trials."""
-    from orchestrator.sweeps import Tracker, default_tracking_uri
+    from orchestrator.experiment import Tracker, default_tracking_uri
 
     tracker = Tracker(default_tracking_uri(str(run_dir)), "prunesweep", run_dir)
     if tracker.find_parent() is None:

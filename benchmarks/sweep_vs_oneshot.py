@@ -201,7 +201,7 @@ def run_sweep_part(bench: Bench, label: str, **options) -> dict:
     from orchestrator.sweeps import SweepConfig, run_sweep
     if bench.args.label is not None:
         label = f"{label}-{bench.args.label}"
-    from orchestrator.sweeps.tracking import TAG_STAGE
+    from orchestrator.experiment.tracking import TAG_STAGE
 
     data = _sweep_config(bench, label, **options)
     shutil.rmtree(data["run_dir"], ignore_errors=True)

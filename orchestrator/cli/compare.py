@@ -58,7 +58,7 @@ def _flag_study(args: argparse.Namespace) -> dict:
     """The study of the flags: --checkpoint/--model x --criteria x uniform x the recipe flags x
     --flops-reductions x --seeds; the reference is ``random`` where compared, else the first."""
     from orchestrator.cli.options import check_model_source, model_kwargs
-    from orchestrator.sweeps.checks import recipe_section
+    from orchestrator.experiment.checks import recipe_section
 
     if args.checkpoint is None and args.model is None:
         raise InputError("give --config FILE.yaml, --resume/--report RUN_DIR, or --checkpoint/--model with --criteria")
@@ -88,7 +88,7 @@ def _flag_study(args: argparse.Namespace) -> dict:
 
 def run(args: argparse.Namespace) -> CommandResult:
     from orchestrator.studies import StudyConfig, load_study_config, resume_study, run_study, study_report
-    from orchestrator.sweeps import ConfigError  # torch, Ray, MLflow: only when run
+    from orchestrator.experiment import ConfigError  # torch, Ray, MLflow: only when run
 
     progress = not args.quiet
     given = [f"--{k.replace('_', '-')}" for k in _STUDY_FLAGS if getattr(args, k, None) is not None]

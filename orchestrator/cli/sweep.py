@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 
 from orchestrator.cli.result import CommandResult
 from orchestrator.cli.options import add_output, add_ray_network, add_trial_device, trial_gpus
@@ -25,7 +26,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> CommandResult:
-    from orchestrator.sweeps import ConfigError, load_sweep_config, resume_sweep, run_sweep  # torch, Ray, MLflow: only when run
+    # torch, Ray, MLflow: only when run
+    from orchestrator.experiment import ConfigError
+    from orchestrator.sweeps import load_sweep_config, resume_sweep, run_sweep
 
     progress = not args.quiet
     if args.resume:
@@ -42,10 +45,8 @@ def run(args: argparse.Namespace) -> CommandResult:
                      "tracking.uri": args.tracking_uri, "run_dir": args.run_dir}
         config = load_sweep_config(args.config, overrides)
         gpus = trial_gpus(args, config.sweep.gpus_per_trial)
-        if gpus != config.sweep.gpus_per_trial or (args.device == "cpu" and config.sweep.gpus_per_worker):
-            overrides["sweep.gpus_per_trial"] = gpus
-            if args.device == "cpu":
-                overrides["sweep.gpus_per_worker"] = 0
-            config = load_sweep_config(args.config, overrides)
+        worker_gpus = 0 if args.device == "cpu" else config.sweep.gpus_per_worker
+        if (gpus, worker_gpus) != (config.sweep.gpus_per_trial, config.sweep.gpus_per_worker):
+            config = replace(config, sweep=replace(config.sweep, gpus_per_trial=gpus, gpus_per_worker=worker_gpus))
         result = run_sweep(config, address=args.address, progress=progress, verbose=args.verbose)
     return CommandResult(result.text(), result.to_dict())

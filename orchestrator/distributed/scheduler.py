@@ -59,11 +59,6 @@ class RunReport:
     groups: dict = field(default_factory=dict)
     nodes: dict = field(default_factory=dict)
 
-    def as_dict(self) -> dict[str, Any]:
-        out = dict(self.__dict__)
-        out["accepted"] = [list(k) if isinstance(k, tuple) else k for k in self.accepted]
-        return out
-
 
 class ShardRunner:
     """Hands shards to the first ``report.workers`` actors of ``pool``, replaces dead actors and

@@ -4,7 +4,7 @@ confidence intervals, paired tests and average ranks, and logged to MLflow.
 
 Modules: ``config`` (StudyConfig, from YAML), ``cells`` (the grid and what cells share),
 ``scores`` (the per-study score cache, computed once per key as Ray tasks), ``trial`` (the cell
-body), ``statistics`` (intervals, paired tests, ranks), ``report`` (tables and plots), ``run``
+body), ``significance`` (intervals, paired tests, ranks), ``report`` (tables and plots), ``run``
 (run, resume, report from MLflow)."""
 from orchestrator.studies.cells import Cell, ScoreKey, score_keys, study_cells
 from orchestrator.studies.config import StudyConfig

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from orchestrator.experiment.trial_meta import META_KEY, TrialMeta
 from orchestrator.studies.config import StudyConfig
 
 __all__ = ["SNPFI_PRIOR", "CELL_PARAMS", "Cell", "ScoreKey", "study_cells", "score_keys"]
@@ -68,7 +69,7 @@ class Cell:
 
     def trial_config(self) -> dict[str, Any]:
         """The Tune trial config: the fields (MLflow params) and its run name."""
-        return {**asdict(self), "_run_name": self.id}
+        return {**asdict(self), META_KEY: TrialMeta(name=self.id)}
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> Cell:

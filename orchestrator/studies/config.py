@@ -15,12 +15,12 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
-from orchestrator.sweeps.checks import (
+from orchestrator.experiment.checks import (
     ConfigError, check_choice, check_int, check_keys, check_mapping, check_name, check_number, check_string,
-    default_tracking_uri, make_absolute, recipe_from_section, recipe_section, to_plain,
+    TrackingSettings, default_tracking_uri, make_absolute, recipe_from_section, recipe_section, to_plain,
 )
-from orchestrator.sweeps.config import DataSettings, TrackingSettings
-from orchestrator.sweeps.model_settings import MODEL_KEYS, ModelSettings, model_source
+from orchestrator.experiment.data_settings import DataSettings
+from orchestrator.experiment.model_settings import MODEL_KEYS, ModelSettings, model_source
 from pruning.errors import InputError
 from pruning.planning import RatioSourceError, create_ratio_source, list_ratio_sources
 from pruning.planning.ratio_sources import ratio_source_options

@@ -21,7 +21,7 @@ from typing import Any, Mapping, Sequence
 from orchestrator.report import format_table, format_value
 from orchestrator.studies.cells import CELL_PARAMS, Cell
 from orchestrator.studies.config import StatisticsSettings
-from orchestrator.studies.statistics import average_ranks, mean_interval, paired_comparison
+from orchestrator.studies.significance import average_ranks, mean_interval, paired_comparison
 from orchestrator.studies.trial import ACCURACY_SPLIT
 
 __all__ = ["LONG_COLUMNS", "StudyTables", "long_rows", "study_tables", "write_tables", "plot_accuracy", "plot_ranks"]
@@ -39,7 +39,7 @@ RANK_COLUMNS = ("criterion", "average_rank")
 
 
 def long_rows(records: Sequence[Any]) -> list[dict[str, Any]]:
-    """One row per logged cell (a :class:`~orchestrator.sweeps.tracking.TrialRecord`), in cell order."""
+    """One row per logged cell (a :class:`~orchestrator.experiment.tracking.TrialRecord`), in cell order."""
     rows = []
     for record in records:
         cell = Cell.from_params(record.params)

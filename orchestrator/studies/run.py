@@ -19,22 +19,23 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Collection
+from typing import Any
 
+from orchestrator.experiment.baseline import StatsWorkers, load_or_compute_statistics, prepare_baseline, say
+from orchestrator.experiment.checks import ConfigError
+from orchestrator.experiment.config_file import default_name, read_config_file
+from orchestrator.experiment.experiment import Experiment, ExperimentSpec
+from orchestrator.experiment.fixed_configs import FixedConfigs
+from orchestrator.experiment.runner import TrialOutput, TrialResources, TrialsSpec, finished_cleanly, run_trials
+from orchestrator.experiment.tracking import Tracker
+from orchestrator.experiment.worker import WorkerSettings, put_shared, trial_threads
 from orchestrator.studies.cells import study_cells
 from orchestrator.studies.config import RESOLVED_STUDY_FILE, StudyConfig
 from orchestrator.studies.report import StudyTables, long_rows, plot_accuracy, plot_ranks, study_tables, write_tables
 from orchestrator.studies.scores import SCORES_FOLDER, ScorePhase, compute_scores, read_computations
 from orchestrator.studies.trial import CELL_METRICS, CELL_TAGS, StudyBaseline, StudySettings, study_cell
-from orchestrator.sweeps.baseline import compute_baseline_statistics, prepare_baseline, say
-from orchestrator.sweeps.checks import ConfigError
-from orchestrator.sweeps.config_file import default_name, read_config_file
-from orchestrator.sweeps.runner import EXPERIMENT_NAME, check_tracking_reachable, finished_cleanly, ray_connection, \
-    run_trials, start_parent_run
-from orchestrator.sweeps.tracking import Tracker
-from pruning.utils import atomic_write
 
 __all__ = ["TRACKING_KIND", "StudyResult", "load_study_config", "run_study", "resume_study", "study_report",
            "study_parent_metrics", "study_phase_times"]
@@ -81,103 +82,57 @@ class StudyResult:
                 "statistics": tables.statistics}
 
 
-def _statistics(config: StudyConfig, setup, folder: Path, progress: bool):
+def _activation_statistics(config: StudyConfig, setup, folder: Path, progress: bool):
     """The checkpoint's activation statistics where anything reads them (cached in ``folder``)."""
     from pruning.criteria import statistics_options
-    from pruning.statistics import ActivationStats
 
     criteria = [c.create(seed=0) for c in config.criteria]
     needs = any(c.needs_stats for c in criteria) or config.ratios_need("stats")
     if not needs:
         return None
-    path = folder / "stats.pt"
-    if path.is_file():
-        return ActivationStats.load(path)
-    say(progress, f"computing activation statistics of {folder.name}")
-    stats = compute_baseline_statistics(setup.model, setup.space, setup.batches, workers=config.execution.concurrency,
-                                        cpus_per_worker=config.execution.cpus_per_trial,
-                                        **statistics_options(criteria), progress=progress)
-    folder.mkdir(parents=True, exist_ok=True)
-    stats.save(path)
-    return stats
-
-
-def _check_run_dir(config: StudyConfig, resume: bool) -> None:
-    from ray import tune
-
-    experiment = Path(config.run_dir) / EXPERIMENT_NAME
-    if resume and not tune.Tuner.can_restore(str(experiment)):
-        raise ConfigError("resume", f"{config.run_dir} holds no study to resume (no {experiment})")
-    if not resume and experiment.exists():
-        raise ConfigError("run_dir", f"{config.run_dir} already holds a study: resume it with "
-                          f"`prunesweep compare --resume {config.run_dir}` or choose another run_dir")
+    workers = StatsWorkers(config.execution.concurrency, config.execution.cpus_per_trial)
+    return load_or_compute_statistics(setup, folder, workers, statistics_options(criteria), progress)
 
 
 def run_study(config: StudyConfig, *, address: str | None = None, resume: bool = False, progress: bool = True,
-              verbose: bool = False, inject_failures: Collection[str] = ()) -> StudyResult:
+              verbose: bool = False) -> StudyResult:
     """Run (``resume``: continue) the study; see the module docstring. ``progress``: one bar of
     cells done / failed / ETA on stderr; ``verbose``: Tune's status tables and the workers' output
-    too. ``inject_failures``: criterion labels whose scoring raises (tests of failure handling)."""
-    import ray
-
-    from orchestrator.sweeps.model_settings import check_source_exists
-    from orchestrator.sweeps.run_info import dataset_entity, system_tags
-    from orchestrator.sweeps.search import FixedConfigs
-    from orchestrator.sweeps.trials import TrialSettings, import_paths_of, put_shared, trial_threads
-
+    too."""
     started = time.perf_counter()
-    _check_run_dir(config, resume)
-    check_tracking_reachable(config.tracking_uri)
-    for baseline in config.checkpoints:
-        check_source_exists(baseline.source)
+    experiment = Experiment.open(ExperimentSpec.of(TRACKING_KIND, config, RESOLVED_STUDY_FILE, unique_names=True),
+                                 resume, [baseline.source for baseline in config.checkpoints])
     cells = study_cells(config)
-    threads = trial_threads(config.execution.cpus_per_trial)
+    execution = config.execution
+    resources = TrialResources(execution.cpus_per_trial, execution.gpus_per_trial, execution.concurrency)
+    threads = trial_threads(resources.cpus)
     setups = {}
     for baseline in config.checkpoints:
         say(progress, f"loading baseline {baseline.label}")
         setups[baseline.label] = prepare_baseline(baseline.source, config.data, threads=threads, progress=progress)
-    text = config.to_yaml()
-    if not resume:
-        atomic_write(Path(config.run_dir) / RESOLVED_STUDY_FILE, lambda tmp: tmp.write_text(text))
-    with ray_connection(address, verbose):
-        gpus = config.execution.gpus_per_trial
-        if gpus > float(ray.cluster_resources().get("GPU", 0)):
-            raise ConfigError("execution.gpus_per_trial", f"is {gpus:g} but the Ray cluster has "
-                              f"{float(ray.cluster_resources().get('GPU', 0)):g} GPU(s); use 0 to run on CPUs")
+    experiment.record()
+    with experiment.connect(address, verbose, {"execution.gpus_per_trial": resources.gpus}):
         baselines = {}
         for label, setup in setups.items():
-            stats = _statistics(config, setup, Path(config.run_dir) / "baselines" / label, progress)
-            baselines[label] = StudyBaseline(put_shared(setup, stats, None), TrialSettings(
-                data_config=asdict(setup.data_config), shape=setup.shape, seed=0, threads=threads,
-                # each cell runs its own recipe (StudySettings.recipes): this one is never read
-                baseline=dict(setup.metrics), recipe=next(iter(config.recipes.values())),
-                strategy=config.pruning.strategy, import_paths=import_paths_of(setup.spec.name)))
-        tracker = Tracker(config.tracking_uri, config.tracking.experiment, config.run_dir, kind=TRACKING_KIND,
-                          unique_names=True)
+            stats = _activation_statistics(config, setup, Path(config.run_dir) / "baselines" / label, progress)
+            baselines[label] = StudyBaseline(put_shared(setup, stats, None), WorkerSettings.of(setup, threads))
         metrics = {f"{label}.{k}": v for label, setup in setups.items() for k, v in setup.metrics.items()}
-        parent, created = start_parent_run(tracker, config.name, config.to_dict(), {"config/study.yaml": text},
-                                           baseline=metrics, tags=system_tags(gpus), reuse=resume)
-        for setup in setups.values():
-            tracker.log_dataset(parent, dataset_entity(setup.data_config, setup.splits))
+        parent, created = experiment.start(baseline=metrics, setups=setups.values(), gpus_per_trial=resources.gpus)
         say(progress, f"MLflow parent run {parent} in {config.tracking_uri}" + ("" if created else " (resumed)"))
         scores_root = Path(config.run_dir) / SCORES_FOLDER
-        phase = compute_scores(config, baselines, scores_root, inject_failures=inject_failures, progress=progress)
+        phase = compute_scores(config, baselines, scores_root, progress=progress)
         settings = StudySettings(criteria={c.label: c for c in config.criteria},
                                  ratios={r.label: r for r in config.ratios}, recipes=dict(config.recipes),
                                  pruning=config.pruning, scores_root=str(scores_root),
                                  cells_root=str(Path(config.run_dir) / CELLS_FOLDER),
-                                 share_scores=config.execution.share_scores,
-                                 score_every_stage=config.execution.score_every_stage)
+                                 share_scores=execution.share_scores, score_every_stage=execution.score_every_stage)
+        tracker = experiment.tracker
         ended_before = len(tracker.trial_runs())  # cells a resumed study had already logged
-        say(progress, f"running {len(cells)} cells, {config.execution.concurrency} at a time")
-        results = run_trials(
-            tracker, study_cell, settings, next(iter(setups.values())), refs=baselines,
-            cpus_per_trial=config.execution.cpus_per_trial, gpus_per_trial=gpus,
-            concurrency=config.execution.concurrency, metric_names=CELL_METRICS, tag_names=CELL_TAGS,
-            num_samples=len(cells), make_search=lambda: FixedConfigs([c.trial_config() for c in cells]),
-            resume=resume, progress=progress, verbose=verbose, stage="study", progress_bar=True,
-        )
-        complete = finished_cleanly(results, len(cells))
+        say(progress, f"running {len(cells)} cells, {execution.concurrency} at a time")
+        trials = TrialsSpec(study_cell, settings, baselines, resources, len(cells),
+                            make_search=lambda: FixedConfigs([c.trial_config() for c in cells]), stage="study")
+        output = TrialOutput(CELL_METRICS, CELL_TAGS, progress=progress, verbose=verbose, bar=True)
+        complete = finished_cleanly(run_trials(tracker, trials, output, resume=resume), len(cells))
     result = _finalize(tracker, config, setups, phase, ended_before=ended_before, wall=time.perf_counter() - started)
     tracker.finish_parent("FINISHED" if complete else "FAILED")
     return result

@@ -15,14 +15,14 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Collection, Mapping
+from typing import Any, Mapping
 
 import torch
 
 from orchestrator.studies.cells import SNPFI_PRIOR, ScoreKey, score_keys
 from orchestrator.studies.config import StudyConfig
-from orchestrator.sweeps.baseline import say
-from orchestrator.sweeps.tracking import error_summary
+from orchestrator.experiment.baseline import say
+from orchestrator.experiment.tracking import error_summary
 from pruning.utils import atomic_write
 
 __all__ = ["SCORES_FOLDER", "COMPUTATIONS_FILE", "ScoresUnavailable", "ScorePhase", "compute_scores", "load_scores",
@@ -67,51 +67,46 @@ def read_computations(root: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
 
-def _score_task(refs, settings, criterion: tuple[str, Mapping[str, Any]] | None, seed: int, strategy: str,
-                fail: bool) -> dict[str, Any]:
-    """Runs in a Ray worker: one criterion's scores (``criterion``: name and options), or with
-    ``criterion`` None SNPFI's utilization curves (what the ``snpfi`` ratio source reads)."""
-    import ray
-
-    from orchestrator.sweeps.trials import InjectedFailure, _make_importable, _rebuild_model, _trial_device
+def _score_task(refs, settings, criterion: tuple[type, Mapping[str, Any]] | None, seed: int,
+                strategy: str) -> dict[str, Any]:
+    """Runs in a Ray worker: one criterion's scores (``criterion``: its class, as the driver's
+    registry holds it, and options), or with ``criterion`` None SNPFI's utilization curves (what
+    the ``snpfi`` ratio source reads)."""
+    from orchestrator.experiment.worker import fetch_baseline, trial_device
     from pruning.criteria import ScoringContext, create_criterion
     from pruning.games import utilization_curve
     from pruning.pipeline import score_channels
 
-    torch.set_num_threads(settings.threads)
-    _make_importable(settings)
+    settings.enter()
     started = time.perf_counter()
-    if fail:
-        raise InjectedFailure(f"injected failure in scoring {criterion[0] if criterion else SNPFI_PRIOR}")
-    device = _trial_device()
-    model = _rebuild_model(*ray.get(refs.model)).to(device)
-    space = ray.get(refs.space)
-    context = ScoringContext(calibration=ray.get(refs.batches),
-                             stats=ray.get(refs.stats) if refs.stats is not None else None, device=device)
+    shared = fetch_baseline(refs, settings)
+    model, space, device = shared.build_model(), shared.space, trial_device()
+    context = ScoringContext(calibration=shared.batches, stats=shared.stats, device=device)
     if criterion is None:
         snpfi = create_criterion("snpfi", seed=seed)
         estimates = list(snpfi.estimates(model, space.select(strategy), context))
         curves = {name: utilization_curve(game, est.values) for name, game, est in estimates}
         return {"utilization": curves, "seconds": time.perf_counter() - started}
-    name, options = criterion
-    scores = score_channels(create_criterion(name, seed=seed, **options), model, space, strategy, context)
+    criterion_type, options = criterion
+    scores = score_channels(criterion_type(seed=seed, **options), model, space, strategy, context)
     return {"scores": {k: v.detach().float().cpu() for k, v in scores.items()}, "seconds": time.perf_counter() - started}
 
 
 def compute_scores(config: StudyConfig, baselines: Mapping[str, Any], root: str | Path, *,
-                   inject_failures: Collection[str] = (), progress: bool = True) -> ScorePhase:
+                   progress: bool = True) -> ScorePhase:
     """Compute every score key of ``config`` missing from the cache ``root`` as Ray tasks
     (``baselines``: checkpoint label -> :class:`~orchestrator.studies.trial.StudyBaseline`).
-    ``inject_failures``: criterion labels whose scoring raises (tests of failure handling).
     With ``execution.share_scores`` off only the SNPFI prior is computed here."""
     import ray
+
+    from pruning.criteria import criterion_class
 
     root = Path(root)
     keys = [k for k in score_keys(config) if config.execution.share_scores or k.criterion == SNPFI_PRIOR]
     todo = [k for k in keys if not k.path(root).is_file()]
     if not todo:
         return ScorePhase(0, len(keys), 0, 0.0)
-    criteria = {c.label: (c.name, dict(c.options)) for c in config.criteria}
+    criteria = {c.label: (criterion_class(c.name), dict(c.options)) for c in config.criteria}
     task = ray.remote(_score_task).options(num_cpus=config.execution.cpus_per_trial,
                                            num_gpus=config.execution.gpus_per_trial, max_retries=0)
     say(progress, f"scoring channels: {len(todo)} of {len(keys)} (checkpoint, criterion, seed) keys to compute")
@@ -120,7 +115,7 @@ def compute_scores(config: StudyConfig, baselines: Mapping[str, Any], root: str 
         _error_path(key.path(root)).unlink(missing_ok=True)
         baseline = baselines[key.checkpoint]
         pending[task.remote(baseline.refs, baseline.settings, criteria.get(key.criterion), key.seed,
-                            config.pruning.strategy, key.criterion in inject_failures)] = key
+                            config.pruning.strategy)] = key
     failed, seconds = 0, 0.0
     while pending:
         (done,), _ = ray.wait(list(pending), num_returns=1)

@@ -15,13 +15,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping
 
-import torch
-
 from orchestrator.studies.cells import Cell
 from orchestrator.studies.config import CriterionSettings, PruningSettings, RatioSettings
-from orchestrator.sweeps.trials import (
-    STAGE_METRICS, SharedRefs, TrialSettings, _cost_metrics, _load_trial_data, _make_importable, _prune_and_recover,
-    _rebuild_model, _releases_memory, _trial_device,
+from orchestrator.experiment.worker import (
+    STAGE_METRICS, CriterionPlan, SharedRefs, WorkerSettings, cost_metrics, fetch_baseline, prune_and_recover,
+    releases_memory,
 )
 from pruning.recovery import RecoveryRecipe
 from pruning.utils import atomic_write
@@ -39,10 +37,10 @@ CELL_TAGS = ("criterion_name", "scores")
 
 @dataclass(frozen=True)
 class StudyBaseline:
-    """One checkpoint's shared objects (object-store references) and trial settings."""
+    """One checkpoint's shared objects (object-store references) and worker settings."""
 
     refs: SharedRefs
-    settings: TrialSettings
+    settings: WorkerSettings
 
 
 @dataclass(frozen=True)
@@ -71,7 +69,7 @@ def _ratio_plan(ratios: RatioSettings, target: float, pruning: PruningSettings, 
     return plan.config, plan.ratio_weights
 
 
-@_releases_memory
+@releases_memory
 def study_cell(config: dict[str, Any], *, refs: Mapping[str, StudyBaseline], settings: StudySettings) -> None:
     """One study cell (``config``: :meth:`Cell.trial_config`); ``refs``: checkpoint label ->
     :class:`StudyBaseline`. Reports once, its saved metrics where it ran before; a cell whose
@@ -98,16 +96,12 @@ def _read_saved(path: Path) -> dict[str, Any] | None:
 
 
 def _run_cell(cell: Cell, baseline: StudyBaseline, settings: StudySettings) -> dict[str, Any]:
-    import ray
-
     from orchestrator.studies.scores import load_scores
     from pruning.data import make_eval_loader
     from pruning.training import evaluate
     from pruning.utils import model_device
 
-    base = baseline.settings
-    torch.set_num_threads(base.threads)
-    _make_importable(base)
+    baseline.settings.enter()
     criterion = settings.criteria[cell.criterion]
     ratios = settings.ratios[cell.ratios]
     scores, seconds = None, None
@@ -115,18 +109,16 @@ def _run_cell(cell: Cell, baseline: StudyBaseline, settings: StudySettings) -> d
         payload = load_scores(settings.scores_root, cell.score_key)
         scores, seconds = payload["scores"], payload["seconds"]
     prior = load_scores(settings.scores_root, cell.prior_key) if ratios.create().needs_utilization else None
-    model = _rebuild_model(*ray.get(baseline.refs.model)).to(_trial_device())
-    space = ray.get(baseline.refs.space)
-    stats = ray.get(baseline.refs.stats) if baseline.refs.stats is not None else None
-    splits = _load_trial_data(base)
-    pruning_config, ratio_weights = _ratio_plan(ratios, cell.flops_reduction, settings.pruning, stats, space, prior)
-    pruned, _, metrics = _prune_and_recover(
-        model, space, base.shape, criterion.name, pruning_config, ratio_weights, ray.get(baseline.refs.batches),
-        stats, splits, seed=cell.seed, recipe=replace(settings.recipes[cell.recipe], seed=cell.seed),
-        criterion_options=criterion.options, scores=scores, score_every_stage=settings.score_every_stage,
-    )
-    metrics.update(_cost_metrics(pruned, base.shape, base.baseline, False, base.threads))
-    metrics["test_accuracy"] = evaluate(pruned, make_eval_loader(splits.test, model_device(pruned))).accuracy
+    shared = fetch_baseline(baseline.refs, baseline.settings)
+    pruning_config, ratio_weights = _ratio_plan(ratios, cell.flops_reduction, settings.pruning, shared.stats,
+                                                shared.space, prior)
+    plan = CriterionPlan(criterion.name, pruning_config, ratio_weights, seed=cell.seed, options=criterion.options,
+                         scores=scores)
+    pruned, _, metrics = prune_and_recover(shared.build_model(), shared, plan,
+                                           replace(settings.recipes[cell.recipe], seed=cell.seed),
+                                           score_every_stage=settings.score_every_stage)
+    metrics.update(cost_metrics(pruned, baseline.settings))
+    metrics["test_accuracy"] = evaluate(pruned, make_eval_loader(shared.splits.test, model_device(pruned))).accuracy
     # unshared, the scores were computed in this cell: their cost is part of prune_seconds
     metrics["scores_compute_seconds"] = seconds if seconds is not None else metrics["prune_seconds"]
     metrics.update(criterion_name=criterion.name, scores="shared" if settings.share_scores else "computed in the cell")

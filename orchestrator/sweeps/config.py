@@ -19,7 +19,7 @@ A sweep config is one YAML file (see ``search_spaces/resnet20_fmnist.yaml``)::
     tracking: {uri: null, experiment: prunesweep}
     run_dir:  null                   # default: runs/sweeps/<name>
 
-:func:`~orchestrator.sweeps.config_file.load_sweep_config` reads it, :meth:`SweepConfig.from_dict` validates it: an unknown key or
+:func:`load_sweep_config` reads it, :meth:`SweepConfig.from_dict` validates it: an unknown key or
 an out-of-range value anywhere raises a one-line :class:`ConfigError` naming the key path (e.g.
 ``sweep.trails: unknown key; valid: trials, concurrency, ...``), before anything runs. The
 resolved config (:meth:`SweepConfig.to_dict`) has every default filled in, relative paths made
@@ -28,14 +28,16 @@ again gives the same config, which is how ``prunesweep sweep --resume`` reads a 
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
 
-from orchestrator.sweeps.checks import (
+from orchestrator.experiment.checks import (
     ConfigError,
+    TrackingSettings,
     check_choice,
     check_int,
     check_keys,
@@ -47,11 +49,11 @@ from orchestrator.sweeps.checks import (
     make_absolute,
     recipe_from_section,
     recipe_section,
-    resolve_tracking_uri,
     to_plain,
 )
-from orchestrator.sweeps.data_settings import DataSettings
-from orchestrator.sweeps.model_settings import MODEL_KEYS, ModelSettings, check_one_source, model_source
+from orchestrator.experiment.config_file import default_name, read_config_file
+from orchestrator.experiment.data_settings import DataSettings
+from orchestrator.experiment.model_settings import MODEL_KEYS, ModelSettings, check_one_source, model_source
 from orchestrator.sweeps.refine import RefineSettings, refine_recipe
 from pruning.recovery import RecoveryRecipe
 from pruning.registry import accepted_options
@@ -68,7 +70,7 @@ __all__ = [
     "OBJECTIVES",
     "RESOLVED_CONFIG_FILE",
     "dump_sweep_config",
-    "flatten",
+    "load_sweep_config",
 ]
 
 #: the Optuna samplers a sweep may use: config name -> class in ``optuna.samplers``
@@ -94,7 +96,7 @@ class SpaceSettings:
         valid = accepted_options(search_space_class(self.name)) or []
         check_keys("space.", self.options, ["name", "strategy", *valid])
         try:
-            self.create()
+            space = self.create()
         except (ValueError, TypeError) as err:
             message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             option = next((o for o in sorted(self.options, key=len, reverse=True) if message.startswith(o)), None)
@@ -102,17 +104,13 @@ class SpaceSettings:
                 raise ConfigError("space", message) from None
             raise ConfigError(f"space.{option}", message[len(option):].lstrip(" :")) from None
         # resolved: every option of the space with its (validated) value, defaults included
-        object.__setattr__(self, "options", self.resolved_options())
+        object.__setattr__(self, "options", {k: to_plain(v) for k, v in space.options().items()})
 
     def create(self):
         """A fresh :class:`~search_spaces.SearchSpace` with these options."""
         from search_spaces import create_search_space
 
         return create_search_space(self.name, **self.options)
-
-    def resolved_options(self) -> dict[str, Any]:
-        """Every option of the space, defaults included, as plain YAML values."""
-        return {k: to_plain(v) for k, v in self.create().options().items()}
 
     @classmethod
     def from_dict(cls, data: Any) -> SpaceSettings:
@@ -207,28 +205,6 @@ class SweepSettings:
         return {**values, "objectives": dict(self.objectives), "refine": self.refine.to_dict()}
 
 
-@dataclass(frozen=True)
-class TrackingSettings:
-    """MLflow: tracking ``uri`` (None: ``sqlite:////<run_dir>/mlflow.db``) and ``experiment``."""
-
-    uri: str | None = None
-    experiment: str = "prunesweep"
-
-    def __post_init__(self) -> None:
-        if self.uri is not None:
-            resolve_tracking_uri("tracking.uri", check_string("tracking.uri", self.uri))
-        check_string("tracking.experiment", self.experiment)
-
-    @classmethod
-    def from_dict(cls, data: Any) -> TrackingSettings:
-        data = check_mapping("tracking", data)
-        check_keys("tracking.", data, [f.name for f in fields(cls)])
-        values = dict(data)
-        if values.get("uri") is not None:
-            values["uri"] = resolve_tracking_uri("tracking.uri", check_string("tracking.uri", values["uri"]))
-        return cls(**values)
-
-
 _TOP_LEVEL = ("name", "checkpoint", "data", "recipe", "space", "sweep", "tracking", "run_dir", *MODEL_KEYS)
 
 
@@ -298,6 +274,10 @@ class SweepConfig:
     def objectives(self) -> dict[str, str]:
         return dict(self.sweep.objectives)
 
+    def gpu_requests(self) -> dict[str, float]:
+        """The GPUs this sweep asks for, per trial and per statistics worker, by config key."""
+        return {f"sweep.{key}": getattr(self.sweep, key) for key in _GPU_KEYS}
+
     @classmethod
     def from_dict(cls, data: Any, *, default_name: str = "sweep") -> SweepConfig:
         data = check_mapping("", data)
@@ -333,22 +313,15 @@ class SweepConfig:
             "run_dir": self.run_dir,
         }
 
-    def to_yaml(self) -> str:
-        return dump_sweep_config(self)
-
 
 def dump_sweep_config(config: SweepConfig) -> str:
     """The resolved config as YAML (what every run records)."""
     return yaml.safe_dump(config.to_dict(), sort_keys=False, default_flow_style=None)
 
 
-def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists kept as values): MLflow params."""
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            flat.update(flatten(value, name + "."))
-        else:
-            flat[name] = value
-    return flat
+def load_sweep_config(path: str | os.PathLike, overrides: Mapping[str, Any] | None = None) -> SweepConfig:
+    """Read a YAML sweep config; ``overrides`` maps dotted keys (``sweep.trials``) to values.
+
+    The default sweep name is the file's stem. Raises :class:`ConfigError` (one line).
+    """
+    return SweepConfig.from_dict(read_config_file(path, overrides), default_name=default_name(path, "sweep"))

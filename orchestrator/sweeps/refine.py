@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping, Sequence
 
-from orchestrator.sweeps.checks import ConfigError, check_int, check_keys, check_mapping, recipe_from_section
+from orchestrator.experiment.checks import ConfigError, check_int, check_keys, check_mapping, recipe_from_section
 from orchestrator.sweeps.front import eligible, pareto_front
 
 __all__ = ["STAGE_SCREEN", "STAGE_REFINE", "REFINE_RECIPE", "REFINE_EXPERIMENT", "RefineSettings",

@@ -12,15 +12,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import yaml
-
 from orchestrator.report import format_table, format_value
-from orchestrator.sweeps.baseline import say
-from orchestrator.sweeps.checks import ConfigError, default_tracking_uri
-from orchestrator.sweeps.config import RESOLVED_CONFIG_FILE, TrackingSettings
+from orchestrator.experiment.baseline import say
+from orchestrator.experiment.checks import ConfigError, default_tracking_uri
+from orchestrator.experiment.checks import TrackingSettings
+from orchestrator.sweeps.config import RESOLVED_CONFIG_FILE, load_sweep_config
 from orchestrator.sweeps.front import front_table, hypervolume, pareto_front, plot_front
 from orchestrator.sweeps.refine import STAGE_REFINE
-from orchestrator.sweeps.tracking import ONNX_MODEL_NAME, TAG_PARETO, TAG_STAGE, TAG_SWEEP, Tracker, TrialRecord
+from orchestrator.experiment.tracking import ONNX_MODEL_NAME, TAG_PARETO, TAG_STAGE, TAG_SWEEP, Tracker, TrialRecord
 from orchestrator.sweeps.trials import MODEL_FILE
 from pruning.errors import InputError
 
@@ -220,28 +219,29 @@ def finalize_sweep(tracker: Tracker, config, setup, complete: bool, progress: bo
 
 def read_front(run_dir: str | os.PathLike, *, tracking_uri: str | None = None) -> SweepResult:
     """The sweep of ``run_dir`` read back from MLflow: trials, front (recomputed from the logged
-    metrics over feasible finished trials) with the test accuracy logged for it."""
+    metrics over feasible finished trials, for the objectives of the recorded ``sweep.yaml``:
+    the run directory's, else the parent run's copy) with the test accuracy logged for it."""
     run_dir = str(Path(run_dir).absolute())
     config_path = Path(run_dir) / RESOLVED_CONFIG_FILE
-    saved = yaml.safe_load(config_path.read_text()) if config_path.is_file() else {}
-    uri = tracking_uri or (saved.get("tracking") or {}).get("uri") or default_tracking_uri(run_dir)
+    config = load_sweep_config(config_path) if config_path.is_file() else None
+    uri = tracking_uri or (config.tracking_uri if config else default_tracking_uri(run_dir))
     if tracking_uri is not None:
         TrackingSettings.from_dict({"uri": tracking_uri})  # same checks as a config's
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
         raise ConfigError("tracking_uri", f"no MLflow database at {uri[len('sqlite:///'):]}")
-    experiment = (saved.get("tracking") or {}).get("experiment", "prunesweep")
+    experiment = config.tracking.experiment if config else "prunesweep"
     tracker = Tracker(uri, experiment, run_dir, kind="sweep")
     parent = tracker.find_parent(all_experiments=True)
     if parent is None:
         raise ConfigError("run_dir", f"no sweep of {run_dir} in {uri}")
     run = tracker.client.get_run(parent)
-    params = run.data.params
-    objectives = {k.split(".", 2)[2]: v for k, v in params.items() if k.startswith("sweep.objectives.")}
-    objectives = objectives or {"accuracy": "max", "macs": "min"}
+    if config is None:  # the run directory lost its copy: the one the parent run recorded
+        recorded = tracker.client.download_artifacts(parent, f"config/{RESOLVED_CONFIG_FILE}")
+        config = load_sweep_config(recorded)
+    objectives = config.objectives
     baseline = {k[len("baseline_"):]: v for k, v in run.data.metrics.items() if k.startswith("baseline_")}
     records = tracker.read_trials()
-    two_stage = int(params.get("sweep.refine.candidates", 0)) > 0
-    finished, points, front = _front(records, objectives, two_stage)
+    finished, points, front = _front(records, objectives, config.two_stage)
     return SweepResult(
         name=run.data.tags.get(TAG_SWEEP, run.info.run_name or ""), run_dir=run_dir, tracking_uri=uri,
         experiment=experiment, parent_run_id=parent, objectives=objectives, baseline=baseline, trials=records,

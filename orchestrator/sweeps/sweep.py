@@ -2,7 +2,7 @@
 
 :func:`run_sweep` runs one sweep from a :class:`~orchestrator.sweeps.config.SweepConfig`:
 
-1. The driver prepares the baseline once (``orchestrator.sweeps.baseline``): checkpoint,
+1. The driver prepares the baseline once (``orchestrator.experiment.baseline``): checkpoint,
    calibration batches, activation statistics and, for the ``snpfi`` space, utilization curves
    (kept in ``<run_dir>/baseline/`` and reused on resume). The shared objects go into the Ray
    object store once; trials receive the references.
@@ -28,68 +28,36 @@ two-stage sweep resumes the stage it was in: screening (then refinement), or ref
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import os
 import shutil
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Collection, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
-from orchestrator.sweeps.baseline import load_or_compute_extras, prepare_baseline, say
-from orchestrator.sweeps.model_settings import check_source_exists
-from orchestrator.sweeps.checks import ConfigError
-from orchestrator.sweeps.config import RESOLVED_CONFIG_FILE, SweepConfig, dump_sweep_config
-from orchestrator.sweeps.config_file import load_sweep_config
-from orchestrator.sweeps.results import SweepResult, finalize_sweep
-from orchestrator.sweeps.runner import (
-    EXPERIMENT_NAME,
-    check_tracking_reachable,
-    finished_cleanly,
-    ray_connection,
-    run_trials,
-    start_parent_run,
+from orchestrator.experiment.baseline import (
+    StatsWorkers, load_or_compute_statistics, load_or_compute_utilization, needs_statistics, prepare_baseline, say,
 )
+from orchestrator.experiment.checks import ConfigError
+from orchestrator.experiment.experiment import Experiment, ExperimentSpec
+from orchestrator.experiment.fixed_configs import FixedConfigs
+from orchestrator.experiment.runner import (
+    EXPERIMENT_NAME, TrialOutput, TrialResources, TrialsSpec, finished_cleanly, run_trials,
+)
+from orchestrator.experiment.trial_meta import META_KEY, TrialMeta, plain_config, split_config, typed_config
+from orchestrator.experiment.worker import WorkerSettings, put_shared, trial_threads
+from orchestrator.sweeps.config import RESOLVED_CONFIG_FILE, SweepConfig, load_sweep_config
 from orchestrator.sweeps.refine import REFINE_EXPERIMENT, STAGE_REFINE, STAGE_SCREEN, select_candidates
-from orchestrator.sweeps.search import DefineByRun, FixedConfigs, make_sampler, register_context
-from orchestrator.sweeps.run_info import dataset_entity, system_tags
-from orchestrator.sweeps.tracking import Tracker
-from orchestrator.sweeps.trials import (
-    TRIAL_METRICS, TRIAL_TAGS, TrialSettings, import_paths_of, put_shared, sweep_trial, trial_threads,
-)
+from orchestrator.sweeps.results import SweepResult, finalize_sweep
+from orchestrator.sweeps.search import DefineByRun, make_sampler, register_context
+from orchestrator.sweeps.trials import TRIAL_METRICS, TRIAL_TAGS, SweepTrialSettings, sweep_trial
 from pruning.utils import atomic_write
 
 __all__ = ["run_sweep", "resume_sweep", "screening_search", "refine_configs", "CANDIDATES_FILE"]
 
 #: the refinement stage's trial configs, written when it starts (read back by a resume)
 CANDIDATES_FILE = "refine-candidates.json"
-
-
-def _check_run_dir(config: SweepConfig, resume: bool) -> None:
-    from ray import tune
-
-    experiment = Path(config.run_dir) / EXPERIMENT_NAME
-    if resume:
-        if not tune.Tuner.can_restore(str(experiment)):
-            raise ConfigError("resume", f"{config.run_dir} holds no sweep to resume (no {experiment})")
-    elif experiment.exists():
-        raise ConfigError(
-            "run_dir", f"{config.run_dir} already holds a sweep: resume it with "
-            f"`prunesweep sweep --resume {config.run_dir}` or choose another run_dir"
-        )
-
-
-def _check_gpus(config: SweepConfig) -> None:
-    """Refuse GPUs per trial or per statistics actor on a Ray cluster without GPUs (Ray would
-    leave the trials pending forever)."""
-    import ray
-
-    have = float(ray.cluster_resources().get("GPU", 0))
-    for key in ("gpus_per_trial", "gpus_per_worker"):
-        want = getattr(config.sweep, key)
-        if want > 0 and want > have:
-            raise ConfigError(f"sweep.{key}", f"is {want:g} but the Ray cluster has {have:g} GPU(s); use 0 to run on CPUs")
 
 
 def run_sweep(
@@ -99,87 +67,76 @@ def run_sweep(
     resume: bool = False,
     progress: bool = True,
     verbose: bool = False,
-    inject_failures: Collection[int] = (),
 ) -> SweepResult:
     """Run (or, with ``resume``, continue) the sweep ``config``; see the module docstring.
 
     ``address``: a Ray cluster to join (default: the running Ray, else a local one).
     ``progress``: one line per ended trial on stderr; ``verbose``: Tune's own status output too.
-    ``inject_failures``: Optuna trial numbers whose trial raises
-    :class:`~orchestrator.sweeps.trials.InjectedFailure` before doing anything (to exercise
-    failure handling; recorded as FAILED like any crash).
     Bad input raises ``ValueError`` subclasses before any trial starts.
     """
     import optuna
 
     from search_spaces import SpaceContext
 
-    _check_run_dir(config, resume)
-    check_tracking_reachable(config.tracking_uri)
-    check_source_exists(config.source)
-    space = config.space.create()  # bad space options fail before anything loads
-    make_sampler(config.sweep.sampler, config.sweep.seed, config.sweep.population_size)  # fails early
-    threads = trial_threads(config.sweep.cpus_per_trial)
+    experiment = Experiment.open(ExperimentSpec.of("sweep", config, RESOLVED_CONFIG_FILE), resume, [config.source])
+    space = config.space.create()  # the one search space of the sweep: its searcher's, its trials'
+    sampler = make_sampler(config.sweep.sampler, config.sweep.seed, config.sweep.population_size)  # fails early
+    resources = TrialResources(config.sweep.cpus_per_trial, config.sweep.gpus_per_trial, config.sweep.concurrency)
     say(progress, f"loading baseline {config.checkpoint or config.model.name}")
     phases: dict[str, float] = {}  # wall seconds of this run's phases (SweepResult.phases)
     with timed(phases, "baseline"):
         setup = prepare_baseline(config.source, config.data, latency="latency_ms" in config.objectives,
-                                 threads=threads, progress=progress)
-    text = dump_sweep_config(config)
-    if not resume:
-        atomic_write(Path(config.run_dir) / RESOLVED_CONFIG_FILE, lambda tmp: tmp.write_text(text))
-    with ray_connection(address, verbose):
-        _check_gpus(config)
+                                 threads=trial_threads(resources.cpus), progress=progress)
+    experiment.record()
+    with experiment.connect(address, verbose, config.gpu_requests()):
         with timed(phases, "extras"):  # statistics / utilization curves (read back on a resume)
-            stats, utilization = load_or_compute_extras(
-                setup, Path(config.run_dir) / "baseline", space=space,
-                strategy=config.space.strategy, workers=config.sweep.concurrency,
-                cpus_per_worker=config.sweep.cpus_per_trial, gpus_per_worker=config.sweep.gpus_per_worker,
-                seed=config.sweep.seed, progress=progress,
-            )
+            stats, utilization = _extras(config, space, setup, progress)
         context = SpaceContext(space=setup.space, strategy=config.space.strategy, stats=stats, utilization=utilization)
-        tracker = Tracker(config.tracking_uri, config.tracking.experiment, config.run_dir, kind="sweep")
-        parent, created = start_parent_run(
-            tracker, config.name, config.to_dict(), {"config/sweep.yaml": text}, baseline=setup.metrics,
-            tags={"prunesweep.space": config.space.name, **system_tags(config.sweep.gpus_per_trial)}, reuse=resume,
-        )
-        tracker.log_dataset(parent, dataset_entity(setup.data_config, setup.splits))
+        parent, created = experiment.start(baseline=setup.metrics, setups=[setup], gpus_per_trial=resources.gpus,
+                                           tags={"prunesweep.space": config.space.name})
         say(progress, f"MLflow parent run {parent} in {config.tracking_uri}" + ("" if created else " (resumed)"))
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         key = str(Path(config.run_dir).absolute())
-        settings = TrialSettings(
-            data_config=asdict(setup.data_config), shape=setup.shape, seed=config.sweep.seed, threads=threads,
-            baseline=dict(setup.metrics), recipe=config.screen_recipe if config.two_stage else config.recipe,
-            measure_latency="latency_ms" in config.objectives, space_name=config.space.name,
-            space_options=dict(config.space.options), strategy=config.space.strategy,
+        settings = SweepTrialSettings(
+            WorkerSettings.of(setup, trial_threads(resources.cpus)), space=space, strategy=config.space.strategy,
+            seed=config.sweep.seed, recipe=config.screen_recipe if config.two_stage else config.recipe,
+            measure_latency="latency_ms" in config.objectives,
             sampled_finetune=not config.two_stage, score_every_stage=not config.two_stage,
-            import_paths=import_paths_of(setup.spec.name),
         )
-        stage = functools.partial(
-            run_trials, tracker, sweep_trial, setup=setup, cpus_per_trial=config.sweep.cpus_per_trial,
-            gpus_per_trial=config.sweep.gpus_per_trial,
-            concurrency=config.sweep.concurrency, metric_names=TRIAL_METRICS, tag_names=TRIAL_TAGS,
-            refs=put_shared(setup, stats, utilization), progress=progress, verbose=verbose,
+        screening = TrialsSpec(
+            sweep_trial, settings, put_shared(setup, stats, utilization), resources, config.sweep.trials,
+            make_search=lambda: screening_search(config, space, context, key, sampler),
+            folder=EXPERIMENT_NAME, stage=STAGE_SCREEN,
         )
+        output = TrialOutput(TRIAL_METRICS, TRIAL_TAGS, progress=progress, verbose=verbose)
+        tracker = experiment.tracker
         refining = config.two_stage and resume and _restorable(config, REFINE_EXPERIMENT)
         with register_context(key, context):
             if refining:  # killed during refinement: screening is done
                 say(progress, f"resuming {Path(config.run_dir) / REFINE_EXPERIMENT}")
                 with timed(phases, "refinement"):
-                    complete = _refine(config, space, stage, settings, None, progress)
+                    complete = _refine(config, tracker, screening, output, None)
             else:
                 say(progress and resume, f"resuming {Path(config.run_dir) / EXPERIMENT_NAME}")
                 with timed(phases, "screening"):
-                    screened = stage(
-                        settings=settings, num_samples=config.sweep.trials, resume=resume, name=EXPERIMENT_NAME,
-                        stage=STAGE_SCREEN,
-                        make_search=lambda: screening_search(config, space, context, key, inject_failures),
-                    )
+                    screened = run_trials(tracker, screening, output, resume=resume)
                 complete = finished_cleanly(screened, config.sweep.trials)
                 if config.two_stage and complete:
                     with timed(phases, "refinement"):
-                        complete = _refine(config, space, stage, settings, screened, progress)
+                        complete = _refine(config, tracker, screening, output, screened)
         return finalize_sweep(tracker, config, setup, complete, progress, phases)
+
+
+def _extras(config: SweepConfig, space, setup, progress: bool):
+    """(activation statistics, utilization curves) of the baseline, each None where the space
+    does not read it; kept in ``<run_dir>/baseline``."""
+    folder = Path(config.run_dir) / "baseline"
+    needs, optional = needs_statistics(space.criteria, space.needs_stats)
+    workers = StatsWorkers(config.sweep.concurrency, config.sweep.cpus_per_trial, config.sweep.gpus_per_worker)
+    stats = load_or_compute_statistics(setup, folder, workers, optional, progress) if needs else None
+    utilization = (load_or_compute_utilization(setup, folder, config.space.strategy, seed=config.sweep.seed,
+                                               progress=progress) if space.needs_utilization else None)
+    return stats, utilization
 
 
 @contextlib.contextmanager
@@ -198,74 +155,76 @@ def _restorable(config: SweepConfig, name: str) -> bool:
     return tune.Tuner.can_restore(str(Path(config.run_dir) / name))
 
 
-def screening_search(config: SweepConfig, space, context, key: str, inject_failures: Collection[int]):
-    """The screening stage's searcher: Optuna, with the space's warm starts enqueued first."""
+def screening_search(config: SweepConfig, space, context, key: str, sampler=None):
+    """The screening stage's searcher: Optuna (``sampler``: the config's, made here where not
+    given), with the space's warm starts enqueued first."""
     from ray.tune.search.optuna import OptunaSearch
 
     objectives = config.objectives
     many = len(objectives) > 1
     warm = space.warm_starts(context)[:config.sweep.trials] if config.sweep.warm_start else []
     return OptunaSearch(
-        space=DefineByRun(config.space.name, config.space.options, key, inject_failures),
+        space=DefineByRun(space, key),
         metric=list(objectives) if many else next(iter(objectives)),
         mode=list(objectives.values()) if many else next(iter(objectives.values())),
-        sampler=make_sampler(config.sweep.sampler, config.sweep.seed, config.sweep.population_size),
+        sampler=sampler or make_sampler(config.sweep.sampler, config.sweep.seed, config.sweep.population_size),
         points_to_evaluate=warm or None,
     )
 
 
-def _refine(config: SweepConfig, space, stage, settings: TrialSettings, screened, progress: bool) -> bool:
+def _refine(config: SweepConfig, tracker, screening: TrialsSpec, output: TrialOutput, screened) -> bool:
     """The refinement stage: ``sweep.refine.candidates`` screening trials (from ``screened``, a
-    ResultGrid, told apart by ``space``'s plan parameters; None: resume the refinement experiment)
-    with the refinement recipe. Returns whether every refined trial ended."""
+    ResultGrid, told apart by the space's plan parameters; None: resume the refinement
+    experiment) with the refinement recipe, run like ``screening`` but for what differs.
+    Returns whether every refined trial ended."""
     folder = Path(config.run_dir) / REFINE_EXPERIMENT
     chosen_file = Path(config.run_dir) / CANDIDATES_FILE
     resume = screened is None
+    settings = screening.settings
     if resume:
-        configs = json.loads(chosen_file.read_text())
+        configs = [typed_config(c) for c in json.loads(chosen_file.read_text())]
     else:
         configs = refine_configs(screened, config.objectives, config.sweep.refine.candidates,
                                  config.sweep.refine.targets, config.sweep.refine.per_target,
-                                 plan_params=space.plan_params)
-        atomic_write(chosen_file, lambda tmp: tmp.write_text(json.dumps(configs, indent=2)))
+                                 plan_params=settings.space.plan_params)
+        text = json.dumps([plain_config(c) for c in configs], indent=2)
+        atomic_write(chosen_file, lambda tmp: tmp.write_text(text))
         if folder.exists():  # started, but killed before Tune's first snapshot: nothing to keep
             shutil.rmtree(folder)
-    say(progress and not resume,
-        f"refining {len(configs)} screening trial(s): {', '.join(c['_refines'] for c in configs) or 'none feasible'}")
+    refined_trials = ", ".join(split_config(c)[1].refines for c in configs) or "none feasible"
+    say(output.progress and not resume, f"refining {len(configs)} screening trial(s): {refined_trials}")
     if not configs:
         return True
-    concurrency = config.sweep.refine.concurrency or config.sweep.concurrency
-    share = config.sweep.concurrency / concurrency  # of a screening trial's resources, per refined trial
+    # the screening trials' resources, shared by refinement's concurrency
+    resources = screening.resources.shared(config.sweep.refine.concurrency or config.sweep.concurrency)
     refined = replace(settings, recipe=config.refine_recipe, score_every_stage=True,
-                      threads=trial_threads(config.sweep.cpus_per_trial * share))
-    results = stage(
-        settings=refined, num_samples=len(configs), resume=resume,
-        name=REFINE_EXPERIMENT, stage=STAGE_REFINE, make_search=lambda: FixedConfigs(configs), concurrency=concurrency,
-        cpus_per_trial=config.sweep.cpus_per_trial * share, gpus_per_trial=config.sweep.gpus_per_trial * share,
-    )
-    return finished_cleanly(results, len(configs))
+                      worker=replace(settings.worker, threads=trial_threads(resources.cpus)))
+    refinement = replace(screening, settings=refined, resources=resources, count=len(configs),
+                         make_search=lambda: FixedConfigs(configs), folder=REFINE_EXPERIMENT, stage=STAGE_REFINE)
+    return finished_cleanly(run_trials(tracker, refinement, output, resume=resume), len(configs))
 
 
 def refine_configs(screened, objectives, count: int, targets: Sequence[float] = (),
                    per_target: int = 1, plan_params=dict) -> list[dict[str, Any]]:
     """The refined trials' configs: ``count`` screening trials of the ResultGrid ``screened``
     (:func:`~orchestrator.sweeps.refine.select_candidates`, two trials with the same
-    ``plan_params(params)`` being one plan), their sampled params with the bookkeeping that
-    names (``refine-NNN``) and tags (stage, screening trial) their runs."""
+    ``plan_params(params)`` being one plan), their sampled params with the
+    :class:`~orchestrator.experiment.trial_meta.TrialMeta` that names (``refine-NNN``) and tags
+    (stage, screening trial) their runs."""
     points = []
     for result in screened:
         if result.error is not None or not result.metrics:
             continue
-        params = {k: v for k, v in result.config.items() if not k.startswith("_")}
-        number = int(result.config["_trial_number"])
+        params, meta = split_config(result.config)
+        number = int(meta.number)
         metrics = result.metrics
         points.append({**{k: metrics.get(k) for k in objectives}, "feasible": metrics.get("feasible", 0) >= 0.5,
                        "macs_reduction": metrics.get("macs_reduction", 0.0), "accuracy": metrics.get("accuracy"),
                        "params": params, "plan": plan_params(params), "number": number})
     points.sort(key=lambda p: p["number"])
     return [
-        {**points[i]["params"], "_stage": STAGE_REFINE, "_run_name": f"refine-{points[i]['number']:03d}",
-         "_refines": f"trial-{points[i]['number']:03d}"}
+        {**points[i]["params"], META_KEY: TrialMeta(name=f"refine-{points[i]['number']:03d}", stage=STAGE_REFINE,
+                                                     refines=f"trial-{points[i]['number']:03d}")}
         for i in select_candidates(points, objectives, count, key="plan", targets=targets, per_target=per_target)
     ]
 

@@ -7,7 +7,7 @@ from contextlib import redirect_stdout
 from pathlib import Path
 
 from orchestrator import cli
-from orchestrator.sweeps import Tracker
+from orchestrator.experiment import Tracker
 
 #: small but real: 64 calibration images; the default recipe (reconstruction on) with 2 BN
 #: batches and fine-tuning on 64 images at most

@@ -32,7 +32,7 @@ import yaml
 from cluster_helpers import RAY_ENV, MlflowServer, RayCluster, free_port
 from orchestrator.distributed import network as private_network
 from orchestrator.distributed import relay
-from orchestrator.sweeps import TAG_PARETO, Tracker
+from orchestrator.experiment import TAG_PARETO, Tracker
 from pruning.models import create_model
 from pruning.statistics import ActivationStats
 

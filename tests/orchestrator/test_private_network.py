@@ -25,8 +25,8 @@ import torch
 from orchestrator import cli, distributed
 from orchestrator.distributed import network as private_network
 from orchestrator.distributed import relay
-from orchestrator.sweeps import ConfigError, check_tracking_reachable
-from orchestrator.sweeps.tracking_server import TrackingUnavailable
+from orchestrator.experiment import ConfigError, check_tracking_reachable
+from orchestrator.experiment.tracking_server import TrackingUnavailable
 
 TIMEOUT_S = 240
 

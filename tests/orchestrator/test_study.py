@@ -19,7 +19,9 @@ from orchestrator.studies import (StudyConfig, run_study, score_keys, study_cell
                                   study_phase_times)
 from orchestrator.studies.run import TRACKING_KIND
 from orchestrator.studies.scores import SCORES_FOLDER, read_computations
-from orchestrator.sweeps import Tracker
+from orchestrator.experiment import Tracker
+from orchestrator.experiment.trial_meta import META_KEY
+from crashing import register_crashing_criterion
 from resume_helpers import snapshot_with_an_ended_trial, terminated_in_snapshot, wait_for, wait_while_running
 
 pytestmark = pytest.mark.fashion_mnist
@@ -125,16 +127,19 @@ def test_report_reads_the_study_back_from_mlflow(study, capsys):
 
 
 def test_a_failing_criterion_fails_its_cells_and_the_rest_finish(ray_session, tmp_path, monkeypatch):
+    """``crashing`` (a criterion registered from the tests) raises when it scores."""
+    register_crashing_criterion()
     monkeypatch.setenv("PRUNESWEEP_CACHE", str(tmp_path / "cache"))
-    raw = tiny_study(tmp_path, "failing", flops_reductions=[0.5], seeds=[0], execution={"score_every_stage": True})
+    raw = tiny_study(tmp_path, "failing", criteria=["random", "crashing"], flops_reductions=[0.5], seeds=[0],
+                     execution={"score_every_stage": True})
     raw["checkpoints"] = raw["checkpoints"][:1]
     config = StudyConfig.from_dict(raw)
-    result = run_study(config, progress=False, inject_failures=("l1",))
+    result = run_study(config, progress=False)
     runs = tracker_of(config).trial_runs().values()
     status = {r.data.params["criterion"]: r.info.status for r in runs}
-    assert status == {"random": "FINISHED", "l1": "FAILED"}
+    assert status == {"random": "FINISHED", "crashing": "FAILED"}
     failed = next(r for r in runs if r.info.status == "FAILED")
-    assert "injected failure in scoring l1" in failed.data.tags["prunesweep.error"]
+    assert "planted crash in scoring" in failed.data.tags["prunesweep.error"]
     assert result.counts["failed"] == 1 and result.counts["finished"] == 1
     finished = next(r for r in runs if r.info.status == "FINISHED")
     assert {"pruned_accuracy", "bn_recalibrated_accuracy"} <= set(finished.data.metrics)
@@ -169,7 +174,7 @@ def test_flag_compare_is_a_one_checkpoint_uniform_study(ray_session, tmp_path, m
 
 def _ended_cells(run_dir: Path) -> dict[str, str]:
     """Tune's trial folder -> its cell's run name, for every trial that reported."""
-    return {p.parent.name: json.loads((p.parent / "params.json").read_text())["_run_name"]
+    return {p.parent.name: json.loads((p.parent / "params.json").read_text())[META_KEY]
             for p in (run_dir / "tune").glob("*/result.json") if p.read_text().strip()}
 
 

@@ -10,8 +10,8 @@ import yaml
 
 from orchestrator.studies import StudyConfig, load_study_config, score_keys, study_cells
 from orchestrator.studies.report import long_rows, study_tables
-from orchestrator.studies.statistics import average_ranks, critical_difference, mean_interval, paired_comparison
-from orchestrator.sweeps import ConfigError, TrialRecord
+from orchestrator.studies.significance import average_ranks, critical_difference, mean_interval, paired_comparison
+from orchestrator.experiment import ConfigError, TrialRecord
 from pruning.recovery import RecoveryRecipe
 
 REPO = Path(__file__).resolve().parents[2]

@@ -15,20 +15,11 @@ import yaml
 
 from orchestrator import cli
 from orchestrator.report import format_value
-from orchestrator.sweeps import (
-    TAG_ERROR,
-    TAG_PARETO,
-    TAG_TRIAL_ID,
-    TAG_TRIAL_NUMBER,
-    DefineByRun,
-    SweepConfig,
-    Tracker,
-    TrialRecord,
-    pareto_front,
-    register_context,
-    run_sweep,
-)
+from orchestrator.experiment import TAG_ERROR, TAG_PARETO, TAG_TRIAL_ID, TAG_TRIAL_NUMBER, Tracker, TrialRecord
+from orchestrator.experiment.trial_meta import META_KEY, TrialMeta
+from orchestrator.sweeps import DefineByRun, SweepConfig, pareto_front, register_context, run_sweep
 from pruning.structure import load_checkpoint, measure_cost
+import crashing  # noqa: F401  (registers the crashing space)
 from sweep_helpers import main_json, sweep_config, tracker_of
 
 # --- module fixtures ---------------------------------------------------------------------------
@@ -41,19 +32,20 @@ def baseline(trained_resnet20) -> Path:
 
 @pytest.fixture(scope="module")
 def sweep_run(ray_session, baseline, tmp_path_factory):
-    """5 trials, 2 at a time, concentration space with l1/entropy; trial 1 crashes on purpose.
+    """5 trials, 2 at a time, concentration space with l1/entropy; trial 1 crashes on purpose
+    (the ``crashing`` space of ``crashing.py``).
 
     Plans removing less than 35% of the MACs are infeasible (flops_bounds), so some trials are
     reported infeasible without training (seed 0 samples such targets; asserted below). Every
     trial is sampled (no warm starts: test_two_stage.py checks those).
     """
     run_dir = tmp_path_factory.mktemp("sweep") / "run"
-    space = {"name": "concentration", "criteria": ["l1", "entropy"], "flops_reduction": [0.1, 0.8],
-             "finetune_epochs": [0, 1], "flops_bounds": [0.35, 0.95]}
+    space = {"name": "crashing", "criteria": ["l1", "entropy"], "flops_reduction": [0.1, 0.8],
+             "finetune_epochs": [0, 1], "flops_bounds": [0.35, 0.95], "crash_trials": [1]}
     config = SweepConfig.from_dict(sweep_config(baseline, run_dir, name="tiny", space=space, trials=5, seed=0,
                                                 warm_start=False))
     started = time.perf_counter()
-    result = run_sweep(config, progress=False, inject_failures=[1])
+    result = run_sweep(config, progress=False)
     return {"config": config, "result": result, "seconds": time.perf_counter() - started}
 
 
@@ -71,7 +63,7 @@ def test_parent_run_holds_config_commit_and_baseline(sweep_run):
     commit = parent.data.tags["prunesweep.git_commit"]
     assert commit == "unknown" or len(commit) == 40
     params = parent.data.params
-    assert params["sweep.trials"] == "5" and params["space.name"] == "concentration"
+    assert params["sweep.trials"] == "5" and params["space.name"] == "crashing"
     assert params["sweep.objectives.macs"] == "min" and params["recipe.bn_batches"] == "2"
     assert params["recipe.reconstruct"] == "True"  # the default recipe reconstructs
     assert params["space.alpha"] == "[0.0, 1.0]"  # the space's defaults are part of the resolved config
@@ -145,9 +137,9 @@ def test_a_crashing_trial_is_failed_with_its_error_and_the_sweep_goes_on(sweep_r
     assert len(failed) == 1
     run = failed[0]
     assert run.data.tags[TAG_TRIAL_NUMBER] == "1"
-    assert run.data.tags[TAG_ERROR].endswith("InjectedFailure: injected failure in trial 1"), run.data.tags[TAG_ERROR]
+    assert run.data.tags[TAG_ERROR].endswith("PlantedCrash: planted crash in trial 1"), run.data.tags[TAG_ERROR]
     error = Path(tracker.client.download_artifacts(run.info.run_id, "error.txt")).read_text()
-    assert 'File "' in error and "in sweep_trial" in error and "InjectedFailure" in error
+    assert 'File "' in error and "in sweep_trial" in error and "PlantedCrash" in error
     assert "\x1b[" not in error
     assert not run.data.metrics
     assert result.complete  # the other trials ran to the end
@@ -237,20 +229,20 @@ def test_define_by_run_samples_in_the_registered_context_and_pickles_small(tiny_
     from search_spaces import SpaceContext, create_search_space
 
     context = SpaceContext(space=PruningSpace.build(tiny_resnet, example_input))
-    define = DefineByRun("per_layer", {"criteria": ["l1", "fpgm"]}, "key-1", inject_failures=[1])
+    define = DefineByRun(create_search_space("per_layer", criteria=["l1", "fpgm"]), "key-1")
     study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=0))
     first, second, third = study.ask(), study.ask(), study.ask()
     with pytest.raises(RuntimeError, match="no search-space context registered for key-1"):
         define(first)
     with register_context("key-1", context):
-        assert define(first) == {"_trial_number": 0, "_stage": "screen"}
-        assert define(second) == {"_trial_number": 1, "_stage": "screen", "_inject_failure": True}
+        assert define(first) == {META_KEY: TrialMeta(number=0, stage="screen")}
+        assert define(second) == {META_KEY: TrialMeta(number=1, stage="screen")}
         names = set(first.params)
         assert {"criterion", "finetune_lr", "finetune_epochs", "weight_decay"} <= names
         assert {f"ratio.{g.name}" for g in context.space.groups} <= names
         assert len(pickle.dumps(define)) < 1000  # no model, statistics or space inside
         restored = pickle.loads(pickle.dumps(define))
-        assert restored(third) == {"_trial_number": 2, "_stage": "screen"}  # settings (and the failure list) survive
+        assert restored(third) == {META_KEY: TrialMeta(number=2, stage="screen")}  # the space survives
         assert set(third.params) == names
         plan = create_search_space("per_layer", criteria=["l1", "fpgm"]).to_plan(first.params, context)
         assert plan.criterion == first.params["criterion"]

@@ -11,14 +11,8 @@ import pytest
 import yaml
 
 from orchestrator import cli
-from orchestrator.sweeps import (
-    ConfigError,
-    SweepConfig,
-    dump_sweep_config,
-    flatten,
-    load_sweep_config,
-    make_sampler,
-)
+from orchestrator.experiment import ConfigError, flatten
+from orchestrator.sweeps import SweepConfig, dump_sweep_config, load_sweep_config, make_sampler
 from pruning.recovery import RecoveryRecipe
 from search_spaces import list_search_spaces
 

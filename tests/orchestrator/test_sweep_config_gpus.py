@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from orchestrator.sweeps import ConfigError, SweepConfig, load_sweep_config
+from orchestrator.experiment import ConfigError
+from orchestrator.sweeps import SweepConfig, dump_sweep_config, load_sweep_config
 
 BASE = {"checkpoint": "base.pt", "space": {"name": "uniform"}}
 
@@ -39,7 +40,7 @@ def test_gpu_defaults_fractions_and_round_trip(tmp_path):
     assert config.sweep.gpus_per_trial == 0.25 and config.sweep.gpus_per_worker == 1
     resolved = config.to_dict()["sweep"]
     assert resolved["gpus_per_trial"] == 0.25 and resolved["gpus_per_worker"] == 1
-    assert SweepConfig.from_dict(yaml.safe_load(config.to_yaml())) == config
+    assert SweepConfig.from_dict(yaml.safe_load(dump_sweep_config(config))) == config
     path = tmp_path / "gpu.yaml"
     path.write_text(yaml.safe_dump(BASE))
     assert load_sweep_config(path, {"sweep.gpus_per_trial": 0.5}).sweep.gpus_per_trial == 0.5
@@ -53,23 +54,23 @@ def test_gpus_beyond_the_ray_cluster_are_refused_up_front(monkeypatch):
     import ray
 
     from orchestrator.distributed.pool import check_gpus
-    from orchestrator.sweeps.sweep import _check_gpus
+    from orchestrator.experiment.experiment import check_cluster_gpus
     from pruning.errors import InputError
 
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
-    _check_gpus(sweep_with())  # no GPUs asked for: fine
+    check_cluster_gpus(sweep_with().gpu_requests())  # no GPUs asked for: fine
     check_gpus(2, 0)
     with pytest.raises(ConfigError) as info:
-        _check_gpus(sweep_with(gpus_per_trial=0.5))
+        check_cluster_gpus(sweep_with(gpus_per_trial=0.5).gpu_requests())
     assert str(info.value) == "sweep.gpus_per_trial: is 0.5 but the Ray cluster has 0 GPU(s); use 0 to run on CPUs"
     with pytest.raises(ConfigError, match=r"^sweep.gpus_per_worker: is 1 but the Ray cluster has 0 GPU"):
-        _check_gpus(sweep_with(gpus_per_worker=1))
+        check_cluster_gpus(sweep_with(gpus_per_worker=1).gpu_requests())
     with pytest.raises(InputError, match="gpus_per_worker is 0.5 but the Ray cluster has no GPU"):
         check_gpus(2, 0.5)
     with pytest.raises(InputError, match="gpus_per_worker must be a number >= 0"):
         check_gpus(2, -1)
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0, "GPU": 1.0})
-    _check_gpus(sweep_with(gpus_per_trial=0.5, gpus_per_worker=1))
+    check_cluster_gpus(sweep_with(gpus_per_trial=0.5, gpus_per_worker=1).gpu_requests())
     check_gpus(4, 0.25)
     with pytest.raises(ConfigError, match="is 2 but the Ray cluster has 1 GPU"):
-        _check_gpus(sweep_with(gpus_per_trial=2))
+        check_cluster_gpus(sweep_with(gpus_per_trial=2).gpu_requests())

@@ -7,7 +7,8 @@ import pytest
 
 from image_folders import write_image_folder
 from orchestrator.studies import StudyConfig
-from orchestrator.sweeps import ConfigError, DataSettings, SweepConfig, prepare_baseline
+from orchestrator.experiment import ConfigError, DataSettings, prepare_baseline
+from orchestrator.sweeps import SweepConfig
 from pruning.structure import ModelSpec, save_checkpoint
 from user_models import tiny_cnn
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from orchestrator.sweeps import ConfigError, DataSettings, SweepConfig, prepare_baseline
-from orchestrator.sweeps.model_settings import ModelSettings, check_source_exists
+from orchestrator.experiment import ConfigError, DataSettings, prepare_baseline
+from orchestrator.sweeps import SweepConfig
+from orchestrator.experiment.model_settings import ModelSettings, check_source_exists
 from user_models import tiny_cnn
 
 MODEL = {"model": "user_models:tiny_cnn", "weights": "w.pt", "model_kwargs": {"width": 4}}
@@ -106,7 +107,7 @@ def test_a_sweep_of_an_import_path_model_runs_on_ray_and_its_front_reloads(ray_s
 
     monkeypatch.setenv("PRUNESWEEP_CACHE", str(tmp_path / "cache"))
     config = _own_model_sweep(tmp_path, "own-model")
-    from orchestrator.sweeps import Tracker
+    from orchestrator.experiment import Tracker
 
     result = run_sweep(config, progress=False)
     assert [t.status for t in result.trials] == ["FINISHED", "FINISHED"]
@@ -124,7 +125,7 @@ def test_tune_prints_its_heading_and_info_lines_only_with_verbose(verbose, ray_s
     """The console of a sweep with progress: one line per trial; Tune's experiment heading and its
     INFO lines only with ``verbose`` (``prunesweep sweep --verbose``); stdout clean either way."""
     from orchestrator.sweeps import run_sweep
-    from orchestrator.sweeps.callback import ProgressLines
+    from orchestrator.experiment.callback import ProgressLines
 
     monkeypatch.setenv("PRUNESWEEP_CACHE", str(tmp_path / "cache"))
     # as a study run earlier in this process leaves it: its one bar must not replace a sweep's lines

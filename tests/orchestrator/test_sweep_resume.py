@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestrator.sweeps import TAG_CHECKPOINT, TAG_TRIAL_NUMBER, SweepConfig
+from orchestrator.experiment import TAG_CHECKPOINT, TAG_TRIAL_NUMBER
+from orchestrator.sweeps import SweepConfig
 from resume_helpers import (
     ran_once,
     snapshot_with_an_ended_trial,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.sweeps.tracking import Tracker, TrialRecord
+from orchestrator.experiment.tracking import Tracker, TrialRecord
 
 
 @pytest.mark.parametrize("unique_names, runs", [(False, 2), (True, 1)])

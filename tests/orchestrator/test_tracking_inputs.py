@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from orchestrator.sweeps.run_info import dataset_entity, system_tags
-from orchestrator.sweeps.tracking import DATASET_CONTEXT, Tracker, TrialRecord
+from orchestrator.experiment.run_info import dataset_entity, system_tags
+from orchestrator.experiment.tracking import DATASET_CONTEXT, Tracker, TrialRecord
 from pruning.data import DataConfig, DataSplits
 
 

@@ -23,9 +23,10 @@ import yaml
 from cluster_helpers import MLFLOW, MlflowServer, free_port
 from orchestrator.distributed import network as private_network
 from orchestrator.distributed import relay
-from orchestrator.sweeps import Tracker, callback, runner
-from orchestrator.sweeps.callback import MlflowTrialLogger
-from orchestrator.sweeps.tracking_server import GuardedClient, TrackingUnavailable, unavailable_reason
+from orchestrator.experiment import Tracker, callback, runner
+from orchestrator.experiment.callback import MlflowTrialLogger
+from orchestrator.experiment.tracking_server import GuardedClient, TrackingUnavailable, unavailable_reason
+from orchestrator.experiment.trial_meta import META_KEY, TrialMeta
 
 REPO = Path(__file__).resolve().parents[2]
 TIMEOUT_S = 600
@@ -229,7 +230,7 @@ class FakeTracker:
 
 
 def fake_trial(number: int, status: str = "TERMINATED"):
-    return SimpleNamespace(trial_id=f"t{number}", config={"_trial_number": number, "criterion": "l1"},
+    return SimpleNamespace(trial_id=f"t{number}", config={META_KEY: TrialMeta(number=number), "criterion": "l1"},
                            last_result={"accuracy": 0.5, "macs": 10.0}, status=status, checkpoint=None,
                            experiment_tag=str(number))
 
@@ -238,7 +239,7 @@ def test_the_trial_logger_keeps_results_while_the_server_is_down(monkeypatch, tm
     clock = [1000.0]
     monkeypatch.setattr(callback.time, "monotonic", lambda: clock[0])
     server = FakeTracker()
-    logger = MlflowTrialLogger("http://x", "prunesweep", str(tmp_path), metric_names=("accuracy", "macs"))
+    logger = MlflowTrialLogger(Tracker("http://x", "prunesweep", tmp_path), metric_names=("accuracy", "macs"))
     logger._tracker = server
     trials = [fake_trial(i) for i in range(4)]
 
@@ -266,10 +267,10 @@ def test_the_runner_stops_with_one_line_naming_the_resume(tmp_path):
     run_dir = tmp_path / "run"
     (run_dir / runner.EXPERIMENT_NAME).mkdir(parents=True)
     tracker = Tracker("http://127.0.0.1:1", "prunesweep", run_dir)
-    runner._check_all_logged(tracker)  # nothing missing: nothing to say
+    runner.check_all_logged(tracker)  # nothing missing: nothing to say
     MlflowTrialLogger.unlogged[tracker.run_dir] = ("Connection refused", [f"trial-{i:03d}" for i in range(7)])
     with pytest.raises(TrackingUnavailable) as raised:
-        runner._check_all_logged(tracker)
+        runner.check_all_logged(tracker)
     message = str(raised.value)
     assert "\n" not in message and tracker.run_dir not in MlflowTrialLogger.unlogged
     assert message == (f"tracking.uri: the MLflow server http://127.0.0.1:1 does not answer (Connection refused); "

@@ -12,9 +12,10 @@ import pytest
 import torch
 import yaml
 
-from orchestrator.sweeps import TAG_PARETO, TAG_TRIAL_NUMBER, SweepConfig, Tracker
+from orchestrator.experiment import TAG_PARETO, TAG_TRIAL_NUMBER, Tracker
+from orchestrator.sweeps import SweepConfig
 from orchestrator.sweeps.refine import select_candidates
-from orchestrator.sweeps.tracking import TAG_REFINES, TAG_STAGE
+from orchestrator.experiment.tracking import TAG_REFINES, TAG_STAGE
 from pruning.structure import PruningSpace, load_checkpoint
 from search_spaces import SpaceContext
 
@@ -167,7 +168,7 @@ def test_the_front_models_are_mlflow_onnx_models_and_pareto_exports_them_checked
     import numpy as np
     from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
-    from orchestrator.sweeps.tracking import ONNX_MODEL_NAME
+    from orchestrator.experiment.tracking import ONNX_MODEL_NAME
     from orchestrator.sweeps.trials import MODEL_FILE
     from pruning.export import INPUT_NAME, OUTPUT_NAME, onnx_session
 

@@ -20,8 +20,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestrator.sweeps import TAG_TRIAL_NUMBER, SweepConfig, Tracker
-from orchestrator.sweeps.tracking import TAG_PARENT, TAG_REFINES, TAG_STAGE
+from orchestrator.experiment import TAG_TRIAL_NUMBER, Tracker
+from orchestrator.sweeps import SweepConfig
+from orchestrator.experiment.tracking import TAG_PARENT, TAG_REFINES, TAG_STAGE
+from orchestrator.experiment.trial_meta import META_KEY
 from resume_helpers import ran_once
 
 REPO = Path(__file__).resolve().parents[2]
@@ -178,7 +180,7 @@ def test_killed_in_either_stage_a_two_stage_sweep_resumes_without_losing_or_repe
     assert _reported_once(screen_dir) == screen_folders, "screening did not run again"
     # the K candidates refined once each, the one refined before the kill not again
     final_refine = _ended(runs, "refine")
-    assert sorted(final_refine) == sorted(c["_run_name"] for c in candidates)
+    assert sorted(final_refine) == sorted(c[META_KEY]["name"] for c in candidates)
     assert json.loads((run_dir / "refine-candidates.json").read_text()) == candidates
     for name, run in final_refine.items():
         assert run.info.status == "FINISHED" and run.data.tags[TAG_REFINES] == "trial-" + name.split("-")[1]

@@ -6,6 +6,7 @@ import optuna
 import pytest
 
 from orchestrator import cli
+from orchestrator.experiment.trial_meta import META_KEY, TrialMeta, split_config
 from orchestrator.sweeps import SweepConfig, register_context
 from orchestrator.sweeps.refine import select_candidates
 from orchestrator.sweeps.sweep import screening_search
@@ -24,7 +25,7 @@ def _config(tmp_path, **sweep) -> SweepConfig:
 
 
 def _suggestions(config, context, count: int) -> list[dict]:
-    search = screening_search(config, config.space.create(), context, "warm-key", ())
+    search = screening_search(config, config.space.create(), context, "warm-key")
     with register_context("warm-key", context):
         return [search.suggest(f"t{i}") for i in range(count)]
 
@@ -39,10 +40,10 @@ def test_the_first_trials_are_the_warm_starts_then_optuna_samples(tmp_path, cont
     starts = config.space.create().warm_starts(context)
     assert len(starts) == 12  # 2 criteria x 3 targets, uniform ratios then global ranking
     configs = _suggestions(config, context, 14)
-    assert [{k: v for k, v in c.items() if not k.startswith("_")} for c in configs[:12]] == starts
-    assert [c["_trial_number"] for c in configs] == list(range(14))
-    assert all(c["_stage"] == "screen" for c in configs)
-    sampled = [{k: v for k, v in c.items() if not k.startswith("_")} for c in configs[12:]]
+    assert [split_config(c)[0] for c in configs[:12]] == starts
+    assert [split_config(c)[1].number for c in configs] == list(range(14))
+    assert all(split_config(c)[1].stage == "screen" for c in configs)
+    sampled = [split_config(c)[0] for c in configs[12:]]
     assert all(s not in starts and set(s) == set(starts[0]) for s in sampled)
 
 
@@ -50,9 +51,9 @@ def test_warm_starts_count_towards_trials_and_can_be_switched_off(tmp_path, cont
     starts = _config(tmp_path).space.create().warm_starts(context)
     # 4 trials: the first 4 warm starts only
     four = _suggestions(_config(tmp_path, trials=4), context, 4)
-    assert [{k: v for k, v in c.items() if not k.startswith("_")} for c in four] == starts[:4]
+    assert [split_config(c)[0] for c in four] == starts[:4]
     off = _suggestions(_config(tmp_path, trials=4, warm_start=False), context, 4)
-    assert not any({k: v for k, v in c.items() if not k.startswith("_")} in starts for c in off)
+    assert not any(split_config(c)[0] in starts for c in off)
 
 
 def test_candidates_spread_over_the_front_then_the_next_layers():
@@ -102,7 +103,7 @@ def test_targets_refine_the_most_accurate_trial_reaching_each_first():
 
 
 def test_refine_targets_are_validated():
-    from orchestrator.sweeps.checks import ConfigError
+    from orchestrator.experiment.checks import ConfigError
     from orchestrator.sweeps.refine import RefineSettings
 
     assert RefineSettings(candidates=3, targets=[0.3, 0.5]).targets == (0.3, 0.5)
@@ -133,7 +134,7 @@ def test_two_screened_global_rankings_that_differ_only_in_unused_params_are_refi
     shared = {"criterion": "l1", "finetune_lr": 0.01, "finetune_epochs": 0, "weight_decay": 5e-4}
 
     def result(number, accuracy, macs, **params):
-        return SimpleNamespace(error=None, config={**shared, **params, "_trial_number": number},
+        return SimpleNamespace(error=None, config={**shared, **params, META_KEY: TrialMeta(number=number)},
                                metrics={"accuracy": accuracy, "macs": macs, "macs_reduction": 1 - macs / 10,
                                         "feasible": 1})
 
@@ -143,6 +144,6 @@ def test_two_screened_global_rankings_that_differ_only_in_unused_params_are_refi
         result(2, 0.80, 3.0, flops_reduction=0.7, alpha=0.1, temperature=0.5, allocation="layerwise"),
     ]
     objectives = {"accuracy": "max", "macs": "min"}
-    chosen = [c["_refines"] for c in refine_configs(screened, objectives, 3, plan_params=space.plan_params)]
+    chosen = [c[META_KEY].refines for c in refine_configs(screened, objectives, 3, plan_params=space.plan_params)]
     assert sorted(chosen) == ["trial-000", "trial-002"]
     assert len(refine_configs(screened, objectives, 3)) == 3  # by the sampled params they differ

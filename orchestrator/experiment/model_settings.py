@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from orchestrator.sweeps.checks import (
+from orchestrator.experiment.checks import (
     ConfigError, check_choice, check_mapping, check_string, make_absolute, to_plain,
 )
 

@@ -1,7 +1,7 @@
 """The unpruned baseline, prepared once on the driver: model, data, calibration batches, its
 metrics, and the activation statistics / utilization curves every trial shares.
 
-The baseline is a checkpoint, or a :class:`~orchestrator.sweeps.model_settings.ModelSettings`
+The baseline is a checkpoint, or a :class:`~orchestrator.experiment.model_settings.ModelSettings`
 (a model name with a state_dict file, options and dataset), which is checked up front to fit
 its dataset and to be prunable. Trials rebuild the model from its spec by name, so a
 ``package.module:factory`` model must be importable wherever trials run.
@@ -11,14 +11,14 @@ from __future__ import annotations
 import sys
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
 
-from orchestrator.sweeps.checks import ConfigError
-from orchestrator.sweeps.config import DataSettings
-from orchestrator.sweeps.model_settings import ModelSettings
+from orchestrator.experiment.checks import ConfigError
+from orchestrator.experiment.data_settings import DataSettings
+from orchestrator.experiment.model_settings import ModelSettings
 
 __all__ = [
     "BaselineSetup",
@@ -26,7 +26,9 @@ __all__ = [
     "compute_baseline_statistics",
     "compute_utilization_curves",
     "needs_statistics",
-    "load_or_compute_extras",
+    "StatsWorkers",
+    "load_or_compute_statistics",
+    "load_or_compute_utilization",
     "say",
 ]
 
@@ -119,17 +121,26 @@ def _build_baseline(settings: ModelSettings, data: DataSettings):
     return model, spec, data_config, splits, tuple(shape)
 
 
-def compute_baseline_statistics(
-    model: nn.Module, space, batches, *, workers: int, cpus_per_worker: float = 1, progress: bool = False,
-    gpus_per_worker: float = 0, **optional: bool,
-):
-    """Activation statistics of the unpruned model over the calibration batches, computed once
-    per sweep by ``workers`` Ray actors (shards merged exactly on the driver; Ray must be up);
-    ``optional``: the optional statistics to collect (:func:`pruning.criteria.statistics_options`)."""
+@dataclass(frozen=True)
+class StatsWorkers:
+    """The Ray actors that compute a baseline's activation statistics: how many, and the CPUs and
+    GPUs each one holds."""
+
+    count: int
+    cpus: float = 1
+    gpus: float = 0
+
+
+def compute_baseline_statistics(setup: BaselineSetup, workers: StatsWorkers, optional: Mapping[str, bool] | None = None,
+                                progress: bool = False):
+    """Activation statistics of the unpruned model over the calibration batches, computed by
+    ``workers`` (shards merged exactly on the driver; Ray must be up); ``optional``: the optional
+    statistics to collect (:func:`pruning.criteria.statistics_options`)."""
     from orchestrator.distributed import distributed_stats
 
-    return distributed_stats(model, space.groups, batches, workers=workers, cpus_per_worker=cpus_per_worker,
-                             gpus_per_worker=gpus_per_worker, progress=progress, **optional)
+    return distributed_stats(setup.model, setup.space.groups, setup.batches, workers=workers.count,
+                             cpus_per_worker=workers.cpus, gpus_per_worker=workers.gpus, progress=progress,
+                             **(optional or {}))
 
 
 def compute_utilization_curves(model: nn.Module, space, strategy: str, batches, *, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -155,42 +166,33 @@ def needs_statistics(criteria: Sequence[str], space_needs_stats: bool = False) -
     return space_needs_stats or any(c.needs_stats for c in created), statistics_options(created)
 
 
-def load_or_compute_extras(
-    setup: BaselineSetup,
-    folder: Path,
-    *,
-    space,
-    strategy: str,
-    workers: int,
-    cpus_per_worker: float,
-    seed: int,
-    progress: bool = False,
-    gpus_per_worker: float = 0,
-):
-    """(statistics, utilization curves), each None where nothing needs it: computed once and
-    kept in ``folder`` (``<run_dir>/baseline``), so a resumed sweep reads them back."""
+def load_or_compute_statistics(setup: BaselineSetup, folder: Path, workers: StatsWorkers,
+                                optional: Mapping[str, bool] | None = None, progress: bool = False):
+    """The baseline's activation statistics (:func:`compute_baseline_statistics`), computed once
+    and kept in ``folder`` (``<run_dir>/baseline``, a study's ``<run_dir>/baselines/<label>``), so
+    that a resume reads them back."""
     from pruning.statistics import ActivationStats
+
+    path = folder / "stats.pt"
+    if path.is_file():
+        return ActivationStats.load(path)
+    say(progress, f"computing activation statistics on {sum(len(y) for _, y in setup.batches)} calibration images")
+    stats = compute_baseline_statistics(setup, workers, optional, progress)
+    folder.mkdir(parents=True, exist_ok=True)
+    stats.save(path)
+    return stats
+
+
+def load_or_compute_utilization(setup: BaselineSetup, folder: Path, strategy: str, *, seed: int = 0,
+                                progress: bool = False) -> dict[str, torch.Tensor]:
+    """SNPFI's utilization curves of the baseline (:func:`compute_utilization_curves`), computed
+    once and kept in ``folder``, so that a resume reads them back."""
     from pruning.utils import atomic_write
 
-    needs, optional = needs_statistics(space.criteria, space.needs_stats)
-    stats = utilization = None
-    if needs:
-        path = folder / "stats.pt"
-        if path.is_file():
-            stats = ActivationStats.load(path)
-        else:
-            say(progress, f"computing activation statistics on {sum(len(y) for _, y in setup.batches)} calibration images")
-            stats = compute_baseline_statistics(setup.model, setup.space, setup.batches, **optional, workers=workers,
-                                                cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker,
-                                                progress=progress)
-            folder.mkdir(parents=True, exist_ok=True)
-            stats.save(path)
-    if space.needs_utilization:
-        path = folder / "utilization.pt"
-        if path.is_file():
-            utilization = torch.load(path, weights_only=True)
-        else:
-            say(progress, "computing SNPFI utilization curves")
-            utilization = compute_utilization_curves(setup.model, setup.space, strategy, setup.batches, seed=seed)
-            atomic_write(path, lambda tmp: torch.save(utilization, tmp))
-    return stats, utilization
+    path = folder / "utilization.pt"
+    if path.is_file():
+        return torch.load(path, weights_only=True)
+    say(progress, "computing SNPFI utilization curves")
+    utilization = compute_utilization_curves(setup.model, setup.space, strategy, setup.batches, seed=seed)
+    atomic_write(path, lambda tmp: torch.save(utilization, tmp))
+    return utilization

@@ -1,4 +1,4 @@
-"""The statistics of a study (plain numbers in, plain numbers out; see docs/studies.md).
+"""The significance of a study's differences (plain numbers in, plain numbers out; see docs/studies.md).
 
 * :func:`mean_interval`: a cell's mean and its confidence interval over the (checkpoint, seed)
   replicates: Student's t (mean +- t_{(1+c)/2, n-1} s / sqrt(n)) or a percentile bootstrap of

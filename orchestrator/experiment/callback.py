@@ -17,8 +17,9 @@ from typing import Any, ClassVar, Sequence
 
 from ray import tune
 
-from orchestrator.sweeps.tracking import TAG_REFINES, TAG_STAGE, TAG_TRIAL_NUMBER, Tracker, TrialRecord, finite_metric
-from orchestrator.sweeps.tracking_server import TrackingUnavailable
+from orchestrator.experiment.tracking import TAG_REFINES, TAG_STAGE, TAG_TRIAL_NUMBER, Tracker, TrialRecord, finite_metric
+from orchestrator.experiment.tracking_server import TrackingUnavailable
+from orchestrator.experiment.trial_meta import split_config
 
 __all__ = ["MlflowTrialLogger", "ProgressLines"]
 
@@ -44,14 +45,9 @@ def _read_error(trial) -> str:
 
 
 def run_name(trial) -> str:
-    """The MLflow run name of a Tune trial: ``_run_name``, else ``trial-NNN`` (Optuna's number),
-    else from Tune's experiment tag."""
-    config = dict(trial.config or {})
-    if config.get("_run_name"):
-        return str(config["_run_name"])
-    if config.get("_trial_number") is not None:
-        return f"trial-{int(config['_trial_number']):03d}"
-    return f"trial-{str(trial.experiment_tag).split('_', 1)[0]}"
+    """The MLflow run name of a Tune trial: its :class:`TrialMeta`'s, else from Tune's experiment tag."""
+    _, meta = split_config(trial.config)
+    return meta.run_name() or f"trial-{str(trial.experiment_tag).split('_', 1)[0]}"
 
 
 class ProgressLines(tune.Callback):
@@ -125,32 +121,22 @@ class MlflowTrialLogger(tune.Callback):
     ``Tuner.restore`` brings them back); the MLflow client is opened lazily in the driver.
 
     ``metric_names``: result keys logged as metrics (numbers); ``tag_names``: result keys logged as
-    tags (strings such as a criterion name or an infeasibility reason). Config keys starting with
-    ``_`` are bookkeeping, not parameters: ``_trial_number`` names the run ``trial-NNN`` (unless
-    ``_run_name`` names it), ``_stage`` and ``_refines`` become the tags ``prunesweep.stage`` and
-    ``prunesweep.refines``.
+    tags (strings such as a criterion name or an infeasibility reason). A trial config's
+    :class:`~orchestrator.experiment.trial_meta.TrialMeta` names the run and tags it (its number,
+    stage, the trial it refines); the rest of the config is the run's params.
     """
 
     #: run directory -> (why, names of the ended trials the experiment's end could not log):
     #: process-wide, because a restored experiment's logger is not the object the runner made
     unlogged: ClassVar[dict[str, tuple[str, list[str]]]] = {}
 
-    def __init__(
-        self,
-        uri: str,
-        experiment: str,
-        run_dir: str,
-        *,
-        kind: str = "sweep",
-        unique_names: bool = False,
-        metric_names: Sequence[str] = (),
-        tag_names: Sequence[str] = (),
-    ) -> None:
-        self.uri = uri
-        self.experiment = experiment
-        self.run_dir = run_dir
-        self.kind = kind
-        self.unique_names = unique_names
+    def __init__(self, tracker: Tracker, metric_names: Sequence[str] = (), tag_names: Sequence[str] = ()) -> None:
+        # the tracker's settings, not the tracker: a fresh one is opened where the logger runs
+        self.uri = tracker.uri
+        self.experiment = tracker.experiment
+        self.run_dir = tracker.run_dir
+        self.kind = tracker.kind
+        self.unique_names = tracker.unique_names
         self.metric_names = tuple(metric_names)
         self.tag_names = tuple(tag_names)
         self._tracker: Tracker | None = None
@@ -174,20 +160,16 @@ class MlflowTrialLogger(tune.Callback):
 
     def record(self, trial, status: str) -> TrialRecord:
         """The :class:`TrialRecord` of a Tune trial that ended with ``status``."""
-        config = dict(trial.config or {})
-        params = {k: v for k, v in config.items() if not str(k).startswith("_")}
+        params, meta = split_config(trial.config)
         result = dict(trial.last_result or {}) if status == "FINISHED" else {}
         metrics = {k: result[k] for k in self.metric_names if finite_metric(result.get(k)) is not None}
         # a sweep trial measures its own time (a re-reported result keeps it); Tune's otherwise
         if status == "FINISHED" and "trial_seconds" not in metrics and finite_metric(result.get("time_total_s")) is not None:
             metrics["trial_seconds"] = result["time_total_s"]
         tags = {k: str(result[k]) for k in self.tag_names if result.get(k) not in (None, "")}
-        tags.update({tag: str(config[key]) for key, tag in (("_stage", TAG_STAGE), ("_refines", TAG_REFINES))
-                     if config.get(key) is not None})
+        tags.update({tag: str(value) for tag, value in ((TAG_STAGE, meta.stage), (TAG_REFINES, meta.refines),
+                                                         (TAG_TRIAL_NUMBER, meta.number)) if value is not None})
         name = run_name(trial)
-        number = config.get("_trial_number")
-        if number is not None:
-            tags[TAG_TRIAL_NUMBER] = str(number)
         checkpoint = None
         if status == "FINISHED" and getattr(trial, "checkpoint", None) is not None:
             checkpoint = trial.checkpoint.path

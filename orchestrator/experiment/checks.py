@@ -1,11 +1,12 @@
 """Value checks shared by the sweep and compare configs: each raises a one-line
-:class:`ConfigError` that starts with the key path, before anything runs."""
+:class:`ConfigError` that starts with the key path, before anything runs; and the ``tracking``
+section both configs share (:class:`TrackingSettings`)."""
 from __future__ import annotations
 
 import math
 import os
 import re
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -15,7 +16,7 @@ from pruning.recovery import RENAMED_KEYS, RecipeError, RecoveryRecipe
 __all__ = [
     "ConfigError", "check_int", "check_number", "check_string", "check_choice", "check_mapping",
     "check_keys", "check_name", "make_absolute", "default_tracking_uri", "resolve_tracking_uri",
-    "recipe_from_section", "recipe_section", "to_plain",
+    "recipe_from_section", "recipe_section", "to_plain", "TrackingSettings",
 ]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -141,3 +142,25 @@ def to_plain(value: Any) -> Any:
     if isinstance(value, Mapping):
         return {k: to_plain(v) for k, v in value.items()}
     return value
+
+
+@dataclass(frozen=True)
+class TrackingSettings:
+    """MLflow: tracking ``uri`` (None: ``sqlite:////<run_dir>/mlflow.db``) and ``experiment``."""
+
+    uri: str | None = None
+    experiment: str = "prunesweep"
+
+    def __post_init__(self) -> None:
+        if self.uri is not None:
+            resolve_tracking_uri("tracking.uri", check_string("tracking.uri", self.uri))
+        check_string("tracking.experiment", self.experiment)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> TrackingSettings:
+        data = check_mapping("tracking", data)
+        check_keys("tracking.", data, [f.name for f in fields(cls)])
+        values = dict(data)
+        if values.get("uri") is not None:
+            values["uri"] = resolve_tracking_uri("tracking.uri", check_string("tracking.uri", values["uri"]))
+        return cls(**values)

@@ -23,7 +23,7 @@ import re
 import socket
 from typing import Any, Callable, Iterator
 
-from orchestrator.sweeps.checks import ConfigError
+from orchestrator.experiment.checks import ConfigError
 
 __all__ = ["HTTP_DEFAULTS", "TrackingUnavailable", "GuardedClient", "check_server", "guard", "unavailable_reason",
            "use_driver_http_defaults"]

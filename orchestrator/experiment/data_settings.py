@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
-from orchestrator.sweeps.checks import ConfigError, check_int, check_keys, check_mapping, check_string, make_absolute
+from orchestrator.experiment.checks import ConfigError, check_int, check_keys, check_mapping, check_string, make_absolute
 
 __all__ = ["DataSettings", "MOVED_DATA_KEYS"]
 

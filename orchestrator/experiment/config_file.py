@@ -9,10 +9,9 @@ from typing import Any, Mapping
 
 import yaml
 
-from orchestrator.sweeps.checks import ConfigError
-from orchestrator.sweeps.config import SweepConfig
+from orchestrator.experiment.checks import ConfigError
 
-__all__ = ["load_sweep_config", "read_config_file", "default_name"]
+__all__ = ["read_config_file", "default_name"]
 
 
 def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
@@ -47,14 +46,6 @@ def read_config_file(path: str | os.PathLike, overrides: Mapping[str, Any] | Non
         if value is not None:
             _set_dotted(data, dotted, value)
     return data
-
-
-def load_sweep_config(path: str | os.PathLike, overrides: Mapping[str, Any] | None = None) -> SweepConfig:
-    """Read a YAML sweep config; ``overrides`` maps dotted keys (``sweep.trials``) to values.
-
-    The default sweep name is the file's stem. Raises :class:`ConfigError` (one line).
-    """
-    return SweepConfig.from_dict(read_config_file(path, overrides), default_name=default_name(path, "sweep"))
 
 
 def default_name(path: str | os.PathLike, fallback: str) -> str:

@@ -1,6 +1,6 @@
-"""Ray and Tune plumbing shared by sweeps and comparisons: joining Ray, the MLflow parent run,
-and the one block that runs a set of trials through a ``tune.Tuner`` (or its restore) and marks
-the parent run FAILED when the driver itself raises."""
+"""Ray and Tune plumbing shared by sweeps and studies: joining Ray, and the one block that runs
+a set of trials (:class:`TrialsSpec`) through a ``tune.Tuner`` (or its restore) and marks the
+parent run FAILED when the driver itself raises."""
 from __future__ import annotations
 
 import contextlib
@@ -9,20 +9,18 @@ import logging
 import os
 import sys
 import urllib.parse
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
-from orchestrator.sweeps.baseline import BaselineSetup
-from orchestrator.sweeps.callback import MlflowTrialLogger, ProgressLines
-from orchestrator.sweeps.checks import ConfigError
-from orchestrator.sweeps.config import flatten
-from orchestrator.sweeps.tracking import TAG_COMMIT, TAG_SWEEP, TUNE_EXPERIMENT, Tracker, git_commit
-from orchestrator.sweeps.tracking_server import TrackingUnavailable, check_server
-from orchestrator.sweeps.trials import put_shared
+from orchestrator.experiment.callback import MlflowTrialLogger, ProgressLines
+from orchestrator.experiment.checks import ConfigError
+from orchestrator.experiment.tracking import TUNE_EXPERIMENT, Tracker
+from orchestrator.experiment.tracking_server import TrackingUnavailable, check_server
 
 __all__ = [
-    "EXPERIMENT_NAME", "check_storage_shared", "check_tracking_reachable", "ray_connection", "start_parent_run",
-    "run_trials", "finished_cleanly",
+    "EXPERIMENT_NAME", "check_storage_shared", "check_tracking_reachable", "ray_connection",
+    "TrialResources", "TrialsSpec", "TrialOutput", "run_trials", "check_all_logged", "finished_cleanly", "flatten",
 ]
 
 #: the Tune experiment's folder inside a run directory
@@ -127,19 +125,6 @@ def ray_connection(address: str | None, log_to_driver: bool) -> Iterator[None]:
             ray.shutdown()
 
 
-def start_parent_run(tracker: Tracker, name: str, config: Mapping[str, Any], texts: Mapping[str, str], *,
-                     baseline: Mapping[str, float], tags: Mapping[str, str] = (), reuse: bool) -> tuple[str, bool]:
-    """Create (or, with ``reuse``, reopen) the parent run: the flattened resolved ``config`` as
-    params, name and commit tags, ``texts`` as artifacts, the baseline metrics once."""
-    parent, created = tracker.start_parent(
-        name, params=flatten(config), tags={TAG_SWEEP: name, TAG_COMMIT: git_commit(), **dict(tags)},
-        texts=texts, reuse=reuse,
-    )
-    if created:
-        tracker.log_metrics(parent, {f"baseline_{k}": v for k, v in baseline.items()})
-    return parent, created
-
-
 @contextlib.contextmanager
 def _tune_environment(verbose: bool) -> Iterator[None]:
     """Frequent experiment snapshots; Tune's console output (its experiment heading, which it
@@ -162,41 +147,56 @@ def _tune_environment(verbose: bool) -> Iterator[None]:
             os.environ.pop("TUNE_GLOBAL_CHECKPOINT_S", None)
 
 
-def run_trials(
-    tracker: Tracker,
-    trial: Callable[..., None],
-    settings: Any,
-    setup: BaselineSetup,
-    *,
-    cpus_per_trial: float,
-    gpus_per_trial: float = 0,
-    concurrency: int,
-    metric_names: Sequence[str],
-    tag_names: Sequence[str],
-    stats=None,
-    utilization=None,
-    num_samples: int = 1,
-    param_space: Mapping[str, Any] | None = None,
-    make_search: Callable[[], Any] | None = None,
-    resume: bool = False,
-    progress: bool = True,
-    verbose: bool = False,
-    name: str = EXPERIMENT_NAME,
-    stage: str = "trials",
-    progress_bar: bool = False,
-    refs=None,
-):
-    """Run ``trial`` (``sweep_trial`` / ``study_cell``) as Tune trials, each logged to MLflow
-    as a nested run of ``tracker``'s parent; returns Tune's ``ResultGrid``. ``settings`` is what
-    ``trial`` takes as its ``settings`` (a sweep's ``TrialSettings``, a study's ``StudySettings``).
+@dataclass(frozen=True)
+class TrialResources:
+    """What one trial holds (``cpus``, ``gpus``; fractions allowed) and how many run at once."""
 
-    The baseline's shared objects go into the object store once (or pass ``refs`` from
-    :func:`~orchestrator.sweeps.trials.put_shared` to share them between runs); ``resume``
-    restores the experiment in ``<run_dir>/<name>`` (its searcher and callbacks included) instead
-    of starting one. ``make_search`` builds the search algorithm of a new experiment (None:
-    ``param_space`` only). Console: with ``progress``, one line per ended trial (labelled
-    ``stage``; with ``progress_bar``, one bar for them all) and no Tune status tables, unless
-    ``verbose`` brings Tune's own output back.
+    cpus: float = 1
+    gpus: float = 0
+    concurrency: int = 1
+
+    def shared(self, concurrency: int) -> TrialResources:
+        """The resources that ``concurrency`` trials at a time get from what ``self.concurrency``
+        trials held (the same totals)."""
+        share = self.concurrency / concurrency
+        return TrialResources(self.cpus * share, self.gpus * share, concurrency)
+
+
+@dataclass(frozen=True)
+class TrialsSpec:
+    """One Tune experiment of trials: ``count`` calls of ``trial`` (``sweep_trial`` /
+    ``study_cell``; a config from the searcher that ``make_search`` builds, with ``refs`` and
+    ``settings``: the shared objects' references and what every trial reads), with ``resources``;
+    its state in ``<run_dir>/<folder>``; ``stage`` labels its progress lines."""
+
+    trial: Callable[..., None]
+    settings: Any
+    refs: Any
+    resources: TrialResources
+    count: int
+    make_search: Callable[[], Any]
+    folder: str = EXPERIMENT_NAME
+    stage: str = "trials"
+
+
+@dataclass(frozen=True)
+class TrialOutput:
+    """How ended trials are recorded: ``metric_names`` (numbers) and ``tag_names`` (strings) of
+    their results logged to MLflow; on the console, with ``progress``, one line per ended trial
+    (``bar``: one bar for them all) and no Tune status tables unless ``verbose`` brings Tune's
+    own output back."""
+
+    metric_names: Sequence[str]
+    tag_names: Sequence[str]
+    progress: bool = True
+    verbose: bool = False
+    bar: bool = False
+
+
+def run_trials(tracker: Tracker, trials: TrialsSpec, output: TrialOutput, *, resume: bool = False):
+    """Run ``trials`` as Tune trials, each logged to MLflow as a nested run of ``tracker``'s
+    parent; returns Tune's ``ResultGrid``. ``resume`` restores the experiment in
+    ``<run_dir>/<trials.folder>`` (its searcher and callbacks included) instead of starting one.
     Every Ray node must see the run directory, Tune's storage (:func:`check_storage_shared`).
     A raising driver marks the parent run FAILED; trials the logger could not log because the
     tracking server did not answer (Tune keeps them) raise ``TrackingUnavailable``, one line.
@@ -205,33 +205,18 @@ def run_trials(
 
     # set on every run: the console style is process-wide (a restored experiment's callbacks
     # come back from its pickled state), so a study's bar must not outlive the study
-    ProgressLines.enabled, ProgressLines.as_bar = progress, progress_bar
+    ProgressLines.enabled, ProgressLines.as_bar = output.progress, output.bar
+    resources = trials.resources
     try:
         check_storage_shared(tracker.run_dir)
-        with _tune_environment(progress and verbose):
-            refs = refs or put_shared(setup, stats, utilization)
-            trainable = tune.with_resources(functools.partial(trial, refs=refs, settings=settings),
-                                            {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
+        with _tune_environment(output.progress and output.verbose):
+            trainable = tune.with_resources(functools.partial(trials.trial, refs=trials.refs, settings=trials.settings),
+                                            {"cpu": resources.cpus, "gpu": resources.gpus})
             if resume:
-                experiment = Path(tracker.run_dir) / name
+                experiment = Path(tracker.run_dir) / trials.folder
                 tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_errored=True)
             else:
-                callback = MlflowTrialLogger(tracker.uri, tracker.experiment, tracker.run_dir, kind=tracker.kind,
-                                             unique_names=tracker.unique_names, metric_names=metric_names, tag_names=tag_names)
-                tuner = tune.Tuner(
-                    trainable,
-                    param_space=dict(param_space or {}),
-                    tune_config=tune.TuneConfig(search_alg=make_search() if make_search else None,
-                                                num_samples=num_samples, max_concurrent_trials=concurrency,
-                                                # a trial reuses a finished one's worker: no process start and
-                                                # torch import (seconds) per trial
-                                                reuse_actors=True),
-                    run_config=tune.RunConfig(
-                        storage_path=tracker.run_dir, name=name, callbacks=[callback, ProgressLines(stage, num_samples)],
-                        failure_config=tune.FailureConfig(max_failures=TRIAL_RETRIES, fail_fast=False),
-                        verbose=1 if progress and verbose else 0,
-                    ),
-                )
+                tuner = _new_tuner(tracker, trainable, trials, output)
             MlflowTrialLogger.unlogged.pop(tracker.run_dir, None)
             results = tuner.fit()
     except TrackingUnavailable:
@@ -240,11 +225,31 @@ def run_trials(
         with contextlib.suppress(Exception):
             tracker.finish_parent("FAILED")
         raise
-    _check_all_logged(tracker)
+    check_all_logged(tracker)
     return results
 
 
-def _check_all_logged(tracker: Tracker) -> None:
+def _new_tuner(tracker: Tracker, trainable, trials: TrialsSpec, output: TrialOutput):
+    from ray import tune
+
+    callback = MlflowTrialLogger(tracker, output.metric_names, output.tag_names)
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(search_alg=trials.make_search(), num_samples=trials.count,
+                                    max_concurrent_trials=trials.resources.concurrency,
+                                    # a trial reuses a finished one's worker: no process start and
+                                    # torch import (seconds) per trial
+                                    reuse_actors=True),
+        run_config=tune.RunConfig(
+            storage_path=tracker.run_dir, name=trials.folder,
+            callbacks=[callback, ProgressLines(trials.stage, trials.count)],
+            failure_config=tune.FailureConfig(max_failures=TRIAL_RETRIES, fail_fast=False),
+            verbose=1 if output.progress and output.verbose else 0,
+        ),
+    )
+
+
+def check_all_logged(tracker: Tracker) -> None:
     """Stop with one line when the trial logger could not log every ended trial, the server
     still unreachable at the experiment's end (Tune keeps the results: a resume logs them)."""
     missing = MlflowTrialLogger.unlogged.pop(tracker.run_dir, None)
@@ -259,3 +264,15 @@ def _check_all_logged(tracker: Tracker) -> None:
 def finished_cleanly(results, expected: int) -> bool:
     """All ``expected`` trials were created and ended (terminated or errored): not interrupted."""
     return len(results) >= expected and results.num_terminated + results.num_errors >= len(results)
+
+
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists kept as values): MLflow params."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat

@@ -9,7 +9,7 @@ Layout in MLflow (one experiment, e.g. ``prunesweep``):
   resumed sweep never duplicates a trial.
 
 Every write goes through :class:`MlflowClient` with explicit run ids (no fluent ``mlflow.start_run``
-state) and happens in the driver: the Tune callback (``orchestrator.sweeps.callback``) runs in the
+state) and happens in the driver: the Tune callback (``orchestrator.experiment.callback``) runs in the
 driver's event loop, and trial processes never open the store (several processes writing one
 SQLite file would lock it).
 """
@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from orchestrator.sweeps.tracking_server import GuardedClient, guard, use_driver_http_defaults
+from orchestrator.experiment.tracking_server import GuardedClient, guard, use_driver_http_defaults
 
 __all__ = [
     "TAG_PARENT", "TAG_RUN_DIR", "TAG_KIND", "TAG_SWEEP", "TAG_COMMIT", "TAG_TRIAL_ID", "TAG_TRIAL_NUMBER",
@@ -141,8 +141,8 @@ class Tracker:
     @property
     def client(self):
         """The ``MlflowClient`` of ``uri``; a server that cannot be reached raises
-        :class:`~orchestrator.sweeps.tracking_server.TrackingUnavailable` (with MLflow's retries
-        shortened: see :mod:`~orchestrator.sweeps.tracking_server`)."""
+        :class:`~orchestrator.experiment.tracking_server.TrackingUnavailable` (with MLflow's retries
+        shortened: see :mod:`~orchestrator.experiment.tracking_server`)."""
         if self._client is None:
             from mlflow import MlflowClient
 

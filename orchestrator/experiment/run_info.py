@@ -1,5 +1,5 @@
 """What a sweep's parent run records about where it ran and on what: system tags and the
-dataset as an MLflow run input (logged by :class:`~orchestrator.sweeps.tracking.Tracker`)."""
+dataset as an MLflow run input (logged by :class:`~orchestrator.experiment.tracking.Tracker`)."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,0 +1,128 @@
+"""What a sweep and a study open alike, in order: :meth:`Experiment.open` (the run directory
+holds no experiment, or one to resume; the tracking server answers; the baselines exist), then
+:meth:`Experiment.record` (the resolved config in the run directory), :meth:`Experiment.connect`
+(Ray, with the GPUs the config asks for) and :meth:`Experiment.start` (the MLflow parent run
+with the resolved config, the baselines' metrics and datasets)."""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping
+
+from orchestrator.experiment.checks import ConfigError
+from orchestrator.experiment.model_settings import check_source_exists
+from orchestrator.experiment.run_info import dataset_entity, system_tags
+from orchestrator.experiment.runner import EXPERIMENT_NAME, check_tracking_reachable, flatten, ray_connection
+from orchestrator.experiment.tracking import TAG_COMMIT, TAG_SWEEP, Tracker, git_commit
+from pruning.utils import atomic_write
+
+__all__ = ["ExperimentSpec", "Experiment", "check_cluster_gpus"]
+
+#: the command that runs each kind of experiment (``prunesweep <command> --resume RUN_DIR``)
+COMMANDS = {"sweep": "sweep", "study": "compare"}
+
+
+@dataclass(frozen=True)
+class ExperimentSpec:
+    """Which experiment to open: its ``kind`` (``sweep`` or ``study``: the MLflow ``prunesweep.kind``
+    tag and the command that resumes it), ``name``, ``run_dir``, MLflow ``tracking_uri`` and
+    ``experiment``; ``config``: the resolved config (plain data), recorded as ``config_file`` in
+    the run directory and as the parent run's params; ``unique_names``: every trial's run name is
+    unique (a study's cells)."""
+
+    kind: str
+    name: str
+    run_dir: str
+    tracking_uri: str
+    experiment: str
+    config: Mapping[str, Any]
+    config_file: str
+    unique_names: bool = False
+
+    @classmethod
+    def of(cls, kind: str, config, config_file: str, unique_names: bool = False) -> ExperimentSpec:
+        """The spec of a sweep's or a study's config (``name``, ``run_dir``, ``tracking_uri``,
+        ``tracking.experiment``, ``to_dict()``)."""
+        return cls(kind, config.name, config.run_dir, config.tracking_uri, config.tracking.experiment,
+                   config.to_dict(), config_file, unique_names)
+
+    @property
+    def text(self) -> str:
+        """The resolved config as YAML (what the run directory and the parent run record)."""
+        import yaml
+
+        return yaml.safe_dump(dict(self.config), sort_keys=False, default_flow_style=None)
+
+
+class Experiment:
+    """One sweep or study being run (or resumed) in its run directory; see the module docstring."""
+
+    def __init__(self, spec: ExperimentSpec, resume: bool) -> None:
+        self.spec = spec
+        self.resume = resume
+        self.tracker = Tracker(spec.tracking_uri, spec.experiment, spec.run_dir, kind=spec.kind,
+                               unique_names=spec.unique_names)
+
+    @classmethod
+    def open(cls, spec: ExperimentSpec, resume: bool, sources: Iterable[Any] = ()) -> Experiment:
+        """Check, before anything loads: the run directory holds no experiment (``resume``: one
+        Tune can restore), the tracking server answers, every baseline ``source`` exists."""
+        from ray import tune
+
+        experiment = Path(spec.run_dir) / EXPERIMENT_NAME
+        word = {"study": "a study"}.get(spec.kind, f"a {spec.kind}")
+        if resume and not tune.Tuner.can_restore(str(experiment)):
+            raise ConfigError("resume", f"{spec.run_dir} holds no {spec.kind} to resume (no {experiment})")
+        if not resume and experiment.exists():
+            raise ConfigError("run_dir", f"{spec.run_dir} already holds {word}: resume it with "
+                              f"`prunesweep {COMMANDS[spec.kind]} --resume {spec.run_dir}` or choose another run_dir")
+        check_tracking_reachable(spec.tracking_uri)
+        for source in sources:
+            check_source_exists(source)
+        return cls(spec, resume)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.spec.run_dir)
+
+    def record(self) -> None:
+        """Write the resolved config into the run directory (a resume keeps the recorded one)."""
+        if not self.resume:
+            text = self.spec.text
+            atomic_write(self.run_dir / self.spec.config_file, lambda tmp: tmp.write_text(text))
+
+    @contextlib.contextmanager
+    def connect(self, address: str | None, verbose: bool, gpus: Mapping[str, float]) -> Iterator[None]:
+        """Join (or start) Ray for the block; refuse each of ``gpus`` (config key -> GPUs it asks
+        for) beyond the cluster's GPUs, where Ray would leave its tasks pending forever."""
+        with ray_connection(address, verbose):
+            check_cluster_gpus(gpus)
+            yield
+
+    def start(self, *, baseline: Mapping[str, float], setups: Iterable[Any], tags: Mapping[str, str] = (),
+              gpus_per_trial: float = 0) -> tuple[str, bool]:
+        """Create (a resume: reopen) the MLflow parent run: the resolved config (and its YAML as
+        ``config/<config_file>``), ``tags`` with the system's (:func:`system_tags`), the
+        ``baseline`` metrics, each of ``setups``' datasets. Returns its id and whether it is new."""
+        spec, tracker = self.spec, self.tracker
+        parent, created = tracker.start_parent(
+            spec.name, params=flatten(spec.config), texts={f"config/{spec.config_file}": spec.text}, reuse=self.resume,
+            tags={TAG_SWEEP: spec.name, TAG_COMMIT: git_commit(), **dict(tags), **system_tags(gpus_per_trial)},
+        )
+        if created:
+            tracker.log_metrics(parent, {f"baseline_{k}": v for k, v in baseline.items()})
+        for setup in setups:
+            self.tracker.log_dataset(parent, dataset_entity(setup.data_config, setup.splits))
+        return parent, created
+
+
+def check_cluster_gpus(gpus: Mapping[str, float]) -> None:
+    """Refuse each of ``gpus`` (config key -> GPUs it asks for, per trial or per worker) beyond
+    the GPUs of the Ray cluster joined, where Ray would leave its tasks pending forever."""
+    import ray
+
+    have = float(ray.cluster_resources().get("GPU", 0))
+    for key, want in gpus.items():
+        if want > 0 and want > have:
+            raise ConfigError(key, f"is {want:g} but the Ray cluster has {have:g} GPU(s); use 0 to run on CPUs")

@@ -1,0 +1,254 @@
+"""What a Ray worker runs for a sweep trial (:mod:`orchestrator.sweeps.trials`) or a study cell
+(:mod:`orchestrator.studies.trial`): the baseline's shared objects (put once by the driver,
+fetched once per trial), the settings every worker of a baseline shares, and the one prune ->
+recover -> score path both take, every stage scored on the calibration split."""
+from __future__ import annotations
+
+import ctypes
+import functools
+import gc
+import time
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from pruning.recovery import STAGES, RecoveryRecipe
+from pruning.utils import model_device
+
+__all__ = [
+    "STAGE_METRICS", "SharedRefs", "WorkerSettings", "WorkerBaseline", "CriterionPlan", "trial_threads",
+    "import_paths_of", "put_shared", "fetch_baseline", "prune_and_recover", "cost_metrics", "trial_device",
+    "releases_memory",
+]
+
+#: per recovery stage that ran: its calibration accuracy and (but for ``pruned``) its seconds
+STAGE_METRICS = (*(f"{stage}_accuracy" for stage in STAGES), *(f"{stage}_seconds" for stage in STAGES[1:]))
+
+
+@dataclass(frozen=True)
+class SharedRefs:
+    """Object-store references to a baseline's shared objects, put once by the driver."""
+
+    model: Any  # ObjectRef -> (spec JSON, state_dict)
+    space: Any  # ObjectRef -> PruningSpace
+    batches: Any  # ObjectRef -> calibration batches
+    stats: Any = None  # ObjectRef -> ActivationStats | None
+    utilization: Any = None  # ObjectRef -> {group: curve} | None
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """What every worker of one baseline knows (small; travels with the trainable).
+
+    data_config: the baseline's :class:`~pruning.data.DataConfig` (its splits load once per worker).
+    shape: the model's input shape; threads: torch intra-op threads (:func:`trial_threads`).
+    baseline: the unpruned model's metrics (``macs``, ``params``, ...), what reductions are of.
+    import_paths: directories a worker puts on ``sys.path`` before it rebuilds the model (an
+        import-path model's module root, as the driver found it: :func:`import_paths_of`).
+    """
+
+    data_config: Any
+    shape: tuple[int, int, int]
+    threads: int
+    baseline: Mapping[str, float] = field(default_factory=dict)
+    import_paths: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, setup, threads: int) -> WorkerSettings:
+        """The settings of a prepared baseline (:class:`~orchestrator.experiment.baseline.BaselineSetup`)."""
+        return cls(setup.data_config, setup.shape, threads, dict(setup.metrics), import_paths_of(setup.spec.name))
+
+    def enter(self) -> None:
+        """Set this worker up for a trial: its thread count, the model's import roots on ``sys.path``."""
+        import sys
+
+        torch.set_num_threads(self.threads)
+        for path in self.import_paths:
+            if path not in sys.path:
+                sys.path.append(path)
+
+
+@dataclass(frozen=True)
+class WorkerBaseline:
+    """A baseline as a worker holds it once fetched (:func:`fetch_baseline`)."""
+
+    spec_json: str
+    state: Mapping[str, torch.Tensor]
+    space: Any  # PruningSpace
+    batches: Any  # calibration batches
+    stats: Any  # ActivationStats | None
+    utilization: Any  # {group: curve} | None
+    settings: WorkerSettings
+
+    def build_model(self) -> nn.Module:
+        """A fresh copy of the model, on the trial's device (:func:`trial_device`)."""
+        return rebuild_model(self.spec_json, self.state).to(trial_device())
+
+    @property
+    def splits(self):
+        """The baseline's data splits, loaded once per worker."""
+        return _load_data(self.settings.data_config)
+
+
+@dataclass(frozen=True)
+class CriterionPlan:
+    """How one trial prunes: a criterion (``options``; ``scores``: its channel scores, computed
+    once elsewhere, instead of scoring in the trial), the pruning config and layer-ratio weights."""
+
+    criterion: str
+    config: Any  # PruningConfig
+    ratio_weights: Any = None
+    seed: int = 0
+    options: Mapping[str, Any] = field(default_factory=dict)
+    scores: Any = None
+
+
+def trial_threads(cpus: float) -> int:
+    """Torch intra-op threads of a trial that Ray gives ``cpus`` CPUs (a fraction: one thread)."""
+    return max(1, int(cpus))
+
+
+def import_paths_of(model_name: str) -> tuple[str, ...]:
+    """What ``WorkerSettings.import_paths`` holds for a baseline model: the directory its module
+    is imported from, for an import-path model (``package.module:factory``) that a worker
+    started elsewhere might not find on its own ``sys.path``; nothing for the other models."""
+    from pruning.models import import_root
+
+    root = import_root(model_name)
+    return (root,) if root else ()
+
+
+def put_shared(setup, stats, utilization) -> SharedRefs:
+    """Put a baseline's shared objects in the Ray object store, once."""
+    import ray
+
+    state = {k: v.detach().cpu() for k, v in setup.model.state_dict().items()}
+    return SharedRefs(
+        model=ray.put((setup.spec.to_json(), state)),
+        space=ray.put(setup.space),
+        batches=ray.put(setup.batches),
+        stats=ray.put(stats) if stats is not None else None,
+        utilization=ray.put(utilization) if utilization is not None else None,
+    )
+
+
+def rebuild_model(spec_json: str, state: Mapping[str, torch.Tensor]) -> nn.Module:
+    """A model from its spec (JSON) and state dict, as :func:`put_shared` stored it."""
+    from pruning.structure import ModelSpec, rebuild_model as rebuild
+
+    return rebuild(ModelSpec.from_json(spec_json), state)
+
+
+def trial_device() -> torch.device:
+    """CUDA when Ray gave this trial a GPU (``gpus_per_trial > 0``), else the CPU."""
+    import ray
+
+    return torch.device("cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu")
+
+
+def fetch_baseline(refs: SharedRefs, settings: WorkerSettings) -> WorkerBaseline:
+    """The shared objects of ``refs`` in this worker."""
+    import ray
+
+    spec_json, state = ray.get(refs.model)
+    return WorkerBaseline(
+        spec_json=spec_json,
+        state=state,
+        space=ray.get(refs.space),
+        batches=ray.get(refs.batches),
+        stats=ray.get(refs.stats) if refs.stats is not None else None,
+        utilization=ray.get(refs.utilization) if refs.utilization is not None else None,
+        settings=settings,
+    )
+
+
+@functools.lru_cache(maxsize=2)
+def _load_data(config):
+    """The splits of a data config, loaded once per worker (Tune reuses a worker for the trials
+    that follow; the splits are only read)."""
+    from pruning.data import load_data
+
+    return load_data(config)
+
+
+def prune_and_recover(model: nn.Module, baseline: WorkerBaseline, plan: CriterionPlan, recipe: RecoveryRecipe, *,
+                      score_every_stage: bool = True):
+    """Prune ``model`` (a fresh copy of ``baseline``'s, :meth:`WorkerBaseline.build_model`) with
+    ``plan``, run ``recipe``; every stage scored on the calibration split (only the last without
+    ``score_every_stage``). Returns (pruned model, prune outcome, metrics)."""
+    from pruning.criteria import ScoringContext, create_criterion
+    from pruning.data import make_eval_loader
+    from pruning.pipeline import prune_with_criterion
+    from pruning.recovery import recover, recovery_data_for
+
+    splits, batches = baseline.splits, baseline.batches
+    started = time.perf_counter()
+    context = ScoringContext(calibration=batches, stats=baseline.stats)
+    outcome = prune_with_criterion(model, torch.zeros(1, *baseline.settings.shape, device=model_device(model)),
+                                   create_criterion(plan.criterion, seed=plan.seed, **dict(plan.options)),
+                                   plan.config, context, ratio_weights=plan.ratio_weights, space=baseline.space,
+                                   scores=plan.scores)
+    prune_seconds = time.perf_counter() - started
+    score = make_eval_loader(splits.calibration, model_device(model))
+    recover_started = time.perf_counter()
+    result = recover(model, outcome, recipe, recovery_data_for(splits, batches, score, score_every_stage=score_every_stage))
+    # bn_accuracy: the accuracy before any training (the zero-cost proxy the sweep compares against)
+    untrained = [acc for stage, acc in result.accuracy.items() if stage != "finetuned"]
+    metrics = {
+        "accuracy": result.final_accuracy,
+        **({"bn_accuracy": untrained[-1]} if untrained else {}),
+        **{f"{stage}_accuracy": acc for stage, acc in result.accuracy.items()},
+        **{f"{stage}_seconds": s for stage, s in result.seconds.items() if stage != "pruned"},
+        "planned_reduction": outcome.planned_reduction,
+        "prune_seconds": prune_seconds,
+        "recover_seconds": sum(result.seconds.values()),
+        "score_seconds": time.perf_counter() - recover_started - sum(result.seconds.values()),
+    }
+    return outcome.model, outcome, metrics
+
+
+def cost_metrics(pruned: nn.Module, settings: WorkerSettings, latency: bool = False) -> dict[str, float]:
+    """MACs and parameters of ``pruned`` and their reductions from the baseline's; with
+    ``latency``, its median batch-1 latency too."""
+    from pruning.structure import measure_cost, measure_latency
+
+    cost = measure_cost(pruned, settings.shape)
+    metrics = {
+        "macs": float(cost.macs),
+        "params": float(cost.params),
+        "macs_reduction": 1.0 - cost.macs / settings.baseline["macs"],
+        "params_reduction": 1.0 - cost.params / settings.baseline["params"],
+    }
+    if latency:
+        metrics["latency_ms"] = measure_latency(pruned, settings.shape, batch_size=1, threads=settings.threads).median_ms
+    return metrics
+
+
+def releases_memory(trial):
+    """Hand a trial's freed memory back to the system when it ends. Tune reuses a worker for the
+    trials that follow (``reuse_actors``), and glibc keeps what a trial freed: measured, the
+    worker grew about 50 MB a ResNet-20 screening trial (5 GB after 40), flat with this."""
+
+    @functools.wraps(trial)
+    def run(*args, **kwargs):
+        try:
+            return trial(*args, **kwargs)
+        finally:
+            gc.collect()
+            if _LIBC is not None:
+                _LIBC.malloc_trim(0)
+
+    return run
+
+
+def _glibc():
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") else None
+    except OSError:  # not glibc (macOS, musl): nothing to trim
+        return None
+
+
+_LIBC = _glibc()
