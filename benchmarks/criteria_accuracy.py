@@ -33,7 +33,6 @@ from pruning.planning import RatioInputs, RatioTarget, create_ratio_source
 from pruning.planning.ratio_sources import ratio_source_options
 from pruning.recovery import recover, recovery_data_for
 from pruning.structure import measure_cost, measure_latency
-from pruning.training import evaluate
 from pruning.utils import atomic_write
 
 from benchmark_baseline import load_benchmark_baseline

@@ -36,7 +36,6 @@ from pruning.pipeline import prune_with_criterion
 from pruning.planning import PruningConfig, allocate_utilization, ratios_of
 from pruning.recovery import recover, recovery_data_for
 from pruning.structure import measure_cost
-from pruning.training import evaluate
 from pruning.utils import atomic_write
 
 from benchmark_baseline import load_benchmark_baseline

@@ -10,10 +10,9 @@ histograms equal the single-process pass exactly, float sums up to summation ord
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
-from typing import Any, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import ray
 from torch import nn
@@ -47,7 +46,6 @@ def distributed_stats(
     batches: Iterable,
     options: StatsOptions = StatsOptions(),
     shards: ShardOptions = ShardOptions(),
-    **keywords: Any,
 ) -> ActivationStats | tuple[ActivationStats, RunReport]:
     """:func:`pruning.statistics.collect_activation_stats` (as ``options`` say) on Ray actors
     (as ``shards`` say).
@@ -59,11 +57,7 @@ def distributed_stats(
     in-process result: counts exactly, float sums up to order. With ``shards.return_report``,
     returns ``(stats, RunReport)``; shard ids are batch-shard indices, ``nodes`` counts the shards
     each Ray node's actors ran.
-
-    ``keywords``: the fields of either value by name (``workers=4, chip=True``), applied on top
-    of ``options`` and ``shards``; the keyword form callers used before the two values existed.
     """
-    options, shards = _apply_keywords(options, shards, keywords)
     wall = time.perf_counter()
     workers, cpus_per_worker = resolve_workers(shards.workers, shards.cpus_per_worker, shards.pool)
     batches = list(batches)
@@ -104,18 +98,3 @@ def distributed_stats(
     report.wall_s = time.perf_counter() - wall
     result = merged[0]
     return (result, report) if shards.return_report else result
-
-
-def _apply_keywords(options: StatsOptions, shards: ShardOptions,
-                    keywords: dict[str, Any]) -> tuple[StatsOptions, ShardOptions]:
-    """``options`` and ``shards`` with the fields named in ``keywords`` replaced; an unknown name
-    raises TypeError as an unknown keyword argument would."""
-    stats_fields = {f.name for f in dataclasses.fields(StatsOptions)}
-    shard_fields = {f.name for f in dataclasses.fields(ShardOptions)}
-    unknown = sorted(set(keywords) - stats_fields - shard_fields)
-    if unknown:
-        raise TypeError(f"distributed_stats() got unexpected keyword argument(s): {', '.join(unknown)}")
-    stats_changes = {k: v for k, v in keywords.items() if k in stats_fields}
-    shard_changes = {k: v for k, v in keywords.items() if k in shard_fields}
-    return (options.replace(**stats_changes) if stats_changes else options,
-            shards.replace(**shard_changes) if shard_changes else shards)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -19,6 +19,7 @@ from torch import nn
 from orchestrator.experiment.checks import ConfigError
 from orchestrator.experiment.data_settings import DataSettings
 from orchestrator.experiment.model_settings import ModelSettings
+from pruning.statistics import StatsOptions
 
 __all__ = [
     "BaselineSetup",
@@ -131,16 +132,16 @@ class StatsWorkers:
     gpus: float = 0
 
 
-def compute_baseline_statistics(setup: BaselineSetup, workers: StatsWorkers, optional: Mapping[str, bool] | None = None,
+def compute_baseline_statistics(setup: BaselineSetup, workers: StatsWorkers, options: StatsOptions | None = None,
                                 progress: bool = False):
     """Activation statistics of the unpruned model over the calibration batches, computed by
-    ``workers`` (shards merged exactly on the driver; Ray must be up); ``optional``: the optional
-    statistics to collect (:func:`pruning.criteria.statistics_options`)."""
-    from orchestrator.distributed import distributed_stats
+    ``workers`` (shards merged exactly on the driver; Ray must be up) as ``options`` say
+    (:func:`pruning.criteria.statistics_options`; default :class:`StatsOptions()`)."""
+    from orchestrator.distributed import ShardOptions, distributed_stats
 
-    return distributed_stats(setup.model, setup.space.groups, setup.batches, workers=workers.count,
-                             cpus_per_worker=workers.cpus, gpus_per_worker=workers.gpus, progress=progress,
-                             **(optional or {}))
+    shards = ShardOptions(workers=workers.count, cpus_per_worker=workers.cpus, gpus_per_worker=workers.gpus,
+                          progress=progress)
+    return distributed_stats(setup.model, setup.space.groups, setup.batches, options or StatsOptions(), shards)
 
 
 def compute_utilization_curves(model: nn.Module, space, strategy: str, batches, *, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -157,7 +158,7 @@ def compute_utilization_curves(model: nn.Module, space, strategy: str, batches, 
 
 
 def needs_statistics(criteria: Sequence[str], space_needs_stats: bool = False) -> tuple[bool, dict[str, bool]]:
-    """(statistics needed, the optional statistics to collect as keyword arguments) for these
+    """(statistics needed, the :class:`StatsOptions` to collect them with) for these
     criteria (default options) and a search space that does (``SearchSpace.needs_stats``) or does
     not read the statistics itself."""
     from pruning.criteria import create_criterion, statistics_options
@@ -167,7 +168,7 @@ def needs_statistics(criteria: Sequence[str], space_needs_stats: bool = False) -
 
 
 def load_or_compute_statistics(setup: BaselineSetup, folder: Path, workers: StatsWorkers,
-                                optional: Mapping[str, bool] | None = None, progress: bool = False):
+                                options: StatsOptions | None = None, progress: bool = False):
     """The baseline's activation statistics (:func:`compute_baseline_statistics`), computed once
     and kept in ``folder`` (``<run_dir>/baseline``, a study's ``<run_dir>/baselines/<label>``), so
     that a resume reads them back."""
@@ -177,7 +178,7 @@ def load_or_compute_statistics(setup: BaselineSetup, folder: Path, workers: Stat
     if path.is_file():
         return ActivationStats.load(path)
     say(progress, f"computing activation statistics on {sum(len(y) for _, y in setup.batches)} calibration images")
-    stats = compute_baseline_statistics(setup, workers, optional, progress)
+    stats = compute_baseline_statistics(setup, workers, options, progress)
     folder.mkdir(parents=True, exist_ok=True)
     stats.save(path)
     return stats

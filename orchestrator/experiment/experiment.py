@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
 from orchestrator.experiment.checks import ConfigError
+from orchestrator.experiment.lock import RunDirLock
 from orchestrator.experiment.model_settings import check_source_exists
 from orchestrator.experiment.run_info import dataset_entity, system_tags
 from orchestrator.experiment.runner import EXPERIMENT_NAME, check_tracking_reachable, flatten, ray_connection
@@ -58,16 +59,29 @@ class ExperimentSpec:
 class Experiment:
     """One sweep or study being run (or resumed) in its run directory; see the module docstring."""
 
-    def __init__(self, spec: ExperimentSpec, resume: bool) -> None:
+    def __init__(self, spec: ExperimentSpec, resume: bool, lock: RunDirLock | None = None) -> None:
         self.spec = spec
         self.resume = resume
+        self.lock = lock
         self.tracker = Tracker(spec.tracking_uri, spec.experiment, spec.run_dir, kind=spec.kind,
                                unique_names=spec.unique_names)
 
     @classmethod
     def open(cls, spec: ExperimentSpec, resume: bool, sources: Iterable[Any] = ()) -> Experiment:
-        """Check, before anything loads: the run directory holds no experiment (``resume``: one
-        Tune can restore), the tracking server answers, every baseline ``source`` exists."""
+        """Check, before anything loads: no other driver runs in the run directory (its lock is
+        taken here and held until :meth:`close`, or the end of a ``with`` block), the run
+        directory holds no experiment (``resume``: one Tune can restore), the tracking server
+        answers, every baseline ``source`` exists."""
+        lock = RunDirLock(spec.run_dir, spec.kind).acquire()
+        try:
+            cls._check(spec, resume, sources)
+        except BaseException:
+            lock.release()
+            raise
+        return cls(spec, resume, lock)
+
+    @staticmethod
+    def _check(spec: ExperimentSpec, resume: bool, sources: Iterable[Any]) -> None:
         from ray import tune
 
         experiment = Path(spec.run_dir) / EXPERIMENT_NAME
@@ -80,7 +94,17 @@ class Experiment:
         check_tracking_reachable(spec.tracking_uri)
         for source in sources:
             check_source_exists(source)
-        return cls(spec, resume)
+
+    def close(self) -> None:
+        """Let the run directory's lock go (the driver is done with it)."""
+        if self.lock is not None:
+            self.lock.release()
+
+    def __enter__(self) -> Experiment:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
     @property
     def run_dir(self) -> Path:

@@ -100,42 +100,43 @@ def run_study(config: StudyConfig, *, address: str | None = None, resume: bool =
     cells done / failed / ETA on stderr; ``verbose``: Tune's status tables and the workers' output
     too."""
     started = time.perf_counter()
-    experiment = Experiment.open(ExperimentSpec.of(TRACKING_KIND, config, RESOLVED_STUDY_FILE, unique_names=True),
-                                 resume, [baseline.source for baseline in config.checkpoints])
-    cells = study_cells(config)
-    execution = config.execution
-    resources = TrialResources(execution.cpus_per_trial, execution.gpus_per_trial, execution.concurrency)
-    threads = trial_threads(resources.cpus)
-    setups = {}
-    for baseline in config.checkpoints:
-        say(progress, f"loading baseline {baseline.label}")
-        setups[baseline.label] = prepare_baseline(baseline.source, config.data, threads=threads, progress=progress)
-    experiment.record()
-    with experiment.connect(address, verbose, {"execution.gpus_per_trial": resources.gpus}):
-        baselines = {}
-        for label, setup in setups.items():
-            stats = _activation_statistics(config, setup, Path(config.run_dir) / "baselines" / label, progress)
-            baselines[label] = StudyBaseline(put_shared(setup, stats, None), WorkerSettings.of(setup, threads))
-        metrics = {f"{label}.{k}": v for label, setup in setups.items() for k, v in setup.metrics.items()}
-        parent, created = experiment.start(baseline=metrics, setups=setups.values(), gpus_per_trial=resources.gpus)
-        say(progress, f"MLflow parent run {parent} in {config.tracking_uri}" + ("" if created else " (resumed)"))
-        scores_root = Path(config.run_dir) / SCORES_FOLDER
-        phase = compute_scores(config, baselines, scores_root, progress=progress)
-        settings = StudySettings(criteria={c.label: c for c in config.criteria},
-                                 ratios={r.label: r for r in config.ratios}, recipes=dict(config.recipes),
-                                 pruning=config.pruning, scores_root=str(scores_root),
-                                 cells_root=str(Path(config.run_dir) / CELLS_FOLDER),
-                                 share_scores=execution.share_scores, score_every_stage=execution.score_every_stage)
-        tracker = experiment.tracker
-        ended_before = len(tracker.trial_runs())  # cells a resumed study had already logged
-        say(progress, f"running {len(cells)} cells, {execution.concurrency} at a time")
-        trials = TrialsSpec(study_cell, settings, baselines, resources, len(cells),
-                            make_search=lambda: FixedConfigs([c.trial_config() for c in cells]), stage="study")
-        output = TrialOutput(CELL_METRICS, CELL_TAGS, progress=progress, verbose=verbose, bar=True)
-        complete = finished_cleanly(run_trials(tracker, trials, output, resume=resume), len(cells))
-    result = _finalize(tracker, config, setups, phase, ended_before=ended_before, wall=time.perf_counter() - started)
-    tracker.finish_parent("FINISHED" if complete else "FAILED")
-    return result
+    spec = ExperimentSpec.of(TRACKING_KIND, config, RESOLVED_STUDY_FILE, unique_names=True)
+    with Experiment.open(spec, resume, [b.source for b in config.checkpoints]) as experiment:  # the run dir's lock
+        cells = study_cells(config)
+        execution = config.execution
+        resources = TrialResources(execution.cpus_per_trial, execution.gpus_per_trial, execution.concurrency)
+        threads = trial_threads(resources.cpus)
+        setups = {}
+        for baseline in config.checkpoints:
+            say(progress, f"loading baseline {baseline.label}")
+            setups[baseline.label] = prepare_baseline(baseline.source, config.data, threads=threads, progress=progress)
+        experiment.record()
+        with experiment.connect(address, verbose, {"execution.gpus_per_trial": resources.gpus}):
+            baselines = {}
+            for label, setup in setups.items():
+                stats = _activation_statistics(config, setup, Path(config.run_dir) / "baselines" / label, progress)
+                baselines[label] = StudyBaseline(put_shared(setup, stats, None), WorkerSettings.of(setup, threads))
+            metrics = {f"{label}.{k}": v for label, setup in setups.items() for k, v in setup.metrics.items()}
+            parent, created = experiment.start(baseline=metrics, setups=setups.values(), gpus_per_trial=resources.gpus)
+            say(progress, f"MLflow parent run {parent} in {config.tracking_uri}" + ("" if created else " (resumed)"))
+            scores_root = Path(config.run_dir) / SCORES_FOLDER
+            phase = compute_scores(config, baselines, scores_root, progress=progress)
+            settings = StudySettings(criteria={c.label: c for c in config.criteria},
+                                     ratios={r.label: r for r in config.ratios}, recipes=dict(config.recipes),
+                                     pruning=config.pruning, scores_root=str(scores_root),
+                                     cells_root=str(Path(config.run_dir) / CELLS_FOLDER),
+                                     share_scores=execution.share_scores, score_every_stage=execution.score_every_stage)
+            tracker = experiment.tracker
+            ended_before = len(tracker.trial_runs())  # cells a resumed study had already logged
+            say(progress, f"running {len(cells)} cells, {execution.concurrency} at a time")
+            trials = TrialsSpec(study_cell, settings, baselines, resources, len(cells),
+                                make_search=lambda: FixedConfigs([c.trial_config() for c in cells]), stage="study")
+            output = TrialOutput(CELL_METRICS, CELL_TAGS, progress=progress, verbose=verbose, bar=True)
+            complete = finished_cleanly(run_trials(tracker, trials, output, resume=resume), len(cells))
+        result = _finalize(tracker, config, setups, phase, ended_before=ended_before,
+                           wall=time.perf_counter() - started)
+        tracker.finish_parent("FINISHED" if complete else "FAILED")
+        return result
 
 
 def _score_savings(config: StudyConfig, rows, phase: ScorePhase | None) -> dict[str, Any]:

@@ -78,53 +78,55 @@ def run_sweep(
 
     from search_spaces import SpaceContext
 
-    experiment = Experiment.open(ExperimentSpec.of("sweep", config, RESOLVED_CONFIG_FILE), resume, [config.source])
-    space = config.space.create()  # the one search space of the sweep: its searcher's, its trials'
-    sampler = make_sampler(config.sweep.sampler, config.sweep.seed, config.sweep.population_size)  # fails early
-    resources = TrialResources(config.sweep.cpus_per_trial, config.sweep.gpus_per_trial, config.sweep.concurrency)
-    say(progress, f"loading baseline {config.checkpoint or config.model.name}")
-    phases: dict[str, float] = {}  # wall seconds of this run's phases (SweepResult.phases)
-    with timed(phases, "baseline"):
-        setup = prepare_baseline(config.source, config.data, latency="latency_ms" in config.objectives,
-                                 threads=trial_threads(resources.cpus), progress=progress)
-    experiment.record()
-    with experiment.connect(address, verbose, config.gpu_requests()):
-        with timed(phases, "extras"):  # statistics / utilization curves (read back on a resume)
-            stats, utilization = _extras(config, space, setup, progress)
-        context = SpaceContext(space=setup.space, strategy=config.space.strategy, stats=stats, utilization=utilization)
-        parent, created = experiment.start(baseline=setup.metrics, setups=[setup], gpus_per_trial=resources.gpus,
-                                           tags={"prunesweep.space": config.space.name})
-        say(progress, f"MLflow parent run {parent} in {config.tracking_uri}" + ("" if created else " (resumed)"))
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        key = str(Path(config.run_dir).absolute())
-        settings = SweepTrialSettings(
-            WorkerSettings.of(setup, trial_threads(resources.cpus)), space=space, strategy=config.space.strategy,
-            seed=config.sweep.seed, recipe=config.screen_recipe if config.two_stage else config.recipe,
-            measure_latency="latency_ms" in config.objectives,
-            sampled_finetune=not config.two_stage, score_every_stage=not config.two_stage,
-        )
-        screening = TrialsSpec(
-            sweep_trial, settings, put_shared(setup, stats, utilization), resources, config.sweep.trials,
-            make_search=lambda: screening_search(config, space, context, key, sampler),
-            folder=EXPERIMENT_NAME, stage=STAGE_SCREEN,
-        )
-        output = TrialOutput(TRIAL_METRICS, TRIAL_TAGS, progress=progress, verbose=verbose)
-        tracker = experiment.tracker
-        refining = config.two_stage and resume and _restorable(config, REFINE_EXPERIMENT)
-        with register_context(key, context):
-            if refining:  # killed during refinement: screening is done
-                say(progress, f"resuming {Path(config.run_dir) / REFINE_EXPERIMENT}")
-                with timed(phases, "refinement"):
-                    complete = _refine(config, tracker, screening, output, None)
-            else:
-                say(progress and resume, f"resuming {Path(config.run_dir) / EXPERIMENT_NAME}")
-                with timed(phases, "screening"):
-                    screened = run_trials(tracker, screening, output, resume=resume)
-                complete = finished_cleanly(screened, config.sweep.trials)
-                if config.two_stage and complete:
+    spec = ExperimentSpec.of("sweep", config, RESOLVED_CONFIG_FILE)
+    with Experiment.open(spec, resume, [config.source]) as experiment:  # the run dir's lock, held to the end
+        space = config.space.create()  # the one search space of the sweep: its searcher's, its trials'
+        sampler = make_sampler(config.sweep.sampler, config.sweep.seed, config.sweep.population_size)  # fails early
+        resources = TrialResources(config.sweep.cpus_per_trial, config.sweep.gpus_per_trial, config.sweep.concurrency)
+        say(progress, f"loading baseline {config.checkpoint or config.model.name}")
+        phases: dict[str, float] = {}  # wall seconds of this run's phases (SweepResult.phases)
+        with timed(phases, "baseline"):
+            setup = prepare_baseline(config.source, config.data, latency="latency_ms" in config.objectives,
+                                     threads=trial_threads(resources.cpus), progress=progress)
+        experiment.record()
+        with experiment.connect(address, verbose, config.gpu_requests()):
+            with timed(phases, "extras"):  # statistics / utilization curves (read back on a resume)
+                stats, utilization = _extras(config, space, setup, progress)
+            context = SpaceContext(space=setup.space, strategy=config.space.strategy, stats=stats,
+                                   utilization=utilization)
+            parent, created = experiment.start(baseline=setup.metrics, setups=[setup], gpus_per_trial=resources.gpus,
+                                               tags={"prunesweep.space": config.space.name})
+            say(progress, f"MLflow parent run {parent} in {config.tracking_uri}" + ("" if created else " (resumed)"))
+            optuna.logging.set_verbosity(optuna.logging.WARNING)
+            key = str(Path(config.run_dir).absolute())
+            settings = SweepTrialSettings(
+                WorkerSettings.of(setup, trial_threads(resources.cpus)), space=space, strategy=config.space.strategy,
+                seed=config.sweep.seed, recipe=config.screen_recipe if config.two_stage else config.recipe,
+                measure_latency="latency_ms" in config.objectives,
+                sampled_finetune=not config.two_stage, score_every_stage=not config.two_stage,
+            )
+            screening = TrialsSpec(
+                sweep_trial, settings, put_shared(setup, stats, utilization), resources, config.sweep.trials,
+                make_search=lambda: screening_search(config, space, context, key, sampler),
+                folder=EXPERIMENT_NAME, stage=STAGE_SCREEN,
+            )
+            output = TrialOutput(TRIAL_METRICS, TRIAL_TAGS, progress=progress, verbose=verbose)
+            tracker = experiment.tracker
+            refining = config.two_stage and resume and _restorable(config, REFINE_EXPERIMENT)
+            with register_context(key, context):
+                if refining:  # killed during refinement: screening is done
+                    say(progress, f"resuming {Path(config.run_dir) / REFINE_EXPERIMENT}")
                     with timed(phases, "refinement"):
-                        complete = _refine(config, tracker, screening, output, screened)
-        return finalize_sweep(tracker, config, setup, complete, progress, phases)
+                        complete = _refine(config, tracker, screening, output, None)
+                else:
+                    say(progress and resume, f"resuming {Path(config.run_dir) / EXPERIMENT_NAME}")
+                    with timed(phases, "screening"):
+                        screened = run_trials(tracker, screening, output, resume=resume)
+                    complete = finished_cleanly(screened, config.sweep.trials)
+                    if config.two_stage and complete:
+                        with timed(phases, "refinement"):
+                            complete = _refine(config, tracker, screening, output, screened)
+            return finalize_sweep(tracker, config, setup, complete, progress, phases)
 
 
 def _extras(config: SweepConfig, space, setup, progress: bool):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 from pruning.errors import InputError
 from pruning.statistics.edges import EDGE_BATCHES, EDGE_QUANTILE, check_edge_options
@@ -83,12 +83,3 @@ class StatsOptions:
     def replace(self, **changes: Any) -> StatsOptions:
         """A copy with ``changes`` (checked like a new value)."""
         return dataclasses.replace(self, **changes)
-
-    # the mapping protocol, so that ``**options`` fills keyword arguments of the same names
-    def keys(self) -> Iterator[str]:
-        return iter(f.name for f in dataclasses.fields(self))
-
-    def __getitem__(self, name: str) -> Any:
-        if name not in {f.name for f in dataclasses.fields(self)}:
-            raise KeyError(name)
-        return getattr(self, name)

@@ -1,7 +1,14 @@
 """Fixtures shared by the orchestrator tests: one Ray runtime for the whole test session."""
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
 import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="session")
@@ -15,3 +22,29 @@ def ray_session():
     yield ray
     if started_here:
         ray.shutdown()
+
+
+@pytest.fixture
+def lock_holder():
+    """``lock_holder(run_dir)``: another process that takes the run dir's lock and holds it until
+    the test ends (or is killed); returns its ``Popen``."""
+    processes = []
+
+    def hold(run_dir: Path) -> subprocess.Popen:
+        code = textwrap.dedent(f"""
+            import sys, time
+            sys.path.insert(0, {str(ROOT)!r})
+            from orchestrator.experiment.lock import RunDirLock
+            lock = RunDirLock({str(run_dir)!r}).acquire()
+            print("held", flush=True)
+            time.sleep(120)
+        """)
+        process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+        processes.append(process)
+        assert process.stdout.readline().strip() == "held"
+        return process
+
+    yield hold
+    for process in processes:
+        process.kill()
+        process.wait()
