@@ -14,7 +14,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from pruning.recovery import STAGES, RecoveryRecipe
+from pruning.recovery import STAGES, RecoveryRecipe, reconstruction_targets
 from pruning.utils import model_device
 
 __all__ = [
@@ -36,6 +36,7 @@ class SharedRefs:
     batches: Any  # ObjectRef -> calibration batches
     stats: Any = None  # ObjectRef -> ActivationStats | None
     utilization: Any = None  # ObjectRef -> {group: curve} | None
+    targets: Any = None  # ObjectRef -> OriginalTargets (the reconstruction's) | None
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,7 @@ class WorkerBaseline:
     stats: Any  # ActivationStats | None
     utilization: Any  # {group: curve} | None
     settings: WorkerSettings
+    targets: Any = None  # the reconstruction's OriginalTargets | None
 
     def build_model(self) -> nn.Module:
         """A fresh copy of the model, on the trial's device (:func:`trial_device`)."""
@@ -120,17 +122,24 @@ def import_paths_of(model_name: str) -> tuple[str, ...]:
     return (root,) if root else ()
 
 
-def put_shared(setup, stats, utilization) -> SharedRefs:
-    """Put a baseline's shared objects in the Ray object store, once."""
+def put_shared(setup, stats, utilization, recipe: RecoveryRecipe | None = None) -> SharedRefs:
+    """Put a baseline's shared objects in the Ray object store, once. With a ``recipe`` that
+    reconstructs, the unpruned model's reconstruction targets too: one forward over the
+    calibration batches here instead of one in every trial (a trial whose recipe draws other
+    rows computes its own)."""
     import ray
 
     state = {k: v.detach().cpu() for k, v in setup.model.state_dict().items()}
+    targets = None
+    if recipe is not None and recipe.reconstruct:
+        targets = ray.put(reconstruction_targets(setup.model, setup.space, setup.batches, recipe))
     return SharedRefs(
         model=ray.put((setup.spec.to_json(), state)),
         space=ray.put(setup.space),
         batches=ray.put(setup.batches),
         stats=ray.put(stats) if stats is not None else None,
         utilization=ray.put(utilization) if utilization is not None else None,
+        targets=targets,
     )
 
 
@@ -161,6 +170,7 @@ def fetch_baseline(refs: SharedRefs, settings: WorkerSettings) -> WorkerBaseline
         stats=ray.get(refs.stats) if refs.stats is not None else None,
         utilization=ray.get(refs.utilization) if refs.utilization is not None else None,
         settings=settings,
+        targets=ray.get(refs.targets) if refs.targets is not None else None,
     )
 
 
@@ -193,7 +203,8 @@ def prune_and_recover(model: nn.Module, baseline: WorkerBaseline, plan: Criterio
     prune_seconds = time.perf_counter() - started
     score = make_eval_loader(splits.calibration, model_device(model))
     recover_started = time.perf_counter()
-    result = recover(model, outcome, recipe, recovery_data_for(splits, batches, score, score_every_stage=score_every_stage))
+    data = recovery_data_for(splits, batches, score, score_every_stage=score_every_stage, targets=baseline.targets)
+    result = recover(model, outcome, recipe, data)
     # bn_accuracy: the accuracy before any training (the zero-cost proxy the sweep compares against)
     untrained = [acc for stage, acc in result.accuracy.items() if stage != "finetuned"]
     metrics = {

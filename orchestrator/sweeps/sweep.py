@@ -106,7 +106,8 @@ def run_sweep(
                 sampled_finetune=not config.two_stage, score_every_stage=not config.two_stage,
             )
             screening = TrialsSpec(
-                sweep_trial, settings, put_shared(setup, stats, utilization), resources, config.sweep.trials,
+                sweep_trial, settings, put_shared(setup, stats, utilization, settings.recipe), resources,
+                config.sweep.trials,
                 make_search=lambda: screening_search(config, space, context, key, sampler),
                 folder=EXPERIMENT_NAME, stage=STAGE_SCREEN,
             )
