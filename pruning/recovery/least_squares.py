@@ -33,18 +33,19 @@ class RowBudget:
     equations cost ``n * w^2`` (used when n >= w), their dual form ``n^2 * w`` (when n < w),
     plus ``2 * n * w * o`` for the residual and the right-hand side.
 
-    ``min_rows_per_column`` is the floor the accuracy needs, whatever the cost: with fewer rows
-    than about 16 per column the fit follows the sampled rows, not the layer (ResNet-20 on
-    Fashion-MNIST at -50% MACs loses 2.7 points with 1 row per column and 0.1 with 16 against
-    every row). Above it, up to ``rows_per_column``, rows are taken while the fit stays within
-    ``cost``: early layers at large input resolutions (many rows, few columns) take them, wide
-    late layers (few rows, many columns) stay at the floor or at every row they have.
+    ``min_rows_per_column`` is the floor the accuracy needs, whatever the cost: with few rows
+    per column the fit follows the sampled rows, not the layer (the accuracy each floor keeps:
+    docs/scale.md, "Rows per column"). Above it, up to ``rows_per_column``, rows are taken while
+    the fit stays within ``cost``: early layers at large input resolutions (many rows, few
+    columns) take them, wide late layers (few rows, many columns) stay at the floor or at every
+    row they have. At the defaults the floor is the cap: every fit takes 32 rows per column, or
+    every row the calibration set has.
     ``check_fraction`` more rows (at least ``min_rows // 4``, when the calibration set has them)
     are drawn to measure the error before and after the fit.
     """
 
     rows_per_column: float = 32.0
-    min_rows_per_column: float = 16.0
+    min_rows_per_column: float = 32.0
     cost: float = 0.25
     min_rows: int = 256
     check_fraction: float = 0.25
