@@ -163,6 +163,8 @@ class SearchSpace(ABC):
     #: registry name, set by ``register_space``
     name: ClassVar[str] = ""
 
+    # long signature: the keyword options are the space's config keys (``register_space`` lists
+    # and checks them through the ``__init__`` chain), as a criterion's are
     def __init__(
         self,
         *,

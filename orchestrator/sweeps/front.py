@@ -167,11 +167,11 @@ def plot_front(
     front: Sequence[int],
     baseline: Mapping[str, float] | None,
     path: str | os.PathLike,
-    x: str = "macs",
-    y: str = "accuracy",
+    axes: tuple[str, str] = ("macs", "accuracy"),
 ) -> Path:
     """Scatter of every trial (grey; infeasible ones as crosses), the front as a step line, and the
     unpruned ``baseline`` as a star; written to ``path`` as a PNG, atomically. Returns the path.
+    ``axes``: the objectives on the (x, y) axes.
 
     The step line shows the attainment boundary in the (x, y) plane: from each front point it
     runs towards worse x at constant y, so it is exact for a 2-objective front over (x, y).
@@ -181,6 +181,7 @@ def plot_front(
 
     _check_objectives(objectives)
     path = Path(path)
+    x, y = axes
     xy = np.array([[_value(p, x), _value(p, y)] for p in points], dtype=np.float64).reshape(-1, 2)
     finite = np.isfinite(xy).all(1)
     feasible = np.array([eligible(p, {}) for p in points], dtype=bool)

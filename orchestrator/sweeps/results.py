@@ -191,7 +191,7 @@ def finalize_sweep(tracker: Tracker, config, setup, complete: bool, progress: bo
     x = next((k for k in objectives if k != "accuracy"), "macs")
     columns = list(dict.fromkeys(["trial", "criterion", *objectives, "test_accuracy", "macs_reduction", "bn_accuracy"]))
     with tempfile.TemporaryDirectory(prefix="prunesweep-front-") as folder:
-        png = plot_front(points, objectives, front, baseline_point, Path(folder) / "front.png", x=x, y="accuracy")
+        png = plot_front(points, objectives, front, baseline_point, Path(folder) / "front.png", axes=(x, "accuracy"))
         tracker.log_file(parent, png, "pareto")
     tracker.log_text(parent, front_table(points, front, columns), "pareto/front.md")
     tracker.log_text(parent, json.dumps({"objectives": objectives, "baseline": setup.metrics, "front": rows,
