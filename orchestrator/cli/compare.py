@@ -79,7 +79,7 @@ def _flag_study(args: argparse.Namespace) -> dict:
         "criteria": list(args.criteria), "ratios": ["uniform"], "recipes": {"default": recipe_section(recipe_from_args(args))},
         "flops_reductions": list(args.flops_reductions), "seeds": list(args.seeds or [0]),
         "pruning": {"strategy": args.strategy or "full"}, "data": data,
-        "statistics": {"reference": "random" if "random" in args.criteria else args.criteria[0]},
+        "significance": {"reference": "random" if "random" in args.criteria else args.criteria[0]},
         "execution": {"cpus_per_trial": args.cpus_per_trial or 1, "concurrency": args.concurrency or 2},
         "tracking": {"uri": args.tracking_uri, "experiment": args.experiment or "prunesweep-compare"},
         "run_dir": args.run_dir or str(Path("runs", "studies", name)),

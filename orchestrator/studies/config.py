@@ -29,7 +29,7 @@ from pruning.structure import STRATEGIES
 
 __all__ = [
     "RESOLVED_STUDY_FILE", "INTERVALS", "PAIRED_TESTS", "BaselineSettings", "CriterionSettings",
-    "RatioSettings", "PruningSettings", "StatisticsSettings", "ExecutionSettings", "StudyConfig",
+    "RatioSettings", "PruningSettings", "SignificanceSettings", "ExecutionSettings", "StudyConfig",
 ]
 
 RESOLVED_STUDY_FILE = "study.yaml"
@@ -206,7 +206,7 @@ class PruningSettings:
 
 
 @dataclass(frozen=True)
-class StatisticsSettings:
+class SignificanceSettings:
     """How cells are summarised (see docs/studies.md): ``interval`` t or bootstrap at ``confidence``;
     each criterion paired with ``reference`` by ``paired_test``; bootstraps draw
     ``bootstrap_samples`` resamples seeded by ``seed``."""
@@ -219,13 +219,13 @@ class StatisticsSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _check_label("statistics.reference", self.reference)
-        if not 0 < check_number("statistics.confidence", self.confidence) < 1:
-            raise ConfigError("statistics.confidence", f"must be in (0, 1), got {self.confidence!r}")
-        check_choice("statistics.interval", self.interval, INTERVALS)
-        check_choice("statistics.paired_test", self.paired_test, PAIRED_TESTS)
-        check_int("statistics.bootstrap_samples", self.bootstrap_samples, lo=100)
-        check_int("statistics.seed", self.seed, lo=0)
+        _check_label("significance.reference", self.reference)
+        if not 0 < check_number("significance.confidence", self.confidence) < 1:
+            raise ConfigError("significance.confidence", f"must be in (0, 1), got {self.confidence!r}")
+        check_choice("significance.interval", self.interval, INTERVALS)
+        check_choice("significance.paired_test", self.paired_test, PAIRED_TESTS)
+        check_int("significance.bootstrap_samples", self.bootstrap_samples, lo=100)
+        check_int("significance.seed", self.seed, lo=0)
 
 
 @dataclass(frozen=True)
@@ -265,7 +265,7 @@ def _list(key: str, data: Any) -> list:
 
 
 _TOP_LEVEL = ("name", "checkpoints", "criteria", "ratios", "recipes", "flops_reductions", "seeds", "pruning", "data",
-              "statistics", "execution", "tracking", "run_dir")
+              "significance", "execution", "tracking", "run_dir")
 
 
 @dataclass(frozen=True)
@@ -282,7 +282,7 @@ class StudyConfig:
     seeds: tuple[int, ...] = (0,)
     pruning: PruningSettings = field(default_factory=PruningSettings)
     data: DataSettings = field(default_factory=DataSettings)
-    statistics: StatisticsSettings = field(default_factory=StatisticsSettings)
+    significance: SignificanceSettings = field(default_factory=SignificanceSettings)
     execution: ExecutionSettings = field(default_factory=ExecutionSettings)
     tracking: TrackingSettings = field(default_factory=lambda: TrackingSettings(experiment="prunesweep-compare"))
 
@@ -316,9 +316,9 @@ class StudyConfig:
         labels = [c.label for c in self.criteria]
         if "snpfi-prior" in labels:  # cells.SNPFI_PRIOR: the score key of SNPFI's layer sparsities
             raise ConfigError("criteria.label", "snpfi-prior is reserved; choose another label")
-        if len(labels) > 1 and self.statistics.reference not in labels:
-            raise ConfigError("statistics.reference", f"must be one of the criteria {', '.join(labels)}, "
-                              f"got {self.statistics.reference!r}")
+        if len(labels) > 1 and self.significance.reference not in labels:
+            raise ConfigError("significance.reference", f"must be one of the criteria {', '.join(labels)}, "
+                              f"got {self.significance.reference!r}")
         for baseline in self.checkpoints:  # a checkpoint's dataset is checked when it is loaded
             if baseline.model is not None:
                 self.data.check_dataset(baseline.model.dataset)
@@ -338,11 +338,13 @@ class StudyConfig:
     @property
     def reference(self) -> str | None:
         """The reference criterion's label; None with a single criterion (nothing to pair)."""
-        return self.statistics.reference if len(self.criteria) > 1 else None
+        return self.significance.reference if len(self.criteria) > 1 else None
 
     @classmethod
     def from_dict(cls, data: Any, *, default_name: str = "study") -> StudyConfig:
         data = check_mapping("", data)
+        if "statistics" in data:  # the section's name before the statistical tests became "significance"
+            raise ConfigError("statistics", "is now called significance: rename the section")
         check_keys("", data, _TOP_LEVEL)
         for key in ("checkpoints", "criteria", "flops_reductions"):
             if key not in data:
@@ -367,7 +369,7 @@ class StudyConfig:
             seeds=tuple(_list("seeds", data.get("seeds", [0]))),
             pruning=_section(PruningSettings, "pruning", data.get("pruning")),
             data=DataSettings.from_dict(data.get("data")),
-            statistics=_section(StatisticsSettings, "statistics", data.get("statistics")),
+            significance=_section(SignificanceSettings, "significance", data.get("significance")),
             execution=_section(ExecutionSettings, "execution", data.get("execution")),
             tracking=TrackingSettings.from_dict(tracking),
         )
@@ -384,7 +386,7 @@ class StudyConfig:
             "seeds": list(self.seeds),
             "pruning": {f.name: getattr(self.pruning, f.name) for f in fields(self.pruning)},
             "data": self.data.to_dict(),
-            "statistics": {f.name: getattr(self.statistics, f.name) for f in fields(self.statistics)},
+            "significance": {f.name: getattr(self.significance, f.name) for f in fields(self.significance)},
             "execution": {f.name: getattr(self.execution, f.name) for f in fields(self.execution)},
             "tracking": {"uri": self.tracking_uri, "experiment": self.tracking.experiment},
             "run_dir": self.run_dir,

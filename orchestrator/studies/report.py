@@ -20,7 +20,7 @@ from typing import Any, Mapping, Sequence
 
 from orchestrator.report import format_table, format_value
 from orchestrator.studies.cells import CELL_PARAMS, Cell
-from orchestrator.studies.config import StatisticsSettings
+from orchestrator.studies.config import SignificanceSettings
 from orchestrator.studies.significance import average_ranks, mean_interval, paired_comparison
 from orchestrator.studies.trial import ACCURACY_SPLIT
 
@@ -63,14 +63,14 @@ class StudyTables:
     paired: list[dict[str, Any]]
     ranks: list[dict[str, Any]]
     rank_test: dict[str, Any] = field(default_factory=dict)
-    statistics: dict[str, Any] = field(default_factory=dict)
+    significance: dict[str, Any] = field(default_factory=dict)
 
     def text(self) -> str:
         """The summary, paired and rank tables as aligned text."""
         parts = [f"test accuracy (split: {ACCURACY_SPLIT}), mean and {self._interval_name()}",
                  _text(self.summary, SUMMARY_COLUMNS)]
         if self.paired:
-            parts += [f"paired with {self.statistics['reference']}", _text(self.paired, PAIRED_COLUMNS)]
+            parts += [f"paired with {self.significance['reference']}", _text(self.paired, PAIRED_COLUMNS)]
         if self.ranks:
             parts += ["average rank (1 = most accurate)", _text(self.ranks, RANK_COLUMNS), self._rank_note()]
         return "\n".join(parts)
@@ -80,16 +80,16 @@ class StudyTables:
         parts = [f"Test accuracy (split: `{ACCURACY_SPLIT}`), mean and {self._interval_name()}.", "",
                  to_markdown(self.summary, SUMMARY_COLUMNS)]
         if self.paired:
-            parts += ["", f"Paired with `{self.statistics['reference']}` over the same (checkpoint, seed, target) "
-                      f"pairs ({self.statistics['paired_test']}, two-sided).", "", to_markdown(self.paired, PAIRED_COLUMNS)]
+            parts += ["", f"Paired with `{self.significance['reference']}` over the same (checkpoint, seed, target) "
+                      f"pairs ({self.significance['paired_test']}, two-sided).", "", to_markdown(self.paired, PAIRED_COLUMNS)]
         if self.ranks:
             parts += ["", "Average rank (1 = most accurate).", "", to_markdown(self.ranks, RANK_COLUMNS), "",
                       self._rank_note()]
         return "\n".join(parts) + "\n"
 
     def _interval_name(self) -> str:
-        kind = "Student t" if self.statistics.get("interval") == "t" else "percentile bootstrap"
-        return f"{self.statistics.get('confidence', 0.95):.0%} {kind} interval over checkpoints x seeds"
+        kind = "Student t" if self.significance.get("interval") == "t" else "percentile bootstrap"
+        return f"{self.significance.get('confidence', 0.95):.0%} {kind} interval over checkpoints x seeds"
 
     def _rank_note(self) -> str:
         test = self.rank_test
@@ -99,9 +99,9 @@ class StudyTables:
                 f"p {test['friedman_p']:.4g}; Nemenyi critical difference {test['critical_difference']:.3f}")
 
 
-def study_tables(rows: Sequence[Mapping[str, Any]], statistics: StatisticsSettings, reference: str | None) -> StudyTables:
+def study_tables(rows: Sequence[Mapping[str, Any]], significance: SignificanceSettings, reference: str | None) -> StudyTables:
     """Summary, paired and rank tables of the long table ``rows``."""
-    options = dict(confidence=statistics.confidence, samples=statistics.bootstrap_samples, seed=statistics.seed)
+    options = dict(confidence=significance.confidence, samples=significance.bootstrap_samples, seed=significance.seed)
     done = _finished(rows)
     summary = []
     for recipe, ratios, criterion, target in dict.fromkeys((r["recipe"], r["ratios"], r["criterion"],
@@ -109,7 +109,7 @@ def study_tables(rows: Sequence[Mapping[str, Any]], statistics: StatisticsSettin
         cell = [r for r in rows if (r["recipe"], r["ratios"], r["criterion"], r["flops_reduction"])
                 == (recipe, ratios, criterion, target)]
         ok = [r for r in done if r in cell]
-        spread = mean_interval([r[METRIC] for r in ok], method=statistics.interval, **options)
+        spread = mean_interval([r[METRIC] for r in ok], method=significance.interval, **options)
         macs = [r["macs_reduction"] for r in ok if r.get("macs_reduction") is not None]
         summary.append({"recipe": recipe, "ratios": ratios, "criterion": criterion, "flops_reduction": target,
                         "n": spread.n, "failed": sum(r["status"] == "FAILED" for r in cell),
@@ -125,8 +125,8 @@ def study_tables(rows: Sequence[Mapping[str, Any]], statistics: StatisticsSettin
             theirs = {(r["checkpoint"], r["seed"], r["flops_reduction"]): r[METRIC] for r in done
                       if (r["recipe"], r["ratios"], r["criterion"]) == (recipe, ratios, reference)}
             pairs = sorted(set(mine) & set(theirs))
-            result = paired_comparison([mine[p] - theirs[p] for p in pairs], interval=statistics.interval,
-                                       test=statistics.paired_test, **options)
+            result = paired_comparison([mine[p] - theirs[p] for p in pairs], interval=significance.interval,
+                                       test=significance.paired_test, **options)
             paired.append({"recipe": recipe, "ratios": ratios, "criterion": criterion, "reference": reference,
                            "pairs": result.n, "mean_difference": result.mean, "ci_low": result.low,
                            "ci_high": result.high, "p_value": result.p_value, "test": result.test})
@@ -135,13 +135,13 @@ def study_tables(rows: Sequence[Mapping[str, Any]], statistics: StatisticsSettin
     for r in done:
         blocks.setdefault((r["checkpoint"], r["seed"], r["flops_reduction"], r["recipe"], r["ratios"]), {})[
             r["criterion"]] = r[METRIC]
-    ranks = average_ranks(list(blocks.values()), criteria, confidence=statistics.confidence)
+    ranks = average_ranks(list(blocks.values()), criteria, confidence=significance.confidence)
     rank_rows = sorted(({"criterion": c, "average_rank": v} for c, v in ranks.average.items()),
                        key=lambda r: r["average_rank"])
     rank_test = {"blocks": ranks.blocks, "friedman_statistic": ranks.friedman_statistic,
                  "friedman_p": ranks.friedman_p, "critical_difference": ranks.critical_difference}
-    settings = {"interval": statistics.interval, "confidence": statistics.confidence, "reference": reference,
-                "paired_test": statistics.paired_test, "accuracy_split": ACCURACY_SPLIT}
+    settings = {"interval": significance.interval, "confidence": significance.confidence, "reference": reference,
+                "paired_test": significance.paired_test, "accuracy_split": ACCURACY_SPLIT}
     return StudyTables(list(rows), summary, paired, rank_rows if len(criteria) > 1 else [], rank_test, settings)
 
 
@@ -174,7 +174,7 @@ def write_tables(tables: StudyTables, folder: Path) -> list[Path]:
         "cells.md": to_markdown(tables.long, LONG_COLUMNS) + "\n",
         "summary.md": tables.markdown(),
         "summary.json": json.dumps({"summary": tables.summary, "paired": tables.paired, "ranks": tables.ranks,
-                                    "rank_test": tables.rank_test, "statistics": tables.statistics}, indent=2),
+                                    "rank_test": tables.rank_test, "significance": tables.significance}, indent=2),
     }
     for name, text in files.items():
         (folder / name).write_text(text)
@@ -222,7 +222,7 @@ def plot_accuracy(tables: StudyTables, baseline_accuracy: float | None, path: Pa
     fig = _figure(4.6 * len(recipes) + 2.2, 3.6 * len(ratios) + 0.4)
     axes = fig.subplots(len(ratios), len(recipes), squeeze=False)
     colours = _colours(criteria)
-    banded_criteria = set(criteria) if len(criteria) <= MAX_BANDS else {tables.statistics.get("reference")}
+    banded_criteria = set(criteria) if len(criteria) <= MAX_BANDS else {tables.significance.get("reference")}
     for row, ratio in enumerate(ratios):
         for col, recipe in enumerate(recipes):
             ax = axes[row][col]
@@ -258,9 +258,9 @@ def plot_accuracy(tables: StudyTables, baseline_accuracy: float | None, path: Pa
             ax.grid(True, alpha=0.3)
             if row == len(ratios) - 1:
                 ax.set_xlabel("MACs reduction (measured)")
-        level = f"{tables.statistics.get('confidence', 0.95):.0%}"
+        level = f"{tables.significance.get('confidence', 0.95):.0%}"
         whose = (f"{level} bands" if len(criteria) <= MAX_BANDS
-                 else f"{level} intervals; band: {tables.statistics.get('reference')}")
+                 else f"{level} intervals; band: {tables.significance.get('reference')}")
         axes[row][0].set_ylabel(f"test accuracy ({whose})")
     handles, labels = axes[0][0].get_legend_handles_labels()
     for ax in axes.flat:  # a criterion missing from the first panel still gets its entry

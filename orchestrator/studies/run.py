@@ -79,7 +79,7 @@ class StudyResult:
                 "parent_run_id": self.parent_run_id, "counts": self.counts, "scores": self.scores,
                 "wall_seconds": self.wall_seconds, "cells": tables.long, "summary": tables.summary,
                 "paired": tables.paired, "ranks": tables.ranks, "rank_test": tables.rank_test,
-                "statistics": tables.statistics}
+                "significance": tables.significance}
 
 
 def _activation_statistics(config: StudyConfig, setup, folder: Path, progress: bool):
@@ -157,7 +157,7 @@ def _score_savings(config: StudyConfig, rows, phase: ScorePhase | None) -> dict[
 
 def _tables_and_counts(config: StudyConfig, tracker: Tracker):
     rows = long_rows(tracker.read_trials())
-    tables = study_tables(rows, config.statistics, config.reference)
+    tables = study_tables(rows, config.significance, config.reference)
     counts = {"cells": len(study_cells(config)), "logged": len(rows),
               "finished": sum(r["status"] == "FINISHED" for r in rows),
               "failed": sum(r["status"] == "FAILED" for r in rows)}

@@ -98,7 +98,7 @@ def test_parent_run_holds_config_commit_tables_and_plots(study):
     config, result = study
     tracker = tracker_of(config)
     parent = tracker.client.get_run(result.parent_run_id)
-    assert parent.data.tags["prunesweep.git_commit"] and parent.data.params["statistics.reference"] == "random"
+    assert parent.data.tags["prunesweep.git_commit"] and parent.data.params["significance.reference"] == "random"
     assert parent.data.metrics["baseline_tiny0.test_accuracy"] >= 0
     artifacts = {a.path for a in tracker.client.list_artifacts(result.parent_run_id, "study")}
     assert {"study/cells.csv", "study/cells.md", "study/summary.md", "study/summary.json",
@@ -109,7 +109,7 @@ def test_parent_run_holds_config_commit_tables_and_plots(study):
     assert {row["n"] for row in result.tables.summary} == {4}
     (paired,) = result.tables.paired
     assert paired["criterion"] == "l1" and paired["pairs"] == 8 and paired["test"] == "wilcoxon"
-    assert result.tables.statistics["accuracy_split"] == "test"
+    assert result.tables.significance["accuracy_split"] == "test"
 
 
 def test_report_reads_the_study_back_from_mlflow(study, capsys):
@@ -163,7 +163,7 @@ def test_flag_compare_is_a_one_checkpoint_uniform_study(ray_session, tmp_path, m
         assert 0.0 <= row["test_accuracy_mean"] <= 1.0
     config = StudyConfig.from_dict(__import__("yaml").safe_load((tmp_path / "cmp" / "study.yaml").read_text()))
     assert [r.label for r in config.ratios] == ["uniform"] and list(config.recipes) == ["default"]
-    assert config.recipes["default"].bn_batches == 1 and config.statistics.reference == "l1"
+    assert config.recipes["default"].bn_batches == 1 and config.significance.reference == "l1"
     runs = tracker_of(config).trial_runs()
     assert sorted((r.data.params["criterion"], r.data.params["seed"], r.info.status) for r in runs.values()) == [
         ("fpgm", "3", "FINISHED"), ("l1", "3", "FINISHED")]

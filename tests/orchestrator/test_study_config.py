@@ -24,7 +24,7 @@ def test_example_study_is_valid_and_lists_every_key(tmp_path):
     raw = yaml.safe_load(EXAMPLE.read_text())
     resolved = config.to_dict()
     assert set(raw) == set(resolved)
-    for section in ("pruning", "data", "statistics", "execution", "tracking"):
+    for section in ("pruning", "data", "significance", "execution", "tracking"):
         assert set(raw[section]) == set(resolved[section]), section
     assert set(raw["recipes"]["bn"]) == set(resolved["recipes"]["bn"])  # a recipe with every key
     assert len(config.criteria) == 13 and [r.label for r in config.ratios] == ["uniform", "concentration"]
@@ -67,8 +67,9 @@ def test_checkpoints_may_be_models_with_weights(tmp_path):
     ({"recipes": {"bn": {"seed": 2}}}, "recipes.bn.seed: set seeds instead"),
     ({"flops_reductions": [0.5, 1.0]}, "flops_reductions: each must be in (0, 1)"),
     ({"seeds": [1, 1]}, "seeds: must not repeat a value"),
-    ({"statistics": {"reference": "l2"}}, "statistics.reference: must be one of the criteria random, l1"),
-    ({"statistics": {"interval": "z"}}, "statistics.interval: must be one of t, bootstrap"),
+    ({"significance": {"reference": "l2"}}, "significance.reference: must be one of the criteria random, l1"),
+    ({"significance": {"interval": "z"}}, "significance.interval: must be one of t, bootstrap"),
+    ({"statistics": {"reference": "random"}}, "statistics: is now called significance"),
     ({"execution": {"gpus_per_trial": -1}}, "execution.gpus_per_trial: must be >= 0"),
     ({"execution": {"score_every_stage": "yes"}}, "execution.score_every_stage: must be true or false"),
     ({"pruning": {"strategy": "half"}}, "pruning.strategy: must be one of full, inner"),
@@ -135,7 +136,7 @@ def test_tables_of_a_hand_built_long_table():
             records.append(TrialRecord(f"{criterion}{seed}", "t", "FINISHED", params,
                                        {"test_accuracy": accuracy, "macs_reduction": 0.5}))
     records.append(TrialRecord("x", "t", "FAILED", {**params, "seed": "9"}, error="boom"))
-    tables = study_tables(long_rows(records), config.statistics, config.reference)
+    tables = study_tables(long_rows(records), config.significance, config.reference)
     summary = {(r["criterion"]): r for r in tables.summary}
     assert summary["l1"]["n"] == 3 and summary["l1"]["failed"] == 1
     assert summary["random"]["test_accuracy_mean"] == pytest.approx(0.5)
@@ -158,10 +159,10 @@ def test_accuracy_plot_has_a_panel_per_recipe_and_ratio_source(tmp_path):
                            {"test_accuracy": 0.5 + 0.1 * seed, "macs_reduction": 0.5})
                for criterion in ("random", "l1") for ratios in ("uniform", "concentration")
                for recipe in ("bn", "reconstruct") for seed in (0, 1)]
-    tables = study_tables(long_rows(records), config.statistics, config.reference)
+    tables = study_tables(long_rows(records), config.significance, config.reference)
     one = plot_accuracy(tables, 0.9, tmp_path / "one.png")
     uniform_only = study_tables(long_rows([r for r in records if r.params["ratios"] == "uniform"]),
-                                config.statistics, config.reference)
+                                config.significance, config.reference)
     single = plot_accuracy(uniform_only, 0.9, tmp_path / "single.png")
     (h2, w2, _), (h1, w1, _) = imread(one).shape, imread(single).shape
     assert w2 == w1 and h2 > 1.8 * h1  # a second ratio source is a second row of panels, same columns
@@ -181,7 +182,7 @@ def test_accuracy_plot_draws_every_criterions_interval_beyond_the_banded_few(tmp
                             "flops_reduction": str(target), "seed": str(seed)},
                            {"test_accuracy": 0.4 + 0.02 * i + 0.05 * seed, "macs_reduction": target})
                for i, criterion in enumerate(names) for target in (0.3, 0.5) for seed in (0, 1)]
-    tables = study_tables(long_rows(records), config.statistics, config.reference)
+    tables = study_tables(long_rows(records), config.significance, config.reference)
     # the same tables with the non-reference criteria's intervals removed: only their bars differ
     bare = replace_fields(tables, summary=[{**r, "ci_low": None, "ci_high": None} if r["criterion"] != "random" else r
                                            for r in tables.summary])
