@@ -10,7 +10,7 @@ from orchestrator.cli.options import (
     add_image_size, add_model_source, add_output, add_ray_network, add_trial_device, trial_gpus,
 )
 from orchestrator.cli.recipe_args import add_recipe_arguments, recipe_from_args
-from orchestrator.cli.result import CommandResult
+from orchestrator.cli.result import CommandResult, experiment_result
 from pruning.errors import InputError
 
 __all__ = ["add_parser", "run"]
@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> CommandResult:
                               f"a recorded study keeps its config: drop {', '.join(kept)}")
         result = (resume_study(args.resume, address=args.address, progress=progress, verbose=args.verbose)
                   if args.resume else study_report(args.report))
-        return CommandResult(result.text(), result.to_dict())
+        return experiment_result(result)
     if args.config is not None:
         if given:
             raise ConfigError("config", f"the study file sets what {', '.join(given)} would: drop them")
@@ -114,4 +114,4 @@ def run(args: argparse.Namespace) -> CommandResult:
 
         config = replace(config, execution=replace(config.execution, gpus_per_trial=gpus))
     result = run_study(config, address=args.address, progress=progress, verbose=args.verbose)
-    return CommandResult(result.text(), result.to_dict())
+    return experiment_result(result)

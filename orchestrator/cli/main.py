@@ -65,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stdout = sys.stderr
     else:
         print(result.text)
-    return 0
+    return result.exit_status
 
 
 def _starts_private_ray(args: argparse.Namespace) -> bool:

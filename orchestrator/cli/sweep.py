@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 
-from orchestrator.cli.result import CommandResult
+from orchestrator.cli.result import CommandResult, experiment_result
 from orchestrator.cli.options import add_output, add_ray_network, add_trial_device, trial_gpus
 
 
@@ -49,4 +49,4 @@ def run(args: argparse.Namespace) -> CommandResult:
         if (gpus, worker_gpus) != (config.sweep.gpus_per_trial, config.sweep.gpus_per_worker):
             config = replace(config, sweep=replace(config.sweep, gpus_per_trial=gpus, gpus_per_worker=worker_gpus))
         result = run_sweep(config, address=args.address, progress=progress, verbose=args.verbose)
-    return CommandResult(result.text(), result.to_dict())
+    return experiment_result(result)

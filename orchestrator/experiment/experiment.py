@@ -12,6 +12,7 @@ from typing import Any, Iterable, Iterator, Mapping
 
 from orchestrator.experiment.checks import ConfigError
 from orchestrator.experiment.lock import RunDirLock
+from orchestrator.experiment.signals import Termination, terminations_as_interrupts
 from orchestrator.experiment.model_settings import check_source_exists
 from orchestrator.experiment.run_info import dataset_entity, system_tags
 from orchestrator.experiment.runner import EXPERIMENT_NAME, check_tracking_reachable, flatten, ray_connection
@@ -63,6 +64,8 @@ class Experiment:
         self.spec = spec
         self.resume = resume
         self.lock = lock
+        #: the SIGTERM/SIGHUP that stopped the experiment, if one did (see :meth:`connect`)
+        self.termination = Termination()
         self.tracker = Tracker(spec.tracking_uri, spec.experiment, spec.run_dir, kind=spec.kind,
                                unique_names=spec.unique_names)
 
@@ -119,10 +122,13 @@ class Experiment:
     @contextlib.contextmanager
     def connect(self, address: str | None, verbose: bool, gpus: Mapping[str, float]) -> Iterator[None]:
         """Join (or start) Ray for the block; refuse each of ``gpus`` (config key -> GPUs it asks
-        for) beyond the cluster's GPUs, where Ray would leave its tasks pending forever."""
+        for) beyond the cluster's GPUs, where Ray would leave its tasks pending forever. Within
+        the block SIGTERM and SIGHUP stop the experiment as Ctrl-C does, recorded in
+        :attr:`termination` (:mod:`orchestrator.experiment.signals`)."""
         with ray_connection(address, verbose):
             check_cluster_gpus(gpus)
-            yield
+            with terminations_as_interrupts(self.termination):
+                yield
 
     def start(self, *, baseline: Mapping[str, float], setups: Iterable[Any], tags: Mapping[str, str] = (),
               gpus_per_trial: float = 0) -> tuple[str, bool]:

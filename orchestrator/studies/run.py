@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -64,14 +64,18 @@ class StudyResult:
     counts: dict[str, int]
     scores: dict[str, Any] = field(default_factory=dict)
     wall_seconds: float | None = None
+    #: the signal that stopped the run (``"SIGTERM"``, ``"SIGHUP"``); None: none did
+    stopped_by: str | None = None
 
     def text(self) -> str:
         head = (f"study {self.name}: {self.counts['cells']} cells, {self.counts['finished']} finished, "
                 f"{self.counts['failed']} failed")
         if self.wall_seconds:
             head += f"; {self.wall_seconds:.0f} s wall ({self.counts['ran'] * 3600 / self.wall_seconds:.0f} cells/hour)"
+        stopped = (f"\nINTERRUPTED by {self.stopped_by}, resume with: prunesweep compare --resume {self.run_dir}"
+                   if self.stopped_by else "")
         return (f"{head}\n{self.tables.text()}\nMLflow: mlflow ui --backend-store-uri {self.tracking_uri}   "
-                f"(parent run {self.parent_run_id}; tables and plots under study/)")
+                f"(parent run {self.parent_run_id}; tables and plots under study/){stopped}")
 
     def to_dict(self) -> dict[str, Any]:
         tables = self.tables
@@ -79,7 +83,7 @@ class StudyResult:
                 "parent_run_id": self.parent_run_id, "counts": self.counts, "scores": self.scores,
                 "wall_seconds": self.wall_seconds, "cells": tables.long, "summary": tables.summary,
                 "paired": tables.paired, "ranks": tables.ranks, "rank_test": tables.rank_test,
-                "significance": tables.significance}
+                "significance": tables.significance, "stopped_by": self.stopped_by}
 
 
 def _activation_statistics(config: StudyConfig, setup, folder: Path, progress: bool):
@@ -136,7 +140,7 @@ def run_study(config: StudyConfig, *, address: str | None = None, resume: bool =
         result = _finalize(tracker, config, setups, phase, ended_before=ended_before,
                            wall=time.perf_counter() - started)
         tracker.finish_parent("FINISHED" if complete else "FAILED")
-        return result
+        return replace(result, stopped_by=experiment.termination.name)
 
 
 def _score_savings(config: StudyConfig, rows, phase: ScorePhase | None) -> dict[str, Any]:

@@ -44,6 +44,8 @@ class SweepResult:
     #: wall seconds of this run's phases (baseline, extras, screening, refinement, front), as
     #: measured by the driver; empty when read back from MLflow
     phases: dict[str, float] = field(default_factory=dict)
+    #: the signal that stopped the run (``"SIGTERM"``, ``"SIGHUP"``); None: none did
+    stopped_by: str | None = None
 
     @property
     def ui_command(self) -> str:
@@ -63,6 +65,7 @@ class SweepResult:
             "objectives": self.objectives, "baseline": self.baseline, "counts": self.counts(),
             "hypervolume": self.hypervolume, "complete": self.complete, "front": self.front,
             "trials": [asdict(t) for t in self.trials], "mlflow_ui": self.ui_command, "phases": self.phases,
+            "stopped_by": self.stopped_by,
         }
 
     def front_columns(self) -> list[str]:
@@ -75,7 +78,8 @@ class SweepResult:
             f"sweep {self.name}: {counts['trials']} trials ({counts['finished']} finished, "
             f"{counts['feasible']} feasible, {counts['failed']} failed"
             + (f"; {counts['refined']} of them refined" if counts["refined"] else "") + ")"
-            + ("" if self.complete else " - INTERRUPTED, resume with: prunesweep sweep --resume " + self.run_dir),
+            + ("" if self.complete else f" - INTERRUPTED{f' by {self.stopped_by}' if self.stopped_by else ''}, "
+               f"resume with: prunesweep sweep --resume {self.run_dir}"),
             "baseline: " + ", ".join(f"{k} {format_value(v)}" for k, v in self.baseline.items()),
             f"Pareto front over {', '.join(f'{k} ({v})' for k, v in self.objectives.items())}: {len(self.front)} trial(s)"
             + (f", hypervolume {self.hypervolume:.6g}" if self.hypervolume is not None else ""),

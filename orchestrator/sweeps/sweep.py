@@ -127,7 +127,8 @@ def run_sweep(
                     if config.two_stage and complete:
                         with timed(phases, "refinement"):
                             complete = _refine(config, tracker, screening, output, screened)
-            return finalize_sweep(tracker, config, setup, complete, progress, phases)
+            result = finalize_sweep(tracker, config, setup, complete, progress, phases)
+        return replace(result, stopped_by=experiment.termination.name)
 
 
 def _extras(config: SweepConfig, space, setup, progress: bool):
