@@ -186,7 +186,7 @@ def score_stages(run: StageRun, space, entry: dict):
     groups = space.select("full")
     criteria = {c: create_criterion(c) for c in CRITERIA}
     options = statistics_options([c for c in criteria.values() if c.needs_stats])
-    entry["statistics_options"] = {k: options[k] for k in ("chip", "map_entropy", "read_inputs", "per_class")}
+    entry["statistics_options"] = {k: getattr(options, k) for k in ("chip", "map_entropy", "read_inputs", "per_class")}
     stats = None
     if "statistics" in run.wanted or any(criteria[c].needs_stats and f"score_{c}" in run.wanted for c in CRITERIA):
         stats = run.run("statistics", lambda: collect_activation_stats(run.model, space.groups, run.batches, options))

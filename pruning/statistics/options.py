@@ -51,8 +51,7 @@ class StatsOptions:
 
     Every field is checked when the value is built; a bad one raises
     :class:`~pruning.errors.InputError` naming it. ``options.replace(chip=True)`` is a copy with
-    changes. The value also unpacks as keyword arguments (``**options``), for APIs that take
-    the fields by name.
+    changes.
     """
 
     bins: int = 32
