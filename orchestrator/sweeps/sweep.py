@@ -80,7 +80,7 @@ def run_sweep(
 
     spec = ExperimentSpec.of("sweep", config, RESOLVED_CONFIG_FILE)
     with Experiment.open(spec, resume, [config.source]) as experiment:  # the run dir's lock, held to the end
-        space = config.space.create()  # the one search space of the sweep: its searcher's, its trials'
+        search_space = config.space.create()  # the sweep's one search space: its searcher's, its trials'
         sampler = make_sampler(config.sweep.sampler, config.sweep.seed, config.sweep.population_size)  # fails early
         resources = TrialResources(config.sweep.cpus_per_trial, config.sweep.gpus_per_trial, config.sweep.concurrency)
         say(progress, f"loading baseline {config.checkpoint or config.model.name}")
@@ -91,7 +91,7 @@ def run_sweep(
         experiment.record()
         with experiment.connect(address, verbose, config.gpu_requests()):
             with timed(phases, "extras"):  # statistics / utilization curves (read back on a resume)
-                stats, utilization = _extras(config, space, setup, progress)
+                stats, utilization = _extras(config, search_space, setup, progress)
             context = SpaceContext(space=setup.space, strategy=config.space.strategy, stats=stats,
                                    utilization=utilization)
             parent, created = experiment.start(baseline=setup.metrics, setups=[setup], gpus_per_trial=resources.gpus,
@@ -100,7 +100,7 @@ def run_sweep(
             optuna.logging.set_verbosity(optuna.logging.WARNING)
             key = str(Path(config.run_dir).absolute())
             settings = SweepTrialSettings(
-                WorkerSettings.of(setup, trial_threads(resources.cpus)), space=space, strategy=config.space.strategy,
+                WorkerSettings.of(setup, trial_threads(resources.cpus)), space=search_space, strategy=config.space.strategy,
                 seed=config.sweep.seed, recipe=config.screen_recipe if config.two_stage else config.recipe,
                 measure_latency="latency_ms" in config.objectives,
                 sampled_finetune=not config.two_stage, score_every_stage=not config.two_stage,
@@ -108,7 +108,7 @@ def run_sweep(
             screening = TrialsSpec(
                 sweep_trial, settings, put_shared(setup, stats, utilization, settings.recipe), resources,
                 config.sweep.trials,
-                make_search=lambda: screening_search(config, space, context, key, sampler),
+                make_search=lambda: screening_search(config, search_space, context, key, sampler),
                 folder=EXPERIMENT_NAME, stage=STAGE_SCREEN,
             )
             output = TrialOutput(TRIAL_METRICS, TRIAL_TAGS, progress=progress, verbose=verbose)
@@ -131,15 +131,15 @@ def run_sweep(
         return replace(result, stopped_by=experiment.termination.name)
 
 
-def _extras(config: SweepConfig, space, setup, progress: bool):
+def _extras(config: SweepConfig, search_space, setup, progress: bool):
     """(activation statistics, utilization curves) of the baseline, each None where the space
     does not read it; kept in ``<run_dir>/baseline``."""
     folder = Path(config.run_dir) / "baseline"
-    needs, optional = needs_statistics(space.criteria, space.needs_stats)
+    needs, optional = needs_statistics(search_space.criteria, search_space.needs_stats)
     workers = StatsWorkers(config.sweep.concurrency, config.sweep.cpus_per_trial, config.sweep.gpus_per_worker)
     stats = load_or_compute_statistics(setup, folder, workers, optional, progress) if needs else None
     utilization = (load_or_compute_utilization(setup, folder, config.space.strategy, seed=config.sweep.seed,
-                                               progress=progress) if space.needs_utilization else None)
+                                               progress=progress) if search_space.needs_utilization else None)
     return stats, utilization
 
 
@@ -159,16 +159,16 @@ def _restorable(config: SweepConfig, name: str) -> bool:
     return tune.Tuner.can_restore(str(Path(config.run_dir) / name))
 
 
-def screening_search(config: SweepConfig, space, context, key: str, sampler=None):
+def screening_search(config: SweepConfig, search_space, context, key: str, sampler=None):
     """The screening stage's searcher: Optuna (``sampler``: the config's, made here where not
     given), with the space's warm starts enqueued first."""
     from ray.tune.search.optuna import OptunaSearch
 
     objectives = config.objectives
     many = len(objectives) > 1
-    warm = space.warm_starts(context)[:config.sweep.trials] if config.sweep.warm_start else []
+    warm = search_space.warm_starts(context)[:config.sweep.trials] if config.sweep.warm_start else []
     return OptunaSearch(
-        space=DefineByRun(space, key),
+        space=DefineByRun(search_space, key),
         metric=list(objectives) if many else next(iter(objectives)),
         mode=list(objectives.values()) if many else next(iter(objectives.values())),
         sampler=sampler or make_sampler(config.sweep.sampler, config.sweep.seed, config.sweep.population_size),
