@@ -4,9 +4,11 @@
   raise :class:`PlantedCrash` in the Ray worker, when the trial builds its plan. The trial number
   reaches the worker as a sampled parameter, ``crash`` (a one-value integer: the trial's number
   where it crashes, else -1; Optuna draws nothing for it).
-* ``crashing`` (criterion): ``l1`` that raises :class:`PlantedCrash` when it scores; registered
-  by :func:`register_crashing_criterion`, in the test that uses it (registered on import, it
-  would join the criteria that tests enumerate when they are collected).
+* ``crashing`` (criterion): ``l1`` that raises :class:`PlantedCrash` when it scores.
+
+Each is registered by :func:`register_crashing_space` / :func:`register_crashing_criterion` in
+the test that uses it: registered on import, it would join the spaces and criteria that the
+contract tests enumerate when they are collected.
 
 Both classes travel to the Ray workers by value (the workers cannot import this tests module):
 inside the built space that a sweep's trial settings hold, and as the criterion class a study's
@@ -57,5 +59,6 @@ def register_crashing_criterion() -> None:
         register_criterion("crashing")(CrashingCriterion)
 
 
-if "crashing" not in list_search_spaces():
-    register_space("crashing")(CrashingSpace)
+def register_crashing_space() -> None:
+    if "crashing" not in list_search_spaces():
+        register_space("crashing")(CrashingSpace)

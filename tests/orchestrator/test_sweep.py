@@ -19,7 +19,7 @@ from orchestrator.experiment import TAG_ERROR, TAG_PARETO, TAG_TRIAL_ID, TAG_TRI
 from orchestrator.experiment.trial_meta import META_KEY, TrialMeta
 from orchestrator.sweeps import DefineByRun, SweepConfig, pareto_front, register_context, run_sweep
 from pruning.structure import load_checkpoint, measure_cost
-import crashing  # noqa: F401  (registers the crashing space)
+from crashing import register_crashing_space
 from sweep_helpers import main_json, sweep_config, tracker_of
 
 # --- module fixtures ---------------------------------------------------------------------------
@@ -39,6 +39,7 @@ def sweep_run(ray_session, baseline, tmp_path_factory):
     reported infeasible without training (seed 0 samples such targets; asserted below). Every
     trial is sampled (no warm starts: test_two_stage.py checks those).
     """
+    register_crashing_space()
     run_dir = tmp_path_factory.mktemp("sweep") / "run"
     space = {"name": "crashing", "criteria": ["l1", "entropy"], "flops_reduction": [0.1, 0.8],
              "finetune_epochs": [0, 1], "flops_bounds": [0.35, 0.95], "crash_trials": [1]}

@@ -62,7 +62,7 @@ def test_map_softmax_prunes_a_dead_channel_first(tiny_resnet, example_input, cal
         tiny_resnet.layer1.bn1.bias[5] = 0
     space = PruningSpace.build(tiny_resnet, example_input)
     criterion = create_criterion("entropy", value="map-softmax")
-    assert statistics_options([criterion])["map_entropy"]
+    assert statistics_options([criterion]).map_entropy
     stats = collect_activation_stats(tiny_resnet, space.groups, calibration_batches, statistics_options([criterion],
                                      StatsOptions(rank=False)))
     scores = criterion.score(tiny_resnet, space.groups, ScoringContext(stats=stats))

@@ -120,8 +120,8 @@ def test_class_max_keeps_the_class_selective_channel_that_the_pooled_score_prune
 
 
 def test_class_scores_are_declared_by_the_criteria_that_have_them():
-    assert statistics_options([create_criterion("apoz", class_scores="max")])["per_class"]
-    assert not statistics_options([create_criterion("apoz")])["per_class"]
+    assert statistics_options([create_criterion("apoz", class_scores="max")]).per_class
+    assert not statistics_options([create_criterion("apoz")]).per_class
     with pytest.raises(InputError, match="no per-class scores.*apoz, hrank, mean-activation"):
         create_criterion("chip", class_scores="max")
     with pytest.raises(InputError, match="unknown class_scores 'min'; valid: pooled, max"):

@@ -70,7 +70,7 @@ def test_consumer_source_needs_read_inputs_and_old_files_have_none(tiny_resnet, 
 
 def test_entropy_reads_the_consumer_side_by_default_the_others_the_producers():
     assert create_criterion("entropy").source == "consumer"
-    assert statistics_options([create_criterion("entropy")])["read_inputs"]
+    assert statistics_options([create_criterion("entropy")]).read_inputs
     assert all(create_criterion(name).source == "producer" for name in STATISTICS_CRITERIA if name != "entropy")
 
 
@@ -79,8 +79,8 @@ def test_statistics_criteria_score_the_consumer_side(name, tiny_resnet, example_
     space = PruningSpace.build(tiny_resnet, example_input)
     producer = create_criterion(name, source="producer")
     consumer = create_criterion(name, source="consumer")
-    assert statistics_options([consumer])["read_inputs"] and not statistics_options([producer])["read_inputs"]
-    assert statistics_options([consumer])["chip"] == (name == "chip")
+    assert statistics_options([consumer]).read_inputs and not statistics_options([producer]).read_inputs
+    assert statistics_options([consumer]).chip == (name == "chip")
     stats = collect_activation_stats(tiny_resnet, space.groups, calibration_batches,
                                      statistics_options([producer, consumer]))
     context = ScoringContext(calibration=calibration_batches, stats=stats)
