@@ -131,6 +131,15 @@ class StatsWorkers:
     cpus: float = 1
     gpus: float = 0
 
+    def within_cluster(self) -> StatsWorkers:
+        """As many of these workers as the joined Ray cluster's CPUs hold at once (at least one):
+        a concurrency above the cluster's size only queues trials, but actors beyond it would
+        never start."""
+        import ray
+
+        fits = int(float(ray.cluster_resources().get("CPU", 0)) // self.cpus) if self.cpus > 0 else self.count
+        return replace(self, count=max(1, min(self.count, fits)))
+
 
 def compute_baseline_statistics(setup: BaselineSetup, workers: StatsWorkers, options: StatsOptions | None = None,
                                 progress: bool = False):

@@ -19,7 +19,7 @@ from orchestrator.experiment.runner import EXPERIMENT_NAME, check_tracking_reach
 from orchestrator.experiment.tracking import TAG_COMMIT, TAG_SWEEP, Tracker, git_commit
 from pruning.utils import atomic_write
 
-__all__ = ["ExperimentSpec", "Experiment", "check_cluster_gpus"]
+__all__ = ["ExperimentSpec", "Experiment", "check_cluster_cpus", "check_cluster_gpus"]
 
 #: the command that runs each kind of experiment (``prunesweep <command> --resume RUN_DIR``)
 COMMANDS = {"sweep": "sweep", "study": "compare"}
@@ -145,6 +145,17 @@ class Experiment:
         for setup in setups:
             self.tracker.log_dataset(parent, dataset_entity(setup.data_config, setup.splits))
         return parent, created
+
+
+def check_cluster_cpus(resources, what: str) -> None:
+    """Refuse a trial that asks for more CPUs than the Ray cluster has (Ray would leave it
+    pending forever), naming ``<what>.cpus_per_trial``; a concurrency above what the cluster
+    runs at once only waits, so it is not refused."""
+    import ray
+
+    have = float(ray.cluster_resources().get("CPU", 0))
+    if resources.cpus > have:
+        raise ConfigError(f"{what}.cpus_per_trial", f"is {resources.cpus:g} but the Ray cluster has {have:g} CPU(s)")
 
 
 def check_cluster_gpus(gpus: Mapping[str, float]) -> None:

@@ -26,7 +26,7 @@ from typing import Any
 from orchestrator.experiment.baseline import StatsWorkers, load_or_compute_statistics, prepare_baseline, say
 from orchestrator.experiment.checks import ConfigError
 from orchestrator.experiment.config_file import default_name, read_config_file
-from orchestrator.experiment.experiment import Experiment, ExperimentSpec
+from orchestrator.experiment.experiment import Experiment, ExperimentSpec, check_cluster_cpus
 from orchestrator.experiment.fixed_configs import FixedConfigs
 from orchestrator.experiment.runner import TrialOutput, TrialResources, TrialsSpec, finished_cleanly, run_trials
 from orchestrator.experiment.tracking import Tracker
@@ -94,7 +94,7 @@ def _activation_statistics(config: StudyConfig, setup, folder: Path, progress: b
     needs = any(c.needs_stats for c in criteria) or config.ratios_need("stats")
     if not needs:
         return None
-    workers = StatsWorkers(config.execution.concurrency, config.execution.cpus_per_trial)
+    workers = StatsWorkers(config.execution.concurrency, config.execution.cpus_per_trial).within_cluster()
     return load_or_compute_statistics(setup, folder, workers, statistics_options(criteria), progress)
 
 
@@ -116,6 +116,7 @@ def run_study(config: StudyConfig, *, address: str | None = None, resume: bool =
             setups[baseline.label] = prepare_baseline(baseline.source, config.data, threads=threads, progress=progress)
         experiment.record()
         with experiment.connect(address, verbose, {"execution.gpus_per_trial": resources.gpus}):
+            check_cluster_cpus(resources, "execution")
             baselines = {}
             for label, setup in setups.items():
                 stats = _activation_statistics(config, setup, Path(config.run_dir) / "baselines" / label, progress)

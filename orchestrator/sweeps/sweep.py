@@ -40,7 +40,7 @@ from orchestrator.experiment.baseline import (
     StatsWorkers, load_or_compute_statistics, load_or_compute_utilization, needs_statistics, prepare_baseline, say,
 )
 from orchestrator.experiment.checks import ConfigError
-from orchestrator.experiment.experiment import Experiment, ExperimentSpec
+from orchestrator.experiment.experiment import Experiment, ExperimentSpec, check_cluster_cpus
 from orchestrator.experiment.fixed_configs import FixedConfigs
 from orchestrator.experiment.runner import (
     EXPERIMENT_NAME, TrialOutput, TrialResources, TrialsSpec, finished_cleanly, run_trials,
@@ -88,8 +88,10 @@ def run_sweep(
         with timed(phases, "baseline"):
             setup = prepare_baseline(config.source, config.data, latency="latency_ms" in config.objectives,
                                      threads=trial_threads(resources.cpus), progress=progress)
+        check_reachable(config, search_space, setup.space)
         experiment.record()
         with experiment.connect(address, verbose, config.gpu_requests()):
+            check_cluster_cpus(resources, "sweep")
             with timed(phases, "extras"):  # statistics / utilization curves (read back on a resume)
                 stats, utilization = _extras(config, search_space, setup, progress)
             context = SpaceContext(space=setup.space, strategy=config.space.strategy, stats=stats,
@@ -131,12 +133,31 @@ def run_sweep(
         return replace(result, stopped_by=experiment.termination.name)
 
 
+def check_reachable(config: SweepConfig, search_space, pruning_space) -> None:
+    """Refuse a FLOPs range of the search space whose low end the model cannot reach (at most
+    ``grid.cap`` of each layer's channels removed, widths multiples of ``round_to``): every
+    trial would be infeasible. Names the key at fault."""
+    from pruning.planning import FLOPS_TOLERANCE, reachable_reduction
+    from pruning.planning.widths import WidthGrid
+
+    groups = pruning_space.select(config.space.strategy)
+    most = reachable_reduction(pruning_space, groups, WidthGrid(round_to=search_space.round_to))
+    ranges = {"flops_bounds": search_space.flops_bounds}
+    if getattr(search_space, "flops_reduction", None) is not None:
+        ranges["flops_reduction"] = search_space.flops_reduction
+    for key, (low, _) in ranges.items():
+        if low > most + FLOPS_TOLERANCE / 2:
+            raise ConfigError(f"space.{key}", f"starts at {low:g} but this model can lose at most {most:.3f} of its "
+                              f"MACs ({len(groups)} prunable layers, strategy {config.space.strategy}); lower it")
+
+
 def _extras(config: SweepConfig, search_space, setup, progress: bool):
     """(activation statistics, utilization curves) of the baseline, each None where the space
     does not read it; kept in ``<run_dir>/baseline``."""
     folder = Path(config.run_dir) / "baseline"
     needs, optional = needs_statistics(search_space.criteria, search_space.needs_stats)
-    workers = StatsWorkers(config.sweep.concurrency, config.sweep.cpus_per_trial, config.sweep.gpus_per_worker)
+    workers = StatsWorkers(config.sweep.concurrency, config.sweep.cpus_per_trial,
+                           config.sweep.gpus_per_worker).within_cluster()
     stats = load_or_compute_statistics(setup, folder, workers, optional, progress) if needs else None
     utilization = (load_or_compute_utilization(setup, folder, config.space.strategy, seed=config.sweep.seed,
                                                progress=progress) if search_space.needs_utilization else None)

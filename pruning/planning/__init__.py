@@ -11,6 +11,7 @@ from pruning.planning.schedule import (  # noqa: F401
     allocate_global,
     plan_pruning,
     ratios_of,
+    reachable_reduction,
     save_schedule,
     load_schedule,
 )
@@ -42,6 +43,7 @@ __all__ = [
     "allocate_global",
     "plan_pruning",
     "ratios_of",
+    "reachable_reduction",
     "save_schedule",
     "load_schedule",
     "layer_indicators",

@@ -147,9 +147,13 @@ def allocate_proportional(
     return refine_to_target(space, groups, keep, flops_reduction, intended, grid)
 
 
+def reachable_reduction(space: PruningSpace, groups: Sequence[ChannelGroup], grid: WidthGrid = WidthGrid()) -> float:
+    """The largest MAC reduction ``groups`` of ``space`` can reach with widths on ``grid``."""
+    return space.reduction({g.name: grid.bounds(g)[0] for g in groups})
+
+
 def _check_reachable(space, groups, flops_reduction, grid: WidthGrid) -> None:
-    most = {g.name: grid.bounds(g)[0] for g in groups}
-    reachable = space.reduction(most)
+    reachable = reachable_reduction(space, groups, grid)
     if flops_reduction > reachable + FLOPS_TOLERANCE / 2:
         rounding = f", widths multiples of {grid.round_to}" if grid.round_to > 1 else ""
         raise InfeasibleTargetError(
