@@ -14,7 +14,6 @@ from orchestrator import cli
 from orchestrator.experiment import ConfigError, flatten
 from orchestrator.sweeps import SweepConfig, dump_sweep_config, load_sweep_config, make_sampler
 from pruning.recovery import RecoveryRecipe
-from search_spaces import list_search_spaces
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "search_spaces" / "resnet20_fmnist.yaml"
@@ -94,7 +93,7 @@ def test_unknown_keys_name_their_path(data, key):
     (config_with(space={"name": "uniform", "criteria": ["l1", "nope"]}), "space.criteria: unknown criterion 'nope'"),
     (config_with(space={"name": "uniform", "finetune_epochs": [2, 1]}), "space.finetune_epochs: must be (low, high)"),
     (config_with(space={"name": "snpfi", "strategy": "half"}), "space.strategy: must be one of full, inner"),
-    (config_with(space={"name": "nope"}), "space.name: must be one of " + ", ".join(list_search_spaces())),
+    (config_with(space={"name": "nope"}), "space.name: must be one of "),  # the registered spaces (tests add some)
     (config_with(space={"strategy": "full"}), "space.name: missing"),
     (config_with(space=["uniform"]), "space: must be a mapping"),
     (config_with(tracking={"uri": "./mlruns"}), "tracking.uri: MLflow 3 does not support the file store"),
