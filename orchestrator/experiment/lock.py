@@ -48,7 +48,7 @@ class RunDirLock:
             self._remove_dir_if_made()
             raise
         holder = _read(handle)
-        if holder and holder.get("host") != socket.gethostname() and not _is_ours(holder):
+        if holder and holder.get("host") != socket.gethostname():
             handle.close()
             self._remove_dir_if_made()
             raise ConfigError("run_dir", f"{self.path.parent} is held by a {self.what} on another host "
@@ -119,10 +119,6 @@ def _read(handle: TextIO) -> dict[str, Any]:
     except ValueError:  # a lock file cut short by a crash: nobody to name
         return {}
     return data if isinstance(data, dict) else {}
-
-
-def _is_ours(holder: dict[str, Any]) -> bool:
-    return holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname()
 
 
 def _describe(holder: dict[str, Any]) -> str:

@@ -27,11 +27,6 @@ class Termination:
     signal: int | None = None
 
     @property
-    def exit_status(self) -> int:
-        """``128 + signal`` after a terminating signal, else 0."""
-        return 0 if self.signal is None else 128 + self.signal
-
-    @property
     def name(self) -> str | None:
         return None if self.signal is None else signal.Signals(self.signal).name
 
