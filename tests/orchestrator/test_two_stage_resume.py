@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import glob
 import json
-import re
 import signal
 import subprocess
 import sys
@@ -106,13 +105,16 @@ def _reported_once(experiment: Path) -> set[str]:
     reported = [folder for folder in folders if ran_once(folder)]
     orphans = [folder for folder in folders if folder not in reported]
 
-    def number(folder: Path) -> str:  # Tune names a trial's folder after its config
-        match = re.search(r"trial_number=(\d+)", folder.name)
-        return match.group(1) if match else folder.name
+    def number(folder: Path) -> str | None:
+        """The trial's run name (``trial-003``), from the config Tune writes when a trial starts
+        (its folder name truncates the config); None for a folder no trial started in."""
+        params = folder / "params.json"
+        return str(json.loads(params.read_text())[META_KEY]) if params.exists() else None
 
     numbers = [number(f) for f in reported]
+    assert None not in numbers, f"a trial reported without its config: {numbers}"
     assert len(numbers) == len(set(numbers)), f"a trial number reported twice: {sorted(numbers)}"
-    assert {number(f) for f in orphans} <= set(numbers), "an orphaned trial was never run again"
+    assert {number(f) for f in orphans} - {None} <= set(numbers), "an orphaned trial was never run again"
     return {f.name for f in reported}
 
 
