@@ -48,7 +48,7 @@ import torch
 from torch import nn
 
 from pruning.errors import InputError
-from pruning.statistics.edges import EDGE_BATCHES, EDGE_QUANTILE, EDGE_SCOPES, RangeRecorder
+from pruning.statistics.edges import EDGE_BATCHES, EDGE_QUANTILE, EDGE_SCOPES, RangeRecorder, non_finite_activations
 from pruning.statistics.options import RANK_IMAGES, StatsOptions, check_rank_images
 from pruning.statistics._accumulator import Accumulator, hist_values
 from pruning.statistics.state import ActivationStats
@@ -222,6 +222,10 @@ class _Pass:
         if not_called:
             raise InputError(f"module(s) not called by the forward pass: {', '.join(not_called)}")
         layers = {name: self.accumulators[name].finish() for name in self.observed}
+        # the edge batches were checked when the edges were fixed; a later batch shows in the sums
+        overflowed = next((name for name, layer in layers.items() if not layer.is_finite()), None)
+        if overflowed is not None:
+            raise non_finite_activations(overflowed)
         return ActivationStats(layers, options)
 
 

@@ -25,7 +25,7 @@ import torch
 
 from pruning.errors import InputError
 
-__all__ = ["EDGE_SCOPES", "EDGE_BATCHES", "EDGE_QUANTILE", "EDGE_MARGIN", "check_edge_options", "RangeRecorder"]
+__all__ = ["EDGE_SCOPES", "EDGE_BATCHES", "EDGE_QUANTILE", "EDGE_MARGIN", "check_edge_options", "RangeRecorder", "non_finite_activations"]
 
 EDGE_SCOPES = ("layer", "channel")
 #: batches the edges are computed from by default (the rest only fill the histograms)
@@ -61,6 +61,13 @@ def _quantiles(values: torch.Tensor, qs: tuple[float, ...]) -> list[torch.Tensor
     return out
 
 
+
+def non_finite_activations(name: str) -> InputError:
+    """The one-line error for a NaN or infinite activation of module ``name`` (the model's weights
+    were checked finite before the pass, so its numbers overflow or the images hold one)."""
+    return InputError(f"module {name!r} produced non-finite activations (NaN or inf) on the calibration images; "
+                      f"the weights are finite, so check the images (NaN, normalisation) or the model's numerics")
+
 class RangeRecorder:
     """The running range of one observed output's histogrammed values."""
 
@@ -92,7 +99,7 @@ class RangeRecorder:
         lo, hi = self.lo.double().cpu(), self.hi.double().cpu()
         # min/max see every value, so they also catch a NaN or inf the subsample missed
         if not (torch.isfinite(lo).all() and torch.isfinite(hi).all()):
-            raise InputError(f"module {name!r} produced non-finite activations")
+            raise non_finite_activations(name)
         channels = lo.shape[0]
         if self.quantile > 0:
             values = torch.cat(self.samples, 1)

@@ -81,6 +81,10 @@ class LayerStats:
             if getattr(self, f.name) is not None
         }
 
+    def is_finite(self) -> bool:
+        """No NaN or infinite value in any floating-point field."""
+        return all(bool(torch.isfinite(t).all()) for t in self.tensors().values() if t.is_floating_point())
+
 
 REQUIRED_FIELDS = tuple(f.name for f in dataclasses.fields(LayerStats) if f.default is dataclasses.MISSING)
 OPTIONAL_FIELDS = tuple(f.name for f in dataclasses.fields(LayerStats) if f.default is not dataclasses.MISSING)

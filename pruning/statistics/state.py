@@ -151,6 +151,8 @@ class ActivationStats:
                 if not all(isinstance(t, torch.Tensor) for t in tensors.values()):
                     raise ValueError(f"layer {name!r} holds a non-tensor")
                 layers[name] = LayerStats(**tensors)
+                if not layers[name].is_finite():
+                    raise ValueError(f"layer {name!r} holds non-finite values (NaN or inf)")
             # files written before these options existed: map entropies where every layer has them
             # (they were always collected then), the producers' outputs only
             map_entropy = config.get("map_entropy", all(s.map_entropy_sum is not None for s in layers.values()))

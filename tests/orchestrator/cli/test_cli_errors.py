@@ -189,3 +189,17 @@ def test_a_baseline_with_nan_weights_is_refused_before_any_scoring(criterion, un
     out = tmp_path / "pruned.pt"
     assert_bad_input(capsys, ["prune", "--checkpoint", str(broken), "--criterion", criterion, "--flops-reduction", "0.3",
                               "--out", str(out)], "non-finite", repr(first), no_files=[out])
+
+
+def test_finite_weights_whose_activations_overflow_are_refused_by_the_statistics_pass(untrained, tmp_path, capsys):
+    """Finite weights, non-finite activations (two layers scaled by 1e30 overflow float32): a
+    statistics criterion stops in one line naming the module; no checkpoint written."""
+    payload = torch.load(untrained, weights_only=False)
+    for name in ("conv1.weight", "layer1.0.conv1.weight"):
+        payload["state_dict"][name] = payload["state_dict"][name] * 1e30
+    overflowing = tmp_path / "overflow.pt"
+    torch.save(payload, overflowing)
+    out = tmp_path / "pruned.pt"
+    assert_bad_input(capsys, ["prune", "--checkpoint", str(overflowing), "--criterion", "entropy",
+                              "--flops-reduction", "0.3", "--out", str(out)],
+                     "produced non-finite activations (NaN or inf)", no_files=[out])

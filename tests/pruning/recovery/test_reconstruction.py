@@ -324,7 +324,9 @@ def test_ridge_update_is_the_closed_form_ridge_solution(rows):
     x = torch.randn(3, rows, 100, generator=g)
     residual = torch.randn(3, rows, 5, generator=g)
     ridge = 1e-2
-    change = ridge_update(x, residual, ridge, weight_columns=99)  # the last column is a bias's
+    weights = torch.randn(3, 100, 5, generator=g)
+    target = residual + torch.bmm(x, weights)
+    change = ridge_update(x, target, weights, ridge, weight_columns=99)  # the last column is a bias's
     x64, r64 = x.double(), residual.double()
     scale = x64[:, :, :99].pow(2).sum(1).mean(1)
     system = x64.transpose(1, 2) @ x64 + ridge * scale[:, None, None] * torch.eye(100, dtype=torch.float64)
