@@ -11,8 +11,11 @@ only), in a fresh process each (its memory is its own; a crash or a hang costs o
 * ``statistics``: ``collect_activation_stats`` with the optional statistics the statistics
   criteria ask for at their defaults (``statistics_options``), as ``prunesweep prune`` runs it.
 * ``score_<criterion>``: each criterion's scoring of every group (statistics precomputed).
+* ``reconstruction_targets``: the unpruned model's outputs at the rows the reconstruction fits
+  (``reconstruction_targets``); a sweep computes them once and shares them with every trial.
 * ``prune``: planning (L1 scores, uniform ratios at -50% MACs) + ``prune_model``.
-* ``reconstruct``: the recovery recipe's reconstruction stage on the calibration batches.
+* ``reconstruct``: the recovery recipe's reconstruction stage on the calibration batches, given
+  the targets, as a sweep's trial runs it.
 * ``bn_recalibration``: the recipe's BN stage, one pass over the calibration batches.
 * ``evaluate``: scoring the pruned model on the calibration images.
 
@@ -73,8 +76,8 @@ MODELS = {
     "deit_tiny": "timm:deit_tiny_patch16_224",
 }
 CRITERIA = ("l1", "taylor", "entropy", "hrank", "shapley", "snpfi")
-STAGES = ("graph", "statistics", *(f"score_{c}" for c in CRITERIA), "prune", "reconstruct", "bn_recalibration",
-          "evaluate")
+STAGES = ("graph", "statistics", *(f"score_{c}" for c in CRITERIA), "reconstruction_targets", "prune", "reconstruct",
+          "bn_recalibration", "evaluate")
 #: the stages a screening trial runs, in order
 TRIAL = ("prune", "reconstruct", "bn_recalibration", "evaluate")
 #: the product's aims, as ratios to one forward pass
@@ -209,12 +212,16 @@ def trial_stages(run: StageRun, space, l1_scores, entry: dict) -> None:
     from pruning.criteria import create_criterion
     from pruning.pipeline import prune_with_criterion
     from pruning.planning import PruningConfig
-    from pruning.recovery import RecoveryData, RecoveryRecipe, recover
+    from pruning.recovery import RecoveryData, RecoveryRecipe, reconstruction_targets, recover
     from pruning.training import evaluate
 
     if l1_scores is None:
         run.skip(TRIAL, "no l1 scores")
         return
+    reconstruct = RecoveryRecipe(reconstruct=True, bn_batches=0)
+    # once per sweep (the unpruned model's outputs, shared by every trial), so not part of a trial
+    targets = run.run("reconstruction_targets",
+                      lambda: reconstruction_targets(run.model, space, run.batches, reconstruct))
     outcome = run.run("prune", lambda: prune_with_criterion(run.model, run.example, create_criterion("l1"),
                                                             PruningConfig(flops_reduction=0.5), space=space,
                                                             scores=l1_scores))
@@ -222,8 +229,7 @@ def trial_stages(run: StageRun, space, l1_scores, entry: dict) -> None:
         run.skip(TRIAL, "pruning failed")
         return
     entry["pruned_macs_reduction"] = outcome.planned_reduction
-    data = RecoveryData(calibration=run.batches)
-    reconstruct = RecoveryRecipe(reconstruct=True, bn_batches=0)
+    data = RecoveryData(calibration=run.batches, targets=targets)
     bn = RecoveryRecipe(reconstruct=False, bn_batches=len(run.batches), bn_data="calibration")
     run.run("reconstruct", lambda: recover(run.model, outcome, reconstruct, data))
     run.run("bn_recalibration", lambda: recover(run.model, outcome, bn, data))
