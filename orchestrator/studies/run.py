@@ -30,6 +30,7 @@ from orchestrator.experiment.experiment import Experiment, ExperimentSpec, check
 from orchestrator.experiment.fixed_configs import FixedConfigs
 from orchestrator.experiment.runner import TrialOutput, TrialResources, TrialsSpec, finished_cleanly, run_trials
 from orchestrator.experiment.tracking import Tracker
+from orchestrator.experiment.tracking_server import browse_hint
 from orchestrator.experiment.worker import WorkerSettings, put_shared, trial_threads
 from orchestrator.studies.cells import study_cells
 from orchestrator.studies.config import RESOLVED_STUDY_FILE, StudyConfig
@@ -74,7 +75,7 @@ class StudyResult:
             head += f"; {self.wall_seconds:.0f} s wall ({self.counts['ran'] * 3600 / self.wall_seconds:.0f} cells/hour)"
         stopped = (f"\nINTERRUPTED by {self.stopped_by}, resume with: prunesweep compare --resume {self.run_dir}"
                    if self.stopped_by else "")
-        return (f"{head}\n{self.tables.text()}\nMLflow: mlflow ui --backend-store-uri {self.tracking_uri}   "
+        return (f"{head}\n{self.tables.text()}\nMLflow: {browse_hint(self.tracking_uri)}   "
                 f"(parent run {self.parent_run_id}; tables and plots under study/){stopped}")
 
     def to_dict(self) -> dict[str, Any]:
