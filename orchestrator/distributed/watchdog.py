@@ -15,7 +15,8 @@ replaces by titles such as ``ray::DashboardAgent``). :func:`stop`, after ``ray.s
 the pipe and waits for that sweep, so that a normal or signalled exit leaves nothing behind. Only
 a Ray the driver starts is watched: a cluster joined with ``--address`` is never touched.
 
-Standard library only: it runs as ``python -I watchdog.py SESSION_DIR DRIVER_PID``.
+Linux only (it reads ``/proc``; elsewhere it finds nothing to kill). Standard library only: it
+runs as ``python -I watchdog.py SESSION_DIR DRIVER_PID``.
 """
 from __future__ import annotations
 
@@ -86,7 +87,7 @@ def session_processes(session_dir: str) -> list[int]:
     """The pids of this user's processes that name ``session_dir`` (zombies name nothing)."""
     folder = session_dir.rstrip("/")
     found = []
-    for name in os.listdir("/proc"):
+    for name in os.listdir("/proc") if os.path.isdir("/proc") else []:
         if not name.isdigit():
             continue
         with contextlib.suppress(OSError):  # gone, or another user's
