@@ -1,6 +1,7 @@
 """Everything that touches Ray for statistics and Shapley estimates.
 
-* :mod:`.connection`: :func:`connect` (join a cluster or start a local Ray), CPU checks;
+* :mod:`.connection`: :func:`connect` (join a cluster or start a local Ray), :func:`shutdown`, CPU checks;
+* :mod:`.watchdog`: a local Ray's processes end with the driver that started it;
 * :mod:`.network`: the loopback-only private network namespace a local Ray runs in;
 * :mod:`.pool`: :class:`WorkerPool`, the actors that hold one model replica each;
 * :mod:`.options`: :class:`ShardOptions`, how a distributed run's shards run;
@@ -20,6 +21,7 @@ _SOURCES = {
     "RayConnection": "connection",
     "available_cpus": "connection",
     "connect": "connection",
+    "shutdown": "connection",
     "WorkerPool": "pool",
     "ShardOptions": "options",
     "DEPTH": "scheduler",

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import ray
 
 from orchestrator.distributed import network as private_network
+from orchestrator.distributed import watchdog
 from pruning.errors import InputError
 
 # whether connect() started the Ray this process is attached to (False: started elsewhere or joined)
@@ -48,7 +49,8 @@ def connect(
     """Attach to Ray.
 
     * Ray already initialised (a test session, a Tune trial's driver): reuse it as it is.
-    * ``address=None``: start a local Ray with :func:`available_cpus` CPUs and no dashboard.
+    * ``address=None``: start a local Ray with :func:`available_cpus` CPUs and no dashboard,
+      whose processes end with this one (:mod:`.watchdog`; :func:`shutdown` stops it).
       Its core services (GCS, raylet, object manager, workers) bind all interfaces (Ray 2.60
       offers no loopback-only bind) and require the token that a local ``ray.init`` generates
       (token authentication, on by default for local clusters since Ray 2.59). Inside
@@ -74,6 +76,9 @@ def connect(
             # Inside the private namespace there is no route for Ray's own IP detection to probe.
             node_ip = {"_node_ip_address": "127.0.0.1"} if private_network.active() else {}
             ray.init(num_cpus=available_cpus(), include_dashboard=False, log_to_driver=log_to_driver, **node_ip)
+            # its processes end with this one, even a killed one (Ray names its session's
+            # folder only through its node object)
+            watchdog.start(ray._private.worker._global_node.get_session_dir_path())
             started = _local_started = True
         else:
             ray.init(address=address, log_to_driver=log_to_driver)
@@ -81,6 +86,12 @@ def connect(
     if workers:
         check_cpus(workers, cpus_per_worker, cpus, local=started or (reused and _local_started))
     return RayConnection(address=address, started=started, reused=reused, cpus=cpus)
+
+
+def shutdown() -> None:
+    """Stop the local Ray that :func:`connect` started and wait until none of its processes is left."""
+    ray.shutdown()
+    watchdog.stop()
 
 
 def check_cpus(workers: int, cpus_per_worker: float, cpus: float, *, local: bool) -> None:

@@ -5,6 +5,10 @@ reconciliation pass at the end of the experiment. While the tracking server does
 ended trials are kept and logged with the next attempt (one per ``RETRY_AFTER_S``, so that a gone
 server does not stall Tune's loop at every trial); what the experiment's end still cannot log is
 left in ``MlflowTrialLogger.unlogged`` for the runner to report.
+
+A trial still running when the experiment is interrupted (Ctrl-C, SIGTERM) is not logged: Tune
+saves it as running, then marks it TERMINATED without a result while it stops it, and a resume
+runs it again; it is logged once, when that run ends.
 """
 from __future__ import annotations
 
@@ -143,10 +147,12 @@ class MlflowTrialLogger(tune.Callback):
         self.logged: dict[str, str] = {}  # trial id -> status logged by this process
         self._pending: dict[str, tuple[Any, str]] = {}  # trial id -> (trial, status) not logged yet
         self._retry_at = 0.0  # time.monotonic() before which the server is not asked again
+        self._running: set[str] = set()  # ids of the trials this process started that have not ended
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state.update(_tracker=None, logged={}, _pending={}, _retry_at=0.0)  # Tune's state keeps the trials
+        # Tune's state keeps the trials
+        state.update(_tracker=None, logged={}, _pending={}, _retry_at=0.0, _running=set())
         return state
 
     @property
@@ -193,22 +199,33 @@ class MlflowTrialLogger(tune.Callback):
                 logger.warning("MLflow logging of trial %s failed: %s", trial_id, err)
             del self._pending[trial_id]
 
+    def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
+        self._running.add(trial.trial_id)
+
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
+        self._running.discard(trial.trial_id)
         self._log(trial, "FINISHED")
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
+        self._running.discard(trial.trial_id)
         self._log(trial, "FAILED")
 
     def on_experiment_end(self, trials: list, **info) -> None:
         """Reconcile: every ended trial has a nested run with its final status (asking the server
-        again whenever it last failed); the trials it cannot log go to ``unlogged``."""
-        ended = [(t, s) for t in trials if (s := {"TERMINATED": "FINISHED", "ERROR": "FAILED"}.get(t.status))]
+        again whenever it last failed); the trials it cannot log go to ``unlogged``. A trial
+        that was running when the experiment was interrupted has not ended (see the module
+        docstring)."""
+        ended = [(t, s) for t in trials if t.trial_id not in self._running
+                 and (s := {"TERMINATED": "FINISHED", "ERROR": "FAILED"}.get(t.status))]
         try:
             runs = self.tracker.trial_runs()
         except Exception as err:
             logger.warning("MLflow reconciliation failed: %s", err)
             if isinstance(err, TrackingUnavailable):
-                type(self).unlogged[self.run_dir] = (err.reason, [run_name(t) for t, _ in ended])
+                # the ones this process did not log (nothing can tell which earlier ones are logged)
+                missing = [run_name(t) for t, status in ended if self.logged.get(t.trial_id) != status]
+                if missing:
+                    type(self).unlogged[self.run_dir] = (err.reason, missing)
             return
         missing: list[str] = []
         reason = ""

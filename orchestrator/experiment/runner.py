@@ -111,18 +111,17 @@ def check_storage_shared(run_dir: str | os.PathLike) -> None:
 @contextlib.contextmanager
 def ray_connection(address: str | None, log_to_driver: bool) -> Iterator[None]:
     """Join ``address``, or start Ray locally, unless it is already initialised (then reuse it);
-    a Ray started here is shut down on exit. ``log_to_driver``: the Ray workers' own output
-    (Tune's per-checkpoint lines) on this console; a failed trial's error reaches MLflow anyway."""
-    import ray
-
-    from orchestrator.distributed import connect
+    a Ray started here is shut down on exit, none of its processes left. ``log_to_driver``: the
+    Ray workers' own output (Tune's per-checkpoint lines) on this console; a failed trial's error
+    reaches MLflow anyway."""
+    from orchestrator.distributed import connect, shutdown
 
     connection = connect(address, log_to_driver=log_to_driver)
     try:
         yield
     finally:
         if connection.started:
-            ray.shutdown()
+            shutdown()
 
 
 @contextlib.contextmanager

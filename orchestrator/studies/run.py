@@ -29,7 +29,9 @@ from orchestrator.experiment.config_file import default_name, read_config_file
 from orchestrator.experiment.experiment import Experiment, ExperimentSpec, check_cluster_cpus
 from orchestrator.experiment.fixed_configs import FixedConfigs
 from orchestrator.experiment.runner import TrialOutput, TrialResources, TrialsSpec, finished_cleanly, run_trials
-from orchestrator.experiment.tracking import Tracker
+from orchestrator.experiment.tracking import TUNE_EXPERIMENT, Tracker
+from orchestrator.experiment.tracking_server import TrackingUnavailable, browse_hint
+from orchestrator.experiment.tune_state import stage_ended
 from orchestrator.experiment.worker import WorkerSettings, put_shared, trial_threads
 from orchestrator.studies.cells import study_cells
 from orchestrator.studies.config import RESOLVED_STUDY_FILE, StudyConfig
@@ -74,7 +76,7 @@ class StudyResult:
             head += f"; {self.wall_seconds:.0f} s wall ({self.counts['ran'] * 3600 / self.wall_seconds:.0f} cells/hour)"
         stopped = (f"\nINTERRUPTED by {self.stopped_by}, resume with: prunesweep compare --resume {self.run_dir}"
                    if self.stopped_by else "")
-        return (f"{head}\n{self.tables.text()}\nMLflow: mlflow ui --backend-store-uri {self.tracking_uri}   "
+        return (f"{head}\n{self.tables.text()}\nMLflow: {browse_hint(self.tracking_uri)}   "
                 f"(parent run {self.parent_run_id}; tables and plots under study/){stopped}")
 
     def to_dict(self) -> dict[str, Any]:
@@ -205,8 +207,14 @@ def resume_study(run_dir: str | os.PathLike, *, address: str | None = None, prog
 def study_report(run_dir: str | os.PathLike) -> StudyResult:
     """The study's tables again, from its cells as MLflow holds them (no Ray, nothing rerun)."""
     config = _recorded_config(run_dir)
-    tracker, parent = _recorded_parent(config)
-    rows, tables, counts = _tables_and_counts(config, tracker)
+    try:
+        tracker, parent = _recorded_parent(config)
+        rows, tables, counts = _tables_and_counts(config, tracker)
+    except TrackingUnavailable as err:  # the driver's hint (Tune keeps results) does not apply here
+        hint, folder = "start it", Path(run_dir).absolute()
+        if not stage_ended(folder / TUNE_EXPERIMENT, len(study_cells(config))):
+            hint += f"; the study is unfinished: `prunesweep compare --resume {folder}` continues it"
+        raise TrackingUnavailable(err.uri, err.reason, hint) from None
     counts["ran"] = 0
     return StudyResult(config.name, config.run_dir, config.tracking_uri, parent, tables, counts,
                        _score_savings(config, rows, None))

@@ -16,7 +16,7 @@ from typing import Any, Mapping, Sequence
 from orchestrator.experiment.checks import ConfigError, check_int, check_keys, check_mapping, recipe_from_section
 from orchestrator.sweeps.front import eligible, pareto_front
 
-__all__ = ["STAGE_SCREEN", "STAGE_REFINE", "REFINE_RECIPE", "REFINE_EXPERIMENT", "RefineSettings",
+__all__ = ["STAGE_SCREEN", "STAGE_REFINE", "REFINE_RECIPE", "REFINE_EXPERIMENT", "CANDIDATES_FILE", "RefineSettings",
            "select_candidates", "refine_recipe"]
 
 STAGE_SCREEN = "screen"
@@ -25,6 +25,8 @@ STAGE_REFINE = "refine"
 REFINE_RECIPE = {"finetune_epochs": 1, "distill": 0.5}
 #: the refinement stage's Tune experiment folder inside a run directory
 REFINE_EXPERIMENT = "tune-refine"
+#: the refinement stage's trial configs, written when it starts (read back by a resume)
+CANDIDATES_FILE = "refine-candidates.json"
 #: a screening trial "reaches" a MACs-reduction target within this margin (the FLOPs planner's
 #: own tolerance is 1 point; trials planned at exactly the target land within a few tenths)
 TARGET_MARGIN = 0.005

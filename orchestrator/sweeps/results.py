@@ -18,8 +18,12 @@ from orchestrator.experiment.checks import ConfigError, default_tracking_uri
 from orchestrator.experiment.checks import TrackingSettings
 from orchestrator.sweeps.config import RESOLVED_CONFIG_FILE, load_sweep_config
 from orchestrator.sweeps.front import front_table, hypervolume, pareto_front, plot_front
-from orchestrator.sweeps.refine import STAGE_REFINE
-from orchestrator.experiment.tracking import ONNX_MODEL_NAME, TAG_PARETO, TAG_STAGE, TAG_SWEEP, Tracker, TrialRecord
+from orchestrator.sweeps.refine import CANDIDATES_FILE, REFINE_EXPERIMENT, STAGE_REFINE
+from orchestrator.experiment.tracking_server import TrackingUnavailable, browse_hint
+from orchestrator.experiment.tracking import (
+    ONNX_MODEL_NAME, TAG_PARETO, TAG_STAGE, TAG_SWEEP, TUNE_EXPERIMENT, Tracker, TrialRecord,
+)
+from orchestrator.experiment.tune_state import stage_ended
 from orchestrator.sweeps.trials import MODEL_FILE
 from pruning.errors import InputError
 
@@ -48,8 +52,8 @@ class SweepResult:
     stopped_by: str | None = None
 
     @property
-    def ui_command(self) -> str:
-        return f"mlflow ui --backend-store-uri {self.tracking_uri}"
+    def mlflow_ui(self) -> str:
+        return browse_hint(self.tracking_uri)
 
     def counts(self) -> dict[str, int]:
         finished = [t for t in self.trials if t.status == "FINISHED"]
@@ -64,7 +68,7 @@ class SweepResult:
             "experiment": self.experiment, "parent_run_id": self.parent_run_id,
             "objectives": self.objectives, "baseline": self.baseline, "counts": self.counts(),
             "hypervolume": self.hypervolume, "complete": self.complete, "front": self.front,
-            "trials": [asdict(t) for t in self.trials], "mlflow_ui": self.ui_command, "phases": self.phases,
+            "trials": [asdict(t) for t in self.trials], "mlflow_ui": self.mlflow_ui, "phases": self.phases,
             "stopped_by": self.stopped_by,
         }
 
@@ -89,7 +93,7 @@ class SweepResult:
             lines.append(format_table([[row.get(c, "") for c in columns] for row in self.front], columns))
         if self.phases:
             lines.append("wall time: " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in self.phases.items()))
-        lines.append(f"MLflow: {self.ui_command}   (parent run {self.parent_run_id})")
+        lines.append(f"MLflow: {self.mlflow_ui}   (parent run {self.parent_run_id})")
         return "\n".join(lines)
 
 
@@ -234,7 +238,37 @@ def read_front(run_dir: str | os.PathLike, *, tracking_uri: str | None = None) -
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
         raise ConfigError("tracking_uri", f"no MLflow database at {uri[len('sqlite:///'):]}")
     experiment = config.tracking.experiment if config else "prunesweep"
-    tracker = Tracker(uri, experiment, run_dir, kind="sweep")
+    try:
+        return _read_front(Tracker(uri, experiment, run_dir, kind="sweep"), config)
+    except TrackingUnavailable as err:  # the driver's hint (Tune keeps results) does not apply here
+        raise TrackingUnavailable(err.uri, err.reason, _unreachable_hint(run_dir, config)) from None
+
+
+def _unreachable_hint(run_dir: str, config) -> str:
+    """What to do when the server does not answer ``pareto``: start it or name another; continue
+    the sweep as well where its run directory shows it unfinished (``config``: None when unknown)."""
+    hint = "start it, or give a --tracking-uri that answers"
+    if config is not None and not _sweep_ended(Path(run_dir), config):
+        hint += f"; the sweep is unfinished: `prunesweep sweep --resume {run_dir}` continues it"
+    return hint
+
+
+def _sweep_ended(run_dir: Path, config) -> bool:
+    """Whether the sweep in ``run_dir`` ran to its end, as its Tune snapshots say: every screening
+    trial ended, and in a two-stage sweep every refined trial (or none was feasible to refine)."""
+    if not stage_ended(run_dir / TUNE_EXPERIMENT, config.sweep.trials):
+        return False
+    if not config.two_stage:
+        return True
+    chosen = run_dir / CANDIDATES_FILE
+    if not chosen.is_file():
+        return False
+    count = len(json.loads(chosen.read_text()))
+    return count == 0 or stage_ended(run_dir / REFINE_EXPERIMENT, count)
+
+
+def _read_front(tracker: Tracker, config) -> SweepResult:
+    run_dir, uri, experiment = tracker.run_dir, tracker.uri, tracker.experiment
     parent = tracker.find_parent(all_experiments=True)
     if parent is None:
         raise ConfigError("run_dir", f"no sweep of {run_dir} in {uri}")

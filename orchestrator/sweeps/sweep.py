@@ -48,16 +48,13 @@ from orchestrator.experiment.runner import (
 from orchestrator.experiment.trial_meta import META_KEY, TrialMeta, plain_config, split_config, typed_config
 from orchestrator.experiment.worker import WorkerSettings, put_shared, trial_threads
 from orchestrator.sweeps.config import RESOLVED_CONFIG_FILE, SweepConfig, load_sweep_config
-from orchestrator.sweeps.refine import REFINE_EXPERIMENT, STAGE_REFINE, STAGE_SCREEN, select_candidates
+from orchestrator.sweeps.refine import CANDIDATES_FILE, REFINE_EXPERIMENT, STAGE_REFINE, STAGE_SCREEN, select_candidates
 from orchestrator.sweeps.results import SweepResult, finalize_sweep
 from orchestrator.sweeps.search import DefineByRun, make_sampler, register_context
 from orchestrator.sweeps.trials import TRIAL_METRICS, TRIAL_TAGS, SweepTrialSettings, sweep_trial
 from pruning.utils import atomic_write
 
 __all__ = ["run_sweep", "resume_sweep", "screening_search", "refine_configs", "CANDIDATES_FILE"]
-
-#: the refinement stage's trial configs, written when it starts (read back by a resume)
-CANDIDATES_FILE = "refine-candidates.json"
 
 
 def run_sweep(

@@ -260,3 +260,28 @@ def test_resume_after_a_kill_repeats_nothing(ray_session, tmp_path):
         assert runs[trial_id].data.metrics == run.data.metrics
     # the scores were computed before the kill and read back, not recomputed
     assert len(computed_before) == 2 * 4 and read_computations(run_dir / SCORES_FOLDER) == computed_before
+
+
+@pytest.mark.parametrize("ended, unfinished", [(16, False), (15, True)])
+def test_report_against_a_dead_server_says_to_start_it_and_resume_only_an_unfinished_study(
+        monkeypatch, capsys, tmp_path, ended, unfinished):
+    from cluster_helpers import free_port
+
+    uri = f"http://127.0.0.1:{free_port()}"
+    raw = tiny_study(tmp_path, "dead", tracking={"uri": uri})
+    config = StudyConfig.from_dict(raw)
+    run_dir = Path(config.run_dir)
+    (run_dir / "tune").mkdir(parents=True)
+    (run_dir / "study.yaml").write_text(__import__("yaml").safe_dump(raw))
+    states = [[json.dumps({"status": "TERMINATED"}), "{}"]] * ended  # Tune's snapshot of the cells it ended
+    (run_dir / "tune" / "experiment_state-2026-01-01_00-00-00.json").write_text(json.dumps({"trial_data": states}))
+    assert len(study_cells(config)) == 16
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    assert cli.main(["compare", "--report", str(run_dir)]) == 2
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert out == "" and len(lines) == 1, err
+    assert lines[0].startswith(f"error: tracking.uri: the MLflow server {uri} does not answer (Connection refused); "
+                               "start it"), lines[0]
+    assert (f"; the study is unfinished: `prunesweep compare --resume {run_dir}` continues it" in lines[0]) == unfinished
+    assert "Tune keeps" not in lines[0]

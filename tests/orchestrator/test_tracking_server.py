@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -90,6 +91,7 @@ def test_a_sweep_logs_to_a_server_on_this_hosts_loopback_by_default(mlflow_serve
     assert proc.stdout.count("\n") == 1, proc.stdout[:2000]  # one JSON object: no MLflow "View run" lines
     data = json.loads(proc.stdout)
     assert data["complete"] and data["counts"]["trials"] == 2 and data["tracking_uri"] == mlflow_server.uri
+    assert data["mlflow_ui"] == mlflow_server.uri  # the server serves its UI; `mlflow ui` could not open it
     parents, children = nested_runs(mlflow_server.uri, run_dir)
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert len(children) == 2 and {run.info.status for run in children} == {"FINISHED"}
@@ -255,12 +257,62 @@ def test_the_trial_logger_keeps_results_while_the_server_is_down(monkeypatch, tm
     server.up = False
     logger.on_trial_complete(0, trials, trials[3])
     logger.on_experiment_end(trials)  # asks again whatever the clock says, then reports what is missing
-    assert MlflowTrialLogger.unlogged.pop(str(tmp_path)) == (
-        "Connection refused", ["trial-000", "trial-001", "trial-002", "trial-003"])  # could not even list them
+    # it could not even list the logged ones: the missing ones are those it did not log
+    assert MlflowTrialLogger.unlogged.pop(str(tmp_path)) == ("Connection refused", ["trial-003"])
     server.up = True
     logger.on_experiment_end(trials)
     assert str(tmp_path) not in MlflowTrialLogger.unlogged
     assert server.logged[-4:] == ["trial-000", "trial-001", "trial-002", "trial-003"]  # the store lists none: all again
+
+
+def test_the_trial_logger_leaves_the_trials_running_at_an_interruption_to_the_resume(tmp_path):
+    server = FakeTracker()
+    server.up = True
+    logger = MlflowTrialLogger(Tracker("http://x", "prunesweep", tmp_path), metric_names=("accuracy", "macs"))
+    logger._tracker = server
+    trials = [fake_trial(i, status="RUNNING") for i in range(3)]
+    for trial in trials:
+        logger.on_trial_start(0, trials, trial)
+    trials[0].status = "TERMINATED"
+    logger.on_trial_complete(0, trials, trials[0])
+    for trial in trials[1:]:  # what Tune does to the running trials when Ctrl-C ends the experiment
+        trial.status = "TERMINATED"
+    logger.on_experiment_end(trials)
+    assert server.logged == ["trial-000", "trial-000"]  # when it ended, and again by the reconciliation
+    assert str(tmp_path) not in MlflowTrialLogger.unlogged
+
+
+def write_sweep_dir(tmp_path: Path, statuses: list[str], trials: int) -> Path:
+    """The run directory of a sweep of ``trials`` trials as ``pareto`` reads it without MLflow:
+    its config, and Tune's snapshot of the trials it started, with ``statuses``."""
+    path, run_dir = write_config(tmp_path, tmp_path / "base.pt", trials=trials)
+    (run_dir / "tune").mkdir(parents=True)
+    shutil.copy(path, run_dir / "sweep.yaml")
+    states = [[json.dumps({"status": status}), "{}"] for status in statuses]
+    (run_dir / "tune" / "experiment_state-2026-01-01_00-00-00.json").write_text(json.dumps({"trial_data": states}))
+    return run_dir
+
+
+@pytest.mark.parametrize("statuses, trials, unfinished", [
+    (["TERMINATED", "ERROR"], 2, False),
+    (["TERMINATED", "RUNNING"], 2, True),  # interrupted: Tune saved the running trial as running
+    (["TERMINATED"], 2, True),  # killed before Tune started the second trial
+])
+def test_pareto_against_a_dead_server_says_to_start_it_and_resume_only_an_unfinished_sweep(
+        monkeypatch, capsys, tmp_path, statuses, trials, unfinished):
+    from orchestrator import cli
+
+    run_dir = write_sweep_dir(tmp_path, statuses, trials)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    uri = f"http://127.0.0.1:{free_port()}"
+    assert cli.main(["pareto", str(run_dir), "--tracking-uri", uri]) == 2
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert out == "" and len(lines) == 1, err
+    assert lines[0].startswith(f"error: tracking.uri: the MLflow server {uri} does not answer (Connection refused); "
+                               "start it, or give a --tracking-uri that answers"), lines[0]
+    assert (f"; the sweep is unfinished: `prunesweep sweep --resume {run_dir}` continues it" in lines[0]) == unfinished
+    assert "Tune keeps" not in lines[0]
 
 
 def test_the_runner_stops_with_one_line_naming_the_resume(tmp_path):
