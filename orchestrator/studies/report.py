@@ -21,6 +21,7 @@ from typing import Any, Mapping, Sequence
 from orchestrator.report import format_table, format_value
 from orchestrator.studies.cells import CELL_PARAMS, Cell
 from orchestrator.studies.config import SignificanceSettings
+from pruning.utils import atomic_write
 from orchestrator.studies.significance import average_ranks, mean_interval, paired_comparison
 from orchestrator.studies.trial import ACCURACY_SPLIT
 
@@ -177,7 +178,7 @@ def write_tables(tables: StudyTables, folder: Path) -> list[Path]:
                                     "rank_test": tables.rank_test, "significance": tables.significance}, indent=2),
     }
     for name, text in files.items():
-        (folder / name).write_text(text)
+        atomic_write(folder / name, lambda tmp, text=text: tmp.write_text(text))
     return [folder / name for name in files]
 
 
