@@ -6,7 +6,8 @@ where it can be seen, else stopped at the first write it refuses, in one line.
 that failed for lack of space or on a read-only filesystem (Tune would go on starting trials
 that all fail the same way, each with its traceback), so that Tune keeps every other trial as
 it is and a resume runs that trial again. :func:`storage_error` turns such an error, wherever it
-was raised, into a :class:`StorageError`: one line naming the path, with how to resume.
+was raised, into a :class:`StorageError`: one line naming the path, with how to resume; within
+:func:`quiet_disk_errors` Ray, Tune and MLflow do not log it (with its traceback) first.
 """
 from __future__ import annotations
 

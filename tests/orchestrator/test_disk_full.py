@@ -1,7 +1,8 @@
 """A full disk or a read-only filesystem under a sweep's run dir: one ``error:`` line naming the
 path (exit status 2) with the resume hint, no traceback; once space is freed ``--resume``
 finishes the sweep with every trial once. Tune's experiment state cut short: ``--resume``
-restores the last copy that reads back, or refuses in one line naming the file.
+restores the last copy that reads back, or refuses in one line naming the file. Any other
+command whose write such a filesystem refuses ends in one line too.
 
 The full disk is a size-limited tmpfs (mounting one needs root: skipped elsewhere)."""
 from __future__ import annotations
@@ -95,6 +96,19 @@ def test_a_read_only_run_dir_is_one_line_naming_it(trained_resnet20, tmp_path):
     assert "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1] == (
         f"error: run_dir: read-only file system: {run_dir / '.prunesweep.lock'}; make it writable, then run it again")
+
+
+@pytest.mark.fashion_mnist
+def test_any_command_refused_a_write_by_a_read_only_filesystem_is_one_line(fashion_mnist, tmp_path):
+    with small_filesystem(tmp_path / "disk", "8m") as disk:
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+        done = subprocess.run([sys.executable, "-m", "orchestrator.cli", "train", "--model", "resnet20", "--epochs", "1",
+                               "--train-subset", "64", "--calibration-size", "64", "--test-subset", "64",
+                               "--out", str(disk / "base.pt"), "--quiet"], cwd=REPO, capture_output=True, text=True,
+                              timeout=300)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().startswith(f"error: read-only file system: {disk}/"), done.stderr
 
 
 @pytest.mark.fashion_mnist
