@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 from orchestrator import cli
+from orchestrator.cli import info
 from orchestrator.experiment import TAG_TRIAL_NUMBER
 from orchestrator.sweeps import SweepConfig
 from resume_helpers import wait_while_running
@@ -81,6 +82,38 @@ def trial_numbers(run_dir: Path) -> list[int]:
     runs = tracker_of(config).trial_runs().values()
     assert {r.info.status for r in runs} == {"FINISHED"}
     return sorted(int(r.data.tags[TAG_TRIAL_NUMBER]) for r in runs)
+
+
+def _chained(error: BaseException, wrapper: BaseException) -> BaseException:
+    try:
+        try:
+            raise error
+        except BaseException as inner:
+            raise wrapper from inner
+    except BaseException as outer:
+        return outer
+
+
+@pytest.mark.parametrize("error, line", [
+    (OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/data/run/model.pt"),
+     "error: no space left on device: /data/run/model.pt"),
+    (_chained(OSError(errno.EROFS, os.strerror(errno.EROFS), "/data/run/sweep.yaml"), RuntimeError("wrapped")),
+     "error: read-only file system: /data/run/sweep.yaml"),
+    # Ray carries a trial's error as its traceback text, MLflow SQLite's as its message
+    (RuntimeError("Failure # 1\nTraceback (most recent call last):\nOSError: [Errno 122] Disk quota exceeded: "
+                  "'/data/run/tune/trial/checkpoint_000000/model.pt'\n"),
+     "error: disk quota exceeded: /data/run/tune/trial/checkpoint_000000/model.pt"),
+    (RuntimeError("(sqlite3.OperationalError) database or disk is full\n[SQL: INSERT INTO runs]"),
+     "error: no space left on device"),
+])
+def test_a_disk_error_wrapped_anywhere_is_one_line(error, line, capsys, monkeypatch):
+    def broken(args):
+        raise error
+
+    monkeypatch.setattr(info, "run", broken)
+    assert cli.main(["info"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(line), err
 
 
 @pytest.mark.fashion_mnist
