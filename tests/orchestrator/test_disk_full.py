@@ -145,6 +145,19 @@ def test_any_command_refused_a_write_by_a_read_only_filesystem_is_one_line(fashi
 
 
 @pytest.mark.fashion_mnist
+def test_a_run_dir_without_room_for_the_sweep_is_refused_before_it_starts(trained_resnet20, tmp_path):
+    run_dir = tmp_path / "disk" / "run"
+    with small_filesystem(tmp_path / "disk", "30m"):
+        config = write_config(tmp_path, trained_resnet20["out"], run_dir, trials=2)
+        done = subprocess.run([sys.executable, "-m", "orchestrator.cli", "sweep", "--config", str(config),
+                               "--ray-network", "host", "--quiet"], cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert not (run_dir / "tune").exists()
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines() == [
+        f"error: run_dir: {run_dir} has 30.0 MiB free but a sweep needs about 64.0 MiB; free space or choose another run_dir"]
+
+
+@pytest.mark.fashion_mnist
 def test_a_full_disk_stops_the_sweep_in_one_line_and_resume_finishes_it(ray_session, trained_resnet20, tmp_path):
     with small_filesystem(tmp_path / "disk", "160m") as disk:
         run_dir = disk / "run"
