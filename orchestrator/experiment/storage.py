@@ -21,8 +21,7 @@ from typing import ClassVar, Iterator
 from ray import tune
 
 from orchestrator.disk_errors import DiskError, find_disk_error, find_disk_error_in_text, format_bytes, free_bytes
-from orchestrator.experiment.callback import logger as trial_logger
-from orchestrator.experiment.callback import trial_error_text
+from orchestrator.experiment.callback import logger as trial_logger, trial_error_text
 from orchestrator.experiment.checks import ConfigError
 from pruning.errors import InputError
 

@@ -21,9 +21,9 @@ from typing import Any, Mapping, Sequence
 from orchestrator.report import format_table, format_value
 from orchestrator.studies.cells import CELL_PARAMS, Cell
 from orchestrator.studies.config import SignificanceSettings
-from pruning.utils import atomic_write
 from orchestrator.studies.significance import average_ranks, mean_interval, paired_comparison
 from orchestrator.studies.trial import ACCURACY_SPLIT
+from pruning.utils import atomic_write
 
 __all__ = ["LONG_COLUMNS", "StudyTables", "long_rows", "study_tables", "write_tables", "plot_accuracy", "plot_ranks"]
 
