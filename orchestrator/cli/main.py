@@ -3,8 +3,9 @@
 Every command prints a readable summary, or with ``--json`` exactly one JSON object on stdout
 (progress goes to stderr: the bars of train, eval, stats and prune only on a terminal or with
 ``--progress``; ``--quiet`` silences it all). Bad input ends with a one-line
-``error: ...`` on stderr and exit status 2, before anything is written; any other exception is
-a bug and keeps its traceback (exit status 1).
+``error: ...`` on stderr and exit status 2, before anything is written, and so does a write that
+a full disk or a read-only filesystem refused (naming the path); any other exception is a bug
+and keeps its traceback (exit status 1).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from typing import Any, Sequence
 # re-execute itself in a private network namespace; the commands import torch in their run().
 from orchestrator import distributed
 from orchestrator.cli import compare, evaluate, export, info, pareto, prune, stats, sweep, train
+from orchestrator.disk_errors import find_disk_error
 from pruning.errors import InputError
 
 EXIT_BAD_INPUT = 2
@@ -56,6 +58,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BAD_INPUT as err:
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         print(f"error: {message}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except Exception as err:
+        full = find_disk_error(err)  # a full disk or a read-only filesystem is no bug: one line
+        if full is None:
+            raise
+        print(f"error: {full.describe()}", file=sys.stderr)
         return EXIT_BAD_INPUT
     if args.json:
         print(json.dumps(result.data, default=_json_default), flush=True)

@@ -25,7 +25,7 @@ from orchestrator.experiment.tracking import TAG_REFINES, TAG_STAGE, TAG_TRIAL_N
 from orchestrator.experiment.tracking_server import TrackingUnavailable
 from orchestrator.experiment.trial_meta import split_config
 
-__all__ = ["MlflowTrialLogger", "ProgressLines"]
+__all__ = ["MlflowTrialLogger", "ProgressLines", "trial_error_text"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 RETRY_AFTER_S = 60.0
 
 
-def _read_error(trial) -> str:
+def trial_error_text(trial) -> str:
     """The trial's error traceback (colour codes removed), from the driver's staging copy or storage."""
     path = getattr(trial, "error_file", None)
     text = None
@@ -179,7 +179,7 @@ class MlflowTrialLogger(tune.Callback):
         checkpoint = None
         if status == "FINISHED" and getattr(trial, "checkpoint", None) is not None:
             checkpoint = trial.checkpoint.path
-        error = _read_error(trial) if status == "FAILED" else None
+        error = trial_error_text(trial) if status == "FAILED" else None
         return TrialRecord(trial.trial_id, name, status, params, metrics, tags, error, checkpoint)
 
     def _log(self, trial, status: str) -> None:

@@ -13,6 +13,7 @@ from typing import Any, Iterable, Iterator, Mapping
 from orchestrator.experiment.checks import ConfigError
 from orchestrator.experiment.lock import RunDirLock
 from orchestrator.experiment.signals import Termination, terminations_as_interrupts
+from orchestrator.experiment.storage import MIN_FREE_BYTES, check_free_space, quiet_disk_errors, storage_error
 from orchestrator.experiment.model_settings import check_source_exists
 from orchestrator.experiment.run_info import dataset_entity, system_tags
 from orchestrator.experiment.runner import EXPERIMENT_NAME, check_tracking_reachable, flatten, ray_connection
@@ -74,8 +75,13 @@ class Experiment:
         """Check, before anything loads: no other driver runs in the run directory (its lock is
         taken here and held until :meth:`close`, or the end of a ``with`` block), the run
         directory holds no experiment (``resume``: one Tune can restore), the tracking server
-        answers, every baseline ``source`` exists."""
-        lock = RunDirLock(spec.run_dir, spec.kind).acquire()
+        answers, every baseline ``source`` exists, the run directory has room
+        (:data:`~orchestrator.experiment.storage.MIN_FREE_BYTES`). A full disk or a read-only
+        filesystem is one line naming the path (:meth:`__exit__` says so for the whole block)."""
+        try:
+            lock = RunDirLock(spec.run_dir, spec.kind).acquire()
+        except OSError as err:
+            raise storage_error(err, spec.run_dir, resume_command(spec)) or err
         try:
             cls._check(spec, resume, sources)
         except BaseException:
@@ -97,6 +103,7 @@ class Experiment:
         check_tracking_reachable(spec.tracking_uri)
         for source in sources:
             check_source_exists(source)
+        check_free_space(spec.run_dir, MIN_FREE_BYTES, word)
 
     def close(self) -> None:
         """Let the run directory's lock go (the driver is done with it)."""
@@ -106,8 +113,14 @@ class Experiment:
     def __enter__(self) -> Experiment:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, kind: Any, error: BaseException | None, trace: Any) -> None:
+        """Let the lock go; an error that a full disk or a read-only filesystem caused, anywhere
+        in the block (a trial's, Tune's, MLflow's), becomes one line naming the path, with the
+        command that resumes the experiment where Tune has started it."""
         self.close()
+        stopped = storage_error(error, self.spec.run_dir, resume_command(self.spec)) if error is not None else None
+        if stopped is not None:
+            raise stopped from None
 
     @property
     def run_dir(self) -> Path:
@@ -124,8 +137,10 @@ class Experiment:
         """Join (or start) Ray for the block; refuse each of ``gpus`` (config key -> GPUs it asks
         for) beyond the cluster's GPUs, where Ray would leave its tasks pending forever. Within
         the block SIGTERM and SIGHUP stop the experiment as Ctrl-C does, recorded in
-        :attr:`termination` (:mod:`orchestrator.experiment.signals`)."""
-        with ray_connection(address, verbose):
+        :attr:`termination` (:mod:`orchestrator.experiment.signals`), and what Ray, Tune and
+        MLflow log about a full disk or a read-only filesystem is dropped (:meth:`__exit__` says
+        it in one line)."""
+        with ray_connection(address, verbose), quiet_disk_errors(self.spec.run_dir):
             check_cluster_gpus(gpus)
             with terminations_as_interrupts(self.termination):
                 yield
@@ -145,6 +160,13 @@ class Experiment:
         for setup in setups:
             self.tracker.log_dataset(parent, dataset_entity(setup.data_config, setup.splits))
         return parent, created
+
+
+def resume_command(spec: ExperimentSpec) -> str | None:
+    """``prunesweep <command> --resume RUN_DIR`` of the experiment, None before Tune started it."""
+    if not (Path(spec.run_dir) / EXPERIMENT_NAME).is_dir():
+        return None
+    return f"prunesweep {COMMANDS[spec.kind]} --resume {spec.run_dir}"
 
 
 def check_cluster_cpus(resources, what: str) -> None:

@@ -13,8 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
+from orchestrator.disk_errors import find_disk_error
 from orchestrator.experiment.callback import MlflowTrialLogger, ProgressLines
 from orchestrator.experiment.checks import ConfigError
+from orchestrator.experiment.storage import MIN_FREE_BYTES, StorageGuard, check_free_space
+from orchestrator.experiment.tune_state import StateBackup, recover_state
 from orchestrator.experiment.tracking import TUNE_EXPERIMENT, Tracker
 from orchestrator.experiment.tracking_server import TrackingUnavailable, check_server
 
@@ -166,7 +169,8 @@ class TrialsSpec:
     """One Tune experiment of trials: ``count`` calls of ``trial`` (``sweep_trial`` /
     ``study_cell``; a config from the searcher that ``make_search`` builds, with ``refs`` and
     ``settings``: the shared objects' references and what every trial reads), with ``resources``;
-    its state in ``<run_dir>/<folder>``; ``stage`` labels its progress lines."""
+    its state in ``<run_dir>/<folder>``; ``stage`` labels its progress lines; ``trial_bytes``:
+    about what one trial keeps in the run directory (its checkpoint), for the free-space check."""
 
     trial: Callable[..., None]
     settings: Any
@@ -176,6 +180,7 @@ class TrialsSpec:
     make_search: Callable[[], Any]
     folder: str = EXPERIMENT_NAME
     stage: str = "trials"
+    trial_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -199,6 +204,11 @@ def run_trials(tracker: Tracker, trials: TrialsSpec, output: TrialOutput, *, res
     Every Ray node must see the run directory, Tune's storage (:func:`check_storage_shared`).
     A raising driver marks the parent run FAILED; trials the logger could not log because the
     tracking server did not answer (Tune keeps them) raise ``TrackingUnavailable``, one line.
+    Before Tune starts, the run directory's free space is checked (:func:`check_free_space`)
+    and a resume makes Tune's newest state readable (:func:`recover_state`). A trial that failed for
+    lack of space or on a read-only filesystem stops the experiment as Ctrl-C does
+    (:class:`StorageGuard`): the parent run is KILLED and its ``OSError`` raised, which
+    :class:`~orchestrator.experiment.experiment.Experiment` turns into one line.
     """
     from ray import tune
 
@@ -206,24 +216,39 @@ def run_trials(tracker: Tracker, trials: TrialsSpec, output: TrialOutput, *, res
     # come back from its pickled state), so a study's bar must not outlive the study
     ProgressLines.enabled, ProgressLines.as_bar = output.progress, output.bar
     resources = trials.resources
+    experiment = Path(tracker.run_dir) / trials.folder
+    check_free_space(tracker.run_dir, MIN_FREE_BYTES + (0 if resume else trials.count * trials.trial_bytes),
+                     f"{trials.count} {trials.stage} trial(s)")
+    note = recover_state(experiment, f"the {tracker.kind}") if resume else None
+    if note:
+        print(note, file=sys.stderr, flush=True)
     try:
         check_storage_shared(tracker.run_dir)
         with _tune_environment(output.progress and output.verbose):
             trainable = tune.with_resources(functools.partial(trials.trial, refs=trials.refs, settings=trials.settings),
                                             {"cpu": resources.cpus, "gpu": resources.gpus})
             if resume:
-                experiment = Path(tracker.run_dir) / trials.folder
                 tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_errored=True)
             else:
                 tuner = _new_tuner(tracker, trainable, trials, output)
             MlflowTrialLogger.unlogged.pop(tracker.run_dir, None)
+            StorageGuard.stopped.pop(tracker.run_dir, None)
             results = tuner.fit()
     except TrackingUnavailable:
         raise  # marking the parent FAILED would wait on the same server again
-    except BaseException:
+    except BaseException as err:
+        # after a full disk Tune fails reading back what it cut short (a trial's pickled error)
+        stopped = StorageGuard.stopped.pop(tracker.run_dir, None) or find_disk_error(err)
+        with contextlib.suppress(Exception):  # the tracking store may lie on the same full disk
+            tracker.finish_parent("FAILED" if stopped is None else "KILLED")  # KILLED: resumable
+        if stopped is None:
+            raise
+        raise stopped.as_os_error() from err
+    stopped = StorageGuard.stopped.pop(tracker.run_dir, None)
+    if stopped is not None:
         with contextlib.suppress(Exception):
-            tracker.finish_parent("FAILED")
-        raise
+            tracker.finish_parent("KILLED")
+        raise stopped.as_os_error()
     check_all_logged(tracker)
     return results
 
@@ -241,7 +266,8 @@ def _new_tuner(tracker: Tracker, trainable, trials: TrialsSpec, output: TrialOut
                                     reuse_actors=True),
         run_config=tune.RunConfig(
             storage_path=tracker.run_dir, name=trials.folder,
-            callbacks=[callback, ProgressLines(trials.stage, trials.count)],
+            callbacks=[callback, ProgressLines(trials.stage, trials.count), StorageGuard(tracker.run_dir),
+                       StateBackup(str(Path(tracker.run_dir) / trials.folder))],
             failure_config=tune.FailureConfig(max_failures=TRIAL_RETRIES, fail_fast=False),
             verbose=1 if output.progress and output.verbose else 0,
         ),

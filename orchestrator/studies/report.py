@@ -23,6 +23,7 @@ from orchestrator.studies.cells import CELL_PARAMS, Cell
 from orchestrator.studies.config import SignificanceSettings
 from orchestrator.studies.significance import average_ranks, mean_interval, paired_comparison
 from orchestrator.studies.trial import ACCURACY_SPLIT
+from pruning.utils import atomic_write
 
 __all__ = ["LONG_COLUMNS", "StudyTables", "long_rows", "study_tables", "write_tables", "plot_accuracy", "plot_ranks"]
 
@@ -177,7 +178,7 @@ def write_tables(tables: StudyTables, folder: Path) -> list[Path]:
                                     "rank_test": tables.rank_test, "significance": tables.significance}, indent=2),
     }
     for name, text in files.items():
-        (folder / name).write_text(text)
+        atomic_write(folder / name, lambda tmp, text=text: tmp.write_text(text))
     return [folder / name for name in files]
 
 

@@ -31,7 +31,7 @@ from orchestrator.experiment.fixed_configs import FixedConfigs
 from orchestrator.experiment.runner import TrialOutput, TrialResources, TrialsSpec, finished_cleanly, run_trials
 from orchestrator.experiment.tracking import TUNE_EXPERIMENT, Tracker
 from orchestrator.experiment.tracking_server import TrackingUnavailable, browse_hint
-from orchestrator.experiment.tune_state import stage_ended
+from orchestrator.experiment.stage_status import stage_ended
 from orchestrator.experiment.worker import WorkerSettings, put_shared, trial_threads
 from orchestrator.studies.cells import study_cells
 from orchestrator.studies.config import RESOLVED_STUDY_FILE, StudyConfig

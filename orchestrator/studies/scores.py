@@ -10,6 +10,7 @@ fail with that error, while the rest of the study goes on.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import traceback
@@ -62,9 +63,14 @@ def load_scores(root: str | Path, key: ScoreKey) -> dict[str, Any]:
 
 
 def read_computations(root: str | Path) -> list[dict[str, Any]]:
-    """Every line of the computation log, oldest first."""
+    """Every line of the computation log, oldest first; a line cut short (a full disk or a kill
+    while it was appended) is skipped: its scores file, written atomically, is what counts."""
     path = Path(root) / COMPUTATIONS_FILE
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    lines = []
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        with contextlib.suppress(ValueError):
+            lines.append(json.loads(line))
+    return lines
 
 
 def _score_task(refs, settings, criterion: tuple[type, Mapping[str, Any]] | None, seed: int,

@@ -23,7 +23,7 @@ from orchestrator.experiment.tracking_server import TrackingUnavailable, browse_
 from orchestrator.experiment.tracking import (
     ONNX_MODEL_NAME, TAG_PARETO, TAG_STAGE, TAG_SWEEP, TUNE_EXPERIMENT, Tracker, TrialRecord,
 )
-from orchestrator.experiment.tune_state import stage_ended
+from orchestrator.experiment.stage_status import stage_ended
 from orchestrator.sweeps.trials import MODEL_FILE
 from pruning.errors import InputError
 

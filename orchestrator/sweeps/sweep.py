@@ -56,6 +56,9 @@ from pruning.utils import atomic_write
 
 __all__ = ["run_sweep", "resume_sweep", "screening_search", "refine_configs", "CANDIDATES_FILE"]
 
+#: bytes of a float32 weight: a trial's checkpoint is about the baseline's parameters times this
+FLOAT_BYTES = 4
+
 
 def run_sweep(
     config: SweepConfig,
@@ -109,6 +112,7 @@ def run_sweep(
                 config.sweep.trials,
                 make_search=lambda: screening_search(config, search_space, context, key, sampler),
                 folder=EXPERIMENT_NAME, stage=STAGE_SCREEN,
+                trial_bytes=FLOAT_BYTES * int(setup.metrics["params"]),  # a pruned checkpoint is smaller
             )
             output = TrialOutput(TRIAL_METRICS, TRIAL_TAGS, progress=progress, verbose=verbose)
             tracker = experiment.tracker
