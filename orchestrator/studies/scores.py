@@ -23,6 +23,7 @@ from orchestrator.studies.cells import SNPFI_PRIOR, ScoreKey, score_keys
 from orchestrator.studies.config import StudyConfig
 from orchestrator.experiment.baseline import say
 from orchestrator.experiment.tracking import error_summary
+from pruning.errors import InputError
 from pruning.utils import atomic_write
 
 __all__ = ["SCORES_FOLDER", "COMPUTATIONS_FILE", "ScoresUnavailable", "ScorePhase", "compute_scores", "load_scores",
@@ -62,9 +63,13 @@ def load_scores(root: str | Path, key: ScoreKey) -> dict[str, Any]:
 
 
 def read_computations(root: str | Path) -> list[dict[str, Any]]:
-    """Every line of the computation log, oldest first."""
+    """Every line of the computation log, oldest first; a log that is not one JSON object a line
+    is a one-line error naming it."""
     path = Path(root) / COMPUTATIONS_FILE
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    try:
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
+        raise InputError(f"{path} is corrupt: not one JSON object a line ({err})") from None
 
 
 def _score_task(refs, settings, criterion: tuple[type, Mapping[str, Any]] | None, seed: int,
