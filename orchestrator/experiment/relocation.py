@@ -106,3 +106,8 @@ def move_artifact_locations(uri: str, move: RunDirMove) -> None:
                 db.execute(f"UPDATE {table} SET {column} = ? || substr({column}, ?) "
                            f"WHERE {column} = ? OR substr({column}, 1, ?) = ?",
                            (new, len(old) + 1, old, len(old) + 1, f"{old}/"))
+        moved = db.total_changes > 0
+    if moved:  # MLflow keeps each run's artifact store per process, by run id: the copy's runs have the original's ids
+        from mlflow.tracking._tracking_service import utils
+
+        utils._artifact_repos_cache.clear()
