@@ -23,8 +23,8 @@ from orchestrator.experiment.tracking import (
     Tracker,
     TrialRecord,
     error_summary,
-    git_commit,
 )
+from orchestrator.experiment.run_info import git_commit
 from orchestrator.experiment.baseline import (
     BaselineSetup,
     compute_baseline_statistics,

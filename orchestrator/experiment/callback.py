@@ -133,14 +133,12 @@ class MlflowTrialLogger(tune.Callback):
     #: run directory -> (why, names of the ended trials the experiment's end could not log):
     #: process-wide, because a restored experiment's logger is not the object the runner made
     unlogged: ClassVar[dict[str, tuple[str, list[str]]]] = {}
+    #: the tracker of the experiment being restored, whose settings a restored logger takes: the
+    #: ones it was pickled with name where its run directory was (it may have been moved since)
+    restoring: ClassVar[Tracker | None] = None
 
     def __init__(self, tracker: Tracker, metric_names: Sequence[str] = (), tag_names: Sequence[str] = ()) -> None:
-        # the tracker's settings, not the tracker: a fresh one is opened where the logger runs
-        self.uri = tracker.uri
-        self.experiment = tracker.experiment
-        self.run_dir = tracker.run_dir
-        self.kind = tracker.kind
-        self.unique_names = tracker.unique_names
+        self._use(tracker)
         self.metric_names = tuple(metric_names)
         self.tag_names = tuple(tag_names)
         self._tracker: Tracker | None = None
@@ -149,16 +147,27 @@ class MlflowTrialLogger(tune.Callback):
         self._retry_at = 0.0  # time.monotonic() before which the server is not asked again
         self._running: set[str] = set()  # ids of the trials this process started that have not ended
 
+    def _use(self, tracker: Tracker) -> None:
+        """The tracker's settings, not the tracker: a fresh one is opened where the logger runs."""
+        self.uri, self.experiment, self.run_dir = tracker.uri, tracker.experiment, tracker.run_dir
+        self.kind, self.unique_names, self.started_in = tracker.kind, tracker.unique_names, tracker.move.recorded
+
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         # Tune's state keeps the trials
         state.update(_tracker=None, logged={}, _pending={}, _retry_at=0.0, _running=set())
         return state
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if MlflowTrialLogger.restoring is not None:
+            self._use(MlflowTrialLogger.restoring)
+
     @property
     def tracker(self) -> Tracker:
         if self._tracker is None:
-            tracker = Tracker(self.uri, self.experiment, self.run_dir, kind=self.kind, unique_names=self.unique_names)
+            tracker = Tracker(self.uri, self.experiment, self.run_dir, kind=self.kind, unique_names=self.unique_names,
+                              recorded_run_dir=self.started_in)
             if tracker.find_parent() is None:
                 raise RuntimeError(f"no MLflow parent run for {self.run_dir} in {self.uri}")
             self._tracker = tracker

@@ -35,6 +35,8 @@ def read_config_file(path: str | os.PathLike, overrides: Mapping[str, Any] | Non
         raise ConfigError("config", f"file {str(path)!r} does not exist")
     try:
         data = yaml.safe_load(path.read_text())
+    except UnicodeDecodeError:
+        raise ConfigError("config", f"{str(path)!r} is not a text file") from None
     except yaml.YAMLError as err:
         first = " ".join(str(err).split())
         raise ConfigError("config", f"{str(path)!r} is not valid YAML ({first})") from None

@@ -12,12 +12,13 @@ from typing import Any, Iterable, Iterator, Mapping
 
 from orchestrator.experiment.checks import ConfigError
 from orchestrator.experiment.lock import RunDirLock
+from orchestrator.experiment.relocation import move_artifact_locations, recorded_run_dir
 from orchestrator.experiment.signals import Termination, terminations_as_interrupts
 from orchestrator.experiment.storage import MIN_FREE_BYTES, check_free_space, quiet_disk_errors, storage_error
 from orchestrator.experiment.model_settings import check_source_exists
-from orchestrator.experiment.run_info import dataset_entity, system_tags
+from orchestrator.experiment.run_info import dataset_entity, git_commit, system_tags
 from orchestrator.experiment.runner import EXPERIMENT_NAME, check_tracking_reachable, flatten, ray_connection
-from orchestrator.experiment.tracking import TAG_COMMIT, TAG_SWEEP, Tracker, git_commit
+from orchestrator.experiment.tracking import TAG_COMMIT, TAG_SWEEP, Tracker
 from pruning.utils import atomic_write
 
 __all__ = ["ExperimentSpec", "Experiment", "check_cluster_cpus", "check_cluster_gpus"]
@@ -67,8 +68,10 @@ class Experiment:
         self.lock = lock
         #: the SIGTERM/SIGHUP that stopped the experiment, if one did (see :meth:`connect`)
         self.termination = Termination()
+        # a resumed copy or moved run directory: its parent run is tagged where it started
+        started_in = recorded_run_dir(spec.run_dir, spec.config_file) if resume else None
         self.tracker = Tracker(spec.tracking_uri, spec.experiment, spec.run_dir, kind=spec.kind,
-                               unique_names=spec.unique_names)
+                               unique_names=spec.unique_names, recorded_run_dir=started_in)
 
     @classmethod
     def open(cls, spec: ExperimentSpec, resume: bool, sources: Iterable[Any] = ()) -> Experiment:
@@ -77,17 +80,22 @@ class Experiment:
         directory holds no experiment (``resume``: one Tune can restore), the tracking server
         answers, every baseline ``source`` exists, the run directory has room
         (:data:`~orchestrator.experiment.storage.MIN_FREE_BYTES`). A full disk or a read-only
-        filesystem is one line naming the path (:meth:`__exit__` says so for the whole block)."""
+        filesystem is one line naming the path (:meth:`__exit__` says so for the whole block).
+        A resumed copy or moved run directory's own database has its artifact locations pointed
+        at it (:func:`~orchestrator.experiment.relocation.move_artifact_locations`)."""
         try:
             lock = RunDirLock(spec.run_dir, spec.kind).acquire()
         except OSError as err:
             raise storage_error(err, spec.run_dir, resume_command(spec)) or err
         try:
             cls._check(spec, resume, sources)
+            experiment = cls(spec, resume, lock)
+            if resume:
+                move_artifact_locations(spec.tracking_uri, experiment.tracker.move)
         except BaseException:
             lock.release()
             raise
-        return cls(spec, resume, lock)
+        return experiment
 
     @staticmethod
     def _check(spec: ExperimentSpec, resume: bool, sources: Iterable[Any]) -> None:

@@ -1,11 +1,25 @@
-"""What a sweep's parent run records about where it ran and on what: system tags and the
-dataset as an MLflow run input (logged by :class:`~orchestrator.experiment.tracking.Tracker`)."""
+"""What a sweep's parent run records about where it ran and on what: the code's git commit,
+system tags and the dataset as an MLflow run input (logged by
+:class:`~orchestrator.experiment.tracking.Tracker`)."""
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
-__all__ = ["system_tags", "dataset_entity"]
+__all__ = ["git_commit", "system_tags", "dataset_entity"]
+
+
+def git_commit(path: str | os.PathLike | None = None) -> str:
+    """``git rev-parse HEAD`` of the repository holding ``path`` (this package), or "unknown"."""
+    where = Path(path) if path is not None else Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    commit = out.stdout.strip()
+    return commit if out.returncode == 0 and commit else "unknown"
 
 
 def system_tags(gpus_per_trial: float = 0) -> dict[str, str]:

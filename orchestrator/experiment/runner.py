@@ -20,6 +20,7 @@ from orchestrator.experiment.storage import MIN_FREE_BYTES, StorageGuard, check_
 from orchestrator.experiment.tune_state import StateBackup, recover_state
 from orchestrator.experiment.tracking import TUNE_EXPERIMENT, Tracker
 from orchestrator.experiment.tracking_server import TrackingUnavailable, check_server
+from pruning.utils import atomic_write
 
 __all__ = [
     "EXPERIMENT_NAME", "check_storage_shared", "check_tracking_reachable", "ray_connection",
@@ -228,7 +229,12 @@ def run_trials(tracker: Tracker, trials: TrialsSpec, output: TrialOutput, *, res
             trainable = tune.with_resources(functools.partial(trials.trial, refs=trials.refs, settings=trials.settings),
                                             {"cpu": resources.cpus, "gpu": resources.gpus})
             if resume:
-                tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_errored=True)
+                _move_search_storage(experiment)
+                MlflowTrialLogger.restoring = tracker  # the run directory may have moved since Tune saved it
+                try:
+                    tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_errored=True)
+                finally:
+                    MlflowTrialLogger.restoring = None
             else:
                 tuner = _new_tuner(tracker, trainable, trials, output)
             MlflowTrialLogger.unlogged.pop(tracker.run_dir, None)
@@ -251,6 +257,25 @@ def run_trials(tracker: Tracker, trials: TrialsSpec, output: TrialOutput, *, res
         raise stopped.as_os_error()
     check_all_logged(tracker)
     return results
+
+
+def _move_search_storage(experiment: Path) -> None:
+    """Point the storage of the trials a restored searcher creates at ``experiment``'s folder:
+    Tune saves it with the search state, where the run directory was then, and moves only the
+    trials it restores (a copied or moved run directory's new trials would go to the old place)."""
+    import ray.cloudpickle as cloudpickle
+    from ray.tune.search.search_generator import SearchGenerator
+
+    saved = sorted(experiment.glob(SearchGenerator.CKPT_FILE_TMPL.format("*")))
+    if not saved:
+        return
+    state = cloudpickle.loads(saved[-1].read_bytes())
+    storage = state["experiment"].spec.get("storage") if state.get("experiment") is not None else None
+    where = (str(experiment.parent), experiment.name)
+    if storage is None or (storage.storage_fs_path, storage.experiment_dir_name) == where:
+        return
+    storage.storage_fs_path, storage.experiment_dir_name = where
+    atomic_write(saved[-1], lambda tmp: tmp.write_bytes(cloudpickle.dumps(state)))
 
 
 def _new_tuner(tracker: Tracker, trainable, trials: TrialsSpec, output: TrialOutput):

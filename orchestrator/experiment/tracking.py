@@ -3,7 +3,8 @@
 Layout in MLflow (one experiment, e.g. ``prunesweep``):
 
 * one **parent run** per sweep (or compare grid), found again by its tag ``prunesweep.run_dir``
-  (the absolute run directory), so a resumed sweep keeps logging into the same run;
+  (the absolute run directory it started in: ``orchestrator.experiment.relocation``), so a
+  resumed sweep keeps logging into the same run;
 * one **nested run** per Tune trial (tag ``mlflow.parentRunId``), identified by the tag
   ``prunesweep.trial_id``: logging a trial twice updates its run instead of adding another, so a
   resumed sweep never duplicates a trial.
@@ -17,18 +18,18 @@ from __future__ import annotations
 
 import math
 import os
-import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from orchestrator.experiment.relocation import ARTIFACTS_FOLDER, RunDirMove
 from orchestrator.experiment.tracking_server import GuardedClient, guard, use_driver_http_defaults
 
 __all__ = [
     "TAG_PARENT", "TAG_RUN_DIR", "TAG_KIND", "TAG_SWEEP", "TAG_COMMIT", "TAG_TRIAL_ID", "TAG_TRIAL_NUMBER",
-    "TAG_CHECKPOINT", "TAG_ERROR", "TAG_PARETO", "TAG_STAGE", "TAG_REFINES", "TrialRecord", "Tracker", "git_commit", "error_summary",
+    "TAG_CHECKPOINT", "TAG_ERROR", "TAG_PARETO", "TAG_STAGE", "TAG_REFINES", "TrialRecord", "Tracker", "error_summary",
     "finite_metric", "ONNX_MODEL_NAME", "DATASET_CONTEXT", "TUNE_EXPERIMENT",
 ]
 
@@ -58,17 +59,6 @@ ONNX_MODEL_NAME = "model"
 _MAX_PARAM = 6000  # MLflow's limit on a param value
 _MAX_TAG = 5000  # well under MLflow's limit on a tag value
 _BATCH = 100  # params / tags per log_batch call
-
-
-def git_commit(path: str | os.PathLike | None = None) -> str:
-    """``git rev-parse HEAD`` of the repository holding ``path`` (this package), or "unknown"."""
-    where = Path(path) if path is not None else Path(__file__).resolve().parent
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    commit = out.stdout.strip()
-    return commit if out.returncode == 0 and commit else "unknown"
 
 
 def error_summary(text: str | None) -> str:
@@ -118,19 +108,22 @@ class Tracker:
 
     ``uri``: tracking URI; ``experiment``: name (created if missing; with a local SQLite store its
     artifacts go to ``<run_dir>/mlartifacts``); ``run_dir``: the sweep's absolute run directory,
-    which identifies the parent run; ``kind``: ``sweep`` or ``study``. ``unique_names``: each
+    which identifies the parent run (or ``recorded_run_dir``, where it started, for a copied or
+    moved one); ``kind``: ``sweep`` or ``study``. ``unique_names``: each
     trial's run name identifies it (a study's cells), so a trial Tune starts again under a new id
     (one it created after its last snapshot, before a kill) updates that run instead of adding one;
     otherwise Tune's trial id does.
     """
 
     def __init__(self, uri: str, experiment: str, run_dir: str | os.PathLike, *, kind: str = "sweep",
-                 unique_names: bool = False) -> None:
+                 unique_names: bool = False, recorded_run_dir: str | None = None) -> None:
         self.uri = uri
         self.experiment = experiment
         self.run_dir = str(Path(run_dir).absolute())
         self.kind = kind
         self.unique_names = unique_names
+        #: from where the run directory started to where it is (set from the parent run's tag)
+        self.move = RunDirMove(recorded_run_dir or self.run_dir, self.run_dir)
         self._client = None
         self._experiment_id: str | None = None
         self.parent_run_id: str | None = None
@@ -166,7 +159,7 @@ class Tracker:
             else:
                 location = None
                 if self.uri.startswith("sqlite:///"):
-                    location = (Path(self.run_dir) / "mlartifacts").absolute().as_uri()
+                    location = (Path(self.run_dir) / ARTIFACTS_FOLDER).absolute().as_uri()
                 self._experiment_id = self.client.create_experiment(self.experiment, artifact_location=location)
         return self._experiment_id
 
@@ -185,18 +178,19 @@ class Tracker:
     # -- the parent run --------------------------------------------------------------------------
 
     def find_parent(self, *, all_experiments: bool = False) -> str | None:
-        """The parent run of this run directory (the newest if several), or None."""
-        where = f"tags.`{TAG_RUN_DIR}` = '{self.run_dir}' and tags.`{TAG_KIND}` = '{self.kind}'"
-        if all_experiments:
-            ids = [e.experiment_id for e in self.client.search_experiments()]
-            runs = self._search(where, ids) if ids else []
+        """The parent run of this run directory, else of the one it started in (the newest if
+        several), or None."""
+        ids = [e.experiment_id for e in self.client.search_experiments()] if all_experiments else None
+        for run_dir in dict.fromkeys([self.run_dir, self.move.recorded]):
+            where = f"tags.`{TAG_RUN_DIR}` = '{run_dir}' and tags.`{TAG_KIND}` = '{self.kind}'"
+            runs = self._search(where, ids) if ids != [] else []
+            if runs:
+                break
         else:
-            runs = self._search(where)
-        if not runs:
             return None
-        runs.sort(key=lambda r: r.info.start_time or 0, reverse=True)
-        self.parent_run_id = runs[0].info.run_id
-        self._experiment_id = runs[0].info.experiment_id
+        parent = max(runs, key=lambda r: r.info.start_time or 0)
+        self.parent_run_id, self._experiment_id = parent.info.run_id, parent.info.experiment_id
+        self.move = RunDirMove(parent.data.tags[TAG_RUN_DIR], self.run_dir)
         return self.parent_run_id
 
     def start_parent(
@@ -371,8 +365,8 @@ class Tracker:
             self.log_params(run_id, new_params)
         self.log_metrics(run_id, record.metrics)
         tags = dict(record.tags)
-        if record.checkpoint:
-            tags[TAG_CHECKPOINT] = record.checkpoint
+        if record.checkpoint:  # under the run directory where it started, as the parent run's tag
+            tags[TAG_CHECKPOINT] = self.move.recorded_path(record.checkpoint)
         if record.status == "FAILED":
             tags[TAG_ERROR] = error_summary(record.error)
         self.set_tags(run_id, tags)
@@ -396,7 +390,7 @@ class Tracker:
                 metrics=dict(run.data.metrics),
                 tags=tags,
                 error=tags.get(TAG_ERROR),
-                checkpoint=tags.get(TAG_CHECKPOINT),
+                checkpoint=self.move.path(tags.get(TAG_CHECKPOINT)),
                 run_id=run.info.run_id,
             ))
         return records

@@ -28,6 +28,8 @@ from orchestrator.experiment.checks import ConfigError
 from orchestrator.experiment.config_file import default_name, read_config_file
 from orchestrator.experiment.experiment import Experiment, ExperimentSpec, check_cluster_cpus
 from orchestrator.experiment.fixed_configs import FixedConfigs
+from orchestrator.experiment.relocation import RunDirMove, load_recorded_config
+from orchestrator.experiment.store_check import check_mlflow_database
 from orchestrator.experiment.runner import TrialOutput, TrialResources, TrialsSpec, finished_cleanly, run_trials
 from orchestrator.experiment.tracking import TUNE_EXPERIMENT, Tracker
 from orchestrator.experiment.tracking_server import TrackingUnavailable, browse_hint
@@ -191,24 +193,26 @@ def _finalize(tracker: Tracker, config: StudyConfig, setups, phase: ScorePhase, 
     return StudyResult(config.name, config.run_dir, config.tracking_uri, parent, tables, counts, savings, wall)
 
 
-def _recorded_config(run_dir: str | os.PathLike) -> StudyConfig:
+def _recorded_config(run_dir: str | os.PathLike) -> tuple[StudyConfig, RunDirMove]:
+    """The study's recorded config, where its run directory is now (a copied or moved one: its own
+    database), and the move from where it ran."""
     path = Path(run_dir).absolute() / RESOLVED_STUDY_FILE
     if not path.is_file():
         raise ConfigError("resume", f"{Path(run_dir).absolute()} holds no study (no {RESOLVED_STUDY_FILE})")
-    return load_study_config(path)
+    return load_recorded_config(run_dir, RESOLVED_STUDY_FILE, load_study_config)
 
 
 def resume_study(run_dir: str | os.PathLike, *, address: str | None = None, progress: bool = True,
                  verbose: bool = False) -> StudyResult:
     """Continue the interrupted study in ``run_dir`` with the config it recorded."""
-    return run_study(_recorded_config(run_dir), address=address, resume=True, progress=progress, verbose=verbose)
+    return run_study(_recorded_config(run_dir)[0], address=address, resume=True, progress=progress, verbose=verbose)
 
 
 def study_report(run_dir: str | os.PathLike) -> StudyResult:
     """The study's tables again, from its cells as MLflow holds them (no Ray, nothing rerun)."""
-    config = _recorded_config(run_dir)
+    config, move = _recorded_config(run_dir)
     try:
-        tracker, parent = _recorded_parent(config)
+        tracker, parent = _recorded_parent(config, move)
         rows, tables, counts = _tables_and_counts(config, tracker)
     except TrackingUnavailable as err:  # the driver's hint (Tune keeps results) does not apply here
         hint, folder = "start it", Path(run_dir).absolute()
@@ -222,7 +226,7 @@ def study_report(run_dir: str | os.PathLike) -> StudyResult:
 
 def study_parent_metrics(run_dir: str | os.PathLike) -> dict[str, float]:
     """The metrics of the study's parent run (wall times, score phase), as MLflow holds them."""
-    tracker, parent = _recorded_parent(_recorded_config(run_dir))
+    tracker, parent = _recorded_parent(*_recorded_config(run_dir))
     return dict(tracker.client.get_run(parent).data.metrics)
 
 
@@ -231,7 +235,7 @@ def study_phase_times(run_dir: str | os.PathLike) -> dict[str, float]:
     once the baselines and their statistics are ready, to the first cell's: the score phase) and
     ``cells`` (the first cell's start to the last one's end); ``cells_ended``: the cells timed.
     Empty while no cell has ended."""
-    tracker, parent = _recorded_parent(_recorded_config(run_dir))
+    tracker, parent = _recorded_parent(*_recorded_config(run_dir))
     runs = [r.info for r in tracker.trial_runs().values() if r.info.end_time]
     if not runs:
         return {}
@@ -240,11 +244,12 @@ def study_phase_times(run_dir: str | os.PathLike) -> dict[str, float]:
     return {"before_cells": (first - started) / 1000, "cells": (last - first) / 1000, "cells_ended": len(runs)}
 
 
-def _recorded_parent(config: StudyConfig) -> tuple[Tracker, str]:
-    """The tracker of a study's recorded config (its own experiment) and its parent run id."""
+def _recorded_parent(config: StudyConfig, move: RunDirMove) -> tuple[Tracker, str]:
+    """The tracker of a study's recorded config and its parent run id, read without writing."""
+    check_mlflow_database(config.tracking_uri, "tracking.uri")
     tracker = Tracker(config.tracking_uri, config.tracking.experiment, config.run_dir, kind=TRACKING_KIND,
-                      unique_names=True)
-    parent = tracker.find_parent()
+                      unique_names=True, recorded_run_dir=move.recorded)
+    parent = tracker.find_parent(all_experiments=True)
     if parent is None:
         raise ConfigError("report", f"no MLflow run of the study in {config.run_dir} at {config.tracking_uri}")
     return tracker, parent

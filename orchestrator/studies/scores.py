@@ -10,7 +10,6 @@ fail with that error, while the rest of the study goes on.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 import traceback
@@ -24,6 +23,7 @@ from orchestrator.studies.cells import SNPFI_PRIOR, ScoreKey, score_keys
 from orchestrator.studies.config import StudyConfig
 from orchestrator.experiment.baseline import say
 from orchestrator.experiment.tracking import error_summary
+from pruning.errors import InputError
 from pruning.utils import atomic_write
 
 __all__ = ["SCORES_FOLDER", "COMPUTATIONS_FILE", "ScoresUnavailable", "ScorePhase", "compute_scores", "load_scores",
@@ -63,14 +63,22 @@ def load_scores(root: str | Path, key: ScoreKey) -> dict[str, Any]:
 
 
 def read_computations(root: str | Path) -> list[dict[str, Any]]:
-    """Every line of the computation log, oldest first; a line cut short (a full disk or a kill
-    while it was appended) is skipped: its scores file, written atomically, is what counts."""
+    """Every line of the computation log, oldest first. A last line cut short (a full disk or a
+    kill while it was appended) is skipped: its scores file, written atomically, is what counts.
+    Any other line that is not one JSON object is a one-line error naming the log."""
     path = Path(root) / COMPUTATIONS_FILE
-    lines = []
-    for line in path.read_text().splitlines() if path.is_file() else []:
-        with contextlib.suppress(ValueError):
-            lines.append(json.loads(line))
-    return lines
+    try:
+        lines = [line for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    except UnicodeDecodeError as err:
+        raise InputError(f"{path} is corrupt: not one JSON object a line ({err})") from None
+    entries = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            entries.append(json.loads(line))
+        except ValueError as err:
+            if number < len(lines):
+                raise InputError(f"{path} is corrupt: not one JSON object a line ({err})") from None
+    return entries
 
 
 def _score_task(refs, settings, criterion: tuple[type, Mapping[str, Any]] | None, seed: int,

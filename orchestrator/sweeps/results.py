@@ -16,6 +16,8 @@ from orchestrator.report import format_table, format_value
 from orchestrator.experiment.baseline import say
 from orchestrator.experiment.checks import ConfigError, default_tracking_uri
 from orchestrator.experiment.checks import TrackingSettings
+from orchestrator.experiment.relocation import load_recorded_config
+from orchestrator.experiment.store_check import check_mlflow_database
 from orchestrator.sweeps.config import RESOLVED_CONFIG_FILE, load_sweep_config
 from orchestrator.sweeps.front import front_table, hypervolume, pareto_front, plot_front
 from orchestrator.sweeps.refine import CANDIDATES_FILE, REFINE_EXPERIMENT, STAGE_REFINE
@@ -226,20 +228,22 @@ def finalize_sweep(tracker: Tracker, config, setup, complete: bool, progress: bo
 
 
 def read_front(run_dir: str | os.PathLike, *, tracking_uri: str | None = None) -> SweepResult:
-    """The sweep of ``run_dir`` read back from MLflow: trials, front (recomputed from the logged
-    metrics over feasible finished trials, for the objectives of the recorded ``sweep.yaml``:
-    the run directory's, else the parent run's copy) with the test accuracy logged for it."""
+    """The sweep of ``run_dir`` read back from MLflow, writing nothing: trials, front (recomputed
+    from the logged metrics over feasible finished trials, for the objectives of the recorded
+    ``sweep.yaml``: the run directory's, else the parent run's copy) with the test accuracy
+    logged for it. A copied or moved run directory is read from its own database and checkpoints
+    (:mod:`~orchestrator.experiment.relocation`); ``tracking_uri`` replaces the recorded one."""
     run_dir = str(Path(run_dir).absolute())
-    config_path = Path(run_dir) / RESOLVED_CONFIG_FILE
-    config = load_sweep_config(config_path) if config_path.is_file() else None
-    uri = tracking_uri or (config.tracking_uri if config else default_tracking_uri(run_dir))
+    config, move = (load_recorded_config(run_dir, RESOLVED_CONFIG_FILE, load_sweep_config)
+                    if (Path(run_dir) / RESOLVED_CONFIG_FILE).is_file() else (None, None))
     if tracking_uri is not None:
         TrackingSettings.from_dict({"uri": tracking_uri})  # same checks as a config's
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
-        raise ConfigError("tracking_uri", f"no MLflow database at {uri[len('sqlite:///'):]}")
+    uri = tracking_uri or (config.tracking_uri if config else default_tracking_uri(run_dir))
+    check_mlflow_database(uri)  # before MLflow, which would create its tables in an empty or foreign file
     experiment = config.tracking.experiment if config else "prunesweep"
     try:
-        return _read_front(Tracker(uri, experiment, run_dir, kind="sweep"), config)
+        tracker = Tracker(uri, experiment, run_dir, kind="sweep", recorded_run_dir=move.recorded if move else None)
+        return _read_front(tracker, config)
     except TrackingUnavailable as err:  # the driver's hint (Tune keeps results) does not apply here
         raise TrackingUnavailable(err.uri, err.reason, _unreachable_hint(run_dir, config)) from None
 

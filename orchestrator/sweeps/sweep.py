@@ -42,6 +42,7 @@ from orchestrator.experiment.baseline import (
 from orchestrator.experiment.checks import ConfigError
 from orchestrator.experiment.experiment import Experiment, ExperimentSpec, check_cluster_cpus
 from orchestrator.experiment.fixed_configs import FixedConfigs
+from orchestrator.experiment.relocation import load_recorded_config
 from orchestrator.experiment.runner import (
     EXPERIMENT_NAME, TrialOutput, TrialResources, TrialsSpec, finished_cleanly, run_trials,
 )
@@ -100,7 +101,7 @@ def run_sweep(
                                                tags={"prunesweep.space": config.space.name})
             say(progress, f"MLflow parent run {parent} in {config.tracking_uri}" + ("" if created else " (resumed)"))
             optuna.logging.set_verbosity(optuna.logging.WARNING)
-            key = str(Path(config.run_dir).absolute())
+            key = experiment.tracker.move.recorded  # where the sweep started: the key its restored searcher holds
             settings = SweepTrialSettings(
                 WorkerSettings.of(setup, trial_threads(resources.cpus)), space=search_space, strategy=config.space.strategy,
                 seed=config.sweep.seed, recipe=config.screen_recipe if config.two_stage else config.recipe,
@@ -257,8 +258,10 @@ def refine_configs(screened, objectives, count: int, targets: Sequence[float] = 
 
 def resume_sweep(run_dir: str | os.PathLike, *, address: str | None = None, progress: bool = True,
                  verbose: bool = False) -> SweepResult:
-    """Continue the interrupted sweep in ``run_dir`` with the config it recorded (either stage)."""
+    """Continue the interrupted sweep in ``run_dir`` with the config it recorded (either stage),
+    where the run directory is now (a copied or moved one: its own database and checkpoints)."""
     path = Path(run_dir).absolute() / RESOLVED_CONFIG_FILE
     if not path.is_file():
         raise ConfigError("resume", f"{Path(run_dir).absolute()} holds no sweep to resume (no {RESOLVED_CONFIG_FILE})")
-    return run_sweep(load_sweep_config(path), address=address, resume=True, progress=progress, verbose=verbose)
+    config, _ = load_recorded_config(run_dir, RESOLVED_CONFIG_FILE, load_sweep_config)
+    return run_sweep(config, address=address, resume=True, progress=progress, verbose=verbose)

@@ -48,3 +48,18 @@ def lock_holder():
     for process in processes:
         process.kill()
         process.wait()
+
+
+@pytest.fixture(scope="session")
+def finished_sweep(ray_session, trained_resnet20, tmp_path_factory):
+    """A finished 2-trial sweep (uniform space, no fine-tuning) in its own run directory, with
+    its default SQLite store inside; its SweepConfig. Tests copy it rather than change it."""
+    from orchestrator.sweeps import SweepConfig, run_sweep
+    from sweep_helpers import sweep_config
+
+    run_dir = tmp_path_factory.mktemp("finished") / "run"
+    space = {"name": "uniform", "criteria": ["l1", "fpgm"], "finetune_epochs": [0, 0], "flops_bounds": [0.0, 0.95]}
+    config = SweepConfig.from_dict(sweep_config(trained_resnet20["out"], run_dir, name="finished", space=space,
+                                                trials=2, seed=0))
+    run_sweep(config, progress=False)
+    return config

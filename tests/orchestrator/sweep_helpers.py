@@ -34,3 +34,23 @@ def tracker_of(result_or_config) -> Tracker:
     tracker = Tracker(result_or_config.tracking_uri, "prunesweep", result_or_config.run_dir)
     assert tracker.find_parent() is not None
     return tracker
+
+
+def file_digests(folder: Path) -> dict[str, str]:
+    """{path relative to ``folder``: sha256 of its bytes} of every file under ``folder``."""
+    import hashlib
+
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+
+
+def assert_refused(capsys, argv: list, *needles: str) -> str:
+    """``prunesweep ARGV`` (in this process) exits 2 with one ``error:`` line naming each needle."""
+    code = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert code == cli.EXIT_BAD_INPUT == 2 and out == "", (code, out, err)
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for needle in needles:
+        assert str(needle) in lines[0], f"{needle!r} not in {lines[0]!r}"
+    return lines[0]

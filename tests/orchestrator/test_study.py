@@ -1,6 +1,7 @@
 """Criterion comparison studies end to end on tiny models: every cell once in MLflow, scores
 computed once per (checkpoint, criterion, seed), a failing criterion's cells FAILED while the
-rest finish, tables and plots logged, and the report read back from MLflow.
+rest finish, tables and plots logged, and the report read back from MLflow (from a moved copy of
+the run directory too, writing nothing).
 
 The baselines are two ``user_models:tiny_cnn`` weight files (two "training seeds") on real
 Fashion-MNIST (skipped without it); the studies run on the session's Ray runtime."""
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 from contextlib import redirect_stdout
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from orchestrator.experiment import Tracker
 from orchestrator.experiment.trial_meta import META_KEY
 from crashing import register_crashing_criterion
 from resume_helpers import snapshot_with_an_ended_trial, terminated_in_snapshot, wait_for, wait_while_running
+from sweep_helpers import assert_refused, file_digests
 
 pytestmark = pytest.mark.fashion_mnist
 
@@ -124,6 +127,24 @@ def test_report_reads_the_study_back_from_mlflow(study, capsys):
     phases = study_phase_times(config.run_dir)  # the score phase, then the cells, within the study's wall time
     assert phases["cells_ended"] == 16 and phases["before_cells"] >= 0 and phases["cells"] > 0
     assert phases["before_cells"] + phases["cells"] <= metrics["wall_seconds"]
+
+
+def test_the_report_of_a_moved_copy_reads_the_copy_and_writes_nothing(study, tmp_path, capsys):
+    config, result = study
+    moved = Path(shutil.copytree(config.run_dir, tmp_path / "copy")).rename(tmp_path / "moved")
+    database = Path(config.run_dir) / "mlflow.db"
+    away = database.rename(database.with_name("mlflow.db.away"))  # reading the original's would fail
+    try:
+        assert cli.main(["compare", "--report", str(moved), "--json"]) == 0
+    finally:
+        away.rename(database)
+    data = json.loads(capsys.readouterr().out)
+    assert data["run_dir"] == str(moved) and data["tracking_uri"] == f"sqlite:///{moved / 'mlflow.db'}"
+    assert data["summary"] == json.loads(json.dumps(result.tables.summary))
+    (moved / "mlflow.db").write_bytes(b"")  # an empty database stays empty: no tables created in it
+    before = file_digests(moved)
+    assert_refused(capsys, ["compare", "--report", moved], moved / "mlflow.db", "is empty (0 bytes)")
+    assert file_digests(moved) == before
 
 
 def test_a_failing_criterion_fails_its_cells_and_the_rest_finish(ray_session, tmp_path, monkeypatch):

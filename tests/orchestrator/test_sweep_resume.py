@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestrator.experiment import TAG_CHECKPOINT, TAG_TRIAL_NUMBER
+from orchestrator.experiment import TAG_CHECKPOINT, TAG_TRIAL_NUMBER, Tracker
 from orchestrator.sweeps import SweepConfig
 from resume_helpers import (
     ran_once,
@@ -83,23 +83,31 @@ def test_resume_after_sigkill_loses_and_repeats_nothing(ray_session, trained_res
     before_runs = {tid: run for tid, run in tracker_of(config).trial_runs().items()}
     assert before_runs, "finished trials were logged before the kill"
 
-    data = main_json(["sweep", "--resume", run_dir])
+    # the run directory moves before the resume: its own database, checkpoints and Tune state are
+    # found where it is now, and the restored searcher (which samples trial 2) still has its space
+    moved = run_dir.rename(tmp_path / "moved")
+    data = main_json(["sweep", "--resume", moved])
     assert data["complete"] and data["counts"]["trials"] == 3 and data["counts"]["finished"] == 3
-    assert data["objectives"] == objectives
+    assert data["objectives"] == objectives and data["run_dir"] == str(moved)
     assert all(row["latency_ms"] > 0 for row in data["front"])
+    assert all(row["checkpoint"].startswith(f"{moved}/") for row in data["front"])
+    assert not run_dir.exists()  # nothing written where it was
 
     # Tune: exactly 3 trials, each ran to completion once (one result, one checkpoint)
-    trial_dirs = [Path(p) for p in glob.glob(str(run_dir / "tune" / "sweep_trial_*"))]
+    trial_dirs = [Path(p) for p in glob.glob(str(moved / "tune" / "sweep_trial_*"))]
     assert len(trial_dirs) == 3
     assert all(ran_once(folder) >= 1 for folder in trial_dirs)
     assert before_dirs <= {p.name for p in trial_dirs}
     # MLflow: 3 nested runs, one per trial id and per Optuna trial number, all FINISHED
-    runs = tracker_of(config).trial_runs()
+    tracker = Tracker(f"sqlite:///{moved / 'mlflow.db'}", "prunesweep", moved, recorded_run_dir=config.run_dir)
+    assert tracker.find_parent() is not None
+    runs = tracker.trial_runs()
     assert len(runs) == 3 and {r.info.status for r in runs.values()} == {"FINISHED"}
     assert sorted(int(r.data.tags[TAG_TRIAL_NUMBER]) for r in runs.values()) == [0, 1, 2]
-    tracker = tracker_of(config)
-    parents = tracker.client.search_runs([tracker.experiment_id], f"tags.`prunesweep.run_dir` = '{config.run_dir}'")
+    parents = tracker.client.search_runs([tracker.experiment_id], "tags.`prunesweep.kind` = 'sweep'")
+    parents = [r for r in parents if "mlflow.parentRunId" not in r.data.tags]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert parents[0].data.tags["prunesweep.run_dir"] == config.run_dir  # where it started
     # the trial finished before the kill was not re-run: same run, same result
     for trial_id, run in before_runs.items():
         assert runs[trial_id].info.run_id == run.info.run_id

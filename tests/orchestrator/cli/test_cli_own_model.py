@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from orchestrator import cli
-from cli_helpers import QUICK, assert_bad_input, main_json, run_cli, run_json
+from cli_helpers import QUICK, assert_bad_input, main_json, run_json
 from pruning.structure import load_checkpoint
 from user_models import tiny_cnn
 
