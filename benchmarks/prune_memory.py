@@ -162,7 +162,7 @@ def render(result: dict) -> str:
                      f"({run['peak_rss_mib'] * 2**20 / 1e9:.2f} GB) | {'yes' if run['peak_rss_mib'] <= LIMIT_MIB else '**no**'} | "
                      f"{peak_stage} | {run['wall_seconds']:.0f} |")
     return (f"`prunesweep prune --model {settings['model']} --dataset imagefolder --image-size {settings['image_size']} "
-            f"--flops-reduction 0.5 --calibration-images {settings['calibration_images']}`, {settings['threads']} threads, "
+            f"--flops-reduction 0.5 --calibration-images {settings['calibration_images']}`, torch threads {settings['threads']}, "
             f"{settings['classes']} classes of random PNGs; peak resident memory of the process (`ru_maxrss`). "
             f"Wall seconds on a loaded machine.\n\n" + "\n".join(lines))
 
