@@ -230,11 +230,12 @@ def run_trials(tracker: Tracker, trials: TrialsSpec, output: TrialOutput, *, res
                                             {"cpu": resources.cpus, "gpu": resources.gpus})
             if resume:
                 _move_search_storage(experiment)
-                MlflowTrialLogger.restoring = tracker  # the run directory may have moved since Tune saved it
+                # the run directory may have been copied or moved since Tune pickled its callbacks
+                MlflowTrialLogger.restoring, StateBackup.restoring = tracker, str(experiment)
                 try:
                     tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_errored=True)
                 finally:
-                    MlflowTrialLogger.restoring = None
+                    MlflowTrialLogger.restoring = StateBackup.restoring = None
             else:
                 tuner = _new_tuner(tracker, trainable, trials, output)
             MlflowTrialLogger.unlogged.pop(tracker.run_dir, None)

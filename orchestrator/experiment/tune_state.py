@@ -18,7 +18,7 @@ import re
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from ray import tune
 
@@ -98,6 +98,10 @@ class StateBackup(tune.Callback):
     """Copies the newest snapshot of the experiment in the folder ``experiment`` into
     ``.tune-backup`` whenever it changed and reads back whole (see the module docstring)."""
 
+    #: the folder of the experiment being restored, which a restored backup takes: the one it was
+    #: pickled with names where the run directory was (it may have been copied or moved since)
+    restoring: ClassVar[str | None] = None
+
     def __init__(self, experiment: str) -> None:
         self.experiment = experiment
         self._copied: tuple | None = None  # (name, mtime, size) of each file last copied
@@ -105,6 +109,11 @@ class StateBackup(tune.Callback):
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_copied": None, "_next_look": 0.0}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if StateBackup.restoring is not None:
+            self.experiment = StateBackup.restoring
 
     def on_step_end(self, iteration: int, trials: list, **info) -> None:
         if time.monotonic() >= self._next_look:
