@@ -56,3 +56,24 @@ def ran_once(folder: Path) -> int:
     assert len(runs) <= 1, f"{folder.name} ran {len(runs)} times: {sorted(runs)}"
     assert sorted(p.name for p in folder.glob("checkpoint_*")) == (["checkpoint_000000"] if reports else [])
     return len(reports)
+
+
+def terminate_once(driver, ended, command: str, run_dir: Path) -> None:
+    """SIGTERM the ``prunesweep command`` ``driver`` (text pipes) once ``ended()`` holds, and check
+    it stopped as Ctrl-C does: exit 143, the resume hint, no native stack dump or traceback, and
+    the run directory's lock let go."""
+    import signal
+
+    from orchestrator.experiment.lock import LOCK_FILE
+
+    try:
+        wait_while_running(driver, ended, time.monotonic() + 600, "the first trial ended")
+        driver.send_signal(signal.SIGTERM)
+        out, err = driver.communicate(timeout=180)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert driver.returncode == 143, err[-2000:]
+    assert f"INTERRUPTED by SIGTERM, resume with: prunesweep {command} --resume {run_dir}" in out, out
+    assert "*** SIGTERM received" not in err and "Traceback" not in err
+    assert not (Path(run_dir) / LOCK_FILE).exists()

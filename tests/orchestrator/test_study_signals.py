@@ -6,10 +6,8 @@ from __future__ import annotations
 import io
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from contextlib import redirect_stdout
 from pathlib import Path
 
@@ -17,9 +15,8 @@ import pytest
 import yaml
 
 from orchestrator import cli
-from orchestrator.experiment.lock import LOCK_FILE
 from orchestrator.studies import StudyConfig, study_cells
-from resume_helpers import snapshot_with_an_ended_trial, wait_while_running
+from resume_helpers import snapshot_with_an_ended_trial, terminate_once
 from study_helpers import tiny_study, tracker_of
 
 pytestmark = pytest.mark.fashion_mnist
@@ -38,18 +35,7 @@ def test_sigterm_stops_a_study_like_ctrl_c_and_resume_finishes_it(ray_session, t
     driver = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "compare", "--config", str(path),
                                "--address", ray_session.get_runtime_context().gcs_address, "--quiet"],
                               cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        wait_while_running(driver, lambda: snapshot_with_an_ended_trial(run_dir), time.monotonic() + 300,
-                           "a cell ended")
-        driver.send_signal(signal.SIGTERM)
-        out, err = driver.communicate(timeout=180)
-    finally:
-        if driver.poll() is None:
-            driver.kill()
-    assert driver.returncode == 143, err[-2000:]
-    assert f"INTERRUPTED by SIGTERM, resume with: prunesweep compare --resume {run_dir}" in out
-    assert "*** SIGTERM received" not in err and "Traceback" not in err
-    assert not (run_dir / LOCK_FILE).exists()
+    terminate_once(driver, lambda: snapshot_with_an_ended_trial(run_dir), "compare", run_dir)
     config = StudyConfig.from_dict(yaml.safe_load((run_dir / "study.yaml").read_text()))
     logged = tracker_of(config).trial_runs().values()
     assert len(logged) < 16, "stopped mid-way"
