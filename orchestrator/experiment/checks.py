@@ -15,7 +15,8 @@ from pruning.recovery import RENAMED_KEYS, RecipeError, RecoveryRecipe
 
 __all__ = [
     "ConfigError", "check_int", "check_number", "check_string", "check_choice", "check_mapping",
-    "check_keys", "check_name", "make_absolute", "default_tracking_uri", "resolve_tracking_uri",
+    "check_keys", "check_name", "make_absolute", "SQLITE_PREFIX", "sqlite_path", "default_tracking_uri",
+    "resolve_tracking_uri",
     "recipe_from_section", "recipe_section", "to_plain", "TrackingSettings",
 ]
 
@@ -93,18 +94,26 @@ def make_absolute(value: str) -> str:
     return str(Path(value).expanduser().absolute())
 
 
+SQLITE_PREFIX = "sqlite:///"
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` tracking URI; None for any other URI."""
+    return Path(uri[len(SQLITE_PREFIX):]) if uri.startswith(SQLITE_PREFIX) else None
+
+
 def default_tracking_uri(run_dir: str | os.PathLike) -> str:
     """``sqlite:////abs/run_dir/mlflow.db``: absolute, because Tune moves trials' working dirs."""
-    return f"sqlite:///{Path(run_dir).absolute() / 'mlflow.db'}"
+    return f"{SQLITE_PREFIX}{Path(run_dir).absolute() / 'mlflow.db'}"
 
 
 def resolve_tracking_uri(key: str, value: str) -> str:
     """Accept any MLflow URI except the file store; make relative sqlite paths absolute."""
-    if value.startswith("sqlite:///"):
-        path = value[len("sqlite:///"):]
+    if value.startswith(SQLITE_PREFIX):
+        path = value[len(SQLITE_PREFIX):]  # not sqlite_path: Path("") is "." and hides an empty path
         if not path or path == ":memory:":
             raise ConfigError(key, f"needs a database file, got {value!r}")
-        return f"sqlite:///{Path(path).expanduser().absolute()}"
+        return f"{SQLITE_PREFIX}{Path(path).expanduser().absolute()}"
     scheme = value.split("://", 1)[0] if "://" in value else ""
     if scheme in ("", "file"):
         raise ConfigError(

@@ -18,13 +18,12 @@ from orchestrator.experiment.storage import MIN_FREE_BYTES, check_free_space, qu
 from orchestrator.experiment.model_settings import check_source_exists
 from orchestrator.experiment.run_info import dataset_entity, git_commit, system_tags
 from orchestrator.experiment.runner import EXPERIMENT_NAME, check_tracking_reachable, flatten, ray_connection
-from orchestrator.experiment.tracking import TAG_COMMIT, TAG_SWEEP, Tracker
+from orchestrator.experiment.tracking import TAG_COMMIT, TAG_SWEEP, Tracker, resume_command
 from pruning.utils import atomic_write
 
 __all__ = ["ExperimentSpec", "Experiment", "check_cluster_cpus", "check_cluster_gpus"]
 
 #: the command that runs each kind of experiment (``prunesweep <command> --resume RUN_DIR``)
-COMMANDS = {"sweep": "sweep", "study": "compare"}
 
 
 @dataclass(frozen=True)
@@ -86,7 +85,7 @@ class Experiment:
         try:
             lock = RunDirLock(spec.run_dir, spec.kind).acquire()
         except OSError as err:
-            raise storage_error(err, spec.run_dir, resume_command(spec)) or err
+            raise storage_error(err, spec.run_dir, _resume_if_started(spec)) or err
         try:
             cls._check(spec, resume, sources)
             experiment = cls(spec, resume, lock)
@@ -107,7 +106,7 @@ class Experiment:
             raise ConfigError("resume", f"{spec.run_dir} holds no {spec.kind} to resume (no {experiment})")
         if not resume and experiment.exists():
             raise ConfigError("run_dir", f"{spec.run_dir} already holds {word}: resume it with "
-                              f"`prunesweep {COMMANDS[spec.kind]} --resume {spec.run_dir}` or choose another run_dir")
+                              f"`{resume_command(spec.kind, spec.run_dir)}` or choose another run_dir")
         check_tracking_reachable(spec.tracking_uri)
         for source in sources:
             check_source_exists(source)
@@ -126,7 +125,7 @@ class Experiment:
         in the block (a trial's, Tune's, MLflow's), becomes one line naming the path, with the
         command that resumes the experiment where Tune has started it."""
         self.close()
-        stopped = storage_error(error, self.spec.run_dir, resume_command(self.spec)) if error is not None else None
+        stopped = storage_error(error, self.spec.run_dir, _resume_if_started(self.spec)) if error is not None else None
         if stopped is not None:
             raise stopped from None
 
@@ -170,11 +169,9 @@ class Experiment:
         return parent, created
 
 
-def resume_command(spec: ExperimentSpec) -> str | None:
-    """``prunesweep <command> --resume RUN_DIR`` of the experiment, None before Tune started it."""
-    if not (Path(spec.run_dir) / EXPERIMENT_NAME).is_dir():
-        return None
-    return f"prunesweep {COMMANDS[spec.kind]} --resume {spec.run_dir}"
+def _resume_if_started(spec: ExperimentSpec) -> str | None:
+    """The command that resumes the experiment, None before Tune started it."""
+    return resume_command(spec.kind, spec.run_dir) if (Path(spec.run_dir) / EXPERIMENT_NAME).is_dir() else None
 
 
 def check_cluster_cpus(resources, what: str) -> None:

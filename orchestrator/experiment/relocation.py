@@ -15,9 +15,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from orchestrator.experiment.checks import ConfigError
+from orchestrator.experiment.checks import SQLITE_PREFIX, ConfigError, sqlite_path
 from orchestrator.experiment.config_file import read_config_file
-from orchestrator.experiment.store_check import SQLITE_PREFIX, sqlite_path
 
 __all__ = ["ARTIFACTS_FOLDER", "RunDirMove", "load_recorded_config", "recorded_run_dir", "move_artifact_locations"]
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
-from orchestrator.disk_errors import find_disk_error
+from orchestrator.disk_errors import DiskError, find_disk_error
 from orchestrator.experiment.callback import MlflowTrialLogger, ProgressLines
 from orchestrator.experiment.checks import ConfigError
 from orchestrator.experiment.storage import MIN_FREE_BYTES, StorageGuard, check_free_space
@@ -246,18 +246,24 @@ def run_trials(tracker: Tracker, trials: TrialsSpec, output: TrialOutput, *, res
     except BaseException as err:
         # after a full disk Tune fails reading back what it cut short (a trial's pickled error)
         stopped = StorageGuard.stopped.pop(tracker.run_dir, None) or find_disk_error(err)
-        with contextlib.suppress(Exception):  # the tracking store may lie on the same full disk
-            tracker.finish_parent("FAILED" if stopped is None else "KILLED")  # KILLED: resumable
         if stopped is None:
+            with contextlib.suppress(Exception):
+                tracker.finish_parent("FAILED")
             raise
-        raise stopped.as_os_error() from err
+        raise _stopped_by_disk(tracker, stopped) from err
     stopped = StorageGuard.stopped.pop(tracker.run_dir, None)
     if stopped is not None:
-        with contextlib.suppress(Exception):
-            tracker.finish_parent("KILLED")
-        raise stopped.as_os_error()
+        raise _stopped_by_disk(tracker, stopped)
     check_all_logged(tracker)
     return results
+
+
+def _stopped_by_disk(tracker: Tracker, stopped: DiskError) -> OSError:
+    """Mark the parent run KILLED (resumable) after a full disk or a read-only filesystem stopped
+    the experiment, and the ``OSError`` to raise for it."""
+    with contextlib.suppress(Exception):  # the tracking store may lie on the same full disk
+        tracker.finish_parent("KILLED")
+    return stopped.as_os_error()
 
 
 def _move_search_storage(experiment: Path) -> None:

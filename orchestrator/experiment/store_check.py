@@ -7,18 +7,10 @@ from __future__ import annotations
 import contextlib
 import importlib
 import sqlite3
-from pathlib import Path
 
-from orchestrator.experiment.checks import ConfigError
+from orchestrator.experiment.checks import SQLITE_PREFIX, ConfigError, sqlite_path
 
-__all__ = ["SQLITE_PREFIX", "sqlite_path", "check_mlflow_database"]
-
-SQLITE_PREFIX = "sqlite:///"
-
-
-def sqlite_path(uri: str) -> Path | None:
-    """The database file of a ``sqlite:///`` tracking URI; None for any other URI."""
-    return Path(uri[len(SQLITE_PREFIX):]) if uri.startswith(SQLITE_PREFIX) else None
+__all__ = ["check_mlflow_database"]
 
 
 def _mlflow_schema() -> tuple[set[str], str]:

@@ -24,17 +24,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from orchestrator.experiment.checks import sqlite_path
 from orchestrator.experiment.relocation import ARTIFACTS_FOLDER, RunDirMove
 from orchestrator.experiment.tracking_server import GuardedClient, guard, use_driver_http_defaults
 
 __all__ = [
     "TAG_PARENT", "TAG_RUN_DIR", "TAG_KIND", "TAG_SWEEP", "TAG_COMMIT", "TAG_TRIAL_ID", "TAG_TRIAL_NUMBER",
     "TAG_CHECKPOINT", "TAG_ERROR", "TAG_PARETO", "TAG_STAGE", "TAG_REFINES", "TrialRecord", "Tracker", "error_summary",
-    "finite_metric", "ONNX_MODEL_NAME", "DATASET_CONTEXT", "TUNE_EXPERIMENT",
+    "resume_command", "finite_metric", "ONNX_MODEL_NAME", "DATASET_CONTEXT", "TUNE_EXPERIMENT",
 ]
 
 #: the Tune experiment's folder inside a run directory (what a resume restores)
 TUNE_EXPERIMENT = "tune"
+#: the command that runs (and resumes) each kind of experiment
+COMMANDS = {"sweep": "sweep", "study": "compare"}
 
 TAG_PARENT = "mlflow.parentRunId"
 TAG_RUN_DIR = "prunesweep.run_dir"
@@ -59,6 +62,11 @@ ONNX_MODEL_NAME = "model"
 _MAX_PARAM = 6000  # MLflow's limit on a param value
 _MAX_TAG = 5000  # well under MLflow's limit on a tag value
 _BATCH = 100  # params / tags per log_batch call
+
+
+def resume_command(kind: str, run_dir: str | os.PathLike) -> str:
+    """``prunesweep <command> --resume RUN_DIR`` of the ``kind`` of experiment (sweep, study)."""
+    return f"prunesweep {COMMANDS[kind]} --resume {run_dir}"
 
 
 def error_summary(text: str | None) -> str:
@@ -145,9 +153,8 @@ class Tracker:
 
     def resume_hint(self) -> str:
         """How to get the trials Tune kept into the store once it answers again ("" before Tune ran)."""
-        command = {"sweep": "sweep", "study": "compare"}.get(self.kind)
-        if command is not None and (Path(self.run_dir) / TUNE_EXPERIMENT).is_dir():
-            return f"Tune keeps the trial results: resume with `prunesweep {command} --resume {self.run_dir}` once it answers"
+        if self.kind in COMMANDS and (Path(self.run_dir) / TUNE_EXPERIMENT).is_dir():
+            return f"Tune keeps the trial results: resume with `{resume_command(self.kind, self.run_dir)}` once it answers"
         return ""
 
     @property
@@ -158,7 +165,7 @@ class Tracker:
                 self._experiment_id = found.experiment_id
             else:
                 location = None
-                if self.uri.startswith("sqlite:///"):
+                if sqlite_path(self.uri) is not None:
                     location = (Path(self.run_dir) / ARTIFACTS_FOLDER).absolute().as_uri()
                 self._experiment_id = self.client.create_experiment(self.experiment, artifact_location=location)
         return self._experiment_id

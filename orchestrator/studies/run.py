@@ -31,7 +31,7 @@ from orchestrator.experiment.fixed_configs import FixedConfigs
 from orchestrator.experiment.relocation import RunDirMove, load_recorded_config
 from orchestrator.experiment.store_check import check_mlflow_database
 from orchestrator.experiment.runner import TrialOutput, TrialResources, TrialsSpec, finished_cleanly, run_trials
-from orchestrator.experiment.tracking import TUNE_EXPERIMENT, Tracker
+from orchestrator.experiment.tracking import TUNE_EXPERIMENT, Tracker, resume_command
 from orchestrator.experiment.tracking_server import TrackingUnavailable, browse_hint
 from orchestrator.experiment.stage_status import stage_ended
 from orchestrator.experiment.worker import WorkerSettings, put_shared, trial_threads
@@ -76,7 +76,7 @@ class StudyResult:
                 f"{self.counts['failed']} failed")
         if self.wall_seconds:
             head += f"; {self.wall_seconds:.0f} s wall ({self.counts['ran'] * 3600 / self.wall_seconds:.0f} cells/hour)"
-        stopped = (f"\nINTERRUPTED by {self.stopped_by}, resume with: prunesweep compare --resume {self.run_dir}"
+        stopped = (f"\nINTERRUPTED by {self.stopped_by}, resume with: {resume_command(TRACKING_KIND, self.run_dir)}"
                    if self.stopped_by else "")
         return (f"{head}\n{self.tables.text()}\nMLflow: {browse_hint(self.tracking_uri)}   "
                 f"(parent run {self.parent_run_id}; tables and plots under study/){stopped}")
@@ -217,7 +217,7 @@ def study_report(run_dir: str | os.PathLike) -> StudyResult:
     except TrackingUnavailable as err:  # the driver's hint (Tune keeps results) does not apply here
         hint, folder = "start it", Path(run_dir).absolute()
         if not stage_ended(folder / TUNE_EXPERIMENT, len(study_cells(config))):
-            hint += f"; the study is unfinished: `prunesweep compare --resume {folder}` continues it"
+            hint += f"; the study is unfinished: `{resume_command(TRACKING_KIND, folder)}` continues it"
         raise TrackingUnavailable(err.uri, err.reason, hint) from None
     counts["ran"] = 0
     return StudyResult(config.name, config.run_dir, config.tracking_uri, parent, tables, counts,

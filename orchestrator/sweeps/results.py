@@ -23,7 +23,7 @@ from orchestrator.sweeps.front import front_table, hypervolume, pareto_front, pl
 from orchestrator.sweeps.refine import CANDIDATES_FILE, REFINE_EXPERIMENT, STAGE_REFINE
 from orchestrator.experiment.tracking_server import TrackingUnavailable, browse_hint
 from orchestrator.experiment.tracking import (
-    ONNX_MODEL_NAME, TAG_PARETO, TAG_STAGE, TAG_SWEEP, TUNE_EXPERIMENT, Tracker, TrialRecord,
+    ONNX_MODEL_NAME, TAG_PARETO, TAG_STAGE, TAG_SWEEP, TUNE_EXPERIMENT, Tracker, TrialRecord, resume_command,
 )
 from orchestrator.experiment.stage_status import stage_ended
 from orchestrator.sweeps.trials import MODEL_FILE
@@ -85,7 +85,7 @@ class SweepResult:
             f"{counts['feasible']} feasible, {counts['failed']} failed"
             + (f"; {counts['refined']} of them refined" if counts["refined"] else "") + ")"
             + ("" if self.complete else f" - INTERRUPTED{f' by {self.stopped_by}' if self.stopped_by else ''}, "
-               f"resume with: prunesweep sweep --resume {self.run_dir}"),
+               f"resume with: {resume_command('sweep', self.run_dir)}"),
             "baseline: " + ", ".join(f"{k} {format_value(v)}" for k, v in self.baseline.items()),
             f"Pareto front over {', '.join(f'{k} ({v})' for k, v in self.objectives.items())}: {len(self.front)} trial(s)"
             + (f", hypervolume {self.hypervolume:.6g}" if self.hypervolume is not None else ""),
@@ -253,7 +253,7 @@ def _unreachable_hint(run_dir: str, config) -> str:
     the sweep as well where its run directory shows it unfinished (``config``: None when unknown)."""
     hint = "start it, or give a --tracking-uri that answers"
     if config is not None and not _sweep_ended(Path(run_dir), config):
-        hint += f"; the sweep is unfinished: `prunesweep sweep --resume {run_dir}` continues it"
+        hint += f"; the sweep is unfinished: `{resume_command('sweep', run_dir)}` continues it"
     return hint
 
 
