@@ -19,7 +19,7 @@ from orchestrator.experiment.checks import ConfigError
 from orchestrator.experiment.storage import MIN_FREE_BYTES, StorageGuard, check_free_space
 from orchestrator.experiment.tune_state import StateBackup, recover_state
 from orchestrator.experiment.tracking import TUNE_EXPERIMENT, Tracker
-from orchestrator.experiment.tracking_server import TrackingUnavailable, check_server
+from orchestrator.experiment.tracking_server import TrackingUnavailable, check_server, is_server
 from pruning.utils import atomic_write
 
 __all__ = [
@@ -58,7 +58,7 @@ def check_tracking_reachable(tracking_uri: str) -> None:
             raise ConfigError("tracking.uri", f"{tracking_uri!r} cannot be reached from the private loopback-only "
                               "network that Ray runs in; pass --ray-network host or log to a local server or sqlite file")
         _relay_to_host(tracking_uri, parts)
-    if parts.scheme in ("http", "https"):
+    if is_server(tracking_uri):
         check_server(tracking_uri)
 
 

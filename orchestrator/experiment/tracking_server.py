@@ -21,12 +21,13 @@ import http.client
 import os
 import re
 import socket
+import urllib.parse
 from typing import Any, Callable, Iterator
 
 from orchestrator.experiment.checks import ConfigError
 
 __all__ = ["HTTP_DEFAULTS", "TrackingUnavailable", "GuardedClient", "check_server", "guard", "unavailable_reason",
-           "use_driver_http_defaults", "browse_hint"]
+           "use_driver_http_defaults", "is_server", "browse_hint"]
 
 #: MLflow's HTTP settings in the driver unless set in the environment: 4 retries 0, 2, 4, 8 s
 #: apart (plus up to 1 s jitter each), 10 s for a response, no run URLs printed on stdout
@@ -155,7 +156,12 @@ def check_server(uri: str) -> None:
         raise ConfigError("tracking.uri", f"{uri} answered the first request with an error: {first}") from None
 
 
+def is_server(uri: str) -> bool:
+    """Whether tracking URI ``uri`` names a tracking server (HTTP) rather than a store."""
+    return urllib.parse.urlsplit(uri).scheme in ("http", "https")
+
+
 def browse_hint(uri: str) -> str:
     """How to browse the runs of tracking URI ``uri``: a server serves its UI at its own URL
     (``mlflow ui`` cannot open it as a store); a store (a SQLite file) needs ``mlflow ui``."""
-    return uri if uri.split("://", 1)[0] in ("http", "https") else f"mlflow ui --backend-store-uri {uri}"
+    return uri if is_server(uri) else f"mlflow ui --backend-store-uri {uri}"
