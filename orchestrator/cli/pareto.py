@@ -7,12 +7,18 @@ import argparse
 from orchestrator.cli.options import add_output
 from orchestrator.cli.result import CommandResult
 
+#: ``--objective`` choices: the cost metric the front is recomputed over
+COSTS = {"macs": "macs", "params": "params", "latency": "latency_ms"}
+
 
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("pareto", help="print a sweep's Pareto front, read back from MLflow")
     add_output(p)
     p.add_argument("run_dir", metavar="RUN_DIR", help="the sweep's run directory")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: the sweep's)")
+    p.add_argument("--objective", default=None, choices=sorted(COSTS),
+                   help="the front over accuracy and this cost instead of the sweep's objectives "
+                        "(latency: the latency_ms the sweep measured on its deployment target)")
     p.add_argument("--export", default=None, metavar="DIR",
                    help="also write each front model as DIR/<trial>.onnx, checked against PyTorch")
     return p
@@ -27,7 +33,8 @@ def run(args: argparse.Namespace) -> CommandResult:
 
     if args.export is not None and Path(args.export).exists() and not Path(args.export).is_dir():
         raise InputError(f"--export {args.export} is a file; give a folder to write the ONNX files into")
-    result = read_front(args.run_dir, tracking_uri=args.tracking_uri)
+    cost = COSTS[args.objective] if args.objective else None
+    result = read_front(args.run_dir, tracking_uri=args.tracking_uri, cost=cost)
     data, text = result.to_dict(), result.text()
     if args.export is not None:
         data["export"] = export_front(result.front, args.export)

@@ -64,18 +64,16 @@ def prepare_baseline(
     checkpoint: str | ModelSettings,
     data: DataSettings,
     *,
-    latency: bool = False,
-    threads: int = 1,
     progress: bool = False,
 ) -> BaselineSetup:
     """Load the checkpoint (or build the :class:`ModelSettings` model with its weights) and its
     data, take the calibration batches, measure the baseline.
 
     ``metrics``: ``accuracy`` (calibration split, what trials are scored on), ``test_accuracy``,
-    ``macs``, ``params`` and, with ``latency``, ``latency_ms`` (batch 1, ``threads`` threads).
+    ``macs`` and ``params`` (a sweep with a latency objective adds ``latency_ms`` on its target).
     """
     from pruning.data import calibration_batches, load_data, make_eval_loader
-    from pruning.structure import CheckpointError, PruningSpace, check_fits, load_checkpoint, measure_cost, measure_latency
+    from pruning.structure import CheckpointError, PruningSpace, check_fits, load_checkpoint, measure_cost
     from pruning.training import evaluate
     from pruning.utils import model_device
 
@@ -102,8 +100,6 @@ def prepare_baseline(
         "macs": float(cost.macs),
         "params": float(cost.params),
     }
-    if latency:
-        metrics["latency_ms"] = measure_latency(model, shape, batch_size=1, threads=threads).median_ms
     return BaselineSetup(model, spec, data_config, splits, shape, space, batches, metrics)
 
 

@@ -220,10 +220,9 @@ def prune_and_recover(model: nn.Module, baseline: WorkerBaseline, plan: Criterio
     return outcome.model, outcome, metrics
 
 
-def cost_metrics(pruned: nn.Module, settings: WorkerSettings, latency: bool = False) -> dict[str, float]:
-    """MACs and parameters of ``pruned`` and their reductions from the baseline's; with
-    ``latency``, its median batch-1 latency too."""
-    from pruning.structure import measure_cost, measure_latency
+def cost_metrics(pruned: nn.Module, settings: WorkerSettings) -> dict[str, float]:
+    """MACs and parameters of ``pruned`` and their reductions from the baseline's."""
+    from pruning.structure import measure_cost
 
     cost = measure_cost(pruned, settings.shape)
     metrics = {
@@ -232,8 +231,6 @@ def cost_metrics(pruned: nn.Module, settings: WorkerSettings, latency: bool = Fa
         "macs_reduction": 1.0 - cost.macs / settings.baseline["macs"],
         "params_reduction": 1.0 - cost.params / settings.baseline["params"],
     }
-    if latency:
-        metrics["latency_ms"] = measure_latency(pruned, settings.shape, batch_size=1, threads=settings.threads).median_ms
     return metrics
 
 

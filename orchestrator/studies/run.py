@@ -117,7 +117,7 @@ def run_study(config: StudyConfig, *, address: str | None = None, resume: bool =
         setups = {}
         for baseline in config.checkpoints:
             say(progress, f"loading baseline {baseline.label}")
-            setups[baseline.label] = prepare_baseline(baseline.source, config.data, threads=threads, progress=progress)
+            setups[baseline.label] = prepare_baseline(baseline.source, config.data, progress=progress)
         experiment.record()
         with experiment.connect(address, verbose, {"execution.gpus_per_trial": resources.gpus}):
             check_cluster_cpus(resources, "execution")

@@ -15,7 +15,8 @@ A sweep config is one YAML file (see ``search_spaces/resnet20_fmnist.yaml``)::
     sweep:    {trials: 8, concurrency: 2, sampler: nsga2, objectives: {accuracy: max, macs: min},
                seed: 0, cpus_per_trial: 1, gpus_per_trial: 0, gpus_per_worker: 0,
                population_size: null, warm_start: true,
-               refine: {candidates: 0, recipe: {finetune_epochs: 1, distill: 0.5}, concurrency: null}}
+               refine: {candidates: 0, recipe: {finetune_epochs: 1, distill: 0.5}, concurrency: null},
+               latency: {runtime: onnxruntime, device: cpu, batch: 1, threads: 1}}  # with latency_ms only
     tracking: {uri: null, experiment: prunesweep}
     run_dir:  null                   # default: runs/sweeps/<name>
 
@@ -54,6 +55,7 @@ from orchestrator.experiment.checks import (
 from orchestrator.experiment.config_file import default_name, read_config_file
 from orchestrator.experiment.data_settings import DataSettings
 from orchestrator.experiment.model_settings import MODEL_KEYS, ModelSettings, check_one_source, model_source
+from orchestrator.sweeps.latency import LatencySettings
 from orchestrator.sweeps.refine import RefineSettings, refine_recipe
 from pruning.recovery import RecoveryRecipe
 from pruning.registry import accepted_options
@@ -142,6 +144,8 @@ class SweepSettings:
     population_size: NSGA-II population (None: trials // 2, clipped to [2, 50]).
     warm_start: the first trials are ``SearchSpace.warm_starts`` (counted in ``trials``).
     refine: the refinement stage (``candidates: 0``: none); ``trials`` are then the screening ones.
+    latency: where the ``latency_ms`` objective is measured (:class:`LatencySettings`; default:
+        onnxruntime on the CPU, batch 1, one thread); set only with that objective.
     """
 
     trials: int = 8
@@ -155,6 +159,7 @@ class SweepSettings:
     population_size: int | None = None
     warm_start: bool = True
     refine: RefineSettings = field(default_factory=RefineSettings)
+    latency: LatencySettings | None = None
 
     def __post_init__(self) -> None:
         check_int("sweep.trials", self.trials, lo=1)
@@ -184,6 +189,11 @@ class SweepSettings:
         if self.population_size is not None and self.sampler != "nsga2":
             raise ConfigError("sweep.population_size", f"applies to sampler nsga2 only, not {self.sampler!r}")
         object.__setattr__(self, "objectives", dict(objectives))
+        if "latency_ms" in objectives and self.latency is None:
+            object.__setattr__(self, "latency", LatencySettings())
+        if self.latency is not None and "latency_ms" not in objectives:
+            raise ConfigError("sweep.latency", "applies to the latency_ms objective only; add latency_ms: min to "
+                                               "sweep.objectives or remove sweep.latency")
         if self.population_size is None and self.sampler == "nsga2":
             object.__setattr__(self, "population_size", max(2, min(50, self.trials // 2)))
 
@@ -195,14 +205,17 @@ class SweepSettings:
         if "objectives" in values:
             values["objectives"] = dict(check_mapping("sweep.objectives", values["objectives"]))
         values["refine"] = RefineSettings.from_dict(values.get("refine"))
+        if values.get("latency") is not None:
+            values["latency"] = LatencySettings.from_dict(values["latency"])
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
-        """Every key, but the GPU keys only where set (> 0): a CPU sweep's resolved config, and
-        so its MLflow params, stay as they were before GPUs were configurable."""
+        """Every key, but the GPU keys only where set (> 0) and ``latency`` only with its
+        objective: a CPU sweep's resolved config, and so its MLflow params, stay as they were."""
         values = {f.name: getattr(self, f.name) for f in fields(self)
-                  if f.name not in _GPU_KEYS or getattr(self, f.name)}
-        return {**values, "objectives": dict(self.objectives), "refine": self.refine.to_dict()}
+                  if (f.name not in _GPU_KEYS or getattr(self, f.name)) and f.name != "latency"}
+        latency = {"latency": self.latency.to_dict()} if self.latency is not None else {}
+        return {**values, "objectives": dict(self.objectives), "refine": self.refine.to_dict(), **latency}
 
 
 _TOP_LEVEL = ("name", "checkpoint", "data", "recipe", "space", "sweep", "tracking", "run_dir", *MODEL_KEYS)

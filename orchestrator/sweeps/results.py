@@ -20,6 +20,7 @@ from orchestrator.experiment.relocation import load_recorded_config
 from orchestrator.experiment.store_check import check_mlflow_database
 from orchestrator.sweeps.config import RESOLVED_CONFIG_FILE, load_sweep_config
 from orchestrator.sweeps.front import front_table, hypervolume, pareto_front, plot_front
+from orchestrator.sweeps.latency import LATENCY_METRICS, LatencySettings, front_error_summary, front_latency
 from orchestrator.sweeps.refine import CANDIDATES_FILE, REFINE_EXPERIMENT, STAGE_REFINE
 from orchestrator.experiment.tracking_server import TrackingUnavailable, browse_hint
 from orchestrator.experiment.tracking import (
@@ -52,6 +53,9 @@ class SweepResult:
     phases: dict[str, float] = field(default_factory=dict)
     #: the signal that stopped the run (``"SIGTERM"``, ``"SIGHUP"``); None: none did
     stopped_by: str | None = None
+    #: where ``latency_ms`` was measured (``sweep.latency``: runtime, device, batch, threads,
+    #: repeats, ...); None: latency is not an objective
+    latency: LatencySettings | None = None
 
     @property
     def mlflow_ui(self) -> str:
@@ -71,12 +75,13 @@ class SweepResult:
             "objectives": self.objectives, "baseline": self.baseline, "counts": self.counts(),
             "hypervolume": self.hypervolume, "complete": self.complete, "front": self.front,
             "trials": [asdict(t) for t in self.trials], "mlflow_ui": self.mlflow_ui, "phases": self.phases,
-            "stopped_by": self.stopped_by,
+            "stopped_by": self.stopped_by, "latency": self.latency.to_dict() if self.latency else None,
         }
 
     def front_columns(self) -> list[str]:
         cost = [k for k in ("macs", "params", "latency_ms") if k in self.objectives or k == "macs"]
-        return ["trial", "criterion", "accuracy", "test_accuracy", *cost, "macs_reduction", "bn_accuracy"]
+        return ["trial", "criterion", "accuracy", "test_accuracy", *cost, *_latency_columns(self.objectives),
+                "macs_reduction", "bn_accuracy"]
 
     def text(self) -> str:
         counts = self.counts()
@@ -90,6 +95,8 @@ class SweepResult:
             f"Pareto front over {', '.join(f'{k} ({v})' for k, v in self.objectives.items())}: {len(self.front)} trial(s)"
             + (f", hypervolume {self.hypervolume:.6g}" if self.hypervolume is not None else ""),
         ]
+        if self.latency is not None:
+            lines.append(f"latency_ms: {self.latency.target.describe()}")
         if self.front:
             columns = self.front_columns()
             lines.append(format_table([[row.get(c, "") for c in columns] for row in self.front], columns))
@@ -97,6 +104,11 @@ class SweepResult:
             lines.append("wall time: " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in self.phases.items()))
         lines.append(f"MLflow: {self.mlflow_ui}   (parent run {self.parent_run_id})")
         return "\n".join(lines)
+
+
+def _latency_columns(objectives: Mapping[str, str]) -> list[str]:
+    """The latency model's columns of a front with a latency objective: predicted, measured, error."""
+    return [k for k in LATENCY_METRICS if k != "latency_ms"] if "latency_ms" in objectives else []
 
 
 def _point(record: TrialRecord) -> dict[str, Any]:
@@ -167,9 +179,11 @@ def _log_onnx_model(tracker: Tracker, record: TrialRecord, model, spec, folder: 
     tracker.log_onnx_model(record.run_id, path, example, {OUTPUT_NAME: outputs})
 
 
+# long signature: the sweep's state at its end (tracker, config, baseline, table) and how it ended
 def finalize_sweep(tracker: Tracker, config, setup, complete: bool, progress: bool,
-                   phases: dict[str, float] | None = None) -> SweepResult:
-    """Front over the logged trials; test accuracy of the front only; table, plot, checkpoints.
+                   phases: dict[str, float] | None = None, table=None) -> SweepResult:
+    """Front over the logged trials; test accuracy of the front only (and, with a latency
+    ``table``, the latency measured on its target); table, plot, checkpoints.
     ``phases``: the run's phase wall times so far; this one's is added as ``front`` and all are
     logged to the parent run as ``phase.<name>_seconds``."""
     started = time.perf_counter()
@@ -189,8 +203,11 @@ def finalize_sweep(tracker: Tracker, config, setup, complete: bool, progress: bo
                 from pruning.structure import load_checkpoint
 
                 model, spec = load_checkpoint(model_file)
-                point["test_accuracy"] = _test_accuracy(model, setup.splits)
-                tracker.log_metrics(record.run_id, {"test_accuracy": point["test_accuracy"]})
+                measured = {"test_accuracy": _test_accuracy(model, setup.splits)}
+                if table is not None:
+                    measured.update(front_latency(point, model, table))
+                point.update(measured)
+                tracker.log_metrics(record.run_id, measured)
                 tracker.log_file_as(parent, model_file, f"pareto/checkpoints/{record.name}.pt")
                 _log_onnx_model(tracker, record, model, spec, folder, progress)
             rows.append(_front_row(record, point))
@@ -199,7 +216,8 @@ def finalize_sweep(tracker: Tracker, config, setup, complete: bool, progress: bo
     volume = front_hypervolume(points, objectives, setup.metrics)
     baseline_point = {k: setup.metrics[k] for k in ("accuracy", "macs", "params", "latency_ms") if k in setup.metrics}
     x = next((k for k in objectives if k != "accuracy"), "macs")
-    columns = list(dict.fromkeys(["trial", "criterion", *objectives, "test_accuracy", "macs_reduction", "bn_accuracy"]))
+    columns = list(dict.fromkeys(["trial", "criterion", *objectives, *_latency_columns(objectives), "test_accuracy",
+                                  "macs", "macs_reduction", "bn_accuracy"]))
     with tempfile.TemporaryDirectory(prefix="prunesweep-front-") as folder:
         png = plot_front(points, objectives, front, baseline_point, Path(folder) / "front.png", axes=(x, "accuracy"))
         tracker.log_file(parent, png, "pareto")
@@ -211,7 +229,7 @@ def finalize_sweep(tracker: Tracker, config, setup, complete: bool, progress: bo
         name=config.name, run_dir=config.run_dir, tracking_uri=config.tracking_uri,
         experiment=config.tracking.experiment, parent_run_id=parent, objectives=objectives,
         baseline=dict(setup.metrics), trials=records, front=rows, hypervolume=volume, complete=complete,
-        phases=phases,
+        phases=phases, latency=config.sweep.latency,
     )
     counts = result.counts()
     summary = {"pareto_size": len(front), "trials_finished": counts["finished"], "trials_failed": counts["failed"],
@@ -219,6 +237,7 @@ def finalize_sweep(tracker: Tracker, config, setup, complete: bool, progress: bo
     if volume is not None:
         summary["hypervolume"] = volume
     summary.update({f"phase.{name}_seconds": seconds for name, seconds in phases.items()})
+    summary.update(front_error_summary(rows))
     for row in rows:
         if "test_accuracy" in row:
             summary[f"pareto.{row['trial']}.test_accuracy"] = row["test_accuracy"]
@@ -227,12 +246,14 @@ def finalize_sweep(tracker: Tracker, config, setup, complete: bool, progress: bo
     return result
 
 
-def read_front(run_dir: str | os.PathLike, *, tracking_uri: str | None = None) -> SweepResult:
+def read_front(run_dir: str | os.PathLike, *, tracking_uri: str | None = None, cost: str | None = None) -> SweepResult:
     """The sweep of ``run_dir`` read back from MLflow, writing nothing: trials, front (recomputed
     from the logged metrics over feasible finished trials, for the objectives of the recorded
     ``sweep.yaml``: the run directory's, else the parent run's copy) with the test accuracy
     logged for it. A copied or moved run directory is read from its own database and checkpoints
-    (:mod:`~orchestrator.experiment.relocation`); ``tracking_uri`` replaces the recorded one."""
+    (:mod:`~orchestrator.experiment.relocation`); ``tracking_uri`` replaces the recorded one.
+    ``cost``: the front over accuracy and this logged metric (``macs``, ``params``,
+    ``latency_ms``) instead of the sweep's objectives."""
     run_dir = str(Path(run_dir).absolute())
     config, move = (load_recorded_config(run_dir, RESOLVED_CONFIG_FILE, load_sweep_config)
                     if (Path(run_dir) / RESOLVED_CONFIG_FILE).is_file() else (None, None))
@@ -243,7 +264,7 @@ def read_front(run_dir: str | os.PathLike, *, tracking_uri: str | None = None) -
     experiment = config.tracking.experiment if config else "prunesweep"
     try:
         tracker = Tracker(uri, experiment, run_dir, kind="sweep", recorded_run_dir=move.recorded if move else None)
-        return _read_front(tracker, config)
+        return _read_front(tracker, config, cost)
     except TrackingUnavailable as err:  # the driver's hint (Tune keeps results) does not apply here
         raise TrackingUnavailable(err.uri, err.reason, _unreachable_hint(run_dir, config)) from None
 
@@ -271,7 +292,7 @@ def _sweep_ended(run_dir: Path, config) -> bool:
     return count == 0 or stage_ended(run_dir / REFINE_EXPERIMENT, count)
 
 
-def _read_front(tracker: Tracker, config) -> SweepResult:
+def _read_front(tracker: Tracker, config, cost: str | None) -> SweepResult:
     run_dir, uri, experiment = tracker.run_dir, tracker.uri, tracker.experiment
     parent = tracker.find_parent(all_experiments=True)
     if parent is None:
@@ -280,15 +301,19 @@ def _read_front(tracker: Tracker, config) -> SweepResult:
     if config is None:  # the run directory lost its copy: the one the parent run recorded
         recorded = tracker.client.download_artifacts(parent, f"config/{RESOLVED_CONFIG_FILE}")
         config = load_sweep_config(recorded)
-    objectives = config.objectives
+    objectives = config.objectives if cost is None else {"accuracy": "max", cost: "min"}
     baseline = {k[len("baseline_"):]: v for k, v in run.data.metrics.items() if k.startswith("baseline_")}
     records = tracker.read_trials()
+    if cost is not None and records and not any(cost in r.metrics for r in records):
+        raise InputError(f"sweep {config.name} logged no {cost}: its objectives were {', '.join(config.objectives)}"
+                         + ("; run a sweep with the latency_ms objective to get latency" if cost == "latency_ms" else ""))
     finished, points, front = _front(records, objectives, config.two_stage)
     return SweepResult(
         name=run.data.tags.get(TAG_SWEEP, run.info.run_name or ""), run_dir=run_dir, tracking_uri=uri,
         experiment=experiment, parent_run_id=parent, objectives=objectives, baseline=baseline, trials=records,
         front=[_front_row(finished[i], points[i]) for i in front],
         hypervolume=front_hypervolume(points, objectives, baseline), complete=run.info.status == "FINISHED",
+        latency=config.sweep.latency,
     )
 
 

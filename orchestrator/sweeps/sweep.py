@@ -49,6 +49,7 @@ from orchestrator.experiment.runner import (
 from orchestrator.experiment.trial_meta import META_KEY, TrialMeta, plain_config, split_config, typed_config
 from orchestrator.experiment.worker import WorkerSettings, put_shared, trial_threads
 from orchestrator.sweeps.config import RESOLVED_CONFIG_FILE, SweepConfig, load_sweep_config
+from orchestrator.sweeps.latency import check_runtime, load_or_build_table
 from orchestrator.sweeps.refine import CANDIDATES_FILE, REFINE_EXPERIMENT, STAGE_REFINE, STAGE_SCREEN, select_candidates
 from orchestrator.sweeps.results import SweepResult, finalize_sweep
 from orchestrator.sweeps.search import DefineByRun, make_sampler, register_context
@@ -86,15 +87,22 @@ def run_sweep(
         resources = TrialResources(config.sweep.cpus_per_trial, config.sweep.gpus_per_trial, config.sweep.concurrency)
         say(progress, f"loading baseline {config.checkpoint or config.model.name}")
         phases: dict[str, float] = {}  # wall seconds of this run's phases (SweepResult.phases)
+        if config.sweep.latency is not None:
+            check_runtime(config.sweep.latency)
         with timed(phases, "baseline"):
-            setup = prepare_baseline(config.source, config.data, latency="latency_ms" in config.objectives,
-                                     threads=trial_threads(resources.cpus), progress=progress)
+            setup = prepare_baseline(config.source, config.data, progress=progress)
         check_reachable(config, search_space, setup.space)
         experiment.record()
         with experiment.connect(address, verbose, config.gpu_requests()):
             check_cluster_cpus(resources, "sweep")
             with timed(phases, "extras"):  # statistics / utilization curves (read back on a resume)
                 stats, utilization = _extras(config, search_space, setup, progress)
+            table = None
+            if config.sweep.latency is not None:
+                with timed(phases, "latency_table"):
+                    table = load_or_build_table(setup, Path(config.run_dir) / "baseline", config.sweep.latency,
+                                                progress)
+                setup.metrics["latency_ms"] = table.baseline_ms
             context = SpaceContext(space=setup.space, strategy=config.space.strategy, stats=stats,
                                    utilization=utilization)
             parent, created = experiment.start(baseline=setup.metrics, setups=[setup], gpus_per_trial=resources.gpus,
@@ -105,8 +113,7 @@ def run_sweep(
             settings = SweepTrialSettings(
                 WorkerSettings.of(setup, trial_threads(resources.cpus)), space=search_space, strategy=config.space.strategy,
                 seed=config.sweep.seed, recipe=config.screen_recipe if config.two_stage else config.recipe,
-                measure_latency="latency_ms" in config.objectives,
-                sampled_finetune=not config.two_stage, score_every_stage=not config.two_stage,
+                latency_table=table, sampled_finetune=not config.two_stage, score_every_stage=not config.two_stage,
             )
             screening = TrialsSpec(
                 sweep_trial, settings, put_shared(setup, stats, utilization, settings.recipe), resources,
@@ -131,7 +138,7 @@ def run_sweep(
                     if config.two_stage and complete:
                         with timed(phases, "refinement"):
                             complete = _refine(config, tracker, screening, output, screened)
-            result = finalize_sweep(tracker, config, setup, complete, progress, phases)
+            result = finalize_sweep(tracker, config, setup, complete, progress, phases, table)
         return replace(result, stopped_by=experiment.termination.name)
 
 
@@ -224,7 +231,7 @@ def _refine(config: SweepConfig, tracker, screening: TrialsSpec, output: TrialOu
         return True
     # the screening trials' resources, shared by refinement's concurrency
     resources = screening.resources.shared(config.sweep.refine.concurrency or config.sweep.concurrency)
-    refined = replace(settings, recipe=config.refine_recipe, score_every_stage=True,
+    refined = replace(settings, recipe=config.refine_recipe, score_every_stage=True, measure_latency=True,
                       worker=replace(settings.worker, threads=trial_threads(resources.cpus)))
     refinement = replace(screening, settings=refined, resources=resources, count=len(configs),
                          make_search=lambda: FixedConfigs(configs), folder=REFINE_EXPERIMENT, stage=STAGE_REFINE)

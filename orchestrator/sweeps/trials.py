@@ -19,15 +19,16 @@ from orchestrator.experiment.worker import (
     STAGE_METRICS, CriterionPlan, SharedRefs, WorkerSettings, cost_metrics, fetch_baseline, prune_and_recover,
     releases_memory,
 )
+from orchestrator.sweeps.latency import LATENCY_METRICS, trial_latency
 from pruning.recovery import RecoveryRecipe
 from pruning.utils import model_device
 
 __all__ = ["TRIAL_METRICS", "TRIAL_TAGS", "MODEL_FILE", "SweepTrialSettings", "sweep_trial"]
 
-#: numeric results every sweep trial reports (latency_ms only when it is an objective)
+#: numeric results every sweep trial reports (the latency ones only when latency_ms is an objective)
 TRIAL_METRICS = (
     "accuracy", "bn_accuracy", *STAGE_METRICS, "macs", "params", "macs_reduction", "params_reduction",
-    "planned_reduction", "latency_ms", "feasible", "prune_seconds", "recover_seconds", "score_seconds",
+    "planned_reduction", *LATENCY_METRICS, "feasible", "prune_seconds", "recover_seconds", "score_seconds",
     "body_seconds", "cpu_seconds", "trial_cpus", "trial_gpus", "trial_seconds",
 )
 #: string results logged as tags; ``recipe``: the recipe the trial ran, as JSON (a two-stage
@@ -49,6 +50,9 @@ class SweepTrialSettings:
         (unless ``sampled_finetune`` is false: the stages of a two-stage sweep run their recipe
         as it is).
     score_every_stage: score every recovery stage (False: the last only; screening trials).
+    latency_table: the baseline's :class:`~pruning.latency.LatencyTable` when ``latency_ms`` is
+        an objective (None: no latency); measure_latency: also export and time the pruned model
+        on the table's target (refined trials; the others report the table's prediction).
     """
 
     worker: WorkerSettings
@@ -56,6 +60,7 @@ class SweepTrialSettings:
     strategy: str
     seed: int
     recipe: RecoveryRecipe
+    latency_table: Any = None
     measure_latency: bool = False
     sampled_finetune: bool = True
     score_every_stage: bool = True
@@ -135,7 +140,7 @@ def sweep_trial(config: dict[str, Any], *, refs: SharedRefs, settings: SweepTria
         worst = {"accuracy": 0.0, "bn_accuracy": 0.0, "macs": base["macs"], "params": base["params"],
                  "macs_reduction": 0.0, "params_reduction": 0.0, "feasible": 0, "criterion": plan.criterion,
                  "infeasible_reason": reason, "trial_seconds": time.perf_counter() - entered}
-        if settings.measure_latency:
+        if settings.latency_table is not None:
             worst["latency_ms"] = base["latency_ms"]
         tune.report(worst)
         return
@@ -148,7 +153,9 @@ def sweep_trial(config: dict[str, Any], *, refs: SharedRefs, settings: SweepTria
         CriterionPlan(plan.criterion, plan.config, plan.ratio_weights, seed=settings.seed), recipe,
         score_every_stage=settings.score_every_stage,
     )
-    metrics.update(cost_metrics(pruned, settings.worker, settings.measure_latency))
+    metrics.update(cost_metrics(pruned, settings.worker))
+    if settings.latency_table is not None:
+        metrics.update(trial_latency(pruned, settings.latency_table, settings.measure_latency))
     # the trial's own time and CPU time (Tune's bookkeeping and the checkpoint excluded): the
     # compute a benchmark compares at, and the remainder of Tune's time_total_s is Tune/Ray
     assigned = ray.get_runtime_context().get_assigned_resources()
