@@ -80,6 +80,8 @@ def run_sweep(
 
     from search_spaces import SpaceContext
 
+    if config.sweep.latency is not None:  # a runtime missing here: one line before anything is written
+        check_runtime(config.sweep.latency)
     spec = ExperimentSpec.of("sweep", config, RESOLVED_CONFIG_FILE)
     with Experiment.open(spec, resume, [config.source]) as experiment:  # the run dir's lock, held to the end
         search_space = config.space.create()  # the sweep's one search space: its searcher's, its trials'
@@ -87,8 +89,6 @@ def run_sweep(
         resources = TrialResources(config.sweep.cpus_per_trial, config.sweep.gpus_per_trial, config.sweep.concurrency)
         say(progress, f"loading baseline {config.checkpoint or config.model.name}")
         phases: dict[str, float] = {}  # wall seconds of this run's phases (SweepResult.phases)
-        if config.sweep.latency is not None:
-            check_runtime(config.sweep.latency)
         with timed(phases, "baseline"):
             setup = prepare_baseline(config.source, config.data, progress=progress)
         check_reachable(config, search_space, setup.space)

@@ -265,3 +265,61 @@ def test_nsga2_breeds_from_sampled_trials_and_evaluates_the_warm_starts_beside_t
     assert [t.params for t in study.trials[:4]] == warm
     assert sampler.get_population(study, 0) == study.trials[4:8]
     assert all(t.number >= 4 for t in sampler.get_parent_population(study, 1))
+
+
+# --- the latency objective's deployment target ---------------------------------------------------
+
+
+def test_latency_objective_resolves_its_target_and_only_it_takes_one():
+    config = SweepConfig.from_dict(config_with(sweep={"objectives": {"accuracy": "max", "latency_ms": "min"}}))
+    resolved = config.to_dict()["sweep"]["latency"]
+    assert resolved == {"runtime": "onnxruntime", "device": "cpu", "batch": 1, "threads": 1, "warmup": 3,
+                        "repeats": 20, "table_points": 8}
+    assert SweepConfig.from_dict(yaml.safe_load(dump_sweep_config(config))) == config
+    # runtime, device, batch, threads and repeats are MLflow params of the parent run
+    flat = flatten(config.to_dict())
+    assert {flat[f"sweep.latency.{k}"] for k in ("runtime", "device", "batch", "threads", "repeats")} == {
+        "onnxruntime", "cpu", 1, 20}
+    # without the objective the resolved config has no latency section
+    assert "latency" not in SweepConfig.from_dict(BASE).to_dict()["sweep"]
+
+
+@pytest.mark.parametrize("latency, start", [
+    ({"runtime": "tvm"}, "sweep.latency.runtime: must be one of onnxruntime, tensorrt, torch"),
+    ({"device": "tpu"}, "sweep.latency.device: must be one of cpu, cuda"),
+    ({"batch": 0}, "sweep.latency.batch: must be >= 1"),
+    ({"threads": 1.5}, "sweep.latency.threads: must be an integer"),
+    ({"table_points": 1}, "sweep.latency.table_points: must be >= 2"),
+    ({"runtim": "torch"}, "sweep.latency.runtim: unknown key; valid: runtime, device, batch"),
+])
+def test_bad_latency_targets_name_their_key(latency, start):
+    objectives = {"accuracy": "max", "latency_ms": "min"}
+    assert refused(config_with(sweep={"objectives": objectives, "latency": latency})).startswith(start)
+
+
+def test_a_latency_target_without_the_objective_is_refused():
+    message = refused(config_with(sweep={"latency": {"runtime": "torch"}}))
+    assert message.startswith("sweep.latency: applies to the latency_ms objective only")
+
+
+@pytest.mark.parametrize("latency, reason", [
+    ({"runtime": "tensorrt"}, "tensorrt does not run on cpu; valid: cuda"),
+    ({"runtime": "onnxruntime", "device": "cuda"}, "needs onnxruntime's CUDAExecutionProvider"),
+])
+def test_cli_a_runtime_missing_here_is_one_line_before_anything_runs(tmp_path, capsys, latency, reason):
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this machine has onnxruntime's CUDA provider")
+    run_dir = tmp_path / "run"
+    path = tmp_path / "latency.yaml"
+    sweep = {"objectives": {"accuracy": "max", "latency_ms": "min"}, "latency": latency}
+    path.write_text(yaml.safe_dump({**BASE, "checkpoint": str(tmp_path / "nope.pt"), "run_dir": str(run_dir),
+                                    "sweep": sweep}))
+    assert cli.main(["sweep", "--config", str(path)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.strip().splitlines() == [err.strip()]
+    assert err.startswith(f"error: sweep.latency.runtime: latency runtime {latency['runtime']} on "
+                          f"{latency.get('device', 'cpu')} is not available: ")
+    assert reason in err
+    assert not run_dir.exists()
