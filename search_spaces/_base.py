@@ -9,7 +9,8 @@ turn them into a plan. The layer-wise ratios come from ``pruning.planning``'s ra
 (:func:`~pruning.planning.create_ratio_source`), the ones ``prunesweep prune --ratios`` and a
 study's ``ratios:`` use.
 
-Contract (checked for every registered space by ``tests/search_spaces/test_spaces.py``):
+Contract (checked for every registered space by ``tests/search_spaces/test_spaces.py`` and
+``test_round_to.py``):
 
 * Options (parameter bounds) are constructor arguments with defaults, validated in ``__init__``;
   a bad value raises ``ValueError`` naming the option and the value. Unknown options and space
@@ -20,13 +21,16 @@ Contract (checked for every registered space by ``tests/search_spaces/test_space
   ``criterion``, ``finetune_lr``, ``finetune_epochs`` and ``weight_decay``, and in a space with
   a FLOPs target (:attr:`SearchSpace.flops_targeted`) and ``global_ranking`` on, ``allocation``:
   ``layerwise`` (the space's own layer ratios) or ``global`` (one ranking of every channel by its
-  normalised score to the sampled target: the space's layer parameters are then unused).
+  normalised score to the sampled target: the space's layer parameters are then unused), and
+  with ``round_to`` searched (a list of choices), ``round_to``.
 * :meth:`SearchSpace.to_plan` is pure: the same params and context give the same plan, so a plan
   can be rebuilt from a finished trial's ``params`` (e.g. an MLflow run's logged parameters).
-* :meth:`SearchSpace.warm_starts` (optional; default: none) lists the one-shot schedules in the
-  space's own parameters: complete param dicts, inside the space's bounds, deterministic, that
-  :meth:`SearchSpace.to_plan` accepts. A sweep runs them as its first trials. With ``allocation``
-  sampled they include the global ranking of every criterion at the warm-start targets.
+* :meth:`SearchSpace.warm_starts` lists the one-shot schedules in the space's own parameters:
+  complete param dicts, inside the space's bounds, deterministic, that :meth:`SearchSpace.to_plan`
+  accepts. A sweep runs them as its first trials. A space lists them in ``_warm_starts``
+  (optional; default: none); with ``allocation`` sampled they include the global ranking of
+  every criterion at the warm-start targets. With ``round_to`` searched, ``warm_starts`` lists
+  each of them once per choice, interleaved (the first at every choice, then the second, ...).
 * :attr:`SearchSpace.needs_stats` / :attr:`SearchSpace.needs_utilization` (optional; default
   False) say whether :meth:`SearchSpace.to_plan` reads ``SpaceContext.stats`` / ``utilization``,
   so that a sweep computes them only when its space (with its options) or a criterion needs them.
@@ -34,7 +38,8 @@ Contract (checked for every registered space by ``tests/search_spaces/test_space
   plan whose channel counts can be planned and whose MAC reduction lies within ``flops_bounds``
   (and, for a FLOPs-targeted plan, within :data:`~pruning.planning.FLOPS_TOLERANCE` of the
   target), else a one-line reason. A global-ranking plan's channel counts follow from the scores,
-  so only its target is checked (against ``flops_bounds``); the allocation itself meets it.
+  so only its target is checked (against ``flops_bounds`` and the largest reduction the plan's
+  widths reach); the allocation itself meets it.
 
 Adding a space is one file with a ``@register_space("name")`` class plus one import line in
 ``search_spaces/__init__.py``.
@@ -43,20 +48,19 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, ClassVar, Mapping, Sequence
 
 import optuna
-import torch
 
 from pruning.registry import Registry
-from pruning.structure import PruningError, PruningSpace
+from pruning.structure import PruningError
 from pruning.planning import (
-    FLOPS_TOLERANCE, PruningConfig, RatioInputs, RatioPlan, RatioTarget, create_ratio_source, plan_pruning,
+    FLOPS_TOLERANCE, PruningConfig, RatioInputs, RatioPlan, RatioTarget, create_ratio_source, reachable_reduction,
 )
 from pruning.recovery import RecoveryRecipe
-from pruning.statistics import ActivationStats
-from search_spaces._options import _clip, _criteria, _float_range, _int_range, _param, _unique
+from search_spaces._options import _choice, _clip, _criteria, _float_range, _int_range, _param, _round_to, _unique
+from search_spaces._plan import SpaceContext, TrialPlan
 
 __all__ = [
     "SpaceContext",
@@ -76,61 +80,7 @@ WARM_START_QUANTILES = (0.25, 0.5, 0.75)
 #: the choices of the ``allocation`` parameter: the space's layer ratios, or one global ranking
 ALLOCATION_CHOICES = ("layerwise", "global")
 #: the parameters every space suggests (``SearchSpace._define_shared``)
-_SHARED_PARAMS = ("criterion", "finetune_lr", "finetune_epochs", "weight_decay", "allocation")
-
-
-@dataclass(frozen=True)
-class SpaceContext:
-    """What a sweep knows before its first trial.
-
-    space: the unpruned model's prunable groups and MAC model.
-    strategy: which groups may be pruned (``full`` or ``inner``, see ``PruningSpace.select``).
-    stats: activation statistics of the unpruned model (the ``concentration`` space needs them).
-    utilization: per group name, SNPFI's utilization curve U(k) for k = 0..size, a 1-D tensor of
-        length ``size + 1`` rising to 1 (the ``snpfi`` space needs it); computed once per sweep.
-    """
-
-    space: PruningSpace
-    strategy: str = "full"
-    stats: ActivationStats | None = None
-    utilization: Mapping[str, torch.Tensor] | None = None
-
-
-@dataclass(frozen=True)
-class TrialPlan:
-    """One trial's recipe: how to score, how much to prune where, how to fine-tune.
-
-    ``config`` and ``ratio_weights`` go to ``pruning.planning.plan_pruning``; ``params`` are the
-    sampled values the plan was built from (log them; :meth:`SearchSpace.to_plan` rebuilds the plan).
-    """
-
-    criterion: str
-    config: PruningConfig
-    ratio_weights: dict[str, float] | None
-    finetune_lr: float
-    finetune_epochs: int
-    weight_decay: float
-    params: dict[str, Any]
-
-    @property
-    def needs_scores(self) -> bool:
-        """Whether the channel counts follow from the channel scores (the ``global`` allocation):
-        then only a trial that has scored the channels can plan them."""
-        return self.config.allocation == "global"
-
-    def keep(self, context: SpaceContext, scores: Mapping[str, torch.Tensor] | None = None) -> dict[str, int]:
-        """Channels kept per group. Raises ``PruningError`` (``InfeasibleTargetError``) if unplannable.
-
-        ``scores`` (per group, one per channel) only for a plan that :attr:`needs them
-        <needs_scores>`; uniform, proportional and explicit allocations plan without.
-        """
-        if self.needs_scores and scores is None:
-            raise PruningError("a global-ranking plan's channel counts follow from the channel scores: give scores")
-        return plan_pruning(context.space, scores or {}, self.config, self.ratio_weights)
-
-    def planned_reduction(self, context: SpaceContext, scores: Mapping[str, torch.Tensor] | None = None) -> float:
-        """Fraction of the unpruned MACs this plan removes (``scores`` as for :meth:`keep`)."""
-        return context.space.reduction(self.keep(context, scores))
+_SHARED_PARAMS = ("criterion", "finetune_lr", "finetune_epochs", "weight_decay", "allocation", "round_to")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -154,7 +104,8 @@ class SearchSpace(ABC):
         benchmarks/results/*_sweep_vs_oneshot_*.json, benchmarks/README.md). Spaces
         without a FLOPs target (``snpfi``, ``per_layer`` with ``prior: none``) have nothing to rank to.
     round_to: every plan keeps channel counts that are multiples of this (``PruningConfig.round_to``;
-        8 or 16 for fast inference; 1: any count).
+        8 or 16 for fast inference; 1: any count), or a list of at least two, e.g. ``[1, 8, 16]``,
+        to search it (categorical parameter ``round_to``): are fast widths worth their accuracy?
 
     Subclasses take their own options and pass ``**shared`` on; the registry collects the valid
     option names through the ``__init__`` chain and refuses unknown ones with that list.
@@ -174,7 +125,7 @@ class SearchSpace(ABC):
         weight_decay: tuple[float, float] = (1e-5, 1e-3),
         flops_bounds: tuple[float, float] = (0.1, 0.9),
         global_ranking: bool = True,
-        round_to: int = 1,
+        round_to: int | Sequence[int] = 1,
     ) -> None:
         self.criteria = _criteria(criteria)
         self.finetune_lr = _float_range("finetune_lr", finetune_lr, lo=0.0, hi=math.inf, positive=True)
@@ -184,9 +135,7 @@ class SearchSpace(ABC):
         if not isinstance(global_ranking, bool):
             raise ValueError(f"global_ranking must be true or false, got {global_ranking!r}")
         self.global_ranking = global_ranking
-        if not isinstance(round_to, int) or isinstance(round_to, bool) or round_to < 1:
-            raise ValueError(f"round_to must be an integer >= 1, got {round_to!r}")
-        self.round_to = round_to
+        self.round_to = _round_to(round_to)
 
     # -- options ---------------------------------------------------------------------------
 
@@ -222,13 +171,16 @@ class SearchSpace(ABC):
         """The plan for sampled ``params`` (pure: same params and context, same plan)."""
 
     def _define_shared(self, trial: optuna.Trial) -> None:
-        """Suggest ``criterion``, ``finetune_lr``, ``finetune_epochs`` and ``weight_decay``."""
+        """Suggest ``criterion``, ``finetune_lr``, ``finetune_epochs``, ``weight_decay`` and, where
+        sampled, ``allocation`` and ``round_to``."""
         trial.suggest_categorical("criterion", list(self.criteria))
         trial.suggest_float("finetune_lr", *self.finetune_lr, log=True)
         trial.suggest_int("finetune_epochs", *self.finetune_epochs)
         trial.suggest_float("weight_decay", *self.weight_decay, log=True)
         if self.ranks_globally:
             trial.suggest_categorical("allocation", list(ALLOCATION_CHOICES))
+        if self.searches_round_to:
+            trial.suggest_categorical("round_to", list(self.round_to_choices))
 
     @property
     def needs_stats(self) -> bool:
@@ -248,6 +200,16 @@ class SearchSpace(ABC):
         return self.global_ranking and self.flops_targeted
 
     @property
+    def round_to_choices(self) -> tuple[int, ...]:
+        """The width multiples a plan of this space may use: ``(round_to,)`` when fixed."""
+        return self.round_to if isinstance(self.round_to, tuple) else (self.round_to,)
+
+    @property
+    def searches_round_to(self) -> bool:
+        """Whether ``round_to`` is sampled (given as a list of choices)."""
+        return len(self.round_to_choices) > 1
+
+    @property
     def needs_utilization(self) -> bool:
         """Whether this space reads ``SpaceContext.utilization`` (SNPFI curves). Optional hook;
         default: False."""
@@ -256,7 +218,17 @@ class SearchSpace(ABC):
     def warm_starts(self, context: SpaceContext) -> list[dict[str, Any]]:
         """The one-shot schedules expressed in this space's parameters: complete param dicts (every
         name :meth:`define` suggests), inside the space's bounds, the same for the same options and
-        context. A sweep runs them as its first trials (``sweep.warm_start``). Default: none."""
+        context. A sweep runs them as its first trials (``sweep.warm_start``). With ``round_to``
+        searched, each schedule at every choice in turn, so that a sweep that runs only the first
+        few still compares rounded and unrounded widths."""
+        starts = self._warm_starts(context)
+        if not self.searches_round_to:
+            return starts
+        return [{**start, "round_to": choice} for start in starts for choice in self.round_to_choices]
+
+    def _warm_starts(self, context: SpaceContext) -> list[dict[str, Any]]:
+        """The space's warm starts in its own and the shared parameters, ``round_to`` aside (see
+        :meth:`warm_starts`). Optional hook; default: none."""
         return []
 
     def plan_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -316,11 +288,12 @@ class SearchSpace(ABC):
     ) -> TrialPlan:
         """A plan with the shared parameters read from ``params`` (all of ``params`` logged); with
         ``allocation: global`` the FLOPs target of ``config`` is met by one global ranking (the
-        ``global`` ratio source)."""
+        ``global`` ratio source); the widths are multiples of the sampled or fixed ``round_to``."""
         if self.ranks_globally and _param(params, "allocation") == ALLOCATION_CHOICES[1]:
             config = self._ratio_plan("global", context, config.flops_reduction).config
             ratio_weights = None
-        config = replace(config, round_to=self.round_to)
+        round_to = _choice(params, "round_to", self.round_to_choices) if self.searches_round_to else self.round_to
+        config = replace(config, round_to=round_to)
         return TrialPlan(
             criterion=str(_param(params, "criterion")),
             config=config,
@@ -340,6 +313,11 @@ class SearchSpace(ABC):
             target = plan.config.flops_reduction
             if not low <= target <= high:
                 return f"FLOPs reduction target {target:.3f} is outside flops_bounds [{low}, {high}]"
+            # the ranking meets any target its widths (the plan's round_to) can reach
+            most = reachable_reduction(context.space, context.space.select(plan.config.strategy), plan.config.grid)
+            if target > most + FLOPS_TOLERANCE / 2:
+                return (f"FLOPs reduction target {target:.3f} cannot be met: at most {most:.3f} with widths "
+                        f"multiples of {plan.config.round_to}")
             return None
         try:
             keep = plan.keep(context)

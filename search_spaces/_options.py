@@ -55,6 +55,22 @@ def _criteria(value: Any) -> tuple[str, ...]:
     return names
 
 
+def _round_to(value: Any) -> int | tuple[int, ...]:
+    """One width multiple (fixed) or a list of at least two distinct ones (searched), as a tuple."""
+    def whole(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+    if whole(value):
+        return value
+    if not isinstance(value, (list, tuple)) or not all(whole(v) for v in value):
+        raise ValueError(f"round_to must be an integer >= 1 or a list of integers >= 1, got {value!r}")
+    if len(value) < 2:
+        raise ValueError(f"round_to must list at least two values to search (or be one integer), got {value!r}")
+    if len(set(value)) != len(value):
+        raise ValueError(f"round_to must not repeat a value, got {list(value)!r}")
+    return tuple(value)
+
+
 def _clip(value: float, bounds: tuple[float, float]) -> float:
     return min(max(value, bounds[0]), bounds[1])
 
@@ -69,3 +85,11 @@ def _param(params: Mapping[str, Any], name: str) -> Any:
         return params[name]
     except KeyError:
         raise ValueError(f"missing parameter {name!r} (have: {', '.join(params) or 'none'})") from None
+
+
+def _choice(params: Mapping[str, Any], name: str, choices: Sequence[int]) -> int:
+    """An integer categorical parameter (logged parameters may read "8"), one of ``choices``."""
+    value = int(_param(params, name))
+    if value not in choices:
+        raise ValueError(f"{name} {value!r} is not one of the space's choices {', '.join(map(str, choices))}")
+    return value

@@ -69,7 +69,7 @@ class ConcentrationSpace(SearchSpace):
         trial.suggest_float("temperature", *self.temperature)
         self._define_shared(trial)
 
-    def warm_starts(self, context: SpaceContext) -> list[dict[str, Any]]:
+    def _warm_starts(self, context: SpaceContext) -> list[dict[str, Any]]:
         targets = self._warm_targets(self.flops_reduction)
         uniform = [
             {"flops_reduction": target, "alpha": _clip(WARM_ALPHAS[1], self.alpha),

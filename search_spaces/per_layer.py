@@ -123,7 +123,7 @@ class PerLayerSpace(SearchSpace):
             low, high = (middle, high) if reduction(middle) < target else (low, middle)
         return _clip(round((low + high) / 2, 4), self.layer_ratio)
 
-    def warm_starts(self, context: SpaceContext) -> list[dict[str, Any]]:
+    def _warm_starts(self, context: SpaceContext) -> list[dict[str, Any]]:
         names = self._layer_names(context)
         if self.prior != "none":
             one = _clip(1.0, self.multiplier)

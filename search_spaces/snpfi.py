@@ -78,7 +78,7 @@ class SnpfiSpace(SearchSpace):
         trial.suggest_float("tau", *self.tau)
         self._define_shared(trial)
 
-    def warm_starts(self, context: SpaceContext) -> list[dict[str, Any]]:
+    def _warm_starts(self, context: SpaceContext) -> list[dict[str, Any]]:
         tau = _clip(DEFAULT_TAU, self.tau)
         return [{"tau": tau, **self._warm_shared(criterion)} for criterion in self.criteria]
 

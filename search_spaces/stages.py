@@ -118,7 +118,7 @@ class StagesSpace(SearchSpace):
             trial.suggest_float(name, *self.stage_weight)
         self._define_shared(trial)
 
-    def warm_starts(self, context: SpaceContext) -> list[dict[str, Any]]:
+    def _warm_starts(self, context: SpaceContext) -> list[dict[str, Any]]:
         weight = _clip(1.0, self.stage_weight)
         weights = {name: weight for name in self.parameter_names(context)}
         return self._with_global_ranking([

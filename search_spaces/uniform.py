@@ -35,7 +35,7 @@ class UniformSpace(SearchSpace):
         trial.suggest_float("flops_reduction", *self.flops_reduction)
         self._define_shared(trial)
 
-    def warm_starts(self, context: SpaceContext) -> list[dict[str, Any]]:
+    def _warm_starts(self, context: SpaceContext) -> list[dict[str, Any]]:
         return self._with_global_ranking([
             {"flops_reduction": target, **self._warm_shared(criterion)}
             for criterion in self.criteria for target in self._warm_targets(self.flops_reduction)

@@ -144,13 +144,16 @@ def run_sweep(
 
 def check_reachable(config: SweepConfig, search_space, pruning_space) -> None:
     """Refuse a FLOPs range of the search space whose low end the model cannot reach (at most
-    ``grid.cap`` of each layer's channels removed, widths multiples of ``round_to``): every
-    trial would be infeasible. Names the key at fault."""
+    ``grid.cap`` of each layer's channels removed, widths multiples of ``round_to``, the most
+    reaching of its choices where it is searched): every trial would be infeasible. Names the key
+    at fault."""
     from pruning.planning import FLOPS_TOLERANCE, reachable_reduction
     from pruning.planning.widths import WidthGrid
 
     groups = pruning_space.select(config.space.strategy)
-    most = reachable_reduction(pruning_space, groups, WidthGrid(round_to=search_space.round_to))
+    # the smallest multiple reaches furthest where the choices divide each other (1, 8, 16);
+    # the maximum also covers choices that do not (8 and 12)
+    most = max(reachable_reduction(pruning_space, groups, WidthGrid(round_to=r)) for r in search_space.round_to_choices)
     ranges = {"flops_bounds": search_space.flops_bounds}
     if getattr(search_space, "flops_reduction", None) is not None:
         ranges["flops_reduction"] = search_space.flops_reduction

@@ -93,6 +93,8 @@ def test_unknown_keys_name_their_path(data, key):
     (config_with(space={"name": "uniform", "criteria": ["l1", "nope"]}), "space.criteria: unknown criterion 'nope'"),
     (config_with(space={"name": "uniform", "finetune_epochs": [2, 1]}), "space.finetune_epochs: must be (low, high)"),
     (config_with(space={"name": "snpfi", "strategy": "half"}), "space.strategy: must be one of full, inner"),
+    (config_with(space={"name": "uniform", "round_to": [8]}), "space.round_to: must list at least two values"),
+    (config_with(space={"name": "uniform", "round_to": [1, 1]}), "space.round_to: must not repeat a value"),
     (config_with(space={"name": "nope"}), "space.name: must be one of "),  # the registered spaces (tests add some)
     (config_with(space={"strategy": "full"}), "space.name: missing"),
     (config_with(space=["uniform"]), "space: must be a mapping"),
@@ -143,6 +145,22 @@ def test_defaults_are_resolved_and_round_trip(tmp_path, monkeypatch):
     flat = flatten(resolved)
     assert flat["sweep.objectives.accuracy"] == "max" and flat["space.name"] == "uniform"
     assert flat["recipe.reconstruct"] is True and flat["recipe.bn_batches"] == 20
+
+
+def test_a_searched_round_to_resolves_to_its_list_and_reaches_as_far_as_its_best_choice(tiny_resnet, example_input):
+    from orchestrator.sweeps.sweep import check_reachable
+    from pruning.structure import PruningSpace
+
+    # TinyResNet at multiples of 8 loses at most 28 % of its MACs, at any width 98 %
+    pruning_space = PruningSpace.build(tiny_resnet, example_input)
+    space = {"name": "uniform", "flops_reduction": [0.5, 0.6]}
+    searched = SweepConfig.from_dict(config_with(space={**space, "round_to": [8, 1]}))
+    assert searched.to_dict()["space"]["round_to"] == [8, 1]
+    check_reachable(searched, searched.space.create(), pruning_space)
+    for round_to in (8, [8, 16]):
+        config = SweepConfig.from_dict(config_with(space={**space, "round_to": round_to}))
+        with pytest.raises(ConfigError, match="space.flops_reduction: starts at 0.5 but this model can lose at most"):
+            check_reachable(config, config.space.create(), pruning_space)
 
 
 def test_recipe_section_sets_the_recipe_and_sweep_seed_seeds_it():

@@ -201,5 +201,5 @@ def test_round_to_plans_keep_multiples_and_meet_their_target(resnets, name):
         keep = plan.keep(context, _scores(context) if plan.needs_scores else None)
         assert all(keep[g.name] % 8 == 0 or keep[g.name] == g.size for g in context.space.groups)
         study.tell(trial, 0.0)
-    with pytest.raises(ValueError, match="round_to must be an integer >= 1, got 0"):
+    with pytest.raises(ValueError, match="round_to must be an integer >= 1 or a list of integers >= 1, got 0"):
         create_search_space(name, round_to=0)

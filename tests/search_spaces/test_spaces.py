@@ -3,13 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import optuna
 import pytest
-import torch
 import yaml
 
-from pruning.structure import PruningSpace
-from pruning.statistics import StatsOptions, collect_activation_stats
 from search_spaces import (
     SpaceContext,
     TrialPlan,
@@ -18,52 +14,10 @@ from search_spaces import (
     search_space_class,
 )
 from search_spaces.per_layer import PerLayerSpace
-
-optuna.logging.set_verbosity(optuna.logging.WARNING)
+from space_helpers import VARIANT_IDS, VARIANTS, new_study, random_scores, sample_plan
 
 N_TRIALS = 20
 EXAMPLES = Path(__file__).resolve().parents[2] / "search_spaces" / "examples"
-
-
-@pytest.fixture
-def contexts(tiny_resnet, example_input, calibration_batches) -> dict[str, SpaceContext]:
-    """One context per strategy on the conftest TinyResNet, with stats and utilization curves."""
-    model = tiny_resnet
-    space = PruningSpace.build(model, example_input)
-    batches = [(x[:8], y[:8]) for x, y in calibration_batches]
-    stats = collect_activation_stats(model, space.groups, batches, StatsOptions(bins=8))
-    # synthetic U(k): 0 at k = 0, rising concavely to 1 at k = n, a different shape per layer
-    utilization = {}
-    for i, group in enumerate(space.groups):
-        k = torch.arange(group.size + 1, dtype=torch.float64)
-        utilization[group.name] = (k / group.size) ** (0.2 + 0.2 * i)
-    return {
-        strategy: SpaceContext(space=space, strategy=strategy, stats=stats, utilization=utilization)
-        for strategy in ("full", "inner")
-    }
-
-
-#: every registered space with its defaults, plus the option sets that change its parameters
-VARIANTS = [(name, {}) for name in list_search_spaces()] + [
-    ("per_layer", {"prior": "uniform"}), ("per_layer", {"prior": "concentration"}),
-]
-VARIANT_IDS = [name + "".join(f"-{k}={v}" for k, v in options.items()) for name, options in VARIANTS]
-
-
-def _study() -> optuna.Study:
-    return optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-
-
-def _sample(space, trial: optuna.Trial, context: SpaceContext):
-    """What a sweep does with a trial: the space defines its parameters, then plans from them."""
-    space.define(trial, context)
-    return space.to_plan(trial.params, context)
-
-
-def _scores(context) -> dict[str, torch.Tensor] | None:
-    """Random channel scores: what a global-ranking plan is planned from."""
-    generator = torch.Generator().manual_seed(0)
-    return {g.name: torch.rand(g.size, generator=generator) for g in context.space.select(context.strategy)}
 
 
 def test_all_spaces_registered():
@@ -85,12 +39,12 @@ def test_spaces_declare_what_context_they_read():
 def test_space_samples_valid_plans(name, options, strategy, contexts):
     context = contexts[strategy]
     space = create_search_space(name, **options)
-    study = _study()
+    study = new_study()
     feasible = 0
     names = None
     for _ in range(N_TRIALS):
         trial = study.ask()
-        plan = _sample(space, trial, context)
+        plan = sample_plan(space, trial, context)
         assert isinstance(plan, TrialPlan)
         # parameter names are stable across trials
         names = names or set(trial.params)
@@ -107,7 +61,7 @@ def test_space_samples_valid_plans(name, options, strategy, contexts):
         reason = space.check_feasible(plan, context)
         if reason is None:
             feasible += 1
-            scores = _scores(context) if plan.needs_scores else None
+            scores = random_scores(context) if plan.needs_scores else None
             keep = plan.keep(context, scores)
             groups = {g.name: g for g in context.space.select(strategy)}
             assert set(keep) == set(groups)
@@ -123,7 +77,7 @@ def test_space_samples_valid_plans(name, options, strategy, contexts):
 def test_check_feasible_reports_flops_outside_bounds(contexts):
     context = contexts["full"]
     space = create_search_space("uniform", flops_reduction=(0.5, 0.5), flops_bounds=(0.1, 0.3))
-    plan = _sample(space, _study().ask(), context)
+    plan = sample_plan(space, new_study().ask(), context)
     reason = space.check_feasible(plan, context)
     assert reason is not None and "flops_bounds" in reason
 
@@ -132,15 +86,15 @@ def test_check_feasible_reports_unreachable_target(contexts):
     # two inner groups capped at 90 % cannot remove 99 % of the MACs
     context = contexts["inner"]
     space = create_search_space("uniform", flops_reduction=(0.99, 0.99), flops_bounds=(0.0, 1.0))
-    plan = _sample(space, _study().ask(), context)
+    plan = sample_plan(space, new_study().ask(), context)
     reason = space.check_feasible(plan, context)
     assert reason is not None and "cannot be met" in reason
 
 
 def test_per_layer_one_parameter_per_group(contexts):
     for strategy, context in contexts.items():
-        trial = _study().ask()
-        plan = _sample(create_search_space("per_layer"), trial, context)
+        trial = new_study().ask()
+        plan = sample_plan(create_search_space("per_layer"), trial, context)
         groups = context.space.select(strategy)
         ratio_params = [p for p in trial.params if p.startswith("ratio.")]
         assert len(ratio_params) == len(groups)
@@ -152,7 +106,7 @@ def test_per_layer_one_parameter_per_group(contexts):
 def test_concentration_weights_and_missing_stats(contexts):
     context = contexts["full"]
     space = create_search_space("concentration", global_ranking=False)
-    plan = _sample(space, _study().ask(), context)
+    plan = sample_plan(space, new_study().ask(), context)
     assert set(plan.ratio_weights) == {g.name for g in context.space.groups}
     assert all(0.0 <= w <= 1.0 for w in plan.ratio_weights.values())
     # temperature 0: uniform weights, the same plan as the uniform space at the same target
@@ -163,7 +117,7 @@ def test_concentration_weights_and_missing_stats(contexts):
     assert flat.keep(context) == uniform.keep(context)
     bare = SpaceContext(space=context.space)
     with pytest.raises(ValueError, match="activation statistics"):
-        _sample(space, _study().ask(), bare)
+        sample_plan(space, new_study().ask(), bare)
 
 
 def test_snpfi_sparsity_from_curves(contexts):
@@ -179,7 +133,7 @@ def test_snpfi_sparsity_from_curves(contexts):
     looser = space.to_plan(dict(params, tau=0.99), context)
     assert all(looser.config.schedule[n] <= plan.config.schedule[n] for n in plan.config.schedule)
     with pytest.raises(ValueError, match="utilization"):
-        _sample(space, _study().ask(), SpaceContext(space=context.space))
+        sample_plan(space, new_study().ask(), SpaceContext(space=context.space))
     short = {n: c[:-1] for n, c in context.utilization.items()}
     with pytest.raises(ValueError, match="length"):
         space.to_plan(params, SpaceContext(space=context.space, utilization=short))
@@ -258,10 +212,10 @@ def test_warm_starts_are_complete_params_within_bounds(name, options, strategy, 
     assert starts, f"space {name!r} lists no warm start"
     assert starts == create_search_space(name, criteria=["l1", "fpgm"], **options).warm_starts(context)  # deterministic
     assert len({tuple(sorted(s.items())) for s in starts}) == len(starts)  # no repeats
-    sampled = _study().ask()
+    sampled = new_study().ask()
     space.define(sampled, context)
     distributions = sampled.distributions
-    study = _study()
+    study = new_study()
     for start in starts:
         assert set(start) == set(distributions), "a warm start names exactly the define-by-run parameters"
         for key, value in start.items():
@@ -339,7 +293,7 @@ def test_allocation_global_ranks_every_channel_to_the_target(name, options, cont
     with pytest.raises(Exception, match="give scores"):
         plan.keep(context)
     assert space.check_feasible(plan, context) is None
-    scores = _scores(context)
+    scores = random_scores(context)
     assert abs(plan.planned_reduction(context, scores) - start["flops_reduction"]) <= 0.01
     # the same target ranked with other scores keeps other channel counts: the scores decide
     flipped = {name: -s for name, s in scores.items()}
@@ -354,7 +308,7 @@ def test_global_ranking_is_off_without_a_flops_target_or_when_asked(contexts):
     context = contexts["full"]
     for space in (create_search_space("snpfi"), create_search_space("per_layer"),
                   create_search_space("uniform", global_ranking=False)):
-        trial = _study().ask()
+        trial = new_study().ask()
         space.define(trial, context)
         assert "allocation" not in trial.params
         assert all("allocation" not in s for s in space.warm_starts(context))
