@@ -77,6 +77,7 @@ def test_resume_after_sigkill_loses_and_repeats_nothing(ray_session, trained_res
         if driver.poll() is None:
             driver.kill()
     before_dirs = _finished_trial_dirs(run_dir)
+    table_built = (run_dir / "baseline" / "latency-table.json").stat().st_mtime
     assert len(before_dirs) == 1, "the sweep was interrupted with trial 1 running"
     assert len(started) <= 2, "trial 2 is sampled only after the resume"
     config = SweepConfig.from_dict(yaml.safe_load((run_dir / "sweep.yaml").read_text()))
@@ -89,7 +90,17 @@ def test_resume_after_sigkill_loses_and_repeats_nothing(ray_session, trained_res
     data = main_json(["sweep", "--resume", moved])
     assert data["complete"] and data["counts"]["trials"] == 3 and data["counts"]["finished"] == 3
     assert data["objectives"] == objectives and data["run_dir"] == str(moved)
-    assert all(row["latency_ms"] > 0 for row in data["front"])
+    # latency on the default target (onnxruntime, CPU, batch 1, one thread): trials predict it from
+    # the table built before the kill (read back, not rebuilt), the front is measured, the error shown
+    assert data["latency"]["runtime"] == "onnxruntime" and data["latency"]["batch"] == 1
+    assert data["baseline"]["latency_ms"] > 0 and table_built == (moved / "baseline" / "latency-table.json").stat().st_mtime
+    assert all(row["latency_ms"] == row["latency_predicted_ms"] > 0 for row in data["front"])
+    assert all(row["latency_measured_ms"] > 0 and row["latency_error"] == pytest.approx(
+        row["latency_predicted_ms"] / row["latency_measured_ms"] - 1) for row in data["front"])
+    read_back = main_json(["pareto", moved, "--objective", "latency"])
+    assert read_back["objectives"] == {"accuracy": "max", "latency_ms": "min"}
+    assert {r["trial"]: r["latency_measured_ms"] for r in read_back["front"]} == {
+        r["trial"]: r["latency_measured_ms"] for r in data["front"] if r["trial"] in {t["trial"] for t in read_back["front"]}}
     assert all(row["checkpoint"].startswith(f"{moved}/") for row in data["front"])
     assert not run_dir.exists()  # nothing written where it was
 

@@ -4,6 +4,7 @@ them refined with one distilled fine-tuning epoch; the front built from the refi
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +21,8 @@ from pruning.structure import PruningSpace, load_checkpoint
 from search_spaces import SpaceContext
 
 REPO = Path(__file__).resolve().parents[2]
-OBJECTIVES = {"accuracy": "max", "macs": "min"}
+#: latency on PyTorch (a table builds in a second): screening predicts it, refinement measures it
+OBJECTIVES = {"accuracy": "max", "macs": "min", "latency_ms": "min"}
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +36,8 @@ def two_stage(ray_session, trained_resnet20, tmp_path_factory):
         "space": {"name": "uniform", "criteria": ["l1"], "flops_reduction": [0.2, 0.8],
                   "finetune_epochs": [1, 1], "flops_bounds": [0.0, 0.95]},
         # refinement 4 at a time: the 2 refined trials share the screening trials' 2 x 1 CPU
-        "sweep": {"trials": 4, "concurrency": 2, "seed": 0, "refine": {"candidates": 2, "concurrency": 4}},
+        "sweep": {"trials": 4, "concurrency": 2, "seed": 0, "refine": {"candidates": 2, "concurrency": 4},
+                  "objectives": OBJECTIVES, "latency": {"runtime": "torch", "repeats": 5}},
     }
     path = folder / "sweep.yaml"
     path.write_text(yaml.safe_dump(raw))
@@ -126,7 +129,9 @@ def test_each_trial_logs_the_gpus_ray_gave_it_and_the_device_its_model_ran_on(tw
 def test_refined_trials_are_the_candidates_spread_over_the_screening_front(two_stage):
     screen = sorted(two_stage["screen"], key=lambda r: int(r.data.tags[TAG_TRIAL_NUMBER]))
     points = [{**r.data.metrics, "feasible": r.data.metrics["feasible"] >= 0.5, "params": r.data.params} for r in screen]
-    expected = {screen[i].info.run_name for i in select_candidates(points, OBJECTIVES, 2)}
+    # in the order the sweep recorded them: the first cost objective is the one candidates spread over
+    objectives = yaml.safe_load((Path(two_stage["config"].run_dir) / "sweep.yaml").read_text())["sweep"]["objectives"]
+    expected = {screen[i].info.run_name for i in select_candidates(points, objectives, 2)}
     assert {r.data.tags[TAG_REFINES] for r in two_stage["refine"]} == expected
 
 
@@ -146,6 +151,27 @@ def test_the_front_comes_from_the_refined_trials_only(two_stage):
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert [r["trial_id"] for r in json.loads(done.stdout)["front"]] == [r["trial_id"] for r in data["front"]]
+
+
+@pytest.mark.fashion_mnist
+def test_screening_predicts_latency_and_refinement_measures_it_on_the_target(two_stage):
+    for run in two_stage["screen"]:
+        metrics = run.data.metrics
+        assert metrics["latency_ms"] == metrics["latency_predicted_ms"] > 0
+        assert "latency_measured_ms" not in metrics and "latency_error" not in metrics
+    for run in two_stage["refine"]:
+        metrics = run.data.metrics
+        assert metrics["latency_ms"] == metrics["latency_measured_ms"] > 0
+        assert metrics["latency_error"] == pytest.approx(metrics["latency_predicted_ms"] / metrics["latency_measured_ms"] - 1)
+    data = two_stage["data"]
+    assert data["latency"] == {"runtime": "torch", "device": "cpu", "batch": 1, "threads": 1, "warmup": 3,
+                               "repeats": 5, "table_points": 8}
+    assert all(row["latency_measured_ms"] > 0 for row in data["front"])
+    parent = two_stage["tracker"].client.get_run(two_stage["tracker"].parent_run_id)
+    assert parent.data.params["sweep.latency.runtime"] == "torch" and parent.data.params["sweep.latency.repeats"] == "5"
+    errors = [abs(row["latency_error"]) for row in data["front"]]
+    assert parent.data.metrics["front_latency_error_median"] == pytest.approx(statistics.median(errors))
+    assert parent.data.metrics["phase.latency_table_seconds"] > 0
 
 
 @pytest.mark.fashion_mnist
