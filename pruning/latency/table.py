@@ -5,7 +5,7 @@ Why a table: exporting and timing a pruned model costs seconds; a sweep screens 
 table times every convolution of the unpruned model alone, on a grid of widths, once; a pruned
 model's latency is then predicted in a forward pass of bookkeeping:
 
-    predicted = scale * sum over its convolutions of table(layer, in width, out width)
+    predicted = calibrated(sum over its convolutions of table(layer, in width, out width))
 
 * **Grid.** Per width dimension the multiples of a step (a multiple of 8, so that at most
   ``points`` widths are timed) and the full width; between grid widths the time is interpolated
@@ -15,8 +15,11 @@ model's latency is then predicted in a forward pass of bookkeeping:
   depthwise convolution runs 4.7x slower than a 96-channel one). The table therefore also times
   each grid width minus one and predicts an unaligned width from those.
 * **Calibration.** Layers timed alone leave out what the model adds (activations, additions,
-  pooling, layout changes between layers): ``scale`` is the whole unpruned model's measured
-  latency over the table's sum for it.
+  pooling, layout changes between layers) and what it saves (layers that share a layout need no
+  conversion between them). The whole model is therefore measured unpruned and at two uniformly
+  pruned widths (half of every layer's channels, rounded to multiples of 8, and the same made
+  unaligned), and ``predicted = aligned * S_aligned + unaligned * S_unaligned + offset`` is fitted
+  to the three (``S``: the table's sums over the layers with aligned and unaligned input widths).
 * Grouped convolutions that are not depthwise are scaled from their unpruned time by their MACs.
 * Layers other than convolutions (a classifier's ``Linear``) are left to ``scale``.
 """
@@ -24,9 +27,10 @@ from __future__ import annotations
 
 import bisect
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -34,7 +38,7 @@ from pruning.latency._base import LatencyRuntime, LatencyTarget, LayerShape
 from pruning.structure.measure import InputShape
 from pruning.utils import model_device, preserved_modes
 
-__all__ = ["LatencyTable", "build_latency_table", "layer_shapes", "grid_widths"]
+__all__ = ["LatencyTable", "build_latency_table", "layer_shapes", "grid_widths", "calibration_variants", "fit_calibration"]
 
 #: table grid steps are multiples of this (the vector width of common CPU kernels)
 STEP_MULTIPLE = 8
@@ -124,17 +128,23 @@ class _LayerEntry:
             macs = shape.in_channels * shape.out_channels / shape.groups
             return self.aligned.at(full.in_channels, full.out_channels) * macs / (
                 full.in_channels * full.out_channels / full.groups)
-        surface = self.aligned if shape.in_channels % align == 0 or self.unaligned is None else self.unaligned
+        surface = self.unaligned if self.unaligned_input(shape, align) else self.aligned
         return surface.at(shape.in_channels, 0 if shape.depthwise else shape.out_channels)
+
+    def unaligned_input(self, shape: LayerShape, align: int) -> bool:
+        """Whether ``shape`` is read from the unaligned surface (its input width is not a multiple
+        of ``align``, and the layer had aligned widths to lose)."""
+        return shape.in_channels % align != 0 and self.unaligned is not None
 
 
 @dataclass(frozen=True)
 class LatencyTable:
     """The latency model of one network on one target; see the module docstring.
 
-    ``baseline_ms``: the unpruned model's measured latency; ``scale``: ``baseline_ms`` over the
-    layers' sum; ``build_seconds``: what building the table cost; ``measurements``: layer
-    timings it took; ``meta``: how it was built (``points``: the grid's widths per dimension).
+    ``baseline_ms``: the unpruned model's measured latency; ``calibration``: the fitted
+    (aligned, unaligned, offset) of the module docstring; ``build_seconds``: what building the
+    table cost; ``measurements``: layer timings it took; ``meta``: how it was built (``points``:
+    the grid's widths per dimension; ``calibration_ms``: the measured calibration models).
     """
 
     target: LatencyTarget
@@ -142,25 +152,32 @@ class LatencyTable:
     align: int
     layers: Mapping[str, _LayerEntry]
     baseline_ms: float
-    scale: float
+    calibration: tuple[float, float, float]
     build_seconds: float
     measurements: int
     meta: Mapping[str, Any] = field(default_factory=dict)
 
-    def layer_sum(self, shapes: Mapping[str, LayerShape]) -> float:
+    def layer_sums(self, shapes: Mapping[str, LayerShape]) -> tuple[float, float]:
+        """The table's sums over the layers of ``shapes`` with aligned and with unaligned input widths."""
         missing = sorted(set(shapes) - set(self.layers))
         if missing:
             raise ValueError(f"the latency table has no layer {missing[0]!r}: it was built for another model")
-        return sum(self.layers[name].predict(shape, self.align) for name, shape in shapes.items())
+        sums = [0.0, 0.0]
+        for name, shape in shapes.items():
+            sums[self.layers[name].unaligned_input(shape, self.align)] += self.layers[name].predict(shape, self.align)
+        return sums[0], sums[1]
 
     def predict(self, model: nn.Module) -> float:
         """Predicted milliseconds of ``model`` (the table's network, pruned) on the target."""
-        return self.scale * self.layer_sum(layer_shapes(model, self.input_shape))
+        aligned, unaligned = self.layer_sums(layer_shapes(model, self.input_shape))
+        a, u, offset = self.calibration
+        # a negative offset cannot make a pruned model cost nothing: a hundredth of the unpruned at least
+        return max(a * aligned + u * unaligned + offset, 0.01 * self.baseline_ms)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "target": self.target.to_dict(), "input_shape": list(self.input_shape), "align": self.align,
-            "baseline_ms": self.baseline_ms, "scale": self.scale, "build_seconds": self.build_seconds,
+            "baseline_ms": self.baseline_ms, "calibration": list(self.calibration), "build_seconds": self.build_seconds,
             "measurements": self.measurements, "meta": dict(self.meta),
             "layers": {name: {"shape": _shape_dict(e.shape), "aligned": e.aligned.to_dict(),
                               "unaligned": None if e.unaligned is None else e.unaligned.to_dict()}
@@ -173,7 +190,7 @@ class LatencyTable:
                                     None if e["unaligned"] is None else _Surface.from_dict(e["unaligned"]))
                   for name, e in data["layers"].items()}
         return cls(LatencyTarget(**data["target"]), tuple(data["input_shape"]), int(data["align"]), layers,
-                   float(data["baseline_ms"]), float(data["scale"]), float(data["build_seconds"]),
+                   float(data["baseline_ms"]), tuple(map(float, data["calibration"])), float(data["build_seconds"]),
                    int(data["measurements"]), dict(data.get("meta", {})))
 
 
@@ -203,11 +220,55 @@ def build_latency_table(model: nn.Module, input_shape: InputShape, runtime: Late
         if progress is not None:
             progress(done, len(wanted))
     layers = {name: _entry(shape, grids[name], measured, runtime.align) for name, shape in shapes.items()}
-    baseline_ms = runtime.time_model(model, input_shape, target).median_ms
-    total = sum(layers[name].predict(shape, runtime.align) for name, shape in shapes.items())
-    return LatencyTable(target, tuple(input_shape), runtime.align, layers, baseline_ms,
-                        baseline_ms / total if total > 0 else 1.0, time.perf_counter() - started, len(wanted),
-                        meta={"points": points})
+    table = LatencyTable(target, tuple(input_shape), runtime.align, layers, 0.0, (1.0, 1.0, 0.0), 0.0, len(wanted))
+    calibration_models = {"unpruned": model, **calibration_variants(model, input_shape)}
+    measured_ms = {key: runtime.time_model(m, input_shape, target).median_ms for key, m in calibration_models.items()}
+    sums = {key: table.layer_sums(layer_shapes(m, input_shape)) for key, m in calibration_models.items()}
+    return replace(table, baseline_ms=measured_ms["unpruned"], calibration=fit_calibration(sums, measured_ms),
+                   build_seconds=time.perf_counter() - started,
+                   meta={"points": points, "calibration_ms": measured_ms, "calibration_sums": sums})
+
+
+def calibration_variants(model: nn.Module, input_shape: InputShape) -> dict[str, nn.Module]:
+    """``model`` pruned uniformly to half of every prunable layer's channels: ``aligned`` keeps
+    multiples of 8, ``unaligned`` one channel fewer (an odd width). Channels are kept by index:
+    their weights do not change a latency. None where the model has nothing to prune."""
+    from pruning.structure import PruningSpace, prune_model
+
+    example = torch.zeros(1, *input_shape, device=model_device(model))
+    space = PruningSpace.build(model, example)
+    groups = [g for g in space.select("full") if getattr(g, "units", None) is None or g.units.width == 1]
+    if not groups:
+        return {}
+    scores = {g.name: -torch.arange(g.size, dtype=torch.float32) for g in groups}
+    variants = {}
+    for name, unaligned in (("aligned", 0), ("unaligned", 1)):
+        keep = {g.name: max(1, min(g.size, STEP_MULTIPLE * round(g.size / 2 / STEP_MULTIPLE)) - unaligned)
+                for g in groups if g.size > STEP_MULTIPLE}
+        if keep:
+            variants[name] = prune_model(model, example, space, keep, scores)[0]
+    return variants
+
+
+def fit_calibration(sums: Mapping[str, tuple[float, float]], measured_ms: Mapping[str, float]) -> tuple[float, float, float]:
+    """(aligned, unaligned, offset) of ``measured = aligned * S_a + unaligned * S_u + offset``
+    fitted to the calibration models (least squares). The offset may be negative: every layer
+    timed alone pays a call's and a layout conversion's overhead that it does not pay inside the
+    model. With too few models, or a fit that is not physical (a layer coefficient <= 0), a term
+    is dropped (the offset, then the unaligned one): at least the unpruned model's ratio is kept."""
+    keys = list(measured_ms)
+    rows = np.array([[sums[k][0], sums[k][1], 1.0] for k in keys])
+    target = np.array([measured_ms[k] for k in keys])
+    for columns in ([0, 1, 2], [0, 1], [0, 2], [0]):
+        if len(keys) < len(columns) or np.linalg.matrix_rank(rows[:, columns]) < len(columns):
+            continue
+        solution, *_ = np.linalg.lstsq(rows[:, columns], target, rcond=None)
+        full = dict(zip(columns, solution))
+        if all(full[c] > 0 for c in columns if c < 2):
+            aligned = float(full[0])
+            return aligned, float(full.get(1, aligned)), float(full.get(2, 0.0))
+    ratio = measured_ms[keys[0]] / max(sum(sums[keys[0]]), 1e-12)
+    return ratio, ratio, 0.0
 
 
 def _grid(shape: LayerShape, points: int, align: int) -> list[tuple[int, int]]:
