@@ -92,8 +92,11 @@ class LayerShape:
         return self.groups > 1 and self.groups == self.in_channels == self.out_channels
 
     def geometry(self) -> tuple:
-        """What the time of a layer depends on besides its widths (a table key)."""
-        return (self.kernel, self.stride, self.padding, self.dilation, self.height, self.width, self.depthwise)
+        """What the time of a layer depends on besides its widths (a table key). A depthwise
+        layer's groups follow its width; any other layer's are part of its geometry, so that a
+        dense and a grouped layer of one kernel and input size are timed apart."""
+        groups = "depthwise" if self.depthwise else self.groups
+        return (self.kernel, self.stride, self.padding, self.dilation, self.height, self.width, groups)
 
     def with_widths(self, in_channels: int, out_channels: int) -> LayerShape:
         groups = in_channels if self.depthwise else self.groups

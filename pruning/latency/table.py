@@ -30,6 +30,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import nn
 
+from pruning.errors import InputError
 from pruning.latency._base import LatencyRuntime, LatencyTarget, LayerShape
 from pruning.structure.measure import InputShape
 from pruning.utils import model_device, preserved_modes
@@ -70,7 +71,11 @@ def _pair(value) -> tuple[int, int]:
 
 def grid_widths(full: int, points: int) -> tuple[int, ...]:
     """The widths a dimension of ``full`` channels is timed at: multiples of a step (a multiple of
-    :data:`STEP_MULTIPLE` giving at most ``points`` of them) below ``full``, and ``full``."""
+    :data:`STEP_MULTIPLE` giving at most ``points`` of them) below ``full``, and ``full``; both
+    must be integers >= 1 (one-line ``InputError``)."""
+    for key, value in (("layer width", full), ("latency table points", points)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InputError(f"{key} must be an integer >= 1, got {value!r}")
     step = STEP_MULTIPLE * max(1, -(-full // (points * STEP_MULTIPLE)))
     return tuple(sorted({*range(step, full, step), full}))
 
@@ -111,8 +116,9 @@ def _bracket(grid: Sequence[int], value: int) -> tuple[int, int, float]:
 @dataclass(frozen=True)
 class _LayerEntry:
     """One convolution of the unpruned model: its shape and the surfaces its time is read from
-    (``aligned``: input widths multiples of the runtime's ``align``; ``unaligned``: the others;
-    None where all grid widths are aligned or unaligned alike)."""
+    (``aligned``: input widths multiples of the runtime's ``align``, and the full width;
+    ``unaligned``: the others, the full width among them where it is unaligned; None where no
+    width but the full one is unaligned)."""
 
     shape: LayerShape
     aligned: _Surface
@@ -151,6 +157,11 @@ class LatencyTable:
         missing = sorted(set(shapes) - set(self.layers))
         if missing:
             raise ValueError(f"the latency table has no layer {missing[0]!r}: it was built for another model")
+        # pruning changes widths only: a layer of another kernel, stride or input size is another model's
+        for name, shape in shapes.items():
+            if _placement(shape) != _placement(self.layers[name].shape):
+                raise ValueError(f"layer {name!r} is not the one the latency table was built for (kernel, stride, "
+                                 f"padding, dilation or input size differ): it was built for another model")
         return sum(self.layers[name].predict(shape, self.align) for name, shape in shapes.items())
 
     def predict(self, model: nn.Module) -> float:
@@ -175,6 +186,12 @@ class LatencyTable:
         return cls(LatencyTarget(**data["target"]), tuple(data["input_shape"]), int(data["align"]), layers,
                    float(data["baseline_ms"]), float(data["scale"]), float(data["build_seconds"]),
                    int(data["measurements"]), dict(data.get("meta", {})))
+
+
+def _placement(shape: LayerShape) -> tuple:
+    """What pruning leaves of a layer's geometry: all but its groups (a depthwise layer pruned to
+    one channel is a dense one)."""
+    return shape.kernel, shape.stride, shape.padding, shape.dilation, shape.height, shape.width
 
 
 def _shape_dict(shape: LayerShape) -> dict[str, Any]:
@@ -231,11 +248,13 @@ def _entry(shape: LayerShape, pairs: list[tuple[int, int]], measured, align: int
     geometry = shape.geometry()
     ins = sorted({i for i, _ in pairs})
     outs = (0,) if shape.depthwise else tuple(sorted({o for _, o in pairs}))
+    # the full width is measured as it is: an unaligned one belongs to both surfaces, so that
+    # unaligned widths between the last grid width and it are interpolated, not clamped
     aligned = [i for i in ins if i % align == 0 or i == shape.in_channels]
-    unaligned = [i for i in ins if i not in aligned]
+    unaligned = [i for i in ins if i % align]
 
     def surface(widths: list[int]) -> _Surface:
         return _Surface(tuple(widths), outs, tuple(
             tuple(measured[(geometry, i, i if shape.depthwise else o)] for o in outs) for i in widths))
 
-    return _LayerEntry(shape, surface(aligned), surface(unaligned) if unaligned else None)
+    return _LayerEntry(shape, surface(aligned), surface(unaligned) if unaligned and unaligned != aligned else None)
