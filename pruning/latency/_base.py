@@ -8,16 +8,18 @@ A runtime answers three questions, all on the target's device, batch and thread 
 * :meth:`LatencyRuntime.time_layer`: the median milliseconds of one convolution of a given shape
   and in/out widths, alone (what :class:`~pruning.latency.table.LatencyTable` is built from).
 * :meth:`LatencyRuntime.time_model`: the median milliseconds of a whole model as it is deployed
-  (onnxruntime: exported to ONNX, checked against PyTorch, then timed).
+  (onnxruntime: exported to ONNX, checked against PyTorch, then timed);
+  :meth:`LatencyRuntime.time_models` several models in alternating rounds.
 
 Adding a runtime is one file with a ``@register_runtime("name")`` class plus one import line in
 ``pruning/latency/__init__.py``; ``tests/pruning/latency/test_runtimes.py`` checks every entry.
 """
 from __future__ import annotations
 
+import statistics
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Mapping
 
 from torch import nn
 
@@ -92,8 +94,11 @@ class LayerShape:
         return self.groups > 1 and self.groups == self.in_channels == self.out_channels
 
     def geometry(self) -> tuple:
-        """What the time of a layer depends on besides its widths (a table key)."""
-        return (self.kernel, self.stride, self.padding, self.dilation, self.height, self.width, self.depthwise)
+        """What the time of a layer depends on besides its widths (a table key). A depthwise
+        layer's groups follow its width; any other layer's are part of its geometry, so that a
+        dense and a grouped layer of one kernel and input size are timed apart."""
+        groups = "depthwise" if self.depthwise else self.groups
+        return (self.kernel, self.stride, self.padding, self.dilation, self.height, self.width, groups)
 
     def with_widths(self, in_channels: int, out_channels: int) -> LayerShape:
         groups = in_channels if self.depthwise else self.groups
@@ -121,6 +126,18 @@ class LatencyRuntime(ABC):
     @abstractmethod
     def time_model(self, model: nn.Module, input_shape: InputShape, target: LatencyTarget) -> LatencyResult:
         """Median latency of ``model`` as deployed on this runtime."""
+
+    def time_models(self, models: Mapping[str, nn.Module], input_shape: InputShape, target: LatencyTarget,
+                    rounds: int = 3) -> dict[str, float]:
+        """Median milliseconds of each of ``models`` over ``rounds`` rounds that time them in turn:
+        a moment the machine is slower hits every model alike, and no model's number is one
+        moment's. A runtime that prepares a model at a cost (an export) overrides this to
+        prepare each once."""
+        timings: dict[str, list[float]] = {key: [] for key in models}
+        for _ in range(rounds):
+            for key, model in models.items():
+                timings[key].append(self.time_model(model, input_shape, target).median_ms)
+        return {key: statistics.median(values) for key, values in timings.items()}
 
 
 def register_runtime(name: str):

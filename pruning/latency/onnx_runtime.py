@@ -7,9 +7,10 @@ use onnxruntime's default graph optimisations, as a deployment does.
 """
 from __future__ import annotations
 
+import statistics
 import tempfile
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Mapping
 
 import numpy as np
 from torch import nn
@@ -63,15 +64,33 @@ class OnnxRuntime(LatencyRuntime):
                           warmup=target.warmup, repeats=target.repeats).median_ms
 
     def time_model(self, model: nn.Module, input_shape: InputShape, target: LatencyTarget) -> LatencyResult:
+        with tempfile.TemporaryDirectory(prefix="prunesweep-latency-") as folder:
+            run = self._deployed(model, input_shape, target, Path(folder) / "model.onnx")
+        return time_calls(run, batch_size=target.batch, threads=target.threads, warmup=target.warmup,
+                          repeats=target.repeats)
+
+    def time_models(self, models: Mapping[str, nn.Module], input_shape: InputShape, target: LatencyTarget,
+                    rounds: int = 3) -> dict[str, float]:
+        """Each model exported once, then timed in alternating rounds (see the base class)."""
+        with tempfile.TemporaryDirectory(prefix="prunesweep-latency-") as folder:
+            runs = {key: self._deployed(model, input_shape, target, Path(folder) / f"model{i}.onnx")
+                    for i, (key, model) in enumerate(models.items())}
+        timings: dict[str, list[float]] = {key: [] for key in runs}
+        for _ in range(rounds):
+            for key, run in runs.items():
+                timings[key].append(time_calls(run, batch_size=target.batch, threads=target.threads,
+                                               warmup=target.warmup, repeats=target.repeats).median_ms)
+        return {key: statistics.median(values) for key, values in timings.items()}
+
+    def _deployed(self, model: nn.Module, input_shape: InputShape, target: LatencyTarget, path: Path):
+        """``model`` exported to ``path`` (checked against PyTorch) in a session: a call that runs
+        one batch of zeros."""
         from pruning.export import INPUT_NAME, export_model
 
-        with tempfile.TemporaryDirectory(prefix="prunesweep-latency-") as folder:
-            path = Path(folder) / "model.onnx"
-            export_model(model, input_shape, path, "onnx")
-            session = self.session(str(path), target)
+        export_model(model, input_shape, path, "onnx")
+        session = self.session(str(path), target)
         feed = {INPUT_NAME: np.zeros((target.batch, *input_shape), dtype=np.float32)}
-        return time_calls(lambda: session.run(None, feed), batch_size=target.batch, threads=target.threads,
-                          warmup=target.warmup, repeats=target.repeats)
+        return lambda: session.run(None, feed)
 
 
 @register_runtime("tensorrt")

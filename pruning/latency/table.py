@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pruning.errors import InputError
 from pruning.latency._base import LatencyRuntime, LatencyTarget, LayerShape
 from pruning.structure.measure import InputShape
 from pruning.utils import model_device, preserved_modes
@@ -74,7 +75,11 @@ def _pair(value) -> tuple[int, int]:
 
 def grid_widths(full: int, points: int) -> tuple[int, ...]:
     """The widths a dimension of ``full`` channels is timed at: multiples of a step (a multiple of
-    :data:`STEP_MULTIPLE` giving at most ``points`` of them) below ``full``, and ``full``."""
+    :data:`STEP_MULTIPLE` giving at most ``points`` of them) below ``full``, and ``full``; both
+    must be integers >= 1 (one-line ``InputError``)."""
+    for key, value in (("layer width", full), ("latency table points", points)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InputError(f"{key} must be an integer >= 1, got {value!r}")
     step = STEP_MULTIPLE * max(1, -(-full // (points * STEP_MULTIPLE)))
     return tuple(sorted({*range(step, full, step), full}))
 
@@ -115,8 +120,9 @@ def _bracket(grid: Sequence[int], value: int) -> tuple[int, int, float]:
 @dataclass(frozen=True)
 class _LayerEntry:
     """One convolution of the unpruned model: its shape and the surfaces its time is read from
-    (``aligned``: input widths multiples of the runtime's ``align``; ``unaligned``: the others;
-    None where all grid widths are aligned or unaligned alike)."""
+    (``aligned``: input widths multiples of the runtime's ``align``, and the full width;
+    ``unaligned``: the others, the full width among them where it is unaligned; None where no
+    width but the full one is unaligned)."""
 
     shape: LayerShape
     aligned: _Surface
@@ -164,6 +170,10 @@ class LatencyTable:
             raise ValueError(f"the latency table has no layer {missing[0]!r}: it was built for another model")
         sums = [0.0, 0.0]
         for name, shape in shapes.items():
+            # pruning changes widths only: a layer of another kernel, stride or input size is another model's
+            if _placement(shape) != _placement(self.layers[name].shape):
+                raise ValueError(f"layer {name!r} is not the one the latency table was built for (kernel, stride, "
+                                 f"padding, dilation or input size differ): it was built for another model")
             sums[self.layers[name].unaligned_input(shape, self.align)] += self.layers[name].predict(shape, self.align)
         return sums[0], sums[1]
 
@@ -194,6 +204,12 @@ class LatencyTable:
                    int(data["measurements"]), dict(data.get("meta", {})))
 
 
+def _placement(shape: LayerShape) -> tuple:
+    """What pruning leaves of a layer's geometry: all but its groups (a depthwise layer pruned to
+    one channel is a dense one)."""
+    return shape.kernel, shape.stride, shape.padding, shape.dilation, shape.height, shape.width
+
+
 def _shape_dict(shape: LayerShape) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in vars(shape).items()}
 
@@ -222,8 +238,8 @@ def build_latency_table(model: nn.Module, input_shape: InputShape, runtime: Late
     layers = {name: _entry(shape, grids[name], measured, runtime.align) for name, shape in shapes.items()}
     table = LatencyTable(target, tuple(input_shape), runtime.align, layers, 0.0, (1.0, 1.0, 0.0), 0.0, len(wanted))
     calibration_models = {"unpruned": model, **calibration_variants(model, input_shape)}
-    measured_ms = {key: runtime.time_model(m, input_shape, target).median_ms for key, m in calibration_models.items()}
-    sums = {key: table.layer_sums(layer_shapes(m, input_shape)) for key, m in calibration_models.items()}
+    measured_ms = runtime.time_models(calibration_models, input_shape, target)
+    sums = {key: list(table.layer_sums(layer_shapes(m, input_shape))) for key, m in calibration_models.items()}
     return replace(table, baseline_ms=measured_ms["unpruned"], calibration=fit_calibration(sums, measured_ms),
                    build_seconds=time.perf_counter() - started,
                    meta={"points": points, "calibration_ms": measured_ms, "calibration_sums": sums})
@@ -232,7 +248,7 @@ def build_latency_table(model: nn.Module, input_shape: InputShape, runtime: Late
 def calibration_variants(model: nn.Module, input_shape: InputShape) -> dict[str, nn.Module]:
     """``model`` pruned uniformly to half of every prunable layer's channels: ``aligned`` keeps
     multiples of 8, ``unaligned`` one channel fewer (an odd width). Channels are kept by index:
-    their weights do not change a latency. None where the model has nothing to prune."""
+    their weights do not change a latency. Empty where the model has nothing to prune."""
     from pruning.structure import PruningSpace, prune_model
 
     example = torch.zeros(1, *input_shape, device=model_device(model))
@@ -241,13 +257,15 @@ def calibration_variants(model: nn.Module, input_shape: InputShape) -> dict[str,
     if not groups:
         return {}
     scores = {g.name: -torch.arange(g.size, dtype=torch.float32) for g in groups}
-    variants = {}
-    for name, unaligned in (("aligned", 0), ("unaligned", 1)):
-        keep = {g.name: max(1, min(g.size, STEP_MULTIPLE * round(g.size / 2 / STEP_MULTIPLE)) - unaligned)
-                for g in groups if g.size > STEP_MULTIPLE}
-        if keep:
-            variants[name] = prune_model(model, example, space, keep, scores)[0]
-    return variants
+    half = {g.name: min(g.size, max(STEP_MULTIPLE, STEP_MULTIPLE * round(g.size / 2 / STEP_MULTIPLE)))
+            for g in groups if g.size > STEP_MULTIPLE}
+    if not half:
+        return {}
+    # unaligned: one channel under an aligned width of at least two grid steps, so that no width
+    # falls under a layer's first grid width (where the table can only clamp)
+    unaligned = {name: min(space[name].size, max(width, 2 * STEP_MULTIPLE)) - 1 for name, width in half.items()}
+    return {name: prune_model(model, example, space, keep, scores)[0]
+            for name, keep in (("aligned", half), ("unaligned", unaligned))}
 
 
 def fit_calibration(sums: Mapping[str, tuple[float, float]], measured_ms: Mapping[str, float]) -> tuple[float, float, float]:
@@ -292,11 +310,13 @@ def _entry(shape: LayerShape, pairs: list[tuple[int, int]], measured, align: int
     geometry = shape.geometry()
     ins = sorted({i for i, _ in pairs})
     outs = (0,) if shape.depthwise else tuple(sorted({o for _, o in pairs}))
+    # the full width is measured as it is: an unaligned one belongs to both surfaces, so that
+    # unaligned widths between the last grid width and it are interpolated, not clamped
     aligned = [i for i in ins if i % align == 0 or i == shape.in_channels]
-    unaligned = [i for i in ins if i not in aligned]
+    unaligned = [i for i in ins if i % align]
 
     def surface(widths: list[int]) -> _Surface:
         return _Surface(tuple(widths), outs, tuple(
             tuple(measured[(geometry, i, i if shape.depthwise else o)] for o in outs) for i in widths))
 
-    return _LayerEntry(shape, surface(aligned), surface(unaligned) if unaligned else None)
+    return _LayerEntry(shape, surface(aligned), surface(unaligned) if unaligned and unaligned != aligned else None)
