@@ -14,8 +14,8 @@ fastest latency-front model at the same test accuracy (no more than 0.5 point lo
 speedup.
 
     python benchmarks/latency_objective.py folder --root /tmp/fmnist96
-    python benchmarks/latency_objective.py train --root /tmp/fmnist96 --model torchvision:resnet18 --out /tmp/r18.pt
-    python benchmarks/latency_objective.py sweep --checkpoint /tmp/r18.pt --trials 24 \
+    python benchmarks/latency_objective.py train --root /tmp/fmnist96 --model torchvision:resnet18 --out /tmp/resnet18.pt
+    python benchmarks/latency_objective.py sweep --checkpoint /tmp/resnet18.pt --trials 24 \
         --out benchmarks/results/latency_objective_resnet18.json
     python benchmarks/latency_objective.py report benchmarks/results/latency_objective_*.json \
         [--write docs/benchmarks.md --key latency-objective]
@@ -68,7 +68,8 @@ def write_folder(args) -> None:
 def train(args) -> None:
     subprocess.run([sys.executable, "-m", "orchestrator.cli", "train", "--dataset", "imagefolder", "--data-root",
                     args.root, "--image-size", str(IMAGE_SIZE), "--model", args.model, "--epochs", str(args.epochs),
-                    "--lr", str(args.lr), "--batch-size", "64", "--calibration-size", "1000", "--out", args.out],
+                    "--lr", str(args.lr), "--batch-size", "64", "--calibration-size", "1000", "--train-subset",
+                    str(args.train_subset), "--out", args.out, "--progress"],
                    check=True)
 
 
@@ -201,7 +202,8 @@ def main() -> None:
     p = sub.add_parser("train")
     p.add_argument("--root", required=True)
     p.add_argument("--model", required=True)
-    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--train-subset", type=int, default=6000)
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--out", required=True)
     p = sub.add_parser("sweep")
