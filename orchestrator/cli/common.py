@@ -12,11 +12,13 @@ import sys
 from dataclasses import dataclass, replace
 from typing import Any
 
+import torch
 from torch import nn
 
 from orchestrator import distributed
 from pruning.data import DataConfig, DataSplits, load_data, make_eval_loader, recorded_data_fields
 from pruning.errors import InputError
+from pruning.utils import model_device
 from pruning.structure import ModelSpec, check_fits, load_checkpoint, measure_cost, measure_latency, model_for_data
 
 __all__ = [
@@ -156,8 +158,9 @@ def make_test_loader(splits: DataSplits, args: argparse.Namespace | None = None,
 
 def measure(model: nn.Module, shape: tuple[int, int, int], accuracy: float | None, *,
             progress: bool = False) -> dict[str, Any]:
-    """MACs, parameters, the given accuracy and the median latency at batch 1 and 64 (``progress``:
-    a "latency" bar on stderr, one step per timed or warm-up forward pass)."""
+    """MACs, parameters, the given accuracy and the median latency at batch 1 and 64, with where and
+    how it was timed under ``latency`` (``progress``: a "latency" bar on stderr, one step per
+    timed or warm-up forward pass)."""
     from tqdm.auto import tqdm
 
     cost = measure_cost(model, shape)
@@ -177,7 +180,17 @@ def measure(model: nn.Module, shape: tuple[int, int, int], accuracy: float | Non
         "accuracy": accuracy,
         "latency_ms": latency[1],
         "latency_ms_batch64": latency[64],
+        "latency": {"runtime": "torch", "device": str(model_device(model)), "batches": list(LATENCY_BATCHES),
+                    "threads": torch.get_num_threads(), "warmup": defaults["warmup"].default,
+                    "repeats": defaults["repeats"].default},
     }
+
+
+def describe_latency(latency: dict[str, Any]) -> str:
+    """One line saying where :func:`measure`'s latencies were timed."""
+    batches = " and ".join(str(b) for b in latency["batches"])
+    return (f"latency: {latency['runtime']} on {latency['device']}, batch {batches}, {latency['threads']} thread(s), "
+            f"median of {latency['repeats']} runs")
 
 
 def collect_stats(args: argparse.Namespace, model: nn.Module, groups, batches, options, *,

@@ -20,7 +20,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> CommandResult:
-    from orchestrator.cli.common import command_device, load_fitting, make_test_loader, measure
+    from orchestrator.cli.common import command_device, describe_latency, load_fitting, make_test_loader, measure
     from orchestrator.report import format_table
     from pruning.training import evaluate
 
@@ -31,5 +31,6 @@ def run(args: argparse.Namespace) -> CommandResult:
     test = evaluate(loaded.model, make_test_loader(loaded.splits, args, device), progress=progress, amp=args.amp)
     data = {"checkpoint": args.checkpoint, "model": loaded.spec.name, "dataset": loaded.splits.name, "loss": test.loss,
             **measure(loaded.model, loaded.shape, test.accuracy, progress=progress)}
-    rows = [(k, v) for k, v in data.items() if k != "checkpoint"]
-    return CommandResult(format_table(rows, ("", args.checkpoint or args.weights or args.model)), data)
+    rows = [(k, v) for k, v in data.items() if k not in ("checkpoint", "latency")]
+    text = format_table(rows, ("", args.checkpoint or args.weights or args.model)) + "\n" + describe_latency(data["latency"])
+    return CommandResult(text, data)

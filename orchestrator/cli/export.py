@@ -53,6 +53,9 @@ def run(args: argparse.Namespace) -> CommandResult:
         "checkpoint": args.checkpoint, "model": spec.name, "format": args.format, "out": args.out,
         "opset": OPSET if args.format == "onnx" else None, "input_shape": list(shape),
         "pruned": "pruning" in spec.meta, "check": check.to_dict(), "threads": args.threads, "latency_ms": latency,
+        # where and how every latency above was timed (both runtimes on the CPU)
+        "latency": {"device": "cpu", "batches": list(LATENCY_BATCHES), "threads": args.threads,
+                    "warmup": args.warmup, "repeats": args.repeats},
     }
     return CommandResult(_summary(data, runtime), data)
 

@@ -255,6 +255,7 @@ def _write_outputs(args, loaded, pruned, pruning: dict) -> None:
 
 
 def _summary(args, loaded, base: dict, after: dict, pruning: dict) -> str:
+    from orchestrator.cli.common import describe_latency
     from orchestrator.report import format_table
 
     rows = [(k, base[k], after[k], _change(base[k], after[k], difference=k == "accuracy"))
@@ -266,6 +267,7 @@ def _summary(args, loaded, base: dict, after: dict, pruning: dict) -> str:
         + "\naccuracy by stage: " + ", ".join(f"{k} {v:.4f}" for k, v in pruning["accuracy_stages"].items())
         + f"\nMACs -{pruning['macs_reduction']:.1%}, params -{pruning['params_reduction']:.1%}, "
         f"measured speedup {pruning['speedup_batch1']:.2f}x (batch 1), {pruning['speedup_batch64']:.2f}x (batch 64)"
+        + f"\n{describe_latency(base['latency'])}"
         + (f"\n-> {args.out}" if args.out else "")
     )
 

@@ -48,6 +48,7 @@ def test_export_onnx_of_a_pruned_checkpoint_is_checked_and_timed(pruned_resnet20
     assert check["passed"] and check["batch_size"] == 8
     assert check["max_abs_diff"] <= check["tolerance"] == pytest.approx(TOLERANCE * check["logits_scale"])
     assert set(data["latency_ms"]) == {"pytorch", "onnxruntime"}
+    assert data["latency"] == {"device": "cpu", "batches": [1, 64], "threads": 1, "warmup": 0, "repeats": 2}
     for runtime in data["latency_ms"].values():
         assert set(runtime) == {"batch1", "batch64"} and all(ms > 0 for ms in runtime.values())
     model, _ = load_checkpoint(pruned_resnet20)

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from cli_helpers import run_json
+from orchestrator.cli import main
 from pruning.structure import load_checkpoint
 
 pytestmark = pytest.mark.fashion_mnist
@@ -31,6 +33,14 @@ def test_train_json_fields_and_checkpoint(trained_resnet20, capsys):
     assert evaluated["accuracy"] == pytest.approx(data["test_accuracy"])
     assert evaluated["macs"] > 0 and evaluated["params"] == sum(p.numel() for p in model.parameters())
     assert evaluated["latency_ms"] > 0
+    # where and how it was timed, in the JSON and as a line of the text
+    timing = evaluated["latency"]
+    assert {k: timing[k] for k in ("runtime", "device", "batches", "threads")} == {
+        "runtime": "torch", "device": "cpu", "batches": [1, 64], "threads": torch.get_num_threads()}
+    assert timing["repeats"] >= 1 and timing["warmup"] >= 0
+    main(["eval", "--checkpoint", str(path), "--quiet"])
+    assert (f"latency: torch on cpu, batch 1 and 64, {torch.get_num_threads()} thread(s), median of "
+            f"{timing['repeats']} runs") in capsys.readouterr().out
 
 
 def test_stats_json_and_file(trained_resnet20, tmp_path, capsys):
