@@ -5,8 +5,8 @@ written as PNGs once, resized on load; two epochs on 6,000 images, what two core
 folder holds the first 7,000 training images, in Fashion-MNIST's own shuffled order, since a
 ``--train-subset`` of an imagefolder takes its first images, i.e. its first classes): at 96 px a ResNet-18 or MobileNetV2 forward pass takes
 milliseconds, so latency is not call overhead. Both sweeps search the same space (the
-``concentration`` layer ratios, ``round_to`` searched over 1 and 8) with the same seed and
-trials; one minimises MACs, the other the latency the table predicts on onnxruntime (CPU, one
+``concentration`` layer ratios, ``round_to`` searched over 1 and 8, 12 warm starts) with the
+same seed and trials; one minimises MACs, the other the latency the table predicts on onnxruntime (CPU, one
 thread, batch 1). At the end every front model of both sweeps is exported and timed again in
 this process, alternating, so that the two fronts are compared on one set of measurements.
 
@@ -17,7 +17,7 @@ speedup.
 
     python benchmarks/latency_objective.py folder --root /tmp/fmnist96
     python benchmarks/latency_objective.py train --root /tmp/fmnist96 --model torchvision:resnet18 --out /tmp/resnet18.pt
-    python benchmarks/latency_objective.py sweep --checkpoint /tmp/resnet18.pt --trials 24 \
+    python benchmarks/latency_objective.py sweep --checkpoint /tmp/resnet18.pt --trials 32 \
         --out benchmarks/results/latency_objective_resnet18.json
     python benchmarks/latency_objective.py report benchmarks/results/latency_objective_*.json \
         [--write docs/benchmarks.md --key latency-objective]
@@ -82,8 +82,9 @@ def sweep_config(args, name: str, objectives: dict, run_dir: Path) -> dict:
         "name": name, "checkpoint": str(Path(args.checkpoint).absolute()), "run_dir": str(run_dir),
         "data": {"calibration_images": 256, "batch_size": 64, "image_size": IMAGE_SIZE},
         "recipe": {"bn_batches": 4, "batch_size": 64},
+        # 12 warm starts (6 targets x 2 round_to values), the rest of the trials sampled by NSGA-II
         "space": {"name": "concentration", "criteria": ["l1"], "flops_reduction": [0.3, 0.8],
-                  "finetune_epochs": [0, 0], "round_to": [1, 8]},
+                  "finetune_epochs": [0, 0], "round_to": [1, 8], "global_ranking": False},
         "sweep": sweep,
     }
 
@@ -107,18 +108,16 @@ def run(args) -> None:
     ray.shutdown()
     target = LatencyTarget(**{k: TARGET[k] for k in ("runtime", "device", "batch", "threads", "repeats")})
     runtime = create_runtime(target.runtime)
-    models = {(label, row["trial"]): load_checkpoint(Path(row["checkpoint"]) / "pruned.pt")
+    loaded = {f"{label}/{row['trial']}": load_checkpoint(Path(row["checkpoint"]) / "pruned.pt")
               for label, result in results.items() for row in result.front}
-    shape = next(iter(models.values()))[1].input_shape
-    timings: dict = {key: [] for key in models}
-    for _ in range(args.rounds):  # alternating: a slow moment of the machine hits every model alike
-        for key, (model, _) in models.items():
-            timings[key].append(runtime.time_model(model, tuple(shape), target).median_ms)
+    shape = tuple(next(iter(loaded.values()))[1].input_shape)
+    # every front model of both sweeps in alternating rounds: a slow moment hits them all alike
+    timings = runtime.time_models({key: model for key, (model, _) in loaded.items()}, shape, target, args.rounds)
     fronts = {}
     for label, result in results.items():
         fronts[label] = [{
             "trial": row["trial"], "test_accuracy": row["test_accuracy"], "macs": row["macs"],
-            "latency_ms": statistics.median(timings[(label, row["trial"])]),
+            "latency_ms": timings[f"{label}/{row['trial']}"],
             **({k: row.get(k) for k in ("latency_predicted_ms", "latency_measured_ms", "latency_error")}
                if label == "latency" else {}),
             "round_to": row["params"].get("round_to"),
@@ -208,8 +207,8 @@ def main() -> None:
     p.add_argument("--out", required=True)
     p = sub.add_parser("sweep")
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--trials", type=int, default=24)
-    p.add_argument("--rounds", type=int, default=3, help="alternating timing rounds of the front models")
+    p.add_argument("--trials", type=int, default=32)
+    p.add_argument("--rounds", type=int, default=5, help="alternating timing rounds of the front models")
     p.add_argument("--out", required=True)
     p = sub.add_parser("report")
     p.add_argument("results", nargs="+")

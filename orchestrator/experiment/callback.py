@@ -56,7 +56,8 @@ def run_name(trial) -> str:
 
 class ProgressLines(tune.Callback):
     """One line on stderr per ended trial (instead of Tune's status tables):
-    ``[screen] trial-003 finished: accuracy 0.8125, macs 1.2e+07 (4/16 done, 1 failed)``,
+    ``[screen] trial-003 finished: accuracy 0.8125, macs 1.2e+07 (4/16 done, 1 failed)`` (and the
+    latency where the sweep measures it: ``, latency 2.31 ms``),
     or with ``as_bar`` one progress bar for them all: ``[study] 37/96 cells, 2 failed, ETA``.
 
     ``enabled`` and ``as_bar`` are process-wide (set by the driver before each run) so that a
@@ -91,6 +92,8 @@ class ProgressLines(tune.Callback):
             detail = ": infeasible"
         elif finite_metric(result.get("accuracy")) is not None and finite_metric(result.get("macs")) is not None:
             detail = f": accuracy {result['accuracy']:.4f}, macs {result['macs']:.3g}"
+            if finite_metric(result.get("latency_ms")) is not None:
+                detail += f", latency {result['latency_ms']:.3g} ms"
         print(f"[{self.stage}] {run_name(trial)} {what}{detail} "
               f"({len(done | failed)}/{max(self.total, len(trials))} done, {len(failed)} failed)", file=sys.stderr, flush=True)
 
