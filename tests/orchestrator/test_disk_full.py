@@ -24,10 +24,10 @@ import yaml
 
 from orchestrator import cli
 from orchestrator.cli import info
-from orchestrator.experiment import TAG_TRIAL_NUMBER
+from orchestrator.experiment import TAG_TRIAL_NUMBER, Tracker
 from orchestrator.sweeps import SweepConfig
 from resume_helpers import wait_while_running
-from sweep_helpers import main_json, sweep_config, tracker_of
+from sweep_helpers import main_json, sweep_config
 
 REPO = Path(__file__).resolve().parents[2]
 SPACE = {"name": "uniform", "criteria": ["l1"], "finetune_epochs": [1, 1], "flops_bounds": [0.0, 0.9]}
@@ -77,9 +77,12 @@ def run_cli(argv: list) -> tuple[int, str, str]:
 
 
 def trial_numbers(run_dir: Path) -> list[int]:
-    """The trial numbers MLflow holds for the sweep in ``run_dir``, each run FINISHED."""
+    """The trial numbers the SQLite store in ``run_dir`` holds for its sweep (which may have run
+    elsewhere: a copy), each run FINISHED."""
     config = SweepConfig.from_dict(yaml.safe_load((run_dir / "sweep.yaml").read_text()))
-    runs = tracker_of(config).trial_runs().values()
+    tracker = Tracker(f"sqlite:///{run_dir / 'mlflow.db'}", "prunesweep", run_dir, recorded_run_dir=config.run_dir)
+    assert tracker.find_parent() is not None
+    runs = tracker.trial_runs().values()
     assert {r.info.status for r in runs} == {"FINISHED"}
     return sorted(int(r.data.tags[TAG_TRIAL_NUMBER]) for r in runs)
 
@@ -187,10 +190,9 @@ def test_a_full_disk_stops_the_sweep_in_one_line_and_resume_finishes_it(ray_sess
 
 
 @pytest.mark.fashion_mnist
-def test_a_cut_short_tune_state_resumes_from_its_copy_or_is_one_line(ray_session, trained_resnet20, tmp_path):
-    run_dir = tmp_path / "run"
-    config = write_config(tmp_path, trained_resnet20["out"], run_dir, trials=2)
-    assert main_json(["sweep", "--config", config])["complete"]
+def test_a_cut_short_tune_state_resumes_from_its_copy_or_is_one_line(finished_sweep, tmp_path):
+    # a copy of the session's finished 2-trial sweep, to cut short (a sweep of its own adds nothing)
+    run_dir = Path(shutil.copytree(finished_sweep.run_dir, tmp_path / "run"))
     copies = run_dir / ".tune-backup"
     assert (copies / "tune").is_dir()
     [state] = (run_dir / "tune").glob("experiment_state-*.json")

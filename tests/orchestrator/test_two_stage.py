@@ -19,6 +19,7 @@ from orchestrator.sweeps.refine import select_candidates
 from orchestrator.experiment.tracking import TAG_REFINES, TAG_STAGE
 from pruning.structure import PruningSpace, load_checkpoint
 from search_spaces import SpaceContext
+from sweep_helpers import main_json
 
 REPO = Path(__file__).resolve().parents[2]
 #: latency on PyTorch (a table builds in a second): screening predicts it, refinement measures it
@@ -147,10 +148,8 @@ def test_the_front_comes_from_the_refined_trials_only(two_stage):
     checkpoints = {a.path for a in tracker.client.list_artifacts(tracker.parent_run_id, "pareto/checkpoints")}
     assert checkpoints == {f"pareto/checkpoints/{row['trial']}.pt" for row in data["front"]}
     # `prunesweep pareto` reads the same two-stage front back
-    done = subprocess.run([sys.executable, "-m", "orchestrator.cli", "pareto", two_stage["config"].run_dir, "--json"],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert [r["trial_id"] for r in json.loads(done.stdout)["front"]] == [r["trial_id"] for r in data["front"]]
+    read_back = main_json(["pareto", two_stage["config"].run_dir])
+    assert [r["trial_id"] for r in read_back["front"]] == [r["trial_id"] for r in data["front"]]
 
 
 @pytest.mark.fashion_mnist
@@ -219,10 +218,7 @@ def test_the_front_models_are_mlflow_onnx_models_and_pareto_exports_them_checked
         assert tracker.has_logged_model(run.info.run_id, ONNX_MODEL_NAME) == (run.info.run_id in front_runs)
 
     out = tmp_path / "onnx"
-    done = subprocess.run([sys.executable, "-m", "orchestrator.cli", "pareto", two_stage["config"].run_dir,
-                           "--export", str(out), "--json"], cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    exported = json.loads(done.stdout)["export"]
+    exported = main_json(["pareto", two_stage["config"].run_dir, "--export", out])["export"]
     assert [e["trial"] for e in exported] == [row["trial"] for row in data["front"]]
     assert sorted(p.name for p in out.iterdir()) == sorted(f"{row['trial']}.onnx" for row in data["front"])
     for entry in exported:

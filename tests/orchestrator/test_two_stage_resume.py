@@ -24,6 +24,7 @@ from orchestrator.sweeps import SweepConfig
 from orchestrator.experiment.tracking import TAG_PARENT, TAG_REFINES, TAG_STAGE
 from orchestrator.experiment.trial_meta import META_KEY
 from resume_helpers import ran_once
+from sweep_helpers import main_json
 
 REPO = Path(__file__).resolve().parents[2]
 SCREEN_TRIALS, CANDIDATES = 4, 2
@@ -163,10 +164,8 @@ def test_killed_in_either_stage_a_two_stage_sweep_resumes_without_losing_or_repe
     screen_folders = _reported_once(screen_dir)
     assert len(screen_folders) == SCREEN_TRIALS
 
-    # 3. resumed again: refinement only, to the end
-    done = subprocess.run([*resume[:-1], "--json"], cwd=REPO, capture_output=True, text=True, timeout=TIMEOUT_S)
-    assert done.returncode == 0, done.stderr[-3000:]
-    data = json.loads(done.stdout)
+    # 3. resumed again (in this process, on the same Ray): refinement only, to the end
+    data = main_json(["sweep", "--resume", run_dir])
     assert data["complete"] and data["counts"]["refined"] == CANDIDATES
     assert data["counts"]["trials"] == SCREEN_TRIALS + CANDIDATES
 
