@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import statistics
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -36,40 +36,39 @@ TABLE_FILE = "latency-table.json"
 
 @dataclass(frozen=True)
 class LatencySettings:
-    """``sweep.latency``: the deployment target of the ``latency_ms`` objective.
+    """``sweep.latency``: the deployment target of the ``latency_ms`` objective, written flat in
+    the config (``{runtime, device, batch, threads, warmup, repeats, table_points}``).
 
-    runtime: onnxruntime (default), torch or tensorrt (onnxruntime's TensorRT provider, a GPU only).
-    device: cpu or cuda. batch, threads: the batch size and intra-op threads it runs with.
-    warmup, repeats: untimed and timed runs of every measurement (the median is kept).
+    target: the :class:`~pruning.latency.LatencyTarget` (default: onnxruntime on the CPU, batch 1,
+        one thread; ``tensorrt`` is onnxruntime's TensorRT provider, a GPU only).
     table_points: widths per layer dimension the latency table times (more: finer, slower to build).
     """
 
-    runtime: str = "onnxruntime"
-    device: str = "cpu"
-    batch: int = 1
-    threads: int = 1
-    warmup: int = 3
-    repeats: int = 20
+    target: LatencyTarget = field(default_factory=LatencyTarget)
     table_points: int = 8
 
     def __post_init__(self) -> None:
-        check_choice("sweep.latency.runtime", self.runtime, list_runtimes())
-        check_choice("sweep.latency.device", self.device, DEVICES)
-        for key, low in (("batch", 1), ("threads", 1), ("warmup", 0), ("repeats", 1), ("table_points", 2)):
-            check_int(f"sweep.latency.{key}", getattr(self, key), lo=low)
-
-    @property
-    def target(self) -> LatencyTarget:
-        return LatencyTarget(self.runtime, self.device, self.batch, self.threads, self.warmup, self.repeats)
+        if not isinstance(self.target, LatencyTarget):
+            raise ConfigError("sweep.latency", f"must be a mapping, got {type(self.target).__name__}")
+        check_int("sweep.latency.table_points", self.table_points, lo=2)
 
     @classmethod
     def from_dict(cls, data: Any) -> LatencySettings:
-        data = check_mapping("sweep.latency", data)
-        check_keys("sweep.latency.", data, [f.name for f in fields(cls)])
-        return cls(**data)
+        """The section's keys checked one by one, so that an error names its key path."""
+        data = dict(check_mapping("sweep.latency", data))
+        check_keys("sweep.latency.", data, [*_TARGET_KEYS, "table_points"])
+        check_choice("sweep.latency.runtime", data.get("runtime", "onnxruntime"), list_runtimes())
+        check_choice("sweep.latency.device", data.get("device", "cpu"), DEVICES)
+        for key, low in (("batch", 1), ("threads", 1), ("warmup", 0), ("repeats", 1)):
+            check_int(f"sweep.latency.{key}", data.get(key, 1), lo=low)
+        return cls(LatencyTarget(**{k: data[k] for k in _TARGET_KEYS if k in data}), data.get("table_points", 8))
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        return {**self.target.to_dict(), "table_points": self.table_points}
+
+
+#: the keys of ``sweep.latency`` that are the :class:`~pruning.latency.LatencyTarget`'s
+_TARGET_KEYS = tuple(f.name for f in fields(LatencyTarget))
 
 
 def check_runtime(settings: LatencySettings) -> None:
@@ -102,7 +101,7 @@ def load_or_build_table(setup, folder: str | Path, settings: LatencySettings, pr
             shown["step"] = step
             say(True, f"  latency table: {done}/{total} layer timings")
 
-    table = build_latency_table(setup.model, tuple(setup.shape), create_runtime(settings.runtime), settings.target,
+    table = build_latency_table(setup.model, tuple(setup.shape), create_runtime(settings.target.runtime), settings.target,
                                 settings.table_points, report)
     text = json.dumps(table.to_dict())
     atomic_write(path, lambda tmp: tmp.write_text(text))
