@@ -11,6 +11,7 @@ from pruning.statistics import StatsOptions, collect_activation_stats
 from pruning.structure import PruningSpace
 from search_spaces import SpaceContext, create_search_space
 from search_spaces.stages import stage_assignment, stage_of
+from space_helpers import new_study, random_scores, sample_plan
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -37,25 +38,9 @@ def resnet56_stats():
     return space, collect_activation_stats(model, space.groups, batches, StatsOptions(bins=8))
 
 
-def _study() -> optuna.Study:
-    return optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-
-
-def _sample(space, trial: optuna.Trial, context: SpaceContext):
-    """What a sweep does with a trial: the space defines its parameters, then plans from them."""
-    space.define(trial, context)
-    return space.to_plan(trial.params, context)
-
-
-def _scores(context) -> dict[str, torch.Tensor]:
-    """Random channel scores: what a global-ranking plan is planned from."""
-    generator = torch.Generator().manual_seed(0)
-    return {g.name: torch.rand(g.size, generator=generator) for g in context.space.select(context.strategy)}
-
-
 def _assert_meets_target(space, plan, context) -> None:
     assert space.check_feasible(plan, context) is None
-    keep = plan.keep(context, _scores(context) if plan.needs_scores else None)
+    keep = plan.keep(context, random_scores(context) if plan.needs_scores else None)
     groups = {g.name: g for g in context.space.select(context.strategy)}
     assert set(keep) == set(groups)
     assert all(1 <= keep[n] <= groups[n].size for n in keep)
@@ -84,7 +69,7 @@ def test_stages_have_the_same_parameters_at_every_depth(resnets, strategy, expec
     for depth, pspace in resnets.items():
         context = SpaceContext(space=pspace, strategy=strategy)
         assert space.stage_names(context) == expected
-        trial = _study().ask()
+        trial = new_study().ask()
         space.define(trial, context)
         counts.add(len(trial.params))
         assert sorted(p for p in trial.params if p.startswith("weight.")) == sorted(f"weight.{s}" for s in expected)
@@ -126,10 +111,10 @@ def test_a_single_named_stage_falls_back_to_call_order():
 def test_deep_spaces_sample_plans_that_meet_their_target(resnets, depth, strategy, name, options):
     context = SpaceContext(space=resnets[depth], strategy=strategy)
     space = create_search_space(name, **options)
-    study = _study()
+    study = new_study()
     for _ in range(N_TRIALS):
         trial = study.ask()
-        plan = _sample(space, trial, context)
+        plan = sample_plan(space, trial, context)
         _assert_meets_target(space, plan, context)
         study.tell(trial, 0.0)
     for start in space.warm_starts(context):
@@ -141,10 +126,10 @@ def test_per_layer_concentration_prior_on_resnet56(resnet56_stats):
     context = SpaceContext(space=pspace, stats=stats)
     space = create_search_space("per_layer", prior="concentration", multiplier=(0.8, 1.25))
     assert space.needs_stats and not create_search_space("per_layer").needs_stats
-    study = _study()
+    study = new_study()
     for _ in range(N_TRIALS):
         trial = study.ask()
-        plan = _sample(space, trial, context)
+        plan = sample_plan(space, trial, context)
         _assert_meets_target(space, plan, context)
         assert plan.needs_scores or set(plan.ratio_weights) == {g.name for g in pspace.groups}
         study.tell(trial, 0.0)
@@ -154,7 +139,7 @@ def test_per_layer_concentration_prior_on_resnet56(resnet56_stats):
         {**{k: v for k, v in start.items() if not k.startswith("mult.")}, "alpha": 0.5, "temperature": 1.0}, context)
     assert space.to_plan(start, context).keep(context) == plain.keep(context)
     with pytest.raises(ValueError, match="activation statistics"):
-        _sample(space, _study().ask(), SpaceContext(space=pspace))
+        sample_plan(space, new_study().ask(), SpaceContext(space=pspace))
 
 
 def test_stage_weights_shape_the_plan(resnets):
@@ -176,8 +161,8 @@ def test_stage_weights_shape_the_plan(resnets):
 def test_per_layer_prior_parameters_and_uniform_multipliers(resnets):
     context = SpaceContext(space=resnets["resnet110"])
     space = create_search_space("per_layer", prior="uniform", global_ranking=False)
-    trial = _study().ask()
-    plan = _sample(space, trial, context)
+    trial = new_study().ask()
+    plan = sample_plan(space, trial, context)
     groups = [g.name for g in context.space.groups]
     assert sorted(p for p in trial.params if p.startswith("mult.")) == sorted(f"mult.{g}" for g in groups)
     assert not any(p.startswith("ratio.") for p in trial.params) and "flops_reduction" in trial.params
@@ -192,13 +177,13 @@ def test_per_layer_prior_parameters_and_uniform_multipliers(resnets):
 def test_round_to_plans_keep_multiples_and_meet_their_target(resnets, name):
     context = SpaceContext(space=resnets["resnet56"])
     space = create_search_space(name, round_to=8)
-    study = _study()
+    study = new_study()
     for _ in range(5):
         trial = study.ask()
-        plan = _sample(space, trial, context)
+        plan = sample_plan(space, trial, context)
         assert plan.config.round_to == 8
         _assert_meets_target(space, plan, context)
-        keep = plan.keep(context, _scores(context) if plan.needs_scores else None)
+        keep = plan.keep(context, random_scores(context) if plan.needs_scores else None)
         assert all(keep[g.name] % 8 == 0 or keep[g.name] == g.size for g in context.space.groups)
         study.tell(trial, 0.0)
     with pytest.raises(ValueError, match="round_to must be an integer >= 1 or a list of integers >= 1, got 0"):
