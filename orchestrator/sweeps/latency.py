@@ -57,10 +57,12 @@ class LatencySettings:
         """The section's keys checked one by one, so that an error names its key path."""
         data = dict(check_mapping("sweep.latency", data))
         check_keys("sweep.latency.", data, [*_TARGET_KEYS, "table_points"])
-        check_choice("sweep.latency.runtime", data.get("runtime", "onnxruntime"), list_runtimes())
-        check_choice("sweep.latency.device", data.get("device", "cpu"), DEVICES)
+        for key, valid in (("runtime", list_runtimes()), ("device", DEVICES)):
+            if key in data:
+                check_choice(f"sweep.latency.{key}", data[key], valid)
         for key, low in (("batch", 1), ("threads", 1), ("warmup", 0), ("repeats", 1)):
-            check_int(f"sweep.latency.{key}", data.get(key, 1), lo=low)
+            if key in data:
+                check_int(f"sweep.latency.{key}", data[key], lo=low)
         return cls(LatencyTarget(**{k: data[k] for k in _TARGET_KEYS if k in data}), data.get("table_points", 8))
 
     def to_dict(self) -> dict[str, Any]:

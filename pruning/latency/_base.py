@@ -16,20 +16,21 @@ Adding a runtime is one file with a ``@register_runtime("name")`` class plus one
 """
 from __future__ import annotations
 
+import functools
 import statistics
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
-from typing import Any, ClassVar, Mapping
+from typing import Any, Callable, ClassVar, Mapping
 
 from torch import nn
 
 from pruning.errors import InputError
 from pruning.registry import Registry
-from pruning.structure.measure import InputShape, LatencyResult
+from pruning.structure.measure import InputShape, LatencyResult, time_calls
 
 __all__ = [
     "DEVICES", "LatencyTarget", "LatencyRuntime", "LayerShape", "RuntimeUnavailableError", "register_runtime",
-    "create_runtime", "list_runtimes", "check_available",
+    "create_runtime", "list_runtimes", "check_available", "time_on", "alternate_rounds",
 ]
 
 DEVICES = ("cpu", "cuda")
@@ -133,11 +134,23 @@ class LatencyRuntime(ABC):
         a moment the machine is slower hits every model alike, and no model's number is one
         moment's. A runtime that prepares a model at a cost (an export) overrides this to
         prepare each once."""
-        timings: dict[str, list[float]] = {key: [] for key in models}
-        for _ in range(rounds):
-            for key, model in models.items():
-                timings[key].append(self.time_model(model, input_shape, target).median_ms)
-        return {key: statistics.median(values) for key, values in timings.items()}
+        return alternate_rounds({key: functools.partial(self.time_model, model, input_shape, target)
+                                 for key, model in models.items()}, rounds)
+
+
+def time_on(call: Callable[[], Any], target: LatencyTarget) -> LatencyResult:
+    """``call`` timed as ``target`` says: its warm-up and timed runs, its batch and threads."""
+    return time_calls(call, batch_size=target.batch, threads=target.threads, warmup=target.warmup,
+                      repeats=target.repeats)
+
+
+def alternate_rounds(timers: Mapping[str, Callable[[], LatencyResult]], rounds: int) -> dict[str, float]:
+    """The median over ``rounds`` of each timer's median milliseconds, the timers run in turn."""
+    timings: dict[str, list[float]] = {key: [] for key in timers}
+    for _ in range(rounds):
+        for key, timer in timers.items():
+            timings[key].append(timer().median_ms)
+    return {key: statistics.median(values) for key, values in timings.items()}
 
 
 def register_runtime(name: str):

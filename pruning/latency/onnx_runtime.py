@@ -7,7 +7,7 @@ use onnxruntime's default graph optimisations, as a deployment does.
 """
 from __future__ import annotations
 
-import statistics
+import functools
 import tempfile
 from pathlib import Path
 from typing import ClassVar, Mapping
@@ -15,8 +15,10 @@ from typing import ClassVar, Mapping
 import numpy as np
 from torch import nn
 
-from pruning.latency._base import LatencyRuntime, LatencyTarget, LayerShape, register_runtime
-from pruning.structure.measure import InputShape, LatencyResult, time_calls
+from pruning.latency._base import (
+    LatencyRuntime, LatencyTarget, LayerShape, alternate_rounds, register_runtime, time_on,
+)
+from pruning.structure.measure import InputShape, LatencyResult
 
 __all__ = ["OnnxRuntime", "TensorRtRuntime"]
 
@@ -60,14 +62,12 @@ class OnnxRuntime(LatencyRuntime):
     def time_layer(self, layer: LayerShape, target: LatencyTarget) -> float:
         session = self.session(layer_graph(layer, target.batch), target)
         feed = {"x": np.zeros((target.batch, layer.in_channels, layer.height, layer.width), dtype=np.float32)}
-        return time_calls(lambda: session.run(None, feed), batch_size=target.batch, threads=target.threads,
-                          warmup=target.warmup, repeats=target.repeats).median_ms
+        return time_on(lambda: session.run(None, feed), target).median_ms
 
     def time_model(self, model: nn.Module, input_shape: InputShape, target: LatencyTarget) -> LatencyResult:
         with tempfile.TemporaryDirectory(prefix="prunesweep-latency-") as folder:
             run = self._deployed(model, input_shape, target, Path(folder) / "model.onnx")
-        return time_calls(run, batch_size=target.batch, threads=target.threads, warmup=target.warmup,
-                          repeats=target.repeats)
+        return time_on(run, target)
 
     def time_models(self, models: Mapping[str, nn.Module], input_shape: InputShape, target: LatencyTarget,
                     rounds: int = 3) -> dict[str, float]:
@@ -75,12 +75,7 @@ class OnnxRuntime(LatencyRuntime):
         with tempfile.TemporaryDirectory(prefix="prunesweep-latency-") as folder:
             runs = {key: self._deployed(model, input_shape, target, Path(folder) / f"model{i}.onnx")
                     for i, (key, model) in enumerate(models.items())}
-        timings: dict[str, list[float]] = {key: [] for key in runs}
-        for _ in range(rounds):
-            for key, run in runs.items():
-                timings[key].append(time_calls(run, batch_size=target.batch, threads=target.threads,
-                                               warmup=target.warmup, repeats=target.repeats).median_ms)
-        return {key: statistics.median(values) for key, values in timings.items()}
+        return alternate_rounds({key: functools.partial(time_on, run, target) for key, run in runs.items()}, rounds)
 
     def _deployed(self, model: nn.Module, input_shape: InputShape, target: LatencyTarget, path: Path):
         """``model`` exported to ``path`` (checked against PyTorch) in a session: a call that runs
