@@ -12,7 +12,7 @@ Recovery (reconstruction, BN recalibration, fine-tuning) is a separate step:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -20,6 +20,7 @@ from torch import nn
 from pruning.criteria import Criterion, ScoringContext
 from pruning.planning import PruningConfig, plan_pruning
 from pruning.structure import PruningError, PruningSpace, prune_model
+from pruning.structure.groups import ChannelGroup
 from pruning.utils import check_finite
 
 
@@ -43,6 +44,13 @@ def score_channels(
     check_finite(model, "the model to prune")
     groups = space.select(strategy)
     scores = criterion.score(model, groups, context)
+    check_scores(criterion, groups, scores)
+    return scores
+
+
+def check_scores(criterion: Criterion, groups: Sequence[ChannelGroup], scores: Mapping[str, torch.Tensor]) -> None:
+    """Raise :class:`~pruning.structure.PruningError` unless ``scores`` holds one finite score per
+    channel of every group (a criterion's contract, checked where its scores are used)."""
     for group in groups:
         got = scores.get(group.name)
         if got is None or got.shape != (group.size,):
@@ -50,7 +58,6 @@ def score_channels(
         if not torch.isfinite(got).all():
             raise PruningError(f"criterion {criterion.name!r} gave non-finite scores (NaN or inf) for layer "
                                f"{group.name!r}")
-    return scores
 
 
 # long signature: orchestrator/sweeps/trials.py (moving to orchestrator/experiment elsewhere)

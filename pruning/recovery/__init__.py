@@ -8,6 +8,7 @@ from pruning.recovery.reconstruction import (  # noqa: F401
     reconstruct_consumers,
 )
 from pruning.recovery.targets import LayerTargets, OriginalTargets, original_targets  # noqa: F401
+from pruning.recovery.progressive import STEP_ORDERS, Rescorer, StepResult, step_widths  # noqa: F401
 from pruning.recovery.recipe import (  # noqa: F401
     BN_DATA,
     STAGES,
@@ -30,6 +31,10 @@ __all__ = [
     "original_targets",
     "kept_outputs_of",
     "reconstruct_consumers",
+    "STEP_ORDERS",
+    "Rescorer",
+    "StepResult",
+    "step_widths",
     "BN_DATA",
     "STAGES",
     "RENAMED_KEYS",

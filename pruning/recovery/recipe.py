@@ -20,16 +20,23 @@ operation everywhere. The stages, in this order, each optional:
    survive (measured on VGG-16: benchmarks/results/vgg16_fmnist_finetune_clip_*.json), and the
    bound leaves ordinary steps alone.
 
+With ``steps > 1`` the recipe prunes progressively (:mod:`pruning.recovery.progressive`): the
+plan's widths are reached in ``steps`` prunings, ``step_order`` says which layers each takes, and
+reconstruction, BN recalibration and ``step_finetune_batches`` SGD batches run between them, the
+channels re-scored on the partly pruned model every time; the stages above then follow the last
+step. ``steps: 1`` is the one-shot pipeline.
+
 The defaults are the best pipeline measured (docs/benchmarks.md, "What the recovery recipe
 buys"): reconstruction on, BN recalibration on 20 training batches, no fine-tuning.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from itertools import cycle, islice
 from typing import Any, Iterable, Mapping, Sequence
 
+import torch
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
@@ -38,6 +45,7 @@ from pruning.devices import Precision
 from pruning.errors import InputError
 from pruning.pipeline import PruneOutcome
 from pruning.recovery.least_squares import RowBudget
+from pruning.recovery.progressive import STEP_ORDERS, Rescorer, StepResult, prune_step, step_widths
 from pruning.recovery.reconstruction import ReconstructionReport, consumers_of, kept_outputs_of, reconstruct_consumers
 from pruning.recovery.targets import OriginalTargets, original_targets
 from pruning.structure import PruningSpace
@@ -86,8 +94,18 @@ class RecoveryRecipe:
     distill_temperature: float = 4.0
     batch_size: int = 128
     seed: int = 0
+    #: prunings that reach the plan's widths (1: one shot); see :mod:`pruning.recovery.progressive`
+    steps: int = 1
+    #: which layers each step prunes: ``together`` (all, a little each step) or ``from_input``
+    step_order: str = "together"
+    #: SGD batches of fine-tuning after each step but the last (0: none)
+    step_finetune_batches: int = 0
 
     def __post_init__(self) -> None:
+        _check_int("steps", self.steps, 1)
+        _check_int("step_finetune_batches", self.step_finetune_batches, 0)
+        if self.step_order not in STEP_ORDERS:
+            raise RecipeError("step_order", f"{self.step_order!r} is unknown; valid: {', '.join(STEP_ORDERS)}")
         _check_int("bn_batches", self.bn_batches, 0)
         _check_int("finetune_epochs", self.finetune_epochs, 0)
         _check_int("batch_size", self.batch_size, 1)
@@ -161,6 +179,9 @@ class RecoveryData:
     targets: the unpruned model's reconstruction targets on ``calibration``
         (:func:`reconstruction_targets`), computed once for every pruning of the same model; a
         recipe whose row budget or seed differs from theirs computes its own.
+    rescorer: scores the channels of the partly pruned model between the steps of a recipe with
+        ``steps > 1`` (:class:`~pruning.recovery.progressive.Rescorer`: the criterion that made
+        the plan); a one-shot recipe reads none.
     """
 
     calibration: Sequence[Batch]
@@ -169,6 +190,7 @@ class RecoveryData:
     score: Iterable[Batch] | None = None
     score_every_stage: bool = True
     targets: OriginalTargets | None = None
+    rescorer: Rescorer | None = None
 
 
 def reconstruction_targets(original: nn.Module, space: PruningSpace, calibration: Sequence[Batch],
@@ -190,15 +212,107 @@ class RecoveryResult:
     """accuracy: the score-loader accuracy after each stage that ran, in :data:`STAGES` order
     (empty when ``RecoveryData.score`` is None; the last stage only without
     ``RecoveryData.score_every_stage``); seconds: the wall time of each stage (scoring
-    excluded); reconstruction: the per-layer reports of the reconstruction stage."""
+    excluded); reconstruction: the per-layer reports of the (last) reconstruction stage.
+    outcome: the pruned model and its channels (the outcome passed in for a one-shot recipe;
+    for a progressive one the model of its last step, the kept indices of the unpruned model's
+    channels); steps: one :class:`StepResult` per step of a progressive recipe (empty: one shot);
+    the stages after the last step are the ``accuracy`` and ``seconds`` above."""
 
     accuracy: dict[str, float]
     seconds: dict[str, float]
     reconstruction: dict[str, ReconstructionReport]
+    outcome: PruneOutcome
+    steps: tuple[StepResult, ...] = ()
 
     @property
     def final_accuracy(self) -> float | None:
         return next(reversed(self.accuracy.values()), None)
+
+    @property
+    def model(self) -> nn.Module:
+        return self.outcome.model
+
+    @property
+    def total_seconds(self) -> float:
+        """The wall time of every stage of every step (scoring excluded)."""
+        return sum(self.seconds.values()) + sum(sum(step.seconds.values()) for step in self.steps)
+
+    def step_metrics(self) -> dict[str, float]:
+        """The steps as flat metrics: ``step<N>_macs_reduction``, ``step<N>_<stage>_seconds``,
+        ``step<N>_accuracy`` (where scored)."""
+        metrics: dict[str, float] = {}
+        for step in self.steps:
+            metrics[f"step{step.number}_macs_reduction"] = step.macs_reduction
+            metrics.update({f"step{step.number}_{stage}_seconds": s for stage, s in step.seconds.items()})
+            if step.accuracy is not None:
+                metrics[f"step{step.number}_accuracy"] = step.accuracy
+        return metrics
+
+
+class _Stages:
+    """The recovery stages of one recipe on the models of one recovery (see :func:`recover`)."""
+
+    def __init__(self, original: nn.Module, recipe: RecoveryRecipe, data: RecoveryData, precision: Precision,
+                 progress: bool) -> None:
+        self.original, self.recipe, self.data = original, recipe, data
+        self.precision, self.progress = precision, progress
+
+    def score(self, model: nn.Module) -> float:
+        return evaluate(model, self.data.score, progress=self.progress, amp=self.precision).accuracy
+
+    def reconstruct(self, outcome: PruneOutcome) -> dict[str, ReconstructionReport]:
+        recipe, data = self.recipe, self.data
+        budget, targets = _row_budget(recipe), data.targets
+        if targets is not None and (targets.budget != budget or targets.seed != recipe.seed):
+            targets = None
+        return reconstruct_consumers(
+            self.original, outcome.model, consumers_of(outcome.space, outcome.kept_indices), data.calibration,
+            ridge=recipe.ridge, kept_outputs=kept_outputs_of(outcome.space, outcome.kept_indices),
+            seed=recipe.seed, progress=self.progress, budget=budget, targets=targets,
+        )
+
+    def recalibrate(self, model: nn.Module) -> None:
+        recipe = self.recipe
+        if recipe.bn_data == "calibration":
+            batches: Iterable[Batch] = islice(cycle(self.data.calibration), recipe.bn_batches)
+        else:
+            batches = make_loader(self.data.train, recipe.batch_size, shuffle=True, seed=recipe.seed)
+        recalibrate_bn(model, batches, recipe.bn_batches, progress=self.progress)
+
+    def finetune(self, model: nn.Module, epochs: int, subset: Dataset, seed: int) -> None:
+        recipe = self.recipe
+        config = TrainConfig(
+            epochs=epochs, lr=recipe.finetune_lr, weight_decay=recipe.weight_decay,
+            batch_size=recipe.batch_size, seed=seed, distill=recipe.distill,
+            distill_temperature=recipe.distill_temperature,
+            max_grad_norm=recipe.finetune_max_grad_norm,
+        )
+        loader = make_loader(subset, recipe.batch_size, shuffle=True, seed=seed,
+                             augment=recipe.finetune_augment and self.data.augment,
+                             pin_memory=model_device(model).type == "cuda")
+        train(model, loader, config, progress=self.progress, teacher=self.original if recipe.distill > 0 else None,
+              amp=self.precision)
+
+    def between_steps(self, outcome: PruneOutcome, number: int) -> dict[str, float]:
+        """Reconstruction, BN recalibration and the step fine-tune after step ``number``."""
+        recipe, seconds = self.recipe, {}
+        if recipe.reconstruct:
+            started = time.perf_counter()
+            self.reconstruct(outcome)
+            seconds["reconstructed"] = time.perf_counter() - started
+        if recipe.bn_batches:
+            started = time.perf_counter()
+            self.recalibrate(outcome.model)
+            seconds["bn_recalibrated"] = time.perf_counter() - started
+        if recipe.step_finetune_batches:
+            started = time.perf_counter()
+            # different images after every step: a seeded draw of the batches' worth of the split
+            draw = torch.Generator().manual_seed(recipe.seed * 1009 + number)
+            size = min(recipe.step_finetune_batches * recipe.batch_size, len(self.data.train))
+            images = torch.randperm(len(self.data.train), generator=draw)[:size].tolist()
+            self.finetune(outcome.model, 1, Subset(self.data.train, images), recipe.seed + number)
+            seconds["finetuned"] = time.perf_counter() - started
+        return seconds
 
 
 def recover(
@@ -210,21 +324,41 @@ def recover(
     progress: bool = False,
     amp: Precision | str | None = None,
 ) -> RecoveryResult:
-    """Run ``recipe`` on ``outcome.model`` (changed in place); ``original`` is the unpruned
-    model it was pruned from (the reconstruction target and the distillation teacher; never
-    changed). Raises ``ValueError`` before any stage runs when the data the recipe needs is
-    missing.
+    """Run ``recipe`` on ``outcome`` (a pruning of ``original``, the unpruned model: the
+    reconstruction target and the distillation teacher; never changed). A one-shot recipe
+    changes ``outcome.model`` in place; a progressive one (``steps > 1``) prunes ``original``
+    again, in steps, to ``outcome.keep``, ``outcome.scores`` ranking the first step's channels
+    and ``data.rescorer`` the later ones'. The recovered model is ``result.model``. Raises
+    ``ValueError`` before any stage runs when the data the recipe needs is missing.
 
     Every stage runs on the device of the models (the caller puts ``original`` and the pruned
     model on the same one); ``amp`` (``"bf16"``/``"fp16"``, CUDA only) is the mixed precision of
     fine-tuning and scoring (reconstruction and BN recalibration stay in float32)."""
     precision = Precision.of(amp)
     precision.check(model_device(outcome.model))
-    needs_train = recipe.finetune_epochs > 0 or (recipe.bn_batches > 0 and recipe.bn_data == "train")
+    needs_train = (recipe.finetune_epochs > 0 or (recipe.bn_batches > 0 and recipe.bn_data == "train")
+                   or (recipe.steps > 1 and recipe.step_finetune_batches > 0))
     if needs_train and data.train is None:
         raise InputError("the recovery recipe reads training data (BN on train or fine-tuning) but none was given")
     if (recipe.reconstruct or recipe.bn_data == "calibration") and not data.calibration:
         raise InputError("the recovery recipe reads calibration batches but none were given")
+    if recipe.steps > 1 and data.rescorer is None:
+        raise InputError(f"the recovery recipe prunes in {recipe.steps} steps and re-scores channels between them, "
+                         "but no rescorer (the criterion) was given")
+    stages = _Stages(original, recipe, data, precision, progress)
+    scored_steps = data.score is not None and data.score_every_stage
+    widths = step_widths(outcome.space, outcome.keep, recipe.steps, recipe.step_order)
+    steps: list[StepResult] = []
+    if len(widths) > 1:
+        plan, current = outcome, PruneOutcome(original, outcome.space, {}, {}, outcome.scores)
+        for number, step in enumerate(widths, 1):
+            current, seconds = prune_step(current, step, data.rescorer, plan.scores if number == 1 else None)
+            accuracy = None
+            if number < len(widths):
+                seconds.update(stages.between_steps(current, number))
+                accuracy = stages.score(current.model) if scored_steps else None
+            steps.append(StepResult(number, outcome.space.reduction(step), seconds, accuracy))
+        outcome = replace(current, keep=dict(plan.keep))
     pruned = outcome.model
     accuracy: dict[str, float] = {}
     seconds: dict[str, float] = {}
@@ -235,46 +369,25 @@ def recover(
     def done(stage: str, started: float) -> None:
         seconds[stage] = time.perf_counter() - started
         if data.score is not None and (data.score_every_stage or stage == last):
-            accuracy[stage] = evaluate(pruned, data.score, progress=progress, amp=precision).accuracy
+            accuracy[stage] = stages.score(pruned)
 
     done("pruned", time.perf_counter())
     if recipe.reconstruct:
         started = time.perf_counter()
-        budget, targets = _row_budget(recipe), data.targets
-        if targets is not None and (targets.budget != budget or targets.seed != recipe.seed):
-            targets = None
-        reports = reconstruct_consumers(
-            original, pruned, consumers_of(outcome.space, outcome.kept_indices), data.calibration,
-            ridge=recipe.ridge, kept_outputs=kept_outputs_of(outcome.space, outcome.kept_indices),
-            seed=recipe.seed, progress=progress, budget=budget, targets=targets,
-        )
+        reports = stages.reconstruct(outcome)
         done("reconstructed", started)
     if recipe.bn_batches:
         started = time.perf_counter()
-        if recipe.bn_data == "calibration":
-            batches: Iterable[Batch] = islice(cycle(data.calibration), recipe.bn_batches)
-        else:
-            batches = make_loader(data.train, recipe.batch_size, shuffle=True, seed=recipe.seed)
-        recalibrate_bn(pruned, batches, recipe.bn_batches, progress=progress)
+        stages.recalibrate(pruned)
         done("bn_recalibrated", started)
     if recipe.finetune_epochs:
         started = time.perf_counter()
         subset = data.train
         if recipe.finetune_subset is not None:
             subset = Subset(data.train, range(min(recipe.finetune_subset, len(data.train))))
-        config = TrainConfig(
-            epochs=recipe.finetune_epochs, lr=recipe.finetune_lr, weight_decay=recipe.weight_decay,
-            batch_size=recipe.batch_size, seed=recipe.seed, distill=recipe.distill,
-            distill_temperature=recipe.distill_temperature,
-            max_grad_norm=recipe.finetune_max_grad_norm,
-        )
-        loader = make_loader(subset, recipe.batch_size, shuffle=True, seed=recipe.seed,
-                             augment=recipe.finetune_augment and data.augment,
-                             pin_memory=model_device(pruned).type == "cuda")
-        train(pruned, loader, config, progress=progress, teacher=original if recipe.distill > 0 else None,
-              amp=precision)
+        stages.finetune(pruned, recipe.finetune_epochs, subset, recipe.seed)
         done("finetuned", started)
-    return RecoveryResult(accuracy, seconds, reports)
+    return RecoveryResult(accuracy, seconds, reports, outcome, tuple(steps))
 
 
 def recovery_data_for(splits: Any, calibration: Sequence[Batch], score: Iterable[Batch] | None,
