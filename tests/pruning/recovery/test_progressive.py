@@ -180,3 +180,24 @@ def test_a_plan_that_prunes_nothing_takes_no_steps(model, data):
     plan = _plan(model, 0.0)
     result = recover(model, plan, RecoveryRecipe(steps=4), data)
     assert result.steps == () and result.model is plan.model
+
+
+def test_one_step_runs_exactly_the_one_shot_stages(model, data):
+    """``steps: 1`` is reconstruction, BN recalibration and fine-tuning of the one-shot pruning,
+    each as its own function runs it: the recipe adds nothing between them."""
+    from pruning.data import make_loader
+    from pruning.recovery import consumers_of, kept_outputs_of, reconstruct_consumers
+    from pruning.training import TrainConfig, recalibrate_bn, train
+
+    recipe = RecoveryRecipe(steps=1, bn_batches=2, finetune_epochs=1, batch_size=32, seed=3)
+    plan = _plan(model, 0.5)
+    by_hand = copy.deepcopy(plan.model)
+    recovered = recover(model, plan, recipe, dataclasses.replace(data, score=None)).model
+    reconstruct_consumers(model, by_hand, consumers_of(plan.space, plan.kept_indices), data.calibration,
+                          ridge=recipe.ridge, kept_outputs=kept_outputs_of(plan.space, plan.kept_indices), seed=3)
+    recalibrate_bn(by_hand, make_loader(data.train, 32, shuffle=True, seed=3), 2)
+    train(by_hand, make_loader(data.train, 32, shuffle=True, seed=3),
+          TrainConfig(epochs=1, lr=recipe.finetune_lr, weight_decay=recipe.weight_decay, batch_size=32, seed=3,
+                      max_grad_norm=recipe.finetune_max_grad_norm), progress=False)
+    a, b = _state(recovered), _state(by_hand)
+    assert all(torch.equal(a[k], b[k]) for k in a)
