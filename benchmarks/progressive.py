@@ -4,8 +4,9 @@ Every cell prunes the same baseline with one criterion's plan (uniform layer rat
 target), in ``steps`` prunings (1: one shot; ``RecoveryRecipe.steps``), with reconstruction and BN
 recalibration after every step, then ONE fine-tune epoch over the first ``--finetune-subset``
 training images distilled from the unpruned model (weight ``--distill``): the refinement stage's
-fine-tune. Between steps there is no SGD unless ``--step-finetune-batches``, so every cell has
-the same fine-tune budget. A cell's ``seed`` is its recipe's (reconstruction rows, BN and
+fine-tune. Between steps there is no SGD, so every cell has the same fine-tune budget; with
+``--split-finetune`` that budget is split evenly over the steps instead (the same number of
+images: ``step_finetune_batches`` after every step but the last, the rest after the last). A cell's ``seed`` is its recipe's (reconstruction rows, BN and
 fine-tune batches); cells of one seed are paired.
 
     python benchmarks/progressive.py --checkpoint runs/bench/resnet20-fmnist.pt \\
@@ -52,7 +53,7 @@ class Bench:
         self.test = make_loader(self.splits.test, 500, shuffle=False)
         self.base_macs = measure_cost(self.model, self.shape).macs
         self.base_accuracy = evaluate(self.model, self.test).accuracy
-        self.recipe = RecoveryRecipe(step_order=args.order, step_finetune_batches=args.step_finetune_batches)
+        self.recipe = RecoveryRecipe(step_order=args.order)
         self.finetune = RecoveryRecipe(reconstruct=False, bn_batches=0, finetune_epochs=1,
                                        finetune_subset=args.finetune_subset, distill=args.distill)
 
@@ -74,11 +75,16 @@ class Bench:
                             score=self.test, score_every_stage=False,
                             rescorer=Rescorer(criterion, self.example, ScoringContext(calibration=self.batches)))
         recipe = dataclasses.replace(self.recipe, steps=steps, seed=seed)
+        finetune = dataclasses.replace(self.finetune, seed=seed)
+        if self.args.split_finetune and steps > 1:
+            batches = round(self.args.finetune_subset / steps / recipe.batch_size)
+            recipe = dataclasses.replace(recipe, step_finetune_batches=batches)
+            finetune = dataclasses.replace(finetune, finetune_subset=self.args.finetune_subset
+                                           - (steps - 1) * batches * recipe.batch_size)
         wall, cpu = time.perf_counter(), time.process_time()
         recovered = recover(self.model, outcome, recipe, data)
         recovery_cpu = time.process_time() - cpu
-        tuned = recover(self.model, recovered.outcome, dataclasses.replace(self.finetune, seed=seed),
-                        dataclasses.replace(data, rescorer=None))
+        tuned = recover(self.model, recovered.outcome, finetune, dataclasses.replace(data, rescorer=None))
         cost = measure_cost(recovered.model, self.shape)
         return {"bn_test_accuracy": recovered.final_accuracy, "test_accuracy": tuned.final_accuracy,
                 "macs_reduction": 1 - cost.macs / self.base_macs, "steps_run": max(1, len(recovered.steps)),
@@ -88,7 +94,7 @@ class Bench:
 
 
 def _key(row: dict) -> tuple:
-    return row["criterion"], row["target"], row["steps"], row["seed"]
+    return row["criterion"], row["target"], row["steps"], row["seed"], row["order"], row["finetune"]
 
 
 def run(args) -> None:
@@ -106,64 +112,82 @@ def run(args) -> None:
         for target in args.targets:
             for steps in args.steps:
                 for seed in args.seeds:
-                    if (name, target, steps, seed) in done:
+                    finetune = "split" if args.split_finetune and steps > 1 else "final"
+                    if (name, target, steps, seed, args.order, finetune) in done:
                         continue
                     row = bench.cell(criterion, context, target, steps, seed, scores)
                     scores = row.pop("outcome_scores")
                     row = {"criterion": name, "target": target, "steps": steps, "seed": seed,
-                           "order": args.order, **row}
+                           "order": args.order, "finetune": finetune, **row}
                     result["rows"].append(row)
                     atomic_write(out, lambda tmp: tmp.write_text(json.dumps(result, indent=1, default=str)))
                     print(json.dumps({k: v for k, v in row.items() if not k.startswith("step")}), flush=True)
 
 
+def _variant(row: dict) -> tuple:
+    """(steps, order, fine-tune) of a cell, as a column: one shot has no order or split."""
+    return (1, "", "") if row["steps"] == 1 else (row["steps"], row["order"], row["finetune"])
+
+
+def _column(variant: tuple) -> str:
+    steps, order, finetune = variant
+    if steps == 1:
+        return "one shot"
+    return f"{steps} steps" + (", from input" if order == "from_input" else "") + (
+        ", split fine-tune" if finetune == "split" else "")
+
+
 def report(paths: list[str]) -> str:
-    """One table per baseline: the mean test accuracy over the seeds per (criterion, target) and
-    steps, and each progressive column's paired difference from one shot."""
+    """One table per baseline (the files of one checkpoint merged): the mean test accuracy over
+    the seeds per (criterion, target) and variant, and each progressive variant's paired
+    difference from one shot."""
     from orchestrator.studies.significance import paired_comparison
 
-    lines = []
+    by_checkpoint: dict[str, list[tuple[dict, dict]]] = {}
     for path in paths:
         result = json.loads(Path(path).read_text())
-        rows, settings = result["rows"], result["settings"]
-        steps = sorted({r["steps"] for r in rows})
-        base = result["base_accuracy"]
-        lines += [f"**{Path(settings['checkpoint']).stem}** (`{Path(path).name}`): baseline test accuracy "
-                  f"{base:.4f} on {settings['test_subset']} test images, {result['base_macs'] / 1e6:.2f} M MACs; "
-                  f"{settings['ratios']} ratios, step order `{settings['order']}`, seeds "
-                  f"{', '.join(map(str, sorted({r['seed'] for r in rows})))}.", "",
-                  "| criterion | target | MACs removed | " + " | ".join(
-                      "one shot" if s == 1 else f"{s} steps" for s in steps) + " | recovery s (1 → "
-                  f"{steps[-1]} steps) |",
-                  "|---|---|---|" + "---|" * len(steps) + "---|"]
-        cells: dict[tuple, dict[int, dict[int, dict]]] = {}
+        by_checkpoint.setdefault(result["settings"]["checkpoint"], []).append((result, Path(path).name))
+    lines = []
+    for checkpoint, results in by_checkpoint.items():
+        first = results[0][0]
+        settings, base = first["settings"], first["base_accuracy"]
+        rows = [row for result, _ in results for row in result["rows"]]
+        variants = sorted({_variant(r) for r in rows})
+        lines += [f"**{Path(checkpoint).stem}** ({', '.join(f'`{name}`' for _, name in results)}): baseline test "
+                  f"accuracy {base:.4f} on {settings['test_subset']} test images, {first['base_macs'] / 1e6:.2f} M MACs; "
+                  f"{settings['ratios']} ratios, fine-tune: 1 epoch over {settings['finetune_subset']} training "
+                  f"images, distillation {settings['distill']}.", "",
+                  "| criterion | target | MACs removed | " + " | ".join(map(_column, variants))
+                  + " | recovery s (one shot → most steps) |",
+                  "|---|---|---|" + "---|" * len(variants) + "---|"]
+        cells: dict[tuple, dict[tuple, dict[int, dict]]] = {}
         for row in rows:
-            cells.setdefault((row["criterion"], row["target"]), {}).setdefault(row["steps"], {})[row["seed"]] = row
-        for (criterion, target), by_steps in cells.items():
-            one_shot = by_steps.get(1, {})
+            cells.setdefault((row["criterion"], row["target"]), {}).setdefault(_variant(row), {})[row["seed"]] = row
+        for (criterion, target), by_variant in sorted(cells.items()):
+            one_shot = by_variant.get((1, "", ""), {})
             columns = []
-            for s in steps:
-                runs = by_steps.get(s, {})
+            for variant in variants:
+                runs = by_variant.get(variant, {})
                 if not runs:
                     columns.append("-")
                     continue
                 mean = statistics.fmean(r["test_accuracy"] for r in runs.values())
                 text = f"{mean:.4f} ({100 * (mean - base):+.2f})"
                 paired = [runs[k]["test_accuracy"] - one_shot[k]["test_accuracy"] for k in runs if k in one_shot]
-                if s != 1 and len(paired) >= 2:
+                if variant[0] != 1 and len(paired) >= 2:
                     cmp = paired_comparison(paired, interval="t", test="wilcoxon")
                     text += f", Δ {100 * cmp.mean:+.2f} [{100 * cmp.low:+.2f}, {100 * cmp.high:+.2f}]"
                 columns.append(text)
-            reached = statistics.fmean(r["macs_reduction"] for runs in by_steps.values() for r in runs.values())
-            seconds = [statistics.fmean(r["recovery_seconds"] for r in by_steps[s].values()) for s in (steps[0], steps[-1])
-                       if s in by_steps]
+            reached = statistics.fmean(r["macs_reduction"] for runs in by_variant.values() for r in runs.values())
+            ends = [v for v in (variants[0], variants[-1]) if v in by_variant]
+            seconds = [statistics.fmean(r["recovery_seconds"] for r in by_variant[v].values()) for v in ends]
             lines.append(f"| {criterion} | -{100 * target:.0f}% | {100 * reached:.1f}% | " + " | ".join(columns)
                          + f" | {' → '.join(f'{s:.0f}' for s in seconds)} |")
         lines.append("")
     lines.append("A cell: mean test accuracy over the seeds (its difference from the baseline, in points); for "
-                 "a progressive column, Δ is the mean paired difference from one shot in points with its 95% "
-                 "t interval. `recovery s`: the wall seconds of the steps and the reconstruction + BN "
-                 "recalibration after them (the fine-tune excluded).")
+                 "a progressive column, Δ is the mean paired difference from one shot (same seed) in points, "
+                 "with its 95% t interval. `recovery s`: wall seconds of the prunings and the reconstruction + "
+                 "BN recalibration after them (the fine-tune excluded).")
     return "\n".join(lines)
 
 
@@ -176,7 +200,8 @@ def main() -> None:
     parser.add_argument("--steps", nargs="+", type=int, default=[1, 2, 4, 8])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--order", default="together")
-    parser.add_argument("--step-finetune-batches", type=int, default=0)
+    parser.add_argument("--split-finetune", action="store_true",
+                        help="spread the fine-tune images evenly over the steps (SGD after each)")
     parser.add_argument("--ratios", default="uniform")
     parser.add_argument("--calibration-images", type=int, default=256)
     parser.add_argument("--finetune-subset", type=int, default=5000)
