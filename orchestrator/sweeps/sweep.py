@@ -233,10 +233,11 @@ def _refine(config: SweepConfig, tracker, screening: TrialsSpec, output: TrialOu
         atomic_write(chosen_file, lambda tmp: tmp.write_text(text))
         if folder.exists():  # started, but killed before Tune's first snapshot: nothing to keep
             shutil.rmtree(folder)
-    refined_trials = ", ".join(dict.fromkeys(split_config(c)[1].refines for c in configs)) or "none feasible"
+    refined_trials = list(dict.fromkeys(split_config(c)[1].refines for c in configs))  # once per step count
     listed = config.sweep.refine.listed_steps
-    say(output.progress and not resume, f"refining {len(configs) // len(listed or [1])} screening trial(s): "
-        f"{refined_trials}" + (f"; each with steps {', '.join(map(str, listed))}" if listed and configs else ""))
+    each = f"; each with steps {', '.join(map(str, listed))}" if listed and configs else ""
+    say(output.progress and not resume,
+        f"refining {len(refined_trials)} screening trial(s): {', '.join(refined_trials) or 'none feasible'}{each}")
     if not configs:
         return True
     # the screening trials' resources, shared by refinement's concurrency
