@@ -78,17 +78,20 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> CommandResult:
+    from dataclasses import replace
+
     import torch
 
     from orchestrator.cli.common import command_device, distribute_criterion, load_fitting, make_test_loader, measure
     from pruning.criteria import (
         ScoringContext, StatisticsCriterion, create_criterion, criteria_with_class_scores, criterion_class,
+        statistics_options,
     )
     from pruning.data import calibration_batches
     from pruning.pipeline import prune_with_criterion
     from pruning.planning import RatioInputs, ratios_of
     from pruning.structure.groups import SOURCES
-    from pruning.recovery import recover, recovery_data_for
+    from pruning.recovery import Rescorer, recover, recovery_data_for
     from pruning.statistics import ActivationStats
     from pruning.structure import PruningSpace
     from pruning.training import evaluate
@@ -139,8 +142,12 @@ def run(args: argparse.Namespace) -> CommandResult:
     outcome = prune_with_criterion(model, example, criterion, config, context, ratio_weights=plan.ratio_weights,
                                    space=space, scores=scores)
     del context, stats, stats_file, utilization  # the statistics (Gram matrices, histograms) are not needed by the recovery
-    recovery = recover(model, outcome, recipe, recovery_data_for(splits, batches, scoring), progress=progress,
-                       amp=args.amp)
+    data = recovery_data_for(splits, batches, scoring)
+    if recipe.steps > 1:  # the later steps score the partly pruned model: statistics collected afresh, as above
+        rescoring = ScoringContext(calibration=batches, device=device, progress=progress)
+        data = replace(data, rescorer=Rescorer(criterion, example, rescoring, statistics_options([criterion])))
+    recovery = recover(model, outcome, recipe, data, progress=progress, amp=args.amp)
+    outcome = recovery.outcome
 
     base = measure(model, shape, base_accuracy, progress=progress)
     after = measure(outcome.model, shape, recovery.final_accuracy, progress=progress)
@@ -150,8 +157,10 @@ def run(args: argparse.Namespace) -> CommandResult:
         "macs_reduction": 1 - after["macs"] / base["macs"], "params_reduction": 1 - after["params"] / base["params"],
         "speedup_batch1": base["latency_ms"] / after["latency_ms"],
         "speedup_batch64": base["latency_ms_batch64"] / after["latency_ms_batch64"],
-        "recipe": recipe.to_dict(), "accuracy_stages": recovery.accuracy,
+        "recipe": recipe.to_dict(), "accuracy_stages": recovery.accuracy, "stage_seconds": dict(recovery.seconds),
         "channels": {n: [k, space[n].size] for n, k in outcome.keep.items()},
+        "steps": [{"step": step.number, "macs_reduction": step.macs_reduction, "seconds": dict(step.seconds),
+                   "accuracy": step.accuracy} for step in recovery.steps],
     }
     _write_outputs(args, loaded, outcome.model, {**pruning, "schedule": ratios_of(space, outcome.keep)})
     data = {"base": base, "pruned": after, "pruning": pruning, "checkpoint": args.out}
@@ -265,6 +274,8 @@ def _summary(args, loaded, base: dict, after: dict, pruning: dict) -> str:
         f"ratios {args.ratios}\n"
         + format_table(rows, ("", "base", "pruned", "change"))
         + "\naccuracy by stage: " + ", ".join(f"{k} {v:.4f}" for k, v in pruning["accuracy_stages"].items())
+        + (f"\npruned in {len(pruning['steps'])} steps, MACs " + ", ".join(
+            f"-{step['macs_reduction']:.1%}" for step in pruning["steps"]) if pruning["steps"] else "")
         + f"\nMACs -{pruning['macs_reduction']:.1%}, params -{pruning['params_reduction']:.1%}, "
         f"measured speedup {pruning['speedup_batch1']:.2f}x (batch 1), {pruning['speedup_batch64']:.2f}x (batch 64)"
         + f"\n{describe_latency(base['latency'])}"

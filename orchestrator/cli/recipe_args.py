@@ -23,7 +23,8 @@ RECIPE_OPTIONS = {
     "finetune_epochs": "--finetune-epochs", "finetune_lr": "--finetune-lr", "weight_decay": "--weight-decay",
     "finetune_subset": "--finetune-subset", "finetune_augment": "--finetune-augment",
     "finetune_max_grad_norm": "--finetune-max-grad-norm", "distill": "--distill",
-    "distill_temperature": "--distill-temperature", "batch_size": "--batch-size", "seed": "--seed",
+    "distill_temperature": "--distill-temperature", "steps": "--steps", "step_order": "--step-order",
+    "step_finetune_batches": "--step-finetune-batches", "batch_size": "--batch-size", "seed": "--seed",
 }
 #: options that are gone -> what to give instead (each is refused with that hint)
 RENAMED_OPTIONS = {
@@ -84,6 +85,14 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
                        help="weight of distillation from the unpruned model while fine-tuning, in [0, 1]")
     group.add_argument("--distill-temperature", type=float, **unset,
                        help="temperature that softens the unpruned and the pruned model's outputs in distillation")
+    group.add_argument("--steps", type=int, **unset,
+                       help="prunings that reach the planned widths, the channels re-scored on the partly pruned "
+                            "model between them (1: one shot)")
+    group.add_argument("--step-order", **unset,
+                       help="which layers each step prunes: together (all, a little each step) or from_input "
+                            "(blocks of layers from the input side)")
+    group.add_argument("--step-finetune-batches", type=int, **unset,
+                       help="SGD batches of fine-tuning after each step but the last (0: none)")
     for old in RENAMED_OPTIONS:  # accepted by the parser only to be refused with the new name
         parser.add_argument(old, dest="renamed_option", nargs="?", action=_Renamed, help=argparse.SUPPRESS, **unset)
 

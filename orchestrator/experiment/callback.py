@@ -127,8 +127,10 @@ class MlflowTrialLogger(tune.Callback):
     Holds only plain settings (Tune pickles its callbacks into the experiment so that
     ``Tuner.restore`` brings them back); the MLflow client is opened lazily in the driver.
 
-    ``metric_names``: result keys logged as metrics (numbers); ``tag_names``: result keys logged as
-    tags (strings such as a criterion name or an infeasibility reason). A trial config's
+    ``metric_names``: result keys logged as metrics (numbers); ``metric_patterns``: regular
+    expressions of more of them (a whole key matches; the steps of a progressive recipe, as many as
+    it has); ``tag_names``: result keys logged as tags (strings such as a criterion name or an
+    infeasibility reason). A trial config's
     :class:`~orchestrator.experiment.trial_meta.TrialMeta` names the run and tags it (its number,
     stage, the trial it refines); the rest of the config is the run's params.
     """
@@ -140,10 +142,15 @@ class MlflowTrialLogger(tune.Callback):
     #: ones it was pickled with name where its run directory was (it may have been moved since)
     restoring: ClassVar[Tracker | None] = None
 
-    def __init__(self, tracker: Tracker, metric_names: Sequence[str] = (), tag_names: Sequence[str] = ()) -> None:
+    #: a logger pickled before it had patterns (a restored experiment) logs no more than its names
+    metric_patterns: tuple[str, ...] = ()
+
+    def __init__(self, tracker: Tracker, metric_names: Sequence[str] = (), tag_names: Sequence[str] = (),
+                 metric_patterns: Sequence[str] = ()) -> None:
         self._use(tracker)
         self.metric_names = tuple(metric_names)
         self.tag_names = tuple(tag_names)
+        self.metric_patterns = tuple(metric_patterns)
         self._tracker: Tracker | None = None
         self.logged: dict[str, str] = {}  # trial id -> status logged by this process
         self._pending: dict[str, tuple[Any, str]] = {}  # trial id -> (trial, status) not logged yet
@@ -181,6 +188,9 @@ class MlflowTrialLogger(tune.Callback):
         params, meta = split_config(trial.config)
         result = dict(trial.last_result or {}) if status == "FINISHED" else {}
         metrics = {k: result[k] for k in self.metric_names if finite_metric(result.get(k)) is not None}
+        patterns = [re.compile(pattern) for pattern in self.metric_patterns]
+        metrics.update({k: v for k, v in result.items() if k not in metrics and finite_metric(v) is not None
+                        and any(p.fullmatch(k) for p in patterns)})
         # a sweep trial measures its own time (a re-reported result keeps it); Tune's otherwise
         if status == "FINISHED" and "trial_seconds" not in metrics and finite_metric(result.get("time_total_s")) is not None:
             metrics["trial_seconds"] = result["time_total_s"]

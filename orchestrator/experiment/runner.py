@@ -187,15 +187,17 @@ class TrialsSpec:
 @dataclass(frozen=True)
 class TrialOutput:
     """How ended trials are recorded: ``metric_names`` (numbers) and ``tag_names`` (strings) of
-    their results logged to MLflow; on the console, with ``progress``, one line per ended trial
-    (``bar``: one bar for them all) and no Tune status tables unless ``verbose`` brings Tune's
-    own output back."""
+    their results logged to MLflow, and the numbers whose names match one of ``metric_patterns``
+    (regular expressions of whole names: metrics that come in a varying number); on the console,
+    with ``progress``, one line per ended trial (``bar``: one bar for them all) and no Tune status
+    tables unless ``verbose`` brings Tune's own output back."""
 
     metric_names: Sequence[str]
     tag_names: Sequence[str]
     progress: bool = True
     verbose: bool = False
     bar: bool = False
+    metric_patterns: Sequence[str] = ()
 
 
 def run_trials(tracker: Tracker, trials: TrialsSpec, output: TrialOutput, *, resume: bool = False):
@@ -288,7 +290,7 @@ def _move_search_storage(experiment: Path) -> None:
 def _new_tuner(tracker: Tracker, trainable, trials: TrialsSpec, output: TrialOutput):
     from ray import tune
 
-    callback = MlflowTrialLogger(tracker, output.metric_names, output.tag_names)
+    callback = MlflowTrialLogger(tracker, output.metric_names, output.tag_names, output.metric_patterns)
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(search_alg=trials.make_search(), num_samples=trials.count,

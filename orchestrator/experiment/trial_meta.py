@@ -19,12 +19,15 @@ class TrialMeta:
     """``number``: Optuna's trial number (the MLflow run ``trial-NNN`` and its
     ``prunesweep.trial_number`` tag); ``name``: the run's name where given instead (``refine-NNN``,
     a study cell's id); ``stage`` and ``refines``: the tags ``prunesweep.stage`` and
-    ``prunesweep.refines`` (the screening trial a refined one runs again)."""
+    ``prunesweep.refines`` (the screening trial a refined one runs again); ``steps``: the recovery
+    steps a refined trial runs instead of its recipe's (one of those ``sweep.refine.recipe.steps``
+    lists; None: the recipe's)."""
 
     number: int | None = None
     name: str | None = None
     stage: str | None = None
     refines: str | None = None
+    steps: int | None = None
 
     def run_name(self) -> str | None:
         """The MLflow run name this names, if any."""

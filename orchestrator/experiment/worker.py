@@ -8,7 +8,7 @@ import ctypes
 import functools
 import gc
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
 import torch
@@ -18,13 +18,16 @@ from pruning.recovery import STAGES, RecoveryRecipe, reconstruction_targets
 from pruning.utils import model_device
 
 __all__ = [
-    "STAGE_METRICS", "SharedRefs", "WorkerSettings", "WorkerBaseline", "CriterionPlan", "trial_threads",
+    "STAGE_METRICS", "STEP_METRICS", "SharedRefs", "WorkerSettings", "WorkerBaseline", "CriterionPlan", "trial_threads",
     "import_paths_of", "put_shared", "fetch_baseline", "prune_and_recover", "cost_metrics", "trial_device",
     "releases_memory",
 ]
 
 #: per recovery stage that ran: its calibration accuracy and (but for ``pruned``) its seconds
 STAGE_METRICS = (*(f"{stage}_accuracy" for stage in STAGES), *(f"{stage}_seconds" for stage in STAGES[1:]))
+#: the metrics of each step of a progressive recipe (``RecoveryResult.step_metrics``), as a
+#: pattern of metric names: ``step<N>_macs_reduction``, ``step<N>_accuracy``, ``step<N>_<stage>_seconds``
+STEP_METRICS = r"step[1-9][0-9]*_(macs_reduction|accuracy|[a-z_]+_seconds)"
 
 
 @dataclass(frozen=True)
@@ -187,23 +190,31 @@ def prune_and_recover(model: nn.Module, baseline: WorkerBaseline, plan: Criterio
                       score_every_stage: bool = True):
     """Prune ``model`` (a fresh copy of ``baseline``'s, :meth:`WorkerBaseline.build_model`) with
     ``plan``, run ``recipe``; every stage scored on the calibration split (only the last without
-    ``score_every_stage``). Returns (pruned model, prune outcome, metrics)."""
-    from pruning.criteria import ScoringContext, create_criterion
+    ``score_every_stage``). A progressive recipe re-scores the channels between its steps with
+    the plan's criterion (statistics criteria: statistics collected afresh with the options the
+    baseline's were). Returns (pruned and recovered model, its prune outcome, metrics: those of
+    every step of a progressive recipe too, :data:`STEP_METRICS`)."""
+    from pruning.criteria import ScoringContext, create_criterion, statistics_options
     from pruning.data import make_eval_loader
     from pruning.pipeline import prune_with_criterion
-    from pruning.recovery import recover, recovery_data_for
+    from pruning.recovery import Rescorer, recover, recovery_data_for
 
     splits, batches = baseline.splits, baseline.batches
     started = time.perf_counter()
+    device = model_device(model)
     context = ScoringContext(calibration=batches, stats=baseline.stats)
-    outcome = prune_with_criterion(model, torch.zeros(1, *baseline.settings.shape, device=model_device(model)),
-                                   create_criterion(plan.criterion, seed=plan.seed, **dict(plan.options)),
-                                   plan.config, context, ratio_weights=plan.ratio_weights, space=baseline.space,
-                                   scores=plan.scores)
+    criterion = create_criterion(plan.criterion, seed=plan.seed, **dict(plan.options))
+    example = torch.zeros(1, *baseline.settings.shape, device=device)
+    outcome = prune_with_criterion(model, example, criterion, plan.config, context, ratio_weights=plan.ratio_weights,
+                                   space=baseline.space, scores=plan.scores)
     prune_seconds = time.perf_counter() - started
-    score = make_eval_loader(splits.calibration, model_device(model))
+    score = make_eval_loader(splits.calibration, device)
     recover_started = time.perf_counter()
     data = recovery_data_for(splits, batches, score, score_every_stage=score_every_stage, targets=baseline.targets)
+    if recipe.steps > 1:
+        rescorer = Rescorer(criterion, example, ScoringContext(calibration=batches, device=device),
+                            statistics_options([criterion]))
+        data = replace(data, rescorer=rescorer)
     result = recover(model, outcome, recipe, data)
     # bn_accuracy: the accuracy before any training (the zero-cost proxy the sweep compares against)
     untrained = [acc for stage, acc in result.accuracy.items() if stage != "finetuned"]
@@ -212,12 +223,13 @@ def prune_and_recover(model: nn.Module, baseline: WorkerBaseline, plan: Criterio
         **({"bn_accuracy": untrained[-1]} if untrained else {}),
         **{f"{stage}_accuracy": acc for stage, acc in result.accuracy.items()},
         **{f"{stage}_seconds": s for stage, s in result.seconds.items() if stage != "pruned"},
+        **result.step_metrics(),
         "planned_reduction": outcome.planned_reduction,
         "prune_seconds": prune_seconds,
-        "recover_seconds": sum(result.seconds.values()),
-        "score_seconds": time.perf_counter() - recover_started - sum(result.seconds.values()),
+        "recover_seconds": result.total_seconds,
+        "score_seconds": time.perf_counter() - recover_started - result.total_seconds,
     }
-    return outcome.model, outcome, metrics
+    return result.model, result.outcome, metrics
 
 
 def cost_metrics(pruned: nn.Module, settings: WorkerSettings) -> dict[str, float]:

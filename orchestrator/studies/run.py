@@ -39,7 +39,9 @@ from orchestrator.studies.cells import study_cells
 from orchestrator.studies.config import RESOLVED_STUDY_FILE, StudyConfig
 from orchestrator.studies.report import StudyTables, long_rows, plot_accuracy, plot_ranks, study_tables, write_tables
 from orchestrator.studies.scores import SCORES_FOLDER, ScorePhase, compute_scores, read_computations
-from orchestrator.studies.trial import CELL_METRICS, CELL_TAGS, StudyBaseline, StudySettings, study_cell
+from orchestrator.studies.trial import (
+    CELL_METRIC_PATTERNS, CELL_METRICS, CELL_TAGS, StudyBaseline, StudySettings, study_cell,
+)
 
 __all__ = ["TRACKING_KIND", "StudyResult", "load_study_config", "run_study", "resume_study", "study_report",
            "study_parent_metrics", "study_phase_times"]
@@ -140,7 +142,8 @@ def run_study(config: StudyConfig, *, address: str | None = None, resume: bool =
             say(progress, f"running {len(cells)} cells, {execution.concurrency} at a time")
             trials = TrialsSpec(study_cell, settings, baselines, resources, len(cells),
                                 make_search=lambda: FixedConfigs([c.trial_config() for c in cells]), stage="study")
-            output = TrialOutput(CELL_METRICS, CELL_TAGS, progress=progress, verbose=verbose, bar=True)
+            output = TrialOutput(CELL_METRICS, CELL_TAGS, progress=progress, verbose=verbose, bar=True,
+                                 metric_patterns=CELL_METRIC_PATTERNS)
             complete = finished_cleanly(run_trials(tracker, trials, output, resume=resume), len(cells))
         result = _finalize(tracker, config, setups, phase, ended_before=ended_before,
                            wall=time.perf_counter() - started)

@@ -18,13 +18,13 @@ from typing import Any, Mapping
 from orchestrator.studies.cells import Cell
 from orchestrator.studies.config import CriterionSettings, PruningSettings, RatioSettings
 from orchestrator.experiment.worker import (
-    STAGE_METRICS, CriterionPlan, SharedRefs, WorkerSettings, cost_metrics, fetch_baseline, prune_and_recover,
-    releases_memory,
+    STAGE_METRICS, STEP_METRICS, CriterionPlan, SharedRefs, WorkerSettings, cost_metrics, fetch_baseline,
+    prune_and_recover, releases_memory,
 )
 from pruning.recovery import RecoveryRecipe
 from pruning.utils import atomic_write
 
-__all__ = ["CELL_METRICS", "CELL_TAGS", "ACCURACY_SPLIT", "StudyBaseline", "StudySettings", "study_cell"]
+__all__ = ["CELL_METRICS", "CELL_METRIC_PATTERNS", "CELL_TAGS", "ACCURACY_SPLIT", "StudyBaseline", "StudySettings", "study_cell"]
 
 #: the split every cell's ``test_accuracy`` (the compared metric) is measured on
 ACCURACY_SPLIT = "test"
@@ -32,6 +32,8 @@ ACCURACY_SPLIT = "test"
 CELL_METRICS = ("accuracy", "bn_accuracy", *STAGE_METRICS, "test_accuracy", "macs", "params", "macs_reduction",
                 "params_reduction", "planned_reduction", "prune_seconds", "recover_seconds", "score_seconds",
                 "scores_compute_seconds", "trial_seconds")
+#: the results logged as metrics by name pattern: each step of a progressive recipe's
+CELL_METRIC_PATTERNS = (STEP_METRICS,)
 CELL_TAGS = ("criterion_name", "scores")
 
 

@@ -3,7 +3,9 @@
 A two-stage sweep screens ``sweep.trials`` Optuna trials with a cheap recipe (no fine-tuning:
 the proxy is the calibration accuracy after reconstruction and BN recalibration), then refines
 ``candidates`` of them, chosen from the screening Pareto front by :func:`select_candidates`,
-with the refinement recipe (the config's recipe + ``sweep.refine.recipe``). With
+with the refinement recipe (the config's recipe + ``sweep.refine.recipe``); where that lists
+several ``steps`` (``[1, 4]``: one shot and progressive), every candidate is refined once with
+each (:func:`refine_variants`). With
 ``sweep.refine.targets`` (MACs reductions a user deploys at) the best screening trial at each
 target is refined first. The final front is built from the refined trials only. Plain data here; the stages run in ``orchestrator.sweeps.sweep``.
 """
@@ -17,7 +19,7 @@ from orchestrator.experiment.checks import ConfigError, check_int, check_keys, c
 from orchestrator.sweeps.front import eligible, pareto_front
 
 __all__ = ["STAGE_SCREEN", "STAGE_REFINE", "REFINE_RECIPE", "REFINE_EXPERIMENT", "CANDIDATES_FILE", "RefineSettings",
-           "select_candidates", "refine_recipe"]
+           "select_candidates", "refine_recipe", "refine_variants"]
 
 STAGE_SCREEN = "screen"
 STAGE_REFINE = "refine"
@@ -38,7 +40,8 @@ class RefineSettings:
 
     candidates: screening trials to refine (0: a single-stage sweep, as without ``refine``).
     recipe: overrides of the config's ``recipe:`` for the refined trials (its keys, validated;
-        resolved with :data:`REFINE_RECIPE` for the keys it does not set).
+        resolved with :data:`REFINE_RECIPE` for the keys it does not set). ``steps`` alone may be
+        a list: every candidate is then refined once per listed value.
     targets: MACs reductions in (0, 1): for each, the ``per_target`` most accurate screening
         trials that reach it are refined first (see :func:`select_candidates`); at most
         ``candidates`` in all.
@@ -71,12 +74,29 @@ class RefineSettings:
                               f"candidates, got {self.candidates}")
         object.__setattr__(self, "targets", tuple(float(t) for t in self.targets))
         overrides = {**REFINE_RECIPE, **check_mapping("sweep.refine.recipe", self.recipe)}
-        recipe_from_section(overrides, "sweep.seed", key="sweep.refine.recipe")  # every key and value checked
+        for key, value in overrides.items():
+            if isinstance(value, (list, tuple)) and key != "steps":
+                raise ConfigError(f"sweep.refine.recipe.{key}", f"only steps may be a list, got {value!r}")
+        steps = overrides.get("steps")
+        if isinstance(steps, (list, tuple)):
+            if not steps or len(set(map(repr, steps))) < len(steps):
+                raise ConfigError("sweep.refine.recipe.steps", f"must list distinct step counts, got {steps!r}")
+            steps = list(steps)
+            overrides["steps"] = steps
+        for value in steps if isinstance(steps, list) else [steps]:  # every key and value checked
+            recipe_from_section({**overrides, **({} if value is None else {"steps": value})}, "sweep.seed",
+                                key="sweep.refine.recipe")
         object.__setattr__(self, "recipe", overrides)
 
     @property
     def enabled(self) -> bool:
         return self.candidates > 0
+
+    @property
+    def listed_steps(self) -> tuple[int, ...] | None:
+        """The step counts every candidate is refined with, where ``recipe.steps`` lists them."""
+        steps = self.recipe.get("steps")
+        return tuple(steps) if isinstance(steps, list) else None
 
     @classmethod
     def from_dict(cls, data: Any) -> RefineSettings:
@@ -141,12 +161,27 @@ def select_candidates(points: Sequence[Mapping[str, Any]], objectives: Mapping[s
 
 
 def refine_recipe(recipe, settings: RefineSettings):
-    """The refinement recipe: the config's ``recipe`` with ``settings.recipe`` replacing its values."""
+    """The refinement recipe: the config's ``recipe`` with ``settings.recipe`` replacing its values
+    (where ``steps`` is a list, its first value: a refined trial replaces it by its own)."""
     from dataclasses import replace
 
     from pruning.errors import InputError
 
+    overrides = dict(settings.recipe)
+    listed = settings.listed_steps
+    if listed is not None:
+        overrides["steps"] = listed[0]
     try:
-        return replace(recipe, **dict(settings.recipe))
+        return replace(recipe, **overrides)
     except InputError as err:
         raise ConfigError("sweep.refine.recipe", str(err).strip().splitlines()[0]) from None
+
+
+def refine_variants(settings: RefineSettings) -> list[tuple[int | None, str]]:
+    """(step count, run-name suffix) of each refinement of one candidate: ``(None, "")`` once
+    (the refinement recipe as it is), or one per value ``sweep.refine.recipe.steps`` lists
+    (``(4, "-s4")``: the trial ``refine-007-s4``)."""
+    listed = settings.listed_steps
+    if listed is None:
+        return [(None, "")]
+    return [(steps, f"-s{steps}") for steps in listed]

@@ -50,10 +50,12 @@ from orchestrator.experiment.trial_meta import META_KEY, TrialMeta, plain_config
 from orchestrator.experiment.worker import WorkerSettings, put_shared, trial_threads
 from orchestrator.sweeps.config import RESOLVED_CONFIG_FILE, SweepConfig, load_sweep_config
 from orchestrator.sweeps.latency import check_runtime, load_or_build_table
-from orchestrator.sweeps.refine import CANDIDATES_FILE, REFINE_EXPERIMENT, STAGE_REFINE, STAGE_SCREEN, select_candidates
+from orchestrator.sweeps.refine import (
+    CANDIDATES_FILE, REFINE_EXPERIMENT, STAGE_REFINE, STAGE_SCREEN, refine_variants, select_candidates,
+)
 from orchestrator.sweeps.results import SweepResult, finalize_sweep
 from orchestrator.sweeps.search import DefineByRun, make_sampler, register_context
-from orchestrator.sweeps.trials import TRIAL_METRICS, TRIAL_TAGS, SweepTrialSettings, sweep_trial
+from orchestrator.sweeps.trials import TRIAL_METRIC_PATTERNS, TRIAL_METRICS, TRIAL_TAGS, SweepTrialSettings, sweep_trial
 from pruning.utils import atomic_write
 
 __all__ = ["run_sweep", "resume_sweep", "screening_search", "refine_configs", "CANDIDATES_FILE"]
@@ -122,7 +124,8 @@ def run_sweep(
                 folder=EXPERIMENT_NAME, stage=STAGE_SCREEN,
                 trial_bytes=FLOAT_BYTES * int(setup.metrics["params"]),  # a pruned checkpoint is smaller
             )
-            output = TrialOutput(TRIAL_METRICS, TRIAL_TAGS, progress=progress, verbose=verbose)
+            output = TrialOutput(TRIAL_METRICS, TRIAL_TAGS, progress=progress, verbose=verbose,
+                                 metric_patterns=TRIAL_METRIC_PATTERNS)
             tracker = experiment.tracker
             refining = config.two_stage and resume and _restorable(config, REFINE_EXPERIMENT)
             with register_context(key, context):
@@ -212,8 +215,9 @@ def screening_search(config: SweepConfig, search_space, context, key: str, sampl
 def _refine(config: SweepConfig, tracker, screening: TrialsSpec, output: TrialOutput, screened) -> bool:
     """The refinement stage: ``sweep.refine.candidates`` screening trials (from ``screened``, a
     ResultGrid, told apart by the space's plan parameters; None: resume the refinement
-    experiment) with the refinement recipe, run like ``screening`` but for what differs.
-    Returns whether every refined trial ended."""
+    experiment) with the refinement recipe, each once per step count ``sweep.refine.recipe.steps``
+    lists, run like ``screening`` but for what differs. The refined trials' configs are written
+    to ``CANDIDATES_FILE`` first, and a resume runs those. Returns whether every refined trial ended."""
     folder = Path(config.run_dir) / REFINE_EXPERIMENT
     chosen_file = Path(config.run_dir) / CANDIDATES_FILE
     resume = screened is None
@@ -224,12 +228,16 @@ def _refine(config: SweepConfig, tracker, screening: TrialsSpec, output: TrialOu
         configs = refine_configs(screened, config.objectives, config.sweep.refine.candidates,
                                  config.sweep.refine.targets, config.sweep.refine.per_target,
                                  plan_params=settings.space.plan_params)
+        configs = per_variant(configs, refine_variants(config.sweep.refine))
         text = json.dumps([plain_config(c) for c in configs], indent=2)
         atomic_write(chosen_file, lambda tmp: tmp.write_text(text))
         if folder.exists():  # started, but killed before Tune's first snapshot: nothing to keep
             shutil.rmtree(folder)
-    refined_trials = ", ".join(split_config(c)[1].refines for c in configs) or "none feasible"
-    say(output.progress and not resume, f"refining {len(configs)} screening trial(s): {refined_trials}")
+    refined_trials = list(dict.fromkeys(split_config(c)[1].refines for c in configs))  # once per step count
+    listed = config.sweep.refine.listed_steps
+    each = f"; each with steps {', '.join(map(str, listed))}" if listed and configs else ""
+    say(output.progress and not resume,
+        f"refining {len(refined_trials)} screening trial(s): {', '.join(refined_trials) or 'none feasible'}{each}")
     if not configs:
         return True
     # the screening trials' resources, shared by refinement's concurrency
@@ -264,6 +272,18 @@ def refine_configs(screened, objectives, count: int, targets: Sequence[float] = 
                                                      refines=f"trial-{points[i]['number']:03d}")}
         for i in select_candidates(points, objectives, count, key="plan", targets=targets, per_target=per_target)
     ]
+
+
+def per_variant(configs: Sequence[dict[str, Any]], variants: Sequence[tuple[int | None, str]]) -> list[dict[str, Any]]:
+    """Each refined trial's config once per variant (:func:`~orchestrator.sweeps.refine.refine_variants`):
+    its step count in the trial's :class:`~orchestrator.experiment.trial_meta.TrialMeta` and its
+    suffix on the run name (``refine-007-s4``), the variants of one candidate one after another."""
+    refined = []
+    for trial in configs:
+        params, meta = split_config(trial)
+        refined.extend({**params, META_KEY: replace(meta, name=f"{meta.name}{suffix}", steps=steps)}
+                       for steps, suffix in variants)
+    return refined
 
 
 def resume_sweep(run_dir: str | os.PathLike, *, address: str | None = None, progress: bool = True,

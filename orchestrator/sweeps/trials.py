@@ -16,14 +16,14 @@ from torch import nn
 
 from orchestrator.experiment.trial_meta import split_config
 from orchestrator.experiment.worker import (
-    STAGE_METRICS, CriterionPlan, SharedRefs, WorkerSettings, cost_metrics, fetch_baseline, prune_and_recover,
-    releases_memory,
+    STAGE_METRICS, STEP_METRICS, CriterionPlan, SharedRefs, WorkerSettings, cost_metrics, fetch_baseline,
+    prune_and_recover, releases_memory,
 )
 from orchestrator.sweeps.latency import LATENCY_METRICS, trial_latency
 from pruning.recovery import RecoveryRecipe
 from pruning.utils import model_device
 
-__all__ = ["TRIAL_METRICS", "TRIAL_TAGS", "MODEL_FILE", "SweepTrialSettings", "sweep_trial"]
+__all__ = ["TRIAL_METRICS", "TRIAL_METRIC_PATTERNS", "TRIAL_TAGS", "MODEL_FILE", "SweepTrialSettings", "sweep_trial"]
 
 #: numeric results every sweep trial reports (the latency ones only when latency_ms is an objective)
 TRIAL_METRICS = (
@@ -31,6 +31,8 @@ TRIAL_METRICS = (
     "planned_reduction", *LATENCY_METRICS, "feasible", "prune_seconds", "recover_seconds", "score_seconds",
     "body_seconds", "cpu_seconds", "trial_cpus", "trial_gpus", "trial_seconds",
 )
+#: the results logged as metrics by name pattern: each step of a progressive recipe's
+TRIAL_METRIC_PATTERNS = (STEP_METRICS,)
 #: string results logged as tags; ``recipe``: the recipe the trial ran, as JSON (a two-stage
 #: sweep ignores the sampled fine-tuning params, so they do not say what ran); ``device``: where
 #: the trial's model ran (e.g. ``cuda:0``, ``cpu``)
@@ -129,7 +131,7 @@ def sweep_trial(config: dict[str, Any], *, refs: SharedRefs, settings: SweepTria
     if _report_restored():
         return
     started, cpu_started = time.perf_counter(), time.process_time()
-    params, _ = split_config(config)
+    params, meta = split_config(config)
     baseline = fetch_baseline(refs, settings.worker)
     context = SpaceContext(space=baseline.space, strategy=settings.strategy, stats=baseline.stats,
                            utilization=baseline.utilization)
@@ -145,6 +147,8 @@ def sweep_trial(config: dict[str, Any], *, refs: SharedRefs, settings: SweepTria
         tune.report(worst)
         return
     recipe = settings.recipe
+    if meta.steps is not None:  # one of the step counts its refinement lists
+        recipe = replace(recipe, steps=meta.steps)
     if settings.sampled_finetune:
         recipe = replace(recipe, finetune_epochs=plan.finetune_epochs, finetune_lr=plan.finetune_lr,
                          weight_decay=plan.weight_decay)
@@ -166,6 +170,6 @@ def sweep_trial(config: dict[str, Any], *, refs: SharedRefs, settings: SweepTria
                    device=str(model_device(pruned)),
                    # saved with the result, so that a re-report (see _report_restored) keeps it
                    trial_seconds=time.perf_counter() - entered)
-    meta = {"criterion": plan.criterion, "params": params, "channels": dict(outcome.keep),
-            "strategy": settings.strategy, "space": settings.space.name, "recipe": recipe.to_dict()}
-    _report_with_model(metrics, pruned, baseline.spec_json, meta)
+    pruning = {"criterion": plan.criterion, "params": params, "channels": dict(outcome.keep),
+               "strategy": settings.strategy, "space": settings.space.name, "recipe": recipe.to_dict()}
+    _report_with_model(metrics, pruned, baseline.spec_json, pruning)

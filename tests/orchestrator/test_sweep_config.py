@@ -87,6 +87,17 @@ def test_unknown_keys_name_their_path(data, key):
     (config_with(recipe={"bn_data": "test"}), "recipe.bn_data: 'test' is unknown; valid: train, calibration"),
     (config_with(recipe={"reconstruct": "yes"}), "recipe.reconstruct: must be true or false"),
     (config_with(recipe={"distill": 2.0}), "recipe.distill: must be in [0, 1]"),
+    (config_with(recipe={"steps": 0}), "recipe.steps: must be an integer >= 1, got 0"),
+    (config_with(recipe={"steps": [1, 4]}), "recipe.steps: must be an integer >= 1, got [1, 4]"),  # a list: refine only
+    (config_with(recipe={"step_order": "sideways"}), "recipe.step_order: 'sideways' is unknown; valid: together"),
+    (config_with(recipe={"step_finetune_batches": -1}), "recipe.step_finetune_batches: must be an integer >= 0"),
+    (config_with(sweep={"refine": {"candidates": 2, "recipe": {"steps": 0}}}), "sweep.refine.recipe.steps: must be an integer >= 1, got 0"),
+    (config_with(sweep={"refine": {"candidates": 2, "recipe": {"steps": [1, "x"]}}}), "sweep.refine.recipe.steps: must be an integer >= 1, got 'x'"),
+    (config_with(sweep={"refine": {"candidates": 2, "recipe": {"steps": []}}}), "sweep.refine.recipe.steps: must list distinct step counts"),
+    (config_with(sweep={"refine": {"candidates": 2, "recipe": {"steps": [2, 2]}}}), "sweep.refine.recipe.steps: must list distinct step counts"),
+    (config_with(sweep={"refine": {"candidates": 2, "recipe": {"step_order": "sideways"}}}), "sweep.refine.recipe.step_order: 'sideways' is unknown"),
+    (config_with(sweep={"refine": {"candidates": 2, "recipe": {"finetune_epochs": [1, 2]}}}), "sweep.refine.recipe.finetune_epochs: only steps may be a list"),
+    (config_with(sweep={"refine": {"candidates": 2, "recipe": {"ridge": [0.1]}}}), "sweep.refine.recipe.ridge: only steps may be a list"),
     (config_with(recipe=[1]), "recipe: must be a mapping"),
     (config_with(space={"name": "concentration", "alpha": [0.0, 2.0]}), "space.alpha: must lie within [0.0, 1.0]"),
     (config_with(space={"name": "uniform", "flops_reduction": [0.5, 1.5]}), "space.flops_reduction: must lie within"),
@@ -186,6 +197,21 @@ def test_refine_section_gives_the_two_stage_recipes():
     assert flatten(config.to_dict())["sweep.refine.candidates"] == 3
     off = SweepConfig.from_dict(config_with(sweep={"refine": None, "warm_start": False}))
     assert not off.two_stage and not off.sweep.warm_start
+
+
+def test_refine_steps_may_be_a_list_that_the_resolved_config_records():
+    config = SweepConfig.from_dict(config_with(
+        recipe={"steps": 2, "step_order": "from_input"},
+        sweep={"refine": {"candidates": 2, "recipe": {"steps": [1, 4], "step_finetune_batches": 3}}}))
+    assert config.recipe.steps == 2 and config.screen_recipe.steps == 2  # screening: the recipe's steps
+    assert config.sweep.refine.listed_steps == (1, 4)
+    # the refinement recipe holds the first listed count; each refined trial sets its own
+    assert config.refine_recipe == RecoveryRecipe(steps=1, step_order="from_input", step_finetune_batches=3,
+                                                  finetune_epochs=1, distill=0.5)
+    assert config.to_dict()["sweep"]["refine"]["recipe"]["steps"] == [1, 4]
+    assert SweepConfig.from_dict(yaml.safe_load(dump_sweep_config(config))) == config
+    single = SweepConfig.from_dict(config_with(sweep={"refine": {"candidates": 2, "recipe": {"steps": 4}}}))
+    assert single.sweep.refine.listed_steps is None and single.refine_recipe.steps == 4
 
 
 def test_relative_sqlite_uri_is_made_absolute(tmp_path, monkeypatch):

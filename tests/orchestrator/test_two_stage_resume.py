@@ -1,10 +1,10 @@
 """`prunesweep sweep --resume` across the two stages of a two-stage sweep, through the CLI.
 
-One sweep (4 screening trials, 2 refined, one trial at a time) is killed twice with SIGKILL:
-during screening (once a screening trial has finished), then, resumed, during refinement (once
-a refined trial has finished); the second resume completes it. Nothing may be lost or repeated:
-in MLflow every screening trial and every refined trial is one nested run, and no trial that
-had finished before a kill runs again.
+One sweep (4 screening trials, 2 candidates each refined in 1 and in 2 steps, one trial at a
+time) is killed twice with SIGKILL: during screening (once a screening trial has finished), then,
+resumed, during refinement (once a refined trial has finished); the second resume completes it.
+Nothing may be lost or repeated: in MLflow every screening trial and every (candidate, steps)
+refined trial is one nested run, and no trial that had finished before a kill runs again.
 """
 from __future__ import annotations
 
@@ -28,6 +28,9 @@ from sweep_helpers import main_json
 
 REPO = Path(__file__).resolve().parents[2]
 SCREEN_TRIALS, CANDIDATES = 4, 2
+#: the step counts every candidate is refined with (sweep.refine.recipe.steps)
+REFINE_STEPS = [1, 2]
+REFINED = CANDIDATES * len(REFINE_STEPS)
 TIMEOUT_S = 300
 
 
@@ -133,7 +136,7 @@ def test_killed_in_either_stage_a_two_stage_sweep_resumes_without_losing_or_repe
         # one trial at a time, so each kill falls inside a stage; refined trials fine-tune on all
         # 512 training images, long enough to kill the second one mid-way
         "sweep": {"trials": SCREEN_TRIALS, "concurrency": 1, "seed": 0,
-                  "refine": {"candidates": CANDIDATES, "recipe": {"finetune_subset": 512}}},
+                  "refine": {"candidates": CANDIDATES, "recipe": {"finetune_subset": 512, "steps": REFINE_STEPS}}},
     }
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(raw))
@@ -153,25 +156,25 @@ def test_killed_in_either_stage_a_two_stage_sweep_resumes_without_losing_or_repe
     # 2. resumed: screening completes, refinement starts; killed during refinement
     resume = _prunesweep("sweep", "--resume", run_dir, "--address", address, "--quiet")
     refined = _run_until_a_trial_finished(resume, refine_dir, tmp_path / "second.log")
-    assert refined < CANDIDATES, "killed during refinement"
+    assert refined < REFINED, "killed during refinement"
     runs = _nested_runs(tracker)
     screened = _ended(runs, "screen")
     refined_early = _ended(runs, "refine")
     assert sorted(int(r.data.tags[TAG_TRIAL_NUMBER]) for r in screened.values()) == list(range(SCREEN_TRIALS))
-    assert 1 <= len(refined_early) < CANDIDATES
+    assert 1 <= len(refined_early) < REFINED
     candidates = json.loads((run_dir / "refine-candidates.json").read_text())
-    assert len(candidates) == CANDIDATES
+    assert len(candidates) == REFINED and [c[META_KEY]["steps"] for c in candidates] == REFINE_STEPS * CANDIDATES
     screen_folders = _reported_once(screen_dir)
     assert len(screen_folders) == SCREEN_TRIALS
 
     # 3. resumed again (in this process, on the same Ray): refinement only, to the end
     data = main_json(["sweep", "--resume", run_dir])
-    assert data["complete"] and data["counts"]["refined"] == CANDIDATES
-    assert data["counts"]["trials"] == SCREEN_TRIALS + CANDIDATES
+    assert data["complete"] and data["counts"]["refined"] == REFINED
+    assert data["counts"]["trials"] == SCREEN_TRIALS + REFINED
 
     runs = _nested_runs(tracker)
     assert {r.info.status for r in runs} <= {"FINISHED", "FAILED"}
-    assert len(runs) == SCREEN_TRIALS + CANDIDATES, sorted(r.info.run_name for r in runs)
+    assert len(runs) == SCREEN_TRIALS + REFINED, sorted(r.info.run_name for r in runs)
     # every screening trial once; none that had finished ran again (same run, same result)
     final_screen = _ended(runs, "screen")
     assert sorted(int(r.data.tags[TAG_TRIAL_NUMBER]) for r in final_screen.values()) == list(range(SCREEN_TRIALS))
@@ -179,19 +182,26 @@ def test_killed_in_either_stage_a_two_stage_sweep_resumes_without_losing_or_repe
         assert final_screen[name].info.run_id == run.info.run_id
         assert final_screen[name].data.metrics["trial_seconds"] == run.data.metrics["trial_seconds"]
     assert _reported_once(screen_dir) == screen_folders, "screening did not run again"
-    # the K candidates refined once each, the one refined before the kill not again
+    # the K candidates refined once per step count, the one refined before the kill not again
     final_refine = _ended(runs, "refine")
     assert sorted(final_refine) == sorted(c[META_KEY]["name"] for c in candidates)
     assert json.loads((run_dir / "refine-candidates.json").read_text()) == candidates
+    assert len({c[META_KEY]["refines"] for c in candidates}) == CANDIDATES
     for name, run in final_refine.items():
         assert run.info.status == "FINISHED" and run.data.tags[TAG_REFINES] == "trial-" + name.split("-")[1]
+        steps = int(name.rsplit("-s", 1)[1])
+        assert json.loads(run.data.tags["recipe"])["steps"] == steps
+        # a progressive trial's steps reach MLflow, and its recovery time counts them
+        assert ("step1_pruned_seconds" in run.data.metrics) == (steps > 1)
+        if steps > 1:
+            assert run.data.metrics["recover_seconds"] > run.data.metrics["step1_pruned_seconds"]
     for name, run in refined_early.items():
         assert final_refine[name].info.run_id == run.info.run_id
         assert final_refine[name].data.metrics["trial_seconds"] == run.data.metrics["trial_seconds"]
-    assert len(_reported_once(refine_dir)) == CANDIDATES
+    assert len(_reported_once(refine_dir)) == REFINED
     # the front is the refined trials'; one parent run, FINISHED
     refined_ids = {r.info.run_id for r in final_refine.values()}
     assert data["front"] and all(row["run_id"] in refined_ids for row in data["front"])
     parents = tracker.client.search_runs([tracker.experiment_id], f"tags.`prunesweep.run_dir` = '{config.run_dir}'")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    assert parents[0].data.metrics["trials_refined"] == CANDIDATES
+    assert parents[0].data.metrics["trials_refined"] == REFINED

@@ -183,3 +183,42 @@ def test_class_scores_prune_from_a_per_class_stats_file_and_refuse_one_without(t
     weights = {name: load_checkpoint(path)[0].state_dict() for name, path in outs.items()}
     assert any(not torch.equal(w, weights["pooled"][k]) for k, w in weights["balanced"].items())  # other channels
     assert_bad_input(capsys, [*common, "--stats", pooled_only, "--class-scores", "max", "--quiet"], "--per-class")
+
+
+@pytest.mark.parametrize("criterion", ["l1", "apoz"])
+def test_prune_in_steps_writes_the_planned_widths_and_reports_each_step(criterion, trained_resnet20, tmp_path,
+                                                                       capsys):
+    """``--steps 3``: the recovered model is the last step's, at the one-shot plan's widths (a
+    statistics criterion re-collects its statistics on the partly pruned model), and every step
+    is reported; the final stages' seconds too."""
+    quick = ["--criterion", criterion, "--flops-reduction", "0.5", "--bn-batches", "1", *QUICK]
+    one_shot = run_json(capsys, "prune", "--checkpoint", trained_resnet20["out"], *quick)
+    out = tmp_path / "stepped.pt"
+    data = run_json(capsys, "prune", "--checkpoint", trained_resnet20["out"], *quick, "--steps", "3",
+                    "--step-order", "from_input", "--step-finetune-batches", "1", "--out", out)
+    pruning = data["pruning"]
+    assert pruning["recipe"]["steps"] == 3 and pruning["recipe"]["step_order"] == "from_input"
+    assert pruning["channels"] == one_shot["pruning"]["channels"]  # the plan's widths, reached in steps
+    assert [step["step"] for step in pruning["steps"]] == [1, 2, 3]
+    reductions = [step["macs_reduction"] for step in pruning["steps"]]
+    assert reductions == sorted(reductions) and reductions[-1] == pytest.approx(pruning["macs_reduction"])
+    assert set(pruning["steps"][0]["seconds"]) == {"scored", "pruned", "reconstructed", "bn_recalibrated", "finetuned"}
+    assert set(pruning["steps"][-1]["seconds"]) == {"scored", "pruned"}
+    assert all(0.0 <= step["accuracy"] <= 1.0 for step in pruning["steps"][:-1])
+    assert pruning["steps"][-1]["accuracy"] is None
+    assert set(pruning["stage_seconds"]) == {"pruned", "reconstructed", "bn_recalibrated"}
+    assert one_shot["pruning"]["steps"] == []
+    model, spec = load_checkpoint(out)
+    assert sum(p.numel() for p in model.parameters()) == data["pruned"]["params"] < data["base"]["params"]
+    for layer, (kept, _) in pruning["channels"].items():
+        assert spec.widths[layer]["out"] == kept
+    assert spec.meta["pruning"]["steps"] == pruning["steps"]
+
+
+@pytest.mark.parametrize(("option", "value", "needle"), [
+    ("--steps", "0", "--steps must be an integer >= 1, got 0"),
+    ("--step-order", "sideways", "--step-order 'sideways' is unknown; valid: together, from_input"),
+    ("--step-finetune-batches", "-1", "--step-finetune-batches must be an integer >= 0, got -1"),
+])
+def test_bad_step_options_are_one_line_naming_the_option(option, value, needle, trained_resnet20, capsys):
+    assert_bad_input(capsys, ["prune", "--checkpoint", trained_resnet20["out"], "--ratio", "0.3", option, value], needle)
