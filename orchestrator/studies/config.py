@@ -208,10 +208,12 @@ class PruningSettings:
 @dataclass(frozen=True)
 class SignificanceSettings:
     """How cells are summarised (see docs/studies.md): ``interval`` t or bootstrap at ``confidence``;
-    each criterion paired with ``reference`` by ``paired_test``; bootstraps draw
-    ``bootstrap_samples`` resamples seeded by ``seed``."""
+    each criterion paired with ``reference`` by ``paired_test``, and each recipe with
+    ``reference_recipe`` (None: recipes are not compared); bootstraps draw ``bootstrap_samples``
+    resamples seeded by ``seed``."""
 
     reference: str = "random"
+    reference_recipe: str | None = None
     confidence: float = 0.95
     interval: str = "t"
     paired_test: str = "wilcoxon"
@@ -220,6 +222,8 @@ class SignificanceSettings:
 
     def __post_init__(self) -> None:
         _check_label("significance.reference", self.reference)
+        if self.reference_recipe is not None:
+            _check_label("significance.reference_recipe", self.reference_recipe)
         if not 0 < check_number("significance.confidence", self.confidence) < 1:
             raise ConfigError("significance.confidence", f"must be in (0, 1), got {self.confidence!r}")
         check_choice("significance.interval", self.interval, INTERVALS)
@@ -319,6 +323,10 @@ class StudyConfig:
         if len(labels) > 1 and self.significance.reference not in labels:
             raise ConfigError("significance.reference", f"must be one of the criteria {', '.join(labels)}, "
                               f"got {self.significance.reference!r}")
+        reference_recipe = self.significance.reference_recipe
+        if reference_recipe is not None and reference_recipe not in self.recipes:
+            raise ConfigError("significance.reference_recipe", f"must be one of the recipes {', '.join(self.recipes)}, "
+                              f"got {reference_recipe!r}")
         for baseline in self.checkpoints:  # a checkpoint's dataset is checked when it is loaded
             if baseline.model is not None:
                 self.data.check_dataset(baseline.model.dataset)
@@ -339,6 +347,11 @@ class StudyConfig:
     def reference(self) -> str | None:
         """The reference criterion's label; None with a single criterion (nothing to pair)."""
         return self.significance.reference if len(self.criteria) > 1 else None
+
+    @property
+    def reference_recipe(self) -> str | None:
+        """The recipe every other one is paired with; None where not set or with a single recipe."""
+        return self.significance.reference_recipe if len(self.recipes) > 1 else None
 
     @classmethod
     def from_dict(cls, data: Any, *, default_name: str = "study") -> StudyConfig:

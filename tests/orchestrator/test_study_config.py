@@ -44,6 +44,19 @@ def test_defaults_resolve_and_round_trip(tmp_path, monkeypatch):
     assert StudyConfig.from_dict(yaml.safe_load(config.to_yaml())) == config
 
 
+def test_the_reference_recipe_round_trips_and_defaults_to_none(tmp_path):
+    plain = StudyConfig.from_dict({**MINIMAL, "run_dir": str(tmp_path)})
+    assert plain.reference_recipe is None and plain.to_dict()["significance"]["reference_recipe"] is None
+    recipes = {"oneshot": {}, "stepped": {"steps": 4}}
+    config = StudyConfig.from_dict({**MINIMAL, "run_dir": str(tmp_path), "recipes": recipes,
+                                    "significance": {"reference_recipe": "oneshot"}})
+    assert config.reference_recipe == "oneshot" and config.to_dict()["significance"]["reference_recipe"] == "oneshot"
+    assert StudyConfig.from_dict(yaml.safe_load(config.to_yaml())) == config
+    single = StudyConfig.from_dict({**MINIMAL, "run_dir": str(tmp_path), "recipes": {"oneshot": {}},
+                                    "significance": {"reference_recipe": "oneshot"}})
+    assert single.reference_recipe is None  # one recipe: nothing to pair with it
+
+
 def test_checkpoints_may_be_models_with_weights(tmp_path):
     config = StudyConfig.from_dict({**MINIMAL, "checkpoints": [
         {"model": "user_models:tiny_cnn", "weights": str(tmp_path / "w.pt"), "model_kwargs": {"width": 4}},
@@ -68,6 +81,8 @@ def test_checkpoints_may_be_models_with_weights(tmp_path):
     ({"flops_reductions": [0.5, 1.0]}, "flops_reductions: each must be in (0, 1)"),
     ({"seeds": [1, 1]}, "seeds: must not repeat a value"),
     ({"significance": {"reference": "l2"}}, "significance.reference: must be one of the criteria random, l1"),
+    ({"recipes": {"a": {}, "b": {}}, "significance": {"reference_recipe": "x"}},
+     "significance.reference_recipe: must be one of the recipes a, b, got 'x'"),
     ({"significance": {"interval": "z"}}, "significance.interval: must be one of t, bootstrap"),
     ({"statistics": {"reference": "random"}}, "statistics: is now called significance"),
     ({"execution": {"gpus_per_trial": -1}}, "execution.gpus_per_trial: must be >= 0"),
