@@ -4,6 +4,8 @@
 * the summary: per recipe x ratios x criterion x target, the mean test accuracy and its interval;
 * the paired table: per recipe x ratios x criterion, the difference to the reference criterion
   over the same (checkpoint, seed, target) pairs, its interval and p-value;
+* the recipe table (only with ``significance.reference_recipe``): per recipe x ratios x criterion
+  x target, the difference to the reference recipe over the same (checkpoint, seed) pairs;
 * the rank table: average ranks over every (checkpoint, seed, target, recipe, ratios) setting,
   Friedman's test and the critical difference;
 * plots: test accuracy vs MACs reduction per criterion with interval bands (a panel per recipe,
@@ -21,11 +23,12 @@ from typing import Any, Mapping, Sequence
 from orchestrator.report import format_table, format_value
 from orchestrator.studies.cells import CELL_PARAMS, Cell
 from orchestrator.studies.config import SignificanceSettings
-from orchestrator.studies.significance import average_ranks, mean_interval, paired_comparison
+from orchestrator.studies.significance import Paired, average_ranks, mean_interval, paired_comparison
 from orchestrator.studies.trial import ACCURACY_SPLIT
 from pruning.utils import atomic_write
 
-__all__ = ["LONG_COLUMNS", "StudyTables", "long_rows", "study_tables", "write_tables", "plot_accuracy", "plot_ranks"]
+__all__ = ["LONG_COLUMNS", "RECIPE_PAIRED_COLUMNS", "StudyTables", "long_rows", "study_tables", "write_tables",
+           "plot_accuracy", "plot_ranks"]
 
 #: the compared metric (on the test split: :data:`~orchestrator.studies.trial.ACCURACY_SPLIT`)
 METRIC = "test_accuracy"
@@ -36,6 +39,8 @@ SUMMARY_COLUMNS = ("recipe", "ratios", "criterion", "flops_reduction", "n", "fai
                    "ci_low", "ci_high", "macs_reduction_mean")
 PAIRED_COLUMNS = ("recipe", "ratios", "criterion", "reference", "pairs", "mean_difference", "ci_low", "ci_high",
                   "p_value", "test")
+RECIPE_PAIRED_COLUMNS = ("recipe", "ratios", "criterion", "flops_reduction", "reference_recipe", "pairs",
+                         "mean_difference", "ci_low", "ci_high", "p_value", "test")
 RANK_COLUMNS = ("criterion", "average_rank")
 
 
@@ -65,13 +70,24 @@ class StudyTables:
     ranks: list[dict[str, Any]]
     rank_test: dict[str, Any] = field(default_factory=dict)
     significance: dict[str, Any] = field(default_factory=dict)
+    #: each recipe against ``significance["reference_recipe"]``; None: recipes are not compared
+    recipe_paired: list[dict[str, Any]] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The summary, paired (and recipe) and rank tables and the settings, as plain data."""
+        recipes = {} if self.recipe_paired is None else {"recipe_paired": self.recipe_paired}
+        return {"summary": self.summary, "paired": self.paired, **recipes, "ranks": self.ranks,
+                "rank_test": self.rank_test, "significance": self.significance}
 
     def text(self) -> str:
-        """The summary, paired and rank tables as aligned text."""
+        """The summary, paired (and recipe) and rank tables as aligned text."""
         parts = [f"test accuracy (split: {ACCURACY_SPLIT}), mean and {self._interval_name()}",
                  _text(self.summary, SUMMARY_COLUMNS)]
         if self.paired:
             parts += [f"paired with {self.significance['reference']}", _text(self.paired, PAIRED_COLUMNS)]
+        if self.recipe_paired:
+            parts += [f"paired with recipe {self.significance['reference_recipe']}",
+                      _text(self.recipe_paired, RECIPE_PAIRED_COLUMNS)]
         if self.ranks:
             parts += ["average rank (1 = most accurate)", _text(self.ranks, RANK_COLUMNS), self._rank_note()]
         return "\n".join(parts)
@@ -83,6 +99,10 @@ class StudyTables:
         if self.paired:
             parts += ["", f"Paired with `{self.significance['reference']}` over the same (checkpoint, seed, target) "
                       f"pairs ({self.significance['paired_test']}, two-sided).", "", to_markdown(self.paired, PAIRED_COLUMNS)]
+        if self.recipe_paired:
+            parts += ["", f"Paired with recipe `{self.significance['reference_recipe']}` over the same (checkpoint, "
+                      f"seed) pairs ({self.significance['paired_test']}, two-sided).", "",
+                      to_markdown(self.recipe_paired, RECIPE_PAIRED_COLUMNS)]
         if self.ranks:
             parts += ["", "Average rank (1 = most accurate).", "", to_markdown(self.ranks, RANK_COLUMNS), "",
                       self._rank_note()]
@@ -100,8 +120,10 @@ class StudyTables:
                 f"p {test['friedman_p']:.4g}; Nemenyi critical difference {test['critical_difference']:.3f}")
 
 
-def study_tables(rows: Sequence[Mapping[str, Any]], significance: SignificanceSettings, reference: str | None) -> StudyTables:
-    """Summary, paired and rank tables of the long table ``rows``."""
+def study_tables(rows: Sequence[Mapping[str, Any]], significance: SignificanceSettings, reference: str | None,
+                 reference_recipe: str | None = None) -> StudyTables:
+    """Summary, paired and rank tables of the long table ``rows``; with ``reference_recipe``, the
+    recipe table too."""
     options = dict(confidence=significance.confidence, samples=significance.bootstrap_samples, seed=significance.seed)
     done = _finished(rows)
     summary = []
@@ -125,9 +147,7 @@ def study_tables(rows: Sequence[Mapping[str, Any]], significance: SignificanceSe
                     if (r["recipe"], r["ratios"], r["criterion"]) == (recipe, ratios, criterion)}
             theirs = {(r["checkpoint"], r["seed"], r["flops_reduction"]): r[METRIC] for r in done
                       if (r["recipe"], r["ratios"], r["criterion"]) == (recipe, ratios, reference)}
-            pairs = sorted(set(mine) & set(theirs))
-            result = paired_comparison([mine[p] - theirs[p] for p in pairs], interval=significance.interval,
-                                       test=significance.paired_test, **options)
+            result = _paired(mine, theirs, significance)
             paired.append({"recipe": recipe, "ratios": ratios, "criterion": criterion, "reference": reference,
                            "pairs": result.n, "mean_difference": result.mean, "ci_low": result.low,
                            "ci_high": result.high, "p_value": result.p_value, "test": result.test})
@@ -142,8 +162,43 @@ def study_tables(rows: Sequence[Mapping[str, Any]], significance: SignificanceSe
     rank_test = {"blocks": ranks.blocks, "friedman_statistic": ranks.friedman_statistic,
                  "friedman_p": ranks.friedman_p, "critical_difference": ranks.critical_difference}
     settings = {"interval": significance.interval, "confidence": significance.confidence, "reference": reference,
-                "paired_test": significance.paired_test, "accuracy_split": ACCURACY_SPLIT}
-    return StudyTables(list(rows), summary, paired, rank_rows if len(criteria) > 1 else [], rank_test, settings)
+                "reference_recipe": reference_recipe, "paired_test": significance.paired_test,
+                "accuracy_split": ACCURACY_SPLIT}
+    recipe_paired = None if reference_recipe is None else _recipe_paired(rows, significance, reference_recipe)
+    return StudyTables(list(rows), summary, paired, rank_rows if len(criteria) > 1 else [], rank_test, settings,
+                       recipe_paired)
+
+
+def _paired(mine: Mapping[tuple, float], theirs: Mapping[tuple, float], significance: SignificanceSettings) -> Paired:
+    """``paired_comparison`` of ``mine - theirs`` over the keys both have."""
+    pairs = sorted(set(mine) & set(theirs))
+    return paired_comparison([mine[p] - theirs[p] for p in pairs], interval=significance.interval,
+                             test=significance.paired_test, confidence=significance.confidence,
+                             samples=significance.bootstrap_samples, seed=significance.seed)
+
+
+def _replicates(done: Sequence[Mapping[str, Any]], setting: Mapping[str, Any]) -> dict[tuple, float]:
+    """The test accuracies of the finished cells of ``setting``, keyed by (checkpoint, seed)."""
+    return {(r["checkpoint"], r["seed"]): r[METRIC] for r in done if all(r[k] == v for k, v in setting.items())}
+
+
+def _recipe_paired(rows: Sequence[Mapping[str, Any]], significance: SignificanceSettings,
+                   reference_recipe: str) -> list[dict[str, Any]]:
+    """Each recipe but ``reference_recipe`` against it: per ratios x criterion x target, the
+    differences over the (checkpoint, seed) pairs where both cells finished."""
+    done = _finished(rows)
+    table = []
+    for recipe, ratios, criterion, target in dict.fromkeys((r["recipe"], r["ratios"], r["criterion"],
+                                                           r["flops_reduction"]) for r in rows):
+        if recipe == reference_recipe:
+            continue
+        setting = {"ratios": ratios, "criterion": criterion, "flops_reduction": target}
+        result = _paired(_replicates(done, {**setting, "recipe": recipe}),
+                         _replicates(done, {**setting, "recipe": reference_recipe}), significance)
+        table.append({"recipe": recipe, "ratios": ratios, "criterion": criterion, "flops_reduction": target,
+                      "reference_recipe": reference_recipe, "pairs": result.n, "mean_difference": result.mean,
+                      "ci_low": result.low, "ci_high": result.high, "p_value": result.p_value, "test": result.test})
+    return table
 
 
 def _text(rows, columns) -> str:
@@ -174,8 +229,7 @@ def write_tables(tables: StudyTables, folder: Path) -> list[Path]:
         "cells.csv": to_csv(tables.long, LONG_COLUMNS),
         "cells.md": to_markdown(tables.long, LONG_COLUMNS) + "\n",
         "summary.md": tables.markdown(),
-        "summary.json": json.dumps({"summary": tables.summary, "paired": tables.paired, "ranks": tables.ranks,
-                                    "rank_test": tables.rank_test, "significance": tables.significance}, indent=2),
+        "summary.json": json.dumps(tables.to_dict(), indent=2),
     }
     for name, text in files.items():
         atomic_write(folder / name, lambda tmp, text=text: tmp.write_text(text))

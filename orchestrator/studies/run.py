@@ -84,12 +84,10 @@ class StudyResult:
                 f"(parent run {self.parent_run_id}; tables and plots under study/){stopped}")
 
     def to_dict(self) -> dict[str, Any]:
-        tables = self.tables
         return {"name": self.name, "run_dir": self.run_dir, "tracking_uri": self.tracking_uri,
                 "parent_run_id": self.parent_run_id, "counts": self.counts, "scores": self.scores,
-                "wall_seconds": self.wall_seconds, "cells": tables.long, "summary": tables.summary,
-                "paired": tables.paired, "ranks": tables.ranks, "rank_test": tables.rank_test,
-                "significance": tables.significance, "stopped_by": self.stopped_by}
+                "wall_seconds": self.wall_seconds, "cells": self.tables.long, **self.tables.to_dict(),
+                "stopped_by": self.stopped_by}
 
 
 def _activation_statistics(config: StudyConfig, setup, folder: Path, progress: bool):
@@ -169,7 +167,7 @@ def _score_savings(config: StudyConfig, rows, phase: ScorePhase | None) -> dict[
 
 def _tables_and_counts(config: StudyConfig, tracker: Tracker):
     rows = long_rows(tracker.read_trials())
-    tables = study_tables(rows, config.significance, config.reference)
+    tables = study_tables(rows, config.significance, config.reference, config.reference_recipe)
     counts = {"cells": len(study_cells(config)), "logged": len(rows),
               "finished": sum(r["status"] == "FINISHED" for r in rows),
               "failed": sum(r["status"] == "FAILED" for r in rows)}
