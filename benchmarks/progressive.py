@@ -137,13 +137,47 @@ def _column(variant: tuple) -> str:
         ", split fine-tune" if finetune == "split" else "")
 
 
-def report(paths: list[str]) -> str:
-    """One table per baseline (the files of one checkpoint merged): the mean test accuracy over
-    the seeds per (criterion, target) and variant, and each progressive variant's paired
-    difference from one shot."""
+def _table(rows: list[dict], variants: list[tuple], base: float, seconds: bool) -> list[str]:
+    """Markdown rows: per (criterion, target) the mean test accuracy of each variant, and for a
+    progressive one its paired difference from one shot; with ``seconds`` the recovery seconds."""
     from orchestrator.studies.significance import paired_comparison
 
-    by_checkpoint: dict[str, list[tuple[dict, dict]]] = {}
+    lines = ["| criterion | target | MACs removed | " + " | ".join(map(_column, variants))
+             + (" | recovery s (" + " / ".join(_column(v) for v in variants) + ") |" if seconds else " |"),
+             "|---|---|---|" + "---|" * (len(variants) + seconds)]
+    cells: dict[tuple, dict[tuple, dict[int, dict]]] = {}
+    for row in rows:
+        cells.setdefault((row["criterion"], row["target"]), {}).setdefault(_variant(row), {})[row["seed"]] = row
+    for (criterion, target), by_variant in sorted(cells.items()):
+        if not any(v in by_variant for v in variants if v[0] != 1):
+            continue
+        one_shot = by_variant.get((1, "", ""), {})
+        columns, costs = [], []
+        for variant in variants:
+            runs = by_variant.get(variant, {})
+            if not runs:
+                columns.append("-")
+                costs.append("-")
+                continue
+            mean = statistics.fmean(r["test_accuracy"] for r in runs.values())
+            text = f"{mean:.4f} ({100 * (mean - base):+.2f})"
+            paired = [runs[k]["test_accuracy"] - one_shot[k]["test_accuracy"] for k in runs if k in one_shot]
+            if variant[0] != 1 and len(paired) >= 2:
+                cmp = paired_comparison(paired, interval="t", test="wilcoxon")
+                text += f", Δ {100 * cmp.mean:+.2f} [{100 * cmp.low:+.2f}, {100 * cmp.high:+.2f}]"
+            columns.append(text)
+            costs.append(f"{statistics.fmean(r['recovery_seconds'] for r in runs.values()):.0f}")
+        reached = statistics.fmean(r["macs_reduction"] for runs in by_variant.values() for r in runs.values())
+        lines.append(f"| {criterion} | -{100 * target:.0f}% | {100 * reached:.1f}% | " + " | ".join(columns)
+                     + (f" | {' / '.join(costs)} |" if seconds else " |"))
+    return lines
+
+
+def report(paths: list[str]) -> str:
+    """Per baseline (the files of one checkpoint merged): the step counts against one shot (every
+    layer together, the whole fine-tune after the last step), then the other variants (from the
+    input side, the fine-tune split over the steps) against one shot."""
+    by_checkpoint: dict[str, list[tuple[dict, str]]] = {}
     for path in paths:
         result = json.loads(Path(path).read_text())
         by_checkpoint.setdefault(result["settings"]["checkpoint"], []).append((result, Path(path).name))
@@ -153,41 +187,19 @@ def report(paths: list[str]) -> str:
         settings, base = first["settings"], first["base_accuracy"]
         rows = [row for result, _ in results for row in result["rows"]]
         variants = sorted({_variant(r) for r in rows})
+        plain = [v for v in variants if v[1:] in (("", ""), ("together", "final"))]
+        other = [(1, "", "")] + [v for v in variants if v not in plain]
         lines += [f"**{Path(checkpoint).stem}** ({', '.join(f'`{name}`' for _, name in results)}): baseline test "
                   f"accuracy {base:.4f} on {settings['test_subset']} test images, {first['base_macs'] / 1e6:.2f} M MACs; "
                   f"{settings['ratios']} ratios, fine-tune: 1 epoch over {settings['finetune_subset']} training "
-                  f"images, distillation {settings['distill']}.", "",
-                  "| criterion | target | MACs removed | " + " | ".join(map(_column, variants))
-                  + " | recovery s (one shot → most steps) |",
-                  "|---|---|---|" + "---|" * len(variants) + "---|"]
-        cells: dict[tuple, dict[tuple, dict[int, dict]]] = {}
-        for row in rows:
-            cells.setdefault((row["criterion"], row["target"]), {}).setdefault(_variant(row), {})[row["seed"]] = row
-        for (criterion, target), by_variant in sorted(cells.items()):
-            one_shot = by_variant.get((1, "", ""), {})
-            columns = []
-            for variant in variants:
-                runs = by_variant.get(variant, {})
-                if not runs:
-                    columns.append("-")
-                    continue
-                mean = statistics.fmean(r["test_accuracy"] for r in runs.values())
-                text = f"{mean:.4f} ({100 * (mean - base):+.2f})"
-                paired = [runs[k]["test_accuracy"] - one_shot[k]["test_accuracy"] for k in runs if k in one_shot]
-                if variant[0] != 1 and len(paired) >= 2:
-                    cmp = paired_comparison(paired, interval="t", test="wilcoxon")
-                    text += f", Δ {100 * cmp.mean:+.2f} [{100 * cmp.low:+.2f}, {100 * cmp.high:+.2f}]"
-                columns.append(text)
-            reached = statistics.fmean(r["macs_reduction"] for runs in by_variant.values() for r in runs.values())
-            ends = [v for v in (variants[0], variants[-1]) if v in by_variant]
-            seconds = [statistics.fmean(r["recovery_seconds"] for r in by_variant[v].values()) for v in ends]
-            lines.append(f"| {criterion} | -{100 * target:.0f}% | {100 * reached:.1f}% | " + " | ".join(columns)
-                         + f" | {' → '.join(f'{s:.0f}' for s in seconds)} |")
-        lines.append("")
+                  f"images, distillation {settings['distill']}.", "", *_table(rows, plain, base, True), ""]
+        if len(other) > 1:
+            lines += ["Other step orders and fine-tunes:", "", *_table(rows, other, base, False), ""]
     lines.append("A cell: mean test accuracy over the seeds (its difference from the baseline, in points); for "
                  "a progressive column, Δ is the mean paired difference from one shot (same seed) in points, "
-                 "with its 95% t interval. `recovery s`: wall seconds of the prunings and the reconstruction + "
-                 "BN recalibration after them (the fine-tune excluded).")
+                 "with its 95% t interval. `recovery s`: mean wall seconds of the prunings and the reconstruction "
+                 "+ BN recalibration after them (the fine-tune excluded; several benchmark processes shared the "
+                 "machine's 2 cores).")
     return "\n".join(lines)
 
 
