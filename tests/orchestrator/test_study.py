@@ -198,8 +198,15 @@ def test_resume_after_a_kill_repeats_nothing(ray_session, tmp_path):
         wait_while_running(driver, lambda: _ended_cells(run_dir), deadline, "a cell did")
         recorded = wait_for(lambda: snapshot_with_an_ended_trial(run_dir), deadline, "a snapshot")
         wait_for(lambda: (snapshot_with_an_ended_trial(run_dir) or 0) > recorded, deadline, "the next snapshot")
-        driver.send_signal(signal.SIGSTOP)  # frozen, the driver writes neither results nor snapshots
-        _, snapshotted = terminated_in_snapshot(run_dir)
+        while True:
+            driver.send_signal(signal.SIGSTOP)  # frozen, the driver writes neither results nor snapshots
+            _, snapshotted = terminated_in_snapshot(run_dir)
+            if snapshotted <= _ended_cells(run_dir).keys() or time.monotonic() > deadline:
+                break
+            # stopped between Tune's snapshot naming a trial TERMINATED and its JSON logger writing
+            # that trial's result: kill at a moment when the two agree
+            driver.send_signal(signal.SIGCONT)
+            time.sleep(0.2)
         driver.send_signal(signal.SIGKILL)
         driver.wait(timeout=30)
     finally:
