@@ -78,14 +78,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> CommandResult:
-    from dataclasses import replace
-
     import torch
 
     from orchestrator.cli.common import command_device, distribute_criterion, load_fitting, make_test_loader, measure
     from pruning.criteria import (
         ScoringContext, StatisticsCriterion, create_criterion, criteria_with_class_scores, criterion_class,
-        statistics_options,
     )
     from pruning.data import calibration_batches
     from pruning.pipeline import prune_with_criterion
@@ -142,11 +139,10 @@ def run(args: argparse.Namespace) -> CommandResult:
     outcome = prune_with_criterion(model, example, criterion, config, context, ratio_weights=plan.ratio_weights,
                                    space=space, scores=scores)
     del context, stats, stats_file, utilization  # the statistics (Gram matrices, histograms) are not needed by the recovery
-    data = recovery_data_for(splits, batches, scoring)
-    if recipe.steps > 1:  # the later steps score the partly pruned model: statistics collected afresh, as above
-        rescoring = ScoringContext(calibration=batches, device=device, progress=progress)
-        data = replace(data, rescorer=Rescorer(criterion, example, rescoring, statistics_options([criterion])))
-    recovery = recover(model, outcome, recipe, data, progress=progress, amp=args.amp)
+    # a progressive recipe's later steps score the partly pruned model (statistics collected afresh)
+    rescorer = Rescorer(criterion, example, ScoringContext(calibration=batches, device=device, progress=progress))
+    recovery = recover(model, outcome, recipe, recovery_data_for(splits, batches, scoring, rescorer=rescorer),
+                       progress=progress, amp=args.amp)
     outcome = recovery.outcome
 
     base = measure(model, shape, base_accuracy, progress=progress)

@@ -8,7 +8,7 @@ import ctypes
 import functools
 import gc
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import torch
@@ -194,7 +194,7 @@ def prune_and_recover(model: nn.Module, baseline: WorkerBaseline, plan: Criterio
     the plan's criterion (statistics criteria: statistics collected afresh with the options the
     baseline's were). Returns (pruned and recovered model, its prune outcome, metrics: those of
     every step of a progressive recipe too, :data:`STEP_METRICS`)."""
-    from pruning.criteria import ScoringContext, create_criterion, statistics_options
+    from pruning.criteria import ScoringContext, create_criterion
     from pruning.data import make_eval_loader
     from pruning.pipeline import prune_with_criterion
     from pruning.recovery import Rescorer, recover, recovery_data_for
@@ -210,11 +210,9 @@ def prune_and_recover(model: nn.Module, baseline: WorkerBaseline, plan: Criterio
     prune_seconds = time.perf_counter() - started
     score = make_eval_loader(splits.calibration, device)
     recover_started = time.perf_counter()
-    data = recovery_data_for(splits, batches, score, score_every_stage=score_every_stage, targets=baseline.targets)
-    if recipe.steps > 1:
-        rescorer = Rescorer(criterion, example, ScoringContext(calibration=batches, device=device),
-                            statistics_options([criterion]))
-        data = replace(data, rescorer=rescorer)
+    rescorer = Rescorer(criterion, example, ScoringContext(calibration=batches, device=device))
+    data = recovery_data_for(splits, batches, score, score_every_stage=score_every_stage, targets=baseline.targets,
+                             rescorer=rescorer)
     result = recover(model, outcome, recipe, data)
     # bn_accuracy: the accuracy before any training (the zero-cost proxy the sweep compares against)
     untrained = [acc for stage, acc in result.accuracy.items() if stage != "finetuned"]

@@ -391,8 +391,9 @@ def recover(
 
 
 def recovery_data_for(splits: Any, calibration: Sequence[Batch], score: Iterable[Batch] | None,
-                      *, score_every_stage: bool = True, targets: OriginalTargets | None = None) -> RecoveryData:
+                      *, score_every_stage: bool = True, targets: OriginalTargets | None = None,
+                      rescorer: Rescorer | None = None) -> RecoveryData:
     """:class:`RecoveryData` from a :class:`~pruning.data.DataSplits`."""
     return RecoveryData(calibration=calibration, train=splits.train, augment=splits.augment_by_default, score=score,
-                        score_every_stage=score_every_stage, targets=targets)
+                        score_every_stage=score_every_stage, targets=targets, rescorer=rescorer)
 
