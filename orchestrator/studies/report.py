@@ -164,7 +164,7 @@ def study_tables(rows: Sequence[Mapping[str, Any]], significance: SignificanceSe
     settings = {"interval": significance.interval, "confidence": significance.confidence, "reference": reference,
                 "reference_recipe": reference_recipe, "paired_test": significance.paired_test,
                 "accuracy_split": ACCURACY_SPLIT}
-    recipe_paired = None if reference_recipe is None else _recipe_paired(rows, significance, reference_recipe)
+    recipe_paired = None if reference_recipe is None else _recipe_paired(rows, done, significance, reference_recipe)
     return StudyTables(list(rows), summary, paired, rank_rows if len(criteria) > 1 else [], rank_test, settings,
                        recipe_paired)
 
@@ -182,11 +182,11 @@ def _replicates(done: Sequence[Mapping[str, Any]], setting: Mapping[str, Any]) -
     return {(r["checkpoint"], r["seed"]): r[METRIC] for r in done if all(r[k] == v for k, v in setting.items())}
 
 
-def _recipe_paired(rows: Sequence[Mapping[str, Any]], significance: SignificanceSettings,
-                   reference_recipe: str) -> list[dict[str, Any]]:
-    """Each recipe but ``reference_recipe`` against it: per ratios x criterion x target, the
-    differences over the (checkpoint, seed) pairs where both cells finished."""
-    done = _finished(rows)
+def _recipe_paired(rows: Sequence[Mapping[str, Any]], done: Sequence[Mapping[str, Any]],
+                   significance: SignificanceSettings, reference_recipe: str) -> list[dict[str, Any]]:
+    """Each recipe but ``reference_recipe`` against it: per ratios x criterion x target of
+    ``rows``, the differences over the (checkpoint, seed) pairs where both cells finished (in
+    ``done``)."""
     table = []
     for recipe, ratios, criterion, target in dict.fromkeys((r["recipe"], r["ratios"], r["criterion"],
                                                            r["flops_reduction"]) for r in rows):
