@@ -191,8 +191,8 @@ def prune_and_recover(model: nn.Module, baseline: WorkerBaseline, plan: Criterio
     """Prune ``model`` (a fresh copy of ``baseline``'s, :meth:`WorkerBaseline.build_model`) with
     ``plan``, run ``recipe``; every stage scored on the calibration split (only the last without
     ``score_every_stage``). A progressive recipe re-scores the channels between its steps with
-    the plan's criterion (statistics criteria: statistics collected afresh with the options the
-    baseline's were). Returns (pruned and recovered model, its prune outcome, metrics: those of
+    the plan's criterion (statistics criteria: statistics collected afresh, with the options that
+    criterion needs). Returns (pruned and recovered model, its prune outcome, metrics: those of
     every step of a progressive recipe too, :data:`STEP_METRICS`)."""
     from pruning.criteria import ScoringContext, create_criterion
     from pruning.data import make_eval_loader
