@@ -6,7 +6,7 @@ with weights from a state_dict file (:mod:`pruning.models.weights`).
 Importing this package imports every model module so that their factories register.
 """
 from pruning.registry import UnknownNameError
-from pruning.models import alexnet, mobilenet, resnet_cifar, torchvision_models, vgg  # noqa: F401  (registers)
+from pruning.models import alexnet, mobilenet, resnet_cifar, segmentation, torchvision_models, vgg  # noqa: F401  (registers)
 from pruning.models._registry import (
     InputShapeError,
     check_input_shape,

@@ -25,14 +25,13 @@ factory must be a Python function or class from an installed (non-standard-libra
 from __future__ import annotations
 
 import difflib
-import importlib
 import inspect
-import sys
 from typing import Any, Callable, Mapping
 
 from torch import nn
 
 from pruning.errors import InputError
+from pruning.imports import import_attribute, one_line
 from pruning.registry import UnknownNameError, accepted_options
 
 __all__ = [
@@ -110,7 +109,7 @@ def build_external(name: str, num_classes: int = 10, in_channels: int = 3, **opt
     except InputError:
         raise
     except Exception as err:
-        raise ModelSourceError(f"model {name!r} could not be built: {_one_line(err)}") from None
+        raise ModelSourceError(f"model {name!r} could not be built: {one_line(err)}") from None
     if not isinstance(model, nn.Module):
         raise ModelSourceError(f"model {name!r} returned {type(model).__name__!r}, not a torch.nn.Module")
     for module in model.modules():
@@ -178,22 +177,7 @@ def _timm_factory(name: str) -> Callable[..., nn.Module]:
 
 
 def _import_factory(path: str) -> Callable[..., Any]:
-    module_name, _, attribute = path.partition(":")
-    if not module_name or not attribute:
-        raise ModelSourceError(f"model {path!r} is not an import path package.module:factory")
-    top = module_name.split(".")[0]
-    if top in sys.stdlib_module_names or top == "builtins":
-        raise ModelSourceError(f"model {path!r}: {module_name!r} is a standard-library module, not a model's")
-    try:
-        target: Any = importlib.import_module(module_name)
-    except ImportError as err:
-        raise ModelSourceError(f"model {path!r}: cannot import {module_name!r} ({_one_line(err)})") from None
-    except Exception as err:
-        raise ModelSourceError(f"model {path!r}: importing {module_name!r} failed: {_one_line(err)}") from None
-    for part in attribute.split("."):
-        if not hasattr(target, part):
-            raise ModelSourceError(f"model {path!r}: {module_name!r} has no attribute {attribute!r}")
-        target = getattr(target, part)
+    target = import_attribute(path, "model", ModelSourceError)
     if inspect.isclass(target):
         if not issubclass(target, nn.Module):
             raise ModelSourceError(f"model {path!r} is the class {target.__name__}, not a torch.nn.Module")
@@ -215,7 +199,3 @@ def _adapt_first_conv(model: nn.Module, in_channels: int) -> None:
     parent_name, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
 
-
-def _one_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
