@@ -28,7 +28,7 @@ fewer steps than asked. Intermediate widths never grow, and the last step's are 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
 import torch
@@ -67,8 +67,7 @@ class Rescorer:
         if self.criterion.needs_stats:
             options = self.stats_options or statistics_options([self.criterion])
             stats = collect_activation_stats(model, groups, context.calibration, options)
-            context = ScoringContext(calibration=context.calibration, stats=stats, device=context.device,
-                                     progress=context.progress)
+            context = replace(context, stats=stats)
         scores = self.criterion.score(model, groups, context)
         check_scores(self.criterion, groups, scores)
         return scores
