@@ -54,6 +54,9 @@ class MultiLabel(Task):
         return replace(splits, train=relabel(splits.train), calibration=relabel(splits.calibration),
                        test=relabel(splits.test), num_classes=13, augment_by_default=False)
 
+    def output_shape(self, splits):
+        return (splits.num_classes,)
+
     def loss(self, outputs, targets):
         return F.binary_cross_entropy_with_logits(outputs, targets)
 

@@ -307,15 +307,18 @@ def model_for_data(
     meta: Mapping[str, Any] | None = None,
     prunable: bool = True,
     weights_name: str | os.PathLike | None = None,
+    task: Any = None,
 ) -> tuple[nn.Module, ModelSpec, tuple[int, int, int]]:
     """``(model, spec, input shape)``: model ``name`` built for ``splits``'s classes and
     channels with ``kwargs``, ``weights`` (a state_dict or its file) loaded, in eval mode.
 
     Checked up front, each failure one line: the name and options, that the weights fit, that the
-    model runs on the dataset's images and outputs its classes, and (``prunable``) that the
+    model runs on the dataset's images and outputs what ``task`` needs (a
+    :class:`~pruning.tasks.Task`; None: classification's class scores), and (``prunable``) that the
     pruning engine can trace and prune it (the layer it cannot handle is named). ``weights_name``:
     the file a ``weights`` state_dict was read from, for the messages.
     """
+    from pruning.tasks import Classification
     from pruning.models import read_weights
     from pruning.structure.prunable import check_prunable
 
@@ -333,12 +336,15 @@ def model_for_data(
     spec = ModelSpec(name, splits.num_classes, splits.in_channels, shape, layer_widths(model), dict(meta or {}), kwargs,
                      model_layout(model))
     check_fits(model, spec, splits)
+    task = task or Classification()
+    expected = task.output_shape(splits)
     with torch.no_grad():
         out = model(torch.zeros(1, *shape))
-    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != splits.num_classes:
+    if not isinstance(out, torch.Tensor) or (expected is not None and tuple(out.shape) != (1, *expected)):
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise CheckpointError(f"model {name!r} outputs {got} on one image, but dataset {splits.name!r} needs "
-                              f"(1, {splits.num_classes}) class scores")
+        needs = f"dataset {splits.name!r} needs" if task.name == "classification" else f"task {task.name!r} needs"
+        raise CheckpointError(f"model {name!r} outputs {got} on one image, but {needs} "
+                              f"{(1, *expected)} {task.output_description}")
     if prunable:
         check_prunable(model, shape, f"model {name!r}")
     return model, spec, shape

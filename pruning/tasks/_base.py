@@ -106,6 +106,14 @@ class Task(ABC):
     def metric_meter(self) -> MetricMeter:
         """A fresh accumulator of :attr:`metrics`."""
 
+    #: what :meth:`output_shape` describes, in error messages
+    output_description: ClassVar[str] = "outputs"
+
+    def output_shape(self, splits: Any) -> tuple[int, ...] | None:
+        """The shape of a model's output for one input of ``splits`` (None: not checked); a model
+        built for the task is refused, one line, when its output differs."""
+        return None
+
     def example_inputs(self, shape: tuple[int, ...], device: torch.device | str = "cpu") -> torch.Tensor:
         """One input batch of ``shape`` (the data's ``(channels, height, width)``) the model accepts."""
         return torch.zeros(1, *shape, device=device)

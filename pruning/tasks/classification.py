@@ -40,6 +40,10 @@ class Classification(Task):
     class_labels = True
     game_values = ("logprob", "accuracy", "margin", "kl")
     reference_values = ("kl",)
+    output_description = "class scores"
+
+    def output_shape(self, splits):
+        return (splits.num_classes,)
 
     def load_data(self, config):
         from pruning.data import load_data

@@ -89,6 +89,7 @@ class Segmentation(Task):
 
     metrics = (Metric("miou", "max"), Metric("pixel_accuracy", "max"))
     primary = "miou"
+    output_description = "per-pixel class scores"
 
     def __init__(self, canvas_size: int = 56, items: int = 3, threshold: float = 0.1) -> None:
         if not isinstance(canvas_size, int) or canvas_size < 1:
@@ -120,6 +121,9 @@ class Segmentation(Task):
                                             ink=(-mean / std, (self.threshold - mean) / std))
         return replace(splits, **canvases, num_classes=splits.num_classes + 1,
                        input_size=(self.canvas_size, self.canvas_size), augment_by_default=False)
+
+    def output_shape(self, splits):
+        return (splits.num_classes, *splits.input_size)
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(outputs, targets)
