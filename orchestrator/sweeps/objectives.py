@@ -15,7 +15,7 @@ from typing import Any, Mapping
 from orchestrator.experiment.checks import ConfigError, check_keys, check_mapping
 
 __all__ = ["COSTS", "metric_directions", "default_objectives", "check_objectives", "task_metric",
-           "infeasible_value", "hypervolume_reference"]
+           "infeasible_value", "hypervolume_reference", "check_task_named"]
 
 #: the cost metrics every sweep measures (``latency_ms`` only with that objective): lower is better
 COSTS = {"macs": "min", "params": "min", "latency_ms": "min"}
@@ -74,3 +74,12 @@ def hypervolume_reference(objectives: Mapping[str, str], baseline: Mapping[str, 
         else:
             reference[metric] = 0.0 if direction == "max" else math.nan
     return reference
+
+
+def check_task_named(configured, recorded) -> None:
+    """Refuse a baseline whose checkpoint records a task (``recorded``, a TaskSpec) other than the
+    one the config runs (``configured``: its ``task:``, classification where none is given): the
+    config's objectives and columns were checked against the configured one."""
+    if recorded != configured:
+        raise ConfigError("task", f"the checkpoint records task {recorded.name!r}, the config runs "
+                                  f"{configured.name!r}; add task: {recorded.name} (and its task_kwargs) to the config")

@@ -16,23 +16,44 @@ from torch import nn
 
 from orchestrator.experiment.trial_meta import split_config
 from orchestrator.experiment.worker import (
-    STAGE_METRICS, STEP_METRICS, CriterionPlan, SharedRefs, WorkerSettings, cost_metrics, fetch_baseline,
+    CriterionPlan, SharedRefs, WorkerSettings, cost_metrics, fetch_baseline,
     prune_and_recover, releases_memory,
 )
 from orchestrator.sweeps.latency import LATENCY_METRICS, trial_latency
-from pruning.recovery import RecoveryRecipe
+from orchestrator.sweeps.objectives import infeasible_value
+from pruning.recovery import STAGES, RecoveryRecipe
+from pruning.tasks import Classification
 from pruning.utils import model_device
 
-__all__ = ["TRIAL_METRICS", "TRIAL_METRIC_PATTERNS", "TRIAL_TAGS", "MODEL_FILE", "SweepTrialSettings", "sweep_trial"]
+__all__ = ["TRIAL_METRICS", "TRIAL_METRIC_PATTERNS", "TRIAL_TAGS", "MODEL_FILE", "SweepTrialSettings", "sweep_trial",
+           "stage_metrics", "trial_metrics", "trial_metric_patterns"]
 
-#: numeric results every sweep trial reports (the latency ones only when latency_ms is an objective)
-TRIAL_METRICS = (
-    "accuracy", "bn_accuracy", *STAGE_METRICS, "macs", "params", "macs_reduction", "params_reduction",
-    "planned_reduction", *LATENCY_METRICS, "feasible", "prune_seconds", "recover_seconds", "score_seconds",
-    "body_seconds", "cpu_seconds", "trial_cpus", "trial_gpus", "trial_seconds",
-)
-#: the results logged as metrics by name pattern: each step of a progressive recipe's
-TRIAL_METRIC_PATTERNS = (STEP_METRICS,)
+
+def stage_metrics(primary: str) -> tuple[str, ...]:
+    """Per recovery stage that ran: its ``primary`` metric on the calibration split and (but for
+    ``pruned``) its seconds."""
+    return (*(f"{stage}_{primary}" for stage in STAGES), *(f"{stage}_seconds" for stage in STAGES[1:]))
+
+
+def trial_metrics(task) -> tuple[str, ...]:
+    """The numeric results a sweep trial of ``task`` reports (the latency ones only when
+    latency_ms is an objective): every task metric, ``bn_<primary>`` and the stages'."""
+    return (
+        *(m.name for m in task.metrics), f"bn_{task.primary}", *stage_metrics(task.primary), "macs", "params",
+        "macs_reduction", "params_reduction", "planned_reduction", *LATENCY_METRICS, "feasible", "prune_seconds",
+        "recover_seconds", "score_seconds", "body_seconds", "cpu_seconds", "trial_cpus", "trial_gpus", "trial_seconds",
+    )
+
+
+def trial_metric_patterns(primary: str) -> tuple[str, ...]:
+    """The results logged as metrics by name pattern: each step of a progressive recipe's
+    (``step<N>_macs_reduction``, ``step<N>_<primary>``, ``step<N>_<stage>_seconds``)."""
+    return (rf"step[1-9][0-9]*_(macs_reduction|{primary}|[a-z_]+_seconds)",)
+
+
+#: a classification sweep's :func:`trial_metrics` and :func:`trial_metric_patterns`
+TRIAL_METRICS = trial_metrics(Classification())
+TRIAL_METRIC_PATTERNS = trial_metric_patterns(Classification.primary)
 #: string results logged as tags; ``recipe``: the recipe the trial ran, as JSON (a two-stage
 #: sweep ignores the sampled fine-tuning params, so they do not say what ran); ``device``: where
 #: the trial's model ran (e.g. ``cuda:0``, ``cpu``)
@@ -52,6 +73,7 @@ class SweepTrialSettings:
         (unless ``sampled_finetune`` is false: the stages of a two-stage sweep run their recipe
         as it is).
     score_every_stage: score every recovery stage (False: the last only; screening trials).
+    task: the :class:`~pruning.tasks.TaskSpec` the sweep runs (what an infeasible trial reports).
     latency_table: the baseline's :class:`~pruning.latency.LatencyTable` when ``latency_ms`` is
         an objective (None: no latency); measure_latency: also export and time the pruned model
         on the table's target (refined trials; the others report the table's prediction).
@@ -66,6 +88,7 @@ class SweepTrialSettings:
     measure_latency: bool = False
     sampled_finetune: bool = True
     score_every_stage: bool = True
+    task: Any = None
 
 
 def _report_restored() -> bool:
@@ -124,6 +147,7 @@ def sweep_trial(config: dict[str, Any], *, refs: SharedRefs, settings: SweepTria
     import ray
     from ray import tune
 
+    from pruning.tasks import TaskSpec
     from search_spaces import SpaceContext
 
     entered = time.perf_counter()
@@ -139,7 +163,10 @@ def sweep_trial(config: dict[str, Any], *, refs: SharedRefs, settings: SweepTria
     reason = settings.space.check_feasible(plan, context)
     base = settings.worker.baseline
     if reason is not None:
-        worst = {"accuracy": 0.0, "bn_accuracy": 0.0, "macs": base["macs"], "params": base["params"],
+        task = (settings.task or TaskSpec()).build()
+        worst = {**{m.name: infeasible_value(m) for m in task.metrics},
+                 f"bn_{task.primary}": infeasible_value(task.metric(task.primary)),
+                 "macs": base["macs"], "params": base["params"],
                  "macs_reduction": 0.0, "params_reduction": 0.0, "feasible": 0, "criterion": plan.criterion,
                  "infeasible_reason": reason, "trial_seconds": time.perf_counter() - entered}
         if settings.latency_table is not None:
