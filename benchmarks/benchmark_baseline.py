@@ -40,5 +40,5 @@ def load_benchmark_baseline(checkpoint: str, *, strategy: str, test_subset: int 
     return BenchmarkBaseline(
         model=model, spec=spec, splits=splits, shape=shape, space=space, groups=space.select(strategy),
         test_loader=test_loader, batches=calibration_batches(splits, calibration_images, batch_size),
-        base_cost=measure_cost(model, shape), base_accuracy=evaluate(model, test_loader).accuracy,
+        base_cost=measure_cost(model, shape), base_accuracy=evaluate(model, test_loader).score,
     )

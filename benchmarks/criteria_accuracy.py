@@ -139,7 +139,7 @@ def main() -> None:
                 row = {"criterion": name, "seed": seed, "target": target, "ratios": args.ratios,
                        "strategy": args.strategy, "score_and_prune_seconds": score_seconds,  # scores: first target only
                        "reconstruct": reconstruct,
-                       **recover(model, outcome, replace(recipe, seed=seed, reconstruct=reconstruct), data).accuracy}
+                       **recover(model, outcome, replace(recipe, seed=seed, reconstruct=reconstruct), data).scores}
                 if shape_cost is None:
                     cost = measure_cost(pruned, shape)
                     latency = measure_latency(pruned, shape, batch_size=64, threads=args.threads, repeats=10).median_ms

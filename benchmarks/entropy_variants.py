@@ -86,7 +86,7 @@ def run(args) -> dict:
                 # the scores are given, so the criterion passed is never asked to score
                 outcome = prune_with_criterion(model, example, create_criterion("random"), config, space=space,
                                                scores=scores)
-                row[recipe] = recover(model, outcome, recipes[recipe], data).final_accuracy
+                row[recipe] = recover(model, outcome, recipes[recipe], data).final_score
                 row["macs_reduction"] = 1 - measure_cost(outcome.model, shape).macs / base_macs
             rows.append(row)
             print(json.dumps(row), flush=True)
@@ -103,7 +103,7 @@ def run(args) -> dict:
     for seed in range(args.random_seeds):
         rows += cells("random", seed, create_criterion("random", seed=seed).score(model, groups, ScoringContext()))
     return {"rows": rows, "statistics_cpu_seconds": stats_seconds,
-            "base": {"test_accuracy": evaluate(model, test).accuracy, "macs": base_macs}}
+            "base": {"test_accuracy": evaluate(model, test).score, "macs": base_macs}}
 
 
 def table(result: dict) -> str:

@@ -52,7 +52,7 @@ class Bench:
         self.batches = calibration_batches(self.splits, args.calibration_images, 128)
         self.test = make_loader(self.splits.test, 500, shuffle=False)
         self.base_macs = measure_cost(self.model, self.shape).macs
-        self.base_accuracy = evaluate(self.model, self.test).accuracy
+        self.base_accuracy = evaluate(self.model, self.test).score
         self.recipe = RecoveryRecipe(step_order=args.order)
         self.finetune = RecoveryRecipe(reconstruct=False, bn_batches=0, finetune_epochs=1,
                                        finetune_subset=args.finetune_subset, distill=args.distill)
@@ -86,7 +86,7 @@ class Bench:
         recovery_cpu = time.process_time() - cpu
         tuned = recover(self.model, recovered.outcome, finetune, dataclasses.replace(data, rescorer=None))
         cost = measure_cost(recovered.model, self.shape)
-        return {"bn_test_accuracy": recovered.final_accuracy, "test_accuracy": tuned.final_accuracy,
+        return {"bn_test_accuracy": recovered.final_score, "test_accuracy": tuned.final_score,
                 "macs_reduction": 1 - cost.macs / self.base_macs, "steps_run": max(1, len(recovered.steps)),
                 "recovery_seconds": recovered.total_seconds, "recovery_cpu_seconds": recovery_cpu,
                 "finetune_seconds": tuned.total_seconds, "seconds": time.perf_counter() - wall,

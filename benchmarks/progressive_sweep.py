@@ -44,11 +44,11 @@ def measure(run_dir: Path) -> dict:
         model, _ = load_checkpoint(saved[-1] / "pruned.pt")
         rows.append({"name": params["trial_meta"], "criterion": params["criterion"],
                      "steps": json.loads(metrics["recipe"])["steps"], "calibration_accuracy": metrics["accuracy"],
-                     "macs_reduction": metrics["macs_reduction"], "test_accuracy": evaluate(model, test).accuracy,
+                     "macs_reduction": metrics["macs_reduction"], "test_accuracy": evaluate(model, test).score,
                      "recover_seconds": metrics["recover_seconds"]})
         print(json.dumps(rows[-1]), flush=True)
     return {"run_dir": str(run_dir), "checkpoint": config["checkpoint"], "refine": config["sweep"]["refine"],
-            "trials": config["sweep"]["trials"], "base_test_accuracy": evaluate(baseline, test).accuracy,
+            "trials": config["sweep"]["trials"], "base_test_accuracy": evaluate(baseline, test).score,
             "test_images": len(test.dataset), "rows": rows,
             "machine": f"{platform.machine()}, torch {torch.__version__}"}
 

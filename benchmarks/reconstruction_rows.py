@@ -103,7 +103,7 @@ def main() -> None:
                                             budget=budget, ridge=ridge)
             seconds = time.perf_counter() - started
             row = {"criterion": name, "seed": int(seed), "target": float(target), "variant": text,
-                   "accuracy": evaluate(pruned, base.test_loader).accuracy, "seconds": seconds,
+                   "accuracy": evaluate(pruned, base.test_loader).score, "seconds": seconds,
                    "rows": {layer: r.rows for layer, r in reports.items()}}
             print(json.dumps({k: v for k, v in row.items() if k != "rows"}), flush=True)
             rows.append(row)

@@ -174,7 +174,7 @@ def main() -> None:
                 config = PruningConfig(strategy=args.strategy, schedule=ratios_of(space, keep))
             outcome = prune_with_criterion(model, example, criterion, config, context, ratio_weights=weights,
                                            space=space, scores=scores[kind])
-            row = {"variant": variant, "target": target, **recover(model, outcome, replace(recipe, seed=0), data).accuracy}
+            row = {"variant": variant, "target": target, **recover(model, outcome, replace(recipe, seed=0), data).scores}
             cost = measure_cost(outcome.model, shape)
             row.update(macs=cost.macs, macs_reduction=1 - cost.macs / base_cost.macs,
                        params_reduction=1 - cost.params / base_cost.params,

@@ -77,11 +77,11 @@ class Bench:
 
     def finish(self, outcome: PruneOutcome, proxy_recipe: RecoveryRecipe) -> dict:
         """Proxy stages scored on the calibration split, then the fine-tune, then the test accuracy."""
-        proxies = recover(self.model, outcome, proxy_recipe, self.data(self.calibration)).accuracy
+        proxies = recover(self.model, outcome, proxy_recipe, self.data(self.calibration)).scores
         recover(self.model, outcome, self.finetune_recipe, self.data(None))
         cost = measure_cost(outcome.model, self.shape)
         return {**{f"{stage}_accuracy": acc for stage, acc in proxies.items()},
-                "test_accuracy": evaluate(outcome.model, self.test).accuracy,
+                "test_accuracy": evaluate(outcome.model, self.test).score,
                 "macs_reduction": 1 - cost.macs / self.base_macs, "macs": cost.macs}
 
 
@@ -252,7 +252,7 @@ def main() -> None:
     bench = Bench(args)
     result.update(settings=vars(args), machine=f"{platform.machine()}, torch {torch.__version__}",
                   calibration_split_images=len(bench.splits.calibration),
-                  base={"test_accuracy": evaluate(bench.model, bench.test).accuracy, "macs": bench.base_macs})
+                  base={"test_accuracy": evaluate(bench.model, bench.test).score, "macs": bench.base_macs})
     for part in args.parts:
         if part == "oneshot":
             value = run_oneshot(bench)

@@ -42,6 +42,7 @@ def score_channels(
 ) -> dict[str, torch.Tensor]:
     """Scores of the groups ``strategy`` may prune (only those: some criteria are expensive)."""
     check_finite(model, "the model to prune")
+    criterion.check_task(context.task)
     groups = space.select(strategy)
     scores = criterion.score(model, groups, context)
     check_scores(criterion, groups, scores)

@@ -21,13 +21,13 @@ from itertools import islice
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from pruning.devices import Precision, images_per_pass
 from pruning.errors import InputError
+from pruning.tasks import Classification, Task
 from pruning.utils import model_device, preserved_modes
 
 SCHEDULES = ("cosine", "onecycle")
@@ -51,9 +51,9 @@ class TrainConfig:
     ``batch_size`` is for whoever builds the loader; :func:`train` uses the loader it is given.
     ``max_batches_per_epoch`` cuts every epoch short, for quick runs.
     ``distill`` in [0, 1] weighs knowledge distillation from a teacher (Hinton et al. 2015):
-    the loss is ``(1 - distill) * CE + distill * T^2 * KL(teacher_T || student_T)`` with both
-    distributions softened at temperature ``T`` = ``distill_temperature``; :func:`train` needs a
-    ``teacher`` when ``distill > 0``. ``max_grad_norm``: every step's gradients are rescaled to
+    the loss is ``(1 - distill) * task loss + distill * task distillation loss``, the latter at
+    temperature ``distill_temperature`` (classification: ``T^2 * KL(teacher_T || student_T)``, both
+    distributions softened at ``T``); :func:`train` needs a ``teacher`` when ``distill > 0``. ``max_grad_norm``: every step's gradients are rescaled to
     at most this global L2 norm (None: never), which bounds a step when the loss surface of a
     heavily pruned network turns steep.
     """
@@ -97,15 +97,22 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class EvalResult:
-    """``accuracy`` in [0, 1] and mean cross-entropy ``loss`` over ``samples`` images."""
+    """The task's ``metrics`` (name -> value) and mean ``loss`` over ``samples`` inputs;
+    ``primary`` names the metric :attr:`score` is."""
 
-    accuracy: float
+    metrics: dict[str, float]
     loss: float
     samples: int
+    primary: str
+
+    @property
+    def score(self) -> float:
+        """The task's primary metric (classification: top-1 accuracy)."""
+        return self.metrics[self.primary]
 
 
-# long signature: pruning/recovery/recipe.py (under rework elsewhere) passes progress, teacher and
-# amp by name; they become one value together with that caller
+# long signature: pruning/recovery/recipe.py passes progress, teacher, amp and task by name; they
+# become one value together with that caller
 def train(
     model: nn.Module,
     train_loader: DataLoader | Sequence[Batch],
@@ -115,12 +122,13 @@ def train(
     eval_loader: Iterable[Batch] | None = None,
     teacher: nn.Module | None = None,
     amp: Precision | str | None = None,
+    task: Task | None = None,
 ) -> list[dict]:
-    """Train ``model`` in place; return one dict per epoch.
+    """Train ``model`` in place on ``task``'s loss (None: classification); return one dict per epoch.
 
-    Each dict holds ``epoch`` (1-based), ``loss`` and ``accuracy`` (means over the epoch's
-    training batches), ``lr`` (of the epoch's last step) and, with ``eval_loader``,
-    ``eval_loss`` and ``eval_accuracy``. Seeds the global generators with ``config.seed`` so
+    Each dict holds ``epoch`` (1-based), ``loss`` and the task's metrics (classification:
+    ``accuracy``; means over the epoch's training batches), ``lr`` (of the epoch's last step) and,
+    with ``eval_loader``, ``eval_loss`` and ``eval_<metric>`` for each metric. Seeds the global generators with ``config.seed`` so
     that dropout and unseeded loaders repeat too. Leaves the model's train/eval modes as they
     were. Raises ``FloatingPointError`` as soon as the loss stops being finite.
     ``teacher`` (used in eval mode, never updated) is distilled from when ``config.distill > 0``.
@@ -129,6 +137,7 @@ def train(
     """
     if config.distill > 0 and teacher is None:
         raise InputError(f"TrainConfig.distill is {config.distill}: train needs a teacher model")
+    task = task or Classification()
     precision = Precision.of(amp)
     precision.check(model_device(model))
     seed_everything(config.seed)
@@ -152,7 +161,7 @@ def train(
     with preserved_modes(model):
         for epoch in range(1, config.epochs + 1):
             model.train()
-            loss_sum, correct, seen = 0.0, 0, 0
+            loss_sum, seen, meter = 0.0, 0, task.metric_meter()
             batches = tqdm(
                 islice(train_loader, steps_per_epoch),
                 total=steps_per_epoch,
@@ -163,11 +172,11 @@ def train(
             for step, (inputs, targets) in enumerate(batches, start=1):
                 inputs, targets = inputs.to(device), targets.to(device)
                 with precision.autocast(device):
-                    logits = model(inputs)
-                    loss = F.cross_entropy(logits, targets)
+                    outputs = model(inputs)
+                    loss = task.loss(outputs, targets)
                     if config.distill > 0:
                         loss = (1 - config.distill) * loss + config.distill * _distillation_loss(
-                            logits, teacher, inputs, config.distill_temperature
+                            task, outputs, teacher, inputs, config.distill_temperature
                         )
                 if not torch.isfinite(loss):
                     raise FloatingPointError(
@@ -189,25 +198,24 @@ def train(
                 lr = optimizer.param_groups[0]["lr"]
                 scheduler.step()
                 loss_sum += loss.item() * len(targets)
-                correct += (logits.argmax(1) == targets).sum().item()
+                meter.update(outputs.detach(), targets)
                 seen += len(targets)
-                batches.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}", refresh=False)
-            record = {"epoch": epoch, "loss": loss_sum / seen, "accuracy": correct / seen, "lr": lr}
+                batches.set_postfix(loss=f"{loss_sum / seen:.4f}", refresh=False)
+            record = {"epoch": epoch, "loss": loss_sum / seen, **meter.compute(), "lr": lr}
             if eval_loader is not None:
-                result = evaluate(model, eval_loader, progress=progress, amp=precision)
-                record.update(eval_loss=result.loss, eval_accuracy=result.accuracy)
+                result = evaluate(model, eval_loader, progress=progress, amp=precision, task=task)
+                record.update(eval_loss=result.loss, **{f"eval_{k}": v for k, v in result.metrics.items()})
             history.append(record)
     return history
 
 
-def _distillation_loss(logits: torch.Tensor, teacher: nn.Module, inputs: torch.Tensor, temperature: float) -> torch.Tensor:
-    """``T^2 * KL(teacher_T || student_T)``: the ``T^2`` keeps the gradient scale of the soft
-    term independent of the temperature (Hinton et al. 2015)."""
+def _distillation_loss(task: Task, outputs: torch.Tensor, teacher: nn.Module, inputs: torch.Tensor,
+                       temperature: float) -> torch.Tensor:
+    """The task's distillation loss from the teacher's outputs (teacher in eval mode, no gradients)."""
     with torch.no_grad(), preserved_modes(teacher):
         teacher.eval()
-        target = F.log_softmax(teacher(inputs) / temperature, dim=1)
-    student = F.log_softmax(logits / temperature, dim=1)
-    return F.kl_div(student, target, reduction="batchmean", log_target=True) * temperature**2
+        target = teacher(inputs)
+    return task.distillation_loss(outputs, target, temperature)
 
 
 def _clip_gradients(model: nn.Module, max_norm: float | None) -> None:
@@ -236,16 +244,19 @@ def evaluate(
     progress: bool = False,
     max_batches: int | None = None,
     amp: Precision | str | None = None,
+    task: Task | None = None,
 ) -> EvalResult:
-    """Accuracy and mean cross-entropy of ``model`` in eval mode over ``loader`` (or its
-    first ``max_batches`` batches). Leaves the model's train/eval modes as they were.
-    ``amp``: mixed-precision forward passes (CUDA only; the loss is summed in float32)."""
+    """``task``'s metrics and mean loss (None: classification's accuracy and cross-entropy) of
+    ``model`` in eval mode over ``loader`` (or its first ``max_batches`` batches). Leaves the
+    model's train/eval modes as they were. ``amp``: mixed-precision forward passes (CUDA only;
+    the loss is summed in float32)."""
     if max_batches is not None and max_batches <= 0:
         raise InputError(f"max_batches must be > 0 or None, got {max_batches}")
     device = model_device(model)
     precision = Precision.of(amp)
     precision.check(device)
-    loss_sum, correct, seen = 0.0, 0, 0
+    task = task or Classification()
+    loss_sum, seen, meter = 0.0, 0, task.metric_meter()
     with preserved_modes(model):
         model.eval()
         batches = tqdm(
@@ -255,13 +266,13 @@ def evaluate(
         for inputs, targets in batches:
             inputs, targets = inputs.to(device), targets.to(device)
             with precision.autocast(device):
-                logits = model(inputs)
-            loss_sum += F.cross_entropy(logits.float(), targets, reduction="sum").item()
-            correct += (logits.argmax(1) == targets).sum().item()
+                outputs = model(inputs)
+            loss_sum += task.summed_loss(outputs.float(), targets).item()
+            meter.update(outputs, targets)
             seen += len(targets)
     if seen == 0:
         raise InputError("evaluate got no batches")
-    return EvalResult(accuracy=correct / seen, loss=loss_sum / seen, samples=seen)
+    return EvalResult(metrics=meter.compute(), loss=loss_sum / seen, samples=seen, primary=task.primary)
 
 
 @torch.no_grad()

@@ -39,17 +39,19 @@ from pruning.games import (
     shapley_blocks,
 )
 from pruning.structure import ChannelGroup
+from pruning.tasks import Classification, Task
 
 
 class _ShapleyTask:
     """One actor's replica: the layer games of the groups on the calibration batch, each built on
     its group's first block and sharing one fx trace."""
 
-    def __init__(self, model, groups, inputs, targets, options: ShapleyOptions) -> None:
+    def __init__(self, model, groups, inputs, targets, options: ShapleyOptions, game_task) -> None:
         self.model = model
         self.groups = {g.name: g for g in groups}
         self.inputs, self.targets = inputs, targets
         self.options = options
+        self.game_task = game_task
         self.games: dict[str, LayerGame] = {}
         self.mode, self.traced = resolve_trace(model, options.mode)
 
@@ -58,13 +60,15 @@ class _ShapleyTask:
         game = self.games.get(name)
         if game is None:
             game = self.games[name] = LayerGame(
-                self.model, self.groups[name], self.inputs, self.targets, self.options.game_settings(self.mode),
+                self.model, self.groups[name], self.inputs, self.targets, self.options.game_settings(self.game_task, self.mode),
                 GameSharing(traced=self.traced),
             )
         permutations, seed = block
         return estimate_block(game, self.options, permutations, seed)
 
 
+# long signature: the estimator hook's arguments (pruning.criteria.shapley.ShapleyEstimator) plus the
+# shard options; the task and seed are keywords every caller names
 def distributed_shapley(
     model: nn.Module,
     groups: Sequence[ChannelGroup],
@@ -73,10 +77,11 @@ def distributed_shapley(
     shards: ShardOptions = ShardOptions(),
     *,
     seed: int = 0,
+    task: Task | None = None,
 ) -> dict[str, ShapleyEstimate] | tuple[dict[str, ShapleyEstimate], RunReport]:
     """Shapley values of every group's channels as ``options`` say, in blocks on Ray actors.
 
-    The worth is computed on ``options.game_batch(calibration, seed)``; each block
+    The worth is ``task``'s (None: classification), computed on ``options.game_batch(calibration, seed)``; each block
     holds ``options.batch_permutations`` permutations. Groups with at most
     ``options.exact_below`` channels are enumerated exactly on the driver. Shard ids in the
     report are ``(group name, block index)``. ``shards``: the actors and what the call returns
@@ -93,12 +98,13 @@ def distributed_shapley(
     if not groups:
         return ({}, report) if shards.return_report else {}
     inputs, targets = options.game_batch(calibration, seed)
+    task = task or Classification()
 
     results: dict[str, ShapleyEstimate] = {}
     blocks: dict[str, list] = {}
     for g in groups:
         if g.size <= options.exact_below:
-            game = LayerGame(model, g, inputs, targets, options.game_settings())
+            game = LayerGame(model, g, inputs, targets, options.game_settings(task))
             results[g.name] = exact_shapley(game)
         else:
             blocks[g.name] = shapley_blocks(options, seed, g.name)
@@ -113,9 +119,9 @@ def distributed_shapley(
         inputs_ref, targets_ref = ray.put(inputs.detach().cpu()), ray.put(targets.detach().cpu())
         report.put_s = time.perf_counter() - put
         estimated = [g for g in groups if g.name in merges]
-        task = (_ShapleyTask, model_ref, estimated, inputs_ref, targets_ref, options)
+        replica = (_ShapleyTask, model_ref, estimated, inputs_ref, targets_ref, options, task)
         with pool_for(shards.pool, workers, cpus_per_worker, shards.gpus_per_worker) as active:
-            runner = ShardRunner(active, task, report, max_failures=shards.max_failures, progress=shards.progress,
+            runner = ShardRunner(active, replica, report, max_failures=shards.max_failures, progress=shards.progress,
                                  desc="shapley blocks")
             runner.run(
                 plan,
@@ -152,8 +158,10 @@ class DistributedShapley:
         self.log_to_driver = log_to_driver
         self.last_report: RunReport | None = None
 
-    def __call__(self, model, groups, calibration, options: ShapleyOptions, seed: int) -> dict[str, ShapleyEstimate]:
+    def __call__(self, model, groups, calibration, options: ShapleyOptions, seed: int,
+                 task: Task) -> dict[str, ShapleyEstimate]:
         if self.shards.pool is None:
             connect(self.address, self.shards.workers, self.shards.cpus_per_worker, log_to_driver=self.log_to_driver)
-        result, self.last_report = distributed_shapley(model, groups, calibration, options, self.shards, seed=seed)
+        result, self.last_report = distributed_shapley(model, groups, calibration, options, self.shards, seed=seed,
+                                                       task=task)
         return result

@@ -30,6 +30,7 @@ from pruning.class_scores import check_class_scores
 from pruning.registry import Registry
 from pruning.errors import InputError
 from pruning.structure.groups import SOURCES, ChannelGroup
+from pruning.tasks import Classification, Task
 
 if TYPE_CHECKING:
     from pruning.statistics.options import StatsOptions
@@ -44,12 +45,15 @@ class ScoringContext:
     ``calibration``: (inputs, targets) batches from the held-out calibration split.
     ``stats``: pre-computed ``pruning.statistics.ActivationStats`` (keyed by observed module, read per group).
     ``progress``: criteria that run the model (taylor, shapley, snpfi) show a "scoring" bar on stderr.
+    ``task``: what the criteria that read targets or outputs (taylor's loss, the games' worth)
+    measure (:mod:`pruning.tasks`; default classification).
     """
 
     calibration: Sequence[Batch] = ()
     stats: Any = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     progress: bool = False
+    task: Task = field(default_factory=Classification)
 
 
 class Criterion(ABC):
@@ -82,7 +86,20 @@ class Criterion(ABC):
         :class:`~pruning.statistics.StatsOptions` callers pass to ``collect_activation_stats``."""
         return frozenset()
 
+    def needs_class_labels(self) -> str | None:
+        """Why this criterion, as configured, needs targets that are one class index per input
+        (None: it does not); a task without them (``Task.class_labels``) is refused for it."""
+        return "per-class statistics" if "per_class" in self.required_statistics() else None
+
+    def check_task(self, task: Task) -> None:
+        """Refuse, in one line, a ``task`` that lacks what this criterion reads."""
+        reason = self.needs_class_labels()
+        if reason is not None and not task.class_labels:
+            raise InputError(f"criterion {self.name!r} reads {reason}, which need class labels; task {task.name!r} "
+                             "has none (use class_scores: pooled, or a task with class labels)")
+
     def check_context(self, context: ScoringContext) -> None:
+        self.check_task(context.task)
         if self.needs_calibration and not context.calibration:
             raise InputError(f"criterion {self.name!r} needs calibration batches")
         if self.needs_stats and context.stats is None:

@@ -26,14 +26,15 @@ from pruning.games import (
     shared_forward,
 )
 from pruning.structure import ChannelGroup
+from pruning.tasks import Task
 
 
 class ShapleyEstimator(Protocol):
     """Estimates every group at once somewhere other than this process (the estimation hook of
     :class:`ShapleyChannels`; ``orchestrator.distributed.DistributedShapley`` uses Ray actors).
 
-    Called with the model, the groups, the calibration batches and the criterion's options and
-    seed; returns ``{group name: ShapleyEstimate}`` for every group.
+    Called with the model, the groups, the calibration batches, the criterion's options and
+    seed and the task the games play for; returns ``{group name: ShapleyEstimate}`` for every group.
     """
 
     def __call__(
@@ -43,6 +44,7 @@ class ShapleyEstimator(Protocol):
         calibration: Sequence[Batch],
         options: ShapleyOptions,
         seed: int,
+        task: Task,
     ) -> Mapping[str, ShapleyEstimate]: ...
 
 
@@ -52,8 +54,8 @@ class ShapleyChannels(Criterion):
 
         phi_i = sum_{S subset N\\{i}} |S|! (n-|S|-1)! / n! * (v(S + i) - v(S)),
 
-    where N are the group's n channels and v(S) is the mean log-probability of the true class on
-    a fixed calibration batch of ``batch_size`` images with the channels outside S zeroed at every
+    where N are the group's n channels and v(S) is the task's worth (:meth:`pruning.tasks.Task.game_value`;
+    classification's default: the mean log-probability of the true class) on a fixed calibration batch of ``batch_size`` images with the channels outside S zeroed at every
     observed output of the group (:class:`pruning.games.LayerGame`; ``value`` may also be
     ``"accuracy"``, ``"margin"`` or ``"kl"``: minus the KL divergence from the unpruned
     network's output distribution, 0 at the full layer, no labels). The batch is the first
@@ -104,7 +106,7 @@ class ShapleyChannels(Criterion):
         boundary: float | None = None,
         boundary_z: float = 2.0,
         boundary_margin: float = 0.0,
-        value: str = "logprob",
+        value: str | None = None,
         batch_size: int = 32,
         stratified: bool = False,
         antithetic: bool = True,
@@ -160,6 +162,14 @@ class ShapleyChannels(Criterion):
         delegated.last_report = {}
         return delegated
 
+    def needs_class_labels(self) -> str | None:
+        return self.options.class_labels_reason()
+
+    def check_context(self, context) -> None:
+        super().check_context(context)
+        if self.options.value is not None:
+            context.task.check_game_value(self.options.value)
+
     def games(self, model, groups, context) -> Iterator[LayerGame]:
         """One :class:`LayerGame` per group on the calibration batch (with ``class_scores="max"``:
         on the first class's images), built lazily and sharing one fx trace and one recorded
@@ -188,7 +198,7 @@ class ShapleyChannels(Criterion):
             for k, (x, _) in enumerate(batches):
                 forwards[k] = shared_forward(model, traced, x, groups, like=forwards[0])
                 meter.charge(forwards[k].images_forwarded if forwards[k] is not None else 0)
-        settings = options.game_settings(mode)
+        settings = options.game_settings(context.task, mode)
         for index, group in enumerate(groups):
             games = [LayerGame(model, group, x, y, settings,
                                GameSharing(traced=traced, forward=forward, check_hooks=index == k == 0, meter=meter))
@@ -216,7 +226,7 @@ class ShapleyChannels(Criterion):
         groups = list(groups)
         delegated = None
         if self.estimator is not None:
-            delegated = self.estimator(model, groups, context.calibration, self.options, self.seed)
+            delegated = self.estimator(model, groups, context.calibration, self.options, self.seed, context.task)
         self.last_report = {}
         bar = tqdm(total=len(groups), desc="scoring", unit="layer", disable=not context.progress, leave=False)
         for index, (game, class_games) in enumerate(self._games(model, groups, context)):

@@ -23,7 +23,8 @@ class SNPFI(ShapleyChannels):
 
         v(S) = mean_b log P(y_b | x_b; only the filters in S active),
 
-    i.e. the ``shapley`` criterion with ``value="logprob"`` fixed. For ``--ratios snpfi``,
+    i.e. the ``shapley`` criterion with the task's default worth fixed (classification:
+    ``value="logprob"``; another task: minus its loss, ``"loss"``). For ``--ratios snpfi``,
     :meth:`layer_sparsity` gives each layer 1 - k*/n, k* the smallest k >= 1 whose utilization
     strength U(k) = (v(top_k) - v(empty)) / (v(N) - v(empty)) reaches ``tau`` (top_k = the k
     filters of highest importance).
@@ -79,7 +80,7 @@ class SNPFI(ShapleyChannels):
             seed=seed,
             max_permutations=max_permutations,
             epsilon=epsilon,
-            value="logprob",
+            value=None,
             batch_size=batch_size,
             antithetic=antithetic,
             truncation=truncation,

@@ -6,7 +6,6 @@ import math
 from typing import ClassVar, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch.func import functional_call
 from tqdm.auto import tqdm
 
@@ -91,7 +90,7 @@ class FirstOrderTaylor(Criterion):
             batches = self.scoring_batches(context.calibration)
             for inputs, targets in tqdm(batches, desc="scoring", unit="batch", disable=not context.progress,
                                         leave=False):
-                grads = _batch_gradients(model, flat, inputs.to(device), targets.to(device))
+                grads = _batch_gradients(model, flat, context.task, inputs.to(device), targets.to(device))
                 for group in groups:
                     # g*w summed over every element that produces channel i, in all producers
                     contribution = sum(
@@ -113,13 +112,13 @@ def _per_channel_sum(values: torch.Tensor) -> torch.Tensor:
 BACKWARD_IMAGES = 16
 
 
-def _batch_gradients(model, flat: dict, inputs: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The gradient of the batch's mean cross-entropy with respect to ``flat``'s leaves, summed
+def _batch_gradients(model, flat: dict, task, inputs: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The gradient of the batch's mean task loss (classification: cross-entropy) with respect to ``flat``'s leaves, summed
     over slices of at most :data:`BACKWARD_IMAGES` images (each weighted by its share)."""
     total: dict[str, torch.Tensor] = {}
     for start in range(0, len(inputs), BACKWARD_IMAGES):
         x, y = inputs[start:start + BACKWARD_IMAGES], targets[start:start + BACKWARD_IMAGES]
-        loss = F.cross_entropy(functional_call(model, flat, (x,)), y) * (len(x) / len(inputs))
+        loss = task.loss(functional_call(model, flat, (x,)), y) * (len(x) / len(inputs))
         for name, grad in zip(flat, torch.autograd.grad(loss, list(flat.values()))):
             total[name] = total[name] + grad if name in total else grad
     return total

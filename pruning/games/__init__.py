@@ -2,11 +2,9 @@
 permutation sampling, blocks that merge in order) and SNPFI's utilization strength and
 interactions."""
 from pruning.games.coalitions import (
-    VALUES,
     CoalitionGame,
     FunctionGame,
     all_coalitions,
-    coalition_value,
     game_endpoints,
 )
 from pruning.games.budget import GamePlan, GameRequest, PassMeter, check_budget, plan_game
@@ -46,13 +44,11 @@ from pruning.games.snpfi import (
 )
 
 __all__ = [
-    "VALUES",
     "MODES",
     "EXACT_MAX_SIZE",
     "CoalitionGame",
     "FunctionGame",
     "all_coalitions",
-    "coalition_value",
     "game_endpoints",
     "LayerGame",
     "GameSettings",

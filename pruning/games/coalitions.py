@@ -3,7 +3,7 @@
 A :class:`CoalitionGame` has ``size`` players and a batched worth function ``values(masks)``.
 :class:`FunctionGame` wraps a plain Python set function (toy games, tests);
 :class:`~pruning.games.layer.LayerGame` is the game of one layer's channels. The worth of a
-coalition of channels is one of :data:`VALUES` (see :func:`coalition_value`).
+coalition of channels is what the task plays for (:meth:`pruning.tasks.Task.game_value`).
 """
 from __future__ import annotations
 
@@ -11,9 +11,6 @@ from typing import Callable, Protocol, runtime_checkable
 
 import numpy as np
 import torch
-
-VALUES = ("logprob", "accuracy", "margin", "kl")
-
 
 @runtime_checkable
 class CoalitionGame(Protocol):
@@ -67,34 +64,3 @@ def all_coalitions(size: int) -> torch.Tensor:
     """``bool[2^size, size]``; row r holds the players whose bit is set in r."""
     index = torch.arange(2**size).unsqueeze(1)
     return (index >> torch.arange(size)) & 1 == 1
-
-
-def coalition_value(logits: torch.Tensor, targets: torch.Tensor, value: str,
-                    reference: torch.Tensor | None = None) -> torch.Tensor:
-    """Per-coalition worth from ``logits: [M, B, K]`` and ``targets: [B]``; float64 ``[M]``.
-
-    Averaged over the batch, higher = better: ``"logprob"`` is the mean log-probability of the
-    true class (the negative cross-entropy), ``"accuracy"`` top-1 accuracy (piecewise constant:
-    many ties, a noisier estimator), ``"margin"`` the mean logit margin z_y - max_{j != y} z_j,
-    ``"kl"`` minus the mean KL(p_N || p_S) from the unpruned network's output distribution
-    (``reference``: its log-probabilities ``[B, K]``) to the coalition's: 0 for the unpruned
-    network, <= 0 for every coalition, no labels used.
-    """
-    logits = logits.double()
-    if value == "kl":
-        if reference is None:
-            raise ValueError("value 'kl' needs the unpruned network's log-probabilities (reference)")
-        ref = reference.double().unsqueeze(0)
-        kl = (ref.exp() * (ref - torch.log_softmax(logits, dim=-1))).sum(-1).mean(1)
-        # KL >= 0 exactly; round-off of two log-softmaxes of equal logits must not make v(N) > 0
-        return -kl.clamp(min=0.0)
-    index = targets.view(1, -1, 1).expand(logits.shape[0], -1, 1)
-    if value == "logprob":
-        return torch.log_softmax(logits, dim=-1).gather(-1, index)[..., 0].mean(1)
-    if value == "accuracy":
-        return (logits.argmax(-1) == targets.view(1, -1)).double().mean(1)
-    if value == "margin":
-        true = logits.gather(-1, index)[..., 0]
-        others = logits.scatter(-1, index, float("-inf")).amax(-1)
-        return (true - others).mean(1)
-    raise ValueError(f"unknown value {value!r}; valid: {', '.join(VALUES)}")

@@ -19,7 +19,7 @@ import torch
 from pruning.class_scores import check_class_scores
 from pruning.errors import InputError
 from pruning.games.budget import GamePlan, GameRequest, check_budget
-from pruning.games.coalitions import VALUES, CoalitionGame, game_endpoints
+from pruning.games.coalitions import CoalitionGame, game_endpoints
 from pruning.games.estimators import (
     EXACT_MAX_SIZE,
     BoundaryStop,
@@ -29,6 +29,7 @@ from pruning.games.estimators import (
     permutation_shapley,
 )
 from pruning.games.layer import MODES, GameSettings
+from pruning.tasks import Task, list_tasks, task_class
 
 
 
@@ -43,7 +44,8 @@ class ShapleyOptions:
     ``epsilon``, or once the keep/prune cut at the pruned fraction ``boundary`` is decided at
     ``boundary_z`` standard errors up to ``boundary_margin`` channel shares
     (:class:`~pruning.games.estimators.BoundaryStop`; None: off, at most one of the two).
-    Groups with at most ``exact_below`` channels (capped at 10) are enumerated exactly. The worth is ``value`` on ``batch_size`` calibration images: the first
+    Groups with at most ``exact_below`` channels (capped at 10) are enumerated exactly. The worth is ``value`` (one of the task's
+    :attr:`~pruning.tasks.Task.game_values`; None: its first, classification's ``logprob``) on ``batch_size`` calibration images: the first
     ones, or with ``stratified`` equally many of each class, drawn with the criterion's seed
     (:func:`calibration_batch`); ``mode`` picks the evaluation path of
     :class:`~pruning.games.layer.LayerGame` and ``max_batch`` bounds the images per forward.
@@ -65,7 +67,7 @@ class ShapleyOptions:
     boundary: float | None = None
     boundary_z: float = 2.0
     boundary_margin: float = 0.0
-    value: str = "logprob"
+    value: str | None = None
     batch_size: int = 32
     stratified: bool = False
     antithetic: bool = True
@@ -83,8 +85,8 @@ class ShapleyOptions:
         check_class_scores(self.class_scores)
         if self.class_scores == "max" and not self.stratified:
             raise InputError("class_scores 'max' needs stratified=True (every class's images in the game batch)")
-        if self.value not in VALUES:
-            raise InputError(f"unknown value {self.value!r}; valid: {', '.join(VALUES)}")
+        if self.value is not None and self.value not in (known := known_game_values()):
+            raise InputError(f"unknown value {self.value!r}; valid: {', '.join(known)}")
         if self.mode not in MODES:
             raise InputError(f"unknown mode {self.mode!r}; valid: {', '.join(MODES)}")
         counts = (self.max_permutations, self.batch_size, self.batch_permutations)
@@ -133,10 +135,17 @@ class ShapleyOptions:
                            max_permutations=max(step, self.max_permutations - self.max_permutations % step),
                            step=step, exact_below=self.exact_below, curves=curves)
 
-    def game_settings(self, mode: str | None = None) -> GameSettings:
-        """The :class:`~pruning.games.GameSettings` of these options' games (``mode``: a resolved
-        mode instead of :attr:`mode`, see :func:`~pruning.games.resolve_trace`)."""
-        return GameSettings(value=self.value, mode=self.mode if mode is None else mode, max_batch=self.max_batch)
+    def game_settings(self, task: Task, mode: str | None = None) -> GameSettings:
+        """The :class:`~pruning.games.GameSettings` of these options' games for ``task`` (``mode``: a
+        resolved mode instead of :attr:`mode`, see :func:`~pruning.games.resolve_trace`)."""
+        return GameSettings(value=self.value, mode=self.mode if mode is None else mode, max_batch=self.max_batch,
+                            task=task)
+
+    def class_labels_reason(self) -> str | None:
+        """Why these options need class-index targets (None: they do not)."""
+        if self.class_scores != "pooled":
+            return f"per-class games (class_scores {self.class_scores!r})"
+        return "class-stratified game batches (stratified)" if self.stratified else None
 
     def truncation_tol(self, game: CoalitionGame) -> float | None:
         """The absolute TMC tolerance for ``game``: ``truncation`` x |v(N) - v(empty)|."""
@@ -240,6 +249,11 @@ def calibration_batch(
         chosen.append(np.sort(rng.choice(pool, int(count), replace=False)))
     index = torch.from_numpy(np.concatenate(chosen))
     return inputs[index], targets[index]
+
+
+def known_game_values() -> list[str]:
+    """Every game value some registered task plays for (a task checks its own when scoring)."""
+    return sorted({value for name in list_tasks() for value in task_class(name).game_values})
 
 
 def group_seed(seed: int, name: str) -> int:

@@ -2,7 +2,7 @@
 
 The players of a :class:`LayerGame` are the channels of one :class:`~pruning.structure.ChannelGroup`.
 The worth of a coalition ``S`` is a score of the network on a fixed calibration batch
-(:func:`~pruning.games.coalitions.coalition_value`) with every channel outside ``S`` zeroed at
+(:meth:`pruning.tasks.Task.game_value`) with every channel outside ``S`` zeroed at
 *every* observed output of the group (each producer's BN output, or the producer's own output
 when no BN follows). Zeroing a channel there removes it exactly as pruning would, residual
 additions included: every consumer then reads a zero input channel.
@@ -27,7 +27,7 @@ Cost engineering
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
 import torch
@@ -36,10 +36,11 @@ from torch import nn
 
 from pruning.errors import InputError
 from pruning.games.budget import PassMeter
-from pruning.games.coalitions import VALUES, coalition_masks, coalition_value
+from pruning.games.coalitions import coalition_masks
 from pruning.games.downstream import DownstreamPlan, ModelForward, Unsupported, apply_mask, build_plan, expand
 from pruning.statistics.hooks import channels_last
 from pruning.structure import ChannelGroup
+from pruning.tasks import Classification, Task
 from pruning.utils import model_device, preserved_modes
 
 MODES = ("auto", "fx", "hooks")
@@ -107,19 +108,21 @@ def shared_forward(model: nn.Module, traced: torch.fx.GraphModule | None, inputs
 
 @dataclass(frozen=True)
 class GameSettings:
-    """How a :class:`LayerGame` values and evaluates coalitions: ``value`` (the worth,
-    :data:`~pruning.games.coalitions.VALUES`), ``mode`` (:data:`MODES`: ``"fx"`` runs only the
+    """How a :class:`LayerGame` values and evaluates coalitions: ``task`` and ``value`` (the worth,
+    one of the task's :attr:`~pruning.tasks.Task.game_values`; None: its first), ``mode`` (:data:`MODES`: ``"fx"`` runs only the
     part of the network after the group, ``"hooks"`` the whole network with masking hooks,
     ``"auto"`` fx where it traces and agrees, else hooks) and ``max_batch`` (images per forward;
     None: 256 on the CPU, 4096 on a GPU). Checked when built (one-line ``InputError``)."""
 
-    value: str = "logprob"
+    value: str | None = None
     mode: str = "auto"
     max_batch: int | None = None
+    task: Task = field(default_factory=Classification)
 
     def __post_init__(self) -> None:
-        if self.value not in VALUES:
-            raise InputError(f"unknown value {self.value!r}; valid: {', '.join(VALUES)}")
+        if self.value is None:  # frozen: resolved once, so every reader sees the task's default
+            object.__setattr__(self, "value", self.task.game_values[0])
+        self.task.check_game_value(self.value)
         if self.mode not in MODES:
             raise InputError(f"unknown mode {self.mode!r}; valid: {', '.join(MODES)}")
         if self.max_batch is not None and (
@@ -170,7 +173,7 @@ class LayerGame:
         settings: GameSettings = GameSettings(),
         sharing: GameSharing = GameSharing(),
     ) -> None:
-        value, mode, max_batch = settings.value, settings.mode, settings.max_batch
+        value, mode, max_batch, task = settings.value, settings.mode, settings.max_batch, settings.task
         traced, forward, meter = sharing.traced, sharing.forward, sharing.meter
         if inputs.shape[0] != targets.shape[0] or inputs.shape[0] == 0:
             raise ValueError("inputs and targets must be non-empty and of the same length")
@@ -178,10 +181,11 @@ class LayerGame:
         self.group = group
         self.size = int(group.size)
         self.value = value
+        self.task = task
         self.meter = meter
         self.device = model_device(model)
         self.inputs = inputs.to(self.device)
-        self.targets = targets.to(self.device).long()
+        self.targets = targets.to(self.device).long() if task.class_labels else targets.to(self.device)
         self.batch_size = int(inputs.shape[0])
         self._images = self.batch_size
         if max_batch is None:  # CPU convolutions are fastest in small batches, GPUs want big ones
@@ -209,10 +213,10 @@ class LayerGame:
                 if mode == "fx":
                     raise
                 self.fallback_reason = f"{type(exc).__name__}: {exc}"
-        # "kl" compares every coalition with the unpruned network's output on the same path (so
-        # v(N) = 0 up to round-off); one forward, not counted as a coalition evaluation
+        # "kl" (classification; "distill" elsewhere) compares every coalition with the unpruned network's
+        # output on the same path (so v(N) = 0 up to round-off); one forward, not counted as a coalition evaluation
         self.reference: torch.Tensor | None = None
-        if value == "kl":
+        if value in task.reference_values:
             if forward is not None and self._plan is not None:
                 logits = forward.logits  # the recorded forward is the unpruned network's output
             else:
@@ -220,7 +224,7 @@ class LayerGame:
                     full = torch.ones(1, self.size, device=self.device)
                     logits = self._plan.run(full) if self._plan is not None else self._hooks_logits(full)
                 self._charge(self.batch_size * self.fraction)
-            self.reference = torch.log_softmax(logits.double(), dim=-1)
+            self.reference = task.game_reference(logits)
 
     @property
     def images(self) -> int:
@@ -312,7 +316,8 @@ class LayerGame:
                 mask = masks[start : start + self.chunk].to(self.device, torch.float32)
                 m = mask.shape[0]
                 logits = self._plan.run(mask, images=k) if self._plan is not None else self._hooks_logits(mask, self.inputs[:k])
-                out[start : start + m] = coalition_value(logits.view(m, k, -1), targets, self.value, reference).cpu()
+                outputs = logits.view(m, k, *logits.shape[1:])
+                out[start : start + m] = self.task.game_value(outputs, targets, self.value, reference).cpu()
                 self.forwards += 1
         self.coalitions += len(masks)
         self.evaluations += len(masks) * k

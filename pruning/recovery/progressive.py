@@ -78,13 +78,13 @@ class Rescorer:
 class StepResult:
     """One step of a progressive recipe: ``number`` (from 1), the MACs reduction its widths
     reach (``macs_reduction``, of the unpruned model's), ``seconds`` of its stages (``scored``,
-    ``pruned``, then for every step but the last the recovery stages it ran), and ``accuracy``
+    ``pruned``, then for every step but the last the recovery stages it ran), and ``score``
     after its recovery (None: not scored, or the last step, whose stages the result holds)."""
 
     number: int
     macs_reduction: float
     seconds: dict[str, float]
-    accuracy: float | None = None
+    score: float | None = None
 
 
 def step_widths(space: PruningSpace, keep: Mapping[str, int], steps: int, order: str) -> list[dict[str, int]]:

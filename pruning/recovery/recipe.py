@@ -32,7 +32,7 @@ buys"): reconstruction on, BN recalibration on 20 training batches, no fine-tuni
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from itertools import cycle, islice
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -49,6 +49,7 @@ from pruning.recovery.progressive import STEP_ORDERS, Rescorer, StepResult, prun
 from pruning.recovery.reconstruction import ReconstructionReport, consumers_of, kept_outputs_of, reconstruct_consumers
 from pruning.recovery.targets import OriginalTargets, original_targets
 from pruning.structure import PruningSpace
+from pruning.tasks import Classification, Task
 from pruning.training import TrainConfig, evaluate, recalibrate_bn, train
 from pruning.utils import model_device
 
@@ -172,8 +173,9 @@ class RecoveryData:
         recipe reads no training data.
     augment: whether the training split's standard augmentation exists (``DataSplits.
         augment_by_default``); the recipe's ``finetune_augment`` switches it on for fine-tuning.
-    score: the loader every stage's accuracy is measured on (the calibration split in a sweep,
-        the test split in the CLI and benchmarks); None: stages are not scored.
+    score: the loader every stage's score (the task's primary metric) is measured on (the
+        calibration split in a sweep, the test split in the CLI and benchmarks); None: stages are
+        not scored.
     score_every_stage: score each stage that ran (False: the last one only, which is all a
         screening trial needs; a scoring pass costs as much as BN recalibration).
     targets: the unpruned model's reconstruction targets on ``calibration``
@@ -182,6 +184,7 @@ class RecoveryData:
     rescorer: scores the channels of the partly pruned model between the steps of a recipe with
         ``steps > 1`` (:class:`~pruning.recovery.progressive.Rescorer`: the criterion that made
         the plan); a one-shot recipe reads none.
+    task: what fine-tuning trains for and scoring measures (:mod:`pruning.tasks`).
     """
 
     calibration: Sequence[Batch]
@@ -191,6 +194,7 @@ class RecoveryData:
     score_every_stage: bool = True
     targets: OriginalTargets | None = None
     rescorer: Rescorer | None = None
+    task: Task = field(default_factory=Classification)
 
 
 def reconstruction_targets(original: nn.Module, space: PruningSpace, calibration: Sequence[Batch],
@@ -209,24 +213,25 @@ def _row_budget(recipe: RecoveryRecipe) -> RowBudget:
 
 @dataclass(frozen=True)
 class RecoveryResult:
-    """accuracy: the score-loader accuracy after each stage that ran, in :data:`STAGES` order
+    """scores: the task's primary metric (``metric``) on the score loader after each stage that ran, in :data:`STAGES` order
     (empty when ``RecoveryData.score`` is None; the last stage only without
     ``RecoveryData.score_every_stage``); seconds: the wall time of each stage (scoring
     excluded); reconstruction: the per-layer reports of the (last) reconstruction stage.
     outcome: the pruned model and its channels (the outcome passed in for a one-shot recipe;
     for a progressive one the model of its last step, the kept indices of the unpruned model's
     channels); steps: one :class:`StepResult` per step of a progressive recipe (empty: one shot);
-    the stages after the last step are the ``accuracy`` and ``seconds`` above."""
+    the stages after the last step are the ``scores`` and ``seconds`` above."""
 
-    accuracy: dict[str, float]
+    scores: dict[str, float]
     seconds: dict[str, float]
     reconstruction: dict[str, ReconstructionReport]
     outcome: PruneOutcome
     steps: tuple[StepResult, ...] = ()
+    metric: str = "accuracy"
 
     @property
-    def final_accuracy(self) -> float | None:
-        return next(reversed(self.accuracy.values()), None)
+    def final_score(self) -> float | None:
+        return next(reversed(self.scores.values()), None)
 
     @property
     def model(self) -> nn.Module:
@@ -239,13 +244,13 @@ class RecoveryResult:
 
     def step_metrics(self) -> dict[str, float]:
         """The steps as flat metrics: ``step<N>_macs_reduction``, ``step<N>_<stage>_seconds``,
-        ``step<N>_accuracy`` (where scored)."""
+        ``step<N>_<metric>`` (where scored)."""
         metrics: dict[str, float] = {}
         for step in self.steps:
             metrics[f"step{step.number}_macs_reduction"] = step.macs_reduction
             metrics.update({f"step{step.number}_{stage}_seconds": s for stage, s in step.seconds.items()})
-            if step.accuracy is not None:
-                metrics[f"step{step.number}_accuracy"] = step.accuracy
+            if step.score is not None:
+                metrics[f"step{step.number}_{self.metric}"] = step.score
         return metrics
 
 
@@ -258,7 +263,7 @@ class _Stages:
         self.precision, self.progress = precision, progress
 
     def score(self, model: nn.Module) -> float:
-        return evaluate(model, self.data.score, progress=self.progress, amp=self.precision).accuracy
+        return evaluate(model, self.data.score, progress=self.progress, amp=self.precision, task=self.data.task).score
 
     def reconstruct(self, outcome: PruneOutcome) -> dict[str, ReconstructionReport]:
         recipe, data = self.recipe, self.data
@@ -291,7 +296,7 @@ class _Stages:
                              augment=recipe.finetune_augment and self.data.augment,
                              pin_memory=model_device(model).type == "cuda")
         train(model, loader, config, progress=self.progress, teacher=self.original if recipe.distill > 0 else None,
-              amp=self.precision)
+              amp=self.precision, task=self.data.task)
 
     def between_steps(self, outcome: PruneOutcome, number: int) -> dict[str, float]:
         """Reconstruction, BN recalibration and the step fine-tune after step ``number``."""
@@ -353,14 +358,14 @@ def recover(
         plan, current = outcome, PruneOutcome(original, outcome.space, {}, {}, outcome.scores)
         for number, step in enumerate(widths, 1):
             current, seconds = prune_step(current, step, data.rescorer, plan.scores if number == 1 else None)
-            accuracy = None
+            score = None
             if number < len(widths):
                 seconds.update(stages.between_steps(current, number))
-                accuracy = stages.score(current.model) if scored_steps else None
-            steps.append(StepResult(number, outcome.space.reduction(step), seconds, accuracy))
+                score = stages.score(current.model) if scored_steps else None
+            steps.append(StepResult(number, outcome.space.reduction(step), seconds, score))
         outcome = replace(current, keep=dict(plan.keep))
     pruned = outcome.model
-    accuracy: dict[str, float] = {}
+    scores: dict[str, float] = {}
     seconds: dict[str, float] = {}
     reports: dict[str, ReconstructionReport] = {}
 
@@ -369,7 +374,7 @@ def recover(
     def done(stage: str, started: float) -> None:
         seconds[stage] = time.perf_counter() - started
         if data.score is not None and (data.score_every_stage or stage == last):
-            accuracy[stage] = stages.score(pruned)
+            scores[stage] = stages.score(pruned)
 
     done("pruned", time.perf_counter())
     if recipe.reconstruct:
@@ -387,13 +392,13 @@ def recover(
             subset = Subset(data.train, range(min(recipe.finetune_subset, len(data.train))))
         stages.finetune(pruned, recipe.finetune_epochs, subset, recipe.seed)
         done("finetuned", started)
-    return RecoveryResult(accuracy, seconds, reports, outcome, tuple(steps))
+    return RecoveryResult(scores, seconds, reports, outcome, tuple(steps), data.task.primary)
 
 
 def recovery_data_for(splits: Any, calibration: Sequence[Batch], score: Iterable[Batch] | None,
-                      *, score_every_stage: bool = True, targets: OriginalTargets | None = None,
-                      rescorer: Rescorer | None = None) -> RecoveryData:
-    """:class:`RecoveryData` from a :class:`~pruning.data.DataSplits`."""
+                      *, task: Task | None = None, **options: Any) -> RecoveryData:
+    """:class:`RecoveryData` from a :class:`~pruning.data.DataSplits` (``task`` None: classification);
+    ``options``: its other fields (``score_every_stage``, ``targets``, ``rescorer``)."""
     return RecoveryData(calibration=calibration, train=splits.train, augment=splits.augment_by_default, score=score,
-                        score_every_stage=score_every_stage, targets=targets, rescorer=rescorer)
+                        task=task or Classification(), **options)
 

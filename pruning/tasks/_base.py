@@ -114,6 +114,10 @@ class Task(ABC):
         """The loss of each input: ``float[B]`` (default: :meth:`loss` one input at a time)."""
         return torch.stack([self.loss(o.unsqueeze(0), t.unsqueeze(0)) for o, t in zip(outputs, targets)])
 
+    def summed_loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The batch's summed loss, what evaluation averages over a pass (default: of :meth:`sample_loss`)."""
+        return self.sample_loss(outputs, targets).sum()
+
     def distillation_loss(self, student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
         """How far the student's outputs are from the teacher's, softened at ``temperature`` where
         the outputs are logits (default: mean squared error, the temperature unused)."""

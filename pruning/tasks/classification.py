@@ -52,6 +52,9 @@ class Classification(Task):
     def sample_loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(outputs, targets, reduction="none")
 
+    def summed_loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(outputs, targets, reduction="sum")
+
     def metric_meter(self) -> MetricMeter:
         return _AccuracyMeter()
 

@@ -30,12 +30,13 @@ __all__ = ["CanvasDataset", "Segmentation"]
 
 
 class CanvasDataset(Dataset):
-    """Canvases composed from ``images`` (``[N, C, h, w]``, normalised, class ``labels``)."""
+    """Canvases composed from ``images`` (``[N, C, h, w]``, normalised, class ``labels``); ``ink``:
+    the normalised blank value and drawing threshold, per channel (``[C, 1, 1]`` each)."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, *, canvas_size: int, items: int,
-                 blank: torch.Tensor, threshold: torch.Tensor, seed: int) -> None:
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, canvas_size: int, items: int, seed: int, *,
+                 ink: tuple[torch.Tensor, torch.Tensor]) -> None:
         self.images, self.labels = images, labels
-        self.canvas_size, self.blank, self.threshold = canvas_size, blank, threshold
+        self.canvas_size, (self.blank, self.threshold) = canvas_size, ink
         count = len(images) // items
         generator = torch.Generator().manual_seed(seed)
         self.members = torch.randperm(len(images), generator=generator)[: count * items].view(count, items)
@@ -115,9 +116,8 @@ class Segmentation(Task):
         for offset, split in enumerate(("train", "calibration", "test")):
             dataset = getattr(splits, split)
             images, labels = dataset.tensors
-            canvases[split] = CanvasDataset(images, labels, canvas_size=self.canvas_size, items=self.items,
-                                            blank=(-mean / std), threshold=(self.threshold - mean) / std,
-                                            seed=config.seed * 3 + offset)
+            canvases[split] = CanvasDataset(images, labels, self.canvas_size, self.items, config.seed * 3 + offset,
+                                            ink=(-mean / std, (self.threshold - mean) / std))
         return replace(splits, **canvases, num_classes=splits.num_classes + 1,
                        input_size=(self.canvas_size, self.canvas_size), augment_by_default=False)
 

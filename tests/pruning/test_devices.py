@@ -111,7 +111,7 @@ def test_the_evaluation_batch_changes_no_accuracy():
     sizes = {eval_batch_size("cpu"), eval_batch_size(torch.device("cuda")), eval_batch_size("mps")}
     assert len(sizes) == 2
     results = [evaluate(model, make_loader(data, size, shuffle=False)) for size in sorted(sizes)]
-    assert results[0].accuracy == results[1].accuracy and results[0].samples == results[1].samples == 600
+    assert results[0].score == results[1].score and results[0].samples == results[1].samples == 600
     assert results[0].loss == pytest.approx(results[1].loss, rel=1e-6)
 
 
@@ -153,7 +153,7 @@ def test_train_and_evaluate_on_cuda(amp):
     assert len(history) == 2 and all(torch.isfinite(torch.tensor(h["loss"])) for h in history)
     assert "eval_accuracy" in history[-1]
     result = evaluate(model, make_loader(data, 32, shuffle=False), amp=amp)
-    assert result.samples == 64 and 0 <= result.accuracy <= 1 and result.loss > 0
+    assert result.samples == 64 and 0 <= result.score <= 1 and result.loss > 0
     assert all(p.dtype == torch.float32 and p.device.type == "cuda" for p in model.parameters())
 
 
@@ -163,7 +163,7 @@ def test_cuda_evaluation_matches_the_cpu():
     model = _model()
     on_cpu = evaluate(model, make_loader(data, 32, shuffle=False))
     on_gpu = evaluate(model.to("cuda"), make_loader(data, 32, shuffle=False))
-    assert on_gpu.accuracy == pytest.approx(on_cpu.accuracy, abs=1 / 64)
+    assert on_gpu.score == pytest.approx(on_cpu.score, abs=1 / 64)
     assert on_gpu.loss == pytest.approx(on_cpu.loss, rel=1e-3)
 
 

@@ -18,7 +18,10 @@ from pruning.models import (
 )
 
 ALL_MODELS = list_models()
-CIFAR_MODELS = [name for name in ALL_MODELS if name != "resnet50"]
+#: the models with per-pixel outputs (every other one is an image classifier)
+SEGMENTERS = ["unet-small"]
+CLASSIFIERS = [name for name in ALL_MODELS if name not in SEGMENTERS]
+CIFAR_MODELS = [name for name in CLASSIFIERS if name != "resnet50"]
 
 
 def _final_classifier(model: nn.Module) -> nn.Linear:
@@ -35,7 +38,7 @@ def test_registry_lists_the_zoo() -> None:
     assert ALL_MODELS == sorted(ALL_MODELS)
 
 
-@pytest.mark.parametrize("name", ALL_MODELS)
+@pytest.mark.parametrize("name", CLASSIFIERS)
 @pytest.mark.parametrize(
     ("in_channels", "size", "num_classes"), [(1, 28, 7), (3, 32, 10)], ids=["1x28x28", "3x32x32"]
 )
@@ -47,6 +50,23 @@ def test_output_shape(name: str, in_channels: int, size: int, num_classes: int) 
         out = model(torch.randn(batch, in_channels, size, size))
     assert out.shape == (batch, num_classes)
     assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", SEGMENTERS)
+def test_segmenters_give_per_pixel_logits_and_prune(name: str) -> None:
+    from pruning.criteria import create_criterion
+    from pruning.pipeline import prune_with_criterion
+    from pruning.planning import PruningConfig
+
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=11, in_channels=1).eval()
+    x = torch.randn(2, 1, 56, 56)
+    with torch.no_grad():
+        assert model(x).shape == (2, 11, 56, 56)
+    outcome = prune_with_criterion(model, x[:1], create_criterion("l1"), PruningConfig(flops_reduction=0.5))
+    assert 0.45 < outcome.planned_reduction < 0.55
+    with torch.no_grad():
+        assert outcome.model(x).shape == (2, 11, 56, 56)
 
 
 def test_resnet50_runs_on_imagenet_size() -> None:
@@ -80,7 +100,7 @@ def test_classifier_is_the_last_module_called() -> None:
         assert called[-1].out_features == 5
 
 
-@pytest.mark.parametrize("name", ALL_MODELS)
+@pytest.mark.parametrize("name", CLASSIFIERS)
 def test_torch_pruning_can_prune(name: str) -> None:
     torch.manual_seed(0)
     size = 64 if name == "resnet50" else 32

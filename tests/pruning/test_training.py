@@ -71,11 +71,11 @@ def test_training_learns_and_reports_history(task, trained):
     assert set(history[0]) == {"epoch", "loss", "accuracy", "lr", "eval_loss", "eval_accuracy"}
     assert history[-1]["loss"] < history[0]["loss"] < math.log(4) + 0.5
     assert history[-1]["eval_loss"] < before.loss
-    assert history[-1]["eval_accuracy"] > 0.9 > before.accuracy
+    assert history[-1]["eval_accuracy"] > 0.9 > before.score
     # cosine: decreasing, ending near 0 (the last step's lr is lr * (1 - cos(pi / steps)) / 2)
     assert history[0]["lr"] > history[1]["lr"] > history[2]["lr"] > 0
     assert history[2]["lr"] < 1e-3
-    assert evaluate(trained, test_loader).accuracy > 0.9
+    assert evaluate(trained, test_loader).score > 0.9
 
 
 def test_onecycle_warms_up_then_anneals(task):
@@ -123,7 +123,7 @@ def test_evaluate_restores_modes(trained, task):
     model = copy.deepcopy(trained)
     reference = evaluate(model, loader)
     assert isinstance(reference, EvalResult) and reference.samples == 256
-    assert 0 <= reference.accuracy <= 1 and reference.loss > 0
+    assert 0 <= reference.score <= 1 and reference.loss > 0
 
     model.train()
     model.features[1].eval()  # mixed modes survive too
@@ -158,7 +158,7 @@ def test_recalibrate_bn_recovers_corrupted_statistics(trained, task):
         norm.running_mean += 3.0
         norm.running_var *= 20.0
     norms[1].momentum = 0.3  # a non-default momentum must come back too
-    assert evaluate(model, test_loader).accuracy < clean.accuracy - 0.2
+    assert evaluate(model, test_loader).score < clean.score - 0.2
 
     parameters = copy.deepcopy(dict(model.named_parameters()))
     calibration_loader = make_loader(train_set, 64, shuffle=False)
@@ -173,7 +173,7 @@ def test_recalibrate_bn_recovers_corrupted_statistics(trained, task):
     assert all(torch.equal(parameters[name], value) for name, value in model.named_parameters())
     assert not any(module.training for module in model.modules())
     recovered = evaluate(model, test_loader)
-    assert recovered.accuracy > clean.accuracy - 0.05
+    assert recovered.score > clean.score - 0.05
     assert recovered.loss < clean.loss * 1.5
 
 

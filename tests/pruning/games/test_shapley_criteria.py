@@ -4,6 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from pruning.tasks import Classification
+
 from pruning.criteria import ScoringContext, create_criterion
 from pruning.games import GameSettings, LayerGame, block_merge, estimate_block, exact_shapley, shapley_blocks
 from pruning.structure import PruningSpace
@@ -46,12 +48,12 @@ class BlockEstimator:
     def __init__(self) -> None:
         self.calls: list[list[str]] = []
 
-    def __call__(self, model, groups, calibration, options, seed):
+    def __call__(self, model, groups, calibration, options, seed, task):
         self.calls.append([g.name for g in groups])
         inputs, targets = options.game_batch(calibration, seed)
         out = {}
         for group in groups:
-            game = LayerGame(model, group, inputs, targets, GameSettings(value=options.value, mode=options.mode))
+            game = LayerGame(model, group, inputs, targets, options.game_settings(task))
             plan = shapley_blocks(options, seed, group.name)
             merge = block_merge(options, len(plan))
             for k, (count, block_seed) in enumerate(plan):
@@ -70,7 +72,7 @@ def test_delegated_estimation_feeds_scores_sparsities_and_estimates(tiny_cnn, ex
 
     scores, sparsity = delegated.score_and_sparsity(tiny_cnn, groups, context)
     assert estimator.calls == [[g.name for g in groups]]  # every group in one call
-    expected = estimator(tiny_cnn, groups, calibration_batches, snpfi.options, snpfi.seed)
+    expected = estimator(tiny_cnn, groups, calibration_batches, snpfi.options, snpfi.seed, Classification())
     for group in groups:
         assert torch.equal(scores[group.name], expected[group.name].values.float())
         assert 0.0 <= sparsity[group.name] <= 1 - 1 / group.size

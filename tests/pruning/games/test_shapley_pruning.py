@@ -7,6 +7,7 @@ import torch
 
 from pruning.criteria import ScoringContext, create_criterion
 from pruning.errors import InputError
+from pruning.tasks import Classification
 from pruning.games import (
     GameSettings,
     BoundaryStop,
@@ -16,7 +17,6 @@ from pruning.games import (
     ShapleyOptions,
     block_merge,
     calibration_batch,
-    coalition_value,
     estimate_block,
     estimate_shapley,
     shapley_blocks,
@@ -85,10 +85,10 @@ def test_kl_is_zero_for_the_full_coalition_and_never_positive(tiny_resnet, predi
 def test_kl_value_bounds_and_reference_required():
     logits = torch.randn(5, 4, 3)
     reference = torch.log_softmax(logits[0], dim=-1)
-    values = coalition_value(logits, torch.zeros(4, dtype=torch.long), "kl", reference)
+    values = Classification().game_value(logits, torch.zeros(4, dtype=torch.long), "kl", reference)
     assert values[0] == 0.0 and (values <= 0.0).all()
     with pytest.raises(ValueError, match="reference"):
-        coalition_value(logits, torch.zeros(4, dtype=torch.long), "kl")
+        Classification().game_value(logits, torch.zeros(4, dtype=torch.long), "kl")
 
 
 def labelled_batches(counts: dict[int, int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -126,7 +126,7 @@ def test_stratified_batch_refuses_a_class_with_too_few_images():
     (dict(boundary=0.5, epsilon=0.1), "give epsilon or boundary, not both"),
     (dict(boundary_z=0.0), "boundary_z must be > 0, got 0.0"),
     (dict(boundary_margin=-0.1), "boundary_margin must be >= 0, got -0.1"),
-    (dict(value="kld"), "unknown value 'kld'; valid: logprob, accuracy, margin, kl"),
+    (dict(value="kld"), "unknown value 'kld'; valid: accuracy, distill, kl, logprob, loss, margin"),
 ])
 def test_option_validation(options, message):
     with pytest.raises(InputError, match=message):

@@ -53,7 +53,7 @@ def test_one_step_is_the_one_shot_pipeline_bit_for_bit(model, data):
     # the step keys do nothing at steps 1, and no rescorer is read
     stepped = recover(model, plan, RecoveryRecipe(steps=1, step_order="from_input", step_finetune_batches=3), data)
     assert stepped.steps == () and stepped.outcome is plan and stepped.model is plan.model
-    assert stepped.accuracy == one_shot.accuracy
+    assert stepped.scores == one_shot.scores
     a, b = _state(one_shot.model), _state(stepped.model)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
@@ -141,8 +141,8 @@ def test_step_results_carry_the_seconds_of_every_stage(model, data):
     *between, last = result.steps
     for step in between:
         assert set(step.seconds) == {"scored", "pruned", "reconstructed", "bn_recalibrated", "finetuned"}
-        assert step.accuracy is not None and 0 <= step.accuracy <= 1
-    assert set(last.seconds) == {"scored", "pruned"} and last.accuracy is None
+        assert step.score is not None and 0 <= step.score <= 1
+    assert set(last.seconds) == {"scored", "pruned"} and last.score is None
     metrics = result.step_metrics()
     assert metrics["step1_finetuned_seconds"] >= 0 and f"step{last.number}_pruned_seconds" in metrics
     assert result.total_seconds == pytest.approx(sum(result.seconds.values())

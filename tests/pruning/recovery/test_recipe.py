@@ -89,9 +89,9 @@ def test_every_stage_is_scored_in_order_and_the_original_is_untouched(teacher, d
     outcome = _pruned(teacher)
     recipe = RecoveryRecipe(bn_batches=2, bn_data="calibration", finetune_epochs=1, batch_size=32)
     result = recover(teacher, outcome, recipe, data)
-    assert tuple(result.accuracy) == STAGES == tuple(result.seconds)
-    assert all(0.0 <= a <= 1.0 for a in result.accuracy.values())
-    assert result.final_accuracy == result.accuracy["finetuned"]
+    assert tuple(result.scores) == STAGES == tuple(result.seconds)
+    assert all(0.0 <= a <= 1.0 for a in result.scores.values())
+    assert result.final_score == result.scores["finetuned"]
     assert result.reconstruction and any(r.status == "refit" for r in result.reconstruction.values())
     assert _same(before, _state(teacher))
 
@@ -158,7 +158,7 @@ def test_a_recipe_repeats_bit_for_bit(teacher, data):
     first, second = _pruned(teacher), _pruned(teacher)
     a = recover(teacher, first, recipe, data)
     b = recover(teacher, second, recipe, data)
-    assert a.accuracy == b.accuracy
+    assert a.scores == b.scores
     assert _same(_state(first.model), _state(second.model))
 
 
@@ -191,7 +191,7 @@ def test_missing_data_is_refused_before_any_stage_runs(teacher, data):
 def test_without_a_score_loader_nothing_is_scored(teacher, data):
     result = recover(teacher, _pruned(teacher), RecoveryRecipe(bn_batches=1, bn_data="calibration"),
                      RecoveryData(calibration=data.calibration))
-    assert result.accuracy == {} and result.final_accuracy is None
+    assert result.scores == {} and result.final_score is None
     assert tuple(result.seconds) == ("pruned", "reconstructed", "bn_recalibrated")
 
 
