@@ -13,7 +13,7 @@ from orchestrator import cli
 from orchestrator.experiment import ConfigError, DataSettings, ModelSettings, prepare_baseline
 from orchestrator.experiment import worker
 from pruning.recovery import RecoveryRecipe
-from pruning.structure import PruningConfig
+from pruning.planning import PruningConfig
 from pruning.tasks import TaskSpec
 
 BANDS = TaskSpec("user_tasks:bands", {"bands": 4})
