@@ -34,7 +34,7 @@ from orchestrator.experiment.runner import TrialOutput, TrialResources, TrialsSp
 from orchestrator.experiment.tracking import TUNE_EXPERIMENT, Tracker, resume_command
 from orchestrator.experiment.tracking_server import TrackingUnavailable, browse_hint
 from orchestrator.experiment.stage_status import stage_ended
-from orchestrator.experiment.worker import WorkerSettings, put_shared, trial_threads
+from orchestrator.experiment.worker import WorkerSettings, put_shared, step_metric_pattern, trial_threads
 from orchestrator.studies.cells import study_cells
 from orchestrator.studies.config import RESOLVED_STUDY_FILE, StudyConfig
 from orchestrator.studies.report import (
@@ -43,7 +43,6 @@ from orchestrator.studies.report import (
 from orchestrator.studies.scores import SCORES_FOLDER, ScorePhase, compute_scores, read_computations
 from orchestrator.studies.trial import CELL_TAGS, StudyBaseline, StudySettings, cell_metrics, study_cell
 from orchestrator.sweeps.objectives import check_task_named
-from orchestrator.sweeps.trials import trial_metric_patterns
 
 __all__ = ["TRACKING_KIND", "StudyResult", "load_study_config", "run_study", "resume_study", "study_report",
            "study_parent_metrics", "study_phase_times"]
@@ -138,15 +137,14 @@ def run_study(config: StudyConfig, *, address: str | None = None, resume: bool =
                                      ratios={r.label: r for r in config.ratios}, recipes=dict(config.recipes),
                                      pruning=config.pruning, scores_root=str(scores_root),
                                      cells_root=str(Path(config.run_dir) / CELLS_FOLDER),
-                                     share_scores=execution.share_scores, score_every_stage=execution.score_every_stage,
-                                     task=config.task_spec)
+                                     share_scores=execution.share_scores, score_every_stage=execution.score_every_stage)
             tracker = experiment.tracker
             ended_before = len(tracker.trial_runs())  # cells a resumed study had already logged
             say(progress, f"running {len(cells)} cells, {execution.concurrency} at a time")
             trials = TrialsSpec(study_cell, settings, baselines, resources, len(cells),
                                 make_search=lambda: FixedConfigs([c.trial_config() for c in cells]), stage="study")
             output = TrialOutput(cell_metrics(task), CELL_TAGS, progress=progress, verbose=verbose, bar=True,
-                                 metric_patterns=trial_metric_patterns(task.primary))
+                                 metric_patterns=(step_metric_pattern(task.primary),))
             complete = finished_cleanly(run_trials(tracker, trials, output, resume=resume), len(cells))
         result = _finalize(tracker, config, setups, phase, ended_before=ended_before,
                            wall=time.perf_counter() - started)

@@ -19,10 +19,9 @@ from typing import Any, Mapping
 from orchestrator.studies.cells import Cell
 from orchestrator.studies.config import CriterionSettings, PruningSettings, RatioSettings
 from orchestrator.experiment.worker import (
-    CriterionPlan, SharedRefs, WorkerSettings, cost_metrics, fetch_baseline,
+    CriterionPlan, step_metric_pattern, trial_metric_names, SharedRefs, WorkerSettings, cost_metrics, fetch_baseline,
     prune_and_recover, releases_memory,
 )
-from orchestrator.sweeps.trials import stage_metrics, trial_metric_patterns
 from pruning.recovery import RecoveryRecipe
 from pruning.tasks import Classification
 from pruning.utils import atomic_write
@@ -38,16 +37,14 @@ def cell_metrics(task) -> tuple[str, ...]:
     """The numeric results a cell of ``task`` reports: every task metric, ``bn_<P>``, the stages',
     ``test_<P>`` (P its primary metric); ``scores_compute_seconds``: what computing the cell's
     scores cost, once (shared) or in this cell."""
-    primary = task.primary
-    return (*(m.name for m in task.metrics), f"bn_{primary}", *stage_metrics(primary), f"test_{primary}", "macs",
-            "params", "macs_reduction", "params_reduction", "planned_reduction", "prune_seconds", "recover_seconds",
-            "score_seconds", "scores_compute_seconds", "trial_seconds")
+    return (*trial_metric_names(task), f"test_{task.primary}", "macs", "params", "macs_reduction",
+            "params_reduction", "scores_compute_seconds", "trial_seconds")
 
 
 #: a classification study's :func:`cell_metrics`, and the results logged by name pattern: each
 #: step of a progressive recipe's
 CELL_METRICS = cell_metrics(Classification())
-CELL_METRIC_PATTERNS = trial_metric_patterns(Classification.primary)
+CELL_METRIC_PATTERNS = (step_metric_pattern(Classification.primary),)
 CELL_TAGS = ("criterion_name", "scores")
 
 
@@ -71,7 +68,6 @@ class StudySettings:
     cells_root: str
     share_scores: bool
     score_every_stage: bool
-    task: Any = None  # TaskSpec (None: classification)
 
 
 def _ratio_plan(ratios: RatioSettings, target: float, pruning: PruningSettings, stats, space, prior):
@@ -115,7 +111,6 @@ def _read_saved(path: Path) -> dict[str, Any] | None:
 def _run_cell(cell: Cell, baseline: StudyBaseline, settings: StudySettings) -> dict[str, Any]:
     from orchestrator.studies.scores import load_scores
     from pruning.data import make_eval_loader
-    from pruning.tasks import TaskSpec
     from pruning.training import evaluate
     from pruning.utils import model_device
 
@@ -136,7 +131,7 @@ def _run_cell(cell: Cell, baseline: StudyBaseline, settings: StudySettings) -> d
                                            replace(settings.recipes[cell.recipe], seed=cell.seed),
                                            score_every_stage=settings.score_every_stage)
     metrics.update(cost_metrics(pruned, baseline.settings))
-    task = (settings.task or TaskSpec()).build()
+    task = shared.task
     metrics[f"test_{task.primary}"] = evaluate(pruned, make_eval_loader(shared.splits.test, model_device(pruned)),
                                                task=task).score
     # unshared, the scores were computed in this cell: their cost is part of prune_seconds

@@ -47,7 +47,7 @@ from orchestrator.experiment.runner import (
     EXPERIMENT_NAME, TrialOutput, TrialResources, TrialsSpec, finished_cleanly, run_trials,
 )
 from orchestrator.experiment.trial_meta import META_KEY, TrialMeta, plain_config, split_config, typed_config
-from orchestrator.experiment.worker import WorkerSettings, put_shared, trial_threads
+from orchestrator.experiment.worker import WorkerSettings, put_shared, step_metric_pattern, trial_threads
 from orchestrator.sweeps.config import RESOLVED_CONFIG_FILE, SweepConfig, load_sweep_config
 from orchestrator.sweeps.latency import check_runtime, load_or_build_table
 from orchestrator.sweeps.refine import (
@@ -56,7 +56,7 @@ from orchestrator.sweeps.refine import (
 from orchestrator.sweeps.results import SweepResult, finalize_sweep
 from orchestrator.sweeps.search import DefineByRun, make_sampler, register_context
 from orchestrator.sweeps.objectives import check_task_named
-from orchestrator.sweeps.trials import TRIAL_TAGS, SweepTrialSettings, sweep_trial, trial_metric_patterns, trial_metrics
+from orchestrator.sweeps.trials import TRIAL_TAGS, SweepTrialSettings, sweep_trial, trial_metrics
 from pruning.utils import atomic_write
 
 __all__ = ["run_sweep", "resume_sweep", "screening_search", "refine_configs", "CANDIDATES_FILE"]
@@ -118,7 +118,6 @@ def run_sweep(
                 WorkerSettings.of(setup, trial_threads(resources.cpus)), space=search_space, strategy=config.space.strategy,
                 seed=config.sweep.seed, recipe=config.screen_recipe if config.two_stage else config.recipe,
                 latency_table=table, sampled_finetune=not config.two_stage, score_every_stage=not config.two_stage,
-                task=setup.task_spec,
             )
             screening = TrialsSpec(
                 sweep_trial, settings, put_shared(setup, stats, utilization, settings.recipe), resources,
@@ -128,7 +127,7 @@ def run_sweep(
                 trial_bytes=FLOAT_BYTES * int(setup.metrics["params"]),  # a pruned checkpoint is smaller
             )
             output = TrialOutput(trial_metrics(setup.task), TRIAL_TAGS, progress=progress, verbose=verbose,
-                                 metric_patterns=trial_metric_patterns(setup.task.primary))
+                                 metric_patterns=(step_metric_pattern(setup.task.primary),))
             tracker = experiment.tracker
             refining = config.two_stage and resume and _restorable(config, REFINE_EXPERIMENT)
             with register_context(key, context):

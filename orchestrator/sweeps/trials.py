@@ -16,44 +16,31 @@ from torch import nn
 
 from orchestrator.experiment.trial_meta import split_config
 from orchestrator.experiment.worker import (
-    CriterionPlan, SharedRefs, WorkerSettings, cost_metrics, fetch_baseline,
-    prune_and_recover, releases_memory,
+    CriterionPlan, SharedRefs, WorkerSettings, cost_metrics, fetch_baseline, prune_and_recover, releases_memory,
+    step_metric_pattern, trial_metric_names,
 )
 from orchestrator.sweeps.latency import LATENCY_METRICS, trial_latency
 from orchestrator.sweeps.objectives import infeasible_value
-from pruning.recovery import STAGES, RecoveryRecipe
+from pruning.recovery import RecoveryRecipe
 from pruning.tasks import Classification
 from pruning.utils import model_device
 
 __all__ = ["TRIAL_METRICS", "TRIAL_METRIC_PATTERNS", "TRIAL_TAGS", "MODEL_FILE", "SweepTrialSettings", "sweep_trial",
-           "stage_metrics", "trial_metrics", "trial_metric_patterns"]
-
-
-def stage_metrics(primary: str) -> tuple[str, ...]:
-    """Per recovery stage that ran: its ``primary`` metric on the calibration split and (but for
-    ``pruned``) its seconds."""
-    return (*(f"{stage}_{primary}" for stage in STAGES), *(f"{stage}_seconds" for stage in STAGES[1:]))
+           "trial_metrics"]
 
 
 def trial_metrics(task) -> tuple[str, ...]:
     """The numeric results a sweep trial of ``task`` reports (the latency ones only when
-    latency_ms is an objective): every task metric, ``bn_<primary>`` and the stages'."""
-    return (
-        *(m.name for m in task.metrics), f"bn_{task.primary}", *stage_metrics(task.primary), "macs", "params",
-        "macs_reduction", "params_reduction", "planned_reduction", *LATENCY_METRICS, "feasible", "prune_seconds",
-        "recover_seconds", "score_seconds", "body_seconds", "cpu_seconds", "trial_cpus", "trial_gpus", "trial_seconds",
-    )
+    latency_ms is an objective): the worker's (every task metric, ``bn_<P>``, the stages') and
+    the costs and timings; the steps' come by name pattern (:func:`step_metric_pattern`)."""
+    return (*trial_metric_names(task), "macs", "params", "macs_reduction", "params_reduction", *LATENCY_METRICS,
+            "feasible", "body_seconds", "cpu_seconds", "trial_cpus", "trial_gpus", "trial_seconds")
 
 
-def trial_metric_patterns(primary: str) -> tuple[str, ...]:
-    """The results logged as metrics by name pattern: each step of a progressive recipe's
-    (``step<N>_macs_reduction``, ``step<N>_<primary>``, ``step<N>_<stage>_seconds``)."""
-    return (rf"step[1-9][0-9]*_(macs_reduction|{primary}|[a-z_]+_seconds)",)
-
-
-#: a classification sweep's :func:`trial_metrics` and :func:`trial_metric_patterns`
+#: a classification sweep's :func:`trial_metrics`, and its results logged by name pattern: each
+#: step of a progressive recipe's
 TRIAL_METRICS = trial_metrics(Classification())
-TRIAL_METRIC_PATTERNS = trial_metric_patterns(Classification.primary)
+TRIAL_METRIC_PATTERNS = (step_metric_pattern(Classification.primary),)
 #: string results logged as tags; ``recipe``: the recipe the trial ran, as JSON (a two-stage
 #: sweep ignores the sampled fine-tuning params, so they do not say what ran); ``device``: where
 #: the trial's model ran (e.g. ``cuda:0``, ``cpu``)
@@ -73,7 +60,6 @@ class SweepTrialSettings:
         (unless ``sampled_finetune`` is false: the stages of a two-stage sweep run their recipe
         as it is).
     score_every_stage: score every recovery stage (False: the last only; screening trials).
-    task: the :class:`~pruning.tasks.TaskSpec` the sweep runs (what an infeasible trial reports).
     latency_table: the baseline's :class:`~pruning.latency.LatencyTable` when ``latency_ms`` is
         an objective (None: no latency); measure_latency: also export and time the pruned model
         on the table's target (refined trials; the others report the table's prediction).
@@ -88,7 +74,6 @@ class SweepTrialSettings:
     measure_latency: bool = False
     sampled_finetune: bool = True
     score_every_stage: bool = True
-    task: Any = None
 
 
 def _report_restored() -> bool:
@@ -147,7 +132,6 @@ def sweep_trial(config: dict[str, Any], *, refs: SharedRefs, settings: SweepTria
     import ray
     from ray import tune
 
-    from pruning.tasks import TaskSpec
     from search_spaces import SpaceContext
 
     entered = time.perf_counter()
@@ -163,7 +147,7 @@ def sweep_trial(config: dict[str, Any], *, refs: SharedRefs, settings: SweepTria
     reason = settings.space.check_feasible(plan, context)
     base = settings.worker.baseline
     if reason is not None:
-        task = (settings.task or TaskSpec()).build()
+        task = baseline.task
         worst = {**{m.name: infeasible_value(m) for m in task.metrics},
                  f"bn_{task.primary}": infeasible_value(task.metric(task.primary)),
                  "macs": base["macs"], "params": base["params"],
