@@ -1,6 +1,6 @@
-"""What several commands do on top of ``pruning``'s public API: the data config of a command,
-loading a checkpoint (or a ``--model`` with ``--weights``) that fits its dataset, measuring cost
-and latency, and the activation statistics pass in-process or on ``--workers`` Ray actors.
+"""What several commands do on top of ``pruning``'s public API: the data config and task of a
+command, loading a checkpoint (or a ``--model`` with ``--weights``) that fits its dataset,
+measuring cost and latency, and the activation statistics pass in-process or on ``--workers`` Ray actors.
 
 Imported by the commands' ``run`` only (it imports torch), never when the parser is built.
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import json
 import sys
 from dataclasses import dataclass, replace
 from typing import Any
@@ -16,15 +17,16 @@ import torch
 from torch import nn
 
 from orchestrator import distributed
-from pruning.data import DataConfig, DataSplits, load_data, make_eval_loader, recorded_data_fields
+from pruning.data import DataConfig, DataSplits, make_eval_loader, recorded_data_fields
 from pruning.errors import InputError
+from pruning.tasks import Task, TaskSpec
 from pruning.utils import model_device
 from pruning.structure import ModelSpec, check_fits, load_checkpoint, measure_cost, measure_latency, model_for_data
 
 __all__ = [
-    "LATENCY_BATCHES", "Loaded", "collect_stats", "command_device", "distribute_criterion", "load_fitting",
-    "load_model_option", "make_data_config", "make_test_loader", "measure", "model_source", "ray_network",
-    "spec_as_run",
+    "LATENCY_BATCHES", "Loaded", "collect_stats", "command_device", "command_task", "configured_task",
+    "distribute_criterion", "load_fitting", "load_model_option", "make_data_config", "make_test_loader", "measure",
+    "model_source", "ray_network", "spec_as_run",
 ]
 
 LATENCY_BATCHES = (1, 64)
@@ -32,14 +34,16 @@ LATENCY_BATCHES = (1, 64)
 
 @dataclass(frozen=True)
 class Loaded:
-    """A checkpoint's model and spec, the data config and data it runs on and the input shape
-    they agree on."""
+    """A checkpoint's model and spec, the data config and data it runs on, the input shape
+    they agree on, and the task it is scored on (``task_spec`` built: ``task``)."""
 
     model: nn.Module
     spec: ModelSpec
     data: DataConfig
     splits: DataSplits
     shape: tuple[int, int, int]
+    task_spec: TaskSpec
+    task: Task
 
 
 def make_data_config(args: argparse.Namespace, base: dict[str, Any] | None = None, **overrides: Any) -> DataConfig:
@@ -71,11 +75,57 @@ def _image_size(args: argparse.Namespace, dataset: str) -> int:
     return args.image_size
 
 
+def configured_task(args: argparse.Namespace) -> TaskSpec | None:
+    """The task ``--task`` and ``--task-kwargs`` name (None: not given), built once so that a bad
+    name, import path or option fails now, in one line."""
+    from orchestrator.cli.options import task_kwargs
+
+    kwargs = task_kwargs(args)
+    if args.task is None:
+        return None
+    try:
+        spec = TaskSpec(args.task, kwargs)
+        spec.build()
+    except TypeError as err:  # a registered task's unknown option
+        raise InputError(f"--task-kwargs: {_first_line(err)}") from None
+    return spec
+
+
+def command_task(args: argparse.Namespace, recorded: dict[str, Any] | None = None,
+                 checkpoint: str | None = None) -> TaskSpec:
+    """The task a command runs (:func:`~orchestrator.experiment.task_settings.resolve_task`): the
+    one ``checkpoint`` records (``recorded``, its ``meta["task"]``), which a differing ``--task``
+    may not replace; ``--task`` where none is recorded or without a checkpoint (default
+    classification)."""
+    from orchestrator.experiment.checks import ConfigError
+    from orchestrator.experiment.task_settings import resolve_task
+
+    configured = configured_task(args)
+    if checkpoint is None:
+        return configured or TaskSpec()
+    try:
+        return resolve_task(configured, recorded)
+    except ConfigError:
+        stored = TaskSpec.from_record(recorded)
+        raise InputError(f"--task {_describe_task(configured)} differs from the task {_describe_task(stored)} "
+                         f"checkpoint {checkpoint} was trained for: drop --task") from None
+
+
+def _describe_task(spec: TaskSpec) -> str:
+    return spec.name + (f" {json.dumps(dict(spec.kwargs), sort_keys=True)}" if spec.kwargs else "")
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def load_fitting(args: argparse.Namespace, prunable: bool = True) -> Loaded:
     """``--checkpoint`` and its data (the checkpoint's data config with the command line's
-    overrides), refused when the model does not fit the dataset; or ``--model`` (with
-    ``--weights`` and ``--model-kwargs``) built for ``--dataset``, refused up front when it does
-    not fit or (``prunable``, for an external model) the pruning engine cannot handle it.
+    overrides, loaded by the task it records: :func:`command_task`), refused when the model
+    does not fit the dataset; or ``--model`` (with ``--weights`` and ``--model-kwargs``) built
+    for ``--dataset`` and ``--task``, refused up front when it does not fit or (``prunable``,
+    for an external model) the pruning engine cannot handle it.
 
     An imagefolder checkpoint's images keep the size it records unless ``--image-size`` is
     given; one that differs from the checkpoint's input shape wins, with a warning on stderr
@@ -86,19 +136,21 @@ def load_fitting(args: argparse.Namespace, prunable: bool = True) -> Loaded:
     if args.checkpoint is None:
         return load_model_option(args, prunable)
     model, spec = load_checkpoint(args.checkpoint)
+    task_spec = command_task(args, spec.meta.get("task"), args.checkpoint)
     config = make_data_config(args, recorded_data_fields(spec.meta.get("data"), spec.input_shape))
     size = config.image_size
     if getattr(args, "image_size", None) is not None and tuple(spec.input_shape[1:]) != (size, size):
         print(f"warning: --image-size {size} overrides the checkpoint's {spec.input_shape[1]}x{spec.input_shape[2]} "
               f"input: running at {size}x{size}", file=sys.stderr, flush=True)
-    splits = load_data(config)
-    return Loaded(model, spec, config, splits, check_fits(model, spec, splits))
+    task = task_spec.build()
+    splits = task.load_data(config)
+    return Loaded(model, spec, config, splits, check_fits(model, spec, splits), task_spec, task)
 
 
 def spec_as_run(loaded: Loaded) -> ModelSpec:
     """``loaded.spec`` with the input shape and image size the command ran at: what a checkpoint
     written from this run records, so a later command reads its images at the same size."""
-    meta = dict(loaded.spec.meta)
+    meta = {**loaded.spec.meta, "task": loaded.task_spec.to_dict()}
     if isinstance(meta.get("data"), dict) and loaded.data.image_size is not None:
         meta["data"] = {**meta["data"], "image_size": loaded.data.image_size}
     return replace(loaded.spec, input_shape=tuple(loaded.shape), meta=meta)
@@ -117,22 +169,24 @@ def model_source(args: argparse.Namespace) -> tuple[dict[str, Any], dict | None]
 
 
 def load_model_option(args: argparse.Namespace, prunable: bool = True) -> Loaded:
-    """``--model`` built for ``--dataset`` (see :func:`load_fitting`); its spec's meta records
-    the data config and the weights file."""
+    """``--model`` built for ``--dataset`` and ``--task`` (see :func:`load_fitting`); its spec's
+    meta records the data config, the task and the weights file."""
     from dataclasses import asdict
     from pathlib import Path
 
     from pruning.models import is_external
 
     kwargs, state = model_source(args)
+    task_spec = command_task(args)
     config = make_data_config(args)
-    splits = load_data(config)
-    meta: dict[str, Any] = {"data": asdict(config)}
+    task = task_spec.build()
+    splits = task.load_data(config)
+    meta: dict[str, Any] = {"data": asdict(config), "task": task_spec.to_dict()}
     if args.weights is not None:
         meta["weights"] = str(Path(args.weights).absolute())
     model, spec, shape = model_for_data(args.model, splits, weights=state, kwargs=kwargs, meta=meta,
                                         prunable=prunable and is_external(args.model), weights_name=args.weights)
-    return Loaded(model, spec, config, splits, shape)
+    return Loaded(model, spec, config, splits, shape, task_spec, task)
 
 
 def command_device(args: argparse.Namespace):
@@ -149,16 +203,16 @@ def command_device(args: argparse.Namespace):
 
 
 def make_test_loader(splits: DataSplits, args: argparse.Namespace | None = None, device=None):
-    """The test split in order: what every reported accuracy is measured on (with the
+    """The test split in order: what every reported metric is measured on (with the
     command's ``--loader-workers``, pinned for a CUDA ``device``)."""
     workers = getattr(args, "loader_workers", 0) if args is not None else 0
     pin = device is not None and getattr(device, "type", None) == "cuda"
     return make_eval_loader(splits.test, device or "cpu", num_workers=workers, pin_memory=pin)
 
 
-def measure(model: nn.Module, shape: tuple[int, int, int], accuracy: float | None, *,
+def measure(model: nn.Module, shape: tuple[int, int, int], metrics: dict[str, float], *,
             progress: bool = False) -> dict[str, Any]:
-    """MACs, parameters, the given accuracy and the median latency at batch 1 and 64, with where and
+    """MACs, parameters, the given task ``metrics`` (by name) and the median latency at batch 1 and 64, with where and
     how it was timed under ``latency`` (``progress``: a "latency" bar on stderr, one step per
     timed or warm-up forward pass)."""
     from tqdm.auto import tqdm
@@ -177,7 +231,7 @@ def measure(model: nn.Module, shape: tuple[int, int, int], accuracy: float | Non
     return {
         "macs": cost.macs,
         "params": cost.params,
-        "accuracy": accuracy,
+        **metrics,
         "latency_ms": latency[1],
         "latency_ms_batch64": latency[64],
         "latency": {"runtime": "torch", "device": str(model_device(model)), "batches": list(LATENCY_BATCHES),

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from orchestrator.cli.options import (
-    add_image_size, add_model_source, add_output, add_ray_network, add_trial_device, trial_gpus,
+    add_image_size, add_model_source, add_output, add_ray_network, add_task_options, add_trial_device, trial_gpus,
 )
 from orchestrator.cli.recipe_args import add_recipe_arguments, recipe_from_args
 from orchestrator.cli.result import CommandResult, experiment_result
@@ -16,7 +16,7 @@ from pruning.errors import InputError
 __all__ = ["add_parser", "run"]
 
 #: flags that build the study themselves: refused with --config, --resume and --report
-_STUDY_FLAGS = ("checkpoint", "model", "dataset", "criteria", "flops_reductions", "seeds", "strategy",
+_STUDY_FLAGS = ("checkpoint", "model", "task", "task_kwargs", "dataset", "criteria", "flops_reductions", "seeds", "strategy",
                 "calibration_images", "batch_size", "data_root", "test_subset", "image_size", "cpus_per_trial", "experiment",
                 "name")
 
@@ -37,6 +37,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     add_trial_device(p, "execution.gpus_per_trial, 0 unless set")
     flags = p.add_argument_group("a study from flags (instead of --config): one checkpoint, uniform ratios, one recipe")
     add_model_source(flags, required=False)
+    add_task_options(flags, default="the checkpoint's, else classification")
     flags.add_argument("--dataset", default=None, help="the dataset of --model (default: fashion-mnist)")
     flags.add_argument("--criteria", nargs="+", default=None, help="criteria to compare (see `prunesweep info`)")
     flags.add_argument("--flops-reductions", nargs="+", type=float, default=None, help="fractions of MACs to remove")
@@ -55,9 +56,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def _flag_study(args: argparse.Namespace) -> dict:
-    """The study of the flags: --checkpoint/--model x --criteria x uniform x the recipe flags x
-    --flops-reductions x --seeds; the reference is ``random`` where compared, else the first."""
-    from orchestrator.cli.options import check_model_source, model_kwargs
+    """The study of the flags: --checkpoint/--model (for --task) x --criteria x uniform x the recipe
+    flags x --flops-reductions x --seeds; the reference is ``random`` where compared, else the first."""
+    from orchestrator.cli.options import check_model_source, model_kwargs, task_kwargs
     from orchestrator.experiment.checks import recipe_section
 
     if args.checkpoint is None and args.model is None:
@@ -74,7 +75,10 @@ def _flag_study(args: argparse.Namespace) -> dict:
     data = {k: v for k, v in {"calibration_images": args.calibration_images, "batch_size": args.batch_size,
                               "data_root": args.data_root, "test_subset": args.test_subset,
                               "image_size": args.image_size}.items() if v is not None}
+    kwargs = task_kwargs(args)  # refuses --task-kwargs without --task
+    task = {"task": args.task, "task_kwargs": kwargs} if args.task is not None else {}
     return {
+        **task,
         "name": name, "checkpoints": [{k: v for k, v in baseline.items() if v is not None}],
         "criteria": list(args.criteria), "ratios": ["uniform"], "recipes": {"default": recipe_section(recipe_from_args(args))},
         "flops_reductions": list(args.flops_reductions), "seeds": list(args.seeds or [0]),

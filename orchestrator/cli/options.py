@@ -13,9 +13,9 @@ from pruning.errors import InputError
 
 __all__ = [
     "AMP_CHOICES", "RAY_NETWORKS", "TRIAL_DEVICES", "add_data", "add_device", "add_distributed", "add_image_size",
-    "add_model_options", "add_model_source", "add_output", "add_ray_network", "add_seed", "add_trial_device",
-    "check_gpus", "check_minimum", "check_model_source", "check_output_files", "check_workers", "model_kwargs",
-    "show_progress", "trial_gpus",
+    "add_model_options", "add_model_source", "add_output", "add_ray_network", "add_seed", "add_task_options",
+    "add_trial_device", "check_gpus", "check_minimum", "check_model_source", "check_output_files", "check_workers",
+    "model_kwargs", "show_progress", "task_kwargs", "trial_gpus",
 ]
 
 #: ``--ray-network``: auto (the default) is private where the kernel allows it, else host
@@ -99,15 +99,40 @@ def check_model_source(args: argparse.Namespace) -> None:
 
 def model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """``--model-kwargs`` as a dict ({} when not given); one-line error unless a JSON object."""
-    text = getattr(args, "model_kwargs", None)
+    return _json_object(args, "--model-kwargs")
+
+
+TASK_HELP = ("a registered task (classification, segmentation; see `prunesweep info`) or an import path "
+             "package.module:factory")
+
+
+def add_task_options(p: argparse.ArgumentParser | argparse._ArgumentGroup, *, default: str) -> None:
+    """``--task`` and ``--task-kwargs``: what the model is trained and scored on (checked by
+    :func:`orchestrator.cli.common.configured_task`); ``default`` says what applies without them."""
+    p.add_argument("--task", default=None, metavar="NAME", help=f"{TASK_HELP}; default: {default}")
+    p.add_argument("--task-kwargs", default=None, metavar="JSON",
+                   help='options of --task as a JSON object, e.g. \'{"items": 2}\'')
+
+
+def task_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """``--task-kwargs`` as a dict ({} when not given); one-line error unless a JSON object, or
+    when given without ``--task``."""
+    if getattr(args, "task", None) is None and getattr(args, "task_kwargs", None) is not None:
+        raise InputError("--task-kwargs goes with --task: name the task too")
+    return _json_object(args, "--task-kwargs")
+
+
+def _json_object(args: argparse.Namespace, option: str) -> dict[str, Any]:
+    """``option``'s JSON object as a dict ({} when not given); one-line error otherwise."""
+    text = getattr(args, _dest(option), None)
     if text is None:
         return {}
     try:
         value = json.loads(text)
     except json.JSONDecodeError as err:
-        raise InputError(f"--model-kwargs is not valid JSON ({err.msg} at character {err.pos}): {text!r}") from None
+        raise InputError(f"{option} is not valid JSON ({err.msg} at character {err.pos}): {text!r}") from None
     if not isinstance(value, dict):
-        raise InputError(f"--model-kwargs must be a JSON object {{\"name\": value}}, got {text!r}")
+        raise InputError(f"{option} must be a JSON object {{\"name\": value}}, got {text!r}")
     return value
 
 

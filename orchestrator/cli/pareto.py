@@ -17,7 +17,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("run_dir", metavar="RUN_DIR", help="the sweep's run directory")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: the sweep's)")
     p.add_argument("--objective", default=None, choices=sorted(COSTS),
-                   help="the front over accuracy and this cost instead of the sweep's objectives "
+                   help="the front over the task's primary metric (accuracy, miou, ...) and this cost instead "
+                        "of the sweep's objectives "
                         "(latency: the latency_ms the sweep measured on its deployment target)")
     p.add_argument("--export", default=None, metavar="DIR",
                    help="also write each front model as DIR/<trial>.onnx, checked against PyTorch")

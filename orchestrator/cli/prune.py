@@ -1,14 +1,14 @@
 """``prunesweep prune``: prune a checkpoint (or a ``--model`` with ``--weights``) to a ratio or FLOPs
-target, run the recovery recipe and report cost, latency and accuracy before and after (each
-recipe stage scored on the test split)."""
+target, run the recovery recipe and report cost, latency and the task's metrics before and after (each
+recipe stage scored on the test split by the task's primary metric)."""
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
 from orchestrator.cli.options import (
-    add_data, add_device, add_distributed, add_model_source, add_output, add_seed, check_minimum, check_model_source,
-    check_output_files, check_workers, show_progress,
+    add_data, add_device, add_distributed, add_model_source, add_output, add_seed, add_task_options, check_minimum,
+    check_model_source, check_output_files, check_workers, show_progress,
 )
 from orchestrator.cli.recipe_args import add_recipe_arguments, recipe_from_args
 from orchestrator.cli.result import CommandResult
@@ -38,6 +38,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     add_seed(p)
     add_data(p, None)
     add_model_source(p)
+    add_task_options(p, default="the checkpoint's, else classification")
     p.add_argument("--criterion", default="l1", help="channel criterion (default: l1; see `prunesweep info`)")
     p.add_argument("--strategy", default="full", help="full (every group) or inner (ResNets: inside residual blocks)")
     p.add_argument("--ratios", default="uniform",
@@ -115,24 +116,24 @@ def run(args: argparse.Namespace) -> CommandResult:
     stats_file = ActivationStats.load(args.stats) if needs_stats and args.stats else None
     criterion = distribute_criterion(criterion, args)
     loaded = load_fitting(args)
-    model, shape, splits = loaded.model, loaded.shape, loaded.splits
-    check_finite(model, "the model to prune")  # before its accuracy and any statistics or scores
+    model, shape, splits, task = loaded.model, loaded.shape, loaded.splits, loaded.task
+    check_finite(model, "the model to prune")  # before its metrics and any statistics or scores
     example = torch.zeros(1, *shape)
     space = PruningSpace.build(model, example)
-    if stats_file is not None:  # before the base accuracy: a file that cannot serve fails first
+    if stats_file is not None:  # before the base metrics: a file that cannot serve fails first
         stats_file.check_holds(criterion.required_statistics(), groups=space.groups,
                                what=f"the statistics in --stats {args.stats}")
     model.to(device)  # pruning copies the model: the pruned one and every recipe stage run there too
     example = example.to(device)
     progress = show_progress(args)
     scoring = make_test_loader(splits, args, device)
-    base_accuracy = evaluate(model, scoring, progress=progress, amp=args.amp).accuracy
+    base_metrics = evaluate(model, scoring, task=task, progress=progress, amp=args.amp).metrics
 
     batches = calibration_batches(splits, args.calibration_images, args.batch_size, progress=progress)
     stats = stats_file
     if needs_stats and stats is None:
         stats = _collect_stats(args, model, space, batches, criterion)
-    context = ScoringContext(calibration=batches, stats=stats, progress=progress)
+    context = ScoringContext(calibration=batches, stats=stats, progress=progress, task=task)
     utilization, scores = _utilization(args, source, criterion, model, space.select(target.strategy), context)
     plan = source.plan(target, RatioInputs(space, stats=stats, utilization=utilization))
     config = plan.config
@@ -140,27 +141,40 @@ def run(args: argparse.Namespace) -> CommandResult:
                                    space=space, scores=scores)
     del context, stats, stats_file, utilization  # the statistics (Gram matrices, histograms) are not needed by the recovery
     # a progressive recipe's later steps score the partly pruned model (statistics collected afresh)
-    rescorer = Rescorer(criterion, example, ScoringContext(calibration=batches, device=device, progress=progress))
-    recovery = recover(model, outcome, recipe, recovery_data_for(splits, batches, scoring, rescorer=rescorer),
+    rescorer = Rescorer(criterion, example, ScoringContext(calibration=batches, device=device, progress=progress,
+                                                           task=task))
+    recovery = recover(model, outcome, recipe, recovery_data_for(splits, batches, scoring, rescorer=rescorer, task=task),
                        progress=progress, amp=args.amp)
     outcome = recovery.outcome
 
-    base = measure(model, shape, base_accuracy, progress=progress)
-    after = measure(outcome.model, shape, recovery.final_accuracy, progress=progress)
+    primary = task.primary
+    base = measure(model, shape, base_metrics, progress=progress)
+    after = measure(outcome.model, shape, _final_metrics(recovery, scoring, task, args.amp), progress=progress)
     pruning = {
         "criterion": args.criterion, "strategy": config.strategy, "ratios": args.ratios,
         "flops_reduction_target": args.flops_reduction, "ratio": args.ratio, "round_to": args.round_to,
         "macs_reduction": 1 - after["macs"] / base["macs"], "params_reduction": 1 - after["params"] / base["params"],
         "speedup_batch1": base["latency_ms"] / after["latency_ms"],
         "speedup_batch64": base["latency_ms_batch64"] / after["latency_ms_batch64"],
-        "recipe": recipe.to_dict(), "accuracy_stages": recovery.accuracy, "stage_seconds": dict(recovery.seconds),
+        "recipe": recipe.to_dict(), f"{primary}_stages": recovery.scores, "stage_seconds": dict(recovery.seconds),
         "channels": {n: [k, space[n].size] for n, k in outcome.keep.items()},
         "steps": [{"step": step.number, "macs_reduction": step.macs_reduction, "seconds": dict(step.seconds),
-                   "accuracy": step.accuracy} for step in recovery.steps],
+                   primary: step.score} for step in recovery.steps],
     }
     _write_outputs(args, loaded, outcome.model, {**pruning, "schedule": ratios_of(space, outcome.keep)})
-    data = {"base": base, "pruned": after, "pruning": pruning, "checkpoint": args.out}
+    data = {"task": loaded.task_spec.to_dict(), "base": base, "pruned": after, "pruning": pruning,
+            "checkpoint": args.out}
     return CommandResult(_summary(args, loaded, base, after, pruning), data)
+
+
+def _final_metrics(recovery, scoring, task, amp) -> dict:
+    """The pruned model's test metrics: the primary one as the recovery's last stage scored it;
+    a task that names others evaluates the final model once more for them."""
+    from pruning.training import evaluate
+
+    if len(task.metrics) == 1:
+        return {task.primary: recovery.final_score}
+    return evaluate(recovery.model, scoring, task=task, amp=amp).metrics
 
 
 def _check_arguments(args: argparse.Namespace) -> None:
@@ -263,13 +277,16 @@ def _summary(args, loaded, base: dict, after: dict, pruning: dict) -> str:
     from orchestrator.cli.common import describe_latency
     from orchestrator.report import format_table
 
-    rows = [(k, base[k], after[k], _change(base[k], after[k], difference=k == "accuracy"))
-            for k in ("macs", "params", "accuracy", "latency_ms", "latency_ms_batch64")]
+    task = loaded.task
+    names = [metric.name for metric in task.metrics]
+    rows = [(k, base[k], after[k], _change(base[k], after[k], difference=k in names))
+            for k in ("macs", "params", *names, "latency_ms", "latency_ms_batch64")]
+    stages = pruning[f"{task.primary}_stages"]
     return (
-        f"{loaded.spec.name} on {loaded.splits.name}: criterion {args.criterion}, strategy {pruning['strategy']}, "
+        f"{loaded.spec.name} on {loaded.splits.name} ({loaded.task_spec.name}): criterion {args.criterion}, strategy {pruning['strategy']}, "
         f"ratios {args.ratios}\n"
         + format_table(rows, ("", "base", "pruned", "change"))
-        + "\naccuracy by stage: " + ", ".join(f"{k} {v:.4f}" for k, v in pruning["accuracy_stages"].items())
+        + f"\n{task.primary} by stage: " + ", ".join(f"{k} {v:.4f}" for k, v in stages.items())
         + (f"\npruned in {len(pruning['steps'])} steps, MACs " + ", ".join(
             f"-{step['macs_reduction']:.1%}" for step in pruning["steps"]) if pruning["steps"] else "")
         + f"\nMACs -{pruning['macs_reduction']:.1%}, params -{pruning['params_reduction']:.1%}, "
@@ -280,7 +297,7 @@ def _summary(args, loaded, base: dict, after: dict, pruning: dict) -> str:
 
 
 def _change(before, after, difference: bool = False) -> str:
-    """``after - before`` for accuracies (``difference``), else the ratio ``after / before``."""
+    """``after - before`` for the task's metrics (``difference``), else the ratio ``after / before``."""
     if before is None or after is None:
         return ""
     if difference:

@@ -4,10 +4,11 @@ from __future__ import annotations
 import argparse
 
 from orchestrator.cli.options import (
-    add_data, add_device, add_distributed, add_model_source, add_output, add_seed, check_minimum, check_output_files,
-    check_workers, show_progress,
+    add_data, add_device, add_distributed, add_model_source, add_output, add_seed, add_task_options, check_minimum,
+    check_output_files, check_workers, show_progress,
 )
 from orchestrator.cli.result import CommandResult
+from pruning.errors import InputError
 
 __all__ = ["add_parser", "run"]
 
@@ -27,6 +28,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     add_seed(p)
     add_data(p, None)
     add_model_source(p)
+    add_task_options(p, default="the checkpoint's, else classification (its data is the task's)")
     p.add_argument("--calibration-images", type=int, default=1024, help="images from the calibration split (default: 1024)")
     p.add_argument("--bins", type=int, default=32, help="histogram bins for entropy (default: 32)")
     p.add_argument("--value", choices=("gap", "spatial"), default="gap",
@@ -64,6 +66,8 @@ def run(args: argparse.Namespace) -> CommandResult:
     workers = check_workers(args)
     device = command_device(args)
     loaded = load_fitting(args)
+    if args.per_class and not loaded.task.class_labels:
+        raise InputError(f"--per-class needs one class label per image; task {loaded.task_spec.name!r} has none")
     space = PruningSpace.build(loaded.model, torch.zeros(1, *loaded.shape))
     loaded.model.to(device)  # the in-process pass (and the histogram edges) run there
     batches = calibration_batches(loaded.splits, args.calibration_images, 128, progress=show_progress(args))
@@ -75,7 +79,7 @@ def run(args: argparse.Namespace) -> CommandResult:
     state.save(args.out)
     data = {"checkpoint": args.checkpoint, "model": loaded.spec.name, "out": str(args.out),
             "images": sum(len(y) for _, y in batches), "rank_images": args.rank_images,
-            "layers": len(space.groups), "seconds": seconds, "workers": workers, "ray_network": ray_network(args),
+            "task": loaded.task_spec.to_dict(), "layers": len(space.groups), "seconds": seconds, "workers": workers, "ray_network": ray_network(args),
             # Ray node id -> shards its actors ran (None in-process): on a cluster, which nodes worked
             "nodes": report.nodes if report is not None else None}
     return CommandResult(f"statistics of {data['layers']} layers over {data['images']} calibration images "

@@ -1,12 +1,19 @@
 """What a Ray worker runs for a sweep trial (:mod:`orchestrator.sweeps.trials`) or a study cell
 (:mod:`orchestrator.studies.trial`): the baseline's shared objects (put once by the driver,
-fetched once per trial), the settings every worker of a baseline shares, and the one prune ->
-recover -> score path both take, every stage scored on the calibration split."""
+fetched once per trial), the settings every worker of a baseline shares (its task among them, as a
+:class:`~pruning.tasks.TaskSpec`: each worker builds the task itself), and the one prune ->
+recover -> score path both take, every stage scored on the calibration split.
+
+Metric names follow the task (P its primary metric, classification's ``accuracy``): a trial logs
+every metric of the task, ``bn_<P>``, ``<stage>_<P>`` (:func:`stage_metrics`) and the steps'
+``step<N>_<P>`` (:func:`step_metric_pattern`)."""
 from __future__ import annotations
 
 import ctypes
 import functools
 import gc
+import json
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -15,19 +22,38 @@ import torch
 from torch import nn
 
 from pruning.recovery import STAGES, RecoveryRecipe, reconstruction_targets
+from pruning.tasks import Task, TaskSpec
 from pruning.utils import model_device
 
 __all__ = [
-    "STAGE_METRICS", "STEP_METRICS", "SharedRefs", "WorkerSettings", "WorkerBaseline", "CriterionPlan", "trial_threads",
+    "STAGE_METRICS", "STEP_METRICS", "stage_metrics", "step_metric_pattern", "trial_metric_names", "SharedRefs", "WorkerSettings", "WorkerBaseline", "CriterionPlan", "trial_threads",
     "import_paths_of", "put_shared", "fetch_baseline", "prune_and_recover", "cost_metrics", "trial_device",
     "releases_memory",
 ]
 
-#: per recovery stage that ran: its calibration accuracy and (but for ``pruned``) its seconds
-STAGE_METRICS = (*(f"{stage}_accuracy" for stage in STAGES), *(f"{stage}_seconds" for stage in STAGES[1:]))
-#: the metrics of each step of a progressive recipe (``RecoveryResult.step_metrics``), as a
-#: pattern of metric names: ``step<N>_macs_reduction``, ``step<N>_accuracy``, ``step<N>_<stage>_seconds``
-STEP_METRICS = r"step[1-9][0-9]*_(macs_reduction|accuracy|[a-z_]+_seconds)"
+def stage_metrics(primary: str) -> tuple[str, ...]:
+    """Per recovery stage that ran: its calibration score ``<stage>_<primary>`` and (but for
+    ``pruned``) its seconds."""
+    return (*(f"{stage}_{primary}" for stage in STAGES), *(f"{stage}_seconds" for stage in STAGES[1:]))
+
+
+def step_metric_pattern(primary: str) -> str:
+    """The metrics of each step of a progressive recipe as a pattern of metric names:
+    ``step<N>_macs_reduction``, ``step<N>_<primary>``, ``step<N>_<stage>_seconds``."""
+    return rf"step[1-9][0-9]*_(macs_reduction|{re.escape(primary)}|[a-z_]+_seconds)"
+
+
+def trial_metric_names(task: Task) -> tuple[str, ...]:
+    """What :func:`prune_and_recover` may log on the calibration split, but for the steps'
+    (:func:`step_metric_pattern`): every metric of ``task``, ``bn_<primary>``, :func:`stage_metrics`
+    and the timings."""
+    return (*(metric.name for metric in task.metrics), f"bn_{task.primary}", *stage_metrics(task.primary),
+            "planned_reduction", "prune_seconds", "recover_seconds", "score_seconds")
+
+
+#: classification's :func:`stage_metrics` and :func:`step_metric_pattern`
+STAGE_METRICS = stage_metrics("accuracy")
+STEP_METRICS = step_metric_pattern("accuracy")
 
 
 @dataclass(frozen=True)
@@ -49,8 +75,9 @@ class WorkerSettings:
     data_config: the baseline's :class:`~pruning.data.DataConfig` (its splits load once per worker).
     shape: the model's input shape; threads: torch intra-op threads (:func:`trial_threads`).
     baseline: the unpruned model's metrics (``macs``, ``params``, ...), what reductions are of.
-    import_paths: directories a worker puts on ``sys.path`` before it rebuilds the model (an
-        import-path model's module root, as the driver found it: :func:`import_paths_of`).
+    import_paths: directories a worker puts on ``sys.path`` before it rebuilds the model or the
+        task (an import path's module root, as the driver found it: :func:`import_paths_of`).
+    task: the baseline's task; each worker builds it (:attr:`WorkerBaseline.task`).
     """
 
     data_config: Any
@@ -58,11 +85,13 @@ class WorkerSettings:
     threads: int
     baseline: Mapping[str, float] = field(default_factory=dict)
     import_paths: tuple[str, ...] = ()
+    task: TaskSpec = field(default_factory=TaskSpec)
 
     @classmethod
     def of(cls, setup, threads: int) -> WorkerSettings:
         """The settings of a prepared baseline (:class:`~orchestrator.experiment.baseline.BaselineSetup`)."""
-        return cls(setup.data_config, setup.shape, threads, dict(setup.metrics), import_paths_of(setup.spec.name))
+        paths = dict.fromkeys((*import_paths_of(setup.spec.name), *import_paths_of(setup.task_spec.name)))
+        return cls(setup.data_config, setup.shape, threads, dict(setup.metrics), tuple(paths), setup.task_spec)
 
     def enter(self) -> None:
         """Set this worker up for a trial: its thread count, the model's import roots on ``sys.path``."""
@@ -92,9 +121,14 @@ class WorkerBaseline:
         return rebuild_model(self.spec_json, self.state).to(trial_device())
 
     @property
+    def task(self) -> Task:
+        """The baseline's task, built once per worker."""
+        return _build_task(_task_key(self.settings.task))
+
+    @property
     def splits(self):
-        """The baseline's data splits, loaded once per worker."""
-        return _load_data(self.settings.data_config)
+        """The baseline's data splits (loaded by its task), loaded once per worker."""
+        return _load_data(self.settings.data_config, _task_key(self.settings.task))
 
 
 @dataclass(frozen=True)
@@ -115,13 +149,13 @@ def trial_threads(cpus: float) -> int:
     return max(1, int(cpus))
 
 
-def import_paths_of(model_name: str) -> tuple[str, ...]:
-    """What ``WorkerSettings.import_paths`` holds for a baseline model: the directory its module
-    is imported from, for an import-path model (``package.module:factory``) that a worker
-    started elsewhere might not find on its own ``sys.path``; nothing for the other models."""
+def import_paths_of(name: str) -> tuple[str, ...]:
+    """What ``WorkerSettings.import_paths`` holds for a baseline's model or task ``name``: the
+    directory its module is imported from, for an import path (``package.module:factory``) that
+    a worker started elsewhere might not find on its own ``sys.path``; nothing for the others."""
     from pruning.models import import_root
 
-    root = import_root(model_name)
+    root = import_root(name)
     return (root,) if root else ()
 
 
@@ -177,13 +211,22 @@ def fetch_baseline(refs: SharedRefs, settings: WorkerSettings) -> WorkerBaseline
     )
 
 
-@functools.lru_cache(maxsize=2)
-def _load_data(config):
-    """The splits of a data config, loaded once per worker (Tune reuses a worker for the trials
-    that follow; the splits are only read)."""
-    from pruning.data import load_data
+def _task_key(spec: TaskSpec) -> str:
+    """``spec`` as a hashable cache key (its kwargs are a dict)."""
+    return json.dumps(spec.to_dict(), sort_keys=True)
 
-    return load_data(config)
+
+@functools.lru_cache(maxsize=2)
+def _build_task(key: str) -> Task:
+    """The task of a :func:`_task_key`, built once per worker."""
+    return TaskSpec.from_record(json.loads(key)).build()
+
+
+@functools.lru_cache(maxsize=2)
+def _load_data(config, task_key: str):
+    """The splits of a data config as a task loads them, once per worker (Tune reuses a worker
+    for the trials that follow; the splits are only read)."""
+    return _build_task(task_key).load_data(config)
 
 
 def prune_and_recover(model: nn.Module, baseline: WorkerBaseline, plan: CriterionPlan, recipe: RecoveryRecipe, *,
@@ -192,17 +235,20 @@ def prune_and_recover(model: nn.Module, baseline: WorkerBaseline, plan: Criterio
     ``plan``, run ``recipe``; every stage scored on the calibration split (only the last without
     ``score_every_stage``). A progressive recipe re-scores the channels between its steps with
     the plan's criterion (statistics criteria: statistics collected afresh, with the options that
-    criterion needs). Returns (pruned and recovered model, its prune outcome, metrics: those of
-    every step of a progressive recipe too, :data:`STEP_METRICS`)."""
+    criterion needs). Everything is scored for the baseline's task. Returns (pruned and recovered
+    model, its prune outcome, metrics: :func:`trial_metric_names` and those of every step of a
+    progressive recipe, :func:`step_metric_pattern`)."""
     from pruning.criteria import ScoringContext, create_criterion
     from pruning.data import make_eval_loader
     from pruning.pipeline import prune_with_criterion
     from pruning.recovery import Rescorer, recover, recovery_data_for
+    from pruning.training import evaluate
 
-    splits, batches = baseline.splits, baseline.batches
+    splits, batches, task = baseline.splits, baseline.batches, baseline.task
+    primary = task.primary
     started = time.perf_counter()
     device = model_device(model)
-    context = ScoringContext(calibration=batches, stats=baseline.stats)
+    context = ScoringContext(calibration=batches, stats=baseline.stats, task=task)
     criterion = create_criterion(plan.criterion, seed=plan.seed, **dict(plan.options))
     example = torch.zeros(1, *baseline.settings.shape, device=device)
     outcome = prune_with_criterion(model, example, criterion, plan.config, context, ratio_weights=plan.ratio_weights,
@@ -210,24 +256,38 @@ def prune_and_recover(model: nn.Module, baseline: WorkerBaseline, plan: Criterio
     prune_seconds = time.perf_counter() - started
     score = make_eval_loader(splits.calibration, device)
     recover_started = time.perf_counter()
-    rescorer = Rescorer(criterion, example, ScoringContext(calibration=batches, device=device))
+    rescorer = Rescorer(criterion, example, ScoringContext(calibration=batches, device=device, task=task))
     data = recovery_data_for(splits, batches, score, score_every_stage=score_every_stage, targets=baseline.targets,
-                             rescorer=rescorer)
+                             rescorer=rescorer, task=task)
     result = recover(model, outcome, recipe, data)
-    # bn_accuracy: the accuracy before any training (the zero-cost proxy the sweep compares against)
-    untrained = [acc for stage, acc in result.accuracy.items() if stage != "finetuned"]
+    # bn_<P>: the score before any training (the zero-cost proxy the sweep compares against)
+    untrained = [value for stage, value in result.scores.items() if stage != "finetuned"]
+    # the primary metric as the last stage scored it; a task that names others scores them once more
+    final = ({primary: result.final_score} if len(task.metrics) == 1
+             else evaluate(result.model, score, task=task).metrics)
     metrics = {
-        "accuracy": result.final_accuracy,
-        **({"bn_accuracy": untrained[-1]} if untrained else {}),
-        **{f"{stage}_accuracy": acc for stage, acc in result.accuracy.items()},
+        **final,
+        **({f"bn_{primary}": untrained[-1]} if untrained else {}),
+        **{f"{stage}_{primary}": value for stage, value in result.scores.items()},
         **{f"{stage}_seconds": s for stage, s in result.seconds.items() if stage != "pruned"},
-        **result.step_metrics(),
+        **_step_metrics(result, primary),
         "planned_reduction": outcome.planned_reduction,
         "prune_seconds": prune_seconds,
         "recover_seconds": result.total_seconds,
         "score_seconds": time.perf_counter() - recover_started - result.total_seconds,
     }
     return result.model, result.outcome, metrics
+
+
+def _step_metrics(result, primary: str) -> dict[str, float]:
+    """The steps of a progressive recipe as flat metrics (:func:`step_metric_pattern`)."""
+    metrics: dict[str, float] = {}
+    for step in result.steps:
+        metrics[f"step{step.number}_macs_reduction"] = step.macs_reduction
+        metrics.update({f"step{step.number}_{stage}_seconds": s for stage, s in step.seconds.items()})
+        if step.score is not None:
+            metrics[f"step{step.number}_{primary}"] = step.score
+    return metrics
 
 
 def cost_metrics(pruned: nn.Module, settings: WorkerSettings) -> dict[str, float]:

@@ -6,7 +6,8 @@ its default): ``checkpoints`` x ``criteria`` x ``ratios`` x ``recipes`` x ``flop
 key or a bad value anywhere raises a one-line :class:`ConfigError` naming its path (e.g.
 ``criteria[1].sampels: unknown key; valid: ...``) before anything runs. :meth:`StudyConfig.to_dict`
 is the resolved config (every default filled in, paths absolute) that every run records and
-that ``--resume`` reads back.
+that ``--resume`` reads back. ``task:`` / ``task_kwargs:`` name the task every checkpoint is
+pruned for and compared on (its primary metric on the test split; none given: classification).
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from orchestrator.experiment.checks import (
 )
 from orchestrator.experiment.data_settings import DataSettings
 from orchestrator.experiment.model_settings import MODEL_KEYS, ModelSettings, model_source
+from orchestrator.experiment.task_settings import TASK_KEYS, task_spec_from
 from pruning.errors import InputError
 from pruning.planning import RatioSourceError, create_ratio_source, list_ratio_sources
 from pruning.planning.ratio_sources import ratio_source_options
@@ -269,12 +271,13 @@ def _list(key: str, data: Any) -> list:
 
 
 _TOP_LEVEL = ("name", "checkpoints", "criteria", "ratios", "recipes", "flops_reductions", "seeds", "pruning", "data",
-              "significance", "execution", "tracking", "run_dir")
+              "significance", "execution", "tracking", "run_dir", *TASK_KEYS)
 
 
 @dataclass(frozen=True)
 class StudyConfig:
-    """A whole study, resolved; the cells are the product of the six lists (:mod:`.cells`)."""
+    """A whole study, resolved; the cells are the product of the six lists (:mod:`.cells`).
+    ``task``: the :class:`~pruning.tasks.TaskSpec` the config names (None: classification)."""
 
     name: str
     checkpoints: tuple[BaselineSettings, ...]
@@ -289,6 +292,7 @@ class StudyConfig:
     significance: SignificanceSettings = field(default_factory=SignificanceSettings)
     execution: ExecutionSettings = field(default_factory=ExecutionSettings)
     tracking: TrackingSettings = field(default_factory=lambda: TrackingSettings(experiment="prunesweep-compare"))
+    task: Any = None  # TaskSpec | None
 
     def __post_init__(self) -> None:
         check_name(self.name)
@@ -340,6 +344,13 @@ class StudyConfig:
         return any(getattr(r.create(), f"needs_{inputs}") for r in self.ratios)
 
     @property
+    def task_spec(self):
+        """The :class:`~pruning.tasks.TaskSpec` the study runs: the configured one, else classification."""
+        from pruning.tasks import TaskSpec
+
+        return self.task if self.task is not None else TaskSpec()
+
+    @property
     def tracking_uri(self) -> str:
         return self.tracking.uri  # type: ignore[return-value]  (filled in __post_init__)
 
@@ -385,12 +396,15 @@ class StudyConfig:
             significance=_section(SignificanceSettings, "significance", data.get("significance")),
             execution=_section(ExecutionSettings, "execution", data.get("execution")),
             tracking=TrackingSettings.from_dict(tracking),
+            task=task_spec_from(data),
         )
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved config as plain data (YAML/JSON-able), every default filled in."""
         return {
             "name": self.name,
+            # only where given: a classification study's resolved config (and MLflow params) stay as they were
+            **({"task": self.task.name, "task_kwargs": dict(self.task.kwargs)} if self.task is not None else {}),
             "checkpoints": [c.to_dict() for c in self.checkpoints],
             "criteria": [c.to_dict() for c in self.criteria],
             "ratios": [r.to_dict() for r in self.ratios],

@@ -1,15 +1,19 @@
 """A study's tables and plots, from its cells as logged (MLflow records, or the long table's rows).
 
 * the long table: one row per cell (CSV and Markdown);
-* the summary: per recipe x ratios x criterion x target, the mean test accuracy and its interval;
+* the summary: per recipe x ratios x criterion x target, the mean test score (the task's primary
+  metric, ``test_<P>``: ``test_accuracy`` for classification) and its interval;
 * the paired table: per recipe x ratios x criterion, the difference to the reference criterion
   over the same (checkpoint, seed, target) pairs, its interval and p-value;
 * the recipe table (only with ``significance.reference_recipe``): per recipe x ratios x criterion
   x target, the difference to the reference recipe over the same (checkpoint, seed) pairs;
 * the rank table: average ranks over every (checkpoint, seed, target, recipe, ratios) setting,
   Friedman's test and the critical difference;
-* plots: test accuracy vs MACs reduction per criterion with interval bands (a panel per recipe,
+* plots: test score vs MACs reduction per criterion with interval bands (a panel per recipe,
   a line style per ratio source), and the average ranks with the critical difference.
+
+Every column and label names the compared metric (:class:`ComparedMetric`); a classification
+study's are those of ``accuracy``.
 """
 from __future__ import annotations
 
@@ -27,16 +31,58 @@ from orchestrator.studies.significance import Paired, average_ranks, mean_interv
 from orchestrator.studies.trial import ACCURACY_SPLIT
 from pruning.utils import atomic_write
 
-__all__ = ["LONG_COLUMNS", "RECIPE_PAIRED_COLUMNS", "StudyTables", "long_rows", "study_tables", "write_tables",
-           "plot_accuracy", "plot_ranks"]
+__all__ = ["ComparedMetric", "LONG_COLUMNS", "RECIPE_PAIRED_COLUMNS", "StudyTables", "long_rows", "study_tables",
+           "write_tables", "plot_accuracy", "plot_ranks"]
 
-#: the compared metric (on the test split: :data:`~orchestrator.studies.trial.ACCURACY_SPLIT`)
-METRIC = "test_accuracy"
-LONG_COLUMNS = ("cell", *CELL_PARAMS, "status", "test_accuracy", "accuracy", "bn_accuracy", "macs_reduction",
+
+@dataclass(frozen=True)
+class ComparedMetric:
+    """What a study compares: the task's primary metric ``name`` on the test split
+    (:data:`~orchestrator.studies.trial.ACCURACY_SPLIT`) and its ``direction`` (``max``: higher
+    is better)."""
+
+    name: str = "accuracy"
+    direction: str = "max"
+
+    def __post_init__(self) -> None:
+        if self.direction not in ("max", "min"):
+            raise ValueError(f"direction {self.direction!r} is unknown; valid: max, min")
+
+    @classmethod
+    def of(cls, task) -> ComparedMetric:
+        """The primary metric of a :class:`~pruning.tasks.Task`."""
+        return cls(task.primary, task.metric(task.primary).direction)
+
+    @property
+    def test(self) -> str:
+        """Its cells' column: ``test_<name>``."""
+        return f"test_{self.name}"
+
+    @property
+    def label(self) -> str:
+        """How tables and plots name it (``test accuracy``, ``test miou``)."""
+        return f"test {self.name.replace('_', ' ')}"
+
+    @property
+    def best(self) -> str:
+        """Rank 1's meaning."""
+        if self.name == "accuracy":
+            return "most accurate"
+        return f"{'highest' if self.direction == 'max' else 'lowest'} {self.name}"
+
+    def long_columns(self) -> tuple[str, ...]:
+        return ("cell", *CELL_PARAMS, "status", self.test, self.name, f"bn_{self.name}", "macs_reduction",
                 "params_reduction", "scores_compute_seconds", "prune_seconds", "recover_seconds", "trial_seconds",
                 "error")
-SUMMARY_COLUMNS = ("recipe", "ratios", "criterion", "flops_reduction", "n", "failed", "test_accuracy_mean",
-                   "ci_low", "ci_high", "macs_reduction_mean")
+
+    def summary_columns(self) -> tuple[str, ...]:
+        return ("recipe", "ratios", "criterion", "flops_reduction", "n", "failed", f"{self.test}_mean",
+                "ci_low", "ci_high", "macs_reduction_mean")
+
+
+#: a classification study's columns
+LONG_COLUMNS = ComparedMetric().long_columns()
+SUMMARY_COLUMNS = ComparedMetric().summary_columns()
 PAIRED_COLUMNS = ("recipe", "ratios", "criterion", "reference", "pairs", "mean_difference", "ci_low", "ci_high",
                   "p_value", "test")
 RECIPE_PAIRED_COLUMNS = ("recipe", "ratios", "criterion", "flops_reduction", "reference_recipe", "pairs",
@@ -44,20 +90,22 @@ RECIPE_PAIRED_COLUMNS = ("recipe", "ratios", "criterion", "flops_reduction", "re
 RANK_COLUMNS = ("criterion", "average_rank")
 
 
-def long_rows(records: Sequence[Any]) -> list[dict[str, Any]]:
-    """One row per logged cell (a :class:`~orchestrator.experiment.tracking.TrialRecord`), in cell order."""
+def long_rows(records: Sequence[Any], metric: ComparedMetric = ComparedMetric()) -> list[dict[str, Any]]:
+    """One row per logged cell (a :class:`~orchestrator.experiment.tracking.TrialRecord`), in cell
+    order, with ``metric``'s columns."""
+    columns = metric.long_columns()
     rows = []
     for record in records:
         cell = Cell.from_params(record.params)
         row: dict[str, Any] = {"cell": cell.id, **{k: getattr(cell, k) for k in CELL_PARAMS}, "status": record.status}
-        row.update({k: record.metrics.get(k) for k in LONG_COLUMNS if k in record.metrics})
+        row.update({k: record.metrics.get(k) for k in columns if k in record.metrics})
         row["error"] = record.error if record.status == "FAILED" else None
-        rows.append({k: row.get(k) for k in LONG_COLUMNS})
+        rows.append({k: row.get(k) for k in columns})
     return sorted(rows, key=lambda r: Cell.from_params(r))
 
 
-def _finished(rows):
-    return [r for r in rows if r["status"] == "FINISHED" and r.get(METRIC) is not None]
+def _finished(rows, metric: ComparedMetric):
+    return [r for r in rows if r["status"] == "FINISHED" and r.get(metric.test) is not None]
 
 
 @dataclass
@@ -72,6 +120,7 @@ class StudyTables:
     significance: dict[str, Any] = field(default_factory=dict)
     #: each recipe against ``significance["reference_recipe"]``; None: recipes are not compared
     recipe_paired: list[dict[str, Any]] | None = None
+    metric: ComparedMetric = ComparedMetric()
 
     def to_dict(self) -> dict[str, Any]:
         """The summary, paired (and recipe) and rank tables and the settings, as plain data."""
@@ -81,21 +130,21 @@ class StudyTables:
 
     def text(self) -> str:
         """The summary, paired (and recipe) and rank tables as aligned text."""
-        parts = [f"test accuracy (split: {ACCURACY_SPLIT}), mean and {self._interval_name()}",
-                 _text(self.summary, SUMMARY_COLUMNS)]
+        parts = [f"{self.metric.label} (split: {ACCURACY_SPLIT}), mean and {self._interval_name()}",
+                 _text(self.summary, self.metric.summary_columns())]
         if self.paired:
             parts += [f"paired with {self.significance['reference']}", _text(self.paired, PAIRED_COLUMNS)]
         if self.recipe_paired:
             parts += [f"paired with recipe {self.significance['reference_recipe']}",
                       _text(self.recipe_paired, RECIPE_PAIRED_COLUMNS)]
         if self.ranks:
-            parts += ["average rank (1 = most accurate)", _text(self.ranks, RANK_COLUMNS), self._rank_note()]
+            parts += [f"average rank (1 = {self.metric.best})", _text(self.ranks, RANK_COLUMNS), self._rank_note()]
         return "\n".join(parts)
 
     def markdown(self) -> str:
         """The same tables in Markdown (what ``benchmarks/study_tables.py`` writes into a document)."""
-        parts = [f"Test accuracy (split: `{ACCURACY_SPLIT}`), mean and {self._interval_name()}.", "",
-                 to_markdown(self.summary, SUMMARY_COLUMNS)]
+        parts = [f"{self.metric.label.capitalize()} (split: `{ACCURACY_SPLIT}`), mean and "
+                 f"{self._interval_name()}.", "", to_markdown(self.summary, self.metric.summary_columns())]
         if self.paired:
             parts += ["", f"Paired with `{self.significance['reference']}` over the same (checkpoint, seed, target) "
                       f"pairs ({self.significance['paired_test']}, two-sided).", "", to_markdown(self.paired, PAIRED_COLUMNS)]
@@ -104,7 +153,7 @@ class StudyTables:
                       f"seed) pairs ({self.significance['paired_test']}, two-sided).", "",
                       to_markdown(self.recipe_paired, RECIPE_PAIRED_COLUMNS)]
         if self.ranks:
-            parts += ["", "Average rank (1 = most accurate).", "", to_markdown(self.ranks, RANK_COLUMNS), "",
+            parts += ["", f"Average rank (1 = {self.metric.best}).", "", to_markdown(self.ranks, RANK_COLUMNS), "",
                       self._rank_note()]
         return "\n".join(parts) + "\n"
 
@@ -121,31 +170,32 @@ class StudyTables:
 
 
 def study_tables(rows: Sequence[Mapping[str, Any]], significance: SignificanceSettings, reference: str | None,
-                 reference_recipe: str | None = None) -> StudyTables:
-    """Summary, paired and rank tables of the long table ``rows``; with ``reference_recipe``, the
-    recipe table too."""
+                 reference_recipe: str | None = None, metric: ComparedMetric = ComparedMetric()) -> StudyTables:
+    """Summary, paired and rank tables of the long table ``rows`` over ``metric``; with
+    ``reference_recipe``, the recipe table too."""
     options = dict(confidence=significance.confidence, samples=significance.bootstrap_samples, seed=significance.seed)
-    done = _finished(rows)
+    column = metric.test
+    done = _finished(rows, metric)
     summary = []
     for recipe, ratios, criterion, target in dict.fromkeys((r["recipe"], r["ratios"], r["criterion"],
                                                            r["flops_reduction"]) for r in rows):
         cell = [r for r in rows if (r["recipe"], r["ratios"], r["criterion"], r["flops_reduction"])
                 == (recipe, ratios, criterion, target)]
         ok = [r for r in done if r in cell]
-        spread = mean_interval([r[METRIC] for r in ok], method=significance.interval, **options)
+        spread = mean_interval([r[column] for r in ok], method=significance.interval, **options)
         macs = [r["macs_reduction"] for r in ok if r.get("macs_reduction") is not None]
         summary.append({"recipe": recipe, "ratios": ratios, "criterion": criterion, "flops_reduction": target,
                         "n": spread.n, "failed": sum(r["status"] == "FAILED" for r in cell),
-                        "test_accuracy_mean": spread.mean, "ci_low": spread.low, "ci_high": spread.high,
+                        f"{column}_mean": spread.mean, "ci_low": spread.low, "ci_high": spread.high,
                         "macs_reduction_mean": sum(macs) / len(macs) if macs else None})
     paired = []
     if reference is not None:
         for recipe, ratios, criterion in dict.fromkeys((r["recipe"], r["ratios"], r["criterion"]) for r in rows):
             if criterion == reference:
                 continue
-            mine = {(r["checkpoint"], r["seed"], r["flops_reduction"]): r[METRIC] for r in done
+            mine = {(r["checkpoint"], r["seed"], r["flops_reduction"]): r[column] for r in done
                     if (r["recipe"], r["ratios"], r["criterion"]) == (recipe, ratios, criterion)}
-            theirs = {(r["checkpoint"], r["seed"], r["flops_reduction"]): r[METRIC] for r in done
+            theirs = {(r["checkpoint"], r["seed"], r["flops_reduction"]): r[column] for r in done
                       if (r["recipe"], r["ratios"], r["criterion"]) == (recipe, ratios, reference)}
             result = _paired(mine, theirs, significance)
             paired.append({"recipe": recipe, "ratios": ratios, "criterion": criterion, "reference": reference,
@@ -154,8 +204,9 @@ def study_tables(rows: Sequence[Mapping[str, Any]], significance: SignificanceSe
     criteria = list(dict.fromkeys(r["criterion"] for r in rows))
     blocks: dict[tuple, dict[str, float]] = {}
     for r in done:
+        # ranked higher first: a lower-is-better metric negated
         blocks.setdefault((r["checkpoint"], r["seed"], r["flops_reduction"], r["recipe"], r["ratios"]), {})[
-            r["criterion"]] = r[METRIC]
+            r["criterion"]] = r[column] if metric.direction == "max" else -r[column]
     ranks = average_ranks(list(blocks.values()), criteria, confidence=significance.confidence)
     rank_rows = sorted(({"criterion": c, "average_rank": v} for c, v in ranks.average.items()),
                        key=lambda r: r["average_rank"])
@@ -164,9 +215,10 @@ def study_tables(rows: Sequence[Mapping[str, Any]], significance: SignificanceSe
     settings = {"interval": significance.interval, "confidence": significance.confidence, "reference": reference,
                 "reference_recipe": reference_recipe, "paired_test": significance.paired_test,
                 "accuracy_split": ACCURACY_SPLIT}
-    recipe_paired = None if reference_recipe is None else _recipe_paired(rows, done, significance, reference_recipe)
+    recipe_paired = None if reference_recipe is None else _recipe_paired(rows, done, significance, reference_recipe,
+                                                                         column)
     return StudyTables(list(rows), summary, paired, rank_rows if len(criteria) > 1 else [], rank_test, settings,
-                       recipe_paired)
+                       recipe_paired, metric)
 
 
 def _paired(mine: Mapping[tuple, float], theirs: Mapping[tuple, float], significance: SignificanceSettings) -> Paired:
@@ -177,13 +229,13 @@ def _paired(mine: Mapping[tuple, float], theirs: Mapping[tuple, float], signific
                              samples=significance.bootstrap_samples, seed=significance.seed)
 
 
-def _replicates(done: Sequence[Mapping[str, Any]], setting: Mapping[str, Any]) -> dict[tuple, float]:
-    """The test accuracies of the finished cells of ``setting``, keyed by (checkpoint, seed)."""
-    return {(r["checkpoint"], r["seed"]): r[METRIC] for r in done if all(r[k] == v for k, v in setting.items())}
+def _replicates(done: Sequence[Mapping[str, Any]], setting: Mapping[str, Any], column: str) -> dict[tuple, float]:
+    """The ``column`` (test score) of the finished cells of ``setting``, keyed by (checkpoint, seed)."""
+    return {(r["checkpoint"], r["seed"]): r[column] for r in done if all(r[k] == v for k, v in setting.items())}
 
 
 def _recipe_paired(rows: Sequence[Mapping[str, Any]], done: Sequence[Mapping[str, Any]],
-                   significance: SignificanceSettings, reference_recipe: str) -> list[dict[str, Any]]:
+                   significance: SignificanceSettings, reference_recipe: str, column: str) -> list[dict[str, Any]]:
     """Each recipe but ``reference_recipe`` against it: per ratios x criterion x target of
     ``rows``, the differences over the (checkpoint, seed) pairs where both cells finished (in
     ``done``)."""
@@ -193,8 +245,8 @@ def _recipe_paired(rows: Sequence[Mapping[str, Any]], done: Sequence[Mapping[str
         if recipe == reference_recipe:
             continue
         setting = {"ratios": ratios, "criterion": criterion, "flops_reduction": target}
-        result = _paired(_replicates(done, {**setting, "recipe": recipe}),
-                         _replicates(done, {**setting, "recipe": reference_recipe}), significance)
+        result = _paired(_replicates(done, {**setting, "recipe": recipe}, column),
+                         _replicates(done, {**setting, "recipe": reference_recipe}, column), significance)
         table.append({"recipe": recipe, "ratios": ratios, "criterion": criterion, "flops_reduction": target,
                       "reference_recipe": reference_recipe, "pairs": result.n, "mean_difference": result.mean,
                       "ci_low": result.low, "ci_high": result.high, "p_value": result.p_value, "test": result.test})
@@ -225,9 +277,10 @@ def write_tables(tables: StudyTables, folder: Path) -> list[Path]:
     import json
 
     folder.mkdir(parents=True, exist_ok=True)
+    columns = tables.metric.long_columns()
     files = {
-        "cells.csv": to_csv(tables.long, LONG_COLUMNS),
-        "cells.md": to_markdown(tables.long, LONG_COLUMNS) + "\n",
+        "cells.csv": to_csv(tables.long, columns),
+        "cells.md": to_markdown(tables.long, columns) + "\n",
         "summary.md": tables.markdown(),
         "summary.json": json.dumps(tables.to_dict(), indent=2),
     }
@@ -263,14 +316,17 @@ def _colours(criteria: Sequence[str]) -> dict[str, Any]:
 
 
 def plot_accuracy(tables: StudyTables, baseline_accuracy: float | None, path: Path) -> Path:
-    """Test accuracy vs measured MACs reduction, a line per criterion with its interval as a band,
+    """Test score (``tables.metric``; ``baseline_accuracy``: the unpruned model's) vs measured MACs
+    reduction, a line per criterion with its interval as a band,
     one panel per recipe (columns) and ratio source (rows), one legend for all. Beyond
     ``MAX_BANDS`` criteria only the reference criterion keeps its band (a dozen overlapping
     bands hide every line; the question they answer is whether a line leaves the reference's
     band) and the others' intervals are error bars, each criterion's a little apart on the x
     axis so that they do not cover each other. Each panel is scaled to its means (recipes differ
     by tens of points; a two-seed t interval can be wider than [0, 1]), the intervals clipped to
-    what an accuracy can be."""
+    what an accuracy can be (a higher-is-better metric: [0, 1], as accuracy and mIoU are)."""
+    mean_column = f"{tables.metric.test}_mean"
+    bounded = tables.metric.direction == "max"
     recipes = list(dict.fromkeys(r["recipe"] for r in tables.summary))
     ratios = list(dict.fromkeys(r["ratios"] for r in tables.summary))
     criteria = list(dict.fromkeys(r["criterion"] for r in tables.summary))
@@ -284,22 +340,22 @@ def plot_accuracy(tables: StudyTables, baseline_accuracy: float | None, path: Pa
             means: list[float] = []
             for criterion in criteria:
                 rows = [r for r in tables.summary if (r["recipe"], r["ratios"], r["criterion"]) == (recipe, ratio, criterion)
-                        and r["test_accuracy_mean"] is not None]
+                        and r[mean_column] is not None]
                 if not rows:
                     continue
                 x = [r["macs_reduction_mean"] for r in rows]
-                means += [r["test_accuracy_mean"] for r in rows]
-                ax.plot(x, [r["test_accuracy_mean"] for r in rows], "-", marker="o", markersize=3,
+                means += [r[mean_column] for r in rows]
+                ax.plot(x, [r[mean_column] for r in rows], "-", marker="o", markersize=3,
                         color=colours[criterion], label=criterion)
                 spanned = [r for r in rows if r["ci_low"] is not None]
-                low = [max(0.0, r["ci_low"]) for r in spanned]
-                high = [min(1.0, r["ci_high"]) for r in spanned]
+                low = [max(0.0, r["ci_low"]) if bounded else r["ci_low"] for r in spanned]
+                high = [min(1.0, r["ci_high"]) if bounded else r["ci_high"] for r in spanned]
                 if spanned and criterion in banded_criteria:
                     ax.fill_between([r["macs_reduction_mean"] for r in spanned], low, high, color=colours[criterion],
                                     alpha=0.12, linewidth=0)
                 elif spanned:
                     shift = ERROR_BAR_SPREAD * (criteria.index(criterion) / (len(criteria) - 1) - 0.5)
-                    mean = [r["test_accuracy_mean"] for r in spanned]
+                    mean = [r[mean_column] for r in spanned]
                     ax.errorbar([r["macs_reduction_mean"] + shift for r in spanned], mean,
                                 yerr=[[m - lo for m, lo in zip(mean, low)], [hi - m for m, hi in zip(mean, high)]],
                                 fmt="none", ecolor=colours[criterion], elinewidth=0.8, capsize=1.5, alpha=0.7)
@@ -308,7 +364,8 @@ def plot_accuracy(tables: StudyTables, baseline_accuracy: float | None, path: Pa
                 means.append(baseline_accuracy)
             if means:
                 pad = max(0.01, 0.1 * (max(means) - min(means)))
-                ax.set_ylim(max(0.0, min(means) - pad), min(1.0, max(means) + pad))
+                bottom, top = min(means) - pad, max(means) + pad
+                ax.set_ylim(max(0.0, bottom) if bounded else bottom, min(1.0, top) if bounded else top)
             ax.set_title(f"recipe: {recipe}" + ("" if len(ratios) == 1 else f", ratios: {ratio}"), fontsize="medium")
             ax.grid(True, alpha=0.3)
             if row == len(ratios) - 1:
@@ -316,7 +373,7 @@ def plot_accuracy(tables: StudyTables, baseline_accuracy: float | None, path: Pa
         level = f"{tables.significance.get('confidence', 0.95):.0%}"
         whose = (f"{level} bands" if len(criteria) <= MAX_BANDS
                  else f"{level} intervals; band: {tables.significance.get('reference')}")
-        axes[row][0].set_ylabel(f"test accuracy ({whose})")
+        axes[row][0].set_ylabel(f"{tables.metric.label} ({whose})")
     handles, labels = axes[0][0].get_legend_handles_labels()
     for ax in axes.flat:  # a criterion missing from the first panel still gets its entry
         for handle, label in zip(*ax.get_legend_handles_labels()):
@@ -343,7 +400,7 @@ def plot_ranks(tables: StudyTables, path: Path) -> Path:
         best = rows[0]["average_rank"]
         ax.axvspan(best, best + cd, color="C3", alpha=0.15, label=f"critical difference {cd:.2f}")
         ax.legend(loc="lower right", fontsize="small")
-    ax.set_xlabel(f"average rank over {tables.rank_test.get('blocks', 0)} settings (1 = most accurate)")
+    ax.set_xlabel(f"average rank over {tables.rank_test.get('blocks', 0)} settings (1 = {tables.metric.best})")
     ax.grid(True, axis="x", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, format="png")

@@ -34,14 +34,15 @@ from orchestrator.experiment.runner import TrialOutput, TrialResources, TrialsSp
 from orchestrator.experiment.tracking import TUNE_EXPERIMENT, Tracker, resume_command
 from orchestrator.experiment.tracking_server import TrackingUnavailable, browse_hint
 from orchestrator.experiment.stage_status import stage_ended
-from orchestrator.experiment.worker import WorkerSettings, put_shared, trial_threads
+from orchestrator.experiment.worker import WorkerSettings, put_shared, step_metric_pattern, trial_threads
 from orchestrator.studies.cells import study_cells
 from orchestrator.studies.config import RESOLVED_STUDY_FILE, StudyConfig
-from orchestrator.studies.report import StudyTables, long_rows, plot_accuracy, plot_ranks, study_tables, write_tables
-from orchestrator.studies.scores import SCORES_FOLDER, ScorePhase, compute_scores, read_computations
-from orchestrator.studies.trial import (
-    CELL_METRIC_PATTERNS, CELL_METRICS, CELL_TAGS, StudyBaseline, StudySettings, study_cell,
+from orchestrator.studies.report import (
+    ComparedMetric, StudyTables, long_rows, plot_accuracy, plot_ranks, study_tables, write_tables,
 )
+from orchestrator.studies.scores import SCORES_FOLDER, ScorePhase, compute_scores, read_computations
+from orchestrator.studies.trial import CELL_TAGS, StudyBaseline, StudySettings, cell_metrics, study_cell
+from orchestrator.sweeps.objectives import check_task_named
 
 __all__ = ["TRACKING_KIND", "StudyResult", "load_study_config", "run_study", "resume_study", "study_report",
            "study_parent_metrics", "study_phase_times"]
@@ -117,7 +118,9 @@ def run_study(config: StudyConfig, *, address: str | None = None, resume: bool =
         setups = {}
         for baseline in config.checkpoints:
             say(progress, f"loading baseline {baseline.label}")
-            setups[baseline.label] = prepare_baseline(baseline.source, config.data, progress=progress)
+            setups[baseline.label] = prepare_baseline(baseline.source, config.data, task=config.task, progress=progress)
+            check_task_named(config.task_spec, setups[baseline.label].task_spec)
+        task = config.task_spec.build()
         experiment.record()
         with experiment.connect(address, verbose, {"execution.gpus_per_trial": resources.gpus}):
             check_cluster_cpus(resources, "execution")
@@ -140,8 +143,8 @@ def run_study(config: StudyConfig, *, address: str | None = None, resume: bool =
             say(progress, f"running {len(cells)} cells, {execution.concurrency} at a time")
             trials = TrialsSpec(study_cell, settings, baselines, resources, len(cells),
                                 make_search=lambda: FixedConfigs([c.trial_config() for c in cells]), stage="study")
-            output = TrialOutput(CELL_METRICS, CELL_TAGS, progress=progress, verbose=verbose, bar=True,
-                                 metric_patterns=CELL_METRIC_PATTERNS)
+            output = TrialOutput(cell_metrics(task), CELL_TAGS, progress=progress, verbose=verbose, bar=True,
+                                 metric_patterns=(step_metric_pattern(task.primary),))
             complete = finished_cleanly(run_trials(tracker, trials, output, resume=resume), len(cells))
         result = _finalize(tracker, config, setups, phase, ended_before=ended_before,
                            wall=time.perf_counter() - started)
@@ -166,8 +169,9 @@ def _score_savings(config: StudyConfig, rows, phase: ScorePhase | None) -> dict[
 
 
 def _tables_and_counts(config: StudyConfig, tracker: Tracker):
-    rows = long_rows(tracker.read_trials())
-    tables = study_tables(rows, config.significance, config.reference, config.reference_recipe)
+    metric = ComparedMetric.of(config.task_spec.build())
+    rows = long_rows(tracker.read_trials(), metric)
+    tables = study_tables(rows, config.significance, config.reference, config.reference_recipe, metric)
     counts = {"cells": len(study_cells(config)), "logged": len(rows),
               "finished": sum(r["status"] == "FINISHED" for r in rows),
               "failed": sum(r["status"] == "FAILED" for r in rows)}
@@ -181,7 +185,7 @@ def _finalize(tracker: Tracker, config: StudyConfig, setups, phase: ScorePhase, 
     savings = _score_savings(config, rows, phase)
     folder = Path(config.run_dir) / REPORT_FOLDER
     files = write_tables(tables, folder)
-    accuracies = [s.metrics["test_accuracy"] for s in setups.values()]
+    accuracies = [s.metrics[tables.metric.test] for s in setups.values()]
     files.append(plot_accuracy(tables, sum(accuracies) / len(accuracies), folder / "accuracy_vs_macs.png"))
     if tables.ranks:
         files.append(plot_ranks(tables, folder / "ranks.png"))

@@ -1,7 +1,8 @@
 """The study cell, run as a Tune trial in a Ray worker: prune its checkpoint with its criterion's
 cached scores, to its target with its ratio source, recover with its recipe, and report the
-calibration and TEST accuracy (the grid is fixed in advance: nothing is selected on the test
-split, so it is the split a comparison reports).
+task's metrics on the calibration split and its primary one on the TEST split, ``test_<P>``
+(the grid is fixed in advance: nothing is selected on the test split, so it is the split a
+comparison reports).
 
 A cell saves its metrics (``Cell.result_path`` under ``StudySettings.cells_root``) before it
 reports them, and a cell that finds them saved reports them again without running: a cell that
@@ -18,22 +19,32 @@ from typing import Any, Mapping
 from orchestrator.studies.cells import Cell
 from orchestrator.studies.config import CriterionSettings, PruningSettings, RatioSettings
 from orchestrator.experiment.worker import (
-    STAGE_METRICS, STEP_METRICS, CriterionPlan, SharedRefs, WorkerSettings, cost_metrics, fetch_baseline,
+    CriterionPlan, step_metric_pattern, trial_metric_names, SharedRefs, WorkerSettings, cost_metrics, fetch_baseline,
     prune_and_recover, releases_memory,
 )
 from pruning.recovery import RecoveryRecipe
+from pruning.tasks import Classification
 from pruning.utils import atomic_write
 
-__all__ = ["CELL_METRICS", "CELL_METRIC_PATTERNS", "CELL_TAGS", "ACCURACY_SPLIT", "StudyBaseline", "StudySettings", "study_cell"]
+__all__ = ["CELL_METRICS", "CELL_METRIC_PATTERNS", "CELL_TAGS", "ACCURACY_SPLIT", "StudyBaseline", "StudySettings",
+           "study_cell", "cell_metrics"]
 
-#: the split every cell's ``test_accuracy`` (the compared metric) is measured on
+#: the split every cell's ``test_<P>`` (the compared metric) is measured on
 ACCURACY_SPLIT = "test"
-#: ``scores_compute_seconds``: what computing the cell's scores cost, once (shared) or in this cell
-CELL_METRICS = ("accuracy", "bn_accuracy", *STAGE_METRICS, "test_accuracy", "macs", "params", "macs_reduction",
-                "params_reduction", "planned_reduction", "prune_seconds", "recover_seconds", "score_seconds",
-                "scores_compute_seconds", "trial_seconds")
-#: the results logged as metrics by name pattern: each step of a progressive recipe's
-CELL_METRIC_PATTERNS = (STEP_METRICS,)
+
+
+def cell_metrics(task) -> tuple[str, ...]:
+    """The numeric results a cell of ``task`` reports: every task metric, ``bn_<P>``, the stages',
+    ``test_<P>`` (P its primary metric); ``scores_compute_seconds``: what computing the cell's
+    scores cost, once (shared) or in this cell."""
+    return (*trial_metric_names(task), f"test_{task.primary}", "macs", "params", "macs_reduction",
+            "params_reduction", "scores_compute_seconds", "trial_seconds")
+
+
+#: a classification study's :func:`cell_metrics`, and the results logged by name pattern: each
+#: step of a progressive recipe's
+CELL_METRICS = cell_metrics(Classification())
+CELL_METRIC_PATTERNS = (step_metric_pattern(Classification.primary),)
 CELL_TAGS = ("criterion_name", "scores")
 
 
@@ -120,7 +131,9 @@ def _run_cell(cell: Cell, baseline: StudyBaseline, settings: StudySettings) -> d
                                            replace(settings.recipes[cell.recipe], seed=cell.seed),
                                            score_every_stage=settings.score_every_stage)
     metrics.update(cost_metrics(pruned, baseline.settings))
-    metrics["test_accuracy"] = evaluate(pruned, make_eval_loader(shared.splits.test, model_device(pruned))).accuracy
+    task = shared.task
+    metrics[f"test_{task.primary}"] = evaluate(pruned, make_eval_loader(shared.splits.test, model_device(pruned)),
+                                               task=task).score
     # unshared, the scores were computed in this cell: their cost is part of prune_seconds
     metrics["scores_compute_seconds"] = seconds if seconds is not None else metrics["prune_seconds"]
     metrics.update(criterion_name=criterion.name, scores="shared" if settings.share_scores else "computed in the cell")

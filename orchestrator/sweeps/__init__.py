@@ -1,4 +1,4 @@
-"""Sweeps: search the accuracy-vs-cost Pareto front with Ray Tune + Optuna, tracked in MLflow
+"""Sweeps: search the task-metric-vs-cost Pareto front with Ray Tune + Optuna, tracked in MLflow
 (the engine they run on, shared with criterion comparison studies, is :mod:`orchestrator.experiment`).
 Modules: ``config`` (the validated sweep YAML), ``trials`` (the trial body), ``search`` (Optuna),
 ``sweep`` (the driver), ``refine`` (two-stage sweeps), ``results`` (the front), ``front``

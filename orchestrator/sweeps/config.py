@@ -8,11 +8,13 @@ A sweep config is one YAML file (see ``search_spaces/resnet20_fmnist.yaml``)::
     # weights: my_weights.pt         # its state_dict (torch.save(model.state_dict(), path))
     # model_kwargs: {}               # the factory's keyword options
     # dataset: fashion-mnist         # what it was trained on (a checkpoint records its own)
+    # task: segmentation             # what it is pruned for (classification, segmentation,
+    # task_kwargs: {}                # package.module:factory) and the task's options
     data:     {calibration_images: 512, batch_size: 128, data_root: null, test_subset: null,
                image_size: null}     # image_size: imagefolder only (null: the checkpoint's, else 224)
     recipe:   {reconstruct: true, bn_batches: 20, finetune_subset: null, ...}  # RecoveryRecipe
     space:    {name: concentration, strategy: full, <the space's options>}
-    sweep:    {trials: 8, concurrency: 2, sampler: nsga2, objectives: {accuracy: max, macs: min},
+    sweep:    {trials: 8, concurrency: 2, sampler: nsga2, objectives: {accuracy: max, macs: min},  # the task's
                seed: 0, cpus_per_trial: 1, gpus_per_trial: 0, gpus_per_worker: 0,
                population_size: null, warm_start: true,
                refine: {candidates: 0, recipe: {finetune_epochs: 1, distill: 0.5}, concurrency: null},
@@ -26,6 +28,10 @@ an out-of-range value anywhere raises a one-line :class:`ConfigError` naming the
 resolved config (:meth:`SweepConfig.to_dict`) has every default filled in, relative paths made
 absolute (against the current directory) and the space's own option defaults listed; loading it
 again gives the same config, which is how ``prunesweep sweep --resume`` reads a sweep back.
+
+``sweep.objectives`` name the task's metrics (:mod:`orchestrator.sweeps.objectives`), checked
+against ``task:`` (none given: classification, the task of a checkpoint that records none; a
+checkpoint recorded for another task needs its ``task:`` named).
 """
 from __future__ import annotations
 
@@ -55,7 +61,9 @@ from orchestrator.experiment.checks import (
 from orchestrator.experiment.config_file import default_name, read_config_file
 from orchestrator.experiment.data_settings import DataSettings
 from orchestrator.experiment.model_settings import MODEL_KEYS, ModelSettings, check_one_source, model_source
+from orchestrator.experiment.task_settings import TASK_KEYS, task_spec_from
 from orchestrator.sweeps.latency import LatencySettings
+from orchestrator.sweeps.objectives import COSTS, check_objectives
 from orchestrator.sweeps.refine import RefineSettings, refine_recipe
 from pruning.recovery import RecoveryRecipe
 from pruning.registry import accepted_options
@@ -77,8 +85,9 @@ __all__ = [
 
 #: the Optuna samplers a sweep may use: config name -> class in ``optuna.samplers``
 SAMPLERS = {"nsga2": "NSGAIISampler", "tpe": "TPESampler", "gp": "GPSampler", "random": "RandomSampler"}
-#: metrics a sweep may optimise, each with the only direction that makes sense for it
-OBJECTIVES = {"accuracy": "max", "macs": "min", "params": "min", "latency_ms": "min"}
+#: metrics a classification sweep may optimise, each with the only direction that makes sense
+#: for it (another task's: :func:`orchestrator.sweeps.objectives.metric_directions`)
+OBJECTIVES = {"accuracy": "max", **COSTS}
 RESOLVED_CONFIG_FILE = "sweep.yaml"
 #: sweep keys left out of the resolved config while 0
 _GPU_KEYS = ("gpus_per_trial", "gpus_per_worker")
@@ -134,7 +143,9 @@ class SweepSettings:
 
     trials: number of trials (Tune ``num_samples``). concurrency: trials at once.
     sampler: Optuna sampler (a key of :data:`SAMPLERS`).
-    objectives: metric -> direction; from accuracy (max), macs, params, latency_ms (min).
+    objectives: metric -> direction; from the task's metrics (classification: accuracy, max) and
+        macs, params, latency_ms (min); None: the task's primary metric and macs (filled in and
+        checked against the task by :class:`SweepConfig`).
     seed: sampler seed, and the seed of every trial's criterion and recovery recipe.
     cpus_per_trial: Ray CPUs reserved per trial (also its torch thread count).
     gpus_per_trial: Ray GPUs reserved per trial (fractions share a GPU; 0: CPU only); a trial
@@ -151,7 +162,7 @@ class SweepSettings:
     trials: int = 8
     concurrency: int = 2
     sampler: str = "nsga2"
-    objectives: Mapping[str, str] = field(default_factory=lambda: {"accuracy": "max", "macs": "min"})
+    objectives: Mapping[str, str] | None = None
     seed: int = 0
     cpus_per_trial: float = 1
     gpus_per_trial: float = 0
@@ -169,17 +180,7 @@ class SweepSettings:
             raise ConfigError("sweep.refine", f"must be a mapping, got {type(self.refine).__name__}")
         check_int("sweep.concurrency", self.concurrency, lo=1)
         check_choice("sweep.sampler", self.sampler, list(SAMPLERS))
-        objectives = check_mapping("sweep.objectives", self.objectives)
-        if not objectives:
-            raise ConfigError("sweep.objectives", f"name at least one of {', '.join(OBJECTIVES)}")
-        check_keys("sweep.objectives.", objectives, list(OBJECTIVES))
-        for metric, direction in objectives.items():
-            if direction != OBJECTIVES[metric]:
-                better = "higher" if OBJECTIVES[metric] == "max" else "lower"
-                raise ConfigError(
-                    f"sweep.objectives.{metric}",
-                    f"must be {OBJECTIVES[metric]!r} ({better} is better), got {direction!r}",
-                )
+        objectives = {} if self.objectives is None else dict(check_mapping("sweep.objectives", self.objectives))
         check_int("sweep.seed", self.seed, lo=0)
         check_number("sweep.cpus_per_trial", self.cpus_per_trial, positive=True)
         for key in ("gpus_per_trial", "gpus_per_worker"):
@@ -188,7 +189,8 @@ class SweepSettings:
         check_int("sweep.population_size", self.population_size, lo=2, optional=True)
         if self.population_size is not None and self.sampler != "nsga2":
             raise ConfigError("sweep.population_size", f"applies to sampler nsga2 only, not {self.sampler!r}")
-        object.__setattr__(self, "objectives", dict(objectives))
+        if self.objectives is not None:
+            object.__setattr__(self, "objectives", objectives)
         if "latency_ms" in objectives and self.latency is None:
             object.__setattr__(self, "latency", LatencySettings())
         if self.latency is not None and "latency_ms" not in objectives:
@@ -215,10 +217,10 @@ class SweepSettings:
         values = {f.name: getattr(self, f.name) for f in fields(self)
                   if (f.name not in _GPU_KEYS or getattr(self, f.name)) and f.name != "latency"}
         latency = {"latency": self.latency.to_dict()} if self.latency is not None else {}
-        return {**values, "objectives": dict(self.objectives), "refine": self.refine.to_dict(), **latency}
+        return {**values, "objectives": dict(self.objectives or {}), "refine": self.refine.to_dict(), **latency}
 
 
-_TOP_LEVEL = ("name", "checkpoint", "data", "recipe", "space", "sweep", "tracking", "run_dir", *MODEL_KEYS)
+_TOP_LEVEL = ("name", "checkpoint", "data", "recipe", "space", "sweep", "tracking", "run_dir", *MODEL_KEYS, *TASK_KEYS)
 
 
 @dataclass(frozen=True)
@@ -232,6 +234,10 @@ class SweepConfig:
     ``finetune_lr`` and ``weight_decay`` replace its values per trial, ``sweep.seed`` its seed.
     In a two-stage sweep (``sweep.refine``) the sampled values are ignored: screening runs
     :attr:`screen_recipe`, refinement :attr:`refine_recipe`.
+
+    ``task``: the :class:`~pruning.tasks.TaskSpec` the config names (None: classification, or
+    what the checkpoint records, which must then be classification); ``sweep.objectives`` are
+    checked against it and default to its primary metric and MACs.
     """
 
     name: str
@@ -243,6 +249,7 @@ class SweepConfig:
     tracking: TrackingSettings = field(default_factory=TrackingSettings)
     checkpoint: str | None = field(default=None, kw_only=True)
     model: ModelSettings | None = field(default=None, kw_only=True)
+    task: Any = field(default=None, kw_only=True)  # TaskSpec | None
 
     def __post_init__(self) -> None:
         check_name(self.name)
@@ -257,6 +264,9 @@ class SweepConfig:
         if self.tracking.uri is None:
             object.__setattr__(self, "tracking", replace(self.tracking, uri=default_tracking_uri(self.run_dir)))
         refine_recipe(self.recipe, self.sweep.refine)  # the overrides fit the recipe
+        objectives = check_objectives(self.sweep.objectives, self.task_spec.build())
+        if objectives != self.sweep.objectives:
+            object.__setattr__(self, "sweep", replace(self.sweep, objectives=objectives))
         if self.model is not None:  # a checkpoint's dataset is checked when it is loaded
             self.data.check_dataset(self.model.dataset)
 
@@ -264,6 +274,13 @@ class SweepConfig:
     def source(self) -> str | ModelSettings:
         """The baseline: the checkpoint path or the :class:`ModelSettings`."""
         return self.checkpoint if self.checkpoint is not None else self.model  # type: ignore[return-value]
+
+    @property
+    def task_spec(self):
+        """The :class:`~pruning.tasks.TaskSpec` the sweep runs: the configured one, else classification."""
+        from pruning.tasks import TaskSpec
+
+        return self.task if self.task is not None else TaskSpec()
 
     @property
     def two_stage(self) -> bool:
@@ -305,6 +322,7 @@ class SweepConfig:
             name=name,
             checkpoint=checkpoint,
             model=model,
+            task=task_spec_from(data),
             space=SpaceSettings.from_dict(data["space"]),
             run_dir=run_dir,
             data=DataSettings.from_dict(data.get("data")),
@@ -318,6 +336,8 @@ class SweepConfig:
         return {
             "name": self.name,
             **({"checkpoint": self.checkpoint} if self.model is None else self.model.to_dict()),
+            # only where given: a classification sweep's resolved config (and MLflow params) stay as they were
+            **({"task": self.task.name, "task_kwargs": dict(self.task.kwargs)} if self.task is not None else {}),
             "data": self.data.to_dict(),
             "recipe": recipe_section(self.recipe),
             "space": self.space.to_dict(),

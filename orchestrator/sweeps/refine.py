@@ -1,7 +1,7 @@
 """Two-stage sweeps: the ``sweep.refine`` settings and the choice of the screening trials to refine.
 
 A two-stage sweep screens ``sweep.trials`` Optuna trials with a cheap recipe (no fine-tuning:
-the proxy is the calibration accuracy after reconstruction and BN recalibration), then refines
+the proxy is the calibration score after reconstruction and BN recalibration), then refines
 ``candidates`` of them, chosen from the screening Pareto front by :func:`select_candidates`,
 with the refinement recipe (the config's recipe + ``sweep.refine.recipe``); where that lists
 several ``steps`` (``[1, 4]``: one shot and progressive), every candidate is refined once with
@@ -17,6 +17,7 @@ from typing import Any, Mapping, Sequence
 
 from orchestrator.experiment.checks import ConfigError, check_int, check_keys, check_mapping, recipe_from_section
 from orchestrator.sweeps.front import eligible, pareto_front
+from orchestrator.sweeps.objectives import COSTS, task_metric
 
 __all__ = ["STAGE_SCREEN", "STAGE_REFINE", "REFINE_RECIPE", "REFINE_EXPERIMENT", "CANDIDATES_FILE", "RefineSettings",
            "select_candidates", "refine_recipe", "refine_variants"]
@@ -126,7 +127,8 @@ def select_candidates(points: Sequence[Mapping[str, Any]], objectives: Mapping[s
     """Indices of the ``count`` screening points to refine.
 
     Only eligible points (feasible, every objective finite) with distinct ``points[i][key]``
-    count. First, for each of ``targets``, the ``per_target`` most accurate points whose
+    count. First, for each of ``targets``, the ``per_target`` best points (by the first task
+    metric among ``objectives``, e.g. accuracy or mIoU) whose
     ``macs_reduction`` reaches it (within :data:`TARGET_MARGIN`; none: the target is skipped). The rest are
     layered into successive non-dominated fronts. From the first front, ``count`` points spread
     over its cost range (evenly spaced quantiles of the first cost objective, MACs by default);
@@ -135,7 +137,13 @@ def select_candidates(points: Sequence[Mapping[str, Any]], objectives: Mapping[s
     """
     if count <= 0:
         return []
-    cost = next((k for k in objectives if objectives[k] == "min"), None)
+    cost = next((k for k in objectives if k in COSTS), None)
+    score = task_metric(objectives)
+    sign = 1.0 if score is None or objectives[score] == "max" else -1.0
+
+    def best_first(i: int) -> tuple[float, int]:
+        value = points[i].get(score) if score is not None else None
+        return (-sign * float(value) if value is not None else math.inf, i)
     seen: set = set()
     pool: list[int] = []
     for i, point in enumerate(points):
@@ -146,7 +154,7 @@ def select_candidates(points: Sequence[Mapping[str, Any]], objectives: Mapping[s
     chosen: list[int] = []
     for target in targets:
         reaching = [i for i in pool if i not in chosen and float(points[i].get("macs_reduction", 0.0)) >= target - TARGET_MARGIN]
-        reaching.sort(key=lambda i: (-float(points[i].get("accuracy", -math.inf)), i))
+        reaching.sort(key=best_first)
         chosen.extend(reaching[:max(0, min(per_target, count - len(chosen)))])
     pool = [i for i in pool if i not in chosen]
     while pool and len(chosen) < count:
@@ -154,7 +162,7 @@ def select_candidates(points: Sequence[Mapping[str, Any]], objectives: Mapping[s
         if cost is not None:
             layer.sort(key=lambda i: (float(points[i][cost]), i))
         else:
-            layer.sort(key=lambda i: (-float(points[i].get("accuracy", -math.inf)), i))
+            layer.sort(key=best_first)
         chosen.extend(_spread(layer, count - len(chosen)))
         pool = [i for i in pool if i not in set(layer)]
     return chosen

@@ -1,6 +1,7 @@
 """A sweep's outcome: the Pareto front over its feasible finished trials (a two-stage sweep's
-refined trials only), the front's test accuracy, hypervolume, table, plot, checkpoints and ONNX
-models, logged at the end or read back from MLflow; the front's models exported as ONNX files."""
+refined trials only), the front's test score (``test_<P>``, P the task's primary metric),
+hypervolume, table, plot, checkpoints and ONNX models, logged at the end or read back from
+MLflow; the front's models exported as ONNX files."""
 from __future__ import annotations
 
 import json
@@ -21,6 +22,7 @@ from orchestrator.experiment.store_check import check_mlflow_database
 from orchestrator.sweeps.config import RESOLVED_CONFIG_FILE, load_sweep_config
 from orchestrator.sweeps.front import front_table, hypervolume, pareto_front, plot_front
 from orchestrator.sweeps.latency import LATENCY_METRICS, LatencySettings, front_error_summary, front_latency
+from orchestrator.sweeps.objectives import COSTS, hypervolume_reference, task_metric
 from orchestrator.sweeps.refine import CANDIDATES_FILE, REFINE_EXPERIMENT, STAGE_REFINE
 from orchestrator.experiment.tracking_server import TrackingUnavailable, browse_hint
 from orchestrator.experiment.tracking import (
@@ -56,6 +58,8 @@ class SweepResult:
     #: where ``latency_ms`` was measured (``sweep.latency``: runtime, device, batch, threads,
     #: repeats, ...); None: latency is not an objective
     latency: LatencySettings | None = None
+    #: the task's primary metric: the front's ``<P>``, ``test_<P>`` and ``bn_<P>`` columns
+    primary: str = "accuracy"
 
     @property
     def mlflow_ui(self) -> str:
@@ -79,9 +83,10 @@ class SweepResult:
         }
 
     def front_columns(self) -> list[str]:
-        cost = [k for k in ("macs", "params", "latency_ms") if k in self.objectives or k == "macs"]
-        return ["trial", "criterion", "accuracy", "test_accuracy", *cost, *_latency_columns(self.objectives),
-                "macs_reduction", "bn_accuracy"]
+        cost = [k for k in COSTS if k in self.objectives or k == "macs"]
+        scores = [self.primary, *(k for k in self.objectives if k not in COSTS and k != self.primary)]
+        return ["trial", "criterion", *scores, f"test_{self.primary}", *cost, *_latency_columns(self.objectives),
+                "macs_reduction", f"bn_{self.primary}"]
 
     def text(self) -> str:
         counts = self.counts()
@@ -127,8 +132,10 @@ def _front(records: Sequence[TrialRecord], objectives: Mapping[str, str],
     finished = [r for r in records if r.status == "FINISHED" and (not two_stage or r.tags.get(TAG_STAGE) == STAGE_REFINE)]
     points = [_point(r) for r in finished]
     front = pareto_front(points, objectives)
-    first = next((k for k in objectives if k != "accuracy"), "macs")
-    front.sort(key=lambda i: (points[i].get(first, math.inf), -points[i].get("accuracy", 0.0)))
+    first = next((k for k in objectives if k in COSTS), "macs")
+    score = task_metric(objectives)
+    sign = -1.0 if score is None or objectives[score] == "max" else 1.0
+    front.sort(key=lambda i: (points[i].get(first, math.inf), sign * points[i].get(score, 0.0)))
     return finished, points, front
 
 
@@ -142,20 +149,22 @@ def _front_row(record: TrialRecord, point: Mapping[str, Any]) -> dict[str, Any]:
 
 def front_hypervolume(points: Sequence[Mapping[str, Any]], objectives: Mapping[str, str],
                       baseline: Mapping[str, float]) -> float | None:
-    """The sweep's hypervolume: reference accuracy 0 and the baseline's costs (None when the
-    baseline lacks a cost objective)."""
-    reference = {k: (0.0 if d == "max" else baseline.get(k, math.nan)) for k, d in objectives.items()}
+    """The sweep's hypervolume: reference 0 for a higher-is-better task metric and the baseline's
+    costs (None when the baseline lacks a cost objective or an objective has no reference:
+    :func:`~orchestrator.sweeps.objectives.hypervolume_reference`)."""
+    reference = hypervolume_reference(objectives, baseline)
     if not all(math.isfinite(v) for v in reference.values()):
         return None
     return hypervolume(points, objectives, reference)
 
 
-def _test_accuracy(model, splits) -> float:
+def _test_score(model, splits, task) -> float:
+    """The task's primary metric of ``model`` on the test split."""
     from pruning.data import make_eval_loader
     from pruning.training import evaluate
     from pruning.utils import model_device
 
-    return evaluate(model, make_eval_loader(splits.test, model_device(model))).accuracy
+    return evaluate(model, make_eval_loader(splits.test, model_device(model)), task=task).score
 
 
 def _log_onnx_model(tracker: Tracker, record: TrialRecord, model, spec, folder: str, progress: bool) -> None:
@@ -182,13 +191,15 @@ def _log_onnx_model(tracker: Tracker, record: TrialRecord, model, spec, folder: 
 # long signature: the sweep's state at its end (tracker, config, baseline, table) and how it ended
 def finalize_sweep(tracker: Tracker, config, setup, complete: bool, progress: bool,
                    phases: dict[str, float] | None = None, table=None) -> SweepResult:
-    """Front over the logged trials; test accuracy of the front only (and, with a latency
+    """Front over the logged trials; test score (``test_<P>``) of the front only (and, with a latency
     ``table``, the latency measured on its target); table, plot, checkpoints.
     ``phases``: the run's phase wall times so far; this one's is added as ``front`` and all are
     logged to the parent run as ``phase.<name>_seconds``."""
     started = time.perf_counter()
     phases = dict(phases or {})
     objectives = config.objectives
+    primary = setup.task.primary
+    test_metric = f"test_{primary}"
     records = tracker.read_trials()
     finished, points, front = _front(records, objectives, config.two_stage)
     parent = tracker.parent_run_id
@@ -203,7 +214,7 @@ def finalize_sweep(tracker: Tracker, config, setup, complete: bool, progress: bo
                 from pruning.structure import load_checkpoint
 
                 model, spec = load_checkpoint(model_file)
-                measured = {"test_accuracy": _test_accuracy(model, setup.splits)}
+                measured = {test_metric: _test_score(model, setup.splits, setup.task)}
                 if table is not None:
                     measured.update(front_latency(point, model, table))
                 point.update(measured)
@@ -214,12 +225,13 @@ def finalize_sweep(tracker: Tracker, config, setup, complete: bool, progress: bo
     for i, record in enumerate(finished):
         tracker.set_tags(record.run_id, {TAG_PARETO: str(i in front).lower()})
     volume = front_hypervolume(points, objectives, setup.metrics)
-    baseline_point = {k: setup.metrics[k] for k in ("accuracy", "macs", "params", "latency_ms") if k in setup.metrics}
-    x = next((k for k in objectives if k != "accuracy"), "macs")
-    columns = list(dict.fromkeys(["trial", "criterion", *objectives, *_latency_columns(objectives), "test_accuracy",
-                                  "macs", "macs_reduction", "bn_accuracy"]))
+    y = task_metric(objectives) or primary
+    baseline_point = {k: setup.metrics[k] for k in (y, *COSTS) if k in setup.metrics}
+    x = next((k for k in objectives if k in COSTS), "macs")
+    columns = list(dict.fromkeys(["trial", "criterion", *objectives, *_latency_columns(objectives), test_metric,
+                                  "macs", "macs_reduction", f"bn_{primary}"]))
     with tempfile.TemporaryDirectory(prefix="prunesweep-front-") as folder:
-        png = plot_front(points, objectives, front, baseline_point, Path(folder) / "front.png", axes=(x, "accuracy"))
+        png = plot_front(points, objectives, front, baseline_point, Path(folder) / "front.png", axes=(x, y))
         tracker.log_file(parent, png, "pareto")
     tracker.log_text(parent, front_table(points, front, columns), "pareto/front.md")
     tracker.log_text(parent, json.dumps({"objectives": objectives, "baseline": setup.metrics, "front": rows,
@@ -229,7 +241,7 @@ def finalize_sweep(tracker: Tracker, config, setup, complete: bool, progress: bo
         name=config.name, run_dir=config.run_dir, tracking_uri=config.tracking_uri,
         experiment=config.tracking.experiment, parent_run_id=parent, objectives=objectives,
         baseline=dict(setup.metrics), trials=records, front=rows, hypervolume=volume, complete=complete,
-        phases=phases, latency=config.sweep.latency,
+        phases=phases, latency=config.sweep.latency, primary=primary,
     )
     counts = result.counts()
     summary = {"pareto_size": len(front), "trials_finished": counts["finished"], "trials_failed": counts["failed"],
@@ -239,8 +251,8 @@ def finalize_sweep(tracker: Tracker, config, setup, complete: bool, progress: bo
     summary.update({f"phase.{name}_seconds": seconds for name, seconds in phases.items()})
     summary.update(front_error_summary(rows))
     for row in rows:
-        if "test_accuracy" in row:
-            summary[f"pareto.{row['trial']}.test_accuracy"] = row["test_accuracy"]
+        if test_metric in row:
+            summary[f"pareto.{row['trial']}.{test_metric}"] = row[test_metric]
     tracker.log_metrics(parent, summary)
     tracker.finish_parent("FINISHED" if complete else "KILLED")
     return result
@@ -249,11 +261,11 @@ def finalize_sweep(tracker: Tracker, config, setup, complete: bool, progress: bo
 def read_front(run_dir: str | os.PathLike, *, tracking_uri: str | None = None, cost: str | None = None) -> SweepResult:
     """The sweep of ``run_dir`` read back from MLflow, writing nothing: trials, front (recomputed
     from the logged metrics over feasible finished trials, for the objectives of the recorded
-    ``sweep.yaml``: the run directory's, else the parent run's copy) with the test accuracy
-    logged for it. A copied or moved run directory is read from its own database and checkpoints
+    ``sweep.yaml``: the run directory's, else the parent run's copy) with the test score
+    (``test_<P>``) logged for it. A copied or moved run directory is read from its own database and checkpoints
     (:mod:`~orchestrator.experiment.relocation`); ``tracking_uri`` replaces the recorded one.
-    ``cost``: the front over accuracy and this logged metric (``macs``, ``params``,
-    ``latency_ms``) instead of the sweep's objectives."""
+    ``cost``: the front over the task's primary metric and this logged metric (``macs``,
+    ``params``, ``latency_ms``) instead of the sweep's objectives."""
     run_dir = str(Path(run_dir).absolute())
     config, move = (load_recorded_config(run_dir, RESOLVED_CONFIG_FILE, load_sweep_config)
                     if (Path(run_dir) / RESOLVED_CONFIG_FILE).is_file() else (None, None))
@@ -301,7 +313,9 @@ def _read_front(tracker: Tracker, config, cost: str | None) -> SweepResult:
     if config is None:  # the run directory lost its copy: the one the parent run recorded
         recorded = tracker.client.download_artifacts(parent, f"config/{RESOLVED_CONFIG_FILE}")
         config = load_sweep_config(recorded)
-    objectives = config.objectives if cost is None else {"accuracy": "max", cost: "min"}
+    task = config.task_spec.build()
+    primary = task.primary
+    objectives = config.objectives if cost is None else {primary: task.metric(primary).direction, cost: "min"}
     baseline = {k[len("baseline_"):]: v for k, v in run.data.metrics.items() if k.startswith("baseline_")}
     records = tracker.read_trials()
     if cost is not None and records and not any(cost in r.metrics for r in records):
@@ -313,7 +327,7 @@ def _read_front(tracker: Tracker, config, cost: str | None) -> SweepResult:
         experiment=experiment, parent_run_id=parent, objectives=objectives, baseline=baseline, trials=records,
         front=[_front_row(finished[i], points[i]) for i in front],
         hypervolume=front_hypervolume(points, objectives, baseline), complete=run.info.status == "FINISHED",
-        latency=config.sweep.latency,
+        latency=config.sweep.latency, primary=primary,
     )
 
 

@@ -1,4 +1,4 @@
-"""Sweeps: search the accuracy-vs-cost Pareto front with Ray Tune + Optuna, tracked in MLflow.
+"""Sweeps: search the task-metric-vs-cost Pareto front with Ray Tune + Optuna, tracked in MLflow.
 
 :func:`run_sweep` runs one sweep from a :class:`~orchestrator.sweeps.config.SweepConfig`:
 
@@ -47,7 +47,7 @@ from orchestrator.experiment.runner import (
     EXPERIMENT_NAME, TrialOutput, TrialResources, TrialsSpec, finished_cleanly, run_trials,
 )
 from orchestrator.experiment.trial_meta import META_KEY, TrialMeta, plain_config, split_config, typed_config
-from orchestrator.experiment.worker import WorkerSettings, put_shared, trial_threads
+from orchestrator.experiment.worker import WorkerSettings, put_shared, step_metric_pattern, trial_threads
 from orchestrator.sweeps.config import RESOLVED_CONFIG_FILE, SweepConfig, load_sweep_config
 from orchestrator.sweeps.latency import check_runtime, load_or_build_table
 from orchestrator.sweeps.refine import (
@@ -55,7 +55,8 @@ from orchestrator.sweeps.refine import (
 )
 from orchestrator.sweeps.results import SweepResult, finalize_sweep
 from orchestrator.sweeps.search import DefineByRun, make_sampler, register_context
-from orchestrator.sweeps.trials import TRIAL_METRIC_PATTERNS, TRIAL_METRICS, TRIAL_TAGS, SweepTrialSettings, sweep_trial
+from orchestrator.sweeps.objectives import check_task_named
+from orchestrator.sweeps.trials import TRIAL_TAGS, SweepTrialSettings, sweep_trial, trial_metrics
 from pruning.utils import atomic_write
 
 __all__ = ["run_sweep", "resume_sweep", "screening_search", "refine_configs", "CANDIDATES_FILE"]
@@ -92,7 +93,8 @@ def run_sweep(
         say(progress, f"loading baseline {config.checkpoint or config.model.name}")
         phases: dict[str, float] = {}  # wall seconds of this run's phases (SweepResult.phases)
         with timed(phases, "baseline"):
-            setup = prepare_baseline(config.source, config.data, progress=progress)
+            setup = prepare_baseline(config.source, config.data, task=config.task, progress=progress)
+        check_task_named(config.task_spec, setup.task_spec)
         check_reachable(config, search_space, setup.space)
         experiment.record()
         with experiment.connect(address, verbose, config.gpu_requests()):
@@ -124,8 +126,8 @@ def run_sweep(
                 folder=EXPERIMENT_NAME, stage=STAGE_SCREEN,
                 trial_bytes=FLOAT_BYTES * int(setup.metrics["params"]),  # a pruned checkpoint is smaller
             )
-            output = TrialOutput(TRIAL_METRICS, TRIAL_TAGS, progress=progress, verbose=verbose,
-                                 metric_patterns=TRIAL_METRIC_PATTERNS)
+            output = TrialOutput(trial_metrics(setup.task), TRIAL_TAGS, progress=progress, verbose=verbose,
+                                 metric_patterns=(step_metric_pattern(setup.task.primary),))
             tracker = experiment.tracker
             refining = config.two_stage and resume and _restorable(config, REFINE_EXPERIMENT)
             with register_context(key, context):
@@ -264,8 +266,7 @@ def refine_configs(screened, objectives, count: int, targets: Sequence[float] = 
         number = int(meta.number)
         metrics = result.metrics
         points.append({**{k: metrics.get(k) for k in objectives}, "feasible": metrics.get("feasible", 0) >= 0.5,
-                       "macs_reduction": metrics.get("macs_reduction", 0.0), "accuracy": metrics.get("accuracy"),
-                       "params": params, "plan": plan_params(params), "number": number})
+                       "macs_reduction": metrics.get("macs_reduction", 0.0), "params": params, "plan": plan_params(params), "number": number})
     points.sort(key=lambda p: p["number"])
     return [
         {**points[i]["params"], META_KEY: TrialMeta(name=f"refine-{points[i]['number']:03d}", stage=STAGE_REFINE,

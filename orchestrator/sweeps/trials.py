@@ -16,23 +16,31 @@ from torch import nn
 
 from orchestrator.experiment.trial_meta import split_config
 from orchestrator.experiment.worker import (
-    STAGE_METRICS, STEP_METRICS, CriterionPlan, SharedRefs, WorkerSettings, cost_metrics, fetch_baseline,
-    prune_and_recover, releases_memory,
+    CriterionPlan, SharedRefs, WorkerSettings, cost_metrics, fetch_baseline, prune_and_recover, releases_memory,
+    step_metric_pattern, trial_metric_names,
 )
 from orchestrator.sweeps.latency import LATENCY_METRICS, trial_latency
+from orchestrator.sweeps.objectives import infeasible_value
 from pruning.recovery import RecoveryRecipe
+from pruning.tasks import Classification
 from pruning.utils import model_device
 
-__all__ = ["TRIAL_METRICS", "TRIAL_METRIC_PATTERNS", "TRIAL_TAGS", "MODEL_FILE", "SweepTrialSettings", "sweep_trial"]
+__all__ = ["TRIAL_METRICS", "TRIAL_METRIC_PATTERNS", "TRIAL_TAGS", "MODEL_FILE", "SweepTrialSettings", "sweep_trial",
+           "trial_metrics"]
 
-#: numeric results every sweep trial reports (the latency ones only when latency_ms is an objective)
-TRIAL_METRICS = (
-    "accuracy", "bn_accuracy", *STAGE_METRICS, "macs", "params", "macs_reduction", "params_reduction",
-    "planned_reduction", *LATENCY_METRICS, "feasible", "prune_seconds", "recover_seconds", "score_seconds",
-    "body_seconds", "cpu_seconds", "trial_cpus", "trial_gpus", "trial_seconds",
-)
-#: the results logged as metrics by name pattern: each step of a progressive recipe's
-TRIAL_METRIC_PATTERNS = (STEP_METRICS,)
+
+def trial_metrics(task) -> tuple[str, ...]:
+    """The numeric results a sweep trial of ``task`` reports (the latency ones only when
+    latency_ms is an objective): the worker's (every task metric, ``bn_<P>``, the stages') and
+    the costs and timings; the steps' come by name pattern (:func:`step_metric_pattern`)."""
+    return (*trial_metric_names(task), "macs", "params", "macs_reduction", "params_reduction", *LATENCY_METRICS,
+            "feasible", "body_seconds", "cpu_seconds", "trial_cpus", "trial_gpus", "trial_seconds")
+
+
+#: a classification sweep's :func:`trial_metrics`, and its results logged by name pattern: each
+#: step of a progressive recipe's
+TRIAL_METRICS = trial_metrics(Classification())
+TRIAL_METRIC_PATTERNS = (step_metric_pattern(Classification.primary),)
 #: string results logged as tags; ``recipe``: the recipe the trial ran, as JSON (a two-stage
 #: sweep ignores the sampled fine-tuning params, so they do not say what ran); ``device``: where
 #: the trial's model ran (e.g. ``cuda:0``, ``cpu``)
@@ -139,7 +147,10 @@ def sweep_trial(config: dict[str, Any], *, refs: SharedRefs, settings: SweepTria
     reason = settings.space.check_feasible(plan, context)
     base = settings.worker.baseline
     if reason is not None:
-        worst = {"accuracy": 0.0, "bn_accuracy": 0.0, "macs": base["macs"], "params": base["params"],
+        task = baseline.task
+        worst = {**{m.name: infeasible_value(m) for m in task.metrics},
+                 f"bn_{task.primary}": infeasible_value(task.metric(task.primary)),
+                 "macs": base["macs"], "params": base["params"],
                  "macs_reduction": 0.0, "params_reduction": 0.0, "feasible": 0, "criterion": plan.criterion,
                  "infeasible_reason": reason, "trial_seconds": time.perf_counter() - entered}
         if settings.latency_table is not None:

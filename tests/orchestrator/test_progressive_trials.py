@@ -88,7 +88,7 @@ def test_a_trial_prunes_in_steps_to_the_one_shot_plan_and_reports_every_step(cri
     images, labels = torch.randn(64, 1, 28, 28, generator=g), torch.randint(0, 10, (64,), generator=g)
     splits = SimpleNamespace(calibration=TensorDataset(images[:32], labels[:32]), train=TensorDataset(images, labels),
                              augment_by_default=False)
-    monkeypatch.setattr(worker, "_load_data", lambda config: splits)
+    monkeypatch.setattr(worker, "_load_data", lambda config, task: splits)
     batches = [(images[:16], labels[:16]), (images[16:32], labels[16:32])]
     space = PruningSpace.build(tiny_resnet, torch.zeros(1, 1, 28, 28))
     options = statistics_options([create_criterion(criterion)])
