@@ -185,7 +185,8 @@ def load_model_option(args: argparse.Namespace, prunable: bool = True) -> Loaded
     if args.weights is not None:
         meta["weights"] = str(Path(args.weights).absolute())
     model, spec, shape = model_for_data(args.model, splits, weights=state, kwargs=kwargs, meta=meta,
-                                        prunable=prunable and is_external(args.model), weights_name=args.weights)
+                                        prunable=prunable and is_external(args.model), weights_name=args.weights,
+                                        task=task)
     return Loaded(model, spec, config, splits, shape, task_spec, task)
 
 

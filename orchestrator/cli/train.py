@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> CommandResult:
     torch.manual_seed(args.seed)
     # a model that needs other images, or that the pruning engine cannot handle, fails before training
     model, spec, _ = model_for_data(args.model, splits, weights=state, kwargs=kwargs, prunable=is_external(args.model),
-                                    weights_name=args.weights)
+                                    weights_name=args.weights, task=task)
     model.to(device)  # built (and initialised) on the CPU: the same weights on any device
     started = time.perf_counter()
     loader = make_loader(splits.train, args.batch_size, shuffle=True, seed=args.seed, augment=splits.augment_by_default,

@@ -141,7 +141,7 @@ def _build_baseline(settings: ModelSettings, data: DataSettings, task: Task, tas
     meta = {"data": asdict(data_config), "task": task_spec.to_dict(),
             **({"weights": settings.weights} if settings.weights else {})}
     model, spec, shape = model_for_data(settings.name, splits, weights=state, kwargs=settings.kwargs, meta=meta,
-                                        prunable=is_external(settings.name), weights_name=settings.weights)
+                                        prunable=is_external(settings.name), weights_name=settings.weights, task=task)
     return model, spec, data_config, splits, tuple(shape)
 
 

@@ -2,10 +2,10 @@
 
 ``task`` is a registered task (``classification``, ``segmentation``; see
 :func:`pruning.tasks.list_tasks`) or an import path ``package.module:factory`` (imported when the
-config is read: trusted sources only, as for models); ``task_kwargs`` its options. Absent, a
-run uses the task its checkpoint records (a checkpoint that records none is classification) or,
-for a ``model:`` baseline, classification. A config's task that differs from the one its
-checkpoint records is refused: the checkpoint was trained for the recorded one.
+config is read: trusted sources only, as for models); ``task_kwargs`` its options. Absent, the
+task is classification (a checkpoint that records no task is one of it). A task that differs
+from the one a checkpoint records is refused: the checkpoint was trained for the recorded one,
+and a config's objectives and columns are checked against its ``task:`` when it is read.
 """
 from __future__ import annotations
 
