@@ -26,7 +26,8 @@ from pruning.tasks import Task, TaskSpec
 from pruning.utils import model_device
 
 __all__ = [
-    "STAGE_METRICS", "STEP_METRICS", "stage_metrics", "step_metric_pattern", "trial_metric_names", "SharedRefs", "WorkerSettings", "WorkerBaseline", "CriterionPlan", "trial_threads",
+    "stage_metrics", "step_metric_pattern", "trial_metric_names", "SharedRefs", "WorkerSettings", "WorkerBaseline",
+    "CriterionPlan", "trial_threads",
     "import_paths_of", "put_shared", "fetch_baseline", "prune_and_recover", "cost_metrics", "trial_device",
     "releases_memory",
 ]
@@ -49,11 +50,6 @@ def trial_metric_names(task: Task) -> tuple[str, ...]:
     and the timings."""
     return (*(metric.name for metric in task.metrics), f"bn_{task.primary}", *stage_metrics(task.primary),
             "planned_reduction", "prune_seconds", "recover_seconds", "score_seconds")
-
-
-#: classification's :func:`stage_metrics` and :func:`step_metric_pattern`
-STAGE_METRICS = stage_metrics("accuracy")
-STEP_METRICS = step_metric_pattern("accuracy")
 
 
 @dataclass(frozen=True)
@@ -250,7 +246,7 @@ def prune_and_recover(model: nn.Module, baseline: WorkerBaseline, plan: Criterio
     device = model_device(model)
     context = ScoringContext(calibration=batches, stats=baseline.stats, task=task)
     criterion = create_criterion(plan.criterion, seed=plan.seed, **dict(plan.options))
-    example = torch.zeros(1, *baseline.settings.shape, device=device)
+    example = task.example_inputs(baseline.settings.shape, device)
     outcome = prune_with_criterion(model, example, criterion, plan.config, context, ratio_weights=plan.ratio_weights,
                                    space=baseline.space, scores=plan.scores)
     prune_seconds = time.perf_counter() - started
@@ -270,24 +266,13 @@ def prune_and_recover(model: nn.Module, baseline: WorkerBaseline, plan: Criterio
         **({f"bn_{primary}": untrained[-1]} if untrained else {}),
         **{f"{stage}_{primary}": value for stage, value in result.scores.items()},
         **{f"{stage}_seconds": s for stage, s in result.seconds.items() if stage != "pruned"},
-        **_step_metrics(result, primary),
+        **result.step_metrics(),
         "planned_reduction": outcome.planned_reduction,
         "prune_seconds": prune_seconds,
         "recover_seconds": result.total_seconds,
         "score_seconds": time.perf_counter() - recover_started - result.total_seconds,
     }
     return result.model, result.outcome, metrics
-
-
-def _step_metrics(result, primary: str) -> dict[str, float]:
-    """The steps of a progressive recipe as flat metrics (:func:`step_metric_pattern`)."""
-    metrics: dict[str, float] = {}
-    for step in result.steps:
-        metrics[f"step{step.number}_macs_reduction"] = step.macs_reduction
-        metrics.update({f"step{step.number}_{stage}_seconds": s for stage, s in step.seconds.items()})
-        if step.score is not None:
-            metrics[f"step{step.number}_{primary}"] = step.score
-    return metrics
 
 
 def cost_metrics(pruned: nn.Module, settings: WorkerSettings) -> dict[str, float]:

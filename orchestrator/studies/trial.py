@@ -19,14 +19,13 @@ from typing import Any, Mapping
 from orchestrator.studies.cells import Cell
 from orchestrator.studies.config import CriterionSettings, PruningSettings, RatioSettings
 from orchestrator.experiment.worker import (
-    CriterionPlan, step_metric_pattern, trial_metric_names, SharedRefs, WorkerSettings, cost_metrics, fetch_baseline,
+    CriterionPlan, trial_metric_names, SharedRefs, WorkerSettings, cost_metrics, fetch_baseline,
     prune_and_recover, releases_memory,
 )
 from pruning.recovery import RecoveryRecipe
-from pruning.tasks import Classification
 from pruning.utils import atomic_write
 
-__all__ = ["CELL_METRICS", "CELL_METRIC_PATTERNS", "CELL_TAGS", "ACCURACY_SPLIT", "StudyBaseline", "StudySettings",
+__all__ = ["CELL_TAGS", "ACCURACY_SPLIT", "StudyBaseline", "StudySettings",
            "study_cell", "cell_metrics"]
 
 #: the split every cell's ``test_<P>`` (the compared metric) is measured on
@@ -41,10 +40,6 @@ def cell_metrics(task) -> tuple[str, ...]:
             "params_reduction", "scores_compute_seconds", "trial_seconds")
 
 
-#: a classification study's :func:`cell_metrics`, and the results logged by name pattern: each
-#: step of a progressive recipe's
-CELL_METRICS = cell_metrics(Classification())
-CELL_METRIC_PATTERNS = (step_metric_pattern(Classification.primary),)
 CELL_TAGS = ("criterion_name", "scores")
 
 

@@ -13,7 +13,6 @@ from orchestrator.sweeps.config import (
     load_sweep_config,
 )
 from orchestrator.sweeps.front import DIRECTIONS, eligible, front_table, hypervolume, pareto_front, plot_front
-from orchestrator.sweeps.trials import TRIAL_METRICS
 from orchestrator.sweeps.search import DefineByRun, make_sampler, register_context
 from orchestrator.sweeps.results import SweepResult, front_hypervolume, read_front
 from orchestrator.sweeps.sweep import resume_sweep, run_sweep
@@ -32,7 +31,6 @@ __all__ = [
     "hypervolume",
     "pareto_front",
     "plot_front",
-    "TRIAL_METRICS",
     "DefineByRun",
     "make_sampler",
     "register_context",

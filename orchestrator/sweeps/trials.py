@@ -17,15 +17,14 @@ from torch import nn
 from orchestrator.experiment.trial_meta import split_config
 from orchestrator.experiment.worker import (
     CriterionPlan, SharedRefs, WorkerSettings, cost_metrics, fetch_baseline, prune_and_recover, releases_memory,
-    step_metric_pattern, trial_metric_names,
+    trial_metric_names,
 )
 from orchestrator.sweeps.latency import LATENCY_METRICS, trial_latency
 from orchestrator.sweeps.objectives import infeasible_value
 from pruning.recovery import RecoveryRecipe
-from pruning.tasks import Classification
 from pruning.utils import model_device
 
-__all__ = ["TRIAL_METRICS", "TRIAL_METRIC_PATTERNS", "TRIAL_TAGS", "MODEL_FILE", "SweepTrialSettings", "sweep_trial",
+__all__ = ["TRIAL_TAGS", "MODEL_FILE", "SweepTrialSettings", "sweep_trial",
            "trial_metrics"]
 
 
@@ -37,10 +36,6 @@ def trial_metrics(task) -> tuple[str, ...]:
             "feasible", "body_seconds", "cpu_seconds", "trial_cpus", "trial_gpus", "trial_seconds")
 
 
-#: a classification sweep's :func:`trial_metrics`, and its results logged by name pattern: each
-#: step of a progressive recipe's
-TRIAL_METRICS = trial_metrics(Classification())
-TRIAL_METRIC_PATTERNS = (step_metric_pattern(Classification.primary),)
 #: string results logged as tags; ``recipe``: the recipe the trial ran, as JSON (a two-stage
 #: sweep ignores the sampled fine-tuning params, so they do not say what ran); ``device``: where
 #: the trial's model ran (e.g. ``cuda:0``, ``cpu``)

@@ -15,10 +15,12 @@ from orchestrator.experiment import Tracker
 from orchestrator.experiment import worker
 from orchestrator.experiment.callback import MlflowTrialLogger
 from orchestrator.experiment.trial_meta import META_KEY, TrialMeta, plain_config, typed_config
-from orchestrator.studies.trial import CELL_METRIC_PATTERNS, CELL_METRICS
+from orchestrator.experiment.worker import step_metric_pattern
+from orchestrator.studies.trial import cell_metrics
 from orchestrator.sweeps.refine import RefineSettings, refine_variants
 from orchestrator.sweeps.sweep import per_variant
-from orchestrator.sweeps.trials import TRIAL_METRIC_PATTERNS, TRIAL_METRICS
+from orchestrator.sweeps.trials import trial_metrics
+from pruning.tasks import Classification
 from pruning.criteria import create_criterion, statistics_options
 from pruning.planning import PruningConfig
 from pruning.recovery import RecoveryRecipe, RecoveryResult, StepResult
@@ -39,9 +41,9 @@ def fake_trial(result: dict):
                            last_result=result, status="TERMINATED", checkpoint=None, experiment_tag="1")
 
 
-@pytest.mark.parametrize(("names", "patterns"), [(TRIAL_METRICS, TRIAL_METRIC_PATTERNS),
-                                                 (CELL_METRICS, CELL_METRIC_PATTERNS)])
-def test_every_step_metric_is_logged_however_many_steps(names, patterns, tmp_path):
+@pytest.mark.parametrize("metrics_of", [trial_metrics, cell_metrics])
+def test_every_step_metric_is_logged_however_many_steps(metrics_of, tmp_path):
+    names, patterns = metrics_of(Classification()), (step_metric_pattern("accuracy"),)
     steps = stepped_result(12).step_metrics()
     assert {"step1_macs_reduction", "step1_pruned_seconds", "step1_reconstructed_seconds", "step1_accuracy",
             "step12_scored_seconds"} <= set(steps)
