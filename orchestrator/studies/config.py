@@ -334,6 +334,12 @@ class StudyConfig:
         for baseline in self.checkpoints:  # a checkpoint's dataset is checked when it is loaded
             if baseline.model is not None:
                 self.data.check_dataset(baseline.model.dataset)
+        task = self.task_spec.build()
+        for criterion in self.criteria:  # e.g. per-class scores on a task without class labels
+            try:
+                criterion.create(seed=0).check_task(task)
+            except InputError as err:
+                raise ConfigError(f"criteria.{criterion.label}", str(err)) from None
         object.__setattr__(self, "recipes", dict(self.recipes))
         if self.tracking.uri is None:
             object.__setattr__(self, "tracking", replace(self.tracking, uri=default_tracking_uri(self.run_dir)))

@@ -39,3 +39,18 @@ def test_a_study_compares_the_tasks_primary_metric(ray_session, tmp_path):
     assert "test mse" in result.tables.text() and "1 = lowest mse" in result.tables.text()
     header = (Path(config.run_dir) / "report" / "cells.csv").read_text().splitlines()[0].split(",")
     assert "test_mse" in header and "bn_mse" in header and "test_accuracy" not in header
+
+
+def test_a_criterion_the_task_cannot_serve_is_refused_when_the_config_is_read(tmp_path):
+    import pytest
+
+    from orchestrator.experiment.checks import ConfigError
+
+    raw = {"name": "bands", **TASK, "checkpoints": [{"model": "user_models:tiny_cnn", "label": "tiny"}],
+           "criteria": ["l1", {"name": "apoz", "label": "apoz-max", "class_scores": "max"}],
+           "recipes": {"bn": {"bn_batches": 1}}, "flops_reductions": [0.3], "seeds": [0], "significance": {"reference": "l1"},
+           "run_dir": str(tmp_path / "study")}
+    with pytest.raises(ConfigError, match="criteria.apoz-max: criterion 'apoz' reads per-class statistics, which "
+                                          "need class labels; task 'user_tasks:bands' has none") as raised:
+        StudyConfig.from_dict(raw)
+    assert "\n" not in str(raised.value)
