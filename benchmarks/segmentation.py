@@ -88,7 +88,7 @@ def oneshot(args) -> None:
                                    "macs_reduction": 1 - macs / base_macs, "test": measured.metrics,
                                    "seconds": time.perf_counter() - started})
             print(json.dumps(result["rows"][-1]), flush=True)
-            atomic_write(out, json.dumps(result, indent=1))
+            atomic_write(out, lambda tmp: tmp.write_text(json.dumps(result, indent=1)))
 
 
 def sweep(args) -> None:
@@ -111,10 +111,10 @@ def sweep(args) -> None:
                      "macs": macs, "macs_reduction": 1 - macs / base_macs,
                      "test": evaluate(pruned, test, task=task).metrics})
         print(json.dumps(rows[-1]), flush=True)
-    atomic_write(Path(args.out), json.dumps(
-        {"run_dir": str(run_dir), "sweep": config["sweep"], "space": config["space"], "recipe": config.get("recipe"),
-         "base_test": evaluate(model, test, task=task).metrics, "base_macs": base_macs, "rows": rows,
-         "machine": f"{platform.machine()}, torch {torch.__version__}"}, indent=1))
+    result = {"run_dir": str(run_dir), "sweep": config["sweep"], "space": config["space"],
+              "recipe": config.get("recipe"), "base_test": evaluate(model, test, task=task).metrics,
+              "base_macs": base_macs, "rows": rows, "machine": f"{platform.machine()}, torch {torch.__version__}"}
+    atomic_write(Path(args.out), lambda tmp: tmp.write_text(json.dumps(result, indent=1)))
 
 
 def _best_oneshot(rows: list[dict], reduction: float, metric: str) -> dict | None:

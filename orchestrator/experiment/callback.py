@@ -56,8 +56,9 @@ def run_name(trial) -> str:
 
 class ProgressLines(tune.Callback):
     """One line on stderr per ended trial (instead of Tune's status tables):
-    ``[screen] trial-003 finished: accuracy 0.8125, macs 1.2e+07 (4/16 done, 1 failed)`` (and the
-    latency where the sweep measures it: ``, latency 2.31 ms``),
+    ``[screen] trial-003 finished: accuracy 0.8125, macs 1.2e+07 (4/16 done, 1 failed)`` (``score``:
+    the metric shown, the task's primary one; and the latency where the sweep measures it:
+    ``, latency 2.31 ms``),
     or with ``as_bar`` one progress bar for them all: ``[study] 37/96 cells, 2 failed, ETA``.
 
     ``enabled`` and ``as_bar`` are process-wide (set by the driver before each run) so that a
@@ -69,9 +70,10 @@ class ProgressLines(tune.Callback):
     #: one bar instead of a line per trial: a study's console, where hundreds of cells end
     as_bar: bool = False
 
-    def __init__(self, stage: str, total: int) -> None:
+    def __init__(self, stage: str, total: int, score: str = "accuracy") -> None:
         self.stage = stage
         self.total = int(total)
+        self.score = score
         self._bar = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -90,8 +92,9 @@ class ProgressLines(tune.Callback):
         detail = ""
         if result.get("feasible") == 0:
             detail = ": infeasible"
-        elif finite_metric(result.get("accuracy")) is not None and finite_metric(result.get("macs")) is not None:
-            detail = f": accuracy {result['accuracy']:.4f}, macs {result['macs']:.3g}"
+        elif finite_metric(result.get(score := getattr(self, "score", "accuracy"))) is not None \
+                and finite_metric(result.get("macs")) is not None:  # a callback pickled before scores were named: accuracy
+            detail = f": {score} {result[score]:.4f}, macs {result['macs']:.3g}"
             if finite_metric(result.get("latency_ms")) is not None:
                 detail += f", latency {result['latency_ms']:.3g} ms"
         print(f"[{self.stage}] {run_name(trial)} {what}{detail} "

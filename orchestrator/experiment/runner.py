@@ -189,8 +189,9 @@ class TrialOutput:
     """How ended trials are recorded: ``metric_names`` (numbers) and ``tag_names`` (strings) of
     their results logged to MLflow, and the numbers whose names match one of ``metric_patterns``
     (regular expressions of whole names: metrics that come in a varying number); on the console,
-    with ``progress``, one line per ended trial (``bar``: one bar for them all) and no Tune status
-    tables unless ``verbose`` brings Tune's own output back."""
+    with ``progress``, one line per ended trial showing its ``score`` (the task's primary metric)
+    and MACs (``bar``: one bar for them all) and no Tune status tables unless ``verbose`` brings
+    Tune's own output back."""
 
     metric_names: Sequence[str]
     tag_names: Sequence[str]
@@ -198,6 +199,7 @@ class TrialOutput:
     verbose: bool = False
     bar: bool = False
     metric_patterns: Sequence[str] = ()
+    score: str = "accuracy"
 
 
 def run_trials(tracker: Tracker, trials: TrialsSpec, output: TrialOutput, *, resume: bool = False):
@@ -300,7 +302,7 @@ def _new_tuner(tracker: Tracker, trainable, trials: TrialsSpec, output: TrialOut
                                     reuse_actors=True),
         run_config=tune.RunConfig(
             storage_path=tracker.run_dir, name=trials.folder,
-            callbacks=[callback, ProgressLines(trials.stage, trials.count), StorageGuard(tracker.run_dir),
+            callbacks=[callback, ProgressLines(trials.stage, trials.count, output.score), StorageGuard(tracker.run_dir),
                        StateBackup(str(Path(tracker.run_dir) / trials.folder))],
             failure_config=tune.FailureConfig(max_failures=TRIAL_RETRIES, fail_fast=False),
             verbose=1 if output.progress and output.verbose else 0,

@@ -127,7 +127,7 @@ def run_sweep(
                 trial_bytes=FLOAT_BYTES * int(setup.metrics["params"]),  # a pruned checkpoint is smaller
             )
             output = TrialOutput(trial_metrics(setup.task), TRIAL_TAGS, progress=progress, verbose=verbose,
-                                 metric_patterns=(step_metric_pattern(setup.task.primary),))
+                                 metric_patterns=(step_metric_pattern(setup.task.primary),), score=setup.task.primary)
             tracker = experiment.tracker
             refining = config.two_stage and resume and _restorable(config, REFINE_EXPERIMENT)
             with register_context(key, context):

@@ -3,6 +3,8 @@ lower-is-better): objectives, trial metrics, front columns and the resolved conf
 task's names; objectives naming a metric the task lacks are refused in one line."""
 from __future__ import annotations
 
+import re
+
 import pytest
 import yaml
 
@@ -41,9 +43,10 @@ def test_a_classification_config_records_no_task(tmp_path):
     assert config.objectives == {"accuracy": "max", "macs": "min"}
 
 
-def test_a_two_stage_sweep_names_the_tasks_metrics(ray_session, tmp_path):
+def test_a_two_stage_sweep_names_the_tasks_metrics(ray_session, tmp_path, capfd):
     config = SweepConfig.from_dict(bands_config(tmp_path / "run", trials=2, refine={"candidates": 1}))
-    result = run_sweep(config, progress=False)
+    result = run_sweep(config, progress=True)
+    assert re.search(r"\[screen\] trial-\d+ finished: mse [0-9.]+, macs", capfd.readouterr().err)
     assert result.complete and result.objectives == {"mse": "min", "macs": "min"}
     assert result.counts()["trials"] == 3 and result.counts()["refined"] == 1
     assert result.baseline.keys() >= {"mse", "mae", "test_mse", "macs", "params"}
