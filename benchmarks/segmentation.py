@@ -28,9 +28,9 @@ import torch
 import yaml
 
 try:
-    from benchmarks.docs_blocks import add_block_arguments, write_or_print
+    from benchmarks.docs_blocks import add_block_arguments, criterion_label, write_or_print
 except ImportError:  # run as a script from benchmarks/
-    from docs_blocks import add_block_arguments, write_or_print
+    from docs_blocks import add_block_arguments, criterion_label, write_or_print
 
 from pruning.criteria import ScoringContext, create_criterion, statistics_options
 from pruning.data import DataConfig, calibration_batches, make_loader
@@ -43,7 +43,8 @@ from pruning.tasks import TaskSpec
 from pruning.training import evaluate
 from pruning.utils import atomic_write
 
-CRITERIA = ("l1", "taylor", "entropy", "shapley")
+#: (criterion, options): the criteria at their defaults, and Shapley with 8x its default scoring budget
+CRITERIA = (("l1", {}), ("taylor", {}), ("entropy", {}), ("shapley", {}), ("shapley", {"max_forward_passes": 8.0}))
 TARGETS = (0.3, 0.5, 0.7)
 
 
@@ -57,7 +58,7 @@ def _baseline(checkpoint: str, test_subset: int | None):
 def oneshot(args) -> None:
     out = Path(args.out)
     result = json.loads(out.read_text()) if out.is_file() else {"rows": []}
-    done = {(r["criterion"], r["target"]) for r in result["rows"]}
+    done = {(r["criterion"], json.dumps(r.get("options", {}), sort_keys=True), r["target"]) for r in result["rows"]}
     model, spec, task, splits = _baseline(args.checkpoint, args.test_subset)
     shape = tuple(spec.input_shape)
     example = task.example_inputs(shape)
@@ -70,13 +71,13 @@ def oneshot(args) -> None:
                   base_test=base.metrics, base_macs=base_macs, test_images=len(splits.test),
                   calibration_images=args.calibration_images, recipe=RecoveryRecipe().to_dict(),
                   machine=f"{platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads")
-    for name in CRITERIA:
-        criterion = create_criterion(name)
+    for name, options in CRITERIA:
+        criterion = create_criterion(name, **options)
         stats = None
         if criterion.needs_stats:
             stats = collect_activation_stats(model, space.groups, batches, statistics_options([criterion]))
         for target in TARGETS:
-            if (name, target) in done:
+            if (name, json.dumps(options, sort_keys=True), target) in done:
                 continue
             started = time.perf_counter()
             context = ScoringContext(calibration=batches, stats=stats, task=task)
@@ -84,7 +85,7 @@ def oneshot(args) -> None:
             recovered = recover(model, outcome, RecoveryRecipe(), recovery_data_for(splits, batches, None, task=task))
             measured = evaluate(recovered.model, test, task=task)
             macs = measure_cost(recovered.model, shape).macs
-            result["rows"].append({"criterion": name, "target": target, "macs": macs,
+            result["rows"].append({"criterion": name, "options": options, "target": target, "macs": macs,
                                    "macs_reduction": 1 - macs / base_macs, "test": measured.metrics,
                                    "seconds": time.perf_counter() - started})
             print(json.dumps(result["rows"][-1]), flush=True)
@@ -132,9 +133,9 @@ def report(oneshot_path: str, sweep_path: str | None) -> str:
              "canvases.", "",
              "| criterion | " + " | ".join(f"-{round(100 * t)}% target: MACs removed, mIoU" for t in TARGETS) + " |",
              "|---|" + "---|" * len(TARGETS)]
-    for name in CRITERIA:
-        cells = {r["target"]: r for r in one["rows"] if r["criterion"] == name}
-        lines.append(f"| {name} | " + " | ".join(
+    for name, options in CRITERIA:
+        cells = {r["target"]: r for r in one["rows"] if r["criterion"] == name and r.get("options", {}) == options}
+        lines.append(f"| {criterion_label(name, options)} | " + " | ".join(
             f"{100 * cells[t]['macs_reduction']:.1f}%, {cells[t]['test'][metric]:.4f} "
             f"({100 * (cells[t]['test'][metric] - base[metric]):+.2f})" if t in cells else "-" for t in TARGETS) + " |")
     if sweep_path:
@@ -146,7 +147,8 @@ def report(oneshot_path: str, sweep_path: str | None) -> str:
                   "difference |", "|---|---|---|---|---|---|"]
         for row in sorted(swept["rows"], key=lambda r: r["macs_reduction"]):
             best = _best_oneshot(one["rows"], row["macs_reduction"], metric)
-            versus = (f"{best['criterion']} -{round(100 * best['target'])}%: {best['test'][metric]:.4f}"
+            versus = (f"{criterion_label(best['criterion'], best.get('options'))} -{round(100 * best['target'])}%: "
+                      f"{best['test'][metric]:.4f}"
                       if best else "none removes as much")
             gap = f"{100 * (row['test'][metric] - best['test'][metric]):+.2f}" if best else "-"
             lines.append(f"| {row['trial']} | {row['criterion']} | {100 * row['macs_reduction']:.1f}% | "
