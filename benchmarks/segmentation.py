@@ -43,8 +43,10 @@ from pruning.tasks import TaskSpec
 from pruning.training import evaluate
 from pruning.utils import atomic_write
 
-#: (criterion, options): the criteria at their defaults, and Shapley with 8x its default scoring budget
-CRITERIA = (("l1", {}), ("taylor", {}), ("entropy", {}), ("shapley", {}), ("shapley", {"max_forward_passes": 8.0}))
+#: (criterion, options): the criteria at their defaults, and Shapley with 8x its default scoring
+#: budget, playing for the task's loss (default) or for agreement with the unpruned outputs
+CRITERIA = (("l1", {}), ("taylor", {}), ("entropy", {}), ("shapley", {}), ("shapley", {"max_forward_passes": 8.0}),
+            ("shapley", {"max_forward_passes": 8.0, "value": "distill"}))
 TARGETS = (0.3, 0.5, 0.7)
 
 
