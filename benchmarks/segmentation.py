@@ -121,8 +121,9 @@ def sweep(args) -> None:
 
 
 def _best_oneshot(rows: list[dict], reduction: float, metric: str) -> dict | None:
-    """The one-shot cell with the highest ``metric`` among those removing at least ``reduction``."""
-    reaching = [r for r in rows if r["macs_reduction"] >= reduction - 1e-9]
+    """The one-shot cell with the highest ``metric`` among those removing at least ``reduction``
+    of the MACs, within 1 point (as the other sweep comparisons count a target met)."""
+    reaching = [r for r in rows if r["macs_reduction"] >= reduction - 0.01]
     return max(reaching, key=lambda r: r["test"][metric], default=None)
 
 
@@ -144,8 +145,8 @@ def report(oneshot_path: str, sweep_path: str | None) -> str:
         swept = json.loads(Path(sweep_path).read_text())
         lines += ["", f"Two-stage sweep ({swept['sweep']['trials']} screening trials, "
                   f"{len(swept['rows'])} refined; refinement recipe {json.dumps(swept['sweep']['refine']['recipe'])}); "
-                  "each refined trial against the best one-shot cell removing at least as many MACs:", "",
-                  "| refined trial | criterion | MACs removed | test mIoU | best one-shot at >= its MACs removed | "
+                  "each refined trial against the best one-shot cell removing at least as many MACs (within 1 point):", "",
+                  "| refined trial | criterion | MACs removed | test mIoU | best one-shot removing as many | "
                   "difference |", "|---|---|---|---|---|---|"]
         for row in sorted(swept["rows"], key=lambda r: r["macs_reduction"]):
             best = _best_oneshot(one["rows"], row["macs_reduction"], metric)
