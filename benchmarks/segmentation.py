@@ -136,7 +136,10 @@ def report(oneshot_path: str, sweep_path: str | None) -> str:
              "canvases.", "",
              "| criterion | " + " | ".join(f"-{round(100 * t)}% target: MACs removed, mIoU" for t in TARGETS) + " |",
              "|---|" + "---|" * len(TARGETS)]
-    for name, options in CRITERIA:
+    pipelines = list(dict.fromkeys((r["criterion"], json.dumps(r.get("options", {}), sort_keys=True))
+                                   for r in one["rows"]))  # every criterion and options the file holds, in its order
+    for name, key in pipelines:
+        options = json.loads(key)
         cells = {r["target"]: r for r in one["rows"] if r["criterion"] == name and r.get("options", {}) == options}
         lines.append(f"| {criterion_label(name, options)} | " + " | ".join(
             f"{100 * cells[t]['macs_reduction']:.1f}%, {cells[t]['test'][metric]:.4f} "
