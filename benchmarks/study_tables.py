@@ -92,7 +92,7 @@ def _paired_cell(row: dict | None) -> str:
 def plot(result, metrics: dict, prefix: str) -> None:
     """The study's plots (as its run logged them, in the current layout), the unpruned line at
     the mean test accuracy of its baselines (from its parent run's ``metrics``)."""
-    from orchestrator.studies.report import plot_accuracy, plot_ranks
+    from orchestrator.studies.plots import plot_accuracy, plot_ranks
 
     base = [v for k, v in metrics.items() if k.startswith("baseline_") and k.endswith(".test_accuracy")]
     plot_accuracy(result.tables, sum(base) / len(base) if base else None, Path(f"{prefix}-accuracy-vs-macs.png"))

@@ -37,9 +37,8 @@ from orchestrator.experiment.stage_status import stage_ended
 from orchestrator.experiment.worker import WorkerSettings, put_shared, step_metric_pattern, trial_threads
 from orchestrator.studies.cells import study_cells
 from orchestrator.studies.config import RESOLVED_STUDY_FILE, StudyConfig
-from orchestrator.studies.report import (
-    ComparedMetric, StudyTables, long_rows, plot_accuracy, plot_ranks, study_tables, write_tables,
-)
+from orchestrator.studies.plots import plot_accuracy, plot_ranks
+from orchestrator.studies.report import ComparedMetric, StudyTables, long_rows, study_tables, write_tables
 from orchestrator.studies.scores import SCORES_FOLDER, ScorePhase, compute_scores, read_computations
 from orchestrator.studies.trial import CELL_TAGS, StudyBaseline, StudySettings, cell_metrics, study_cell
 from orchestrator.sweeps.objectives import check_task_named

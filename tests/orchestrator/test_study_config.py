@@ -165,7 +165,7 @@ def test_tables_of_a_hand_built_long_table():
 def test_accuracy_plot_has_a_panel_per_recipe_and_ratio_source(tmp_path):
     from matplotlib.image import imread
 
-    from orchestrator.studies.report import plot_accuracy
+    from orchestrator.studies.plots import plot_accuracy
 
     config = StudyConfig.from_dict({**MINIMAL, "seeds": [0, 1]})
     records = [TrialRecord(f"{criterion}{ratios}{recipe}{seed}", "t", "FINISHED",
@@ -188,7 +188,7 @@ def test_accuracy_plot_draws_every_criterions_interval_beyond_the_banded_few(tmp
 
     from matplotlib.image import imread
 
-    from orchestrator.studies.report import MAX_BANDS, plot_accuracy
+    from orchestrator.studies.plots import MAX_BANDS, plot_accuracy
 
     names = ["random", *(f"c{i}" for i in range(MAX_BANDS + 1))]  # labels: the tables need no registry name
     config = StudyConfig.from_dict({**MINIMAL, "seeds": [0, 1]})
