@@ -2,10 +2,10 @@
 recipes x FLOPs targets x seeds, run as Ray Tune trials with shared work, summarised with
 confidence intervals, paired tests and average ranks, and logged to MLflow.
 
-Modules: ``config`` (StudyConfig, from YAML), ``cells`` (the grid and what cells share),
-``scores`` (the per-study score cache, computed once per key as Ray tasks), ``trial`` (the cell
-body), ``significance`` (intervals, paired tests, ranks), ``report`` (tables and plots), ``run``
-(run, resume, report from MLflow)."""
+Modules: ``config`` (StudyConfig, from YAML), ``axes`` (its labelled baselines, criteria and
+ratio sources), ``cells`` (the grid and what cells share), ``scores`` (the per-study score cache,
+computed once per key as Ray tasks), ``trial`` (the cell body), ``significance`` (intervals,
+paired tests, ranks), ``report`` (tables), ``plots``, ``run`` (run, resume, report from MLflow)."""
 from orchestrator.studies.cells import Cell, ScoreKey, score_keys, study_cells
 from orchestrator.studies.config import StudyConfig
 from orchestrator.studies.run import (

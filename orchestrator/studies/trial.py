@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from orchestrator.studies.cells import Cell
-from orchestrator.studies.config import CriterionSettings, PruningSettings, RatioSettings
+from orchestrator.studies.axes import CriterionSettings, RatioSettings
+from orchestrator.studies.config import PruningSettings
 from orchestrator.experiment.worker import (
     CriterionPlan, trial_metric_names, SharedRefs, WorkerSettings, cost_metrics, fetch_baseline,
     prune_and_recover, releases_memory,
