@@ -149,7 +149,7 @@ def run(args: argparse.Namespace) -> CommandResult:
 
     primary = task.primary
     base = measure(model, shape, base_metrics, progress=progress)
-    after = measure(outcome.model, shape, _final_metrics(recovery, scoring, task, args.amp), progress=progress)
+    after = measure(outcome.model, shape, recovery.final_metrics, progress=progress)
     pruning = {
         "criterion": args.criterion, "strategy": config.strategy, "ratios": args.ratios,
         "flops_reduction_target": args.flops_reduction, "ratio": args.ratio, "round_to": args.round_to,
@@ -165,16 +165,6 @@ def run(args: argparse.Namespace) -> CommandResult:
     data = {"task": loaded.task_spec.to_dict(), "base": base, "pruned": after, "pruning": pruning,
             "checkpoint": args.out}
     return CommandResult(_summary(args, loaded, base, after, pruning), data)
-
-
-def _final_metrics(recovery, scoring, task, amp) -> dict:
-    """The pruned model's test metrics: the primary one as the recovery's last stage scored it;
-    a task that names others evaluates the final model once more for them."""
-    from pruning.training import evaluate
-
-    if len(task.metrics) == 1:
-        return {task.primary: recovery.final_score}
-    return evaluate(recovery.model, scoring, task=task, amp=amp).metrics
 
 
 def _check_arguments(args: argparse.Namespace) -> None:

@@ -238,7 +238,6 @@ def prune_and_recover(model: nn.Module, baseline: WorkerBaseline, plan: Criterio
     from pruning.data import make_eval_loader
     from pruning.pipeline import prune_with_criterion
     from pruning.recovery import Rescorer, recover, recovery_data_for
-    from pruning.training import evaluate
 
     splits, batches, task = baseline.splits, baseline.batches, baseline.task
     primary = task.primary
@@ -258,11 +257,8 @@ def prune_and_recover(model: nn.Module, baseline: WorkerBaseline, plan: Criterio
     result = recover(model, outcome, recipe, data)
     # bn_<P>: the score before any training (the zero-cost proxy the sweep compares against)
     untrained = [value for stage, value in result.scores.items() if stage != "finetuned"]
-    # the primary metric as the last stage scored it; a task that names others scores them once more
-    final = ({primary: result.final_score} if len(task.metrics) == 1
-             else evaluate(result.model, score, task=task).metrics)
     metrics = {
-        **final,
+        **result.final_metrics,
         **({f"bn_{primary}": untrained[-1]} if untrained else {}),
         **{f"{stage}_{primary}": value for stage, value in result.scores.items()},
         **{f"{stage}_seconds": s for stage, s in result.seconds.items() if stage != "pruned"},

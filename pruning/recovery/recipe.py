@@ -50,7 +50,7 @@ from pruning.recovery.reconstruction import ReconstructionReport, consumers_of, 
 from pruning.recovery.targets import OriginalTargets, original_targets
 from pruning.structure import PruningSpace
 from pruning.tasks import Classification, Task
-from pruning.training import TrainConfig, evaluate, recalibrate_bn, train
+from pruning.training import EvalResult, TrainConfig, evaluate, recalibrate_bn, train
 from pruning.utils import model_device
 
 __all__ = ["BN_DATA", "STAGES", "RENAMED_KEYS", "RecipeError", "RecoveryRecipe", "RecoveryData", "RecoveryResult", "recover",
@@ -220,7 +220,8 @@ class RecoveryResult:
     outcome: the pruned model and its channels (the outcome passed in for a one-shot recipe;
     for a progressive one the model of its last step, the kept indices of the unpruned model's
     channels); steps: one :class:`StepResult` per step of a progressive recipe (empty: one shot);
-    the stages after the last step are the ``scores`` and ``seconds`` above."""
+    the stages after the last step are the ``scores`` and ``seconds`` above. final_metrics: every
+    metric of the task as the last stage scored measured it (empty when none was scored)."""
 
     scores: dict[str, float]
     seconds: dict[str, float]
@@ -228,6 +229,7 @@ class RecoveryResult:
     outcome: PruneOutcome
     steps: tuple[StepResult, ...] = ()
     metric: str = "accuracy"
+    final_metrics: dict[str, float] = field(default_factory=dict)
 
     @property
     def final_score(self) -> float | None:
@@ -262,8 +264,8 @@ class _Stages:
         self.original, self.recipe, self.data = original, recipe, data
         self.precision, self.progress = precision, progress
 
-    def score(self, model: nn.Module) -> float:
-        return evaluate(model, self.data.score, progress=self.progress, amp=self.precision, task=self.data.task).score
+    def score(self, model: nn.Module) -> EvalResult:
+        return evaluate(model, self.data.score, progress=self.progress, amp=self.precision, task=self.data.task)
 
     def reconstruct(self, outcome: PruneOutcome) -> dict[str, ReconstructionReport]:
         recipe, data = self.recipe, self.data
@@ -361,11 +363,11 @@ def recover(
             score = None
             if number < len(widths):
                 seconds.update(stages.between_steps(current, number))
-                score = stages.score(current.model) if scored_steps else None
+                score = stages.score(current.model).score if scored_steps else None
             steps.append(StepResult(number, outcome.space.reduction(step), seconds, score))
         outcome = replace(current, keep=dict(plan.keep))
     pruned = outcome.model
-    scores: dict[str, float] = {}
+    evaluations: dict[str, EvalResult] = {}
     seconds: dict[str, float] = {}
     reports: dict[str, ReconstructionReport] = {}
 
@@ -374,7 +376,7 @@ def recover(
     def done(stage: str, started: float) -> None:
         seconds[stage] = time.perf_counter() - started
         if data.score is not None and (data.score_every_stage or stage == last):
-            scores[stage] = stages.score(pruned)
+            evaluations[stage] = stages.score(pruned)
 
     done("pruned", time.perf_counter())
     if recipe.reconstruct:
@@ -392,7 +394,10 @@ def recover(
             subset = Subset(data.train, range(min(recipe.finetune_subset, len(data.train))))
         stages.finetune(pruned, recipe.finetune_epochs, subset, recipe.seed)
         done("finetuned", started)
-    return RecoveryResult(scores, seconds, reports, outcome, tuple(steps), data.task.primary)
+    scores = {stage: evaluation.score for stage, evaluation in evaluations.items()}
+    final = next(reversed(evaluations.values()), None)
+    return RecoveryResult(scores, seconds, reports, outcome, tuple(steps), data.task.primary,
+                          final.metrics if final is not None else {})
 
 
 def recovery_data_for(splits: Any, calibration: Sequence[Batch], score: Iterable[Batch] | None,

@@ -82,6 +82,7 @@ def test_every_kind_of_criterion_prunes_a_segmenter_and_recovers_on_miou(segment
     result = recover(model, outcome, recipe, recovery_data_for(splits, batches, batches, task=task))
     assert result.metric == "miou" and set(result.scores) == {"pruned", "reconstructed", "bn_recalibrated", "finetuned"}
     assert all(0.0 <= s <= 1.0 for s in result.scores.values())
+    assert result.final_metrics.keys() == {"miou", "pixel_accuracy"} and result.final_metrics["miou"] == result.final_score
 
 
 @pytest.mark.parametrize(("criterion", "options", "message"), [
