@@ -111,7 +111,7 @@ class EvalResult:
         return self.metrics[self.primary]
 
 
-# long signature: pruning/recovery/recipe.py passes progress, teacher, amp and task by name; they
+# long signature: pruning/recovery/stages.py passes progress, teacher, amp and task by name; they
 # become one value together with that caller
 def train(
     model: nn.Module,

@@ -75,7 +75,7 @@ class ImageFolderSubset(Subset):
         self.augmentation = augmentation
 
 
-# long signature: pruning/recovery/recipe.py (under rework elsewhere) passes shuffle, seed, augment
+# long signature: pruning/recovery/stages.py passes shuffle, seed, augment
 # and pin_memory by name; num_workers and pin_memory become one value together with that caller
 def make_loader(
     dataset: Dataset,

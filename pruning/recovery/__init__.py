@@ -9,13 +9,9 @@ from pruning.recovery.reconstruction import (  # noqa: F401
 )
 from pruning.recovery.targets import LayerTargets, OriginalTargets, original_targets  # noqa: F401
 from pruning.recovery.progressive import STEP_ORDERS, Rescorer, StepResult, step_widths  # noqa: F401
-from pruning.recovery.recipe import (  # noqa: F401
-    BN_DATA,
-    STAGES,
-    RENAMED_KEYS,
-    RecipeError,
+from pruning.recovery.recipe import BN_DATA, STAGES, RENAMED_KEYS, RecipeError, RecoveryRecipe  # noqa: F401
+from pruning.recovery.stages import (  # noqa: F401
     RecoveryData,
-    RecoveryRecipe,
     RecoveryResult,
     reconstruction_targets,
     recover,

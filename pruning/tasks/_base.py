@@ -92,6 +92,8 @@ class Task(ABC):
     game_values: ClassVar[tuple[str, ...]] = ("loss", "distill")
     #: the game values that compare with the unpruned network's outputs (:meth:`game_reference`)
     reference_values: ClassVar[tuple[str, ...]] = ("distill",)
+    #: what :meth:`output_shape` describes, in error messages
+    output_description: ClassVar[str] = "outputs"
 
     @abstractmethod
     def load_data(self, config: Any) -> Any:
@@ -105,9 +107,6 @@ class Task(ABC):
     @abstractmethod
     def metric_meter(self) -> MetricMeter:
         """A fresh accumulator of :attr:`metrics`."""
-
-    #: what :meth:`output_shape` describes, in error messages
-    output_description: ClassVar[str] = "outputs"
 
     def output_shape(self, splits: Any) -> tuple[int, ...] | None:
         """The shape of a model's output for one input of ``splits`` (None: not checked); a model

@@ -1,5 +1,5 @@
 """scripts/long_signatures.py: what it counts, and that the packages listed here stay within six
-parameters a function (pruning/planning, pruning/recovery/recipe.py, orchestrator/sweeps,
+parameters a function (pruning/planning, pruning/recovery/stages.py, orchestrator/sweeps,
 orchestrator/studies and orchestrator/cli are checked by their own owners' tests once theirs are
 regrouped)."""
 from __future__ import annotations
