@@ -1,7 +1,8 @@
 """Running a recovery recipe (:class:`~pruning.recovery.RecoveryRecipe`, from
-:mod:`pruning.recovery.recipe`) on a pruned model: :func:`recover`, the one post-pruning path, its stages in the recipe's order
-(and, with ``steps > 1``, the steps of :mod:`pruning.recovery.progressive` before them), the data
-they read (:class:`RecoveryData`) and what they report (:class:`RecoveryResult`).
+:mod:`pruning.recovery.recipe`) on a pruned model: :func:`recover`, the one post-pruning path,
+its stages in the recipe's order (and, with ``steps > 1``, the steps of
+:mod:`pruning.recovery.progressive` before them), the data they read (:class:`RecoveryData`) and
+what they report (:class:`RecoveryResult`).
 """
 from __future__ import annotations
 
