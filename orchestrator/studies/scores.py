@@ -95,7 +95,7 @@ def _score_task(refs, settings, criterion: tuple[type, Mapping[str, Any]] | None
     started = time.perf_counter()
     shared = fetch_baseline(refs, settings)
     model, space, device = shared.build_model(), shared.space, trial_device()
-    context = ScoringContext(calibration=shared.batches, stats=shared.stats, device=device)
+    context = ScoringContext(calibration=shared.batches, stats=shared.stats, device=device, task=shared.task)
     if criterion is None:
         snpfi = create_criterion("snpfi", seed=seed)
         estimates = list(snpfi.estimates(model, space.select(strategy), context))

@@ -20,7 +20,7 @@ def test_a_study_compares_the_tasks_primary_metric(ray_session, tmp_path):
     raw = {"name": "bands", **TASK,
            "checkpoints": [{"model": "user_models:tiny_cnn", "weights": str(weights), "model_kwargs": {"width": 4},
                             "label": "tiny"}],
-           "criteria": ["random", "l1"], "recipes": {"bn": {"reconstruct": False, "bn_batches": 1, "batch_size": 32}},
+           "criteria": ["random", "taylor"], "recipes": {"bn": {"reconstruct": False, "bn_batches": 1, "batch_size": 32}},
            "flops_reductions": [0.3, 0.5], "seeds": [0], "data": {"calibration_images": 32, "batch_size": 32},
            "run_dir": str(tmp_path / "study")}
     config = StudyConfig.from_dict(raw)
@@ -32,9 +32,9 @@ def test_a_study_compares_the_tasks_primary_metric(ray_session, tmp_path):
     summary = result.tables.summary
     assert len(summary) == 4 and all(row["test_mse_mean"] is not None for row in summary)
     # rank 1 = the lowest mse
-    by_criterion = {c: [r["test_mse_mean"] for r in summary if r["criterion"] == c] for c in ("random", "l1")}
+    by_criterion = {c: [r["test_mse_mean"] for r in summary if r["criterion"] == c] for c in ("random", "taylor")}
     best = min(by_criterion, key=lambda c: sum(by_criterion[c]))
-    if sum(by_criterion["random"]) != sum(by_criterion["l1"]):
+    if sum(by_criterion["random"]) != sum(by_criterion["taylor"]):
         assert result.tables.ranks[0]["criterion"] == best
     assert "test mse" in result.tables.text() and "1 = lowest mse" in result.tables.text()
     header = (Path(config.run_dir) / "report" / "cells.csv").read_text().splitlines()[0].split(",")
