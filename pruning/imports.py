@@ -10,9 +10,9 @@ import importlib
 import sys
 from typing import Any
 
-from pruning.errors import InputError
+from pruning.errors import InputError, one_line
 
-__all__ = ["import_attribute", "is_import_path", "one_line"]
+__all__ = ["import_attribute", "is_import_path"]
 
 
 def is_import_path(name: str) -> bool:
@@ -42,8 +42,3 @@ def import_attribute(path: str, kind: str, error: type[InputError] = InputError)
         target = getattr(target, part)
     return target
 
-
-def one_line(err: BaseException) -> str:
-    """An exception's type and first message line."""
-    text = str(err).strip()
-    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__

@@ -18,7 +18,7 @@ from torch import nn
 
 from orchestrator import distributed
 from pruning.data import DataConfig, DataSplits, make_eval_loader, recorded_data_fields
-from pruning.errors import InputError
+from pruning.errors import InputError, first_line
 from pruning.tasks import Task, TaskSpec
 from pruning.utils import model_device
 from pruning.structure import ModelSpec, check_fits, load_checkpoint, measure_cost, measure_latency, model_for_data
@@ -87,7 +87,7 @@ def configured_task(args: argparse.Namespace) -> TaskSpec | None:
         spec = TaskSpec(args.task, kwargs)
         spec.build()
     except TypeError as err:  # a registered task's unknown option
-        raise InputError(f"--task-kwargs: {_first_line(err)}") from None
+        raise InputError(f"--task-kwargs: {first_line(err)}") from None
     return spec
 
 
@@ -114,10 +114,6 @@ def command_task(args: argparse.Namespace, recorded: dict[str, Any] | None = Non
 def _describe_task(spec: TaskSpec) -> str:
     return spec.name + (f" {json.dumps(dict(spec.kwargs), sort_keys=True)}" if spec.kwargs else "")
 
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def load_fitting(args: argparse.Namespace, prunable: bool = True) -> Loaded:

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 from orchestrator import distributed
 from orchestrator.cli import compare, evaluate, export, info, pareto, prune, stats, sweep, train
 from orchestrator.disk_errors import find_disk_error
-from pruning.errors import InputError
+from pruning.errors import InputError, first_line
 
 EXIT_BAD_INPUT = 2
 #: what ends in one ``error:`` line: bad input, and a file named on the command line that is missing
@@ -56,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
             result = args.run(args)
     except BAD_INPUT as err:
-        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        message = first_line(err)
         print(f"error: {message}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except Exception as err:

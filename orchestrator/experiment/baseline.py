@@ -37,7 +37,6 @@ __all__ = [
     "load_or_compute_statistics",
     "load_or_compute_utilization",
     "say",
-    "baseline_metric_names",
 ]
 
 def say(progress: bool, message: str) -> None:
@@ -63,12 +62,6 @@ class BaselineSetup:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
-def baseline_metric_names(task: Task) -> tuple[str, ...]:
-    """The names of ``BaselineSetup.metrics``: every metric of ``task`` (calibration split, what
-    trials are scored on), ``test_<primary>`` (test split), ``macs`` and ``params``."""
-    return (*(metric.name for metric in task.metrics), f"test_{task.primary}", "macs", "params")
-
-
 def _data_config(spec, data: DataSettings, dataset: str | None = None):
     from pruning.data import recorded_data_fields
 
@@ -87,7 +80,7 @@ def prepare_baseline(
     its task (``task``: the configured one, None: not configured) and load its data through it,
     take the calibration batches, measure the baseline.
 
-    ``metrics`` (:func:`baseline_metric_names`): every metric of the task on the calibration
+    ``metrics``: every metric of the task on the calibration
     split (what trials are scored on; classification: ``accuracy``), ``test_<primary>`` (its
     primary metric on the test split; classification: ``test_accuracy``), ``macs`` and
     ``params`` (a sweep with a latency objective adds ``latency_ms`` on its target).

@@ -16,6 +16,7 @@ from typing import Any, Mapping
 from orchestrator.experiment.checks import (
     ConfigError, check_choice, check_mapping, check_string, make_absolute, to_plain,
 )
+from pruning.errors import first_line
 
 __all__ = ["MODEL_KEYS", "ModelSettings", "check_one_source", "check_source_exists", "model_source"]
 
@@ -48,7 +49,7 @@ class ModelSettings:
         try:
             check_model_name(self.name, self.kwargs)
         except ValueError as err:
-            message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            message = first_line(err)
             raise ConfigError("model_kwargs" if "option" in message else "model", message) from None
 
     @classmethod

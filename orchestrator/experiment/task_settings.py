@@ -22,7 +22,7 @@ TASK_KEYS = ("task", "task_kwargs")
 def task_spec_from(data: Mapping[str, Any]) -> Any:
     """The :class:`pruning.tasks.TaskSpec` a config's top level names (built once, so a bad name,
     import path or option fails when the config is read), or None when it names none."""
-    from pruning.errors import InputError
+    from pruning.errors import InputError, first_line
     from pruning.tasks import TaskSpec
 
     if "task" not in data:
@@ -34,9 +34,9 @@ def task_spec_from(data: Mapping[str, Any]) -> Any:
         spec = TaskSpec(check_string("task", data["task"]), spec_kwargs)
         spec.build()
     except InputError as err:
-        raise ConfigError("task_kwargs" if "option" in str(err) else "task", _first_line(err)) from None
+        raise ConfigError("task_kwargs" if "option" in str(err) else "task", first_line(err)) from None
     except TypeError as err:  # a registered task's unknown option
-        raise ConfigError("task_kwargs", _first_line(err)) from None
+        raise ConfigError("task_kwargs", first_line(err)) from None
     return spec
 
 
@@ -53,7 +53,3 @@ def resolve_task(configured: Any, recorded: Mapping[str, Any] | None, where: str
                                   f"(with {dict(stored.kwargs)}); drop task: to use it")
     return stored
 
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__

@@ -65,6 +65,7 @@ from orchestrator.experiment.task_settings import TASK_KEYS, task_spec_from
 from orchestrator.sweeps.latency import LatencySettings
 from orchestrator.sweeps.objectives import COSTS, check_objectives
 from orchestrator.sweeps.refine import RefineSettings, refine_recipe
+from pruning.errors import first_line
 from pruning.recovery import RecoveryRecipe
 from pruning.registry import accepted_options
 from pruning.structure import STRATEGIES
@@ -109,7 +110,7 @@ class SpaceSettings:
         try:
             space = self.create()
         except (ValueError, TypeError) as err:
-            message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            message = first_line(err)
             option = next((o for o in sorted(self.options, key=len, reverse=True) if message.startswith(o)), None)
             if option is None:
                 raise ConfigError("space", message) from None

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from pruning.registry import Registry, accepted_options
-from pruning.errors import InputError
+from pruning.errors import InputError, first_line
 from pruning.models.external import build_external, check_external, is_external
 from pruning.utils import model_device, preserved_modes
 
@@ -97,7 +97,7 @@ def check_input_shape(model: nn.Module, shape: tuple[int, int, int], name: str =
                 expected = first_conv.in_channels
                 reason = f"it expects {expected} input channel{'s' if expected != 1 else ''}, got {shape[0]}"
             else:
-                reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+                reason = first_line(error)
             raise InputShapeError(f"{name} cannot run on inputs of shape {shape_text}: {reason}") from error
 
 

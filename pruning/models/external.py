@@ -30,8 +30,8 @@ from typing import Any, Callable, Mapping
 
 from torch import nn
 
-from pruning.errors import InputError
-from pruning.imports import import_attribute, one_line
+from pruning.errors import InputError, one_line
+from pruning.imports import import_attribute
 from pruning.registry import UnknownNameError, accepted_options
 
 __all__ = [

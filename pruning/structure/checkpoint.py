@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from pruning.models import check_input_shape, check_model_name, create_model, load_weights
-from pruning.errors import InputError
+from pruning.errors import InputError, first_line
 from pruning.utils import TensorFileError, atomic_write, check_finite, load_tensor_file
 
 FORMAT = "prunesweep-checkpoint/2"
@@ -248,7 +248,7 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[ModelSpec, dict[str, torch
     try:
         return ModelSpec.from_json(payload["spec"]), payload["state_dict"]
     except Exception as err:  # a spec that is not ours means the same to a user
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        reason = first_line(err)
         raise CheckpointError(f"{shown!r} is not a prunesweep checkpoint ({reason})") from None
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pruning.errors import InputError
+from pruning.errors import InputError, one_line
 from pruning.structure.engine import PruningSpace, prune_model
 from pruning.structure.errors import PruningError
 
@@ -34,7 +34,7 @@ def check_prunable(model: nn.Module, shape: tuple[int, int, int], name: str = "m
         raise UnprunableModelError(f"{name} cannot be pruned: {err}") from None
     except Exception as err:
         raise UnprunableModelError(
-            f"{name} cannot be traced for pruning{_where(err, model)}: {_one_line(err)}") from None
+            f"{name} cannot be traced for pruning{_where(err, model)}: {one_line(err)}") from None
     if not space.groups:
         raise UnprunableModelError(f"{name} has no channels the pruning engine can remove "
                                    "(no Conv2d/Linear output besides the classifier's)")
@@ -45,7 +45,7 @@ def check_prunable(model: nn.Module, shape: tuple[int, int, int], name: str = "m
     except PruningError as err:
         raise UnprunableModelError(f"{name} cannot be pruned: {err}") from None
     except Exception as err:
-        raise UnprunableModelError(f"{name} cannot be pruned{_where(err, model)}: {_one_line(err)}") from None
+        raise UnprunableModelError(f"{name} cannot be pruned{_where(err, model)}: {one_line(err)}") from None
     out = _run_pruned(pruned, example, name)
     with torch.no_grad():
         full = _eval_output(model, example)
@@ -65,7 +65,7 @@ def _run_pruned(pruned: nn.Module, example: torch.Tensor, name: str):
             return pruned.eval()(example)
     except Exception as err:
         where = _where(err, pruned) or (f" after layer {finished[-1]!r}" if finished else "")
-        raise UnprunableModelError(f"{name} does not run once pruned{where}: {_one_line(err)}") from None
+        raise UnprunableModelError(f"{name} does not run once pruned{where}: {one_line(err)}") from None
     finally:
         for hook in hooks:
             hook.remove()
@@ -104,8 +104,3 @@ def _where(err: BaseException, model: nn.Module) -> str:
                 return f" after layer {names[id(current.module)]!r}"
             queue += list(getattr(current, "inputs", ()))
     return ""
-
-
-def _one_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__

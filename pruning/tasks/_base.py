@@ -32,8 +32,8 @@ from typing import Any, ClassVar, Mapping
 
 import torch
 
-from pruning.errors import InputError
-from pruning.imports import import_attribute, is_import_path, one_line
+from pruning.errors import InputError, one_line
+from pruning.imports import import_attribute, is_import_path
 from pruning.registry import Registry, UnknownNameError
 
 __all__ = [
