@@ -27,6 +27,7 @@ from orchestrator.studies.cells import CELL_PARAMS, Cell
 from orchestrator.studies.config import SignificanceSettings
 from orchestrator.studies.significance import Paired, average_ranks, mean_interval, paired_comparison
 from orchestrator.studies.trial import ACCURACY_SPLIT
+from pruning.tasks import Metric
 from pruning.utils import atomic_write
 
 __all__ = ["ComparedMetric", "LONG_COLUMNS", "RECIPE_PAIRED_COLUMNS", "StudyTables", "long_rows", "study_tables",
@@ -35,21 +36,24 @@ __all__ = ["ComparedMetric", "LONG_COLUMNS", "RECIPE_PAIRED_COLUMNS", "StudyTabl
 
 @dataclass(frozen=True)
 class ComparedMetric:
-    """What a study compares: the task's primary metric ``name`` on the test split
-    (:data:`~orchestrator.studies.trial.ACCURACY_SPLIT`) and its ``direction`` (``max``: higher
-    is better)."""
+    """What a study compares: the task's primary :class:`~pruning.tasks.Metric` on the test split
+    (:data:`~orchestrator.studies.trial.ACCURACY_SPLIT`), and the columns and labels it gives."""
 
-    name: str = "accuracy"
-    direction: str = "max"
-
-    def __post_init__(self) -> None:
-        if self.direction not in ("max", "min"):
-            raise ValueError(f"direction {self.direction!r} is unknown; valid: max, min")
+    metric: Metric = Metric("accuracy", "max")
 
     @classmethod
     def of(cls, task) -> ComparedMetric:
         """The primary metric of a :class:`~pruning.tasks.Task`."""
-        return cls(task.primary, task.metric(task.primary).direction)
+        return cls(task.metric(task.primary))
+
+    @property
+    def name(self) -> str:
+        return self.metric.name
+
+    @property
+    def direction(self) -> str:
+        """``max``: higher is better; ``min``: lower is."""
+        return self.metric.direction
 
     @property
     def test(self) -> str:

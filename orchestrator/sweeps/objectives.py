@@ -10,12 +10,12 @@ name the task's metrics: ``<P>`` on the calibration split (what trials are score
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from orchestrator.experiment.checks import ConfigError, check_keys, check_mapping
 
 __all__ = ["COSTS", "metric_directions", "default_objectives", "check_objectives", "task_metric",
-           "infeasible_value", "hypervolume_reference", "check_task_named"]
+           "infeasible_value", "hypervolume_reference", "check_task_named", "best_first"]
 
 #: the cost metrics every sweep measures (``latency_ms`` only with that objective): lower is better
 COSTS = {"macs": "min", "params": "min", "latency_ms": "min"}
@@ -54,6 +54,18 @@ def task_metric(objectives: Mapping[str, str]) -> str | None:
     """The first task metric among ``objectives`` (the one the front is read by); None when
     they are all costs."""
     return next((k for k in objectives if k not in COSTS), None)
+
+
+def best_first(objectives: Mapping[str, str]) -> Callable[[Mapping[str, Any]], float]:
+    """A sort key over points that puts the best value of :func:`task_metric` first (its
+    direction's), a point without it last; every point ties when the objectives are all costs."""
+    score = task_metric(objectives)
+    sign = -1.0 if score is None or objectives[score] == "max" else 1.0
+
+    def key(point: Mapping[str, Any]) -> float:
+        value = point.get(score) if score is not None else 0.0
+        return sign * float(value) if value is not None else math.inf
+    return key
 
 
 def infeasible_value(metric) -> float:

@@ -11,13 +11,12 @@ target is refined first. The final front is built from the refined trials only. 
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping, Sequence
 
 from orchestrator.experiment.checks import ConfigError, check_int, check_keys, check_mapping, recipe_from_section
 from orchestrator.sweeps.front import eligible, pareto_front
-from orchestrator.sweeps.objectives import COSTS, task_metric
+from orchestrator.sweeps.objectives import COSTS, best_first
 
 __all__ = ["STAGE_SCREEN", "STAGE_REFINE", "REFINE_RECIPE", "REFINE_EXPERIMENT", "CANDIDATES_FILE", "RefineSettings",
            "select_candidates", "refine_recipe", "refine_variants"]
@@ -138,12 +137,10 @@ def select_candidates(points: Sequence[Mapping[str, Any]], objectives: Mapping[s
     if count <= 0:
         return []
     cost = next((k for k in objectives if k in COSTS), None)
-    score = task_metric(objectives)
-    sign = 1.0 if score is None or objectives[score] == "max" else -1.0
+    better = best_first(objectives)
 
-    def best_first(i: int) -> tuple[float, int]:
-        value = points[i].get(score) if score is not None else None
-        return (-sign * float(value) if value is not None else math.inf, i)
+    def ranked(i: int) -> tuple[float, int]:
+        return better(points[i]), i
     seen: set = set()
     pool: list[int] = []
     for i, point in enumerate(points):
@@ -154,7 +151,7 @@ def select_candidates(points: Sequence[Mapping[str, Any]], objectives: Mapping[s
     chosen: list[int] = []
     for target in targets:
         reaching = [i for i in pool if i not in chosen and float(points[i].get("macs_reduction", 0.0)) >= target - TARGET_MARGIN]
-        reaching.sort(key=best_first)
+        reaching.sort(key=ranked)
         chosen.extend(reaching[:max(0, min(per_target, count - len(chosen)))])
     pool = [i for i in pool if i not in chosen]
     while pool and len(chosen) < count:
@@ -162,7 +159,7 @@ def select_candidates(points: Sequence[Mapping[str, Any]], objectives: Mapping[s
         if cost is not None:
             layer.sort(key=lambda i: (float(points[i][cost]), i))
         else:
-            layer.sort(key=best_first)
+            layer.sort(key=ranked)
         chosen.extend(_spread(layer, count - len(chosen)))
         pool = [i for i in pool if i not in set(layer)]
     return chosen

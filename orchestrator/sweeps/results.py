@@ -22,7 +22,7 @@ from orchestrator.experiment.store_check import check_mlflow_database
 from orchestrator.sweeps.config import RESOLVED_CONFIG_FILE, load_sweep_config
 from orchestrator.sweeps.front import front_table, hypervolume, pareto_front, plot_front
 from orchestrator.sweeps.latency import LATENCY_METRICS, LatencySettings, front_error_summary, front_latency
-from orchestrator.sweeps.objectives import COSTS, hypervolume_reference, task_metric
+from orchestrator.sweeps.objectives import COSTS, best_first, hypervolume_reference, task_metric
 from orchestrator.sweeps.refine import CANDIDATES_FILE, REFINE_EXPERIMENT, STAGE_REFINE
 from orchestrator.experiment.tracking_server import TrackingUnavailable, browse_hint
 from orchestrator.experiment.tracking import (
@@ -133,9 +133,8 @@ def _front(records: Sequence[TrialRecord], objectives: Mapping[str, str],
     points = [_point(r) for r in finished]
     front = pareto_front(points, objectives)
     first = next((k for k in objectives if k in COSTS), "macs")
-    score = task_metric(objectives)
-    sign = -1.0 if score is None or objectives[score] == "max" else 1.0
-    front.sort(key=lambda i: (points[i].get(first, math.inf), sign * points[i].get(score, 0.0)))
+    better = best_first(objectives)
+    front.sort(key=lambda i: (points[i].get(first, math.inf), better(points[i])))
     return finished, points, front
 
 
